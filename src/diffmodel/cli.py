@@ -1,0 +1,58 @@
+"""The ``diffmodel`` command line: a thin dispatcher.
+
+Each subcommand lives in its own module with a ``main(argv) -> int`` function
+and is imported only when called, so ``diffmodel --help`` stays fast. A
+:class:`~diffmodel.errors.DiffModelError` is printed as a one-paragraph error
+(no traceback) and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from diffmodel.errors import DiffModelError
+
+#: name -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("diffmodel.quickstart", "train a tiny diff model on the bundled samples (CPU, a few minutes)"),
+    "train": ("diffmodel.train.run", "train a diff model (every transformers TrainingArguments flag, plus data flags)"),
+    "inspect": ("diffmodel.preprocess.inspect", "show which tokens of a dataset are masked and which are trained"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return (
+        "usage: diffmodel COMMAND [options]\n\n"
+        "Train, run and evaluate diff models.\n\n"
+        f"commands:\n{rows}\n\n"
+        "Run 'diffmodel COMMAND --help' for the options of a command."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from diffmodel import __version__
+
+        print(f"diffmodel {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"diffmodel: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except DiffModelError as err:
+        print(f"diffmodel {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
