@@ -1,0 +1,124 @@
+"""Make the unified diff body between two versions of one file.
+
+``make_diff(before, after)`` writes what ``git diff -U<context>`` writes after
+its file header: only hunks, each opening with ``@@ -a,b +c,d @@``.
+
+Invariants:
+- Lines are split on ``"\\n"`` only and keep their ending, so ``"\\r\\n"``
+  endings, lone ``"\\r"`` and other characters pass through byte-exact.
+- A line without a trailing newline (only ever the last line of a side) is
+  followed by git's ``\\ No newline at end of file`` marker; every emitted line
+  ends with ``"\\n"``.
+- Hunk headers follow git: a count of 1 is omitted (``@@ -3 +3 @@``) and an
+  empty range names the line before it (``-0,0`` for a new file).
+- Changes closer than ``2 * context`` unchanged lines share one hunk, as in git.
+- No function-name text after the closing ``@@``.
+- ``before == after`` gives ``""``; a new file is ``before == ""``.
+
+Matching uses :class:`difflib.SequenceMatcher` (``autojunk=False``) after
+trimming the common prefix and suffix; on ambiguous inputs the chosen lines
+may differ from git's Myers diff, but the result always applies.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+NO_NEWLINE = "\\ No newline at end of file"
+
+
+def split_lines(text: str) -> list[str]:
+    """Split ``text`` into lines on ``"\\n"`` only, keeping each line's ending.
+
+    ``"".join(split_lines(t)) == t`` for every string ``t``.
+    """
+    if not text:
+        return []
+    lines = text.split("\n")
+    out = [line + "\n" for line in lines[:-1]]
+    if lines[-1]:
+        out.append(lines[-1])
+    return out
+
+
+def format_range(start: int, count: int) -> str:
+    """One side of a hunk header the way git writes it.
+
+    ``start`` is the 1-based number of the first line in the range; for an
+    empty range git names the line before it (so ``start - 1``).
+    """
+    shown = start if count else start - 1
+    return f"{shown}" if count == 1 else f"{shown},{count}"
+
+
+def format_header(old_start: int, old_len: int, new_start: int, new_len: int) -> str:
+    """``@@ -a,b +c,d @@`` (with git's conventions), without a newline.
+
+    Starts are 1-based first-line numbers even for empty ranges.
+    """
+    return f"@@ -{format_range(old_start, old_len)} +{format_range(new_start, new_len)} @@"
+
+
+def _body_line(prefix: str, line: str) -> str:
+    if line.endswith("\n"):
+        return prefix + line
+    return f"{prefix}{line}\n{NO_NEWLINE}\n"
+
+
+def _changes(a: list[str], b: list[str]) -> list[tuple[int, int, int, int]]:
+    """Non-equal regions ``(i1, i2, j1, j2)`` in order, between equal runs."""
+    lo = 0
+    limit = min(len(a), len(b))
+    while lo < limit and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < limit - lo and a[len(a) - 1 - hi] == b[len(b) - 1 - hi]:
+        hi += 1
+    mid_a = a[lo:len(a) - hi]
+    mid_b = b[lo:len(b) - hi]
+    matcher = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
+    return [
+        (i1 + lo, i2 + lo, j1 + lo, j2 + lo)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag != "equal"
+    ]
+
+
+def make_diff(before: str, after: str, context: int = 3) -> str:
+    """The unified diff body (hunks only) turning ``before`` into ``after``.
+
+    ``context`` is the number of unchanged lines shown around each change
+    (``git diff -U<context>``); it must be ``>= 0``.
+    """
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    if before == after:
+        return ""
+    a = split_lines(before)
+    b = split_lines(after)
+    changes = _changes(a, b)
+
+    # Group changes whose gap of equal lines is at most 2 * context.
+    groups: list[list[tuple[int, int, int, int]]] = []
+    for change in changes:
+        if groups and change[0] - groups[-1][-1][1] <= 2 * context:
+            groups[-1].append(change)
+        else:
+            groups.append([change])
+
+    out: list[str] = []
+    for group in groups:
+        first, last = group[0], group[-1]
+        lead = min(context, first[0])  # equal runs have the same length on both sides
+        trail = min(context, len(a) - last[1])
+        i_start, j_start = first[0] - lead, first[2] - lead
+        i_end, j_end = last[1] + trail, last[3] + trail
+        out.append(format_header(i_start + 1, i_end - i_start, j_start + 1, j_end - j_start) + "\n")
+        i = i_start
+        for i1, i2, j1, j2 in group:
+            out.extend(_body_line(" ", line) for line in a[i:i1])
+            out.extend(_body_line("-", line) for line in a[i1:i2])
+            out.extend(_body_line("+", line) for line in b[j1:j2])
+            i = i2
+        out.extend(_body_line(" ", line) for line in a[i:i_end])
+    return "".join(out)
