@@ -77,11 +77,37 @@ def _changes(a: list[str], b: list[str]) -> list[tuple[int, int, int, int]]:
     mid_a = a[lo:len(a) - hi]
     mid_b = b[lo:len(b) - hi]
     matcher = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
-    return [
-        (i1 + lo, i2 + lo, j1 + lo, j2 + lo)
+    changes = [
+        [i1 + lo, i2 + lo, j1 + lo, j2 + lo]
         for tag, i1, i2, j1, j2 in matcher.get_opcodes()
         if tag != "equal"
     ]
+    _slide_down(a, b, changes)
+    merged: list[tuple[int, int, int, int]] = []
+    for i1, i2, j1, j2 in changes:
+        if merged and merged[-1][1] == i1:  # slid up against the next change
+            merged[-1] = (merged[-1][0], i2, merged[-1][2], j2)
+        else:
+            merged.append((i1, i2, j1, j2))
+    return merged
+
+
+def _slide_down(a: list[str], b: list[str], changes: list[list[int]]) -> None:
+    """Move each pure insertion or deletion as far down as equal lines allow.
+
+    A run like ``x x x`` losing one ``x`` can be shown deleting any of them;
+    git shows the last, and so does this (it never crosses the next change).
+    """
+    for k, change in enumerate(changes):
+        i1, i2, j1, j2 = change
+        stop_i = changes[k + 1][0] if k + 1 < len(changes) else len(a)
+        if j1 == j2:  # deletion: a[i1:i2] removed
+            while i2 < stop_i and a[i1] == a[i2]:
+                i1, i2, j1, j2 = i1 + 1, i2 + 1, j1 + 1, j2 + 1
+        elif i1 == i2:  # insertion: b[j1:j2] added
+            while i2 < stop_i and b[j1] == b[j2]:
+                i1, i2, j1, j2 = i1 + 1, i2 + 1, j1 + 1, j2 + 1
+        change[:] = [i1, i2, j1, j2]
 
 
 def make_diff(before: str, after: str, context: int = 3) -> str:
