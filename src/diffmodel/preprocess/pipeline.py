@@ -1,0 +1,307 @@
+"""Run the preprocessing stages over a ``DatasetDict``, with a stage cache.
+
+Order (the reference's): tokenize -> drop long samples -> labels (mask before
+``<DFF>``) -> layout (pad | concat) -> sanity check. Each stage function lives
+in its own module; this module only wires them to ``datasets`` and caches
+their results.
+
+Caching: the result of the encode stage (tokenize + labels + filters) and of
+the layout stage are saved with ``save_to_disk`` under
+``<cache_root>/<stage>-<fingerprint>``; the fingerprint hashes the input's
+fingerprint, the tokenizer and every option the stage reads. A stage whose
+folder exists is loaded instead of recomputed. Folders are written under a
+temporary name and renamed when complete, so an interrupted run never leaves a
+stage that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+
+from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
+from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
+from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
+from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
+from diffmodel.sample import DIFF_MARKER
+
+logger = logging.getLogger(__name__)
+
+STAGE_VERSION = 1  # bump when a stage's output changes for the same inputs
+
+
+@dataclass
+class PreprocessOptions:
+    block_size: int
+    train_diff_model: bool = False
+    ignore_long_samples: bool = False
+    concatenate_texts: bool = False
+    skip_concat: bool = False
+    force_label: bool = False
+    num_proc: int | None = None
+    text_column: str = "text"
+    overwrite_cache: bool = False
+    cache_dir: str | None = None
+    report_examples: int = 2
+
+    @property
+    def layout(self) -> str:
+        """``concat`` or ``pad``; long samples force ``concat`` (the caller logs it)."""
+        return "concat" if (self.concatenate_texts or not self.ignore_long_samples) else "pad"
+
+
+def fingerprint(*parts) -> str:
+    """A stable hash of JSON-able parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    if getattr(tokenizer, "is_fast", False):
+        body = tokenizer.backend_tokenizer.to_str()
+    else:
+        body = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return fingerprint(type(tokenizer).__name__, body, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def default_cache_root(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir) / "diffmodel_preprocess"
+    return Path(os.environ.get("DIFFMODEL_CACHE", Path.home() / ".cache" / "diffmodel")) / "preprocess"
+
+
+META_FILE = "diffmodel_stage.json"
+
+
+def save_atomically(ds, path: Path, meta: dict | None = None) -> None:
+    """``save_to_disk`` into a temporary sibling folder, then rename it into place.
+
+    ``meta`` is written into the folder as JSON before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        ds.save_to_disk(str(tmp))
+        if meta is not None:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_stage(root: Path, stage: str, fp: str, build: Callable[[], tuple[datasets.Dataset, dict]], overwrite: bool) -> tuple[datasets.Dataset, dict]:
+    """Load ``<root>/<stage>-<fp>`` if complete, else ``build()`` it and save it; returns (dataset, meta)."""
+    path = root / f"{stage}-{fp}"
+    if path.exists() and not overwrite:
+        logger.info("stage %s: reusing cached result %s", stage, path)
+        meta_path = path / META_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return datasets.load_from_disk(str(path)), {**meta, "cached": True}
+    ds, meta = build()
+    save_atomically(ds, path, meta)
+    return datasets.load_from_disk(str(path)), {**meta, "cached": False}
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DiffModelError(
+            "the tokenizer has neither a pad token nor an EOS token; give it one "
+            "(e.g. tokenizer.add_special_tokens({'eos_token': '<|endoftext|>'}) and save it) or use --tokenizer_name"
+        )
+    return pad
+
+
+def eos_id_of(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DiffModelError("the tokenizer has no EOS token: every sample ends with EOS; use a tokenizer that defines eos_token")
+    return tokenizer.eos_token_id
+
+
+# --- encode stage: tokenize + labels, as one pass -------------------------------------------
+
+
+def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions, marker_ids: list[int]) -> dict[str, list]:
+    """tokenize (unless ``input_ids`` exist) and label one batch; no rows are dropped here."""
+    if "input_ids" in batch and batch["input_ids"] is not None:
+        ids = batch["input_ids"]
+        starts = batch.get("diff_start") or [-1] * len(ids)
+    else:
+        enc = tokenize_batch(batch, tokenizer, opts.text_column)
+        ids, starts = enc["input_ids"], enc["diff_start"]
+    out: dict[str, list] = {"input_ids": ids}
+    has_labels = "labels" in batch and batch["labels"] is not None
+    if has_labels and not opts.force_label:
+        out["labels"] = batch["labels"]
+        out["diff_start"] = [0] * len(ids)
+        return out
+    labels, kept_starts = [], []
+    for row_ids, start in zip(ids, starts):
+        if not opts.train_diff_model:
+            labels.append(list(row_ids))
+            kept_starts.append(0)
+            continue
+        if start is None or start < 0:
+            start = diff_start_from_ids(row_ids, marker_ids)
+        if start is None:
+            labels.append([])
+            kept_starts.append(-1)
+        else:
+            labels.append(mask_before(row_ids, start))
+            kept_starts.append(start)
+    out["labels"] = labels
+    out["diff_start"] = kept_starts
+    return out
+
+
+def _count_filter(ds: datasets.Dataset, predicate, num_proc, desc: str) -> tuple[datasets.Dataset, int]:
+    before = len(ds)
+    kept = ds.filter(predicate, batched=True, num_proc=num_proc, desc=desc)
+    return kept, before - len(kept)
+
+
+def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions) -> tuple[datasets.Dataset, dict]:
+    """Tokenize, label and filter one split; returns it with its drop counts."""
+    if "input_ids" not in ds.column_names and opts.text_column not in ds.column_names:
+        raise DiffModelError(
+            f"the dataset has no {opts.text_column!r} column and no 'input_ids' (columns: {ds.column_names}); "
+            "name the text column with --text_column"
+        )
+    pretokenized = "input_ids" in ds.column_names
+    marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
+    if pretokenized and opts.train_diff_model and "diff_start" not in ds.column_names and (opts.force_label or "labels" not in ds.column_names):
+        logger.warning(
+            "data is pre-tokenized without text: finding <DFF> by its token ids %s; a marker merged with its neighbour by BPE is missed (those samples are dropped and counted)",
+            marker_ids,
+        )
+    keep = [c for c in ("input_ids", "labels", "diff_start") if c in ds.column_names]
+    remove = [c for c in ds.column_names if c not in keep]
+    ds = ds.map(
+        encode_batch,
+        batched=True,
+        num_proc=opts.num_proc,
+        remove_columns=remove,
+        fn_kwargs={"tokenizer": tokenizer, "opts": opts, "marker_ids": marker_ids},
+        desc="tokenize + label",
+    )
+    counts = {"dropped_too_long": 0, "dropped_no_diff": 0}
+    if opts.ignore_long_samples:
+        ds, counts["dropped_too_long"] = _count_filter(
+            ds, lambda b: [is_short_enough(x, opts.block_size) for x in b["input_ids"]], opts.num_proc, f"drop samples >= {opts.block_size} tokens"
+        )
+    ds, counts["dropped_no_diff"] = _count_filter(ds, lambda b: [s >= 0 for s in b["diff_start"]], opts.num_proc, "drop samples without <DFF>")
+    return ds.remove_columns("diff_start"), counts
+
+
+# --- layout stage -----------------------------------------------------------------------------
+
+
+def pad_batch(batch: dict[str, list], block_size: int, pad_id: int, eos_id: int) -> dict[str, list]:
+    rows = [pad_left(i, l, block_size, pad_id, eos_id) for i, l in zip(batch["input_ids"], batch["labels"])]
+    return {c: [r[c] for r in rows] for c in COLUMNS}
+
+
+ROW_FEATURES = datasets.Features({c: datasets.Sequence(datasets.Value("int32")) for c in COLUMNS})
+
+
+def concat_split(ds: datasets.Dataset, block_size: int, eos_id: int, pad_id: int, workdir: Path) -> datasets.Dataset:
+    """Concatenate a whole split in order into an Arrow file, one record batch per 1024 rows."""
+    schema = ROW_FEATURES.arrow_schema
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"concat-{os.getpid()}.arrow"
+    samples = ((r["input_ids"], r["labels"]) for r in ds.select_columns(["input_ids", "labels"]))
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        chunk: dict[str, list] = {c: [] for c in COLUMNS}
+        for row in concatenate(samples, block_size, eos_id, pad_id):
+            for c in COLUMNS:
+                chunk[c].append(row[c])
+            if len(chunk["input_ids"]) == 1024:
+                writer.write_batch(pa.RecordBatch.from_pydict(chunk, schema=schema))
+                chunk = {c: [] for c in COLUMNS}
+        if chunk["input_ids"]:
+            writer.write_batch(pa.RecordBatch.from_pydict(chunk, schema=schema))
+    return datasets.Dataset.from_file(str(path))
+
+
+def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workdir: Path) -> datasets.Dataset:
+    pad_id, eos_id = pad_id_of(tokenizer), eos_id_of(tokenizer)
+    if opts.layout == "concat":
+        return concat_split(ds, opts.block_size, eos_id, pad_id, workdir)
+    return ds.map(
+        pad_batch,
+        batched=True,
+        num_proc=opts.num_proc,
+        remove_columns=ds.column_names,
+        features=ROW_FEATURES,
+        fn_kwargs={"block_size": opts.block_size, "pad_id": pad_id, "eos_id": eos_id},
+        desc=f"left-pad to {opts.block_size}",
+    )
+
+
+# --- the whole pipeline -----------------------------------------------------------------------
+
+
+def is_laid_out(ds: datasets.Dataset) -> bool:
+    """Rows that an earlier run laid out carry labels and an attention mask."""
+    return {"input_ids", "labels", "attention_mask"} <= set(ds.column_names)
+
+
+def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, source_fingerprint: str) -> tuple[datasets.DatasetDict, dict[str, SplitReport]]:
+    """Run every stage on every split; returns the laid-out splits and their reports."""
+    root = default_cache_root(opts.cache_dir)
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    stage_opts = asdict(opts)
+    for k in ("num_proc", "overwrite_cache", "cache_dir", "report_examples"):
+        stage_opts.pop(k)
+    out, reports = {}, {}
+    for split, ds in raw.items():
+        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout)
+        if opts.skip_concat and is_laid_out(ds):
+            if opts.force_label:
+                logger.warning("--force_label has no effect with --skip_concat on rows that are already laid out: their labels were built before layout; rebuild from the raw data to change them")
+            rows = ds
+            report.samples_kept = len(ds)
+        else:
+            enc_fp = fingerprint(STAGE_VERSION, "encode", source_fingerprint, split, tok_fp, stage_opts)
+            encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds: encode_split(ds, tokenizer, opts), opts.overwrite_cache)
+            report.dropped_too_long, report.dropped_no_diff = counts["dropped_too_long"], counts["dropped_no_diff"]
+            report.samples_kept = len(encoded)
+            if opts.skip_concat:
+                rows = encoded
+            else:
+                lay_fp = fingerprint(STAGE_VERSION, "layout", enc_fp, opts.layout, opts.block_size, pad_id_of(tokenizer), eos_id_of(tokenizer))
+                rows, _ = cached_stage(root, "layout", lay_fp, lambda enc=encoded: (layout_split(enc, tokenizer, opts, root / "tmp"), {}), opts.overwrite_cache)
+                shutil.rmtree(root / "tmp", ignore_errors=True)
+        if len(rows) == 0:
+            raise DiffModelError(
+                f"the {split} split is empty after preprocessing ({report.samples_loaded} loaded, "
+                f"{report.dropped_too_long} dropped as >= --block_size {opts.block_size} tokens, "
+                f"{report.dropped_no_diff} dropped without <DFF>); raise --block_size, drop --ignore_long_samples, or check the data"
+            )
+        check_cols = [c for c in COLUMNS if c in rows.column_names]
+        fixed = opts.block_size if "attention_mask" in rows.column_names else None
+        report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).iter(batch_size=1024), fixed, split)
+        report.examples = [mark_spans(rows[i], tokenizer) for i in range(min(opts.report_examples, len(rows)))]
+        out[split] = rows
+        reports[split] = report
+    return datasets.DatasetDict(out), reports

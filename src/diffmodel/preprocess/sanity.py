@@ -1,0 +1,157 @@
+"""Sanity check and report of a preprocessed dataset.
+
+The reference script asserted a few properties before training; here they are
+checked over every row and raised as one :class:`DiffModelError` listing each
+broken property with an example row. The report counts what each stage kept
+and dropped, the share of tokens that carry loss, and shows the first samples
+with the masked and trained spans marked (see :func:`mark_spans`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffmodel.errors import raise_if_problems
+from diffmodel.preprocess.labels import IGNORE_INDEX
+
+ANSI_TRAINED = "\033[1;32m"
+ANSI_MASKED = "\033[2m"
+ANSI_RESET = "\033[0m"
+PLAIN_OPEN, PLAIN_CLOSE = "\u27e6", "\u27e7"  # ⟦trained span⟧
+
+
+@dataclass
+class SplitReport:
+    """Counts for one split, stage by stage."""
+
+    samples_loaded: int = 0
+    dropped_too_long: int = 0
+    dropped_no_diff: int = 0
+    samples_kept: int = 0
+    rows: int = 0
+    row_slots: int = 0
+    tokens: int = 0  # tokens with attention 1
+    loss_tokens: int = 0  # tokens whose label is not ignored
+    layout: str = ""
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def loss_share(self) -> float:
+        return self.loss_tokens / self.tokens if self.tokens else 0.0
+
+    @property
+    def fill_ratio(self) -> float:
+        return self.tokens / self.row_slots if self.row_slots else 0.0
+
+
+def check_rows(batches: Iterable[dict], block_size: int | None, split: str) -> tuple[int, int, int, int]:
+    """Check every row; return (rows, slots, attended tokens, loss tokens).
+
+    ``batches`` yields dicts of columns (lists of rows). Raises one
+    DiffModelError naming every broken property (first offending row each).
+    """
+    problems: dict[str, str] = {}
+    n_rows = slots = tokens = loss = 0
+    for batch in batches:
+        ids_rows, label_rows = batch["input_ids"], batch["labels"]
+        attn_rows = batch.get("attention_mask") or [[1] * len(r) for r in ids_rows]
+        for k, (ids, labels, attn) in enumerate(zip(ids_rows, label_rows, attn_rows)):
+            i = n_rows + k
+            if block_size is not None and len(ids) != block_size and "length" not in problems:
+                problems["length"] = f"{split} row {i} has {len(ids)} tokens, expected block_size {block_size} (was the data laid out with another --block_size? drop --skip_concat to lay it out again)"
+            if not (len(labels) == len(ids) == len(attn)) and "labels" not in problems:
+                problems["labels"] = f"{split} row {i}: {len(labels)} labels and {len(attn)} attention entries for {len(ids)} input_ids (rebuild labels with --force_label)"
+        n_rows += len(ids_rows)
+        if "labels" in problems:
+            continue
+        ids = np.concatenate([np.asarray(r, dtype=np.int64) for r in ids_rows]) if ids_rows else np.zeros(0, np.int64)
+        labels = np.concatenate([np.asarray(r, dtype=np.int64) for r in label_rows]) if label_rows else ids
+        attn = np.concatenate([np.asarray(r, dtype=np.int64) for r in attn_rows]) if attn_rows else ids
+        trained = labels != IGNORE_INDEX
+        slots += int(ids.size)
+        tokens += int(attn.sum())
+        loss += int(trained.sum())
+        bad = np.flatnonzero(trained & (labels != ids))
+        if bad.size and "value" not in problems:
+            j = int(bad[0])
+            problems["value"] = f"{split}: token {j} of the batch ending at row {n_rows - 1}: label {int(labels[j])} is neither the token {int(ids[j])} nor {IGNORE_INDEX} (rebuild labels with --force_label)"
+        bad = np.flatnonzero(trained & (attn == 0))
+        if bad.size and "attention" not in problems:
+            problems["attention"] = f"{split}: token {int(bad[0])} of the batch ending at row {n_rows - 1} is padding (attention 0) but carries a label"
+    raise_if_problems(list(problems.values()), f"the {split} split failed the sanity check")
+    return n_rows, slots, tokens, loss
+
+
+def _spans(ids: Sequence[int], labels: Sequence[int], attn: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """Group a row into runs of ("pad" | "masked" | "trained", ids)."""
+    out: list[tuple[str, list[int]]] = []
+    for t, lab, a in zip(ids, labels, attn):
+        kind = "pad" if not a else ("trained" if lab != IGNORE_INDEX else "masked")
+        if out and out[-1][0] == kind:
+            out[-1][1].append(t)
+        else:
+            out.append((kind, [t]))
+    return out
+
+
+def mark_spans(row: dict, tokenizer, color: bool = False, max_chars: int = 1200) -> str:
+    """Decode a row with trained spans marked: ANSI green (``color``) or ⟦brackets⟧.
+
+    Masked context is dim (or plain); padding is summarised as ``[PAD xN]``.
+    """
+    ids = row["input_ids"]
+    attn = row.get("attention_mask") or [1] * len(ids)
+    parts = []
+    for kind, run in _spans(ids, row["labels"], attn):
+        if kind == "pad":
+            parts.append(f"[PAD x{len(run)}]")
+            continue
+        text = tokenizer.decode(run)
+        if kind == "trained":
+            parts.append(f"{ANSI_TRAINED}{text}{ANSI_RESET}" if color else f"{PLAIN_OPEN}{text}{PLAIN_CLOSE}")
+        else:
+            parts.append(f"{ANSI_MASKED}{text}{ANSI_RESET}" if color else text)
+    out = "".join(parts)
+    return out if len(out) <= max_chars else out[:max_chars] + f"... [{len(out) - max_chars} more characters]"
+
+
+def format_report(reports: dict[str, SplitReport]) -> str:
+    """A readable table of the per-split counts, then the decoded examples."""
+    rows = [
+        ("samples loaded", "samples_loaded"),
+        ("dropped: too long", "dropped_too_long"),
+        ("dropped: no <DFF>", "dropped_no_diff"),
+        ("samples kept", "samples_kept"),
+        ("rows", "rows"),
+        ("tokens (attended)", "tokens"),
+        ("loss-bearing tokens", "loss_tokens"),
+    ]
+    splits = list(reports)
+    width = max(12, *(len(s) for s in splits))
+    lines = ["Data sanity report", f"{'':<22}" + "".join(f"{s:>{width + 2}}" for s in splits)]
+    for label, attr in rows:
+        lines.append(f"{label:<22}" + "".join(f"{getattr(reports[s], attr):>{width + 2},}" for s in splits))
+    lines.append(f"{'loss share':<22}" + "".join(f"{reports[s].loss_share:>{width + 2}.1%}" for s in splits))
+    lines.append(f"{'fill ratio':<22}" + "".join(f"{reports[s].fill_ratio:>{width + 2}.1%}" for s in splits))
+    lines.append(f"{'layout':<22}" + "".join(f"{reports[s].layout:>{width + 2}}" for s in splits))
+    for s in splits:
+        for k, ex in enumerate(reports[s].examples):
+            lines.append(f"\n--- {s} row {k} ({PLAIN_OPEN}trained{PLAIN_CLOSE}, rest masked) ---\n{ex}")
+    return "\n".join(lines)
+
+
+def write_report_json(reports: dict[str, SplitReport], path: Path) -> Path:
+    """Write the report as JSON (atomically: temp file, then rename)."""
+    data = {s: {**asdict(r), "loss_share": r.loss_share, "fill_ratio": r.fill_ratio} for s, r in reports.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path

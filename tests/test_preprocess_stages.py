@@ -1,0 +1,93 @@
+"""Exact token, label, mask and position arrays for each preprocessing stage."""
+
+import pytest
+
+from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, diff_start_from_offsets, mask_before
+from diffmodel.preprocess.layout import concatenate, pad_left
+from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
+from handmade import char_tokenizer, ids
+
+X = IGNORE_INDEX
+TEXT = "<NME> a\n<BEF> x\n<MSG> m\n<DFF> +y\n"
+
+
+class TestDiffBoundaryByCharacterOffset:
+    def test_merged_marker_is_found_and_trained(self):
+        tok = char_tokenizer()
+        enc = tokenize_batch({"text": [TEXT]}, tok)
+        toks = tok.convert_ids_to_tokens(enc["input_ids"][0])
+        assert toks[21:23] == ["\n<", "DFF"]  # the marker's "<" is merged with the newline before it
+        assert enc["diff_start"] == [21]
+
+    def test_token_id_search_misses_the_merged_marker(self):
+        tok = char_tokenizer()
+        row = tok(TEXT)["input_ids"]
+        marker = tok("<DFF>", add_special_tokens=False)["input_ids"]
+        assert tok.convert_ids_to_tokens(marker) == ["<", "DFF", ">"]
+        assert diff_start_from_ids(row, marker) is None
+
+    def test_unmerged_marker_found_both_ways(self):
+        tok = char_tokenizer(merges=[])
+        row = tok(TEXT)["input_ids"]
+        assert row == ids(TEXT)
+        marker = tok("<DFF>", add_special_tokens=False)["input_ids"]
+        assert diff_start_from_ids(row, marker) == TEXT.index("<DFF>") == 24
+        assert tokenize_batch({"text": [TEXT]}, tok)["diff_start"] == [24]
+
+    def test_no_marker(self):
+        assert diff_start_from_offsets("no marker", [(0, 2), (2, 9)]) is None
+        assert tokenize_batch({"text": ["<NME> a\n"]}, char_tokenizer())["diff_start"] == [-1]
+
+    def test_zero_width_special_token_is_never_the_boundary(self):
+        # BOS at (0, 0) then "<DFF>" at the very start of the text
+        assert diff_start_from_offsets("<DFF>x", [(0, 0), (0, 5), (5, 6)]) == 1
+
+
+class TestLabels:
+    def test_mask_before(self):
+        assert mask_before([5, 6, 7, 8], 2) == [X, X, 7, 8]
+        assert mask_before([5, 6], 0) == [5, 6]
+
+    def test_long_sample_policy_leaves_one_slot_for_eos(self):
+        assert is_short_enough([1, 2, 3], 4)
+        assert not is_short_enough([1, 2, 3, 4], 4)
+
+
+class TestPadLayout:
+    def test_left_pad_with_positions_from_zero_and_trained_eos(self):
+        row = pad_left([11, 12, 13], [X, 12, 13], block_size=6, pad_id=0, eos_id=99)
+        assert row == {
+            "input_ids": [0, 0, 11, 12, 13, 99],
+            "labels": [X, X, X, 12, 13, 99],
+            "attention_mask": [0, 0, 1, 1, 1, 1],
+            "position_ids": [0, 0, 0, 1, 2, 3],
+        }
+
+    def test_exact_fit(self):
+        row = pad_left([1, 2, 3], [1, 2, 3], block_size=4, pad_id=0, eos_id=9)
+        assert row["input_ids"] == [1, 2, 3, 9] and row["attention_mask"] == [1, 1, 1, 1]
+
+    def test_too_long_is_refused(self):
+        with pytest.raises(ValueError):
+            pad_left([1, 2, 3, 4], [1, 2, 3, 4], block_size=4, pad_id=0, eos_id=9)
+
+
+class TestConcatLayout:
+    def test_rows_span_samples_and_eos_is_trained(self):
+        samples = [([1, 2, 3], [X, 2, 3]), ([4, 5], [X, 5]), ([6, 7, 8, 9], [X, X, 8, 9])]
+        rows = list(concatenate(samples, block_size=4, eos_id=99, pad_id=0))
+        assert [r["input_ids"] for r in rows] == [[1, 2, 3, 99], [4, 5, 99, 6], [7, 8, 9, 99]]
+        assert [r["labels"] for r in rows] == [[X, 2, 3, 99], [X, 5, 99, X], [X, 8, 9, 99]]
+        assert all(r["attention_mask"] == [1, 1, 1, 1] for r in rows)
+        assert all(r["position_ids"] == [0, 1, 2, 3] for r in rows)
+
+    def test_remainder_is_kept_right_padded(self):
+        rows = list(concatenate([([1, 2, 3, 4], [1, 2, 3, 4])], block_size=3, eos_id=99, pad_id=0))
+        assert rows[-1] == {"input_ids": [4, 99, 0], "labels": [4, 99, X], "attention_mask": [1, 1, 0], "position_ids": [0, 1, 0]}
+        assert len(rows) == 2
+
+    def test_result_does_not_depend_on_how_samples_arrive(self):
+        samples = [([i] * (i % 5 + 1), [i] * (i % 5 + 1)) for i in range(1, 30)]
+        whole = list(concatenate(samples, 7, 99, 0))
+        assert list(concatenate(iter(samples), 7, 99, 0)) == whole
+        assert sum(sum(r["attention_mask"]) for r in whole) == sum(len(s[0]) + 1 for s in samples)
