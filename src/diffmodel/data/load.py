@@ -1,0 +1,541 @@
+"""The load stage: data files or a saved dataset in, a ``DatasetDict`` of raw rows out.
+
+Sources (exactly one per run):
+
+- ``train_files`` / ``validation_files``: paths or globs of one file type per
+  split: ``.jsonl``/``.json`` (optionally ``.zst``), ``.parquet``, ``.csv`` or
+  ``.txt`` (one sample per line, as in ``run_clm``).
+- ``dataset_name``: a local dataset folder (split names read from file and
+  folder names, as ``datasets`` does), or any name ``datasets.load_dataset``
+  can open without network.
+- ``dataset_name`` with ``load_from_disk``: a ``save_to_disk`` folder; a lone
+  ``Dataset`` becomes the ``train`` split.
+
+Invariants:
+- JSON record files are parsed here (see :mod:`diffmodel.data.records`) and
+  written to the ``datasets`` cache as Arrow through ``Dataset.from_generator``;
+  the cache key covers each file's path, size and modification time and the
+  parser's code, so a changed file is read again. Other types go through the
+  ``datasets`` builders.
+- The result has a non-empty ``train`` split; unless a validation split was
+  given or ``validation_split_percentage`` is 0, it also has ``validation``,
+  cut from ``train`` by a seeded permutation (both keep the source order).
+- Every split has the text column named in the report (``text`` when rows
+  were rendered from ``name/before/message/diff`` by
+  :func:`diffmodel.sample.render_row`), or an ``input_ids`` column, in which
+  case ``LoadReport.text_column`` is None and rows pass through untouched.
+- Problems with the input raise :class:`DiffModelError` naming the file (and
+  line), the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets.data_files import DataFilesDict, get_data_patterns
+from datasets.exceptions import DatasetGenerationError
+
+from diffmodel import sample
+from diffmodel.data import records
+from diffmodel.errors import DiffModelError, raise_if_problems
+
+logger = logging.getLogger(__name__)
+
+#: File suffix -> how it is read ("json" by this package, the rest by the ``datasets`` builder of that name).
+FORMATS: dict[str, str] = {
+    ".jsonl.zst": "json",
+    ".json.zst": "json",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".txt": "text",
+}
+SUPPORTED_EXTENSIONS = tuple(FORMATS)
+
+_STATS_FILE = "diffmodel-load-stats.json"
+
+
+@dataclass
+class LoadOptions:
+    """Where the raw data comes from and how it is read."""
+
+    dataset_name: str | None = None
+    """A local dataset folder or a dataset name; with ``load_from_disk`` a ``save_to_disk`` folder."""
+    dataset_config_name: str | None = None
+    """Config of ``dataset_name`` (passed to ``datasets.load_dataset``)."""
+    train_files: list[str] | None = None
+    """Training data files; globs allowed (``out/train/*.jsonl.zst``)."""
+    validation_files: list[str] | None = None
+    """Validation data files; globs allowed. Without them a validation split is cut from train."""
+    validation_split_percentage: int = 5
+    """Percent of train cut off as validation when no validation split is given; 0 cuts none."""
+    load_from_disk: bool = False
+    """Read ``dataset_name`` with ``datasets.load_from_disk``."""
+    text_column: str | None = None
+    """Column holding the training text (default: ``text``, else rendered from structured fields)."""
+    keep_linebreaks: bool = True
+    """For ``.txt`` files: keep the newline at the end of each line's sample."""
+    skip_bad_records: bool = False
+    """Skip (and count) malformed JSON records instead of stopping at the first."""
+    cache_dir: str | None = None
+    """``datasets`` cache folder (default: the ``datasets`` default cache)."""
+    seed: int = 42
+    """Seed of the train/validation cut."""
+
+
+@dataclass
+class LoadReport:
+    """What loading did, for logs and the sanity report."""
+
+    files: list[str]
+    """Every data file read (for ``load_from_disk`` / named datasets: the folder or name)."""
+    bad_records: int
+    """Records skipped under ``skip_bad_records``."""
+    bad_record_examples: list[str]
+    """Up to ``records.MAX_EXAMPLES`` messages ``"file:line: reason"``."""
+    rendered_from_fields: bool
+    """True when the ``text`` column was rendered from ``name/before/message/diff``."""
+    validation_from_split: bool
+    """True when validation was cut from train."""
+    text_column: str | None
+    """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
+
+
+def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadReport]:
+    """Load the raw splits described by ``opts`` (see the module docstring for the rules)."""
+    _check_options(opts)
+    report = LoadReport(
+        files=[],
+        bad_records=0,
+        bad_record_examples=[],
+        rendered_from_fields=False,
+        validation_from_split=False,
+        text_column=None,
+    )
+    origins: dict[str, str] = {}
+    if opts.load_from_disk:
+        raw = _load_saved(opts.dataset_name, report, origins)
+    elif opts.dataset_name:
+        raw = _load_named(opts, report, origins)
+    else:
+        split_files = {"train": _resolve_files(opts.train_files, "--train_file")}
+        if opts.validation_files:
+            split_files["validation"] = _resolve_files(opts.validation_files, "--validation_file")
+        raw = _load_split_files(split_files, opts, report, origins)
+
+    if "train" not in raw:
+        raise DiffModelError(
+            f"{opts.dataset_name}: no 'train' split (found: {', '.join(raw) or 'none'}); "
+            "name the training files train*, put them in a train/ folder, or pass --train_file"
+        )
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise DiffModelError(f"the {split} split is empty ({origins.get(split, opts.dataset_name)}); give it data")
+    raw = _resolve_text(raw, opts, report, origins)
+    raw = _ensure_validation(raw, opts, report)
+    return raw, report
+
+
+# --------------------------------------------------------------------------- options and files
+
+
+def _check_options(opts: LoadOptions) -> None:
+    problems = []
+    has_files = bool(opts.train_files) or bool(opts.validation_files)
+    if opts.dataset_name and has_files:
+        problems.append("--dataset_name and --train_file/--validation_file both given; pass only one source")
+    if not opts.dataset_name and not opts.train_files:
+        if opts.validation_files:
+            problems.append("--validation_file given without --train_file; pass the training files too")
+        else:
+            problems.append(
+                "no data: pass --train_file (files or globs), or --dataset_name (a dataset folder; "
+                "with --load_from_disk a save_to_disk folder)"
+            )
+    if opts.load_from_disk and not opts.dataset_name:
+        problems.append("--load_from_disk needs --dataset_name set to the save_to_disk folder")
+    if not 0 <= opts.validation_split_percentage < 100:
+        problems.append(
+            f"--validation_split_percentage {opts.validation_split_percentage} is not in 0..99 "
+            "(0 cuts no validation split)"
+        )
+    raise_if_problems(problems, "cannot load data")
+
+
+def _resolve_files(patterns: list[str], flag: str) -> list[str]:
+    """Expand globs and check that every path names an existing file (order kept, duplicates dropped)."""
+    files: list[str] = []
+    problems = []
+    for pattern in patterns:
+        path = os.path.expanduser(pattern)
+        if glob.has_magic(path):
+            matches = [m for m in sorted(glob.glob(path, recursive=True)) if os.path.isfile(m)]
+            if not matches:
+                problems.append(f"{flag} {pattern}: the glob matches no file")
+            files.extend(matches)
+        elif os.path.isdir(path):
+            problems.append(
+                f"{flag} {pattern}: is a folder; pass a glob such as {os.path.join(pattern, '*.jsonl.zst')}, "
+                "or pass the folder as --dataset_name"
+            )
+        elif not os.path.isfile(path):
+            problems.append(f"{flag} {pattern}: no such file")
+        else:
+            files.append(path)
+    raise_if_problems(problems, "cannot find the data files")
+    return list(dict.fromkeys(files))
+
+
+def _extension(path: str) -> str | None:
+    lower = path.lower()
+    for ext in SUPPORTED_EXTENSIONS:  # longest first: .jsonl.zst before .jsonl
+        if lower.endswith(ext):
+            return ext
+    return None
+
+
+def _split_format(files: list[str], what: str) -> str:
+    """The one reader for ``files`` (all JSON forms mix freely; other types do not mix)."""
+    by_format: dict[str, list[str]] = {}
+    problems = []
+    for path in files:
+        ext = _extension(path)
+        if ext is None:
+            problems.append(
+                f"{path}: unsupported file type; supported: {', '.join(SUPPORTED_EXTENSIONS)} "
+                "(convert the file, or save a dataset with save_to_disk and pass --load_from_disk)"
+            )
+        else:
+            by_format.setdefault(FORMATS[ext], []).append(path)
+    if len(by_format) > 1:
+        kinds = "; ".join(f"{fmt}: {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}" for fmt, paths in by_format.items())
+        problems.append(f"{what} mixes file types ({kinds}); give each split files of one type")
+    raise_if_problems(problems, f"cannot read {what}")
+    return next(iter(by_format))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _load_split_files(
+    split_files: dict[str, list[str]], opts: LoadOptions, report: LoadReport, origins: dict[str, str]
+) -> datasets.DatasetDict:
+    raw = {}
+    for split, files in split_files.items():
+        fmt = _split_format(files, f"the {split} split")
+        origins[split] = _describe(files)
+        report.files.extend(files)
+        if fmt == "json":
+            raw[split] = _load_json(files, split, opts, report)
+        else:
+            raw[split] = _load_with_builder(fmt, files, split, opts)
+    return datasets.DatasetDict(raw)
+
+
+def _describe(files: list[str]) -> str:
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+def _load_with_builder(fmt: str, files: list[str], split: str, opts: LoadOptions) -> datasets.Dataset:
+    kwargs = {"keep_linebreaks": opts.keep_linebreaks} if fmt == "text" else {}
+    try:
+        return datasets.load_dataset(fmt, data_files={split: files}, split=split, cache_dir=opts.cache_dir, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any reader failure is reported with the files that caused it
+        raise DiffModelError(f"cannot read {fmt} file(s) {_describe(files)}: {_root_message(err)}") from err
+
+
+def _load_json(files: list[str], split: str, opts: LoadOptions, report: LoadReport) -> datasets.Dataset:
+    """JSON record files -> Arrow in the cache, one pass, with bad records counted."""
+    fingerprint = _fingerprint(files, split, opts)
+    ds, stats = _generate(files, split, opts, fingerprint)
+    if stats is None:  # cached without its stats (an interrupted run): build once more under another key
+        ds, stats = _generate(files, split, opts, fingerprint + "-again")
+    if stats is None:
+        stats = records.ReadStats(rows=len(ds))
+    if stats.bad_records:
+        logger.warning(
+            "%s split: skipped %d bad record(s), e.g. %s", split, stats.bad_records, "; ".join(stats.bad_record_examples[:3])
+        )
+    report.bad_records += stats.bad_records
+    room = records.MAX_EXAMPLES - len(report.bad_record_examples)
+    report.bad_record_examples.extend(stats.bad_record_examples[: max(room, 0)])
+    return ds
+
+
+def _generate(
+    files: list[str], split: str, opts: LoadOptions, fingerprint: str
+) -> tuple[datasets.Dataset, records.ReadStats | None]:
+    """Build (or reuse from the cache) one split; stats are None if cached without them."""
+    stats = records.ReadStats()
+    reader = records.RecordReader(opts.skip_bad_records, stats)
+    ran = []
+
+    def rows(paths: list[str]):
+        ran.append(True)
+        for path in paths:
+            yield from reader.read(path)
+
+    try:
+        ds = datasets.Dataset.from_generator(
+            rows,
+            gen_kwargs={"paths": files},  # a list: one generator call per file, in order
+            cache_dir=opts.cache_dir,
+            fingerprint=fingerprint,
+            split=datasets.NamedSplit(split),
+        )
+    except DatasetGenerationError as err:
+        cause = _find_cause(err, DiffModelError)
+        if cause is not None:
+            raise cause from None
+        if ran and stats.rows == 0:
+            raise _empty_error(files, split, stats) from None
+        raise DiffModelError(f"cannot build the {split} split from {_describe(files)}: {_root_message(err)}") from err
+
+    stats_path = _stats_path(ds)
+    if ran:
+        if stats_path is not None:
+            stats_path.write_text(json.dumps(stats.__dict__))
+        return ds, stats
+    if stats_path is not None and stats_path.is_file():
+        return ds, records.ReadStats(**json.loads(stats_path.read_text()))
+    return ds, None
+
+
+def _empty_error(files: list[str], split: str, stats: records.ReadStats) -> DiffModelError:
+    skipped = f"; all {stats.bad_records} record(s) were bad and skipped, e.g. {stats.bad_record_examples[0]}" if stats.bad_records else ""
+    return DiffModelError(f"the {split} split is empty: no records in {_describe(files)}{skipped}")
+
+
+def _stats_path(ds: datasets.Dataset) -> Path | None:
+    if not ds.cache_files:
+        return None
+    return Path(ds.cache_files[0]["filename"]).parent / _STATS_FILE
+
+
+def _fingerprint(files: list[str], split: str, opts: LoadOptions) -> str:
+    """Cache key of a JSON split: file identities, the options that change rows, and the reader's code."""
+    identity = []
+    for path in files:
+        st = os.stat(path)
+        identity.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    code = Path(records.__file__).read_bytes() + Path(__file__).read_bytes()
+    key = json.dumps(
+        {"files": identity, "split": split, "skip_bad_records": opts.skip_bad_records, "code": hashlib.sha256(code).hexdigest()}
+    )
+    return "diffmodel-json-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _load_saved(path: str, report: LoadReport, origins: dict[str, str]) -> datasets.DatasetDict:
+    if not os.path.exists(path):
+        raise DiffModelError(f"--dataset_name {path}: no such folder (--load_from_disk reads a save_to_disk folder)")
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as err:
+        raise DiffModelError(
+            f"--dataset_name {path}: not a save_to_disk folder ({_root_message(err)}); "
+            "drop --load_from_disk to read a folder of data files"
+        ) from err
+    report.files.append(path)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    for split in loaded:
+        origins[split] = f"{path}, split {split}"
+    return loaded
+
+
+def _load_named(opts: LoadOptions, report: LoadReport, origins: dict[str, str]) -> datasets.DatasetDict:
+    name = opts.dataset_name
+    if os.path.isfile(name):
+        raise DiffModelError(f"--dataset_name {name}: is a file; pass it as --train_file {name}")
+    if os.path.isdir(name):
+        if _is_saved_dataset(name):
+            raise DiffModelError(f"--dataset_name {name}: is a save_to_disk folder; add --load_from_disk")
+        if opts.dataset_config_name is None and not _declares_configs(name):
+            return _load_split_files(_folder_splits(name), opts, report, origins)
+    try:
+        loaded = datasets.load_dataset(name, opts.dataset_config_name, cache_dir=opts.cache_dir)
+    except Exception as err:  # noqa: BLE001 - whatever datasets raises, say what was asked and what to try
+        config = f" (config {opts.dataset_config_name})" if opts.dataset_config_name else ""
+        raise DiffModelError(
+            f"--dataset_name {name}{config}: cannot load it: {_root_message(err)}. There is no network access: "
+            "pass a local dataset folder, data files with --train_file, or a save_to_disk folder with --load_from_disk"
+        ) from err
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    report.files.append(name)
+    for split in loaded:
+        origins[split] = f"{name}, split {split}"
+    return loaded
+
+
+def _is_saved_dataset(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, f)) for f in ("dataset_dict.json", "state.json"))
+
+
+def _declares_configs(folder: str) -> bool:
+    """True if the folder's README front matter declares configs (then ``datasets`` must read it)."""
+    readme = os.path.join(folder, "README.md")
+    if not os.path.isfile(readme):
+        return False
+    text = Path(readme).read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return False
+    front = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    return any(line.startswith("configs:") for line in front.splitlines())
+
+
+def _folder_splits(folder: str) -> dict[str, list[str]]:
+    """Split name -> data files of a dataset folder, named as ``datasets`` names them."""
+    try:
+        patterns = get_data_patterns(folder)
+        found = DataFilesDict.from_patterns(patterns, base_path=folder)
+    except Exception as err:  # noqa: BLE001 - EmptyDatasetError and friends
+        raise DiffModelError(f"--dataset_name {folder}: no data files found ({_root_message(err)})") from err
+    splits: dict[str, list[str]] = {}
+    for split, files in found.items():
+        usable = [f for f in files if _extension(f) is not None]
+        ignored = [f for f in files if _extension(f) is None]
+        if ignored:
+            logger.warning("%s: ignoring %d file(s) of unsupported type, e.g. %s", folder, len(ignored), ignored[0])
+        if not usable:
+            raise DiffModelError(
+                f"--dataset_name {folder}: the {split} split has no file of a supported type "
+                f"({', '.join(SUPPORTED_EXTENSIONS)}); found e.g. {files[0]}"
+            )
+        splits[str(split)] = usable
+    return splits
+
+
+# --------------------------------------------------------------------------- text and validation
+
+
+def _resolve_text(
+    raw: datasets.DatasetDict, opts: LoadOptions, report: LoadReport, origins: dict[str, str]
+) -> datasets.DatasetDict:
+    """Make every split carry the same text column (or ``input_ids``), rendering structured rows."""
+    chosen: dict[str, str | None] = {}
+    out = {}
+    for split, ds in raw.items():
+        where = origins.get(split, split)
+        columns = ds.column_names
+        if "input_ids" in columns:
+            if opts.text_column is not None:
+                raise DiffModelError(
+                    f"{where}: rows are already tokenized (column input_ids), so --text_column "
+                    f"{opts.text_column} would be ignored; drop --text_column"
+                )
+            chosen[split] = None
+        elif opts.text_column is not None:
+            if opts.text_column not in columns:
+                raise DiffModelError(
+                    f"{where}: --text_column {opts.text_column} is not a column (columns: {', '.join(columns)}); "
+                    "name one of them, or drop --text_column to use 'text' or render name/before/message/diff"
+                )
+            _check_text(ds, opts.text_column, where)
+            chosen[split] = opts.text_column
+        elif "text" in columns:
+            _check_text(ds, "text", where)
+            chosen[split] = "text"
+        elif all(f in columns for f in sample.FIELDS):
+            ds = ds.map(
+                _render_batch,
+                batched=True,
+                input_columns=list(sample.FIELDS),
+                fn_kwargs={"render_version": _RENDER_VERSION},
+                desc=f"Rendering {split} samples",
+            )
+            report.rendered_from_fields = True
+            chosen[split] = "text"
+        else:
+            missing = [f for f in sample.FIELDS if f not in columns]
+            raise DiffModelError(
+                f"{where}: no text to train on. Columns found: {', '.join(columns) or 'none'}. Give the rows a "
+                f"'text' column, pass --text_column COLUMN to use another, give them the fields "
+                f"{', '.join(sample.FIELDS)} to have them rendered (missing: {', '.join(missing)}), "
+                "or give tokenized rows (input_ids)"
+            )
+        out[split] = ds
+    if len(set(chosen.values())) > 1:
+        kinds = ", ".join(f"{s}: {c or 'input_ids (tokenized)'}" for s, c in chosen.items())
+        raise DiffModelError(f"the splits disagree on their text ({kinds}); give every split the same kind of rows")
+    report.text_column = next(iter(chosen.values()))
+    return datasets.DatasetDict(out)
+
+
+def _check_text(ds: datasets.Dataset, column: str, where: str) -> None:
+    feature = ds.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise DiffModelError(
+            f"{where}: column {column} holds {feature}, not text; pass --text_column with a text column"
+        )
+
+
+_RENDER_VERSION = hashlib.sha256(Path(sample.__file__).read_bytes()).hexdigest()[:16]
+
+
+def _render_batch(names: list, befores: list, messages: list, diffs: list, render_version: str) -> dict:
+    """``text`` for a batch of structured rows; ``render_version`` only keys the cache to sample.py."""
+    del render_version
+    return {
+        "text": [
+            sample.render_row({"name": n, "before": b, "message": m, "diff": d})
+            for n, b, m, d in zip(names, befores, messages, diffs)
+        ]
+    }
+
+
+def _ensure_validation(raw: datasets.DatasetDict, opts: LoadOptions, report: LoadReport) -> datasets.DatasetDict:
+    """Cut ``validation`` off ``train`` when none was given (a seeded choice; both keep source order)."""
+    pct = opts.validation_split_percentage
+    if "validation" in raw or pct == 0:
+        return raw
+    train = raw["train"]
+    n = len(train)
+    n_val = math.ceil(n * pct / 100)
+    if n_val >= n:
+        raise DiffModelError(
+            f"the train split has {n} row(s), too few to cut a {pct}% validation split from; "
+            "pass --validation_file, more data, or --validation_split_percentage 0"
+        )
+    order = np.random.default_rng(opts.seed).permutation(n)
+    out = {
+        "train": train.select(np.sort(order[n_val:])),
+        "validation": train.select(np.sort(order[:n_val])),
+    }
+    out.update({k: v for k, v in raw.items() if k != "train"})
+    report.validation_from_split = True
+    logger.info("cut %d of %d train rows off as validation (seed %d)", n_val, n, opts.seed)
+    return datasets.DatasetDict(out)
+
+
+# --------------------------------------------------------------------------- error helpers
+
+
+def _find_cause(err: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _root_message(err: BaseException) -> str:
+    """The innermost cause's message (``datasets`` wraps reader errors in generic ones)."""
+    seen = set()
+    while (err.__cause__ or err.__context__) is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,161 @@
+"""Streaming reader for JSON record files: ``.jsonl``, ``.json`` and their ``.zst`` forms.
+
+A record file holds one JSON object per line (JSON Lines). A ``.json`` file may
+instead hold one JSON array of objects; that form is parsed as a whole, so it
+is meant for small files only.
+
+Invariants:
+- Files are read as bytes, line by line; a ``.zst`` file is decompressed as a
+  stream (across concatenated frames), never into one string. Memory is
+  bounded by the longest line.
+- Lines split on ``\\n`` only; blank lines are ignored.
+- Every problem is reported as ``path:LINE: reason`` (``path: item N: reason``
+  inside a JSON array). Without ``skip_bad_records`` the first bad record
+  raises :class:`DiffModelError`; with it the record is skipped and counted in
+  :class:`ReadStats`.
+- The first record of a split fixes its columns: a later record that lacks a
+  column gets ``None`` there; a record with a column the first lacked is a bad
+  record (Arrow needs one schema per split).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+
+import zstandard
+
+from diffmodel.errors import DiffModelError
+
+#: How many bad-record messages a report keeps (the count is always exact).
+MAX_EXAMPLES = 10
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class ReadStats:
+    """What a read saw: rows kept, bad records skipped and a few of their messages."""
+
+    rows: int = 0
+    bad_records: int = 0
+    bad_record_examples: list[str] = field(default_factory=list)
+
+    def add_bad(self, message: str) -> None:
+        self.bad_records += 1
+        if len(self.bad_record_examples) < MAX_EXAMPLES:
+            self.bad_record_examples.append(message)
+
+
+@contextmanager
+def open_bytes(path: str) -> Iterator[IO[bytes]]:
+    """Open ``path`` for buffered binary reading, decompressing ``.zst`` on the fly."""
+    with open(path, "rb") as fh:
+        if path.lower().endswith(".zst"):
+            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+            with io.BufferedReader(reader, buffer_size=1 << 20) as buffered:
+                yield buffered
+        else:
+            yield fh
+
+
+class RecordReader:
+    """Yields the JSON objects of a sequence of files as rows with one shared set of columns.
+
+    ``columns`` and ``first_origin`` are fixed by the first good record seen, so
+    one reader must be used for all the files of one split.
+    """
+
+    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None):
+        self.skip_bad_records = skip_bad_records
+        self.stats = stats if stats is not None else ReadStats()
+        self.columns: list[str] | None = None
+        self.first_origin: str | None = None
+
+    def _bad(self, message: str) -> None:
+        if not self.skip_bad_records:
+            raise DiffModelError(f"{message}. Fix the record, or pass --skip_bad_records to skip and count bad records.")
+        self.stats.add_bad(message)
+
+    def _row(self, obj: object, origin: str) -> dict | None:
+        """``obj`` as a row with the split's columns, or None (after reporting) if it is bad."""
+        if not isinstance(obj, dict):
+            self._bad(f"{origin}: not a JSON object (got {_json_type(obj)})")
+            return None
+        if self.columns is None:
+            self.columns = list(obj)
+            self.first_origin = origin
+            return obj
+        extra = [k for k in obj if k not in self.columns]
+        if extra:
+            self._bad(
+                f"{origin}: key(s) {', '.join(map(repr, extra))} not among the columns of the first record "
+                f"({self.first_origin}: {', '.join(self.columns) or 'none'})"
+            )
+            return None
+        return {k: obj.get(k) for k in self.columns}
+
+    def read(self, path: str) -> Iterator[dict]:
+        """Yield the rows of one file."""
+        with open_bytes(path) as fh:
+            if path.lower().removesuffix(".zst").endswith(".json") and _first_byte(fh) == b"[":
+                yield from self._read_array(fh, path)
+                return
+            for lineno, raw in enumerate(fh, 1):
+                if lineno == 1:
+                    raw = raw.removeprefix(_BOM)
+                if not raw.strip():
+                    continue
+                origin = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(raw)
+                except UnicodeDecodeError as err:
+                    self._bad(f"{origin}: not valid UTF-8 ({err.reason} at byte {err.start})")
+                    continue
+                except json.JSONDecodeError as err:
+                    self._bad(f"{origin}: not valid JSON ({err.msg} at column {err.colno})")
+                    continue
+                row = self._row(obj, origin)
+                if row is not None:
+                    self.stats.rows += 1
+                    yield row
+
+    def _read_array(self, fh: IO[bytes], path: str) -> Iterator[dict]:
+        try:
+            items = json.load(fh)
+        except UnicodeDecodeError as err:
+            raise DiffModelError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        except json.JSONDecodeError as err:
+            # A broken array cannot be skipped record by record.
+            raise DiffModelError(
+                f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}); "
+                "the file is one JSON array, so it must parse as a whole (JSON Lines files can skip bad lines)"
+            ) from None
+        for index, obj in enumerate(items, 1):
+            row = self._row(obj, f"{path}: item {index}")
+            if row is not None:
+                self.stats.rows += 1
+                yield row
+
+
+def _first_byte(fh: IO[bytes]) -> bytes:
+    """The first non-whitespace byte in the read buffer of ``fh``, without consuming anything."""
+    chunk = fh.peek(4096)  # type: ignore[attr-defined]
+    return chunk.removeprefix(_BOM).lstrip(b" \t\r\n")[:1]
+
+
+def _json_type(obj: object) -> str:
+    if isinstance(obj, list):
+        return "an array"
+    if isinstance(obj, str):
+        return "a string"
+    if isinstance(obj, bool):
+        return "a boolean"
+    if isinstance(obj, (int, float)):
+        return "a number"
+    if obj is None:
+        return "null"
+    return type(obj).__name__
