@@ -1,0 +1,93 @@
+"""Loss curves as PNG files.
+
+``plot_loss`` draws the training loss (and the eval loss, when the log has
+any) against the optimizer step, from a ``transformers`` ``log_history``: the
+list of dicts a ``Trainer`` keeps in ``trainer.state.log_history`` and writes
+to ``trainer_state.json``.
+
+Invariants:
+- Headless: matplotlib's Agg backend through an explicit ``Figure`` (no
+  pyplot, no display, no global state touched), safe in threads and on
+  clusters.
+- Atomic: the PNG is written to a temporary file in the target folder and
+  renamed over ``out_png``, so a reader never sees a half-written image.
+- Entries without a finite ``loss`` / ``eval_loss`` are skipped, so an empty
+  or eval-only history still gives a valid (possibly empty) plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from diffmodel.errors import DiffModelError
+
+
+def _series(log_history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    steps, values = [], []
+    for i, entry in enumerate(log_history):
+        value = entry.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            continue
+        steps.append(float(entry.get("step", i)))
+        values.append(float(value))
+    return steps, values
+
+
+def plot_loss(log_history: list[dict], out_png: Path, title: str = "") -> Path:
+    """Draw loss vs step from ``log_history`` into ``out_png``; returns its path."""
+    out = Path(out_png)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    train_steps, train_loss = _series(log_history, "loss")
+    eval_steps, eval_loss = _series(log_history, "eval_loss")
+    if train_loss:
+        ax.plot(train_steps, train_loss, label="train loss", color="tab:blue", linewidth=1.2)
+    if eval_loss:
+        ax.plot(eval_steps, eval_loss, label="eval loss", color="tab:orange", marker="o", markersize=3, linewidth=1.2)
+    if not train_loss and not eval_loss:
+        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+    else:
+        ax.legend(loc="upper right")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is meant to be shared
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def plot_from_trainer_state(path_to_trainer_state_json: Path, out_png: Path, title: str = "") -> Path:
+    """Plot the ``log_history`` of a ``trainer_state.json`` (a file, or a checkpoint folder holding one)."""
+    path = Path(path_to_trainer_state_json)
+    if path.is_dir():
+        path = path / "trainer_state.json"
+    if not path.is_file():
+        raise DiffModelError(f"{path} does not exist; pass a trainer_state.json or a checkpoint folder that has one")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DiffModelError(f"{path} is not valid JSON ({err}); pass the trainer_state.json a Trainer wrote") from err
+    history = state.get("log_history") if isinstance(state, dict) else None
+    if not isinstance(history, list):
+        raise DiffModelError(f"{path} has no 'log_history' list; pass the trainer_state.json a Trainer wrote")
+    return plot_loss(history, out_png, title=title or path.parent.name)
