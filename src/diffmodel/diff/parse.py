@@ -60,19 +60,20 @@ class Hunk:
     #: text after the closing ``@@`` (git's function context), without newline
     section: str = ""
 
-    def _side(self, keep: str) -> list[str]:
-        out: list[str] = []
-        last_kept = False
+    def ops(self) -> list[tuple[str, str]]:
+        """``(tag, file line)`` pairs, tag ``' '``, ``'-'`` or ``'+'``, markers folded in."""
+        out: list[tuple[str, str]] = []
         for line in self.lines:
             tag = line[:1]
             if tag == "\\":
-                if last_kept and out and out[-1].endswith("\n"):
-                    out[-1] = out[-1][:-1]
-                continue
-            last_kept = tag in keep
-            if last_kept:
-                out.append(line[1:])
+                if out and out[-1][1].endswith("\n"):
+                    out[-1] = (out[-1][0], out[-1][1][:-1])
+            elif tag in (" ", "-", "+"):
+                out.append((tag, line[1:]))
         return out
+
+    def _side(self, keep: str) -> list[str]:
+        return [line for tag, line in self.ops() if tag in keep]
 
     def old_lines(self) -> list[str]:
         """The file lines this hunk expects (context and removed), with endings."""
