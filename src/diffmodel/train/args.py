@@ -1,0 +1,144 @@
+"""Command-line arguments of ``diffmodel train``, as typed dataclasses.
+
+``diffmodel train`` accepts every ``transformers.TrainingArguments`` flag plus
+the two dataclasses below: the model and data options of HF's ``run_clm.py``
+and the reference script's seven flags (with their meaning unchanged). Each
+field's docstring-like ``help`` is what ``--help`` prints.
+
+:func:`validate` gathers every problem of a command line and raises once,
+naming each flag and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from diffmodel.errors import DiffModelError, raise_if_problems
+
+
+def arg(default=None, help: str = "", **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = arg(None, "Checkpoint folder (or hub name, if reachable) to start from. Omit to train from scratch with --model_type or --config_name.")
+    model_type: str | None = arg(None, "Architecture to build from scratch when no --model_name_or_path is given (gpt2, llama, ...).")
+    config_overrides: str | None = arg(None, "Override config values when training from scratch, e.g. 'n_embd=10,resid_pdrop=0.2'.")
+    config_name: str | None = arg(None, "Config folder or name, if not the same as --model_name_or_path.")
+    tokenizer_name: str | None = arg(None, "Tokenizer folder or name, if not the same as --model_name_or_path.")
+    cache_dir: str | None = arg(None, "Where to keep downloaded models, HF dataset caches and the preprocessing cache (CACHE/diffmodel_preprocess).")
+    use_fast_tokenizer: bool = arg(True, "Use a fast (Rust) tokenizer; it gives the character offsets that find <DFF> exactly.")
+    model_revision: str = arg("main", "Model version (branch, tag or commit).")
+    trust_remote_code: bool = arg(False, "Allow model code from the checkpoint folder.")
+    torch_dtype: str | None = arg(None, "Load the model in this dtype: auto, bfloat16, float16 or float32.", choices=["auto", "bfloat16", "float16", "float32"])
+    attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2 (default: the model's own choice).")
+    dropout: float | None = arg(0.1, "Dropout set on every dropout setting of the model config (residual, embedding, attention), as the reference did. Pass a negative value to keep the checkpoint's.")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = arg(None, "Local dataset folder (any format below), or with --load_from_disk a folder written by save_to_disk.")
+    dataset_config_name: str | None = arg(None, "Configuration name of the dataset, for datasets that have several.")
+    train_file: list[str] | None = arg(None, "Training data files (json, jsonl, jsonl.zst, json.zst, parquet, csv, txt); several files and globs allowed.")
+    validation_file: list[str] | None = arg(None, "Validation data files (same formats). Without them, --validation_split_percentage of train is held out.")
+    validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
+    text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
+    keep_linebreaks: bool = arg(True, "For .txt files: keep line breaks.")
+    skip_bad_records: bool = arg(False, "Skip malformed JSON lines and count them in the report instead of stopping at the first.")
+    max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
+    max_eval_samples: int | None = arg(None, "Keep only the first N evaluation rows (after preprocessing).")
+    block_size: int | None = arg(None, "Row length in tokens (default: min(1024, the tokenizer's model_max_length)). Must not exceed the model's maximum positions.")
+    preprocessing_num_workers: int | None = arg(None, "Processes used for tokenizing and labelling.")
+    overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
+    # the reference script's flags
+    train_diff_model: bool = arg(False, "Diff-model labels: every token before the first <DFF> is ignored by the loss. Always pass it for diff models.")
+    ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
+    concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
+    load_from_disk: bool = arg(False, "--dataset_name is a folder written by save_to_disk (a Dataset or a DatasetDict).")
+    save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir.")
+    final_dataset_dir: str = arg("final_dataset", "Folder for --save_final_dataset (written under a temporary name, then renamed).")
+    skip_concat: bool = arg(False, "Skip the concatenate-or-pad step, for data that is already laid out (e.g. an earlier --save_final_dataset).")
+    force_label: bool = arg(False, "Rebuild labels even when the data already has a labels column.")
+
+
+@dataclass
+class RunArguments:
+    """Run options that transformers 5 no longer has but reference command lines pass."""
+
+    overwrite_output_dir: bool = arg(False, "Start over in --output_dir instead of resuming from its last checkpoint.")
+
+
+PARSED = tuple[ModelArguments, DataArguments, TrainingArguments]
+
+
+def _has_field(name: str) -> bool:
+    return name in TrainingArguments.__dataclass_fields__
+
+
+def make_parser() -> HfArgumentParser:
+    extra = () if _has_field("overwrite_output_dir") else (RunArguments,)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *extra))
+    parser.prog = "diffmodel train"
+    parser.description = (
+        "Train a diff model. Takes every transformers TrainingArguments flag, the model/data flags of run_clm.py "
+        "and the reference flags (--train_diff_model, --ignore_long_samples, --concatenate_texts, --load_from_disk, "
+        "--save_final_dataset, --skip_concat, --force_label). A single .json or .yaml file of arguments may replace the command line."
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> PARSED:
+    """Parse a command line, or a single JSON/YAML file of arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise DiffModelError(f"arguments file {path} does not exist")
+        try:
+            if path.suffix == ".json":
+                parsed = parser.parse_json_file(str(path.resolve()))
+            else:
+                parsed = parser.parse_yaml_file(str(path.resolve()))
+        except ValueError as err:
+            raise DiffModelError(f"{path}: {err}") from None
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args, *rest = parsed
+    for extra in rest:
+        for name, value in vars(extra).items():
+            setattr(training_args, name, value)
+    return model_args, data_args, training_args
+
+
+def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Raise one DiffModelError listing every problem of the arguments."""
+    problems = []
+    if not data_args.dataset_name and not data_args.train_file:
+        problems.append("no data: give --train_file FILE... or --dataset_name DIR")
+    if data_args.load_from_disk and not data_args.dataset_name:
+        problems.append("--load_from_disk needs --dataset_name, the folder written by save_to_disk")
+    if not model_args.model_name_or_path and not (model_args.model_type or model_args.config_name):
+        problems.append("no model: give --model_name_or_path DIR, or --model_type / --config_name to train from scratch")
+    if not model_args.model_name_or_path and not model_args.tokenizer_name:
+        problems.append("no tokenizer: give --tokenizer_name DIR (or --model_name_or_path)")
+    if model_args.config_overrides and model_args.model_name_or_path:
+        problems.append("--config_overrides only applies when training from scratch; drop it or drop --model_name_or_path")
+    if data_args.block_size is not None and data_args.block_size < 2:
+        problems.append(f"--block_size {data_args.block_size} is too small; use at least 2 (typical: 1024 or 2048)")
+    if not 0 <= data_args.validation_split_percentage < 100:
+        problems.append(f"--validation_split_percentage {data_args.validation_split_percentage} must be in 0..99")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name} {value} must be at least 1")
+    if not (training_args.do_train or training_args.do_eval or data_args.save_final_dataset):
+        problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
+    raise_if_problems(problems, "diffmodel train cannot start")

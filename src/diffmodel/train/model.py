@@ -1,0 +1,142 @@
+"""Load the tokenizer, config and model; set dropout through the config.
+
+Dropout is set on the *config*, before the model is built, for every setting
+whose name says it is a dropout probability (``resid_pdrop``, ``embd_pdrop``,
+``attn_pdrop``, ``hidden_dropout``, ``attention_dropout``,
+``residual_dropout``, ``embedding_dropout``, ...). No model-specific module
+path is touched, so any architecture whose config exposes its dropout works;
+the log names each setting changed, or says that the config has none.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from diffmodel.errors import DiffModelError
+
+logger = logging.getLogger(__name__)
+
+#: Config settings that are dropout probabilities of a head, not of the language model.
+NOT_LM_DROPOUT = ("summary_first_dropout", "classifier_dropout", "summary_last_dropout")
+
+
+def dropout_settings(config) -> list[str]:
+    """Names of the config's dropout-probability settings."""
+    names = []
+    for key, value in config.to_dict().items():
+        if key in NOT_LM_DROPOUT or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key.endswith(("dropout", "pdrop", "dropout_prob", "dropout_rate")) or key in ("dropout",):
+            names.append(key)
+    return names
+
+
+def apply_dropout(config, p: float) -> dict[str, tuple[float, float]]:
+    """Set every dropout setting of ``config`` to ``p``; returns {name: (old, new)} for those changed."""
+    changed = {}
+    for name in dropout_settings(config):
+        old = getattr(config, name)
+        if old != p:
+            setattr(config, name, p)
+            changed[name] = (old, p)
+    return changed
+
+
+def load_tokenizer(model_args):
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            name, cache_dir=model_args.cache_dir, use_fast=model_args.use_fast_tokenizer,
+            revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise DiffModelError(f"cannot load a tokenizer from {name!r}: {err}. Check --tokenizer_name / --model_name_or_path") from None
+    if tok.eos_token_id is None and tok.pad_token_id is None:
+        raise DiffModelError(f"the tokenizer from {name!r} has neither a pad nor an EOS token; add an eos_token to it (and save it) before training")
+    if tok.eos_token_id is None:
+        raise DiffModelError(f"the tokenizer from {name!r} has no EOS token; every sample ends with EOS, so add an eos_token to it and save it")
+    if not getattr(tok, "is_fast", False):
+        logger.warning("slow tokenizer: no character offsets, so <DFF> is found by its token ids (a marker merged by BPE is missed)")
+    return tok
+
+
+def load_config(model_args):
+    kw = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.config_name or model_args.model_name_or_path:
+        name = model_args.config_name or model_args.model_name_or_path
+        try:
+            config = AutoConfig.from_pretrained(name, **kw)
+        except (OSError, ValueError) as err:
+            raise DiffModelError(f"cannot load a model config from {name!r}: {err}") from None
+    else:
+        if model_args.model_type not in CONFIG_MAPPING:
+            raise DiffModelError(f"--model_type {model_args.model_type!r} is unknown; use one of: {', '.join(sorted(CONFIG_MAPPING.keys())[:20])}, ...")
+        config = CONFIG_MAPPING[model_args.model_type]()
+        logger.warning("training a new %s model from scratch", model_args.model_type)
+    if model_args.config_overrides:
+        try:
+            config.update_from_string(model_args.config_overrides)
+        except ValueError as err:
+            raise DiffModelError(f"--config_overrides {model_args.config_overrides!r}: {err}") from None
+    if model_args.dropout is not None and model_args.dropout >= 0:
+        changed = apply_dropout(config, model_args.dropout)
+        if changed:
+            logger.info("dropout set to %s: %s", model_args.dropout, ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()))
+        elif not dropout_settings(config):
+            logger.warning("the %s config exposes no dropout setting: --dropout has no effect", config.model_type)
+    return config
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings allow, if the config says."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_block_size(block_size: int | None, tokenizer, config) -> int:
+    """Default the block size like run_clm, and refuse one the model cannot hold."""
+    limit = max_positions(config)
+    if block_size is None:
+        block_size = min(1024, tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 1024)
+        if limit:
+            block_size = min(block_size, limit)
+        logger.info("--block_size not given: using %d", block_size)
+    elif limit and block_size > limit:
+        raise DiffModelError(f"--block_size {block_size} is larger than the model's {limit} positions; use --block_size {limit} or less")
+    return block_size
+
+
+def _dtype(name: str | None):
+    if name in (None, "auto"):
+        return name
+    return getattr(torch, name)
+
+
+def load_model(model_args, config, tokenizer):
+    extra = {}
+    if model_args.attn_implementation:
+        extra["attn_implementation"] = model_args.attn_implementation
+    if model_args.model_name_or_path:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code,
+                dtype=_dtype(model_args.torch_dtype), **extra,
+            )
+        except OSError as err:
+            raise DiffModelError(f"cannot load a model from {model_args.model_name_or_path!r}: {err}") from None
+    else:
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code, **extra)
+        n = sum(p.numel() for p in model.parameters())
+        logger.info("new model: %.1fM parameters", n / 1e6)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        logger.info("resizing token embeddings from %d to %d to fit the tokenizer", vocab, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+    return model
