@@ -1,0 +1,250 @@
+"""``diffmodel apply``: apply a diff (or a git-style patch) to files in a working folder.
+
+Invariants:
+- File names (``FILE`` and names from ``---``/``+++`` headers) are relative to
+  the working folder (``-C``) and must stay inside it: absolute names, names
+  with a ``..`` part and symlinks that lead outside are refused with a
+  :class:`~diffmodel.errors.DiffModelError` before anything is read.
+- All files are patched in memory first; nothing is written unless every hunk
+  of every file applied. Each file is then replaced atomically (a temporary
+  file in the same folder, fsync, ``os.replace``), keeping its permissions,
+  so an interrupted run leaves either the old or the new file.
+- Bytes that are not UTF-8 pass through unchanged (``surrogateescape``).
+- Exit status: 0 when every hunk applied, 1 when a hunk failed or the patch
+  has no hunk, 2 for a usage error (via the dispatcher).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from diffmodel.diff.apply import ApplyResult, ApplyStatus, apply_diff
+from diffmodel.diff.parse import ParsedDiff, Status, parse_patch
+from diffmodel.errors import DiffModelError
+
+DEV_NULL = "/dev/null"
+
+_DESCRIPTION = """\
+Apply a unified diff to a file.
+
+PATCH is either a bare diff body (hunks starting with '@@', as a diff model
+writes them after <DFF>); then FILE names the file to change. Or it is a
+git-style patch whose '---'/'+++' headers name the file(s); FILE may then be
+left out ('a/' and 'b/' prefixes are dropped). PATCH '-' reads standard input.
+
+By default hunks must match exactly at the line numbers they state. With
+--lenient each hunk is searched for near its stated place, then with line
+endings, whitespace and up to two context lines ignored.
+
+Nothing is written unless every hunk applies; files are replaced atomically.
+"""
+
+_EPILOG = """\
+examples:
+  diffmodel apply generated.diff src/app.py
+  diffmodel apply --lenient --dry-run generated.diff src/app.py
+  git diff > change.patch && diffmodel apply -C ../other-checkout change.patch
+  diffmodel apply generated.diff src/app.py --output /tmp/app.py
+
+exit status: 0 all hunks applied, 1 a hunk failed, 2 usage error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffmodel apply",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("patch", metavar="PATCH", help="the diff or patch file ('-' for standard input)")
+    parser.add_argument(
+        "file", metavar="FILE", nargs="?",
+        help="file to patch, relative to the working folder (required when PATCH has no ---/+++ header)",
+    )
+    parser.add_argument(
+        "--lenient", action="store_true",
+        help="find hunks by their content near the stated lines, tolerating line-ending, whitespace and context differences",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="PATH",
+        help="write the patched text to PATH ('-' for standard output) instead of changing FILE; one file only",
+    )
+    parser.add_argument("-n", "--dry-run", action="store_true", help="report what would happen; write nothing")
+    parser.add_argument(
+        "-C", "--directory", metavar="DIR", default=".",
+        help="working folder: file names are relative to it and may not leave it (default: current folder)",
+    )
+    return parser
+
+
+@dataclass
+class _Job:
+    name: str  # as the user or patch gave it
+    path: str  # real path inside the working folder
+    section: ParsedDiff
+    exists: bool
+    delete: bool = False
+    result: ApplyResult | None = None
+
+
+def safe_path(root: str, name: str) -> str:
+    """The real path of ``name`` inside ``root``; DiffModelError if it is unsafe."""
+    if not name or "\0" in name:
+        raise DiffModelError(f"refusing file name {name!r}: it is empty or contains a NUL byte")
+    if os.path.isabs(name) or name.startswith("~"):
+        raise DiffModelError(f"refusing absolute file name {name!r}: names must be relative to the working folder (-C)")
+    parts = name.replace(os.sep, "/").split("/")
+    if ".." in parts:
+        raise DiffModelError(f"refusing file name {name!r}: it contains '..'; names must stay inside the working folder (-C)")
+    root_real = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root_real, name))
+    if not real.startswith(root_real.rstrip(os.sep) + os.sep):
+        raise DiffModelError(
+            f"refusing {name!r}: it resolves to {real}, outside the working folder {root_real} (a symlink leads out)"
+        )
+    return real
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if os.path.exists(path):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not every platform allows this
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _read_patch(name: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if name == "-" else open(name, "rb").read()
+    except OSError as err:
+        raise DiffModelError(f"cannot read PATCH {name!r}: {err.strerror}") from None
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _target_name(section: ParsedDiff) -> tuple[str | None, bool]:
+    """The file a section changes, and whether the patch deletes it."""
+    if section.new_path and section.new_path != DEV_NULL:
+        return section.new_path, False
+    if section.old_path and section.old_path != DEV_NULL:
+        return section.old_path, section.new_path == DEV_NULL
+    return None, False
+
+
+def _plan(args: argparse.Namespace, sections: list[ParsedDiff]) -> list[_Job]:
+    if not os.path.isdir(args.directory):
+        raise DiffModelError(f"working folder {args.directory!r} (-C) is not a folder")
+    if args.file is not None:
+        if len(sections) > 1:
+            raise DiffModelError(
+                f"PATCH changes {len(sections)} files; leave out FILE to patch the files its headers name"
+            )
+        names = [(args.file, _target_name(sections[0])[1])]
+    else:
+        names = []
+        for section in sections:
+            name, delete = _target_name(section)
+            if name is None:
+                raise DiffModelError(
+                    "PATCH has no ---/+++ header naming the file; give it: diffmodel apply PATCH FILE"
+                )
+            names.append((name, delete))
+    if args.output is not None and len(names) > 1:
+        raise DiffModelError(f"--output takes one file, but PATCH changes {len(names)} files")
+    jobs = []
+    for (name, delete), section in zip(names, sections):
+        path = safe_path(args.directory, name)
+        if os.path.isdir(path):
+            raise DiffModelError(f"{name!r} is a folder, not a file")
+        jobs.append(_Job(name, path, section, os.path.exists(path), delete and args.output is None))
+    return jobs
+
+
+def _run_job(job: _Job, mode: str) -> ApplyResult:
+    section = job.section
+    new_file = section.old_path == DEV_NULL or all(h.old_len == 0 for h in section.hunks)
+    if job.exists:
+        with open(job.path, "rb") as handle:
+            before = handle.read().decode("utf-8", errors="surrogateescape")
+        if section.old_path == DEV_NULL and before:
+            return ApplyResult(None, ApplyStatus.FAILED, [], section.status, ["the patch creates this file, but it already exists"])
+    elif new_file:
+        before = ""
+    else:
+        raise DiffModelError(f"{job.name!r}: no such file in the working folder")
+    return apply_diff(before, section, mode)
+
+
+def _report(job: _Job, out) -> None:
+    result = job.result
+    print(f"{job.name}: {result.status}", file=out)
+    for note in result.notes:
+        print(f"  note: {note}", file=out)
+    for number, outcome in enumerate(result.hunks, 1):
+        print(f"  hunk {number}: {outcome.describe()}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sections = parse_patch(_read_patch(args.patch))
+    if all(s.status is Status.EMPTY for s in sections):
+        raise DiffModelError(f"PATCH {args.patch!r} is empty")
+    jobs = _plan(args, sections)
+    report_to = sys.stderr if args.output == "-" else sys.stdout
+    for job in jobs:
+        job.result = _run_job(job, "lenient" if args.lenient else "strict")
+        _report(job, report_to)
+    if not all(job.result.ok for job in jobs):
+        print("nothing written: not every hunk applied" + ("" if args.lenient else " (try --lenient)"), file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("dry run: nothing written", file=report_to)
+        return 0
+    for job in jobs:
+        data = job.result.text.encode("utf-8", errors="surrogateescape")
+        if args.output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        elif args.output is not None:
+            write_atomic(args.output, data)
+        elif job.delete and not data:
+            os.remove(job.path)
+        else:
+            os.makedirs(os.path.dirname(job.path), exist_ok=True)
+            write_atomic(job.path, data)
+    return 0
+
+
+__all__ = ["build_parser", "main", "safe_path", "write_atomic"]
