@@ -345,6 +345,11 @@ def _load_saved(path: str, report: LoadReport, origins: dict[str, str]) -> datas
             f"--dataset_name {path}: not a save_to_disk folder ({_root_message(err)}); "
             "drop --load_from_disk to read a folder of data files"
         ) from err
+    except Exception as err:  # noqa: BLE001 - e.g. datasets cannot reopen a saved dataset of 0 rows
+        raise DiffModelError(
+            f"--dataset_name {path}: cannot load this save_to_disk folder ({_root_message(err)}); "
+            "check that it holds rows and was written by a compatible datasets version"
+        ) from err
     report.files.append(path)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -368,7 +373,8 @@ def _load_named(opts: LoadOptions, report: LoadReport, origins: dict[str, str]) 
         config = f" (config {opts.dataset_config_name})" if opts.dataset_config_name else ""
         raise DiffModelError(
             f"--dataset_name {name}{config}: cannot load it: {_root_message(err)}. There is no network access: "
-            "pass a local dataset folder, data files with --train_file, or a save_to_disk folder with --load_from_disk"
+            "pass a local dataset folder, data files with --train_file, or a save_to_disk folder with --load_from_disk "
+            "(HF_DATASETS_OFFLINE=1 skips the network retries)"
         ) from err
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
