@@ -309,6 +309,14 @@ def _drop_misplaced_markers(body: list[str], number: int, notes: list[str]) -> l
     return out
 
 
+def _line_start_find(text: str, needle: str) -> int:
+    """Index of the first ``needle`` at the start of a line, or -1."""
+    if text.lstrip().startswith(needle):
+        return text.index(needle)
+    found = text.find("\n" + needle)
+    return found + 1 if found >= 0 else -1
+
+
 def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
     """Decode, cut to the diff after ``<DFF>``, normalise CRLF diffs; return lines and notes."""
     notes: list[str] = []
@@ -316,9 +324,11 @@ def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
         text = bytes(text).decode("utf-8", errors="replace")
     elif not isinstance(text, str):
         text = str(text)
-    start = text.find(DIFF_MARKER)
-    if start >= 0 and (start == 0 or text[start - 1] == "\n"):
-        text = text[start + len(DIFF_MARKER):]
+    # A whole rendered sample (or prompt plus generation): keep what follows
+    # its <DFF>. Markers later in a bare diff belong to a next sample.
+    if text.lstrip().startswith(MARKERS):
+        start = _line_start_find(text, DIFF_MARKER)
+        text = text[start + len(DIFF_MARKER):] if start >= 0 else ""
     text = text.lstrip(" \t")  # "<DFF> @@ ..." leaves a space before the first header
     lines = split_lines(text)
     if lines and not lines[-1].endswith("\n"):
