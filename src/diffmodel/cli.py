@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("diffmodel.quickstart", "train a tiny diff model on the bundled samples (CPU, a few minutes)"),
     "train": ("diffmodel.train.run", "train a diff model (every transformers TrainingArguments flag, plus data flags)"),
     "inspect": ("diffmodel.preprocess.inspect", "show which tokens of a dataset are masked and which are trained"),
+    "mine": ("diffmodel.data.mine_cli", "build training data from git repositories (and CommitPack-style rows)"),
     "apply": ("diffmodel.diff.cli", "apply a diff or git-style patch to files (strict, or --lenient for model output)"),
 }
 

@@ -106,7 +106,12 @@ class ShardInfo:
     lines: int
     raw_bytes: int
     bytes: int
-    tags: set[str] = field(default_factory=set)
+    runs: list[list] = field(default_factory=list)
+    """``[tag, lines]`` for each run of consecutive lines written with the same tag."""
+
+    @property
+    def tags(self) -> set[str]:
+        return {tag for tag, _ in self.runs}
 
 
 class ShardWriter:
@@ -115,11 +120,13 @@ class ShardWriter:
     ``write(line, tag)`` takes one encoded JSON line (``bytes``, with or without
     its ``\\n``); ``tag`` (e.g. the repository) is remembered per shard so the
     caller can tell which shards hold what. ``on_close`` is called with the
-    :class:`ShardInfo` of every shard once it is complete on disk.
+    :class:`ShardInfo` of every shard once it is complete on disk;
+    ``before_publish`` just before the rename that makes it visible (to write
+    anything that must exist whenever the shard does).
     """
 
     def __init__(self, directory: str | Path, prefix: str, max_bytes: int = DEFAULT_SHARD_BYTES,
-                 first_index: int = 0, level: int = ZSTD_LEVEL, on_close=None) -> None:
+                 first_index: int = 0, level: int = ZSTD_LEVEL, on_close=None, before_publish=None) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.directory = Path(directory)
@@ -128,6 +135,7 @@ class ShardWriter:
         self.next_index = first_index
         self.level = level
         self.on_close = on_close
+        self.before_publish = before_publish
         self.closed: list[ShardInfo] = []
         self._fh = None
         self._writer = None
@@ -137,7 +145,7 @@ class ShardWriter:
     @property
     def open_tags(self) -> set[str]:
         """Tags of lines in the shard being written (empty when none is open)."""
-        return set(self._current.tags) if self._current else set()
+        return self._current.tags if self._current else set()
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -156,8 +164,11 @@ class ShardWriter:
         self._writer.write(line)
         self._current.lines += 1
         self._current.raw_bytes += len(line)
-        if tag:
-            self._current.tags.add(tag)
+        runs = self._current.runs
+        if runs and runs[-1][0] == tag:
+            runs[-1][1] += 1
+        else:
+            runs.append([tag, 1])
         if self._current.raw_bytes >= self.max_bytes:
             self.close_shard()
 
@@ -170,9 +181,11 @@ class ShardWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         info = self._current
+        info.bytes = os.path.getsize(self._tmp)
+        if self.before_publish is not None:
+            self.before_publish(info)
         os.replace(self._tmp, info.path)
         _fsync_dir(info.path.parent)
-        info.bytes = info.path.stat().st_size
         self._current = self._fh = self._writer = self._tmp = None
         self.closed.append(info)
         if self.on_close is not None:

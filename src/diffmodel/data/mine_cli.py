@@ -1,0 +1,164 @@
+"""``diffmodel mine``: build diff-model training data from git repositories.
+
+Thin: parses the command line into a :class:`~diffmodel.data.mine_run.MineConfig`,
+runs :func:`~diffmodel.data.mine_run.mine`, prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from diffmodel.data.filters import PERMISSIVE, FilterOptions
+from diffmodel.data.mine_run import MineConfig, mine
+from diffmodel.data.shards import DEFAULT_SHARD_BYTES
+from diffmodel.errors import DiffModelError
+
+_DEFAULTS = FilterOptions()
+
+EPILOG = f"""\
+output:
+  OUTPUT/train/*.jsonl.zst, OUTPUT/validation/*.jsonl.zst, OUTPUT/test/*.jsonl.zst and
+  OUTPUT/manifest.json (drop counts per filter, languages, repositories, shards, options).
+  Train on it with:  diffmodel train --train_file OUTPUT/train/*.jsonl.zst ...
+
+resume:
+  Rerun the same command after an interruption: finished repositories are skipped and
+  unfinished shards are discarded. A rerun with other output options is refused.
+
+licences (--licenses):
+  SPDX ids such as MIT,Apache-2.0; 'permissive' stands for {','.join(PERMISSIVE)}.
+"""
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 256MB, 1G, 500000)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diffmodel mine",
+        description="Build diff-model training data from git history: one sample per changed file of "
+                    "every non-merge commit, filtered, deduplicated, split by repository and written as "
+                    "jsonl.zst shards.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="REPO",
+                   help="git repositories, or folders searched (3 levels deep) for repositories")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; a rerun resumes it)")
+    p.add_argument("--rows", action="append", default=[], metavar="FILE",
+                   help="also convert CommitPack/CommitPackFT-style rows (old_file, new_file, old_contents, "
+                        "new_contents, message) from a .jsonl, .jsonl.zst, .json or .parquet file; repeatable")
+
+    g = p.add_argument_group("history")
+    g.add_argument("--rev", default="HEAD", help="revision to mine the history of (default: HEAD)")
+    g.add_argument("--first-parent", action="store_true",
+                   help="follow only the first parent of merges (the main line); merges themselves are never mined")
+    g.add_argument("--context", type=int, default=3, help="unchanged lines around each change in a hunk (default: 3)")
+    g.add_argument("--keep-deleted", action="store_true", help="also make samples of deleted files")
+
+    g = p.add_argument_group("filters (each on by default; drops are counted in manifest.json)")
+    g.add_argument("--min-message-chars", type=int, default=_DEFAULTS.min_message_chars,
+                   help=f"drop commits with shorter messages (default: {_DEFAULTS.min_message_chars})")
+    g.add_argument("--max-message-chars", type=int, default=_DEFAULTS.max_message_chars,
+                   help=f"drop commits with longer messages (default: {_DEFAULTS.max_message_chars})")
+    g.add_argument("--min-message-words", type=int, default=_DEFAULTS.min_message_words,
+                   help=f"drop commits whose message has fewer words (default: {_DEFAULTS.min_message_words})")
+    g.add_argument("--max-message-words", type=int, default=_DEFAULTS.max_message_words,
+                   help=f"drop commits whose message has more words (default: {_DEFAULTS.max_message_words})")
+    g.add_argument("--keep-noise-messages", action="store_true",
+                   help="keep merge, web-editor ('Update README.md'), 'wip', version-bump and bot messages")
+    g.add_argument("--drop-reverts", action="store_true", help="also drop 'Revert \"...\"' commits")
+    g.add_argument("--keep-bot-authors", action="store_true", help="keep commits by authors such as dependabot[bot]")
+    g.add_argument("--languages", type=_csv, default=None, metavar="LIST",
+                   help="comma-separated languages to keep, e.g. Python,Rust (default: every file with a known "
+                        "language; 'all' keeps every text file)")
+    g.add_argument("--max-before-chars", type=int, default=_DEFAULTS.max_before_chars,
+                   help=f"drop files longer than this before the commit (default: {_DEFAULTS.max_before_chars})")
+    g.add_argument("--max-diff-chars", type=int, default=_DEFAULTS.max_diff_chars,
+                   help=f"drop files whose diff is longer (default: {_DEFAULTS.max_diff_chars})")
+    g.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="a tokenizer (folder or hub name) to enforce --max-tokens with")
+    g.add_argument("--max-tokens", type=int, default=_DEFAULTS.max_tokens,
+                   help=f"with --tokenizer, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens})")
+    g.add_argument("--no-dedup", action="store_true", help="keep exact duplicates (same before and diff)")
+    g.add_argument("--licenses", type=_csv, default=None, metavar="LIST",
+                   help="mine only repositories whose licence file is one of these SPDX ids, or 'permissive' "
+                        "(default: every repository)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--split-by", choices=("auto", "repository", "commit"), default="auto",
+                   help="what the train/validation/test hash is of; auto: repository when there are several, "
+                        "else commit (default: auto)")
+    g.add_argument("--validation-fraction", type=float, default=0.05, help="share for validation (default: 0.05)")
+    g.add_argument("--test-fraction", type=float, default=0.05, help="share for test (default: 0.05)")
+    g.add_argument("--shard-size", type=_size, default=DEFAULT_SHARD_BYTES, metavar="SIZE",
+                   help="uncompressed JSON per shard, e.g. 256MB (default: 256MB)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete earlier output of diffmodel mine in --output first instead of resuming it")
+
+    g = p.add_argument_group("speed")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="worker processes (default: CPU count, at most 8)")
+    g.add_argument("--batch-size", type=int, default=64, help="commits per batch handed to a worker (default: 64)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> MineConfig:
+    filters = FilterOptions(
+        min_message_chars=args.min_message_chars, max_message_chars=args.max_message_chars,
+        min_message_words=args.min_message_words, max_message_words=args.max_message_words,
+        noise_messages=not args.keep_noise_messages, drop_reverts=args.drop_reverts,
+        bot_authors=not args.keep_bot_authors, languages=args.languages,
+        max_before_chars=args.max_before_chars, max_diff_chars=args.max_diff_chars,
+        max_tokens=args.max_tokens if args.tokenizer else None, dedup=not args.no_dedup,
+        licenses=args.licenses,
+    )
+    return MineConfig(
+        inputs=list(args.inputs), output=args.output, rows=list(args.rows), rev=args.rev,
+        first_parent=args.first_parent, context=args.context, keep_deleted=args.keep_deleted,
+        filters=filters, tokenizer=args.tokenizer, split_by=args.split_by,
+        validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
+        shard_bytes=args.shard_size, workers=args.workers, batch_size=args.batch_size,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+
+
+def summary(manifest: dict, output: str) -> str:
+    s = manifest["samples"]
+    lines = [f"wrote {s['total']} samples to {output}: train {s['train']}, validation {s['validation']}, "
+             f"test {s['test']} (split by {manifest['split_by']})"]
+    c = manifest["commits"]
+    lines.append(f"commits: {c['commits']} listed, {c['commits_with_samples']} gave samples, "
+                 f"{c['merge_commits']} merges, {c['empty_commits']} empty; changed files: {manifest['changed_files']}")
+    dropped = sorted(((v, k) for k, v in manifest["dropped"].items() if v), reverse=True)
+    if dropped:
+        lines.append("dropped: " + ", ".join(f"{k} {v}" for v, k in dropped))
+    langs = list(manifest["languages"].items())[:8]
+    if langs:
+        lines.append("languages: " + ", ".join(f"{k} {v}" for k, v in langs))
+    lines.append(f"manifest: {os.path.join(output, 'manifest.json')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_tokens != FilterOptions().max_tokens and not args.tokenizer:
+        raise DiffModelError("--max-tokens needs --tokenizer (the tokenizer that counts the tokens)")
+    manifest = mine(config_from_args(args))
+    print(summary(manifest, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+"""Run a mining job into an output folder: workers, dedup, split, shards, resume, manifest.
+
+Output layout::
+
+    OUT/train/train-00000.jsonl.zst        complete shards (size-bounded)
+    OUT/validation/validation-00000.jsonl.zst
+    OUT/test/test-00000.jsonl.zst
+    OUT/manifest.json                      counts, languages, repositories, shards, options
+    OUT/.state/options.json                the options the folder was mined with
+    OUT/.state/done/<id>.json              one per finished source (repository or rows file)
+    OUT/.state/shards/<shard>.json         which source wrote which lines of a shard
+
+Sources (repositories, CommitPack-style row files) are cut into batches of
+commits (rows) that worker processes turn into samples; the main process
+takes the results back *in order*, drops exact duplicates, and writes each
+sample to the shard of its split. Only a bounded window of batches is in
+flight, so memory is bounded by the batch size, not by the history.
+
+Resume invariants:
+- A source's done-marker is written only once every shard holding its samples
+  is complete on disk; a rerun skips sources with a marker.
+- An interrupted shard only exists as ``*.tmp`` and is deleted by the rerun.
+- A complete shard that holds samples of a source without a marker (the run
+  stopped while that source was being mined) is rewritten without them, so
+  the rerun mines that source again without duplicating it.
+- The options that change the output are stored; a rerun with other options
+  is refused (use a new ``--output`` or ``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import warnings
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from diffmodel.data import filters as F
+from diffmodel.data.convert import DROP_BAD_ROW, convert_rows, read_rows
+from diffmodel.data.mine import (
+    COMMITS_EMPTY, COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_USED,
+    CatFile, ChunkResult, Repository, SampleOptions, ShallowCloneWarning, find_repositories,
+    list_commits, looks_like_repository, mine_commits, open_repository, read_license, repository_names,
+)
+from diffmodel.data.shards import (
+    DEFAULT_SHARD_BYTES, ShardInfo, ShardWriter, complete_shards, read_shard, remove_tmp_files,
+    shard_index, write_json_atomic,
+)
+from diffmodel.data.split import SPLITS, check_fractions, resolve_split_by
+from diffmodel.errors import DiffModelError, raise_if_problems
+
+STATE_DIR = ".state"
+MANIFEST = "manifest.json"
+FORMAT = "diffmodel-mine/1"
+
+
+@dataclass
+class MineConfig:
+    """Everything ``diffmodel mine`` needs; see ``diffmodel mine --help`` for each option."""
+
+    inputs: list[str] = field(default_factory=list)
+    """Git repositories, or folders searched for them."""
+    output: str = "mined"
+    rows: list[str] = field(default_factory=list)
+    """CommitPack-style row files (``.jsonl``, ``.jsonl.zst``, ``.json``, ``.parquet``) to convert too."""
+    rev: str = "HEAD"
+    first_parent: bool = False
+    context: int = 3
+    keep_deleted: bool = False
+    filters: F.FilterOptions = field(default_factory=F.FilterOptions)
+    tokenizer: str | None = None
+    split_by: str = "auto"
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    workers: int = 1
+    batch_size: int = 64
+    """Commits (or rows) per batch handed to a worker."""
+    overwrite: bool = False
+    progress: bool = True
+
+    def output_options(self) -> dict:
+        """The options that change what is written (compared on resume)."""
+        return {
+            "rev": self.rev, "first_parent": self.first_parent, "context": self.context,
+            "keep_deleted": self.keep_deleted, "filters": self.filters.to_dict(),
+            "tokenizer": self.tokenizer, "split_by": self.split_by,
+            "validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction,
+            "shard_bytes": self.shard_bytes,
+        }
+
+    def validate(self) -> None:
+        problems = []
+        if not self.inputs and not self.rows:
+            problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
+        if self.context < 0:
+            problems.append(f"--context must be >= 0, got {self.context}")
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.shard_bytes < 1024:
+            problems.append(f"--shard-size must be at least 1 KB, got {self.shard_bytes} bytes")
+        f = self.filters
+        for lo, hi, flag in ((f.min_message_chars, f.max_message_chars, "message-chars"),
+                             (f.min_message_words, f.max_message_words, "message-words")):
+            if lo < 0 or hi < lo:
+                problems.append(f"--min-{flag} ({lo}) must be >= 0 and <= --max-{flag} ({hi})")
+        for value, flag in ((f.max_before_chars, "--max-before-chars"), (f.max_diff_chars, "--max-diff-chars")):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1, got {value}")
+        if f.max_tokens is not None and f.max_tokens < 1:
+            problems.append(f"--max-tokens must be >= 1, got {f.max_tokens}")
+        try:
+            check_fractions(self.validation_fraction, self.test_fraction)
+        except DiffModelError as err:
+            problems.append(str(err))
+        raise_if_problems(problems, "diffmodel mine cannot start")
+
+
+# ------------------------------------------------------------------ sources
+
+@dataclass
+class Source:
+    """One thing to mine: a repository or a file of CommitPack-style rows."""
+
+    kind: str  # "git" | "rows"
+    name: str
+    path: Path
+    repo: Repository | None = None
+    commits: list[str] = field(default_factory=list)
+    list_counts: Counter = field(default_factory=Counter)
+    license_file: str = ""
+    license: str = ""
+
+    @property
+    def tag(self) -> str:
+        return f"{self.kind}:{self.name}" if self.kind == "git" else f"rows:{self.path}"
+
+    @property
+    def marker_id(self) -> str:
+        return hashlib.sha256(self.tag.encode("utf-8")).hexdigest()[:20]
+
+
+def _discover(config: MineConfig) -> list[tuple[Path, bool]]:
+    """Repository paths (absolute, each once) with whether the user named them directly."""
+    found: list[tuple[Path, bool]] = []
+    for item in config.inputs:
+        path = Path(item)
+        repos = find_repositories(path)
+        explicit = len(repos) == 1 and repos[0] == path
+        found.extend((Path(os.path.abspath(r)), explicit) for r in repos)
+    unique: dict[Path, bool] = {}
+    for path, explicit in found:
+        unique[path] = unique.get(path, False) or explicit
+    return list(unique.items())
+
+
+# ------------------------------------------------------------------ worker side
+
+_WORKER: dict = {}
+
+
+def _load_token_counter(tokenizer: str | None):
+    if not tokenizer:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as err:  # any loading problem is the user's path or name
+        raise DiffModelError(f"--tokenizer {tokenizer}: could not load a tokenizer ({err})") from None
+    tok.model_max_length = 1 << 62  # counting only: no "sequence too long" warnings
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+def _init_worker(options: SampleOptions, tokenizer: str | None) -> None:
+    _WORKER.clear()
+    _WORKER.update(options=options, count_tokens=_load_token_counter(tokenizer), cat=None)
+
+
+def _close_worker() -> None:
+    cat = _WORKER.get("cat")
+    if cat is not None:
+        cat[1].close()
+    _WORKER.clear()
+
+
+def _run_task(task: tuple) -> tuple[int, bool, ChunkResult]:
+    kind, index, last, payload = task
+    options, count_tokens = _WORKER["options"], _WORKER["count_tokens"]
+    if kind == "rows":
+        return index, last, convert_rows(payload, options, count_tokens)
+    repo, commit_ids = payload
+    cached = _WORKER.get("cat")
+    if cached is None or cached[0] != repo.path:
+        if cached is not None:
+            cached[1].close()
+        cached = (repo.path, CatFile(repo.path))
+        _WORKER["cat"] = cached
+    return index, last, mine_commits(repo, commit_ids, options, cached[1], count_tokens)
+
+
+def _ordered(tasks: Iterable[tuple], workers: int, options: SampleOptions, tokenizer: str | None,
+             window: int) -> Iterator[tuple[int, bool, ChunkResult]]:
+    """Run tasks on ``workers`` processes (in-process for 1), yielding results in task order,
+    with at most ``window`` tasks in flight."""
+    if workers == 1:
+        _init_worker(options, tokenizer)
+        try:
+            for task in tasks:
+                yield _run_task(task)
+        finally:
+            _close_worker()
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(options, tokenizer)) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_run_task, (task,)))
+            if len(pending) >= window:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ------------------------------------------------------------------ the run
+
+class MineRun:
+    """One ``diffmodel mine`` invocation (see the module docstring)."""
+
+    def __init__(self, config: MineConfig) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(config.output)
+        self.state = self.out / STATE_DIR
+        self.warnings: list[str] = []
+        self.skipped: list[dict] = []
+        self.seen: set[bytes] = set()
+        self.done: dict[str, dict] = {}
+        self.pending: dict[str, dict] = {}
+        self.writers: dict[str, ShardWriter] = {}
+        self.split_by = config.split_by
+        self.discovered: list[tuple[Path, bool]] = []
+
+    # -- messages
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        print(f"diffmodel mine: warning: {message}", file=sys.stderr)
+
+    # -- output folder
+    def _prepare_output(self, n_git: int) -> None:
+        options = self.config.output_options()
+        options_path = self.state / "options.json"
+        if self.out.exists() and self.config.overwrite:
+            for sub in (*SPLITS, STATE_DIR):
+                if (self.out / sub).is_dir():
+                    shutil.rmtree(self.out / sub)
+            for name in (MANIFEST, MANIFEST + ".tmp"):
+                if (self.out / name).exists():
+                    (self.out / name).unlink()
+        if options_path.is_file():
+            stored = json.loads(options_path.read_text("utf-8"))
+            if stored.get("options") != options:
+                changed = sorted(k for k in set(options) | set(stored.get("options", {}))
+                                 if options.get(k) != stored.get("options", {}).get(k))
+                raise DiffModelError(
+                    f"{self.out} was mined with other options (changed: {', '.join(changed)}); "
+                    f"use a new --output, or pass --overwrite to start that folder again")
+            self.split_by = stored["split_by"]
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            raise DiffModelError(
+                f"{self.out} exists and is not the output of diffmodel mine (no {STATE_DIR}/options.json); "
+                f"choose an empty or new --output folder")
+        # Converted rows name many repositories, so "auto" splits them by repository.
+        self.split_by = resolve_split_by(self.config.split_by, 2 if self.config.rows else n_git)
+        (self.state / "done").mkdir(parents=True, exist_ok=True)
+        (self.state / "shards").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(options_path, {"format": FORMAT, "options": options, "split_by": self.split_by})
+
+    def _sidecar(self, shard: Path) -> Path:
+        return self.state / "shards" / (shard.name.removesuffix(".jsonl.zst") + ".json")
+
+    def _resume(self) -> None:
+        """Delete ``*.tmp`` files, load done-markers, clean shards of unfinished sources."""
+        removed = remove_tmp_files(self.out)
+        if removed:
+            self.warn(f"removed {len(removed)} unfinished file(s) left by an interrupted run "
+                      f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})")
+        done_dir = self.state / "done"
+        for marker in sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []:
+            data = json.loads(marker.read_text("utf-8"))
+            self.done[data["tag"]] = data
+        for split in SPLITS:
+            for shard in complete_shards(self.out / split, split):
+                sidecar = self._sidecar(shard)
+                runs = json.loads(sidecar.read_text("utf-8"))["runs"] if sidecar.is_file() else None
+                if runs is not None and all(tag in self.done for tag, _ in runs):
+                    if self.config.filters.dedup:
+                        self.seen.update(F.dedup_key(r["before"], r["diff"]) for r in read_shard(shard))
+                    continue
+                self._drop_unfinished(shard, runs)
+
+    def _drop_unfinished(self, shard: Path, runs: list | None) -> None:
+        """Rewrite ``shard`` keeping only the lines of finished sources."""
+        keep_runs: list[list] = []
+        tmp = shard.with_name(shard.name + ".rewrite")
+        kept = 0
+        if runs is not None:
+            tags = [tag for tag, n in runs for _ in range(n)]
+            lines = []
+            for tag, row in zip(tags, read_shard(shard)):
+                if tag in self.done:
+                    lines.append((tag, row))
+            if lines:
+                import zstandard
+
+                with open(tmp, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as zw:
+                    for tag, row in lines:
+                        zw.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+                        if keep_runs and keep_runs[-1][0] == tag:
+                            keep_runs[-1][1] += 1
+                        else:
+                            keep_runs.append([tag, 1])
+                        if self.config.filters.dedup:
+                            self.seen.add(F.dedup_key(row["before"], row["diff"]))
+                kept = len(lines)
+        if kept:
+            write_json_atomic(self._sidecar(shard), {"runs": keep_runs})
+            os.replace(tmp, shard)
+        else:
+            shard.unlink()
+            if self._sidecar(shard).exists():
+                self._sidecar(shard).unlink()
+        self.warn(f"{shard.name}: kept {kept} sample(s) of finished sources; the rest is mined again")
+
+    # -- sources
+    def _collect_sources(self) -> list[Source]:
+        discovered = self.discovered
+        names = repository_names([p for p, _ in discovered])
+        sources: list[Source] = []
+        for (path, explicit), name in zip(discovered, names):
+            source = Source(kind="git", name=name, path=path)
+            if source.tag in self.done:
+                head = self.done[source.tag].get("head")
+                sources.append(source)
+                try:
+                    now = open_repository(path, name=name, rev=self.config.rev).head
+                except DiffModelError:
+                    now = head
+                if now != head:
+                    self.warn(f"{name} was mined at {str(head)[:12]} and is now at {now[:12]}; it is not "
+                              f"mined again (use a new --output to include its new commits)")
+                continue
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ShallowCloneWarning)
+                    source.repo = open_repository(path, name=name, rev=self.config.rev)
+                for w in caught:
+                    self.warn(str(w.message))
+                listed = list_commits(source.repo, first_parent=self.config.first_parent)
+            except DiffModelError as err:
+                if explicit:
+                    raise
+                self.warn(f"skipping {path}: {err}")
+                self.skipped.append({"path": str(path), "reason": str(err)})
+                continue
+            source.commits, source.list_counts = listed.usable, listed.counts
+            source.license_file, source.license = read_license(source.repo)
+            if not F.license_ok(source.license, self.config.filters.licenses):
+                found = source.license or (f"unrecognised licence in {source.license_file}" if source.license_file
+                                           else "no licence file")
+                print(f"diffmodel mine: {name}: skipped, licence not in --licenses ({found})", file=sys.stderr)
+                self.skipped.append({"path": str(path), "name": name, "reason": f"licence not allowed ({found})"})
+                continue
+            sources.append(source)
+        for item in self.config.rows:
+            path = Path(os.path.abspath(item))
+            if not path.is_file():
+                raise DiffModelError(f"--rows {item}: no such file")
+            sources.append(Source(kind="rows", name=path.name, path=path))
+        return sources
+
+    def _tasks(self, sources: list[Source]) -> Iterator[tuple]:
+        size = self.config.batch_size
+        for index, source in enumerate(sources):
+            if source.tag in self.done:
+                continue
+            if source.kind == "git":
+                commits = source.commits
+                starts = range(0, len(commits), size)
+                for k, start in enumerate(starts):
+                    yield "git", index, k == len(starts) - 1, (source.repo, commits[start:start + size])
+            else:
+                batch: list[dict] = []
+                for row in read_rows(source.path):
+                    batch.append(row)
+                    if len(batch) >= size * 4:
+                        yield "rows", index, False, batch
+                        batch = []
+                yield "rows", index, True, batch
+
+    # -- shards and markers
+    def _writer(self, split: str) -> ShardWriter:
+        if split not in self.writers:
+            existing = [shard_index(p, split) for p in complete_shards(self.out / split, split)]
+            self.writers[split] = ShardWriter(
+                self.out / split, split, max_bytes=self.config.shard_bytes,
+                first_index=max(existing, default=-1) + 1,
+                before_publish=lambda info: write_json_atomic(self._sidecar(info.path), {"runs": info.runs}),
+                on_close=lambda info: self._finalize_pending())
+        return self.writers[split]
+
+    def _finalize_pending(self) -> None:
+        open_tags = set().union(*(w.open_tags for w in self.writers.values())) if self.writers else set()
+        for tag in [t for t in self.pending if t not in open_tags]:
+            marker = self.pending.pop(tag)
+            write_json_atomic(self.state / "done" / f"{marker['id']}.json", marker)
+            self.done[tag] = marker
+
+    def _marker(self, source: Source, stats: dict) -> dict:
+        return {
+            "id": source.marker_id, "tag": source.tag, "kind": source.kind, "name": source.name,
+            "path": str(source.path), "head": source.repo.head if source.repo else "",
+            "shallow": bool(source.repo and source.repo.is_shallow),
+            "license": source.license, "license_file": source.license_file,
+            "counts": dict(stats["counts"]), "languages": dict(stats["languages"]),
+            "splits": dict(stats["splits"]),
+        }
+
+    # -- main loop
+    def run(self) -> dict:
+        config = self.config
+        self.discovered = _discover(config)
+        self._prepare_output(len(self.discovered))
+        self._resume()
+        _load_token_counter(config.tokenizer)  # fail early on a bad --tokenizer
+        sources = self._collect_sources()
+        if self.split_by == "repository" and len([s for s in sources if s.kind == "git"]) == 1 and not config.rows:
+            self.warn("--split-by repository with one repository puts every sample in one split")
+        options = SampleOptions(context=config.context, keep_deleted=config.keep_deleted, filters=config.filters,
+                                split_by=self.split_by, validation_fraction=config.validation_fraction,
+                                test_fraction=config.test_fraction)
+        todo = [s for s in sources if s.tag not in self.done]
+        for s in sources:
+            if s.tag in self.done:
+                print(f"diffmodel mine: {s.name}: already mined, skipped", file=sys.stderr)
+        total = sum(len(s.commits) for s in todo) if all(s.kind == "git" for s in todo) else None
+        bar = None
+        if config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="commit", desc="mining", dynamic_ncols=True, file=sys.stderr)
+        stats = {i: {"counts": Counter(s.list_counts), "languages": Counter(), "splits": Counter()}
+                 for i, s in enumerate(sources)}
+        written = 0
+        dedup = config.filters.dedup
+        try:
+            for index, last, result in _ordered(self._tasks(sources), config.workers, options,
+                                                config.tokenizer, window=4 * config.workers):
+                source, st = sources[index], stats[index]
+                st["counts"].update(result.counts)
+                for sample in result.samples:
+                    if dedup:
+                        if sample.key in self.seen:
+                            st["counts"][F.DROP_DUPLICATE] += 1
+                            continue
+                        self.seen.add(sample.key)
+                    self._writer(sample.split).write(sample.line, source.tag)
+                    st["languages"][sample.language] += 1
+                    st["splits"][sample.split] += 1
+                    written += 1
+                if bar is not None:
+                    bar.update(result.commits)
+                    bar.set_postfix(samples=written, refresh=False)
+                if last:
+                    self.pending[source.tag] = self._marker(source, st)
+                    self._finalize_pending()
+            for writer in self.writers.values():
+                writer.close()
+            self._finalize_pending()
+        except BaseException:
+            for writer in self.writers.values():
+                writer.abandon()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        manifest = self.manifest()
+        write_json_atomic(self.out / MANIFEST, manifest)
+        if manifest["samples"]["total"] == 0:
+            dropped = ", ".join(f"{k}: {v}" for k, v in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]) if v)
+            raise DiffModelError(
+                f"no samples were written to {self.out} ({manifest['commits'].get(COMMITS_LISTED, 0)} commits "
+                f"listed, {manifest['changed_files']} changed files; dropped: {dropped or 'none'}). "
+                f"Loosen the filters named there (see diffmodel mine --help)")
+        return manifest
+
+    def manifest(self) -> dict:
+        counts: Counter = Counter()
+        languages: Counter = Counter()
+        splits: Counter = Counter()
+        sources = []
+        for marker in sorted(self.done.values(), key=lambda m: m["tag"]):
+            counts.update(marker["counts"])
+            languages.update(marker["languages"])
+            splits.update(marker["splits"])
+            sources.append({k: marker[k] for k in ("kind", "name", "path", "head", "shallow", "license",
+                                                     "license_file")} | {"samples": sum(marker["splits"].values())})
+        shards = {}
+        for split in SPLITS:
+            shards[split] = []
+            for shard in complete_shards(self.out / split, split):
+                sidecar = self._sidecar(shard)
+                lines = sum(n for _, n in json.loads(sidecar.read_text("utf-8"))["runs"]) if sidecar.is_file() else None
+                shards[split].append({"file": f"{split}/{shard.name}", "samples": lines, "bytes": shard.stat().st_size})
+        commit_keys = (COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_EMPTY, COMMITS_USED)
+        reasons = (*F.DROP_REASONS, DROP_BAD_ROW)
+        return {
+            "format": FORMAT,
+            "samples": {"total": sum(splits.values()), **{s: splits.get(s, 0) for s in SPLITS}},
+            "commits": {k: counts.get(k, 0) for k in commit_keys},
+            "changed_files": counts.get("changed_files", 0),
+            "dropped": {r: counts.get(r, 0) for r in reasons},
+            "languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "sources": sources,
+            "skipped_sources": self.skipped,
+            "split_by": self.split_by,
+            "shards": shards,
+            "options": self.config.output_options(),
+            "warnings": self.warnings,
+        }
+
+
+def mine(config: MineConfig) -> dict:
+    """Run a mining job (see :class:`MineRun`); returns the manifest."""
+    return MineRun(config).run()
