@@ -180,8 +180,9 @@ def _count_filter(ds: datasets.Dataset, predicate, num_proc, desc: str) -> tuple
     return kept, before - len(kept)
 
 
-def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions) -> tuple[datasets.Dataset, dict]:
+def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split: str = "train") -> tuple[datasets.Dataset, dict]:
     """Tokenize, label and filter one split; returns it with its drop counts."""
+    loaded = len(ds)
     if "input_ids" not in ds.column_names and opts.text_column not in ds.column_names:
         raise DiffModelError(
             f"the dataset has no {opts.text_column!r} column and no 'input_ids' (columns: {ds.column_names}); "
@@ -210,7 +211,16 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions) -> tu
             ds, lambda b: [is_short_enough(x, opts.block_size) for x in b["input_ids"]], opts.num_proc, f"drop samples >= {opts.block_size} tokens"
         )
     ds, counts["dropped_no_diff"] = _count_filter(ds, lambda b: [s >= 0 for s in b["diff_start"]], opts.num_proc, "drop samples without <DFF>")
+    if len(ds) == 0:
+        raise_empty(split, loaded, counts["dropped_too_long"], counts["dropped_no_diff"], opts.block_size)
     return ds.remove_columns("diff_start"), counts
+
+
+def raise_empty(split: str, loaded: int, too_long: int, no_diff: int, block_size: int):
+    raise DiffModelError(
+        f"the {split} split is empty after preprocessing ({loaded} loaded, {too_long} dropped as >= --block_size "
+        f"{block_size} tokens, {no_diff} dropped without <DFF>); raise --block_size, drop --ignore_long_samples, or check the data"
+    )
 
 
 # --- layout stage -----------------------------------------------------------------------------
@@ -283,7 +293,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
             report.samples_kept = len(ds)
         else:
             enc_fp = fingerprint(STAGE_VERSION, "encode", source_fingerprint, split, tok_fp, stage_opts)
-            encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds: encode_split(ds, tokenizer, opts), opts.overwrite_cache)
+            encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds, split=split: encode_split(ds, tokenizer, opts, split), opts.overwrite_cache)
             report.dropped_too_long, report.dropped_no_diff = counts["dropped_too_long"], counts["dropped_no_diff"]
             report.samples_kept = len(encoded)
             if opts.skip_concat:
@@ -293,11 +303,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 rows, _ = cached_stage(root, "layout", lay_fp, lambda enc=encoded: (layout_split(enc, tokenizer, opts, root / "tmp"), {}), opts.overwrite_cache)
                 shutil.rmtree(root / "tmp", ignore_errors=True)
         if len(rows) == 0:
-            raise DiffModelError(
-                f"the {split} split is empty after preprocessing ({report.samples_loaded} loaded, "
-                f"{report.dropped_too_long} dropped as >= --block_size {opts.block_size} tokens, "
-                f"{report.dropped_no_diff} dropped without <DFF>); raise --block_size, drop --ignore_long_samples, or check the data"
-            )
+            raise_empty(split, report.samples_loaded, report.dropped_too_long, report.dropped_no_diff, opts.block_size)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
         report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).iter(batch_size=1024), fixed, split)

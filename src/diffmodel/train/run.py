@@ -73,7 +73,6 @@ def preprocess_options(data_args, block_size: int) -> PreprocessOptions:
         num_proc=data_args.preprocessing_num_workers,
         text_column=data_args.text_column or "text",
         overwrite_cache=data_args.overwrite_cache,
-        cache_dir=None,
     )
 
 
@@ -92,13 +91,15 @@ def build_datasets(model_args, data_args, training_args, tokenizer, block_size: 
         cache_dir=model_args.cache_dir,
         seed=training_args.seed,
     )
-    raw, load_report = load_raw_datasets(load_opts)
+    with training_args.main_process_first(desc="loading data"):
+        raw, load_report = load_raw_datasets(load_opts)
     if load_report.bad_records:
         logger.warning("skipped %d malformed records, e.g. %s", load_report.bad_records, "; ".join(load_report.bad_record_examples[:3]))
     if "train" not in raw:
         raise DiffModelError(f"the data has no 'train' split (splits: {list(raw)}); name the training files with --train_file")
     opts = preprocess_options(data_args, block_size)
     opts.cache_dir = model_args.cache_dir
+    opts.text_column = load_report.text_column or opts.text_column
     with training_args.main_process_first(desc="preprocessing"):
         processed, reports = preprocess(raw, tokenizer, opts, source_fingerprint(raw, load_report.files, load_opts))
     return processed, reports

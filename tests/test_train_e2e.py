@@ -1,0 +1,166 @@
+"""diffmodel train end to end on CPU with tiny real models (nothing downloaded)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from diffmodel.errors import DiffModelError
+from diffmodel.sample import render
+from diffmodel.tiny import save_tiny_checkpoint
+from diffmodel.train.run import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(n=40):
+    rows = []
+    for i in range(n):
+        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
+        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    rows = _rows()
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = [render(**r) for r in rows]
+    save_tiny_checkpoint(d / "gpt2", "gpt2", texts, n_positions=256)
+    save_tiny_checkpoint(d / "llama", "llama", texts, n_positions=256)
+    return d
+
+
+REFERENCE = (
+    "--model_name_or_path=MODEL_DIR --per_device_train_batch_size=2 --ignore_long_samples --train_diff_model "
+    "--save_final_dataset --concatenate_texts --num_train_epochs 1 --preprocessing_num_workers 2 --save_strategy=epoch "
+    "--output_dir=OUT --dataset_name DATA_DIR --load_from_disk --tokenizer_name MODEL_DIR --block_size 2048 "
+    "--gradient_accumulation_steps 2 --do_train --logging_strategy=epoch --overwrite_output_dir --adam_beta1=0.9 "
+    "--adam_beta2=0.95 --weight_decay=2e-02 --learning_rate=1e-05 --warmup_steps=895 --per_device_eval_batch_size=1 "
+    "--cache_dir=CACHE --gradient_checkpointing=True --force_label"
+)
+
+
+def _reference_args(model, out, data, extra=()):
+    args = REFERENCE.replace("MODEL_DIR", str(model)).replace("OUT", str(out)).replace("DATA_DIR", str(data)).replace("CACHE", "cache")
+    # the tiny model has 256 positions; everything else is the reference line unchanged
+    return args.replace("--block_size 2048", "--block_size 256").split() + list(extra)
+
+
+def _run_script(args, cwd):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_clm_diff.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+class TestReferenceCommandLine:
+    def test_runs_unchanged_then_again_from_final_dataset(self, workdir):
+        ds = datasets.load_dataset("json", data_files=str(workdir / "data.jsonl"), split="train")
+        ds.save_to_disk(str(workdir / "saved"))
+        log = _run_script(_reference_args(workdir / "gpt2", workdir / "out1", workdir / "saved"), workdir)
+        assert "Data sanity report" in log
+        assert (workdir / "final_dataset" / "dataset_dict.json").exists()
+        results = json.loads((workdir / "out1" / "train_results.json").read_text())
+        assert math.isfinite(results["train_loss"])
+        assert list((workdir / "out1").glob("checkpoint-*")), "a checkpoint is written at the end of the epoch"
+        assert (workdir / "out1" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        report = json.loads((workdir / "out1" / "data_report.json").read_text())
+        assert report["train"]["layout"] == "concat" and 0 < report["train"]["loss_share"] < 1
+
+        # the same command with --skip_concat on the folder the first run saved
+        args = _reference_args(workdir / "gpt2", workdir / "out2", workdir / "final_dataset", ["--skip_concat", "--final_dataset_dir", "final2"])
+        log = _run_script(args, workdir)
+        assert "--force_label has no effect" in log
+        results = json.loads((workdir / "out2" / "train_results.json").read_text())
+        assert math.isfinite(results["train_loss"])
+        first = datasets.load_from_disk(str(workdir / "final_dataset"))
+        second = datasets.load_from_disk(str(workdir / "final2"))
+        assert first["train"]["input_ids"] == second["train"]["input_ids"]
+        assert first["train"]["labels"] == second["train"]["labels"]
+
+
+def _common(workdir, out, model="gpt2"):
+    return {
+        "model_name_or_path": str(workdir / model),
+        "train_file": [str(workdir / "data.jsonl")],
+        "output_dir": str(out),
+        "block_size": 128,
+        "train_diff_model": True,
+        "ignore_long_samples": True,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "cache_dir": str(workdir / "cache"),
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "seed": 1,
+    }
+
+
+class TestArgumentFiles:
+    @pytest.mark.parametrize("suffix", [".yaml", ".json"])
+    def test_single_file_of_arguments(self, workdir, suffix):
+        args = dict(_common(workdir, workdir / f"out{suffix}", "llama"), do_train=True, do_eval=True, max_steps=3, validation_split_percentage=10)
+        path = workdir / f"args{suffix}"
+        path.write_text(yaml.safe_dump(args) if suffix == ".yaml" else json.dumps(args))
+        assert train_main([str(path)]) == 0
+        ev = json.loads((workdir / f"out{suffix}" / "eval_results.json").read_text())
+        assert ev["perplexity"] == pytest.approx(math.exp(ev["eval_loss"]))
+        state = json.loads((workdir / f"out{suffix}" / "trainer_state.json").read_text())
+        assert state["global_step"] == 3
+
+
+def _flags(d):
+    out = []
+    for k, v in d.items():
+        if isinstance(v, list):
+            out += [f"--{k}", *map(str, v)]
+        elif v is True:
+            out.append(f"--{k}")
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+class TestResume:
+    def test_second_run_continues_from_last_checkpoint(self, workdir, caplog):
+        out = workdir / "resume"
+        base = dict(_common(workdir, out), do_train=True, save_strategy="steps", save_steps=2)
+        assert train_main(_flags(dict(base, max_steps=2))) == 0
+        assert (out / "checkpoint-2").is_dir()
+        caplog.set_level("INFO", logger="diffmodel")
+        assert train_main(_flags(dict(base, max_steps=4))) == 0
+        assert any("resuming from the last checkpoint" in r.message and "checkpoint-2" in r.message for r in caplog.records)
+        state = json.loads((out / "trainer_state.json").read_text())
+        assert state["global_step"] == 4
+        steps = [h["step"] for h in state["log_history"] if "loss" in h]
+        assert steps == [1, 2, 3, 4]
+
+
+class TestClearErrors:
+    def test_block_size_beyond_model_positions(self, workdir):
+        args = _flags(dict(_common(workdir, workdir / "bad"), do_train=True, block_size=4096))
+        with pytest.raises(DiffModelError, match=r"--block_size 4096 is larger than the model's 256 positions"):
+            train_main(args)
+
+    def test_every_problem_reported_at_once(self, workdir):
+        with pytest.raises(DiffModelError) as err:
+            train_main(["--output_dir", str(workdir / "x")])
+        msg = str(err.value)
+        assert "no data" in msg and "no model" in msg and "nothing to do" in msg
+
+    def test_empty_after_filtering_names_the_counts_and_fix(self, workdir):
+        args = _flags(dict(_common(workdir, workdir / "empty"), do_train=True, block_size=8))
+        with pytest.raises(DiffModelError, match=r"empty after preprocessing.*dropped as >= --block_size 8"):
+            train_main(args)
+
+    def test_cli_prints_error_without_traceback(self, workdir):
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "--output_dir", str(workdir / "y")], capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert "diffmodel train: error:" in proc.stderr and "Traceback" not in proc.stderr
