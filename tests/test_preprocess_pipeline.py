@@ -1,0 +1,136 @@
+"""The whole preprocessing pipeline on hand-made samples: exact rows, counts, caching."""
+
+import datasets
+import pytest
+
+import diffmodel.preprocess.pipeline as pipeline
+from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.labels import IGNORE_INDEX
+from diffmodel.preprocess.pipeline import PreprocessOptions, preprocess, save_atomically
+from handmade import char_tokenizer
+
+X = IGNORE_INDEX
+# handmade tokenizer with merges ("D","F"), ("DF","F"): 100 printable characters, DF=100, DFF=101, EOS=102
+LT, GT, DFF, EOS = 79, 81, 101, 102  # "a<DFF>b" is a < DFF > b
+TEXTS = ["a<DFF>b", "cc<DFF>", "no marker here", "xyz<DFF>" + "q" * 20]
+
+
+def _tok():
+    return char_tokenizer(merges=[("D", "F"), ("DF", "F")])
+
+
+def _run(tmp_path, texts=TEXTS, **kw):
+    opts = PreprocessOptions(block_size=kw.pop("block_size", 8), cache_dir=str(tmp_path), **kw)
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})})
+    return preprocess(raw, _tok(), opts, source_fingerprint="fp-" + "|".join(texts))
+
+
+class TestPadPipeline:
+    def test_exact_rows_counts_and_report(self, tmp_path):
+        out, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True)
+        rows = out["train"]
+        # a=10 <=82 DFF=101 >=84 b=11 ; c=12 ; EOS=103 ; pad = EOS (no pad token)
+        assert rows[0] == {
+            "input_ids": [EOS, EOS, 10, LT, DFF, GT, 11, EOS],
+            "labels": [X, X, X, LT, DFF, GT, 11, EOS],
+            "attention_mask": [0, 0, 1, 1, 1, 1, 1, 1],
+            "position_ids": [0, 0, 0, 1, 2, 3, 4, 5],
+        }
+        assert rows[1] == {
+            "input_ids": [EOS, EOS, 12, 12, LT, DFF, GT, EOS],
+            "labels": [X, X, X, X, LT, DFF, GT, EOS],
+            "attention_mask": [0, 0, 1, 1, 1, 1, 1, 1],
+            "position_ids": [0, 0, 0, 1, 2, 3, 4, 5],
+        }
+        r = reports["train"]
+        assert (r.samples_loaded, r.dropped_too_long, r.dropped_no_diff, r.samples_kept, r.rows) == (4, 2, 0, 2, 2)
+        assert (r.tokens, r.loss_tokens) == (12, 9)
+        assert r.examples[0].startswith("[PAD x2]a\u27e6<DFF>b<|endoftext|>\u27e7")
+
+    def test_samples_without_marker_are_dropped_and_counted(self, tmp_path):
+        _, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=32)
+        assert reports["train"].dropped_no_diff == 1
+        assert reports["train"].dropped_too_long == 0
+
+    def test_pad_token_of_tokenizer_is_used(self, tmp_path):
+        tok = char_tokenizer(merges=[("D", "F"), ("DF", "F")], pad=True)
+        opts = PreprocessOptions(block_size=8, train_diff_model=True, ignore_long_samples=True, cache_dir=str(tmp_path))
+        out, _ = preprocess(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a<DFF>b"]})}), tok, opts, "x")
+        assert out["train"][0]["input_ids"][:2] == [tok.pad_token_id] * 2 != [EOS, EOS]
+
+
+class TestConcatPipeline:
+    def test_exact_rows_and_final_partial_row(self, tmp_path):
+        out, reports = _run(tmp_path, texts=["a<DFF>b", "cc<DFF>"], train_diff_model=True, concatenate_texts=True, block_size=5)
+        rows = out["train"]
+        assert rows["input_ids"] == [[10, LT, DFF, GT, 11], [EOS, 12, 12, LT, DFF], [GT, EOS, EOS, EOS, EOS]]
+        assert rows["labels"] == [[X, LT, DFF, GT, 11], [EOS, X, X, LT, DFF], [GT, EOS, X, X, X]]
+        assert rows["attention_mask"] == [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+        assert reports["train"].layout == "concat"
+
+    def test_long_samples_force_concat_and_are_kept(self, tmp_path):
+        out, reports = _run(tmp_path, train_diff_model=True, block_size=8)
+        assert reports["train"].layout == "concat" and reports["train"].dropped_too_long == 0
+        assert reports["train"].tokens == sum(len(t) - (2 if "<DFF>" in t else 0) + 1 for t in TEXTS if "<DFF>" in t)
+
+    def test_plain_causal_lm_labels_without_train_diff_model(self, tmp_path):
+        out, _ = _run(tmp_path, texts=["ab", "c"], concatenate_texts=True, ignore_long_samples=True, block_size=3)
+        assert out["train"]["labels"] == [[10, 11, EOS], [12, EOS, X]]
+
+
+class TestStageCache:
+    def test_repeated_run_reuses_finished_stages(self, tmp_path, monkeypatch):
+        first, _ = _run(tmp_path, train_diff_model=True, ignore_long_samples=True)
+
+        def boom(*a, **k):
+            raise RuntimeError("stage recomputed")
+
+        monkeypatch.setattr(pipeline, "encode_split", boom)
+        monkeypatch.setattr(pipeline, "layout_split", boom)
+        second, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True)
+        assert second["train"]["input_ids"] == first["train"]["input_ids"]
+        assert reports["train"].dropped_too_long == 2  # counts come back with the cached stage
+        with pytest.raises(RuntimeError, match="recomputed"):
+            _run(tmp_path, train_diff_model=True, ignore_long_samples=True, overwrite_cache=True)
+        with pytest.raises(RuntimeError, match="recomputed"):  # another option is another fingerprint
+            _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=9)
+
+    def test_interrupted_save_leaves_nothing_that_looks_complete(self, tmp_path, monkeypatch):
+        ds = datasets.Dataset.from_dict({"x": [1, 2, 3]})
+        target = tmp_path / "final_dataset"
+
+        def dies(self, path, *a, **k):
+            (tmp_path / "partial").write_text("x")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(datasets.Dataset, "save_to_disk", dies)
+        with pytest.raises(KeyboardInterrupt):
+            save_atomically(ds, target)
+        assert not target.exists()
+        assert [p.name for p in tmp_path.iterdir()] == ["partial"]
+
+    def test_replacing_an_existing_folder(self, tmp_path):
+        target = tmp_path / "final_dataset"
+        save_atomically(datasets.Dataset.from_dict({"x": [1]}), target)
+        save_atomically(datasets.Dataset.from_dict({"x": [2, 3]}), target)
+        assert datasets.load_from_disk(str(target))["x"] == [2, 3]
+        assert [p.name for p in tmp_path.iterdir()] == ["final_dataset"]
+
+
+class TestSanityCheck:
+    def test_bad_rows_are_reported_together(self, tmp_path):
+        from diffmodel.preprocess.sanity import check_rows
+
+        batch = {"input_ids": [[1, 2, 3], [1, 2]], "labels": [[1, 9, X], [1, 2]], "attention_mask": [[0, 1, 1], [1, 1]]}
+        with pytest.raises(DiffModelError) as err:
+            check_rows([batch], block_size=3, split="train")
+        msg = str(err.value)
+        assert "row 1 has 2 tokens, expected block_size 3" in msg
+        assert "label 9 is neither the token 2" in msg
+        assert "padding (attention 0) but carries a label" in msg
+
+    def test_no_eos_and_no_pad_is_refused(self):
+        tok = _tok()
+        tok.eos_token = None
+        with pytest.raises(DiffModelError, match="neither a pad token nor an EOS token"):
+            pipeline.pad_id_of(tok)

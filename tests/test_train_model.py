@@ -1,0 +1,79 @@
+"""Dropout through the config for every common architecture; block size limits; collator."""
+
+import pytest
+import torch
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.labels import IGNORE_INDEX
+from diffmodel.train.collate import RowCollator
+from diffmodel.train.model import apply_dropout, max_positions, resolve_block_size
+
+EXPECTED = {
+    "gpt2": {"resid_pdrop", "embd_pdrop", "attn_pdrop"},
+    "codegen": {"resid_pdrop", "embd_pdrop", "attn_pdrop"},
+    "gptj": {"resid_pdrop", "embd_pdrop", "attn_pdrop"},
+    "gpt_neox": {"attention_dropout", "hidden_dropout"},
+    "llama": {"attention_dropout"},
+    "qwen2": {"attention_dropout"},
+    "starcoder2": {"attention_dropout", "residual_dropout", "embedding_dropout"},
+}
+
+
+class TestDropoutThroughConfig:
+    @pytest.mark.parametrize("model_type", sorted(EXPECTED))
+    def test_every_dropout_setting_is_set(self, model_type):
+        config = CONFIG_MAPPING[model_type]()
+        for name in EXPECTED[model_type]:
+            setattr(config, name, 0.0)
+        changed = apply_dropout(config, 0.1)
+        assert set(changed) == EXPECTED[model_type]
+        assert all(getattr(config, n) == 0.1 for n in EXPECTED[model_type])
+        assert apply_dropout(config, 0.1) == {}  # nothing left to change
+
+    def test_head_dropout_is_left_alone(self):
+        config = CONFIG_MAPPING["gpt2"]()
+        apply_dropout(config, 0.3)
+        assert config.summary_first_dropout == 0.1
+
+    def test_dropout_reaches_the_model(self):
+        config = CONFIG_MAPPING["gpt2"](n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
+        apply_dropout(config, 0.5)
+        model = AutoModelForCausalLM.from_config(config)
+        x = torch.arange(10).unsqueeze(0)
+        model.train()
+        torch.manual_seed(0)
+        a = model(x).logits
+        b = model(x).logits
+        assert not torch.allclose(a, b)
+        model.eval()
+        assert torch.allclose(model(x).logits, model(x).logits)
+
+
+class TestBlockSize:
+    def test_limit_from_config(self):
+        assert max_positions(CONFIG_MAPPING["gpt2"](n_positions=64)) == 64
+        assert max_positions(CONFIG_MAPPING["llama"](max_position_embeddings=128)) == 128
+
+    def test_too_large_is_an_error_naming_the_flag(self):
+        class Tok:
+            model_max_length = 10**30
+
+        with pytest.raises(DiffModelError, match="--block_size 100 is larger than the model's 64 positions; use --block_size 64"):
+            resolve_block_size(100, Tok(), CONFIG_MAPPING["gpt2"](n_positions=64))
+        assert resolve_block_size(None, Tok(), CONFIG_MAPPING["gpt2"](n_positions=64)) == 64
+
+
+class TestRowCollator:
+    def test_fixed_rows_are_stacked(self):
+        rows = [{"input_ids": [1, 2], "labels": [IGNORE_INDEX, 2], "attention_mask": [1, 1], "position_ids": [0, 1]}] * 2
+        batch = RowCollator(pad_id=0)(rows)
+        assert batch["input_ids"].tolist() == [[1, 2], [1, 2]]
+        assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
+
+    def test_ragged_rows_are_right_padded(self):
+        rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+        batch = RowCollator(pad_id=0)(rows)
+        assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+        assert batch["labels"].tolist() == [[5, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+        assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
