@@ -1,0 +1,68 @@
+"""diffmodel.plot: loss curves are valid PNG files, written atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffmodel.errors import DiffModelError
+from diffmodel.plot import plot_from_trainer_state, plot_loss
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+HISTORY = [{"loss": 5.0 - 0.1 * i, "learning_rate": 1e-3, "epoch": i / 10, "step": 10 * i} for i in range(1, 21)] + [
+    {"eval_loss": 4.2, "epoch": 1.0, "step": 100},
+    {"eval_loss": 3.6, "epoch": 2.0, "step": 200},
+    {"train_runtime": 12.5, "train_loss": 4.0, "step": 200},
+]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert len(data) > len(PNG_SIGNATURE)
+    assert data.startswith(PNG_SIGNATURE)
+
+
+class TestPlotLoss:
+    def test_writes_a_png_with_train_and_eval_loss(self, tmp_path):
+        out = plot_loss(HISTORY, tmp_path / "loss.png", title="tiny gpt2")
+        assert out == tmp_path / "loss.png"
+        assert_png(out)
+
+    @pytest.mark.parametrize("history", [[], [{"train_runtime": 1.0}], [{"loss": float("nan"), "step": 1}],
+                                         [{"eval_loss": 2.0, "step": 5}]])
+    def test_degenerate_histories_still_give_a_png(self, tmp_path, history):
+        assert_png(plot_loss(history, tmp_path / "loss.png"))
+
+    def test_creates_missing_folders_and_leaves_no_temp_files(self, tmp_path):
+        out = plot_loss(HISTORY, tmp_path / "a" / "b" / "loss.png")
+        assert_png(out)
+        assert sorted(p.name for p in out.parent.iterdir()) == ["loss.png"]
+
+    def test_replaces_an_existing_file(self, tmp_path):
+        out = tmp_path / "loss.png"
+        out.write_bytes(b"old")
+        plot_loss(HISTORY, out)
+        assert_png(out)
+
+
+class TestPlotFromTrainerState:
+    def test_reads_log_history_from_file_and_from_checkpoint_folder(self, tmp_path):
+        ckpt = tmp_path / "checkpoint-200"
+        ckpt.mkdir()
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 200, "log_history": HISTORY}))
+        assert_png(plot_from_trainer_state(ckpt / "trainer_state.json", tmp_path / "from_file.png"))
+        assert_png(plot_from_trainer_state(ckpt, tmp_path / "from_dir.png"))
+
+    def test_missing_file_is_a_user_error(self, tmp_path):
+        with pytest.raises(DiffModelError, match="does not exist"):
+            plot_from_trainer_state(tmp_path / "nope.json", tmp_path / "x.png")
+
+    @pytest.mark.parametrize("content", ["{not json", json.dumps({"global_step": 3}), json.dumps([1, 2])])
+    def test_malformed_state_is_a_user_error(self, tmp_path, content):
+        state = tmp_path / "trainer_state.json"
+        state.write_text(content)
+        with pytest.raises(DiffModelError, match="trainer_state.json"):
+            plot_from_trainer_state(state, tmp_path / "x.png")
+        assert not (tmp_path / "x.png").exists()
