@@ -149,15 +149,18 @@ def save_tiny_checkpoint(
     vocab_size: int = 512,
     n_positions: int = 512,
     seed: int = 0,
+    **overrides,
 ) -> Path:
     """Train a tokenizer on ``texts``, build a ``arch`` model, and save both to ``out_dir``.
+
+    ``overrides`` are config fields passed on to :func:`build_model`.
 
     Afterwards ``AutoModelForCausalLM.from_pretrained(out_dir)`` and
     ``AutoTokenizer.from_pretrained(out_dir)`` work offline. Returns ``out_dir``.
     """
     out = Path(out_dir)
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, model_max_length=n_positions)
-    model = build_model(arch, tokenizer, n_positions=n_positions, seed=seed)
+    model = build_model(arch, tokenizer, n_positions=n_positions, seed=seed, **overrides)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out)
