@@ -1,0 +1,267 @@
+"""``diffmodel mine`` end to end: manifest, splits, dedup, licences, resume, workers, CLI, training on the output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from diffmodel.cli import main as cli_main
+from diffmodel.data import filters as F
+from diffmodel.data import mine_run
+from diffmodel.data.mine import iter_samples
+from diffmodel.data.mine_run import MineConfig, mine
+from diffmodel.data.shards import complete_shards, read_shard
+from diffmodel.data.split import SPLITS, assign_split
+from diffmodel.errors import DiffModelError
+from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
+
+MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy of this software\n"
+GPL = "GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007\n"
+
+
+def config(inputs, output, **kw) -> MineConfig:
+    kw.setdefault("workers", 1)
+    kw.setdefault("progress", False)
+    return MineConfig(inputs=[str(p) for p in inputs], output=str(output), **kw)
+
+
+def shard_rows(out: Path) -> dict[str, list[dict]]:
+    return {s: [row for p in complete_shards(out / s, s) for row in read_shard(p)] for s in SPLITS}
+
+
+def all_rows(out: Path) -> list[dict]:
+    return [row for rows in shard_rows(out).values() for row in rows]
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    base = tmp_path_factory.mktemp("story")
+    sub = build_small_repo(base / "lib", 2, prefix="lib")
+    build_story_repo(base / "story", submodule_source=sub.path)
+    return base / "story"
+
+
+@pytest.fixture(scope="module")
+def forest(tmp_path_factory):
+    """A folder of six small repositories (5 samples each) and one empty repository."""
+    base = tmp_path_factory.mktemp("forest")
+    for i in range(6):
+        build_small_repo(base / "org" / f"repo{i}", 5, prefix=f"r{i}")
+    GitRepo(base / "org" / "empty")
+    return base
+
+
+class TestStory:
+    def test_manifest_counts(self, story, tmp_path):
+        manifest = mine(config([story], tmp_path / "out"))
+        assert manifest == json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert manifest["samples"]["total"] == 10
+        assert manifest["commits"] == {"commits": 15, "merge_commits": 1, "shallow_boundary_commits": 0,
+                                       "empty_commits": 1, "commits_with_samples": 8}
+        assert manifest["changed_files"] == 17
+        assert {k: v for k, v in manifest["dropped"].items() if v} == {
+            F.DROP_BINARY: 1, F.DROP_NON_UTF8: 1, F.DROP_DELETED: 1, F.DROP_SUBMODULE: 1, F.DROP_SYMLINK: 1,
+            F.DROP_NO_CHANGE: 1, F.DROP_LANGUAGE: 1}
+        assert manifest["languages"] == {"Markdown": 4, "Python": 4, "INI": 2}
+        assert manifest["split_by"] == "commit"
+        assert manifest["options"]["context"] == 3
+        assert manifest["sources"][0]["name"] == "story"
+        assert sum(sh["samples"] for shards in manifest["shards"].values() for sh in shards) == 10
+
+    def test_shards_hold_the_mined_rows_split_by_commit(self, story, tmp_path):
+        manifest = mine(config([story], tmp_path / "out", validation_fraction=0.3, test_fraction=0.3))
+        rows = shard_rows(tmp_path / "out")
+        for split, split_rows in rows.items():
+            assert manifest["samples"][split] == len(split_rows)
+            for row in split_rows:
+                assert assign_split(row["commit"], 0.3, 0.3) == split
+        expected = sorted(json.dumps(r, sort_keys=True) for r in iter_samples(story))
+        assert sorted(json.dumps(r, sort_keys=True) for r in all_rows(tmp_path / "out")) == expected
+
+    def test_nothing_left_is_an_error_that_names_the_filters(self, story, tmp_path):
+        with pytest.raises(DiffModelError, match=r"no samples were written.*language: 12"):
+            mine(config([story], tmp_path / "out", filters=F.FilterOptions(languages=("Rust",))))
+        assert json.loads((tmp_path / "out" / "manifest.json").read_text())["samples"]["total"] == 0
+
+
+class TestSeveralRepositories:
+    def test_split_by_repository_never_mixes_a_repository(self, forest, tmp_path):
+        manifest = mine(config([forest], tmp_path / "out", validation_fraction=0.3, test_fraction=0.3))
+        assert manifest["split_by"] == "repository"
+        assert manifest["samples"]["total"] == 30
+        where: dict[str, set[str]] = {}
+        for split, rows in shard_rows(tmp_path / "out").items():
+            for row in rows:
+                where.setdefault(row["repository"], set()).add(split)
+        assert sorted(where) == [f"repo{i}" for i in range(6)]
+        for name, splits in where.items():
+            assert splits == {assign_split(name, 0.3, 0.3)}
+        assert [s["reason"] for s in manifest["skipped_sources"]] == [
+            f"{forest / 'org' / 'empty'} is an empty repository: it has no commits to mine"]
+        assert any("skipping" in w and "empty" in w for w in manifest["warnings"])
+
+    def test_an_empty_repository_named_directly_is_an_error(self, forest, tmp_path):
+        with pytest.raises(DiffModelError, match="empty repository"):
+            mine(config([forest / "org" / "empty"], tmp_path / "out"))
+
+    def test_duplicates_across_repositories(self, tmp_path):
+        build_small_repo(tmp_path / "a" / "proj", 4)
+        build_small_repo(tmp_path / "b" / "proj", 4)  # same files, same commits' contents
+        manifest = mine(config([tmp_path / "a", tmp_path / "b"], tmp_path / "out"))
+        assert [s["name"] for s in manifest["sources"]] == ["a/proj", "b/proj"]
+        assert manifest["samples"]["total"] == 4
+        assert manifest["dropped"][F.DROP_DUPLICATE] == 4
+        kept = mine(config([tmp_path / "a", tmp_path / "b"], tmp_path / "out2", filters=F.FilterOptions(dedup=False)))
+        assert kept["samples"]["total"] == 8
+
+    def test_licence_allowlist(self, tmp_path):
+        build_small_repo(tmp_path / "repos" / "mit", 3, license_text=MIT)
+        build_small_repo(tmp_path / "repos" / "gpl", 3, license_text=GPL)
+        build_small_repo(tmp_path / "repos" / "none", 3)
+        manifest = mine(config([tmp_path / "repos"], tmp_path / "out",
+                               filters=F.FilterOptions(licenses=("permissive",))))
+        assert [(s["name"], s["license"]) for s in manifest["sources"]] == [("mit", "MIT")]
+        assert manifest["samples"]["total"] == 3
+        assert sorted(s["reason"] for s in manifest["skipped_sources"]) == [
+            "licence not allowed (GPL-3.0)", "licence not allowed (no licence file)"]
+
+
+class TestResume:
+    def test_rerun_skips_finished_repositories(self, forest, tmp_path, capsys):
+        out = tmp_path / "out"
+        first = mine(config([forest], out, shard_bytes=2048))
+        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl.zst")}
+        capsys.readouterr()
+        second = mine(config([forest], out, shard_bytes=2048))
+        err = capsys.readouterr().err
+        assert err.count("already mined, skipped") == 6
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl.zst")} == stamps
+        for key in ("samples", "commits", "dropped", "languages", "shards", "sources"):
+            assert second[key] == first[key], key
+
+    def test_interrupted_run_resumes_without_loss_or_duplicates(self, forest, tmp_path, monkeypatch):
+        clean = mine(config([forest], tmp_path / "clean", shard_bytes=1024, batch_size=2))
+        out = tmp_path / "out"
+        real = mine_run._run_task
+        calls = {"n": 0}
+
+        def flaky(task):
+            calls["n"] += 1
+            if calls["n"] == 12:  # in the middle of the fourth repository (3 batches each)
+                raise KeyboardInterrupt
+            return real(task)
+
+        monkeypatch.setattr(mine_run, "_run_task", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            mine(config([forest], out, shard_bytes=1024, batch_size=2))
+        monkeypatch.setattr(mine_run, "_run_task", real)
+        done = list((out / ".state" / "done").glob("*.json"))
+        assert 0 < len(done) < 6
+        assert not (out / "manifest.json").exists()
+        assert not list(out.rglob("*.tmp"))
+        # A killed run would also leave the shard it was writing; it must not count as complete.
+        (out / "train" / "train-00099.jsonl.zst.tmp").write_bytes(b"half a shard")
+        resumed = mine(config([forest], out, shard_bytes=1024, batch_size=2))
+        assert not list(out.rglob("*.tmp"))
+        key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, all_rows(out))) == sorted(map(key, all_rows(tmp_path / "clean")))
+        for field in ("samples", "commits", "dropped", "languages", "changed_files"):
+            assert resumed[field] == clean[field], field
+        assert any("unfinished file(s)" in w for w in resumed["warnings"])
+        # Complete shards held samples of the repository being mined; they were cut out and mined again.
+        assert any("the rest is mined again" in w for w in resumed["warnings"])
+
+    def test_other_options_are_refused_and_overwrite_starts_again(self, forest, tmp_path):
+        out = tmp_path / "out"
+        mine(config([forest / "org" / "repo0"], out))
+        with pytest.raises(DiffModelError, match=r"other options \(changed: context\).*--overwrite"):
+            mine(config([forest / "org" / "repo0"], out, context=1))
+        manifest = mine(config([forest / "org" / "repo0"], out, context=1, overwrite=True))
+        assert manifest["options"]["context"] == 1 and manifest["samples"]["total"] == 5
+
+    def test_a_folder_of_other_files_is_refused(self, forest, tmp_path):
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "notes.txt").write_text("mine")
+        with pytest.raises(DiffModelError, match="is not the output of diffmodel mine"):
+            mine(config([forest / "org" / "repo0"], tmp_path / "out"))
+
+
+def test_workers_give_the_same_shards(forest, tmp_path):
+    one = mine(config([forest], tmp_path / "one", shard_bytes=1500, batch_size=2))
+    two = mine(config([forest], tmp_path / "two", shard_bytes=1500, batch_size=2, workers=2))
+    assert one["shards"] == two["shards"]
+    assert shard_rows(tmp_path / "one") == shard_rows(tmp_path / "two")
+
+
+def test_commitpack_rows(tmp_path):
+    import zstandard
+
+    rows = []
+    for i in range(12):
+        rows.append({"commit": f"{i:040x}", "old_file": f"pkg/m{i}.py", "new_file": f"pkg/m{i}.py",
+                     "old_contents": f"X = {i}\n", "new_contents": f"X = {i + 1}\n",
+                     "subject": f"Increase X of module {i}", "message": f"Increase X of module {i}\n",
+                     "lang": "Python", "license": "mit", "repos": f"owner/project{i % 4}"})
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "cp.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    manifest = mine(MineConfig(rows=[str(tmp_path / "cp.jsonl.zst")], output=str(tmp_path / "out"), workers=1,
+                               progress=False, validation_fraction=0.25, test_fraction=0.25))
+    assert manifest["split_by"] == "repository"
+    assert manifest["samples"]["total"] == 12
+    for split, split_rows in shard_rows(tmp_path / "out").items():
+        for row in split_rows:
+            assert assign_split(row["repository"], 0.25, 0.25) == split
+            assert row["diff"].startswith("@@ -1 +1 @@\n-X = ")
+
+
+class TestCommandLine:
+    def test_mine_prints_a_summary(self, story, tmp_path, capsys):
+        assert cli_main(["mine", str(story), "-o", str(tmp_path / "out"), "--no-progress", "--workers", "1",
+                         "--shard-size", "4KB", "--languages", "python,markdown"]) == 0
+        out = capsys.readouterr().out
+        assert "wrote 8 samples" in out and "language 3" in out and "binary 1" in out
+
+    def test_errors_are_one_paragraph(self, tmp_path, capsys):
+        (tmp_path / "plain").mkdir()
+        assert cli_main(["mine", str(tmp_path / "plain"), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "diffmodel mine: error:" in err and "is not a git repository" in err
+        assert not (tmp_path / "out").exists()
+
+    def test_max_tokens_needs_a_tokenizer(self, story, tmp_path, capsys):
+        assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--max-tokens", "100"]) == 2
+        assert "--max-tokens needs --tokenizer" in capsys.readouterr().err
+
+    def test_bad_values_are_reported_together(self, story, tmp_path, capsys):
+        assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--context", "-1", "--workers", "0",
+                         "--test-fraction", "1.5"]) == 2
+        err = capsys.readouterr().err
+        assert "--context must be >= 0" in err and "--workers must be >= 1" in err and "--test-fraction" in err
+
+
+def test_token_limit_with_a_tokenizer(story, tmp_path, tiny_gpt2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    lengths = sorted(len(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in iter_samples(story))
+    limit = lengths[len(lengths) // 2]
+    manifest = mine(config([story], tmp_path / "out", tokenizer=str(tiny_gpt2_dir),
+                           filters=F.FilterOptions(max_tokens=limit)))
+    assert manifest["samples"]["total"] == sum(n <= limit for n in lengths)
+    assert manifest["dropped"][F.DROP_TOKENS] == sum(n > limit for n in lengths)
+
+
+def test_diffmodel_train_runs_on_mined_output(story, tmp_path, tiny_gpt2_dir):
+    from diffmodel.train.run import main as train_main
+
+    mine(config([story], tmp_path / "mined", validation_fraction=0.0, test_fraction=0.0))
+    out = tmp_path / "train_out"
+    args = ["--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(tmp_path / "mined" / "train" / "*.jsonl.zst"),
+            "--output_dir", str(out), "--train_diff_model", "--block_size", "256", "--concatenate_texts",
+            "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
+            "--save_strategy", "no", "--validation_split_percentage", "0", "--cache_dir", str(tmp_path / "cache")]
+    assert train_main(args) == 0
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["train_loss"] > 0
