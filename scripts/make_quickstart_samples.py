@@ -15,7 +15,10 @@ Invariants:
   ``before == ""`` means a new file; ``diff`` is never empty.
 - The rendered text of every row (``diffmodel.sample.render_row``) is between
   ``MIN_CHARS`` and ``MAX_CHARS`` characters, so tiny models train on the set
-  on a CPU in minutes.
+  on a CPU in minutes, and every row fits in 512 tokens of a 512-entry
+  byte-level BPE (``diffmodel.tiny.train_tokenizer``) trained on the set; such
+  a small vocabulary spends about 1.6 characters per token, so ``MAX_CHARS``
+  is kept well under 1000.
 - No two rows share the same rendered text.
 
 Usage::
@@ -41,7 +44,7 @@ from diffmodel.sample import render_row
 DEFAULT_SEED = 20240601
 DEFAULT_N = 320
 MIN_CHARS = 100
-MAX_CHARS = 1500
+MAX_CHARS = 900
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "diffmodel" / "samples" / "quickstart.jsonl"
 
 #: Share of samples per language (the rest of the weight picks Python).
@@ -462,7 +465,7 @@ def _needed(funcs: list[Func]) -> tuple[list[str], list[tuple[str, object]]]:
 def new_code_file(rng: random.Random, language: str, n_funcs: int | None = None) -> CodeFile:
     s, p = rng.choice(NOUNS)
     pool = py_funcs(s, p) if language == "python" else js_funcs(s, p)
-    n = n_funcs if n_funcs is not None else rng.choice((1, 2, 2, 3))
+    n = n_funcs if n_funcs is not None else rng.choice((1, 2, 2, 3) if language == "python" else (1, 2))
     funcs = [replace(f) for f in rng.sample(pool, n)]
     for f in funcs:
         if f.docs and rng.random() < 0.5:
@@ -685,7 +688,7 @@ def edit_add_function(rng, cf):
     pool = py_funcs(s, p) if cf.language == "python" else js_funcs(s, p)
     have = [f.name for f in cf.funcs]
     pool = [f for f in pool if f.name not in have]
-    if not pool or len(cf.funcs) >= 3:
+    if not pool or len(cf.funcs) >= (3 if cf.language == "python" else 2):
         return None
     new = replace(rng.choice(pool))
     if new.docs and rng.random() < 0.6:

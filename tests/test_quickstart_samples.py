@@ -12,6 +12,7 @@ from diffmodel.diff.make import split_lines
 from diffmodel.diff.parse import Status, parse_diff
 from diffmodel.sample import NEW_FILE, render_row, split
 from diffmodel.samples import load_quickstart, quickstart_path
+from diffmodel.tiny import train_tokenizer
 
 GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "make_quickstart_samples.py"
 LANGUAGES = {"python", "javascript", "shell", "markdown"}
@@ -51,8 +52,14 @@ class TestQuickstartSetShape:
 
     def test_rendered_length_in_range_and_texts_distinct(self, rows):
         texts = [render_row(r) for r in rows]
-        assert all(100 <= len(t) <= 1500 for t in texts), sorted(map(len, texts))[::50]
+        assert all(100 <= len(t) <= 1000 for t in texts), sorted(map(len, texts))[::50]
         assert len(set(texts)) == len(texts)
+
+    def test_every_row_fits_512_tokens_of_a_tiny_tokenizer(self, rows):
+        texts = [render_row(r) for r in rows]
+        tok = train_tokenizer(texts, vocab_size=512, model_max_length=512)
+        longest = max(len(ids) for ids in tok(texts)["input_ids"])
+        assert longest <= 512
 
     def test_render_split_round_trip(self, rows):
         for row in rows:
