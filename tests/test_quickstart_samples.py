@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diffmodel.diff.make import split_lines
+from diffmodel.diff.apply import apply_diff
+from diffmodel.diff.make import make_diff, split_lines
 from diffmodel.diff.parse import Status, parse_diff
 from diffmodel.sample import NEW_FILE, render_row, split
 from diffmodel.samples import load_quickstart, quickstart_path
@@ -80,6 +81,13 @@ class TestQuickstartDiffs:
             for hunk in parse_diff(row["diff"]).hunks:
                 start = hunk.old_start - 1
                 assert before[start:start + hunk.old_len] == hunk.old_lines(), (row["name"], row["message"])
+
+    def test_every_diff_applies_and_make_diff_gives_it_back(self, rows):
+        for row in rows:
+            result = apply_diff(row["before"], row["diff"], mode="strict")
+            assert result.text is not None, (row["name"], row["message"], result)
+            assert result.text != row["before"]
+            assert make_diff(row["before"], result.text) == row["diff"], (row["name"], row["message"])
 
     def test_new_files_are_all_additions(self, rows):
         for row in (r for r in rows if r["before"] == ""):
