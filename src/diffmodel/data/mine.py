@@ -96,22 +96,50 @@ class CatFile:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_git_env(),
         )
 
-    def read(self, oid: str) -> tuple[str, bytes] | None:
-        """The object's type and contents, or ``None`` when the object is missing."""
-        proc = self._proc
-        proc.stdin.write(oid.encode("ascii") + b"\n")
-        proc.stdin.flush()
-        header = proc.stdout.readline()
+    #: Requests written ahead of the responses read. Small enough (64 x 41 bytes) that the
+    #: unread requests always fit in a pipe buffer, so neither process can block the other.
+    WINDOW = 64
+
+    def _send(self, oid: str) -> None:
+        self._proc.stdin.write(oid.encode("ascii") + b"\n")
+
+    def _receive(self, oid: str) -> tuple[str, bytes] | None:
+        stdout = self._proc.stdout
+        header = stdout.readline()
         if not header:
             raise DiffModelError(f"git cat-file stopped unexpectedly in {self.repo}")
         parts = header.split()
         if len(parts) != 3:  # "<oid> missing" / "<oid> ambiguous"
             return None
         size = int(parts[2])
-        data = proc.stdout.read(size + 1)
+        data = stdout.read(size + 1)
         if len(data) != size + 1:
             raise DiffModelError(f"git cat-file returned a short read for {oid} in {self.repo}")
         return parts[1].decode("ascii"), data[:size]
+
+    def read(self, oid: str) -> tuple[str, bytes] | None:
+        """The object's type and contents, or ``None`` when the object is missing."""
+        self._send(oid)
+        self._proc.stdin.flush()
+        return self._receive(oid)
+
+    def read_many(self, oids: list[str]) -> Iterator[tuple[str, bytes] | None]:
+        """``read`` for each of ``oids``, in order, with up to :attr:`WINDOW` requests in flight
+        (git answers the next request while this process handles the last answer)."""
+        sent = received = 0
+        try:
+            while received < len(oids):
+                while sent < len(oids) and sent - received < self.WINDOW:
+                    self._send(oids[sent])
+                    sent += 1
+                self._proc.stdin.flush()
+                response = self._receive(oids[received])
+                received += 1
+                yield response
+        finally:  # a consumer that stops early must not leave answers in the pipe
+            while received < sent:
+                self._receive(oids[received])
+                received += 1
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -517,11 +545,12 @@ def _structural_reason(change: Change, keep_deleted: bool) -> str | None:
     return None
 
 
-def _read_text(cat: CatFile, oid: str, mode: str) -> tuple[str | None, str | None]:
+def _is_null(oid: str, mode: str) -> bool:
+    return mode == MODE_NONE or set(oid) == {"0"}
+
+
+def _as_text(obj: tuple[str, bytes] | None) -> tuple[str | None, str | None]:
     """``(text, None)`` or ``(None, drop reason)`` for one side of a change."""
-    if mode == MODE_NONE or set(oid) == {"0"}:
-        return "", None
-    obj = cat.read(oid)
     if obj is None or obj[0] != "blob":
         return None, F.DROP_MISSING_OBJECT
     data = obj[1]
@@ -539,12 +568,16 @@ def mine_commits(repo: Repository, commit_ids: list[str], options: SampleOptions
     result = ChunkResult()
     filters = options.filters
     commits = []
-    for oid in commit_ids:
-        obj = cat.read(oid)
+    for oid, obj in zip(commit_ids, cat.read_many(commit_ids)):
         if obj is None or obj[0] != "commit":
             raise DiffModelError(f"{repo.path}: commit {oid} could not be read")
         commits.append(parse_commit(oid, obj[1]))
     changes = changed_files(repo.path, commit_ids)
+
+    # First pass: what needs no file contents. The blobs of the files left are then
+    # streamed from cat-file in the same order as they are used.
+    plan: list[tuple[Commit, list[tuple[Change, str | None]]]] = []
+    wanted: list[str] = []
     for commit in commits:
         result.commits += 1
         files = changes.get(commit.id, [])
@@ -552,16 +585,28 @@ def mine_commits(repo: Repository, commit_ids: list[str], options: SampleOptions
             result.counts[COMMITS_EMPTY] += 1
             continue
         message_reason = F.message_drop_reason(commit.message, commit.author, filters)
-        produced_before = len(result.samples)
+        entries = []
         for change in files:
             result.counts["changed_files"] += 1
             reason = _structural_reason(change, options.keep_deleted) or message_reason
+            entries.append((change, reason))
+            if reason is None:
+                wanted.extend(oid for oid, mode in ((change.old_oid, change.old_mode), (change.new_oid, change.new_mode))
+                              if not _is_null(oid, mode))
+        plan.append((commit, entries))
+
+    blobs = cat.read_many(wanted)
+    for commit, entries in plan:
+        produced_before = len(result.samples)
+        for change, reason in entries:
             if reason:
                 result.counts[reason] += 1
                 continue
-            before, reason = _read_text(cat, change.old_oid, change.old_mode)
-            if reason is None:
-                after, reason = _read_text(cat, change.new_oid, change.new_mode) if change.status != "D" else ("", None)
+            sides = []
+            for oid, mode in ((change.old_oid, change.old_mode), (change.new_oid, change.new_mode)):
+                sides.append(("", None) if _is_null(oid, mode) else _as_text(next(blobs)))
+            (before, reason_before), (after, reason_after) = sides
+            reason = reason_before or reason_after
             if reason:
                 result.counts[reason] += 1
                 continue
@@ -585,6 +630,8 @@ def mine_commits(repo: Repository, commit_ids: list[str], options: SampleOptions
             finish_sample(row, options, result, count_tokens)
         if len(result.samples) > produced_before:
             result.counts[COMMITS_USED] += 1
+    for _ in blobs:  # nothing should be left; keep the pipe in step regardless
+        pass
     return result
 
 

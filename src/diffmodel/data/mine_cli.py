@@ -63,17 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rev", default="HEAD", help="revision to mine the history of (default: HEAD)")
     g.add_argument("--first-parent", action="store_true",
                    help="follow only the first parent of merges (the main line); merges themselves are never mined")
-    g.add_argument("--context", type=int, default=3, help="unchanged lines around each change in a hunk (default: 3)")
+    g.add_argument("--context", type=int, metavar="N", default=3, help="unchanged lines around each change in a hunk (default: 3)")
     g.add_argument("--keep-deleted", action="store_true", help="also make samples of deleted files")
 
     g = p.add_argument_group("filters (each on by default; drops are counted in manifest.json)")
-    g.add_argument("--min-message-chars", type=int, default=_DEFAULTS.min_message_chars,
+    g.add_argument("--min-message-chars", type=int, metavar="N", default=_DEFAULTS.min_message_chars,
                    help=f"drop commits with shorter messages (default: {_DEFAULTS.min_message_chars})")
-    g.add_argument("--max-message-chars", type=int, default=_DEFAULTS.max_message_chars,
+    g.add_argument("--max-message-chars", type=int, metavar="N", default=_DEFAULTS.max_message_chars,
                    help=f"drop commits with longer messages (default: {_DEFAULTS.max_message_chars})")
-    g.add_argument("--min-message-words", type=int, default=_DEFAULTS.min_message_words,
+    g.add_argument("--min-message-words", type=int, metavar="N", default=_DEFAULTS.min_message_words,
                    help=f"drop commits whose message has fewer words (default: {_DEFAULTS.min_message_words})")
-    g.add_argument("--max-message-words", type=int, default=_DEFAULTS.max_message_words,
+    g.add_argument("--max-message-words", type=int, metavar="N", default=_DEFAULTS.max_message_words,
                    help=f"drop commits whose message has more words (default: {_DEFAULTS.max_message_words})")
     g.add_argument("--keep-noise-messages", action="store_true",
                    help="keep merge, web-editor ('Update README.md'), 'wip', version-bump and bot messages")
@@ -82,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--languages", type=_csv, default=None, metavar="LIST",
                    help="comma-separated languages to keep, e.g. Python,Rust (default: every file with a known "
                         "language; 'all' keeps every text file)")
-    g.add_argument("--max-before-chars", type=int, default=_DEFAULTS.max_before_chars,
+    g.add_argument("--max-before-chars", type=int, metavar="N", default=_DEFAULTS.max_before_chars,
                    help=f"drop files longer than this before the commit (default: {_DEFAULTS.max_before_chars})")
-    g.add_argument("--max-diff-chars", type=int, default=_DEFAULTS.max_diff_chars,
+    g.add_argument("--max-diff-chars", type=int, metavar="N", default=_DEFAULTS.max_diff_chars,
                    help=f"drop files whose diff is longer (default: {_DEFAULTS.max_diff_chars})")
     g.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="a tokenizer (folder or hub name) to enforce --max-tokens with")
-    g.add_argument("--max-tokens", type=int, default=_DEFAULTS.max_tokens,
+    g.add_argument("--max-tokens", type=int, metavar="N", default=None,
                    help=f"with --tokenizer, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens})")
     g.add_argument("--no-dedup", action="store_true", help="keep exact duplicates (same before and diff)")
     g.add_argument("--licenses", type=_csv, default=None, metavar="LIST",
@@ -99,17 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-by", choices=("auto", "repository", "commit"), default="auto",
                    help="what the train/validation/test hash is of; auto: repository when there are several, "
                         "else commit (default: auto)")
-    g.add_argument("--validation-fraction", type=float, default=0.05, help="share for validation (default: 0.05)")
-    g.add_argument("--test-fraction", type=float, default=0.05, help="share for test (default: 0.05)")
+    g.add_argument("--validation-fraction", type=float, metavar="F", default=0.05, help="share for validation (default: 0.05)")
+    g.add_argument("--test-fraction", type=float, metavar="F", default=0.05, help="share for test (default: 0.05)")
     g.add_argument("--shard-size", type=_size, default=DEFAULT_SHARD_BYTES, metavar="SIZE",
                    help="uncompressed JSON per shard, e.g. 256MB (default: 256MB)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete earlier output of diffmodel mine in --output first instead of resuming it")
 
     g = p.add_argument_group("speed")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--workers", type=int, metavar="N", default=min(8, os.cpu_count() or 1),
                    help="worker processes (default: CPU count, at most 8)")
-    g.add_argument("--batch-size", type=int, default=64, help="commits per batch handed to a worker (default: 64)")
+    g.add_argument("--batch-size", type=int, metavar="N", default=64, help="commits per batch handed to a worker (default: 64)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -121,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
         noise_messages=not args.keep_noise_messages, drop_reverts=args.drop_reverts,
         bot_authors=not args.keep_bot_authors, languages=args.languages,
         max_before_chars=args.max_before_chars, max_diff_chars=args.max_diff_chars,
-        max_tokens=args.max_tokens if args.tokenizer else None, dedup=not args.no_dedup,
+        max_tokens=(args.max_tokens or _DEFAULTS.max_tokens) if args.tokenizer else None, dedup=not args.no_dedup,
         licenses=args.licenses,
     )
     return MineConfig(
@@ -153,7 +153,7 @@ def summary(manifest: dict, output: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_tokens != FilterOptions().max_tokens and not args.tokenizer:
+    if args.max_tokens is not None and not args.tokenizer:
         raise DiffModelError("--max-tokens needs --tokenizer (the tokenizer that counts the tokens)")
     manifest = mine(config_from_args(args))
     print(summary(manifest, args.output))
