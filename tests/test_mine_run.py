@@ -12,7 +12,7 @@ from diffmodel.data import filters as F
 from diffmodel.data import mine_run
 from diffmodel.data.mine import iter_samples
 from diffmodel.data.mine_run import MineConfig, mine
-from diffmodel.data.shards import complete_shards, read_shard
+from diffmodel.data.shards import ShardWriter, complete_shards, read_shard
 from diffmodel.data.split import SPLITS, assign_split
 from diffmodel.errors import DiffModelError
 from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
@@ -141,7 +141,9 @@ class TestResume:
         for key in ("samples", "commits", "dropped", "languages", "shards", "sources"):
             assert second[key] == first[key], key
 
-    def test_interrupted_run_resumes_without_loss_or_duplicates(self, forest, tmp_path, monkeypatch):
+    @pytest.mark.parametrize("also_stopped_while_cleaning", [False, True])
+    def test_interrupted_run_resumes_without_loss_or_duplicates(self, forest, tmp_path, monkeypatch,
+                                                                 also_stopped_while_cleaning):
         clean = mine(config([forest], tmp_path / "clean", shard_bytes=1024, batch_size=2))
         out = tmp_path / "out"
         real = mine_run._run_task
@@ -163,6 +165,25 @@ class TestResume:
         assert not list(out.rglob("*.tmp"))
         # A killed run would also leave the shard it was writing; it must not count as complete.
         (out / "train" / "train-00099.jsonl.zst.tmp").write_bytes(b"half a shard")
+        if also_stopped_while_cleaning:
+            # A rerun stopped after cutting a shard down to its finished lines, before updating its index.
+            done_tags = {json.loads(p.read_text())["tag"] for p in done}
+            cut = 0
+            for split in SPLITS:
+                for shard in complete_shards(out / split, split):
+                    runs = json.loads((out / ".state" / "shards" / shard.name.replace(".jsonl.zst", ".json")).read_text())["runs"]
+                    tags = [tag for tag, n in runs for _ in range(n)]
+                    if set(tags) <= done_tags:
+                        continue
+                    kept = [row for tag, row in zip(tags, read_shard(shard)) if tag in done_tags]
+                    if not kept:
+                        continue
+                    with ShardWriter(tmp_path / "cut", "x") as w:
+                        for row in kept:
+                            w.write(json.dumps(row, ensure_ascii=False).encode())
+                    (tmp_path / "cut" / "x-00000.jsonl.zst").replace(shard)
+                    cut += 1
+            assert cut
         resumed = mine(config([forest], out, shard_bytes=1024, batch_size=2))
         assert not list(out.rglob("*.tmp"))
         key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731

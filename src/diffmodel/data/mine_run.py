@@ -49,7 +49,7 @@ from diffmodel.data.mine import (
     list_commits, looks_like_repository, mine_commits, open_repository, read_license, repository_names,
 )
 from diffmodel.data.shards import (
-    DEFAULT_SHARD_BYTES, ShardInfo, ShardWriter, complete_shards, read_shard, remove_tmp_files,
+    DEFAULT_SHARD_BYTES, ShardWriter, complete_shards, count_lines, read_shard, remove_tmp_files,
     shard_index, write_json_atomic,
 )
 from diffmodel.data.split import SPLITS, check_fractions, resolve_split_by
@@ -313,36 +313,51 @@ class MineRun:
                 self._drop_unfinished(shard, runs)
 
     def _drop_unfinished(self, shard: Path, runs: list | None) -> None:
-        """Rewrite ``shard`` keeping only the lines of finished sources."""
-        keep_runs: list[list] = []
-        tmp = shard.with_name(shard.name + ".rewrite")
-        kept = 0
-        if runs is not None:
-            tags = [tag for tag, n in runs for _ in range(n)]
-            lines = []
-            for tag, row in zip(tags, read_shard(shard)):
-                if tag in self.done:
-                    lines.append((tag, row))
-            if lines:
-                import zstandard
+        """Rewrite ``shard`` keeping only the lines of finished sources.
 
-                with open(tmp, "wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(fh) as zw:
-                    for tag, row in lines:
-                        zw.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-                        if keep_runs and keep_runs[-1][0] == tag:
-                            keep_runs[-1][1] += 1
-                        else:
-                            keep_runs.append([tag, 1])
-                        if self.config.filters.dedup:
-                            self.seen.add(F.dedup_key(row["before"], row["diff"]))
-                kept = len(lines)
+        The shard is replaced first and its index second; a run stopped in
+        between leaves a shard holding exactly the finished lines of its old
+        index, which is recognised by its line count and completed here.
+        """
+        import zstandard
+
+        if runs is None:
+            raise DiffModelError(f"{shard} has no index in {self.state / 'shards'}; the folder was changed by "
+                                 f"hand or is damaged: pass --overwrite to mine it again")
+        keep_runs: list[list] = []
+        for tag, n in runs:
+            if tag in self.done:
+                if keep_runs and keep_runs[-1][0] == tag:
+                    keep_runs[-1][1] += n
+                else:
+                    keep_runs.append([tag, n])
+        kept = sum(n for _, n in keep_runs)
+        lines = count_lines(shard)
+        dedup = self.config.filters.dedup
+        if lines == kept and kept < sum(n for _, n in runs):  # rewritten before, index not yet updated
+            if dedup:
+                self.seen.update(F.dedup_key(r["before"], r["diff"]) for r in read_shard(shard))
+        elif lines != sum(n for _, n in runs):
+            raise DiffModelError(f"{shard} has {lines} lines but its index lists {sum(n for _, n in runs)}; "
+                                 f"pass --overwrite to mine the folder again")
+        elif kept:
+            tmp = shard.with_name(shard.name + ".rewrite.tmp")
+            tags = (tag for tag, n in runs for _ in range(n))
+            with open(tmp, "wb") as fh:
+                with zstandard.ZstdCompressor(level=3).stream_writer(fh, closefd=False) as zw:
+                    for tag, row in zip(tags, read_shard(shard)):
+                        if tag in self.done:
+                            zw.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+                            if dedup:
+                                self.seen.add(F.dedup_key(row["before"], row["diff"]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, shard)
         if kept:
             write_json_atomic(self._sidecar(shard), {"runs": keep_runs})
-            os.replace(tmp, shard)
         else:
             shard.unlink()
-            if self._sidecar(shard).exists():
-                self._sidecar(shard).unlink()
+            self._sidecar(shard).unlink(missing_ok=True)
         self.warn(f"{shard.name}: kept {kept} sample(s) of finished sources; the rest is mined again")
 
     # -- sources

@@ -233,3 +233,18 @@ def read_shard(path: str | Path) -> Iterator[dict]:
                     yield json.loads(line)
         if buffer.strip():
             yield json.loads(buffer)
+
+
+def count_lines(path: str | Path) -> int:
+    """Number of JSON lines in a ``jsonl.zst`` shard (streaming; lines are not parsed)."""
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+        while True:
+            chunk = reader.read(1 << 20)
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
