@@ -231,6 +231,7 @@ def test_commitpack_rows(tmp_path):
                                progress=False, validation_fraction=0.25, test_fraction=0.25))
     assert manifest["split_by"] == "repository"
     assert manifest["samples"]["total"] == 12
+    assert manifest["rows_converted"] == 12 and manifest["changed_files"] == 12
     for split, split_rows in shard_rows(tmp_path / "out").items():
         for row in split_rows:
             assert assign_split(row["repository"], 0.25, 0.25) == split

@@ -248,5 +248,5 @@ class TestConvert:
         samples = [json.loads(s.line) for s in result.samples]
         assert [s["old_name"] for s in samples] == ["old.py", ""]
         assert samples[1]["text"].startswith("<NME> src/util.py\n<BEF> ADDFILE\n")
-        assert {k: v for k, v in result.counts.items() if k not in ("changed_files", "samples")} == {
+        assert {k: v for k, v in result.counts.items() if k not in ("changed_files", "samples", "rows")} == {
             F.DROP_NO_CHANGE: 1, F.DROP_NOISE_MESSAGE: 1, F.DROP_DELETED: 1, "bad_row": 1, F.DROP_LANGUAGE: 1}

@@ -85,6 +85,7 @@ def convert_rows(rows: Iterable[dict], options: SampleOptions, count_tokens=None
     result = ChunkResult()
     for row in rows:
         result.commits += 1
+        result.counts["rows"] += 1
         convert_row(row, options, result, count_tokens)
     return result
 

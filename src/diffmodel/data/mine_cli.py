@@ -141,6 +141,8 @@ def summary(manifest: dict, output: str) -> str:
     c = manifest["commits"]
     lines.append(f"commits: {c['commits']} listed, {c['commits_with_samples']} gave samples, "
                  f"{c['merge_commits']} merges, {c['empty_commits']} empty; changed files: {manifest['changed_files']}")
+    if manifest.get("rows_converted"):
+        lines.append(f"rows converted: {manifest['rows_converted']}")
     dropped = sorted(((v, k) for k, v in manifest["dropped"].items() if v), reverse=True)
     if dropped:
         lines.append("dropped: " + ", ".join(f"{k} {v}" for v, k in dropped))

@@ -546,6 +546,7 @@ class MineRun:
             "format": FORMAT,
             "samples": {"total": sum(splits.values()), **{s: splits.get(s, 0) for s in SPLITS}},
             "commits": {k: counts.get(k, 0) for k in commit_keys},
+            "rows_converted": counts.get("rows", 0),
             "changed_files": counts.get("changed_files", 0),
             "dropped": {r: counts.get(r, 0) for r in reasons},
             "languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))),
