@@ -136,3 +136,33 @@ class TestHelpers:
         assert format_header(1, 1, 1, 1) == "@@ -1 +1 @@"
         assert format_header(1, 0, 1, 3) == "@@ -0,0 +1,3 @@"
         assert format_header(12, 7, 12, 8) == "@@ -12,7 +12,8 @@"
+
+
+class TestLargeFiles:
+    def test_many_repeated_lines_stay_fast_and_apply(self):
+        import random
+        import time
+
+        from diffmodel.diff.apply import apply_diff
+
+        rng = random.Random(0)
+        lines = [rng.choice(["\n", "    }\n", "    return x;\n"]) if rng.random() < 0.3 else f"stmt{rng.randint(0, 3000)};\n"
+                 for _ in range(20000)]
+        edited = list(lines)
+        for _ in range(50):
+            edited[rng.randrange(len(edited))] = "changed\n"
+        for _ in range(20):
+            start = rng.randrange(len(edited))
+            del edited[start:start + 30]
+        before, after = "".join(lines), "".join(edited)
+        started = time.perf_counter()
+        diff = make_diff(before, after)
+        assert time.perf_counter() - started < 2.0
+        assert apply_diff(before, diff).text == after
+
+    def test_no_unique_lines_at_all(self):
+        from diffmodel.diff.apply import apply_diff
+
+        before = "a\nb\n\n" * 2000
+        after = "b\na\n\n" * 1500 + "a\n" * 700
+        assert apply_diff(before, make_diff(before, after)).text == after

@@ -15,14 +15,18 @@ Invariants:
 - No function-name text after the closing ``@@``.
 - ``before == after`` gives ``""``; a new file is ``before == ""``.
 
-Matching uses :class:`difflib.SequenceMatcher` (``autojunk=False``) after
-trimming the common prefix and suffix; on ambiguous inputs the chosen lines
-may differ from git's Myers diff, but the result always applies.
+Matching trims the common prefix and suffix, anchors on lines that occur
+once on each side (as patience diff does), and runs
+:class:`difflib.SequenceMatcher` in the gaps; ambiguous runs are then slid
+down as git slides them. On ambiguous inputs the chosen lines may still
+differ from git's Myers diff, but the result always applies.
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
+from collections import Counter
 
 NO_NEWLINE = "\\ No newline at end of file"
 
@@ -65,23 +69,88 @@ def _body_line(prefix: str, line: str) -> str:
     return f"{prefix}{line}\n{NO_NEWLINE}\n"
 
 
+#: A gap with no unique anchor line is matched by difflib without its
+#: popularity heuristic up to this many line pairs, with it above (fast, and the
+#: diff still applies, but it may be longer than needed).
+EXACT_MATCH_LIMIT = 4_000_000
+
+
+def _unique_anchors(a: list[str], b: list[str], alo: int, ahi: int, blo: int, bhi: int) -> list[tuple[int, int]]:
+    """Pairs of lines that occur exactly once in both ranges, longest in-order chain."""
+    count_a = Counter(a[alo:ahi])
+    count_b = Counter(b[blo:bhi])
+    where_b = {b[j]: j for j in range(blo, bhi) if count_b[b[j]] == 1 and count_a.get(b[j]) == 1}
+    pairs = [(i, where_b[a[i]]) for i in range(alo, ahi) if a[i] in where_b]
+    # Longest increasing subsequence of the b positions (patience sorting).
+    tails: list[int] = []  # tails[k]: b position ending the best chain of length k + 1
+    tail_at: list[int] = []  # index into pairs of that chain end
+    back: list[int] = [-1] * len(pairs)
+    for n, (_, j) in enumerate(pairs):
+        k = bisect.bisect_left(tails, j)
+        if k == len(tails):
+            tails.append(j)
+            tail_at.append(n)
+        else:
+            tails[k] = j
+            tail_at[k] = n
+        back[n] = tail_at[k - 1] if k else -1
+    chain: list[tuple[int, int]] = []
+    n = tail_at[-1] if tail_at else -1
+    while n >= 0:
+        chain.append(pairs[n])
+        n = back[n]
+    return chain[::-1]
+
+
+def _matched_pairs(a: list[str], b: list[str]) -> list[tuple[int, int]]:
+    """Equal line pairs ``(i, j)``, increasing in both, that the diff keeps.
+
+    Common prefix and suffix first, then lines unique to both sides as anchors
+    (recursively, in the gaps between them), then difflib inside what is left.
+    """
+    out: list[tuple[int, int]] = []
+    stack: list[tuple[int, int, int, int] | tuple[int, int]] = [(0, len(a), 0, len(b))]
+    while stack:
+        task = stack.pop()
+        if len(task) == 2:
+            out.append(task)  # an anchor or suffix pair, emitted in order
+            continue
+        alo, ahi, blo, bhi = task
+        while alo < ahi and blo < bhi and a[alo] == b[blo]:
+            out.append((alo, blo))
+            alo, blo = alo + 1, blo + 1
+        suffix: list[tuple[int, int]] = []
+        while alo < ahi and blo < bhi and a[ahi - 1] == b[bhi - 1]:
+            ahi, bhi = ahi - 1, bhi - 1
+            suffix.append((ahi, bhi))
+        stack.extend(suffix)  # popped last-first: in increasing order
+        if alo == ahi or blo == bhi:
+            continue
+        anchors = _unique_anchors(a, b, alo, ahi, blo, bhi)
+        if anchors:
+            later: list[tuple[int, int, int, int] | tuple[int, int]] = []
+            i0, j0 = alo, blo
+            for i, j in anchors:
+                later += [(i0, i, j0, j), (i, j)]
+                i0, j0 = i + 1, j + 1
+            later.append((i0, ahi, j0, bhi))
+            stack.extend(reversed(later))
+            continue
+        fast = (ahi - alo) * (bhi - blo) > EXACT_MATCH_LIMIT
+        matcher = difflib.SequenceMatcher(None, a[alo:ahi], b[blo:bhi], autojunk=fast)
+        for block in matcher.get_matching_blocks():
+            out.extend((alo + block.a + k, blo + block.b + k) for k in range(block.size))
+    return out
+
+
 def _changes(a: list[str], b: list[str]) -> list[tuple[int, int, int, int]]:
     """Non-equal regions ``(i1, i2, j1, j2)`` in order, between equal runs."""
-    lo = 0
-    limit = min(len(a), len(b))
-    while lo < limit and a[lo] == b[lo]:
-        lo += 1
-    hi = 0
-    while hi < limit - lo and a[len(a) - 1 - hi] == b[len(b) - 1 - hi]:
-        hi += 1
-    mid_a = a[lo:len(a) - hi]
-    mid_b = b[lo:len(b) - hi]
-    matcher = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
-    changes = [
-        [i1 + lo, i2 + lo, j1 + lo, j2 + lo]
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
-        if tag != "equal"
-    ]
+    changes: list[list[int]] = []
+    i0 = j0 = 0
+    for i, j in [*_matched_pairs(a, b), (len(a), len(b))]:
+        if i > i0 or j > j0:
+            changes.append([i0, i, j0, j])
+        i0, j0 = i + 1, j + 1
     _slide_down(a, b, changes)
     merged: list[tuple[int, int, int, int]] = []
     for i1, i2, j1, j2 in changes:
