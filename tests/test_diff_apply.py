@@ -49,6 +49,11 @@ class TestStrict:
         result = apply_diff("a\nb\n", diff)
         assert [h.status for h in result.hunks] == [HunkStatus.APPLIED, HunkStatus.FAILED]
 
+    def test_line_numbers_before_the_file_fail(self):
+        parsed = parse_diff("@@ -1 +1 @@\n-a\n+b\n")
+        parsed.hunks[0].old_start = -1
+        assert apply_diff("a\n", parsed).hunks[0].status is HunkStatus.FAILED
+
     def test_wrong_counts_still_apply(self):
         result = apply_diff(BEFORE, DIFF.replace("@@ -2,7 +2,7 @@", "@@ -2,3 +2,99 @@"))
         assert result.text == AFTER

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
+from diffmodel.diff.apply import apply_diff
 from diffmodel.diff.make import format_header, make_diff, split_lines
 
 
@@ -140,11 +143,6 @@ class TestHelpers:
 
 class TestLargeFiles:
     def test_many_repeated_lines_stay_fast_and_apply(self):
-        import random
-        import time
-
-        from diffmodel.diff.apply import apply_diff
-
         rng = random.Random(0)
         lines = [rng.choice(["\n", "    }\n", "    return x;\n"]) if rng.random() < 0.3 else f"stmt{rng.randint(0, 3000)};\n"
                  for _ in range(20000)]
@@ -161,8 +159,6 @@ class TestLargeFiles:
         assert apply_diff(before, diff).text == after
 
     def test_no_unique_lines_at_all(self):
-        from diffmodel.diff.apply import apply_diff
-
         before = "a\nb\n\n" * 2000
         after = "b\na\n\n" * 1500 + "a\n" * 700
         assert apply_diff(before, make_diff(before, after)).text == after

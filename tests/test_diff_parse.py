@@ -155,6 +155,12 @@ class TestModelDefects:
         assert len(parsed.hunks) == 2
         assert parsed.notes == ["ignored text before hunk 2"]
 
+    def test_markdown_fence(self):
+        parsed = parse_diff("```diff\n" + DIFF + "```\n")
+        assert parsed.status is Status.REPAIRED
+        assert parsed.notes == ["ignored text before the first hunk", "ignored text after the last hunk"]
+        assert parsed.to_text() == DIFF
+
     def test_text_before_first_hunk(self):
         parsed = parse_diff("Here is the diff:\n" + DIFF)
         assert parsed.status is Status.REPAIRED

@@ -226,7 +226,7 @@ def _strict_hunk(a: list[str], hunk: Hunk, prev_end: int) -> tuple[HunkOutcome, 
     end = start + len(old)
     if start < prev_end:
         return HunkOutcome(HunkStatus.FAILED, message=f"hunk at line {start + 1} overlaps or precedes the previous hunk"), None
-    if end > len(a) or a[start:end] != old:
+    if start < 0 or end > len(a) or a[start:end] != old:
         return HunkOutcome(HunkStatus.FAILED, message=f"lines do not match at line {start + 1}"), None
     if new and not new[-1].endswith("\n") and end != len(a):
         return HunkOutcome(HunkStatus.FAILED, message="a line marked 'No newline at end of file' is not at the end"), None

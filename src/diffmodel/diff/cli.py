@@ -97,7 +97,7 @@ def safe_path(root: str, name: str) -> str:
     """The real path of ``name`` inside ``root``; DiffModelError if it is unsafe."""
     if not name or "\0" in name:
         raise DiffModelError(f"refusing file name {name!r}: it is empty or contains a NUL byte")
-    if os.path.isabs(name) or name.startswith("~"):
+    if os.path.isabs(name):
         raise DiffModelError(f"refusing absolute file name {name!r}: names must be relative to the working folder (-C)")
     parts = name.replace(os.sep, "/").split("/")
     if ".." in parts:
