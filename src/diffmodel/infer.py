@@ -1,0 +1,475 @@
+"""Run a diff model: file + name + message -> generated diff -> edited file.
+
+``DiffModel.from_pretrained(path).edit(code, message, name)`` returns an
+:class:`Edit` with the generated ``diff``, the edited file (``new_code``) and
+a ``status``; :meth:`DiffModel.edit_many` does the same for many requests,
+batched, with ``num_samples`` samples each.
+
+How one batch is generated::
+
+    render_prompt(name, code, message)        "<NME> a.py\\n<BEF> ...\\n<MSG> ...\\n<DFF>"
+        -> token ids (the tokenizer's own special-token convention, as in training)
+        -> requests sorted by length, longest first, cut into batches
+        -> left padding (pad token, else EOS) + attention mask; generate() derives
+           position ids from the mask, so every prompt starts at position 0
+        -> stop a row at EOS, or when its text starts a line with <NME>
+           (the model moving on to a next sample), or at max_new_tokens
+        -> text cut at EOS / <NME>, parsed once, applied strictly, then leniently
+
+Invariants:
+- Nothing the model writes makes this module raise: every outcome is an
+  :class:`Edit` whose ``status`` says what happened (``strict``, ``lenient``,
+  ``failed``, or ``too_long`` for a prompt the model cannot hold).
+- ``new_code`` is the edited file exactly when ``status`` is ``strict`` or
+  ``lenient``, and ``None`` otherwise; an empty diff counts as ``failed``
+  (the model made no edit).
+- Results come back in request order whatever the batching; greedy decoding
+  of a request gives the same diff alone or in a batch (up to float rounding
+  of padded batches in low precision).
+- ``Edit.diff`` is the generated text after ``<DFF>`` with the one separating
+  space removed, cut before EOS and before a line starting with ``<NME>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from diffmodel.diff import ApplyStatus, apply_diff, parse_diff
+from diffmodel.errors import DiffModelError
+from diffmodel.sample import NAME_MARKER, render_prompt
+
+#: Tokens decoded from the end of each row to look for a ``<NME>`` line.
+STOP_WINDOW = 16
+
+#: Stop reasons in :attr:`Edit.stop`.
+STOP_EOS, STOP_MARKER, STOP_LENGTH, STOP_NONE = "eos", "marker", "length", "none"
+
+
+class EditStatus(str, Enum):
+    """What became of one generated diff."""
+
+    STRICT = "strict"  # applied exactly at the lines its hunks state
+    LENIENT = "lenient"  # strict apply failed; the lenient applier placed every hunk
+    FAILED = "failed"  # empty or unreadable diff, or a hunk matched nowhere
+    TOO_LONG = "too_long"  # the prompt does not fit the model's positions; nothing generated
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One file to edit: its text, the instruction, and its name (path) in the prompt."""
+
+    code: str
+    message: str
+    name: str
+
+
+@dataclass
+class Edit:
+    """One generated diff and what applying it gave."""
+
+    diff: str
+    new_code: str | None
+    status: EditStatus
+    #: what the parser repaired and why applying failed, one entry each
+    notes: list[str] = field(default_factory=list)
+    #: the last applier outcome (applied, relocated, failed, empty, bad_format; "" if never applied)
+    apply_status: str = ""
+    #: why generation stopped: eos, marker (a line starting with <NME>), length, none (not generated)
+    stop: str = STOP_NONE
+    #: tokens generated for this edit (up to and including EOS or the <NME> marker)
+    num_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the diff applied (strictly or leniently) and ``new_code`` is the edited file."""
+        return self.status in (EditStatus.STRICT, EditStatus.LENIENT)
+
+
+# -- plain functions over text ---------------------------------------------------------------
+
+
+def as_request(item: Any) -> EditRequest:
+    """An :class:`EditRequest` from a request, a ``(code, message, name)`` tuple or a dict.
+
+    A dict takes ``name`` (or ``path``), ``before`` (or ``code``) and ``message``.
+    """
+    if isinstance(item, EditRequest):
+        return item
+    if isinstance(item, dict):
+        name = item.get("name", item.get("path"))
+        code = item.get("before", item.get("code"))
+        message = item.get("message")
+        missing = [k for k, v in (("name/path", name), ("before/code", code), ("message", message)) if v is None]
+        if missing:
+            raise DiffModelError(f"request {sorted(item)!r} lacks {', '.join(missing)}")
+        return EditRequest(code=str(code), message=str(message), name=str(name))
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        code, message, name = item
+        return EditRequest(code=str(code), message=str(message), name=str(name))
+    raise DiffModelError(f"cannot read an edit request from {type(item).__name__}: give EditRequest, (code, message, name) or a dict")
+
+
+def _marker_line(text: str) -> int:
+    """Index of the first ``<NME>`` that starts a line of ``text`` (or its first non-blank text), else -1."""
+    stripped = len(text) - len(text.lstrip())
+    if text.startswith(NAME_MARKER, stripped):
+        return stripped
+    found = text.find("\n" + NAME_MARKER)
+    return found + 1 if found >= 0 else -1
+
+
+def cut_generation(text: str) -> tuple[str, bool]:
+    """The diff part of a generation: cut before a line starting with ``<NME>``.
+
+    Returns ``(diff, cut)``; the one space the sample format puts after
+    ``<DFF>`` is removed. ``cut`` says whether a marker was found.
+    """
+    at = _marker_line(text)
+    cut = at >= 0
+    if cut:
+        text = text[:at]
+    return text.removeprefix(" "), cut
+
+
+def finish_edit(code: str, generated: str, stop: str = STOP_NONE, num_tokens: int = 0) -> Edit:
+    """Turn generated text into an :class:`Edit`: cut, parse, apply strictly, then leniently.
+
+    Never raises on ``generated``.
+    """
+    diff, cut = cut_generation(generated)
+    if cut and stop != STOP_MARKER:
+        stop = STOP_MARKER
+    try:
+        parsed = parse_diff(diff)
+        strict = apply_diff(code, parsed, "strict")
+        if strict.ok:
+            return Edit(diff, strict.text, EditStatus.STRICT, list(strict.notes), str(strict.status), stop, num_tokens)
+        if strict.status in (ApplyStatus.EMPTY, ApplyStatus.BAD_FORMAT):
+            notes = list(strict.notes)
+            if strict.status is ApplyStatus.EMPTY:
+                notes.append("the model wrote an empty diff")
+            return Edit(diff, None, EditStatus.FAILED, notes, str(strict.status), stop, num_tokens)
+        lenient = apply_diff(code, parsed, "lenient")
+        if lenient.ok:
+            return Edit(diff, lenient.text, EditStatus.LENIENT, list(lenient.notes), str(lenient.status), stop, num_tokens)
+        notes = list(lenient.notes) + [f"hunk {i}: {h.describe()}" for i, h in enumerate(lenient.hunks, 1) if h.message]
+        return Edit(diff, None, EditStatus.FAILED, notes, str(lenient.status), stop, num_tokens)
+    except Exception as err:  # the contract: model output never raises
+        return Edit(diff, None, EditStatus.FAILED, [f"internal error while applying: {type(err).__name__}: {err}"], "failed", stop, num_tokens)
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+class NameMarkerStop(StoppingCriteria):
+    """Stop each row once its generated text starts a line with ``<NME>``.
+
+    Only generated tokens are looked at (the prompt itself starts with
+    ``<NME>``): the last :data:`STOP_WINDOW` of them, decoded, which is enough
+    for the marker and its newline whatever the tokenization. ``stopped_at``
+    maps a row to the number of tokens it had generated when the marker was
+    seen; rows stopped earlier (EOS) are not looked at again.
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, window: int = STOP_WINDOW):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.window = window
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        rows, length = input_ids.shape
+        generated = length - self.prompt_length
+        done = torch.zeros(rows, dtype=torch.bool)
+        if generated <= 0:
+            return done.to(input_ids.device)
+        start = max(self.prompt_length, length - self.window)
+        open_rows = [r for r in range(rows) if r not in self.stopped_at]
+        if open_rows:
+            tails = self.tokenizer.batch_decode(input_ids[open_rows, start:].tolist(), skip_special_tokens=False)
+            whole = start == self.prompt_length  # the window still holds all generated tokens
+            for row, tail in zip(open_rows, tails):
+                found = _marker_line(tail) >= 0 if whole else ("\n" + NAME_MARKER) in tail
+                if found:
+                    self.stopped_at[row] = generated
+        for row in self.stopped_at:
+            done[row] = True
+        return done.to(input_ids.device)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DiffModelError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+
+
+_DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise DiffModelError(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32")
+    return _DTYPES[dtype]
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and os.sep == "/"
+
+
+def check_model_folder(path: str | os.PathLike) -> str:
+    """A clear :class:`DiffModelError` for a folder that cannot hold a saved model."""
+    path = str(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise DiffModelError(
+                f"model folder {path!r} has no config.json: give a folder written by save_pretrained "
+                "or by diffmodel train (its --output_dir, or a checkpoint-N folder inside it)"
+            )
+        return path
+    if os.path.exists(path):
+        raise DiffModelError(f"model {path!r} is a file; give the folder that holds config.json and the weights")
+    if _looks_like_hub_id(path):
+        return path  # may be in the local Hugging Face cache
+    raise DiffModelError(f"model folder {path!r} does not exist")
+
+
+class DiffModel:
+    """A causal LM and its tokenizer, ready to write diffs.
+
+    Build one with :meth:`from_pretrained`, or wrap a model and tokenizer you
+    already have: ``DiffModel(model, tokenizer)`` (the model stays on its device).
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        tokenizer.padding_side = "left"
+        eos = tokenizer.eos_token_id
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        ids: list[int] = []
+        for value in (eos, gen_eos):
+            for one in value if isinstance(value, (list, tuple)) else [value]:
+                if one is not None and int(one) not in ids:
+                    ids.append(int(one))
+        if not ids:
+            raise DiffModelError("the tokenizer has no EOS token and the model's generation config names none; a diff model needs one to stop")
+        self.eos_ids = ids
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
+        from diffmodel.train.model import max_positions
+
+        self.max_positions = max_positions(model.config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **model_kwargs,
+    ) -> "DiffModel":
+        """Load a saved model and tokenizer from ``path`` (a folder, e.g. a training ``--output_dir``).
+
+        ``device``: default CUDA when available, else CPU. ``dtype``: default
+        bf16 on a GPU, fp32 on the CPU. ``model_kwargs`` go to
+        ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = check_model_folder(path)
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError, TypeError) as err:
+            raise DiffModelError(
+                f"cannot load a tokenizer from {name!r}: {err}. Save the tokenizer next to the model "
+                "(tokenizer.save_pretrained(folder))"
+            ) from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **model_kwargs)
+        except (OSError, ValueError) as err:
+            raise DiffModelError(f"cannot load a causal language model from {name!r}: {err}") from None
+        model.to(dev)
+        return cls(model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def prompt(self, request: EditRequest) -> str:
+        return render_prompt(request.name, request.code, request.message)
+
+    def encode(self, requests: Sequence[EditRequest]) -> list[list[int]]:
+        """Prompt token ids, with the tokenizer's own special tokens (as in training)."""
+        if not requests:
+            return []
+        return self.tokenizer([self.prompt(r) for r in requests], return_attention_mask=False)["input_ids"]
+
+    def edit(self, code: str, message: str, name: str, **options) -> Edit:
+        """Edit one file; ``options`` are those of :meth:`edit_many` (one sample)."""
+        options.pop("num_samples", None)
+        return self.edit_many([EditRequest(code, message, name)], **options)[0][0]
+
+    def edit_many(
+        self,
+        requests: Iterable[Any],
+        num_samples: int = 1,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 8,
+        min_new_tokens: int = 0,
+        seed: int | None = None,
+        progress: bool | Callable[[int], None] = False,
+    ) -> list[list[Edit]]:
+        """Edit many files; ``result[i][k]`` is sample ``k`` of request ``i``.
+
+        ``requests``: :class:`EditRequest`, ``(code, message, name)`` tuples or
+        dicts (see :func:`as_request`). ``temperature`` 0 is greedy decoding;
+        above 0 samples with ``top_p`` (``num_samples`` > 1 needs sampling).
+        ``batch_size`` prompts are generated together (``batch_size *
+        num_samples`` rows). ``min_new_tokens`` holds EOS back (benchmarks).
+        ``progress``: True shows a progress bar on stderr; a callable is
+        called with the number of requests finished by each batch.
+        """
+        reqs = [as_request(r) for r in requests]
+        problems = []
+        if num_samples < 1:
+            problems.append(f"num_samples must be at least 1, got {num_samples}")
+        if num_samples > 1 and temperature <= 0:
+            problems.append(f"num_samples={num_samples} with greedy decoding gives {num_samples} identical samples; set temperature > 0 to sample")
+        if temperature < 0:
+            problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
+        if not 0 < top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {top_p}")
+        if batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {batch_size}")
+        if max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if problems:
+            raise DiffModelError("cannot generate:\n" + "\n".join(f"  - {p}" for p in problems))
+        results: list[list[Edit] | None] = [None] * len(reqs)
+        ids = self.encode(reqs)
+        todo = []
+        for i, row in enumerate(ids):
+            if self.max_positions is not None and len(row) >= self.max_positions:
+                note = f"the prompt is {len(row)} tokens; the model takes at most {self.max_positions} positions"
+                results[i] = [Edit("", None, EditStatus.TOO_LONG, [note]) for _ in range(num_samples)]
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: -len(ids[i]))  # longest first: memory trouble shows at once
+        report = _progress(progress, len(reqs))
+        report(len(reqs) - len(todo))
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                edits = self._generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
+                                       max_new_tokens, temperature, top_p, min_new_tokens)
+                for i, group in zip(batch, edits):
+                    results[i] = group
+                report(len(batch))
+        finally:
+            report(None)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
+                  temperature: float, top_p: float, min_new_tokens: int) -> list[list[Edit]]:
+        width = max(len(p) for p in prompts)
+        budget = max_new_tokens
+        if self.max_positions is not None:
+            budget = min(budget, self.max_positions - width)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        config = copy.deepcopy(self.model.generation_config)
+        sampling = temperature > 0
+        config.update(
+            max_new_tokens=budget, min_new_tokens=min(min_new_tokens, budget) or None,
+            do_sample=sampling, temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None, top_k=None,
+            num_beams=1, num_return_sequences=num_samples,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            max_length=None,
+        )
+        stop = NameMarkerStop(self.tokenizer, width)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            generation_config=config, stopping_criteria=StoppingCriteriaList([stop]),
+        )
+        new = out[:, width:].tolist()
+        edits: list[list[Edit]] = []
+        for p in range(len(prompts)):
+            group = []
+            for k in range(num_samples):
+                row = p * num_samples + k
+                tokens = new[row]
+                reason = STOP_LENGTH
+                end = len(tokens)
+                eos_at = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
+                if eos_at is not None:
+                    end, reason = eos_at + 1, STOP_EOS
+                if row in stop.stopped_at and stop.stopped_at[row] <= end:
+                    end, reason = stop.stopped_at[row], STOP_MARKER
+                text = self.tokenizer.decode([t for t in tokens[:end] if t not in self.eos_ids], skip_special_tokens=False)
+                group.append(finish_edit(codes[p], text, reason, end))
+            edits.append(group)
+        return edits
+
+
+def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[int | None], None]:
+    """A ``report(n)`` function: n more requests done; ``report(None)`` closes."""
+    if callable(progress):
+        def call(n: int | None) -> None:
+            if n:
+                progress(n)
+        return call
+    if not progress:
+        return lambda n: None
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="edit", desc="editing", dynamic_ncols=True, file=sys.stderr)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        elif n:
+            bar.update(n)
+    return update
+
+
+__all__ = [
+    "DiffModel", "Edit", "EditRequest", "EditStatus", "NameMarkerStop",
+    "as_request", "check_model_folder", "cut_generation", "finish_edit",
+]
