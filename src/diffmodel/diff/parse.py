@@ -342,11 +342,11 @@ def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
     return lines, notes
 
 
-def _scan(text: str | bytes) -> tuple[list[ParsedDiff], bool]:
-    """Read every file section; also say whether any non-blank text was seen."""
+def _scan(text: str | bytes) -> list[ParsedDiff]:
+    """Read every file section (at least one)."""
     lines, first_notes = _prepare(text)
     if not any(line.strip() for line in lines):
-        return [ParsedDiff(Status.EMPTY, notes=["diff is empty"])], False
+        return [ParsedDiff(Status.EMPTY, notes=["diff is empty"])]
     sections = [_Section()]
     sections[0].notes.extend(first_notes)
     i = 0
@@ -390,7 +390,7 @@ def _scan(text: str | bytes) -> tuple[list[ParsedDiff], bool]:
             if "ignored text before the first hunk" not in cur.notes:
                 cur.notes.append("ignored text before the first hunk")
         i += 1
-    return [s.finish() for s in sections], True
+    return [s.finish() for s in sections]
 
 
 def parse_patch(text: str | bytes) -> list[ParsedDiff]:
@@ -398,13 +398,12 @@ def parse_patch(text: str | bytes) -> list[ParsedDiff]:
 
     A text without file headers gives one section whose paths are ``None``.
     """
-    sections, _ = _scan(text)
-    return sections
+    return _scan(text)
 
 
 def parse_diff(text: str | bytes) -> ParsedDiff:
     """The first file's diff in ``text`` (model output, a diff body or a patch); never raises."""
-    sections, _ = _scan(text)
+    sections = _scan(text)
     first = sections[0]
     if len(sections) > 1:
         first.notes.append(f"ignored {len(sections) - 1} further file(s) in the patch")
