@@ -21,6 +21,8 @@ Fixes against the reference (and why):
   masked never learns to stop.
 - Left-padded rows carry ``position_ids`` so the real tokens start at 0, as
   they do at inference; without them the sample starts at position ``pad``.
+  The first real token's label is ignored: HF models shift labels, so it
+  would be predicted from a pad token.
 - The pad id comes from the tokenizer (pad, else EOS); nothing is hard-coded.
 - The concatenation runs over the whole split with one carry, so the result
   does not depend on any batch size. The final partial row is kept,
@@ -43,7 +45,7 @@ COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
 def pad_left(input_ids: Sequence[int], labels: Sequence[int], block_size: int, pad_id: int, eos_id: int) -> dict[str, list[int]]:
     """One sample + EOS, left-padded to ``block_size``."""
     ids = list(input_ids) + [eos_id]
-    labs = list(labels) + [eos_id]
+    labs = [IGNORE_INDEX] + list(labels[1:]) + [eos_id] if len(labels) else [eos_id]
     n = len(ids)
     if n > block_size:
         raise ValueError(f"sample of {len(input_ids)} tokens does not fit block_size {block_size} with EOS")

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
 from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
+from diffmodel.preprocess.packing import PACKED_COLUMNS, best_fit_decreasing, pack_row
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
 from diffmodel.sample import DIFF_MARKER
@@ -47,6 +49,7 @@ class PreprocessOptions:
     train_diff_model: bool = False
     ignore_long_samples: bool = False
     concatenate_texts: bool = False
+    packing: bool = False
     skip_concat: bool = False
     force_label: bool = False
     num_proc: int | None = None
@@ -57,8 +60,15 @@ class PreprocessOptions:
 
     @property
     def layout(self) -> str:
-        """``concat`` or ``pad``; long samples force ``concat`` (the caller logs it)."""
+        """``pack``, ``concat`` or ``pad``; without packing, long samples force ``concat`` (the caller logs it)."""
+        if self.packing:
+            return "pack"
         return "concat" if (self.concatenate_texts or not self.ignore_long_samples) else "pad"
+
+    @property
+    def drops_long_samples(self) -> bool:
+        """Packing never splits a sample, so it drops long ones like --ignore_long_samples."""
+        return self.ignore_long_samples or self.packing
 
 
 def fingerprint(*parts) -> str:
@@ -206,7 +216,7 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
         desc="tokenize + label",
     )
     counts = {"dropped_too_long": 0, "dropped_no_diff": 0}
-    if opts.ignore_long_samples:
+    if opts.drops_long_samples:
         ds, counts["dropped_too_long"] = _count_filter(
             ds, lambda b: [is_short_enough(x, opts.block_size) for x in b["input_ids"]], opts.num_proc, f"drop samples >= {opts.block_size} tokens"
         )
@@ -253,8 +263,40 @@ def concat_split(ds: datasets.Dataset, block_size: int, eos_id: int, pad_id: int
     return datasets.Dataset.from_file(str(path))
 
 
+PACKED_FEATURES = datasets.Features({c: datasets.Sequence(datasets.Value("int32")) for c in PACKED_COLUMNS})
+
+
+def _gather_rows(batch: dict[str, list], source: datasets.Dataset, eos_id: int) -> dict[str, list]:
+    flat = [i for members in batch["members"] for i in members]
+    got = source.select_columns(["input_ids", "labels"])[flat]
+    samples = iter(zip(got["input_ids"], got["labels"]))
+    rows = [pack_row([next(samples) for _ in members], eos_id) for members in batch["members"]]
+    return {c: [r[c] for r in rows] for c in PACKED_COLUMNS}
+
+
+def pack_split(ds: datasets.Dataset, block_size: int, eos_id: int, num_proc: int | None) -> datasets.Dataset:
+    """Best-fit-decreasing packing of a whole split (lengths read from Arrow, rows built in parallel)."""
+    if ds._indices is not None:
+        ds = ds.flatten_indices()
+    lengths = (pc.list_value_length(ds.data.column("input_ids")).to_numpy() + 1).tolist()
+    bins = best_fit_decreasing(lengths, block_size)
+    plan = datasets.Dataset.from_dict({"members": bins})
+    return plan.map(
+        _gather_rows,
+        batched=True,
+        batch_size=256,
+        num_proc=num_proc if num_proc and len(bins) >= 2 * num_proc else None,
+        remove_columns=["members"],
+        features=PACKED_FEATURES,
+        fn_kwargs={"source": ds, "eos_id": eos_id},
+        desc=f"pack into rows of <= {block_size}",
+    )
+
+
 def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workdir: Path) -> datasets.Dataset:
     pad_id, eos_id = pad_id_of(tokenizer), eos_id_of(tokenizer)
+    if opts.layout == "pack":
+        return pack_split(ds, opts.block_size, eos_id, opts.num_proc)
     if opts.layout == "concat":
         return concat_split(ds, opts.block_size, eos_id, pad_id, workdir)
     return ds.map(
@@ -306,7 +348,9 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
             raise_empty(split, report.samples_loaded, report.dropped_too_long, report.dropped_no_diff, opts.block_size)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
-        report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).iter(batch_size=1024), fixed, split)
+        report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).iter(batch_size=1024), fixed, split, opts.block_size)
+        if fixed is None:
+            report.row_slots = report.rows * opts.block_size
         report.examples = [mark_spans(rows[i], tokenizer) for i in range(min(opts.report_examples, len(rows)))]
         out[split] = rows
         reports[split] = report

@@ -50,8 +50,12 @@ class SplitReport:
         return self.tokens / self.row_slots if self.row_slots else 0.0
 
 
-def check_rows(batches: Iterable[dict], block_size: int | None, split: str) -> tuple[int, int, int, int]:
+def check_rows(batches: Iterable[dict], block_size: int | None, split: str, max_len: int | None = None) -> tuple[int, int, int, int]:
     """Check every row; return (rows, slots, attended tokens, loss tokens).
+
+    ``block_size``: every row must have exactly this length (None: any length
+    up to ``max_len``). Where a row has ``position_ids`` but no attention mask
+    (packed rows), the label at each sample start (position 0) must be ignored.
 
     ``batches`` yields dicts of columns (lists of rows). Raises one
     DiffModelError naming every broken property (first offending row each).
@@ -65,6 +69,8 @@ def check_rows(batches: Iterable[dict], block_size: int | None, split: str) -> t
             i = n_rows + k
             if block_size is not None and len(ids) != block_size and "length" not in problems:
                 problems["length"] = f"{split} row {i} has {len(ids)} tokens, expected block_size {block_size} (was the data laid out with another --block_size? drop --skip_concat to lay it out again)"
+            if block_size is None and max_len is not None and len(ids) > max_len and "length" not in problems:
+                problems["length"] = f"{split} row {i} has {len(ids)} tokens, more than --block_size {max_len} (drop --skip_concat to lay the data out again)"
             if not (len(labels) == len(ids) == len(attn)) and "labels" not in problems:
                 problems["labels"] = f"{split} row {i}: {len(labels)} labels and {len(attn)} attention entries for {len(ids)} input_ids (rebuild labels with --force_label)"
         n_rows += len(ids_rows)
@@ -81,6 +87,11 @@ def check_rows(batches: Iterable[dict], block_size: int | None, split: str) -> t
         if bad.size and "value" not in problems:
             j = int(bad[0])
             problems["value"] = f"{split}: token {j} of the batch ending at row {n_rows - 1}: label {int(labels[j])} is neither the token {int(ids[j])} nor {IGNORE_INDEX} (rebuild labels with --force_label)"
+        if "position_ids" in batch and "attention_mask" not in batch:
+            starts = np.concatenate([np.asarray(r, dtype=np.int64) for r in batch["position_ids"]]) == 0
+            bad = np.flatnonzero(trained & starts)
+            if bad.size and "boundary" not in problems:
+                problems["boundary"] = f"{split}: token {int(bad[0])} of the batch ending at row {n_rows - 1} starts a packed sample but carries a label (it would be predicted from the previous sample)"
         bad = np.flatnonzero(trained & (attn == 0))
         if bad.size and "attention" not in problems:
             problems["attention"] = f"{split}: token {int(bad[0])} of the batch ending at row {n_rows - 1} is padding (attention 0) but carries a label"

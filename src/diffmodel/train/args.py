@@ -61,6 +61,7 @@ class DataArguments:
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the first <DFF> is ignored by the loss. Always pass it for diff models.")
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
+    packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
     load_from_disk: bool = arg(False, "--dataset_name is a folder written by save_to_disk (a Dataset or a DatasetDict).")
     save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir.")
     final_dataset_dir: str = arg("final_dataset", "Folder for --save_final_dataset (written under a temporary name, then renamed).")

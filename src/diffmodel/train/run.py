@@ -29,7 +29,8 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.pipeline import PreprocessOptions, fingerprint, pad_id_of, preprocess, save_atomically
 from diffmodel.preprocess.sanity import format_report, write_report_json
 from diffmodel.train.args import parse_args, validate
-from diffmodel.train.collate import RowCollator
+from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
+from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 
 logger = logging.getLogger("diffmodel.train")
@@ -61,13 +62,19 @@ def source_fingerprint(raw: datasets.DatasetDict, files: list[str], load_opts: L
 
 
 def preprocess_options(data_args, block_size: int) -> PreprocessOptions:
-    if not data_args.ignore_long_samples and not data_args.concatenate_texts and not data_args.skip_concat:
+    if data_args.packing:
+        if data_args.concatenate_texts:
+            raise DiffModelError("--packing and --concatenate_texts are two different layouts; pass one of them")
+        if not data_args.ignore_long_samples:
+            logger.warning("--packing: samples of --block_size tokens or more are dropped (packing never splits a sample), as with --ignore_long_samples")
+    elif not data_args.ignore_long_samples and not data_args.concatenate_texts and not data_args.skip_concat:
         logger.warning("--ignore_long_samples not given: forcing --concatenate_texts, since left-padding cannot hold samples longer than --block_size")
     return PreprocessOptions(
         block_size=block_size,
         train_diff_model=data_args.train_diff_model,
         ignore_long_samples=data_args.ignore_long_samples,
         concatenate_texts=data_args.concatenate_texts,
+        packing=data_args.packing,
         skip_concat=data_args.skip_concat,
         force_label=data_args.force_label,
         num_proc=data_args.preprocessing_num_workers,
@@ -105,6 +112,17 @@ def build_datasets(model_args, data_args, training_args, tokenizer, block_size: 
     return processed, reports
 
 
+def make_collator(model, tokenizer, packing: bool):
+    """The collator that matches the layout; for packing, also prove the attention isolates samples."""
+    if not packing:
+        return RowCollator(pad_id_of(tokenizer))
+    flatten = prepare_for_packing(model)
+    if not flatten:
+        diff = check_isolation(model)
+        logger.info("packing: samples isolated with %s attention (largest logit difference %.2g)", backend_of(model), diff)
+    return PackedCollator(pad_id_of(tokenizer), flatten=flatten)
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -136,13 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     if eval_ds is not None and data_args.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_samples)))
 
+    model_args.attn_implementation = choose_attention(model_args.attn_implementation, data_args.packing)
     model = load_model(model_args, config, tokenizer)
+    collator = make_collator(model, tokenizer, data_args.packing)
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_ds if training_args.do_train else None,
         eval_dataset=eval_ds if training_args.do_eval else None,
-        data_collator=RowCollator(pad_id_of(tokenizer)),
+        data_collator=collator,
         processing_class=tokenizer,
     )
 
