@@ -332,7 +332,8 @@ class DiffModel:
 
     def edit(self, code: str, message: str, name: str, **options) -> Edit:
         """Edit one file; ``options`` are those of :meth:`edit_many` (one sample)."""
-        options.pop("num_samples", None)
+        if "num_samples" in options:
+            raise DiffModelError("edit() makes one edit; for several samples use edit_many(requests, num_samples=N)")
         return self.edit_many([EditRequest(code, message, name)], **options)[0][0]
 
     def edit_many(

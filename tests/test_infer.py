@@ -1,0 +1,305 @@
+"""DiffModel: generation, the <NME> stop, batching, parsing and applying (CPU, tiny real models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffmodel.errors import DiffModelError
+from diffmodel.infer import (
+    STOP_WINDOW,
+    DiffModel,
+    Edit,
+    EditRequest,
+    EditStatus,
+    NameMarkerStop,
+    as_request,
+    cut_generation,
+    finish_edit,
+)
+from diffmodel.sample import render_prompt
+from edit_model import SAMPLES, trained_edit_model, training_text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> DiffModel:
+    return DiffModel.from_pretrained(trained_edit_model(tmp_path_factory))
+
+
+def _edit(model: DiffModel, key: str, **options) -> Edit:
+    s = SAMPLES[key]
+    return model.edit(s["before"], s["message"], s["name"], max_new_tokens=100, **options)
+
+
+class TestGreedyOutputOfATrainedModel:
+    @pytest.mark.parametrize("key", ["calc", "greet", "crlf"])
+    def test_known_diff_applies_strictly_to_the_expected_file(self, trained, key):
+        edit = _edit(trained, key)
+        assert edit.diff == SAMPLES[key]["diff"]
+        assert edit.status is EditStatus.STRICT and edit.ok
+        assert edit.new_code == SAMPLES[key]["after"]
+        assert edit.stop == "eos" and edit.apply_status == "applied" and edit.notes == []
+
+    def test_wrong_line_numbers_fall_back_to_lenient(self, trained):
+        edit = _edit(trained, "shift")
+        assert edit.diff == SAMPLES["shift"]["diff"]
+        assert edit.status is EditStatus.LENIENT and edit.ok
+        assert edit.new_code == "x = 1\ny = 3\n"
+        assert edit.apply_status == "relocated"
+
+    def test_diff_that_matches_nothing_fails_without_raising(self, trained):
+        edit = _edit(trained, "wrong")
+        assert edit.diff == SAMPLES["wrong"]["diff"]
+        assert edit.status is EditStatus.FAILED and not edit.ok
+        assert edit.new_code is None
+        assert edit.apply_status == "failed"
+        assert any("not found" in note for note in edit.notes)
+
+    def test_cpu_default_is_fp32(self, trained):
+        assert trained.model.dtype == torch.float32 and trained.device.type == "cpu"
+
+
+class TestGenerationStopsAtNameMarker:
+    def test_stops_on_the_token_that_completes_the_marker(self, trained):
+        s = SAMPLES["marker"]
+        tok = trained.tokenizer
+        prompt_ids = tok(render_prompt(s["name"], s["before"], s["message"]))["input_ids"]
+        full_ids = tok(training_text("marker"))["input_ids"]
+        assert full_ids[:len(prompt_ids)] == prompt_ids
+        continuation = full_ids[len(prompt_ids):]
+        wanted = len(" " + s["diff"] + "<NME>")
+        expected = next(n for n in range(1, len(continuation) + 1) if len(tok.decode(continuation[:n])) >= wanted)
+
+        edit = _edit(trained, "marker")
+        assert edit.stop == "marker"
+        assert edit.num_tokens == expected
+        assert edit.diff == s["diff"]
+        assert "<NME>" not in edit.diff
+        assert edit.status is EditStatus.STRICT and edit.new_code == s["after"]
+
+    def test_without_the_criterion_the_model_goes_on_into_the_next_sample(self, trained):
+        s = SAMPLES["marker"]
+        ids = trained.tokenizer(render_prompt(s["name"], s["before"], s["message"]), return_tensors="pt")
+        out = trained.model.generate(**ids, max_new_tokens=_edit(trained, "marker").num_tokens + 6, do_sample=False,
+                                     pad_token_id=trained.pad_id)
+        text = trained.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+        assert "\n<NME> next" in text
+
+    def test_length_stop_when_max_new_tokens_runs_out(self, trained):
+        s = SAMPLES["calc"]
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=5)
+        assert edit.stop == "length" and edit.num_tokens == 5
+        assert edit.status is EditStatus.FAILED and edit.new_code is None
+
+
+class TestNameMarkerStopCriterion:
+    """Feed growing token sequences to the criterion and check the exact step it fires."""
+
+    @staticmethod
+    def _first_line_marker_step(tok, gen_ids, marker_at):
+        """Smallest n whose decoded text reaches past the <NME> at character ``marker_at``."""
+        return next(n for n in range(1, len(gen_ids) + 1) if len(tok.decode(gen_ids[:n])) >= marker_at + len("<NME>"))
+
+    def _run(self, tok, prompts, gens):
+        width = max(len(p) for p in prompts)
+        steps = max(len(g) for g in gens)
+        crit = NameMarkerStop(tok, width)
+        fired = {}
+        for n in range(1, steps + 1):
+            rows = []
+            for p, g in zip(prompts, gens):
+                tail = (g + [tok.eos_token_id] * steps)[:n]
+                rows.append([tok.eos_token_id] * (width - len(p)) + p + tail)
+            done = crit(torch.tensor(rows), None)
+            for r, flag in enumerate(done.tolist()):
+                if flag:
+                    fired.setdefault(r, n)
+                else:
+                    assert r not in fired, "a stopped row must stay stopped"
+        return crit, fired
+
+    def test_fires_exactly_when_a_line_starts_with_the_marker(self, tiny_tokenizer):
+        tok = tiny_tokenizer
+        prompt = tok(render_prompt("a.py", "x = 1\n", "Quote x"))["input_ids"]
+        text = ' @@ -1 +1 @@\n-x = 1\n+x = "<NME>"\n<NME> b.py\n<BEF> y\n'
+        gen = tok(text)["input_ids"]
+        crit, fired = self._run(tok, [prompt], [gen])
+        expected = self._first_line_marker_step(tok, gen, text.index("\n<NME>") + 1)
+        assert fired == {0: expected}
+        assert crit.stopped_at == {0: expected}
+
+    def test_rows_stop_independently_and_prompt_marker_is_ignored(self, tiny_tokenizer):
+        tok = tiny_tokenizer
+        short = tok(render_prompt("a.py", "", "Add a"))["input_ids"]
+        long_ = tok(render_prompt("src/long_name.py", "def f():\n    return 1\n" * 3, "Change f"))["input_ids"]
+        stop_text = " @@ -0,0 +1 @@\n+a = 1\n<NME> c.py\n"
+        go_text = " @@ -1,2 +1,2 @@\n def f():\n-    return 1\n+    return 2\n"
+        gens = [tok(stop_text)["input_ids"], tok(go_text)["input_ids"]]
+        crit, fired = self._run(tok, [short, long_], gens)
+        assert fired == {0: self._first_line_marker_step(tok, gens[0], stop_text.index("<NME>"))}
+
+    def test_marker_at_the_very_start_and_after_a_long_diff(self, tiny_tokenizer):
+        tok = tiny_tokenizer
+        prompt = tok(render_prompt("a.py", "x\n", "m"))["input_ids"]
+        first = " <NME> b.py\n"
+        long_text = " @@ -1 +1,40 @@\n" + "+total = total + 1\n" * 40 + "<NME> b.py\n"
+        gens = [tok(first)["input_ids"], tok(long_text)["input_ids"]]
+        assert len(gens[1]) > 4 * STOP_WINDOW
+        _, fired = self._run(tok, [prompt, prompt], gens)
+        assert fired == {
+            0: self._first_line_marker_step(tok, gens[0], first.index("<NME>")),
+            1: self._first_line_marker_step(tok, gens[1], long_text.index("<NME>")),
+        }
+
+
+class TestBatchingGivesTheSameEditsAsOneByOne:
+    def test_trained_model_every_batch_size(self, trained):
+        requests = [EditRequest(s["before"], s["message"], s["name"]) for s in SAMPLES.values()]
+        alone = [trained.edit(r.code, r.message, r.name, max_new_tokens=100) for r in requests]
+        for batch_size in (4, len(requests)):
+            batched = trained.edit_many(requests, max_new_tokens=100, batch_size=batch_size)
+            assert [group[0] for group in batched] == alone
+
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_untrained_models_left_padding_and_positions(self, request, fixture):
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [
+            ("x = 1\n", "Bump x", "a.py"),
+            ("def total(items):\n    result = 0\n    for item in items:\n        result += item\n    return result\n", "Add docstring to total", "src/total.py"),
+            ("", "Add a readme", "README.md"),
+            ("const LIMIT = 10;\n", "Raise LIMIT to 20", "web/first.js"),
+        ]
+        alone = [model.edit(*r, max_new_tokens=12) for r in requests]
+        batched = [g[0] for g in model.edit_many(requests, max_new_tokens=12, batch_size=4)]
+        assert [(e.diff, e.num_tokens, e.stop) for e in batched] == [(e.diff, e.num_tokens, e.stop) for e in alone]
+        lengths = {len(ids) for ids in model.encode([as_request(r) for r in requests])}
+        assert len(lengths) == len(requests), "prompts of different lengths, so the batch is padded"
+
+    def test_pad_falls_back_to_eos_and_padding_is_on_the_left(self, trained):
+        assert trained.tokenizer.pad_token_id is None
+        assert trained.pad_id == trained.tokenizer.eos_token_id
+        assert trained.tokenizer.padding_side == "left"
+
+
+class TestSamplingAndOptions:
+    def test_num_samples_per_request_and_seed_reproducible(self, tiny_gpt2_dir):
+        model = DiffModel.from_pretrained(tiny_gpt2_dir)
+        requests = [("x = 1\n", "Bump x", "a.py"), ("", "Add b", "b.py")]
+        first = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=10, seed=123)
+        again = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=10, seed=123)
+        assert [len(g) for g in first] == [3, 3]
+        assert first == again
+        assert len({e.diff for e in first[0]}) > 1
+
+    def test_greedy_with_several_samples_is_refused(self, trained):
+        with pytest.raises(DiffModelError, match="temperature > 0"):
+            trained.edit_many([("x\n", "m", "a.py")], num_samples=2)
+        with pytest.raises(DiffModelError, match="edit_many"):
+            trained.edit("x\n", "m", "a.py", num_samples=2)
+
+    def test_bad_options_reported_together(self, trained):
+        with pytest.raises(DiffModelError) as err:
+            trained.edit_many([("x\n", "m", "a.py")], batch_size=0, max_new_tokens=0, top_p=2.0)
+        text = str(err.value)
+        assert "batch_size" in text and "max_new_tokens" in text and "top_p" in text
+
+    def test_progress_callable_counts_every_request(self, trained):
+        seen = []
+        trained.edit_many([("x = 1\n", "m", "a.py")] * 3, max_new_tokens=3, batch_size=2, progress=seen.append)
+        assert sum(seen) == 3
+
+    def test_empty_request_list(self, trained):
+        assert trained.edit_many([]) == []
+
+
+class TestPromptsThatDoNotFit:
+    def test_too_long_prompt_is_reported_and_others_still_run(self, trained):
+        huge = "".join(f"value_{i} = {i}\n" for i in range(200))
+        calc = SAMPLES["calc"]
+        results = trained.edit_many([(huge, "m", "big.py"), (calc["before"], calc["message"], calc["name"])], max_new_tokens=100)
+        assert results[0][0].status is EditStatus.TOO_LONG and results[0][0].new_code is None
+        assert "at most 256 positions" in results[0][0].notes[0]
+        assert results[1][0].diff == calc["diff"]
+
+    def test_generation_is_capped_by_the_positions_left(self, trained):
+        for lines in range(10, 60):
+            code = "".join(f"v{i} = {i}\n" for i in range(lines))
+            prompt_len = len(trained.encode([EditRequest(code, "m", "a.py")])[0])
+            if prompt_len > 230:
+                break
+        assert 230 < prompt_len < 256
+        edit = trained.edit(code, "m", "a.py", max_new_tokens=200)
+        assert edit.num_tokens <= 256 - prompt_len
+
+
+class TestRequests:
+    def test_forms_of_a_request(self):
+        want = EditRequest("x\n", "m", "a.py")
+        assert as_request(want) is want
+        assert as_request(("x\n", "m", "a.py")) == want
+        assert as_request({"name": "a.py", "before": "x\n", "message": "m"}) == want
+        assert as_request({"path": "a.py", "code": "x\n", "message": "m", "extra": 1}) == want
+
+    def test_missing_fields(self):
+        with pytest.raises(DiffModelError, match="message"):
+            as_request({"name": "a.py", "before": ""})
+        with pytest.raises(DiffModelError, match="EditRequest"):
+            as_request(42)
+
+
+class TestFinishEdit:
+    def test_cut_at_marker_line_only(self):
+        assert cut_generation(' @@ -1 +1 @@\n-a\n+b\n<NME> x.py\n<BEF>') == ("@@ -1 +1 @@\n-a\n+b\n", True)
+        assert cut_generation(' @@ -1 +1 @@\n-a\n+"<NME>"\n') == ('@@ -1 +1 @@\n-a\n+"<NME>"\n', False)
+        assert cut_generation("\n<NME> x") == ("\n", True)
+
+    def test_strict_lenient_failed_empty(self):
+        assert finish_edit("a\n", " @@ -1 +1 @@\n-a\n+b\n", "eos", 9).status is EditStatus.STRICT
+        lenient = finish_edit("a\n", " @@ -3 +3 @@\n-a\n+b\n")
+        assert (lenient.status, lenient.new_code) == (EditStatus.LENIENT, "b\n")
+        empty = finish_edit("a\n", " ")
+        assert (empty.status, empty.new_code, empty.apply_status) == (EditStatus.FAILED, None, "empty")
+        assert "the model wrote an empty diff" in empty.notes
+        garbage = finish_edit("a\n", " hello there")
+        assert (garbage.status, garbage.apply_status) == (EditStatus.FAILED, "bad_format")
+
+    def test_marker_in_text_sets_the_stop_reason(self):
+        edit = finish_edit("a\n", " @@ -1 +1 @@\n-a\n+b\n<NME> c", "length", 20)
+        assert (edit.stop, edit.status, edit.diff) == ("marker", EditStatus.STRICT, "@@ -1 +1 @@\n-a\n+b\n")
+
+    @settings(max_examples=300, deadline=None)
+    @given(code=st.text(max_size=60), generated=st.text(max_size=200))
+    def test_never_raises_and_new_code_only_when_applied(self, code, generated):
+        edit = finish_edit(code, generated)
+        assert edit.status in (EditStatus.STRICT, EditStatus.LENIENT, EditStatus.FAILED)
+        assert (edit.new_code is not None) == edit.ok
+
+    @settings(max_examples=200, deadline=None)
+    @given(code=st.text(alphabet="ab \n", max_size=40), body=st.lists(st.sampled_from(["@@ -1 +1 @@\n", "-a\n", "+b\n", " a\n", "\n", "<NME>", "\\ No newline at end of file\n"]), max_size=12))
+    def test_never_raises_on_diff_like_text(self, code, body):
+        edit = finish_edit(code, " " + "".join(body))
+        assert (edit.new_code is not None) == edit.ok
+
+
+class TestLoading:
+    def test_missing_folder(self, tmp_path):
+        with pytest.raises(DiffModelError, match="does not exist"):
+            DiffModel.from_pretrained(tmp_path / "nope")
+
+    def test_folder_without_config(self, tmp_path):
+        with pytest.raises(DiffModelError, match="no config.json"):
+            DiffModel.from_pretrained(tmp_path)
+
+    def test_a_file_is_not_a_model_folder(self, tmp_path):
+        (tmp_path / "model.bin").write_bytes(b"")
+        with pytest.raises(DiffModelError, match="is a file"):
+            DiffModel.from_pretrained(tmp_path / "model.bin")
+
+    def test_dtype_and_device_options(self, tiny_gpt2_dir):
+        model = DiffModel.from_pretrained(tiny_gpt2_dir, device="cpu", dtype="bf16")
+        assert model.model.dtype == torch.bfloat16
+        assert isinstance(model.edit("x = 1\n", "m", "a.py", max_new_tokens=3), Edit)
+        with pytest.raises(DiffModelError, match="unknown dtype"):
+            DiffModel.from_pretrained(tiny_gpt2_dir, dtype="int3")
