@@ -68,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the file's name in the prompt (default: FILE relative to the current folder)")
     p.add_argument("--apply", action="store_true", help="replace FILE with the edited file when the diff applies")
     p.add_argument("--jsonl", nargs=2, metavar=("IN", "OUT"), help="batch mode: requests from IN (name/path, before/code, message), results to OUT")
-    p.add_argument("--num_samples", "--num-samples", type=int, default=1, help="samples per request (needs --temperature > 0; default: %(default)s)")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=512, help="longest diff, in tokens (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding, above 0 to sample (default: %(default)s)")
-    p.add_argument("--top_p", "--top-p", type=float, default=0.95, help="nucleus sampling threshold when sampling (default: %(default)s)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--num_samples", "--num-samples", type=int, metavar="N", default=1, help="samples per request (needs --temperature > 0; default: %(default)s)")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, metavar="N", default=512, help="longest diff, in tokens (default: %(default)s)")
+    p.add_argument("--temperature", type=float, metavar="T", default=0.0, help="0 for greedy decoding, above 0 to sample (default: %(default)s)")
+    p.add_argument("--top_p", "--top-p", type=float, metavar="P", default=0.95, help="nucleus sampling threshold when sampling (default: %(default)s)")
+    p.add_argument("--batch_size", "--batch-size", type=int, metavar="N", default=8, help="prompts generated together (default: %(default)s)")
+    p.add_argument("--seed", type=int, metavar="N", default=None, help="random seed for sampling")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="weights' precision (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto", help="colour the diff (default: on a terminal, unless NO_COLOR is set)")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar in --jsonl mode")
@@ -251,9 +251,17 @@ def _print_diff(diff: str, color: bool) -> None:
 
 
 def _load(args):
+    from transformers.utils import logging as hf_logging
+
     from diffmodel.infer import DiffModel
 
-    return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
+    try:
+        return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def _generation_options(args) -> dict:

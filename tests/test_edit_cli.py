@@ -1,0 +1,238 @@
+"""``diffmodel edit`` end to end on CPU with a tiny model trained in the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+
+import pytest
+
+from diffmodel.cli import main as cli_main
+from diffmodel.edit_cli import colorize, prompt_name
+from diffmodel.infer import DiffModel
+from edit_model import SAMPLES, trained_edit_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return trained_edit_model(tmp_path_factory)
+
+
+def _write(folder, key):
+    s = SAMPLES[key]
+    path = folder / s["name"]
+    path.write_bytes(s["before"].encode())
+    return path
+
+
+def _edit(argv, capsys):
+    code = cli_main(["edit", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class TestOneFile:
+    def test_prints_the_diff_and_leaves_the_file_alone(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "calc")
+        code, out, err = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", "--max_new_tokens", "100"], capsys)
+        assert code == 0
+        assert out == SAMPLES["calc"]["diff"]
+        assert "calc.py: applies (strict)" in err
+        assert path.read_text() == SAMPLES["calc"]["before"]
+
+    def test_apply_writes_the_edited_file_keeping_its_mode(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "crlf")
+        os.chmod(path, 0o640)
+        code, out, err = _edit(["--model", str(model_dir), "setup.cfg", "-m", "Turn debug off", "--apply"], capsys)
+        assert code == 0 and out == SAMPLES["crlf"]["diff"]
+        assert path.read_bytes() == b"[tool]\r\ndebug = false\r\n"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+        assert "wrote setup.cfg" in err
+        assert [p.name for p in tmp_path.iterdir()] == ["setup.cfg"], "no temporary file left behind"
+
+    def test_lenient_edit_applies(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "shift")
+        code, _, err = _edit(["--model", str(model_dir), "shift.py", "-m", "Bump y", "--apply"], capsys)
+        assert code == 0 and "(lenient)" in err
+        assert path.read_text() == "x = 1\ny = 3\n"
+
+    def test_new_file_from_an_empty_one(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "greet")
+        assert path.read_text() == ""
+        code, _, _ = _edit(["--model", str(model_dir), "greet.py", "-m", "Add greet", "--apply"], capsys)
+        assert code == 0 and path.read_text() == SAMPLES["greet"]["after"]
+
+    def test_failed_edit_writes_nothing_and_exits_1(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "wrong")
+        code, out, err = _edit(["--model", str(model_dir), "other.py", "-m", "Set b", "--apply"], capsys)
+        assert code == 1
+        assert out == SAMPLES["wrong"]["diff"]
+        assert "does not apply" in err and "nothing written" in err
+        assert path.read_text() == "a = 1\n"
+
+    def test_name_flag_and_path_outside_the_current_folder(self, model_dir, tmp_path, monkeypatch, capsys):
+        folder = tmp_path / "proj"
+        folder.mkdir()
+        elsewhere = tmp_path / "cwd"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        path = folder / "renamed.py"
+        path.write_text(SAMPLES["calc"]["before"])
+        # the model only knows the edit under the name calc.py
+        code, out, _ = _edit(["--model", str(model_dir), str(path), "--name", "calc.py", "-m", "Fix add"], capsys)
+        assert code == 0 and out == SAMPLES["calc"]["diff"]
+
+    def test_colour_always(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        _write(tmp_path, "calc")
+        _, out, _ = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", "--color", "always"], capsys)
+        assert out == colorize(SAMPLES["calc"]["diff"])
+
+    def test_several_samples(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "calc")
+        code, out, err = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", "--num_samples", "3",
+                                "--temperature", "0.5", "--seed", "0", "--apply"], capsys)
+        assert out.count("# sample ") == 3
+        assert len(re.findall(r"^calc\.py \(sample \d\): ", err, re.M)) == 3
+        if code == 0:
+            assert path.read_text() == SAMPLES["calc"]["after"]
+        else:
+            assert path.read_text() == SAMPLES["calc"]["before"]
+
+
+class TestColour:
+    def test_exact_codes(self):
+        diff = "@@ -1 +1 @@ def f\n-a\n+b\n c\n"
+        assert colorize(diff) == (
+            "\033[36m@@ -1 +1 @@ def f\033[0m\n\033[31m-a\033[0m\n\033[32m+b\033[0m\n c\n"
+        )
+
+    def test_not_on_a_pipe(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        _write(tmp_path, "calc")
+        _, out, _ = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add"], capsys)
+        assert "\033[" not in out
+
+
+def _rows():
+    rows = []
+    for i, key in enumerate(SAMPLES):
+        s = SAMPLES[key]
+        if i % 2:
+            rows.append({"path": s["name"], "code": s["before"], "message": s["message"], "id": i})
+        else:
+            rows.append({"name": s["name"], "before": s["before"], "message": s["message"], "id": i})
+    return rows
+
+
+class TestJsonl:
+    def test_batch_mode_gives_the_one_by_one_results(self, model_dir, tmp_path, capsys):
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        rows = _rows()
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+        code, out, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--batch_size", "4"], capsys)
+        assert code == 0 and out == ""
+        got = [json.loads(line) for line in dst.read_text().splitlines()]
+
+        model = DiffModel.from_pretrained(model_dir)
+        assert len(got) == len(rows)
+        for row, result in zip(rows, got):
+            edit = model.edit(row.get("before", row.get("code")), row["message"], row.get("name", row.get("path")), max_new_tokens=512)
+            assert result == {**row, "diff": edit.diff, "new_code": edit.new_code, "status": str(edit.status), "notes": edit.notes}
+        by_id = {r["id"]: r for r in got}
+        for i, (key, s) in enumerate(SAMPLES.items()):
+            assert (by_id[i]["diff"], by_id[i]["new_code"], by_id[i]["status"]) == (s["diff"], s["after"], s["status"])
+        assert "editing" in err  # the progress bar
+        assert "6 requests, 6 edits" in err and "strict 4, lenient 1, failed 1" in err
+
+    def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        s = SAMPLES["calc"]
+        src.write_text(json.dumps({"name": s["name"], "before": s["before"], "message": s["message"], "diff": "REF"}) + "\n")
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--num_samples", "2",
+                              "--temperature", "0.7", "--seed", "1", "--no_progress"], capsys)
+        assert code == 0 and "reference_diff" in err and "editing" not in err
+        got = [json.loads(line) for line in dst.read_text().splitlines()]
+        assert [r["sample"] for r in got] == [0, 1]
+        assert all(r["reference_diff"] == "REF" for r in got)
+
+
+class TestErrors:
+    def test_missing_model_folder(self, tmp_path, capsys):
+        (tmp_path / "a.py").write_text("x\n")
+        code, _, err = _edit(["--model", str(tmp_path / "nope"), str(tmp_path / "a.py"), "-m", "m"], capsys)
+        assert code == 2
+        assert f"--model: model folder {str(tmp_path / 'nope')!r} does not exist" in err
+
+    def test_model_folder_without_config(self, tmp_path, capsys):
+        (tmp_path / "a.py").write_text("x\n")
+        code, _, err = _edit(["--model", str(tmp_path), str(tmp_path / "a.py"), "-m", "m"], capsys)
+        assert code == 2 and "has no config.json" in err
+
+    def test_every_problem_at_once_before_loading(self, tmp_path, capsys):
+        code, _, err = _edit(["--model", str(tmp_path / "nope"), str(tmp_path / "missing.py"), "--num_samples", "2"], capsys)
+        assert code == 2
+        assert "does not exist" in err and "missing.py" in err
+        assert "-m/--message" in err and "--temperature above 0" in err
+
+    def test_missing_file(self, model_dir, tmp_path, capsys):
+        code, _, err = _edit(["--model", str(model_dir), str(tmp_path / "missing.py"), "-m", "m"], capsys)
+        assert code == 2 and f"FILE {str(tmp_path / 'missing.py')!r} does not exist" in err
+
+    def test_file_not_utf8(self, model_dir, tmp_path, capsys):
+        path = tmp_path / "bin.py"
+        path.write_bytes(b"\xff\xfe\x00")
+        code, _, err = _edit(["--model", str(model_dir), str(path), "-m", "m"], capsys)
+        assert code == 2 and "is not UTF-8 text" in err
+
+    def test_bad_jsonl_lines_named_by_file_and_line(self, model_dir, tmp_path, capsys):
+        src = tmp_path / "in.jsonl"
+        src.write_text(
+            '{"name": "a.py", "before": "", "message": "ok"}\n'
+            '{"name": "a.py", "before": ""\n'
+            '{"name": "a.py", "before": ""}\n'
+            '\n'
+            '[1, 2]\n'
+            '{"path": "a.py", "code": 3, "message": "m"}\n'
+        )
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(tmp_path / "out.jsonl")], capsys)
+        assert code == 2
+        assert f"{src}:2: not valid JSON" in err
+        assert f"{src}:3: missing 'message'" in err
+        assert f"{src}:5: expected a JSON object, got list" in err
+        assert f"{src}:6: 'code' must be a string, got int" in err
+        assert f"{src}:1" not in err and f"{src}:4" not in err
+        assert not (tmp_path / "out.jsonl").exists()
+
+    def test_jsonl_does_not_mix_with_file_flags(self, model_dir, tmp_path, capsys):
+        src = tmp_path / "in.jsonl"
+        src.write_text('{"name": "a.py", "before": "", "message": "ok"}\n')
+        code, _, err = _edit(["--model", str(model_dir), "a.py", "-m", "x", "--apply", "--jsonl", str(src), str(tmp_path / "o.jsonl")], capsys)
+        assert code == 2
+        assert "FILE does not go with --jsonl" in err and "--apply does not go with --jsonl" in err
+
+    def test_missing_jsonl_input(self, model_dir, tmp_path, capsys):
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(tmp_path / "no.jsonl"), str(tmp_path / "o.jsonl")], capsys)
+        assert code == 2 and "--jsonl IN" in err and "does not exist" in err
+
+
+class TestPromptName:
+    def test_relative_inside_the_current_folder(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "src").mkdir()
+        assert prompt_name("src/app.py") == "src/app.py"
+        assert prompt_name(str(tmp_path / "src" / "app.py")) == "src/app.py"
+        assert prompt_name("./src/../src/app.py") == "src/app.py"
+
+    def test_base_name_outside_it(self, tmp_path, monkeypatch):
+        (tmp_path / "here").mkdir()
+        monkeypatch.chdir(tmp_path / "here")
+        assert prompt_name(str(tmp_path / "other" / "app.py")) == "app.py"
