@@ -1,0 +1,72 @@
+"""``diffmodel train`` with a record of what each rank did; run by tests/test_ddp.py under torchrun.
+
+    torchrun --nproc_per_node 2 tests/ddp_probe.py TRAIN ARGS...
+
+Writes into ``$DIFFMODEL_PROBE_DIR``, per rank R:
+
+``rankR-steps.jsonl``  one line per training step: the global step before it and
+                       a hash of every row of the rank's batch.
+``rankR.log``          the rank's ``diffmodel`` log records.
+``rankR-final.json``   a hash of the rank's in-memory weights after training.
+
+Nothing in ``diffmodel`` is changed: run as a script, the probe wraps
+``Trainer`` methods of its own process only; imported (for its hash
+functions), it patches nothing.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sys
+
+import torch
+from transformers import Trainer
+
+from diffmodel.cli import main
+
+PROBE = os.environ.get("DIFFMODEL_PROBE_DIR", ".")
+RANK = int(os.environ.get("RANK", "0"))
+_trainers = []
+
+
+def row_hash(ids) -> str:
+    return hashlib.sha1(json.dumps([int(i) for i in ids]).encode()).hexdigest()
+
+
+def weights_hash(state_dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        h.update(key.encode())
+        h.update(state_dict[key].detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+_training_step = Trainer.training_step
+_save_model = Trainer.save_model
+
+
+def training_step(self, model, inputs, num_items_in_batch=None):
+    with open(f"{PROBE}/rank{RANK}-steps.jsonl", "a") as f:
+        f.write(json.dumps({"step": self.state.global_step, "rows": [row_hash(r) for r in inputs["input_ids"].tolist()]}) + "\n")
+    return _training_step(self, model, inputs, num_items_in_batch)
+
+
+def save_model(self, output_dir=None, _internal_call=False):
+    if self not in _trainers:
+        _trainers.append(self)
+    return _save_model(self, output_dir, _internal_call)
+
+
+if __name__ == "__main__":
+    Trainer.training_step = training_step
+    Trainer.save_model = save_model
+    handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("diffmodel").addHandler(handler)
+    status = main(["train", *sys.argv[1:]])
+    trainer = _trainers[-1]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with open(f"{PROBE}/rank{RANK}-final.json", "w") as f:
+        json.dump({"weights": weights_hash(model.state_dict()), "global_step": trainer.state.global_step}, f)
+    sys.exit(status)

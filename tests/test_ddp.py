@@ -1,0 +1,145 @@
+"""diffmodel train under ``torchrun --nproc_per_node=2`` on CPU (gloo), with a tiny GPT-2.
+
+One interrupted run (3 steps, checkpoint-3) and its resumption (to the end of
+the second epoch) are made once for the module; each test checks one property:
+the ranks split every epoch between them, the weights are the same on every
+rank and in the saved checkpoint, only rank 0 preprocessed, and the resumed run
+continued at step 4 with the rows the first run had not seen.
+
+``tests/ddp_probe.py`` records, per rank, the rows of every batch and a hash of
+the final weights.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ddp_probe import row_hash, weights_hash  # noqa: E402
+
+N_ROWS, BATCH, RANKS = 40, 4, 2
+STEPS_PER_EPOCH = math.ceil(N_ROWS / (BATCH * RANKS))  # 5
+
+
+def _rows(n=N_ROWS):
+    rows = []
+    for i in range(n):
+        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
+        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
+    return rows
+
+
+def _torchrun(args, probe: Path, cwd: Path) -> str:
+    probe.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(Path(__file__).parent / "ddp_probe.py"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    return log
+
+
+def _steps(probe: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (probe / f"rank{rank}-steps.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, tiny_gpt2_dir):
+    d = tmp_path_factory.mktemp("ddp")
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    base = [
+        "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(d / "data.jsonl"), "--validation_split_percentage", "0",
+        "--output_dir", str(d / "out"), "--cache_dir", str(d / "cache"), "--block_size", "256", "--train_diff_model", "--ignore_long_samples",
+        "--per_device_train_batch_size", str(BATCH), "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "steps",
+        "--save_steps", "3", "--logging_steps", "1", "--seed", "1", "--do_train", "--use_cpu", "--ddp_backend", "gloo",
+        "--log_level_replica", "info",
+    ]
+    first = _torchrun([*base, "--max_steps", "3"], d / "probe1", d)
+    second = _torchrun([*base, "--num_train_epochs", "2"], d / "probe2", d)
+    return {"dir": d, "first": first, "second": second, "probe1": d / "probe1", "probe2": d / "probe2"}
+
+
+def _train_rows(d: Path) -> list[str]:
+    (layout,) = (d / "cache" / "diffmodel_preprocess").glob("layout-*")
+    return [row_hash(ids) for ids in datasets.load_from_disk(str(layout))["input_ids"]]
+
+
+class TestRanksSplitTheData:
+    def test_every_epoch_covers_each_row_once_across_both_ranks(self, ddp):
+        rows = _train_rows(ddp["dir"])
+        assert len(rows) == N_ROWS and len(set(rows)) == N_ROWS  # every sample became one distinct padded row
+        steps = {r: _steps(ddp["probe1"], r) + _steps(ddp["probe2"], r) for r in range(RANKS)}
+        for r in range(RANKS):
+            assert [s["step"] for s in steps[r]] == list(range(2 * STEPS_PER_EPOCH)), f"rank {r} ran every step once"
+        for epoch in range(2):
+            seen = Counter()
+            per_rank = []
+            for r in range(RANKS):
+                mine = [h for s in steps[r][epoch * STEPS_PER_EPOCH:(epoch + 1) * STEPS_PER_EPOCH] for h in s["rows"]]
+                per_rank.append(set(mine))
+                seen.update(mine)
+            assert not per_rank[0] & per_rank[1], f"epoch {epoch}: the ranks shared rows"
+            assert seen == Counter(rows), f"epoch {epoch}: each row exactly once"
+
+    def test_steps_per_epoch_follow_from_world_size(self, ddp):
+        state = json.loads((ddp["dir"] / "out" / "trainer_state.json").read_text())
+        assert state["global_step"] == 2 * STEPS_PER_EPOCH  # ceil(40 / (4 * 2)) per epoch, not ceil(40 / 4)
+        assert state["max_steps"] == 2 * STEPS_PER_EPOCH
+
+
+class TestSameWeightsEverywhere:
+    def test_ranks_agree_and_match_the_saved_model(self, ddp):
+        finals = [json.loads((ddp["probe2"] / f"rank{r}-final.json").read_text()) for r in range(RANKS)]
+        assert finals[0]["global_step"] == finals[1]["global_step"] == 2 * STEPS_PER_EPOCH
+        assert finals[0]["weights"] == finals[1]["weights"]
+        saved = AutoModelForCausalLM.from_pretrained(str(ddp["dir"] / "out"))
+        assert weights_hash(saved.state_dict()) == finals[0]["weights"]
+
+    def test_first_run_checkpoint_matches_both_ranks(self, ddp):
+        finals = [json.loads((ddp["probe1"] / f"rank{r}-final.json").read_text()) for r in range(RANKS)]
+        assert finals[0]["weights"] == finals[1]["weights"]
+        ckpt = AutoModelForCausalLM.from_pretrained(str(ddp["dir"] / "out" / "checkpoint-3"))
+        assert weights_hash(ckpt.state_dict()) == finals[0]["weights"]
+
+
+class TestPreprocessedOnce:
+    def test_one_encode_and_one_layout_folder(self, ddp):
+        root = ddp["dir"] / "cache" / "diffmodel_preprocess"
+        assert len(list(root.glob("encode-*"))) == 1
+        assert len(list(root.glob("layout-*"))) == 1
+
+    def test_rank_1_reused_what_rank_0_built(self, ddp):
+        rank0 = (ddp["probe1"] / "rank0.log").read_text()
+        rank1 = (ddp["probe1"] / "rank1.log").read_text()
+        assert "reusing cached result" not in rank0
+        assert "stage encode: reusing cached result" in rank1 and "stage layout: reusing cached result" in rank1
+        # the resumed run tokenizes nothing on either rank
+        for r in range(RANKS):
+            log = (ddp["probe2"] / f"rank{r}.log").read_text()
+            assert "stage encode: reusing cached result" in log and "stage layout: reusing cached result" in log
+
+
+class TestResume:
+    def test_continues_at_step_4_from_checkpoint_3(self, ddp):
+        rank0 = (ddp["probe2"] / "rank0.log").read_text()
+        assert "resuming from the last checkpoint" in rank0 and "checkpoint-3" in rank0
+        for r in range(RANKS):
+            assert [s["step"] for s in _steps(ddp["probe1"], r)] == [0, 1, 2]
+            assert _steps(ddp["probe2"], r)[0]["step"] == 3
+        state = json.loads((ddp["dir"] / "out" / "trainer_state.json").read_text())
+        assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+    def test_resumed_rows_are_the_ones_the_first_run_had_not_reached(self, ddp):
+        first = {h for r in range(RANKS) for s in _steps(ddp["probe1"], r) for h in s["rows"]}
+        rest_of_epoch = {h for r in range(RANKS) for s in _steps(ddp["probe2"], r)[:STEPS_PER_EPOCH - 3] for h in s["rows"]}
+        assert len(first) == 3 * BATCH * RANKS
+        assert not first & rest_of_epoch
+        assert len(first | rest_of_epoch) == N_ROWS
