@@ -134,3 +134,25 @@ class TestSanityCheck:
         tok.eos_token = None
         with pytest.raises(DiffModelError, match="neither a pad token nor an EOS token"):
             pipeline.pad_id_of(tok)
+
+
+class TestPackPipeline:
+    def test_exact_rows_fill_ratio_and_long_samples_dropped(self, tmp_path):
+        texts = ["a<DFF>b", "cc<DFF>", "x<DFF>", "xyz<DFF>" + "q" * 20]
+        out, reports = _run(tmp_path, texts=texts, train_diff_model=True, packing=True, block_size=12)
+        rows = out["train"]
+        # lengths with EOS: 6, 6, 5 (and 27: dropped); best fit decreasing into 12: [a, cc], [x]
+        assert rows["input_ids"] == [[10, LT, DFF, GT, 11, EOS, 12, 12, LT, DFF, GT, EOS], [33, LT, DFF, GT, EOS]]
+        assert rows["labels"] == [[X, LT, DFF, GT, 11, EOS, X, X, LT, DFF, GT, EOS], [X, LT, DFF, GT, EOS]]
+        assert rows["position_ids"] == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4]]
+        assert "attention_mask" not in rows.column_names
+        r = reports["train"]
+        assert (r.dropped_too_long, r.rows, r.tokens, r.row_slots) == (1, 2, 17, 24)
+        assert r.fill_ratio == pytest.approx(17 / 24)
+
+    def test_parallel_workers_give_the_same_rows(self, tmp_path):
+        texts = [f"{'a' * (i % 9)}<DFF>{'b' * (i % 5)}" for i in range(60)]
+        one, _ = _run(tmp_path / "one", texts=texts, train_diff_model=True, packing=True, block_size=24)
+        two, _ = _run(tmp_path / "two", texts=texts, train_diff_model=True, packing=True, block_size=24, num_proc=2)
+        assert one["train"]["input_ids"] == two["train"]["input_ids"]
+        assert one["train"]["labels"] == two["train"]["labels"]

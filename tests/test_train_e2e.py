@@ -164,3 +164,30 @@ class TestClearErrors:
         proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "--output_dir", str(workdir / "y")], capture_output=True, text=True)
         assert proc.returncode == 2
         assert "diffmodel train: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class TestPackingRun:
+    def test_packed_run_saves_and_reloads_its_final_dataset(self, workdir):
+        out = workdir / "packed"
+        final = workdir / "packed_final"
+        args = dict(_common(workdir, out, "llama"), do_train=True, packing=True, max_steps=2, save_final_dataset=True, final_dataset_dir=str(final), preprocessing_num_workers=2)
+        assert train_main(_flags(args)) == 0
+        report = json.loads((out / "data_report.json").read_text())
+        assert report["train"]["layout"] == "pack" and report["train"]["rows"] < report["train"]["samples_kept"]
+        saved = datasets.load_from_disk(str(final))
+        assert "attention_mask" not in saved["train"].column_names
+        again = dict(_common(workdir, workdir / "packed2", "llama"), do_train=True, packing=True, max_steps=2, dataset_name=str(final), load_from_disk=True, skip_concat=True)
+        del again["train_file"]
+        assert train_main(_flags(again)) == 0
+
+
+class TestInspect:
+    def test_shows_report_and_marked_rows(self, workdir, capsys):
+        from diffmodel.inspect_cli import main as inspect_main
+
+        rc = inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--train_diff_model",
+                           "--ignore_long_samples", "--block_size", "128", "--rows", "1", "--cache_dir", str(workdir / "cache")])
+        assert rc == 0
+        out = capsys.readouterr().out
+        assert "Data sanity report" in out and "layout                           pad" in out
+        assert "[PAD x" in out and "\u27e6<DFF> @@ -1 +1 @@\n-x0 = 0\n+x0 = 0\n<|endoftext|>\u27e7" in out

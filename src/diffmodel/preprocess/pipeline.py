@@ -314,8 +314,9 @@ def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workd
 
 
 def is_laid_out(ds: datasets.Dataset) -> bool:
-    """Rows that an earlier run laid out carry labels and an attention mask."""
-    return {"input_ids", "labels", "attention_mask"} <= set(ds.column_names)
+    """Rows that an earlier run laid out carry labels and an attention mask (pad, concat) or position ids (pack)."""
+    cols = set(ds.column_names)
+    return {"input_ids", "labels"} <= cols and bool({"attention_mask", "position_ids"} & cols)
 
 
 def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, source_fingerprint: str) -> tuple[datasets.DatasetDict, dict[str, SplitReport]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -24,13 +23,13 @@ import transformers
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.pipeline import PreprocessOptions, fingerprint, pad_id_of, preprocess, save_atomically
+from diffmodel.preprocess.pipeline import pad_id_of, save_atomically
 from diffmodel.preprocess.sanity import format_report, write_report_json
 from diffmodel.train.args import parse_args, validate
 from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
+from diffmodel.train.data import build_datasets
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 
 logger = logging.getLogger("diffmodel.train")
@@ -42,74 +41,6 @@ def setup_logging(training_args) -> None:
     logging.getLogger("diffmodel").setLevel(logging.INFO if training_args.should_log else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
-
-
-def source_fingerprint(raw: datasets.DatasetDict, files: list[str], load_opts: LoadOptions) -> str:
-    """Identify the loaded data: its files (path, size, mtime) and the load options."""
-    stats = []
-    for f in files:
-        p = Path(f)
-        if p.is_file():
-            st = p.stat()
-            stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-        elif p.is_dir():
-            for q in sorted(p.rglob("*")):
-                if q.is_file():
-                    st = q.stat()
-                    stats.append((str(q.resolve()), st.st_size, st.st_mtime_ns))
-    splits = {k: (len(v), v.column_names, None if stats else v._fingerprint) for k, v in raw.items()}
-    return fingerprint(stats, splits, vars(load_opts))
-
-
-def preprocess_options(data_args, block_size: int) -> PreprocessOptions:
-    if data_args.packing:
-        if data_args.concatenate_texts:
-            raise DiffModelError("--packing and --concatenate_texts are two different layouts; pass one of them")
-        if not data_args.ignore_long_samples:
-            logger.warning("--packing: samples of --block_size tokens or more are dropped (packing never splits a sample), as with --ignore_long_samples")
-    elif not data_args.ignore_long_samples and not data_args.concatenate_texts and not data_args.skip_concat:
-        logger.warning("--ignore_long_samples not given: forcing --concatenate_texts, since left-padding cannot hold samples longer than --block_size")
-    return PreprocessOptions(
-        block_size=block_size,
-        train_diff_model=data_args.train_diff_model,
-        ignore_long_samples=data_args.ignore_long_samples,
-        concatenate_texts=data_args.concatenate_texts,
-        packing=data_args.packing,
-        skip_concat=data_args.skip_concat,
-        force_label=data_args.force_label,
-        num_proc=data_args.preprocessing_num_workers,
-        text_column=data_args.text_column or "text",
-        overwrite_cache=data_args.overwrite_cache,
-    )
-
-
-def build_datasets(model_args, data_args, training_args, tokenizer, block_size: int):
-    """Load and preprocess; returns (processed DatasetDict, reports)."""
-    load_opts = LoadOptions(
-        dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_files=data_args.train_file,
-        validation_files=data_args.validation_file,
-        validation_split_percentage=data_args.validation_split_percentage,
-        load_from_disk=data_args.load_from_disk,
-        text_column=data_args.text_column,
-        keep_linebreaks=data_args.keep_linebreaks,
-        skip_bad_records=data_args.skip_bad_records,
-        cache_dir=model_args.cache_dir,
-        seed=training_args.seed,
-    )
-    with training_args.main_process_first(desc="loading data"):
-        raw, load_report = load_raw_datasets(load_opts)
-    if load_report.bad_records:
-        logger.warning("skipped %d malformed records, e.g. %s", load_report.bad_records, "; ".join(load_report.bad_record_examples[:3]))
-    if "train" not in raw:
-        raise DiffModelError(f"the data has no 'train' split (splits: {list(raw)}); name the training files with --train_file")
-    opts = preprocess_options(data_args, block_size)
-    opts.cache_dir = model_args.cache_dir
-    opts.text_column = load_report.text_column or opts.text_column
-    with training_args.main_process_first(desc="preprocessing"):
-        processed, reports = preprocess(raw, tokenizer, opts, source_fingerprint(raw, load_report.files, load_opts))
-    return processed, reports
 
 
 def make_collator(model, tokenizer, packing: bool):
@@ -132,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     config = load_config(model_args)
     block_size = resolve_block_size(data_args.block_size, tokenizer, config)
-    processed, reports = build_datasets(model_args, data_args, training_args, tokenizer, block_size)
+    processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, training_args.main_process_first)
 
     out_dir = Path(training_args.output_dir)
     if training_args.should_save:
@@ -154,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if eval_ds is not None and data_args.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_samples)))
 
+    cols = set(train_ds.column_names)
+    if not data_args.packing and "position_ids" in cols and "attention_mask" not in cols:
+        logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
+        data_args.packing = True
     model_args.attn_implementation = choose_attention(model_args.attn_implementation, data_args.packing)
     model = load_model(model_args, config, tokenizer)
     collator = make_collator(model, tokenizer, data_args.packing)
