@@ -90,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
     train_main(train_args(args, data, base, out))
     model_dir = out / "model"
-    train = json.loads((model_dir / "train_results.json").read_text())
+    state = json.loads((model_dir / "trainer_state.json").read_text())
+    logged = [h["loss"] for h in state["log_history"] if "loss" in h]
+    last_loss = logged[-1] if logged else json.loads((model_dir / "train_results.json").read_text())["train_loss"]
     ev = json.loads((model_dir / "eval_results.json").read_text())
     report = json.loads((model_dir / "data_report.json").read_text())
     summary = [
         ("samples", f"{report['train']['samples_loaded']} train / {report['validation']['samples_loaded']} validation"),
         ("rows x block_size", f"{report['train']['rows']} x {args.block_size} ({report['train']['layout']} layout, {report['train']['fill_ratio']:.1%} filled)"),
         ("loss-bearing share", f"{report['train']['loss_share']:.1%} of attended tokens"),
-        ("final train loss", f"{train['train_loss']:.3f}"),
+        ("last train loss", f"{last_loss:.3f} (step {state['global_step']})"),
         ("eval loss (diff tokens)", f"{ev['eval_loss']:.3f}"),
         ("eval perplexity", f"{ev['perplexity']:.2f}"),
         ("checkpoint", str(model_dir)),
