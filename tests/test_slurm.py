@@ -332,3 +332,19 @@ class TestRunsUnderFakeSlurm:
         assert state["global_step"] == self.MAX_STEPS
         assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, self.MAX_STEPS + 1))
         assert (out / "model.safetensors").is_file() and (out / "train_results.json").is_file()
+
+    def test_accelerate_launcher_trains_on_both_ranks(self, fake_slurm, tmp_path, tiny_gpt2_dir):
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        script = tmp_path / "job.sbatch"
+        assert slurm_main([
+            "--nodes", "1", "--gpus_per_node", "2", "--launcher", "accelerate", "--master_port", str(_free_port()),
+            "--python", sys.executable, "--workdir", str(tmp_path), "--output", str(script), "--no_requeue", "--",
+            "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", "data.jsonl", "--validation_split_percentage", "0",
+            "--output_dir", "out", "--cache_dir", "cache", "--block_size", "256", "--train_diff_model", "--ignore_long_samples",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no", "--max_steps", "3",
+            "--do_train", "--use_cpu", "--ddp_backend", "gloo",
+        ]) == 0
+        proc = _run_fake(script, fake_slurm["env"], tmp_path, timeout=300)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+        assert results["epoch"] == pytest.approx(0.3)  # 3 steps x 2 rows x 2 ranks of 40 rows
