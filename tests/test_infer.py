@@ -18,6 +18,7 @@ from diffmodel.infer import (
     as_request,
     cut_generation,
     finish_edit,
+    tokens_with_gt,
 )
 from diffmodel.sample import render_prompt
 from edit_model import SAMPLES, trained_edit_model, training_text
@@ -102,10 +103,14 @@ class TestNameMarkerStopCriterion:
         """Smallest n whose decoded text reaches past the <NME> at character ``marker_at``."""
         return next(n for n in range(1, len(gen_ids) + 1) if len(tok.decode(gen_ids[:n])) >= marker_at + len("<NME>"))
 
-    def _run(self, tok, prompts, gens):
+    @pytest.fixture(params=["decode every step", "decode after '>' only"])
+    def prefilter(self, request):
+        return request.param != "decode every step"
+
+    def _run(self, tok, prompts, gens, prefilter):
         width = max(len(p) for p in prompts)
         steps = max(len(g) for g in gens)
-        crit = NameMarkerStop(tok, width)
+        crit = NameMarkerStop(tok, width, may_end=tokens_with_gt(tok) if prefilter else None)
         fired = {}
         for n in range(1, steps + 1):
             rows = []
@@ -120,38 +125,45 @@ class TestNameMarkerStopCriterion:
                     assert r not in fired, "a stopped row must stay stopped"
         return crit, fired
 
-    def test_fires_exactly_when_a_line_starts_with_the_marker(self, tiny_tokenizer):
+    def test_fires_exactly_when_a_line_starts_with_the_marker(self, tiny_tokenizer, prefilter):
         tok = tiny_tokenizer
         prompt = tok(render_prompt("a.py", "x = 1\n", "Quote x"))["input_ids"]
         text = ' @@ -1 +1 @@\n-x = 1\n+x = "<NME>"\n<NME> b.py\n<BEF> y\n'
         gen = tok(text)["input_ids"]
-        crit, fired = self._run(tok, [prompt], [gen])
+        crit, fired = self._run(tok, [prompt], [gen], prefilter)
         expected = self._first_line_marker_step(tok, gen, text.index("\n<NME>") + 1)
         assert fired == {0: expected}
         assert crit.stopped_at == {0: expected}
 
-    def test_rows_stop_independently_and_prompt_marker_is_ignored(self, tiny_tokenizer):
+    def test_rows_stop_independently_and_prompt_marker_is_ignored(self, tiny_tokenizer, prefilter):
         tok = tiny_tokenizer
         short = tok(render_prompt("a.py", "", "Add a"))["input_ids"]
         long_ = tok(render_prompt("src/long_name.py", "def f():\n    return 1\n" * 3, "Change f"))["input_ids"]
         stop_text = " @@ -0,0 +1 @@\n+a = 1\n<NME> c.py\n"
         go_text = " @@ -1,2 +1,2 @@\n def f():\n-    return 1\n+    return 2\n"
         gens = [tok(stop_text)["input_ids"], tok(go_text)["input_ids"]]
-        crit, fired = self._run(tok, [short, long_], gens)
+        crit, fired = self._run(tok, [short, long_], gens, prefilter)
         assert fired == {0: self._first_line_marker_step(tok, gens[0], stop_text.index("<NME>"))}
 
-    def test_marker_at_the_very_start_and_after_a_long_diff(self, tiny_tokenizer):
+    def test_marker_at_the_very_start_and_after_a_long_diff(self, tiny_tokenizer, prefilter):
         tok = tiny_tokenizer
         prompt = tok(render_prompt("a.py", "x\n", "m"))["input_ids"]
         first = " <NME> b.py\n"
         long_text = " @@ -1 +1,40 @@\n" + "+total = total + 1\n" * 40 + "<NME> b.py\n"
         gens = [tok(first)["input_ids"], tok(long_text)["input_ids"]]
         assert len(gens[1]) > 4 * STOP_WINDOW
-        _, fired = self._run(tok, [prompt, prompt], gens)
+        _, fired = self._run(tok, [prompt, prompt], gens, prefilter)
         assert fired == {
             0: self._first_line_marker_step(tok, gens[0], first.index("<NME>")),
             1: self._first_line_marker_step(tok, gens[1], long_text.index("<NME>")),
         }
+
+
+    def test_gt_table_marks_exactly_the_tokens_holding_gt(self, tiny_tokenizer):
+        table = tokens_with_gt(tiny_tokenizer)
+        assert table.shape == (len(tiny_tokenizer),)
+        for i in range(len(tiny_tokenizer)):
+            assert bool(table[i]) == (">" in tiny_tokenizer.decode([i])), i
 
 
 class TestBatchingGivesTheSameEditsAsOneByOne:

@@ -177,35 +177,66 @@ class NameMarkerStop(StoppingCriteria):
 
     Only generated tokens are looked at (the prompt itself starts with
     ``<NME>``): the last :data:`STOP_WINDOW` of them, decoded, which is enough
-    for the marker and its newline whatever the tokenization. ``stopped_at``
-    maps a row to the number of tokens it had generated when the marker was
-    seen; rows stopped earlier (EOS) are not looked at again.
+    for the marker and its newline whatever the tokenization. A row is decoded
+    only in a step whose new token could end the marker (its vocabulary
+    entry holds ``>``; ``may_end``, from :func:`tokens_with_gt`), so most steps
+    decode nothing. ``stopped_at`` maps a row to the number of tokens it had
+    generated when the marker was seen; a stopped row stays stopped.
     """
 
-    def __init__(self, tokenizer, prompt_length: int, window: int = STOP_WINDOW):
+    def __init__(self, tokenizer, prompt_length: int, window: int = STOP_WINDOW, may_end: torch.Tensor | None = None):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.window = window
+        self.may_end = may_end
         self.stopped_at: dict[int, int] = {}
+        self._checked = prompt_length  # tokens before this index have been looked at
+
+    def _candidates(self, input_ids: torch.Tensor) -> list[int]:
+        rows = input_ids.shape[0]
+        new = input_ids[:, self._checked:]
+        if self.may_end is None or new.numel() == 0:
+            hit = list(range(rows))
+        else:
+            table = self.may_end.to(new.device)
+            inside = new < table.numel()
+            flags = (table[new.clamp(max=table.numel() - 1)] | ~inside).any(dim=1)
+            hit = flags.nonzero().flatten().tolist()
+        return [r for r in hit if r not in self.stopped_at]
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         rows, length = input_ids.shape
         generated = length - self.prompt_length
+        if generated > 0:
+            open_rows = self._candidates(input_ids)
+            self._checked = length
+            if open_rows:
+                start = max(self.prompt_length, length - self.window)
+                tails = self.tokenizer.batch_decode(input_ids[open_rows, start:].tolist(), skip_special_tokens=False)
+                whole = start == self.prompt_length  # the window still holds every generated token
+                for row, tail in zip(open_rows, tails):
+                    if (_marker_line(tail) >= 0) if whole else (("\n" + NAME_MARKER) in tail):
+                        self.stopped_at[row] = generated
         done = torch.zeros(rows, dtype=torch.bool)
-        if generated <= 0:
-            return done.to(input_ids.device)
-        start = max(self.prompt_length, length - self.window)
-        open_rows = [r for r in range(rows) if r not in self.stopped_at]
-        if open_rows:
-            tails = self.tokenizer.batch_decode(input_ids[open_rows, start:].tolist(), skip_special_tokens=False)
-            whole = start == self.prompt_length  # the window still holds all generated tokens
-            for row, tail in zip(open_rows, tails):
-                found = _marker_line(tail) >= 0 if whole else ("\n" + NAME_MARKER) in tail
-                if found:
-                    self.stopped_at[row] = generated
         for row in self.stopped_at:
             done[row] = True
         return done.to(input_ids.device)
+
+
+def tokens_with_gt(tokenizer) -> torch.Tensor | None:
+    """A bool per token id: can this token's text contain ``>`` (so end a marker)?
+
+    ``None`` when the vocabulary cannot be read (then every row is decoded
+    every step). Pieces are the tokenizer's own strings: ``>`` is itself in
+    byte-level BPE and SentencePiece alike, and byte-fallback pieces
+    (``<0x3E>``) contain it too.
+    """
+    try:
+        size = len(tokenizer)
+        pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    except Exception:
+        return None
+    return torch.tensor([piece is None or ">" in str(piece) for piece in pieces], dtype=torch.bool)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -283,6 +314,7 @@ class DiffModel:
         from diffmodel.train.model import max_positions
 
         self.max_positions = max_positions(model.config)
+        self._may_end: torch.Tensor | None | bool = False  # False: not computed yet
 
     @classmethod
     def from_pretrained(
@@ -422,7 +454,10 @@ class DiffModel:
             pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
             max_length=None,
         )
-        stop = NameMarkerStop(self.tokenizer, width)
+        if self._may_end is False:
+            table = tokens_with_gt(self.tokenizer)
+            self._may_end = None if table is None else table.to(self.device)
+        stop = NameMarkerStop(self.tokenizer, width, may_end=self._may_end)
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
             generation_config=config, stopping_criteria=StoppingCriteriaList([stop]),
@@ -472,5 +507,5 @@ def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[i
 
 __all__ = [
     "DiffModel", "Edit", "EditRequest", "EditStatus", "NameMarkerStop",
-    "as_request", "check_model_folder", "cut_generation", "finish_edit",
+    "as_request", "check_model_folder", "cut_generation", "finish_edit", "tokens_with_gt",
 ]
