@@ -213,3 +213,8 @@ class TestArguments:
         monkeypatch.setitem(sys.modules, "peft", None)
         with pytest.raises(DiffModelError, match=r"needs the peft package: pip install"):
             apply_lora(_load(tiny_gpt2_dir), LoraArguments(lora_r=2))
+
+    def test_save_refuses_a_model_without_adapters(self, tiny_gpt2_dir, tmp_path):
+        with pytest.raises(DiffModelError, match="needs a model wrapped by apply_lora"):
+            save_lora(_load(tiny_gpt2_dir), tmp_path, LoraArguments(lora_r=4))
+        assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,6 @@ Everything after ``--`` is passed to ``diffmodel train`` unchanged (a leading
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

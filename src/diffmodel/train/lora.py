@@ -262,21 +262,21 @@ def save_lora(trainer_or_model, output_dir, args: LoraArguments, tokenizer=None)
 
     out = Path(output_dir)
     merged_dir = out / MERGED_DIR if args.lora_merge else None
-    if isinstance(trainer_or_model, Trainer):
-        trainer = trainer_or_model
-        trainer.save_model(str(out))  # the adapter (PEFT models save only it) and the tokenizer
+    trainer = trainer_or_model if isinstance(trainer_or_model, Trainer) else None
+    model = trainer.accelerator.unwrap_model(trainer.model) if trainer else trainer_or_model
+    if not hasattr(model, "get_base_model"):
+        raise DiffModelError("save_lora needs a model wrapped by apply_lora (a PEFT model); was --lora_r 0?")
+    if trainer:
+        trainer.save_model(str(out))  # the adapter (a PEFT model saves only it) and the tokenizer
         tokenizer = tokenizer or trainer.processing_class
-        model = trainer.accelerator.unwrap_model(trainer.model)
         is_main = trainer.args.should_save
         state = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model) if args.lora_merge else None
     else:
-        model, is_main = trainer_or_model, True
+        is_main = True
         model.save_pretrained(str(out))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out))
         state = model.state_dict() if args.lora_merge else None
-    if not hasattr(model, "get_base_model"):
-        raise DiffModelError("save_lora needs a model wrapped by apply_lora (a PEFT model); was --lora_r 0?")
     if args.lora_merge and is_main:
         merged = merged_state_dict(state, lora_layer_info(model))
         base = model.get_base_model()
