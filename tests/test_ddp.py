@@ -128,10 +128,6 @@ class TestPreprocessedOnce:
             assert "stage encode: reusing cached result" in log and "stage layout: reusing cached result" in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train/run.py waits with TrainingArguments.main_process_first(), whose default local=True lets the first "
-    "rank of every node preprocess; with a cache shared by the nodes it should be local=training_args.save_on_each_node"
-))
 def test_two_nodes_sharing_a_cache_preprocess_once(tmp_path, tiny_gpt2_dir):
     """Two torchrun agents on this machine stand for two nodes of one rank each, with one shared cache."""
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))

@@ -283,10 +283,6 @@ def _rows(n=40):
     return rows
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "train/run.py resumes from get_last_checkpoint(), the highest-numbered folder even when a preemption cut its "
-    "save short; it should take the last checkpoint that has trainer_state.json (which Trainer writes last)"
-))
 def test_requeued_job_skips_a_checkpoint_cut_short(tmp_path, tiny_gpt2_dir):
     from diffmodel.train.run import main as train_main
 

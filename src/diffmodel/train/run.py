@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 import transformers
 from transformers import Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.pipeline import pad_id_of, save_atomically
@@ -41,6 +41,23 @@ def setup_logging(training_args) -> None:
     logging.getLogger("diffmodel").setLevel(logging.INFO if training_args.should_log else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+
+
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The highest-numbered checkpoint that was written to the end (Trainer writes trainer_state.json last).
+
+    A job killed while saving leaves a newer folder without it; that one is skipped (and the log says so).
+    """
+    found = []
+    for d in out_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and step.isdigit():
+            found.append((int(step), d))
+    for _, d in sorted(found, reverse=True):
+        if (d / "trainer_state.json").is_file():
+            return str(d)
+        logger.warning("skipping %s: it has no trainer_state.json (its save was cut short)", d)
+    return None
 
 
 def make_collator(model, tokenizer, packing: bool):
@@ -63,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     config = load_config(model_args)
     block_size = resolve_block_size(data_args.block_size, tokenizer, config)
-    processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, training_args.main_process_first)
+    # one process preprocesses, the others reuse its cache: per node when nodes keep their own files
+    def first(desc):
+        return training_args.main_process_first(local=training_args.save_on_each_node, desc=desc)
+
+    processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, first)
 
     out_dir = Path(training_args.output_dir)
     if training_args.should_save:
@@ -104,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint
         if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
-            checkpoint = get_last_checkpoint(str(out_dir))
+            checkpoint = last_complete_checkpoint(out_dir)
             if checkpoint:
                 logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
         result = trainer.train(resume_from_checkpoint=checkpoint)
