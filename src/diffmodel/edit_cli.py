@@ -272,7 +272,7 @@ def _generation_options(args) -> dict:
 
 
 def run_one(args) -> int:
-    from diffmodel.diff.cli import write_atomic
+    from diffmodel.atomic import write_bytes
 
     code = read_text_file(args.file)
     name = args.name or prompt_name(args.file)
@@ -295,14 +295,14 @@ def run_one(args) -> int:
             print(f"nothing written: {'no sample' if many else 'the diff'} applied", file=sys.stderr)
         return 1
     if args.apply:
-        write_atomic(os.path.abspath(args.file), edits[chosen].new_code.encode("utf-8"))
+        write_bytes(os.path.abspath(args.file), edits[chosen].new_code.encode("utf-8"))
         which = f" (sample {chosen + 1})" if many else ""
         print(f"wrote {args.file}{which}", file=sys.stderr)
     return 0
 
 
 def run_jsonl(args) -> int:
-    from diffmodel.diff.cli import write_atomic
+    from diffmodel.atomic import write_bytes
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -324,7 +324,7 @@ def run_jsonl(args) -> int:
             out.update(diff=edit.diff, new_code=edit.new_code, status=str(edit.status), notes=edit.notes)
             counts[str(edit.status)] += 1
             lines.append(json.dumps(out, ensure_ascii=False) + "\n")
-    write_atomic(os.path.abspath(dst), "".join(lines).encode("utf-8"))
+    write_bytes(os.path.abspath(dst), "".join(lines).encode("utf-8"))
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
     rate = sum(counts.values()) / seconds if seconds > 0 else float("inf")
     print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s): {summary}; wrote {dst}", file=sys.stderr)

@@ -17,15 +17,15 @@ Invariants:
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from diffmodel.atomic import write_bytes
 from diffmodel.errors import DiffModelError
 
 
@@ -63,16 +63,9 @@ def plot_loss(log_history: list[dict], out_png: Path, title: str = "") -> Path:
         ax.set_title(title)
     fig.tight_layout()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a plot is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes(out, buf.getvalue())
     return out
 
 

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import zstandard
 
+from diffmodel.atomic import write_json
+
 #: Suffix of a complete shard.
 SHARD_SUFFIX = ".jsonl.zst"
 #: Suffix of a shard still being written (or left behind by an interrupted run).
@@ -86,16 +88,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via ``path.tmp`` and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :mod:`diffmodel.atomic`)."""
+    write_json(path, obj)
 
 
 @dataclass

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 
+from diffmodel.atomic import write_bytes
 from diffmodel.diff.apply import ApplyResult, ApplyStatus, apply_diff
 from diffmodel.diff.parse import ParsedDiff, Status, parse_patch
 from diffmodel.errors import DiffModelError
@@ -109,41 +108,6 @@ def safe_path(root: str, name: str) -> str:
             f"refusing {name!r}: it resolves to {real}, outside the working folder {root_real} (a symlink leads out)"
         )
     return real
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if os.path.exists(path):
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not every platform allows this
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _read_patch(name: str) -> str:
@@ -238,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         elif args.output is not None:
-            write_atomic(args.output, data)
+            write_bytes(args.output, data)
         elif job.delete and not data:
             os.remove(job.path)
         else:
             os.makedirs(os.path.dirname(job.path), exist_ok=True)
-            write_atomic(job.path, data)
+            write_bytes(job.path, data)
     return 0
 
 
-__all__ = ["build_parser", "main", "safe_path", "write_atomic"]
+__all__ = ["build_parser", "main", "safe_path"]

@@ -9,14 +9,13 @@ with the masked and trained spans marked (see :func:`mark_spans`).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from diffmodel.atomic import write_json
 from diffmodel.errors import raise_if_problems
 from diffmodel.preprocess.labels import IGNORE_INDEX
 
@@ -158,11 +157,6 @@ def format_report(reports: dict[str, SplitReport]) -> str:
 
 
 def write_report_json(reports: dict[str, SplitReport], path: Path) -> Path:
-    """Write the report as JSON (atomically: temp file, then rename)."""
+    """Write the report as JSON (atomically)."""
     data = {s: {**asdict(r), "loss_share": r.loss_share, "fill_ratio": r.fill_ratio} for s, r in reports.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data)

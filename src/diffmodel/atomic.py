@@ -1,0 +1,68 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Every file the package writes for a user (an edited source file, a report, a
+plot, a manifest) goes through :func:`write_bytes`: the data is written to a
+temporary file in the same folder, flushed and fsynced, given the permission
+bits of the file it replaces (or the umask's default for a new file), renamed
+over the target, and the folder is fsynced so the rename survives a crash. If
+anything fails the temporary file is removed and the target is untouched.
+(Datasets folders use :func:`diffmodel.preprocess.pipeline.save_atomically`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+
+def _fsync_dir(folder: str) -> None:
+    try:  # not every platform can open a folder
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
+    path = Path(path)
+    folder = str(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: object) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
