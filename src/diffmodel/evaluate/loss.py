@@ -1,0 +1,189 @@
+"""Held-out loss and perplexity on the diff tokens only, overall and per language.
+
+Each sample is tokenized as in training (the tokenizer's own special tokens,
+EOS appended) and labelled by :mod:`diffmodel.preprocess.labels`: tokens
+before ``<DFF>`` (found by character offset) carry no loss; the tokens from
+``<DFF>`` on and the final EOS do (the model is trained to stop there too).
+
+The loss is token-weighted::
+
+    loss = sum of the loss of every loss token / number of loss tokens
+
+over all samples (and, per language, over that language's samples), never a
+mean of per-batch or per-sample means; perplexity is ``exp(loss)``. A loss
+token is a position whose label is not :data:`IGNORE_INDEX`, predicted from
+the tokens before it (the label is shifted by one, as in HF models; the first
+token of a sample is never predicted).
+
+Language: a ``language`` column when the rows have one, else
+:func:`diffmodel.data.languages.language_of` of the file name (the ``name``
+column, or the ``<NME>`` line of the text); ``other`` when unknown.
+
+Invariants:
+- Samples are batched by length with right padding; padding never carries
+  loss and the result does not depend on ``batch_size`` (up to float
+  rounding).
+- A sample longer than ``max_length`` tokens (EOS included; default: the
+  model's positions) is not truncated: it is skipped and counted
+  (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffmodel.evaluate.edits import language_for
+from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
+from diffmodel.preprocess.tokenize import tokenize_batch
+from diffmodel.sample import DIFF_MARKER, split
+
+
+@dataclass
+class LossSample:
+    """One tokenized sample: ids (EOS included), labels, its language."""
+
+    input_ids: list[int]
+    labels: list[int]
+    language: str
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE_INDEX)
+
+
+def _name_from_text(text: str) -> str:
+    try:
+        return split(text).name
+    except ValueError:
+        return ""
+
+
+def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> tuple[list[LossSample], dict[str, int]]:
+    """Tokenize and label rows (text rows or tokenized rows); returns samples and skip counts."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        from diffmodel.errors import DiffModelError
+
+        raise DiffModelError("the tokenizer has no EOS token; every sample ends with EOS as in training")
+    marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
+    samples: list[LossSample] = []
+    skipped: dict[str, int] = defaultdict(int)
+    batch: list[dict] = []
+
+    def flush() -> None:
+        texts = [r[text_column] for r in batch]
+        enc = tokenize_batch({text_column: texts}, tokenizer, text_column)
+        for row, ids, start in zip(batch, enc["input_ids"], enc["diff_start"]):
+            if start is None or start < 0:
+                start = diff_start_from_ids(ids, marker_ids)
+            if start is None:
+                skipped["skipped_no_diff"] += 1
+                continue
+            name = str(row["name"]) if row.get("name") is not None else _name_from_text(row[text_column])
+            samples.append(LossSample(list(ids) + [eos], mask_before(ids, start) + [eos], language_for(row, name)))
+        batch.clear()
+
+    for row in rows:
+        if "input_ids" in row and row["input_ids"] is not None:
+            ids = list(row["input_ids"])
+            labels = row.get("labels")
+            if labels is None:
+                start = diff_start_from_ids(ids, marker_ids)
+                if start is None:
+                    skipped["skipped_no_diff"] += 1
+                    continue
+                labels = mask_before(ids, start)
+            labels = list(labels)
+            if not ids or ids[-1] != eos:
+                ids, labels = ids + [eos], labels + [eos]
+            samples.append(LossSample(ids, labels, language_for(row, str(row.get("name") or ""))))
+            continue
+        batch.append(row)
+        if len(batch) >= 256:
+            flush()
+    if batch:
+        flush()
+    return samples, dict(skipped)
+
+
+class _Sums:
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.tokens = 0
+        self.samples = 0
+
+    def result(self) -> dict:
+        if not self.tokens:
+            loss = perplexity = float("nan")
+        else:
+            loss = self.loss / self.tokens
+            perplexity = math.exp(loss) if loss < 700 else float("inf")
+        return {"samples": self.samples, "loss_tokens": self.tokens, "loss": loss, "perplexity": perplexity}
+
+
+@torch.inference_mode()
+def sample_losses(model, samples: Sequence[LossSample], batch_size: int = 8,
+                  progress: Callable[[int], None] | None = None) -> list[tuple[float, int]]:
+    """(sum of token losses, loss tokens) per sample, in input order; losses in fp32."""
+    device = next(model.parameters()).device
+    pad = model.config.pad_token_id if getattr(model.config, "pad_token_id", None) is not None else 0
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(samples)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(samples[i].input_ids) for i in chunk)
+        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            s = samples[i]
+            n = len(s.input_ids)
+            ids[row, :n] = torch.tensor(s.input_ids)
+            labels[row, :n] = torch.tensor(s.labels)
+            mask[row, :n] = 1
+        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        target = labels[:, 1:]
+        token_loss = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="none",
+        ).view(target.shape)
+        counted = target != IGNORE_INDEX
+        sums = (token_loss * counted).sum(dim=1).double().cpu().tolist()
+        counts = counted.sum(dim=1).cpu().tolist()
+        for row, i in enumerate(chunk):
+            out[i] = (sums[row], int(counts[row]))
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max_length: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> dict:
+    """Token-weighted loss and perplexity overall and per language (see the module docstring)."""
+    if max_length is None:
+        from diffmodel.train.model import max_positions
+
+        max_length = max_positions(model.config)
+    kept = [s for s in samples if max_length is None or len(s.input_ids) <= max_length]
+    too_long = len(samples) - len(kept)
+    losses = sample_losses(model, kept, batch_size, progress)
+    overall = _Sums()
+    by_language: dict[str, _Sums] = defaultdict(_Sums)
+    for s, (total, count) in zip(kept, losses):
+        for sums in (overall, by_language[s.language]):
+            sums.loss += total
+            sums.tokens += count
+            sums.samples += 1
+    metrics = overall.result()
+    metrics["skipped_too_long"] = too_long
+    return {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
+
+
+__all__ = ["LossSample", "encode_rows", "evaluate_loss", "sample_losses"]
