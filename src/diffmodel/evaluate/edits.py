@@ -1,7 +1,8 @@
 """Edit accuracy: generate diffs for held-out samples and compare the edited files with the truth.
 
 For a held-out sample (``name``, ``before``, ``message``, reference ``diff``)
-the true file is ``after = apply_diff(before, diff, "strict")``. The model
+the true file is ``after = apply_diff(before, diff, "strict")``, or the row's
+own ``after`` column when it has one. The model
 writes ``n`` diffs per sample (:meth:`Editor.edit_many`); each is scored:
 
 ``parses``           the diff has at least one readable hunk (``parse_diff(...).ok``)
@@ -22,9 +23,9 @@ calibration editors here, :class:`ReferenceEditor` (writes the true diff) and
 :class:`EmptyEditor` (writes nothing).
 
 Invariants:
-- A sample whose reference diff does not apply strictly to its ``before`` has
-  no truth: it is skipped and counted (``skipped_reference_does_not_apply``),
-  never scored.
+- A sample without an ``after`` column whose reference diff does not apply
+  strictly to its ``before`` has no truth: it is skipped and counted
+  (``skipped_reference_does_not_apply``), never scored.
 - Metrics are computed from the :class:`Edit` objects alone, so every editor
   is scored by the same code.
 """
@@ -122,6 +123,10 @@ def make_cases(rows: Iterable[dict], text_column: str = "text") -> tuple[list[Ed
             name, before, message, diff = row_fields(row, text_column)
         except ValueError:
             skipped["skipped_unreadable"] += 1
+            continue
+        given = row.get("after")
+        if isinstance(given, str):
+            cases.append(EditCase(name, before, message, diff, given, language_for(row, name)))
             continue
         if not diff.strip():
             skipped["skipped_empty_reference"] += 1

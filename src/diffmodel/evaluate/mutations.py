@@ -235,7 +235,8 @@ def _swap_in_parent(parents, node: ast.AST, new: ast.AST) -> None:
         getattr(parent, name)[i] = new
 
 
-_NEEDS_PARENS = (ast.BoolOp, ast.IfExp, ast.Lambda, ast.NamedExpr, ast.Compare, ast.BinOp, ast.UnaryOp, ast.Await, ast.Yield, ast.YieldFrom)
+#: Expressions that bind more loosely than ``and``/``or`` operands (need parentheses there).
+_LOOSER_THAN_BOOL = (ast.BoolOp, ast.IfExp, ast.Lambda, ast.NamedExpr)
 
 
 def _edits(node: ast.AST, tree: ast.AST, text: _Text, owners: dict[int, ast.AST], parents) -> Iterator[tuple[str, str, Callable[[], None], list[str]]]:
@@ -334,7 +335,8 @@ def _edits(node: ast.AST, tree: ast.AST, text: _Text, owners: dict[int, ast.AST]
         word = " and " if isinstance(node.op, ast.And) else " or "
         for k in range(len(node.values)):
             rest = [v for j, v in enumerate(node.values) if j != k]
-            texts = [f"({text.text(v)})" if isinstance(v, _NEEDS_PARENS) else text.text(v) for v in rest]
+            loose = word.join(f"({text.text(v)})" if isinstance(v, _LOOSER_THAN_BOOL) else text.text(v) for v in rest)
+            tight = word.join(f"({text.text(v)})" for v in rest)
 
             def change(node=node, k=k):
                 kept = [v for j, v in enumerate(node.values) if j != k]
@@ -343,9 +345,8 @@ def _edits(node: ast.AST, tree: ast.AST, text: _Text, owners: dict[int, ast.AST]
                 else:
                     node.values = kept
             a, b = text.span(node)
-            joined = word.join(texts)
             yield "drop_condition", f"{text.text(node.values[k])!r} dropped from {word.strip()!r}", change, [
-                text.replace(a, b, joined), text.replace(a, b, f"({joined})")]
+                text.replace(a, b, loose), text.replace(a, b, f"({loose})"), text.replace(a, b, tight)]
     if isinstance(node, ast.Constant) and not _is_int(node):
         value = node.value
         new: object = _MISSING
@@ -382,8 +383,9 @@ def _index_like(node: ast.AST) -> Iterator[tuple[ast.AST, str]]:
 def _tests(node: ast.AST) -> Iterator[ast.AST]:
     if isinstance(node, (ast.If, ast.IfExp)):
         yield node.test
-    if isinstance(node, ast.comprehension):
-        yield from node.ifs
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        for gen in node.generators:
+            yield from gen.ifs
 
 
 def _dump(tree: ast.AST) -> str:

@@ -11,7 +11,8 @@ A report is a dict::
      ...}
 
 :func:`write_report` writes ``X.json`` and ``X.md`` side by side, each through
-a temporary file renamed into place, so a reader never sees half a report.
+a temporary file renamed into place (:mod:`diffmodel.atomic`), so a reader
+never sees half a report.
 :func:`compare` lines two reports up metric by metric (headline metrics and
 every breakdown row), with the difference B - A.
 """
@@ -21,10 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from diffmodel.atomic import write_text
 from diffmodel.errors import DiffModelError
 
 #: Sections of a report rendered as tables (in this order) when present.
@@ -34,22 +35,8 @@ COUNTS = ("outcomes", "statuses", "skipped")
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`diffmodel.atomic.write_text`)."""
+    write_text(Path(path), text)
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -19,7 +19,8 @@ What contains a run, outside in:
 2. The network: when ``unshare -n`` works (root or user namespaces), the
    child gets a network namespace of its own, with no interface up.
 3. Resource limits set in the child before the program runs: ``RLIMIT_AS``
-   (memory), ``RLIMIT_CPU`` (CPU seconds), ``RLIMIT_FSIZE`` (largest file
+   (memory), ``RLIMIT_CPU`` (CPU seconds: SIGXCPU, then SIGKILL a second
+   later), ``RLIMIT_FSIZE`` (largest file
    written, stdout and stderr included), ``RLIMIT_NPROC`` = 0 (no new
    process or thread; the kernel does not enforce it for root), no core
    files. When the evaluator runs as root and the interpreter can be used by
@@ -142,14 +143,14 @@ def _report(line):
         pass
 sys.dont_write_bytecode = True
 _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
-def _limit(name, value):
+def _limit(name, value, hard=None):
     try:
-        _resource.setrlimit(getattr(_resource, name), (value, value))
+        _resource.setrlimit(getattr(_resource, name), (value, value if hard is None else hard))
     except (ValueError, OSError, AttributeError):
         _report("nolimit:" + name)
 _limit("RLIMIT_CORE", 0)
 _limit("RLIMIT_FSIZE", _cfg["fsize"])
-_limit("RLIMIT_CPU", _cfg["cpu"])
+_limit("RLIMIT_CPU", _cfg["cpu"], _cfg["cpu"] + 1)
 if _cfg["uid"] is not None:
     _os.setgroups([])
     _os.setgid(_cfg["gid"])
