@@ -191,3 +191,17 @@ class TestInspect:
         out = capsys.readouterr().out
         assert "Data sanity report" in out and "layout                           pad" in out
         assert "[PAD x" in out and "\u27e6<DFF> @@ -1 +1 @@\n-x0 = 0\n+x0 = 0\n<|endoftext|>\u27e7" in out
+
+
+class TestLoraRun:
+    def test_adapters_and_merged_model_are_saved(self, workdir):
+        from transformers import AutoModelForCausalLM
+
+        out = workdir / "lora"
+        args = dict(_common(workdir, out, "llama"), do_train=True, packing=True, max_steps=2, lora_r=4, lora_alpha=8, lora_merge=True)
+        assert train_main(_flags(args)) == 0
+        assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+        base = AutoModelForCausalLM.from_pretrained(workdir / "llama")
+        changed = [n for n, p in merged.named_parameters() if not (p == dict(base.named_parameters())[n]).all()]
+        assert changed and all("proj" in n for n in changed)  # only adapted linear layers moved

@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments
 
 from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.train.lora import LoraArguments, lora_args_from, lora_problems
 
 
 def arg(default=None, help: str = "", **kw):
@@ -85,7 +86,7 @@ def _has_field(name: str) -> bool:
 
 def make_parser() -> HfArgumentParser:
     extra = () if _has_field("overwrite_output_dir") else (RunArguments,)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *extra))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, *extra))
     parser.prog = "diffmodel train"
     parser.description = (
         "Train a diff model. Takes every transformers TrainingArguments flag, the model/data flags of run_clm.py "
@@ -142,4 +143,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
             problems.append(f"--{name} {value} must be at least 1")
     if not (training_args.do_train or training_args.do_eval or data_args.save_final_dataset):
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
+    problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
     raise_if_problems(problems, "diffmodel train cannot start")

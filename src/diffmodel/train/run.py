@@ -30,6 +30,7 @@ from diffmodel.train.args import parse_args, validate
 from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
+from diffmodel.train.lora import apply_lora, lora_args_from, save_lora
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 
 logger = logging.getLogger("diffmodel.train")
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     model_args.attn_implementation = choose_attention(model_args.attn_implementation, data_args.packing)
     model = load_model(model_args, config, tokenizer)
     collator = make_collator(model, tokenizer, data_args.packing)
+    lora_args = lora_args_from(training_args)
+    model = apply_lora(model, lora_args)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
+        if lora_args.lora_r > 0:
+            save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
         metrics = dict(result.metrics, train_samples=len(train_ds))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
