@@ -34,6 +34,7 @@ DS_TOP_KEYS = {
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
     "optimizer", "scheduler", "fp16", "bf16", "zero_optimization", "steps_per_print", "wall_clock_breakdown",
     "activation_checkpointing", "communication_data_type", "prescale_gradients", "gradient_predivide_factor",
+    "zero_allow_untested_optimizer",
 }
 DS_ZERO_KEYS = {
     "stage", "overlap_comm", "contiguous_gradients", "allgather_partitions", "allgather_bucket_size",
@@ -93,6 +94,8 @@ class TestDeepSpeedFiles:
     def test_no_optimizer_or_scheduler_of_its_own(self, name):
         config = json.loads(config_path(name).read_text())
         assert "optimizer" not in config and "scheduler" not in config
+        # the Trainer's torch optimizer is handed to ZeRO, which refuses it without this
+        assert config["zero_allow_untested_optimizer"] is True
 
     @pytest.mark.parametrize(("name", "stage"), [("ds_zero2.json", 2), ("ds_zero3.json", 3)])
     @pytest.mark.parametrize("bf16", [False, True])
