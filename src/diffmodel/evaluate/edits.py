@@ -55,19 +55,21 @@ class Editor(Protocol):
 
 
 class ReferenceEditor:
-    """Writes, for each request, the diff from its file to ``answer(request)`` (None: an empty diff).
+    """Writes, for each request, the diff from its file to the answer (None: an empty diff).
 
-    The calibration "oracle": it scores what the true fix scores.
+    ``answer`` is a function of the request, or a sequence answered by the
+    request's position in each ``edit_many`` call. The calibration "oracle":
+    it scores what the true fix scores.
     """
 
-    def __init__(self, answer: Callable[[EditRequest], str | None]):
+    def __init__(self, answer: Callable[[EditRequest], str | None] | Sequence[str | None]):
         self.answer = answer
 
     def edit_many(self, requests: Iterable[Any], num_samples: int = 1, **options) -> list[list[Edit]]:
         out = []
-        for item in requests:
+        for i, item in enumerate(requests):
             req = as_request(item)
-            after = self.answer(req)
+            after = self.answer(req) if callable(self.answer) else self.answer[i]
             diff = "" if after is None else make_diff(req.code, after)
             out.append([finish_edit(req.code, diff) for _ in range(num_samples)])
         return out

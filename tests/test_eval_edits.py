@@ -1,0 +1,149 @@
+"""eval edits: a tiny model trained to reproduce known diffs scores exact match 1.0 on them, 0.0 on corrupted truths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from edit_model import SAMPLES, trained_edit_model
+
+from diffmodel.cli import main as diffmodel
+from diffmodel.evaluate.edits import (
+    EditCase,
+    EmptyEditor,
+    ReferenceEditor,
+    evaluate_edits,
+    line_similarity,
+    make_cases,
+    normalize_ws,
+)
+from diffmodel.infer import DiffModel
+
+#: samples whose reference diff applies strictly (``shift`` needs the lenient applier, ``wrong`` never applies)
+STRICT = ["calc", "greet", "crlf", "marker"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return DiffModel.from_pretrained(trained_edit_model(tmp_path_factory))
+
+
+def row(key: str, **changes) -> dict:
+    s = SAMPLES[key]
+    out = {"name": s["name"], "before": s["before"], "message": s["message"], "diff": s["diff"]}
+    out.update(changes)
+    return out
+
+
+class TestTrainedModel:
+    def test_reproducing_the_known_diffs_scores_exact_match_one(self, model):
+        cases, skipped = make_cases([row(k) for k in STRICT])
+        assert skipped == {}
+        summary, rows = evaluate_edits(model, cases)
+        m = summary["metrics"]
+        assert (m["samples"], m["generations"]) == (4, 4)
+        for metric in ("parses", "applies_strict", "applies", "exact", "exact_ws", "line_similarity", "exact_any"):
+            assert m[metric] == 1.0, (metric, rows)
+
+    def test_a_corrupted_reference_scores_exact_match_zero(self, model):
+        calc = SAMPLES["calc"]["diff"].replace("+    return a + b", "+    return a * b")
+        greet = SAMPLES["greet"]["diff"].replace("'hi '", "'hello '")
+        cases, _ = make_cases([row("calc", diff=calc), row("greet", diff=greet)])
+        assert [c.after for c in cases] == ["def add(a, b):\n    return a * b\n", "def greet(name):\n    return 'hello ' + name\n"]
+        summary, rows = evaluate_edits(model, cases)
+        m = summary["metrics"]
+        assert m["applies"] == 1.0  # the model's diffs still apply ...
+        assert m["exact"] == 0.0 and m["exact_ws"] == 0.0 and m["exact_any"] == 0.0  # ... but give another file
+        assert 0.0 < m["line_similarity"] < 1.0
+        assert rows[0]["generations"][0]["line_similarity"] == pytest.approx(0.5)  # 1 of 2 lines agree
+
+    def test_a_whitespace_only_corruption_is_exact_under_normalisation_only(self, model):
+        calc = SAMPLES["calc"]["diff"].replace("+    return a + b", "+    return  a + b  ")
+        cases, _ = make_cases([row("calc", diff=calc)])
+        summary, _ = evaluate_edits(model, cases)
+        assert summary["metrics"]["exact"] == 0.0 and summary["metrics"]["exact_ws"] == 1.0
+
+    def test_mixed_set_scores_the_share(self, model):
+        wrong = SAMPLES["calc"]["diff"].replace("+    return a + b", "+    return a * b")
+        rows = [row(k) for k in STRICT] + [row("calc", diff=wrong)]
+        cases, _ = make_cases(rows)
+        summary, _ = evaluate_edits(model, cases)
+        assert summary["metrics"]["exact"] == pytest.approx(4 / 5)
+        # calc.py, greet.py and more.py right, the corrupted calc.py wrong; setup.cfg right
+        assert summary["by_language"]["Python"]["exact"] == pytest.approx(3 / 4)
+        assert summary["by_language"]["INI"]["exact"] == 1.0
+
+    def test_a_lenient_apply_counts_as_applied_but_not_strict(self, model):
+        cases, skipped = make_cases([row("shift", after=SAMPLES["shift"]["after"])])
+        assert skipped == {}
+        summary, _ = evaluate_edits(model, cases)
+        m = summary["metrics"]
+        assert (m["applies_strict"], m["applies"], m["exact"]) == (0.0, 1.0, 1.0)
+
+    def test_references_that_do_not_apply_are_skipped_and_counted(self):
+        cases, skipped = make_cases([row("wrong"), row("shift"), row("calc", diff="")])
+        assert cases == []
+        assert skipped == {"skipped_reference_does_not_apply": 2, "skipped_empty_reference": 1}
+
+    def test_samples_per_request_are_all_scored(self, model):
+        cases, _ = make_cases([row("calc")])
+        summary, rows = evaluate_edits(model, cases, num_samples=3, temperature=0.7, seed=0)
+        assert summary["metrics"]["generations"] == 3 and len(rows[0]["generations"]) == 3
+
+
+class TestCalibrationEditors:
+    def cases(self):
+        return make_cases([row(k) for k in STRICT])[0]
+
+    def test_the_reference_editor_scores_one(self):
+        cases = self.cases()
+        truth = {c.before: c.after for c in cases}
+        summary, _ = evaluate_edits(ReferenceEditor(lambda r: truth[r.code]), cases, num_samples=2)
+        assert all(summary["metrics"][m] == 1.0 for m in ("parses", "applies_strict", "exact", "exact_ws"))
+
+    def test_the_empty_editor_scores_zero(self):
+        summary, _ = evaluate_edits(EmptyEditor(), self.cases())
+        m = summary["metrics"]
+        assert all(m[k] == 0.0 for k in ("parses", "applies", "exact", "exact_ws", "line_similarity", "exact_any"))
+        assert summary["statuses"] == {"failed": 4}
+
+
+class TestHelpers:
+    def test_normalize_ws_ignores_layout_only(self):
+        assert normalize_ws("a  =  1 \r\n\n\tb = 2\n") == normalize_ws("a = 1\nb = 2")
+        assert normalize_ws("a = 1\n") != normalize_ws("a = 2\n")
+
+    def test_line_similarity(self):
+        assert line_similarity("a\nb\n", "a\nb\n") == 1.0
+        assert line_similarity("a\nb\n", "a\nc\n") == 0.5
+        assert line_similarity("", "x\n") == 0.0
+
+    def test_text_rows_are_split_into_fields(self):
+        from diffmodel.sample import render
+
+        s = SAMPLES["calc"]
+        cases, _ = make_cases([{"text": render(s["name"], s["before"], s["message"], s["diff"])}])
+        assert cases == [EditCase("calc.py", s["before"], "Fix add", s["diff"], s["after"], "Python")]
+
+
+def test_the_command_writes_reports_and_one_line_per_sample(tmp_path_factory, tmp_path, capsys):
+    folder = trained_edit_model(tmp_path_factory)
+    data = tmp_path / "heldout.jsonl"
+    bad = SAMPLES["calc"]["diff"].replace("+    return a + b", "+    return a * b")
+    rows = [row(k, language="") for k in STRICT] + [row("calc", diff=bad, language="Calc")]  # "": from the name
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "edits.json"
+    assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["kind"] == "edits" and report["metrics"]["exact"] == pytest.approx(0.8)
+    assert report["by_language"]["Calc"]["exact"] == 0.0
+    lines = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [x["exact_any"] for x in lines] == [True, True, True, True, False]
+    assert lines[0]["generations"][0]["status"] == "strict"
+    assert "| exact |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    oracle = tmp_path / "oracle.json"
+    assert diffmodel(["eval", "edits", "--calibrate", "oracle", "--data", str(data), "--out", str(oracle), "--no_progress"]) == 0
+    assert json.loads(oracle.read_text())["metrics"]["exact"] == 1.0
+    assert diffmodel(["eval", "compare", str(out), str(oracle)]) == 0
+    assert "| exact | 0.8000 | 1.0000 | 0.2000 |" in capsys.readouterr().out

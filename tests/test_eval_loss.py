@@ -1,0 +1,149 @@
+"""eval loss equals the loss computed by hand, token by token, with the tiny model on the same tokens."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from edit_model import trained_edit_model, training_text
+
+from diffmodel.cli import main as diffmodel
+from diffmodel.data.languages import language_of
+from diffmodel.evaluate.loss import encode_rows, evaluate_loss
+from diffmodel.sample import render, split
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_gpt2_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval(), AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+
+
+def by_hand(model, tokenizer, texts: list[str]) -> tuple[float, int, list[tuple[float, int]]]:
+    """Sum of -log p over every token from the one holding <DFF>'s '<' to EOS, one sample at a time."""
+    total, count, per_sample = 0.0, 0, []
+    for text in texts:
+        enc = tokenizer(text, return_offsets_mapping=True)
+        ids = enc["input_ids"] + [tokenizer.eos_token_id]
+        at = text.find("<DFF>")
+        first = next(i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > at and e > s)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        positions = list(range(max(first, 1), len(ids)))  # token at pos is predicted from position pos - 1
+        s = -logp[[p - 1 for p in positions], [ids[p] for p in positions]].sum().item()
+        n = len(positions)
+        per_sample.append((s, n))
+        total += s
+        count += n
+    return total, count, per_sample
+
+
+@pytest.fixture(scope="module")
+def hand(model_and_tokenizer, tiny_texts):
+    return by_hand(*model_and_tokenizer, tiny_texts)
+
+
+def test_equals_the_token_weighted_loss_by_hand(model_and_tokenizer, tiny_texts, hand):
+    model, tok = model_and_tokenizer
+    samples, skipped = encode_rows(({"text": t} for t in tiny_texts), tok)
+    assert skipped == {} and len(samples) == len(tiny_texts)
+    report = evaluate_loss(model, samples, batch_size=4)
+    total, count, _ = hand
+    m = report["metrics"]
+    assert m["loss_tokens"] == count
+    assert m["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert m["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_per_language_sums_that_languages_tokens_only(model_and_tokenizer, tiny_texts, hand):
+    model, tok = model_and_tokenizer
+    samples, _ = encode_rows(({"text": t} for t in tiny_texts), tok)
+    report = evaluate_loss(model, samples, batch_size=3)
+    _, _, per_sample = hand
+    langs = [language_of(split(t).name) or "other" for t in tiny_texts]
+    for lang in set(langs):
+        s = sum(x for (x, _), l in zip(per_sample, langs) if l == lang)
+        n = sum(y for (_, y), l in zip(per_sample, langs) if l == lang)
+        got = report["by_language"][lang]
+        assert got["loss_tokens"] == n
+        assert got["samples"] == langs.count(lang)
+        assert got["loss"] == pytest.approx(s / n, rel=1e-5)
+    assert {"Python", "JavaScript", "Shell", "Markdown", "INI"} <= set(report["by_language"])
+
+
+def test_is_a_mean_over_tokens_not_over_samples_or_batches(tmp_path_factory, tiny_texts):
+    # a model that knows one text by heart (low loss) and not the other (high loss)
+    folder = trained_edit_model(tmp_path_factory)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    texts = [training_text("calc"), tiny_texts[0]]
+    samples, _ = encode_rows(({"text": t} for t in texts), tok)
+    _, _, per_sample = by_hand(model, tok, texts)
+    assert per_sample[0][1] != per_sample[1][1]
+    mean_of_means = sum(s / n for s, n in per_sample) / 2
+    token_weighted = sum(s for s, _ in per_sample) / sum(n for _, n in per_sample)
+    assert abs(mean_of_means - token_weighted) > 0.1
+    for batch_size in (1, 2):
+        assert evaluate_loss(model, samples, batch_size=batch_size)["metrics"]["loss"] == pytest.approx(token_weighted, rel=1e-5)
+
+
+def test_language_column_wins_over_the_extension(model_and_tokenizer, tiny_texts):
+    model, tok = model_and_tokenizer
+    rows = [{"text": t, "language": "Klingon" if i % 2 else ""} for i, t in enumerate(tiny_texts[:6])]
+    samples, _ = encode_rows(rows, tok)
+    report = evaluate_loss(model, samples)
+    assert report["by_language"]["Klingon"]["samples"] == 3
+    assert report["by_language"]["Python"]["samples"] == 3
+
+
+def test_tokenized_rows_and_text_rows_give_the_same_loss(model_and_tokenizer, tiny_texts):
+    model, tok = model_and_tokenizer
+    text_samples, _ = encode_rows(({"text": t} for t in tiny_texts[:5]), tok)
+    token_rows = [{"input_ids": s.input_ids[:-1], "labels": s.labels[:-1]} for s in text_samples]
+    token_samples, _ = encode_rows(token_rows, tok)
+    a = evaluate_loss(model, text_samples)["metrics"]
+    b = evaluate_loss(model, token_samples)["metrics"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["loss_tokens"] == b["loss_tokens"]
+
+
+def test_long_samples_and_samples_without_a_diff_are_counted_not_truncated(model_and_tokenizer, tiny_texts):
+    model, tok = model_and_tokenizer
+    rows = [{"text": tiny_texts[0]}, {"text": "no marker here"}, {"text": tiny_texts[1]}]
+    samples, skipped = encode_rows(rows, tok)
+    assert skipped == {"skipped_no_diff": 1}
+    shortest = min(len(s.input_ids) for s in samples)
+    report = evaluate_loss(model, samples, max_length=shortest)
+    assert report["metrics"]["skipped_too_long"] == 1 and report["metrics"]["samples"] == 1
+
+
+def test_the_command_reads_structured_rows_and_writes_json_and_markdown(tiny_gpt2_dir, model_and_tokenizer, tmp_path, capsys):
+    model, tok = model_and_tokenizer
+    rows = [
+        {"name": "src/a.py", "before": "x = 1\n", "message": "Bump x", "diff": "@@ -1 +1 @@\n-x = 1\n+x = 2\n"},
+        {"name": "web/b.js", "before": "let y = 1;\n", "message": "Bump y", "diff": "@@ -1 +1 @@\n-let y = 1;\n+let y = 2;\n"},
+        {"name": "c.py", "before": "", "message": "Add c", "diff": "@@ -0,0 +1 @@\n+c = 3\n"},
+    ]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report" / "loss.json"
+    assert diffmodel(["eval", "loss", "--model", str(tiny_gpt2_dir), "--data", str(data), "--out", str(out), "--no_progress"]) == 0
+    report = json.loads(out.read_text())
+    texts = [render(r["name"], r["before"], r["message"], r["diff"]) for r in rows]
+    total, count, per_sample = by_hand(model, tok, texts)
+    assert report["kind"] == "loss"
+    assert report["metrics"]["loss"] == pytest.approx(total / count, rel=1e-5)
+    py = [per_sample[0], per_sample[2]]
+    assert report["by_language"]["Python"]["loss"] == pytest.approx(sum(s for s, _ in py) / sum(n for _, n in py), rel=1e-5)
+    assert report["by_language"]["JavaScript"]["samples"] == 1
+    md = out.with_suffix(".md").read_text()
+    assert "| Python |" in md and "| perplexity |" in md
+    assert "| loss |" in capsys.readouterr().out
+
+
+def test_the_command_reports_every_usage_problem(tmp_path, capsys):
+    assert diffmodel(["eval", "loss", "--model", str(tmp_path / "none"), "--max_samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "no data" in err and "--max_samples" in err
