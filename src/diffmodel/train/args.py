@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.train.lora import LoraArguments, lora_args_from, lora_problems
+from diffmodel.train.streaming import streaming_problems
 
 
 def arg(default=None, help: str = "", **kw):
@@ -68,6 +69,10 @@ class DataArguments:
     final_dataset_dir: str = arg("final_dataset", "Folder for --save_final_dataset (written under a temporary name, then renamed).")
     skip_concat: bool = arg(False, "Skip the concatenate-or-pad step, for data that is already laid out (e.g. an earlier --save_final_dataset).")
     force_label: bool = arg(False, "Rebuild labels even when the data already has a labels column.")
+    # streaming (docs/streaming.md)
+    streaming: bool = arg(False, "Read --train_file (jsonl, jsonl.zst, parquet) as a stream: tokenized, labelled and laid out on the fly, one buffer at a time, each rank reading its own part; resumable. Needs --max_steps. Forces --ignore_data_skip (logged).")
+    stream_buffer: int = arg(1000, "With --streaming: samples per rank (and dataloader worker) laid out at a time; packing is best-fit decreasing over this buffer, and its rows are shuffled.")
+    stream_shuffle: bool = arg(True, "With --streaming: shuffle the rows of each buffer and the file order of each epoch, seeded by --seed (--stream_shuffle False keeps file order).")
 
 
 @dataclass
@@ -144,4 +149,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
     if not (training_args.do_train or training_args.do_eval or data_args.save_final_dataset):
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
+    problems += streaming_problems(data_args, training_args)
     raise_if_problems(problems, "diffmodel train cannot start")

@@ -32,6 +32,7 @@ from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, lora_args_from, save_lora
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
+from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
 logger = logging.getLogger("diffmodel.train")
 
@@ -44,10 +45,11 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def last_complete_checkpoint(out_dir: Path) -> str | None:
+def last_complete_checkpoint(out_dir: Path, last_file: str = "trainer_state.json") -> str | None:
     """The highest-numbered checkpoint that was written to the end (Trainer writes trainer_state.json last).
 
     A job killed while saving leaves a newer folder without it; that one is skipped (and the log says so).
+    ``last_file``: the file written last (``stream_state.json`` for --streaming, written after Trainer's own).
     """
     found = []
     for d in out_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
@@ -55,9 +57,9 @@ def last_complete_checkpoint(out_dir: Path) -> str | None:
         if d.is_dir() and step.isdigit():
             found.append((int(step), d))
     for _, d in sorted(found, reverse=True):
-        if (d / "trainer_state.json").is_file():
+        if (d / "trainer_state.json").is_file() and (d / last_file).is_file():
             return str(d)
-        logger.warning("skipping %s: it has no trainer_state.json (its save was cut short)", d)
+        logger.warning("skipping %s: it has no %s (its save was cut short)", d, last_file)
     return None
 
 
@@ -85,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     def first(desc):
         return training_args.main_process_first(local=training_args.save_on_each_node, desc=desc)
 
-    processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, first)
+    if data_args.streaming:
+        train_ds, eval_ds, reports = build_streaming(data_args, training_args, tokenizer, block_size, model_args.cache_dir, first)
+        training_args.ignore_data_skip = True
+        logger.info("--streaming: --ignore_data_skip set; a resumed run continues from the stream state saved with the checkpoint, without replaying data")
+    else:
+        processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, first)
 
     out_dir = Path(training_args.output_dir)
     if training_args.should_save:
@@ -98,16 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (training_args.do_train or training_args.do_eval):
         return 0
 
-    train_ds = processed["train"]
-    if data_args.max_train_samples is not None:
-        train_ds = train_ds.select(range(min(len(train_ds), data_args.max_train_samples)))
-    eval_ds = processed.get("validation")
+    if not data_args.streaming:
+        train_ds = processed["train"]
+        if data_args.max_train_samples is not None:
+            train_ds = train_ds.select(range(min(len(train_ds), data_args.max_train_samples)))
+        eval_ds = processed.get("validation")
     if training_args.do_eval and eval_ds is None:
         raise DiffModelError("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
     if eval_ds is not None and data_args.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_samples)))
 
-    cols = set(train_ds.column_names)
+    cols = set() if data_args.streaming else set(train_ds.column_names)
     if not data_args.packing and "position_ids" in cols and "attention_mask" not in cols:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args.packing = True
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     collator = make_collator(model, tokenizer, data_args.packing)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
-    trainer = Trainer(
+    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
         model=model,
         args=training_args,
         train_dataset=train_ds if training_args.do_train else None,
@@ -124,18 +132,22 @@ def main(argv: list[str] | None = None) -> int:
         data_collator=collator,
         processing_class=tokenizer,
     )
+    if data_args.streaming:
+        trainer.add_callback(StreamStateCallback(trainer, train_ds))
 
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint
         if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
-            checkpoint = last_complete_checkpoint(out_dir)
+            checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
             if checkpoint:
                 logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
+        if data_args.streaming and checkpoint:
+            restore_stream_state(trainer, train_ds, checkpoint)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         if lora_args.lora_r > 0:
             save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
-        metrics = dict(result.metrics, train_samples=len(train_ds))
+        metrics = dict(result.metrics) if data_args.streaming else dict(result.metrics, train_samples=len(train_ds))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
