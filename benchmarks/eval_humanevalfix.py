@@ -111,7 +111,7 @@ def main() -> int:
     lines = [
         f"device: {device}; torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}; {os.cpu_count()} CPUs",
         f"sandbox: {oracle.get('sandbox')}",
-        f"model: Llama {args.size}, {params / 1e6:.1f}M parameters, random weights, {"bf16" if args.device != "cpu" else "fp32"}; tokenizer {len(tokenizer)} tokens; prompts {min(lengths)}..{max(lengths)} tokens",
+        f"model: Llama {args.size}, {params / 1e6:.1f}M parameters, random weights, {'bf16' if args.device != 'cpu' else 'fp32'}; tokenizer {len(tokenizer)} tokens; prompts {min(lengths)}..{max(lengths)} tokens",
         f"bug set: {oracle['metrics']['problems_with_bug']} of {oracle['metrics']['problems']} problems, sha256[:16] of the bugs {bug_digest}",
         f"oracle run (makes the bug set, runs {oracle['programs_run']} fixed programs): {timings['oracle']:.1f} s wall; pass@1 {oracle['metrics']['pass@1']}",
         f"model run ({report['metrics']['problems_with_bug']} problems x {args.num_samples} samples, max_new_tokens {args.max_new_tokens}, batch {args.batch_size}): "
