@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -229,7 +230,7 @@ class StreamingDataset(IterableDataset):
     def config(self) -> dict:
         """What the stream's rows depend on (a saved state is only valid for the same config)."""
         return {
-            "files": self.files,
+            "files": [os.path.abspath(f) for f in self.files],
             "buffer_size": self.buffer_size,
             "seed": self.seed,
             "shuffle": self.shuffle,
