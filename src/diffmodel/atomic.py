@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
     try:  # not every platform can open a folder
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -56,7 +57,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return path
 
 

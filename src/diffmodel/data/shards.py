@@ -29,7 +29,7 @@ from typing import Iterator
 
 import zstandard
 
-from diffmodel.atomic import write_json
+from diffmodel.atomic import fsync_dir, write_json
 
 #: Suffix of a complete shard.
 SHARD_SUFFIX = ".jsonl.zst"
@@ -72,19 +72,6 @@ def remove_tmp_files(directory: str | Path) -> list[Path]:
     for path in removed:
         path.unlink()
     return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on this platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
@@ -179,7 +166,7 @@ class ShardWriter:
         if self.before_publish is not None:
             self.before_publish(info)
         os.replace(self._tmp, info.path)
-        _fsync_dir(info.path.parent)
+        fsync_dir(info.path.parent)
         self._current = self._fh = self._writer = self._tmp = None
         self.closed.append(info)
         if self.on_close is not None:
