@@ -79,6 +79,15 @@ class TestSameRowsAsPreprocess:
         if layout == "pack":
             assert reports["train"].rows < reports["train"].samples_kept  # rows really hold several samples
 
+    def test_pretokenized_rows_give_preprocess_rows(self, data, tiny_tokenizer, tmp_path):
+        path = tmp_path / "tokens.jsonl"
+        path.write_text("".join(json.dumps({"input_ids": tiny_tokenizer(t)["input_ids"]}) + "\n" for t in _texts()))
+        opts = _opts(data / "cache")
+        raw, _ = load_raw_datasets(LoadOptions(train_files=[str(path)], validation_split_percentage=0))
+        expected, _ = preprocess(raw, tiny_tokenizer, opts, source_fingerprint="stream-test-tokens")
+        streamed = list(_stream([path], tiny_tokenizer, opts, buffer_size=1000, shuffle=False, with_positions=False))
+        assert streamed == [dict(r) for r in expected["train"]]
+
     def test_counts_match_the_pipeline_report(self, data, tiny_tokenizer):
         opts = _opts(data / "cache")
         raw, _ = load_raw_datasets(LoadOptions(train_files=[str(data / "data.jsonl")], validation_split_percentage=0))

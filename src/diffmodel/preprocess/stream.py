@@ -45,7 +45,6 @@ that finds no row in a whole epoch raises :class:`DiffModelError`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,8 +59,6 @@ from diffmodel.preprocess.layout import concatenate, pad_left
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
 from diffmodel.preprocess.pipeline import PreprocessOptions, encode_batch, eos_id_of, pad_id_of
 from diffmodel.preprocess.tokenize import is_short_enough
-
-logger = logging.getLogger(__name__)
 
 #: Key of the per-row stream metadata (removed by the collator before the model sees the batch).
 STREAM_KEY = "stream"

@@ -99,8 +99,9 @@ def build_streaming(data_args, training_args, tokenizer, block_size: int, cache_
         text_column=data_args.text_column, skip_bad_records=data_args.skip_bad_records,
     )
     logger.info(
-        "streaming %d file(s): rank %d of %d reads every %d-th record, lays out buffers of %d samples (%s), %s",
-        len(files), dataset.rank, dataset.world_size, dataset.world_size, dataset.buffer_size, opts.layout,
+        "streaming %d file(s) as rank %d of %d (record i goes to reader i mod ranks x dataloader workers); "
+        "buffers of %d samples laid out as %s, %s",
+        len(files), dataset.rank, dataset.world_size, dataset.buffer_size, opts.layout,
         f"shuffled with seed {dataset.seed}" if dataset.shuffle else "in file order",
     )
     if data_args.validation_split_percentage and not data_args.validation_file:
@@ -303,6 +304,12 @@ def restore_stream_state(trainer: StreamingTrainer, dataset: StreamingDataset, c
             "--stream_buffer, --seed, shuffle, layout, --block_size and number of processes. Restore them, or start over with --overwrite_output_dir"
         )
     mine = saved["ranks"][dataset.rank]
+    readers_now = dataset.world_size * max(1, trainer.args.dataloader_num_workers)
+    if mine.get("stride") and int(mine["stride"]) != readers_now:
+        raise DiffModelError(
+            f"{path}: the stream was read by {mine['stride']} readers (ranks x dataloader workers), this run has {readers_now}; "
+            f"resume with --dataloader_num_workers {int(mine['stride']) // dataset.world_size}, or start over with --overwrite_output_dir"
+        )
     dataset.load_state_dict(mine)
     trainer.stream_progress = StreamProgress.from_state(mine)
     logger.info(
