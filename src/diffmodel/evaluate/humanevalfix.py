@@ -35,7 +35,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import os
 import random
 from collections import Counter, defaultdict
