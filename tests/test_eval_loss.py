@@ -13,6 +13,7 @@ from edit_model import trained_edit_model, training_text
 
 from diffmodel.cli import main as diffmodel
 from diffmodel.data.languages import language_of
+from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.loss import encode_rows, evaluate_loss
 from diffmodel.sample import render, split
 
@@ -107,6 +108,12 @@ def test_tokenized_rows_and_text_rows_give_the_same_loss(model_and_tokenizer, ti
     a = evaluate_loss(model, text_samples)["metrics"]
     b = evaluate_loss(model, token_samples)["metrics"]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["loss_tokens"] == b["loss_tokens"]
+
+
+def test_laid_out_rows_are_refused(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    with pytest.raises(DiffModelError, match="laid out"):
+        encode_rows([{"input_ids": [1, 2], "labels": [1, 2], "attention_mask": [1, 1]}], tok)
 
 
 def test_long_samples_and_samples_without_a_diff_are_counted_not_truncated(model_and_tokenizer, tiny_texts):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.edits import language_for
 from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
 from diffmodel.preprocess.tokenize import tokenize_batch
@@ -68,8 +69,6 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
     """Tokenize and label rows (text rows or tokenized rows); returns samples and skip counts."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        from diffmodel.errors import DiffModelError
-
         raise DiffModelError("the tokenizer has no EOS token; every sample ends with EOS as in training")
     marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
     samples: list[LossSample] = []
@@ -90,6 +89,12 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
         batch.clear()
 
     for row in rows:
+        if row.get("attention_mask") is not None or row.get("position_ids") is not None:
+            raise DiffModelError(
+                "the rows are already laid out (padded, concatenated or packed: they have attention_mask or "
+                "position_ids), so samples cannot be told apart; give the data before layout (the files given "
+                "to diffmodel train, or tokenized rows with input_ids and labels only)"
+            )
         if "input_ids" in row and row["input_ids"] is not None:
             ids = list(row["input_ids"])
             labels = row.get("labels")
