@@ -22,8 +22,7 @@ from diffmodel.train.lora import (
     save_lora,
 )
 
-pytest.importorskip("peft")
-from peft import PeftModel  # noqa: E402
+from peft import PeftModel  # noqa: E402  (peft is in the test extra)
 
 ARCHS = ["tiny_gpt2_dir", "tiny_llama_dir"]
 
