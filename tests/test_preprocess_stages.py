@@ -49,8 +49,8 @@ class TestLabels:
         assert mask_before([5, 6], 0) == [5, 6]
 
     def test_long_sample_policy_leaves_one_slot_for_eos(self):
-        assert is_short_enough([1, 2, 3], 4)
-        assert not is_short_enough([1, 2, 3, 4], 4)
+        assert is_short_enough(3, 4)
+        assert not is_short_enough(4, 4)
 
 
 class TestPadLayout:

@@ -164,6 +164,7 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions, mar
     if has_labels and not opts.force_label:
         out["labels"] = batch["labels"]
         out["diff_start"] = [0] * len(ids)
+        out["n_tokens"] = [len(x) for x in ids]
         return out
     labels, kept_starts = [], []
     for row_ids, start in zip(ids, starts):
@@ -181,13 +182,23 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions, mar
             kept_starts.append(start)
     out["labels"] = labels
     out["diff_start"] = kept_starts
+    out["n_tokens"] = [len(x) for x in ids]
     return out
 
 
-def _count_filter(ds: datasets.Dataset, predicate, num_proc, desc: str) -> tuple[datasets.Dataset, int]:
+def _count_filter(ds: datasets.Dataset, column: str, predicate, num_proc, desc: str) -> tuple[datasets.Dataset, int]:
+    """Keep the rows whose ``column`` value passes ``predicate`` (only that column is read); returns (kept, dropped)."""
     before = len(ds)
-    kept = ds.filter(predicate, batched=True, num_proc=num_proc, desc=desc)
+    kept = ds.filter(lambda values: [predicate(v) for v in values], input_columns=[column], batched=True, num_proc=num_proc, desc=desc)
     return kept, before - len(kept)
+
+
+ENCODED_FEATURES = datasets.Features({
+    "input_ids": datasets.Sequence(datasets.Value("int32")),
+    "labels": datasets.Sequence(datasets.Value("int32")),
+    "diff_start": datasets.Value("int64"),
+    "n_tokens": datasets.Value("int64"),
+})
 
 
 def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split: str = "train") -> tuple[datasets.Dataset, dict]:
@@ -212,18 +223,19 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
         batched=True,
         num_proc=opts.num_proc,
         remove_columns=remove,
+        features=ENCODED_FEATURES,
         fn_kwargs={"tokenizer": tokenizer, "opts": opts, "marker_ids": marker_ids},
         desc="tokenize + label",
     )
     counts = {"dropped_too_long": 0, "dropped_no_diff": 0}
     if opts.drops_long_samples:
         ds, counts["dropped_too_long"] = _count_filter(
-            ds, lambda b: [is_short_enough(x, opts.block_size) for x in b["input_ids"]], opts.num_proc, f"drop samples >= {opts.block_size} tokens"
+            ds, "n_tokens", lambda n: is_short_enough(n, opts.block_size), opts.num_proc, f"drop samples >= {opts.block_size} tokens"
         )
-    ds, counts["dropped_no_diff"] = _count_filter(ds, lambda b: [s >= 0 for s in b["diff_start"]], opts.num_proc, "drop samples without <DFF>")
+    ds, counts["dropped_no_diff"] = _count_filter(ds, "diff_start", lambda start: start >= 0, opts.num_proc, "drop samples without <DFF>")
     if len(ds) == 0:
         raise_empty(split, loaded, counts["dropped_too_long"], counts["dropped_no_diff"], opts.block_size)
-    return ds.remove_columns("diff_start"), counts
+    return ds.remove_columns(["diff_start", "n_tokens"]), counts
 
 
 def raise_empty(split: str, loaded: int, too_long: int, no_diff: int, block_size: int):
@@ -245,17 +257,21 @@ ROW_FEATURES = datasets.Features({c: datasets.Sequence(datasets.Value("int32")) 
 
 
 def concat_split(ds: datasets.Dataset, block_size: int, eos_id: int, pad_id: int, workdir: Path) -> datasets.Dataset:
-    """Concatenate a whole split in order into an Arrow file, one record batch per 1024 rows."""
+    """Concatenate a whole split in order into an Arrow file, one record batch per 64 rows (memory: one batch)."""
     schema = ROW_FEATURES.arrow_schema
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"concat-{os.getpid()}.arrow"
-    samples = ((r["input_ids"], r["labels"]) for r in ds.select_columns(["input_ids", "labels"]))
+    samples = (
+        (ids, labels)
+        for batch in ds.select_columns(["input_ids", "labels"]).iter(batch_size=256)
+        for ids, labels in zip(batch["input_ids"], batch["labels"])
+    )
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         chunk: dict[str, list] = {c: [] for c in COLUMNS}
         for row in concatenate(samples, block_size, eos_id, pad_id):
             for c in COLUMNS:
                 chunk[c].append(row[c])
-            if len(chunk["input_ids"]) == 1024:
+            if len(chunk["input_ids"]) == 64:
                 writer.write_batch(pa.RecordBatch.from_pydict(chunk, schema=schema))
                 chunk = {c: [] for c in COLUMNS}
         if chunk["input_ids"]:
@@ -349,7 +365,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
             raise_empty(split, report.samples_loaded, report.dropped_too_long, report.dropped_no_diff, opts.block_size)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
-        report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).iter(batch_size=1024), fixed, split, opts.block_size)
+        report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).with_format("arrow").iter(batch_size=256), fixed, split, opts.block_size)
         if fixed is None:
             report.row_slots = report.rows * opts.block_size
         report.examples = [mark_spans(rows[i], tokenizer) for i in range(min(opts.report_examples, len(rows)))]

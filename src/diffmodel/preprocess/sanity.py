@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from diffmodel.atomic import write_json
 from diffmodel.errors import raise_if_problems
@@ -49,35 +51,59 @@ class SplitReport:
         return self.tokens / self.row_slots if self.row_slots else 0.0
 
 
-def check_rows(batches: Iterable[dict], block_size: int | None, split: str, max_len: int | None = None) -> tuple[int, int, int, int]:
+def _lists(column) -> pa.ListArray:
+    """A column of rows as an Arrow list array (zero-copy for Arrow input)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, (pa.ListArray, pa.LargeListArray)):
+        return column
+    return pa.array(column, type=pa.list_(pa.int64()))
+
+
+def _flat(column: pa.ListArray) -> np.ndarray:
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def check_rows(batches: Iterable, block_size: int | None, split: str, max_len: int | None = None) -> tuple[int, int, int, int]:
     """Check every row; return (rows, slots, attended tokens, loss tokens).
 
     ``block_size``: every row must have exactly this length (None: any length
     up to ``max_len``). Where a row has ``position_ids`` but no attention mask
     (packed rows), the label at each sample start (position 0) must be ignored.
 
-    ``batches`` yields dicts of columns (lists of rows). Raises one
-    DiffModelError naming every broken property (first offending row each).
+    ``batches`` yields Arrow record batches or tables (``Dataset.iter`` with
+    the arrow format: no Python object per token) or dicts of row lists.
+    Memory is one batch. Raises one DiffModelError naming every broken
+    property (first offending row each).
     """
     problems: dict[str, str] = {}
     n_rows = slots = tokens = loss = 0
     for batch in batches:
-        ids_rows, label_rows = batch["input_ids"], batch["labels"]
-        attn_rows = batch.get("attention_mask") or [[1] * len(r) for r in ids_rows]
-        for k, (ids, labels, attn) in enumerate(zip(ids_rows, label_rows, attn_rows)):
-            i = n_rows + k
-            if block_size is not None and len(ids) != block_size and "length" not in problems:
-                problems["length"] = f"{split} row {i} has {len(ids)} tokens, expected block_size {block_size} (was the data laid out with another --block_size? drop --skip_concat to lay it out again)"
-            if block_size is None and max_len is not None and len(ids) > max_len and "length" not in problems:
-                problems["length"] = f"{split} row {i} has {len(ids)} tokens, more than --block_size {max_len} (drop --skip_concat to lay the data out again)"
-            if not (len(labels) == len(ids) == len(attn)) and "labels" not in problems:
-                problems["labels"] = f"{split} row {i}: {len(labels)} labels and {len(attn)} attention entries for {len(ids)} input_ids (rebuild labels with --force_label)"
-        n_rows += len(ids_rows)
-        if "labels" in problems:
+        names = batch.column_names if hasattr(batch, "column_names") else list(batch)
+        col = (lambda c: batch.column(c)) if hasattr(batch, "column") else (lambda c: batch[c])
+        ids_col, label_col = _lists(col("input_ids")), _lists(col("labels"))
+        attn_col = _lists(col("attention_mask")) if "attention_mask" in names else None
+        lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False)
+        first = n_rows
+        n_rows += len(lengths)
+        if block_size is not None and "length" not in problems:
+            bad = np.flatnonzero(lengths != block_size)
+            if bad.size:
+                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, expected block_size {block_size} (was the data laid out with another --block_size? drop --skip_concat to lay it out again)"
+        if block_size is None and max_len is not None and "length" not in problems:
+            bad = np.flatnonzero(lengths > max_len)
+            if bad.size:
+                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, more than --block_size {max_len} (drop --skip_concat to lay the data out again)"
+        label_lengths = pc.list_value_length(label_col).to_numpy(zero_copy_only=False)
+        attn_lengths = pc.list_value_length(attn_col).to_numpy(zero_copy_only=False) if attn_col is not None else lengths
+        bad = np.flatnonzero((label_lengths != lengths) | (attn_lengths != lengths))
+        if bad.size:
+            if "labels" not in problems:
+                i = int(bad[0])
+                problems["labels"] = f"{split} row {first + i}: {int(label_lengths[i])} labels and {int(attn_lengths[i])} attention entries for {int(lengths[i])} input_ids (rebuild labels with --force_label)"
             continue
-        ids = np.concatenate([np.asarray(r, dtype=np.int64) for r in ids_rows]) if ids_rows else np.zeros(0, np.int64)
-        labels = np.concatenate([np.asarray(r, dtype=np.int64) for r in label_rows]) if label_rows else ids
-        attn = np.concatenate([np.asarray(r, dtype=np.int64) for r in attn_rows]) if attn_rows else ids
+        ids, labels = _flat(ids_col), _flat(label_col)
+        attn = _flat(attn_col) if attn_col is not None else np.ones_like(ids)
         trained = labels != IGNORE_INDEX
         slots += int(ids.size)
         tokens += int(attn.sum())
@@ -86,8 +112,8 @@ def check_rows(batches: Iterable[dict], block_size: int | None, split: str, max_
         if bad.size and "value" not in problems:
             j = int(bad[0])
             problems["value"] = f"{split}: token {j} of the batch ending at row {n_rows - 1}: label {int(labels[j])} is neither the token {int(ids[j])} nor {IGNORE_INDEX} (rebuild labels with --force_label)"
-        if "position_ids" in batch and "attention_mask" not in batch:
-            starts = np.concatenate([np.asarray(r, dtype=np.int64) for r in batch["position_ids"]]) == 0
+        if "position_ids" in names and attn_col is None:
+            starts = _flat(_lists(col("position_ids"))) == 0
             bad = np.flatnonzero(trained & starts)
             if bad.size and "boundary" not in problems:
                 problems["boundary"] = f"{split}: token {int(bad[0])} of the batch ending at row {n_rows - 1} starts a packed sample but carries a label (it would be predicted from the previous sample)"

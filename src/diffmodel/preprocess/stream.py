@@ -329,7 +329,7 @@ class StreamingDataset(IterableDataset):
         encoded = encode_rows(raw, origins, self.tokenizer, self.opts, self.text_column, self.marker_ids)
         kept, kept_origins = [], []
         for (ids, labels, start), origin in zip(encoded, origins):
-            if self.opts.drops_long_samples and not is_short_enough(ids, self.opts.block_size):
+            if self.opts.drops_long_samples and not is_short_enough(len(ids), self.opts.block_size):
                 here["dropped_too_long"] += 1
             elif start is None or start < 0:
                 here["dropped_no_diff"] += 1

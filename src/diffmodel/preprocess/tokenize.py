@@ -14,22 +14,31 @@ Invariants:
 from __future__ import annotations
 
 from diffmodel.preprocess.labels import diff_start_from_offsets
+from diffmodel.sample import DIFF_MARKER
 
 
 def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text") -> dict[str, list]:
-    """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start``."""
+    """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start``.
+
+    With a fast tokenizer the boundary is the token holding the marker's first
+    character (``char_to_token``, read from the offsets the Rust side keeps),
+    falling back to :func:`diff_start_from_offsets` where no token holds it.
+    """
     texts = batch[text_column]
     if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(texts, return_offsets_mapping=True, return_attention_mask=False)
+        enc = tokenizer(texts, return_attention_mask=False)
         starts = []
-        for text, offsets in zip(texts, enc["offset_mapping"]):
-            start = diff_start_from_offsets(text, offsets)
+        for i, text in enumerate(texts):
+            pos = text.find(DIFF_MARKER)
+            start = enc.char_to_token(i, pos) if pos >= 0 else None
+            if start is None and pos >= 0:
+                start = diff_start_from_offsets(text, enc.encodings[i].offsets)
             starts.append(-1 if start is None else start)
         return {"input_ids": enc["input_ids"], "diff_start": starts}
     enc = tokenizer(texts, return_attention_mask=False)
     return {"input_ids": enc["input_ids"], "diff_start": [-1] * len(texts)}
 
 
-def is_short_enough(input_ids: list[int], block_size: int) -> bool:
-    """The long-sample policy: a sample fits if one slot is left for EOS (len < block_size)."""
-    return len(input_ids) < block_size
+def is_short_enough(n_tokens: int, block_size: int) -> bool:
+    """The long-sample policy: a sample of ``n_tokens`` fits if one slot is left for EOS (n < block_size)."""
+    return n_tokens < block_size
