@@ -74,6 +74,48 @@ def make_collator(model, tokenizer, packing: bool):
     return PackedCollator(pad_id_of(tokenizer), flatten=flatten)
 
 
+def pick_splits(processed, data_args):
+    """The train split (first --max_train_samples rows) and the validation split, if any."""
+    train_ds = processed["train"]
+    if data_args.max_train_samples is not None:
+        train_ds = train_ds.select(range(min(len(train_ds), data_args.max_train_samples)))
+    return train_ds, processed.get("validation")
+
+
+def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path) -> None:
+    """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
+        checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
+        if checkpoint:
+            logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
+    if data_args.streaming and checkpoint:
+        restore_stream_state(trainer, train_ds, checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    if lora_args.lora_r > 0:
+        save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
+    metrics = dict(result.metrics) if data_args.streaming else dict(result.metrics, train_samples=len(train_ds))
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if training_args.should_save:
+        from diffmodel.plot import plot_loss
+
+        png = plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"diffmodel train: {out_dir.name}")
+        logger.info("loss plot written to %s", png)
+
+
+def evaluate(trainer, eval_ds) -> dict:
+    """Eval loss on the trained (diff) tokens and its perplexity, logged and saved."""
+    metrics = trainer.evaluate()
+    metrics["eval_samples"] = len(eval_ds)
+    metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -106,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not data_args.streaming:
-        train_ds = processed["train"]
-        if data_args.max_train_samples is not None:
-            train_ds = train_ds.select(range(min(len(train_ds), data_args.max_train_samples)))
-        eval_ds = processed.get("validation")
+        train_ds, eval_ds = pick_splits(processed, data_args)
     if training_args.do_eval and eval_ds is None:
         raise DiffModelError("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
     if eval_ds is not None and data_args.max_eval_samples is not None:
@@ -136,33 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
-            checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
-            if checkpoint:
-                logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
-        if data_args.streaming and checkpoint:
-            restore_stream_state(trainer, train_ds, checkpoint)
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        if lora_args.lora_r > 0:
-            save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
-        metrics = dict(result.metrics) if data_args.streaming else dict(result.metrics, train_samples=len(train_ds))
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        if training_args.should_save:
-            from diffmodel.plot import plot_loss
-
-            png = plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"diffmodel train: {out_dir.name}")
-            logger.info("loss plot written to %s", png)
-
+        train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
     if training_args.do_eval:
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(eval_ds)
-        metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf")
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        evaluate(trainer, eval_ds)
     return 0
 
 
