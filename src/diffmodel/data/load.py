@@ -463,13 +463,7 @@ def _resolve_text(
             report.rendered_from_fields = True
             chosen[split] = "text"
         else:
-            missing = [f for f in sample.FIELDS if f not in columns]
-            raise DiffModelError(
-                f"{where}: no text to train on. Columns found: {', '.join(columns) or 'none'}. Give the rows a "
-                f"'text' column, pass --text_column COLUMN to use another, give them the fields "
-                f"{', '.join(sample.FIELDS)} to have them rendered (missing: {', '.join(missing)}), "
-                "or give tokenized rows (input_ids)"
-            )
+            raise no_text_error(where, list(columns))
         out[split] = ds
     if len(set(chosen.values())) > 1:
         kinds = ", ".join(f"{s}: {c or 'input_ids (tokenized)'}" for s, c in chosen.items())
@@ -545,3 +539,14 @@ def _root_message(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def no_text_error(where: str, columns: list[str], kind: str = "column") -> DiffModelError:
+    """The error for rows with no text, no structured fields and no input_ids (shared with --streaming)."""
+    missing = [f for f in sample.FIELDS if f not in columns]
+    return DiffModelError(
+        f"{where}: no text to train on. {kind.capitalize()}s found: {', '.join(columns) or 'none'}. Give the rows a "
+        f"'text' {kind}, pass --text_column {kind.upper()} to use another, give them the fields "
+        f"{', '.join(sample.FIELDS)} to have them rendered (missing: {', '.join(missing)}), "
+        "or give tokenized rows (input_ids)"
+    )

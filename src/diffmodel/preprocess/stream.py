@@ -53,6 +53,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from diffmodel import sample
+from diffmodel.data.load import no_text_error
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.layout import concatenate, pad_left
@@ -115,12 +116,7 @@ def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
     elif all(f in row for f in sample.FIELDS):
         return sample.render_row(row)
     else:
-        missing = [f for f in sample.FIELDS if f not in row]
-        raise DiffModelError(
-            f"{origin}: no text to train on. Keys found: {', '.join(row) or 'none'}. Give the rows a 'text' key, pass "
-            f"--text_column KEY to use another, give them the fields {', '.join(sample.FIELDS)} to have them rendered "
-            f"(missing: {', '.join(missing)}), or give tokenized rows (input_ids)"
-        )
+        raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
         raise DiffModelError(f"{origin}: {column} holds {type(text).__name__}, not text; pass --text_column with a text key")
     return text
