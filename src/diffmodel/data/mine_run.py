@@ -37,7 +37,7 @@ import shutil
 import sys
 import warnings
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -46,7 +46,7 @@ from diffmodel.data.convert import DROP_BAD_ROW, convert_rows, read_rows
 from diffmodel.data.mine import (
     COMMITS_EMPTY, COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_USED,
     CatFile, ChunkResult, Repository, SampleOptions, ShallowCloneWarning, find_repositories,
-    list_commits, looks_like_repository, mine_commits, open_repository, read_license, repository_names,
+    list_commits, mine_commits, open_repository, read_license, repository_names,
 )
 from diffmodel.data.shards import (
     DEFAULT_SHARD_BYTES, ShardWriter, complete_shards, count_lines, read_shard, remove_tmp_files,

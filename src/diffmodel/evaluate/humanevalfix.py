@@ -265,10 +265,10 @@ def load_or_make_bugs(problems: Sequence[Problem], seed: int = 0, max_tries: int
             pass
     bugs = make_bugs(problems, seed, max_tries, workers, progress)
     if path is not None:
-        from diffmodel.evaluate.report import write_atomic
+        from diffmodel.atomic import write_text
 
         try:
-            write_atomic(path, json.dumps(bugs.to_json(), indent=1))
+            write_text(path, json.dumps(bugs.to_json(), indent=1))
         except OSError:
             pass  # a read-only cache only costs time
     return bugs, False

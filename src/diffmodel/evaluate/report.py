@@ -34,13 +34,8 @@ BREAKDOWNS = ("by_language", "by_operator")
 COUNTS = ("outcomes", "statuses", "skipped")
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`diffmodel.atomic.write_text`)."""
-    write_text(Path(path), text)
-
-
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def fmt(value: Any) -> str:
@@ -122,8 +117,8 @@ def write_report(report: dict, json_path: str | os.PathLike) -> tuple[Path, Path
     """
     json_path = Path(json_path)
     md_path = json_path.with_suffix(".md")
-    write_atomic(json_path, json.dumps(finite(report), indent=2, ensure_ascii=False) + "\n")
-    write_atomic(md_path, markdown(report))
+    write_text(json_path, json.dumps(finite(report), indent=2, ensure_ascii=False) + "\n")
+    write_text(md_path, markdown(report))
     return json_path, md_path
 
 
@@ -182,4 +177,4 @@ def compare(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
     return "\n".join(head) + "\n" + _table(["metric", label_a, label_b, f"{label_b} - {label_a}"], rows) + "\n"
 
 
-__all__ = ["compare", "finite", "flatten", "fmt", "markdown", "read_report", "write_atomic", "write_jsonl_atomic", "write_report"]
+__all__ = ["compare", "finite", "flatten", "fmt", "markdown", "read_report", "write_jsonl_atomic", "write_report"]

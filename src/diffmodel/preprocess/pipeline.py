@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
+from diffmodel.preprocess.labels import diff_start_from_ids, mask_before
 from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
 from diffmodel.preprocess.packing import PACKED_COLUMNS, best_fit_decreasing, pack_row
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
