@@ -31,7 +31,8 @@ class TestBestFitDecreasing:
         bins = best_fit_decreasing(lengths, cap)
         assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
         assert all(sum(lengths[i] for i in b) <= cap for b in bins)
-        # best fit never opens a bin while an earlier one could still take the item... so at most one bin is half empty
+        # two bins at most half full cannot both exist: the later one's first item (<= cap/2, items come
+        # longest first) would have fitted the earlier one, and best fit never opens a bin an item fits elsewhere
         assert sum(1 for b in bins if sum(lengths[i] for i in b) <= cap // 2) <= 1
 
 
