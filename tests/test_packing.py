@@ -137,16 +137,18 @@ class TestPackedEqualsOneByOne:
         assert check_isolation(model) < 1e-4
 
     def test_flex_attention_loss_matches(self):
-        # torch has no FlexAttention backward on CPU: the loss is compared here, gradients on the GPU (benchmarks/train_throughput.py --check)
+        # torch has no FlexAttention backward on CPU: the loss is compared here, gradients on the GPU
+        # (benchmarks/train_throughput.py --check). The one-by-one reference runs with sdpa on the same
+        # weights (no packing involved, so it is the truth), which leaves flex one compiled shape to build.
         samples = _samples()
-        model = _model("llama", "flex_attention").eval()
+        model = _model("llama", "sdpa").eval()
         with torch.no_grad():
             ref = [(model(**b).loss * int((b["labels"][:, 1:] != X).sum())).item() for b in _one_by_one(samples)]
             packed = _packed(samples)[0]
             n = int((packed["labels"][:, 1:] != X).sum())
+            model.set_attn_implementation("flex_attention")
             loss = model(**packed).loss.item()
         assert loss == pytest.approx(sum(ref) / n, abs=1e-5)
-        assert check_isolation(model) < 1e-4
 
     @pytest.mark.parametrize("arch", ["gpt2", "llama"])
     def test_concatenate_layout_does_not_match(self, arch):
@@ -170,19 +172,48 @@ class TestPackedEqualsOneByOne:
             check_isolation(model)
 
 
-class TestRefusals:
-    def test_backend_that_cannot_isolate(self):
-        model = _model("gpt2", "sdpa")
-        model.config._attn_implementation = "paged_attention"
-        with pytest.raises(DiffModelError, match="cannot keep packed samples apart"):
-            prepare_for_packing(model)
-        with pytest.raises(DiffModelError, match="cannot keep packed samples apart"):
-            choose_attention("paged_attention", packing=True)
+def _leaky_sdpa(original):
+    """An attention function that drops the mask it is given: plain causal attention across the whole row."""
 
-    def test_cache_is_turned_off(self):
+    def attend(module, query, key, value, attention_mask, **kw):
+        return original(module, query, key, value, None, **dict(kw, is_causal=True))
+
+    return attend
+
+
+class TestIsolationProbe:
+    """The start-up probe refuses a backend that is wrong on this machine, whatever the reason."""
+
+    def test_passes_on_sdpa_through_the_training_collator(self):
         model = _model("llama", "sdpa")
-        model.config.use_cache = True
-        assert prepare_for_packing(model) is False
-        assert model.config.use_cache is False
-        model.config._attn_implementation = "flash_attention_2"
-        assert prepare_for_packing(model) is True
+        assert check_isolation(model, PackedCollator(PAD)) < 1e-4
+        assert model.training  # left as it was found
+
+    def test_a_backend_that_leaks_between_samples_is_refused(self, monkeypatch):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        model = _model("llama", "sdpa")
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", _leaky_sdpa(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+        with pytest.raises(DiffModelError, match=r"not isolated with the 'sdpa' attention backend of this llama model on cpu \(logits of a sample differ"):
+            check_isolation(model, PackedCollator(PAD))
+
+    def test_a_backend_that_gives_nan_is_refused(self, monkeypatch):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+        def nan_attention(*args, **kw):
+            out, weights = original(*args, **kw)
+            return out * float("nan"), weights
+
+        model = _model("llama", "sdpa")
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", nan_attention)
+        with pytest.raises(DiffModelError, match="non-finite logits in the sample at row 0, tokens 0-9"):
+            check_isolation(model, PackedCollator(PAD))
+
+    def test_probe_rows_have_several_samples_a_one_token_sample_and_a_pad_segment(self):
+        from diffmodel.train.attention import _probe_rows
+
+        batch = PackedCollator(PAD)(_probe_rows(VOCAB, EOS))
+        # samples of 9, 5, 1, 7, 3, 6 tokens (+ EOS) in rows of 16 by best fit; the collator pads to 16 with a segment of its own
+        assert [sample_lengths(p) for p in batch["position_ids"].tolist()] == [[10, 6], [8, 7, 1], [4, 2, 10]]

@@ -12,8 +12,11 @@ token attends to another sample of its row:
   passes them.
 
 Any other backend, or a model whose attention ignores ``position_ids``, is
-refused: :func:`check_isolation` runs two samples packed in one row and the
-second alone, and raises if its logits differ.
+refused: :func:`check_isolation` packs probe samples of several lengths
+through the collator training uses (flattened for flash attention), runs each
+sample alone as well, and raises if a sample's logits differ or are not
+finite. It runs at start-up on the path training takes, so a backend that is
+wrong on this machine, torch or transformers release is refused there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import logging
 import torch
 
 from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
+from diffmodel.train.collate import PackedCollator, sample_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -68,32 +73,63 @@ def prepare_for_packing(model) -> bool:
     return backend in FLASH
 
 
-@torch.no_grad()
-def check_isolation(model, vocab_size: int | None = None, length: int = 8, tolerance: float = 1e-3) -> float:
-    """Run [a | b] packed with restarting positions and b alone; raise if b's logits differ.
+#: Lengths of the probe's samples: several rows, a sample of one token, and a pad segment from the collator.
+PROBE_LENGTHS = (9, 5, 1, 7, 3, 6)
+PROBE_ROW = 16
 
-    Returns the largest absolute difference seen. ``tolerance`` is relative to
-    the logits' scale (bf16 models get 50x more room).
-    """
-    vocab_size = vocab_size or model.get_input_embeddings().weight.shape[0]
-    device = next(model.parameters()).device
+
+def _probe_rows(vocab_size: int, eos_id: int) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
-    a = torch.randint(0, vocab_size, (1, length), generator=gen)
-    b = torch.randint(0, vocab_size, (1, length), generator=gen)
-    pos = torch.arange(length).unsqueeze(0)
+    samples = [torch.randint(0, vocab_size, (n,), generator=gen).tolist() for n in PROBE_LENGTHS]
+    bins = best_fit_decreasing([n + 1 for n in PROBE_LENGTHS], PROBE_ROW)
+    return [pack_row([(samples[i], samples[i]) for i in b], eos_id) for b in bins]
+
+
+@torch.no_grad()
+def check_isolation(model, collator=None, tolerance: float = 1e-3, autocast_dtype: torch.dtype | None = None) -> float:
+    """Run probe samples packed by ``collator`` and each alone; raise if a sample's logits differ or are not finite.
+
+    The probe goes through the path training takes: the same collator
+    (default: :class:`~diffmodel.train.collate.PackedCollator` with pad id 0),
+    so a flattened batch with ``cu_seq_lens`` is probed as such, rows of
+    different fill, a one-token sample and the collator's pad segment
+    included. Returns the largest absolute difference seen. ``tolerance`` is
+    relative to the logits' scale (bf16/fp16 models, or ``autocast_dtype``
+    set as in mixed-precision training, get 50x more room).
+    """
+    collator = collator or PackedCollator(0)
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    batch = collator(_probe_rows(vocab_size, eos_id=vocab_size - 1))  # any id in the vocabulary will do
+    batch.pop("labels")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     was_training = model.training
     model.eval()
+    worst, scale, bad = 0.0, 0.0, []
+    low = autocast_dtype is not None
     try:
-        packed = model(input_ids=torch.cat([a, b], 1).to(device), position_ids=torch.cat([pos, pos], 1).to(device), use_cache=False).logits[:, length:]
-        alone = model(input_ids=b.to(device), position_ids=pos.to(device), use_cache=False).logits
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=low):
+            packed = model(**batch, use_cache=False).logits
+            for r, positions in enumerate(batch["position_ids"].tolist()):
+                start = 0
+                for n in sample_lengths(positions):
+                    ids = batch["input_ids"][r : r + 1, start : start + n]
+                    alone = model(input_ids=ids, position_ids=batch["position_ids"][r : r + 1, start : start + n], use_cache=False).logits
+                    got = packed[r : r + 1, start : start + n].float()
+                    if not (torch.isfinite(got).all() and torch.isfinite(alone).all()):
+                        bad.append(f"non-finite logits in the sample at row {r}, tokens {start}-{start + n - 1}")
+                    else:
+                        worst = max(worst, (got - alone.float()).abs().max().item())
+                        scale = max(scale, alone.float().abs().max().item())
+                    start += n
     finally:
         model.train(was_training)
-    diff = (packed.float() - alone.float()).abs().max().item()
-    scale = alone.float().abs().max().item() or 1.0
-    tol = tolerance * (50 if alone.dtype in (torch.bfloat16, torch.float16) else 1)
-    if diff > tol * scale:
+    tol = tolerance * (50 if low or packed.dtype in (torch.bfloat16, torch.float16) else 1) * (scale or 1.0)
+    if worst > tol:
+        bad.append(f"logits of a sample differ by {worst:.3g} when packed beside others (allowed {tol:.3g})")
+    if bad:
         raise DiffModelError(
             f"packed samples are not isolated with the {backend_of(model)!r} attention backend of this {model.config.model_type} model "
-            f"(logits of a sample differ by {diff:.3g} when packed behind another); use --attn_implementation sdpa or drop --packing"
+            f"on {device.type} ({'; '.join(bad)}); use --attn_implementation sdpa (or eager), or drop --packing"
         )
-    return diff
+    return worst

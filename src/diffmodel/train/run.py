@@ -14,6 +14,8 @@ the other ranks reuse its cached stages.
 from __future__ import annotations
 
 import logging
+
+import torch
 import math
 import sys
 from pathlib import Path
@@ -63,15 +65,28 @@ def last_complete_checkpoint(out_dir: Path, last_file: str = "trainer_state.json
     return None
 
 
-def make_collator(model, tokenizer, packing: bool):
-    """The collator that matches the layout; for packing, also prove the attention isolates samples."""
+def make_collator(model, tokenizer, packing: bool, training_args=None):
+    """The collator that matches the layout; for packing, also prove the attention isolates samples.
+
+    The probe runs on the device and in the precision training will use (the
+    model is moved to ``training_args.device`` first, as Trainer would, unless
+    DeepSpeed or FSDP place it), so the kernels probed are the ones trained with.
+    """
     if not packing:
         return RowCollator(pad_id_of(tokenizer))
-    flatten = prepare_for_packing(model)
-    if not flatten:
-        diff = check_isolation(model)
-        logger.info("packing: samples isolated with %s attention (largest logit difference %.2g)", backend_of(model), diff)
-    return PackedCollator(pad_id_of(tokenizer), flatten=flatten)
+    collator = PackedCollator(pad_id_of(tokenizer), flatten=prepare_for_packing(model))
+    autocast = None
+    if training_args is not None:
+        if not (training_args.deepspeed or training_args.fsdp):
+            model.to(training_args.device)
+        autocast = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+    device = next(model.parameters()).device
+    if collator.flatten and device.type == "cpu":
+        logger.info("packing: %s runs on a GPU only; the isolation probe is skipped while the model is on the CPU", backend_of(model))
+        return collator
+    diff = check_isolation(model, collator, autocast_dtype=autocast)
+    logger.info("packing: samples isolated with %s attention on %s (largest logit difference %.2g)", backend_of(model), device.type, diff)
+    return collator
 
 
 def pick_splits(processed, data_args):
@@ -160,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         data_args.packing = True
     model_args.attn_implementation = choose_attention(model_args.attn_implementation, data_args.packing)
     model = load_model(model_args, config, tokenizer)
-    collator = make_collator(model, tokenizer, data_args.packing)
+    collator = make_collator(model, tokenizer, data_args.packing, training_args)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else Trainer)(
