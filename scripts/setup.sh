@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Install diffmodel and what its tests need into the current Python.
-# torch is pinned to a CPU build first so that pip does not pull a CUDA build.
+# Install diffmodel and what its tests need into the current Python, at the tested versions.
+#
+# torch is installed first as the CPU build so that pip does not pull a CUDA build; every other
+# package is pinned by constraints.txt, the set the test suite last passed with (docs/dependencies.md
+# says how to move it forward; it is for Python 3.11, other Pythons get the ranges of pyproject.toml). DIFFMODEL_UNPINNED=1 installs the newest releases the ranges in
+# pyproject.toml admit instead, as scripts/update_constraints.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check "torch==2.13.0"
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+pin=(-c constraints.txt)
+if [ "${DIFFMODEL_UNPINNED:-0}" = 1 ]; then
+  pin=()
+elif ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "note: constraints.txt is the set tested on Python 3.11; installing the newest releases pyproject.toml admits for $(python3 -V)" >&2
+  pin=()
+fi
+python3 -m pip install -q --disable-pip-version-check "${pin[@]}" "torch==2.13.0"
+python3 -m pip install -q --disable-pip-version-check "${pin[@]}" -e ".[test]"
