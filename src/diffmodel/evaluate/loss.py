@@ -2,8 +2,9 @@
 
 Each sample is tokenized as in training (the tokenizer's own special tokens,
 EOS appended) and labelled by :mod:`diffmodel.preprocess.labels`: tokens
-before ``<DFF>`` (found by character offset) carry no loss; the tokens from
-``<DFF>`` on and the final EOS do (the model is trained to stop there too).
+before the ``<DFF>`` where the diff starts (:func:`diffmodel.sample.diff_start`,
+found by character offset) carry no loss; the tokens from that ``<DFF>`` on
+and the final EOS do (the model is trained to stop there too).
 
 The loss is token-weighted::
 
@@ -25,7 +26,8 @@ Invariants:
   rounding).
 - A sample longer than ``max_length`` tokens (EOS included; default: the
   model's positions) is not truncated: it is skipped and counted
-  (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``).
+  (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``)
+  or with an empty diff (``skipped_empty_diff``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ import torch.nn.functional as F
 
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.edits import language_for
-from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
+from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, diff_start_from_ids, mask_before
 from diffmodel.preprocess.tokenize import tokenize_batch
-from diffmodel.sample import DIFF_MARKER, split
+from diffmodel.sample import split
 
 
 @dataclass
@@ -70,19 +72,21 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DiffModelError("the tokenizer has no EOS token; every sample ends with EOS as in training")
-    marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
     samples: list[LossSample] = []
     skipped: dict[str, int] = defaultdict(int)
     batch: list[dict] = []
+
+    def kept(start: int) -> bool:
+        if start >= 0:
+            return True
+        skipped["skipped_empty_diff" if start == EMPTY_DIFF else "skipped_no_diff"] += 1
+        return False
 
     def flush() -> None:
         texts = [r[text_column] for r in batch]
         enc = tokenize_batch({text_column: texts}, tokenizer, text_column)
         for row, ids, start in zip(batch, enc["input_ids"], enc["diff_start"]):
-            if start is None or start < 0:
-                start = diff_start_from_ids(ids, marker_ids)
-            if start is None:
-                skipped["skipped_no_diff"] += 1
+            if not kept(start):
                 continue
             name = str(row["name"]) if row.get("name") is not None else _name_from_text(row[text_column])
             samples.append(LossSample(list(ids) + [eos], mask_before(ids, start) + [eos], language_for(row, name)))
@@ -99,9 +103,8 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
             ids = list(row["input_ids"])
             labels = row.get("labels")
             if labels is None:
-                start = diff_start_from_ids(ids, marker_ids)
-                if start is None:
-                    skipped["skipped_no_diff"] += 1
+                start = diff_start_from_ids(ids, tokenizer)
+                if not kept(start):
                     continue
                 labels = mask_before(ids, start)
             labels = list(labels)
