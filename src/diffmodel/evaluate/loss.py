@@ -28,6 +28,9 @@ Invariants:
   model's positions) is not truncated: it is skipped and counted
   (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``)
   or with an empty diff (``skipped_empty_diff``).
+- When no sample is left to score (every one skipped, or no loss token),
+  :func:`evaluate_loss` raises :class:`DiffModelError` naming the skips and
+  the fix, instead of reporting a ``nan`` loss.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ from diffmodel.evaluate.edits import language_for
 from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, diff_start_from_ids, mask_before
 from diffmodel.preprocess.tokenize import tokenize_batch
 from diffmodel.sample import split
+
+#: Why a sample was skipped, by count key (for the error when nothing is left to score).
+SKIP_REASONS = {
+    "skipped_too_long": "longer than {limit}",
+    "skipped_no_diff": "without <DFF>",
+    "skipped_empty_diff": "with an empty diff",
+}
 
 
 @dataclass
@@ -172,9 +182,39 @@ def sample_losses(model, samples: Sequence[LossSample], batch_size: int = 8,
     return out
 
 
+def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool) -> DiffModelError:
+    """The error for a run with no loss token left: what was skipped and why, and the fix."""
+    limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
+    skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
+    reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
+    left = counts.get("samples", 0)
+    if left:
+        head = f"nothing to score: the {left} sample(s) left have no loss token (every label ignored)" + (f", and {reasons}" if reasons else "")
+    elif skips:
+        head = f"nothing to score: all {sum(skips.values())} samples were skipped ({reasons})"
+    else:
+        head = "nothing to score: the data has no samples"
+    fixes = []
+    if "skipped_too_long" in skips:
+        if default_length:
+            fixes.append(f"give shorter samples (at most {max_length} tokens, EOS included) or a model with more positions")
+        else:
+            fixes.append(f"pass a larger --max_length (up to the model's positions) or give shorter samples (at most {max_length} tokens, EOS included)")
+    if left or "skipped_no_diff" in skips or "skipped_empty_diff" in skips:
+        fixes.append("give samples that have a <DFF> line after the <MSG> line, followed by a non-empty diff")
+    if not fixes:
+        fixes.append("give held-out data with --data or --dataset_name")
+    return DiffModelError(f"{head}; {'; '.join(fixes)}")
+
+
 def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max_length: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> dict:
-    """Token-weighted loss and perplexity overall and per language (see the module docstring)."""
+                  progress: Callable[[int], None] | None = None, skipped: dict[str, int] | None = None) -> dict:
+    """Token-weighted loss and perplexity overall and per language (see the module docstring).
+
+    ``skipped`` holds the counts of :func:`encode_rows`; they go into the
+    metrics and into the error raised when no loss token is left.
+    """
+    default_length = max_length is None
     if max_length is None:
         from diffmodel.train.model import max_positions
 
@@ -191,6 +231,9 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
             sums.samples += 1
     metrics = overall.result()
     metrics["skipped_too_long"] = too_long
+    metrics.update(skipped or {})
+    if not overall.tokens:
+        raise nothing_scored(metrics, max_length, default_length)
     return {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
 
 
