@@ -19,7 +19,7 @@ from diffmodel.evaluate.loss import encode_rows as loss_encode_rows
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.preprocess.pipeline import PreprocessOptions, preprocess
 from diffmodel.preprocess.stream import StreamingDataset
-from diffmodel.sample import MARKERS, Sample, render, render_prompt, split
+from diffmodel.sample import MARKERS, Sample, diff_start, render, render_prompt, split
 from handmade import char_tokenizer, ids
 
 X = IGNORE_INDEX
@@ -115,6 +115,8 @@ def samples_with_markers(draw):
 @given(samples_with_markers())
 def test_split_round_trips_fields_holding_markers(s):
     assert split(text_of(s)) == s
+    prompt = render_prompt(s.name, s.before, s.message)  # what inference gives the model
+    assert diff_start(prompt) == diff_start(text_of(s)) == len(prompt) - len("<DFF>")
 
 
 class TestLabels:
