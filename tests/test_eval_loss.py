@@ -154,3 +154,21 @@ def test_the_command_reports_every_usage_problem(tmp_path, capsys):
     assert diffmodel(["eval", "loss", "--model", str(tmp_path / "none"), "--max_samples", "0"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "no data" in err and "--max_samples" in err
+
+
+def test_nothing_scored_is_an_error_that_names_the_skips_and_the_fix(tiny_gpt2_dir, tmp_path, capsys):
+    rows = [
+        {"text": render("src/a.py", "x = 1\n", "Bump x", "@@ -1 +1 @@\n-x = 1\n+x = 2\n")},
+        {"text": render("src/b.py", "y = 1\n", "Bump y", "@@ -1 +1 @@\n-y = 1\n+y = 2\n")},
+        {"text": render("src/c.py", "z = 1\n", "Nothing", "")},
+        {"text": "no marker here"},
+    ]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "loss.json"
+    code = diffmodel(["eval", "loss", "--model", str(tiny_gpt2_dir), "--data", str(data), "--out", str(out), "--no_progress", "--max_length", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "Traceback" not in err
+    assert "nothing to score: all 4 samples were skipped (2 longer than --max_length 8 tokens, 1 without <DFF>, 1 with an empty diff)" in err
+    assert "--max_length" in err and "shorter samples" in err

@@ -11,8 +11,9 @@ from handmade import char_tokenizer
 
 X = IGNORE_INDEX
 # handmade tokenizer with merges ("D","F"), ("DF","F"): 100 printable characters, DF=100, DFF=101, EOS=102
-LT, GT, DFF, EOS = 79, 81, 101, 102  # "a<DFF>b" is a < DFF > b
-TEXTS = ["a<DFF>b", "cc<DFF>", "no marker here", "xyz<DFF>" + "q" * 20]
+LT, GT, DFF, EOS, NL = 79, 81, 101, 102, 96  # "<MSG>a\n<DFF>b" is < M S G > a \n < DFF > b
+MSG = [LT, 48, 54, 42, GT]
+TEXTS = ["<MSG>a\n<DFF>b", "<MSG>\n<DFF>cc", "no marker here", "<MSG>xyz\n<DFF>" + "q" * 20]
 
 
 def _tok():
@@ -20,7 +21,7 @@ def _tok():
 
 
 def _run(tmp_path, texts=TEXTS, **kw):
-    opts = PreprocessOptions(block_size=kw.pop("block_size", 8), cache_dir=str(tmp_path), **kw)
+    opts = PreprocessOptions(block_size=kw.pop("block_size", 13), cache_dir=str(tmp_path), **kw)
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})})
     return preprocess(raw, _tok(), opts, source_fingerprint="fp-" + "|".join(texts))
 
@@ -29,43 +30,44 @@ class TestPadPipeline:
     def test_exact_rows_counts_and_report(self, tmp_path):
         out, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True)
         rows = out["train"]
-        # a=10 <=82 DFF=101 >=84 b=11 ; c=12 ; EOS=103 ; pad = EOS (no pad token)
+        # a=10 b=11 c=12 \n=96 <=79 DFF=101 >=81 ; EOS=102 ; pad = EOS (no pad token)
         assert rows[0] == {
-            "input_ids": [EOS, EOS, 10, LT, DFF, GT, 11, EOS],
-            "labels": [X, X, X, LT, DFF, GT, 11, EOS],
-            "attention_mask": [0, 0, 1, 1, 1, 1, 1, 1],
-            "position_ids": [0, 0, 0, 1, 2, 3, 4, 5],
+            "input_ids": [EOS, *MSG, 10, NL, LT, DFF, GT, 11, EOS],
+            "labels": [X, X, X, X, X, X, X, X, LT, DFF, GT, 11, EOS],
+            "attention_mask": [0] + [1] * 12,
+            "position_ids": [0, *range(12)],
         }
         assert rows[1] == {
-            "input_ids": [EOS, EOS, 12, 12, LT, DFF, GT, EOS],
-            "labels": [X, X, X, X, LT, DFF, GT, EOS],
-            "attention_mask": [0, 0, 1, 1, 1, 1, 1, 1],
-            "position_ids": [0, 0, 0, 1, 2, 3, 4, 5],
+            "input_ids": [EOS, *MSG, NL, LT, DFF, GT, 12, 12, EOS],
+            "labels": [X, X, X, X, X, X, X, LT, DFF, GT, 12, 12, EOS],
+            "attention_mask": [0] + [1] * 12,
+            "position_ids": [0, *range(12)],
         }
         r = reports["train"]
         assert (r.samples_loaded, r.dropped_too_long, r.dropped_no_diff, r.samples_kept, r.rows) == (4, 2, 0, 2, 2)
-        assert (r.tokens, r.loss_tokens) == (12, 9)
-        assert r.examples[0].startswith("[PAD x2]a\u27e6<DFF>b<|endoftext|>\u27e7")
+        assert (r.tokens, r.loss_tokens) == (24, 11)
+        assert r.examples[0].startswith("[PAD x1]<MSG>a\n\u27e6<DFF>b<|endoftext|>\u27e7")
 
     def test_samples_without_marker_are_dropped_and_counted(self, tmp_path):
-        _, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=32)
+        _, reports = _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=40)
         assert reports["train"].dropped_no_diff == 1
+        assert reports["train"].dropped_empty_diff == 0
         assert reports["train"].dropped_too_long == 0
 
     def test_pad_token_of_tokenizer_is_used(self, tmp_path):
         tok = char_tokenizer(merges=[("D", "F"), ("DF", "F")], pad=True)
-        opts = PreprocessOptions(block_size=8, train_diff_model=True, ignore_long_samples=True, cache_dir=str(tmp_path))
-        out, _ = preprocess(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a<DFF>b"]})}), tok, opts, "x")
+        opts = PreprocessOptions(block_size=14, train_diff_model=True, ignore_long_samples=True, cache_dir=str(tmp_path))
+        out, _ = preprocess(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": [TEXTS[0]]})}), tok, opts, "x")
         assert out["train"][0]["input_ids"][:2] == [tok.pad_token_id] * 2 != [EOS, EOS]
 
 
 class TestConcatPipeline:
     def test_exact_rows_and_final_partial_row(self, tmp_path):
-        out, reports = _run(tmp_path, texts=["a<DFF>b", "cc<DFF>"], train_diff_model=True, concatenate_texts=True, block_size=5)
+        out, reports = _run(tmp_path, texts=TEXTS[:2], train_diff_model=True, concatenate_texts=True, block_size=10)
         rows = out["train"]
-        assert rows["input_ids"] == [[10, LT, DFF, GT, 11], [EOS, 12, 12, LT, DFF], [GT, EOS, EOS, EOS, EOS]]
-        assert rows["labels"] == [[X, LT, DFF, GT, 11], [EOS, X, X, LT, DFF], [GT, EOS, X, X, X]]
-        assert rows["attention_mask"] == [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+        assert rows["input_ids"] == [[*MSG, 10, NL, LT, DFF, GT], [11, EOS, *MSG, NL, LT, DFF], [GT, 12, 12, EOS] + [EOS] * 6]
+        assert rows["labels"] == [[X] * 7 + [LT, DFF, GT], [11, EOS] + [X] * 6 + [LT, DFF], [GT, 12, 12, EOS] + [X] * 6]
+        assert rows["attention_mask"] == [[1] * 10, [1] * 10, [1] * 4 + [0] * 6]
         assert reports["train"].layout == "concat"
 
     def test_long_samples_force_concat_and_are_kept(self, tmp_path):
@@ -93,7 +95,7 @@ class TestStageCache:
         with pytest.raises(RuntimeError, match="recomputed"):
             _run(tmp_path, train_diff_model=True, ignore_long_samples=True, overwrite_cache=True)
         with pytest.raises(RuntimeError, match="recomputed"):  # another option is another fingerprint
-            _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=9)
+            _run(tmp_path, train_diff_model=True, ignore_long_samples=True, block_size=14)
 
     def test_interrupted_save_leaves_nothing_that_looks_complete(self, tmp_path, monkeypatch):
         ds = datasets.Dataset.from_dict({"x": [1, 2, 3]})
@@ -138,20 +140,22 @@ class TestSanityCheck:
 
 class TestPackPipeline:
     def test_exact_rows_fill_ratio_and_long_samples_dropped(self, tmp_path):
-        texts = ["a<DFF>b", "cc<DFF>", "x<DFF>", "xyz<DFF>" + "q" * 20]
-        out, reports = _run(tmp_path, texts=texts, train_diff_model=True, packing=True, block_size=12)
+        texts = ["<MSG>\n<DFF>b", "<MSG>\n<DFF>cc", "<MSG>\n<DFF>ddd", "<MSG>xyz\n<DFF>" + "q" * 20]
+        out, reports = _run(tmp_path, texts=texts, train_diff_model=True, packing=True, block_size=24)
         rows = out["train"]
-        # lengths with EOS: 6, 6, 5 (and 27: dropped); best fit decreasing into 12: [a, cc], [x]
-        assert rows["input_ids"] == [[10, LT, DFF, GT, 11, EOS, 12, 12, LT, DFF, GT, EOS], [33, LT, DFF, GT, EOS]]
-        assert rows["labels"] == [[X, LT, DFF, GT, 11, EOS, X, X, LT, DFF, GT, EOS], [X, LT, DFF, GT, EOS]]
-        assert rows["position_ids"] == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4]]
+        # lengths with EOS: 11, 12, 13 (and 33: dropped); best fit decreasing into 24: [ddd, b], [cc]
+        head = [*MSG, NL, LT, DFF, GT]
+        assert rows["input_ids"] == [head + [13, 13, 13, EOS] + head + [11, EOS], head + [12, 12, EOS]]
+        trained = [X] * 6 + [LT, DFF, GT]
+        assert rows["labels"] == [trained + [13, 13, 13, EOS] + trained + [11, EOS], trained + [12, 12, EOS]]
+        assert rows["position_ids"] == [[*range(13), *range(11)], [*range(12)]]
         assert "attention_mask" not in rows.column_names
         r = reports["train"]
-        assert (r.dropped_too_long, r.rows, r.tokens, r.row_slots) == (1, 2, 17, 24)
-        assert r.fill_ratio == pytest.approx(17 / 24)
+        assert (r.dropped_too_long, r.rows, r.tokens, r.row_slots) == (1, 2, 36, 48)
+        assert r.fill_ratio == pytest.approx(36 / 48)
 
     def test_parallel_workers_give_the_same_rows(self, tmp_path):
-        texts = [f"{'a' * (i % 9)}<DFF>{'b' * (i % 5)}" for i in range(60)]
+        texts = [f"<MSG>{'a' * (i % 9)}\n<DFF>b{'b' * (i % 5)}" for i in range(60)]
         one, _ = _run(tmp_path / "one", texts=texts, train_diff_model=True, packing=True, block_size=24)
         two, _ = _run(tmp_path / "two", texts=texts, train_diff_model=True, packing=True, block_size=24, num_proc=2)
         assert one["train"]["input_ids"] == two["train"]["input_ids"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, diff_start_from_offsets, mask_before
+from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, NO_DIFF, diff_start_from_ids, diff_start_from_offsets, mask_before, token_at_char
 from diffmodel.preprocess.layout import concatenate, pad_left
 from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
 from handmade import char_tokenizer, ids
@@ -19,28 +19,30 @@ class TestDiffBoundaryByCharacterOffset:
         assert toks[21:23] == ["\n<", "DFF"]  # the marker's "<" is merged with the newline before it
         assert enc["diff_start"] == [21]
 
-    def test_token_id_search_misses_the_merged_marker(self):
+    def test_decoded_token_ids_find_the_merged_marker_too(self):
         tok = char_tokenizer()
         row = tok(TEXT)["input_ids"]
-        marker = tok("<DFF>", add_special_tokens=False)["input_ids"]
-        assert tok.convert_ids_to_tokens(marker) == ["<", "DFF", ">"]
-        assert diff_start_from_ids(row, marker) is None
+        assert diff_start_from_ids(row, tok) == 21
 
     def test_unmerged_marker_found_both_ways(self):
         tok = char_tokenizer(merges=[])
         row = tok(TEXT)["input_ids"]
         assert row == ids(TEXT)
-        marker = tok("<DFF>", add_special_tokens=False)["input_ids"]
-        assert diff_start_from_ids(row, marker) == TEXT.index("<DFF>") == 24
+        assert diff_start_from_ids(row, tok) == TEXT.index("<DFF>") == 24
         assert tokenize_batch({"text": [TEXT]}, tok)["diff_start"] == [24]
 
     def test_no_marker(self):
-        assert diff_start_from_offsets("no marker", [(0, 2), (2, 9)]) is None
-        assert tokenize_batch({"text": ["<NME> a\n"]}, char_tokenizer())["diff_start"] == [-1]
+        assert diff_start_from_offsets("no marker", [(0, 2), (2, 9)]) == NO_DIFF
+        assert tokenize_batch({"text": ["<NME> a\n", "a<MSG>\n<DFF> +y\n", "<MSG> m <DFF> +y\n"]}, char_tokenizer())["diff_start"] == [NO_DIFF] * 3
+
+    def test_empty_diff(self):
+        texts = ["<NME> a\n<BEF> x\n<MSG> m\n<DFF>", "<NME> a\n<BEF> x\n<MSG> m\n<DFF> \n"]
+        assert tokenize_batch({"text": texts}, char_tokenizer())["diff_start"] == [EMPTY_DIFF] * 2
+        assert [diff_start_from_ids(ids(t), char_tokenizer(merges=[])) for t in texts] == [EMPTY_DIFF] * 2
 
     def test_zero_width_special_token_is_never_the_boundary(self):
-        # BOS at (0, 0) then "<DFF>" at the very start of the text
-        assert diff_start_from_offsets("<DFF>x", [(0, 0), (0, 5), (5, 6)]) == 1
+        # BOS at (0, 0) then a token holding character 0
+        assert token_at_char([(0, 0), (0, 5), (5, 6)], 0) == 1
 
 
 class TestLabels:

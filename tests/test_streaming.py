@@ -174,7 +174,7 @@ class TestResumeFromState:
         assert list(again) == whole[cut:]
 
     def test_bad_record_names_file_line_and_flag(self, tmp_path, tiny_tokenizer):
-        (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x <DFF> y"}) + "\n{not json\n")
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"text": render("x.py", "x\n", "m", "y")}) + "\n{not json\n")
         with pytest.raises(DiffModelError, match=r"bad.jsonl:2: not valid JSON.*--skip_bad_records"):
             list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path)))
         rows = list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path), skip_bad_records=True))

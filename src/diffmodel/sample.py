@@ -7,12 +7,27 @@ One text per changed file::
     <MSG> the commit message
     <DFF> @@ -12,7 +12,8 @@ ...unified diff of that file...
 
+Where the diff starts (:func:`diff_start`, the one place that decides it for
+training labels, streaming, eval loss, inspection and :func:`split`): the
+file body follows ``<BEF> `` and may hold any marker anywhere, even at the
+start of one of its lines; a diff body never has a line that starts with
+``<`` (unified diff lines start with ' ', '+', '-', '@' or '\\'). So the diff
+starts at the ``<DFF>`` that starts a line (at position 0 or right after
+"\n") and follows the *last* ``<MSG>`` that starts a line. A message may hold
+markers mid-line; a message line that starts with ``<MSG>`` or ``<DFF>`` is
+the one thing the format cannot tell apart from the structure.
+
 Invariants:
 - ``render`` is the only function that builds this text; mining, training,
   inference and evaluation all call it.
-- ``split(render(s))`` gives back the four fields of ``s`` (for fields that
-  do not themselves contain a marker at the start of a line).
-- Only the text from ``<DFF>`` on carries loss when training.
+- ``diff_start(render_prompt(n, b, m)) == len(render_prompt(n, b, m)) - len("<DFF>")``.
+- ``split(render(s))`` gives back the four fields of ``s`` when the name is
+  one line, the file ends with a newline (and is not ``ADDFILE``), the
+  message is stripped and has no line starting with ``<MSG>`` or ``<DFF>``,
+  and no diff line starts with ``<``; the file may hold any marker anywhere.
+- Only the text from ``<DFF>`` on carries loss when training; a text whose
+  diff is empty (nothing but whitespace after the marker) has nothing to
+  train and is dropped (:func:`diff_is_empty`).
 """
 
 from __future__ import annotations
@@ -60,24 +75,63 @@ def render_row(row: dict) -> str:
     return render(str(row["name"]), str(row.get("before") or ""), str(row.get("message") or ""), str(row.get("diff") or ""))
 
 
+def _last_line_start(text: str, marker: str, end: int) -> int:
+    """Index of the last ``marker`` that starts a line of ``text[:end]``, or -1."""
+    found = text.rfind("\n" + marker, 0, end)
+    if found >= 0:
+        return found + 1
+    return 0 if text.startswith(marker) and len(marker) <= end else -1
+
+
+def _first_line_start(text: str, marker: str, start: int) -> int:
+    """Index of the first ``marker`` that starts a line of ``text``, at or after ``start``, or -1."""
+    if start == 0 and text.startswith(marker):
+        return 0
+    found = text.find("\n" + marker, max(start - 1, 0))
+    return found + 1 if found >= 0 else -1
+
+
+def diff_start(text: str) -> int:
+    """Character index of the ``<DFF>`` where the diff starts, or -1 (see the module docstring).
+
+    It is the first ``<DFF>`` that starts a line after the last ``<MSG>`` that
+    starts a line.
+    """
+    msg = _last_line_start(text, MESSAGE_MARKER, len(text))
+    if msg < 0:
+        return -1
+    return _first_line_start(text, DIFF_MARKER, msg + len(MESSAGE_MARKER))
+
+
+def diff_is_empty(text: str, start: int) -> bool:
+    """True when nothing but whitespace follows the ``<DFF>`` at ``start`` (a sample with nothing to train)."""
+    return not text[start + len(DIFF_MARKER):].strip()
+
+
 def split(text: str) -> Sample:
-    """Parse a rendered text back into its fields (the inverse of ``render``)."""
-    positions = []
-    start = 0
-    for marker in MARKERS:
-        idx = text.find(marker, start)
-        if idx < 0:
-            raise ValueError(f"text has no {marker} marker")
-        positions.append(idx)
-        start = idx + len(marker)
-    parts = []
-    for i, (marker, pos) in enumerate(zip(MARKERS, positions)):
-        end = positions[i + 1] if i + 1 < len(positions) else len(text)
-        parts.append(text[pos + len(marker):end])
-    name = parts[0].strip("\n").removeprefix(" ")
-    before = parts[1].removeprefix(" ")
-    message = parts[2].removeprefix(" ").removesuffix("\n")
-    diff = parts[3].removeprefix(" ")
+    """Parse a rendered text back into its fields (the inverse of ``render``).
+
+    The diff is found by :func:`diff_start`; the message is the text between
+    the ``<MSG>`` line that precedes it and that ``<DFF>``; the name is the
+    rest of the first ``<NME>`` line; the file is everything between the
+    ``<BEF>`` that follows the name line and the message. Raises ValueError
+    when the text lacks that structure.
+    """
+    dff = diff_start(text)
+    if dff < 0:
+        raise ValueError(f"text has no {DIFF_MARKER} line after a {MESSAGE_MARKER} line")
+    msg = _last_line_start(text, MESSAGE_MARKER, dff)
+    nme = text.find(NAME_MARKER)
+    if nme < 0 or nme > msg:
+        raise ValueError(f"text has no {NAME_MARKER} marker before its {MESSAGE_MARKER} line")
+    name_end = text.find("\n", nme)
+    bef = text.find(BEFORE_MARKER, name_end) if 0 <= name_end < msg else -1
+    if bef < 0 or bef > msg:
+        raise ValueError(f"text has no {BEFORE_MARKER} line between its {NAME_MARKER} line and its {MESSAGE_MARKER} line")
+    name = text[nme + len(NAME_MARKER):name_end].removeprefix(" ")
+    before = text[bef + len(BEFORE_MARKER):msg].removeprefix(" ")
+    message = text[msg + len(MESSAGE_MARKER):dff].removeprefix(" ").removesuffix("\n")
+    diff = text[dff + len(DIFF_MARKER):].removeprefix(" ")
     if before == NEW_FILE + "\n":
         before = ""
     return Sample(name=name, before=before, message=message, diff=diff)

@@ -236,11 +236,10 @@ def run_loss(args) -> int:
     samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column)
     bar = _bar(len(samples), "scoring", args.no_progress)
     try:
-        result = evaluate_loss(model.model, samples, args.batch_size, args.max_length, progress=bar.update if bar else None)
+        result = evaluate_loss(model.model, samples, args.batch_size, args.max_length, progress=bar.update if bar else None, skipped=skipped)
     finally:
         if bar:
             bar.close()
-    result["metrics"].update(skipped)
     settings = {"batch_size": args.batch_size, "max_length": args.max_length, "rows": len(ds)}
     report = {**_base_report("loss", args, settings, start, where), **result}
     return _finish(report, args.out)

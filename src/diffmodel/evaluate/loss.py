@@ -2,8 +2,9 @@
 
 Each sample is tokenized as in training (the tokenizer's own special tokens,
 EOS appended) and labelled by :mod:`diffmodel.preprocess.labels`: tokens
-before ``<DFF>`` (found by character offset) carry no loss; the tokens from
-``<DFF>`` on and the final EOS do (the model is trained to stop there too).
+before the ``<DFF>`` where the diff starts (:func:`diffmodel.sample.diff_start`,
+found by character offset) carry no loss; the tokens from that ``<DFF>`` on
+and the final EOS do (the model is trained to stop there too).
 
 The loss is token-weighted::
 
@@ -25,7 +26,11 @@ Invariants:
   rounding).
 - A sample longer than ``max_length`` tokens (EOS included; default: the
   model's positions) is not truncated: it is skipped and counted
-  (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``).
+  (``skipped_too_long``), as is one without ``<DFF>`` (``skipped_no_diff``)
+  or with an empty diff (``skipped_empty_diff``).
+- When no sample is left to score (every one skipped, or no loss token),
+  :func:`evaluate_loss` raises :class:`DiffModelError` naming the skips and
+  the fix, instead of reporting a ``nan`` loss.
 """
 
 from __future__ import annotations
@@ -40,9 +45,16 @@ import torch.nn.functional as F
 
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.edits import language_for
-from diffmodel.preprocess.labels import IGNORE_INDEX, diff_start_from_ids, mask_before
+from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, diff_start_from_ids, mask_before
 from diffmodel.preprocess.tokenize import tokenize_batch
-from diffmodel.sample import DIFF_MARKER, split
+from diffmodel.sample import split
+
+#: Why a sample was skipped, by count key (for the error when nothing is left to score).
+SKIP_REASONS = {
+    "skipped_too_long": "longer than {limit}",
+    "skipped_no_diff": "without <DFF>",
+    "skipped_empty_diff": "with an empty diff",
+}
 
 
 @dataclass
@@ -70,19 +82,21 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DiffModelError("the tokenizer has no EOS token; every sample ends with EOS as in training")
-    marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
     samples: list[LossSample] = []
     skipped: dict[str, int] = defaultdict(int)
     batch: list[dict] = []
+
+    def kept(start: int) -> bool:
+        if start >= 0:
+            return True
+        skipped["skipped_empty_diff" if start == EMPTY_DIFF else "skipped_no_diff"] += 1
+        return False
 
     def flush() -> None:
         texts = [r[text_column] for r in batch]
         enc = tokenize_batch({text_column: texts}, tokenizer, text_column)
         for row, ids, start in zip(batch, enc["input_ids"], enc["diff_start"]):
-            if start is None or start < 0:
-                start = diff_start_from_ids(ids, marker_ids)
-            if start is None:
-                skipped["skipped_no_diff"] += 1
+            if not kept(start):
                 continue
             name = str(row["name"]) if row.get("name") is not None else _name_from_text(row[text_column])
             samples.append(LossSample(list(ids) + [eos], mask_before(ids, start) + [eos], language_for(row, name)))
@@ -99,9 +113,8 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
             ids = list(row["input_ids"])
             labels = row.get("labels")
             if labels is None:
-                start = diff_start_from_ids(ids, marker_ids)
-                if start is None:
-                    skipped["skipped_no_diff"] += 1
+                start = diff_start_from_ids(ids, tokenizer)
+                if not kept(start):
                     continue
                 labels = mask_before(ids, start)
             labels = list(labels)
@@ -169,9 +182,39 @@ def sample_losses(model, samples: Sequence[LossSample], batch_size: int = 8,
     return out
 
 
+def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool) -> DiffModelError:
+    """The error for a run with no loss token left: what was skipped and why, and the fix."""
+    limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
+    skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
+    reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
+    left = counts.get("samples", 0)
+    if left:
+        head = f"nothing to score: the {left} sample(s) left have no loss token (every label ignored)" + (f", and {reasons}" if reasons else "")
+    elif skips:
+        head = f"nothing to score: all {sum(skips.values())} samples were skipped ({reasons})"
+    else:
+        head = "nothing to score: the data has no samples"
+    fixes = []
+    if "skipped_too_long" in skips:
+        if default_length:
+            fixes.append(f"give shorter samples (at most {max_length} tokens, EOS included) or a model with more positions")
+        else:
+            fixes.append(f"pass a larger --max_length (up to the model's positions) or give shorter samples (at most {max_length} tokens, EOS included)")
+    if left or "skipped_no_diff" in skips or "skipped_empty_diff" in skips:
+        fixes.append("give samples that have a <DFF> line after the <MSG> line, followed by a non-empty diff")
+    if not fixes:
+        fixes.append("give held-out data with --data or --dataset_name")
+    return DiffModelError(f"{head}; {'; '.join(fixes)}")
+
+
 def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max_length: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> dict:
-    """Token-weighted loss and perplexity overall and per language (see the module docstring)."""
+                  progress: Callable[[int], None] | None = None, skipped: dict[str, int] | None = None) -> dict:
+    """Token-weighted loss and perplexity overall and per language (see the module docstring).
+
+    ``skipped`` holds the counts of :func:`encode_rows`; they go into the
+    metrics and into the error raised when no loss token is left.
+    """
+    default_length = max_length is None
     if max_length is None:
         from diffmodel.train.model import max_positions
 
@@ -188,6 +231,9 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
             sums.samples += 1
     metrics = overall.result()
     metrics["skipped_too_long"] = too_long
+    metrics.update(skipped or {})
+    if not overall.tokens:
+        raise nothing_scored(metrics, max_length, default_length)
     return {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
 
 

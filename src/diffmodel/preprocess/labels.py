@@ -1,16 +1,23 @@
 """Labels: which tokens of a sample carry loss.
 
 A diff sample is trained only from its ``<DFF>`` marker on; every token before
-the marker is context and gets :data:`IGNORE_INDEX`.
+the marker is context and gets :data:`IGNORE_INDEX`. Which ``<DFF>`` that is,
+is decided by :func:`diffmodel.sample.diff_start` alone (the ``<DFF>`` line
+after the last ``<MSG>`` line); this module maps that character offset to a
+token.
 
 Invariants:
-- The boundary is found by *character offset* when the text is known: the
-  first trained token is the first token whose character span ends after the
-  marker's first character. A BPE token that merges the marker with the
-  character before it (``"\\n<"``, ``" <DFF"``) is therefore still found, and
-  is trained (it carries the marker's first character).
-- For pre-tokenized data without text the marker's own token ids are searched
-  for; this misses merged markers, and the caller logs that it was used.
+- The boundary is found by *character offset*: the first trained token is the
+  first token whose character span ends after the marker's first character. A
+  BPE token that merges the marker with the character before it (``"\\n<"``,
+  ``" <DFF"``) is therefore still found, and is trained (it carries the
+  marker's first character).
+- Without character offsets (pre-tokenized data without text, a slow
+  tokenizer) each token is decoded on its own and the pieces give the text
+  and the offsets, so the same rule applies (:func:`diff_start_from_ids`).
+- The boundary is a token index, or :data:`NO_DIFF` (no ``<DFF>`` line after
+  a ``<MSG>`` line) or :data:`EMPTY_DIFF` (nothing but whitespace after it);
+  samples of either kind are dropped and counted by the callers.
 - ``labels`` has the length of ``input_ids``; every label is either
   :data:`IGNORE_INDEX` or the token at the same position (HF models shift
   labels themselves).
@@ -18,39 +25,57 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from diffmodel.sample import DIFF_MARKER
+from diffmodel.sample import diff_is_empty, diff_start
 
 #: The label value that ``torch.nn.CrossEntropyLoss`` and HF models skip.
 IGNORE_INDEX = -100
+#: Boundary of a text without a ``<DFF>`` line after a ``<MSG>`` line.
+NO_DIFF = -1
+#: Boundary of a text whose diff is empty (nothing but whitespace after ``<DFF>``).
+EMPTY_DIFF = -2
 
 
-def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]], marker: str = DIFF_MARKER) -> int | None:
-    """Index of the first token at or after ``marker`` in ``text``, or None if absent.
+def token_at_char(offsets: Sequence[Sequence[int]], pos: int) -> int | None:
+    """Index of the first token whose span ends after character ``pos``, or None.
 
     ``offsets`` is the tokenizer's offset mapping (start, end) per token.
-    Zero-width tokens (special tokens such as BOS) are never the boundary.
+    Zero-width tokens (special tokens such as BOS) are never chosen.
     """
-    pos = text.find(marker)
-    if pos < 0:
-        return None
     for i, (start, end) in enumerate(offsets):
         if end > pos and end > start:
             return i
     return None
 
 
-def diff_start_from_ids(input_ids: Sequence[int], marker_ids: Sequence[int]) -> int | None:
-    """Index where ``marker_ids`` first occurs as a run inside ``input_ids``, or None."""
-    n = len(marker_ids)
-    if n == 0:
-        return None
-    first = marker_ids[0]
-    for i in range(len(input_ids) - n + 1):
-        if input_ids[i] == first and list(input_ids[i:i + n]) == list(marker_ids):
-            return i
-    return None
+def diff_start_token(text: str, token_at: Callable[[int], int | None]) -> int:
+    """Token index where the diff of ``text`` starts, or :data:`NO_DIFF` / :data:`EMPTY_DIFF`.
+
+    ``token_at(pos)`` maps a character offset of ``text`` to the token that holds it.
+    """
+    pos = diff_start(text)
+    if pos < 0:
+        return NO_DIFF
+    if diff_is_empty(text, pos):
+        return EMPTY_DIFF
+    token = token_at(pos)
+    return NO_DIFF if token is None else token
+
+
+def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]]) -> int:
+    """:func:`diff_start_token` with the tokenizer's offset mapping of ``text``."""
+    return diff_start_token(text, lambda pos: token_at_char(offsets, pos))
+
+
+def diff_start_from_ids(input_ids: Sequence[int], tokenizer) -> int:
+    """:func:`diff_start_token` for token ids without their text: each token is decoded on its own."""
+    pieces = tokenizer.batch_decode([[i] for i in input_ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append((at, at + len(piece)))
+        at += len(piece)
+    return diff_start_from_offsets("".join(pieces), offsets)
 
 
 def mask_before(input_ids: Sequence[int], start: int) -> list[int]:

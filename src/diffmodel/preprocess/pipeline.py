@@ -1,7 +1,9 @@
 """Run the preprocessing stages over a ``DatasetDict``, with a stage cache.
 
 Order (the reference's): tokenize -> drop long samples -> labels (mask before
-``<DFF>``) -> layout (pad | concat) -> sanity check. Each stage function lives
+the ``<DFF>`` where the diff starts, :func:`diffmodel.sample.diff_start`; drop
+samples without one or with an empty diff) -> layout (pad | concat | pack) ->
+sanity check. Each stage function lives
 in its own module; this module only wires them to ``datasets`` and caches
 their results.
 
@@ -31,16 +33,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.labels import diff_start_from_ids, mask_before
+from diffmodel.preprocess.labels import EMPTY_DIFF, NO_DIFF, diff_start_from_ids, mask_before
 from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
 from diffmodel.preprocess.packing import PACKED_COLUMNS, best_fit_decreasing, pack_row
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
-from diffmodel.sample import DIFF_MARKER
 
 logger = logging.getLogger(__name__)
 
-STAGE_VERSION = 1  # bump when a stage's output changes for the same inputs
+STAGE_VERSION = 2  # bump when a stage's output changes for the same inputs
 
 
 @dataclass
@@ -151,11 +152,16 @@ def eos_id_of(tokenizer) -> int:
 # --- encode stage: tokenize + labels, as one pass -------------------------------------------
 
 
-def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions, marker_ids: list[int]) -> dict[str, list]:
-    """tokenize (unless ``input_ids`` exist) and label one batch; no rows are dropped here."""
+def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> dict[str, list]:
+    """tokenize (unless ``input_ids`` exist) and label one batch; no rows are dropped here.
+
+    ``diff_start`` comes out as a token index, or ``NO_DIFF`` / ``EMPTY_DIFF``
+    for a sample the filters drop. Token ids without text or ``diff_start``
+    get the boundary by decoding their tokens (:func:`diff_start_from_ids`).
+    """
     if "input_ids" in batch and batch["input_ids"] is not None:
         ids = batch["input_ids"]
-        starts = batch.get("diff_start") or [-1] * len(ids)
+        starts = batch.get("diff_start")
     else:
         enc = tokenize_batch(batch, tokenizer, opts.text_column)
         ids, starts = enc["input_ids"], enc["diff_start"]
@@ -166,22 +172,15 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions, mar
         out["diff_start"] = [0] * len(ids)
         out["n_tokens"] = [len(x) for x in ids]
         return out
-    labels, kept_starts = [], []
-    for row_ids, start in zip(ids, starts):
-        if not opts.train_diff_model:
-            labels.append(list(row_ids))
-            kept_starts.append(0)
-            continue
-        if start is None or start < 0:
-            start = diff_start_from_ids(row_ids, marker_ids)
-        if start is None:
-            labels.append([])
-            kept_starts.append(-1)
-        else:
-            labels.append(mask_before(row_ids, start))
-            kept_starts.append(start)
-    out["labels"] = labels
-    out["diff_start"] = kept_starts
+    if not opts.train_diff_model:
+        out["labels"] = [list(row_ids) for row_ids in ids]
+        out["diff_start"] = [0] * len(ids)
+        out["n_tokens"] = [len(x) for x in ids]
+        return out
+    if starts is None:
+        starts = [diff_start_from_ids(row_ids, tokenizer) for row_ids in ids]
+    out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
+    out["diff_start"] = list(starts)
     out["n_tokens"] = [len(x) for x in ids]
     return out
 
@@ -210,12 +209,8 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
             "name the text column with --text_column"
         )
     pretokenized = "input_ids" in ds.column_names
-    marker_ids = tokenizer(DIFF_MARKER, add_special_tokens=False)["input_ids"]
     if pretokenized and opts.train_diff_model and "diff_start" not in ds.column_names and (opts.force_label or "labels" not in ds.column_names):
-        logger.warning(
-            "data is pre-tokenized without text: finding <DFF> by its token ids %s; a marker merged with its neighbour by BPE is missed (those samples are dropped and counted)",
-            marker_ids,
-        )
+        logger.warning("data is pre-tokenized without text: each token is decoded on its own to find where the diff starts (the <DFF> line after the last <MSG> line)")
     keep = [c for c in ("input_ids", "labels", "diff_start") if c in ds.column_names]
     remove = [c for c in ds.column_names if c not in keep]
     ds = ds.map(
@@ -224,24 +219,28 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
         num_proc=opts.num_proc,
         remove_columns=remove,
         features=ENCODED_FEATURES,
-        fn_kwargs={"tokenizer": tokenizer, "opts": opts, "marker_ids": marker_ids},
+        fn_kwargs={"tokenizer": tokenizer, "opts": opts},
         desc="tokenize + label",
     )
-    counts = {"dropped_too_long": 0, "dropped_no_diff": 0}
+    counts = {"dropped_too_long": 0, "dropped_no_diff": 0, "dropped_empty_diff": 0}
     if opts.drops_long_samples:
         ds, counts["dropped_too_long"] = _count_filter(
             ds, "n_tokens", lambda n: is_short_enough(n, opts.block_size), opts.num_proc, f"drop samples >= {opts.block_size} tokens"
         )
-    ds, counts["dropped_no_diff"] = _count_filter(ds, "diff_start", lambda start: start >= 0, opts.num_proc, "drop samples without <DFF>")
+    starts = ds.with_format("arrow")["diff_start"]
+    counts["dropped_no_diff"] = pc.sum(pc.equal(starts, NO_DIFF)).as_py() or 0
+    counts["dropped_empty_diff"] = pc.sum(pc.equal(starts, EMPTY_DIFF)).as_py() or 0
+    ds, _ = _count_filter(ds, "diff_start", lambda start: start >= 0, opts.num_proc, "drop samples without a diff")
     if len(ds) == 0:
-        raise_empty(split, loaded, counts["dropped_too_long"], counts["dropped_no_diff"], opts.block_size)
+        raise_empty(split, loaded, counts, opts.block_size)
     return ds.remove_columns(["diff_start", "n_tokens"]), counts
 
 
-def raise_empty(split: str, loaded: int, too_long: int, no_diff: int, block_size: int):
+def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int):
     raise DiffModelError(
-        f"the {split} split is empty after preprocessing ({loaded} loaded, {too_long} dropped as >= --block_size "
-        f"{block_size} tokens, {no_diff} dropped without <DFF>); raise --block_size, drop --ignore_long_samples, or check the data"
+        f"the {split} split is empty after preprocessing ({loaded} loaded, {counts.get('dropped_too_long', 0)} dropped as >= --block_size "
+        f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without <DFF>, {counts.get('dropped_empty_diff', 0)} dropped "
+        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data"
     )
 
 
@@ -354,6 +353,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
             enc_fp = fingerprint(STAGE_VERSION, "encode", source_fingerprint, split, tok_fp, stage_opts)
             encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds, split=split: encode_split(ds, tokenizer, opts, split), opts.overwrite_cache)
             report.dropped_too_long, report.dropped_no_diff = counts["dropped_too_long"], counts["dropped_no_diff"]
+            report.dropped_empty_diff = counts.get("dropped_empty_diff", 0)
             report.samples_kept = len(encoded)
             if opts.skip_concat:
                 rows = encoded
@@ -362,7 +362,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 rows, _ = cached_stage(root, "layout", lay_fp, lambda enc=encoded: (layout_split(enc, tokenizer, opts, root / "tmp"), {}), opts.overwrite_cache)
                 shutil.rmtree(root / "tmp", ignore_errors=True)
         if len(rows) == 0:
-            raise_empty(split, report.samples_loaded, report.dropped_too_long, report.dropped_no_diff, opts.block_size)
+            raise_empty(split, report.samples_loaded, asdict(report), opts.block_size)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
         report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).with_format("arrow").iter(batch_size=256), fixed, split, opts.block_size)

@@ -34,6 +34,7 @@ class SplitReport:
     samples_loaded: int = 0
     dropped_too_long: int = 0
     dropped_no_diff: int = 0
+    dropped_empty_diff: int = 0
     samples_kept: int = 0
     rows: int = 0
     row_slots: int = 0
@@ -163,6 +164,7 @@ def format_report(reports: dict[str, SplitReport]) -> str:
         ("samples loaded", "samples_loaded"),
         ("dropped: too long", "dropped_too_long"),
         ("dropped: no <DFF>", "dropped_no_diff"),
+        ("dropped: empty diff", "dropped_empty_diff"),
         ("samples kept", "samples_kept"),
         ("rows", "rows"),
         ("tokens (attended)", "tokens"),

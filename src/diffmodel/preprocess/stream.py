@@ -4,7 +4,7 @@ The same stages as :mod:`diffmodel.preprocess.pipeline`, run on the fly for
 data larger than memory or disk (``diffmodel train --streaming``)::
 
     files --read_records--> rows --render--> text --encode_batch--> ids, labels
-          --long / <DFF> filters--> buffer of B samples --pack | pad | concat--> shuffled rows
+          --long / no-diff / empty-diff filters--> buffer of B samples --pack | pad | concat--> shuffled rows
 
 - Reading: :func:`diffmodel.data.stream_sources.read_records`. Reader
   ``rank * workers + worker`` of ``ranks * workers`` takes every record whose
@@ -15,7 +15,8 @@ data larger than memory or disk (``diffmodel train --streaming``)::
   ``name/before/message/diff`` rendered by :func:`diffmodel.sample.render_row`.
 - Tokens and labels: :func:`diffmodel.preprocess.pipeline.encode_batch`, then
   the long-sample policy (:func:`~diffmodel.preprocess.tokenize.is_short_enough`
-  when the layout drops long samples) and the ``<DFF>`` filter, counted in
+  when the layout drops long samples), then the samples without a diff and
+  with an empty diff (``NO_DIFF`` / ``EMPTY_DIFF`` boundaries), counted in
   that order, as in ``encode_split``.
 - Layout, per buffer of ``buffer_size`` records of the reader: ``pack``
   (:func:`~diffmodel.preprocess.packing.best_fit_decreasing` over the buffer
@@ -35,7 +36,8 @@ last row of a buffer, the position of the next buffer). A reader restarted
 from that state reads the buffer again, lays it out the same way and skips
 the rows already done, so no row is given twice and none is lost; at most
 one buffer is tokenized again. The counts (samples read, dropped too long,
-dropped without ``<DFF>``, bad records) travel in the state too.
+dropped without ``<DFF>``, dropped with an empty diff, bad records) travel in
+the state too.
 
 Without ``epochs`` the stream never ends: each reader starts the next epoch
 when it reaches the end of the files (``max_steps`` ends training). A reader
@@ -56,6 +58,7 @@ from diffmodel import sample
 from diffmodel.data.load import no_text_error
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.labels import EMPTY_DIFF
 from diffmodel.preprocess.layout import concatenate, pad_left
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
 from diffmodel.preprocess.pipeline import PreprocessOptions, encode_batch, eos_id_of, pad_id_of
@@ -66,7 +69,7 @@ STREAM_KEY = "stream"
 #: Texts per tokenizer call.
 ENCODE_CHUNK = 256
 
-COUNT_FIELDS = ("samples_read", "bad_records", "dropped_too_long", "dropped_no_diff", "samples_kept", "rows")
+COUNT_FIELDS = ("samples_read", "bad_records", "dropped_too_long", "dropped_no_diff", "dropped_empty_diff", "samples_kept", "rows")
 
 
 @dataclass
@@ -122,7 +125,7 @@ def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
     return text
 
 
-def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: PreprocessOptions, text_column: str | None, marker_ids: list[int]) -> list[tuple[list[int], list[int], int]]:
+def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: PreprocessOptions, text_column: str | None) -> list[tuple[list[int], list[int], int]]:
     """``(input_ids, labels, diff_start)`` per raw row, through ``encode_batch`` (no row dropped here)."""
     text_opts = dataclasses.replace(opts, text_column="text")
     out: list = [None] * len(rows)
@@ -135,7 +138,7 @@ def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: Preproces
             texts.append(text)
             text_at.append(i)
     for lo in range(0, len(texts), ENCODE_CHUNK):
-        enc = encode_batch({"text": texts[lo:lo + ENCODE_CHUNK]}, tokenizer, text_opts, marker_ids)
+        enc = encode_batch({"text": texts[lo:lo + ENCODE_CHUNK]}, tokenizer, text_opts)
         for i, ids, labels, start in zip(text_at[lo:lo + ENCODE_CHUNK], enc["input_ids"], enc["labels"], enc["diff_start"]):
             out[i] = (ids, labels, start)
     if tokens_at:
@@ -145,7 +148,7 @@ def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: Preproces
             batch[key] = [r[key] for r in pre] if all(r.get(key) is not None for r in pre) else None
         if batch["diff_start"] is None:
             del batch["diff_start"]
-        enc = encode_batch(batch, tokenizer, opts, marker_ids)
+        enc = encode_batch(batch, tokenizer, opts)
         for i, ids, labels, start in zip(tokens_at, enc["input_ids"], enc["labels"], enc["diff_start"]):
             out[i] = (list(ids), list(labels), start)
     return out
@@ -216,7 +219,6 @@ class StreamingDataset(IterableDataset):
         self.with_positions = with_positions
         self.eos_id = eos_id_of(tokenizer)
         self.pad_id = pad_id_of(tokenizer)
-        self.marker_ids = tokenizer(sample.DIFF_MARKER, add_special_tokens=False)["input_ids"]
         self.start_states: dict[int, ReaderState] = {}
         self.start_stride: int | None = None
 
@@ -306,7 +308,7 @@ class StreamingDataset(IterableDataset):
                 raise DiffModelError(
                     f"rank {self.rank} (reader {reader} of {stride}) found no trainable sample in a whole pass over "
                     f"{len(self.files)} file(s) ({counts['samples_read']} read, {counts['dropped_too_long']} dropped as >= --block_size "
-                    f"{self.opts.block_size} tokens, {counts['dropped_no_diff']} without <DFF>, {counts['bad_records']} bad); "
+                    f"{self.opts.block_size} tokens, {counts['dropped_no_diff']} without <DFF>, {counts['dropped_empty_diff']} with an empty diff, {counts['bad_records']} bad); "
                     "give it more data, fewer processes or dataloader workers, or a larger --block_size"
                 )
             epoch, pos = epoch + 1, Position()
@@ -322,12 +324,14 @@ class StreamingDataset(IterableDataset):
         here["samples_read"] = len(raw)
         if not raw:
             return [], [], here
-        encoded = encode_rows(raw, origins, self.tokenizer, self.opts, self.text_column, self.marker_ids)
+        encoded = encode_rows(raw, origins, self.tokenizer, self.opts, self.text_column)
         kept, kept_origins = [], []
         for (ids, labels, start), origin in zip(encoded, origins):
             if self.opts.drops_long_samples and not is_short_enough(len(ids), self.opts.block_size):
                 here["dropped_too_long"] += 1
-            elif start is None or start < 0:
+            elif start == EMPTY_DIFF:
+                here["dropped_empty_diff"] += 1
+            elif start < 0:
                 here["dropped_no_diff"] += 1
             else:
                 kept.append((list(ids), list(labels)))

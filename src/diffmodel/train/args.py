@@ -60,7 +60,7 @@ class DataArguments:
     preprocessing_num_workers: int | None = arg(None, "Processes used for tokenizing and labelling.")
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
-    train_diff_model: bool = arg(False, "Diff-model labels: every token before the first <DFF> is ignored by the loss. Always pass it for diff models.")
+    train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")

@@ -59,7 +59,7 @@ def load_tokenizer(model_args):
     if tok.eos_token_id is None:
         raise DiffModelError(f"the tokenizer from {name!r} has no EOS token; every sample ends with EOS, so add an eos_token to it and save it")
     if not getattr(tok, "is_fast", False):
-        logger.warning("slow tokenizer: no character offsets, so <DFF> is found by its token ids (a marker merged by BPE is missed)")
+        logger.warning("slow tokenizer: no character offsets, so each token is decoded on its own to find where the diff starts")
     return tok
 
 

@@ -18,7 +18,8 @@ Pieces, each small:
 - :class:`StreamStateCallback`: at each save, gathers every rank's progress
   and writes ``stream_state.json`` into the checkpoint folder (one entry per
   rank), and logs the counts (samples read, dropped too long, dropped without
-  ``<DFF>``, bad records, rows trained); again at the end of training.
+  ``<DFF>``, dropped with an empty diff, bad records, rows trained); again at
+  the end of training.
 - :func:`restore_stream_state`: on resume, starts this rank's readers where
   the checkpoint's stream stopped.
 
@@ -126,6 +127,7 @@ def first_buffer_report(dataset: StreamingDataset, examples: int = 2) -> SplitRe
     rows, counts = first_buffer(dataset)
     report = SplitReport(
         samples_loaded=counts["samples_read"], dropped_too_long=counts["dropped_too_long"], dropped_no_diff=counts["dropped_no_diff"],
+        dropped_empty_diff=counts["dropped_empty_diff"],
         samples_kept=counts["samples_kept"], layout=f"{dataset.opts.layout} (stream)",
     )
     if rows:
@@ -250,12 +252,13 @@ def _summary(states: list[dict], block_size: int) -> str:
     total = dict.fromkeys(COUNT_FIELDS, 0)
     for s in states:
         for k in COUNT_FIELDS:
-            total[k] += s["counts"][k]
+            total[k] += s["counts"].get(k, 0)
     rows = sum(s["rows_trained"] for s in states)
     epoch = max(s["epoch"] for s in states)
     return (
         f"{total['samples_read']:,} samples read, {total['dropped_too_long']:,} dropped as >= --block_size {block_size} tokens, "
-        f"{total['dropped_no_diff']:,} dropped without <DFF>, {total['bad_records']:,} bad records skipped, "
+        f"{total['dropped_no_diff']:,} dropped without <DFF>, {total['dropped_empty_diff']:,} dropped with an empty diff, "
+        f"{total['bad_records']:,} bad records skipped, "
         f"{rows:,} rows trained over {len(states)} rank(s), epoch {epoch}"
     )
 
