@@ -82,6 +82,27 @@ class TestApplies:
         assert (work / "f.txt").read_text() == "extra\n" + AFTER
         assert "hunk 1: offset at line 3 (offset +1 line)" in capsys.readouterr().out
 
+    def test_header_without_new_range_applies_only_leniently_by_context(self, work, tmp_path, capsys):
+        patch = tmp_path / "p.diff"
+        patch.write_text("@@ -1,7 @@\n line 4\n-line 5\n+five\n line 6\n")
+        assert run(str(patch), "f.txt", "-C", str(work)) == 1
+        assert (work / "f.txt").read_text() == BEFORE
+        out = capsys.readouterr().out
+        assert "hunk 1: FAILED: the hunk header has no +NEW range; only a lenient apply may place it by its context" in out
+        assert run(str(patch), "f.txt", "-C", str(work), "--lenient") == 0
+        assert (work / "f.txt").read_text() == AFTER
+        assert capsys.readouterr().out.endswith("f.txt: relocated\n"
+                                                "  note: hunk 1: malformed header '@@ -1,7 @@'\n"
+                                                "  note: hunk 1: header has no +NEW range\n"
+                                                "  hunk 1: offset at line 4 (offset +3 lines) (the hunk header has no +NEW range)\n")
+
+    def test_header_without_new_range_and_no_context_writes_nothing(self, work, tmp_path):
+        patch = tmp_path / "p.diff"
+        patch.write_text("@@ -1,7 @@\n" + "".join(f"+junk {i}\n" for i in range(1, 10)))
+        for flags in ((), ("--lenient",)):
+            assert run(str(patch), "f.txt", "-C", str(work), *flags) == 1
+            assert (work / "f.txt").read_text() == BEFORE
+
     def test_dry_run_writes_nothing(self, work, tmp_path, capsys):
         patch = tmp_path / "p.diff"
         patch.write_text(DIFF)

@@ -109,6 +109,15 @@ class TestModelDefects:
         assert (parsed.hunks[0].old_start, parsed.hunks[0].new_start) == (None, None)
         assert "hunk 1: header has no line numbers" in parsed.notes
 
+    def test_header_with_one_range_says_which_is_missing(self):
+        parsed = parse_diff("@@ -1,7 @@\n a\n-b\n+B\n")
+        assert parsed.status is Status.REPAIRED
+        hunk = parsed.hunks[0]
+        assert (hunk.old_start, hunk.new_start, hunk.missing_range()) == (1, None, "no +NEW range")
+        assert parsed.notes == ["hunk 1: malformed header '@@ -1,7 @@'", "hunk 1: header has no +NEW range"]
+        assert parse_diff("@@ +2 @@\n-b\n+B\n").hunks[0].missing_range() == "no -OLD range"
+        assert parse_diff(DIFF).hunks[0].missing_range() == ""
+
     def test_header_without_closing_at_signs(self):
         parsed = parse_diff(DIFF.replace("@@ -1,4 +1,5 @@", "@@ -1,4 +1,5"))
         assert parsed.status is Status.REPAIRED

@@ -23,7 +23,9 @@ Invariants:
 - Starts are stored as the 1-based number of the first line of the range; for
   an empty range (git writes ``-5,0`` for "after line 5") that is the line
   after the insertion point (``6``), so ``old_start - 1`` is always the
-  0-based index where the hunk applies. ``None`` means the header gave none.
+  0-based index where the hunk applies. ``None`` means the header gave none;
+  :meth:`Hunk.missing_range` names a missing range (such a hunk is never
+  applied strictly).
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ class Hunk:
     lines: list[str] = field(default_factory=list)
     #: text after the closing ``@@`` (git's function context), without newline
     section: str = ""
+
+    def missing_range(self) -> str:
+        """``""`` when the header stated both ranges, else which one it lacked.
+
+        A hunk whose header lacks a range (``@@ -1,7 @@``) is never applied
+        strictly: it can only be placed by its context.
+        """
+        if self.old_start is None and self.new_start is None:
+            return "no line numbers"
+        if self.old_start is None:
+            return "no -OLD range"
+        if self.new_start is None:
+            return "no +NEW range"
+        return ""
 
     def ops(self) -> list[tuple[str, str]]:
         """``(tag, file line)`` pairs, tag ``' '``, ``'-'`` or ``'+'``, markers folded in."""
@@ -277,13 +293,6 @@ def _read_hunk(lines: list[str], i: int, number: int, notes: list[str]) -> tuple
         notes.append(f"hunk {number}: dropped a hunk with no lines")
         return None, j
     body = _drop_misplaced_markers(body, number, notes)
-    if head.old_start is None or head.new_start is None:
-        notes.append(f"hunk {number}: header has no line numbers")
-    elif (head.old_claim, head.new_claim) != (old, new):
-        notes.append(
-            f"hunk {number}: header counts -{head.old_claim} +{head.new_claim} "
-            f"recounted from the body as -{old} +{new}"
-        )
     hunk = Hunk(
         old_start=_normalized_start(head.old_start, head.old_claim),
         old_len=old,
@@ -292,6 +301,13 @@ def _read_hunk(lines: list[str], i: int, number: int, notes: list[str]) -> tuple
         lines=body,
         section=head.section,
     )
+    if hunk.missing_range():
+        notes.append(f"hunk {number}: header has {hunk.missing_range()}")
+    elif (head.old_claim, head.new_claim) != (old, new):
+        notes.append(
+            f"hunk {number}: header counts -{head.old_claim} +{head.new_claim} "
+            f"recounted from the body as -{old} +{new}"
+        )
     return hunk, j
 
 
