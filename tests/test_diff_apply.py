@@ -67,6 +67,21 @@ class TestStrict:
         before, after = "a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n"
         assert apply_diff(before, make_diff(before, after)).text == after
 
+    def test_crlf_diff_of_a_crlf_file_applies_byte_for_byte(self):
+        # Every line of the diff ends in CRLF, its @@ line too: read as it is, as git apply does.
+        before, after = "a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n"
+        diff = make_diff(before, after).replace("@@\n", "@@\r\n")
+        assert diff == "@@ -1,3 +1,3 @@\r\n a\r\n-b\r\n+B\r\n c\r\n"
+        for mode in ("strict", "lenient"):
+            result = apply_diff(before, diff, mode)
+            assert (result.text, result.status, result.notes) == (after, ApplyStatus.APPLIED, []), mode
+            assert [(h.status, h.match) for h in result.hunks] == [(HunkStatus.APPLIED, "exact")]
+
+    def test_crlf_diff_of_a_crlf_file_still_fails_where_it_does_not_match(self):
+        result = apply_diff("a\r\nx\r\nc\r\n", "@@ -1,3 +1,3 @@\r\n a\r\n-b\r\n+B\r\n c\r\n")
+        assert (result.text, result.status) == (None, ApplyStatus.FAILED)
+        assert result.hunks[0].message == "lines do not match at line 1"
+
     def test_unknown_mode_is_a_programming_error(self):
         with pytest.raises(ValueError):
             apply_diff("a\n", "@@ -1 +1 @@\n-a\n+b\n", mode="fuzzy")

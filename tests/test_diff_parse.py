@@ -43,6 +43,17 @@ class TestWellFormed:
         assert parsed.status is Status.VALID
         assert parsed.hunks[0].new_lines() == ["a\r\n", "c\r\n"]
 
+    def test_crlf_diff_is_read_both_ways(self):
+        parsed = parse_diff("@@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+c\r\n")
+        assert (parsed.status, parsed.notes) == (Status.REPAIRED, ["diff had CRLF line endings"])
+        assert parsed.hunks == [Hunk(1, 2, 1, 2, [" a\n", "-b\n", "+c\n"])]
+        assert (parsed.verbatim.status, parsed.verbatim.notes) == (Status.VALID, [])
+        assert parsed.verbatim.hunks == [Hunk(1, 2, 1, 2, [" a\r\n", "-b\r\n", "+c\r\n"])]
+        assert parse_diff(DIFF).verbatim is None
+        two = parse_patch("--- a/x\r\n+++ b/x\r\n@@ -1 +1 @@\r\n-a\r\n+b\r\n--- a/y\r\n+++ b/y\r\n@@ -1 +1 @@\r\n-c\r\n+d\r\n")
+        assert [(s.new_path, s.verbatim.new_path, s.verbatim.hunks[0].lines) for s in two] == [
+            ("x", "x", ["-a\r\n", "+b\r\n"]), ("y", "y", ["-c\r\n", "+d\r\n"])]
+
     def test_function_context_after_header_is_kept(self):
         parsed = parse_diff("@@ -1 +1 @@ def f():\n-a\n+b\n")
         assert parsed.status is Status.VALID

@@ -285,7 +285,13 @@ class TestFinishEdit:
         assert (found.status, found.new_code, found.apply_status) == (
             EditStatus.LENIENT, code.replace("line 2\n", "two\n"), "relocated")
 
-    def test_marker_in_text_sets_the_stop_reason(self):
+    def test_crlf_diff_of_a_crlf_file_is_strict(self):
+        edit = finish_edit("a\r\nb\r\n", " @@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+B\r\n")
+        assert (edit.status, edit.new_code, edit.notes) == (EditStatus.STRICT, "a\r\nB\r\n", [])
+        lf = finish_edit("a\nb\n", " @@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+B\r\n")
+        assert (lf.status, lf.new_code, lf.notes) == (EditStatus.STRICT, "a\nB\n", ["diff had CRLF line endings"])
+
+
         edit = finish_edit("a\n", " @@ -1 +1 @@\n-a\n+b\n<NME> c", "length", 20)
         assert (edit.stop, edit.status, edit.diff) == ("marker", EditStatus.STRICT, "@@ -1 +1 @@\n-a\n+b\n")
 

@@ -26,6 +26,11 @@ Invariants:
 - ``text`` is ``None`` exactly when a hunk failed or no hunk could be read;
   then nothing is half-applied.
 - ``apply_diff(b, make_diff(b, a), mode) .text == a`` for both modes.
+- A diff with CRLF line ends is tried in both of its readings
+  (:attr:`ParsedDiff.verbatim`): first the one whose line ends agree with the
+  file (byte for byte for a CRLF or empty file, as ``git apply`` reads it;
+  one CR dropped per line for an LF file), then the other; the first that
+  applies is the result, else the first reading's failure.
 - A new file is ``before == ""`` (``"ADDFILE"``, the prompt's stand-in for an
   empty file, is read as ``""`` too).
 """
@@ -294,6 +299,19 @@ def apply_diff(before: str, diff: str | bytes | ParsedDiff, mode: str = "strict"
         return ApplyResult(None, ApplyStatus.BAD_FORMAT, [], parsed.status, notes)
 
     a = split_lines(before)
+    readings = [parsed] if parsed.verbatim is None else [parsed.verbatim, parsed]
+    if a and _eol_style(a) == "\n":
+        readings.reverse()
+    first = _apply_hunks(a, readings[0], mode)
+    if first.ok or len(readings) == 1:
+        return first
+    other = _apply_hunks(a, readings[1], mode)
+    return other if other.ok else first
+
+
+def _apply_hunks(a: list[str], parsed: ParsedDiff, mode: str) -> ApplyResult:
+    """Apply the hunks of one reading of a diff to the lines ``a``."""
+    notes = list(parsed.notes)
     index = _Index(a)
     eol = _eol_style(a)
     outcomes: list[HunkOutcome] = []

@@ -14,6 +14,12 @@ Invariants:
   ``empty`` for blank text; ``bad_format`` when no hunk could be read.
 - The hunk body is trusted over the numbers in its header: line counts are
   always recounted from the body.
+- A diff whose first ``@@`` line ends in CRLF has CRLF line ends itself: its
+  hunks are read with one CR dropped per line (a diff converted to CRLF on
+  the way, or a model writing CRLF for an LF file), and ``verbatim`` holds
+  the same diff read byte for byte (a CRLF file's diff in a CRLF patch file,
+  which ``git apply`` takes as it is), when both readings give the same
+  sections and hunks. The applier tries both.
 - Reading stops at a line starting with a sample marker (``<NME>`` and the
   like): a model that runs on into a next sample is cut there.
 - ``Hunk.lines`` keep the diff's own lines verbatim (prefix, content, line
@@ -117,6 +123,9 @@ class ParsedDiff:
     #: names from ``---``/``+++`` (``a/``, ``b/`` stripped; ``/dev/null`` kept)
     old_path: str | None = None
     new_path: str | None = None
+    #: for a diff whose lines end in CRLF: the same diff read byte for byte
+    #: (the hunks above have one CR dropped per line); else None
+    verbatim: ParsedDiff | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -333,9 +342,8 @@ def _line_start_find(text: str, needle: str) -> int:
     return found + 1 if found >= 0 else -1
 
 
-def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
-    """Decode, cut to the diff after ``<DFF>``, normalise CRLF diffs; return lines and notes."""
-    notes: list[str] = []
+def _prepare(text: str | bytes) -> list[str]:
+    """Decode, cut to the diff after ``<DFF>``; return its lines, each ending in a newline."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", errors="replace")
     elif not isinstance(text, str):
@@ -349,20 +357,29 @@ def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
     lines = split_lines(text)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"  # generation stopped without a final newline
-    first_header = next((line for line in lines if line.startswith("@@")), "")
-    if first_header.endswith("\r\n"):
-        # The diff text itself has CRLF line ends (git writes "@@ ... @@\n" even
-        # for CRLF files): drop one "\r" per line.
-        lines = [line[:-2] + "\n" if line.endswith("\r\n") else line for line in lines]
-        notes.append("diff had CRLF line endings")
-    return lines, notes
+    return lines
 
 
 def _scan(text: str | bytes) -> list[ParsedDiff]:
-    """Read every file section (at least one)."""
-    lines, first_notes = _prepare(text)
+    """Read every file section (at least one); a CRLF diff both ways (see the module docstring)."""
+    lines = _prepare(text)
     if not any(line.strip() for line in lines):
         return [ParsedDiff(Status.EMPTY, notes=["diff is empty"])]
+    first_header = next((line for line in lines if line.startswith("@@")), "")
+    if not first_header.endswith("\r\n"):
+        return _read_sections(lines, [])
+    # The diff text itself has CRLF line ends (git writes "@@ ... @@\n" even
+    # for CRLF files): drop one "\r" per line, and keep the text as it is too.
+    dropped = [line[:-2] + "\n" if line.endswith("\r\n") else line for line in lines]
+    sections = _read_sections(dropped, ["diff had CRLF line endings"])
+    verbatim = _read_sections(lines, [])
+    if [len(s.hunks) for s in sections] == [len(s.hunks) for s in verbatim]:
+        for section, same in zip(sections, verbatim):
+            section.verbatim = same
+    return sections
+
+
+def _read_sections(lines: list[str], first_notes: list[str]) -> list[ParsedDiff]:
     sections = [_Section()]
     sections[0].notes.extend(first_notes)
     i = 0
