@@ -11,6 +11,8 @@ in :data:`SAMPLES` is that sample's ``diff``:
 - ``shift``: hunk header states line 7 of a 2-line file: only the lenient
   applier places it.
 - ``wrong``: removes a line the file does not have: fails.
+- ``half``: a header with only the old range (``@@ -1,7 @@``) over added
+  lines and no context: it says nowhere where the lines go, so it fails.
 - ``marker``: trained without EOS, followed by the next sample's ``<NME>``
   line, so generation must be stopped by the ``<NME>`` criterion.
 """
@@ -51,6 +53,11 @@ SAMPLES = {
     "wrong": dict(
         name="other.py", before="a = 1\n", message="Set b",
         diff="@@ -1 +1 @@\n-b = 1\n+b = 2\n",
+        after=None, status="failed",
+    ),
+    "half": dict(
+        name="half.py", before="a = 1\nb = 2\n", message="Pad half",
+        diff="@@ -1,7 @@\n+junk = 0\n+junk = 1\n+junk = 2\n",
         after=None, status="failed",
     ),
     "marker": dict(

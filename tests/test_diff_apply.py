@@ -67,6 +67,21 @@ class TestStrict:
         before, after = "a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n"
         assert apply_diff(before, make_diff(before, after)).text == after
 
+    def test_crlf_diff_of_a_crlf_file_applies_byte_for_byte(self):
+        # Every line of the diff ends in CRLF, its @@ line too: read as it is, as git apply does.
+        before, after = "a\r\nb\r\nc\r\n", "a\r\nB\r\nc\r\n"
+        diff = make_diff(before, after).replace("@@\n", "@@\r\n")
+        assert diff == "@@ -1,3 +1,3 @@\r\n a\r\n-b\r\n+B\r\n c\r\n"
+        for mode in ("strict", "lenient"):
+            result = apply_diff(before, diff, mode)
+            assert (result.text, result.status, result.notes) == (after, ApplyStatus.APPLIED, []), mode
+            assert [(h.status, h.match) for h in result.hunks] == [(HunkStatus.APPLIED, "exact")]
+
+    def test_crlf_diff_of_a_crlf_file_still_fails_where_it_does_not_match(self):
+        result = apply_diff("a\r\nx\r\nc\r\n", "@@ -1,3 +1,3 @@\r\n a\r\n-b\r\n+B\r\n c\r\n")
+        assert (result.text, result.status) == (None, ApplyStatus.FAILED)
+        assert result.hunks[0].message == "lines do not match at line 1"
+
     def test_unknown_mode_is_a_programming_error(self):
         with pytest.raises(ValueError):
             apply_diff("a\n", "@@ -1 +1 @@\n-a\n+b\n", mode="fuzzy")
@@ -166,6 +181,63 @@ class TestLenient:
         hunk = "@@ -5 +5 @@\n-line 5\n+five\n"
         result = apply_diff(BEFORE, hunk + hunk, mode="lenient")
         assert [h.status for h in result.hunks] == [HunkStatus.APPLIED, HunkStatus.FAILED]
+
+
+TEN = numbered(*range(1, 11))
+#: A model's header with only the old range: its body is nine added lines and no context.
+HALF_HEADER_NO_CONTEXT = "@@ -1,7 @@\n" + "".join(f"+junk {i}\n" for i in range(1, 10))
+#: The same kind of header over a body whose context is lines 1 to 4 of TEN.
+HALF_HEADER = "@@ -1,7 @@\n line 1\n line 2\n-line 3\n+three\n line 4\n"
+
+
+class TestHeaderWithoutBothRanges:
+    """A header such as ``@@ -1,7 @@`` does not say where the new lines go: never strict."""
+
+    def test_added_lines_without_context_never_apply(self):
+        for mode in ("strict", "lenient"):
+            result = apply_diff(TEN, HALF_HEADER_NO_CONTEXT, mode)
+            assert (result.text, result.status) == (None, ApplyStatus.FAILED), mode
+            assert result.hunks[0].status is HunkStatus.FAILED
+        assert apply_diff(TEN, HALF_HEADER_NO_CONTEXT, "strict").hunks[0].message == (
+            "the hunk header has no +NEW range; only a lenient apply may place it by its context")
+        assert apply_diff(TEN, HALF_HEADER_NO_CONTEXT, "lenient").hunks[0].message == (
+            "the hunk header has no +NEW range and the hunk has no context or removed lines to find it by")
+
+    def test_strict_refuses_even_when_the_context_matches(self):
+        result = apply_diff(TEN, HALF_HEADER, "strict")
+        assert (result.text, result.status) == (None, ApplyStatus.FAILED)
+        assert result.hunks[0].message == "the hunk header has no +NEW range; only a lenient apply may place it by its context"
+
+    def test_lenient_applies_by_matching_context_and_says_so(self):
+        result = apply_diff(TEN, HALF_HEADER, "lenient")
+        assert result.text == TEN.replace("line 3\n", "three\n")
+        assert result.status is ApplyStatus.RELOCATED
+        outcome = result.hunks[0]
+        assert (outcome.status, outcome.line, outcome.offset, outcome.match) == (HunkStatus.OFFSET, 1, 0, "exact")
+        assert outcome.describe() == "offset at line 1 (the hunk header has no +NEW range)"
+
+    def test_lenient_fails_when_the_context_does_not_match(self):
+        result = apply_diff(TEN.replace("line 1\n", "first\n"), HALF_HEADER, "lenient")
+        assert (result.text, result.status) == (None, ApplyStatus.FAILED)
+        assert result.hunks[0].message == "context and removed lines not found near line 1"
+
+    def test_lenient_does_not_drop_context_to_place_it(self):
+        # With a full header one wrong context line at the edge is fuzzed away; here it is not.
+        fuzzed = HALF_HEADER.replace("@@ -1,7 @@", "@@ -1,4 +1,4 @@")
+        other = TEN.replace("line 1\n", "first\n")
+        assert apply_diff(other, fuzzed, "lenient").hunks[0].match == "fuzz1"
+        assert apply_diff(other, HALF_HEADER, "lenient").text is None
+
+    def test_old_range_missing(self):
+        diff = HALF_HEADER.replace("@@ -1,7 @@", "@@ +1,4 @@")
+        assert apply_diff(TEN, diff, "strict").hunks[0].message == (
+            "the hunk header has no -OLD range; only a lenient apply may place it by its context")
+        assert apply_diff(TEN, diff, "lenient").text == TEN.replace("line 3\n", "three\n")
+
+    def test_new_file_from_a_header_without_ranges(self):
+        result = apply_diff("", "@@ +1,2 @@\n+x\n+y\n", "lenient")
+        assert (result.text, result.status) == ("x\ny\n", ApplyStatus.RELOCATED)
+        assert apply_diff("", "@@ +1,2 @@\n+x\n+y\n", "strict").text is None
 
 
 def test_parsed_diff_is_accepted():

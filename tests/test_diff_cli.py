@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
+import subprocess
 import sys
 
 import pytest
 
 from diffmodel.cli import main
 from diffmodel.diff.make import make_diff
+from mine_gitrepo import GitRepo
 
 BEFORE = "".join(f"line {i}\n" for i in range(1, 11))
 AFTER = BEFORE.replace("line 5\n", "five\n")
@@ -82,6 +85,27 @@ class TestApplies:
         assert (work / "f.txt").read_text() == "extra\n" + AFTER
         assert "hunk 1: offset at line 3 (offset +1 line)" in capsys.readouterr().out
 
+    def test_header_without_new_range_applies_only_leniently_by_context(self, work, tmp_path, capsys):
+        patch = tmp_path / "p.diff"
+        patch.write_text("@@ -1,7 @@\n line 4\n-line 5\n+five\n line 6\n")
+        assert run(str(patch), "f.txt", "-C", str(work)) == 1
+        assert (work / "f.txt").read_text() == BEFORE
+        out = capsys.readouterr().out
+        assert "hunk 1: FAILED: the hunk header has no +NEW range; only a lenient apply may place it by its context" in out
+        assert run(str(patch), "f.txt", "-C", str(work), "--lenient") == 0
+        assert (work / "f.txt").read_text() == AFTER
+        assert capsys.readouterr().out.endswith("f.txt: relocated\n"
+                                                "  note: hunk 1: malformed header '@@ -1,7 @@'\n"
+                                                "  note: hunk 1: header has no +NEW range\n"
+                                                "  hunk 1: offset at line 4 (offset +3 lines) (the hunk header has no +NEW range)\n")
+
+    def test_header_without_new_range_and_no_context_writes_nothing(self, work, tmp_path):
+        patch = tmp_path / "p.diff"
+        patch.write_text("@@ -1,7 @@\n" + "".join(f"+junk {i}\n" for i in range(1, 10)))
+        for flags in ((), ("--lenient",)):
+            assert run(str(patch), "f.txt", "-C", str(work), *flags) == 1
+            assert (work / "f.txt").read_text() == BEFORE
+
     def test_dry_run_writes_nothing(self, work, tmp_path, capsys):
         patch = tmp_path / "p.diff"
         patch.write_text(DIFF)
@@ -133,6 +157,56 @@ class TestApplies:
         assert run(str(patch), "link.txt", "-C", str(work)) == 0
         assert os.path.islink(work / "link.txt")
         assert (work / "f.txt").read_text() == AFTER
+
+
+class TestCrlfPatchFromGit:
+    """A patch of CRLF files: strict apply gives the bytes ``git apply`` gives."""
+
+    APP = b"".join(b"def f%d():\r\n    return %d\r\n\r\n" % (i, i) for i in range(8))
+    AFTER = APP.replace(b"return 1\r", b"return 10\r").replace(b"return 6\r", b"return 60\r")
+    CFG = b"[tool]\r\ndebug = false\r\n"
+
+    @pytest.fixture
+    def repo(self, tmp_path):
+        repo = GitRepo(tmp_path / "repo")  # core.autocrlf=false: the bytes are stored as they are
+        repo.write("app.py", self.APP)
+        repo.commit("Add app")
+        return repo
+
+    def git_diff(self, repo) -> bytes:
+        repo.write("app.py", self.AFTER)
+        repo.write("new.cfg", self.CFG)
+        repo.git("add", "-A")
+        patch = subprocess.run(["git", "diff", "--cached"], cwd=repo.path, env=repo.env(), capture_output=True,
+                               check=True).stdout
+        repo.git("reset", "-q", "--hard")
+        assert (repo.path / "app.py").read_bytes() == self.APP and not (repo.path / "new.cfg").exists()
+        return patch
+
+    def files(self, repo) -> dict[str, bytes]:
+        return {name: (repo.path / name).read_bytes() for name in ("app.py", "new.cfg")}
+
+    @pytest.mark.parametrize("crlf_everywhere", [False, True], ids=["as-git-wrote-it", "every-line-crlf"])
+    def test_same_bytes_as_git_apply(self, repo, tmp_path, crlf_everywhere, capsys):
+        patch = self.git_diff(repo)
+        # git ends its own lines in LF (the function context too), the file's lines keep CRLF
+        assert b"\n@@ -2,7 +2,7 @@ def f0():\n     return 0\r\n \r\n" in patch
+        if crlf_everywhere:  # as an editor, or a checkout with eol=crlf, leaves the patch file
+            patch = re.sub(rb"(?<!\r)\n", b"\r\n", patch)
+            assert b"\r\n@@ -2,7 +2,7 @@ def f0():\r\n     return 0\r\n" in patch and b"\r\r" not in patch
+        path = tmp_path / "change.patch"
+        path.write_bytes(patch)
+        repo.git("apply", "--check", str(path))
+        repo.git("apply", str(path))
+        by_git = self.files(repo)
+        assert by_git == {"app.py": self.AFTER, "new.cfg": self.CFG}
+        repo.git("reset", "-q", "--hard")
+        (repo.path / "new.cfg").unlink()
+        assert run(str(path), "-C", str(repo.path)) == 0
+        assert self.files(repo) == by_git
+        assert capsys.readouterr().out == (
+            "app.py: applied\n  hunk 1: applied at line 2\n  hunk 2: applied at line 17\n"
+            "new.cfg: applied\n  hunk 1: applied at line 1\n")
 
 
 class TestLeavesFilesAlone:

@@ -43,6 +43,17 @@ class TestWellFormed:
         assert parsed.status is Status.VALID
         assert parsed.hunks[0].new_lines() == ["a\r\n", "c\r\n"]
 
+    def test_crlf_diff_is_read_both_ways(self):
+        parsed = parse_diff("@@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+c\r\n")
+        assert (parsed.status, parsed.notes) == (Status.REPAIRED, ["diff had CRLF line endings"])
+        assert parsed.hunks == [Hunk(1, 2, 1, 2, [" a\n", "-b\n", "+c\n"])]
+        assert (parsed.verbatim.status, parsed.verbatim.notes) == (Status.VALID, [])
+        assert parsed.verbatim.hunks == [Hunk(1, 2, 1, 2, [" a\r\n", "-b\r\n", "+c\r\n"])]
+        assert parse_diff(DIFF).verbatim is None
+        two = parse_patch("--- a/x\r\n+++ b/x\r\n@@ -1 +1 @@\r\n-a\r\n+b\r\n--- a/y\r\n+++ b/y\r\n@@ -1 +1 @@\r\n-c\r\n+d\r\n")
+        assert [(s.new_path, s.verbatim.new_path, s.verbatim.hunks[0].lines) for s in two] == [
+            ("x", "x", ["-a\r\n", "+b\r\n"]), ("y", "y", ["-c\r\n", "+d\r\n"])]
+
     def test_function_context_after_header_is_kept(self):
         parsed = parse_diff("@@ -1 +1 @@ def f():\n-a\n+b\n")
         assert parsed.status is Status.VALID
@@ -108,6 +119,15 @@ class TestModelDefects:
         assert parsed.status is Status.REPAIRED
         assert (parsed.hunks[0].old_start, parsed.hunks[0].new_start) == (None, None)
         assert "hunk 1: header has no line numbers" in parsed.notes
+
+    def test_header_with_one_range_says_which_is_missing(self):
+        parsed = parse_diff("@@ -1,7 @@\n a\n-b\n+B\n")
+        assert parsed.status is Status.REPAIRED
+        hunk = parsed.hunks[0]
+        assert (hunk.old_start, hunk.new_start, hunk.missing_range()) == (1, None, "no +NEW range")
+        assert parsed.notes == ["hunk 1: malformed header '@@ -1,7 @@'", "hunk 1: header has no +NEW range"]
+        assert parse_diff("@@ +2 @@\n-b\n+B\n").hunks[0].missing_range() == "no -OLD range"
+        assert parse_diff(DIFF).hunks[0].missing_range() == ""
 
     def test_header_without_closing_at_signs(self):
         parsed = parse_diff(DIFF.replace("@@ -1,4 +1,5 @@", "@@ -1,4 +1,5"))

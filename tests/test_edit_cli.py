@@ -77,6 +77,16 @@ class TestOneFile:
         assert "does not apply" in err and "nothing written" in err
         assert path.read_text() == "a = 1\n"
 
+    def test_header_without_new_range_is_not_applied(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "half")
+        code, out, err = _edit(["--model", str(model_dir), "half.py", "-m", "Pad half", "--apply"], capsys)
+        assert code == 1
+        assert out == SAMPLES["half"]["diff"]
+        assert "half.py: does not apply" in err and "nothing written" in err
+        assert "note: hunk 1: FAILED: the hunk header has no +NEW range and the hunk has no context" in err
+        assert path.read_text() == SAMPLES["half"]["before"]
+
     def test_name_flag_and_path_outside_the_current_folder(self, model_dir, tmp_path, monkeypatch, capsys):
         folder = tmp_path / "proj"
         folder.mkdir()
@@ -151,7 +161,7 @@ class TestJsonl:
         for i, (key, s) in enumerate(SAMPLES.items()):
             assert (by_id[i]["diff"], by_id[i]["new_code"], by_id[i]["status"]) == (s["diff"], s["after"], s["status"])
         assert "editing" in err  # the progress bar
-        assert "6 requests, 6 edits" in err and "strict 4, lenient 1, failed 1" in err
+        assert "7 requests, 7 edits" in err and "strict 4, lenient 1, failed 2" in err
 
     def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

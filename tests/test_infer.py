@@ -277,7 +277,21 @@ class TestFinishEdit:
         garbage = finish_edit("a\n", " hello there")
         assert (garbage.status, garbage.apply_status) == (EditStatus.FAILED, "bad_format")
 
-    def test_marker_in_text_sets_the_stop_reason(self):
+    def test_header_without_new_range_is_never_strict(self):
+        code = "".join(f"line {i}\n" for i in range(1, 11))
+        junk = finish_edit(code, " @@ -1,7 @@\n" + "".join(f"+junk {i}\n" for i in range(1, 10)))
+        assert (junk.status, junk.new_code, junk.apply_status) == (EditStatus.FAILED, None, "failed")
+        found = finish_edit(code, " @@ -1,7 @@\n line 1\n-line 2\n+two\n line 3\n")
+        assert (found.status, found.new_code, found.apply_status) == (
+            EditStatus.LENIENT, code.replace("line 2\n", "two\n"), "relocated")
+
+    def test_crlf_diff_of_a_crlf_file_is_strict(self):
+        edit = finish_edit("a\r\nb\r\n", " @@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+B\r\n")
+        assert (edit.status, edit.new_code, edit.notes) == (EditStatus.STRICT, "a\r\nB\r\n", [])
+        lf = finish_edit("a\nb\n", " @@ -1,2 +1,2 @@\r\n a\r\n-b\r\n+B\r\n")
+        assert (lf.status, lf.new_code, lf.notes) == (EditStatus.STRICT, "a\nB\n", ["diff had CRLF line endings"])
+
+
         edit = finish_edit("a\n", " @@ -1 +1 @@\n-a\n+b\n<NME> c", "length", 20)
         assert (edit.stop, edit.status, edit.diff) == ("marker", EditStatus.STRICT, "@@ -1 +1 @@\n-a\n+b\n")
 

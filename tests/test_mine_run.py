@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -214,6 +216,55 @@ def test_workers_give_the_same_shards(forest, tmp_path):
     two = mine(config([forest], tmp_path / "two", shard_bytes=1500, batch_size=2, workers=2))
     assert one["shards"] == two["shards"]
     assert shard_rows(tmp_path / "one") == shard_rows(tmp_path / "two")
+
+
+#: The example of docs/mine.md, "From Python", as a script without an ``if __name__ == "__main__":`` guard.
+UNGUARDED_EXAMPLE = """\
+from diffmodel.data.mine_run import MineConfig, mine
+manifest = mine(MineConfig(inputs=["repos/"], output="out", workers={workers}))
+print("samples:", manifest["samples"]["total"])
+"""
+
+
+@pytest.fixture(scope="module")
+def example_repos(tmp_path_factory):
+    base = tmp_path_factory.mktemp("example") / "repos"
+    for i in range(2):
+        build_small_repo(base / f"repo{i}", 5, prefix=f"e{i}")
+    return base
+
+
+def run_example(folder: Path, repos: Path, script: str) -> subprocess.CompletedProcess:
+    (folder / "repos").symlink_to(repos, target_is_directory=True)
+    (folder / "example.py").write_text(script)
+    return subprocess.run([sys.executable, "example.py"], cwd=folder, capture_output=True, text=True, timeout=120)
+
+
+class TestScriptWithoutMainGuard:
+    """Worker processes import the main script: one that calls mine() unguarded must not hang."""
+
+    def test_one_worker_mines_in_this_process(self, example_repos, tmp_path):
+        proc = run_example(tmp_path, example_repos, UNGUARDED_EXAMPLE.format(workers=1))
+        assert (proc.returncode, proc.stdout) == (0, "samples: 10\n"), proc.stderr
+
+    @pytest.mark.parametrize("workers", [2, 4])
+    def test_several_workers_stop_with_the_fix(self, example_repos, tmp_path, workers):
+        proc = run_example(tmp_path, example_repos, UNGUARDED_EXAMPLE.format(workers=workers))
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.rstrip().splitlines()[-1] == (
+            "diffmodel.errors.DiffModelError: a mining worker process stopped before it returned its work "
+            f"(workers={workers}). Worker processes start by importing the main script: if mine() is called from "
+            "a script, call it under `if __name__ == \"__main__\":` (the worker's own error is above), or pass workers=1")
+        # Each worker that got as far as the script's mine() call says why, once: nothing was restarted.
+        told = proc.stderr.count("mine() was called while a worker process was importing the main script")
+        assert 1 <= told <= workers
+        assert not list((tmp_path / "out").rglob("*.jsonl.zst"))
+
+    def test_guarded_script_mines_with_two_workers(self, example_repos, tmp_path):
+        body = UNGUARDED_EXAMPLE.format(workers=2).splitlines()
+        script = body[0] + "\nif __name__ == \"__main__\":\n" + "".join(f"    {line}\n" for line in body[1:])
+        proc = run_example(tmp_path, example_repos, script)
+        assert (proc.returncode, proc.stdout) == (0, "samples: 10\n"), proc.stderr
 
 
 def test_commitpack_rows(tmp_path):

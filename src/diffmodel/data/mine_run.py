@@ -16,6 +16,13 @@ takes the results back *in order*, drops exact duplicates, and writes each
 sample to the shard of its split. Only a bounded window of batches is in
 flight, so memory is bounded by the batch size, not by the history.
 
+Workers are ``spawn`` processes (no fork of a process that may hold threads),
+which import the main script before they start. A worker that dies is never
+replaced: the run stops with a :class:`DiffModelError`. A script that calls
+:func:`mine` without an ``if __name__ == "__main__":`` guard would call it
+again in every worker while it imports; that call raises at once, before it
+touches the output folder, naming the fix.
+
 Resume invariants:
 - A source's done-marker is written only once every shard holding its samples
   is complete on disk; a rerun skips sources with a marker.
@@ -37,6 +44,8 @@ import shutil
 import sys
 import warnings
 from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -223,15 +232,45 @@ def _ordered(tasks: Iterable[tuple], workers: int, options: SampleOptions, token
         finally:
             _close_worker()
         return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(options, tokenizer)) as pool:
-        pending: deque = deque()
+    # A concurrent.futures pool, not multiprocessing.Pool: Pool replaces a worker
+    # that dies while starting, forever; this one fails the pending work instead.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(options, tokenizer))
+    pending: deque[Future] = deque()
+    try:
         for task in tasks:
-            pending.append(pool.apply_async(_run_task, (task,)))
+            pending.append(pool.submit(_run_task, task))
             if len(pending) >= window:
-                yield pending.popleft().get()
+                yield _result(pending.popleft(), workers)
         while pending:
-            yield pending.popleft().get()
+            yield _result(pending.popleft(), workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future: Future, workers: int) -> tuple[int, bool, ChunkResult]:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise DiffModelError(
+            f"a mining worker process stopped before it returned its work (workers={workers}). Worker processes "
+            f"start by importing the main script: if mine() is called from a script, call it under "
+            f"`if __name__ == \"__main__\":` (the worker's own error is above), or pass workers=1") from None
+
+
+def _refuse_in_starting_worker() -> None:
+    """Raise when called while this process is a worker importing the main script.
+
+    That happens when a script calls :func:`mine` without a ``__main__``
+    guard; going on would mine (and clean the output folder) once per worker.
+    """
+    # The flag multiprocessing sets while a spawned process imports the main
+    # script (its own "bootstrapping phase" check reads it too).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise DiffModelError(
+            "mine() was called while a worker process was importing the main script: the script calls mine() "
+            "without a guard. Put the call under `if __name__ == \"__main__\":` (worker processes import the "
+            "script), or pass workers=1")
 
 
 # ------------------------------------------------------------------ the run
@@ -456,6 +495,7 @@ class MineRun:
 
     # -- main loop
     def run(self) -> dict:
+        _refuse_in_starting_worker()
         config = self.config
         self.discovered = _discover(config)
         self._prepare_output(len(self.discovered))

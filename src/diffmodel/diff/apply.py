@@ -6,7 +6,9 @@ text (or ``None``), an overall status and one :class:`HunkOutcome` per hunk.
 Modes:
 - ``strict``: every hunk's context and removed lines must equal the file's
   lines exactly at the line numbers its header states (``patch`` with no
-  fuzz and no offset); hunks must be in order and must not overlap.
+  fuzz and no offset); hunks must be in order and must not overlap. A hunk
+  whose header lacks a range (``@@ -1,7 @@``) fails: it does not say where
+  its lines go.
 - ``lenient``: line numbers are only a hint. Each hunk is looked up by its
   context and removed lines, nearest to where it is expected (the stated line
   shifted by the offset the previous hunk was found at), trying in turn: exact
@@ -14,6 +16,9 @@ Modes:
   of whitespace collapsed, and then that last comparison with up to two
   context lines dropped from each end (``fuzz``). Lines matched loosely keep
   the file's own text; added lines then take the file's line ending.
+  A hunk whose header lacks a range is placed only by its whole context
+  (no fuzz), never at ``applied``, and not at all when it has no context or
+  removed lines (except into an empty file).
 
 Invariants:
 - Never raises on model output (any ``str`` diff or :class:`ParsedDiff`);
@@ -21,6 +26,11 @@ Invariants:
 - ``text`` is ``None`` exactly when a hunk failed or no hunk could be read;
   then nothing is half-applied.
 - ``apply_diff(b, make_diff(b, a), mode) .text == a`` for both modes.
+- A diff with CRLF line ends is tried in both of its readings
+  (:attr:`ParsedDiff.verbatim`): first the one whose line ends agree with the
+  file (byte for byte for a CRLF or empty file, as ``git apply`` reads it;
+  one CR dropped per line for an LF file), then the other; the first that
+  applies is the result, else the first reading's failure.
 - A new file is ``before == ""`` (``"ADDFILE"``, the prompt's stand-in for an
   empty file, is read as ``""`` too).
 """
@@ -43,7 +53,7 @@ class HunkStatus(str, Enum):
     """What happened to one hunk."""
 
     APPLIED = "applied"  # exact lines at the stated line number
-    OFFSET = "offset"  # exact lines, found elsewhere (or the header gave no line)
+    OFFSET = "offset"  # exact lines, found elsewhere (or the header lacked a range)
     FUZZY = "fuzzy"  # found only with line endings / whitespace / context ignored
     FAILED = "failed"
 
@@ -219,8 +229,10 @@ class _Placement:
 
 
 def _strict_hunk(a: list[str], hunk: Hunk, prev_end: int) -> tuple[HunkOutcome, _Placement | None]:
-    if hunk.old_start is None:
-        return HunkOutcome(HunkStatus.FAILED, message="the hunk header has no line numbers"), None
+    missing = hunk.missing_range()
+    if missing:
+        message = f"the hunk header has {missing}; only a lenient apply may place it by its context"
+        return HunkOutcome(HunkStatus.FAILED, message=message), None
     start = hunk.old_start - 1
     old, new = hunk.old_lines(), hunk.new_lines()
     end = start + len(old)
@@ -236,7 +248,13 @@ def _strict_hunk(a: list[str], hunk: Hunk, prev_end: int) -> tuple[HunkOutcome, 
 def _lenient_hunk(index: _Index, hunk: Hunk, expected: int, taken: list[tuple[int, int]], eol: str) -> tuple[HunkOutcome, _Placement | None]:
     a = index.lines
     stated = hunk.old_start - 1 if hunk.old_start is not None else None
+    missing = hunk.missing_range()
+    if missing and a and not hunk.old_lines():
+        message = f"the hunk header has {missing} and the hunk has no context or removed lines to find it by"
+        return HunkOutcome(HunkStatus.FAILED, message=message), None
     for level in _LEVELS:
+        if level.fuzz and missing:
+            break  # without the header's word on where it goes, all of the context must match
         ops, lead = _trim(hunk.ops(), level.fuzz) if level.fuzz else (hunk.ops(), 0)
         if level.fuzz and lead == 0 and len(ops) == len(hunk.ops()):
             continue  # no context to drop: same search as before
@@ -257,14 +275,12 @@ def _lenient_hunk(index: _Index, hunk: Hunk, expected: int, taken: list[tuple[in
             else:
                 lines.append(line if level.name == "exact" else _with_eol(line, eol))
         first = q - lead
-        if stated is None:
-            status, offset = HunkStatus.OFFSET, 0
-        else:
-            offset = first - stated
-            status = HunkStatus.APPLIED if offset == 0 else HunkStatus.OFFSET
+        offset = 0 if stated is None else first - stated
+        status = HunkStatus.APPLIED if offset == 0 and not missing else HunkStatus.OFFSET
         if level.name != "exact":
             status = HunkStatus.FUZZY
-        return HunkOutcome(status, line=first + 1, offset=offset, match=level.name), _Placement(q, k, lines, 0)
+        message = f"the hunk header has {missing}" if missing else ""
+        return HunkOutcome(status, line=first + 1, offset=offset, match=level.name, message=message), _Placement(q, k, lines, 0)
     where = f"near line {expected + 1}"
     return HunkOutcome(HunkStatus.FAILED, message=f"context and removed lines not found {where}"), None
 
@@ -283,6 +299,19 @@ def apply_diff(before: str, diff: str | bytes | ParsedDiff, mode: str = "strict"
         return ApplyResult(None, ApplyStatus.BAD_FORMAT, [], parsed.status, notes)
 
     a = split_lines(before)
+    readings = [parsed] if parsed.verbatim is None else [parsed.verbatim, parsed]
+    if a and _eol_style(a) == "\n":
+        readings.reverse()
+    first = _apply_hunks(a, readings[0], mode)
+    if first.ok or len(readings) == 1:
+        return first
+    other = _apply_hunks(a, readings[1], mode)
+    return other if other.ok else first
+
+
+def _apply_hunks(a: list[str], parsed: ParsedDiff, mode: str) -> ApplyResult:
+    """Apply the hunks of one reading of a diff to the lines ``a``."""
+    notes = list(parsed.notes)
     index = _Index(a)
     eol = _eol_style(a)
     outcomes: list[HunkOutcome] = []

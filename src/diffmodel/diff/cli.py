@@ -38,7 +38,11 @@ left out ('a/' and 'b/' prefixes are dropped). PATCH '-' reads standard input.
 
 By default hunks must match exactly at the line numbers they state. With
 --lenient each hunk is searched for near its stated place, then with line
-endings, whitespace and up to two context lines ignored.
+endings, whitespace and up to two context lines ignored. A hunk whose header
+lacks a range ('@@ -1,7 @@') needs --lenient and is placed only by all of its
+context and removed lines. A patch whose lines all end in CRLF (its '@@'
+lines too) is tried byte for byte, as git apply reads it, and with one CR
+dropped per line; first the reading whose line ends agree with the file's.
 
 Nothing is written unless every hunk applies; files are replaced atomically.
 """

@@ -14,6 +14,12 @@ Invariants:
   ``empty`` for blank text; ``bad_format`` when no hunk could be read.
 - The hunk body is trusted over the numbers in its header: line counts are
   always recounted from the body.
+- A diff whose first ``@@`` line ends in CRLF has CRLF line ends itself: its
+  hunks are read with one CR dropped per line (a diff converted to CRLF on
+  the way, or a model writing CRLF for an LF file), and ``verbatim`` holds
+  the same diff read byte for byte (a CRLF file's diff in a CRLF patch file,
+  which ``git apply`` takes as it is), when both readings give the same
+  sections and hunks. The applier tries both.
 - Reading stops at a line starting with a sample marker (``<NME>`` and the
   like): a model that runs on into a next sample is cut there.
 - ``Hunk.lines`` keep the diff's own lines verbatim (prefix, content, line
@@ -23,7 +29,9 @@ Invariants:
 - Starts are stored as the 1-based number of the first line of the range; for
   an empty range (git writes ``-5,0`` for "after line 5") that is the line
   after the insertion point (``6``), so ``old_start - 1`` is always the
-  0-based index where the hunk applies. ``None`` means the header gave none.
+  0-based index where the hunk applies. ``None`` means the header gave none;
+  :meth:`Hunk.missing_range` names a missing range (such a hunk is never
+  applied strictly).
 """
 
 from __future__ import annotations
@@ -59,6 +67,20 @@ class Hunk:
     lines: list[str] = field(default_factory=list)
     #: text after the closing ``@@`` (git's function context), without newline
     section: str = ""
+
+    def missing_range(self) -> str:
+        """``""`` when the header stated both ranges, else which one it lacked.
+
+        A hunk whose header lacks a range (``@@ -1,7 @@``) is never applied
+        strictly: it can only be placed by its context.
+        """
+        if self.old_start is None and self.new_start is None:
+            return "no line numbers"
+        if self.old_start is None:
+            return "no -OLD range"
+        if self.new_start is None:
+            return "no +NEW range"
+        return ""
 
     def ops(self) -> list[tuple[str, str]]:
         """``(tag, file line)`` pairs, tag ``' '``, ``'-'`` or ``'+'``, markers folded in."""
@@ -101,6 +123,9 @@ class ParsedDiff:
     #: names from ``---``/``+++`` (``a/``, ``b/`` stripped; ``/dev/null`` kept)
     old_path: str | None = None
     new_path: str | None = None
+    #: for a diff whose lines end in CRLF: the same diff read byte for byte
+    #: (the hunks above have one CR dropped per line); else None
+    verbatim: ParsedDiff | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -277,13 +302,6 @@ def _read_hunk(lines: list[str], i: int, number: int, notes: list[str]) -> tuple
         notes.append(f"hunk {number}: dropped a hunk with no lines")
         return None, j
     body = _drop_misplaced_markers(body, number, notes)
-    if head.old_start is None or head.new_start is None:
-        notes.append(f"hunk {number}: header has no line numbers")
-    elif (head.old_claim, head.new_claim) != (old, new):
-        notes.append(
-            f"hunk {number}: header counts -{head.old_claim} +{head.new_claim} "
-            f"recounted from the body as -{old} +{new}"
-        )
     hunk = Hunk(
         old_start=_normalized_start(head.old_start, head.old_claim),
         old_len=old,
@@ -292,6 +310,13 @@ def _read_hunk(lines: list[str], i: int, number: int, notes: list[str]) -> tuple
         lines=body,
         section=head.section,
     )
+    if hunk.missing_range():
+        notes.append(f"hunk {number}: header has {hunk.missing_range()}")
+    elif (head.old_claim, head.new_claim) != (old, new):
+        notes.append(
+            f"hunk {number}: header counts -{head.old_claim} +{head.new_claim} "
+            f"recounted from the body as -{old} +{new}"
+        )
     return hunk, j
 
 
@@ -317,9 +342,8 @@ def _line_start_find(text: str, needle: str) -> int:
     return found + 1 if found >= 0 else -1
 
 
-def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
-    """Decode, cut to the diff after ``<DFF>``, normalise CRLF diffs; return lines and notes."""
-    notes: list[str] = []
+def _prepare(text: str | bytes) -> list[str]:
+    """Decode, cut to the diff after ``<DFF>``; return its lines, each ending in a newline."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", errors="replace")
     elif not isinstance(text, str):
@@ -333,20 +357,29 @@ def _prepare(text: str | bytes) -> tuple[list[str], list[str]]:
     lines = split_lines(text)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"  # generation stopped without a final newline
-    first_header = next((line for line in lines if line.startswith("@@")), "")
-    if first_header.endswith("\r\n"):
-        # The diff text itself has CRLF line ends (git writes "@@ ... @@\n" even
-        # for CRLF files): drop one "\r" per line.
-        lines = [line[:-2] + "\n" if line.endswith("\r\n") else line for line in lines]
-        notes.append("diff had CRLF line endings")
-    return lines, notes
+    return lines
 
 
 def _scan(text: str | bytes) -> list[ParsedDiff]:
-    """Read every file section (at least one)."""
-    lines, first_notes = _prepare(text)
+    """Read every file section (at least one); a CRLF diff both ways (see the module docstring)."""
+    lines = _prepare(text)
     if not any(line.strip() for line in lines):
         return [ParsedDiff(Status.EMPTY, notes=["diff is empty"])]
+    first_header = next((line for line in lines if line.startswith("@@")), "")
+    if not first_header.endswith("\r\n"):
+        return _read_sections(lines, [])
+    # The diff text itself has CRLF line ends (git writes "@@ ... @@\n" even
+    # for CRLF files): drop one "\r" per line, and keep the text as it is too.
+    dropped = [line[:-2] + "\n" if line.endswith("\r\n") else line for line in lines]
+    sections = _read_sections(dropped, ["diff had CRLF line endings"])
+    verbatim = _read_sections(lines, [])
+    if [len(s.hunks) for s in sections] == [len(s.hunks) for s in verbatim]:
+        for section, same in zip(sections, verbatim):
+            section.verbatim = same
+    return sections
+
+
+def _read_sections(lines: list[str], first_notes: list[str]) -> list[ParsedDiff]:
     sections = [_Section()]
     sections[0].notes.extend(first_notes)
     i = 0
