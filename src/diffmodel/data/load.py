@@ -86,7 +86,7 @@ class LoadOptions:
     keep_linebreaks: bool = True
     """For ``.txt`` files: keep the newline at the end of each line's sample."""
     skip_bad_records: bool = False
-    """Skip (and count) malformed JSON records instead of stopping at the first."""
+    """Skip (and count) malformed JSON records (not JSON, not an object, text not a string) instead of stopping at the first."""
     cache_dir: str | None = None
     """``datasets`` cache folder (default: the ``datasets`` default cache)."""
     seed: int = 42
@@ -277,7 +277,7 @@ def _generate(
 ) -> tuple[datasets.Dataset, records.ReadStats | None]:
     """Build (or reuse from the cache) one split; stats are None if cached without them."""
     stats = records.ReadStats()
-    reader = records.RecordReader(opts.skip_bad_records, stats)
+    reader = records.RecordReader(opts.skip_bad_records, stats, opts.text_column)
     ran = []
 
     def rows(paths: list[str]):
@@ -330,7 +330,7 @@ def _fingerprint(files: list[str], split: str, opts: LoadOptions) -> str:
         identity.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
     code = Path(records.__file__).read_bytes() + Path(__file__).read_bytes()
     key = json.dumps(
-        {"files": identity, "split": split, "skip_bad_records": opts.skip_bad_records, "code": hashlib.sha256(code).hexdigest()}
+        {"files": identity, "split": split, "skip_bad_records": opts.skip_bad_records, "text_column": opts.text_column, "code": hashlib.sha256(code).hexdigest()}
     )
     return "diffmodel-json-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 

@@ -16,6 +16,12 @@ Invariants:
 - The first record of a split fixes its columns: a later record that lacks a
   column gets ``None`` there; a record with a column the first lacked is a bad
   record (Arrow needs one schema per split).
+- The fields the text comes from (:func:`text_fields`: ``--text_column``,
+  else ``text``, else ``name/before/message/diff``) are checked per record
+  (:func:`text_problem`): a text that is missing, null, a number or anything
+  but a JSON string is a bad record, named by its line. Of the structured
+  fields only ``before``, ``message`` and ``diff`` may be null (read as
+  empty: a null ``before`` is a new file).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import IO, Iterator
 import zstandard
 
 from diffmodel.errors import DiffModelError
+from diffmodel.sample import FIELDS
 
 #: How many bad-record messages a report keeps (the count is always exact).
 MAX_EXAMPLES = 10
@@ -69,11 +76,13 @@ class RecordReader:
     one reader must be used for all the files of one split.
     """
 
-    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None):
+    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None, text_column: str | None = None):
         self.skip_bad_records = skip_bad_records
         self.stats = stats if stats is not None else ReadStats()
+        self.text_column = text_column
         self.columns: list[str] | None = None
         self.first_origin: str | None = None
+        self.fields: tuple[str, ...] = ()
 
     def _bad(self, message: str) -> None:
         if not self.skip_bad_records:
@@ -86,8 +95,13 @@ class RecordReader:
             self._bad(f"{origin}: not a JSON object (got {_json_type(obj)})")
             return None
         if self.columns is None:
+            problem = text_problem(obj, text_fields(obj, self.text_column))
+            if problem is not None:  # the first good record fixes the columns, so check it before
+                self._bad(f"{origin}: {problem}")
+                return None
             self.columns = list(obj)
             self.first_origin = origin
+            self.fields = text_fields(self.columns, self.text_column)
             return obj
         extra = [k for k in obj if k not in self.columns]
         if extra:
@@ -95,6 +109,10 @@ class RecordReader:
                 f"{origin}: key(s) {', '.join(map(repr, extra))} not among the columns of the first record "
                 f"({self.first_origin}: {', '.join(self.columns) or 'none'})"
             )
+            return None
+        problem = text_problem(obj, self.fields)
+        if problem is not None:
+            self._bad(f"{origin}: {problem}")
             return None
         return {k: obj.get(k) for k in self.columns}
 
@@ -139,6 +157,42 @@ class RecordReader:
             if row is not None:
                 self.stats.rows += 1
                 yield row
+
+
+#: Structured fields that may be null (read as empty; a null ``before`` is a new file).
+NULLABLE_FIELDS = ("before", "message", "diff")
+
+
+def text_fields(keys, text_column: str | None) -> tuple[str, ...]:
+    """The fields the text of a row with these keys comes from, by the load stage's rules.
+
+    ``()`` for tokenized rows (``input_ids``) and rows without text (the load
+    stage names those); else ``text_column`` if given, ``text`` if present,
+    else the structured fields ``name/before/message/diff``.
+    """
+    keys = list(keys)
+    if "input_ids" in keys:
+        return ()
+    if text_column is not None:
+        return (text_column,) if text_column in keys else ()
+    if "text" in keys:
+        return ("text",)
+    if all(f in keys for f in FIELDS):
+        return FIELDS
+    return ()
+
+
+def text_problem(row: dict, fields: tuple[str, ...]) -> str | None:
+    """Why ``row`` has no usable text in ``fields`` (the reason of a bad record), or None if it has."""
+    for name in fields:
+        if name not in row:
+            return f"no {name!r} (the first record has it); give every record its text"
+        value = row[name]
+        if isinstance(value, str) or (value is None and name in NULLABLE_FIELDS and fields == FIELDS):
+            continue
+        allowed = "a JSON string, or null for an empty one" if name in NULLABLE_FIELDS and fields == FIELDS else "a JSON string"
+        return f"{name!r} is {_json_type(value)}, not text ({allowed})"
+    return None
 
 
 def _first_byte(fh: IO[bytes]) -> bytes:

@@ -53,7 +53,7 @@ class DataArguments:
     validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
     text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
     keep_linebreaks: bool = arg(True, "For .txt files: keep line breaks.")
-    skip_bad_records: bool = arg(False, "Skip malformed JSON lines and count them in the report instead of stopping at the first.")
+    skip_bad_records: bool = arg(False, "Skip bad JSON records (not JSON, not an object, text missing or not a string) and count them in the report instead of stopping at the first.")
     max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
     max_eval_samples: int | None = arg(None, "Keep only the first N evaluation rows (after preprocessing).")
     block_size: int | None = arg(None, "Row length in tokens (default: min(1024, the tokenizer's model_max_length)). Must not exceed the model's maximum positions.")
