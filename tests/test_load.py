@@ -507,6 +507,38 @@ class TestBadRecords:
         assert "train split is empty" in msg and str(f) in msg and "2 record(s) were bad" in msg
 
 
+class TestTruncatedZst:
+    """A .zst file cut short (an interrupted download) is an error, never a skipped record."""
+
+    ROWS = [structured(i) for i in range(320)]
+
+    def cut(self, tmp_path: Path, frames: int, keep: float = 0.9) -> Path:
+        whole = write_zst(tmp_path / "whole.jsonl.zst", jsonl_bytes(self.ROWS), frames=frames)
+        f = tmp_path / "cut.jsonl.zst"
+        data = whole.read_bytes()
+        f.write_bytes(data[: int(len(data) * keep)])
+        return f
+
+    @pytest.mark.parametrize("frames", [1, 3])
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_cut_file_is_an_error_naming_it(self, tmp_path, frames, skip):
+        f = self.cut(tmp_path, frames)
+        msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=skip)
+        assert f"{f}: the file is truncated" in msg and "Download or create it again" in msg
+        assert "bad record" not in msg
+
+    def test_whole_file_reads_every_row(self, tmp_path):
+        f = write_zst(tmp_path / "whole.jsonl.zst", jsonl_bytes(self.ROWS), frames=3)
+        raw, report = load(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert len(raw["train"]) == 320 and report.bad_records == 0
+
+    def test_not_zstd_is_an_error_naming_it(self, tmp_path):
+        f = tmp_path / "plain.jsonl.zst"
+        f.write_bytes(jsonl_bytes(TEXT_ROWS))
+        msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert f"{f}: not valid zstd data" in msg
+
+
 class TestOtherErrors:
     @pytest.mark.parametrize("name", ["empty.jsonl", "empty.jsonl.zst"])
     def test_empty_json_file(self, tmp_path, name):

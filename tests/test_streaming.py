@@ -188,6 +188,14 @@ class TestResumeFromState:
         counts = rows[-1][STREAM_KEY]["counts"]
         assert (counts["bad_records"], counts["samples_read"], counts["samples_kept"]) == (2, 2, 2)
 
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_truncated_zst_is_an_error_not_a_bad_record(self, data, tmp_path, tiny_tokenizer, skip):
+        whole = (data / "data.jsonl.zst").read_bytes()
+        cut = tmp_path / "cut.jsonl.zst"
+        cut.write_bytes(whole[: len(whole) * 9 // 10])
+        with pytest.raises(DiffModelError, match=rf"{cut}: the file is truncated.*Download or create it again"):
+            list(_stream([cut], tiny_tokenizer, _opts(tmp_path), skip_bad_records=skip))
+
 
 # --------------------------------------------------------------------------- diffmodel train --streaming
 

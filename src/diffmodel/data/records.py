@@ -7,7 +7,10 @@ is meant for small files only.
 Invariants:
 - Files are read as bytes, line by line; a ``.zst`` file is decompressed as a
   stream (across concatenated frames), never into one string. Memory is
-  bounded by the longest line.
+  bounded by the longest line (and one compressed chunk).
+- A ``.zst`` file cut inside a frame is an error naming the file
+  (:class:`ZstdFrames`), also with ``skip_bad_records``: truncation is never
+  a skipped record.
 - Lines split on ``\\n`` only; blank lines are ignored.
 - Every problem is reported as ``path:LINE: reason`` (``path: item N: reason``
   inside a JSON array). Without ``skip_bad_records`` the first bad record
@@ -59,14 +62,77 @@ class ReadStats:
 
 @contextmanager
 def open_bytes(path: str) -> Iterator[IO[bytes]]:
-    """Open ``path`` for buffered binary reading, decompressing ``.zst`` on the fly."""
+    """Open ``path`` for buffered binary reading, decompressing ``.zst`` on the fly (see :class:`ZstdFrames`)."""
     with open(path, "rb") as fh:
         if path.lower().endswith(".zst"):
-            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            with io.BufferedReader(reader, buffer_size=1 << 20) as buffered:
+            with io.BufferedReader(ZstdFrames(fh, path), buffer_size=1 << 20) as buffered:
                 yield buffered
         else:
             yield fh
+
+
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a file of concatenated zstd frames, read as a stream.
+
+    A file that ends inside a frame was cut short (an interrupted download or
+    copy): reading its end raises :class:`DiffModelError` naming the file,
+    never returns the partial data as if it were the end. (A file cut exactly
+    between two frames cannot be told from a whole one.) Data that is not
+    zstd raises too.
+    """
+
+    _CHUNK = 1 << 17  # compressed bytes per read
+
+    def __init__(self, fh: IO[bytes], path: str):
+        super().__init__()
+        self._fh, self._path = fh, path
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # decompressor of the frame being read, None between frames
+        self._out = b""
+        self._pos = 0
+        self._read_in = 0  # compressed bytes read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pos >= len(self._out):
+            if not self._decompress_more():
+                return 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress_more(self) -> bool:
+        """Decompress the next compressed chunk into ``_out``; False at the end of a whole file."""
+        data = self._fh.read(self._CHUNK)
+        if not data:
+            if self._frame is not None:
+                raise DiffModelError(
+                    f"{self._path}: the file is truncated: its zstd data stops in the middle of a frame after "
+                    f"{self._read_in:,} bytes, so the file was cut short (e.g. an interrupted download or copy). "
+                    "Download or create it again"
+                )
+            return False
+        self._read_in += len(data)
+        out = []
+        try:
+            while data:
+                if self._frame is None:
+                    self._frame = self._dctx.decompressobj()
+                out.append(self._frame.decompress(data))
+                if not self._frame.eof:
+                    break
+                data = self._frame.unused_data
+                self._frame = None
+        except zstandard.ZstdError as err:
+            raise DiffModelError(
+                f"{self._path}: not valid zstd data near byte {self._read_in:,} ({err}); the file is damaged or not "
+                "zstd-compressed. Download or create it again, or rename it if it is not compressed"
+            ) from None
+        self._out, self._pos = b"".join(out), 0
+        return True
 
 
 class RecordReader:
