@@ -115,6 +115,29 @@ class TestArgumentFiles:
         state = json.loads((workdir / f"out{suffix}" / "trainer_state.json").read_text())
         assert state["global_step"] == 3
 
+    def test_a_single_value_for_a_list_argument_is_a_one_element_list(self, workdir):
+        from diffmodel.train.args import parse_args
+
+        path = workdir / "scalars.yaml"
+        path.write_text("train_file: data.jsonl\nvalidation_file: val.jsonl\nlabel_names: labels\noutput_dir: o\n")
+        _, data_args, training_args = parse_args([str(path)])
+        assert data_args.train_file == ["data.jsonl"] and data_args.validation_file == ["val.jsonl"]
+        assert training_args.label_names == ["labels"]
+
+    def test_yaml_scalar_train_file_trains_through_the_cli(self, workdir):
+        out = workdir / "scalar_out"
+        args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=1, train_file="data.jsonl", validation_file="data.jsonl")
+        (workdir / "scalar.yaml").write_text(yaml.safe_dump(args))
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "scalar.yaml"], cwd=workdir, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 40
+
+    def test_arguments_file_that_is_not_yaml_names_the_file(self, workdir):
+        path = workdir / "broken.yaml"
+        path.write_text("train_file: [data.jsonl\n")
+        with pytest.raises(DiffModelError, match=rf"{path}: not valid YAML"):
+            train_main([str(path)])
+
 
 def _flags(d):
     out = []

@@ -5,15 +5,25 @@ the two dataclasses below: the model and data options of HF's ``run_clm.py``
 and the reference script's seven flags (with their meaning unchanged). Each
 field's docstring-like ``help`` is what ``--help`` prints.
 
+A single ``.json`` / ``.yaml`` file of arguments may replace the command
+line; in it a single value for a list argument (``train_file: data.jsonl``)
+is a one-element list, as on the command line.
+
 :func:`validate` gathers every problem of a command line and raises once,
 naming each flag and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -101,6 +111,37 @@ def make_parser() -> HfArgumentParser:
     return parser
 
 
+def list_fields(parser: HfArgumentParser) -> set[str]:
+    """Names of the arguments typed as a list (``list[X]`` or ``list[X] | None``; not ``str | list[str]``)."""
+    names = set()
+    for dtype in parser.dataclass_types:
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            hint = hints.get(f.name)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                options = [a for a in typing.get_args(hint) if a is not type(None)]
+            else:
+                options = [hint]
+            if len(options) == 1 and typing.get_origin(options[0]) is list:
+                names.add(f.name)
+    return names
+
+
+def read_args_file(path: Path, as_lists: set[str]) -> dict:
+    """The arguments of a JSON or YAML file; a single value given for a list argument becomes a one-element list.
+
+    (``train_file: data.jsonl`` means ``[data.jsonl]``, as ``--train_file data.jsonl`` does on a command line.)
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise DiffModelError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({err}); fix the file") from None
+    if not isinstance(data, dict):
+        raise DiffModelError(f"{path}: holds {type(data).__name__}, not a mapping of argument names to values (e.g. train_file: data.jsonl)")
+    return {k: [v] if k in as_lists and not isinstance(v, (list, tuple)) and v is not None else v for k, v in data.items()}
+
+
 def parse_args(argv: list[str] | None = None) -> PARSED:
     """Parse a command line, or a single JSON/YAML file of arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -110,10 +151,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         if not path.is_file():
             raise DiffModelError(f"arguments file {path} does not exist")
         try:
-            if path.suffix == ".json":
-                parsed = parser.parse_json_file(str(path.resolve()))
-            else:
-                parsed = parser.parse_yaml_file(str(path.resolve()))
+            parsed = parser.parse_dict(read_args_file(path, list_fields(parser)))
         except ValueError as err:
             raise DiffModelError(f"{path}: {err}") from None
     else:
