@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,26 @@ class TestClearErrors:
         proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "--output_dir", str(workdir / "y")], capture_output=True, text=True)
         assert proc.returncode == 2
         assert "diffmodel train: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_bf16_without_bf16_hardware_is_a_clear_error_before_data_loads(self, workdir):
+        args = _flags(dict(_common(workdir, workdir / "bf16"), do_train=True, bf16=True, max_steps=1))
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, whatever this machine has
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *args, "--output_dir", str(workdir / "bf16"), "--max_train_samples", "0"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "diffmodel train cannot start:\n" in proc.stderr
+        assert "  - --max_train_samples 0 must be at least 1\n" in proc.stderr  # reported with the other problems
+        assert ("  - --bf16: this machine has no GPU, so it cannot train in bf16 here; drop --bf16 to train in float32, "
+                "or add --use_cpu to run bf16 on the CPU (usually slower than float32)") in proc.stderr
+        assert "Generating train split" not in proc.stdout + proc.stderr and not (workdir / "bf16").exists()
+
+    def test_bf16_with_use_cpu_passes_validation(self, workdir, monkeypatch):
+        from diffmodel.train.args import parse_args, validate
+
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        parsed = parse_args(_flags(dict(_common(workdir, workdir / "bf16cpu"), do_train=True, bf16=True, use_cpu=True)))
+        validate(*parsed)
+        assert parsed[2].bf16 and parsed[2].use_cpu
 
 
 class TestPackingRun:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import yaml
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.train.lora import LoraArguments, lora_args_from, lora_problems
@@ -142,24 +144,51 @@ def read_args_file(path: Path, as_lists: set[str]) -> dict:
     return {k: [v] if k in as_lists and not isinstance(v, (list, tuple)) and v is not None else v for k, v in data.items()}
 
 
+#: Flags that need bf16 hardware; transformers refuses them while parsing, so they are checked by :func:`validate`.
+BF16_FLAGS = ("bf16", "bf16_full_eval")
+
+
+def bf16_problems(values) -> list[str]:
+    """``--bf16`` / ``--bf16_full_eval`` on a machine without bf16 support and without ``--use_cpu``."""
+    wanted = [f for f in BF16_FLAGS if values.get(f)]
+    if not wanted or values.get("use_cpu") or is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return []
+    found = "a GPU without bf16 support (bf16 needs an Ampere or newer GPU)" if torch.cuda.is_available() else "no GPU"
+    return [
+        f"--{flag}: this machine has {found}, so it cannot train in bf16 here; drop --{flag} to train in float32, "
+        "or add --use_cpu to run bf16 on the CPU (usually slower than float32)"
+        for flag in wanted
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> PARSED:
-    """Parse a command line, or a single JSON/YAML file of arguments."""
+    """Parse a command line, or a single JSON/YAML file of arguments.
+
+    Problems that transformers raises while building ``TrainingArguments``
+    become a :class:`DiffModelError`; bf16 flags the machine cannot run are
+    parsed as given (without transformers' check) for :func:`validate` to
+    report with every other problem.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
             raise DiffModelError(f"arguments file {path} does not exist")
-        try:
-            parsed = parser.parse_dict(read_args_file(path, list_fields(parser)))
-        except ValueError as err:
-            raise DiffModelError(f"{path}: {err}") from None
+        values, where = read_args_file(path, list_fields(parser)), f"{path}: "
     else:
-        parsed = parser.parse_args_into_dataclasses(args=argv)
+        values, where = vars(parser.parse_args(argv)), ""
+    deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
+    try:
+        parsed = parser.parse_dict({**values, **dict.fromkeys(deferred, False)})
+    except ValueError as err:
+        raise DiffModelError(f"{where}{err}") from None
     model_args, data_args, training_args, *rest = parsed
     for extra in rest:
         for name, value in vars(extra).items():
             setattr(training_args, name, value)
+    for name, value in deferred.items():  # validate() reports them (training never starts with them)
+        setattr(training_args, name, value)
     return model_args, data_args, training_args
 
 
@@ -188,4 +217,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
     problems += streaming_problems(data_args, training_args)
+    problems += bf16_problems(vars(training_args))
     raise_if_problems(problems, "diffmodel train cannot start")
