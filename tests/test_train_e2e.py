@@ -210,6 +210,54 @@ class TestClearErrors:
         assert parsed[2].bf16 and parsed[2].use_cpu
 
 
+class TestBadRecordsAndDrops:
+    """Null / number texts through the CLI, and a run that drops most of its samples."""
+
+    def data(self, workdir) -> Path:
+        texts = [render(**r) for r in _rows()]
+        lines = [{"text": t} for t in texts]
+        lines.insert(3, {"text": None})
+        lines.insert(9, {"text": 5})
+        path = workdir / "with_bad.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return path
+
+    def run_cli(self, workdir, out, data, block_size, *extra):
+        args = dict(_common(workdir, out), do_train=True, max_steps=1, train_file=[str(data)], block_size=block_size, validation_split_percentage=0)
+        return subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *_flags(args), *extra], capture_output=True, text=True, timeout=600)
+
+    def test_null_text_names_file_and_line_without_traceback(self, workdir):
+        data = self.data(workdir)
+        proc = self.run_cli(workdir, workdir / "nulltext", data, 128)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"{data}:4: 'text' is null, not text (a JSON string). Fix the record, or pass --skip_bad_records" in proc.stderr
+
+    def test_skipped_records_and_long_samples_are_counted_and_warned(self, workdir):
+        from transformers import AutoTokenizer
+
+        data = self.data(workdir)
+        tok = AutoTokenizer.from_pretrained(workdir / "gpt2")
+        lengths = [len(tok(render(**r))["input_ids"]) for r in _rows()]
+        block = min(lengths) + 1  # only the shortest samples fit
+        too_long = sum(n >= block for n in lengths)
+        total = len(lengths) + 2
+        assert 2 * (too_long + 2) > total and too_long < len(lengths)
+        out = workdir / "mostly_dropped"
+        proc = self.run_cli(workdir, out, data, block, "--skip_bad_records")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        warning = (
+            f"the train split drops {too_long + 2} of {total} samples ({(too_long + 2) / total:.0%}): {too_long} too long "
+            f"(>= --block_size tokens), 2 bad records skipped. To keep more: raise --block_size (up to the model's positions) "
+            "or pre-filter long samples; fix the records the log names"
+        )
+        log = proc.stdout + proc.stderr
+        assert f"WARNING diffmodel.train: {warning}" in log  # the log
+        assert f"WARNING: {warning}" in log  # the report table
+        report = json.loads((out / "data_report.json").read_text())["train"]
+        assert (report["bad_records"], report["dropped_too_long"], report["samples_loaded"]) == (2, too_long, len(lengths))
+        assert report["warning"] == warning
+
+
 class TestPackingRun:
     def test_packed_run_saves_and_reloads_its_final_dataset(self, workdir):
         out = workdir / "packed"

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -109,6 +109,8 @@ class LoadReport:
     """True when validation was cut from train."""
     text_column: str | None
     """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
+    bad_records_by_split: dict[str, int] = field(default_factory=dict)
+    """``bad_records`` per split read from files (a validation split cut from train has its records counted in train)."""
 
 
 def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadReport]:
@@ -267,6 +269,7 @@ def _load_json(files: list[str], split: str, opts: LoadOptions, report: LoadRepo
             "%s split: skipped %d bad record(s), e.g. %s", split, stats.bad_records, "; ".join(stats.bad_record_examples[:3])
         )
     report.bad_records += stats.bad_records
+    report.bad_records_by_split[split] = report.bad_records_by_split.get(split, 0) + stats.bad_records
     room = records.MAX_EXAMPLES - len(report.bad_record_examples)
     report.bad_record_examples.extend(stats.bad_record_examples[: max(room, 0)])
     return ds

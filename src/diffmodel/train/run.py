@@ -4,7 +4,8 @@ Order (the reference's): load -> dropout -> tokenize (+ long-sample policy) ->
 labels -> layout -> sanity report (+ ``--save_final_dataset``) -> Trainer.
 Every stage is a function of another module; this one wires them, logs each
 decision the flags imply, and writes what people look at afterwards:
-``data_report.json``, ``train_results.json`` / ``eval_results.json`` and
+``data_report.json`` (with a warning for a split that drops more than half
+of its samples), ``train_results.json`` / ``eval_results.json`` and
 ``loss.png`` in ``--output_dir``.
 
 Under torchrun / accelerate / deepspeed the main process preprocesses first and
@@ -25,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.pipeline import pad_id_of, save_atomically
-from diffmodel.preprocess.sanity import format_report, write_report_json
+from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.train.args import parse_args, validate
 from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(training_args.output_dir)
     if training_args.should_save:
         logger.info("\n%s", format_report(reports))
+        for split, report in reports.items():
+            if warning := drop_warning(split, report):
+                logger.warning("%s", warning)
         write_report_json(reports, out_dir / "data_report.json")
         if data_args.save_final_dataset:
             save_atomically(processed, Path(data_args.final_dataset_dir))
