@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +257,34 @@ class TestBadRecordsAndDrops:
         report = json.loads((out / "data_report.json").read_text())["train"]
         assert (report["bad_records"], report["dropped_too_long"], report["samples_loaded"]) == (2, too_long, len(lengths))
         assert report["warning"] == warning
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(f.relative_to(folder)): (f.stat().st_mtime_ns, f.read_bytes()) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+class TestFinalDatasetIsNeverRewritten:
+    def test_reference_multinode_line_leaves_its_input_untouched(self, workdir):
+        d = workdir / "multinode"
+        d.mkdir()
+        final = d / "final_dataset"
+        first = dict(_common(workdir, d / "prep"), save_final_dataset=True, final_dataset_dir=str(final))
+        old = os.umask(0o022)
+        try:
+            assert train_main(_flags(first)) == 0
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(final.stat().st_mode) == 0o755  # not mkdtemp's 0700
+        before = _snapshot(final)
+
+        # the reference's multinode line: read final_dataset, and --save_final_dataset to the same (default) folder
+        again = dict(_common(workdir, d / "out"), do_train=True, max_steps=1, dataset_name="final_dataset", load_from_disk=True, skip_concat=True, save_final_dataset=True)
+        del again["train_file"]
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *_flags(again)], cwd=d, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "final_dataset exists, not rewritten; delete it to rebuild" in proc.stdout + proc.stderr
+        assert _snapshot(final) == before
+        assert sorted(p.name for p in d.iterdir()) == ["final_dataset", "out", "prep"]
 
 
 class TestPackingRun:

@@ -77,7 +77,7 @@ class DataArguments:
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
     load_from_disk: bool = arg(False, "--dataset_name is a folder written by save_to_disk (a Dataset or a DatasetDict).")
-    save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir.")
+    save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir, unless that folder exists (it is never rewritten: delete it to rebuild).")
     final_dataset_dir: str = arg("final_dataset", "Folder for --save_final_dataset (written under a temporary name, then renamed).")
     skip_concat: bool = arg(False, "Skip the concatenate-or-pad step, for data that is already laid out (e.g. an earlier --save_final_dataset).")
     force_label: bool = arg(False, "Rebuild labels even when the data already has a labels column.")

@@ -117,6 +117,16 @@ def evaluate(trainer, eval_ds) -> dict:
     return metrics
 
 
+def save_final_dataset(processed, folder: Path) -> bool:
+    """``--save_final_dataset``: write ``folder`` unless it exists (it may be this run's input); True if written."""
+    if folder.exists():
+        logger.warning("%s exists, not rewritten; delete it to rebuild", folder)
+        return False
+    save_atomically(processed, folder)
+    logger.info("final dataset saved to %s", folder)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -145,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.warning("%s", warning)
         write_report_json(reports, out_dir / "data_report.json")
         if data_args.save_final_dataset:
-            save_atomically(processed, Path(data_args.final_dataset_dir))
-            logger.info("final dataset saved to %s", data_args.final_dataset_dir)
+            save_final_dataset(processed, Path(data_args.final_dataset_dir))
 
     if not (training_args.do_train or training_args.do_eval):
         return 0
