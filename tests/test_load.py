@@ -198,7 +198,8 @@ class TestTextColumn:
         assert str(f) in msg and "--text_column content" in msg and "columns: text" in msg
 
     def test_non_string_text_column(self, tmp_path):
-        f = write_jsonl(tmp_path / "d.jsonl", [{"text": 1}, {"text": 2}])
+        f = tmp_path / "d.parquet"
+        pq.write_table(pa.Table.from_pylist([{"text": 1}, {"text": 2}]), f)
         msg = error_of(tmp_path, train_files=[str(f)])
         assert str(f) in msg and "not text" in msg
 
@@ -459,11 +460,83 @@ class TestBadRecords:
         assert len(report.bad_record_examples) == records.MAX_EXAMPLES
         assert report.bad_record_examples[-1] == f"{v}:2: not valid JSON (Expecting value at column 1)"
 
+    @pytest.mark.parametrize("value, kind", [(None, "null"), (5, "a number")])
+    def test_text_that_is_not_a_string_names_the_line(self, tmp_path, value, kind):
+        f = write_jsonl(tmp_path / "d.jsonl", [{"text": "ok 1"}, {"text": "ok 2"}, {"text": value}, {"text": "ok 4"}])
+        msg = error_of(tmp_path, train_files=[str(f)])
+        assert f"{f}:3: 'text' is {kind}, not text (a JSON string). Fix the record, or pass --skip_bad_records" in msg
+
+    def test_text_that_is_not_a_string_is_a_counted_skip(self, tmp_path):
+        rows = [{"text": 5}, {"text": "ok 2"}, {"text": None}, {"text": "ok 4"}, {"text": [1]}]
+        f = write_jsonl(tmp_path / "d.jsonl", rows)
+        raw, report = load(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert list(raw["train"]["text"]) == ["ok 2", "ok 4"]
+        assert report.bad_records == 3
+        assert report.bad_record_examples == [
+            f"{f}:1: 'text' is a number, not text (a JSON string)",
+            f"{f}:3: 'text' is null, not text (a JSON string)",
+            f"{f}:5: 'text' is an array, not text (a JSON string)",
+        ]
+
+    def test_missing_text_in_a_later_record(self, tmp_path):
+        f = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "id": 1}, {"id": 2}])
+        msg = error_of(tmp_path, train_files=[str(f)])
+        assert f"{f}:2: no 'text' (the first record has it)" in msg
+
+    def test_text_column_option_is_the_field_checked(self, tmp_path):
+        f = write_jsonl(tmp_path / "d.jsonl", [{"content": "a", "text": 1}, {"content": None, "text": 2}])
+        msg = error_of(tmp_path, train_files=[str(f)], text_column="content")
+        assert f"{f}:2: 'content' is null, not text (a JSON string)" in msg
+
+    def test_structured_fields(self, tmp_path):
+        rows = [structured(1), dict(structured(2), name=None), dict(structured(3), diff=7), dict(structured(4), before=None, message=None, diff=None)]
+        f = write_jsonl(tmp_path / "s.jsonl", rows)
+        msg = error_of(tmp_path, train_files=[str(f)])
+        assert f"{f}:2: 'name' is null, not text (a JSON string)" in msg
+        raw, report = load(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert list(raw["train"]["text"]) == [render_row(rows[0]), render_row(dict(rows[3], before="", message="", diff=""))]
+        assert report.bad_record_examples == [
+            f"{f}:2: 'name' is null, not text (a JSON string)",
+            f"{f}:3: 'diff' is a number, not text (a JSON string, or null for an empty one)",
+        ]
+
     def test_all_records_bad_is_empty(self, tmp_path):
         f = tmp_path / "d.jsonl"
         f.write_bytes(b"nope\n[]\n")
         msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=True)
         assert "train split is empty" in msg and str(f) in msg and "2 record(s) were bad" in msg
+
+
+class TestTruncatedZst:
+    """A .zst file cut short (an interrupted download) is an error, never a skipped record."""
+
+    ROWS = [structured(i) for i in range(320)]
+
+    def cut(self, tmp_path: Path, frames: int, keep: float = 0.9) -> Path:
+        whole = write_zst(tmp_path / "whole.jsonl.zst", jsonl_bytes(self.ROWS), frames=frames)
+        f = tmp_path / "cut.jsonl.zst"
+        data = whole.read_bytes()
+        f.write_bytes(data[: int(len(data) * keep)])
+        return f
+
+    @pytest.mark.parametrize("frames", [1, 3])
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_cut_file_is_an_error_naming_it(self, tmp_path, frames, skip):
+        f = self.cut(tmp_path, frames)
+        msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=skip)
+        assert f"{f}: the file is truncated" in msg and "Download or create it again" in msg
+        assert "bad record" not in msg
+
+    def test_whole_file_reads_every_row(self, tmp_path):
+        f = write_zst(tmp_path / "whole.jsonl.zst", jsonl_bytes(self.ROWS), frames=3)
+        raw, report = load(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert len(raw["train"]) == 320 and report.bad_records == 0
+
+    def test_not_zstd_is_an_error_naming_it(self, tmp_path):
+        f = tmp_path / "plain.jsonl.zst"
+        f.write_bytes(jsonl_bytes(TEXT_ROWS))
+        msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert f"{f}: not valid zstd data" in msg
 
 
 class TestOtherErrors:

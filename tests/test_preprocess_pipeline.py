@@ -1,5 +1,8 @@
 """The whole preprocessing pipeline on hand-made samples: exact rows, counts, caching."""
 
+import os
+import stat
+
 import datasets
 import pytest
 
@@ -117,6 +120,15 @@ class TestStageCache:
         save_atomically(datasets.Dataset.from_dict({"x": [2, 3]}), target)
         assert datasets.load_from_disk(str(target))["x"] == [2, 3]
         assert [p.name for p in tmp_path.iterdir()] == ["final_dataset"]
+
+    @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700)])
+    def test_new_folder_mode_follows_the_umask(self, tmp_path, umask, mode):
+        old = os.umask(umask)
+        try:
+            save_atomically(datasets.Dataset.from_dict({"x": [1]}), tmp_path / "final_dataset")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / "final_dataset").stat().st_mode) == mode
 
 
 class TestSanityCheck:

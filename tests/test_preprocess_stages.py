@@ -93,3 +93,49 @@ class TestConcatLayout:
         whole = list(concatenate(samples, 7, 99, 0))
         assert list(concatenate(iter(samples), 7, 99, 0)) == whole
         assert sum(sum(r["attention_mask"]) for r in whole) == sum(len(s[0]) + 1 for s in samples)
+
+
+class TestDropWarningWhenMoreThanHalfIsDropped:
+    def test_names_the_count_reason_and_flag(self):
+        from diffmodel.preprocess.sanity import SplitReport, drop_warning
+
+        assert drop_warning("train", SplitReport(samples_loaded=10, dropped_too_long=6, samples_kept=4)) == (
+            "the train split drops 6 of 10 samples (60%): 6 too long (>= --block_size tokens). "
+            "To keep more: raise --block_size (up to the model's positions) or pre-filter long samples"
+        )
+
+    def test_half_or_less_gives_none(self):
+        from diffmodel.preprocess.sanity import SplitReport, drop_warning
+
+        assert drop_warning("train", SplitReport(samples_loaded=10, dropped_no_diff=5, samples_kept=5)) is None
+        assert drop_warning("train", SplitReport()) is None
+
+    def test_every_drop_counter_counts_bad_records_too_largest_first(self):
+        from dataclasses import dataclass
+
+        from diffmodel.preprocess.sanity import SplitReport, drop_counts, drop_warning
+
+        @dataclass
+        class WithAnotherCounter(SplitReport):
+            dropped_unknown_reason: int = 0
+
+        report = WithAnotherCounter(samples_loaded=9, bad_records=2, dropped_no_diff=1, dropped_empty_diff=4, dropped_unknown_reason=1, samples_kept=2)
+        assert drop_counts(report) == {"bad_records": 2, "dropped_too_long": 0, "dropped_no_diff": 1, "dropped_empty_diff": 4, "dropped_unknown_reason": 1}
+        assert drop_warning("validation", report) == (
+            "the validation split drops 8 of 11 samples (73%): 4 with an empty diff (nothing to train), 2 bad records skipped, "
+            "1 without <DFF>, 1 unknown reason. "
+            "To keep more: fix the records the log names; give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"
+        )
+
+    def test_report_table_and_json_carry_it(self, tmp_path):
+        import json
+
+        from diffmodel.preprocess.sanity import SplitReport, drop_warning, format_report, write_report_json
+
+        reports = {"train": SplitReport(samples_loaded=3, bad_records=1, dropped_too_long=2, samples_kept=1), "validation": SplitReport(samples_loaded=2, samples_kept=2)}
+        text = format_report(reports)
+        assert f"\nWARNING: {drop_warning('train', reports['train'])}" in text and text.count("WARNING") == 1
+        assert "skipped: bad records" in text
+        data = json.loads(write_report_json(reports, tmp_path / "r.json").read_text())
+        assert data["train"]["warning"] == drop_warning("train", reports["train"]) and data["train"]["bad_records"] == 1
+        assert data["validation"]["warning"] is None

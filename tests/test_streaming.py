@@ -180,6 +180,22 @@ class TestResumeFromState:
         rows = list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path), skip_bad_records=True))
         assert rows[-1][STREAM_KEY]["counts"]["bad_records"] == 1
 
+    def test_text_that_is_not_a_string_is_a_bad_record(self, tmp_path, tiny_tokenizer):
+        (tmp_path / "bad.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["x <DFF> y", None, 5, "z <DFF> w"]))
+        with pytest.raises(DiffModelError, match=r"bad.jsonl:2: 'text' is null, not text \(a JSON string\)\. .*--skip_bad_records"):
+            list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path)))
+        rows = list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path), skip_bad_records=True))
+        counts = rows[-1][STREAM_KEY]["counts"]
+        assert (counts["bad_records"], counts["samples_read"], counts["samples_kept"]) == (2, 2, 2)
+
+    @pytest.mark.parametrize("skip", [False, True])
+    def test_truncated_zst_is_an_error_not_a_bad_record(self, data, tmp_path, tiny_tokenizer, skip):
+        whole = (data / "data.jsonl.zst").read_bytes()
+        cut = tmp_path / "cut.jsonl.zst"
+        cut.write_bytes(whole[: len(whole) * 9 // 10])
+        with pytest.raises(DiffModelError, match=rf"{cut}: the file is truncated.*Download or create it again"):
+            list(_stream([cut], tiny_tokenizer, _opts(tmp_path), skip_bad_records=skip))
+
 
 # --------------------------------------------------------------------------- diffmodel train --streaming
 

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,29 @@ class TestArgumentFiles:
         state = json.loads((workdir / f"out{suffix}" / "trainer_state.json").read_text())
         assert state["global_step"] == 3
 
+    def test_a_single_value_for_a_list_argument_is_a_one_element_list(self, workdir):
+        from diffmodel.train.args import parse_args
+
+        path = workdir / "scalars.yaml"
+        path.write_text("train_file: data.jsonl\nvalidation_file: val.jsonl\nlabel_names: labels\noutput_dir: o\n")
+        _, data_args, training_args = parse_args([str(path)])
+        assert data_args.train_file == ["data.jsonl"] and data_args.validation_file == ["val.jsonl"]
+        assert training_args.label_names == ["labels"]
+
+    def test_yaml_scalar_train_file_trains_through_the_cli(self, workdir):
+        out = workdir / "scalar_out"
+        args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=1, train_file="data.jsonl", validation_file="data.jsonl")
+        (workdir / "scalar.yaml").write_text(yaml.safe_dump(args))
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "scalar.yaml"], cwd=workdir, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 40
+
+    def test_arguments_file_that_is_not_yaml_names_the_file(self, workdir):
+        path = workdir / "broken.yaml"
+        path.write_text("train_file: [data.jsonl\n")
+        with pytest.raises(DiffModelError, match=rf"{path}: not valid YAML"):
+            train_main([str(path)])
+
 
 def _flags(d):
     out = []
@@ -164,6 +189,102 @@ class TestClearErrors:
         proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "--output_dir", str(workdir / "y")], capture_output=True, text=True)
         assert proc.returncode == 2
         assert "diffmodel train: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+    def test_bf16_without_bf16_hardware_is_a_clear_error_before_data_loads(self, workdir):
+        args = _flags(dict(_common(workdir, workdir / "bf16"), do_train=True, bf16=True, max_steps=1))
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, whatever this machine has
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *args, "--output_dir", str(workdir / "bf16"), "--max_train_samples", "0"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "diffmodel train cannot start:\n" in proc.stderr
+        assert "  - --max_train_samples 0 must be at least 1\n" in proc.stderr  # reported with the other problems
+        assert ("  - --bf16: this machine has no GPU, so it cannot train in bf16 here; drop --bf16 to train in float32, "
+                "or add --use_cpu to run bf16 on the CPU (usually slower than float32)") in proc.stderr
+        assert "Generating train split" not in proc.stdout + proc.stderr and not (workdir / "bf16").exists()
+
+    def test_bf16_with_use_cpu_passes_validation(self, workdir, monkeypatch):
+        from diffmodel.train.args import parse_args, validate
+
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        parsed = parse_args(_flags(dict(_common(workdir, workdir / "bf16cpu"), do_train=True, bf16=True, use_cpu=True)))
+        validate(*parsed)
+        assert parsed[2].bf16 and parsed[2].use_cpu
+
+
+class TestBadRecordsAndDrops:
+    """Null / number texts through the CLI, and a run that drops most of its samples."""
+
+    def data(self, workdir) -> Path:
+        texts = [render(**r) for r in _rows()]
+        lines = [{"text": t} for t in texts]
+        lines.insert(3, {"text": None})
+        lines.insert(9, {"text": 5})
+        path = workdir / "with_bad.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return path
+
+    def run_cli(self, workdir, out, data, block_size, *extra):
+        args = dict(_common(workdir, out), do_train=True, max_steps=1, train_file=[str(data)], block_size=block_size, validation_split_percentage=0)
+        return subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *_flags(args), *extra], capture_output=True, text=True, timeout=600)
+
+    def test_null_text_names_file_and_line_without_traceback(self, workdir):
+        data = self.data(workdir)
+        proc = self.run_cli(workdir, workdir / "nulltext", data, 128)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"{data}:4: 'text' is null, not text (a JSON string). Fix the record, or pass --skip_bad_records" in proc.stderr
+
+    def test_skipped_records_and_long_samples_are_counted_and_warned(self, workdir):
+        from transformers import AutoTokenizer
+
+        data = self.data(workdir)
+        tok = AutoTokenizer.from_pretrained(workdir / "gpt2")
+        lengths = [len(tok(render(**r))["input_ids"]) for r in _rows()]
+        block = min(lengths) + 1  # only the shortest samples fit
+        too_long = sum(n >= block for n in lengths)
+        total = len(lengths) + 2
+        assert 2 * (too_long + 2) > total and too_long < len(lengths)
+        out = workdir / "mostly_dropped"
+        proc = self.run_cli(workdir, out, data, block, "--skip_bad_records")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        warning = (
+            f"the train split drops {too_long + 2} of {total} samples ({(too_long + 2) / total:.0%}): {too_long} too long "
+            f"(>= --block_size tokens), 2 bad records skipped. To keep more: raise --block_size (up to the model's positions) "
+            "or pre-filter long samples; fix the records the log names"
+        )
+        log = proc.stdout + proc.stderr
+        assert f"WARNING diffmodel.train: {warning}" in log  # the log
+        assert f"WARNING: {warning}" in log  # the report table
+        report = json.loads((out / "data_report.json").read_text())["train"]
+        assert (report["bad_records"], report["dropped_too_long"], report["samples_loaded"]) == (2, too_long, len(lengths))
+        assert report["warning"] == warning
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(f.relative_to(folder)): (f.stat().st_mtime_ns, f.read_bytes()) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+class TestFinalDatasetIsNeverRewritten:
+    def test_reference_multinode_line_leaves_its_input_untouched(self, workdir):
+        d = workdir / "multinode"
+        d.mkdir()
+        final = d / "final_dataset"
+        first = dict(_common(workdir, d / "prep"), save_final_dataset=True, final_dataset_dir=str(final))
+        old = os.umask(0o022)
+        try:
+            assert train_main(_flags(first)) == 0
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(final.stat().st_mode) == 0o755  # not mkdtemp's 0700
+        before = _snapshot(final)
+
+        # the reference's multinode line: read final_dataset, and --save_final_dataset to the same (default) folder
+        again = dict(_common(workdir, d / "out"), do_train=True, max_steps=1, dataset_name="final_dataset", load_from_disk=True, skip_concat=True, save_final_dataset=True)
+        del again["train_file"]
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", *_flags(again)], cwd=d, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "final_dataset exists, not rewritten; delete it to rebuild" in proc.stdout + proc.stderr
+        assert _snapshot(final) == before
+        assert sorted(p.name for p in d.iterdir()) == ["final_dataset", "out", "prep"]
 
 
 class TestPackingRun:

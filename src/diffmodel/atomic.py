@@ -6,7 +6,8 @@ temporary file in the same folder, flushed and fsynced, given the permission
 bits of the file it replaces (or the umask's default for a new file), renamed
 over the target, and the folder is fsynced so the rename survives a crash. If
 anything fails the temporary file is removed and the target is untouched.
-(Datasets folders use :func:`diffmodel.preprocess.pipeline.save_atomically`.)
+(Datasets folders use :func:`diffmodel.preprocess.pipeline.save_atomically`,
+which gives a new folder the umask's mode too: :func:`umask_mode`.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def umask_mode(base: int) -> int:
+    """The mode a new file (``base`` 0o666) or folder (0o777) gets from the user's umask.
+
+    ``tempfile.mkstemp`` / ``mkdtemp`` create 0600 / 0700 whatever the umask;
+    what is renamed into place gets this mode instead.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
     path = Path(path)
@@ -43,12 +55,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+        mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else umask_mode(0o666)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

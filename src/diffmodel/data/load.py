@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -86,7 +86,7 @@ class LoadOptions:
     keep_linebreaks: bool = True
     """For ``.txt`` files: keep the newline at the end of each line's sample."""
     skip_bad_records: bool = False
-    """Skip (and count) malformed JSON records instead of stopping at the first."""
+    """Skip (and count) malformed JSON records (not JSON, not an object, text not a string) instead of stopping at the first."""
     cache_dir: str | None = None
     """``datasets`` cache folder (default: the ``datasets`` default cache)."""
     seed: int = 42
@@ -109,6 +109,8 @@ class LoadReport:
     """True when validation was cut from train."""
     text_column: str | None
     """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
+    bad_records_by_split: dict[str, int] = field(default_factory=dict)
+    """``bad_records`` per split read from files (a validation split cut from train has its records counted in train)."""
 
 
 def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadReport]:
@@ -267,6 +269,7 @@ def _load_json(files: list[str], split: str, opts: LoadOptions, report: LoadRepo
             "%s split: skipped %d bad record(s), e.g. %s", split, stats.bad_records, "; ".join(stats.bad_record_examples[:3])
         )
     report.bad_records += stats.bad_records
+    report.bad_records_by_split[split] = report.bad_records_by_split.get(split, 0) + stats.bad_records
     room = records.MAX_EXAMPLES - len(report.bad_record_examples)
     report.bad_record_examples.extend(stats.bad_record_examples[: max(room, 0)])
     return ds
@@ -277,7 +280,7 @@ def _generate(
 ) -> tuple[datasets.Dataset, records.ReadStats | None]:
     """Build (or reuse from the cache) one split; stats are None if cached without them."""
     stats = records.ReadStats()
-    reader = records.RecordReader(opts.skip_bad_records, stats)
+    reader = records.RecordReader(opts.skip_bad_records, stats, opts.text_column)
     ran = []
 
     def rows(paths: list[str]):
@@ -330,7 +333,7 @@ def _fingerprint(files: list[str], split: str, opts: LoadOptions) -> str:
         identity.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
     code = Path(records.__file__).read_bytes() + Path(__file__).read_bytes()
     key = json.dumps(
-        {"files": identity, "split": split, "skip_bad_records": opts.skip_bad_records, "code": hashlib.sha256(code).hexdigest()}
+        {"files": identity, "split": split, "skip_bad_records": opts.skip_bad_records, "text_column": opts.text_column, "code": hashlib.sha256(code).hexdigest()}
     )
     return "diffmodel-json-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 

@@ -7,7 +7,10 @@ is meant for small files only.
 Invariants:
 - Files are read as bytes, line by line; a ``.zst`` file is decompressed as a
   stream (across concatenated frames), never into one string. Memory is
-  bounded by the longest line.
+  bounded by the longest line (and one compressed chunk).
+- A ``.zst`` file cut inside a frame is an error naming the file
+  (:class:`ZstdFrames`), also with ``skip_bad_records``: truncation is never
+  a skipped record.
 - Lines split on ``\\n`` only; blank lines are ignored.
 - Every problem is reported as ``path:LINE: reason`` (``path: item N: reason``
   inside a JSON array). Without ``skip_bad_records`` the first bad record
@@ -16,6 +19,12 @@ Invariants:
 - The first record of a split fixes its columns: a later record that lacks a
   column gets ``None`` there; a record with a column the first lacked is a bad
   record (Arrow needs one schema per split).
+- The fields the text comes from (:func:`text_fields`: ``--text_column``,
+  else ``text``, else ``name/before/message/diff``) are checked per record
+  (:func:`text_problem`): a text that is missing, null, a number or anything
+  but a JSON string is a bad record, named by its line. Of the structured
+  fields only ``before``, ``message`` and ``diff`` may be null (read as
+  empty: a null ``before`` is a new file).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import IO, Iterator
 import zstandard
 
 from diffmodel.errors import DiffModelError
+from diffmodel.sample import FIELDS
 
 #: How many bad-record messages a report keeps (the count is always exact).
 MAX_EXAMPLES = 10
@@ -52,14 +62,77 @@ class ReadStats:
 
 @contextmanager
 def open_bytes(path: str) -> Iterator[IO[bytes]]:
-    """Open ``path`` for buffered binary reading, decompressing ``.zst`` on the fly."""
+    """Open ``path`` for buffered binary reading, decompressing ``.zst`` on the fly (see :class:`ZstdFrames`)."""
     with open(path, "rb") as fh:
         if path.lower().endswith(".zst"):
-            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            with io.BufferedReader(reader, buffer_size=1 << 20) as buffered:
+            with io.BufferedReader(ZstdFrames(fh, path), buffer_size=1 << 20) as buffered:
                 yield buffered
         else:
             yield fh
+
+
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a file of concatenated zstd frames, read as a stream.
+
+    A file that ends inside a frame was cut short (an interrupted download or
+    copy): reading its end raises :class:`DiffModelError` naming the file,
+    never returns the partial data as if it were the end. (A file cut exactly
+    between two frames cannot be told from a whole one.) Data that is not
+    zstd raises too.
+    """
+
+    _CHUNK = 1 << 17  # compressed bytes per read
+
+    def __init__(self, fh: IO[bytes], path: str):
+        super().__init__()
+        self._fh, self._path = fh, path
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # decompressor of the frame being read, None between frames
+        self._out = b""
+        self._pos = 0
+        self._read_in = 0  # compressed bytes read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pos >= len(self._out):
+            if not self._decompress_more():
+                return 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress_more(self) -> bool:
+        """Decompress the next compressed chunk into ``_out``; False at the end of a whole file."""
+        data = self._fh.read(self._CHUNK)
+        if not data:
+            if self._frame is not None:
+                raise DiffModelError(
+                    f"{self._path}: the file is truncated: its zstd data stops in the middle of a frame after "
+                    f"{self._read_in:,} bytes, so the file was cut short (e.g. an interrupted download or copy). "
+                    "Download or create it again"
+                )
+            return False
+        self._read_in += len(data)
+        out = []
+        try:
+            while data:
+                if self._frame is None:
+                    self._frame = self._dctx.decompressobj()
+                out.append(self._frame.decompress(data))
+                if not self._frame.eof:
+                    break
+                data = self._frame.unused_data
+                self._frame = None
+        except zstandard.ZstdError as err:
+            raise DiffModelError(
+                f"{self._path}: not valid zstd data near byte {self._read_in:,} ({err}); the file is damaged or not "
+                "zstd-compressed. Download or create it again, or rename it if it is not compressed"
+            ) from None
+        self._out, self._pos = b"".join(out), 0
+        return True
 
 
 class RecordReader:
@@ -69,11 +142,13 @@ class RecordReader:
     one reader must be used for all the files of one split.
     """
 
-    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None):
+    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None, text_column: str | None = None):
         self.skip_bad_records = skip_bad_records
         self.stats = stats if stats is not None else ReadStats()
+        self.text_column = text_column
         self.columns: list[str] | None = None
         self.first_origin: str | None = None
+        self.fields: tuple[str, ...] = ()
 
     def _bad(self, message: str) -> None:
         if not self.skip_bad_records:
@@ -86,8 +161,13 @@ class RecordReader:
             self._bad(f"{origin}: not a JSON object (got {_json_type(obj)})")
             return None
         if self.columns is None:
+            problem = text_problem(obj, text_fields(obj, self.text_column))
+            if problem is not None:  # the first good record fixes the columns, so check it before
+                self._bad(f"{origin}: {problem}")
+                return None
             self.columns = list(obj)
             self.first_origin = origin
+            self.fields = text_fields(self.columns, self.text_column)
             return obj
         extra = [k for k in obj if k not in self.columns]
         if extra:
@@ -95,6 +175,10 @@ class RecordReader:
                 f"{origin}: key(s) {', '.join(map(repr, extra))} not among the columns of the first record "
                 f"({self.first_origin}: {', '.join(self.columns) or 'none'})"
             )
+            return None
+        problem = text_problem(obj, self.fields)
+        if problem is not None:
+            self._bad(f"{origin}: {problem}")
             return None
         return {k: obj.get(k) for k in self.columns}
 
@@ -139,6 +223,42 @@ class RecordReader:
             if row is not None:
                 self.stats.rows += 1
                 yield row
+
+
+#: Structured fields that may be null (read as empty; a null ``before`` is a new file).
+NULLABLE_FIELDS = ("before", "message", "diff")
+
+
+def text_fields(keys, text_column: str | None) -> tuple[str, ...]:
+    """The fields the text of a row with these keys comes from, by the load stage's rules.
+
+    ``()`` for tokenized rows (``input_ids``) and rows without text (the load
+    stage names those); else ``text_column`` if given, ``text`` if present,
+    else the structured fields ``name/before/message/diff``.
+    """
+    keys = list(keys)
+    if "input_ids" in keys:
+        return ()
+    if text_column is not None:
+        return (text_column,) if text_column in keys else ()
+    if "text" in keys:
+        return ("text",)
+    if all(f in keys for f in FIELDS):
+        return FIELDS
+    return ()
+
+
+def text_problem(row: dict, fields: tuple[str, ...]) -> str | None:
+    """Why ``row`` has no usable text in ``fields`` (the reason of a bad record), or None if it has."""
+    for name in fields:
+        if name not in row:
+            return f"no {name!r} (the first record has it); give every record its text"
+        value = row[name]
+        if isinstance(value, str) or (value is None and name in NULLABLE_FIELDS and fields == FIELDS):
+            continue
+        allowed = "a JSON string, or null for an empty one" if name in NULLABLE_FIELDS and fields == FIELDS else "a JSON string"
+        return f"{name!r} is {_json_type(value)}, not text ({allowed})"
+    return None
 
 
 def _first_byte(fh: IO[bytes]) -> bytes:

@@ -22,7 +22,8 @@ Invariants:
 - Supported: ``.jsonl``, ``.json`` (JSON Lines), their ``.zst`` forms and
   ``.parquet``. A ``.json`` file that holds one JSON array cannot be
   streamed and is refused, naming the file.
-- Blank lines are not records. A bad record (not JSON, not an object) is a
+- Blank lines are not records. A bad record (not JSON, not an object, its
+  text not a string: :func:`diffmodel.data.records.text_problem`) is a
   record: it keeps its number, so the sharing does not depend on validity.
   Without ``skip_bad_records`` the reader that owns it raises
   :class:`DiffModelError` (``path:LINE: reason``); with it the record is
@@ -97,12 +98,13 @@ class BadRecords:
 
 
 def read_records(
-    files: list[str], start: Position, stride: int, phase: int, bad: BadRecords
+    files: list[str], start: Position, stride: int, phase: int, bad: BadRecords, text_column: str | None = None
 ) -> Iterator[tuple[dict, str, Position]]:
     """Yield ``(row, origin, after)`` for each good record ``g >= start.record`` with ``g % stride == phase``.
 
     ``origin`` is ``path:LINE`` (``path: row N`` for Parquet); ``after`` is the
     position just past the record, from which reading can start again.
+    ``text_column``: ``--text_column``, for the check of each JSON record's text.
     """
     if not 0 <= phase < stride:
         raise ValueError(f"reader {phase} is not one of {stride}")
@@ -114,7 +116,7 @@ def read_records(
         if path.lower().endswith(".parquet"):
             reader = _parquet_records(path, pos, stride, phase)
         else:
-            reader = _json_records(path, pos, stride, phase, bad)
+            reader = _json_records(path, pos, stride, phase, bad, text_column)
         for item in reader:
             if isinstance(item, Position):  # end of the file: the record count goes on into the next one
                 pos = item
@@ -122,7 +124,7 @@ def read_records(
                 yield item
 
 
-def _json_records(path: str, pos: Position, stride: int, phase: int, bad: BadRecords):
+def _json_records(path: str, pos: Position, stride: int, phase: int, bad: BadRecords, text_column: str | None):
     offset, line, record = pos.offset, pos.line, pos.record
     with records.open_bytes(path) as fh:
         if offset == 0:
@@ -156,6 +158,10 @@ def _json_records(path: str, pos: Position, stride: int, phase: int, bad: BadRec
                 continue
             if not isinstance(obj, dict):
                 bad(f"{origin}: not a JSON object (got {records._json_type(obj)})")
+                continue
+            problem = records.text_problem(obj, records.text_fields(obj, text_column))
+            if problem is not None:
+                bad(f"{origin}: {problem}")
                 continue
             yield obj, origin, Position(pos.file, offset, line, record)
     yield Position(pos.file + 1, 0, 0, record)

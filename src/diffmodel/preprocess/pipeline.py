@@ -32,6 +32,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffmodel.atomic import umask_mode
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import EMPTY_DIFF, NO_DIFF, diff_start_from_ids, mask_before
 from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
@@ -98,12 +99,14 @@ META_FILE = "diffmodel_stage.json"
 def save_atomically(ds, path: Path, meta: dict | None = None) -> None:
     """``save_to_disk`` into a temporary sibling folder, then rename it into place.
 
-    ``meta`` is written into the folder as JSON before the rename.
+    ``meta`` is written into the folder as JSON before the rename. The folder
+    gets the mode of a new folder under the user's umask (not mkdtemp's 0700).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700
         ds.save_to_disk(str(tmp))
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -5,12 +5,17 @@ checked over every row and raised as one :class:`DiffModelError` listing each
 broken property with an example row. The report counts what each stage kept
 and dropped, the share of tokens that carry loss, and shows the first samples
 with the masked and trained spans marked (see :func:`mark_spans`).
+
+Drops: every ``SplitReport`` field named ``dropped_*``, and ``bad_records``,
+counts samples that are not trained (:func:`drop_counts`); when they are more
+than half of a split's samples, :func:`drop_warning` says so, with the
+reasons and the flag to change, in the report, its JSON and the log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +36,8 @@ PLAIN_OPEN, PLAIN_CLOSE = "\u27e6", "\u27e7"  # ⟦trained span⟧
 class SplitReport:
     """Counts for one split, stage by stage."""
 
-    samples_loaded: int = 0
+    samples_loaded: int = 0  # good records (bad ones are counted in bad_records)
+    bad_records: int = 0  # skipped by --skip_bad_records while loading
     dropped_too_long: int = 0
     dropped_no_diff: int = 0
     dropped_empty_diff: int = 0
@@ -158,10 +164,39 @@ def mark_spans(row: dict, tokenizer, color: bool = False, max_chars: int = 1200)
     return out if len(out) <= max_chars else out[:max_chars] + f"... [{len(out) - max_chars} more characters]"
 
 
+#: Drop counter -> (why the samples were not trained, what to change). A counter missing here is described by its name.
+DROP_REASONS: dict[str, tuple[str, str]] = {
+    "bad_records": ("bad records skipped", "fix the records the log names"),
+    "dropped_too_long": ("too long (>= --block_size tokens)", "raise --block_size (up to the model's positions) or pre-filter long samples"),
+    "dropped_no_diff": ("without <DFF>", "give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"),
+    "dropped_empty_diff": ("with an empty diff (nothing to train)", ""),
+}
+
+
+def drop_counts(report: SplitReport) -> dict[str, int]:
+    """Every counter of samples that are not trained: the fields named ``dropped_*``, and ``bad_records``."""
+    return {f.name: getattr(report, f.name) for f in fields(report) if f.name.startswith("dropped_") or f.name == "bad_records"}
+
+
+def drop_warning(split: str, report: SplitReport) -> str | None:
+    """A warning when more than half of a split's samples are dropped (reasons, largest first, and fixes), else None."""
+    counts = {k: n for k, n in drop_counts(report).items() if n}
+    dropped = sum(counts.values())
+    total = report.samples_loaded + report.bad_records
+    if not total or 2 * dropped <= total:
+        return None
+    order = sorted(counts, key=lambda k: -counts[k])
+    described = {k: DROP_REASONS.get(k, (k.removeprefix("dropped_").replace("_", " "), "")) for k in order}
+    reasons = ", ".join(f"{counts[k]:,} {described[k][0]}" for k in order)
+    fixes = "; ".join(described[k][1] for k in order if described[k][1])
+    return f"the {split} split drops {dropped:,} of {total:,} samples ({dropped / total:.0%}): {reasons}" + (f". To keep more: {fixes}" if fixes else "")
+
+
 def format_report(reports: dict[str, SplitReport]) -> str:
-    """A readable table of the per-split counts, then the decoded examples."""
+    """A readable table of the per-split counts, the drop warnings, then the decoded examples."""
     rows = [
         ("samples loaded", "samples_loaded"),
+        ("skipped: bad records", "bad_records"),
         ("dropped: too long", "dropped_too_long"),
         ("dropped: no <DFF>", "dropped_no_diff"),
         ("dropped: empty diff", "dropped_empty_diff"),
@@ -178,6 +213,7 @@ def format_report(reports: dict[str, SplitReport]) -> str:
     lines.append(f"{'loss share':<22}" + "".join(f"{reports[s].loss_share:>{width + 2}.1%}" for s in splits))
     lines.append(f"{'fill ratio':<22}" + "".join(f"{reports[s].fill_ratio:>{width + 2}.1%}" for s in splits))
     lines.append(f"{'layout':<22}" + "".join(f"{reports[s].layout:>{width + 2}}" for s in splits))
+    lines += [f"WARNING: {w}" for w in (drop_warning(s, reports[s]) for s in splits) if w]
     for s in splits:
         for k, ex in enumerate(reports[s].examples):
             lines.append(f"\n--- {s} row {k} ({PLAIN_OPEN}trained{PLAIN_CLOSE}, rest masked) ---\n{ex}")
@@ -186,5 +222,5 @@ def format_report(reports: dict[str, SplitReport]) -> str:
 
 def write_report_json(reports: dict[str, SplitReport], path: Path) -> Path:
     """Write the report as JSON (atomically)."""
-    data = {s: {**asdict(r), "loss_share": r.loss_share, "fill_ratio": r.fill_ratio} for s, r in reports.items()}
+    data = {s: {**asdict(r), "loss_share": r.loss_share, "fill_ratio": r.fill_ratio, "warning": drop_warning(s, r)} for s, r in reports.items()}
     return write_json(path, data)

@@ -267,7 +267,7 @@ class StreamingDataset(IterableDataset):
             whole_epoch = pos == Position() and skip == 0
             rows_in_epoch = 0
             bad = BadRecords(self.skip_bad_records)
-            source = read_records(files, pos, stride, reader, bad)
+            source = read_records(files, pos, stride, reader, bad, self.text_column)
             while True:
                 start, before = pos, counts
                 bad_before = bad.count
@@ -353,7 +353,7 @@ def first_buffer(dataset: StreamingDataset) -> tuple[list[dict], dict[str, int]]
     order = preview._epoch_files(0)
     bad = BadRecords(preview.skip_bad_records)
     raw, origins = [], []
-    for row, origin, _ in read_records([preview.files[i] for i in order], Position(), 1, 0, bad):
+    for row, origin, _ in read_records([preview.files[i] for i in order], Position(), 1, 0, bad, preview.text_column):
         raw.append(row)
         origins.append(origin)
         if len(raw) == preview.buffer_size:

@@ -5,17 +5,29 @@ the two dataclasses below: the model and data options of HF's ``run_clm.py``
 and the reference script's seven flags (with their meaning unchanged). Each
 field's docstring-like ``help`` is what ``--help`` prints.
 
+A single ``.json`` / ``.yaml`` file of arguments may replace the command
+line; in it a single value for a list argument (``train_file: data.jsonl``)
+is a one-element list, as on the command line.
+
 :func:`validate` gathers every problem of a command line and raises once,
 naming each flag and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.train.lora import LoraArguments, lora_args_from, lora_problems
@@ -53,7 +65,7 @@ class DataArguments:
     validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
     text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
     keep_linebreaks: bool = arg(True, "For .txt files: keep line breaks.")
-    skip_bad_records: bool = arg(False, "Skip malformed JSON lines and count them in the report instead of stopping at the first.")
+    skip_bad_records: bool = arg(False, "Skip bad JSON records (not JSON, not an object, text missing or not a string) and count them in the report instead of stopping at the first.")
     max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
     max_eval_samples: int | None = arg(None, "Keep only the first N evaluation rows (after preprocessing).")
     block_size: int | None = arg(None, "Row length in tokens (default: min(1024, the tokenizer's model_max_length)). Must not exceed the model's maximum positions.")
@@ -65,7 +77,7 @@ class DataArguments:
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
     load_from_disk: bool = arg(False, "--dataset_name is a folder written by save_to_disk (a Dataset or a DatasetDict).")
-    save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir.")
+    save_final_dataset: bool = arg(False, "After preprocessing, save the final dataset with save_to_disk into --final_dataset_dir, unless that folder exists (it is never rewritten: delete it to rebuild).")
     final_dataset_dir: str = arg("final_dataset", "Folder for --save_final_dataset (written under a temporary name, then renamed).")
     skip_concat: bool = arg(False, "Skip the concatenate-or-pad step, for data that is already laid out (e.g. an earlier --save_final_dataset).")
     force_label: bool = arg(False, "Rebuild labels even when the data already has a labels column.")
@@ -101,27 +113,82 @@ def make_parser() -> HfArgumentParser:
     return parser
 
 
+def list_fields(parser: HfArgumentParser) -> set[str]:
+    """Names of the arguments typed as a list (``list[X]`` or ``list[X] | None``; not ``str | list[str]``)."""
+    names = set()
+    for dtype in parser.dataclass_types:
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            hint = hints.get(f.name)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                options = [a for a in typing.get_args(hint) if a is not type(None)]
+            else:
+                options = [hint]
+            if len(options) == 1 and typing.get_origin(options[0]) is list:
+                names.add(f.name)
+    return names
+
+
+def read_args_file(path: Path, as_lists: set[str]) -> dict:
+    """The arguments of a JSON or YAML file; a single value given for a list argument becomes a one-element list.
+
+    (``train_file: data.jsonl`` means ``[data.jsonl]``, as ``--train_file data.jsonl`` does on a command line.)
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise DiffModelError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({err}); fix the file") from None
+    if not isinstance(data, dict):
+        raise DiffModelError(f"{path}: holds {type(data).__name__}, not a mapping of argument names to values (e.g. train_file: data.jsonl)")
+    return {k: [v] if k in as_lists and not isinstance(v, (list, tuple)) and v is not None else v for k, v in data.items()}
+
+
+#: Flags that need bf16 hardware; transformers refuses them while parsing, so they are checked by :func:`validate`.
+BF16_FLAGS = ("bf16", "bf16_full_eval")
+
+
+def bf16_problems(values) -> list[str]:
+    """``--bf16`` / ``--bf16_full_eval`` on a machine without bf16 support and without ``--use_cpu``."""
+    wanted = [f for f in BF16_FLAGS if values.get(f)]
+    if not wanted or values.get("use_cpu") or is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return []
+    found = "a GPU without bf16 support (bf16 needs an Ampere or newer GPU)" if torch.cuda.is_available() else "no GPU"
+    return [
+        f"--{flag}: this machine has {found}, so it cannot train in bf16 here; drop --{flag} to train in float32, "
+        "or add --use_cpu to run bf16 on the CPU (usually slower than float32)"
+        for flag in wanted
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> PARSED:
-    """Parse a command line, or a single JSON/YAML file of arguments."""
+    """Parse a command line, or a single JSON/YAML file of arguments.
+
+    Problems that transformers raises while building ``TrainingArguments``
+    become a :class:`DiffModelError`; bf16 flags the machine cannot run are
+    parsed as given (without transformers' check) for :func:`validate` to
+    report with every other problem.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
             raise DiffModelError(f"arguments file {path} does not exist")
-        try:
-            if path.suffix == ".json":
-                parsed = parser.parse_json_file(str(path.resolve()))
-            else:
-                parsed = parser.parse_yaml_file(str(path.resolve()))
-        except ValueError as err:
-            raise DiffModelError(f"{path}: {err}") from None
+        values, where = read_args_file(path, list_fields(parser)), f"{path}: "
     else:
-        parsed = parser.parse_args_into_dataclasses(args=argv)
+        values, where = vars(parser.parse_args(argv)), ""
+    deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
+    try:
+        parsed = parser.parse_dict({**values, **dict.fromkeys(deferred, False)})
+    except ValueError as err:
+        raise DiffModelError(f"{where}{err}") from None
     model_args, data_args, training_args, *rest = parsed
     for extra in rest:
         for name, value in vars(extra).items():
             setattr(training_args, name, value)
+    for name, value in deferred.items():  # validate() reports them (training never starts with them)
+        setattr(training_args, name, value)
     return model_args, data_args, training_args
 
 
@@ -150,4 +217,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
     problems += streaming_problems(data_args, training_args)
+    problems += bf16_problems(vars(training_args))
     raise_if_problems(problems, "diffmodel train cannot start")

@@ -2,7 +2,7 @@
 
 Shared by ``diffmodel train`` and ``diffmodel inspect``, so both see exactly
 the same rows. Logs every decision a flag implies (a forced layout, samples
-dropped by packing).
+dropped by packing). The reports carry the bad records skipped while loading.
 """
 
 from __future__ import annotations
@@ -91,4 +91,7 @@ def build_datasets(data_args, tokenizer, block_size: int, cache_dir: str | None 
     opts.text_column = load_report.text_column or opts.text_column
     with first(desc="preprocessing"):
         processed, reports = preprocess(raw, tokenizer, opts, source_fingerprint(raw, load_report.files, load_opts))
+    for split, n in load_report.bad_records_by_split.items():
+        if split in reports:
+            reports[split].bad_records = n
     return processed, reports

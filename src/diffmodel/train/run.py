@@ -4,7 +4,8 @@ Order (the reference's): load -> dropout -> tokenize (+ long-sample policy) ->
 labels -> layout -> sanity report (+ ``--save_final_dataset``) -> Trainer.
 Every stage is a function of another module; this one wires them, logs each
 decision the flags imply, and writes what people look at afterwards:
-``data_report.json``, ``train_results.json`` / ``eval_results.json`` and
+``data_report.json`` (with a warning for a split that drops more than half
+of its samples), ``train_results.json`` / ``eval_results.json`` and
 ``loss.png`` in ``--output_dir``.
 
 Under torchrun / accelerate / deepspeed the main process preprocesses first and
@@ -27,7 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.pipeline import pad_id_of, save_atomically
-from diffmodel.preprocess.sanity import format_report, write_report_json
+from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.train.args import parse_args, validate
 from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -131,6 +132,16 @@ def evaluate(trainer, eval_ds) -> dict:
     return metrics
 
 
+def save_final_dataset(processed, folder: Path) -> bool:
+    """``--save_final_dataset``: write ``folder`` unless it exists (it may be this run's input); True if written."""
+    if folder.exists():
+        logger.warning("%s exists, not rewritten; delete it to rebuild", folder)
+        return False
+    save_atomically(processed, folder)
+    logger.info("final dataset saved to %s", folder)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -154,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(training_args.output_dir)
     if training_args.should_save:
         logger.info("\n%s", format_report(reports))
+        for split, report in reports.items():
+            if warning := drop_warning(split, report):
+                logger.warning("%s", warning)
         write_report_json(reports, out_dir / "data_report.json")
         if data_args.save_final_dataset:
-            save_atomically(processed, Path(data_args.final_dataset_dir))
-            logger.info("final dataset saved to %s", data_args.final_dataset_dir)
+            save_final_dataset(processed, Path(data_args.final_dataset_dir))
 
     if not (training_args.do_train or training_args.do_eval):
         return 0

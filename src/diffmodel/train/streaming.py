@@ -126,7 +126,8 @@ def first_buffer_report(dataset: StreamingDataset, examples: int = 2) -> SplitRe
     """The sanity check and counts over the first buffer of the data (reading as one reader, unshuffled)."""
     rows, counts = first_buffer(dataset)
     report = SplitReport(
-        samples_loaded=counts["samples_read"], dropped_too_long=counts["dropped_too_long"], dropped_no_diff=counts["dropped_no_diff"],
+        samples_loaded=counts["samples_read"], bad_records=counts["bad_records"],
+        dropped_too_long=counts["dropped_too_long"], dropped_no_diff=counts["dropped_no_diff"],
         dropped_empty_diff=counts["dropped_empty_diff"],
         samples_kept=counts["samples_kept"], layout=f"{dataset.opts.layout} (stream)",
     )
