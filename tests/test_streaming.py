@@ -181,7 +181,7 @@ class TestResumeFromState:
         assert rows[-1][STREAM_KEY]["counts"]["bad_records"] == 1
 
     def test_text_that_is_not_a_string_is_a_bad_record(self, tmp_path, tiny_tokenizer):
-        (tmp_path / "bad.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["x <DFF> y", None, 5, "z <DFF> w"]))
+        (tmp_path / "bad.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["<MSG> x\n<DFF> y", None, 5, "<MSG> z\n<DFF> w"]))
         with pytest.raises(DiffModelError, match=r"bad.jsonl:2: 'text' is null, not text \(a JSON string\)\. .*--skip_bad_records"):
             list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path)))
         rows = list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path), skip_bad_records=True))
