@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from diffmodel.data import filters as F
-from diffmodel.data.mine import (
+from diffmodel.mine import filters as F
+from diffmodel.mine.samples import (
     CatFile, SampleOptions, ShallowCloneWarning, find_repositories, iter_samples, list_commits, mine_commits,
     open_repository, parse_commit, parse_diff_tree,
 )

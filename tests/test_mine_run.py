@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from diffmodel.cli import main as cli_main
-from diffmodel.data import filters as F
-from diffmodel.data import mine_run
-from diffmodel.data.mine import iter_samples
-from diffmodel.data.mine_run import MineConfig, mine
-from diffmodel.data.shards import ShardWriter, complete_shards, read_shard
-from diffmodel.data.split import SPLITS, assign_split
+from diffmodel.mine import filters as F
+from diffmodel.mine import run as mine_run
+from diffmodel.mine.samples import iter_samples
+from diffmodel.mine.run import MineConfig, mine
+from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard
+from diffmodel.mine.split import SPLITS, assign_split
 from diffmodel.errors import DiffModelError
 from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
 
@@ -220,7 +220,7 @@ def test_workers_give_the_same_shards(forest, tmp_path):
 
 #: The example of docs/mine.md, "From Python", as a script without an ``if __name__ == "__main__":`` guard.
 UNGUARDED_EXAMPLE = """\
-from diffmodel.data.mine_run import MineConfig, mine
+from diffmodel.mine.run import MineConfig, mine
 manifest = mine(MineConfig(inputs=["repos/"], output="out", workers={workers}))
 print("samples:", manifest["samples"]["total"])
 """

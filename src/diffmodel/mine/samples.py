@@ -21,7 +21,7 @@ How git is read (no re-implementation of the object store):
 
 Invariants:
 - A changed file becomes a sample or is counted under exactly one drop reason
-  (:data:`diffmodel.data.filters.DROP_REASONS`), checked in that order.
+  (:data:`diffmodel.mine.filters.DROP_REASONS`), checked in that order.
 - Contents are decoded as strict UTF-8 and never normalised: CRLF endings, a
   missing final newline and a BOM survive byte for byte, so applying ``diff``
   to ``before`` gives the file after the commit exactly.
@@ -42,9 +42,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from diffmodel.data import filters as F
-from diffmodel.data.languages import language_of
-from diffmodel.data.split import assign_split, split_key
+from diffmodel.mine import filters as F
+from diffmodel.mine.languages import language_of
+from diffmodel.mine.split import assign_split, split_key
 from diffmodel.diff.make import make_diff
 from diffmodel.errors import DiffModelError
 from diffmodel.sample import render_row
@@ -640,7 +640,7 @@ def iter_samples(path: str | Path, options: SampleOptions | None = None, rev: st
     """Mine one repository in this process and yield its rows (newest commit first).
 
     The library entry point for small jobs and tests; ``diffmodel mine`` adds
-    workers, dedup, shards and resume on top (:mod:`diffmodel.data.mine_run`).
+    workers, dedup, shards and resume on top (:mod:`diffmodel.mine.run`).
     """
     options = options or SampleOptions()
     repo = open_repository(path, rev=rev)

@@ -1,7 +1,7 @@
 """``diffmodel mine``: build diff-model training data from git repositories.
 
-Thin: parses the command line into a :class:`~diffmodel.data.mine_run.MineConfig`,
-runs :func:`~diffmodel.data.mine_run.mine`, prints a summary.
+Thin: parses the command line into a :class:`~diffmodel.mine.run.MineConfig`,
+runs :func:`~diffmodel.mine.run.mine`, prints a summary.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 import re
 import sys
 
-from diffmodel.data.filters import PERMISSIVE, FilterOptions
-from diffmodel.data.mine_run import MineConfig, mine
-from diffmodel.data.shards import DEFAULT_SHARD_BYTES
+from diffmodel.mine.filters import PERMISSIVE, FilterOptions
+from diffmodel.mine.run import MineConfig, mine
+from diffmodel.mine.shards import DEFAULT_SHARD_BYTES
 from diffmodel.errors import DiffModelError
 
 _DEFAULTS = FilterOptions()
