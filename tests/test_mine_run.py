@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from diffmodel.cli import main as cli_main
+from diffmodel.errors import DiffModelError
 from diffmodel.mine import filters as F
 from diffmodel.mine import run as mine_run
-from diffmodel.mine.samples import iter_samples
 from diffmodel.mine.run import MineConfig, mine
+from diffmodel.mine.samples import iter_samples
 from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard
 from diffmodel.mine.split import SPLITS, assign_split
-from diffmodel.errors import DiffModelError
 from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
 
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy of this software\n"

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from diffmodel.errors import DiffModelError
 from diffmodel.mine import filters as F
 from diffmodel.mine.convert import convert_row, convert_rows
 from diffmodel.mine.languages import language_of
-from diffmodel.mine.samples import ChunkResult, SampleOptions, repository_names
+from diffmodel.mine.repos import repository_names
+from diffmodel.mine.samples import ChunkResult, SampleOptions
 from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard, remove_tmp_files, write_json_atomic
 from diffmodel.mine.split import assign_split, check_fractions, resolve_split_by, unit_interval
-from diffmodel.errors import DiffModelError
 from diffmodel.sample import render_row
 
 

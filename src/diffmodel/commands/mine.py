@@ -11,10 +11,10 @@ import os
 import re
 import sys
 
+from diffmodel.errors import DiffModelError
 from diffmodel.mine.filters import PERMISSIVE, FilterOptions
 from diffmodel.mine.run import MineConfig, mine
 from diffmodel.mine.shards import DEFAULT_SHARD_BYTES
-from diffmodel.errors import DiffModelError
 
 _DEFAULTS = FilterOptions()
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from diffmodel.errors import DiffModelError
 from diffmodel.mine import filters as F
 from diffmodel.mine.languages import language_of
 from diffmodel.mine.samples import ChunkResult, SampleOptions, finish_sample
-from diffmodel.errors import DiffModelError
 
 DROP_BAD_ROW = "bad_row"
 

@@ -50,19 +50,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.mine import filters as F
 from diffmodel.mine.convert import DROP_BAD_ROW, convert_rows, read_rows
-from diffmodel.mine.samples import (
+from diffmodel.mine.git import CatFile
+from diffmodel.mine.repos import (
     COMMITS_EMPTY, COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_USED,
-    CatFile, ChunkResult, Repository, SampleOptions, ShallowCloneWarning, find_repositories,
-    list_commits, mine_commits, open_repository, read_license, repository_names,
+    Repository, ShallowCloneWarning, find_repositories, list_commits, open_repository, read_license,
+    repository_names,
 )
+from diffmodel.mine.samples import ChunkResult, SampleOptions, mine_commits
 from diffmodel.mine.shards import (
     DEFAULT_SHARD_BYTES, ShardWriter, complete_shards, count_lines, read_shard, remove_tmp_files,
     shard_index, write_json_atomic,
 )
 from diffmodel.mine.split import SPLITS, check_fractions, resolve_split_by
-from diffmodel.errors import DiffModelError, raise_if_problems
 
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
