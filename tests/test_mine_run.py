@@ -305,13 +305,13 @@ class TestCommandLine:
 
     def test_max_tokens_needs_a_tokenizer(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--max-tokens", "100"]) == 2
-        assert "--max-tokens needs --tokenizer" in capsys.readouterr().err
+        assert "--max_tokens needs --tokenizer_name" in capsys.readouterr().err
 
     def test_bad_values_are_reported_together(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--context", "-1", "--workers", "0",
                          "--test-fraction", "1.5"]) == 2
         err = capsys.readouterr().err
-        assert "--context must be >= 0" in err and "--workers must be >= 1" in err and "--test-fraction" in err
+        assert "--context must be >= 0" in err and "--workers must be >= 1" in err and "--test_fraction" in err
 
 
 def test_token_limit_with_a_tokenizer(story, tmp_path, tiny_gpt2_dir):

@@ -161,7 +161,7 @@ class TestSplit:
         assert resolve_split_by("commit", 3) == "commit"
         with pytest.raises(DiffModelError, match="nothing would be left"):
             check_fractions(0.5, 0.5)
-        with pytest.raises(DiffModelError, match="--test-fraction"):
+        with pytest.raises(DiffModelError, match="--test_fraction"):
             check_fractions(0.1, -0.1)
 
 

@@ -1,17 +1,23 @@
 """``diffmodel mine``: build diff-model training data from git repositories.
 
 Thin: parses the command line into a :class:`~diffmodel.mine.run.MineConfig`,
-runs :func:`~diffmodel.mine.run.mine`, prints a summary.
+validates all of it (every problem reported at once, before any repository is
+read), runs :func:`~diffmodel.mine.run.mine`, prints a summary.
+
+Flags are spelled snake_case, as in the rest of ``diffmodel``; the kebab-case
+spelling of each (and the older ``--output``/``--tokenizer``) is accepted as a
+hidden alias, so ``--help`` lists every flag once.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import sys
 
-from diffmodel.errors import DiffModelError
+from diffmodel.errors import raise_if_problems
 from diffmodel.mine.filters import PERMISSIVE, FilterOptions
 from diffmodel.mine.run import MineConfig, mine
 from diffmodel.mine.shards import DEFAULT_SHARD_BYTES
@@ -20,9 +26,9 @@ _DEFAULTS = FilterOptions()
 
 EPILOG = f"""\
 output:
-  OUTPUT/train/*.jsonl.zst, OUTPUT/validation/*.jsonl.zst, OUTPUT/test/*.jsonl.zst and
-  OUTPUT/manifest.json (drop counts per filter, languages, repositories, shards, options).
-  Train on it with:  diffmodel train --train_file OUTPUT/train/*.jsonl.zst ...
+  OUTPUT_DIR/train/*.jsonl.zst, OUTPUT_DIR/validation/*.jsonl.zst, OUTPUT_DIR/test/*.jsonl.zst and
+  OUTPUT_DIR/manifest.json (drop counts per filter, languages, repositories, shards, options).
+  Train on it with:  diffmodel train --train_file OUTPUT_DIR/train/*.jsonl.zst ...
 
 resume:
   Rerun the same command after an interruption: finished repositories are skipped and
@@ -30,6 +36,10 @@ resume:
 
 licences (--licenses):
   SPDX ids such as MIT,Apache-2.0; 'permissive' stands for {','.join(PERMISSIVE)}.
+
+flag spellings:
+  Each flag is also accepted in kebab-case (--first-parent for --first_parent);
+  --output is --output_dir and --tokenizer is --tokenizer_name.
 """
 
 
@@ -45,72 +55,105 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _flag(group, *names: str, old: tuple[str, ...] = (), **kwargs) -> argparse.Action:
+    """``group.add_argument(*names, **kwargs)``, also accepting the kebab-case spelling of each
+    snake_case name and the ``old`` names; those aliases are hidden from ``--help``."""
+    aliases = (*(n.replace("_", "-") for n in names if "_" in n), *old)
+    action = group.add_argument(*names, *aliases, **kwargs)
+    action.hidden_aliases = aliases
+    return action
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser for which a prefix matching a flag and its aliases (``--first`` of
+    ``--first_parent`` and ``--first-parent``) is a prefix of one flag, not an ambiguous one."""
+
+    def _get_option_tuples(self, option_string: str) -> list[tuple]:
+        matches = super()._get_option_tuples(option_string)
+        return [m for i, m in enumerate(matches) if all(m[0] is not n[0] for n in matches[:i])]
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists each flag under its documented spelling only (the epilog names the aliases)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        hidden = getattr(action, "hidden_aliases", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [s for s in action.option_strings if s not in hidden]
+        return super()._format_action_invocation(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="diffmodel mine",
         description="Build diff-model training data from git history: one sample per changed file of "
                     "every non-merge commit, filtered, deduplicated, split by repository and written as "
                     "jsonl.zst shards.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=_HelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="REPO",
                    help="git repositories, or folders searched (3 levels deep) for repositories")
-    p.add_argument("-o", "--output", required=True, help="output folder (created; a rerun resumes it)")
-    p.add_argument("--rows", action="append", default=[], metavar="FILE",
-                   help="also convert CommitPack/CommitPackFT-style rows (old_file, new_file, old_contents, "
-                        "new_contents, message) from a .jsonl, .jsonl.zst, .json or .parquet file; repeatable")
+    _flag(p, "-o", "--output_dir", old=("--output",), dest="output", metavar="OUTPUT_DIR", required=True,
+          help="output folder (created; a rerun resumes it)")
+    _flag(p, "--rows", action="append", default=[], metavar="FILE",
+          help="also convert CommitPack/CommitPackFT-style rows (old_file, new_file, old_contents, "
+                "new_contents, message) from a .jsonl, .jsonl.zst, .json or .parquet file; repeatable")
 
     g = p.add_argument_group("history")
-    g.add_argument("--rev", default="HEAD", help="revision to mine the history of (default: HEAD)")
-    g.add_argument("--first-parent", action="store_true",
-                   help="follow only the first parent of merges (the main line); merges themselves are never mined")
-    g.add_argument("--context", type=int, metavar="N", default=3, help="unchanged lines around each change in a hunk (default: 3)")
-    g.add_argument("--keep-deleted", action="store_true", help="also make samples of deleted files")
+    _flag(g, "--rev", default="HEAD", help="revision to mine the history of (default: HEAD)")
+    _flag(g, "--first_parent", action="store_true",
+          help="follow only the first parent of merges (the main line); merges themselves are never mined")
+    _flag(g, "--context", type=int, metavar="N", default=3,
+          help="unchanged lines around each change in a hunk (default: 3)")
+    _flag(g, "--keep_deleted", action="store_true", help="also make samples of deleted files")
 
     g = p.add_argument_group("filters (each on by default; drops are counted in manifest.json)")
-    g.add_argument("--min-message-chars", type=int, metavar="N", default=_DEFAULTS.min_message_chars,
-                   help=f"drop commits with shorter messages (default: {_DEFAULTS.min_message_chars})")
-    g.add_argument("--max-message-chars", type=int, metavar="N", default=_DEFAULTS.max_message_chars,
-                   help=f"drop commits with longer messages (default: {_DEFAULTS.max_message_chars})")
-    g.add_argument("--min-message-words", type=int, metavar="N", default=_DEFAULTS.min_message_words,
-                   help=f"drop commits whose message has fewer words (default: {_DEFAULTS.min_message_words})")
-    g.add_argument("--max-message-words", type=int, metavar="N", default=_DEFAULTS.max_message_words,
-                   help=f"drop commits whose message has more words (default: {_DEFAULTS.max_message_words})")
-    g.add_argument("--keep-noise-messages", action="store_true",
-                   help="keep merge, web-editor ('Update README.md'), 'wip', version-bump and bot messages")
-    g.add_argument("--drop-reverts", action="store_true", help="also drop 'Revert \"...\"' commits")
-    g.add_argument("--keep-bot-authors", action="store_true", help="keep commits by authors such as dependabot[bot]")
-    g.add_argument("--languages", type=_csv, default=None, metavar="LIST",
-                   help="comma-separated languages to keep, e.g. Python,Rust (default: every file with a known "
-                        "language; 'all' keeps every text file)")
-    g.add_argument("--max-before-chars", type=int, metavar="N", default=_DEFAULTS.max_before_chars,
-                   help=f"drop files longer than this before the commit (default: {_DEFAULTS.max_before_chars})")
-    g.add_argument("--max-diff-chars", type=int, metavar="N", default=_DEFAULTS.max_diff_chars,
-                   help=f"drop files whose diff is longer (default: {_DEFAULTS.max_diff_chars})")
-    g.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="a tokenizer (folder or hub name) to enforce --max-tokens with")
-    g.add_argument("--max-tokens", type=int, metavar="N", default=None,
-                   help=f"with --tokenizer, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens})")
-    g.add_argument("--no-dedup", action="store_true", help="keep exact duplicates (same before and diff)")
-    g.add_argument("--licenses", type=_csv, default=None, metavar="LIST",
-                   help="mine only repositories whose licence file is one of these SPDX ids, or 'permissive' "
-                        "(default: every repository)")
+    _flag(g, "--min_message_chars", type=int, metavar="N", default=_DEFAULTS.min_message_chars,
+          help=f"drop commits with shorter messages (default: {_DEFAULTS.min_message_chars})")
+    _flag(g, "--max_message_chars", type=int, metavar="N", default=_DEFAULTS.max_message_chars,
+          help=f"drop commits with longer messages (default: {_DEFAULTS.max_message_chars})")
+    _flag(g, "--min_message_words", type=int, metavar="N", default=_DEFAULTS.min_message_words,
+          help=f"drop commits whose message has fewer words (default: {_DEFAULTS.min_message_words})")
+    _flag(g, "--max_message_words", type=int, metavar="N", default=_DEFAULTS.max_message_words,
+          help=f"drop commits whose message has more words (default: {_DEFAULTS.max_message_words})")
+    _flag(g, "--keep_noise_messages", action="store_true",
+          help="keep merge, web-editor ('Update README.md'), 'wip', version-bump and bot messages")
+    _flag(g, "--drop_reverts", action="store_true", help="also drop 'Revert \"...\"' commits")
+    _flag(g, "--keep_bot_authors", action="store_true", help="keep commits by authors such as dependabot[bot]")
+    _flag(g, "--languages", type=_csv, default=None, metavar="LIST",
+          help="comma-separated languages to keep, e.g. Python,Rust (default: every file with a known "
+                "language; 'all' keeps every text file)")
+    _flag(g, "--max_before_chars", type=int, metavar="N", default=_DEFAULTS.max_before_chars,
+          help=f"drop files longer than this before the commit (default: {_DEFAULTS.max_before_chars})")
+    _flag(g, "--max_diff_chars", type=int, metavar="N", default=_DEFAULTS.max_diff_chars,
+          help=f"drop files whose diff is longer (default: {_DEFAULTS.max_diff_chars})")
+    _flag(g, "--tokenizer_name", old=("--tokenizer",), dest="tokenizer", default=None, metavar="PATH",
+          help="a tokenizer (folder or hub name) to enforce --max_tokens with")
+    _flag(g, "--max_tokens", type=int, metavar="N", default=None,
+          help=f"with --tokenizer_name, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens})")
+    _flag(g, "--no_dedup", action="store_true", help="keep exact duplicates (same before and diff)")
+    _flag(g, "--licenses", type=_csv, default=None, metavar="LIST",
+          help="mine only repositories whose licence file is one of these SPDX ids, or 'permissive' "
+                "(default: every repository)")
 
     g = p.add_argument_group("output")
-    g.add_argument("--split-by", choices=("auto", "repository", "commit"), default="auto",
-                   help="what the train/validation/test hash is of; auto: repository when there are several, "
-                        "else commit (default: auto)")
-    g.add_argument("--validation-fraction", type=float, metavar="F", default=0.05, help="share for validation (default: 0.05)")
-    g.add_argument("--test-fraction", type=float, metavar="F", default=0.05, help="share for test (default: 0.05)")
-    g.add_argument("--shard-size", type=_size, default=DEFAULT_SHARD_BYTES, metavar="SIZE",
-                   help="uncompressed JSON per shard, e.g. 256MB (default: 256MB)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="delete earlier output of diffmodel mine in --output first instead of resuming it")
+    _flag(g, "--split_by", choices=("auto", "repository", "commit"), default="auto",
+          help="what the train/validation/test hash is of; auto: repository when there are several, "
+                "else commit (default: auto)")
+    _flag(g, "--validation_fraction", type=float, metavar="F", default=0.05,
+          help="share for validation (default: 0.05)")
+    _flag(g, "--test_fraction", type=float, metavar="F", default=0.05, help="share for test (default: 0.05)")
+    _flag(g, "--shard_size", type=_size, default=DEFAULT_SHARD_BYTES, metavar="SIZE",
+          help="uncompressed JSON per shard, e.g. 256MB (default: 256MB)")
+    _flag(g, "--overwrite", action="store_true",
+          help="delete earlier output of diffmodel mine in --output_dir first instead of resuming it")
 
     g = p.add_argument_group("speed")
-    g.add_argument("--workers", type=int, metavar="N", default=min(8, os.cpu_count() or 1),
-                   help="worker processes (default: CPU count, at most 8)")
-    g.add_argument("--batch-size", type=int, metavar="N", default=64, help="commits per batch handed to a worker (default: 64)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _flag(g, "--workers", type=int, metavar="N", default=min(8, os.cpu_count() or 1),
+          help="worker processes (default: CPU count, at most 8)")
+    _flag(g, "--batch_size", type=int, metavar="N", default=64,
+          help="commits per batch handed to a worker (default: 64)")
+    _flag(g, "--no_progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -155,10 +198,13 @@ def summary(manifest: dict, output: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    problems = config.problems()
     if args.max_tokens is not None and not args.tokenizer:
-        raise DiffModelError("--max-tokens needs --tokenizer (the tokenizer that counts the tokens)")
-    manifest = mine(config_from_args(args))
-    print(summary(manifest, args.output))
+        problems.insert(0, "--max_tokens needs --tokenizer_name (the tokenizer that counts the tokens)")
+    raise_if_problems(problems, "diffmodel mine cannot start")
+    manifest = mine(config)
+    print(summary(manifest, config.output))
     return 0
 
 

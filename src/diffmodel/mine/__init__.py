@@ -15,7 +15,7 @@ The flow, one module per step::
 
 Invariants:
 - Nothing here imports torch; ``transformers`` is imported only to count
-  tokens when ``--tokenizer`` is given.
+  tokens when ``--tokenizer_name`` is given.
 - The rows written are a function of the repositories and the options: the
   same inputs give the same shards, whatever the number of workers.
 """
