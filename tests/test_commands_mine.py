@@ -24,16 +24,9 @@ SNAKE = [
     "--shard_size", "1MB", "--overwrite", "--workers", "3", "--batch_size", "16", "--no_progress",
 ]
 
-#: The same command line in the spelling ``diffmodel mine`` had before (kebab-case, --output, --tokenizer).
-KEBAB = [
-    "repo", "--output", "out", "--rows", "cp.jsonl", "--rev", "main", "--first-parent", "--context", "5",
-    "--keep-deleted", "--min-message-chars", "3", "--max-message-chars", "900", "--min-message-words", "1",
-    "--max-message-words", "50", "--keep-noise-messages", "--drop-reverts", "--keep-bot-authors",
-    "--languages", "Python,Rust", "--max-before-chars", "1000", "--max-diff-chars", "500",
-    "--tokenizer", "tok", "--max-tokens", "128", "--no-dedup", "--licenses", "MIT",
-    "--split-by", "repository", "--validation-fraction", "0.1", "--test-fraction", "0.2",
-    "--shard-size", "1MB", "--overwrite", "--workers", "3", "--batch-size", "16", "--no-progress",
-]
+#: The same command line in the spelling ``diffmodel mine`` had before: kebab-case, --output, --tokenizer.
+OLD_NAMES = {"--output_dir": "--output", "--tokenizer_name": "--tokenizer"}
+KEBAB = [OLD_NAMES.get(a, a.replace("_", "-")) if a.startswith("--") else a for a in SNAKE]
 
 EXPECTED = MineConfig(
     inputs=["repo"], output="out", rows=["cp.jsonl"], rev="main", first_parent=True, context=5, keep_deleted=True,
