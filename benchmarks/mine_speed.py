@@ -62,7 +62,7 @@ def time_mine(repo: str, workers: int) -> tuple[float, dict]:
     try:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "diffmodel.cli", "mine", repo, "-o", os.path.join(out, "o"),
-                        "--workers", str(workers), "--no-progress"], check=True, capture_output=True)
+                        "--workers", str(workers), "--no_progress"], check=True, capture_output=True)
         seconds = time.perf_counter() - start
         with open(os.path.join(out, "o", "manifest.json")) as fh:
             return seconds, json.load(fh)

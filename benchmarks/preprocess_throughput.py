@@ -9,7 +9,7 @@ Set-up (nothing is downloaded; everything lives under ``.bench/``, which git ign
 
 - Data: ``diffmodel mine .bench/requests`` (a clone of a public Python
   repository) mined twice: once plainly, to train the tokenizer on, then with
-  ``--tokenizer T --max-tokens BLOCK_SIZE-1`` and no validation/test split, so
+  ``--tokenizer_name T --max_tokens BLOCK_SIZE-1`` and no validation/test split, so
   every sample fits a row with its EOS (what the reference command line's
   ``--ignore_long_samples`` keeps; both arms still run that filter). The
   first ``n`` samples of that output (cycled when ``n`` is larger than what
@@ -126,7 +126,7 @@ def prepare(sizes: list[int], block_size: int) -> tuple[Path, dict[int, tuple[Pa
     plain = BENCH / "mined_requests"
     if not (plain / "manifest.json").exists():
         print("mining", REPO, flush=True)
-        run_cli(["mine", str(REPO), "-o", str(plain), "--workers", "2", "--no-progress"])
+        run_cli(["mine", str(REPO), "-o", str(plain), "--workers", "2", "--no_progress"])
     tok_dir = WORK / "tokenizer-8192"
     if not (tok_dir / "tokenizer.json").exists():
         from diffmodel.tiny import train_tokenizer
@@ -138,9 +138,9 @@ def prepare(sizes: list[int], block_size: int) -> tuple[Path, dict[int, tuple[Pa
     if not (fitting / "manifest.json").exists():
         print(f"mining samples of at most {block_size - 1} tokens", flush=True)
         run_cli([
-            "mine", str(REPO), "-o", str(fitting), "--workers", "2", "--no-progress",
-            "--tokenizer", str(tok_dir), "--max-tokens", str(block_size - 1),
-            "--validation-fraction", "0", "--test-fraction", "0",
+            "mine", str(REPO), "-o", str(fitting), "--workers", "2", "--no_progress",
+            "--tokenizer_name", str(tok_dir), "--max_tokens", str(block_size - 1),
+            "--validation_fraction", "0", "--test_fraction", "0",
         ])
     lines = read_lines(fitting / "train")
     files = {}

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from edit_model import trained_edit_model, training_text
 
 from diffmodel.cli import main as diffmodel
-from diffmodel.data.languages import language_of
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.loss import encode_rows, evaluate_loss
+from diffmodel.mine.languages import language_of
 from diffmodel.sample import render, split
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from diffmodel.data import filters as F
-from diffmodel.data.mine import (
-    CatFile, SampleOptions, ShallowCloneWarning, find_repositories, iter_samples, list_commits, mine_commits,
-    open_repository, parse_commit, parse_diff_tree,
-)
 from diffmodel.errors import DiffModelError
+from diffmodel.mine import filters as F
+from diffmodel.mine.git import CatFile, parse_commit, parse_diff_tree
+from diffmodel.mine.repos import ShallowCloneWarning, find_repositories, list_commits, open_repository
+from diffmodel.mine.samples import SampleOptions, iter_samples, mine_commits
 from diffmodel.sample import render_row, split
 from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from diffmodel.cli import main as cli_main
-from diffmodel.data import filters as F
-from diffmodel.data import mine_run
-from diffmodel.data.mine import iter_samples
-from diffmodel.data.mine_run import MineConfig, mine
-from diffmodel.data.shards import ShardWriter, complete_shards, read_shard
-from diffmodel.data.split import SPLITS, assign_split
 from diffmodel.errors import DiffModelError
+from diffmodel.mine import filters as F
+from diffmodel.mine import run as mine_run
+from diffmodel.mine.run import MineConfig, mine
+from diffmodel.mine.samples import iter_samples
+from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard
+from diffmodel.mine.split import SPLITS, assign_split
 from mine_gitrepo import GitRepo, build_small_repo, build_story_repo
 
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy of this software\n"
@@ -220,7 +220,7 @@ def test_workers_give_the_same_shards(forest, tmp_path):
 
 #: The example of docs/mine.md, "From Python", as a script without an ``if __name__ == "__main__":`` guard.
 UNGUARDED_EXAMPLE = """\
-from diffmodel.data.mine_run import MineConfig, mine
+from diffmodel.mine.run import MineConfig, mine
 manifest = mine(MineConfig(inputs=["repos/"], output="out", workers={workers}))
 print("samples:", manifest["samples"]["total"])
 """
@@ -305,13 +305,13 @@ class TestCommandLine:
 
     def test_max_tokens_needs_a_tokenizer(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--max-tokens", "100"]) == 2
-        assert "--max-tokens needs --tokenizer" in capsys.readouterr().err
+        assert "--max_tokens needs --tokenizer_name" in capsys.readouterr().err
 
     def test_bad_values_are_reported_together(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--context", "-1", "--workers", "0",
                          "--test-fraction", "1.5"]) == 2
         err = capsys.readouterr().err
-        assert "--context must be >= 0" in err and "--workers must be >= 1" in err and "--test-fraction" in err
+        assert "--context must be >= 0" in err and "--workers must be >= 1" in err and "--test_fraction" in err
 
 
 def test_token_limit_with_a_tokenizer(story, tmp_path, tiny_gpt2_dir):

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from diffmodel.data import filters as F
-from diffmodel.data.convert import convert_row, convert_rows
-from diffmodel.data.languages import language_of
-from diffmodel.data.mine import ChunkResult, SampleOptions, repository_names
-from diffmodel.data.shards import ShardWriter, complete_shards, read_shard, remove_tmp_files, write_json_atomic
-from diffmodel.data.split import assign_split, check_fractions, resolve_split_by, unit_interval
 from diffmodel.errors import DiffModelError
+from diffmodel.mine import filters as F
+from diffmodel.mine.convert import convert_row, convert_rows
+from diffmodel.mine.languages import language_of
+from diffmodel.mine.repos import repository_names
+from diffmodel.mine.samples import ChunkResult, SampleOptions
+from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard, remove_tmp_files, write_json_atomic
+from diffmodel.mine.split import assign_split, check_fractions, resolve_split_by, unit_interval
 from diffmodel.sample import render_row
 
 
@@ -160,7 +161,7 @@ class TestSplit:
         assert resolve_split_by("commit", 3) == "commit"
         with pytest.raises(DiffModelError, match="nothing would be left"):
             check_fractions(0.5, 0.5)
-        with pytest.raises(DiffModelError, match="--test-fraction"):
+        with pytest.raises(DiffModelError, match="--test_fraction"):
             check_fractions(0.1, -0.1)
 
 

@@ -17,7 +17,7 @@ the tokens before it (the label is shifted by one, as in HF models; the first
 token of a sample is never predicted).
 
 Language: a ``language`` column when the rows have one, else
-:func:`diffmodel.data.languages.language_of` of the file name (the ``name``
+:func:`diffmodel.mine.languages.language_of` of the file name (the ``name``
 column, or the ``<NME>`` line of the text); ``other`` when unknown.
 
 Invariants:

@@ -68,7 +68,7 @@ class FilterOptions:
     bot_authors: bool = True
     """Drop commits whose author name ends in ``[bot]`` or names a known bot."""
     languages: tuple[str, ...] | None = None
-    """Languages to keep (names from :mod:`diffmodel.data.languages`, any case). ``None``
+    """Languages to keep (names from :mod:`diffmodel.mine.languages`, any case). ``None``
     keeps every file with a known language; ``("all",)`` keeps every text file."""
     max_before_chars: int = 50_000
     """Drop a file whose before-version has more characters than this. CommitPackFT: 50,000."""

@@ -5,7 +5,7 @@ CommitPack-style rows carry a whole file before and after a commit::
     commit, old_file, new_file, old_contents, new_contents, subject, message, lang, license, repos
 
 :func:`convert_row` turns one into the same row a mined commit gives
-(:data:`diffmodel.data.mine.ROW_FIELDS`), computing the diff with the same
+(:data:`diffmodel.mine.samples.ROW_FIELDS`), computing the diff with the same
 :func:`~diffmodel.diff.make.make_diff` and the text with the same
 :func:`~diffmodel.sample.render_row`, and applying the same filters (message,
 language, sizes, tokens; duplicates are removed where the samples are written).
@@ -24,10 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from diffmodel.data import filters as F
-from diffmodel.data.languages import language_of
-from diffmodel.data.mine import ChunkResult, SampleOptions, finish_sample
 from diffmodel.errors import DiffModelError
+from diffmodel.mine import filters as F
+from diffmodel.mine.languages import language_of
+from diffmodel.mine.samples import ChunkResult, SampleOptions, finish_sample
 
 DROP_BAD_ROW = "bad_row"
 

@@ -35,11 +35,11 @@ def unit_interval(key: str) -> float:
 
 def check_fractions(validation: float, test: float) -> None:
     problems = []
-    for name, value in (("--validation-fraction", validation), ("--test-fraction", test)):
+    for name, value in (("--validation_fraction", validation), ("--test_fraction", test)):
         if not 0.0 <= value < 1.0:
             problems.append(f"{name} must be in [0, 1), got {value}")
     if not problems and validation + test >= 1.0:
-        problems.append(f"--validation-fraction + --test-fraction must be below 1 (got {validation + test}); nothing would be left to train on")
+        problems.append(f"--validation_fraction + --test_fraction must be below 1 (got {validation + test}); nothing would be left to train on")
     if problems:
         raise DiffModelError("bad split fractions: " + "; ".join(problems))
 
@@ -57,7 +57,7 @@ def assign_split(key: str, validation: float, test: float) -> str:
 def resolve_split_by(split_by: str, n_repositories: int) -> str:
     """``auto`` becomes ``repository`` for several repositories and ``commit`` for one."""
     if split_by not in SPLIT_BY:
-        raise DiffModelError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+        raise DiffModelError(f"--split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     if split_by == "auto":
         return "repository" if n_repositories > 1 else "commit"
     return split_by

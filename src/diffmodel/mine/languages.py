@@ -125,7 +125,3 @@ def language_of(path: str) -> str:
     _, dot, ext = base.rpartition(".")
     return BY_EXTENSION.get(ext, "") if dot else ""
 
-
-def known_languages() -> list[str]:
-    """Every language name ``language_of`` can return, sorted."""
-    return sorted(set(BY_EXTENSION.values()) | set(BY_FILENAME.values()))

@@ -31,7 +31,7 @@ Resume invariants:
   stopped while that source was being mined) is rewritten without them, so
   the rerun mines that source again without duplicating it.
 - The options that change the output are stored; a rerun with other options
-  is refused (use a new ``--output`` or ``--overwrite``).
+  is refused (use a new ``--output_dir`` or ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -50,19 +50,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from diffmodel.data import filters as F
-from diffmodel.data.convert import DROP_BAD_ROW, convert_rows, read_rows
-from diffmodel.data.mine import (
+from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.mine import filters as F
+from diffmodel.mine.convert import DROP_BAD_ROW, convert_rows, read_rows
+from diffmodel.mine.git import CatFile
+from diffmodel.mine.repos import (
     COMMITS_EMPTY, COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_USED,
-    CatFile, ChunkResult, Repository, SampleOptions, ShallowCloneWarning, find_repositories,
-    list_commits, mine_commits, open_repository, read_license, repository_names,
+    Repository, ShallowCloneWarning, find_repositories, list_commits, open_repository, read_license,
+    repository_names,
 )
-from diffmodel.data.shards import (
+from diffmodel.mine.samples import ChunkResult, SampleOptions, mine_commits
+from diffmodel.mine.shards import (
     DEFAULT_SHARD_BYTES, ShardWriter, complete_shards, count_lines, read_shard, remove_tmp_files,
     shard_index, write_json_atomic,
 )
-from diffmodel.data.split import SPLITS, check_fractions, resolve_split_by
-from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.mine.split import SPLITS, check_fractions, resolve_split_by
 
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
@@ -104,7 +106,8 @@ class MineConfig:
             "shard_bytes": self.shard_bytes,
         }
 
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        """Every problem with these options, each naming its flag (empty when they are fine)."""
         problems = []
         if not self.inputs and not self.rows:
             problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
@@ -113,24 +116,28 @@ class MineConfig:
         if self.workers < 1:
             problems.append(f"--workers must be >= 1, got {self.workers}")
         if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+            problems.append(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.shard_bytes < 1024:
-            problems.append(f"--shard-size must be at least 1 KB, got {self.shard_bytes} bytes")
+            problems.append(f"--shard_size must be at least 1 KB, got {self.shard_bytes} bytes")
         f = self.filters
-        for lo, hi, flag in ((f.min_message_chars, f.max_message_chars, "message-chars"),
-                             (f.min_message_words, f.max_message_words, "message-words")):
+        for lo, hi, flag in ((f.min_message_chars, f.max_message_chars, "message_chars"),
+                             (f.min_message_words, f.max_message_words, "message_words")):
             if lo < 0 or hi < lo:
-                problems.append(f"--min-{flag} ({lo}) must be >= 0 and <= --max-{flag} ({hi})")
-        for value, flag in ((f.max_before_chars, "--max-before-chars"), (f.max_diff_chars, "--max-diff-chars")):
+                problems.append(f"--min_{flag} ({lo}) must be >= 0 and <= --max_{flag} ({hi})")
+        for value, flag in ((f.max_before_chars, "--max_before_chars"), (f.max_diff_chars, "--max_diff_chars")):
             if value < 1:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if f.max_tokens is not None and f.max_tokens < 1:
-            problems.append(f"--max-tokens must be >= 1, got {f.max_tokens}")
+            problems.append(f"--max_tokens must be >= 1, got {f.max_tokens}")
         try:
             check_fractions(self.validation_fraction, self.test_fraction)
         except DiffModelError as err:
             problems.append(str(err))
-        raise_if_problems(problems, "diffmodel mine cannot start")
+        return problems
+
+    def validate(self) -> None:
+        """Raise one DiffModelError listing every problem (see :meth:`problems`)."""
+        raise_if_problems(self.problems(), "diffmodel mine cannot start")
 
 
 # ------------------------------------------------------------------ sources
@@ -184,7 +191,7 @@ def _load_token_counter(tokenizer: str | None):
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
     except Exception as err:  # any loading problem is the user's path or name
-        raise DiffModelError(f"--tokenizer {tokenizer}: could not load a tokenizer ({err})") from None
+        raise DiffModelError(f"--tokenizer_name {tokenizer}: could not load a tokenizer ({err})") from None
     tok.model_max_length = 1 << 62  # counting only: no "sequence too long" warnings
 
     def count(text: str) -> int:
@@ -315,13 +322,13 @@ class MineRun:
                                  if options.get(k) != stored.get("options", {}).get(k))
                 raise DiffModelError(
                     f"{self.out} was mined with other options (changed: {', '.join(changed)}); "
-                    f"use a new --output, or pass --overwrite to start that folder again")
+                    f"use a new --output_dir, or pass --overwrite to start that folder again")
             self.split_by = stored["split_by"]
             return
         if self.out.exists() and any(self.out.iterdir()):
             raise DiffModelError(
                 f"{self.out} exists and is not the output of diffmodel mine (no {STATE_DIR}/options.json); "
-                f"choose an empty or new --output folder")
+                f"choose an empty or new --output_dir folder")
         # Converted rows name many repositories, so "auto" splits them by repository.
         self.split_by = resolve_split_by(self.config.split_by, 2 if self.config.rows else n_git)
         (self.state / "done").mkdir(parents=True, exist_ok=True)
@@ -415,7 +422,7 @@ class MineRun:
                     now = head
                 if now != head:
                     self.warn(f"{name} was mined at {str(head)[:12]} and is now at {now[:12]}; it is not "
-                              f"mined again (use a new --output to include its new commits)")
+                              f"mined again (use a new --output_dir to include its new commits)")
                 continue
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -500,10 +507,10 @@ class MineRun:
         self.discovered = _discover(config)
         self._prepare_output(len(self.discovered))
         self._resume()
-        _load_token_counter(config.tokenizer)  # fail early on a bad --tokenizer
+        _load_token_counter(config.tokenizer)  # fail early on a bad --tokenizer_name
         sources = self._collect_sources()
         if self.split_by == "repository" and len([s for s in sources if s.kind == "git"]) == 1 and not config.rows:
-            self.warn("--split-by repository with one repository puts every sample in one split")
+            self.warn("--split_by repository with one repository puts every sample in one split")
         options = SampleOptions(context=config.context, keep_deleted=config.keep_deleted, filters=config.filters,
                                 split_by=self.split_by, validation_fraction=config.validation_fraction,
                                 test_fraction=config.test_fraction)
