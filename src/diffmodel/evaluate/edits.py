@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from diffmodel.data.languages import language_of
 from diffmodel.diff import apply_diff, make_diff, parse_diff
-from diffmodel.infer import Edit, EditRequest, EditStatus, as_request, finish_edit
+from diffmodel.infer.prompt import Edit, EditRequest, EditStatus, as_request, finish_edit
 from diffmodel.sample import FIELDS, split
 
 #: The per-generation metrics, in report order.
