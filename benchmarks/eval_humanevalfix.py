@@ -61,7 +61,7 @@ def main() -> int:
     import transformers
 
     from diffmodel.evaluate import humanevalfix as hef
-    from diffmodel.evaluate.cli import main as eval_main
+    from diffmodel.commands.eval import main as eval_main
     from diffmodel.sample import render_prompt
     from diffmodel.tiny import build_model, train_tokenizer
 

@@ -10,8 +10,9 @@ import stat
 import pytest
 
 from diffmodel.cli import main as cli_main
-from diffmodel.edit_cli import colorize, prompt_name
+from diffmodel.commands.edit import colorize
 from diffmodel.infer import DiffModel
+from diffmodel.infer.requests import prompt_name
 from edit_model import SAMPLES, trained_edit_model
 
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
+from diffmodel.checkpoint import max_positions
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.train.collate import RowCollator
-from diffmodel.train.model import apply_dropout, max_positions, resolve_block_size
+from diffmodel.train.model import apply_dropout, resolve_block_size
 
 EXPECTED = {
     "gpt2": {"resid_pdrop", "embd_pdrop", "attn_pdrop"},

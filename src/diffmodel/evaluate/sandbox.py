@@ -25,7 +25,8 @@ What contains a run, outside in:
    process or thread; the kernel does not enforce it for root), no core
    files. When the evaluator runs as root and the interpreter can be used by
    ``nobody``, the child also drops to that user (see :func:`protections`).
-4. A prelude that runs in the child before the program and replaces the
+4. The guard (:mod:`diffmodel.evaluate.guard`, whose text the child runs
+   as ``python -c``) that runs before the program and replaces the
    functions a program would use to escape: ``os.fork``/``forkpty``/
    ``system``/``popen``/``exec*``/``spawn*``/``posix_spawn*``/``kill``/
    ``killpg``/``_exit``, ``subprocess.Popen`` and ``_posixsubprocess``,
@@ -37,10 +38,10 @@ What contains a run, outside in:
    run ``crashed`` with ``violation`` naming the call.
 
 Invariants:
-- ``passed`` means exit status 0 *and* the prelude saw the program run to
+- ``passed`` means exit status 0 *and* the guard saw the program run to
   its last line: a program that calls ``sys.exit(0)`` before its tests, or
   ``os._exit``, does not pass.
-- The prelude reports to a file descriptor the program does not know the
+- The guard reports to a file descriptor the program does not know the
   meaning of, and stdout/stderr go to files outside the run's folder; only
   the last :attr:`Limits.max_output` characters of each are kept.
 - Layers 1-3 are enforced by the kernel; layer 4 stops ordinary code
@@ -65,6 +66,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import Enum
 from functools import lru_cache
+from importlib import resources
+
+from diffmodel.evaluate.guard import COMPLETED
 
 
 class Outcome(str, Enum):
@@ -124,154 +128,13 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not start a run (not the program's fault)."""
 
 
-# -- the prelude: runs in the child before the program ------------------------------------------
+# -- the guard: runs in the child before the program (diffmodel/evaluate/guard.py) ------------------
 
-#: Codes the prelude writes to its report descriptor, one per line.
-_COMPLETED = "completed"
 
-PRELUDE = r'''
-import sys
-_cfg = __import__("json").loads(sys.argv[1])
-sys.argv[:] = ["program.py"]
-import os as _os, posix as _posix, resource as _resource, signal as _signal, traceback as _traceback
-_report_fd = _cfg["report_fd"]
-_write, _exit = _os.write, _os._exit
-def _report(line):
-    try:
-        _write(_report_fd, (line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-sys.dont_write_bytecode = True
-_signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
-def _limit(name, value, hard=None):
-    try:
-        _resource.setrlimit(getattr(_resource, name), (value, value if hard is None else hard))
-    except (ValueError, OSError, AttributeError):
-        _report("nolimit:" + name)
-_limit("RLIMIT_CORE", 0)
-_limit("RLIMIT_FSIZE", _cfg["fsize"])
-_limit("RLIMIT_CPU", _cfg["cpu"], _cfg["cpu"] + 1)
-if _cfg["uid"] is not None:
-    _os.setgroups([])
-    _os.setgid(_cfg["gid"])
-    _os.setuid(_cfg["uid"])
-_limit("RLIMIT_NPROC", 0)
-import io as _io_mod, _io, builtins as _builtins, socket as _socket_mod, _socket, subprocess as _subprocess, _posixsubprocess
-class SandboxViolation(BaseException):
-    pass
-_seen = []
-def _violation(what):
-    if not _seen:
-        _seen.append(what)
-        _report("violation:" + what)
-    raise SandboxViolation("blocked by the sandbox: " + what)
-def _blocker(what):
-    def blocked(*args, **kwargs):
-        _violation(what)
-    return blocked
-for _mod in (_os, _posix):
-    for _name in ("fork", "forkpty", "system", "popen", "execv", "execve", "execl", "execle", "execlp", "execlpe",
-                  "execvp", "execvpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp",
-                  "spawnlpe", "posix_spawn", "posix_spawnp", "kill", "killpg", "_exit", "setuid", "setgid", "plock"):
-        if hasattr(_mod, _name):
-            setattr(_mod, _name, _blocker("os." + _name))
-_posixsubprocess.fork_exec = _blocker("subprocess")
-_subprocess.Popen = _blocker("subprocess.Popen")
-class _BlockedSocket(_socket.socket):
-    def __init__(self, *args, **kwargs):
-        _violation("socket.socket")
-_socket_mod.socket = _socket.socket = _socket_mod.SocketType = _socket.SocketType = _BlockedSocket
-for _mod in (_socket_mod, _socket):
-    for _name in ("socketpair", "fromfd", "create_connection", "create_server", "dup"):
-        if hasattr(_mod, _name):
-            setattr(_mod, _name, _blocker("socket." + _name))
-for _name in ("ctypes", "_ctypes", "multiprocessing", "_multiprocessing"):
-    sys.modules[_name] = None
-_home = _os.path.realpath(_os.getcwd())
-_realpath, _abspath, _fspath = _os.path.realpath, _os.path.abspath, _os.fspath
-def _inside(path, dir_fd=None):
-    if isinstance(path, int):
-        return True
-    try:
-        path = _fspath(path)
-        if isinstance(path, bytes):
-            path = path.decode("utf-8", "surrogateescape")
-        if dir_fd is not None and not path.startswith("/"):
-            path = _os.readlink("/proc/self/fd/%d" % dir_fd) + "/" + path
-        full = _realpath(_abspath(path))
-    except Exception:
-        return False
-    return full == _home or full.startswith(_home + "/")
-def _guard_path(what, path, dir_fd=None):
-    if not _inside(path, dir_fd):
-        _violation(what + " " + str(path))
-_real_open = _io.open
-def _open(file, mode="r", *args, **kwargs):
-    if any(c in str(mode) for c in "wax+"):
-        _guard_path("open for writing", file)
-    return _real_open(file, mode, *args, **kwargs)
-_builtins.open = _io_mod.open = _io.open = _open
-_WRITE_FLAGS = _os.O_WRONLY | _os.O_RDWR | _os.O_CREAT | _os.O_APPEND | _os.O_TRUNC
-_real_os_open = _os.open
-def _os_open(path, flags, *args, **kwargs):
-    if flags & _WRITE_FLAGS:
-        _guard_path("os.open for writing", path, kwargs.get("dir_fd"))
-    return _real_os_open(path, flags, *args, **kwargs)
-_os.open = _posix.open = _os_open
-class _FileIO(_io.FileIO):
-    def __init__(self, file, mode="r", *args, **kwargs):
-        if any(c in str(mode) for c in "wax+"):
-            _guard_path("FileIO for writing", file)
-        super().__init__(file, mode, *args, **kwargs)
-_io.FileIO = _io_mod.FileIO = _FileIO
-def _path_guard(name, nargs):
-    real = getattr(_os, name)
-    def guarded(*args, **kwargs):
-        fds = [kwargs.get("dir_fd"), kwargs.get("src_dir_fd"), kwargs.get("dst_dir_fd")]
-        for i, p in enumerate(args[:nargs]):
-            _guard_path("os." + name, p, fds[0] if fds[0] is not None else fds[1 + i] if i < 2 else None)
-        return real(*args, **kwargs)
-    return guarded
-for _name, _n in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("rename", 2), ("replace", 2),
-                  ("symlink", 2), ("link", 2), ("chmod", 1), ("chown", 1), ("lchown", 1), ("truncate", 1),
-                  ("utime", 1), ("mkfifo", 1), ("mknod", 1), ("removexattr", 1), ("setxattr", 1)):
-    if hasattr(_os, _name):
-        _guarded = _path_guard(_name, _n)
-        setattr(_os, _name, _guarded)
-        if hasattr(_posix, _name):
-            setattr(_posix, _name, _guarded)
-_limit("RLIMIT_AS", _cfg["memory"])
-del _mod, _name
-_code = None
-try:
-    with _real_open("program.py", "r", encoding="utf-8") as _f:
-        _code = compile(_f.read(), "program.py", "exec")
-    exec(_code, {"__name__": "__main__", "__builtins__": _builtins})
-except SandboxViolation:
-    _exit(3)
-except MemoryError:
-    _report("exception:MemoryError")
-    _exit(4)
-except SystemExit as _e:
-    _c = _e.code
-    _report("systemexit:" + repr(_c))
-    _exit(_c if isinstance(_c, int) and 0 < _c < 256 else 1)
-except BaseException as _e:
-    _report("exception:" + type(_e).__name__)
-    try:
-        _traceback.print_exc()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    _exit(1)
-_report("''' + _COMPLETED + r'''")
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except BaseException:
-    pass
-_exit(0)
-'''
+@lru_cache(maxsize=1)
+def guard_source() -> str:
+    """The text of :mod:`diffmodel.evaluate.guard`, run by the child as ``python -c``."""
+    return resources.files("diffmodel.evaluate").joinpath("guard.py").read_text(encoding="utf-8")
 
 
 # -- what the kernel can add ---------------------------------------------------------------------
@@ -291,13 +154,13 @@ def _probe(command: list[str], cfg_uid: int | None = None, cfg_gid: int | None =
             try:
                 cfg = _config(fd, Limits(), cfg_uid, cfg_gid)
                 proc = subprocess.run(
-                    [*command, sys.executable, "-I", "-S", "-c", PRELUDE, json.dumps(cfg)],
+                    [*command, sys.executable, "-I", "-S", "-c", guard_source(), json.dumps(cfg)],
                     cwd=tmp, env=_environment(tmp), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, pass_fds=(fd,), timeout=timeout, start_new_session=True,
                 )
                 with open(path, encoding="utf-8", errors="replace") as f:
                     report = f.read().split()
-                return proc.returncode == 0 and _COMPLETED in report
+                return proc.returncode == 0 and COMPLETED in report
             finally:
                 os.close(fd)
                 os.unlink(path)
@@ -375,7 +238,7 @@ def _signal_name(number: int) -> str:
 
 
 def classify(returncode: int | None, report: list[str], timed_out: bool, limits: Limits) -> tuple[Outcome, str | None, str]:
-    """(status, violation, detail) from how the child ended and what the prelude reported."""
+    """(status, violation, detail) from how the child ended and what the guard reported."""
     violation = next((line.split(":", 1)[1] for line in report if line.startswith("violation:")), None)
     exception = next((line.split(":", 1)[1] for line in report if line.startswith("exception:")), None)
     exited = next((line.split(":", 1)[1] for line in report if line.startswith("systemexit:")), None)
@@ -390,7 +253,7 @@ def classify(returncode: int | None, report: list[str], timed_out: bool, limits:
         return Outcome.CRASHED, violation, f"blocked: {violation}"
     if exception == "MemoryError":
         return Outcome.CRASHED, None, f"MemoryError (memory limit {limits.memory_mb} MiB)"
-    if returncode == 0 and report and report[-1] == _COMPLETED:
+    if returncode == 0 and report and report[-1] == COMPLETED:
         return Outcome.PASSED, None, ""
     if exception:
         return Outcome.FAILED, None, exception
@@ -429,7 +292,7 @@ def run_python(source: str, limits: Limits = Limits()) -> RunResult:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 try:
                     proc = subprocess.Popen(
-                        [*command, "-c", PRELUDE, json.dumps(cfg)],
+                        [*command, "-c", guard_source(), json.dumps(cfg)],
                         cwd=work, env=_environment(work), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                         pass_fds=(report_fd,), start_new_session=True, close_fds=True,
                     )
@@ -494,4 +357,4 @@ def run_many(
         return list(pool.map(one, items))
 
 
-__all__ = ["Limits", "Outcome", "PRELUDE", "RunResult", "SandboxError", "classify", "protections", "run_many", "run_python"]
+__all__ = ["Limits", "Outcome", "RunResult", "SandboxError", "classify", "guard_source", "protections", "run_many", "run_python"]

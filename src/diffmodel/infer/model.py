@@ -1,4 +1,4 @@
-"""Run a diff model: file + name + message -> generated diff -> edited file.
+"""DiffModel: a causal LM that writes diffs, batched generation with the ``<NME>`` stop.
 
 ``DiffModel.from_pretrained(path).edit(code, message, name)`` returns an
 :class:`Edit` with the generated ``diff``, the edited file (``new_code``) and
@@ -18,11 +18,10 @@ How one batch is generated::
 
 Invariants:
 - Nothing the model writes makes this module raise: every outcome is an
-  :class:`Edit` whose ``status`` says what happened (``strict``, ``lenient``,
-  ``failed``, or ``too_long`` for a prompt the model cannot hold).
-- ``new_code`` is the edited file exactly when ``status`` is ``strict`` or
-  ``lenient``, and ``None`` otherwise; an empty diff counts as ``failed``
-  (the model made no edit).
+  :class:`~diffmodel.infer.prompt.Edit` whose ``status`` says what happened
+  (``strict``, ``lenient``, ``failed``, or ``too_long`` for a prompt the model
+  cannot hold); the text steps are :mod:`diffmodel.infer.prompt`'s.
+- Models load through :func:`diffmodel.checkpoint.load_checkpoint`.
 - Results come back in request order whatever the batching; greedy decoding
   of a request gives the same diff alone or in a batch (up to float rounding
   of padded batches in low precision).
@@ -35,138 +34,20 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from diffmodel.diff import ApplyStatus, apply_diff, parse_diff
+from diffmodel.checkpoint import load_checkpoint, max_positions
 from diffmodel.errors import DiffModelError
+from diffmodel.infer.prompt import (
+    STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, EditRequest, EditStatus, as_request, finish_edit, marker_line,
+)
 from diffmodel.sample import NAME_MARKER, render_prompt
 
 #: Tokens decoded from the end of each row to look for a ``<NME>`` line.
 STOP_WINDOW = 16
-
-#: Stop reasons in :attr:`Edit.stop`.
-STOP_EOS, STOP_MARKER, STOP_LENGTH, STOP_NONE = "eos", "marker", "length", "none"
-
-
-class EditStatus(str, Enum):
-    """What became of one generated diff."""
-
-    STRICT = "strict"  # applied exactly at the lines its hunks state
-    LENIENT = "lenient"  # strict apply failed; the lenient applier placed every hunk
-    FAILED = "failed"  # empty or unreadable diff, or a hunk matched nowhere
-    TOO_LONG = "too_long"  # the prompt does not fit the model's positions; nothing generated
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """One file to edit: its text, the instruction, and its name (path) in the prompt."""
-
-    code: str
-    message: str
-    name: str
-
-
-@dataclass
-class Edit:
-    """One generated diff and what applying it gave."""
-
-    diff: str
-    new_code: str | None
-    status: EditStatus
-    #: what the parser repaired and why applying failed, one entry each
-    notes: list[str] = field(default_factory=list)
-    #: the last applier outcome (applied, relocated, failed, empty, bad_format; "" if never applied)
-    apply_status: str = ""
-    #: why generation stopped: eos, marker (a line starting with <NME>), length, none (not generated)
-    stop: str = STOP_NONE
-    #: tokens generated for this edit (up to and including EOS or the <NME> marker)
-    num_tokens: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when the diff applied (strictly or leniently) and ``new_code`` is the edited file."""
-        return self.status in (EditStatus.STRICT, EditStatus.LENIENT)
-
-
-# -- plain functions over text ---------------------------------------------------------------
-
-
-def as_request(item: Any) -> EditRequest:
-    """An :class:`EditRequest` from a request, a ``(code, message, name)`` tuple or a dict.
-
-    A dict takes ``name`` (or ``path``), ``before`` (or ``code``) and ``message``.
-    """
-    if isinstance(item, EditRequest):
-        return item
-    if isinstance(item, dict):
-        name = item.get("name", item.get("path"))
-        code = item.get("before", item.get("code"))
-        message = item.get("message")
-        missing = [k for k, v in (("name/path", name), ("before/code", code), ("message", message)) if v is None]
-        if missing:
-            raise DiffModelError(f"request {sorted(item)!r} lacks {', '.join(missing)}")
-        return EditRequest(code=str(code), message=str(message), name=str(name))
-    if isinstance(item, (tuple, list)) and len(item) == 3:
-        code, message, name = item
-        return EditRequest(code=str(code), message=str(message), name=str(name))
-    raise DiffModelError(f"cannot read an edit request from {type(item).__name__}: give EditRequest, (code, message, name) or a dict")
-
-
-def _marker_line(text: str) -> int:
-    """Index of the first ``<NME>`` that starts a line of ``text`` (or its first non-blank text), else -1."""
-    stripped = len(text) - len(text.lstrip())
-    if text.startswith(NAME_MARKER, stripped):
-        return stripped
-    found = text.find("\n" + NAME_MARKER)
-    return found + 1 if found >= 0 else -1
-
-
-def cut_generation(text: str) -> tuple[str, bool]:
-    """The diff part of a generation: cut before a line starting with ``<NME>``.
-
-    Returns ``(diff, cut)``; the one space the sample format puts after
-    ``<DFF>`` is removed. ``cut`` says whether a marker was found.
-    """
-    at = _marker_line(text)
-    cut = at >= 0
-    if cut:
-        text = text[:at]
-    return text.removeprefix(" "), cut
-
-
-def finish_edit(code: str, generated: str, stop: str = STOP_NONE, num_tokens: int = 0) -> Edit:
-    """Turn generated text into an :class:`Edit`: cut, parse, apply strictly, then leniently.
-
-    Never raises on ``generated``.
-    """
-    diff, cut = cut_generation(generated)
-    if cut and stop != STOP_MARKER:
-        stop = STOP_MARKER
-    try:
-        parsed = parse_diff(diff)
-        strict = apply_diff(code, parsed, "strict")
-        if strict.ok:
-            return Edit(diff, strict.text, EditStatus.STRICT, list(strict.notes), str(strict.status), stop, num_tokens)
-        if strict.status in (ApplyStatus.EMPTY, ApplyStatus.BAD_FORMAT):
-            notes = list(strict.notes)
-            if strict.status is ApplyStatus.EMPTY:
-                notes.append("the model wrote an empty diff")
-            return Edit(diff, None, EditStatus.FAILED, notes, str(strict.status), stop, num_tokens)
-        lenient = apply_diff(code, parsed, "lenient")
-        if lenient.ok:
-            return Edit(diff, lenient.text, EditStatus.LENIENT, list(lenient.notes), str(lenient.status), stop, num_tokens)
-        notes = list(lenient.notes) + [f"hunk {i}: {h.describe()}" for i, h in enumerate(lenient.hunks, 1) if h.message]
-        return Edit(diff, None, EditStatus.FAILED, notes, str(lenient.status), stop, num_tokens)
-    except Exception as err:  # the contract: model output never raises
-        return Edit(diff, None, EditStatus.FAILED, [f"internal error while applying: {type(err).__name__}: {err}"], "failed", stop, num_tokens)
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -215,7 +96,7 @@ class NameMarkerStop(StoppingCriteria):
                 tails = self.tokenizer.batch_decode(input_ids[open_rows, start:].tolist(), skip_special_tokens=False)
                 whole = start == self.prompt_length  # the window still holds every generated token
                 for row, tail in zip(open_rows, tails):
-                    if (_marker_line(tail) >= 0) if whole else (("\n" + NAME_MARKER) in tail):
+                    if (marker_line(tail) >= 0) if whole else (("\n" + NAME_MARKER) in tail):
                         self.stopped_at[row] = generated
         done = torch.zeros(rows, dtype=torch.bool)
         for row in self.stopped_at:
@@ -237,56 +118,6 @@ def tokens_with_gt(tokenizer) -> torch.Tensor | None:
     except Exception:
         return None
     return torch.tensor([piece is None or ">" in str(piece) for piece in pieces], dtype=torch.bool)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise DiffModelError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
-
-
-_DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``: bf16 on a GPU (fp16 where bf16 is unsupported), fp32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if dtype not in _DTYPES:
-        raise DiffModelError(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32")
-    return _DTYPES[dtype]
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and os.sep == "/"
-
-
-def check_model_folder(path: str | os.PathLike) -> str:
-    """A clear :class:`DiffModelError` for a folder that cannot hold a saved model."""
-    path = str(path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise DiffModelError(
-                f"model folder {path!r} has no config.json: give a folder written by save_pretrained "
-                "or by diffmodel train (its --output_dir, or a checkpoint-N folder inside it)"
-            )
-        return path
-    if os.path.exists(path):
-        raise DiffModelError(f"model {path!r} is a file; give the folder that holds config.json and the weights")
-    if _looks_like_hub_id(path):
-        return path  # may be in the local Hugging Face cache
-    raise DiffModelError(f"model folder {path!r} does not exist")
 
 
 class DiffModel:
@@ -311,8 +142,6 @@ class DiffModel:
             raise DiffModelError("the tokenizer has no EOS token and the model's generation config names none; a diff model needs one to stop")
         self.eos_ids = ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
-        from diffmodel.train.model import max_positions
-
         self.max_positions = max_positions(model.config)
         self._may_end: torch.Tensor | None | bool = False  # False: not computed yet
 
@@ -322,31 +151,17 @@ class DiffModel:
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        quiet: bool = False,
         **model_kwargs,
     ) -> "DiffModel":
         """Load a saved model and tokenizer from ``path`` (a folder, e.g. a training ``--output_dir``).
 
         ``device``: default CUDA when available, else CPU. ``dtype``: default
-        bf16 on a GPU, fp32 on the CPU. ``model_kwargs`` go to
-        ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
+        bf16 on a GPU, fp32 on the CPU. ``quiet``: no progress bar while
+        loading. ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``
+        (e.g. ``attn_implementation``); see :func:`diffmodel.checkpoint.load_checkpoint`.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        name = check_model_folder(path)
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError, TypeError) as err:
-            raise DiffModelError(
-                f"cannot load a tokenizer from {name!r}: {err}. Save the tokenizer next to the model "
-                "(tokenizer.save_pretrained(folder))"
-            ) from None
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **model_kwargs)
-        except (OSError, ValueError) as err:
-            raise DiffModelError(f"cannot load a causal language model from {name!r}: {err}") from None
-        model.to(dev)
+        model, tokenizer = load_checkpoint(path, device, dtype, quiet, **model_kwargs)
         return cls(model, tokenizer)
 
     @property
@@ -505,7 +320,4 @@ def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[i
     return update
 
 
-__all__ = [
-    "DiffModel", "Edit", "EditRequest", "EditStatus", "NameMarkerStop",
-    "as_request", "check_model_folder", "cut_generation", "finish_edit", "tokens_with_gt",
-]
+__all__ = ["STOP_WINDOW", "DiffModel", "NameMarkerStop", "tokens_with_gt"]

@@ -2,8 +2,9 @@
 
 Invariants:
 - File names (``FILE`` and names from ``---``/``+++`` headers) are relative to
-  the working folder (``-C``) and must stay inside it: absolute names, names
-  with a ``..`` part and symlinks that lead outside are refused with a
+  the working folder (``-C``) and must stay inside it
+  (:func:`diffmodel.diff.paths.safe_path`): absolute names, names with a
+  ``..`` part and symlinks that lead outside are refused with a
   :class:`~diffmodel.errors.DiffModelError` before anything is read.
 - All files are patched in memory first; nothing is written unless every hunk
   of every file applied. Each file is then replaced atomically (a temporary
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from diffmodel.atomic import write_bytes
 from diffmodel.diff.apply import ApplyResult, ApplyStatus, apply_diff
 from diffmodel.diff.parse import ParsedDiff, Status, parse_patch
+from diffmodel.diff.paths import safe_path
 from diffmodel.errors import DiffModelError
 
 DEV_NULL = "/dev/null"
@@ -94,24 +96,6 @@ class _Job:
     exists: bool
     delete: bool = False
     result: ApplyResult | None = None
-
-
-def safe_path(root: str, name: str) -> str:
-    """The real path of ``name`` inside ``root``; DiffModelError if it is unsafe."""
-    if not name or "\0" in name:
-        raise DiffModelError(f"refusing file name {name!r}: it is empty or contains a NUL byte")
-    if os.path.isabs(name):
-        raise DiffModelError(f"refusing absolute file name {name!r}: names must be relative to the working folder (-C)")
-    parts = name.replace(os.sep, "/").split("/")
-    if ".." in parts:
-        raise DiffModelError(f"refusing file name {name!r}: it contains '..'; names must stay inside the working folder (-C)")
-    root_real = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(root_real, name))
-    if not real.startswith(root_real.rstrip(os.sep) + os.sep):
-        raise DiffModelError(
-            f"refusing {name!r}: it resolves to {real}, outside the working folder {root_real} (a symlink leads out)"
-        )
-    return real
 
 
 def _read_patch(name: str) -> str:
@@ -215,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["build_parser", "main", "safe_path"]
+__all__ = ["build_parser", "main"]

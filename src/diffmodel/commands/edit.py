@@ -33,12 +33,12 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-from diffmodel.errors import DiffModelError, raise_if_problems
-
-#: At most this many bad jsonl lines are listed in one error.
-MAX_LISTED = 20
+from diffmodel.commands.options import (
+    add_generation_flags, add_model_flags, check_generation, check_model, generation_options, load_model,
+)
+from diffmodel.errors import raise_if_problems
+from diffmodel.infer.requests import prompt_name, read_requests, read_text_file
 
 _EPILOG = """\
 examples:
@@ -63,115 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", nargs="?", help="the file to edit (not with --jsonl)")
-    p.add_argument("--model", required=True, metavar="DIR", help="saved model and tokenizer (diffmodel train --output_dir, or a checkpoint-N folder)")
+    add_model_flags(p)
     p.add_argument("-m", "--message", help="the instruction, written like a commit message")
     p.add_argument("--name", help="the file's name in the prompt (default: FILE relative to the current folder)")
     p.add_argument("--apply", action="store_true", help="replace FILE with the edited file when the diff applies")
     p.add_argument("--jsonl", nargs=2, metavar=("IN", "OUT"), help="batch mode: requests from IN (name/path, before/code, message), results to OUT")
-    p.add_argument("--num_samples", "--num-samples", type=int, metavar="N", default=1, help="samples per request (needs --temperature > 0; default: %(default)s)")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, metavar="N", default=512, help="longest diff, in tokens (default: %(default)s)")
-    p.add_argument("--temperature", type=float, metavar="T", default=0.0, help="0 for greedy decoding, above 0 to sample (default: %(default)s)")
-    p.add_argument("--top_p", "--top-p", type=float, metavar="P", default=0.95, help="nucleus sampling threshold when sampling (default: %(default)s)")
-    p.add_argument("--batch_size", "--batch-size", type=int, metavar="N", default=8, help="prompts generated together (default: %(default)s)")
-    p.add_argument("--seed", type=int, metavar="N", default=None, help="random seed for sampling")
-    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="weights' precision (default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto", help="colour the diff (default: on a terminal, unless NO_COLOR is set)")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar in --jsonl mode")
+    add_generation_flags(p)
     return p
 
 
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def read_text_file(path: str, what: str = "FILE") -> str:
-    """A file's text, byte for byte (CRLF kept); clear errors for missing or non-UTF-8 files."""
-    if not os.path.exists(path):
-        raise DiffModelError(f"{what} {path!r} does not exist (to write a new file, create it empty first)")
-    if os.path.isdir(path):
-        raise DiffModelError(f"{what} {path!r} is a folder, not a file")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise DiffModelError(f"cannot read {what} {path!r}: {err.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DiffModelError(f"{what} {path!r} is not UTF-8 text (byte {err.start}); diff models read text files") from None
-
-
-def prompt_name(path: str) -> str:
-    """The name FILE gets in the prompt: relative to the current folder when inside it, else its base name."""
-    full = os.path.abspath(path)
-    here = os.getcwd()
-    try:
-        rel = os.path.relpath(full, here)
-    except ValueError:  # another drive
-        rel = os.path.basename(full)
-    if rel.startswith(".." + os.sep) or rel == "..":
-        rel = os.path.basename(full)
-    return rel.replace(os.sep, "/")
-
-
-def _field(row: dict, names: tuple[str, ...]) -> tuple[str | None, object]:
-    for name in names:
-        if name in row:
-            return name, row[name]
-    return None, None
-
-
-def read_requests(path: str) -> list[dict]:
-    """Rows of a jsonl request file, each checked; every bad line is reported at once as FILE:LINE."""
-    if not os.path.isfile(path):
-        raise DiffModelError(f"--jsonl IN {path!r} does not exist" if not os.path.exists(path) else f"--jsonl IN {path!r} is not a file")
-    rows: list[dict] = []
-    problems: list[str] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(f"{where}: not UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{where}: expected a JSON object, got {type(row).__name__}")
-                continue
-            bad = []
-            for names in (("name", "path"), ("before", "code"), ("message",)):
-                key, value = _field(row, names)
-                label = " or ".join(repr(n) for n in names)
-                if key is None:
-                    bad.append(f"missing {label}")
-                elif not isinstance(value, str):
-                    bad.append(f"{key!r} must be a string, got {type(value).__name__}")
-            if bad:
-                problems.append(f"{where}: {'; '.join(bad)}")
-                continue
-            rows.append(row)
-    if len(problems) > MAX_LISTED:
-        problems = problems[:MAX_LISTED] + [f"... and {len(problems) - MAX_LISTED} more bad lines"]
-    raise_if_problems(problems, f"cannot read --jsonl IN {path!r}")
-    if not rows:
-        raise DiffModelError(f"--jsonl IN {path!r} has no requests")
-    return rows
-
-
 def validate(args: argparse.Namespace) -> None:
-    from diffmodel.infer import check_model_folder
-
-    problems = []
-    try:
-        check_model_folder(args.model)
-    except DiffModelError as err:
-        problems.append(f"--model: {err}")
+    problems: list[str] = []
+    check_model(args, problems)
     if args.jsonl:
         for flag, value in (("FILE", args.file), ("-m/--message", args.message), ("--apply", args.apply or None), ("--name", args.name)):
             if value is not None:
@@ -190,18 +98,7 @@ def validate(args: argparse.Namespace) -> None:
             problems.append(f"FILE {args.file!r} " + ("is not a file" if os.path.exists(args.file) else "does not exist (to write a new file, create it empty first)"))
         if args.message is None:
             problems.append("give the instruction with -m/--message")
-    if args.num_samples < 1:
-        problems.append(f"--num_samples must be at least 1, got {args.num_samples}")
-    elif args.num_samples > 1 and args.temperature <= 0:
-        problems.append(f"--num_samples {args.num_samples} needs sampling: set --temperature above 0 (e.g. 0.8); greedy decoding gives identical samples")
-    if args.temperature < 0:
-        problems.append(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        problems.append(f"--top_p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 1:
-        problems.append(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
-    if args.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_generation(args, problems)
     raise_if_problems(problems, "diffmodel edit cannot start")
 
 
@@ -250,34 +147,13 @@ def _print_diff(diff: str, color: bool) -> None:
     sys.stdout.write(colorize(diff) if color else diff)
 
 
-def _load(args):
-    from transformers.utils import logging as hf_logging
-
-    from diffmodel.infer import DiffModel
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
-    try:
-        return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
-def _generation_options(args) -> dict:
-    return dict(
-        num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
-    )
-
-
 def run_one(args) -> int:
     from diffmodel.atomic import write_bytes
 
     code = read_text_file(args.file)
     name = args.name or prompt_name(args.file)
-    model = _load(args)
-    edits = model.edit_many([(code, args.message, name)], **_generation_options(args))[0]
+    model = load_model(args, quiet=True)
+    edits = model.edit_many([(code, args.message, name)], **generation_options(args))[0]
     color = use_color(args.color, sys.stdout)
     many = len(edits) > 1
     for k, edit in enumerate(edits):
@@ -308,9 +184,9 @@ def run_jsonl(args) -> int:
     rows = read_requests(src)
     if any("diff" in row for row in rows):
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
-    model = _load(args)
+    model = load_model(args, quiet=True)
     start = time.perf_counter()
-    results = model.edit_many(rows, progress=not args.no_progress, **_generation_options(args))
+    results = model.edit_many(rows, progress=not args.no_progress, **generation_options(args))
     seconds = time.perf_counter() - start
     counts: Counter[str] = Counter()
     lines = []
@@ -339,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
     return run_one(args)
 
 
-__all__ = ["build_parser", "colorize", "main", "prompt_name", "read_requests"]
+__all__ = ["build_parser", "colorize", "main"]

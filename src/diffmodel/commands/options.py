@@ -1,0 +1,107 @@
+"""The model flags and generation flags that ``edit`` and ``eval`` share: added once, checked once.
+
+- :func:`add_model_flags`: ``--model`` (and, for ``eval``, ``--calibrate``), ``--device``, ``--dtype``;
+- :func:`add_generation_flags`: ``--num_samples``, ``--temperature``, ``--top_p``,
+  ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a command
+  wants are parameters);
+- :func:`check_model` and :func:`check_generation` append every problem to
+  the command's list, so the command reports all of them at once;
+- :func:`generation_options`: the keyword arguments of
+  :meth:`DiffModel.edit_many <diffmodel.infer.DiffModel.edit_many>`, also the
+  ``settings`` an eval report records;
+- :func:`load_model`: the :class:`~diffmodel.infer.DiffModel` of ``--model``.
+
+Invariants:
+- No torch, transformers or datasets at import time (``--help`` stays fast);
+  :func:`check_model` and :func:`load_model` import them when called.
+- A check never raises: it only appends a message that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from diffmodel.errors import DiffModelError
+
+#: ``--dtype`` choices (see :func:`diffmodel.checkpoint.resolve_dtype`).
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def add_model_flags(parser: argparse.ArgumentParser, required: bool = True, calibrations: tuple[str, ...] = ()) -> None:
+    """``--model DIR`` (required unless ``calibrations`` offer ``--calibrate``), ``--device``, ``--dtype``."""
+    parser.add_argument("--model", required=required, metavar="DIR",
+                        help="saved model and tokenizer (diffmodel train --output_dir, or a checkpoint-N folder)")
+    if calibrations:
+        parser.add_argument("--calibrate", choices=calibrations,
+                            help="instead of a model: 'oracle' writes the true diff, 'empty' writes none (checks the harness)")
+    parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights' precision (default: bf16 on a GPU, fp32 on the CPU)")
+
+
+def add_generation_flags(parser: argparse.ArgumentParser, num_samples: int = 1, temperature: float = 0.0,
+                         batch_size: int = 8, seed: int | None = None) -> None:
+    """The generation flags, in a group of their own, with the command's defaults."""
+    g = parser.add_argument_group("generation")
+    g.add_argument("--num_samples", "--num-samples", type=int, default=num_samples, metavar="N",
+                   help="samples per request (needs --temperature > 0; default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                   help="0 for greedy decoding, above 0 to sample (default: %(default)s)")
+    g.add_argument("--top_p", "--top-p", type=float, default=0.95, metavar="P",
+                   help="nucleus sampling threshold when sampling (default: %(default)s)")
+    g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=512, metavar="N",
+                   help="longest diff, in tokens (default: %(default)s)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=batch_size, metavar="N",
+                   help="prompts generated together (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=seed, metavar="N",
+                   help="random seed for sampling" + ("" if seed is None else " (default: %(default)s)"))
+
+
+def check_model(args: argparse.Namespace, problems: list[str]) -> None:
+    """``--model`` names a saved model folder (or, where offered, ``--calibrate`` replaces it)."""
+    calibrate = getattr(args, "calibrate", None)
+    if calibrate and args.model:
+        problems.append("--model and --calibrate both given; --calibrate replaces the model")
+    elif not calibrate and not args.model:
+        problems.append("--model DIR is required" + (" (or --calibrate oracle|empty)" if hasattr(args, "calibrate") else ""))
+    elif args.model:
+        from diffmodel.checkpoint import check_model_folder
+
+        try:
+            check_model_folder(args.model)
+        except DiffModelError as err:
+            problems.append(f"--model: {err}")
+
+
+def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
+    """Every generation flag in range; several samples need sampling (unless ``--calibrate`` replaces the model)."""
+    if args.num_samples < 1:
+        problems.append(f"--num_samples must be at least 1, got {args.num_samples}")
+    elif args.num_samples > 1 and args.temperature <= 0 and not getattr(args, "calibrate", None):
+        problems.append(f"--num_samples {args.num_samples} needs sampling: set --temperature above 0 (e.g. 0.8); greedy decoding gives identical samples")
+    if args.temperature < 0:
+        problems.append(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.max_new_tokens < 1:
+        problems.append(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``edit_many`` from the generation flags."""
+    return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
+
+
+def load_model(args: argparse.Namespace, quiet: bool = False):
+    """The :class:`~diffmodel.infer.DiffModel` of ``--model`` on ``--device`` in ``--dtype``."""
+    from diffmodel.infer import DiffModel
+
+    return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype, quiet=quiet)
+
+
+__all__ = [
+    "DTYPES", "add_generation_flags", "add_model_flags", "check_generation", "check_model",
+    "generation_options", "load_model",
+]
