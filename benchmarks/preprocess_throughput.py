@@ -272,7 +272,7 @@ def child(args) -> None:
     if not args.child.startswith("reference"):
         import importlib
 
-        for module in ("diffmodel.train.args", "diffmodel.train.data"):  # TrainingArguments pulls in torch, peft: seconds
+        for module in ("diffmodel.train.args", "diffmodel.train.data"):  # train.data pulls in datasets and pyarrow: seconds
             importlib.import_module(module)
     cache = Path(args.cache)
     base = _status_kib(os.getpid(), ("VmRSS",))["VmRSS"]

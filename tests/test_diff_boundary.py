@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from diffmodel.evaluate.loss import encode_rows as loss_encode_rows
 from diffmodel.preprocess.labels import IGNORE_INDEX
-from diffmodel.preprocess.pipeline import PreprocessOptions, preprocess
+from diffmodel.preprocess.options import PreprocessOptions
+from diffmodel.preprocess.pipeline import preprocess
 from diffmodel.preprocess.stream import StreamingDataset
 from diffmodel.sample import MARKERS, Sample, diff_start, render, render_prompt, split
 from handmade import char_tokenizer, ids

@@ -9,15 +9,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, default_data_collator
 
 from diffmodel.errors import DiffModelError
-from diffmodel.train.args import DataArguments, ModelArguments
+from diffmodel.train.args import DataArguments, LoraArguments, ModelArguments, lora_args_from, lora_problems
 from diffmodel.train.lora import (
-    LoraArguments,
     LoraLayerInfo,
     apply_lora,
     default_target_modules,
     linear_layers,
-    lora_args_from,
-    lora_problems,
     merged_state_dict,
     save_lora,
 )

@@ -327,7 +327,7 @@ def test_token_limit_with_a_tokenizer(story, tmp_path, tiny_gpt2_dir):
 
 
 def test_diffmodel_train_runs_on_mined_output(story, tmp_path, tiny_gpt2_dir):
-    from diffmodel.train.run import main as train_main
+    from diffmodel.commands.train import main as train_main
 
     mine(config([story], tmp_path / "mined", validation_fraction=0.0, test_fraction=0.0))
     out = tmp_path / "train_out"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from diffmodel.errors import DiffModelError
-from diffmodel.plot import plot_from_trainer_state, plot_loss
+from diffmodel.plot import plot_loss
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -45,24 +43,3 @@ class TestPlotLoss:
         out.write_bytes(b"old")
         plot_loss(HISTORY, out)
         assert_png(out)
-
-
-class TestPlotFromTrainerState:
-    def test_reads_log_history_from_file_and_from_checkpoint_folder(self, tmp_path):
-        ckpt = tmp_path / "checkpoint-200"
-        ckpt.mkdir()
-        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 200, "log_history": HISTORY}))
-        assert_png(plot_from_trainer_state(ckpt / "trainer_state.json", tmp_path / "from_file.png"))
-        assert_png(plot_from_trainer_state(ckpt, tmp_path / "from_dir.png"))
-
-    def test_missing_file_is_a_user_error(self, tmp_path):
-        with pytest.raises(DiffModelError, match="does not exist"):
-            plot_from_trainer_state(tmp_path / "nope.json", tmp_path / "x.png")
-
-    @pytest.mark.parametrize("content", ["{not json", json.dumps({"global_step": 3}), json.dumps([1, 2])])
-    def test_malformed_state_is_a_user_error(self, tmp_path, content):
-        state = tmp_path / "trainer_state.json"
-        state.write_text(content)
-        with pytest.raises(DiffModelError, match="trainer_state.json"):
-            plot_from_trainer_state(state, tmp_path / "x.png")
-        assert not (tmp_path / "x.png").exists()

@@ -9,7 +9,10 @@ import pytest
 import diffmodel.preprocess.pipeline as pipeline
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
-from diffmodel.preprocess.pipeline import PreprocessOptions, preprocess, save_atomically
+from diffmodel.atomic import save_atomically
+from diffmodel.preprocess.options import PreprocessOptions
+from diffmodel.preprocess.pipeline import preprocess
+from diffmodel.preprocess.tokens import pad_id_of
 from handmade import char_tokenizer
 
 X = IGNORE_INDEX
@@ -147,7 +150,7 @@ class TestSanityCheck:
         tok = _tok()
         tok.eos_token = None
         with pytest.raises(DiffModelError, match="neither a pad token nor an EOS token"):
-            pipeline.pad_id_of(tok)
+            pad_id_of(tok)
 
 
 class TestPackPipeline:

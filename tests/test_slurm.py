@@ -23,8 +23,8 @@ import pytest
 from diffmodel.cli import main as cli_main
 from diffmodel.errors import DiffModelError
 from diffmodel.launch import config_path
-from diffmodel.launch.cli import main as slurm_main
-from diffmodel.launch.cli import split_argv
+from diffmodel.commands.slurm import main as slurm_main
+from diffmodel.commands.slurm import split_argv
 from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, format_args, render_script
 
 FAKE_SRUN = f"""#!{sys.executable}
@@ -284,7 +284,7 @@ def _rows(n=40):
 
 
 def test_requeued_job_skips_a_checkpoint_cut_short(tmp_path, tiny_gpt2_dir):
-    from diffmodel.train.run import main as train_main
+    from diffmodel.commands.train import main as train_main
 
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     out = tmp_path / "out"

@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.pipeline import PreprocessOptions, preprocess
+from diffmodel.preprocess.options import PreprocessOptions
+from diffmodel.preprocess.pipeline import preprocess
 from diffmodel.preprocess.stream import STREAM_KEY, StreamingDataset
 from diffmodel.sample import render
 from diffmodel.train.run import last_complete_checkpoint
-from diffmodel.train.run import main as train_main
+from diffmodel.commands.train import main as train_main
 
 BLOCK = 160
 N = 40

@@ -15,7 +15,7 @@ import yaml
 from diffmodel.errors import DiffModelError
 from diffmodel.sample import render
 from diffmodel.tiny import save_tiny_checkpoint
-from diffmodel.train.run import main as train_main
+from diffmodel.commands.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,7 +304,7 @@ class TestPackingRun:
 
 class TestInspect:
     def test_shows_report_and_marked_rows(self, workdir, capsys):
-        from diffmodel.inspect_cli import main as inspect_main
+        from diffmodel.commands.inspect import main as inspect_main
 
         rc = inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--train_diff_model",
                            "--ignore_long_samples", "--block_size", "128", "--rows", "1", "--cache_dir", str(workdir / "cache")])

@@ -6,14 +6,16 @@ temporary file in the same folder, flushed and fsynced, given the permission
 bits of the file it replaces (or the umask's default for a new file), renamed
 over the target, and the folder is fsynced so the rename survives a crash. If
 anything fails the temporary file is removed and the target is untouched.
-(Datasets folders use :func:`diffmodel.preprocess.pipeline.save_atomically`,
-which gives a new folder the umask's mode too: :func:`umask_mode`.)
+Datasets folders go through :func:`save_atomically`: ``save_to_disk`` into a
+temporary sibling folder, renamed into place when complete, so a folder that
+exists is always whole; it gets the umask's mode too (:func:`umask_mode`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -74,3 +76,32 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj: object) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+META_FILE = "diffmodel_stage.json"
+
+
+def save_atomically(ds, path: Path, meta: dict | None = None) -> None:
+    """``save_to_disk`` into a temporary sibling folder, then rename it into place.
+
+    ``meta`` is written into the folder as JSON before the rename. The folder
+    gets the mode of a new folder under the user's umask (not mkdtemp's 0700).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700
+        ds.save_to_disk(str(tmp))
+        if meta is not None:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

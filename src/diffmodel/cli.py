@@ -15,14 +15,14 @@ from diffmodel.errors import DiffModelError
 
 #: name -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("diffmodel.quickstart", "train a tiny diff model on the bundled samples (CPU, a few minutes)"),
-    "train": ("diffmodel.train.run", "train a diff model (every transformers TrainingArguments flag, plus data flags)"),
-    "inspect": ("diffmodel.inspect_cli", "show which tokens of a dataset are masked and which are trained"),
+    "quickstart": ("diffmodel.commands.quickstart", "train a tiny diff model on the bundled samples (CPU, a few minutes)"),
+    "train": ("diffmodel.commands.train", "train a diff model (every transformers TrainingArguments flag, plus data flags)"),
+    "inspect": ("diffmodel.commands.inspect", "show which tokens of a dataset are masked and which are trained"),
     "mine": ("diffmodel.commands.mine", "build training data from git repositories (and CommitPack-style rows)"),
     "edit": ("diffmodel.commands.edit", "write and apply the diff for a file and an instruction with a diff model (one file or --jsonl)"),
     "apply": ("diffmodel.commands.apply", "apply a diff or git-style patch to files (strict, or --lenient for model output)"),
     "eval": ("diffmodel.commands.eval", "measure a diff model: held-out loss, edit accuracy, HumanEval bug fixing (pass@k); compare two reports"),
-    "slurm": ("diffmodel.launch.cli", "write an sbatch script running diffmodel train on N nodes x G GPUs, requeued and resumed on preemption"),
+    "slurm": ("diffmodel.commands.slurm", "write an sbatch script running diffmodel train on N nodes x G GPUs, requeued and resumed on preemption"),
 }
 
 

@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from diffmodel.atomic import write_bytes
-from diffmodel.errors import DiffModelError
 
 
 def _series(log_history: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -67,20 +65,3 @@ def plot_loss(log_history: list[dict], out_png: Path, title: str = "") -> Path:
     fig.savefig(buf, format="png")
     write_bytes(out, buf.getvalue())
     return out
-
-
-def plot_from_trainer_state(path_to_trainer_state_json: Path, out_png: Path, title: str = "") -> Path:
-    """Plot the ``log_history`` of a ``trainer_state.json`` (a file, or a checkpoint folder holding one)."""
-    path = Path(path_to_trainer_state_json)
-    if path.is_dir():
-        path = path / "trainer_state.json"
-    if not path.is_file():
-        raise DiffModelError(f"{path} does not exist; pass a trainer_state.json or a checkpoint folder that has one")
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DiffModelError(f"{path} is not valid JSON ({err}); pass the trainer_state.json a Trainer wrote") from err
-    history = state.get("log_history") if isinstance(state, dict) else None
-    if not isinstance(history, list):
-        raise DiffModelError(f"{path} has no 'log_history' list; pass the trainer_state.json a Trainer wrote")
-    return plot_loss(history, out_png, title=title or path.parent.name)

@@ -1,4 +1,4 @@
-"""``diffmodel quickstart``: the whole pipeline on the bundled samples, on a CPU.
+"""The quickstart: the whole pipeline on the bundled samples, on a CPU (``diffmodel quickstart``).
 
 Steps: write the bundled sample set (``diffmodel/samples/quickstart.jsonl``,
 made by ``scripts/make_quickstart_samples.py``) to the output folder, train a
@@ -11,11 +11,14 @@ Everything it writes goes under ``--output_dir`` (default ``quickstart_out``):
 ``data/quickstart.jsonl``, ``base_model/`` (the untrained model and
 tokenizer), ``model/`` (the trained checkpoint, ``loss.png``,
 ``data_report.json``, ``train_results.json``, ``eval_results.json``).
+
+This module holds the steps; the command (:mod:`diffmodel.commands.quickstart`)
+parses the flags, calls them in order and prints. ``args`` below is the
+command's parsed namespace.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -23,21 +26,7 @@ from pathlib import Path
 
 from diffmodel.sample import render_row
 from diffmodel.samples import load_quickstart, quickstart_path
-from diffmodel.tiny import ARCHS, save_tiny_checkpoint
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="diffmodel quickstart", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
-    p.add_argument("--arch", choices=ARCHS, default="gpt2", help="model architecture built from a config (default: %(default)s)")
-    p.add_argument("--epochs", type=float, default=5, help="training epochs (default: %(default)s)")
-    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (default: run all epochs)")
-    p.add_argument("--block_size", type=int, default=512, help="row length in tokens (default: %(default)s)")
-    p.add_argument("--layers", type=int, default=3, help="transformer layers (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
-    p.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+from diffmodel.tiny import save_tiny_checkpoint
 
 
 def build_base_model(args, rows: list[dict], out: Path) -> Path:
@@ -74,30 +63,25 @@ def train_args(args, data: Path, base: Path, out: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv or [])
-    from diffmodel.train.run import main as train_main
-
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+def copy_samples(out: Path) -> tuple[list[dict], Path]:
+    """The bundled samples, and their copy written to ``out/data/quickstart.jsonl``."""
     rows = load_quickstart()
     data = out / "data" / "quickstart.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(quickstart_path(), data)
-    print(f"[quickstart] {len(rows)} bundled diff samples -> {data}")
-    base = build_base_model(args, rows, out)
-    print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
-    train_main(train_args(args, data, base, out))
-    model_dir = out / "model"
+    return rows, data
+
+
+def summary(model_dir: Path, block_size: int, start: float) -> list[tuple[str, str]]:
+    """(name, value) rows of the final table, read from what the training run wrote into ``model_dir``."""
     state = json.loads((model_dir / "trainer_state.json").read_text())
     logged = [h["loss"] for h in state["log_history"] if "loss" in h]
     last_loss = logged[-1] if logged else json.loads((model_dir / "train_results.json").read_text())["train_loss"]
     ev = json.loads((model_dir / "eval_results.json").read_text())
     report = json.loads((model_dir / "data_report.json").read_text())
-    summary = [
+    return [
         ("samples", f"{report['train']['samples_loaded']} train / {report['validation']['samples_loaded']} validation"),
-        ("rows x block_size", f"{report['train']['rows']} x {args.block_size} ({report['train']['layout']} layout, {report['train']['fill_ratio']:.1%} filled)"),
+        ("rows x block_size", f"{report['train']['rows']} x {block_size} ({report['train']['layout']} layout, {report['train']['fill_ratio']:.1%} filled)"),
         ("loss-bearing share", f"{report['train']['loss_share']:.1%} of attended tokens"),
         ("last train loss", f"{last_loss:.3f} (step {state['global_step']})"),
         ("eval loss (diff tokens)", f"{ev['eval_loss']:.3f}"),
@@ -107,6 +91,3 @@ def main(argv: list[str] | None = None) -> int:
         ("data report", str(model_dir / "data_report.json")),
         ("wall time", f"{time.time() - start:.0f} s"),
     ]
-    width = max(len(k) for k, _ in summary)
-    print("\n[quickstart] done\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in summary))
-    return 0

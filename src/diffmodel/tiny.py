@@ -21,25 +21,21 @@ Invariants:
   tokenizer's EOS id. The same ``seed`` gives bit-identical weights, and the
   global torch RNG is left untouched.
 - Nothing is downloaded: everything is built from the arguments.
+- torch, tokenizers and transformers are imported inside the functions that
+  build, so the constants (``ARCHS``, ``EOS_TOKEN``) are cheap to import
+  (``diffmodel quickstart --help`` reads ``ARCHS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+from typing import TYPE_CHECKING
 
 from diffmodel.errors import DiffModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 #: The one special token: end of text (also used as pad by the pipeline).
 EOS_TOKEN = "<|endoftext|>"
@@ -69,6 +65,9 @@ def train_tokenizer(
             f"vocab_size={vocab_size} is too small for a byte-level tokenizer: "
             "it needs 256 byte symbols plus the EOS token; use vocab_size >= 257"
         )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -102,6 +101,9 @@ def build_model(arch: str, tokenizer, n_positions: int = 512, seed: int = 0, **o
     ``overrides`` are config fields (e.g. ``n_layer=1`` for gpt2,
     ``num_key_value_heads=2`` for llama) applied on top of the tiny defaults.
     """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
     eos = _eos_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = dict(bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)

@@ -176,6 +176,13 @@ def _check_options(opts: LoadOptions) -> None:
 
 def _resolve_files(patterns: list[str], flag: str) -> list[str]:
     """Expand globs and check that every path names an existing file (order kept, duplicates dropped)."""
+    files, problems = expand_files(patterns, flag)
+    raise_if_problems(problems, "cannot find the data files")
+    return files
+
+
+def expand_files(patterns: list[str], flag: str) -> tuple[list[str], list[str]]:
+    """(files, problems): globs expanded (order kept, duplicates dropped), and each path that names no file, for ``flag``."""
     files: list[str] = []
     problems = []
     for pattern in patterns:
@@ -194,8 +201,7 @@ def _resolve_files(patterns: list[str], flag: str) -> list[str]:
             problems.append(f"{flag} {pattern}: no such file")
         else:
             files.append(path)
-    raise_if_problems(problems, "cannot find the data files")
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(files)), problems
 
 
 def _extension(path: str) -> str | None:

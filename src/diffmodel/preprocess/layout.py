@@ -43,7 +43,19 @@ COLUMNS = ("input_ids", "labels", "attention_mask", "position_ids")
 
 
 def pad_left(input_ids: Sequence[int], labels: Sequence[int], block_size: int, pad_id: int, eos_id: int) -> dict[str, list[int]]:
-    """One sample + EOS, left-padded to ``block_size``."""
+    """One sample + EOS, left-padded to ``block_size``.
+
+    Args:
+        input_ids, labels: the sample's tokens and labels (same length).
+        block_size: the row length; the sample + EOS must fit (else ValueError).
+        pad_id, eos_id: the tokenizer's pad and EOS ids (:mod:`diffmodel.preprocess.tokens`).
+
+    Real tokens start at position 0; the first real token's label and the
+    padding's are ignored (-100 is ``IGNORE_INDEX``):
+
+    >>> pad_left([5, 6, 7], [5, 6, 7], block_size=6, pad_id=0, eos_id=1)
+    {'input_ids': [0, 0, 5, 6, 7, 1], 'labels': [-100, -100, -100, 6, 7, 1], 'attention_mask': [0, 0, 1, 1, 1, 1], 'position_ids': [0, 0, 0, 1, 2, 3]}
+    """
     ids = list(input_ids) + [eos_id]
     labs = [IGNORE_INDEX] + list(labels[1:]) + [eos_id] if len(labels) else [eos_id]
     n = len(ids)
@@ -70,7 +82,22 @@ def _row(ids: list[int], labs: list[int], block_size: int, pad_id: int) -> dict[
 
 
 def concatenate(samples: Iterable[tuple[Sequence[int], Sequence[int]]], block_size: int, eos_id: int, pad_id: int) -> Iterator[dict[str, list[int]]]:
-    """Concatenate ``(input_ids, labels)`` samples (each + EOS) into ``block_size`` rows."""
+    """Concatenate ``(input_ids, labels)`` samples (each + EOS) into ``block_size`` rows.
+
+    Args:
+        samples: ``(input_ids, labels)`` pairs, in order (any iterable: read once).
+        block_size: the row length.
+        eos_id, pad_id: the tokenizer's EOS and pad ids (:mod:`diffmodel.preprocess.tokens`).
+
+    Samples run across rows; the last partial row is kept, right-padded with
+    ignored labels (-100 is ``IGNORE_INDEX``) and attention 0:
+
+    >>> for row in concatenate([([5, 6, 7], [5, 6, 7]), ([8, 9], [8, 9])], block_size=3, eos_id=1, pad_id=0):
+    ...     print(row)
+    {'input_ids': [5, 6, 7], 'labels': [5, 6, 7], 'attention_mask': [1, 1, 1], 'position_ids': [0, 1, 2]}
+    {'input_ids': [1, 8, 9], 'labels': [1, 8, 9], 'attention_mask': [1, 1, 1], 'position_ids': [0, 1, 2]}
+    {'input_ids': [1, 0, 0], 'labels': [1, -100, -100], 'attention_mask': [1, 0, 0], 'position_ids': [0, 0, 0]}
+    """
     buf_ids: list[int] = []
     buf_labels: list[int] = []
     for ids, labs in samples:

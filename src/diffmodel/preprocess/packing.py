@@ -70,7 +70,18 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def pack_row(samples: Sequence[tuple[Sequence[int], Sequence[int]]], eos_id: int) -> dict[str, list[int]]:
-    """One packed row from ``(input_ids, labels)`` samples (EOS appended to each)."""
+    """One packed row from ``(input_ids, labels)`` samples (EOS appended to each).
+
+    Args:
+        samples: the samples of the row, in order, each ``(input_ids, labels)``.
+        eos_id: the tokenizer's EOS id (:func:`diffmodel.preprocess.tokens.eos_id_of`).
+
+    Each sample's first label is ignored (-100 is ``IGNORE_INDEX``) and its
+    positions restart at 0:
+
+    >>> pack_row([([5, 6, 7], [5, 6, 7]), ([8, 9], [8, 9])], eos_id=0)
+    {'input_ids': [5, 6, 7, 0, 8, 9, 0], 'labels': [-100, 6, 7, 0, -100, 9, 0], 'position_ids': [0, 1, 2, 3, 0, 1, 2]}
+    """
     ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []

@@ -8,148 +8,37 @@ in its own module; this module only wires them to ``datasets`` and caches
 their results.
 
 Caching: the result of the encode stage (tokenize + labels + filters) and of
-the layout stage are saved with ``save_to_disk`` under
-``<cache_root>/<stage>-<fingerprint>``; the fingerprint hashes the input's
-fingerprint, the tokenizer and every option the stage reads. A stage whose
-folder exists is loaded instead of recomputed. Folders are written under a
-temporary name and renamed when complete, so an interrupted run never leaves a
-stage that looks finished.
+the layout stage go through the fingerprinted stage cache
+(:mod:`diffmodel.preprocess.cache`): a stage whose inputs, tokenizer and
+options are unchanged is loaded instead of recomputed, and an interrupted run
+never leaves a stage that looks finished.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffmodel.atomic import umask_mode
 from diffmodel.errors import DiffModelError
+from diffmodel.preprocess.cache import cached_stage, default_cache_root, fingerprint, tokenizer_fingerprint
 from diffmodel.preprocess.labels import EMPTY_DIFF, NO_DIFF, diff_start_from_ids, mask_before
 from diffmodel.preprocess.layout import COLUMNS, concatenate, pad_left
 from diffmodel.preprocess.packing import PACKED_COLUMNS, best_fit_decreasing, pack_row
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
+from diffmodel.preprocess.options import PreprocessOptions
 from diffmodel.preprocess.tokenize import is_short_enough, tokenize_batch
+from diffmodel.preprocess.tokens import eos_id_of, pad_id_of
 
 logger = logging.getLogger(__name__)
 
 STAGE_VERSION = 2  # bump when a stage's output changes for the same inputs
-
-
-@dataclass
-class PreprocessOptions:
-    block_size: int
-    train_diff_model: bool = False
-    ignore_long_samples: bool = False
-    concatenate_texts: bool = False
-    packing: bool = False
-    skip_concat: bool = False
-    force_label: bool = False
-    num_proc: int | None = None
-    text_column: str = "text"
-    overwrite_cache: bool = False
-    cache_dir: str | None = None
-    report_examples: int = 2
-
-    @property
-    def layout(self) -> str:
-        """``pack``, ``concat`` or ``pad``; without packing, long samples force ``concat`` (the caller logs it)."""
-        if self.packing:
-            return "pack"
-        return "concat" if (self.concatenate_texts or not self.ignore_long_samples) else "pad"
-
-    @property
-    def drops_long_samples(self) -> bool:
-        """Packing never splits a sample, so it drops long ones like --ignore_long_samples."""
-        return self.ignore_long_samples or self.packing
-
-
-def fingerprint(*parts) -> str:
-    """A stable hash of JSON-able parts."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    if getattr(tokenizer, "is_fast", False):
-        body = tokenizer.backend_tokenizer.to_str()
-    else:
-        body = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return fingerprint(type(tokenizer).__name__, body, tokenizer.eos_token_id, tokenizer.pad_token_id)
-
-
-def default_cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir) / "diffmodel_preprocess"
-    return Path(os.environ.get("DIFFMODEL_CACHE", Path.home() / ".cache" / "diffmodel")) / "preprocess"
-
-
-META_FILE = "diffmodel_stage.json"
-
-
-def save_atomically(ds, path: Path, meta: dict | None = None) -> None:
-    """``save_to_disk`` into a temporary sibling folder, then rename it into place.
-
-    ``meta`` is written into the folder as JSON before the rename. The folder
-    gets the mode of a new folder under the user's umask (not mkdtemp's 0700).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700
-        ds.save_to_disk(str(tmp))
-        if meta is not None:
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def cached_stage(root: Path, stage: str, fp: str, build: Callable[[], tuple[datasets.Dataset, dict]], overwrite: bool) -> tuple[datasets.Dataset, dict]:
-    """Load ``<root>/<stage>-<fp>`` if complete, else ``build()`` it and save it; returns (dataset, meta)."""
-    path = root / f"{stage}-{fp}"
-    if path.exists() and not overwrite:
-        logger.info("stage %s: reusing cached result %s", stage, path)
-        meta_path = path / META_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return datasets.load_from_disk(str(path)), {**meta, "cached": True}
-    ds, meta = build()
-    save_atomically(ds, path, meta)
-    return datasets.load_from_disk(str(path)), {**meta, "cached": False}
-
-
-def pad_id_of(tokenizer) -> int:
-    """The id used for padding: the tokenizer's pad token, else its EOS."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise DiffModelError(
-            "the tokenizer has neither a pad token nor an EOS token; give it one "
-            "(e.g. tokenizer.add_special_tokens({'eos_token': '<|endoftext|>'}) and save it) or use --tokenizer_name"
-        )
-    return pad
-
-
-def eos_id_of(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise DiffModelError("the tokenizer has no EOS token: every sample ends with EOS; use a tokenizer that defines eos_token")
-    return tokenizer.eos_token_id
 
 
 # --- encode stage: tokenize + labels, as one pass -------------------------------------------

@@ -61,8 +61,10 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import EMPTY_DIFF
 from diffmodel.preprocess.layout import concatenate, pad_left
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
-from diffmodel.preprocess.pipeline import PreprocessOptions, encode_batch, eos_id_of, pad_id_of
+from diffmodel.preprocess.options import PreprocessOptions
+from diffmodel.preprocess.pipeline import encode_batch
 from diffmodel.preprocess.tokenize import is_short_enough
+from diffmodel.preprocess.tokens import eos_id_of, pad_id_of
 
 #: Key of the per-row stream metadata (removed by the collator before the model sees the batch).
 STREAM_KEY = "stream"

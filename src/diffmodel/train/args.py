@@ -10,7 +10,15 @@ line; in it a single value for a list argument (``train_file: data.jsonl``)
 is a one-element list, as on the command line.
 
 :func:`validate` gathers every problem of a command line and raises once,
-naming each flag and the fix.
+naming each flag and the fix, before any data or model is read
+(:func:`data_problems` is shared with ``diffmodel inspect``).
+
+Invariants: this module imports nothing heavy at module level (no torch,
+transformers or datasets), so ``diffmodel train --help`` reads the flags'
+help from these dataclasses in a fraction of a second; ``TrainingArguments``
+and ``HfArgumentParser`` are imported inside the functions that parse.
+Derived values are decided while parsing (``--streaming`` sets
+``ignore_data_skip``), never by changing parsed arguments afterwards.
 """
 
 from __future__ import annotations
@@ -20,18 +28,16 @@ import json
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-import torch
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
 from diffmodel.errors import DiffModelError, raise_if_problems
-from diffmodel.train.lora import LoraArguments, lora_args_from, lora_problems
-from diffmodel.train.streaming import streaming_problems
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser, TrainingArguments
 
 
 def arg(default=None, help: str = "", **kw):
@@ -88,28 +94,79 @@ class DataArguments:
 
 
 @dataclass
+class LoraArguments:
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank. 0 (default) trains every weight; R > 0 freezes the model and trains rank-R adapters on its linear layers (needs the peft package)."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: an adapter's update is multiplied by lora_alpha / lora_r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the input of each LoRA adapter."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Module names (or name suffixes, e.g. q_proj v_proj) to adapt. Default: every linear layer except the LM head, found by type."})
+    lora_merge: bool = field(default=False, metadata={"help": "Also save a merged model (adapters folded into the weights) in OUTPUT_DIR/merged, loadable without peft."})
+
+
+def lora_args_from(obj) -> LoraArguments:
+    """A :class:`LoraArguments` from any object carrying the ``lora_*`` attributes (e.g. the training arguments)."""
+    return LoraArguments(**{f.name: getattr(obj, f.name) for f in fields(LoraArguments) if hasattr(obj, f.name)})
+
+
+def lora_problems(args: LoraArguments, model_name_or_path: str | None) -> list[str]:
+    """Every problem of the LoRA flags, each naming the flag and the fix (empty when fine)."""
+    problems = []
+    if args.lora_r < 0:
+        problems.append(f"--lora_r {args.lora_r} must be 0 (no LoRA) or a positive rank such as 8 or 16")
+    if args.lora_r > 0:
+        if args.lora_alpha <= 0:
+            problems.append(f"--lora_alpha {args.lora_alpha} must be positive (typical: 16, or twice --lora_r)")
+        if not 0 <= args.lora_dropout < 1:
+            problems.append(f"--lora_dropout {args.lora_dropout} must be in [0, 1)")
+        if not model_name_or_path:
+            problems.append("--lora_r trains adapters on a frozen pretrained model: give --model_name_or_path (a model trained from scratch cannot be frozen)")
+    if args.lora_merge and args.lora_r <= 0:
+        problems.append("--lora_merge needs --lora_r above 0: there is no adapter to merge without LoRA")
+    if args.lora_target_modules is not None and args.lora_r <= 0:
+        problems.append("--lora_target_modules needs --lora_r above 0")
+    return problems
+
+
+@dataclass
 class RunArguments:
     """Run options that transformers 5 no longer has but reference command lines pass."""
 
     overwrite_output_dir: bool = arg(False, "Start over in --output_dir instead of resuming from its last checkpoint.")
 
 
-PARSED = tuple[ModelArguments, DataArguments, TrainingArguments]
+#: The diff-model layout flags (the reference script's), shown first by ``diffmodel train --help``.
+LAYOUT_FLAGS = ("train_diff_model", "packing", "ignore_long_samples", "concatenate_texts", "skip_concat", "force_label")
+
+#: The sections of ``diffmodel train --help``, in order: (heading, dataclass, field names; None: the fields not shown yet).
+HELP_SECTIONS = (
+    ("diff-model layout flags", DataArguments, LAYOUT_FLAGS),
+    ("data flags", DataArguments, None),
+    ("model flags", ModelArguments, None),
+    ("LoRA flags", LoraArguments, None),
+    ("run flags", RunArguments, None),
+)
+
+TRAIN_DESCRIPTION = (
+    "Train a diff model. Takes every transformers TrainingArguments flag, the model/data flags of run_clm.py "
+    "and the reference flags (--train_diff_model, --ignore_long_samples, --concatenate_texts, --load_from_disk, "
+    "--save_final_dataset, --skip_concat, --force_label). A single .json or .yaml file of arguments may replace the command line."
+)
+
+PARSED = tuple[ModelArguments, DataArguments, "TrainingArguments"]
 
 
 def _has_field(name: str) -> bool:
+    from transformers import TrainingArguments
+
     return name in TrainingArguments.__dataclass_fields__
 
 
 def make_parser() -> HfArgumentParser:
+    from transformers import HfArgumentParser, TrainingArguments
+
     extra = () if _has_field("overwrite_output_dir") else (RunArguments,)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, *extra))
     parser.prog = "diffmodel train"
-    parser.description = (
-        "Train a diff model. Takes every transformers TrainingArguments flag, the model/data flags of run_clm.py "
-        "and the reference flags (--train_diff_model, --ignore_long_samples, --concatenate_texts, --load_from_disk, "
-        "--save_final_dataset, --skip_concat, --force_label). A single .json or .yaml file of arguments may replace the command line."
-    )
+    parser.description = TRAIN_DESCRIPTION
     return parser
 
 
@@ -151,7 +208,12 @@ BF16_FLAGS = ("bf16", "bf16_full_eval")
 def bf16_problems(values) -> list[str]:
     """``--bf16`` / ``--bf16_full_eval`` on a machine without bf16 support and without ``--use_cpu``."""
     wanted = [f for f in BF16_FLAGS if values.get(f)]
-    if not wanted or values.get("use_cpu") or is_torch_bf16_gpu_available() or is_torch_xla_available():
+    if not wanted:
+        return []
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if values.get("use_cpu") or is_torch_bf16_gpu_available() or is_torch_xla_available():
         return []
     found = "a GPU without bf16 support (bf16 needs an Ampere or newer GPU)" if torch.cuda.is_available() else "no GPU"
     return [
@@ -178,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         values, where = read_args_file(path, list_fields(parser)), f"{path}: "
     else:
         values, where = vars(parser.parse_args(argv)), ""
+    if values.get("streaming"):  # run.py logs it; the stream state replaces Trainer's data skipping
+        values = {**values, "ignore_data_skip": True}
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:
         parsed = parser.parse_dict({**values, **dict.fromkeys(deferred, False)})
@@ -192,19 +256,46 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
     return model_args, data_args, training_args
 
 
-def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
-    """Raise one DiffModelError listing every problem of the arguments."""
+def streaming_problems(data_args, training_args) -> list[str]:
+    """What is wrong with a ``--streaming`` command line (empty without ``--streaming``)."""
+    if not getattr(data_args, "streaming", False):
+        return []
+    problems = []
+    if training_args.do_train and (training_args.max_steps is None or training_args.max_steps <= 0):
+        problems.append("--streaming needs --max_steps N: a stream has no length, so the number of training steps must be given")
+    if data_args.dataset_name or data_args.load_from_disk:
+        problems.append("--streaming reads --train_file files (jsonl, jsonl.zst, parquet; globs allowed); pass them instead of --dataset_name")
+    if not data_args.train_file:
+        problems.append("--streaming needs --train_file FILE... (jsonl, jsonl.zst, parquet; globs allowed)")
+    if data_args.stream_buffer < 1:
+        problems.append(f"--stream_buffer {data_args.stream_buffer} must be at least 1 (samples per rank laid out at a time; typical: 1000)")
+    if data_args.skip_concat:
+        problems.append("--streaming lays samples out itself; drop --skip_concat (already laid-out rows can be trained without --streaming)")
+    if data_args.save_final_dataset:
+        problems.append("--save_final_dataset writes the whole preprocessed data set, which --streaming never holds; drop one of them")
+    if data_args.max_train_samples is not None:
+        problems.append("--max_train_samples needs a data set of known length; with --streaming, bound the run with --max_steps")
+    if training_args.do_eval and not data_args.validation_file:
+        problems.append("--do_eval with --streaming needs --validation_file (it is loaded whole); no validation split is cut from a stream")
+    return problems
+
+
+def data_problems(data_args: DataArguments) -> list[str]:
+    """Every problem of the data flags, found without reading any data (shared by ``train`` and ``inspect``).
+
+    Files and globs are checked to exist; the layout flags to agree.
+    """
+    from diffmodel.data.load import expand_files
+
     problems = []
     if not data_args.dataset_name and not data_args.train_file:
         problems.append("no data: give --train_file FILE... or --dataset_name DIR")
     if data_args.load_from_disk and not data_args.dataset_name:
         problems.append("--load_from_disk needs --dataset_name, the folder written by save_to_disk")
-    if not model_args.model_name_or_path and not (model_args.model_type or model_args.config_name):
-        problems.append("no model: give --model_name_or_path DIR, or --model_type / --config_name to train from scratch")
-    if not model_args.model_name_or_path and not model_args.tokenizer_name:
-        problems.append("no tokenizer: give --tokenizer_name DIR (or --model_name_or_path)")
-    if model_args.config_overrides and model_args.model_name_or_path:
-        problems.append("--config_overrides only applies when training from scratch; drop it or drop --model_name_or_path")
+    for flag, patterns in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
+        problems += expand_files(patterns or [], flag)[1]
+    if data_args.packing and data_args.concatenate_texts:
+        problems.append("--packing and --concatenate_texts are two different layouts; pass one of them")
     if data_args.block_size is not None and data_args.block_size < 2:
         problems.append(f"--block_size {data_args.block_size} is too small; use at least 2 (typical: 1024 or 2048)")
     if not 0 <= data_args.validation_split_percentage < 100:
@@ -213,6 +304,18 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
         value = getattr(data_args, name)
         if value is not None and value < 1:
             problems.append(f"--{name} {value} must be at least 1")
+    return problems
+
+
+def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Raise one DiffModelError listing every problem of the arguments, before any data or model is read."""
+    problems = data_problems(data_args)
+    if not model_args.model_name_or_path and not (model_args.model_type or model_args.config_name):
+        problems.append("no model: give --model_name_or_path DIR, or --model_type / --config_name to train from scratch")
+    if not model_args.model_name_or_path and not model_args.tokenizer_name:
+        problems.append("no tokenizer: give --tokenizer_name DIR (or --model_name_or_path)")
+    if model_args.config_overrides and model_args.model_name_or_path:
+        problems.append("--config_overrides only applies when training from scratch; drop it or drop --model_name_or_path")
     if not (training_args.do_train or training_args.do_eval or data_args.save_final_dataset):
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)

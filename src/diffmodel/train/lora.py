@@ -17,19 +17,24 @@ Saving (:func:`save_lora`): the adapter (``adapter_config.json``,
 adapter model. The merge works on the full state dict that the engine gathers
 (plain, DDP, FSDP or DeepSpeed ZeRO-3), so under those engines
 :func:`save_lora` must be called on every rank; only the main process writes.
+
+The flags (:class:`~diffmodel.train.args.LoraArguments`) and their
+validation (:func:`~diffmodel.train.args.lora_problems`) live with the other
+arguments in :mod:`diffmodel.train.args`, which imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from diffmodel.errors import DiffModelError
+from diffmodel.train.args import LoraArguments
 
 logger = logging.getLogger(__name__)
 
@@ -38,39 +43,6 @@ ADAPTER = "default"
 
 #: Folder under ``output_dir`` for the merged checkpoint.
 MERGED_DIR = "merged"
-
-
-@dataclass
-class LoraArguments:
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank. 0 (default) trains every weight; R > 0 freezes the model and trains rank-R adapters on its linear layers (needs the peft package)."})
-    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: an adapter's update is multiplied by lora_alpha / lora_r."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the input of each LoRA adapter."})
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Module names (or name suffixes, e.g. q_proj v_proj) to adapt. Default: every linear layer except the LM head, found by type."})
-    lora_merge: bool = field(default=False, metadata={"help": "Also save a merged model (adapters folded into the weights) in OUTPUT_DIR/merged, loadable without peft."})
-
-
-def lora_args_from(obj) -> LoraArguments:
-    """A :class:`LoraArguments` from any object carrying the ``lora_*`` attributes (e.g. the training arguments)."""
-    return LoraArguments(**{f.name: getattr(obj, f.name) for f in fields(LoraArguments) if hasattr(obj, f.name)})
-
-
-def lora_problems(args: LoraArguments, model_name_or_path: str | None) -> list[str]:
-    """Every problem of the LoRA flags, each naming the flag and the fix (empty when fine)."""
-    problems = []
-    if args.lora_r < 0:
-        problems.append(f"--lora_r {args.lora_r} must be 0 (no LoRA) or a positive rank such as 8 or 16")
-    if args.lora_r > 0:
-        if args.lora_alpha <= 0:
-            problems.append(f"--lora_alpha {args.lora_alpha} must be positive (typical: 16, or twice --lora_r)")
-        if not 0 <= args.lora_dropout < 1:
-            problems.append(f"--lora_dropout {args.lora_dropout} must be in [0, 1)")
-        if not model_name_or_path:
-            problems.append("--lora_r trains adapters on a frozen pretrained model: give --model_name_or_path (a model trained from scratch cannot be frozen)")
-    if args.lora_merge and args.lora_r <= 0:
-        problems.append("--lora_merge needs --lora_r above 0: there is no adapter to merge without LoRA")
-    if args.lora_target_modules is not None and args.lora_r <= 0:
-        problems.append("--lora_target_modules needs --lora_r above 0")
-    return problems
 
 
 def _peft():

@@ -1,4 +1,4 @@
-"""``diffmodel train``: the reference pipeline, stage by stage, then ``Trainer``.
+"""Training from validated arguments: the reference pipeline, stage by stage, then ``Trainer``.
 
 Order (the reference's): load -> dropout -> tokenize (+ long-sample policy) ->
 labels -> layout -> sanity report (+ ``--save_final_dataset``) -> Trainer.
@@ -10,30 +10,37 @@ of its samples), ``train_results.json`` / ``eval_results.json`` and
 
 Under torchrun / accelerate / deepspeed the main process preprocesses first and
 the other ranks reuse its cached stages.
+
+This is the library part of ``diffmodel train``: :func:`run` takes the parsed
+and validated arguments (the command, :mod:`diffmodel.commands.train`,
+parses and validates them) and reads no command line. Parsed arguments are
+never changed in place: a value a stage decides (packed rows found in the
+data, the attention backend) is a new copy made with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-
-import torch
 import math
 import sys
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.pipeline import pad_id_of, save_atomically
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
-from diffmodel.train.args import parse_args, validate
+from diffmodel.preprocess.tokens import pad_id_of
+from diffmodel.train.args import lora_args_from
 from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
-from diffmodel.train.lora import apply_lora, lora_args_from, save_lora
+from diffmodel.train.lora import apply_lora, save_lora
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
@@ -142,10 +149,9 @@ def save_final_dataset(processed, folder: Path) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    model_args, data_args, training_args = parse_args(argv)
+def run(model_args, data_args, training_args) -> int:
+    """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0."""
     setup_logging(training_args)
-    validate(model_args, data_args, training_args)
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args)
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if data_args.streaming:
         train_ds, eval_ds, reports = build_streaming(data_args, training_args, tokenizer, block_size, model_args.cache_dir, first)
-        training_args.ignore_data_skip = True
+        # ignore_data_skip is set while parsing (train.args.parse_args), since TrainingArguments is not replaced
         logger.info("--streaming: --ignore_data_skip set; a resumed run continues from the stream state saved with the checkpoint, without replaying data")
     else:
         processed, reports = build_datasets(data_args, tokenizer, block_size, model_args.cache_dir, training_args.seed, first)
@@ -185,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = set() if data_args.streaming else set(train_ds.column_names)
     if not data_args.packing and "position_ids" in cols and "attention_mask" not in cols:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
-        data_args.packing = True
-    model_args.attn_implementation = choose_attention(model_args.attn_implementation, data_args.packing)
+        data_args = dataclasses.replace(data_args, packing=True)
+    model_args = dataclasses.replace(model_args, attn_implementation=choose_attention(model_args.attn_implementation, data_args.packing))
     model = load_model(model_args, config, tokenizer)
     collator = make_collator(model, tokenizer, data_args.packing, training_args)
     lora_args = lora_args_from(training_args)
@@ -207,7 +213,3 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.do_eval:
         evaluate(trainer, eval_ds)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,8 @@
 
 Pieces, each small:
 
-- :func:`streaming_problems`: the flags streaming needs or cannot honour
-  (gathered into ``validate``'s one error).
+- The flags streaming needs or cannot honour are checked with every other
+  flag, before anything loads: :func:`diffmodel.train.args.streaming_problems`.
 - :func:`build_streaming`: the :class:`~diffmodel.preprocess.stream.StreamingDataset`
   of this rank, a sanity report over the first buffer, and the validation
   split (``--validation_file``, loaded and preprocessed whole, as without
@@ -60,44 +60,21 @@ STATE_VERSION = 1
 LOG_ENV = "DIFFMODEL_STREAM_LOG"
 
 
-def streaming_problems(data_args, training_args) -> list[str]:
-    """What is wrong with a ``--streaming`` command line (empty without ``--streaming``)."""
-    if not getattr(data_args, "streaming", False):
-        return []
-    problems = []
-    if training_args.do_train and (training_args.max_steps is None or training_args.max_steps <= 0):
-        problems.append("--streaming needs --max_steps N: a stream has no length, so the number of training steps must be given")
-    if data_args.dataset_name or data_args.load_from_disk:
-        problems.append("--streaming reads --train_file files (jsonl, jsonl.zst, parquet; globs allowed); pass them instead of --dataset_name")
-    if not data_args.train_file:
-        problems.append("--streaming needs --train_file FILE... (jsonl, jsonl.zst, parquet; globs allowed)")
-    if data_args.stream_buffer < 1:
-        problems.append(f"--stream_buffer {data_args.stream_buffer} must be at least 1 (samples per rank laid out at a time; typical: 1000)")
-    if data_args.skip_concat:
-        problems.append("--streaming lays samples out itself; drop --skip_concat (already laid-out rows can be trained without --streaming)")
-    if data_args.save_final_dataset:
-        problems.append("--save_final_dataset writes the whole preprocessed data set, which --streaming never holds; drop one of them")
-    if data_args.max_train_samples is not None:
-        problems.append("--max_train_samples needs a data set of known length; with --streaming, bound the run with --max_steps")
-    if training_args.do_eval and not data_args.validation_file:
-        problems.append("--do_eval with --streaming needs --validation_file (it is loaded whole); no validation split is cut from a stream")
-    return problems
-
-
 # --------------------------------------------------------------------------- data
 
 
 def build_streaming(data_args, training_args, tokenizer, block_size: int, cache_dir: str | None, main_process_first=None):
     """This rank's training stream, reports over its first buffer, and the validation split (or None)."""
-    from diffmodel.train.data import build_datasets, preprocess_options
+    from diffmodel.preprocess.options import options_from
+    from diffmodel.train.data import build_datasets
 
     files = stream_files(data_args.train_file)
-    opts = preprocess_options(data_args, block_size)
+    load_opts, opts = options_from(data_args, block_size)
     dataset = StreamingDataset(
         files, tokenizer, opts,
         buffer_size=data_args.stream_buffer, seed=training_args.seed, shuffle=data_args.stream_shuffle,
         rank=training_args.process_index, world_size=training_args.world_size,
-        text_column=data_args.text_column, skip_bad_records=data_args.skip_bad_records,
+        text_column=load_opts.text_column, skip_bad_records=load_opts.skip_bad_records,
     )
     logger.info(
         "streaming %d file(s) as rank %d of %d (record i goes to reader i mod ranks x dataloader workers); "

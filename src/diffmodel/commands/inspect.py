@@ -6,20 +6,24 @@ Takes the same data flags as ``diffmodel train`` (``--train_file``,
 runs the same load and preprocessing code, and prints the sanity report and
 the first rows decoded with trained spans in green (or ``⟦brackets⟧`` when the
 output is not a terminal), masked context dim and padding summarised.
+
+Shape: ``--help`` is printed from the dataclasses before anything heavy is
+imported; then parse (``HfArgumentParser``), validate every flag at once
+(:func:`inspect_problems`, with :func:`diffmodel.train.args.data_problems`),
+and only then load the tokenizer and the data. Parsed arguments are not
+changed: the data flags used are a copy (``dataclasses.replace``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
 
-from transformers import AutoTokenizer, HfArgumentParser
-
-from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.sanity import format_report, mark_spans
-from diffmodel.train.args import DataArguments, arg
-from diffmodel.train.data import build_datasets
+from diffmodel.commands.help import dataclass_help, wants_help
+from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.train.args import LAYOUT_FLAGS, DataArguments, arg, data_problems
 
 
 @dataclass
@@ -32,21 +36,50 @@ class InspectArguments:
     max_chars: int = arg(3000, "Cut each shown row after this many characters.")
 
 
+USAGE = "diffmodel inspect --tokenizer_name DIR (--train_file FILE... | --dataset_name DIR) [FLAGS]"
+
+#: The sections of ``diffmodel inspect --help``: (heading, dataclass, field names; None: the fields not shown yet).
+HELP_SECTIONS = (
+    ("inspect flags", InspectArguments, None),
+    ("diff-model layout flags", DataArguments, LAYOUT_FLAGS),
+    ("data flags", DataArguments, None),
+)
+
+
+def inspect_problems(args: InspectArguments, data_args: DataArguments) -> list[str]:
+    """Every problem of an inspect command line, found without reading the tokenizer or the data."""
+    problems = []
+    if not args.tokenizer_name:
+        problems.append("give --tokenizer_name DIR (a tokenizer or model checkpoint folder)")
+    if args.rows < 0:
+        problems.append(f"--rows {args.rows} must be 0 or more (rows shown)")
+    if args.max_chars < 1:
+        problems.append(f"--max_chars {args.max_chars} must be at least 1 (characters shown per row)")
+    return problems + data_problems(data_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if wants_help(argv):
+        print(dataclass_help("diffmodel inspect", __doc__.split("\n\n")[0], HELP_SECTIONS, usage=USAGE))
+        return 0
+    from transformers import AutoTokenizer, HfArgumentParser
+
+    from diffmodel.preprocess.sanity import format_report, mark_spans
+    from diffmodel.train.data import build_datasets
+
     parser = HfArgumentParser((InspectArguments, DataArguments))
     parser.prog = "diffmodel inspect"
     parser.description = __doc__.split("\n\n")[0]
-    args, data_args = parser.parse_args_into_dataclasses(args=list(argv or []))
-    if not args.tokenizer_name:
-        raise DiffModelError("give --tokenizer_name DIR (a tokenizer or model checkpoint folder)")
-    if not data_args.dataset_name and not data_args.train_file:
-        raise DiffModelError("no data: give --train_file FILE... or --dataset_name DIR")
+    args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    raise_if_problems(inspect_problems(args, data_args), "diffmodel inspect cannot start")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
     except (OSError, ValueError) as err:
         raise DiffModelError(f"cannot load a tokenizer from {args.tokenizer_name!r}: {err}") from None
-    data_args.validation_split_percentage = 0 if args.split == "train" else data_args.validation_split_percentage
+    if args.split == "train":
+        data_args = dataclasses.replace(data_args, validation_split_percentage=0)
     block_size = data_args.block_size or 1024
     processed, reports = build_datasets(data_args, tokenizer, block_size, args.cache_dir)
     if args.split not in processed:

@@ -1,0 +1,53 @@
+"""``diffmodel quickstart``: train a tiny diff model on the bundled samples (CPU, a few minutes).
+
+Shape: parse the flags, call the steps of :mod:`diffmodel.quickstart` (copy
+the samples, build the base model, run ``diffmodel train`` on them), print
+each step and the final summary. Heavy modules are imported after parsing,
+so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from diffmodel.tiny import ARCHS
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="diffmodel quickstart", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default="gpt2", help="model architecture built from a config (default: %(default)s)")
+    p.add_argument("--epochs", type=float, default=5, help="training epochs (default: %(default)s)")
+    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (default: run all epochs)")
+    p.add_argument("--block_size", type=int, default=512, help="row length in tokens (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=3, help="transformer layers (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
+    p.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv or [])
+    from diffmodel.commands.train import main as train_main
+    from diffmodel.quickstart import build_base_model, copy_samples, summary, train_args
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    rows, data = copy_samples(out)
+    print(f"[quickstart] {len(rows)} bundled diff samples -> {data}")
+    base = build_base_model(args, rows, out)
+    print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
+    train_main(train_args(args, data, base, out))
+    table = summary(out / "model", args.block_size, start)
+    width = max(len(k) for k, _ in table)
+    print("\n[quickstart] done\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

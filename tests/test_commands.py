@@ -1,0 +1,121 @@
+"""The train / inspect / slurm / quickstart commands: fast grouped --help, every problem reported at once, doctests."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import re
+import subprocess
+import sys
+
+import pytest
+
+from diffmodel.commands.inspect import main as inspect_main
+from diffmodel.commands.train import main as train_main
+from diffmodel.errors import DiffModelError
+from diffmodel.train.args import LAYOUT_FLAGS, DataArguments, ModelArguments
+
+HEAVY = re.compile(r"\|\s+(torch|transformers|datasets)(\.|$)")
+
+
+def help_run(*args: str) -> subprocess.CompletedProcess:
+    """``diffmodel ARGS`` in a fresh interpreter, with -X importtime (one line per imported module on stderr)."""
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "diffmodel.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+class TestHelpIsFastAndImportsNothingHeavy:
+    @pytest.mark.parametrize("command", ["train", "inspect", "slurm", "quickstart"])
+    def test_help_imports_no_torch_transformers_or_datasets(self, command):
+        proc = help_run(command, "--help")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(f"usage: diffmodel {command}")
+        assert "import time:" in proc.stderr  # the check below saw the imports
+        assert [line for line in proc.stderr.splitlines() if HEAVY.search(line)] == []
+
+
+class TestTrainHelp:
+    def test_sections_in_order_diff_model_flags_before_trainer_options(self):
+        out = help_run("train", "--help").stdout
+        headings = ["diff-model layout flags:", "data flags:", "model flags:", "LoRA flags:", "Trainer options:"]
+        where = [out.index(f"\n{h}\n") for h in headings]
+        assert where == sorted(where)
+        for name in LAYOUT_FLAGS:
+            assert where[0] < out.index(f"  --{name}") < where[1]
+        assert where[1] < out.index("  --train_file STR [STR ...]") < where[2]
+        assert where[2] < out.index("  --model_name_or_path STR") < where[3]
+        assert "diffmodel train --help-all" in out[where[4]:]
+        assert "--per_device_train_batch_size" not in out[: where[4]]  # Trainer flags are not listed, only pointed to
+
+    def test_flag_help_is_the_dataclass_field_metadata(self):
+        def norm(text: str) -> str:  # argparse wraps lines, also after a hyphen
+            return " ".join(text.split()).replace("- ", "-")
+
+        out = norm(help_run("train", "--help").stdout)
+        for dtype in (DataArguments, ModelArguments):
+            for f in dataclasses.fields(dtype):
+                assert f"--{f.name}" in out
+                assert norm(f.metadata["help"]) in out, f.name
+
+    def test_help_all_lists_every_trainer_flag(self):
+        from transformers import TrainingArguments
+
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "train", "--help-all"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0
+        for name in ("per_device_train_batch_size", "learning_rate", "deepspeed", "train_diff_model", "lora_r"):
+            assert f"--{name}" in proc.stdout
+        assert all(f"--{f.name}" in proc.stdout for f in dataclasses.fields(TrainingArguments) if f.init and not f.name.startswith("_"))
+
+
+class TestEveryProblemAtOnce:
+    def test_train_packing_with_concatenate_and_a_missing_file_before_loading(self, tmp_path):
+        missing = tmp_path / "missing.jsonl"
+        with pytest.raises(DiffModelError) as err:
+            train_main(["--model_name_or_path", str(tmp_path / "no_model"), "--train_file", str(missing), "--packing", "--concatenate_texts",
+                        "--do_train", "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+        assert str(err.value) == (
+            "diffmodel train cannot start:\n"
+            f"  - --train_file {missing}: no such file\n"
+            "  - --packing and --concatenate_texts are two different layouts; pass one of them"
+        )
+        assert not (tmp_path / "out").exists()
+
+    def test_train_packing_with_concatenate_is_refused_before_the_model_is_read(self, tmp_path):
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"text": "<MSG> m\\n<DFF> d"}\n')
+        with pytest.raises(DiffModelError, match="--packing and --concatenate_texts are two different layouts"):
+            train_main(["--model_name_or_path", str(tmp_path / "no_model"), "--train_file", str(data), "--packing", "--concatenate_texts",
+                        "--do_train", "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+
+    def test_inspect_reports_every_problem_at_once(self, tmp_path):
+        missing = tmp_path / "missing.jsonl"
+        with pytest.raises(DiffModelError) as err:
+            inspect_main(["--train_file", str(missing), "--packing", "--concatenate_texts", "--block_size", "1", "--rows", "-1"])
+        assert str(err.value) == (
+            "diffmodel inspect cannot start:\n"
+            "  - give --tokenizer_name DIR (a tokenizer or model checkpoint folder)\n"
+            "  - --rows -1 must be 0 or more (rows shown)\n"
+            f"  - --train_file {missing}: no such file\n"
+            "  - --packing and --concatenate_texts are two different layouts; pass one of them\n"
+            "  - --block_size 1 is too small; use at least 2 (typical: 1024 or 2048)"
+        )
+
+    def test_cli_exits_2_without_traceback(self, tmp_path):
+        proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "inspect", "--train_file", str(tmp_path / "x.jsonl")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "--tokenizer_name" in proc.stderr and "x.jsonl: no such file" in proc.stderr
+
+
+class TestLayoutDocstrings:
+    @pytest.mark.parametrize("module", ["diffmodel.preprocess.layout", "diffmodel.preprocess.packing"])
+    def test_examples_give_their_exact_output(self, module):
+        mod = __import__(module, fromlist=["_"])
+        result = doctest.testmod(mod, verbose=False)
+        assert result.failed == 0 and result.attempted >= 1
+
+    def test_every_layout_function_has_an_example(self):
+        from diffmodel.preprocess.layout import concatenate, pad_left
+        from diffmodel.preprocess.packing import pack_row
+
+        for fn in (pack_row, pad_left, concatenate):
+            assert ">>> " in fn.__doc__, fn.__name__
