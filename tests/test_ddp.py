@@ -151,7 +151,13 @@ def test_two_nodes_sharing_a_cache_preprocess_once(tmp_path, tiny_gpt2_dir):
         )
         for _ in range(2)
     ]
-    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    try:
+        logs = [p.communicate(timeout=300)[0] for p in nodes]
+    except subprocess.TimeoutExpired:
+        for p in nodes:
+            p.kill()
+        logs = [p.communicate()[0] for p in nodes]
+        pytest.fail("the two torchrun agents did not finish in 300 s:\n" + logs[0][-3000:] + "\n----\n" + logs[1][-3000:])
     assert all(p.returncode == 0 for p in nodes), logs[0][-3000:] + logs[1][-3000:]
     ranks = [(probe / f"rank{r}.log").read_text() for r in range(2)]
     # one of the two ranks built the stages, the other reused them
