@@ -8,7 +8,8 @@ from diffmodel.checkpoint import max_positions
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.train.collate import RowCollator
-from diffmodel.train.model import apply_dropout, resolve_block_size
+from diffmodel.train.args import ModelArguments
+from diffmodel.train.model import apply_dropout, load_model, resolve_block_size
 
 EXPECTED = {
     "gpt2": {"resid_pdrop", "embd_pdrop", "attn_pdrop"},
@@ -49,6 +50,27 @@ class TestDropoutThroughConfig:
         assert not torch.allclose(a, b)
         model.eval()
         assert torch.allclose(model(x).logits, model(x).logits)
+
+
+class TestFlexAttentionHasNoAttentionDropout:
+    """transformers refuses to train flex_attention with attention dropout: it is turned off, the rest kept, and logged."""
+
+    def test_starcoder2_keeps_its_other_dropouts(self, caplog, tiny_tokenizer):
+        config = CONFIG_MAPPING["starcoder2"](num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                              num_key_value_heads=1, vocab_size=50, max_position_embeddings=16)
+        apply_dropout(config, 0.1)
+        args = ModelArguments(model_type="starcoder2", attn_implementation="flex_attention")
+        with caplog.at_level("WARNING", logger="diffmodel"):
+            model = load_model(args, config, tiny_tokenizer)
+        assert (model.config.attention_dropout, model.config.residual_dropout, model.config.embedding_dropout) == (0.0, 0.1, 0.1)
+        assert "flex_attention has no attention dropout: attention_dropout 0.1 -> 0.0" in caplog.text
+
+    def test_other_backends_keep_attention_dropout(self, tiny_tokenizer):
+        config = CONFIG_MAPPING["llama"](num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                         num_key_value_heads=1, vocab_size=50, max_position_embeddings=16)
+        apply_dropout(config, 0.1)
+        model = load_model(ModelArguments(model_type="llama", attn_implementation="sdpa"), config, tiny_tokenizer)
+        assert model.config.attention_dropout == 0.1
 
 
 class TestBlockSize:

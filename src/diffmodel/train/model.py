@@ -6,6 +6,10 @@ whose name says it is a dropout probability (``resid_pdrop``, ``embd_pdrop``,
 ``residual_dropout``, ``embedding_dropout``, ...). No model-specific module
 path is touched, so any architecture whose config exposes its dropout works;
 the log names each setting changed, or says that the config has none.
+
+``flex_attention`` has no attention dropout (transformers refuses to train
+with it): with that backend the attention-dropout settings are set to 0 before
+the model is built, and the log says so; the other dropout settings stay.
 """
 
 from __future__ import annotations
@@ -33,6 +37,21 @@ def dropout_settings(config) -> list[str]:
         if key.endswith(("dropout", "pdrop", "dropout_prob", "dropout_rate")) or key in ("dropout",):
             names.append(key)
     return names
+
+
+def is_attention_dropout(name: str) -> bool:
+    return "attn" in name or "attention" in name
+
+
+def attention_dropout_off(config) -> dict[str, tuple[float, float]]:
+    """Set the config's attention-dropout settings to 0; returns {name: (old, 0.0)} for those changed."""
+    changed = {}
+    for name in dropout_settings(config):
+        old = getattr(config, name)
+        if is_attention_dropout(name) and old:
+            setattr(config, name, 0.0)
+            changed[name] = (old, 0.0)
+    return changed
 
 
 def apply_dropout(config, p: float) -> dict[str, tuple[float, float]]:
@@ -114,6 +133,13 @@ def load_model(model_args, config, tokenizer):
     extra = {}
     if model_args.attn_implementation:
         extra["attn_implementation"] = model_args.attn_implementation
+    if model_args.attn_implementation == "flex_attention":
+        changed = attention_dropout_off(config)
+        if changed:
+            logger.warning(
+                "flex_attention has no attention dropout: %s (other dropout settings kept); use --attn_implementation sdpa to keep it",
+                ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()),
+            )
     if model_args.model_name_or_path:
         try:
             model = AutoModelForCausalLM.from_pretrained(
