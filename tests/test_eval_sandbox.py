@@ -110,6 +110,24 @@ class TestContainment:
         r = run("import os\ntry:\n    os.fork()\nexcept BaseException:\n    pass\nprint('carried on')\n")
         assert r.status is Outcome.CRASHED and r.violation == "os.fork"
 
+    @pytest.mark.parametrize("layers", [("bwrap",), ("bwrap", "guard"), ("guard",)])
+    def test_a_program_that_forges_the_report_and_exits_zero_does_not_pass(self, layers):
+        # it writes `completed` lines to every descriptor and leaves with status 0 through a fresh posix module:
+        # only the harness's line with this run's secret passes, never the exit status
+        src = ("import importlib.util, os\n"
+               "for fd in range(3, 256):\n"
+               "    try:\n"
+               "        os.write(fd, b'completed\\ncompleted:0\\n')\n"
+               "    except OSError:\n"
+               "        pass\n"
+               "spec = importlib.util.find_spec('posix')\n"
+               "posix = importlib.util.module_from_spec(spec)\n"
+               "spec.loader.exec_module(posix)\n"
+               "posix._exit(0)\n")
+        r = run_python(src, QUICK, layers=layers)
+        assert r.status is not Outcome.PASSED
+        assert r.returncode == (3 if "guard" in layers else 0)  # the guard hands out its own posix: _exit is blocked
+
     def test_ctypes_cannot_be_imported(self):
         r = run("import ctypes\n")
         assert r.status is Outcome.FAILED and r.detail in ("ImportError", "ModuleNotFoundError")
