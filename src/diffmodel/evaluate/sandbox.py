@@ -7,48 +7,43 @@
 ``did_not_apply`` is used by callers for a diff that gave no program to run.
 ``run_many(sources)`` runs many in parallel, results in input order.
 
-What contains a run, outside in:
+What contains a run, outside in (layers probed once by :func:`protections`;
+``run_python(source, layers=...)`` picks some, e.g. one alone in tests):
 
-1. Its own process (its own session, so the whole group is killed on timeout),
-   started with ``python -I`` (isolated: no ``PYTHON*`` variables, no user
-   site, no script folder on ``sys.path``) and, by default, ``-S`` (no
-   site-packages: tests need only the standard library), with a minimal
-   environment (``PATH``, ``LANG``, ``HOME`` and ``TMPDIR`` set to the run's
-   folder), stdin closed, in a fresh empty temporary folder that is deleted
-   afterwards.
-2. The network: when ``unshare -n`` works (root or user namespaces), the
-   child gets a network namespace of its own, with no interface up.
-3. Resource limits set in the child before the program runs: ``RLIMIT_AS``
-   (memory), ``RLIMIT_CPU`` (CPU seconds: SIGXCPU, then SIGKILL a second
-   later), ``RLIMIT_FSIZE`` (largest file
-   written, stdout and stderr included), ``RLIMIT_NPROC`` = 0 (no new
-   process or thread; the kernel does not enforce it for root), no core
-   files. When the evaluator runs as root and the interpreter can be used by
-   ``nobody``, the child also drops to that user (see :func:`protections`).
+1. An OS layer, the strongest that can start a run here: ``bwrap``
+   (bubblewrap: fresh PID, network, IPC and UTS namespaces, no
+   capabilities, a read-only view of ``/usr``, the interpreter and the
+   program, a private tmpfs :data:`SANDBOX_HOME` as the only writable place,
+   nothing else of the host), else ``unshare`` (fresh PID, network, IPC, UTS
+   and mount namespaces over the host's files). Either way nothing
+   outlives the run and no process outside it can be signalled. When
+   neither works, :func:`protections` gives a ``warning`` naming what is
+   missing and how to get it (:data:`HOW_TO_GET`).
+2. Its own process and session (the group is killed on timeout), started
+   with ``python -I`` and, by default, ``-S`` (no site-packages), a minimal
+   environment, stdin closed, a fresh folder deleted afterwards.
+3. Resource limits set in the child (``RLIMIT_AS``, ``RLIMIT_CPU``,
+   ``RLIMIT_FSIZE``, ``RLIMIT_NPROC`` = 0, no core files); as root the child
+   drops to ``nobody`` (always in bubblewrap, whose view makes the
+   interpreter reachable; under ``unshare`` or alone only when ``nobody``
+   can read the interpreter), so ``RLIMIT_NPROC`` holds at the kernel.
 4. The guard (:mod:`diffmodel.evaluate.guard`, whose text the child runs
-   as ``python -c``) that runs before the program and replaces the
-   functions a program would use to escape: ``os.fork``/``forkpty``/
-   ``system``/``popen``/``exec*``/``spawn*``/``posix_spawn*``/``kill``/
-   ``killpg``/``_exit``, ``subprocess.Popen`` and ``_posixsubprocess``,
-   ``socket.socket`` and friends, and ``ctypes`` (not importable); it allows
-   opening files for writing (and removing, renaming, creating folders)
-   only inside the run's folder. A blocked call raises
-   :class:`SandboxViolation` (a ``BaseException``, so ``except Exception``
-   does not swallow it) and is recorded; any recorded violation makes the
-   run ``crashed`` with ``violation`` naming the call.
+   as ``python -c``): replaces the calls a program would use to escape
+   and allows writes only inside the run's folder; a blocked call raises
+   ``SandboxViolation`` and makes the run ``crashed``.
 
 Invariants:
-- ``passed`` means exit status 0 *and* the guard saw the program run to
-  its last line: a program that calls ``sys.exit(0)`` before its tests, or
-  ``os._exit``, does not pass.
-- The guard reports to a file descriptor the program does not know the
-  meaning of, and stdout/stderr go to files outside the run's folder; only
-  the last :attr:`Limits.max_output` characters of each are kept.
-- Layers 1-3 are enforced by the kernel; layer 4 stops ordinary code
-  (model-written mistakes, an accidental ``rm``), not a determined
-  attacker with ``gc`` tricks. Where the kernel layers are missing (not
-  root and no user namespaces, or root without a usable ``nobody``),
-  :func:`protections` says so.
+- ``passed`` means exit status 0 *and* the last report line is
+  ``completed:SECRET`` with this run's secret: 128 random bits written into
+  a pipe that the harness reads and closes before the program runs, and
+  reported only when the program ran to its last line in the first process
+  (:func:`classify`). Exit status alone, or a line the program wrote, never
+  passes.
+- stdout/stderr go to files outside the run's view; only the last
+  :attr:`Limits.max_output` characters of each are kept.
+- The kernel layers hold against code written to break out of Python; the
+  guard stops ordinary code (model-written mistakes, an accidental ``rm``)
+  and the calls it names, not a determined attacker with ``gc`` tricks.
 """
 
 from __future__ import annotations
