@@ -21,6 +21,9 @@ HumanEvalFix run is :func:`diffmodel.evaluate.humanevalfix.run_benchmark`.
 Invariants:
 - Usage problems (flags, missing folders, a missing package) are reported
   all at once, before any model is loaded; exit status 2.
+- ``eval humanevalfix`` prints the sandbox layers in force as its first line
+  (stderr), then a warning when bubblewrap is missing; with
+  ``--require_isolation`` a missing bubblewrap is a usage problem.
 - Files are written whole (temporary file + rename) after the eval finishes.
 """
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per test run (default: %(default)s)")
     g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
+    g.add_argument("--require_isolation", action="store_true",
+                   help="stop (exit 2) unless test programs can run in bubblewrap, the strongest sandbox layer")
     p.add_argument("--out", default="eval/humanevalfix.json", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: %(default)s)")
 
     p = sub.add_parser("compare", help="two reports of the same eval side by side")
@@ -268,8 +273,16 @@ def run_humanevalfix(args) -> int:
     except DiffModelError as err:
         problems.append(str(err))
         bench = []
+    from diffmodel.evaluate.sandbox import Limits, describe, protections
+
+    prot = protections()
+    if args.require_isolation and prot["warning"]:
+        problems.append(f"--require_isolation: {prot['warning']} Or drop --require_isolation to run with "
+                        f"{' + '.join(prot['layers'])}.")
     raise_if_problems(problems, "cannot run eval humanevalfix")
-    from diffmodel.evaluate.sandbox import Limits
+    print(describe(prot), file=sys.stderr)
+    if prot["warning"]:
+        print(f"warning: {prot['warning']} --require_isolation makes this an error.", file=sys.stderr)
 
     start = time.perf_counter()
     if args.limit is not None:

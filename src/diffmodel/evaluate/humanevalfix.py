@@ -399,8 +399,9 @@ def run_benchmark(
 
     Returns :func:`evaluate_humanevalfix`'s ``(summary, rows)``; the summary
     also holds ``eval_seconds`` (generation and tests) and ``sandbox`` (the
-    kernel layers of :func:`~diffmodel.evaluate.sandbox.protections` in
-    force, without user ids). ``bug_progress`` is called per problem while
+    layers of :func:`~diffmodel.evaluate.sandbox.protections` in force, which
+    are available, the user runs drop to, and the warning when bubblewrap is
+    missing; without user ids). ``bug_progress`` is called per problem while
     bugs are made; ``log`` gets one line on the bug set.
     """
     bugs, cached = load_or_make_bugs(problems, bug_seed, max_tries, cache_dir, workers, progress=bug_progress)
