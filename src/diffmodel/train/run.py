@@ -29,7 +29,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import Trainer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.atomic import save_atomically
@@ -41,6 +41,7 @@ from diffmodel.train.attention import backend_of, check_isolation, choose_attent
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, save_lora
+from diffmodel.train.metrics import DiffTrainer
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
@@ -197,7 +198,7 @@ def run(model_args, data_args, training_args) -> int:
     collator = make_collator(model, tokenizer, data_args.packing, training_args)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
-    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
+    trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_ds if training_args.do_train else None,
