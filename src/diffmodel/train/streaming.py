@@ -8,7 +8,8 @@ Pieces, each small:
   of this rank, a sanity report over the first buffer, and the validation
   split (``--validation_file``, loaded and preprocessed whole, as without
   streaming).
-- :class:`StreamingTrainer`: a ``Trainer`` whose training dataloader does not
+- :class:`StreamingTrainer`: a ``Trainer`` (with the token metrics of
+  :mod:`diffmodel.train.metrics`) whose training dataloader does not
   shard the stream again (each rank's dataset already reads only its own
   part; accelerate would otherwise have every rank read everything and keep
   a slice), and which records, per trained batch, where each reader's stream
@@ -52,6 +53,7 @@ from diffmodel.data.stream_sources import stream_files
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.stream import COUNT_FIELDS, STREAM_KEY, StreamingDataset, first_buffer
+from diffmodel.train.metrics import TokenMetricsMixin
 
 logger = logging.getLogger("diffmodel.train")
 
@@ -177,8 +179,11 @@ class StreamCollator:
         return batch
 
 
-class StreamingTrainer(Trainer):
-    """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch."""
+class StreamingTrainer(TokenMetricsMixin, Trainer):
+    """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch.
+
+    The token metrics of :mod:`diffmodel.train.metrics` come from the same mixin as without streaming.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
