@@ -118,8 +118,10 @@ class MineConfig:
             problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
         if self.context < 0:
             problems.append(f"--context must be >= 0, got {self.context}")
-        if self.edit_format not in formats.FORMATS:
-            problems.append(f"--edit_format {self.edit_format}: unknown edit format; use one of {', '.join(formats.FORMATS)}")
+        try:
+            formats.get(self.edit_format)
+        except DiffModelError as err:
+            problems.append(str(err))
         if self.workers < 1:
             problems.append(f"--workers must be >= 1, got {self.workers}")
         if self.batch_size < 1:
