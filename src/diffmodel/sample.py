@@ -91,21 +91,22 @@ def _first_line_start(text: str, marker: str, start: int) -> int:
     return found + 1 if found >= 0 else -1
 
 
-def diff_start(text: str) -> int:
+def diff_start(text: str, message_marker: str = MESSAGE_MARKER, diff_marker: str = DIFF_MARKER) -> int:
     """Character index of the ``<DFF>`` where the diff starts, or -1 (see the module docstring).
 
     It is the first ``<DFF>`` that starts a line after the last ``<MSG>`` that
-    starts a line.
+    starts a line. Other line-based formats (:mod:`diffmodel.formats.linediff`)
+    use the same rule with their own two markers.
     """
-    msg = _last_line_start(text, MESSAGE_MARKER, len(text))
+    msg = _last_line_start(text, message_marker, len(text))
     if msg < 0:
         return -1
-    return _first_line_start(text, DIFF_MARKER, msg + len(MESSAGE_MARKER))
+    return _first_line_start(text, diff_marker, msg + len(message_marker))
 
 
-def diff_is_empty(text: str, start: int) -> bool:
+def diff_is_empty(text: str, start: int, diff_marker: str = DIFF_MARKER) -> bool:
     """True when nothing but whitespace follows the ``<DFF>`` at ``start`` (a sample with nothing to train)."""
-    return not text[start + len(DIFF_MARKER):].strip()
+    return not text[start + len(diff_marker):].strip()
 
 
 def split(text: str) -> Sample:

@@ -4,7 +4,9 @@ A diff sample is trained only from its ``<DFF>`` marker on; every token before
 the marker is context and gets :data:`IGNORE_INDEX`. Which ``<DFF>`` that is,
 is decided by :func:`diffmodel.sample.diff_start` alone (the ``<DFF>`` line
 after the last ``<MSG>`` line); this module maps that character offset to a
-token.
+token. With another ``--edit_format`` the format's ``loss_start`` and
+``is_empty`` (:mod:`diffmodel.formats`) take the place of ``diff_start`` and
+``diff_is_empty``: the marker that follows the message.
 
 Invariants:
 - The boundary is found by *character offset*: the first trained token is the
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from diffmodel.sample import diff_is_empty, diff_start
+from diffmodel import formats
 
 #: The label value that ``torch.nn.CrossEntropyLoss`` and HF models skip.
 IGNORE_INDEX = -100
@@ -49,33 +51,35 @@ def token_at_char(offsets: Sequence[Sequence[int]], pos: int) -> int | None:
     return None
 
 
-def diff_start_token(text: str, token_at: Callable[[int], int | None]) -> int:
+def diff_start_token(text: str, token_at: Callable[[int], int | None], edit_format: str | None = None) -> int:
     """Token index where the diff of ``text`` starts, or :data:`NO_DIFF` / :data:`EMPTY_DIFF`.
 
-    ``token_at(pos)`` maps a character offset of ``text`` to the token that holds it.
+    ``token_at(pos)`` maps a character offset of ``text`` to the token that holds it;
+    ``edit_format`` names the format of ``text`` (default ``carper``).
     """
-    pos = diff_start(text)
+    fmt = formats.get(edit_format)
+    pos = fmt.loss_start(text)
     if pos < 0:
         return NO_DIFF
-    if diff_is_empty(text, pos):
+    if fmt.is_empty(text, pos):
         return EMPTY_DIFF
     token = token_at(pos)
     return NO_DIFF if token is None else token
 
 
-def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]]) -> int:
+def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]], edit_format: str | None = None) -> int:
     """:func:`diff_start_token` with the tokenizer's offset mapping of ``text``."""
-    return diff_start_token(text, lambda pos: token_at_char(offsets, pos))
+    return diff_start_token(text, lambda pos: token_at_char(offsets, pos), edit_format)
 
 
-def diff_start_from_ids(input_ids: Sequence[int], tokenizer) -> int:
+def diff_start_from_ids(input_ids: Sequence[int], tokenizer, edit_format: str | None = None) -> int:
     """:func:`diff_start_token` for token ids without their text: each token is decoded on its own."""
     pieces = tokenizer.batch_decode([[i] for i in input_ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
     offsets, at = [], 0
     for piece in pieces:
         offsets.append((at, at + len(piece)))
         at += len(piece)
-    return diff_start_from_offsets("".join(pieces), offsets)
+    return diff_start_from_offsets("".join(pieces), offsets, edit_format)
 
 
 def mask_before(input_ids: Sequence[int], start: int) -> list[int]:

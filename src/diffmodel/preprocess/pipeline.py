@@ -55,7 +55,7 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         ids = batch["input_ids"]
         starts = batch.get("diff_start")
     else:
-        enc = tokenize_batch(batch, tokenizer, opts.text_column)
+        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.edit_format)
         ids, starts = enc["input_ids"], enc["diff_start"]
     out: dict[str, list] = {"input_ids": ids}
     has_labels = "labels" in batch and batch["labels"] is not None
@@ -70,7 +70,7 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         out["n_tokens"] = [len(x) for x in ids]
         return out
     if starts is None:
-        starts = [diff_start_from_ids(row_ids, tokenizer) for row_ids in ids]
+        starts = [diff_start_from_ids(row_ids, tokenizer, opts.edit_format) for row_ids in ids]
     out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
     out["diff_start"] = list(starts)
     out["n_tokens"] = [len(x) for x in ids]
@@ -132,7 +132,7 @@ def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int
     raise DiffModelError(
         f"the {split} split is empty after preprocessing ({loaded} loaded, {counts.get('dropped_too_long', 0)} dropped as >= --block_size "
         f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without <DFF>, {counts.get('dropped_empty_diff', 0)} dropped "
-        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data"
+        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data (and that --edit_format is the format its text is written in)"
     )
 
 

@@ -12,7 +12,7 @@ data larger than memory or disk (``diffmodel train --streaming``)::
   dataloader workers read disjoint parts, and together all of it.
 - Text: the rules of the load stage, per row: ``input_ids`` pass through
   (pre-tokenized), else ``--text_column``, else ``text``, else
-  ``name/before/message/diff`` rendered by :func:`diffmodel.sample.render_row`.
+  ``name/before/message/diff`` rendered in ``--edit_format`` by :func:`diffmodel.formats.render_row`.
 - Tokens and labels: :func:`diffmodel.preprocess.pipeline.encode_batch`, then
   the long-sample policy (:func:`~diffmodel.preprocess.tokenize.is_short_enough`
   when the layout drops long samples), then the samples without a diff and
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from diffmodel import sample
+from diffmodel import formats, sample
 from diffmodel.data.load import no_text_error
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -100,7 +100,7 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- pure stages
 
 
-def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
+def row_text(row: dict, text_column: str | None, origin: str, edit_format: str | None = None) -> str | None:
     """The text of one raw row by the load stage's rules, or None for a pre-tokenized row."""
     if "input_ids" in row:
         if text_column is not None:
@@ -119,7 +119,7 @@ def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
     elif "text" in row:
         text, column = row["text"], "text"
     elif all(f in row for f in sample.FIELDS):
-        return sample.render_row(row)
+        return formats.render_row(row, edit_format)
     else:
         raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
@@ -133,7 +133,7 @@ def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: Preproces
     out: list = [None] * len(rows)
     texts, text_at, tokens_at = [], [], []
     for i, (row, origin) in enumerate(zip(rows, origins)):
-        text = row_text(row, text_column, origin)
+        text = row_text(row, text_column, origin, opts.edit_format)
         if text is None:
             tokens_at.append(i)
         else:

@@ -18,8 +18,10 @@ from __future__ import annotations
 from diffmodel.preprocess.labels import diff_start_from_ids, diff_start_token, token_at_char
 
 
-def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text") -> dict[str, list]:
+def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text", edit_format: str | None = None) -> dict[str, list]:
     """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start``.
+
+    ``edit_format`` (default ``carper``) decides where loss starts (:mod:`diffmodel.formats`).
 
     With a fast tokenizer the boundary is the token holding the marker's first
     character (``char_to_token``, read from the offsets the Rust side keeps),
@@ -28,13 +30,13 @@ def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text")
     texts = batch[text_column]
     enc = tokenizer(texts, return_attention_mask=False)
     if not getattr(tokenizer, "is_fast", False):
-        return {"input_ids": enc["input_ids"], "diff_start": [diff_start_from_ids(ids, tokenizer) for ids in enc["input_ids"]]}
+        return {"input_ids": enc["input_ids"], "diff_start": [diff_start_from_ids(ids, tokenizer, edit_format) for ids in enc["input_ids"]]}
 
     def token_at(i: int, pos: int) -> int | None:
         token = enc.char_to_token(i, pos)
         return token if token is not None else token_at_char(enc.encodings[i].offsets, pos)
 
-    starts = [diff_start_token(text, lambda pos, i=i: token_at(i, pos)) for i, text in enumerate(texts)]
+    starts = [diff_start_token(text, lambda pos, i=i: token_at(i, pos), edit_format) for i, text in enumerate(texts)]
     return {"input_ids": enc["input_ids"], "diff_start": starts}
 
 

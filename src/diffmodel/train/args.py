@@ -70,6 +70,7 @@ class DataArguments:
     validation_file: list[str] | None = arg(None, "Validation data files (same formats). Without them, --validation_split_percentage of train is held out.")
     validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
     text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
+    edit_format: str = arg("carper", "How a change is written (docs/formats.md): carper (<NME> <BEF> <MSG> <DFF> and a unified diff), commit (OctoPack <commit_before> <commit_msg> <commit_after> and the whole new file), linediff (OctoPack's numbered -/+ lines) or search_replace (SEARCH/REPLACE blocks). Rows with name/before/message/diff fields are rendered in it; text is read as written in it; with --train_diff_model loss starts at its marker after the message.")
     keep_linebreaks: bool = arg(True, "For .txt files: keep line breaks.")
     skip_bad_records: bool = arg(False, "Skip bad JSON records (not JSON, not an object, text missing or not a string) and count them in the report instead of stopping at the first.")
     max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
@@ -285,6 +286,7 @@ def data_problems(data_args: DataArguments) -> list[str]:
 
     Files and globs are checked to exist; the layout flags to agree.
     """
+    from diffmodel import formats
     from diffmodel.data.load import expand_files
 
     problems = []
@@ -294,6 +296,10 @@ def data_problems(data_args: DataArguments) -> list[str]:
         problems.append("--load_from_disk needs --dataset_name, the folder written by save_to_disk")
     for flag, patterns in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         problems += expand_files(patterns or [], flag)[1]
+    try:
+        formats.get(data_args.edit_format)
+    except DiffModelError as err:
+        problems.append(str(err))
     if data_args.packing and data_args.concatenate_texts:
         problems.append("--packing and --concatenate_texts are two different layouts; pass one of them")
     if data_args.block_size is not None and data_args.block_size < 2:
