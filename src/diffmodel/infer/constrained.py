@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffmodel.diff.grammar import DiffGrammar, DiffState
+from diffmodel.diff.grammar import DiffGrammar, DiffState, Next
 from diffmodel.infer.prompt import STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, finish_edit
 
 #: What the sample format puts between ``<DFF>`` and the diff.
@@ -165,6 +165,17 @@ class TokenTable:
                 rest = text[at + 1:]
                 self.after_newline.setdefault(rest[0], {}).setdefault(rest, []).append(i)
         self.newline_free = newline_free
+        #: in '+' text (nothing pending) these tokens that are not whole UTF-8 are allowed as they are:
+        #: whole characters without a newline, then the start of one more character
+        self.partial_in_added = []
+        for group in self.partial.values():
+            for i, data in group:
+                split = _utf8_split(data)
+                if split is not None and "\n" not in split[0]:
+                    self.partial_in_added.append(i)
+        # tokens not whole UTF-8 that hold a newline are rare: checked one by one in '+' text
+        self._partial_newline = [(i, d) for g in self.partial.values() for i, d in g
+                                 if (sp := _utf8_split(d)) is not None and "\n" in sp[0]]
         self.sorted = sorted(self.ids_of)
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
@@ -175,37 +186,41 @@ class TokenTable:
         """(token ids allowed after ``state`` and ``pending`` bytes, whether every newline-free token is too)."""
         out: list[int] = []
         everything = False
-        if not pending:
-            nxt = state.allowed_next()
-            if nxt.field == "added":
-                everything = True
-                self._added_from_start(state, out)
-            else:
-                self._extend(state, "", out)
-        self._partial(state, pending, out)
+        nxt = state.allowed_next()
+        if pending:
+            self._partial(state, nxt, pending, out)
+        elif nxt.field == "added":
+            everything = True
+            self._added_from_start(state, out)
+            out.extend(self.partial_in_added)
+            out.extend(i for i, data in self._partial_newline if self.step(state, b"", data) is not None)
+        else:
+            self._extend(state, "", out, nxt)
+            self._partial(state, nxt, pending, out)
         return out, everything
 
     def _has_longer(self, prefix: str) -> bool:
         i = bisect.bisect_right(self.sorted, prefix)
         return i < len(self.sorted) and self.sorted[i].startswith(prefix)
 
-    def _extend(self, state: DiffState, prefix: str, out: list[int]) -> None:
+    def _extend(self, state: DiffState, prefix: str, out: list[int], nxt: Next | None = None) -> None:
         """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts."""
         if not self._has_longer(prefix):
             return
-        nxt = state.allowed_next()
+        nxt = nxt or state.allowed_next()
         room = self.maxlen - len(prefix)
         if nxt.field == "forced":
             forced = nxt.forced
             for k in range(1, min(len(forced), room) + 1):
                 out.extend(self.ids_of.get(prefix + forced[:k], ()))
-            if len(forced) < room:
+            if len(forced) < room and self._has_longer(prefix + forced):
                 self._extend(state.feed(forced), prefix + forced, out)
         elif nxt.chars is not None:
             for c in nxt.chars:
                 longer = prefix + c
                 out.extend(self.ids_of.get(longer, ()))
-                self._extend(state.feed(c), longer, out)
+                if self._has_longer(longer):
+                    self._extend(state.feed(c), longer, out)
         else:  # '+' text after a non-empty prefix: the few tokens starting with it
             i = bisect.bisect_right(self.sorted, prefix)
             while i < len(self.sorted) and self.sorted[i].startswith(prefix):
@@ -225,14 +240,13 @@ class TokenTable:
                 if line.accepts(rest):
                     out.extend(ids)
 
-    def _partial(self, state: DiffState, pending: bytes, out: list[int]) -> None:
+    def _partial(self, state: DiffState, nxt: Next, pending: bytes, out: list[int]) -> None:
         """Tokens that are not whole UTF-8: allowed when their complete text is and their tail may follow."""
         if not self.partial:
             return
         if pending:
             firsts = range(0x80, 0xC0)
         else:
-            nxt = state.allowed_next()
             if nxt.field == "forced":
                 firsts = nxt.forced.encode("utf-8")[:1]
             elif nxt.chars is not None:
@@ -367,6 +381,7 @@ class ConstrainedDecoder:
         self.pad_id = pad_id
         vocab = getattr(model.config, "vocab_size", None) or getattr(model.get_output_embeddings(), "out_features", None)
         self.table = TokenTable(tokenizer, vocab)
+        self._newline_free: torch.Tensor | None = None  # the table's mask on the logits' device
         #: forward calls of the last :meth:`generate` (prefill included)
         self.forward_calls = 0
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
@@ -386,22 +401,35 @@ class ConstrainedDecoder:
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row], opts: DecodeOptions) -> list[int | None]:
         """One token per row from its allowed set (None: nothing allowed)."""
-        mask = torch.zeros(logits.shape, dtype=torch.bool)
+        device = logits.device
         size = min(self.table.size, logits.shape[1])
+        if self._newline_free is None or self._newline_free.device != device:
+            self._newline_free = self.table.newline_free[:size].to(device)
+        mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+        rows_at: list[int] = []
+        ids_at: list[int] = []
+        wide: list[int] = []
         empty = []
         for r, row in enumerate(rows):
             ids, everything = self.table.allowed(row.state, row.pending)
             if everything:
-                mask[r, :size] = self.table.newline_free[:size]
+                wide.append(r)
             row.ends = dict(self.table.ends(row.state, row.pending))
             if row.tokens >= opts.min_new_tokens or not (ids or everything):
                 if not row.pending and row.state.can_end:
                     ids = ids + self.eos_ids
                 ids = ids + list(row.ends)
-            if ids:
-                mask[r, torch.tensor(ids, dtype=torch.long)] = True
+            ids = [i for i in ids if i < logits.shape[1]]
+            rows_at.extend([r] * len(ids))
+            ids_at.extend(ids)
             empty.append(not (ids or everything))
-        scores = logits.float().masked_fill(~mask.to(logits.device), float("-inf"))
+        if wide:
+            mask[torch.tensor(wide, device=device), :size] = self._newline_free
+        if ids_at:
+            mask[torch.tensor(rows_at, device=device), torch.tensor(ids_at, device=device)] = True
+        scores = logits.float().masked_fill(~mask, float("-inf"))
+        if any(empty):  # no token fits (the row ends): any finite scores keep sampling well defined
+            scores[torch.tensor([r for r, e in enumerate(empty) if e], device=device)] = 0.0
         if opts.temperature <= 0:
             picked = scores.argmax(dim=-1)
         else:
