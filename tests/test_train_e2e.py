@@ -326,3 +326,43 @@ class TestLoraRun:
         base = AutoModelForCausalLM.from_pretrained(workdir / "llama")
         changed = [n for n, p in merged.named_parameters() if not (p == dict(base.named_parameters())[n]).all()]
         assert changed and all("proj" in n for n in changed)  # only adapted linear layers moved
+
+
+class TestGenerationEval:
+    """--generation_eval_samples: edit quality logged at each evaluation, plotted beside loss.png."""
+
+    def test_scores_logged_at_each_evaluation_equal_eval_edits_on_the_saved_model(self, workdir):
+        from diffmodel.evaluate.edits import evaluate_edits
+        from diffmodel.infer import DiffModel
+        from diffmodel.preprocess.options import options_from
+        from diffmodel.train.args import DataArguments
+        from diffmodel.train.generation_eval import LOGGED, held_out_cases
+
+        out = workdir / "gen_eval"
+        args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=2, eval_strategy="steps", eval_steps=1,
+                    validation_split_percentage=10, per_device_eval_batch_size=2,
+                    generation_eval_samples=3, generation_eval_max_new_tokens=24)
+        assert train_main(_flags(args)) == 0
+        state = json.loads((out / "trainer_state.json").read_text())
+        logged = [e for e in state["log_history"] if "eval_gen_exact" in e]
+        assert [e["step"] for e in logged] == [1, 2]
+        for entry in logged:
+            assert all(0.0 <= entry[f"eval_gen_{m}"] <= 1.0 for m in LOGGED)
+            assert entry["eval_gen_forced_share"] > 0.0  # diff-aware decoding
+        assert (out / "generation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        data = DataArguments(train_file=args["train_file"], validation_split_percentage=10, train_diff_model=True,
+                             ignore_long_samples=True, block_size=128)
+        load_opts, _ = options_from(data, 128, args["cache_dir"], args["seed"])
+        cases, _ = held_out_cases(load_opts, 3)
+        assert len(cases) == 3
+        summary, _ = evaluate_edits(DiffModel.from_pretrained(out), cases, max_new_tokens=24, batch_size=2)
+        assert {m: logged[-1][f"eval_gen_{m}"] for m in LOGGED} == {m: round(summary["metrics"][m], 4) for m in LOGGED}
+
+    def test_needs_do_eval(self, workdir):
+        args = dict(_common(workdir, workdir / "gen_x"), do_train=True, max_steps=1, generation_eval_samples=2,
+                    generation_eval_max_new_tokens=0)
+        with pytest.raises(DiffModelError) as err:
+            train_main(_flags(args))
+        assert "--generation_eval_samples runs at each evaluation: add --do_eval" in str(err.value)
+        assert "--generation_eval_max_new_tokens 0 must be at least 1" in str(err.value)
