@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_samples", type=int, default=400)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=1, help="timed runs of each arm, alternating (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="timed runs of each arm, alternating (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--out", help="also write the Markdown table here")

@@ -7,18 +7,27 @@ only where the diff may end, and text the grammar forces (the rest of a
 context or removal line, ``@@ -``, the `` @@`` that closes a header) is not
 decoded step by step but fed to the model as one chunk::
 
-    prefill   prompt + tokens(" @@ -")                       one forward, left-padded
-    step      row a: [sampled token] + tokens(forced text)    one forward for the whole batch:
+    prefill   prompt + tokens(" @@ -")[:-1]                  one forward, left-padded
+    step      row a: [sampled token] + tokens(forced)[:-1]    one forward for the whole batch:
               row b: [sampled token]                          shorter rows padded on the LEFT of
               row c: (finished: dropped from the cache)       the chunk, pads masked out
 
-A step feeds each row its sampled token followed by every token the grammar
-forces after it (tokenized alone, checked to decode to exactly the forced
-bytes, else written greedily byte by byte from the vocabulary), so a context
-line costs one forward, not one per token. Pads inside the KV cache keep
-attention mask 0 for the rest of generation; each row's position ids count
-only its real tokens, so a row sees the same positions alone or in a batch.
-Finished rows are removed from the cache (``batch_select_indices``).
+A step feeds each row its sampled token followed by the tokens of the text
+the grammar forces after it (tokenized alone, checked to decode to exactly the
+forced bytes, else written greedily from the longest vocabulary entries), so a
+context line costs one forward, not one per token. The last token of each
+forced span is held back: the model picks it at the next step among the tokens
+that fit, so a token that BPE merges across the span's end (``"\n    "``, a
+newline and the next line's indent) stays possible and the model sees the
+tokenization it was trained on at line boundaries. Pads inside the KV cache
+keep attention mask 0 for the rest of generation; each row's position ids
+count only its real tokens, so a row sees the same positions alone or in a
+batch. Finished rows are removed from the cache (``batch_select_indices``).
+
+The end: EOS where the grammar allows it, or a token that starts a line with
+``<`` there (the next sample's ``<NME>``: a diff line never starts with
+``<``), which ends the row with ``stop == "marker"`` as unconstrained
+decoding's ``<NME>`` stop does.
 
 Token texts: every vocabulary entry's bytes are read once (:class:`TokenTable`:
 byte-level BPE through its byte alphabet, SentencePiece pieces with ``▁`` and
@@ -48,6 +57,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -382,10 +392,25 @@ class ConstrainedDecoder:
         vocab = getattr(model.config, "vocab_size", None) or getattr(model.get_output_embeddings(), "out_features", None)
         self.table = TokenTable(tokenizer, vocab)
         self._newline_free: torch.Tensor | None = None  # the table's mask on the logits' device
+        self._params: set[str] | None = None  # the model's forward arguments
         #: forward calls of the last :meth:`generate` (prefill included)
         self.forward_calls = 0
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
         self.last_ids: list[list[int]] = []
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One forward pass with the KV cache; returns (cache, the logits of each row's last position)."""
+        if self._params is None:
+            self._params = set(inspect.signature(self.model.forward).parameters)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
+        if "logits_to_keep" in self._params:
+            kwargs["logits_to_keep"] = 1
+        if cache is not None:  # transformers 5 names it ``cache``; older models ``past_key_values``
+            kwargs["cache" if "cache" in self._params else "past_key_values"] = cache
+        out = self.model(**kwargs)
+        self.forward_calls += 1
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return cache, out.logits[:, -1]
 
     def _forced_after(self, row: _Row) -> None:
         """Append to the row's chunk every token the grammar forces now."""
@@ -481,10 +506,7 @@ class ConstrainedDecoder:
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             lengths = mask.sum(dim=1)
             mask = mask.to(device)
-            out = self.model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device),
-                             use_cache=True, logits_to_keep=1)
-            self.forward_calls += 1
-            cache, logits = out.cache, out.logits[:, -1]
+            cache, logits = self._forward(ids.to(device), mask, positions.to(device), None)
         for row in rows:
             row.chunk = []
         while live:
@@ -528,10 +550,7 @@ class ConstrainedDecoder:
             for i in live:
                 rows[i].chunk = []
             mask = torch.cat([mask, step_mask.to(device)], dim=1)
-            out = self.model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions.to(device),
-                             cache=cache, use_cache=True, logits_to_keep=1)
-            self.forward_calls += 1
-            cache, logits = out.cache, out.logits[:, -1]
+            cache, logits = self._forward(ids.to(device), mask, positions.to(device), cache)
         self.last_ids = [row.ids for row in rows]
         edits: list[list[Edit]] = []
         for p in range(len(codes)):
