@@ -108,6 +108,40 @@ class TestPartialUtf8Tokens:
             assert b"".join(table.bytes[i] for i in tiny_tokenizer(text)["input_ids"]) == text.encode()
 
 
+def _sentencepiece_tokenizer():
+    """A hand-made Llama-2-style tokenizer: '▁' for spaces, a prepended '▁', <0xNN> byte fallback."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{i:02X}>": 3 + i for i in range(256)})
+    for c in string.printable.replace(" ", "\u2581"):
+        vocab.setdefault(c, len(vocab))
+    merges = [("\u2581", "r"), ("e", "t"), ("\u2581r", "et")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", bos_token="<s>"), vocab
+
+
+class TestSentencePieceVocabulary:
+    def test_pieces_and_byte_fallback_spell_the_text_and_forced_text_drops_the_prepended_space(self):
+        tok, vocab = _sentencepiece_tokenizer()
+        table = TokenTable(tok)
+        text = "x = é\n ret\n"
+        assert b"".join(table.bytes[i] for i in tok(text, add_special_tokens=False)["input_ids"]) == (" " + text).encode()
+        assert table.bytes[vocab["<0xC3>"]] == b"\xc3" and table.bytes[vocab["\u2581ret"]] == b" ret"
+        assert table.bytes[:3] == [None, None, None]
+        # the tokenizer prepends a space to text alone: the forced tokens are spelt from the vocabulary instead
+        want = ["x", "\u2581", "=", "\u2581", "<0xC3>", "<0xA9>", "\n", "\u2581ret", "\n"]
+        assert table.encode_forced(tok, text) == [vocab[p] for p in want]
+
+
 class TestTrainedModelUnderConstraints:
     @pytest.mark.parametrize("key", ["calc", "greet", "crlf"])
     def test_known_diffs_unchanged(self, trained, key):

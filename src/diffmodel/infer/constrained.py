@@ -156,7 +156,8 @@ class TokenTable:
         for i, data in enumerate(self.bytes):
             if not data:
                 continue
-            self.by_bytes.setdefault(data, i)
+            if data not in self.by_bytes or self._fallback_piece(tokenizer, self.by_bytes[data]):
+                self.by_bytes[data] = i  # spelling forced text: a vocabulary piece over a <0xNN> byte piece
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -189,6 +190,11 @@ class TokenTable:
         self.sorted = sorted(self.ids_of)
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
+
+    @staticmethod
+    def _fallback_piece(tokenizer, i: int) -> bool:
+        """Whether token ``i`` is a SentencePiece byte-fallback piece (``<0xNN>``)."""
+        return bool(_BYTE_PIECE.match(str(tokenizer.convert_ids_to_tokens(i))))
 
     # -- which tokens may come next ----------------------------------------------------------
 
