@@ -38,7 +38,9 @@ tail waits in the row's ``pending`` bytes until the character is complete.
 Candidate tokens are narrowed before the grammar is asked: tokens are found by
 prefix in the sorted token texts, following forced text and the few characters
 allowed at a line start or in a header; in ``+`` text every token without a
-newline is allowed by one precomputed mask.
+newline is allowed by one precomputed mask. Answers are cached by the state's
+:attr:`~diffmodel.diff.grammar.DiffState.signature` for one ``generate`` call
+(every step inside a ``+`` line, and the samples of one request, ask alike).
 
 Invariants:
 - The text fed to a row's grammar state is exactly the bytes of the tokens fed
@@ -190,6 +192,9 @@ class TokenTable:
         self.sorted = sorted(self.ids_of)
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
+        #: cached answers of :meth:`allowed` and :meth:`ends`, by state signature
+        self.memo: dict[tuple, tuple[list[int], bool]] = {}
+        self.memo_ends: dict[tuple, list[tuple[int, str]]] = {}
 
     @staticmethod
     def _fallback_piece(tokenizer, i: int) -> bool:
@@ -199,7 +204,24 @@ class TokenTable:
     # -- which tokens may come next ----------------------------------------------------------
 
     def allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
-        """(token ids allowed after ``state`` and ``pending`` bytes, whether every newline-free token is too)."""
+        """(token ids allowed after ``state`` and ``pending`` bytes, whether every newline-free token is too).
+
+        Cached by the state's :attr:`~DiffState.signature` in :attr:`memo`
+        (every step of a ``+`` line asks the same question); the caller
+        clears the cache (:meth:`forget`) when its grammars go.
+        """
+        key = (state.signature, pending)
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = self._allowed(state, pending)
+        return found
+
+    def forget(self) -> None:
+        """Drop the cached answers (they hold the grammars of finished requests)."""
+        self.memo.clear()
+        self.memo_ends.clear()
+
+    def _allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
         out: list[int] = []
         everything = False
         nxt = state.allowed_next()
@@ -279,9 +301,17 @@ class TokenTable:
 
         Returns (id, the text before the ``<``, which the diff keeps); the diff
         must be able to end after that text. A diff line never starts with ``<``.
+        Cached like :meth:`allowed`.
         """
         if pending:
             return []
+        key = state.signature
+        found = self.memo_ends.get(key)
+        if found is None:
+            found = self.memo_ends[key] = self._ends(state)
+        return found
+
+    def _ends(self, state: DiffState) -> list[tuple[int, str]]:
         out = []
         for i, before in self.line_lt:
             if not before:
@@ -477,10 +507,17 @@ class ConstrainedDecoder:
             picked = torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
         return [None if e else int(t) for e, t in zip(empty, picked.tolist())]
 
-    @torch.inference_mode()
     def generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
                  opts: DecodeOptions) -> list[list[Edit]]:
         """``result[p][k]``: sample ``k`` of prompt ``p``; ``budgets[p]``: its most new tokens."""
+        try:
+            return self._generate(prompts, codes, num_samples, budgets, opts)
+        finally:
+            self.table.forget()
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
+                  opts: DecodeOptions) -> list[list[Edit]]:
         self.forward_calls = 0
         device = self.model.device
         rows: list[_Row] = []
