@@ -366,3 +366,15 @@ class TestGenerationEval:
             train_main(_flags(args))
         assert "--generation_eval_samples runs at each evaluation: add --do_eval" in str(err.value)
         assert "--generation_eval_max_new_tokens 0 must be at least 1" in str(err.value)
+
+    def test_refused_where_the_weights_are_sharded(self):
+        from types import SimpleNamespace
+
+        from diffmodel.train.args import DataArguments, generation_eval_problems
+
+        zero3 = Path(__file__).resolve().parents[1] / "src/diffmodel/launch/configs/ds_zero3.json"
+        data = DataArguments(train_file=["x.jsonl"], generation_eval_samples=2)
+        for sharded in (SimpleNamespace(do_eval=True, fsdp="full_shard", deepspeed=None),
+                        SimpleNamespace(do_eval=True, fsdp="", deepspeed=str(zero3))):
+            assert ["FSDP or DeepSpeed ZeRO-3" in p for p in generation_eval_problems(data, sharded)] == [True]
+        assert generation_eval_problems(data, SimpleNamespace(do_eval=True, fsdp="", deepspeed={"zero_optimization": {"stage": 2}})) == []

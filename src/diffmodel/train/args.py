@@ -310,6 +310,19 @@ def data_problems(data_args: DataArguments) -> list[str]:
     return problems
 
 
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a ``--deepspeed`` configuration (a JSON file or a dict); None when unknown."""
+    if not deepspeed:
+        return None
+    try:
+        if isinstance(deepspeed, str):
+            with open(deepspeed, encoding="utf-8") as f:
+                deepspeed = json.load(f)
+        return int(deepspeed.get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def generation_eval_problems(data_args: DataArguments, training_args) -> list[str]:
     """``--generation_eval_samples`` needs evaluations to hook on and raw held-out samples."""
     n = data_args.generation_eval_samples
@@ -322,6 +335,9 @@ def generation_eval_problems(data_args: DataArguments, training_args) -> list[st
         problems.append("--generation_eval_samples runs at each evaluation: add --do_eval (and --eval_strategy steps --eval_steps N to evaluate during training)")
     if n > 0 and data_args.streaming:
         problems.append("--generation_eval_samples does not work with --streaming yet; run diffmodel eval edits on a saved checkpoint instead")
+    if n > 0 and (getattr(training_args, "fsdp", None) or _zero_stage(getattr(training_args, "deepspeed", None)) == 3):
+        problems.append("--generation_eval_samples generates on the main process alone, which cannot hold the model when "
+                        "FSDP or DeepSpeed ZeRO-3 shard it; drop --generation_eval_samples and run diffmodel eval edits on saved checkpoints")
     if n > 0 and data_args.skip_concat:
         problems.append("--generation_eval_samples needs raw samples, but --skip_concat data is already laid out; run diffmodel eval edits on a saved checkpoint instead")
     return problems
