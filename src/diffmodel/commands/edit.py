@@ -46,6 +46,10 @@ examples:
   diffmodel edit --model runs/model src/app.py -m "Add type hints" --apply
   diffmodel edit --model runs/model src/app.py -m "Fix the bug" --num_samples 8 --temperature 0.8
   diffmodel edit --model runs/model --jsonl requests.jsonl edits.jsonl --batch_size 32
+  diffmodel edit --model runs/model src/app.py -m "Add type hints" --unconstrained   # no diff grammar
+
+Decoding is diff-aware unless --unconstrained is given: context and removed
+lines are the file's own, so a finished diff always applies strictly.
 
 status: strict (applied at the stated lines), lenient (applied after the
 lenient applier relocated hunks), failed, too_long (prompt longer than the
