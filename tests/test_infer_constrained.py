@@ -80,6 +80,34 @@ class TestAllowedTokensOfAHandMadeVocabulary:
         assert table.greedy(b"xb\n-") == [ids("x")[0], 100, ids("-")[0]]
 
 
+class TestAllowedEqualsEveryTokenTheGrammarAccepts:
+    """The narrowed search gives exactly the tokens a check of the whole vocabulary gives, at every point of a diff."""
+
+    @pytest.mark.parametrize("name", list(HARD_FILES))
+    def test_at_every_character_of_a_real_diff(self, tiny_tokenizer, name):
+        from diffmodel.diff.make import make_diff
+
+        table = TokenTable(tiny_tokenizer)
+        code = HARD_FILES[name]
+        lines = code.splitlines(keepends=True)
+        after = "".join(lines[:1]) + "new = 1\n" + "".join(lines[2:])  # change the second line
+        diff = make_diff(code, after)
+        start = DiffGrammar(code).start()
+        free = set(table.newline_free.nonzero().flatten().tolist())
+        for k in range(len(diff) + 1):
+            state = start.feed(diff[:k])
+            allowed, everything = table.allowed(state, b"")
+            got = set(allowed) | (free if everything else set())
+            want = {i for i, data in enumerate(table.bytes) if data and table.step(state, b"", data) is not None}
+            assert got == want, (name, diff[:k])
+            assert len(allowed) == len(set(allowed))
+            char = diff[k:k + 1].encode()
+            for cut in range(1, len(char)):  # in the middle of a multi-byte character
+                allowed, everything = table.allowed(state, char[:cut])
+                want = {i for i, data in enumerate(table.bytes) if data and table.step(state, char[:cut], data) is not None}
+                assert not everything and set(allowed) == want and want, (name, diff[:k], cut)
+
+
 class TestPartialUtf8Tokens:
     def test_split_and_incomplete_tails(self):
         assert _utf8_split("é".encode()) == ("é", b"")
