@@ -172,6 +172,7 @@ class TestJsonl:
             assert (by_id[i]["diff"], by_id[i]["new_code"], by_id[i]["status"]) == (s["diff"], s["after"], s["status"])
         assert "editing" in err  # the progress bar
         assert "7 requests, 7 edits" in err and "strict 4, lenient 1, failed 2" in err
+        assert "forced" not in err  # --unconstrained
 
     def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -183,6 +184,12 @@ class TestJsonl:
         got = [json.loads(line) for line in dst.read_text().splitlines()]
         assert [r["sample"] for r in got] == [0, 1]
         assert all(r["reference_diff"] == "REF" for r in got)
+        from diffmodel.evaluate.edits import forced_share
+
+        again = DiffModel.from_pretrained(model_dir).edit_many([(s["before"], s["message"], s["name"])], num_samples=2,
+                                                               temperature=0.7, top_p=0.95, seed=1, max_new_tokens=512)
+        assert [e.diff for e in again[0]] == [r["diff"] for r in got]
+        assert f"edits/s, {forced_share(again):.0%} of tokens forced)" in err
 
 
 class TestErrors:

@@ -183,6 +183,7 @@ def run_one(args) -> int:
 
 def run_jsonl(args) -> int:
     from diffmodel.atomic import write_bytes
+    from diffmodel.evaluate.edits import forced_share
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -207,7 +208,9 @@ def run_jsonl(args) -> int:
     write_bytes(os.path.abspath(dst), "".join(lines).encode("utf-8"))
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
     rate = sum(counts.values()) / seconds if seconds > 0 else float("inf")
-    print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s): {summary}; wrote {dst}", file=sys.stderr)
+    forced = "" if args.unconstrained else f", {forced_share(results):.0%} of tokens forced"
+    print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s{forced}): {summary}; wrote {dst}",
+          file=sys.stderr)
     return 0
 
 
