@@ -78,6 +78,7 @@ class TestAllowedTokensOfAHandMadeVocabulary:
         assert table.encode_forced(tok, "ab\n") == [ids("a")[0], 100]
         assert table.encode_forced(tok, "ab\n", skip=1) == [100]
         assert table.greedy(b"xb\n-") == [ids("x")[0], 100, ids("-")[0]]
+        assert table.encode_forced(tok, "\u00e9\n") == []  # no token spells the byte: the decoder cuts the row, with a note
 
 
 class TestAllowedEqualsEveryTokenTheGrammarAccepts:

@@ -606,8 +606,9 @@ class ConstrainedDecoder:
             diff = row.state.finish()
         else:
             diff = row.state.finish(partial=True)
-            row.notes.append(f"generation stopped after {row.tokens} tokens (--max_new_tokens or the model's positions): "
-                             "the unfinished last line or hunk was dropped")
+            if row.tokens >= row.budget:  # else a note already says why the row stopped
+                row.notes.append(f"generation stopped after {row.tokens} tokens (--max_new_tokens or the model's positions): "
+                                 "the unfinished last line or hunk was dropped")
         edit = finish_edit(row.code, diff, row.stop or STOP_LENGTH, row.tokens)
         edit.notes = row.notes + edit.notes
         edit.forced_tokens = row.forced
