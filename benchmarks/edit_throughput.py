@@ -23,7 +23,9 @@ Set-up (nothing is downloaded):
 - Batched: ``DiffModel(model, tokenizer).edit_many(...)`` on all
   ``--requests`` prompts for each ``--batch_sizes`` value: tokenization,
   sorting, left padding, generation with the ``<NME>`` stop, decoding,
-  parsing and applying included.
+  parsing and applying included; unconstrained (``constrained=False``), the
+  decoding the baseline does (diff-aware decoding is measured by
+  ``benchmarks/constrained_decoding.py``).
 
 Prints a Markdown report (and writes it to ``--out``).
 """
@@ -123,7 +125,8 @@ def run_pipeline(pipe, prompts: list[str], new_tokens: int, budget_s: float, dev
 def run_batched(dm: DiffModel, requests: list[EditRequest], new_tokens: int, batch_size: int, device) -> float:
     sync(device)
     start = time.perf_counter()
-    results = dm.edit_many(requests, max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch_size)
+    results = dm.edit_many(requests, max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch_size,
+                           constrained=False)  # the same decoding as the pipeline baseline
     sync(device)
     seconds = time.perf_counter() - start
     counts = {e.num_tokens for group in results for e in group}
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [dm.prompt(r) for r in requests]
     # warm-up: kernels, allocator, tokenizer caches
     run_pipeline(pipe, prompts[:2], 8, 1e9, device)
-    dm.edit_many(requests[:4], max_new_tokens=8, min_new_tokens=8, batch_size=4)
+    dm.edit_many(requests[:4], max_new_tokens=8, min_new_tokens=8, batch_size=4, constrained=False)
 
     n_one, one_s = run_pipeline(pipe, prompts, args.new_tokens, args.baseline_seconds, device)
     one_rate = n_one / one_s

@@ -12,10 +12,11 @@ import pytest
 from diffmodel.cli import main as diffmodel
 
 #: flags each out of range, and the message each gives (the same for edit and eval)
-BAD_GENERATION = ["--top_p", "1.5", "--temperature", "-1", "--max_new_tokens", "0", "--batch_size", "0"]
+BAD_GENERATION = ["--top_p", "1.5", "--top_k", "-1", "--temperature", "-1", "--max_new_tokens", "0", "--batch_size", "0"]
 PROBLEMS = [
     "  - --temperature must be 0 (greedy) or more, got -1.0",
     "  - --top_p must be in (0, 1], got 1.5",
+    "  - --top_k must be 0 (off) or more, got -1",
     "  - --max_new_tokens must be at least 1, got 0",
     "  - --batch_size must be at least 1, got 0",
 ]

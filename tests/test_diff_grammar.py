@@ -419,3 +419,16 @@ def test_make_diff_is_accepted_char_by_char_and_finishes_unchanged(pair, context
     else:
         assert state.can_end
         assert state.finish() == diff
+
+
+class TestSignature:
+    def test_states_that_accept_the_same_continuations_share_a_signature(self):
+        from diffmodel.diff.grammar import DiffGrammar
+
+        start = DiffGrammar("a\nb\n").start()
+        one = start.feed("@@ -1,2 +1,2 @@\n+x\n")
+        two = start.feed("@@ -1 +1,9 @@\n+longer line\n+y\n")  # other counts and text, same place
+        assert one.signature == two.signature and one.text != two.text
+        assert start.feed("@@ -1,2 +1,2 @@\n+x").signature == start.feed("@@ -1 +1 @@\n+yy").signature  # inside '+' text
+        assert one.feed(" ").signature != one.feed("-").signature
+        assert one.signature != DiffGrammar("a\nb\n").start().feed("@@ -1,2 +1,2 @@\n+x\n").signature  # another grammar

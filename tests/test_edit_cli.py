@@ -58,9 +58,17 @@ class TestOneFile:
     def test_lenient_edit_applies(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         path = _write(tmp_path, "shift")
-        code, _, err = _edit(["--model", str(model_dir), "shift.py", "-m", "Bump y", "--apply"], capsys)
+        code, _, err = _edit(["--model", str(model_dir), "shift.py", "-m", "Bump y", "--apply", "--unconstrained"], capsys)
         assert code == 0 and "(lenient)" in err
         assert path.read_text() == "x = 1\ny = 3\n"
+
+    def test_by_default_the_diff_is_written_over_the_files_lines(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, "wrong")  # unconstrained, the model removes a line "b = 1" the file does not have
+        code, out, err = _edit(["--model", str(model_dir), "other.py", "-m", "Set b", "--apply"], capsys)
+        assert code == 0 and "applies (strict)" in err
+        assert out == "@@ -1 +1 @@\n-a = 1\n+b = 2\n"
+        assert path.read_text() == "b = 2\n"
 
     def test_new_file_from_an_empty_one(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
@@ -72,7 +80,7 @@ class TestOneFile:
     def test_failed_edit_writes_nothing_and_exits_1(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         path = _write(tmp_path, "wrong")
-        code, out, err = _edit(["--model", str(model_dir), "other.py", "-m", "Set b", "--apply"], capsys)
+        code, out, err = _edit(["--model", str(model_dir), "other.py", "-m", "Set b", "--apply", "--unconstrained"], capsys)
         assert code == 1
         assert out == SAMPLES["wrong"]["diff"]
         assert "does not apply" in err and "nothing written" in err
@@ -81,7 +89,7 @@ class TestOneFile:
     def test_header_without_new_range_is_not_applied(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         path = _write(tmp_path, "half")
-        code, out, err = _edit(["--model", str(model_dir), "half.py", "-m", "Pad half", "--apply"], capsys)
+        code, out, err = _edit(["--model", str(model_dir), "half.py", "-m", "Pad half", "--apply", "--unconstrained"], capsys)
         assert code == 1
         assert out == SAMPLES["half"]["diff"]
         assert "half.py: does not apply" in err and "nothing written" in err
@@ -149,20 +157,22 @@ class TestJsonl:
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         rows = _rows()
         src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
-        code, out, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--batch_size", "4"], capsys)
+        code, out, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--batch_size", "4", "--unconstrained"], capsys)
         assert code == 0 and out == ""
         got = [json.loads(line) for line in dst.read_text().splitlines()]
 
         model = DiffModel.from_pretrained(model_dir)
         assert len(got) == len(rows)
         for row, result in zip(rows, got):
-            edit = model.edit(row.get("before", row.get("code")), row["message"], row.get("name", row.get("path")), max_new_tokens=512)
+            edit = model.edit(row.get("before", row.get("code")), row["message"], row.get("name", row.get("path")), max_new_tokens=512,
+                              constrained=False)
             assert result == {**row, "diff": edit.diff, "new_code": edit.new_code, "status": str(edit.status), "notes": edit.notes}
         by_id = {r["id"]: r for r in got}
         for i, (key, s) in enumerate(SAMPLES.items()):
             assert (by_id[i]["diff"], by_id[i]["new_code"], by_id[i]["status"]) == (s["diff"], s["after"], s["status"])
         assert "editing" in err  # the progress bar
         assert "7 requests, 7 edits" in err and "strict 4, lenient 1, failed 2" in err
+        assert "forced" not in err  # --unconstrained
 
     def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -174,6 +184,12 @@ class TestJsonl:
         got = [json.loads(line) for line in dst.read_text().splitlines()]
         assert [r["sample"] for r in got] == [0, 1]
         assert all(r["reference_diff"] == "REF" for r in got)
+        from diffmodel.evaluate.edits import forced_share
+
+        again = DiffModel.from_pretrained(model_dir).edit_many([(s["before"], s["message"], s["name"])], num_samples=2,
+                                                               temperature=0.7, top_p=0.95, seed=1, max_new_tokens=512)
+        assert [e.diff for e in again[0]] == [r["diff"] for r in got]
+        assert f"edits/s, {forced_share(again):.0%} of tokens forced)" in err
 
 
 class TestErrors:

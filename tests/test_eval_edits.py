@@ -76,7 +76,7 @@ class TestTrainedModel:
     def test_a_lenient_apply_counts_as_applied_but_not_strict(self, model):
         cases, skipped = make_cases([row("shift", after=SAMPLES["shift"]["after"])])
         assert skipped == {}
-        summary, _ = evaluate_edits(model, cases)
+        summary, _ = evaluate_edits(model, cases, constrained=False)  # constrained, it applies strictly
         m = summary["metrics"]
         assert (m["applies_strict"], m["applies"], m["exact"]) == (0.0, 1.0, 1.0)
 
@@ -147,3 +147,21 @@ def test_the_command_writes_reports_and_one_line_per_sample(tmp_path_factory, tm
     assert json.loads(oracle.read_text())["metrics"]["exact"] == 1.0
     assert diffmodel(["eval", "compare", str(out), str(oracle)]) == 0
     assert "| exact | 0.8000 | 1.0000 | 0.2000 |" in capsys.readouterr().out
+
+
+def test_reports_record_the_decoder_and_the_forced_share(tmp_path_factory, tmp_path):
+    folder = trained_edit_model(tmp_path_factory)
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(row(k)) + "\n" for k in STRICT))
+    shares = {}
+    for flags in ([], ["--unconstrained"]):
+        out = tmp_path / f"edits{len(flags)}.json"
+        assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress", *flags]) == 0
+        report = json.loads(out.read_text())
+        assert report["settings"]["constrained"] is (not flags)
+        gens = [g for x in out.with_suffix(".samples.jsonl").read_text().splitlines() for g in json.loads(x)["generations"]]
+        forced, tokens = sum(g["forced_tokens"] for g in gens), sum(g["num_tokens"] for g in gens)
+        assert report["metrics"]["forced_share"] == pytest.approx(forced / tokens)
+        assert report["metrics"]["exact"] == 1.0
+        shares[bool(flags)] = report["metrics"]["forced_share"]
+    assert shares[False] > 0.0 and shares[True] == 0.0

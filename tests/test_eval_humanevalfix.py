@@ -169,9 +169,12 @@ class TestCommand:
     def test_oracle_and_empty_reports_and_their_comparison(self, tmp_path, bugs, capsys):
         common = ["--limit", "6", "--num_samples", "3", "--k", "1", "2", "--bugs_cache", str(tmp_path / "cache"), "--no_progress"]
         assert diffmodel(["eval", "humanevalfix", "--calibrate", "oracle", "--out", str(tmp_path / "a" / "hef.json"), *common]) == 0
-        assert diffmodel(["eval", "humanevalfix", "--calibrate", "empty", "--out", str(tmp_path / "b" / "hef.json"), *common]) == 0
+        assert diffmodel(["eval", "humanevalfix", "--calibrate", "empty", "--out", str(tmp_path / "b" / "hef.json"), *common,
+                          "--unconstrained"]) == 0
         a = json.loads((tmp_path / "a" / "hef.json").read_text())
         b = json.loads((tmp_path / "b" / "hef.json").read_text())
+        assert (a["settings"]["constrained"], b["settings"]["constrained"]) == (True, False)
+        assert a["metrics"]["forced_share"] == b["metrics"]["forced_share"] == 0.0  # calibration editors force nothing
         assert a["kind"] == "humanevalfix" and a["metrics"]["pass@1"] == 1.0 and a["metrics"]["pass@2"] == 1.0
         assert b["metrics"]["pass@1"] == 0.0
         assert (tmp_path / "a" / "hef.md").read_text().startswith("# diffmodel eval humanevalfix")

@@ -35,6 +35,8 @@ def _edit(model: DiffModel, key: str, **options) -> Edit:
 
 
 class TestGreedyOutputOfATrainedModel:
+    """Constrained decoding by default; the lenient and failed outcomes need the unconstrained decoder."""
+
     @pytest.mark.parametrize("key", ["calc", "greet", "crlf"])
     def test_known_diff_applies_strictly_to_the_expected_file(self, trained, key):
         edit = _edit(trained, key)
@@ -44,14 +46,14 @@ class TestGreedyOutputOfATrainedModel:
         assert edit.stop == "eos" and edit.apply_status == "applied" and edit.notes == []
 
     def test_wrong_line_numbers_fall_back_to_lenient(self, trained):
-        edit = _edit(trained, "shift")
+        edit = _edit(trained, "shift", constrained=False)
         assert edit.diff == SAMPLES["shift"]["diff"]
         assert edit.status is EditStatus.LENIENT and edit.ok
         assert edit.new_code == "x = 1\ny = 3\n"
         assert edit.apply_status == "relocated"
 
     def test_diff_that_matches_nothing_fails_without_raising(self, trained):
-        edit = _edit(trained, "wrong")
+        edit = _edit(trained, "wrong", constrained=False)
         assert edit.diff == SAMPLES["wrong"]["diff"]
         assert edit.status is EditStatus.FAILED and not edit.ok
         assert edit.new_code is None
@@ -73,7 +75,7 @@ class TestGenerationStopsAtNameMarker:
         wanted = len(" " + s["diff"] + "<NME>")
         expected = next(n for n in range(1, len(continuation) + 1) if len(tok.decode(continuation[:n])) >= wanted)
 
-        edit = _edit(trained, "marker")
+        edit = _edit(trained, "marker", constrained=False)
         assert edit.stop == "marker"
         assert edit.num_tokens == expected
         assert edit.diff == s["diff"]
@@ -83,7 +85,7 @@ class TestGenerationStopsAtNameMarker:
     def test_without_the_criterion_the_model_goes_on_into_the_next_sample(self, trained):
         s = SAMPLES["marker"]
         ids = trained.tokenizer(render_prompt(s["name"], s["before"], s["message"]), return_tensors="pt")
-        out = trained.model.generate(**ids, max_new_tokens=_edit(trained, "marker").num_tokens + 6, do_sample=False,
+        out = trained.model.generate(**ids, max_new_tokens=_edit(trained, "marker", constrained=False).num_tokens + 6, do_sample=False,
                                      pad_token_id=trained.pad_id)
         text = trained.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
         assert "\n<NME> next" in text
@@ -199,8 +201,9 @@ class TestSamplingAndOptions:
     def test_num_samples_per_request_and_seed_reproducible(self, tiny_gpt2_dir):
         model = DiffModel.from_pretrained(tiny_gpt2_dir)
         requests = [("x = 1\n", "Bump x", "a.py"), ("", "Add b", "b.py")]
-        first = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=10, seed=123)
-        again = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=10, seed=123)
+        options = dict(num_samples=3, temperature=1.0, max_new_tokens=10, seed=123, constrained=False)
+        first = model.edit_many(requests, **options)
+        again = model.edit_many(requests, **options)
         assert [len(g) for g in first] == [3, 3]
         assert first == again
         assert len({e.diff for e in first[0]}) > 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffmodel.plot import plot_loss
+from diffmodel.plot import plot_generation, plot_loss
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,3 +43,11 @@ class TestPlotLoss:
         out.write_bytes(b"old")
         plot_loss(HISTORY, out)
         assert_png(out)
+
+
+class TestPlotGeneration:
+    def test_writes_a_png_of_the_generation_eval_shares_and_of_an_empty_log(self, tmp_path):
+        history = HISTORY + [{"eval_gen_exact": 0.1 * i, "eval_gen_applies_strict": 0.5, "step": 100 * i} for i in (1, 2)]
+        assert_png(plot_generation(history, tmp_path / "generation.png", title="tiny gpt2"))
+        assert_png(plot_generation([], tmp_path / "empty.png"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.png", "generation.png"]

@@ -353,3 +353,55 @@ class TestMetricsAndModelCard:
         assert f"| eval mean token accuracy | {ev['eval_mean_token_accuracy']:.4f} |" in card
         assert "| `--packing` | True |" in card and "| `--max_steps`" not in card
         assert f"diffmodel edit --model {out} " in card
+
+
+class TestGenerationEval:
+    """--generation_eval_samples: edit quality logged at each evaluation, plotted beside loss.png."""
+
+    def test_scores_logged_at_each_evaluation_equal_eval_edits_on_the_saved_model(self, workdir):
+        from diffmodel.evaluate.edits import evaluate_edits
+        from diffmodel.infer import DiffModel
+        from diffmodel.preprocess.options import options_from
+        from diffmodel.train.args import DataArguments
+        from diffmodel.train.generation_eval import LOGGED, held_out_cases
+
+        out = workdir / "gen_eval"
+        args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=2, eval_strategy="steps", eval_steps=1,
+                    validation_split_percentage=10, per_device_eval_batch_size=2,
+                    generation_eval_samples=3, generation_eval_max_new_tokens=24)
+        assert train_main(_flags(args)) == 0
+        state = json.loads((out / "trainer_state.json").read_text())
+        logged = [e for e in state["log_history"] if "eval_gen_exact" in e]
+        assert [e["step"] for e in logged] == [1, 2]
+        for entry in logged:
+            assert all(0.0 <= entry[f"eval_gen_{m}"] <= 1.0 for m in LOGGED)
+            assert entry["eval_gen_forced_share"] > 0.0  # diff-aware decoding
+        assert (out / "generation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        data = DataArguments(train_file=args["train_file"], validation_split_percentage=10, train_diff_model=True,
+                             ignore_long_samples=True, block_size=128)
+        load_opts, _ = options_from(data, 128, args["cache_dir"], args["seed"])
+        cases, _ = held_out_cases(load_opts, 3)
+        assert len(cases) == 3
+        summary, _ = evaluate_edits(DiffModel.from_pretrained(out), cases, max_new_tokens=24, batch_size=2)
+        assert {m: logged[-1][f"eval_gen_{m}"] for m in LOGGED} == {m: round(summary["metrics"][m], 4) for m in LOGGED}
+
+    def test_needs_do_eval(self, workdir):
+        args = dict(_common(workdir, workdir / "gen_x"), do_train=True, max_steps=1, generation_eval_samples=2,
+                    generation_eval_max_new_tokens=0)
+        with pytest.raises(DiffModelError) as err:
+            train_main(_flags(args))
+        assert "--generation_eval_samples runs at each evaluation: add --do_eval" in str(err.value)
+        assert "--generation_eval_max_new_tokens 0 must be at least 1" in str(err.value)
+
+    def test_refused_where_the_weights_are_sharded(self):
+        from types import SimpleNamespace
+
+        from diffmodel.train.args import DataArguments, generation_eval_problems
+
+        zero3 = Path(__file__).resolve().parents[1] / "src/diffmodel/launch/configs/ds_zero3.json"
+        data = DataArguments(train_file=["x.jsonl"], generation_eval_samples=2)
+        for sharded in (SimpleNamespace(do_eval=True, fsdp="full_shard", deepspeed=None),
+                        SimpleNamespace(do_eval=True, fsdp="", deepspeed=str(zero3))):
+            assert ["FSDP or DeepSpeed ZeRO-3" in p for p in generation_eval_problems(data, sharded)] == [True]
+        assert generation_eval_problems(data, SimpleNamespace(do_eval=True, fsdp="", deepspeed={"zero_optimization": {"stage": 2}})) == []

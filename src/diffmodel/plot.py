@@ -1,9 +1,10 @@
-"""Loss curves as PNG files.
+"""Loss curves (and generation-eval curves) as PNG files.
 
 ``plot_loss`` draws the training loss (and the eval loss, when the log has
 any) against the optimizer step, from a ``transformers`` ``log_history``: the
 list of dicts a ``Trainer`` keeps in ``trainer.state.log_history`` and writes
-to ``trainer_state.json``.
+to ``trainer_state.json``. ``plot_generation`` draws the ``eval_gen_*`` shares
+that ``--generation_eval_samples`` logs (``generation.png``).
 
 Invariants:
 - Headless: matplotlib's Agg backend through an explicit ``Figure`` (no
@@ -54,13 +55,41 @@ def plot_loss(log_history: list[dict], out_png: Path, title: str = "") -> Path:
         ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
     else:
         ax.legend(loc="upper right")
-    ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    return _save(fig, ax, out, title)
+
+
+#: the generation-eval metrics drawn by :func:`plot_generation`, as logged
+GENERATION_SERIES = ("eval_gen_parses", "eval_gen_applies_strict", "eval_gen_applies", "eval_gen_exact", "eval_gen_line_similarity")
+
+
+def plot_generation(log_history: list[dict], out_png: Path, title: str = "") -> Path:
+    """Draw the generation-eval shares (``eval_gen_*``, 0..1) vs step into ``out_png``, beside ``loss.png``."""
+    out = Path(out_png)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for key in GENERATION_SERIES:
+        steps, values = _series(log_history, key)
+        if values:
+            ax.plot(steps, values, label=key[len("eval_gen_"):], marker="o", markersize=3, linewidth=1.2)
+            drawn = True
+    if drawn:
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no generation eval logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share of held-out samples")
+    return _save(fig, ax, out, title)
+
+
+def _save(fig: Figure, ax, out: Path, title: str) -> Path:
+    ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
     fig.tight_layout()
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     write_bytes(out, buf.getvalue())

@@ -46,6 +46,10 @@ examples:
   diffmodel edit --model runs/model src/app.py -m "Add type hints" --apply
   diffmodel edit --model runs/model src/app.py -m "Fix the bug" --num_samples 8 --temperature 0.8
   diffmodel edit --model runs/model --jsonl requests.jsonl edits.jsonl --batch_size 32
+  diffmodel edit --model runs/model src/app.py -m "Add type hints" --unconstrained   # no diff grammar
+
+Decoding is diff-aware unless --unconstrained is given: context and removed
+lines are the file's own, so a finished diff always applies strictly.
 
 status: strict (applied at the stated lines), lenient (applied after the
 lenient applier relocated hunks), failed, too_long (prompt longer than the
@@ -179,6 +183,7 @@ def run_one(args) -> int:
 
 def run_jsonl(args) -> int:
     from diffmodel.atomic import write_bytes
+    from diffmodel.evaluate.edits import forced_share
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -203,7 +208,9 @@ def run_jsonl(args) -> int:
     write_bytes(os.path.abspath(dst), "".join(lines).encode("utf-8"))
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
     rate = sum(counts.values()) / seconds if seconds > 0 else float("inf")
-    print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s): {summary}; wrote {dst}", file=sys.stderr)
+    forced = "" if args.unconstrained else f", {forced_share(results):.0%} of tokens forced"
+    print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s{forced}): {summary}; wrote {dst}",
+          file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 - :func:`add_model_flags`: ``--model`` (and, for ``eval``, ``--calibrate``), ``--device``, ``--dtype``;
 - :func:`add_generation_flags`: ``--num_samples``, ``--temperature``, ``--top_p``,
-  ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a command
-  wants are parameters);
+  ``--top_k``, ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a
+  command wants are parameters) and ``--unconstrained`` (diff-aware decoding is
+  on unless it is given);
 - :func:`check_model` and :func:`check_generation` append every problem to
   the command's list, so the command reports all of them at once;
 - :func:`generation_options`: the keyword arguments of
@@ -48,12 +49,17 @@ def add_generation_flags(parser: argparse.ArgumentParser, num_samples: int = 1, 
                    help="0 for greedy decoding, above 0 to sample (default: %(default)s)")
     g.add_argument("--top_p", "--top-p", type=float, default=0.95, metavar="P",
                    help="nucleus sampling threshold when sampling (default: %(default)s)")
+    g.add_argument("--top_k", "--top-k", type=int, default=0, metavar="K",
+                   help="when sampling, keep only the K likeliest tokens (default: 0, off)")
     g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=512, metavar="N",
                    help="longest diff, in tokens (default: %(default)s)")
     g.add_argument("--batch_size", "--batch-size", type=int, default=batch_size, metavar="N",
                    help="prompts generated together (default: %(default)s)")
     g.add_argument("--seed", type=int, default=seed, metavar="N",
                    help="random seed for sampling" + ("" if seed is None else " (default: %(default)s)"))
+    g.add_argument("--unconstrained", action="store_true",
+                   help="plain decoding: turn off diff-aware decoding (by default every diff is written over the file's "
+                        "own lines, so it applies strictly; see docs/edit.md)")
 
 
 def check_model(args: argparse.Namespace, problems: list[str]) -> None:
@@ -82,6 +88,8 @@ def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
         problems.append(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         problems.append(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        problems.append(f"--top_k must be 0 (off) or more, got {args.top_k}")
     if args.max_new_tokens < 1:
         problems.append(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
@@ -89,9 +97,10 @@ def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
 
 
 def generation_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``edit_many`` from the generation flags."""
+    """The keyword arguments of ``edit_many`` from the generation flags (also an eval report's ``settings``)."""
     return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed}
+            "top_k": args.top_k, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+            "seed": args.seed, "constrained": not args.unconstrained}
 
 
 def load_model(args: argparse.Namespace, quiet: bool = False):

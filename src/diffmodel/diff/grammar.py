@@ -61,7 +61,8 @@ Invariants:
 - No dead ends: from every state reached by allowed text, some continuation
   reaches a state where :attr:`DiffState.can_end` holds.
 - States are immutable and cheap to copy (a batch keeps one per row; sampling
-  may branch); ``feed`` and ``accepted_prefix`` cost O(len(text)).
+  may branch); ``feed`` and ``accepted_prefix`` cost O(len(text)). Two states
+  with equal :attr:`DiffState.signature` accept exactly the same continuations.
 - ``start().feed(make_diff(before, after)).finish() == make_diff(before, after)``
   whenever ``before != after``.
 - Text that is not allowed raises :class:`DiffRejected` (a ``ValueError``:
@@ -189,6 +190,21 @@ class DiffState:
         return s
 
     # -- what may come next -------------------------------------------------------------
+
+    @property
+    def signature(self) -> tuple:
+        """What decides every continuation: states of one grammar with equal signatures accept the same texts.
+
+        The text fed so far and the hunk's line counts (which only
+        :meth:`finish` reads) are left out, so a decoder can cache what it
+        computed for a state (its allowed tokens) across rows and steps.
+        """
+        base = (self.grammar, self.mode, self.pos, self.changed, self.last, self.new_ended)
+        if self.mode == _FORCED:
+            return base + (self.unit, self.off, self.then)
+        if self.mode in (_LINE, _ADDED):
+            return base
+        return base + (self.num, self.ndig, self.old_start)  # a header number
 
     @property
     def can_end(self) -> bool:

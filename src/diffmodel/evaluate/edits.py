@@ -14,7 +14,9 @@ writes ``n`` diffs per sample (:meth:`Editor.edit_many`); each is scored:
                      (0 when the diff did not apply: no file was produced)
 
 Each metric is a share over all generations (samples x n); ``exact_any`` is the
-share of samples with at least one exact generation. Metrics are also given
+share of samples with at least one exact generation; ``forced_share`` is the
+share of generated tokens that diff-aware decoding forced (fed in chunks, not
+decoded; 0 unconstrained, see :func:`forced_share`). Metrics are also given
 per language (a ``language`` column, else from the file name).
 
 Anything with an ``edit_many(requests, num_samples=..., ...) -> list[list[Edit]]``
@@ -194,6 +196,16 @@ class _Totals:
         return out
 
 
+def forced_share(groups: Iterable[Sequence[Edit]]) -> float:
+    """Forced tokens over all generated tokens of every edit (0.0 when nothing was generated)."""
+    tokens = forced = 0
+    for edits in groups:
+        for e in edits:
+            tokens += e.num_tokens
+            forced += e.forced_tokens
+    return forced / tokens if tokens else 0.0
+
+
 def evaluate_edits(
     editor: Editor,
     cases: Sequence[EditCase],
@@ -226,12 +238,12 @@ def evaluate_edits(
             "exact_any": any(s["exact"] == 1.0 for s in scores),
             "generations": [
                 {"diff": e.diff, "status": str(e.status), "apply_status": e.apply_status, "stop": e.stop,
-                 "notes": list(e.notes), **s}
+                 "notes": list(e.notes), "num_tokens": e.num_tokens, "forced_tokens": e.forced_tokens, **s}
                 for e, s in zip(edits, scores)
             ],
         })
     summary = {
-        "metrics": overall.result(),
+        "metrics": {**overall.result(), "forced_share": forced_share(results)},
         "by_language": {lang: t.result() for lang, t in sorted(by_language.items())},
         "statuses": dict(sorted(statuses.items())),
     }
@@ -240,5 +252,5 @@ def evaluate_edits(
 
 __all__ = [
     "METRICS", "EditCase", "Editor", "EmptyEditor", "ReferenceEditor",
-    "evaluate_edits", "language_for", "line_similarity", "make_cases", "normalize_ws", "row_fields", "score_edit",
+    "evaluate_edits", "forced_share", "language_for", "line_similarity", "make_cases", "normalize_ws", "row_fields", "score_edit",
 ]

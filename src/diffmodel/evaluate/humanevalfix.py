@@ -61,7 +61,7 @@ from typing import Any
 
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate import mutations
-from diffmodel.evaluate.edits import Editor
+from diffmodel.evaluate.edits import Editor, forced_share
 from diffmodel.evaluate.mutations import OPERATORS, candidates, realize
 from diffmodel.evaluate.sandbox import Limits, Outcome, RunResult, protections, run_many, run_python
 from diffmodel.infer.prompt import EditRequest
@@ -377,6 +377,7 @@ def evaluate_humanevalfix(
             "samples_per_problem": num_samples,
             **{f"pass@{k}": sums[k] / count for k in ks},
             "applies": (status_totals["strict"] + status_totals["lenient"]) / max(sum(status_totals.values()), 1),
+            "forced_share": forced_share(results),
         },
         "outcomes": {o.value: outcome_totals.get(o.value, 0) for o in Outcome},
         "statuses": dict(sorted(status_totals.items())),

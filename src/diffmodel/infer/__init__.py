@@ -8,6 +8,8 @@ batched, with ``num_samples`` samples each.
 - :mod:`~diffmodel.infer.prompt`: requests, results and the text steps
   (cut the generation, parse, apply); no torch.
 - :mod:`~diffmodel.infer.model`: :class:`DiffModel` and batched generation.
+- :mod:`~diffmodel.infer.constrained`: diff-aware decoding (the default): only
+  tokens the diff grammar allows, forced text fed in chunks.
 - :mod:`~diffmodel.infer.requests`: reading a file to edit and ``--jsonl`` requests.
 
 Loading a saved model is :mod:`diffmodel.checkpoint`'s job.

@@ -5,7 +5,12 @@
 a ``status``; :meth:`DiffModel.edit_many` does the same for many requests,
 batched, with ``num_samples`` samples each.
 
-How one batch is generated::
+Decoding is diff-aware by default (``constrained=True``): the grammar of a
+diff over the file decides which tokens may come next and feeds forced text
+(context and removed lines) in chunks; see :mod:`diffmodel.infer.constrained`.
+``constrained=False`` is plain HF ``generate``, as below.
+
+How one batch is generated (unconstrained)::
 
     render_prompt(name, code, message)        "<NME> a.py\\n<BEF> ...\\n<MSG> ...\\n<DFF>"
         -> token ids (the tokenizer's own special-token convention, as in training)
@@ -26,7 +31,8 @@ Invariants:
   of a request gives the same diff alone or in a batch (up to float rounding
   of padded batches in low precision).
 - ``Edit.diff`` is the generated text after ``<DFF>`` with the one separating
-  space removed, cut before EOS and before a line starting with ``<NME>``.
+  space removed, cut before EOS and before a line starting with ``<NME>``
+  (constrained: the grammar's final diff, headers rewritten from the hunks).
 """
 
 from __future__ import annotations
@@ -144,6 +150,7 @@ class DiffModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
         self.max_positions = max_positions(model.config)
         self._may_end: torch.Tensor | None | bool = False  # False: not computed yet
+        self._decoder = None  # the ConstrainedDecoder, built on first use (it reads the vocabulary once)
 
     @classmethod
     def from_pretrained(
@@ -194,6 +201,8 @@ class DiffModel:
         min_new_tokens: int = 0,
         seed: int | None = None,
         progress: bool | Callable[[int], None] = False,
+        constrained: bool = True,
+        top_k: int = 0,
     ) -> list[list[Edit]]:
         """Edit many files; ``result[i][k]`` is sample ``k`` of request ``i``.
 
@@ -204,6 +213,9 @@ class DiffModel:
         num_samples`` rows). ``min_new_tokens`` holds EOS back (benchmarks).
         ``progress``: True shows a progress bar on stderr; a callable is
         called with the number of requests finished by each batch.
+        ``constrained`` (default): diff-aware decoding
+        (:mod:`diffmodel.infer.constrained`), every diff applies strictly;
+        False: plain ``generate``. ``top_k`` > 0 keeps the k likeliest tokens when sampling.
         """
         reqs = [as_request(r) for r in requests]
         problems = []
@@ -215,6 +227,8 @@ class DiffModel:
             problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
         if not 0 < top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more, got {top_k}")
         if batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {batch_size}")
         if max_new_tokens < 1:
@@ -238,8 +252,9 @@ class DiffModel:
         try:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                edits = self._generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
-                                       max_new_tokens, temperature, top_p, min_new_tokens)
+                generate = self._generate_constrained if constrained else self._generate
+                edits = generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
+                                 max_new_tokens, temperature, top_p, min_new_tokens, top_k)
                 for i, group in zip(batch, edits):
                     results[i] = group
                 report(len(batch))
@@ -247,9 +262,20 @@ class DiffModel:
             report(None)
         return results  # type: ignore[return-value]
 
+    def _generate_constrained(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
+                              temperature: float, top_p: float, min_new_tokens: int, top_k: int) -> list[list[Edit]]:
+        from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
+
+        if self._decoder is None:
+            self._decoder = ConstrainedDecoder(self.model, self.tokenizer, self.eos_ids, self.pad_id)
+        budgets = [max_new_tokens if self.max_positions is None else min(max_new_tokens, self.max_positions - len(p))
+                   for p in prompts]
+        opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens)
+        return self._decoder.generate(prompts, codes, num_samples, budgets, opts)
+
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
-                  temperature: float, top_p: float, min_new_tokens: int) -> list[list[Edit]]:
+                  temperature: float, top_p: float, min_new_tokens: int, top_k: int = 0) -> list[list[Edit]]:
         width = max(len(p) for p in prompts)
         budget = max_new_tokens
         if self.max_positions is not None:
@@ -264,7 +290,7 @@ class DiffModel:
         config.update(
             max_new_tokens=budget, min_new_tokens=min(min_new_tokens, budget) or None,
             do_sample=sampling, temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None, top_k=None,
+            top_p=top_p if sampling else None, top_k=(top_k or None) if sampling else None,
             num_beams=1, num_return_sequences=num_samples,
             pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
             max_length=None,

@@ -65,6 +65,8 @@ class Edit:
     stop: str = STOP_NONE
     #: tokens generated for this edit (up to and including EOS or the <NME> marker)
     num_tokens: int = 0
+    #: of those, tokens the diff grammar forced (fed in chunks, not decoded); 0 unconstrained
+    forced_tokens: int = 0
 
     @property
     def ok(self) -> bool:

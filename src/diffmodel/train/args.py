@@ -92,6 +92,9 @@ class DataArguments:
     streaming: bool = arg(False, "Read --train_file (jsonl, jsonl.zst, parquet) as a stream: tokenized, labelled and laid out on the fly, one buffer at a time, each rank reading its own part; resumable. Needs --max_steps. Forces --ignore_data_skip (logged).")
     stream_buffer: int = arg(1000, "With --streaming: samples per rank (and dataloader worker) laid out at a time; packing is best-fit decreasing over this buffer, and its rows are shuffled.")
     stream_shuffle: bool = arg(True, "With --streaming: shuffle the rows of each buffer and the file order of each epoch, seeded by --seed (--stream_shuffle False keeps file order).")
+    # edit quality while training (train/generation_eval.py)
+    generation_eval_samples: int = arg(0, "At each evaluation, also write diffs (diff-aware, greedy) for the first N held-out samples and log eval_gen_parses / applies_strict / applies / exact / line_similarity / forced_share, plotted in generation.png beside loss.png. Needs --do_eval and raw samples (name/before/message/diff or rendered text); 0: off.")
+    generation_eval_max_new_tokens: int = arg(256, "With --generation_eval_samples: the longest diff written, in tokens.")
 
 
 @dataclass
@@ -313,6 +316,39 @@ def data_problems(data_args: DataArguments) -> list[str]:
     return problems
 
 
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a ``--deepspeed`` configuration (a JSON file or a dict); None when unknown."""
+    if not deepspeed:
+        return None
+    try:
+        if isinstance(deepspeed, str):
+            with open(deepspeed, encoding="utf-8") as f:
+                deepspeed = json.load(f)
+        return int(deepspeed.get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def generation_eval_problems(data_args: DataArguments, training_args) -> list[str]:
+    """``--generation_eval_samples`` needs evaluations to hook on and raw held-out samples."""
+    n = data_args.generation_eval_samples
+    problems = []
+    if n < 0:
+        problems.append(f"--generation_eval_samples {n} must be 0 (off) or more")
+    if data_args.generation_eval_max_new_tokens < 1:
+        problems.append(f"--generation_eval_max_new_tokens {data_args.generation_eval_max_new_tokens} must be at least 1")
+    if n > 0 and not training_args.do_eval:
+        problems.append("--generation_eval_samples runs at each evaluation: add --do_eval (and --eval_strategy steps --eval_steps N to evaluate during training)")
+    if n > 0 and data_args.streaming:
+        problems.append("--generation_eval_samples does not work with --streaming yet; run diffmodel eval edits on a saved checkpoint instead")
+    if n > 0 and (getattr(training_args, "fsdp", None) or _zero_stage(getattr(training_args, "deepspeed", None)) == 3):
+        problems.append("--generation_eval_samples generates on the main process alone, which cannot hold the model when "
+                        "FSDP or DeepSpeed ZeRO-3 shard it; drop --generation_eval_samples and run diffmodel eval edits on saved checkpoints")
+    if n > 0 and data_args.skip_concat:
+        problems.append("--generation_eval_samples needs raw samples, but --skip_concat data is already laid out; run diffmodel eval edits on a saved checkpoint instead")
+    return problems
+
+
 def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Raise one DiffModelError listing every problem of the arguments, before any data or model is read."""
     problems = data_problems(data_args)
@@ -326,5 +362,6 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
     problems += streaming_problems(data_args, training_args)
+    problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))
     raise_if_problems(problems, "diffmodel train cannot start")

@@ -6,8 +6,9 @@ Every stage is a function of another module; this one wires them, logs each
 decision the flags imply, and writes what people look at afterwards:
 ``data_report.json`` (with a warning for a split that drops more than half
 of its samples), ``train_results.json`` / ``eval_results.json``,
-``loss.png`` and, after training, the model card ``README.md``
-(:mod:`diffmodel.train.card`) in ``--output_dir``. The Trainer is
+``loss.png`` (and ``generation.png`` with ``--generation_eval_samples``:
+:mod:`diffmodel.train.generation_eval`) and, after training, the model card
+``README.md`` (:mod:`diffmodel.train.card`) in ``--output_dir``. The Trainer is
 :class:`~diffmodel.train.metrics.DiffTrainer` (token metrics in the log).
 
 Under torchrun / accelerate / deepspeed the main process preprocesses first and
@@ -133,6 +134,24 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path)
     return metrics
 
 
+def add_generation_eval(trainer, data_args, training_args, block_size: int, cache_dir: str | None) -> None:
+    """``--generation_eval_samples``: the callback that writes and scores diffs at each evaluation."""
+    from diffmodel.preprocess.options import options_from
+    from diffmodel.train.generation_eval import GenerationEvalCallback, held_out_cases
+
+    load_opts, _ = options_from(data_args, block_size, cache_dir, training_args.seed)
+    cases, skipped = held_out_cases(load_opts, data_args.generation_eval_samples)
+    if not cases:
+        raise DiffModelError(
+            "--generation_eval_samples: no held-out sample has name/before/message/diff fields (or a rendered text) "
+            f"with a reference diff that applies (skipped: {skipped or 'none'}); give --validation_file with such samples"
+        )
+    logger.info("generation eval: %d held-out samples at each evaluation%s", len(cases),
+                f" (skipped {skipped})" if skipped else "")
+    trainer.add_callback(GenerationEvalCallback(trainer, cases, data_args.generation_eval_max_new_tokens,
+                                                training_args.per_device_eval_batch_size))
+
+
 def evaluate(trainer, eval_ds) -> dict:
     """Eval loss on the trained (diff) tokens and its perplexity, logged and saved."""
     metrics = trainer.evaluate()
@@ -226,12 +245,19 @@ def run(model_args, data_args, training_args) -> int:
     )
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
+    if data_args.generation_eval_samples:
+        add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
 
     train_metrics = eval_metrics = None
     if training_args.do_train:
         train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
     if training_args.do_eval:
         eval_metrics = evaluate(trainer, eval_ds)
+    if data_args.generation_eval_samples and training_args.should_save:
+        from diffmodel.plot import plot_generation
+
+        png = plot_generation(trainer.state.log_history, out_dir / "generation.png", title=f"diffmodel train: {out_dir.name}")
+        logger.info("generation eval plot written to %s", png)
     if training_args.do_train and training_args.should_save:
         write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics)
     return 0

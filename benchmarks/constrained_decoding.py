@@ -1,0 +1,139 @@
+"""Diff-aware decoding against plain decoding: the same checkpoint, samples and batch, alternating.
+
+    PYTHONPATH=src python benchmarks/constrained_decoding.py --model runs/diff --data heldout.jsonl \\
+        [--max_samples 400] [--batch_size 32] [--max_new_tokens 512] [--rounds 2] [--device cuda] [--out r.md]
+    PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu   # a quick check of the script
+
+Set-up:
+
+- Samples: held-out rows of ``--data`` (any form ``diffmodel eval edits``
+  reads: name/before/message/diff fields or rendered text), made into cases by
+  :func:`diffmodel.evaluate.edits.make_cases` (references that do not apply are
+  skipped and counted).
+- Both arms run :func:`diffmodel.evaluate.edits.evaluate_edits` (what
+  ``diffmodel eval edits`` runs) with the same model object, greedy, the same
+  ``--batch_size`` and ``--max_new_tokens``; only ``constrained`` differs.
+  They alternate (constrained, unconstrained, constrained, ...) ``--rounds``
+  times each, so a warm-up or a clock change does not favour one arm; the
+  quality numbers come from the first round (greedy: every round gives the
+  same edits), edits/s is the median over rounds. On a GPU the clock is read
+  after ``torch.cuda.synchronize()``.
+- ``--tiny``: a tiny GPT-2 with random weights and a byte-level BPE trained on
+  the bundled quickstart samples, on their first ``--max_samples`` rows: the
+  numbers mean nothing, the run only checks the script.
+
+Prints a Markdown table (applies_strict, exact, line_similarity, edits/s,
+forced share; the ratio constrained / unconstrained) and writes it to
+``--out`` when given. Results on a GPU go to ``benchmarks/RESULTS.md`` with
+the device, the date and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+
+from diffmodel.evaluate.edits import evaluate_edits, make_cases
+from diffmodel.infer import DiffModel
+
+METRICS = ("parses", "applies_strict", "applies", "exact", "line_similarity", "forced_share")
+
+
+def _rows(path: str, limit: int) -> list[dict]:
+    from diffmodel.data.load import LoadOptions, load_raw_datasets
+
+    raw, _ = load_raw_datasets(LoadOptions(train_files=[path], validation_split_percentage=0))
+    ds = raw["train"]
+    return [ds[i] for i in range(min(limit, len(ds)))]
+
+
+def _tiny_model(rows: list[dict], folder: str) -> str:
+    from diffmodel.sample import render
+    from diffmodel.tiny import save_tiny_checkpoint
+
+    texts = [render(r["name"], r["before"], r["message"], r["diff"]) for r in rows]
+    return str(save_tiny_checkpoint(folder, "gpt2", texts, vocab_size=1024, n_positions=2048, seed=0))
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(args) -> str:
+    from importlib.resources import files
+
+    data = args.data or str(files("diffmodel") / "samples" / "quickstart.jsonl")
+    rows = _rows(data, args.max_samples)
+    cases, skipped = make_cases(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _tiny_model(rows, tmp) if args.tiny else args.model
+        model = DiffModel.from_pretrained(folder, device=args.device, dtype=args.dtype, quiet=True)
+    options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, seed=0)
+    results: dict[bool, dict] = {}
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.rounds):
+        for constrained in (True, False):
+            _sync(model.device)
+            start = time.perf_counter()
+            summary, _ = evaluate_edits(model, cases, constrained=constrained, **options)
+            _sync(model.device)
+            seconds[constrained].append(time.perf_counter() - start)
+            results.setdefault(constrained, summary)
+    generations = results[True]["metrics"]["generations"]
+    rate = {c: generations / statistics.median(s) for c, s in seconds.items()}
+    lines = [
+        f"# Diff-aware decoding vs plain decoding ({dt.date.today().isoformat()})",
+        "",
+        f"- model: {'tiny random GPT-2 (--tiny: a check of the script)' if args.tiny else args.model}; "
+        f"device {model.device}, dtype {model.model.dtype}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- data: {data}, {len(cases)} samples ({json.dumps(skipped) if skipped else 'none skipped'}); greedy, "
+        f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.rounds} round(s) each, alternating",
+        f"- command: `{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`",
+        "",
+        "| metric | constrained | unconstrained | ratio |",
+        "|---|---|---|---|",
+    ]
+    for m in METRICS:
+        a, b = results[True]["metrics"][m], results[False]["metrics"][m]
+        lines.append(f"| {m} | {a:.4f} | {b:.4f} | {a / b:.2f} |" if b else f"| {m} | {a:.4f} | {b:.4f} | - |")
+    lines.append(f"| edits/s | {rate[True]:.2f} | {rate[False]:.2f} | {rate[True] / rate[False]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a saved diff model folder (diffmodel train --output_dir)")
+    p.add_argument("--data", help="held-out samples (jsonl, jsonl.zst, ...; default with --tiny: the quickstart samples)")
+    p.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model: checks the script only")
+    p.add_argument("--max_samples", type=int, default=400)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=2, help="timed runs of each arm, alternating (default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--out", help="also write the Markdown table here")
+    args = p.parse_args(argv)
+    if not args.tiny and not (args.model and args.data):
+        p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")
+    report = run(args)
+    print(report, end="")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

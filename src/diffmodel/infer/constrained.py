@@ -1,0 +1,618 @@
+"""Diff-aware decoding: a token-level decoder that can only write diffs that apply to the file.
+
+The model writes after ``<DFF>`` one space and the diff. Here each row of a
+batch carries a :class:`~diffmodel.diff.grammar.DiffState` over its file; at
+each step the model may only pick a token whose text the grammar accepts, EOS
+only where the diff may end, and text the grammar forces (the rest of a
+context or removal line, ``@@ -``, the `` @@`` that closes a header) is not
+decoded step by step but fed to the model as one chunk::
+
+    prefill   prompt + tokens(" @@ -")[:-1]                  one forward, left-padded
+    step      row a: [sampled token] + tokens(forced)[:-1]    one forward for the whole batch:
+              row b: [sampled token]                          shorter rows padded on the LEFT of
+              row c: (finished: dropped from the cache)       the chunk, pads masked out
+
+A step feeds each row its sampled token followed by the tokens of the text
+the grammar forces after it (tokenized alone, checked to decode to exactly the
+forced bytes, else written greedily from the longest vocabulary entries), so a
+context line costs one forward, not one per token. The last token of each
+forced span is held back: the model picks it at the next step among the tokens
+that fit, so a token that BPE merges across the span's end (``"\n    "``, a
+newline and the next line's indent) stays possible and the model sees the
+tokenization it was trained on at line boundaries. Pads inside the KV cache
+keep attention mask 0 for the rest of generation; each row's position ids
+count only its real tokens, so a row sees the same positions alone or in a
+batch. Finished rows are removed from the cache (``batch_select_indices``).
+
+The end: EOS where the grammar allows it, or a token that starts a line with
+``<`` there (the next sample's ``<NME>``: a diff line never starts with
+``<``), which ends the row with ``stop == "marker"`` as unconstrained
+decoding's ``<NME>`` stop does.
+
+Token texts: every vocabulary entry's bytes are read once (:class:`TokenTable`:
+byte-level BPE through its byte alphabet, SentencePiece pieces with ``▁`` and
+``<0xNN>``, else ``decode([id])``). A token whose bytes are not whole UTF-8
+(a multi-byte character split by BPE) is allowed when its complete part is
+accepted and its incomplete tail begins a character the grammar allows; the
+tail waits in the row's ``pending`` bytes until the character is complete.
+Candidate tokens are narrowed before the grammar is asked: tokens are found by
+prefix in the sorted token texts, following forced text and the few characters
+allowed at a line start or in a header; in ``+`` text every token without a
+newline is allowed by one precomputed mask. Answers are cached by the state's
+:attr:`~diffmodel.diff.grammar.DiffState.signature` for one ``generate`` call
+(every step inside a ``+`` line, and the samples of one request, ask alike).
+
+Invariants:
+- The text fed to a row's grammar state is exactly the bytes of the tokens fed
+  to the model for that row (after the one space following ``<DFF>``); so a
+  finished row's diff (:meth:`DiffState.finish`) parses as valid and applies
+  strictly, and context and ``-`` lines are the file's bytes.
+- A row cut at ``max_new_tokens`` (or at the model's positions) ends with
+  ``finish(partial=True)``: its unfinished line or change-less hunk is dropped,
+  and the edit says so (``stop == "length"`` and a note).
+- Greedy decoding of a request gives the same edit alone or in a batch (up to
+  float rounding of padded batches in low precision).
+- Nothing the model does makes this raise: a row no token can continue ends
+  with ``finish(partial=True)`` and a note.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from diffmodel.diff.grammar import DiffGrammar, DiffState, Next
+from diffmodel.infer.prompt import STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, finish_edit
+
+#: What the sample format puts between ``<DFF>`` and the diff.
+LEAD = " "
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+# -- the vocabulary as text -------------------------------------------------------------------
+
+
+def _utf8_split(data: bytes) -> tuple[str, bytes] | None:
+    """``data`` as (whole characters, an incomplete last character); None when not UTF-8 at all."""
+    for cut in range(0, min(3, len(data)) + 1):
+        head, tail = data[:len(data) - cut], data[len(data) - cut:]
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if not cut or _incomplete(tail):
+            return text, tail
+    return None
+
+
+def _incomplete(tail: bytes) -> bool:
+    """Whether ``tail`` is the start of one UTF-8 character, not yet complete."""
+    lead = tail[0]
+    size = 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else 4 if 0xF0 <= lead <= 0xF4 else 0
+    if not size or len(tail) >= size or any(not 0x80 <= b <= 0xBF for b in tail[1:]):
+        return False
+    try:
+        (tail + b"\x80" * (size - len(tail))).decode("utf-8")
+    except UnicodeDecodeError:  # overlong or surrogate starts are never completed
+        return False
+    return True
+
+
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {ch: b for b, ch in bytes_to_unicode().items()}
+
+
+def token_bytes(tokenizer) -> list[bytes | None]:
+    """The bytes each token id stands for in generated text; None for special and added tokens."""
+    size = len(tokenizer)
+    skip = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    try:
+        decoder_spec = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder"))
+    except Exception:
+        decoder_spec = ""
+    out: list[bytes | None] = []
+    if "ByteLevel" in decoder_spec:
+        table = _byte_decoder()
+        for i, piece in enumerate(pieces):
+            ok = i not in skip and piece is not None and all(c in table for c in piece)
+            out.append(bytes(table[c] for c in piece) if ok else None)
+        return out
+    sentencepiece = "ByteFallback" in decoder_spec or "Metaspace" in decoder_spec
+    for i, piece in enumerate(pieces):
+        if i in skip or piece is None:
+            out.append(None)
+        elif sentencepiece:
+            byte = _BYTE_PIECE.match(piece)
+            out.append(bytes([int(byte.group(1), 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8"))
+        else:
+            text = tokenizer.decode([i], skip_special_tokens=False)
+            out.append(None if not text or "\ufffd" in text else text.encode("utf-8"))
+    return out
+
+
+class TokenTable:
+    """The vocabulary read once: token texts sorted for prefix search, masks, byte fallbacks."""
+
+    def __init__(self, tokenizer, vocab_size: int | None = None):
+        self.bytes = token_bytes(tokenizer)
+        self.size = max(vocab_size or 0, len(self.bytes))
+        self.ids_of: dict[str, list[int]] = {}
+        self.by_bytes: dict[bytes, int] = {}
+        #: tokens that are not whole UTF-8, by their first byte: (id, bytes)
+        self.partial: dict[int, list[tuple[int, bytes]]] = {}
+        newline_free = torch.zeros(self.size, dtype=torch.bool)
+        #: tokens with a newline, grouped by the first character after it: {char: {suffix: [ids]}}
+        self.after_newline: dict[str, dict[str, list[int]]] = {}
+        self.line_ends: list[int] = []  # tokens whose only newline is their last character
+        #: tokens that start a line with '<' (the next sample's <NME>): (id, the text before the '<')
+        self.line_lt: list[tuple[int, str]] = []
+        for i, data in enumerate(self.bytes):
+            if not data:
+                continue
+            if data not in self.by_bytes or self._fallback_piece(tokenizer, self.by_bytes[data]):
+                self.by_bytes[data] = i  # spelling forced text: a vocabulary piece over a <0xNN> byte piece
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.partial.setdefault(data[0], []).append((i, data))
+                continue
+            self.ids_of.setdefault(text, []).append(i)
+            lt = 0 if text.startswith("<") else text.find("\n<") + 1
+            if lt > 0 or text.startswith("<"):
+                self.line_lt.append((i, text[:lt]))
+            at = text.find("\n")
+            if at < 0:
+                newline_free[i] = True
+            elif at == len(text) - 1:
+                self.line_ends.append(i)
+            else:
+                rest = text[at + 1:]
+                self.after_newline.setdefault(rest[0], {}).setdefault(rest, []).append(i)
+        self.newline_free = newline_free
+        #: in '+' text (nothing pending) these tokens that are not whole UTF-8 are allowed as they are:
+        #: whole characters without a newline, then the start of one more character
+        self.partial_in_added = []
+        for group in self.partial.values():
+            for i, data in group:
+                split = _utf8_split(data)
+                if split is not None and "\n" not in split[0]:
+                    self.partial_in_added.append(i)
+        # tokens not whole UTF-8 that hold a newline are rare: checked one by one in '+' text
+        self._partial_newline = [(i, d) for g in self.partial.values() for i, d in g
+                                 if (sp := _utf8_split(d)) is not None and "\n" in sp[0]]
+        self.sorted = sorted(self.ids_of)
+        self.maxlen = max((len(t) for t in self.sorted), default=0)
+        self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
+        #: cached answers of :meth:`allowed` and :meth:`ends`, by state signature
+        self.memo: dict[tuple, tuple[list[int], bool]] = {}
+        self.memo_ends: dict[tuple, list[tuple[int, str]]] = {}
+
+    @staticmethod
+    def _fallback_piece(tokenizer, i: int) -> bool:
+        """Whether token ``i`` is a SentencePiece byte-fallback piece (``<0xNN>``)."""
+        return bool(_BYTE_PIECE.match(str(tokenizer.convert_ids_to_tokens(i))))
+
+    # -- which tokens may come next ----------------------------------------------------------
+
+    def allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
+        """(token ids allowed after ``state`` and ``pending`` bytes, whether every newline-free token is too).
+
+        Cached by the state's :attr:`~DiffState.signature` in :attr:`memo`
+        (every step of a ``+`` line asks the same question); the caller
+        clears the cache (:meth:`forget`) when its grammars go.
+        """
+        key = (state.signature, pending)
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = self._allowed(state, pending)
+        return found
+
+    def forget(self) -> None:
+        """Drop the cached answers (they hold the grammars of finished requests)."""
+        self.memo.clear()
+        self.memo_ends.clear()
+
+    def _allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
+        out: list[int] = []
+        everything = False
+        nxt = state.allowed_next()
+        if pending:
+            self._partial(state, nxt, pending, out)
+        elif nxt.field == "added":
+            everything = True
+            self._added_from_start(state, out)
+            out.extend(self.partial_in_added)
+            out.extend(i for i, data in self._partial_newline if self.step(state, b"", data) is not None)
+        else:
+            self._extend(state, "", out, nxt)
+            self._partial(state, nxt, pending, out)
+        return out, everything
+
+    def _has_longer(self, prefix: str) -> bool:
+        i = bisect.bisect_right(self.sorted, prefix)
+        return i < len(self.sorted) and self.sorted[i].startswith(prefix)
+
+    def _extend(self, state: DiffState, prefix: str, out: list[int], nxt: Next | None = None) -> None:
+        """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts."""
+        if not self._has_longer(prefix):
+            return
+        nxt = nxt or state.allowed_next()
+        room = self.maxlen - len(prefix)
+        if nxt.field == "forced":
+            forced = nxt.forced
+            for k in range(1, min(len(forced), room) + 1):
+                out.extend(self.ids_of.get(prefix + forced[:k], ()))
+            if len(forced) < room and self._has_longer(prefix + forced):
+                self._extend(state.feed(forced), prefix + forced, out)
+        elif nxt.chars is not None:
+            for c in nxt.chars:
+                longer = prefix + c
+                out.extend(self.ids_of.get(longer, ()))
+                if self._has_longer(longer):
+                    self._extend(state.feed(c), longer, out)
+        else:  # '+' text after a non-empty prefix: the few tokens starting with it
+            i = bisect.bisect_right(self.sorted, prefix)
+            while i < len(self.sorted) and self.sorted[i].startswith(prefix):
+                text = self.sorted[i]
+                rest = text[len(prefix):]
+                if "\n" not in rest or state.accepts(rest):
+                    out.extend(self.ids_of[text])
+                i += 1
+
+    def _added_from_start(self, state: DiffState, out: list[int]) -> None:
+        """Inside ``+`` text: tokens with a newline (those without are the precomputed mask)."""
+        out.extend(self.line_ends)
+        line = state.feed("\n")
+        chars = line.allowed_next().chars or frozenset()
+        for c in chars:
+            for rest, ids in self.after_newline.get(c, {}).items():
+                if line.accepts(rest):
+                    out.extend(ids)
+
+    def _partial(self, state: DiffState, nxt: Next, pending: bytes, out: list[int]) -> None:
+        """Tokens that are not whole UTF-8: allowed when their complete text is and their tail may follow."""
+        if not self.partial:
+            return
+        if pending:
+            firsts = range(0x80, 0xC0)
+        else:
+            if nxt.field == "forced":
+                firsts = nxt.forced.encode("utf-8")[:1]
+            elif nxt.chars is not None:
+                firsts = bytes(sorted({ord(c) for c in nxt.chars}))
+            else:
+                firsts = self.partial.keys()
+        for first in firsts:
+            for i, data in self.partial.get(first, ()):
+                if self.step(state, pending, data) is not None:
+                    out.append(i)
+
+    def ends(self, state: DiffState, pending: bytes) -> list[tuple[int, str]]:
+        """Tokens that end the diff by starting a line with ``<`` (a next sample's ``<NME>``).
+
+        Returns (id, the text before the ``<``, which the diff keeps); the diff
+        must be able to end after that text. A diff line never starts with ``<``.
+        Cached like :meth:`allowed`.
+        """
+        if pending:
+            return []
+        key = state.signature
+        found = self.memo_ends.get(key)
+        if found is None:
+            found = self.memo_ends[key] = self._ends(state)
+        return found
+
+    def _ends(self, state: DiffState) -> list[tuple[int, str]]:
+        out = []
+        for i, before in self.line_lt:
+            if not before:
+                if state.can_end:
+                    out.append((i, before))
+            elif state.accepted_prefix(before) == len(before) and state.feed(before).can_end:
+                out.append((i, before))
+        return out
+
+    @staticmethod
+    def step(state: DiffState, pending: bytes, data: bytes) -> tuple[DiffState, bytes] | None:
+        """The (state, pending bytes) after a token's bytes, or None when the grammar does not allow them."""
+        split = _utf8_split(pending + data)
+        if split is None:
+            return None
+        text, tail = split
+        if state.accepted_prefix(text) < len(text):
+            return None
+        after = state.feed(text)
+        if tail:
+            nxt = after.allowed_next()
+            if nxt.field == "forced":
+                if not nxt.forced.encode("utf-8").startswith(tail):
+                    return None
+            elif nxt.field != "added":
+                return None
+        return after, tail
+
+    # -- forced text as tokens ----------------------------------------------------------------
+
+    def encode_forced(self, tokenizer, text: str, skip: int = 0) -> list[int]:
+        """Token ids whose bytes are exactly ``text``'s UTF-8 bytes after the first ``skip``.
+
+        The tokenizer's own ids when they decode to exactly those bytes (and
+        ``skip`` is 0), else the longest vocabulary entries, greedily.
+        """
+        data = text.encode("utf-8")[skip:]
+        if not skip:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if all(0 <= i < len(self.bytes) and self.bytes[i] for i in ids) and b"".join(self.bytes[i] for i in ids) == data:
+                return ids
+        return self.greedy(data)
+
+    def greedy(self, data: bytes) -> list[int]:
+        """The longest vocabulary entries that spell ``data``; [] when some byte has no token."""
+        ids: list[int] = []
+        at = 0
+        while at < len(data):
+            for size in range(min(self.max_bytes, len(data) - at), 0, -1):
+                i = self.by_bytes.get(data[at:at + size])
+                if i is not None:
+                    ids.append(i)
+                    at += size
+                    break
+            else:
+                return []
+        return ids
+
+
+# -- the decoding loop ------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One generation: its grammar state, its pending bytes, what it has fed so far."""
+
+    code: str
+    state: DiffState
+    budget: int
+    pending: bytes = b""
+    tokens: int = 0  # generated tokens, forced ones included
+    forced: int = 0
+    stop: str = ""
+    notes: list[str] = field(default_factory=list)
+    chunk: list[int] = field(default_factory=list)  # the tokens the next forward feeds
+    ids: list[int] = field(default_factory=list)  # every token generated (EOS included)
+    ends: dict[int, str] = field(default_factory=dict)  # tokens that end the diff here with a '<' line
+
+    def take(self, ids: list[int], table: TokenTable, forced: bool) -> None:
+        """Feed token ids whose bytes the grammar allows (cut to the budget)."""
+        ids = ids[:self.budget - self.tokens]
+        for n, i in enumerate(ids):
+            after = TokenTable.step(self.state, self.pending, table.bytes[i])
+            if after is None:  # never for tokens from TokenTable.allowed or encode_forced; kept safe
+                self.notes.append(f"token {i} does not fit the diff here; the diff was cut")
+                self.stop, ids = STOP_LENGTH, ids[:n]
+                break
+            self.state, self.pending = after
+        self.chunk.extend(ids)
+        self.ids.extend(ids)
+        self.tokens += len(ids)
+        if forced:
+            self.forced += len(ids)
+
+
+@dataclass
+class DecodeOptions:
+    """The sampling settings of one constrained run (temperature 0: greedy)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_new_tokens: int = 0
+
+
+class ConstrainedDecoder:
+    """Constrained generation for one model and tokenizer (the token table is built once)."""
+
+    def __init__(self, model, tokenizer, eos_ids: Sequence[int], pad_id: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = list(eos_ids)
+        self.pad_id = pad_id
+        vocab = getattr(model.config, "vocab_size", None) or getattr(model.get_output_embeddings(), "out_features", None)
+        self.table = TokenTable(tokenizer, vocab)
+        self._newline_free: torch.Tensor | None = None  # the table's mask on the logits' device
+        self._params: set[str] | None = None  # the model's forward arguments
+        #: forward calls of the last :meth:`generate` (prefill included)
+        self.forward_calls = 0
+        #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
+        self.last_ids: list[list[int]] = []
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+        """One forward pass with the KV cache; returns (cache, the logits of each row's last position)."""
+        if self._params is None:
+            self._params = set(inspect.signature(self.model.forward).parameters)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
+        if "logits_to_keep" in self._params:
+            kwargs["logits_to_keep"] = 1
+        if cache is not None:  # transformers 5 names it ``cache``; older models ``past_key_values``
+            kwargs["cache" if "cache" in self._params else "past_key_values"] = cache
+        out = self.model(**kwargs)
+        self.forward_calls += 1
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return cache, out.logits[:, -1]
+
+    def _forced_after(self, row: _Row) -> None:
+        """Append to the row's chunk every token the grammar forces now."""
+        nxt = row.state.allowed_next()
+        if nxt.field != "forced" or row.tokens >= row.budget:
+            return
+        ids = self.table.encode_forced(self.tokenizer, nxt.forced, len(row.pending))
+        if not ids:
+            row.notes.append("the vocabulary cannot spell the file's text here; the diff was cut")
+            row.stop = STOP_LENGTH
+            return
+        row.take(ids[:-1], self.table, forced=True)  # the last token is held back: see the module docstring
+
+    def _pick(self, logits: torch.Tensor, rows: list[_Row], opts: DecodeOptions) -> list[int | None]:
+        """One token per row from its allowed set (None: nothing allowed)."""
+        device = logits.device
+        size = min(self.table.size, logits.shape[1])
+        if self._newline_free is None or self._newline_free.device != device:
+            self._newline_free = self.table.newline_free[:size].to(device)
+        mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+        rows_at: list[int] = []
+        ids_at: list[int] = []
+        wide: list[int] = []
+        empty = []
+        for r, row in enumerate(rows):
+            ids, everything = self.table.allowed(row.state, row.pending)
+            if everything:
+                wide.append(r)
+            row.ends = dict(self.table.ends(row.state, row.pending))
+            if row.tokens >= opts.min_new_tokens or not (ids or everything):
+                if not row.pending and row.state.can_end:
+                    ids = ids + self.eos_ids
+                ids = ids + list(row.ends)
+            ids = [i for i in ids if i < logits.shape[1]]
+            rows_at.extend([r] * len(ids))
+            ids_at.extend(ids)
+            empty.append(not (ids or everything))
+        if wide:
+            mask[torch.tensor(wide, device=device), :size] = self._newline_free
+        if ids_at:
+            mask[torch.tensor(rows_at, device=device), torch.tensor(ids_at, device=device)] = True
+        scores = logits.float().masked_fill(~mask, float("-inf"))
+        if any(empty):  # no token fits (the row ends): any finite scores keep sampling well defined
+            scores[torch.tensor([r for r, e in enumerate(empty) if e], device=device)] = 0.0
+        if opts.temperature <= 0:
+            picked = scores.argmax(dim=-1)
+        else:
+            scores = scores / opts.temperature
+            if opts.top_k and opts.top_k < scores.shape[1]:
+                kth = torch.topk(scores, opts.top_k, dim=-1).values[:, -1:]
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            if opts.top_p < 1.0:
+                ordered, order = torch.sort(scores, descending=True, dim=-1)
+                probs = ordered.softmax(dim=-1)
+                drop = probs.cumsum(dim=-1) - probs >= opts.top_p
+                drop[:, 0] = False
+                scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+            picked = torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
+        return [None if e else int(t) for e, t in zip(empty, picked.tolist())]
+
+    def generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
+                 opts: DecodeOptions) -> list[list[Edit]]:
+        """``result[p][k]``: sample ``k`` of prompt ``p``; ``budgets[p]``: its most new tokens."""
+        try:
+            return self._generate(prompts, codes, num_samples, budgets, opts)
+        finally:
+            self.table.forget()
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
+                  opts: DecodeOptions) -> list[list[Edit]]:
+        self.forward_calls = 0
+        device = self.model.device
+        rows: list[_Row] = []
+        for p, code in enumerate(codes):
+            start = DiffGrammar(code).start()
+            opening = start.allowed_next().forced  # every diff opens with forced text ("@@ -")
+            first = self.table.encode_forced(self.tokenizer, LEAD + opening)
+            if len(first) > 1:
+                first = first[:-1]  # held back, as every forced span's last token
+            text = b"".join(self.table.bytes[i] for i in first).decode("utf-8", "replace")
+            for _ in range(num_samples):
+                row = _Row(code, start, budgets[p])
+                if first and row.budget >= len(first):
+                    row.state = start.feed(text[len(LEAD):])
+                    row.tokens = row.forced = len(first)
+                    row.chunk, row.ids = list(first), list(first)
+                else:
+                    row.stop = STOP_LENGTH
+                rows.append(row)
+        inputs = [prompts[i // num_samples] + rows[i].chunk for i in range(len(rows))]
+        live = [i for i, row in enumerate(rows) if not row.stop]
+        if live:
+            width = max(len(inputs[i]) for i in live)
+            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(live), width), dtype=torch.long)
+            for r, i in enumerate(live):
+                ids[r, width - len(inputs[i]):] = torch.tensor(inputs[i], dtype=torch.long)
+                mask[r, width - len(inputs[i]):] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            lengths = mask.sum(dim=1)
+            mask = mask.to(device)
+            cache, logits = self._forward(ids.to(device), mask, positions.to(device), None)
+        for row in rows:
+            row.chunk = []
+        while live:
+            picked = self._pick(logits, [rows[i] for i in live], opts)
+            for i, token in zip(live, picked):
+                row = rows[i]
+                if token is None:
+                    row.notes.append("no token of the vocabulary can continue the diff here; the diff was cut")
+                    row.stop = STOP_LENGTH
+                elif token in self.eos_ids or token in row.ends:
+                    row.tokens += 1
+                    row.ids.append(token)
+                    row.stop = STOP_EOS
+                    if token in row.ends:
+                        row.state, row.stop = row.state.feed(row.ends[token]), STOP_MARKER
+                else:
+                    row.take([token], self.table, forced=False)
+                    self._forced_after(row)
+                    if not row.stop and row.tokens >= row.budget:
+                        row.stop = STOP_LENGTH
+            keep = [r for r, i in enumerate(live) if not rows[i].stop]
+            if not keep:
+                break
+            if len(keep) < len(live):
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                mask, lengths = mask[index], lengths[keep]
+                live = [live[r] for r in keep]
+            chunks = [rows[i].chunk for i in live]
+            width = max(len(c) for c in chunks)
+            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
+            step_mask = torch.zeros((len(live), width), dtype=torch.long)
+            positions = torch.zeros((len(live), width), dtype=torch.long)
+            for r, chunk in enumerate(chunks):
+                k, at = len(chunk), int(lengths[r])
+                ids[r, width - k:] = torch.tensor(chunk, dtype=torch.long)
+                step_mask[r, width - k:] = 1
+                positions[r, :width - k] = at
+                positions[r, width - k:] = torch.arange(at, at + k)
+                lengths[r] += k
+            for i in live:
+                rows[i].chunk = []
+            mask = torch.cat([mask, step_mask.to(device)], dim=1)
+            cache, logits = self._forward(ids.to(device), mask, positions.to(device), cache)
+        self.last_ids = [row.ids for row in rows]
+        edits: list[list[Edit]] = []
+        for p in range(len(codes)):
+            edits.append([self._finish(rows[p * num_samples + k]) for k in range(num_samples)])
+        return edits
+
+    @staticmethod
+    def _finish(row: _Row) -> Edit:
+        if row.stop in (STOP_EOS, STOP_MARKER):
+            diff = row.state.finish()
+        else:
+            diff = row.state.finish(partial=True)
+            if row.tokens >= row.budget:  # else a note already says why the row stopped
+                row.notes.append(f"generation stopped after {row.tokens} tokens (--max_new_tokens or the model's positions): "
+                                 "the unfinished last line or hunk was dropped")
+        edit = finish_edit(row.code, diff, row.stop or STOP_LENGTH, row.tokens)
+        edit.notes = row.notes + edit.notes
+        edit.forced_tokens = row.forced
+        return edit
+
+
+__all__ = ["LEAD", "ConstrainedDecoder", "DecodeOptions", "TokenTable", "token_bytes"]

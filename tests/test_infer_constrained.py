@@ -1,0 +1,340 @@
+"""Diff-aware decoding (infer/constrained.py): allowed tokens, forced chunks, strict diffs, batching."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffmodel.diff import apply_diff
+from diffmodel.diff.grammar import DiffGrammar
+from diffmodel.infer import DiffModel, EditStatus, finish_edit
+from diffmodel.infer.constrained import TokenTable, _utf8_split
+from diffmodel.sample import render_prompt
+from edit_model import SAMPLES, trained_edit_model
+from handmade import CHARS, char_tokenizer, ids
+
+#: Files whose forced lines are hard to get byte for byte.
+HARD_FILES = {
+    "crlf": "[core]\r\n    name = demo\r\n    debug = true\r\n",
+    "no final newline": "VALUE = 1\nOTHER = 2",
+    "tabs": "\tx = 1\n\ty = 2\n",
+    "unicode": "# Café ☕\n\nGrüße, 世界!\n",
+    # "\n    " is one token of the tiny tokenizer: the newline merges with the next line's indent
+    "newline merged": "def total(items):\n    result = 0\n    return result\n",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> DiffModel:
+    return DiffModel.from_pretrained(trained_edit_model(tmp_path_factory))
+
+
+def _after(code: str, text: str):
+    return DiffGrammar(code).start().feed(text)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return TokenTable(char_tokenizer(merges=[("b", "\n"), ("\n", "-")]))
+
+
+class TestAllowedTokensOfAHandMadeVocabulary:
+    """Char tokenizer ('\\n' 96, ' ' 94) with merges 'b\\n' (100) and '\\n-' (101): exact id sets."""
+
+    def test_vocabulary_bytes(self, table):
+        assert table.bytes[:100] == [c.encode() for c in CHARS]
+        assert table.bytes[100:] == [b"b\n", b"\n-", None]  # the EOS is no text
+
+    def test_line_start_before_any_change(self, table):
+        allowed, everything = table.allowed(_after("ab\ncd\n", "@@ -1,2 +1,2 @@\n"), b"")
+        assert sorted(allowed) == sorted(ids(" -+")) and not everything
+
+    def test_line_start_after_a_change_may_open_a_hunk(self, table):
+        allowed, everything = table.allowed(_after("ab\ncd\n", "@@ -1,2 +1,2 @@\n-ab\n"), b"")
+        assert sorted(allowed) == sorted(ids(" -+@")) and not everything
+
+    def test_forced_line_only_its_own_text_and_merges_over_its_end(self, table):
+        state = _after("ab\ncd\n", "@@ -1,2 +1,2 @@\n a")
+        assert sorted(table.allowed(state, b"")[0]) == [ids("b")[0], 100]
+        state = state.feed("b")  # forced "\n", then a line start where '-' may come: the '\n-' merge fits
+        assert sorted(table.allowed(state, b"")[0]) == [96, 101]
+
+    def test_added_text_every_newline_free_token_and_what_fits_after_a_newline(self, table):
+        allowed, everything = table.allowed(_after("ab\ncd\n", "@@ -1,2 +1,2 @@\n+x"), b"")
+        assert everything
+        assert sorted(allowed) == [96, 100, 101]  # '\n', 'b\n' and '\n-' (the next line may be a removal)
+        assert bool(table.newline_free[ids("x")[0]]) and not bool(table.newline_free[96])
+
+    def test_a_line_starting_with_lt_ends_the_diff(self):
+        table = TokenTable(char_tokenizer())  # default merges: '\n<' is 100
+        state = _after("ab\n", "@@ -1 +1 @@\n-ab\n+x")
+        assert table.ends(state, b"") == [(100, "\n")]  # '\n<' ends the '+' line and the diff; '<' alone is text
+        assert table.ends(state.feed("\n"), b"") == [(ids("<")[0], "")]
+        assert table.ends(_after("ab\n", "@@ -1 +1 @@\n "), b"") == []  # forced text: no end
+
+    def test_forced_text_as_tokens(self, table):
+        tok = char_tokenizer(merges=[("b", "\n"), ("\n", "-")])
+        assert table.encode_forced(tok, "ab\n") == [ids("a")[0], 100]
+        assert table.encode_forced(tok, "ab\n", skip=1) == [100]
+        assert table.greedy(b"xb\n-") == [ids("x")[0], 100, ids("-")[0]]
+        assert table.encode_forced(tok, "\u00e9\n") == []  # no token spells the byte: the decoder cuts the row, with a note
+
+
+class TestAllowedEqualsEveryTokenTheGrammarAccepts:
+    """The narrowed search gives exactly the tokens a check of the whole vocabulary gives, at every point of a diff."""
+
+    @pytest.mark.parametrize("name", list(HARD_FILES))
+    def test_at_every_character_of_a_real_diff(self, tiny_tokenizer, name):
+        from diffmodel.diff.make import make_diff
+
+        table = TokenTable(tiny_tokenizer)
+        code = HARD_FILES[name]
+        lines = code.splitlines(keepends=True)
+        after = "".join(lines[:1]) + "new = 1\n" + "".join(lines[2:])  # change the second line
+        diff = make_diff(code, after)
+        start = DiffGrammar(code).start()
+        free = set(table.newline_free.nonzero().flatten().tolist())
+        for k in range(len(diff) + 1):
+            state = start.feed(diff[:k])
+            allowed, everything = table.allowed(state, b"")
+            got = set(allowed) | (free if everything else set())
+            want = {i for i, data in enumerate(table.bytes) if data and table.step(state, b"", data) is not None}
+            assert got == want, (name, diff[:k])
+            assert len(allowed) == len(set(allowed))
+            char = diff[k:k + 1].encode()
+            for cut in range(1, len(char)):  # in the middle of a multi-byte character
+                allowed, everything = table.allowed(state, char[:cut])
+                want = {i for i, data in enumerate(table.bytes) if data and table.step(state, char[:cut], data) is not None}
+                assert not everything and set(allowed) == want and want, (name, diff[:k], cut)
+
+
+class TestPartialUtf8Tokens:
+    def test_split_and_incomplete_tails(self):
+        assert _utf8_split("é".encode()) == ("é", b"")
+        assert _utf8_split(b"a\xc3") == ("a", b"\xc3")
+        assert _utf8_split(b"\xe4\xb8") == ("", b"\xe4\xb8")
+        assert _utf8_split(b"\xa9") is None  # a continuation byte with no lead
+        assert _utf8_split(b"\xc0") is None  # never completed to a valid character
+
+    def test_a_character_fed_byte_by_byte(self, tiny_tokenizer):
+        table = TokenTable(tiny_tokenizer)
+        state = _after("é = 1\n", "@@ -1 +1 @@\n-")
+        lead = next(i for i, data in enumerate(table.bytes) if data == b"\xc3")
+        good = next(i for i, data in enumerate(table.bytes) if data == b"\xa9")
+        wrong = next(i for i, data in enumerate(table.bytes) if data == b"\xa8")
+        assert lead in table.allowed(state, b"")[0]
+        state2, pending = table.step(state, b"", b"\xc3")
+        assert pending == b"\xc3" and state2.text == state.text
+        assert good in table.allowed(state2, pending)[0] and wrong not in table.allowed(state2, pending)[0]
+        state3, pending = table.step(state2, pending, b"\xa9")
+        assert pending == b"" and state3.text.endswith("-é")
+        assert table.step(state2, b"\xc3", b"\xa8") is None
+
+    def test_table_bytes_spell_every_tiny_text(self, tiny_tokenizer, tiny_texts):
+        table = TokenTable(tiny_tokenizer)
+        for text in tiny_texts:
+            assert b"".join(table.bytes[i] for i in tiny_tokenizer(text)["input_ids"]) == text.encode()
+
+
+def _sentencepiece_tokenizer():
+    """A hand-made Llama-2-style tokenizer: '▁' for spaces, a prepended '▁', <0xNN> byte fallback."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{i:02X}>": 3 + i for i in range(256)})
+    for c in string.printable.replace(" ", "\u2581"):
+        vocab.setdefault(c, len(vocab))
+    merges = [("\u2581", "r"), ("e", "t"), ("\u2581r", "et")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", bos_token="<s>"), vocab
+
+
+class TestSentencePieceVocabulary:
+    def test_pieces_and_byte_fallback_spell_the_text_and_forced_text_drops_the_prepended_space(self):
+        tok, vocab = _sentencepiece_tokenizer()
+        table = TokenTable(tok)
+        text = "x = é\n ret\n"
+        assert b"".join(table.bytes[i] for i in tok(text, add_special_tokens=False)["input_ids"]) == (" " + text).encode()
+        assert table.bytes[vocab["<0xC3>"]] == b"\xc3" and table.bytes[vocab["\u2581ret"]] == b" ret"
+        assert table.bytes[:3] == [None, None, None]
+        # the tokenizer prepends a space to text alone: the forced tokens are spelt from the vocabulary instead
+        want = ["x", "\u2581", "=", "\u2581", "<0xC3>", "<0xA9>", "\n", "\u2581ret", "\n"]
+        assert table.encode_forced(tok, text) == [vocab[p] for p in want]
+
+
+class TestTrainedModelUnderConstraints:
+    @pytest.mark.parametrize("key", ["calc", "greet", "crlf"])
+    def test_known_diffs_unchanged(self, trained, key):
+        s = SAMPLES[key]
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
+        assert (edit.diff, edit.status, edit.new_code, edit.stop) == (s["diff"], EditStatus.STRICT, s["after"], "eos")
+        assert 0 < edit.forced_tokens < edit.num_tokens
+
+    def test_what_failed_or_needed_relocation_now_applies_strictly(self, trained):
+        for key in ("shift", "wrong", "half"):
+            s = SAMPLES[key]
+            free = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100, constrained=False)
+            edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
+            assert free.status is not EditStatus.STRICT
+            assert edit.status is EditStatus.STRICT and edit.stop == "eos", key
+        shift = trained.edit(SAMPLES["shift"]["before"], "Bump y", "shift.py", max_new_tokens=100)
+        assert (shift.diff, shift.new_code) == ("@@ -1,2 +1,2 @@\n x = 1\n-y = 2\n+y = 3\n", "x = 1\ny = 3\n")
+
+    def test_the_next_samples_name_marker_ends_the_diff(self, trained):
+        s = SAMPLES["marker"]
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
+        assert (edit.diff, edit.status, edit.stop) == (s["diff"], EditStatus.STRICT, "marker")
+
+    def test_forced_tokens_are_fed_in_chunks(self, trained):
+        calls = []
+        hook = trained.model.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            s = SAMPLES["calc"]
+            edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
+        finally:
+            hook.remove()
+        # one prefill, then one forward per decoded token but the EOS; forced tokens ride along
+        assert len(calls) == trained._decoder.forward_calls == edit.num_tokens - edit.forced_tokens
+        assert len(calls) < edit.num_tokens and edit.forced_tokens > 0
+
+    def test_cut_at_max_new_tokens_is_reported_and_still_applies(self, trained):
+        s = SAMPLES["calc"]
+        full = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
+        ids_full = list(trained._decoder.last_ids[0])
+        assert _fed_text(trained, 0).decode()[1:] == full.diff
+
+        def cut(n):  # what the first n tokens of the full generation leave
+            text = b"".join(trained._decoder.table.bytes[i] for i in ids_full[:n]).decode()
+            return DiffGrammar(s["before"]).start().feed(text[1:]).finish(partial=True)
+
+        n = next(n for n in range(1, full.num_tokens) if cut(n))  # the first cut that keeps a change
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=n)
+        assert trained._decoder.last_ids[0] == ids_full[:n]
+        assert edit.stop == "length" and edit.num_tokens == n
+        assert edit.notes[0].startswith(f"generation stopped after {n} tokens")
+        assert edit.diff == "@@ -1,2 +1 @@\n def add(a, b):\n-    return a - b\n"
+        assert edit.status is EditStatus.STRICT and edit.new_code == "def add(a, b):\n"
+
+
+def _fed_text(model: DiffModel, row: int) -> bytes:
+    table = model._decoder.table
+    return b"".join(table.bytes[i] or b"" for i in model._decoder.last_ids[row] if i not in model.eos_ids)
+
+
+class TestRandomModelsWriteOnlyStrictDiffs:
+    def test_hard_files_sampled_every_diff_strict_or_reported_cut(self, tiny_gpt2_dir):
+        model = DiffModel.from_pretrained(tiny_gpt2_dir)
+        files = list(HARD_FILES.values())
+        merged = model.tokenizer("    result = 0\n    return result\n")["input_ids"]
+        assert any(b"\n " in model.tokenizer.convert_tokens_to_string([t]).encode()
+                   for t in model.tokenizer.convert_ids_to_tokens(merged)), "the tokenizer merges a newline with an indent"
+        written = 0
+        for code in files:
+            group = model.edit_many([(code, "m", "a.py")], num_samples=8, temperature=1.0, max_new_tokens=64, seed=0)[0]
+            for k, edit in enumerate(group):
+                fed = _fed_text(model, k)
+                text, _ = _utf8_split(fed)
+                assert text.startswith(" @@ -")
+                if edit.stop == "marker":  # the last token starts a line with '<': the diff ended before it
+                    text = text[:text.rindex("<")]
+                state = DiffGrammar(code).start().feed(text[1:])  # the bytes fed to the model are grammar text
+                if edit.stop in ("eos", "marker"):
+                    assert edit.diff == state.finish() and edit.status is EditStatus.STRICT
+                else:
+                    assert edit.stop == "length" and edit.notes[0].startswith("generation stopped after 64 tokens")
+                    assert edit.diff == state.finish(partial=True)
+                if edit.diff:
+                    written += 1
+                    assert edit.status is EditStatus.STRICT
+                    assert apply_diff(code, edit.diff, "strict").text == edit.new_code
+                    assert edit.new_code != code
+        assert written >= 5
+
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_greedy_batched_equals_one_by_one(self, request, fixture):
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())] + [("", "Add", "n.py")]
+        alone = [model.edit(*r, max_new_tokens=40) for r in requests]
+        batched = [g[0] for g in model.edit_many(requests, max_new_tokens=40, batch_size=len(requests))]
+        assert batched == alone
+
+    def test_sampling_seeded_and_top_k_one_is_greedy(self, tiny_gpt2_dir):
+        model = DiffModel.from_pretrained(tiny_gpt2_dir)
+        requests = [(HARD_FILES["tabs"], "m", "a.py"), (HARD_FILES["crlf"], "m", "b.ini")]
+        first = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=7)
+        assert first == model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=7)
+        assert [len(g) for g in first] == [3, 3]
+        assert len({(e.diff, e.num_tokens) for g in first for e in g}) > 1
+        greedy = model.edit_many(requests, max_new_tokens=40)
+        top1 = model.edit_many(requests, temperature=0.7, top_k=1, max_new_tokens=40, seed=1)
+        assert top1 == greedy
+
+
+class TestUnconstrainedOutputUnchanged:
+    @pytest.mark.parametrize("key", ["shift", "marker", "wrong"])
+    def test_same_as_plain_generate(self, trained, key):
+        s = SAMPLES[key]
+        tok = trained.tokenizer
+        prompt = tok(render_prompt(s["name"], s["before"], s["message"]), return_tensors="pt")
+        out = trained.model.generate(**prompt, max_new_tokens=100, do_sample=False, pad_token_id=trained.pad_id,
+                                     eos_token_id=trained.eos_ids)
+        new = out[0, prompt["input_ids"].shape[1]:].tolist()
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100, constrained=False)
+        assert edit.forced_tokens == 0
+        if key == "marker":  # generate() runs on into the next sample; the <NME> stop cuts it
+            assert edit.diff == finish_edit(s["before"], tok.decode(new)).diff == s["diff"]
+        else:
+            assert new[-1] in trained.eos_ids and edit.num_tokens == len(new)
+            assert edit == finish_edit(s["before"], tok.decode(new[:-1]), "eos", len(new))
+
+
+@st.composite
+def _files(draw):
+    lines = draw(st.lists(st.sampled_from(["x = 1", "    return x", "\té", "", "def f():", "世界"]), min_size=0, max_size=6))
+    ending = draw(st.sampled_from(["\n", "\r\n"]))
+    text = "".join(line + ending for line in lines)
+    return text[:-len(ending)] if lines and draw(st.booleans()) else text
+
+
+class TestAnyChoicesGiveAStrictDiff:
+    """Random allowed tokens, chosen without a model, with forced chunks as the decoder feeds them."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(code=_files(), data=st.data())
+    def test_random_choices_apply_strictly(self, tiny_tokenizer, code, data):
+        table = TokenTable(tiny_tokenizer)
+        eos = tiny_tokenizer.eos_token_id
+        state, pending = DiffGrammar(code).start(), b""
+        state = state.feed(state.allowed_next().forced)
+        ended = False
+        for _ in range(40):
+            allowed, everything = table.allowed(state, pending)
+            choices = sorted(set(allowed) | (set(table.newline_free.nonzero().flatten().tolist()) if everything else set()))
+            if not pending and state.can_end:
+                choices.append(eos)
+            token = data.draw(st.sampled_from(choices))
+            if token == eos:
+                ended = True
+                break
+            state, pending = table.step(state, pending, table.bytes[token])
+            nxt = state.allowed_next()
+            if nxt.field == "forced":
+                for i in table.encode_forced(tiny_tokenizer, nxt.forced, len(pending))[:-1]:
+                    state, pending = table.step(state, pending, table.bytes[i])
+        diff = state.finish() if ended else state.finish(partial=True)
+        if diff:
+            result = apply_diff(code, diff, "strict")
+            assert result.ok, diff
+            assert finish_edit(code, diff).status is EditStatus.STRICT
+        else:
+            assert not ended
+
