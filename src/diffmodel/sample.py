@@ -25,9 +25,12 @@ Invariants:
   one line, the file ends with a newline (and is not ``ADDFILE``), the
   message is stripped and has no line starting with ``<MSG>`` or ``<DFF>``,
   and no diff line starts with ``<``; the file may hold any marker anywhere.
-- Only the text from ``<DFF>`` on carries loss when training; a text whose
-  diff is empty (nothing but whitespace after the marker) has nothing to
-  train and is dropped (:func:`diff_is_empty`).
+- Only the text from ``<DFF>`` on carries loss when training (``--loss_on
+  diff``), or from the ``<MSG>`` line that precedes it (``--loss_on
+  message+diff``): :func:`loss_start`, the one function of (text, choice)
+  that says where the loss starts. A text whose diff is empty (nothing but
+  whitespace after the marker) has nothing to train and is dropped
+  (:func:`diff_is_empty`), whichever the choice.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ MESSAGE_MARKER = "<MSG>"
 DIFF_MARKER = "<DFF>"
 MARKERS = (NAME_MARKER, BEFORE_MARKER, MESSAGE_MARKER, DIFF_MARKER)
 NEW_FILE = "ADDFILE"
+
+#: The choices of ``--loss_on``: where the loss of a sample starts (:func:`loss_start`).
+LOSS_ON = ("diff", "message+diff")
 
 #: Column names of a structured sample row.
 FIELDS = ("name", "before", "message", "diff")
@@ -101,6 +107,29 @@ def diff_start(text: str) -> int:
     if msg < 0:
         return -1
     return _first_line_start(text, DIFF_MARKER, msg + len(MESSAGE_MARKER))
+
+
+def message_start(text: str) -> int:
+    """Character index of the ``<MSG>`` line whose message precedes the diff, or -1 when the text has no diff.
+
+    It is the last ``<MSG>`` that starts a line (the one :func:`diff_start` follows).
+    """
+    if diff_start(text) < 0:
+        return -1
+    return _last_line_start(text, MESSAGE_MARKER, len(text))
+
+
+def loss_start(text: str, loss_on: str = "diff") -> int:
+    """Character index where the loss of ``text`` starts for ``--loss_on`` ``loss_on``, or -1 (no diff).
+
+    ``diff``: the ``<DFF>`` of :func:`diff_start`; ``message+diff``: the
+    ``<MSG>`` line of :func:`message_start`.
+    """
+    if loss_on == "diff":
+        return diff_start(text)
+    if loss_on == "message+diff":
+        return message_start(text)
+    raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
 
 
 def diff_is_empty(text: str, start: int) -> bool:

@@ -22,8 +22,11 @@ Invariants:
   cut from ``train`` by a seeded permutation (both keep the source order).
 - Every split has the text column named in the report (``text`` when rows
   were rendered from ``name/before/message/diff`` by
-  :func:`diffmodel.sample.render_row`), or an ``input_ids`` column, in which
-  case ``LoadReport.text_column`` is None and rows pass through untouched.
+  :func:`diffmodel.sample.render_row`, or from ``prompt/completion`` rows, which
+  also get a ``completion_start`` column: the character where the loss
+  starts), or an ``input_ids`` column, in which case ``LoadReport.text_column``
+  is None and rows pass through untouched. ``LoadReport.row_format`` names
+  the kind of rows.
 - Problems with the input raise :class:`DiffModelError` naming the file (and
   line), the flag and the fix.
 """
@@ -111,6 +114,8 @@ class LoadReport:
     """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
     bad_records_by_split: dict[str, int] = field(default_factory=dict)
     """``bad_records`` per split read from files (a validation split cut from train has its records counted in train)."""
+    row_format: str = ""
+    """The kind of rows: ``text``, ``prompt/completion`` (loss on the completion), ``name/before/message/diff`` or ``tokenized``."""
 
 
 def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadReport]:
@@ -439,6 +444,7 @@ def _resolve_text(
 ) -> datasets.DatasetDict:
     """Make every split carry the same text column (or ``input_ids``), rendering structured rows."""
     chosen: dict[str, str | None] = {}
+    formats: dict[str, str] = {}
     out = {}
     for split, ds in raw.items():
         where = origins.get(split, split)
@@ -461,6 +467,17 @@ def _resolve_text(
         elif "text" in columns:
             _check_text(ds, "text", where)
             chosen[split] = "text"
+        elif all(f in columns for f in records.PROMPT_COMPLETION):
+            for column in records.PROMPT_COMPLETION:
+                _check_text(ds, column, where)
+            ds = ds.map(
+                _prompt_completion_batch,
+                batched=True,
+                input_columns=list(records.PROMPT_COMPLETION),
+                desc=f"Joining {split} prompts and completions",
+            )
+            formats[split] = "prompt/completion"
+            chosen[split] = "text"
         elif all(f in columns for f in sample.FIELDS):
             ds = ds.map(
                 _render_batch,
@@ -470,14 +487,21 @@ def _resolve_text(
                 desc=f"Rendering {split} samples",
             )
             report.rendered_from_fields = True
+            formats[split] = "/".join(sample.FIELDS)
             chosen[split] = "text"
         else:
             raise no_text_error(where, list(columns))
         out[split] = ds
-    if len(set(chosen.values())) > 1:
-        kinds = ", ".join(f"{s}: {c or 'input_ids (tokenized)'}" for s, c in chosen.items())
+    for split, column in chosen.items():
+        formats.setdefault(split, "tokenized" if column is None else column)
+    completion_rows = {f == "prompt/completion" for f in formats.values()}
+    if len(set(chosen.values())) > 1 or len(completion_rows) > 1:
+        kinds = ", ".join(f"{s}: {f if f != 'tokenized' else 'input_ids (tokenized)'}" for s, f in formats.items())
         raise DiffModelError(f"the splits disagree on their text ({kinds}); give every split the same kind of rows")
     report.text_column = next(iter(chosen.values()))
+    report.row_format = next(iter(formats.values()))
+    if report.row_format == "prompt/completion":
+        logger.info("rows are prompt/completion (TRL's format): text = prompt + completion, loss on the completion only")
     return datasets.DatasetDict(out)
 
 
@@ -501,6 +525,12 @@ def _render_batch(names: list, befores: list, messages: list, diffs: list, rende
             for n, b, m, d in zip(names, befores, messages, diffs)
         ]
     }
+
+
+def _prompt_completion_batch(prompts: list, completions: list) -> dict:
+    """``text`` and ``completion_start`` for a batch of prompt/completion rows."""
+    joined = [records.prompt_completion_text(p, c) for p, c in zip(prompts, completions)]
+    return {"text": [t for t, _ in joined], records.COMPLETION_START: [start for _, start in joined]}
 
 
 def _ensure_validation(raw: datasets.DatasetDict, opts: LoadOptions, report: LoadReport) -> datasets.DatasetDict:

@@ -1,10 +1,13 @@
 """Labels: which tokens of a sample carry loss.
 
-A diff sample is trained only from its ``<DFF>`` marker on; every token before
-the marker is context and gets :data:`IGNORE_INDEX`. Which ``<DFF>`` that is,
-is decided by :func:`diffmodel.sample.diff_start` alone (the ``<DFF>`` line
-after the last ``<MSG>`` line); this module maps that character offset to a
-token.
+A diff sample is trained only from its ``<DFF>`` marker on (``--loss_on
+diff``) or from its ``<MSG>`` line on (``--loss_on message+diff``); every
+token before is context and gets :data:`IGNORE_INDEX`. Where that is, is
+decided by :func:`diffmodel.sample.loss_start` alone (the ``<DFF>`` line
+after the last ``<MSG>`` line, or that ``<MSG>`` line). A prompt/completion
+row (TRL's format: text = prompt + completion) is trained from the character
+where its completion starts. This module maps that character offset to a
+token (:func:`loss_start_token`, the one policy for both kinds of rows).
 
 Invariants:
 - The boundary is found by *character offset*: the first trained token is the
@@ -16,8 +19,9 @@ Invariants:
   tokenizer) each token is decoded on its own and the pieces give the text
   and the offsets, so the same rule applies (:func:`diff_start_from_ids`).
 - The boundary is a token index, or :data:`NO_DIFF` (no ``<DFF>`` line after
-  a ``<MSG>`` line) or :data:`EMPTY_DIFF` (nothing but whitespace after it);
-  samples of either kind are dropped and counted by the callers.
+  a ``<MSG>`` line) or :data:`EMPTY_DIFF` (nothing but whitespace after the
+  ``<DFF>``, or an empty or all-whitespace completion); samples of either
+  kind are dropped and counted by the callers.
 - ``labels`` has the length of ``input_ids``; every label is either
   :data:`IGNORE_INDEX` or the token at the same position (HF models shift
   labels themselves).
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from diffmodel.sample import diff_is_empty, diff_start
+from diffmodel.sample import diff_is_empty, diff_start, loss_start
 
 #: The label value that ``torch.nn.CrossEntropyLoss`` and HF models skip.
 IGNORE_INDEX = -100
@@ -49,33 +53,49 @@ def token_at_char(offsets: Sequence[Sequence[int]], pos: int) -> int | None:
     return None
 
 
-def diff_start_token(text: str, token_at: Callable[[int], int | None]) -> int:
-    """Token index where the diff of ``text`` starts, or :data:`NO_DIFF` / :data:`EMPTY_DIFF`.
+def loss_start_token(
+    text: str, token_at: Callable[[int], int | None], loss_on: str = "diff", completion_start: int | None = None
+) -> int:
+    """Token index where the loss of ``text`` starts, or :data:`NO_DIFF` / :data:`EMPTY_DIFF`.
 
-    ``token_at(pos)`` maps a character offset of ``text`` to the token that holds it.
+    ``token_at(pos)`` maps a character offset of ``text`` to the token that
+    holds it. ``completion_start``: for a prompt/completion row, the character
+    where the completion starts (then ``loss_on`` does not apply); None for a
+    diff sample, whose start is :func:`diffmodel.sample.loss_start`.
     """
-    pos = diff_start(text)
-    if pos < 0:
-        return NO_DIFF
-    if diff_is_empty(text, pos):
-        return EMPTY_DIFF
+    if completion_start is not None:
+        if not text[completion_start:].strip():
+            return EMPTY_DIFF
+        pos = completion_start
+    else:
+        dff = diff_start(text)
+        if dff < 0:
+            return NO_DIFF
+        if diff_is_empty(text, dff):
+            return EMPTY_DIFF
+        pos = loss_start(text, loss_on)
     token = token_at(pos)
     return NO_DIFF if token is None else token
 
 
-def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]]) -> int:
-    """:func:`diff_start_token` with the tokenizer's offset mapping of ``text``."""
-    return diff_start_token(text, lambda pos: token_at_char(offsets, pos))
+def diff_start_from_offsets(text: str, offsets: Sequence[Sequence[int]], loss_on: str = "diff") -> int:
+    """:func:`loss_start_token` with the tokenizer's offset mapping of ``text``."""
+    return loss_start_token(text, lambda pos: token_at_char(offsets, pos), loss_on)
 
 
-def diff_start_from_ids(input_ids: Sequence[int], tokenizer) -> int:
-    """:func:`diff_start_token` for token ids without their text: each token is decoded on its own."""
+def decoded_offsets(input_ids: Sequence[int], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The text of ``input_ids`` and each token's (start, end) in it, every token decoded on its own."""
     pieces = tokenizer.batch_decode([[i] for i in input_ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
     offsets, at = [], 0
     for piece in pieces:
         offsets.append((at, at + len(piece)))
         at += len(piece)
-    return diff_start_from_offsets("".join(pieces), offsets)
+    return "".join(pieces), offsets
+
+
+def diff_start_from_ids(input_ids: Sequence[int], tokenizer, loss_on: str = "diff") -> int:
+    """:func:`loss_start_token` for token ids without their text: each token is decoded on its own."""
+    return diff_start_from_offsets(*decoded_offsets(input_ids, tokenizer), loss_on)
 
 
 def mask_before(input_ids: Sequence[int], start: int) -> list[int]:

@@ -1,9 +1,11 @@
 """Run the preprocessing stages over a ``DatasetDict``, with a stage cache.
 
 Order (the reference's): tokenize -> drop long samples -> labels (mask before
-the ``<DFF>`` where the diff starts, :func:`diffmodel.sample.diff_start`; drop
-samples without one or with an empty diff) -> layout (pad | concat | pack) ->
-sanity check. Each stage function lives
+where the loss starts: the ``<DFF>`` where the diff starts, or its ``<MSG>``
+line with ``--loss_on message+diff``, :func:`diffmodel.sample.loss_start`;
+the completion of a prompt/completion row, always, even without
+``--train_diff_model``; drop samples without a diff, and with an empty diff
+or completion) -> layout (pad | concat | pack) -> sanity check. Each stage function lives
 in its own module; this module only wires them to ``datasets`` and caches
 their results.
 
@@ -26,6 +28,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffmodel.data.records import COMPLETION_START
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.cache import cached_stage, default_cache_root, fingerprint, tokenizer_fingerprint
 from diffmodel.preprocess.labels import EMPTY_DIFF, NO_DIFF, diff_start_from_ids, mask_before
@@ -51,11 +54,12 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
     for a sample the filters drop. Token ids without text or ``diff_start``
     get the boundary by decoding their tokens (:func:`diff_start_from_ids`).
     """
+    completion_rows = any(c is not None for c in batch.get(COMPLETION_START) or [])
     if "input_ids" in batch and batch["input_ids"] is not None:
         ids = batch["input_ids"]
         starts = batch.get("diff_start")
     else:
-        enc = tokenize_batch(batch, tokenizer, opts.text_column)
+        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.loss_on)
         ids, starts = enc["input_ids"], enc["diff_start"]
     out: dict[str, list] = {"input_ids": ids}
     has_labels = "labels" in batch and batch["labels"] is not None
@@ -64,13 +68,13 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         out["diff_start"] = [0] * len(ids)
         out["n_tokens"] = [len(x) for x in ids]
         return out
-    if not opts.train_diff_model:
+    if not opts.train_diff_model and not completion_rows:
         out["labels"] = [list(row_ids) for row_ids in ids]
         out["diff_start"] = [0] * len(ids)
         out["n_tokens"] = [len(x) for x in ids]
         return out
     if starts is None:
-        starts = [diff_start_from_ids(row_ids, tokenizer) for row_ids in ids]
+        starts = [diff_start_from_ids(row_ids, tokenizer, opts.loss_on) for row_ids in ids]
     out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
     out["diff_start"] = list(starts)
     out["n_tokens"] = [len(x) for x in ids]
@@ -220,6 +224,13 @@ def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workd
 # --- the whole pipeline -----------------------------------------------------------------------
 
 
+def loss_on_of(columns, opts: PreprocessOptions) -> str:
+    """What carries loss in rows with these columns, as the report says it: ``completion``, ``--loss_on`` or ``all tokens``."""
+    if COMPLETION_START in columns:
+        return "completion"
+    return opts.loss_on if opts.train_diff_model else "all tokens"
+
+
 def is_laid_out(ds: datasets.Dataset) -> bool:
     """Rows that an earlier run laid out carry labels and an attention mask (pad, concat) or position ids (pack)."""
     cols = set(ds.column_names)
@@ -235,7 +246,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
         stage_opts.pop(k)
     out, reports = {}, {}
     for split, ds in raw.items():
-        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout)
+        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout, loss_on=loss_on_of(ds.column_names, opts))
         if opts.skip_concat and is_laid_out(ds):
             if opts.force_label:
                 logger.warning("--force_label has no effect with --skip_concat on rows that are already laid out: their labels were built before layout; rebuild from the raw data to change them")

@@ -79,6 +79,7 @@ class DataArguments:
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
+    loss_on: str = arg("diff", "What carries loss with --train_diff_model: diff (from the <DFF> line on, the default) or message+diff (from the <MSG> line on). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
@@ -134,7 +135,7 @@ class RunArguments:
 
 
 #: The diff-model layout flags (the reference script's), shown first by ``diffmodel train --help``.
-LAYOUT_FLAGS = ("train_diff_model", "packing", "ignore_long_samples", "concatenate_texts", "skip_concat", "force_label")
+LAYOUT_FLAGS = ("train_diff_model", "loss_on", "packing", "ignore_long_samples", "concatenate_texts", "skip_concat", "force_label")
 
 #: The sections of ``diffmodel train --help``, in order: (heading, dataclass, field names; None: the fields not shown yet).
 HELP_SECTIONS = (
@@ -294,6 +295,12 @@ def data_problems(data_args: DataArguments) -> list[str]:
         problems.append("--load_from_disk needs --dataset_name, the folder written by save_to_disk")
     for flag, patterns in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         problems += expand_files(patterns or [], flag)[1]
+    from diffmodel.sample import LOSS_ON
+
+    if data_args.loss_on not in LOSS_ON:
+        problems.append(f"--loss_on {data_args.loss_on!r} is not one of: {', '.join(LOSS_ON)}")
+    elif data_args.loss_on != "diff" and not data_args.train_diff_model:
+        problems.append(f"--loss_on {data_args.loss_on} chooses which tokens of a diff sample carry loss; add --train_diff_model (without it every token is trained)")
     if data_args.packing and data_args.concatenate_texts:
         problems.append("--packing and --concatenate_texts are two different layouts; pass one of them")
     if data_args.block_size is not None and data_args.block_size < 2:
