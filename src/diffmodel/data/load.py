@@ -476,7 +476,7 @@ def _resolve_text(
                 input_columns=list(records.PROMPT_COMPLETION),
                 desc=f"Joining {split} prompts and completions",
             )
-            formats[split] = "prompt/completion"
+            formats[split] = records.row_format(records.PROMPT_COMPLETION)
             chosen[split] = "text"
         elif all(f in columns for f in sample.FIELDS):
             ds = ds.map(
@@ -487,7 +487,7 @@ def _resolve_text(
                 desc=f"Rendering {split} samples",
             )
             report.rendered_from_fields = True
-            formats[split] = "/".join(sample.FIELDS)
+            formats[split] = records.row_format(sample.FIELDS)
             chosen[split] = "text"
         else:
             raise no_text_error(where, list(columns))

@@ -264,6 +264,15 @@ def text_fields(keys, text_column: str | None) -> tuple[str, ...]:
     return ()
 
 
+def row_format(fields: tuple[str, ...]) -> str:
+    """The kind of rows whose text comes from ``fields`` (:func:`text_fields`), as reports name it."""
+    if fields == PROMPT_COMPLETION:
+        return "prompt/completion"
+    if fields == FIELDS:
+        return "/".join(FIELDS)
+    return fields[0] if fields else "tokenized"
+
+
 def text_problem(row: dict, fields: tuple[str, ...]) -> str | None:
     """Why ``row`` has no usable text in ``fields`` (the reason of a bad record), or None if it has."""
     for name in fields:

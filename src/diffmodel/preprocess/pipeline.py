@@ -54,30 +54,29 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
     for a sample the filters drop. Token ids without text or ``diff_start``
     get the boundary by decoding their tokens (:func:`diff_start_from_ids`).
     """
-    completion_rows = any(c is not None for c in batch.get(COMPLETION_START) or [])
     if "input_ids" in batch and batch["input_ids"] is not None:
         ids = batch["input_ids"]
         starts = batch.get("diff_start")
     else:
         enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.loss_on)
         ids, starts = enc["input_ids"], enc["diff_start"]
-    out: dict[str, list] = {"input_ids": ids}
+    out: dict[str, list] = {"input_ids": ids, "n_tokens": [len(x) for x in ids]}
     has_labels = "labels" in batch and batch["labels"] is not None
     if has_labels and not opts.force_label:
         out["labels"] = batch["labels"]
         out["diff_start"] = [0] * len(ids)
-        out["n_tokens"] = [len(x) for x in ids]
         return out
-    if not opts.train_diff_model and not completion_rows:
+    # a prompt/completion row is always trained on its completion only; a diff sample only with --train_diff_model
+    masked = [opts.train_diff_model or c is not None for c in batch.get(COMPLETION_START) or [None] * len(ids)]
+    if not any(masked):
         out["labels"] = [list(row_ids) for row_ids in ids]
         out["diff_start"] = [0] * len(ids)
-        out["n_tokens"] = [len(x) for x in ids]
         return out
     if starts is None:
         starts = [diff_start_from_ids(row_ids, tokenizer, opts.loss_on) for row_ids in ids]
+    starts = [start if mask else 0 for start, mask in zip(starts, masked)]
     out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
-    out["diff_start"] = list(starts)
-    out["n_tokens"] = [len(x) for x in ids]
+    out["diff_start"] = starts
     return out
 
 

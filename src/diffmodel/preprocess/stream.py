@@ -12,6 +12,8 @@ data larger than memory or disk (``diffmodel train --streaming``)::
   dataloader workers read disjoint parts, and together all of it.
 - Text: the rules of the load stage, per row: ``input_ids`` pass through
   (pre-tokenized), else ``--text_column``, else ``text``, else
+  ``prompt/completion`` (loss on the completion:
+  :func:`diffmodel.data.records.prompt_completion_text`), else
   ``name/before/message/diff`` rendered by :func:`diffmodel.sample.render_row`.
 - Tokens and labels: :func:`diffmodel.preprocess.pipeline.encode_batch`, then
   the long-sample policy (:func:`~diffmodel.preprocess.tokenize.is_short_enough`
@@ -55,6 +57,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from diffmodel import sample
+from diffmodel.data import records
 from diffmodel.data.load import no_text_error
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -100,8 +103,8 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- pure stages
 
 
-def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
-    """The text of one raw row by the load stage's rules, or None for a pre-tokenized row."""
+def row_text(row: dict, text_column: str | None, origin: str) -> tuple[str, int | None] | None:
+    """The text of one raw row by the load stage's rules and, for a prompt/completion row, where its completion starts; None for a pre-tokenized row."""
     if "input_ids" in row:
         if text_column is not None:
             raise DiffModelError(
@@ -118,29 +121,36 @@ def row_text(row: dict, text_column: str | None, origin: str) -> str | None:
         column = text_column
     elif "text" in row:
         text, column = row["text"], "text"
+    elif all(f in row for f in records.PROMPT_COMPLETION):
+        for column in records.PROMPT_COMPLETION:
+            if not isinstance(row[column], str):
+                raise DiffModelError(f"{origin}: {column} holds {type(row[column]).__name__}, not text; give every row a prompt and a completion string")
+        return records.prompt_completion_text(row["prompt"], row["completion"])
     elif all(f in row for f in sample.FIELDS):
-        return sample.render_row(row)
+        return sample.render_row(row), None
     else:
         raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
         raise DiffModelError(f"{origin}: {column} holds {type(text).__name__}, not text; pass --text_column with a text key")
-    return text
+    return text, None
 
 
 def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: PreprocessOptions, text_column: str | None) -> list[tuple[list[int], list[int], int]]:
     """``(input_ids, labels, diff_start)`` per raw row, through ``encode_batch`` (no row dropped here)."""
     text_opts = dataclasses.replace(opts, text_column="text")
     out: list = [None] * len(rows)
-    texts, text_at, tokens_at = [], [], []
+    texts, completion_starts, text_at, tokens_at = [], [], [], []
     for i, (row, origin) in enumerate(zip(rows, origins)):
-        text = row_text(row, text_column, origin)
-        if text is None:
+        got = row_text(row, text_column, origin)
+        if got is None:
             tokens_at.append(i)
         else:
-            texts.append(text)
+            texts.append(got[0])
+            completion_starts.append(got[1])
             text_at.append(i)
     for lo in range(0, len(texts), ENCODE_CHUNK):
-        enc = encode_batch({"text": texts[lo:lo + ENCODE_CHUNK]}, tokenizer, text_opts)
+        batch = {"text": texts[lo:lo + ENCODE_CHUNK], records.COMPLETION_START: completion_starts[lo:lo + ENCODE_CHUNK]}
+        enc = encode_batch(batch, tokenizer, text_opts)
         for i, ids, labels, start in zip(text_at[lo:lo + ENCODE_CHUNK], enc["input_ids"], enc["labels"], enc["diff_start"]):
             out[i] = (ids, labels, start)
     if tokens_at:
