@@ -48,7 +48,7 @@ from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
 from diffmodel import sample
-from diffmodel.data import records
+from diffmodel.data import mix, records
 from diffmodel.errors import DiffModelError, raise_if_problems
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ class LoadOptions:
     cache_dir: str | None = None
     """``datasets`` cache folder (default: the ``datasets`` default cache)."""
     seed: int = 42
-    """Seed of the train/validation cut."""
+    """Seed of the train/validation cut and of the weighted mix."""
+    mix_size: int | None = None
+    """Rows of the weighted mix of ``train_files`` (default: as many as the first source to run out allows; see :mod:`diffmodel.data.mix`)."""
 
 
 @dataclass
@@ -114,6 +116,8 @@ class LoadReport:
     """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
     bad_records_by_split: dict[str, int] = field(default_factory=dict)
     """``bad_records`` per split read from files (a validation split cut from train has its records counted in train)."""
+    sources: list[dict] = field(default_factory=list)
+    """Weighted ``--train_file`` sources: files, weight, share, rows and rows taken (:func:`diffmodel.data.mix.source_report`)."""
     row_format: str = ""
     """The kind of rows: ``text``, ``prompt/completion`` (loss on the completion), ``name/before/message/diff`` or ``tokenized``."""
 
@@ -135,10 +139,15 @@ def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadRepo
     elif opts.dataset_name:
         raw = _load_named(opts, report, origins)
     else:
-        split_files = {"train": _resolve_files(opts.train_files, "--train_file")}
+        sources, problems = mix.parse_sources(opts.train_files)
+        raise_if_problems(problems, "cannot read the --train_file weights")
+        weighted = mix.is_weighted(sources)
+        if weighted:
+            raw = _load_weighted(sources, opts, report, origins)
+        else:
+            raw = _load_split_files({"train": _resolve_files(opts.train_files, "--train_file")}, opts, report, origins)
         if opts.validation_files:
-            split_files["validation"] = _resolve_files(opts.validation_files, "--validation_file")
-        raw = _load_split_files(split_files, opts, report, origins)
+            raw["validation"] = _load_split_files({"validation": _resolve_files(opts.validation_files, "--validation_file")}, opts, report, origins)["validation"]
 
     if "train" not in raw:
         raise DiffModelError(
@@ -150,6 +159,8 @@ def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadRepo
             raise DiffModelError(f"the {split} split is empty ({origins.get(split, opts.dataset_name)}); give it data")
     raw = _resolve_text(raw, opts, report, origins)
     raw = _ensure_validation(raw, opts, report)
+    if mix.SOURCE_COLUMN in raw["train"].column_names:
+        raw = _mix_train(raw, sources, opts, report)
     return raw, report
 
 
@@ -253,6 +264,52 @@ def _load_split_files(
         else:
             raw[split] = _load_with_builder(fmt, files, split, opts)
     return datasets.DatasetDict(raw)
+
+
+def _load_weighted(sources: list[mix.Source], opts: LoadOptions, report: LoadReport, origins: dict[str, str]) -> datasets.DatasetDict:
+    """Each weighted source read on its own, then one train split whose rows carry their source's index."""
+    parts, files_per_source = [], []
+    for i, source in enumerate(sources):
+        files = _resolve_files([source.pattern], "--train_file")
+        files_per_source.append(len(files))
+        ds = _load_split_files({"train": files}, opts, report, origins)["train"]
+        parts.append(ds.add_column(mix.SOURCE_COLUMN, [i] * len(ds)))
+    origins["train"] = _describe(report.files)
+    kinds = "; ".join(f"{s.pattern}: {', '.join(c for c in p.column_names if c != mix.SOURCE_COLUMN)}" for s, p in zip(sources, parts))
+    different = f"the weighted --train_file sources have different columns ({kinds}); give every source the same kind of rows"
+    if len({tuple(sorted(p.column_names)) for p in parts}) > 1:
+        raise DiffModelError(different)
+    try:
+        train = datasets.concatenate_datasets(parts)
+    except ValueError as err:
+        raise DiffModelError(different) from err
+    report.sources = [{"files": n} for n in files_per_source]
+    return datasets.DatasetDict({"train": train})
+
+
+def _mix_train(raw: datasets.DatasetDict, sources: list[mix.Source], opts: LoadOptions, report: LoadReport) -> datasets.DatasetDict:
+    """The train split mixed by weight (the rule of :mod:`diffmodel.data.mix`); the source column removed from every split."""
+    train = raw["train"]
+    source_of_row = train.with_format("numpy")[mix.SOURCE_COLUMN]
+    available = np.bincount(source_of_row, minlength=len(sources)).tolist()
+    empty = [s.spec for s, n in zip(sources, available) if n == 0]
+    if empty:
+        raise DiffModelError(
+            f"--train_file {', '.join(empty)}: no rows left in the train split after the validation cut; "
+            "give the source more rows, pass --validation_file, or lower --validation_split_percentage"
+        )
+    indices, taken = mix.mix_indices(source_of_row, mix.shares(sources), opts.seed, opts.mix_size)
+    report.sources = mix.source_report(sources, [s["files"] for s in report.sources], available, taken)
+    for entry in report.sources:
+        logger.info(
+            "mix: %s weight %g (share %.1f%%): %d of its %d train rows taken (%.1f%% of %d)",
+            entry["train_file"], entry["weight"], 100 * entry["share"], entry["rows_mixed"], entry["rows"], 100 * entry["effective_share"], len(indices),
+        )
+        if entry["rows_mixed"] > entry["rows"]:
+            logger.warning("mix: --mix_size %d repeats rows of %s (%d taken of %d)", opts.mix_size, entry["train_file"], entry["rows_mixed"], entry["rows"])
+    out = {"train": train.select(indices)}
+    out.update({k: v for k, v in raw.items() if k != "train"})
+    return datasets.DatasetDict({k: v.remove_columns([c for c in v.column_names if c == mix.SOURCE_COLUMN]) for k, v in out.items()})
 
 
 def _describe(files: list[str]) -> str:

@@ -229,10 +229,11 @@ def format_report(reports: dict[str, SplitReport]) -> str:
 
 
 def format_sources(sources: list[dict]) -> list[str]:
-    """One line per weighted source: its files, weight, rows available and rows taken (with the effective share)."""
+    """One line per weighted source: its files, weight, rows available (when known) and rows taken (with the effective share)."""
     return [
-        f"{src['train_file']}: weight {src['weight']} (share {src['share']:.1%}), {src['rows']:,} rows, "
-        f"{src['rows_mixed']:,} taken ({src['effective_share']:.1%} of the mix)"
+        f"{src['train_file']} ({src['files']} file(s)): weight {src['weight']:g} (share {src['share']:.1%}), "
+        + (f"{src['rows']:,} rows, " if "rows" in src else "")
+        + f"{src['rows_mixed']:,} taken ({src['effective_share']:.1%} of the mix)"
         for src in sources
     ]
 

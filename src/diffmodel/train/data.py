@@ -64,4 +64,6 @@ def build_datasets(data_args, tokenizer, block_size: int, cache_dir: str | None 
             reports[split].bad_records = n
     for report in reports.values():
         report.row_format = load_report.row_format
+    if "train" in reports:
+        reports["train"].sources = load_report.sources
     return processed, reports
