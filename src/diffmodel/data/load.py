@@ -4,7 +4,10 @@ Sources (exactly one per run):
 
 - ``train_files`` / ``validation_files``: paths or globs of one file type per
   split: ``.jsonl``/``.json`` (optionally ``.zst``), ``.parquet``, ``.csv`` or
-  ``.txt`` (one sample per line, as in ``run_clm``).
+  ``.txt`` (one sample per line, as in ``run_clm``). Train files with a final
+  ``:WEIGHT`` each are weighted sources: each is read on its own, the
+  validation split is cut from all of them, then the train split is mixed by
+  the rule of :mod:`diffmodel.data.mix` (``LoadReport.sources`` tells how).
 - ``dataset_name``: a local dataset folder (split names read from file and
   folder names, as ``datasets`` does), or any name ``datasets.load_dataset``
   can open without network.

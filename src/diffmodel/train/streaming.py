@@ -7,7 +7,8 @@ Pieces, each small:
 - :func:`build_streaming`: the :class:`~diffmodel.preprocess.stream.StreamingDataset`
   of this rank, a sanity report over the first buffer, and the validation
   split (``--validation_file``, loaded and preprocessed whole, as without
-  streaming).
+  streaming). Weighted ``--train_file`` sources become the dataset's
+  ``sources`` (drawn by weight per reader: :mod:`diffmodel.data.mix`).
 - :class:`StreamingTrainer`: a ``Trainer`` whose training dataloader does not
   shard the stream again (each rank's dataset already reads only its own
   part; accelerate would otherwise have every rank read everything and keep
