@@ -3,7 +3,6 @@
 import datasets
 import pytest
 
-from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, NO_DIFF, diff_start_from_ids
 from diffmodel.preprocess.options import PreprocessOptions
 from diffmodel.preprocess.pipeline import preprocess

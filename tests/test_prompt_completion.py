@@ -8,7 +8,6 @@ from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX
 from diffmodel.preprocess.options import PreprocessOptions
-from diffmodel.preprocess.pipeline import preprocess
 from diffmodel.preprocess.stream import STREAM_KEY, StreamingDataset
 from diffmodel.preprocess.tokenize import tokenize_batch
 from diffmodel.train.data import build_datasets
