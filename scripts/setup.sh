@@ -16,3 +16,12 @@ elif ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 python3 -m pip install -q --disable-pip-version-check "${pin[@]}" "torch==2.13.0"
 python3 -m pip install -q --disable-pip-version-check "${pin[@]}" -e ".[test]"
+# bubblewrap, the strongest layer of the eval sandbox (docs/eval.md); its tests need it. Never fails the setup.
+if command -v bwrap >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+    || echo "note: could not install bubblewrap (apt-get install bubblewrap); the eval sandbox will warn and fall back to unshare + guard" >&2
+else
+  echo "note: bubblewrap (bwrap) is not installed and this is not root with apt-get; install it (apt-get install bubblewrap) for the strongest eval sandbox" >&2
+fi

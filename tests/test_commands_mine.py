@@ -16,7 +16,7 @@ from diffmodel.mine.run import MineConfig
 #: Every flag of ``diffmodel mine`` with a value other than its default, in the documented spelling.
 SNAKE = [
     "repo", "--output_dir", "out", "--rows", "cp.jsonl", "--rev", "main", "--first_parent", "--context", "5",
-    "--keep_deleted", "--min_message_chars", "3", "--max_message_chars", "900", "--min_message_words", "1",
+    "--keep_deleted", "--edit_format", "linediff", "--min_message_chars", "3", "--max_message_chars", "900", "--min_message_words", "1",
     "--max_message_words", "50", "--keep_noise_messages", "--drop_reverts", "--keep_bot_authors",
     "--languages", "Python,Rust", "--max_before_chars", "1000", "--max_diff_chars", "500",
     "--tokenizer_name", "tok", "--max_tokens", "128", "--no_dedup", "--licenses", "MIT",
@@ -35,7 +35,7 @@ EXPECTED = MineConfig(
         noise_messages=False, drop_reverts=True, bot_authors=False, languages=("Python", "Rust"),
         max_before_chars=1000, max_diff_chars=500, max_tokens=128, dedup=False, licenses=("MIT",)),
     tokenizer="tok", split_by="repository", validation_fraction=0.1, test_fraction=0.2, shard_bytes=1 << 20,
-    workers=3, batch_size=16, overwrite=True, progress=False,
+    workers=3, batch_size=16, overwrite=True, progress=False, edit_format="linediff",
 )
 
 

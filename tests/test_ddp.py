@@ -180,3 +180,15 @@ class TestResume:
         assert len(first) == 3 * BATCH * RANKS
         assert not first & rest_of_epoch
         assert len(first | rest_of_epoch) == N_ROWS
+
+
+class TestTokenMetricsSumOverRanks:
+    def test_each_epoch_counts_every_token_of_the_data_once(self, ddp):
+        # 40 rows = 5 steps x 4 rows x 2 ranks: an epoch reads each row once across the ranks
+        report = json.loads((ddp["dir"] / "out" / "data_report.json").read_text())["train"]
+        state = json.loads((ddp["dir"] / "out" / "trainer_state.json").read_text())
+        logs = {h["step"]: h for h in state["log_history"] if "loss" in h}
+        for epoch in (1, 2):  # the first run stopped at step 3; the resumed one continued the counts
+            end = logs[epoch * STEPS_PER_EPOCH]
+            assert (end["num_tokens"], end["num_loss_tokens"]) == (epoch * report["tokens"], epoch * report["loss_tokens"])
+        assert all(0 <= h["mean_token_accuracy"] <= 1 for h in logs.values())

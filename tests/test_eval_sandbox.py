@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 
 import pytest
@@ -38,24 +39,23 @@ class TestOrdinaryPrograms:
         r = run("import os\nos._exit(0)\n")
         assert r.status is Outcome.CRASHED and r.violation == "os._exit"
 
-    def test_each_run_gets_a_fresh_empty_folder_and_a_clean_environment(self, monkeypatch):
+    def test_each_run_gets_a_fresh_empty_folder_and_a_clean_environment(self, monkeypatch, tmp_path):
         monkeypatch.setenv("DIFFMODEL_TEST_SECRET", "do-not-leak")
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the evaluator makes each run's folder
         src = """
             import os, sys
             assert sorted(os.listdir('.')) == ['program.py'], os.listdir('.')
             assert 'DIFFMODEL_TEST_SECRET' not in os.environ
-            assert set(os.environ) <= {'PATH', 'LANG', 'LC_ALL', 'HOME', 'TMPDIR', 'LC_CTYPE'}, sorted(os.environ)
-            assert os.environ['HOME'] == os.getcwd()
+            assert set(os.environ) <= {'PATH', 'LANG', 'LC_ALL', 'HOME', 'TMPDIR', 'LC_CTYPE', 'PWD'}, sorted(os.environ)
+            assert os.environ['HOME'] == os.environ['TMPDIR'] == os.getcwd() == os.environ.get('PWD', os.getcwd())
             assert sys.flags.isolated == 1
             open('scratch.txt', 'w').write('allowed inside the folder')
             os.mkdir('sub'); open('sub/x', 'w').write('1'); os.remove('sub/x'); os.rmdir('sub')
-            print(os.getcwd())
         """
-        first, second = run(src), run(src)
+        first, second = run(src), run(src)  # the second would see the first's scratch.txt in a shared folder
         assert first.status is Outcome.PASSED, first.stderr
         assert second.status is Outcome.PASSED, second.stderr
-        assert first.stdout != second.stdout  # a new folder each time
-        assert not os.path.exists(first.stdout.strip())  # and it is removed afterwards
+        assert list(tmp_path.iterdir()) == []  # every run's folder is removed afterwards
 
     def test_output_is_capped(self):
         r = run("import sys\nfor _ in range(100000):\n    print('x' * 100)\n", Limits(timeout=10, file_size_mb=1, max_output=500))
@@ -110,6 +110,24 @@ class TestContainment:
         r = run("import os\ntry:\n    os.fork()\nexcept BaseException:\n    pass\nprint('carried on')\n")
         assert r.status is Outcome.CRASHED and r.violation == "os.fork"
 
+    @pytest.mark.parametrize("layers", [("bwrap",), ("bwrap", "guard"), ("guard",)])
+    def test_a_program_that_forges_the_report_and_exits_zero_does_not_pass(self, layers):
+        # it writes `completed` lines to every descriptor and leaves with status 0 through a fresh posix module:
+        # only the harness's line with this run's secret passes, never the exit status
+        src = ("import importlib.util, os\n"
+               "for fd in range(3, 256):\n"
+               "    try:\n"
+               "        os.write(fd, b'completed\\ncompleted:0\\n')\n"
+               "    except OSError:\n"
+               "        pass\n"
+               "spec = importlib.util.find_spec('posix')\n"
+               "posix = importlib.util.module_from_spec(spec)\n"
+               "spec.loader.exec_module(posix)\n"
+               "posix._exit(0)\n")
+        r = run_python(src, QUICK, layers=layers)
+        assert r.status is not Outcome.PASSED
+        assert r.returncode == (3 if "guard" in layers else 0)  # the guard hands out its own posix: _exit is blocked
+
     def test_ctypes_cannot_be_imported(self):
         r = run("import ctypes\n")
         assert r.status is Outcome.FAILED and r.detail in ("ImportError", "ModuleNotFoundError")
@@ -142,7 +160,7 @@ class TestContainment:
         victim.write_text("precious")
         os.chmod(tmp_path, 0o777)
         r = run(f"import os, shutil\nshutil.rmtree({str(tmp_path)!r})\n")
-        assert r.status is Outcome.CRASHED
+        assert r.status is not Outcome.PASSED  # bubblewrap: no such folder there; the guard alone: blocked
         assert victim.read_text() == "precious"
 
     @pytest.mark.parametrize("src, blocked", [
@@ -159,33 +177,34 @@ class TestContainment:
     def test_the_network_namespace_has_no_interface_but_loopback(self):
         r = run("lines = open('/proc/self/net/dev').read().splitlines()[2:]\nprint(sorted(l.split(':')[0].strip() for l in lines))\n")
         assert r.status is Outcome.PASSED, r.stderr
-        if protections()["network_namespace"]:
-            assert r.stdout.strip() == "['lo']"
-        else:  # no unshare here: the prelude's socket block is the layer left
-            assert run("import socket\nsocket.socket()\n").status is Outcome.CRASHED
+        assert r.stdout.strip() == "['lo']"
 
-    def test_the_process_allowance_is_what_protections_reports(self):
+    def test_the_kernel_refuses_new_processes_and_threads(self):
+        # as root the child drops to nobody inside bubblewrap, so RLIMIT_NPROC 0 holds at the kernel
+        assert protections()["nproc_enforced"]
         r = run("import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n")
-        if protections()["nproc_enforced"]:
-            # RLIMIT_NPROC 0: the kernel refuses any fork or thread, even one made around the prelude
-            assert r.stdout.strip() == "(0, 0)"
-        else:
-            # root that cannot drop to nobody (here: the interpreter lives where nobody cannot read):
-            # the kernel ignores RLIMIT_NPROC, so the report says so and the prelude is the layer that blocks
-            assert protections()["run_as"] == "root"
-            forked = run("import os\nos.fork()\n")
-            assert forked.status is Outcome.CRASHED and forked.violation == "os.fork"
+        assert r.stdout.strip() == "(0, 0)"
+        threaded = run("import threading\nthreading.Thread(target=print).start()\n", )
+        assert threaded.status is Outcome.FAILED and threaded.detail == "RuntimeError"  # can't start new thread
 
 
 class TestClassify:
     def test_statuses_from_exit_and_report(self):
         lim = Limits(timeout=3)
-        assert classify(0, ["completed"], False, lim)[0] is Outcome.PASSED
-        assert classify(0, [], False, lim)[0] is Outcome.FAILED
-        assert classify(1, ["exception:ValueError"], False, lim)[:1] == (Outcome.FAILED,)
-        assert classify(None, [], True, lim)[0] is Outcome.TIMED_OUT
-        assert classify(-9, [], False, lim)[0] is Outcome.CRASHED
-        assert classify(-24, [], False, lim)[0] is Outcome.TIMED_OUT  # SIGXCPU
-        assert classify(3, ["violation:os.fork"], False, lim)[:2] == (Outcome.CRASHED, "os.fork")
-        assert classify(0, ["violation:socket.socket", "completed"], False, lim)[0] is Outcome.CRASHED
-        assert classify(4, ["exception:MemoryError"], False, lim)[0] is Outcome.CRASHED
+        assert classify(0, ["completed:s3cret"], False, lim, "s3cret")[0] is Outcome.PASSED
+        assert classify(0, [], False, lim, "s3cret")[0] is Outcome.FAILED
+        assert classify(1, ["exception:ValueError"], False, lim, "s3cret")[:1] == (Outcome.FAILED,)
+        assert classify(None, [], True, lim, "s3cret")[0] is Outcome.TIMED_OUT
+        assert classify(-9, [], False, lim, "s3cret")[0] is Outcome.CRASHED
+        assert classify(-24, [], False, lim, "s3cret")[0] is Outcome.TIMED_OUT  # SIGXCPU
+        assert classify(5, ["cpulimit"], False, lim, "s3cret")[0] is Outcome.TIMED_OUT  # the guard's SIGXCPU handler
+        assert classify(3, ["violation:os.fork"], False, lim, "s3cret")[:2] == (Outcome.CRASHED, "os.fork")
+        assert classify(0, ["violation:socket.socket", "completed:s3cret"], False, lim, "s3cret")[0] is Outcome.CRASHED
+        assert classify(4, ["exception:MemoryError"], False, lim, "s3cret")[0] is Outcome.CRASHED
+
+    def test_exit_status_zero_or_a_completed_line_without_the_secret_never_passes(self):
+        lim = Limits(timeout=3)
+        assert classify(0, ["completed"], False, lim, "s3cret")[0] is Outcome.FAILED
+        assert classify(0, ["completed:guess"], False, lim, "s3cret")[0] is Outcome.FAILED
+        assert classify(0, ["completed:s3cret", "completed:forged"], False, lim, "s3cret")[0] is Outcome.FAILED
+        assert classify(1, ["completed:s3cret"], False, lim, "s3cret")[0] is Outcome.FAILED

@@ -1,5 +1,7 @@
 """``--loss_on diff | message+diff``: exact label arrays in every layout, the cache key, the report and inspect."""
 
+import json
+
 import datasets
 import pytest
 
@@ -7,9 +9,12 @@ from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, NO_DIFF, diff_
 from diffmodel.preprocess.options import PreprocessOptions
 from diffmodel.preprocess.pipeline import preprocess
 from diffmodel.preprocess.tokenize import tokenize_batch
-from diffmodel.sample import loss_start, message_start
+from diffmodel.formats import loss_start
+from diffmodel.sample import message_start
 from diffmodel.train.args import DataArguments, data_problems
-from handmade import char_tokenizer
+from diffmodel.preprocess.pipeline import encode_batch
+from diffmodel.preprocess.stream import StreamingDataset
+from handmade import char_tokenizer, ids
 
 X = IGNORE_INDEX
 # handmade tokenizer with merges ("D","F"), ("DF","F"): x=33 \n=96 <=79 M=48 S=54 G=42 >=81 a=10 b=11 DFF=101 EOS=102
@@ -97,6 +102,78 @@ class TestExactRowsPerLayout:
     def test_message_plus_diff_at_the_first_token_of_a_packed_sample_is_not_trained(self, tmp_path):
         out, _ = _run(tmp_path, "message+diff", texts=("<MSG>a\n<DFF>b",), block_size=16, packing=True)
         assert out["train"]["labels"] == [[X, M, S, G, GT, A, NL, LT, DFF, GT, B, EOS]]
+
+
+class TestOtherEditFormats:
+    """The format names its two markers; --loss_on picks one of them (one character, one id: no merges)."""
+
+    COMMIT = "<commit_before>a\n<commit_msg>m<commit_after>b\n"
+    LINEDIFF = "<file_name>\nf\n<commit_before>\n  1 a\n<commit_msg>\nm\n<commit_after>\n-  1 a\n+  1 b"
+
+    def _pack(self, tmp_path, text, edit_format, loss_on, **kw):
+        tok = char_tokenizer(merges=[])
+        opts = PreprocessOptions(block_size=128, packing=True, train_diff_model=True, loss_on=loss_on, edit_format=edit_format,
+                                 cache_dir=str(tmp_path), **kw)
+        raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": [text]})})
+        out, reports = preprocess(raw, tok, opts, source_fingerprint="fp-formats")
+        return out["train"], reports["train"], tok.eos_token_id
+
+    @pytest.mark.parametrize("loss_on, context", [
+        ("message+diff", "<commit_before>a\n"),
+        ("diff", "<commit_before>a\n<commit_msg>m"),
+    ])
+    def test_commit_exact_labels(self, tmp_path, loss_on, context):
+        rows, report, eos = self._pack(tmp_path, self.COMMIT, "commit", loss_on)
+        assert rows["input_ids"] == [ids(self.COMMIT) + [eos]]
+        assert rows["labels"] == [[X] * len(context) + ids(self.COMMIT[len(context):]) + [eos]]
+        assert report.loss_on == loss_on
+
+    def test_commit_message_plus_diff_label_array(self, tmp_path):
+        rows, _, eos = self._pack(tmp_path, "<commit_before>a<commit_msg>m<commit_after>b", "commit", "message+diff")
+        # string.printable ids: < 79, > 81, _ 88, a 10, b 11, c 12, e 14, f 15, g 16, i 18, m 22, o 24, r 27, s 28, t 29; EOS 100
+        commit_msg = [79, 12, 24, 22, 22, 18, 29, 88, 22, 28, 16, 81]
+        commit_after = [79, 12, 24, 22, 22, 18, 29, 88, 10, 15, 29, 14, 27, 81]
+        assert eos == 100
+        assert rows["labels"] == [[X] * 16 + commit_msg + [22] + commit_after + [11, 100]]
+
+    @pytest.mark.parametrize("loss_on, context", [
+        ("message+diff", "<file_name>\nf\n<commit_before>\n  1 a\n"),
+        ("diff", "<file_name>\nf\n<commit_before>\n  1 a\n<commit_msg>\nm\n"),
+    ])
+    def test_linediff_exact_labels(self, tmp_path, loss_on, context):
+        rows, _, eos = self._pack(tmp_path, self.LINEDIFF, "linediff", loss_on)
+        assert rows["labels"] == [[X] * len(context) + ids(self.LINEDIFF[len(context):]) + [eos]]
+
+    def test_carper_text_read_as_commit_has_no_target(self, tmp_path):
+        with pytest.raises(Exception, match=r"1 dropped without <DFF>.*--edit_format"):
+            self._pack(tmp_path, TEXT, "commit", "message+diff")
+
+    @pytest.mark.parametrize("loss_on", ["diff", "message+diff"])
+    def test_prompt_completion_rows_keep_loss_on_the_completion(self, loss_on):
+        tok = char_tokenizer(merges=[])
+        opts = PreprocessOptions(block_size=64, train_diff_model=True, loss_on=loss_on, edit_format="commit")
+        text = self.COMMIT + "ok"  # the prompt holds both commit markers; the completion is "ok"
+        out = encode_batch({"text": [text], "completion_start": [len(self.COMMIT)]}, tok, opts)
+        assert out["labels"] == [[X] * len(self.COMMIT) + ids("ok")]
+
+    def test_the_stream_uses_the_format_and_the_choice(self, tmp_path):
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"text": self.COMMIT}) + "\n")
+        tok = char_tokenizer(merges=[])
+        opts = PreprocessOptions(block_size=64, packing=True, train_diff_model=True, loss_on="message+diff", edit_format="commit")
+        rows = list(StreamingDataset([str(data)], tok, opts, buffer_size=4, shuffle=False, epochs=1))
+        context = len("<commit_before>a\n")
+        assert [r["labels"] for r in rows] == [[X] * context + ids(self.COMMIT[context:]) + [tok.eos_token_id]]
+
+    def test_format_and_choice_are_both_part_of_the_cache_key(self, tmp_path):
+        seen = {}
+        for edit_format in ("commit", "linediff"):
+            for loss_on in ("diff", "message+diff"):
+                text = self.COMMIT if edit_format == "commit" else self.LINEDIFF
+                rows, _, _ = self._pack(tmp_path, text, edit_format, loss_on)
+                seen[edit_format, loss_on] = rows["labels"][0].count(X)
+        assert seen == {("commit", "message+diff"): 17, ("commit", "diff"): 30, ("linediff", "message+diff"): 36, ("linediff", "diff"): 51}
+        assert len(list(tmp_path.glob("diffmodel_preprocess/encode-*"))) == 4
 
 
 class TestCacheAndFlags:

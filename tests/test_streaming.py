@@ -244,6 +244,12 @@ class TestTrainResume:
         assert trained == _trained(tmp_path / "log_once")  # and in the order of a run never interrupted
         state = json.loads((tmp_path / "cut" / "trainer_state.json").read_text())
         assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, steps + 1))
+        # the token metrics: cumulative counts continue across the resume, equal to the uninterrupted run's
+        once = json.loads((tmp_path / "once" / "trainer_state.json").read_text())
+        counts = [[(h["num_tokens"], h["num_loss_tokens"]) for h in s["log_history"] if "loss" in h] for s in (state, once)]
+        assert counts[0] == counts[1] and len(counts[0]) == steps
+        assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(counts[0], counts[0][1:]))
+        assert all(0 <= h["mean_token_accuracy"] <= 1 for h in state["log_history"] if "loss" in h)
 
     def test_checkpoint_without_stream_state_counts_as_cut_short(self, tmp_path):
         for step, files in ((2, ("trainer_state.json", "stream_state.json")), (4, ("trainer_state.json",))):

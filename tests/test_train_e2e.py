@@ -326,3 +326,30 @@ class TestLoraRun:
         base = AutoModelForCausalLM.from_pretrained(workdir / "llama")
         changed = [n for n, p in merged.named_parameters() if not (p == dict(base.named_parameters())[n]).all()]
         assert changed and all("proj" in n for n in changed)  # only adapted linear layers moved
+
+
+class TestMetricsAndModelCard:
+    def test_log_eval_results_and_card_of_a_tiny_run(self, workdir):
+        out = workdir / "metrics"
+        args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=3, packing=True, validation_split_percentage=10)
+        assert train_main(_flags(args)) == 0
+        state = json.loads((out / "trainer_state.json").read_text())
+        logs = [h for h in state["log_history"] if "loss" in h]
+        assert [h["step"] for h in logs] == [1, 2, 3]
+        assert all(0 <= h["mean_token_accuracy"] <= 1 for h in logs)
+        tokens = [h["num_tokens"] for h in logs]
+        loss_tokens = [h["num_loss_tokens"] for h in logs]
+        assert tokens[0] > 0 and tokens == sorted(tokens) and len(set(tokens)) == 3  # cumulative
+        assert all(0 < lt < t for lt, t in zip(loss_tokens, tokens))
+        ev = json.loads((out / "eval_results.json").read_text())
+        assert 0 <= ev["eval_mean_token_accuracy"] <= 1 and 0 < ev["eval_num_loss_tokens"] < ev["eval_num_tokens"]
+        report = json.loads((out / "data_report.json").read_text())
+        assert ev["eval_num_loss_tokens"] == report["validation"]["loss_tokens"]
+
+        card = (out / "README.md").read_text()
+        assert f"# Diff model: {out}" in card
+        assert "| layout | pack |" in card
+        assert f"| final train loss (last logged step) | {logs[-1]['loss']:.4f} |" in card
+        assert f"| eval mean token accuracy | {ev['eval_mean_token_accuracy']:.4f} |" in card
+        assert "| `--packing` | True |" in card and "| `--max_steps`" not in card
+        assert f"diffmodel edit --model {out} " in card

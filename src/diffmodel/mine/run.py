@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from diffmodel import formats
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.mine import filters as F
 from diffmodel.mine.convert import DROP_BAD_ROW, convert_rows, read_rows
@@ -95,6 +96,8 @@ class MineConfig:
     """Commits (or rows) per batch handed to a worker."""
     overwrite: bool = False
     progress: bool = True
+    edit_format: str = "carper"
+    """The edit format each sample's ``text`` is written in."""
 
     def output_options(self) -> dict:
         """The options that change what is written (compared on resume)."""
@@ -104,6 +107,8 @@ class MineConfig:
             "tokenizer": self.tokenizer, "split_by": self.split_by,
             "validation_fraction": self.validation_fraction, "test_fraction": self.test_fraction,
             "shard_bytes": self.shard_bytes,
+            # only when not the default, so outputs written before the flag existed still resume
+            **({"edit_format": self.edit_format} if self.edit_format != "carper" else {}),
         }
 
     def problems(self) -> list[str]:
@@ -113,6 +118,10 @@ class MineConfig:
             problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
         if self.context < 0:
             problems.append(f"--context must be >= 0, got {self.context}")
+        try:
+            formats.get(self.edit_format)
+        except DiffModelError as err:
+            problems.append(str(err))
         if self.workers < 1:
             problems.append(f"--workers must be >= 1, got {self.workers}")
         if self.batch_size < 1:
@@ -513,7 +522,7 @@ class MineRun:
             self.warn("--split_by repository with one repository puts every sample in one split")
         options = SampleOptions(context=config.context, keep_deleted=config.keep_deleted, filters=config.filters,
                                 split_by=self.split_by, validation_fraction=config.validation_fraction,
-                                test_fraction=config.test_fraction)
+                                test_fraction=config.test_fraction, edit_format=config.edit_format)
         todo = [s for s in sources if s.tag not in self.done]
         for s in sources:
             if s.tag in self.done:

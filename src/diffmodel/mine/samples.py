@@ -6,8 +6,9 @@ One sample per changed file of every non-merge commit::
 
 ``before`` is the whole file before the commit (``""`` for a new file, which
 the text format writes as ``ADDFILE``); ``diff`` is :func:`diffmodel.diff.make.make_diff`
-of the file before and after; ``text`` is :func:`diffmodel.sample.render_row`
-of the row. ``old_name`` is the path before a rename, else ``""``.
+of the file before and after; ``text`` is the row rendered in the edit
+format of ``SampleOptions.edit_format`` (:mod:`diffmodel.formats`; default
+``carper``, :func:`diffmodel.sample.render_row`). ``old_name`` is the path before a rename, else ``""``.
 
 :func:`mine_commits` turns a batch of commits into rows, reading them
 through :mod:`diffmodel.mine.git`; :func:`finish_sample` (shared with
@@ -41,7 +42,7 @@ from diffmodel.mine.git import (
 from diffmodel.mine.languages import language_of
 from diffmodel.mine.repos import COMMITS_EMPTY, COMMITS_USED, Repository, list_commits, open_repository
 from diffmodel.mine.split import assign_split, split_key
-from diffmodel.sample import render_row
+from diffmodel import formats
 
 #: Column order of a mined row.
 ROW_FIELDS = ("repository", "commit", "parent", "date", "name", "old_name", "language",
@@ -61,6 +62,8 @@ class SampleOptions:
     """``repository`` or ``commit``: the key of the train/validation/test hash."""
     validation_fraction: float = 0.05
     test_fraction: float = 0.05
+    edit_format: str = "carper"
+    """The edit format ``text`` is written in (``diffmodel mine --edit_format``)."""
 
 
 @dataclass
@@ -102,7 +105,7 @@ def finish_sample(row: dict, options: SampleOptions, result: ChunkResult, count_
         result.counts[F.DROP_DIFF_CHARS] += 1
         return None
     row["diff"] = diff
-    row["text"] = render_row(row)
+    row["text"] = formats.get(options.edit_format).render(row["name"], before, row["message"], after, diff)
     if count_tokens is not None and filters.max_tokens is not None:
         if not F.token_count_ok(count_tokens(row["text"]), filters.max_tokens):
             result.counts[F.DROP_TOKENS] += 1

@@ -35,6 +35,7 @@ class PreprocessOptions:
     force_label: bool = False
     num_proc: int | None = None
     text_column: str = "text"
+    edit_format: str = "carper"
     overwrite_cache: bool = False
     cache_dir: str | None = None
     report_examples: int = 2

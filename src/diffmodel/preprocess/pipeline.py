@@ -1,9 +1,9 @@
 """Run the preprocessing stages over a ``DatasetDict``, with a stage cache.
 
 Order (the reference's): tokenize -> drop long samples -> labels (mask before
-where the loss starts: the ``<DFF>`` where the diff starts, or its ``<MSG>``
-line with ``--loss_on message+diff``, :func:`diffmodel.sample.loss_start`;
-the completion of a prompt/completion row, always, even without
+where the loss starts: the ``--edit_format``'s target marker (``<DFF>`` in
+``carper``), or its message marker (the ``<MSG>`` line) with ``--loss_on
+message+diff``, :func:`diffmodel.formats.loss_start`; the completion of a prompt/completion row, always, even without
 ``--train_diff_model``; drop samples without a diff, and with an empty diff
 or completion) -> layout (pad | concat | pack) -> sanity check. Each stage function lives
 in its own module; this module only wires them to ``datasets`` and caches
@@ -58,7 +58,7 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         ids = batch["input_ids"]
         starts = batch.get("diff_start")
     else:
-        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.loss_on)
+        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.loss_on, opts.edit_format)
         ids, starts = enc["input_ids"], enc["diff_start"]
     out: dict[str, list] = {"input_ids": ids, "n_tokens": [len(x) for x in ids]}
     has_labels = "labels" in batch and batch["labels"] is not None
@@ -73,7 +73,7 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         out["diff_start"] = [0] * len(ids)
         return out
     if starts is None:
-        starts = [diff_start_from_ids(row_ids, tokenizer, opts.loss_on) for row_ids in ids]
+        starts = [diff_start_from_ids(row_ids, tokenizer, opts.loss_on, opts.edit_format) for row_ids in ids]
     starts = [start if mask else 0 for start, mask in zip(starts, masked)]
     out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
     out["diff_start"] = starts
@@ -135,7 +135,7 @@ def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int
     raise DiffModelError(
         f"the {split} split is empty after preprocessing ({loaded} loaded, {counts.get('dropped_too_long', 0)} dropped as >= --block_size "
         f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without <DFF>, {counts.get('dropped_empty_diff', 0)} dropped "
-        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data"
+        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data (and that --edit_format is the format its text is written in)"
     )
 
 

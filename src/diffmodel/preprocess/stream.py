@@ -21,7 +21,7 @@ data larger than memory or disk (``diffmodel train --streaming``)::
   (pre-tokenized), else ``--text_column``, else ``text``, else
   ``prompt/completion`` (loss on the completion:
   :func:`diffmodel.data.records.prompt_completion_text`), else
-  ``name/before/message/diff`` rendered by :func:`diffmodel.sample.render_row`.
+  ``name/before/message/diff`` rendered in ``--edit_format`` by :func:`diffmodel.formats.render_row`.
 - Tokens and labels: :func:`diffmodel.preprocess.pipeline.encode_batch`, then
   the long-sample policy (:func:`~diffmodel.preprocess.tokenize.is_short_enough`
   when the layout drops long samples), then the samples without a diff and
@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from diffmodel import sample
+from diffmodel import formats, sample
 from diffmodel.data import records
 from diffmodel.data.mix import Source, WeightedChoice, shares, source_report
 from diffmodel.data.load import no_text_error
@@ -138,8 +138,9 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- pure stages
 
 
-def row_text(row: dict, text_column: str | None, origin: str) -> tuple[str, int | None] | None:
-    """The text of one raw row by the load stage's rules and, for a prompt/completion row, where its completion starts; None for a pre-tokenized row."""
+def row_text(row: dict, text_column: str | None, origin: str, edit_format: str | None = None) -> tuple[str, int | None] | None:
+    """The text of one raw row by the load stage's rules (structured fields rendered in ``edit_format``) and, for a
+    prompt/completion row, where its completion starts; None for a pre-tokenized row."""
     if "input_ids" in row:
         if text_column is not None:
             raise DiffModelError(
@@ -162,7 +163,7 @@ def row_text(row: dict, text_column: str | None, origin: str) -> tuple[str, int 
                 raise DiffModelError(f"{origin}: {column} holds {type(row[column]).__name__}, not text; give every row a prompt and a completion string")
         return records.prompt_completion_text(row["prompt"], row["completion"])
     elif all(f in row for f in sample.FIELDS):
-        return sample.render_row(row), None
+        return formats.render_row(row, edit_format), None
     else:
         raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
@@ -176,7 +177,7 @@ def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: Preproces
     out: list = [None] * len(rows)
     texts, completion_starts, text_at, tokens_at = [], [], [], []
     for i, (row, origin) in enumerate(zip(rows, origins)):
-        got = row_text(row, text_column, origin)
+        got = row_text(row, text_column, origin, opts.edit_format)
         if got is None:
             tokens_at.append(i)
         else:

@@ -1,6 +1,7 @@
 """Tokenize: text -> ``input_ids`` plus the token index where the loss starts.
 
-The loss boundary (:func:`diffmodel.sample.loss_start` for ``--loss_on``, or
+The loss boundary (:func:`diffmodel.formats.loss_start` for ``--loss_on`` in
+the ``--edit_format``, or
 the ``completion_start`` character of a prompt/completion row, mapped to a
 token by :func:`diffmodel.preprocess.labels.loss_start_token`) is computed
 here, while the character offsets are at hand, and stored as ``diff_start``
@@ -20,12 +21,15 @@ from diffmodel.data.records import COMPLETION_START
 from diffmodel.preprocess.labels import decoded_offsets, diff_start_from_ids, loss_start_token, token_at_char
 
 
-def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text", loss_on: str = "diff") -> dict[str, list]:
+def tokenize_batch(
+    batch: dict[str, list], tokenizer, text_column: str = "text", loss_on: str = "diff", edit_format: str | None = None
+) -> dict[str, list]:
     """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start`` (the loss start).
 
     A row with a ``completion_start`` (a prompt/completion row; None in it
     marks a diff sample) starts its loss there; the others where ``loss_on``
-    says. With a fast tokenizer the boundary is the token holding the
+    says in ``edit_format`` (default ``carper``; :func:`diffmodel.formats.loss_start`).
+    With a fast tokenizer the boundary is the token holding the
     boundary's first character (``char_to_token``, read from the offsets the
     Rust side keeps), falling back to the offset mapping where no token holds
     it; a slow tokenizer's tokens are decoded one by one.
@@ -41,10 +45,11 @@ def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text",
         def token_at(i: int, pos: int) -> int | None:
             return token_at_char(decoded_offsets(enc["input_ids"][i], tokenizer)[1], pos)
         if all(c is None for c in completion_starts):
-            return {"input_ids": enc["input_ids"], "diff_start": [diff_start_from_ids(ids, tokenizer, loss_on) for ids in enc["input_ids"]]}
+            starts = [diff_start_from_ids(ids, tokenizer, loss_on, edit_format) for ids in enc["input_ids"]]
+            return {"input_ids": enc["input_ids"], "diff_start": starts}
 
     starts = [
-        loss_start_token(text, lambda pos, i=i: token_at(i, pos), loss_on, completion)
+        loss_start_token(text, lambda pos, i=i: token_at(i, pos), loss_on, completion, edit_format)
         for i, (text, completion) in enumerate(zip(texts, completion_starts))
     ]
     return {"input_ids": enc["input_ids"], "diff_start": starts}

@@ -71,6 +71,7 @@ class DataArguments:
     validation_file: list[str] | None = arg(None, "Validation data files (same formats). Without them, --validation_split_percentage of train is held out.")
     validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
     text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
+    edit_format: str = arg("carper", "How a change is written (docs/formats.md): carper (<NME> <BEF> <MSG> <DFF> and a unified diff), commit (OctoPack <commit_before> <commit_msg> <commit_after> and the whole new file), linediff (OctoPack's numbered -/+ lines) or search_replace (SEARCH/REPLACE blocks). Rows with name/before/message/diff fields are rendered in it; text is read as written in it; with --train_diff_model loss starts at its marker after the message.")
     keep_linebreaks: bool = arg(True, "For .txt files: keep line breaks.")
     skip_bad_records: bool = arg(False, "Skip bad JSON records (not JSON, not an object, text missing or not a string) and count them in the report instead of stopping at the first.")
     max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
@@ -80,7 +81,7 @@ class DataArguments:
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
-    loss_on: str = arg("diff", "What carries loss with --train_diff_model: diff (from the <DFF> line on, the default) or message+diff (from the <MSG> line on). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
+    loss_on: str = arg("diff", "What carries loss with --train_diff_model, in the --edit_format's markers (docs/formats.md): diff (from the target marker on: <DFF> in carper and search_replace, <commit_after> in commit and linediff; the default) or message+diff (from the message marker on: <MSG>, <commit_msg>). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
@@ -294,6 +295,7 @@ def data_problems(data_args: DataArguments) -> list[str]:
 
     Files and globs are checked to exist; the layout flags to agree.
     """
+    from diffmodel import formats
     from diffmodel.data.load import expand_files
 
     problems = []
@@ -312,12 +314,16 @@ def data_problems(data_args: DataArguments) -> list[str]:
             problems.append(f"--mix_size {data_args.mix_size} sizes a weighted mix; give every --train_file a :WEIGHT (e.g. a.jsonl:0.7 b.jsonl:0.3) or drop --mix_size")
         elif data_args.mix_size < 1:
             problems.append(f"--mix_size {data_args.mix_size} must be at least 1 (rows in the mix)")
-    from diffmodel.sample import LOSS_ON
+    from diffmodel.formats import LOSS_ON
 
     if data_args.loss_on not in LOSS_ON:
         problems.append(f"--loss_on {data_args.loss_on!r} is not one of: {', '.join(LOSS_ON)}")
     elif data_args.loss_on != "diff" and not data_args.train_diff_model:
         problems.append(f"--loss_on {data_args.loss_on} chooses which tokens of a diff sample carry loss; add --train_diff_model (without it every token is trained)")
+    try:
+        formats.get(data_args.edit_format)
+    except DiffModelError as err:
+        problems.append(str(err))
     if data_args.packing and data_args.concatenate_texts:
         problems.append("--packing and --concatenate_texts are two different layouts; pass one of them")
     if data_args.block_size is not None and data_args.block_size < 2:

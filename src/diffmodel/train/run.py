@@ -5,8 +5,10 @@ labels -> layout -> sanity report (+ ``--save_final_dataset``) -> Trainer.
 Every stage is a function of another module; this one wires them, logs each
 decision the flags imply, and writes what people look at afterwards:
 ``data_report.json`` (with a warning for a split that drops more than half
-of its samples), ``train_results.json`` / ``eval_results.json`` and
-``loss.png`` in ``--output_dir``.
+of its samples), ``train_results.json`` / ``eval_results.json``,
+``loss.png`` and, after training, the model card ``README.md``
+(:mod:`diffmodel.train.card`) in ``--output_dir``. The Trainer is
+:class:`~diffmodel.train.metrics.DiffTrainer` (token metrics in the log).
 
 Under torchrun / accelerate / deepspeed the main process preprocesses first and
 the other ranks reuse its cached stages.
@@ -29,7 +31,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import Trainer, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.atomic import save_atomically
@@ -41,6 +43,7 @@ from diffmodel.train.attention import backend_of, check_isolation, choose_attent
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, save_lora
+from diffmodel.train.metrics import DiffTrainer
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
 from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
@@ -105,8 +108,8 @@ def pick_splits(processed, data_args):
     return train_ds, processed.get("validation")
 
 
-def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path) -> None:
-    """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot."""
+def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path) -> dict:
+    """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot; returns the metrics."""
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
         checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
@@ -127,6 +130,7 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path)
 
         png = plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"diffmodel train: {out_dir.name}")
         logger.info("loss plot written to %s", png)
+    return metrics
 
 
 def evaluate(trainer, eval_ds) -> dict:
@@ -137,6 +141,21 @@ def evaluate(trainer, eval_ds) -> dict:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     return metrics
+
+
+def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics) -> Path:
+    """``OUTPUT_DIR/README.md``, the model card (:mod:`diffmodel.train.card`), written atomically."""
+    from datetime import datetime, timezone
+
+    from diffmodel import __version__
+    from diffmodel.atomic import write_text
+    from diffmodel.train.card import card_info, render_card
+
+    info = card_info(model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
+                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__)
+    path = write_text(Path(training_args.output_dir) / "README.md", render_card(info))
+    logger.info("model card written to %s", path)
+    return path
 
 
 def save_final_dataset(processed, folder: Path) -> bool:
@@ -197,7 +216,7 @@ def run(model_args, data_args, training_args) -> int:
     collator = make_collator(model, tokenizer, data_args.packing, training_args)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
-    trainer = (StreamingTrainer if data_args.streaming else Trainer)(
+    trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
         model=model,
         args=training_args,
         train_dataset=train_ds if training_args.do_train else None,
@@ -208,8 +227,11 @@ def run(model_args, data_args, training_args) -> int:
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
 
+    train_metrics = eval_metrics = None
     if training_args.do_train:
-        train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
+        train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
     if training_args.do_eval:
-        evaluate(trainer, eval_ds)
+        eval_metrics = evaluate(trainer, eval_ds)
+    if training_args.do_train and training_args.should_save:
+        write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics)
     return 0

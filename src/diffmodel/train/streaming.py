@@ -9,7 +9,8 @@ Pieces, each small:
   split (``--validation_file``, loaded and preprocessed whole, as without
   streaming). Weighted ``--train_file`` sources become the dataset's
   ``sources`` (drawn by weight per reader: :mod:`diffmodel.data.mix`).
-- :class:`StreamingTrainer`: a ``Trainer`` whose training dataloader does not
+- :class:`StreamingTrainer`: a ``Trainer`` (with the token metrics of
+  :mod:`diffmodel.train.metrics`) whose training dataloader does not
   shard the stream again (each rank's dataset already reads only its own
   part; accelerate would otherwise have every rank read everything and keep
   a slice), and which records, per trained batch, where each reader's stream
@@ -56,6 +57,7 @@ from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.preprocess.pipeline import loss_on_of
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.stream import COUNT_FIELDS, STREAM_KEY, StreamingDataset, first_buffer
+from diffmodel.train.metrics import TokenMetricsMixin
 
 logger = logging.getLogger("diffmodel.train")
 
@@ -188,8 +190,11 @@ class StreamCollator:
         return batch
 
 
-class StreamingTrainer(Trainer):
-    """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch."""
+class StreamingTrainer(TokenMetricsMixin, Trainer):
+    """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch.
+
+    The token metrics of :mod:`diffmodel.train.metrics` come from the same mixin as without streaming.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

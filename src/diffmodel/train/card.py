@@ -1,0 +1,178 @@
+"""The model card: ``OUTPUT_DIR/README.md``, written at the end of ``diffmodel train``.
+
+Two steps, so the text can be tested exactly:
+
+- :func:`card_info`: the arguments, the data report, the metrics and the log
+  history of a run -> one plain dict (no I/O, no clock: the caller passes
+  the date and the version);
+- :func:`render_card`: that dict -> Markdown. Pure; the same dict always
+  gives the same text.
+
+What a card holds: how to use the model (``diffmodel edit`` and Python),
+the results (final and mean train loss, eval loss, perplexity and mean
+token accuracy, when present), the training settings (base model, layout,
+block size, learning rate, batch, steps or epochs, precision), every
+diff-model / data / model / LoRA flag whose value is not its default, and
+the data report as a table.
+
+Invariants:
+- A value the run did not produce (no eval, no logged loss) is left out,
+  never shown as 0 or ``nan``.
+- Written by the main process only, atomically (:func:`diffmodel.atomic.write_text`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, fields
+
+#: data report columns: (key in the report, column title)
+REPORT_COLUMNS = (
+    ("samples_loaded", "samples"), ("bad_records", "bad records"), ("dropped_too_long", "too long"),
+    ("dropped_no_diff", "no `<DFF>`"), ("dropped_empty_diff", "empty diff"), ("samples_kept", "kept"),
+    ("rows", "rows"), ("tokens", "tokens"), ("loss_share", "loss share"), ("fill_ratio", "fill"),
+)
+#: result rows: (key in the info's results, title)
+RESULT_ROWS = (
+    ("final_train_loss", "final train loss (last logged step)"), ("train_loss", "mean train loss"),
+    ("eval_loss", "eval loss (diff tokens)"), ("perplexity", "eval perplexity"),
+    ("eval_mean_token_accuracy", "eval mean token accuracy"),
+)
+
+
+def _default(f):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def changed_flags(*arg_objects) -> dict[str, object]:
+    """``--name: value`` for every dataclass field whose value is not its default, in field order."""
+    out = {}
+    for obj in arg_objects:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if value != _default(f):
+                out[f"--{f.name}"] = value
+    return out
+
+
+def _precision(training_args) -> str:
+    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+
+
+def card_info(model_args, data_args, lora_args, training_args, reports: dict, block_size: int,
+              train_metrics: dict | None, eval_metrics: dict | None, log_history: list[dict],
+              date: str, version: str) -> dict:
+    """Everything the card shows, as plain values (``reports``: split -> :class:`~diffmodel.preprocess.sanity.SplitReport`)."""
+    from diffmodel.preprocess.sanity import drop_warning
+
+    world = training_args.world_size
+    accumulation = training_args.gradient_accumulation_steps
+    per_device = training_args.per_device_train_batch_size
+    if training_args.max_steps > 0:
+        steps = f"{training_args.max_steps} (--max_steps)"
+    else:
+        steps = f"{training_args.num_train_epochs:g} epoch(s)"
+    results = {}
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    if losses:
+        results["final_train_loss"] = losses[-1]
+    for source in (train_metrics or {}, eval_metrics or {}):
+        for key, _ in RESULT_ROWS:
+            if key in source:
+                results[key] = source[key]
+    data = {}
+    for split, report in reports.items():
+        row = {key: getattr(report, key) for key, _ in REPORT_COLUMNS}
+        data[split] = {**row, "warning": drop_warning(split, report)}
+    first = next(iter(reports.values()), None)
+    return {
+        "output_dir": training_args.output_dir,
+        "date": date,
+        "version": version,
+        "training": {
+            "base model": model_args.model_name_or_path or model_args.config_name or model_args.model_type or "(from scratch)",
+            "layout": first.layout if first is not None else "",
+            "block size": block_size,
+            "learning rate": training_args.learning_rate,
+            "batch": f"{per_device} per device x {accumulation} accumulation x {world} process(es) = {per_device * accumulation * world} rows per step",
+            "steps": steps,
+            "precision": _precision(training_args),
+            "seed": training_args.seed,
+        },
+        "flags": changed_flags(model_args, data_args, lora_args),
+        "results": results,
+        "data": data,
+    }
+
+
+def _fmt(value) -> str:
+    """A measured value: floats to 4 decimals, counts with thousands separators."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e5 or value == 0 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _flag(value) -> str:
+    """A setting as it would be typed on the command line (lists space-separated)."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_card(info: dict) -> str:
+    """The Markdown of a model card from :func:`card_info`'s dict."""
+    out = info["output_dir"]
+    lines = [
+        f"# Diff model: {out}",
+        "",
+        f"Trained with diffmodel {info['version']} on {info['date']}. It reads a file, its name and a commit message "
+        "and writes the unified diff that makes the change; only the diff tokens (from `<DFF>` on) carried loss.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f'diffmodel edit --model {out} path/to/file.py -m "Describe the change"            # print the diff',
+        f'diffmodel edit --model {out} path/to/file.py -m "Describe the change" --apply    # and write the file',
+        "```",
+        "",
+        "```python",
+        "from diffmodel.infer import DiffModel",
+        f'edit = DiffModel.from_pretrained("{out}").edit(code, "Describe the change", "path/to/file.py")',
+        "```",
+        "",
+    ]
+    results = info.get("results", {})
+    if results:
+        lines += ["## Results", ""]
+        lines += _table(["metric", "value"], [[title, _fmt(results[key])] for key, title in RESULT_ROWS if key in results])
+        lines.append("")
+    lines += ["## Training", ""]
+    lines += _table(["setting", "value"], [[k, _flag(v)] for k, v in info["training"].items()])
+    lines.append("")
+    if info.get("flags"):
+        lines += ["## Flags that differ from the defaults", ""]
+        lines += _table(["flag", "value"], [[f"`{k}`", _flag(v)] for k, v in info["flags"].items()])
+        lines.append("")
+    if info.get("data"):
+        lines += ["## Data", ""]
+        lines += _table(["split", *(title for _, title in REPORT_COLUMNS)],
+                        [[split, *(_fmt(row[key]) for key, _ in REPORT_COLUMNS)] for split, row in info["data"].items()])
+        warnings = [row["warning"] for row in info["data"].values() if row.get("warning")]
+        lines += [""] + [f"Warning: {w}" for w in warnings] + ([""] if warnings else [])
+    return "\n".join(lines).rstrip("\n") + "\n"

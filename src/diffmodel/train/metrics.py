@@ -1,0 +1,137 @@
+"""Token metrics in the Trainer log: ``mean_token_accuracy``, ``num_tokens``, ``num_loss_tokens``.
+
+The metrics TRL users read, computed from the logits the training (or eval)
+forward pass already returns, so they cost one ``argmax`` and no extra pass:
+
+- ``mean_token_accuracy``: the share of loss-bearing tokens (label not
+  :data:`~diffmodel.preprocess.labels.IGNORE_INDEX`) that the model's argmax
+  at the position before predicts (logits at ``i`` against the label at
+  ``i + 1``, the shift HF models apply to their loss). Packed rows need
+  nothing special: the label of a sample's first token is ignored already.
+- ``num_tokens``: input tokens read since training began (the attention
+  mask's ones; every token of a row without a mask, which for packed batches
+  includes the pad segment that rounds a batch up to a multiple of 8).
+- ``num_loss_tokens``: loss-bearing tokens since training began.
+
+:class:`TokenMetricsMixin` counts in ``compute_loss`` (once per micro-batch,
+so gradient accumulation is counted whole) and reports at every logging
+step: the accuracy over the micro-batches since the last log, the counts
+cumulative (continued from the last logged value when a run resumes). Counts
+are summed over all ranks when logged, so the numbers are those of the whole
+global batch under DDP / DeepSpeed / FSDP. Eval adds
+``eval_mean_token_accuracy``, ``eval_num_tokens`` and ``eval_num_loss_tokens``
+to the metrics ``evaluate`` returns (and so to ``eval_results.json``).
+
+Invariants:
+- Counts stay on the device between logs (no host sync per step).
+- Nothing is counted when the model returns no logits (e.g. a fused loss).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from diffmodel.preprocess.labels import IGNORE_INDEX
+
+#: the keys added to the training log
+TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens")
+
+
+def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, counted): argmax of ``logits[..., i, :]`` against ``labels[..., i + 1]``, labels != IGNORE_INDEX only."""
+    target = labels[..., 1:]
+    predicted = logits[..., :-1, :].argmax(dim=-1)
+    counted = target != IGNORE_INDEX
+    return (predicted.eq(target) & counted).sum(), counted.sum()
+
+
+def input_token_count(inputs: dict) -> torch.Tensor:
+    """Input tokens of a batch: the attention mask's ones, else every token."""
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return mask.sum()
+    return torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+
+
+class _Counts:
+    """Running sums (correct, loss tokens, input tokens) as device tensors."""
+
+    def __init__(self):
+        self.values: torch.Tensor | None = None
+
+    def add(self, correct, counted, tokens) -> None:
+        row = torch.stack([correct, counted, tokens.to(correct.device)]).to(torch.int64)
+        self.values = row if self.values is None else self.values + row.to(self.values.device)
+
+    def take(self, reduce) -> tuple[int, int, int] | None:
+        """The sums over every rank (``reduce``: a sum over ranks), then zero; None when no rank counted anything.
+
+        Every rank calls ``reduce``, also one that counted nothing (it adds zeros), so no rank waits for another.
+        """
+        mine = self.values if self.values is not None else torch.zeros(3, dtype=torch.int64)
+        self.values = None
+        correct, counted, tokens = (int(v) for v in reduce(mine).tolist())
+        if not (counted or tokens):
+            return None
+        return correct, counted, tokens
+
+
+class TokenMetricsMixin:
+    """Put before ``Trainer`` in the bases: adds the token metrics of the module docstring."""
+
+    def _token_counts(self, split: str) -> _Counts:
+        store = self.__dict__.setdefault("_token_metric_counts", {})
+        return store.setdefault(split, _Counts())
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values.to(self.args.device), reduction="sum")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        tokens = input_token_count(inputs) if "input_ids" in inputs else None
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        if labels is not None and logits is not None and tokens is not None:
+            with torch.no_grad():
+                correct, counted = token_accuracy_counts(logits.detach(), labels.to(logits.device))
+                self._token_counts("train" if model.training else "eval").add(correct, counted, tokens)
+        return (loss, outputs) if return_outputs else loss
+
+    def _cumulative_base(self) -> tuple[int, int]:
+        """The counts logged last before this process trained (a resumed run continues them)."""
+        if "_token_metric_base" not in self.__dict__:
+            last = next((h for h in reversed(self.state.log_history) if "num_tokens" in h), {})
+            self._token_metric_base = [int(last.get("num_tokens", 0)), int(last.get("num_loss_tokens", 0))]
+        return self._token_metric_base
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # a training step's log: every rank gets here (the loss is gathered too)
+            taken = self._token_counts("train").take(self._sum_over_ranks)
+            if taken is not None:
+                correct, counted, tokens = taken
+                base = self._cumulative_base()
+                base[0] += tokens
+                base[1] += counted
+                if counted:
+                    logs["mean_token_accuracy"] = correct / counted
+                logs["num_tokens"] = base[0]
+                logs["num_loss_tokens"] = base[1]
+        return super().log(logs, *args, **kwargs)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._token_counts("eval").values = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        prefix = metric_key_prefix
+        taken = self._token_counts("eval").take(self._sum_over_ranks)
+        if taken is not None:
+            correct, counted, tokens = taken
+            if counted:
+                output.metrics[f"{prefix}_mean_token_accuracy"] = correct / counted
+            output.metrics[f"{prefix}_num_tokens"] = tokens
+            output.metrics[f"{prefix}_num_loss_tokens"] = counted
+        return output
+
+
+class DiffTrainer(TokenMetricsMixin, Trainer):
+    """``Trainer`` with the token metrics (what ``diffmodel train`` trains with, unless it streams)."""

@@ -1,0 +1,109 @@
+"""The model card: exact Markdown for a hand-made run, and the flags that differ from their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffmodel.train.card import changed_flags, render_card
+
+INFO = {
+    "output_dir": "runs/diff", "date": "2025-03-04", "version": "0.1.0",
+    "training": {
+        "base model": "models/base", "layout": "pack", "block size": 2048, "learning rate": 0.0003,
+        "batch": "8 per device x 2 accumulation x 4 process(es) = 64 rows per step", "steps": "1000 (--max_steps)",
+        "precision": "bf16", "seed": 42,
+    },
+    "flags": {"--train_diff_model": True, "--packing": True, "--train_file": ["a.jsonl", "b.jsonl"], "--dropout": 0.0},
+    "results": {"final_train_loss": 0.8125, "train_loss": 1.25, "eval_loss": 0.75, "perplexity": 2.117, "eval_mean_token_accuracy": 0.8},
+    "data": {
+        "train": {"samples_loaded": 1200, "bad_records": 0, "dropped_too_long": 3, "dropped_no_diff": 1, "dropped_empty_diff": 0,
+                  "samples_kept": 1196, "rows": 90, "tokens": 170000, "loss_share": 0.25, "fill_ratio": 0.921875, "warning": None},
+        "validation": {"samples_loaded": 10, "bad_records": 0, "dropped_too_long": 6, "dropped_no_diff": 0, "dropped_empty_diff": 0,
+                       "samples_kept": 4, "rows": 1, "tokens": 1500, "loss_share": 0.5, "fill_ratio": 0.732421875,
+                       "warning": "validation: 6 of 10 samples dropped"},
+    },
+}
+
+EXPECTED = """\
+# Diff model: runs/diff
+
+Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff that makes the change; only the diff tokens (from `<DFF>` on) carried loss.
+
+## Use
+
+```bash
+diffmodel edit --model runs/diff path/to/file.py -m "Describe the change"            # print the diff
+diffmodel edit --model runs/diff path/to/file.py -m "Describe the change" --apply    # and write the file
+```
+
+```python
+from diffmodel.infer import DiffModel
+edit = DiffModel.from_pretrained("runs/diff").edit(code, "Describe the change", "path/to/file.py")
+```
+
+## Results
+
+| metric | value |
+|---|---|
+| final train loss (last logged step) | 0.8125 |
+| mean train loss | 1.2500 |
+| eval loss (diff tokens) | 0.7500 |
+| eval perplexity | 2.1170 |
+| eval mean token accuracy | 0.8000 |
+
+## Training
+
+| setting | value |
+|---|---|
+| base model | models/base |
+| layout | pack |
+| block size | 2048 |
+| learning rate | 0.0003 |
+| batch | 8 per device x 2 accumulation x 4 process(es) = 64 rows per step |
+| steps | 1000 (--max_steps) |
+| precision | bf16 |
+| seed | 42 |
+
+## Flags that differ from the defaults
+
+| flag | value |
+|---|---|
+| `--train_diff_model` | True |
+| `--packing` | True |
+| `--train_file` | a.jsonl b.jsonl |
+| `--dropout` | 0.0 |
+
+## Data
+
+| split | samples | bad records | too long | no `<DFF>` | empty diff | kept | rows | tokens | loss share | fill |
+|---|---|---|---|---|---|---|---|---|---|---|
+| train | 1,200 | 0 | 3 | 1 | 0 | 1,196 | 90 | 170,000 | 0.2500 | 0.9219 |
+| validation | 10 | 0 | 6 | 0 | 0 | 4 | 1 | 1,500 | 0.5000 | 0.7324 |
+
+Warning: validation: 6 of 10 samples dropped
+"""
+
+
+def test_a_hand_made_run_renders_exactly():
+    assert render_card(INFO) == EXPECTED
+
+
+def test_values_the_run_did_not_produce_are_left_out():
+    info = dict(INFO, results={"final_train_loss": 0.5}, flags={}, data={})
+    text = render_card(info)
+    assert "| final train loss (last logged step) | 0.5000 |" in text
+    assert "eval" not in text.split("## Results")[1].split("## Training")[0]
+    assert "## Flags" not in text and "## Data" not in text
+
+
+@dataclass
+class Args:
+    a: int = 1
+    b: list[str] | None = None
+    c: list[int] = field(default_factory=lambda: [1, 2])
+    d: bool = False
+
+
+def test_changed_flags_are_the_fields_off_their_default_in_order():
+    assert changed_flags(Args()) == {}
+    assert changed_flags(Args(a=2, c=[1, 2], d=True), Args(b=["x"])) == {"--a": 2, "--d": True, "--b": ["x"]}
