@@ -39,6 +39,9 @@ EXPECTED = {
 }
 #: where loss starts in each EXPECTED text: the marker after the message
 LOSS_START = {"carper": 95, "commit": 90, "linediff": 122, "search_replace": 95}
+#: where the message part starts in each EXPECTED text (``--loss_on message+diff``): the message marker
+MESSAGE_START = {"carper": 68, "commit": 58, "linediff": 88, "search_replace": 68}
+MESSAGE_MARKER = {"carper": "<MSG> ", "commit": "<commit_msg>H", "linediff": "<commit_msg>\n", "search_replace": "<MSG> "}
 
 
 class TestRegistry:
@@ -74,6 +77,23 @@ class TestHandMadeSample:
         assert text.startswith(prompt) and prompt.endswith(fmt.MARKER)
         assert fmt.loss_start(prompt) == len(prompt) - len(fmt.MARKER) == LOSS_START[name]
         assert not fmt.is_empty(text, LOSS_START[name])
+
+    def test_exact_message_start_is_the_message_marker(self, name):
+        fmt, text = formats.get(name), EXPECTED[name]
+        assert fmt.message_start(text) == MESSAGE_START[name]
+        assert text[MESSAGE_START[name]:].startswith(MESSAGE_MARKER[name])
+        assert fmt.message_start(fmt.prompt(NAME, BEFORE, MESSAGE)) == MESSAGE_START[name]
+
+    def test_loss_on_chooses_between_the_formats_two_markers(self, name):
+        text = EXPECTED[name]
+        assert formats.loss_start(text, "diff", name) == LOSS_START[name]
+        assert formats.loss_start(text, "message+diff", name) == MESSAGE_START[name]
+        with pytest.raises(ValueError, match=r"loss_on 'message' is not one of diff, message\+diff"):
+            formats.loss_start(text, "message", name)
+
+    def test_no_target_means_no_message_start(self, name):
+        text = EXPECTED[name][:LOSS_START[name]]
+        assert formats.get(name).message_start(text) == -1 == formats.loss_start(text, "message+diff", name)
 
     def test_target_applies_to_the_file(self, name):
         fmt = formats.get(name)
@@ -184,6 +204,7 @@ def test_round_trip_render_split_parse_apply(name, file_name, change, message):
     text, prompt = fmt.render(file_name, before, message, after), fmt.prompt(file_name, before, message)
     assert text.startswith(prompt)
     assert fmt.loss_start(text) == fmt.loss_start(prompt) == len(prompt) - len(fmt.MARKER)
+    assert 0 <= fmt.message_start(text) == fmt.message_start(prompt) < fmt.loss_start(text)
     result = fmt.apply(before, fmt.parse(text[len(prompt):]))
     assert result.text == after
     assert fmt.is_empty(text, fmt.loss_start(text)) == (before == after)

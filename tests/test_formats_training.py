@@ -62,7 +62,7 @@ def test_load_and_stream_render_structured_rows_in_the_format(name, tmp_path):
     path.write_text(json.dumps(ROW) + "\n")
     raw, report = load_raw_datasets(LoadOptions(train_files=[str(path)], validation_split_percentage=0, edit_format=name, cache_dir=str(tmp_path / "hf")))
     assert raw["train"]["text"] == [EXPECTED[name]] and report.rendered_from_fields
-    assert row_text(ROW, None, "rows.jsonl:1", name) == EXPECTED[name]
+    assert row_text(ROW, None, "rows.jsonl:1", name) == (EXPECTED[name], None)
 
 
 def test_stage_cache_is_keyed_by_the_format(tmp_path):

@@ -122,7 +122,7 @@ class TestDropWarningWhenMoreThanHalfIsDropped:
         report = WithAnotherCounter(samples_loaded=9, bad_records=2, dropped_no_diff=1, dropped_empty_diff=4, dropped_unknown_reason=1, samples_kept=2)
         assert drop_counts(report) == {"bad_records": 2, "dropped_too_long": 0, "dropped_no_diff": 1, "dropped_empty_diff": 4, "dropped_unknown_reason": 1}
         assert drop_warning("validation", report) == (
-            "the validation split drops 8 of 11 samples (73%): 4 with an empty diff (nothing to train), 2 bad records skipped, "
+            "the validation split drops 8 of 11 samples (73%): 4 with an empty diff or completion (nothing to train), 2 bad records skipped, "
             "1 without <DFF>, 1 unknown reason. "
             "To keep more: fix the records the log names; give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"
         )

@@ -25,9 +25,12 @@ Invariants:
   one line, the file ends with a newline (and is not ``ADDFILE``), the
   message is stripped and has no line starting with ``<MSG>`` or ``<DFF>``,
   and no diff line starts with ``<``; the file may hold any marker anywhere.
-- Only the text from ``<DFF>`` on carries loss when training; a text whose
-  diff is empty (nothing but whitespace after the marker) has nothing to
-  train and is dropped (:func:`diff_is_empty`).
+- Only the text from ``<DFF>`` on carries loss when training (``--loss_on
+  diff``), or from the ``<MSG>`` line that precedes it (``--loss_on
+  message+diff``, :func:`message_start`); the choice is made in one place for
+  every edit format, :func:`diffmodel.formats.loss_start`. A text whose diff
+  is empty (nothing but whitespace after the marker) has nothing to train and
+  is dropped (:func:`diff_is_empty`), whichever the choice.
 """
 
 from __future__ import annotations
@@ -102,6 +105,18 @@ def diff_start(text: str, message_marker: str = MESSAGE_MARKER, diff_marker: str
     if msg < 0:
         return -1
     return _first_line_start(text, diff_marker, msg + len(message_marker))
+
+
+def message_start(text: str, message_marker: str = MESSAGE_MARKER, diff_marker: str = DIFF_MARKER) -> int:
+    """Character index of the ``<MSG>`` line whose message precedes the diff, or -1 when the text has no diff.
+
+    It is the last ``<MSG>`` that starts a line (the one :func:`diff_start`
+    follows); other line-based formats pass their own two markers, as to
+    :func:`diff_start`.
+    """
+    if diff_start(text, message_marker, diff_marker) < 0:
+        return -1
+    return _last_line_start(text, message_marker, len(text))
 
 
 def diff_is_empty(text: str, start: int, diff_marker: str = DIFF_MARKER) -> bool:

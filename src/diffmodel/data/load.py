@@ -4,7 +4,10 @@ Sources (exactly one per run):
 
 - ``train_files`` / ``validation_files``: paths or globs of one file type per
   split: ``.jsonl``/``.json`` (optionally ``.zst``), ``.parquet``, ``.csv`` or
-  ``.txt`` (one sample per line, as in ``run_clm``).
+  ``.txt`` (one sample per line, as in ``run_clm``). Train files with a final
+  ``:WEIGHT`` each are weighted sources: each is read on its own, the
+  validation split is cut from all of them, then the train split is mixed by
+  the rule of :mod:`diffmodel.data.mix` (``LoadReport.sources`` tells how).
 - ``dataset_name``: a local dataset folder (split names read from file and
   folder names, as ``datasets`` does), or any name ``datasets.load_dataset``
   can open without network.
@@ -22,8 +25,11 @@ Invariants:
   cut from ``train`` by a seeded permutation (both keep the source order).
 - Every split has the text column named in the report (``text`` when rows
   were rendered from ``name/before/message/diff`` in ``edit_format`` by
-  :func:`diffmodel.formats.render_row`), or an ``input_ids`` column, in which
+  :func:`diffmodel.formats.render_row`, or from ``prompt/completion`` rows,
+  which also get a ``completion_start`` column: the character where the loss
+  starts, whatever the edit format), or an ``input_ids`` column, in which
   case ``LoadReport.text_column`` is None and rows pass through untouched.
+  ``LoadReport.row_format`` names the kind of rows.
 - Problems with the input raise :class:`DiffModelError` naming the file (and
   line), the flag and the fix.
 """
@@ -45,7 +51,7 @@ from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.exceptions import DatasetGenerationError
 
 from diffmodel import formats, sample
-from diffmodel.data import records
+from diffmodel.data import mix, records
 from diffmodel.errors import DiffModelError, raise_if_problems
 
 logger = logging.getLogger(__name__)
@@ -92,7 +98,9 @@ class LoadOptions:
     cache_dir: str | None = None
     """``datasets`` cache folder (default: the ``datasets`` default cache)."""
     seed: int = 42
-    """Seed of the train/validation cut."""
+    """Seed of the train/validation cut and of the weighted mix."""
+    mix_size: int | None = None
+    """Rows of the weighted mix of ``train_files`` (default: as many as the first source to run out allows; see :mod:`diffmodel.data.mix`)."""
 
 
 @dataclass
@@ -113,6 +121,10 @@ class LoadReport:
     """Column to tokenize; None when rows are already tokenized (``input_ids``)."""
     bad_records_by_split: dict[str, int] = field(default_factory=dict)
     """``bad_records`` per split read from files (a validation split cut from train has its records counted in train)."""
+    sources: list[dict] = field(default_factory=list)
+    """Weighted ``--train_file`` sources: files, weight, share, rows and rows taken (:func:`diffmodel.data.mix.source_report`)."""
+    row_format: str = ""
+    """The kind of rows: ``text``, ``prompt/completion`` (loss on the completion), ``name/before/message/diff`` or ``tokenized``."""
 
 
 def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadReport]:
@@ -132,10 +144,15 @@ def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadRepo
     elif opts.dataset_name:
         raw = _load_named(opts, report, origins)
     else:
-        split_files = {"train": _resolve_files(opts.train_files, "--train_file")}
+        sources, problems = mix.parse_sources(opts.train_files)
+        raise_if_problems(problems, "cannot read the --train_file weights")
+        weighted = mix.is_weighted(sources)
+        if weighted:
+            raw = _load_weighted(sources, opts, report, origins)
+        else:
+            raw = _load_split_files({"train": _resolve_files(opts.train_files, "--train_file")}, opts, report, origins)
         if opts.validation_files:
-            split_files["validation"] = _resolve_files(opts.validation_files, "--validation_file")
-        raw = _load_split_files(split_files, opts, report, origins)
+            raw["validation"] = _load_split_files({"validation": _resolve_files(opts.validation_files, "--validation_file")}, opts, report, origins)["validation"]
 
     if "train" not in raw:
         raise DiffModelError(
@@ -147,6 +164,8 @@ def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadRepo
             raise DiffModelError(f"the {split} split is empty ({origins.get(split, opts.dataset_name)}); give it data")
     raw = _resolve_text(raw, opts, report, origins)
     raw = _ensure_validation(raw, opts, report)
+    if mix.SOURCE_COLUMN in raw["train"].column_names:
+        raw = _mix_train(raw, sources, opts, report)
     return raw, report
 
 
@@ -250,6 +269,52 @@ def _load_split_files(
         else:
             raw[split] = _load_with_builder(fmt, files, split, opts)
     return datasets.DatasetDict(raw)
+
+
+def _load_weighted(sources: list[mix.Source], opts: LoadOptions, report: LoadReport, origins: dict[str, str]) -> datasets.DatasetDict:
+    """Each weighted source read on its own, then one train split whose rows carry their source's index."""
+    parts, files_per_source = [], []
+    for i, source in enumerate(sources):
+        files = _resolve_files([source.pattern], "--train_file")
+        files_per_source.append(len(files))
+        ds = _load_split_files({"train": files}, opts, report, origins)["train"]
+        parts.append(ds.add_column(mix.SOURCE_COLUMN, [i] * len(ds)))
+    origins["train"] = _describe(report.files)
+    kinds = "; ".join(f"{s.pattern}: {', '.join(c for c in p.column_names if c != mix.SOURCE_COLUMN)}" for s, p in zip(sources, parts))
+    different = f"the weighted --train_file sources have different columns ({kinds}); give every source the same kind of rows"
+    if len({tuple(sorted(p.column_names)) for p in parts}) > 1:
+        raise DiffModelError(different)
+    try:
+        train = datasets.concatenate_datasets(parts)
+    except ValueError as err:
+        raise DiffModelError(different) from err
+    report.sources = [{"files": n} for n in files_per_source]
+    return datasets.DatasetDict({"train": train})
+
+
+def _mix_train(raw: datasets.DatasetDict, sources: list[mix.Source], opts: LoadOptions, report: LoadReport) -> datasets.DatasetDict:
+    """The train split mixed by weight (the rule of :mod:`diffmodel.data.mix`); the source column removed from every split."""
+    train = raw["train"]
+    source_of_row = train.with_format("numpy")[mix.SOURCE_COLUMN]
+    available = np.bincount(source_of_row, minlength=len(sources)).tolist()
+    empty = [s.spec for s, n in zip(sources, available) if n == 0]
+    if empty:
+        raise DiffModelError(
+            f"--train_file {', '.join(empty)}: no rows left in the train split after the validation cut; "
+            "give the source more rows, pass --validation_file, or lower --validation_split_percentage"
+        )
+    indices, taken = mix.mix_indices(source_of_row, mix.shares(sources), opts.seed, opts.mix_size)
+    report.sources = mix.source_report(sources, [s["files"] for s in report.sources], available, taken)
+    for entry in report.sources:
+        logger.info(
+            "mix: %s weight %g (share %.1f%%): %d of its %d train rows taken (%.1f%% of %d)",
+            entry["train_file"], entry["weight"], 100 * entry["share"], entry["rows_mixed"], entry["rows"], 100 * entry["effective_share"], len(indices),
+        )
+        if entry["rows_mixed"] > entry["rows"]:
+            logger.warning("mix: --mix_size %d repeats rows of %s (%d taken of %d)", opts.mix_size, entry["train_file"], entry["rows_mixed"], entry["rows"])
+    out = {"train": train.select(indices)}
+    out.update({k: v for k, v in raw.items() if k != "train"})
+    return datasets.DatasetDict({k: v.remove_columns([c for c in v.column_names if c == mix.SOURCE_COLUMN]) for k, v in out.items()})
 
 
 def _describe(files: list[str]) -> str:
@@ -441,6 +506,7 @@ def _resolve_text(
 ) -> datasets.DatasetDict:
     """Make every split carry the same text column (or ``input_ids``), rendering structured rows."""
     chosen: dict[str, str | None] = {}
+    formats: dict[str, str] = {}
     out = {}
     for split, ds in raw.items():
         where = origins.get(split, split)
@@ -463,6 +529,17 @@ def _resolve_text(
         elif "text" in columns:
             _check_text(ds, "text", where)
             chosen[split] = "text"
+        elif all(f in columns for f in records.PROMPT_COMPLETION):
+            for column in records.PROMPT_COMPLETION:
+                _check_text(ds, column, where)
+            ds = ds.map(
+                _prompt_completion_batch,
+                batched=True,
+                input_columns=list(records.PROMPT_COMPLETION),
+                desc=f"Joining {split} prompts and completions",
+            )
+            formats[split] = records.row_format(records.PROMPT_COMPLETION)
+            chosen[split] = "text"
         elif all(f in columns for f in sample.FIELDS):
             ds = ds.map(
                 _render_batch,
@@ -472,14 +549,21 @@ def _resolve_text(
                 desc=f"Rendering {split} samples",
             )
             report.rendered_from_fields = True
+            formats[split] = records.row_format(sample.FIELDS)
             chosen[split] = "text"
         else:
             raise no_text_error(where, list(columns))
         out[split] = ds
-    if len(set(chosen.values())) > 1:
-        kinds = ", ".join(f"{s}: {c or 'input_ids (tokenized)'}" for s, c in chosen.items())
+    for split, column in chosen.items():
+        formats.setdefault(split, "tokenized" if column is None else column)
+    completion_rows = {f == "prompt/completion" for f in formats.values()}
+    if len(set(chosen.values())) > 1 or len(completion_rows) > 1:
+        kinds = ", ".join(f"{s}: {f if f != 'tokenized' else 'input_ids (tokenized)'}" for s, f in formats.items())
         raise DiffModelError(f"the splits disagree on their text ({kinds}); give every split the same kind of rows")
     report.text_column = next(iter(chosen.values()))
+    report.row_format = next(iter(formats.values()))
+    if report.row_format == "prompt/completion":
+        logger.info("rows are prompt/completion (TRL's format): text = prompt + completion, loss on the completion only")
     return datasets.DatasetDict(out)
 
 
@@ -505,6 +589,12 @@ def _render_batch(names: list, befores: list, messages: list, diffs: list, rende
             for n, b, m, d in zip(names, befores, messages, diffs)
         ]
     }
+
+
+def _prompt_completion_batch(prompts: list, completions: list) -> dict:
+    """``text`` and ``completion_start`` for a batch of prompt/completion rows."""
+    joined = [records.prompt_completion_text(p, c) for p, c in zip(prompts, completions)]
+    return {"text": [t for t, _ in joined], records.COMPLETION_START: [start for _, start in joined]}
 
 
 def _ensure_validation(raw: datasets.DatasetDict, opts: LoadOptions, report: LoadReport) -> datasets.DatasetDict:

@@ -20,7 +20,9 @@ Invariants:
   column gets ``None`` there; a record with a column the first lacked is a bad
   record (Arrow needs one schema per split).
 - The fields the text comes from (:func:`text_fields`: ``--text_column``,
-  else ``text``, else ``name/before/message/diff``) are checked per record
+  else ``text``, else ``prompt/completion`` (TRL's format, text = prompt +
+  completion: :func:`prompt_completion_text`), else
+  ``name/before/message/diff``) are checked per record
   (:func:`text_problem`): a text that is missing, null, a number or anything
   but a JSON string is a bad record, named by its line. Of the structured
   fields only ``before``, ``message`` and ``diff`` may be null (read as
@@ -225,6 +227,17 @@ class RecordReader:
                 yield row
 
 
+#: The fields of a prompt/completion row (TRL's format): loss on the completion only.
+PROMPT_COMPLETION = ("prompt", "completion")
+#: Column holding, per row, the character where the completion starts in the text (None for a diff sample).
+COMPLETION_START = "completion_start"
+
+
+def prompt_completion_text(prompt: str, completion: str) -> tuple[str, int]:
+    """The text of a prompt/completion row (prompt + completion) and the character where the loss starts."""
+    return prompt + completion, len(prompt)
+
+
 #: Structured fields that may be null (read as empty; a null ``before`` is a new file).
 NULLABLE_FIELDS = ("before", "message", "diff")
 
@@ -234,7 +247,8 @@ def text_fields(keys, text_column: str | None) -> tuple[str, ...]:
 
     ``()`` for tokenized rows (``input_ids``) and rows without text (the load
     stage names those); else ``text_column`` if given, ``text`` if present,
-    else the structured fields ``name/before/message/diff``.
+    ``prompt/completion`` if both are present, else the structured fields
+    ``name/before/message/diff``.
     """
     keys = list(keys)
     if "input_ids" in keys:
@@ -243,9 +257,20 @@ def text_fields(keys, text_column: str | None) -> tuple[str, ...]:
         return (text_column,) if text_column in keys else ()
     if "text" in keys:
         return ("text",)
+    if all(f in keys for f in PROMPT_COMPLETION):
+        return PROMPT_COMPLETION
     if all(f in keys for f in FIELDS):
         return FIELDS
     return ()
+
+
+def row_format(fields: tuple[str, ...]) -> str:
+    """The kind of rows whose text comes from ``fields`` (:func:`text_fields`), as reports name it."""
+    if fields == PROMPT_COMPLETION:
+        return "prompt/completion"
+    if fields == FIELDS:
+        return "/".join(FIELDS)
+    return fields[0] if fields else "tokenized"
 
 
 def text_problem(row: dict, fields: tuple[str, ...]) -> str | None:

@@ -16,6 +16,11 @@ Invariants (checked per format by round-trip property tests):
 - ``loss_start(text)`` is the index of that ``MARKER`` (the part after the
   message carries loss, the marker included), ``-1`` when the text has none;
   ``loss_start(prompt(n, b, m)) == len(prompt) - len(MARKER)``;
+- ``message_start(text)`` is the index of the message marker that the
+  ``MARKER`` follows (``<MSG>``, ``<commit_msg>``), ``-1`` when the text has
+  no ``MARKER``; always ``<= loss_start(text)``. :func:`loss_start` of this
+  package is the one rule of ``--loss_on``: ``diff`` starts loss at the
+  format's ``loss_start``, ``message+diff`` at its ``message_start``;
 - ``is_empty(text, loss_start(text))`` is true when the target holds no change
   (such a sample has nothing to train and is dropped, as an empty diff is);
 - ``apply(b, parse(target)).text == a`` and ``apply(b, target)`` is the same;
@@ -35,6 +40,9 @@ from diffmodel.formats import carper, commit, linediff, search_replace
 #: The format used when ``--edit_format`` is not given.
 DEFAULT = "carper"
 
+#: The choices of ``--loss_on``: where the loss of a sample starts (:func:`loss_start`).
+LOSS_ON = ("diff", "message+diff")
+
 
 class EditFormat(Protocol):
     """What every format module provides."""
@@ -46,6 +54,7 @@ class EditFormat(Protocol):
     def render(self, name: str, before: str, message: str, after: str, diff: str | None = None) -> str: ...
     def prompt(self, name: str, before: str, message: str) -> str: ...
     def loss_start(self, text: str) -> int: ...
+    def message_start(self, text: str) -> int: ...
     def is_empty(self, text: str, start: int) -> bool: ...
     def parse(self, output: str) -> Any: ...
     def apply(self, before: str, parsed_or_output: Any): ...
@@ -61,6 +70,21 @@ def get(name: str | None) -> EditFormat:
     if key not in FORMATS:
         raise DiffModelError(f"--edit_format {name}: unknown edit format; use one of {', '.join(FORMATS)}")
     return FORMATS[key]
+
+
+def loss_start(text: str, loss_on: str = "diff", edit_format: str | None = None) -> int:
+    """Character index where the loss of ``text`` starts, or -1 when it has no target part.
+
+    The one ``--loss_on`` policy for every format: ``diff`` starts at the
+    format's target marker (its ``loss_start``), ``message+diff`` at its
+    message marker (its ``message_start``).
+    """
+    fmt = get(edit_format)
+    if loss_on == "diff":
+        return fmt.loss_start(text)
+    if loss_on == "message+diff":
+        return fmt.message_start(text)
+    raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
 
 
 def after_of(before: str, diff: str, name: str = "") -> str:
@@ -89,4 +113,4 @@ def render_row(row: dict, edit_format: str | None = None) -> str:
     return fmt.render(name, before, str(row.get("message") or ""), after_of(before, str(row.get("diff") or ""), name))
 
 
-__all__ = ["DEFAULT", "EditFormat", "FORMATS", "after_of", "get", "render_row"]
+__all__ = ["DEFAULT", "EditFormat", "FORMATS", "LOSS_ON", "after_of", "get", "loss_start", "render_row"]

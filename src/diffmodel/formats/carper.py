@@ -13,7 +13,9 @@ A thin face over :mod:`diffmodel.sample` (the text, the ``<DFF>`` rule) and
 :mod:`diffmodel.diff` (make, parse, apply) in the shape every format has
 (:mod:`diffmodel.formats`); nothing here decides anything of its own. Loss
 starts at the ``<DFF>`` that starts a line after the last ``<MSG>`` line
-(:func:`diffmodel.sample.diff_start`).
+(:func:`diffmodel.sample.diff_start`); its message part starts at that
+last ``<MSG>`` line (:func:`diffmodel.sample.message_start`, for ``--loss_on
+message+diff``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ MARKER = sample.DIFF_MARKER
 
 prompt = sample.render_prompt
 loss_start = sample.diff_start
+message_start = sample.message_start
 is_empty = sample.diff_is_empty
 
 

@@ -20,7 +20,8 @@ al. 2023, arXiv:2308.07124). The card spells the middle token
 
 Loss starts at ``<commit_after>`` (the marker included, as ``<DFF>`` is in
 ``carper``): it is the first ``<commit_after>`` after the first
-``<commit_msg>``. That is exact when the message holds no marker and the file
+``<commit_msg>``, and its message part at that ``<commit_msg>``
+(:func:`message_start`). That is exact when the message holds no marker and the file
 before holds no ``<commit_msg>`` followed later by ``<commit_after>``; the
 new file may hold anything. A sample whose new file equals the old one has
 nothing to train (:func:`is_empty`).
@@ -56,6 +57,11 @@ def loss_start(text: str) -> int:
     """Index of the first ``<commit_after>`` after the first ``<commit_msg>``, or -1."""
     msg = text.find(MESSAGE_MARKER)
     return -1 if msg < 0 else text.find(AFTER_MARKER, msg + len(MESSAGE_MARKER))
+
+
+def message_start(text: str) -> int:
+    """Index of the first ``<commit_msg>`` (the one :func:`loss_start` follows), or -1 when there is no target."""
+    return -1 if loss_start(text) < 0 else text.find(MESSAGE_MARKER)
 
 
 def is_empty(text: str, start: int) -> bool:

@@ -40,7 +40,8 @@ Where this module differs, so that the target applies back exactly:
 
 Loss starts at the ``<commit_after>`` line: the first line starting with
 ``<commit_after>`` after the last line starting with ``<commit_msg>`` (the
-rule of :func:`diffmodel.sample.diff_start`); exact because no numbered line
+rule of :func:`diffmodel.sample.diff_start`), and its message part at that
+last ``<commit_msg>`` line (:func:`diffmodel.sample.message_start`); exact because no numbered line
 and no target line starts with ``<``. A target with no line (no change) has
 nothing to train.
 
@@ -112,6 +113,11 @@ def render(name: str, before: str, message: str, after: str, diff: str | None = 
 def loss_start(text: str) -> int:
     """Index of the ``<commit_after>`` line after the last ``<commit_msg>`` line, or -1."""
     return sample.diff_start(text, MESSAGE_MARKER, AFTER_MARKER)
+
+
+def message_start(text: str) -> int:
+    """Index of the last ``<commit_msg>`` line (the one :func:`loss_start` follows), or -1 when there is no target."""
+    return sample.message_start(text, MESSAGE_MARKER, AFTER_MARKER)
 
 
 def is_empty(text: str, start: int) -> bool:

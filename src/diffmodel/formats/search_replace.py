@@ -28,7 +28,9 @@ until its SEARCH text first occurs, from the end of the previous block, at
 its own place; an empty SEARCH (a new file) inserts at that point.
 
 Loss starts at ``<DFF>`` as in ``carper`` (:func:`diffmodel.sample.diff_start`),
-which is exact when no block line starts with ``<MSG>``. A text with no block
+which is exact when no block line starts with ``<MSG>``; the message part
+starts at the last ``<MSG>`` line before it, as in ``carper``
+(:func:`diffmodel.sample.message_start`). A text with no block
 after ``<DFF>`` has nothing to train.
 
 Reading model output: lines outside blocks (file names, fences, prose) are
@@ -60,6 +62,7 @@ _REPLACE = re.compile(r">{5,9} ?REPLACE\s*\Z")
 
 prompt = sample.render_prompt
 loss_start = sample.diff_start
+message_start = sample.message_start
 is_empty = sample.diff_is_empty
 
 

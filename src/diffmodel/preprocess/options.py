@@ -27,6 +27,7 @@ logger = logging.getLogger("diffmodel.train")
 class PreprocessOptions:
     block_size: int
     train_diff_model: bool = False
+    loss_on: str = "diff"
     ignore_long_samples: bool = False
     concatenate_texts: bool = False
     packing: bool = False

@@ -1,9 +1,11 @@
 """Run the preprocessing stages over a ``DatasetDict``, with a stage cache.
 
 Order (the reference's): tokenize -> drop long samples -> labels (mask before
-the ``<DFF>`` where the diff starts, :func:`diffmodel.sample.diff_start`; drop
-samples without one or with an empty diff) -> layout (pad | concat | pack) ->
-sanity check. Each stage function lives
+where the loss starts: the ``--edit_format``'s target marker (``<DFF>`` in
+``carper``), or its message marker (the ``<MSG>`` line) with ``--loss_on
+message+diff``, :func:`diffmodel.formats.loss_start`; the completion of a prompt/completion row, always, even without
+``--train_diff_model``; drop samples without a diff, and with an empty diff
+or completion) -> layout (pad | concat | pack) -> sanity check. Each stage function lives
 in its own module; this module only wires them to ``datasets`` and caches
 their results.
 
@@ -26,6 +28,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffmodel.data.records import COMPLETION_START
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.cache import cached_stage, default_cache_root, fingerprint, tokenizer_fingerprint
 from diffmodel.preprocess.labels import EMPTY_DIFF, NO_DIFF, diff_start_from_ids, mask_before
@@ -55,25 +58,25 @@ def encode_batch(batch: dict[str, list], tokenizer, opts: PreprocessOptions) -> 
         ids = batch["input_ids"]
         starts = batch.get("diff_start")
     else:
-        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.edit_format)
+        enc = tokenize_batch(batch, tokenizer, opts.text_column, opts.loss_on, opts.edit_format)
         ids, starts = enc["input_ids"], enc["diff_start"]
-    out: dict[str, list] = {"input_ids": ids}
+    out: dict[str, list] = {"input_ids": ids, "n_tokens": [len(x) for x in ids]}
     has_labels = "labels" in batch and batch["labels"] is not None
     if has_labels and not opts.force_label:
         out["labels"] = batch["labels"]
         out["diff_start"] = [0] * len(ids)
-        out["n_tokens"] = [len(x) for x in ids]
         return out
-    if not opts.train_diff_model:
+    # a prompt/completion row is always trained on its completion only; a diff sample only with --train_diff_model
+    masked = [opts.train_diff_model or c is not None for c in batch.get(COMPLETION_START) or [None] * len(ids)]
+    if not any(masked):
         out["labels"] = [list(row_ids) for row_ids in ids]
         out["diff_start"] = [0] * len(ids)
-        out["n_tokens"] = [len(x) for x in ids]
         return out
     if starts is None:
-        starts = [diff_start_from_ids(row_ids, tokenizer, opts.edit_format) for row_ids in ids]
+        starts = [diff_start_from_ids(row_ids, tokenizer, opts.loss_on, opts.edit_format) for row_ids in ids]
+    starts = [start if mask else 0 for start, mask in zip(starts, masked)]
     out["labels"] = [mask_before(row_ids, start) if start >= 0 else [] for row_ids, start in zip(ids, starts)]
-    out["diff_start"] = list(starts)
-    out["n_tokens"] = [len(x) for x in ids]
+    out["diff_start"] = starts
     return out
 
 
@@ -220,6 +223,13 @@ def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workd
 # --- the whole pipeline -----------------------------------------------------------------------
 
 
+def loss_on_of(columns, opts: PreprocessOptions) -> str:
+    """What carries loss in rows with these columns, as the report says it: ``completion``, ``--loss_on`` or ``all tokens``."""
+    if COMPLETION_START in columns:
+        return "completion"
+    return opts.loss_on if opts.train_diff_model else "all tokens"
+
+
 def is_laid_out(ds: datasets.Dataset) -> bool:
     """Rows that an earlier run laid out carry labels and an attention mask (pad, concat) or position ids (pack)."""
     cols = set(ds.column_names)
@@ -235,7 +245,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
         stage_opts.pop(k)
     out, reports = {}, {}
     for split, ds in raw.items():
-        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout)
+        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout, loss_on=loss_on_of(ds.column_names, opts))
         if opts.skip_concat and is_laid_out(ds):
             if opts.force_label:
                 logger.warning("--force_label has no effect with --skip_concat on rows that are already laid out: their labels were built before layout; rebuild from the raw data to change them")

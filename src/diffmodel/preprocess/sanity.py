@@ -47,6 +47,9 @@ class SplitReport:
     tokens: int = 0  # tokens with attention 1
     loss_tokens: int = 0  # tokens whose label is not ignored
     layout: str = ""
+    row_format: str = ""  # the kind of rows loaded: text, prompt/completion, name/before/message/diff, tokenized
+    loss_on: str = ""  # what carries loss: diff, message+diff, completion, all tokens
+    sources: list[dict] = field(default_factory=list)  # weighted --train_file sources (diffmodel.data.mix.source_report)
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -169,7 +172,7 @@ DROP_REASONS: dict[str, tuple[str, str]] = {
     "bad_records": ("bad records skipped", "fix the records the log names"),
     "dropped_too_long": ("too long (>= --block_size tokens)", "raise --block_size (up to the model's positions) or pre-filter long samples"),
     "dropped_no_diff": ("without <DFF>", "give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"),
-    "dropped_empty_diff": ("with an empty diff (nothing to train)", ""),
+    "dropped_empty_diff": ("with an empty diff or completion (nothing to train)", ""),
 }
 
 
@@ -199,7 +202,7 @@ def format_report(reports: dict[str, SplitReport]) -> str:
         ("skipped: bad records", "bad_records"),
         ("dropped: too long", "dropped_too_long"),
         ("dropped: no <DFF>", "dropped_no_diff"),
-        ("dropped: empty diff", "dropped_empty_diff"),
+        ("dropped: empty diff", "dropped_empty_diff"),  # or an empty completion
         ("samples kept", "samples_kept"),
         ("rows", "rows"),
         ("tokens (attended)", "tokens"),
@@ -213,11 +216,26 @@ def format_report(reports: dict[str, SplitReport]) -> str:
     lines.append(f"{'loss share':<22}" + "".join(f"{reports[s].loss_share:>{width + 2}.1%}" for s in splits))
     lines.append(f"{'fill ratio':<22}" + "".join(f"{reports[s].fill_ratio:>{width + 2}.1%}" for s in splits))
     lines.append(f"{'layout':<22}" + "".join(f"{reports[s].layout:>{width + 2}}" for s in splits))
+    for label, attr in (("rows are", "row_format"), ("loss on", "loss_on")):
+        if any(getattr(reports[s], attr) for s in splits):
+            lines.append(f"{label:<22}" + "".join(f"{getattr(reports[s], attr):>{width + 2}}" for s in splits))
+    for s in splits:
+        lines += [f"{s} source {line}" for line in format_sources(reports[s].sources)]
     lines += [f"WARNING: {w}" for w in (drop_warning(s, reports[s]) for s in splits) if w]
     for s in splits:
         for k, ex in enumerate(reports[s].examples):
             lines.append(f"\n--- {s} row {k} ({PLAIN_OPEN}trained{PLAIN_CLOSE}, rest masked) ---\n{ex}")
     return "\n".join(lines)
+
+
+def format_sources(sources: list[dict]) -> list[str]:
+    """One line per weighted source: its files, weight, rows available (when known) and rows taken (with the effective share)."""
+    return [
+        f"{src['train_file']} ({src['files']} file(s)): weight {src['weight']:g} (share {src['share']:.1%}), "
+        + (f"{src['rows']:,} rows, " if "rows" in src else "")
+        + f"{src['rows_mixed']:,} taken ({src['effective_share']:.1%} of the mix)"
+        for src in sources
+    ]
 
 
 def write_report_json(reports: dict[str, SplitReport], path: Path) -> Path:

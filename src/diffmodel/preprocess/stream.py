@@ -10,8 +10,17 @@ data larger than memory or disk (``diffmodel train --streaming``)::
   ``rank * workers + worker`` of ``ranks * workers`` takes every record whose
   number in the epoch is its own modulo the number of readers, so ranks and
   dataloader workers read disjoint parts, and together all of it.
+- Weighted sources (``--train_file a.jsonl:0.7 'b/*.jsonl:0.3'``): each
+  reader draws the source of its next record by weight with a seeded,
+  counter-based choice (:class:`diffmodel.data.mix.WeightedChoice`) and reads
+  its own share of that source's files, a source starting its next pass
+  (files reshuffled) when it ends; its position is a :class:`MixPosition`
+  (draws made, each source's pass, position and records taken), so a resumed
+  stream draws and reads exactly what follows.
 - Text: the rules of the load stage, per row: ``input_ids`` pass through
   (pre-tokenized), else ``--text_column``, else ``text``, else
+  ``prompt/completion`` (loss on the completion:
+  :func:`diffmodel.data.records.prompt_completion_text`), else
   ``name/before/message/diff`` rendered in ``--edit_format`` by :func:`diffmodel.formats.render_row`.
 - Tokens and labels: :func:`diffmodel.preprocess.pipeline.encode_batch`, then
   the long-sample policy (:func:`~diffmodel.preprocess.tokenize.is_short_enough`
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from fractions import Fraction
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +65,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from diffmodel import formats, sample
+from diffmodel.data import records
+from diffmodel.data.mix import Source, WeightedChoice, shares, source_report
 from diffmodel.data.load import no_text_error
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -74,23 +86,49 @@ ENCODE_CHUNK = 256
 COUNT_FIELDS = ("samples_read", "bad_records", "dropped_too_long", "dropped_no_diff", "dropped_empty_diff", "samples_kept", "rows")
 
 
+@dataclass(frozen=True)
+class MixPosition:
+    """Where a reader of weighted sources stands: draws made and, per source, its pass (epoch), position and records taken."""
+
+    draws: int
+    sources: tuple[tuple[int, Position], ...]
+    taken: tuple[int, ...]
+
+    @classmethod
+    def start(cls, n: int) -> "MixPosition":
+        return cls(0, tuple((0, Position()) for _ in range(n)), (0,) * n)
+
+    @property
+    def record(self) -> int:
+        return self.draws
+
+    def to_json(self) -> dict:
+        return {"draws": self.draws, "sources": [[epoch, *pos.to_list()] for epoch, pos in self.sources], "taken": list(self.taken)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MixPosition":
+        return cls(int(d["draws"]), tuple((int(e), Position.from_list(p)) for e, *p in d["sources"]), tuple(int(t) for t in d["taken"]))
+
+
 @dataclass
 class ReaderState:
-    """Where one reader resumes: epoch, start of the buffer, rows of it done, counts before it."""
+    """Where one reader resumes: epoch, start of the buffer (a :class:`MixPosition` for weighted sources), rows of it done, counts before it."""
 
     epoch: int = 0
-    position: Position = field(default_factory=Position)
+    position: Position | MixPosition = field(default_factory=Position)
     skip: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_FIELDS, 0))
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position.to_list(), "skip": self.skip, "counts": dict(self.counts)}
+        pos = self.position.to_json() if isinstance(self.position, MixPosition) else self.position.to_list()
+        return {"epoch": self.epoch, "position": pos, "skip": self.skip, "counts": dict(self.counts)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReaderState":
         counts = dict.fromkeys(COUNT_FIELDS, 0)
         counts.update({k: int(v) for k, v in d.get("counts", {}).items() if k in counts})
-        return cls(int(d["epoch"]), Position.from_list(d["position"]), int(d.get("skip", 0)), counts)
+        pos = MixPosition.from_json(d["position"]) if isinstance(d["position"], dict) else Position.from_list(d["position"])
+        return cls(int(d["epoch"]), pos, int(d.get("skip", 0)), counts)
 
 
 def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -100,8 +138,9 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- pure stages
 
 
-def row_text(row: dict, text_column: str | None, origin: str, edit_format: str | None = None) -> str | None:
-    """The text of one raw row by the load stage's rules, or None for a pre-tokenized row."""
+def row_text(row: dict, text_column: str | None, origin: str, edit_format: str | None = None) -> tuple[str, int | None] | None:
+    """The text of one raw row by the load stage's rules (structured fields rendered in ``edit_format``) and, for a
+    prompt/completion row, where its completion starts; None for a pre-tokenized row."""
     if "input_ids" in row:
         if text_column is not None:
             raise DiffModelError(
@@ -118,29 +157,36 @@ def row_text(row: dict, text_column: str | None, origin: str, edit_format: str |
         column = text_column
     elif "text" in row:
         text, column = row["text"], "text"
+    elif all(f in row for f in records.PROMPT_COMPLETION):
+        for column in records.PROMPT_COMPLETION:
+            if not isinstance(row[column], str):
+                raise DiffModelError(f"{origin}: {column} holds {type(row[column]).__name__}, not text; give every row a prompt and a completion string")
+        return records.prompt_completion_text(row["prompt"], row["completion"])
     elif all(f in row for f in sample.FIELDS):
-        return formats.render_row(row, edit_format)
+        return formats.render_row(row, edit_format), None
     else:
         raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
         raise DiffModelError(f"{origin}: {column} holds {type(text).__name__}, not text; pass --text_column with a text key")
-    return text
+    return text, None
 
 
 def encode_rows(rows: list[dict], origins: list[str], tokenizer, opts: PreprocessOptions, text_column: str | None) -> list[tuple[list[int], list[int], int]]:
     """``(input_ids, labels, diff_start)`` per raw row, through ``encode_batch`` (no row dropped here)."""
     text_opts = dataclasses.replace(opts, text_column="text")
     out: list = [None] * len(rows)
-    texts, text_at, tokens_at = [], [], []
+    texts, completion_starts, text_at, tokens_at = [], [], [], []
     for i, (row, origin) in enumerate(zip(rows, origins)):
-        text = row_text(row, text_column, origin, opts.edit_format)
-        if text is None:
+        got = row_text(row, text_column, origin, opts.edit_format)
+        if got is None:
             tokens_at.append(i)
         else:
-            texts.append(text)
+            texts.append(got[0])
+            completion_starts.append(got[1])
             text_at.append(i)
     for lo in range(0, len(texts), ENCODE_CHUNK):
-        enc = encode_batch({"text": texts[lo:lo + ENCODE_CHUNK]}, tokenizer, text_opts)
+        batch = {"text": texts[lo:lo + ENCODE_CHUNK], records.COMPLETION_START: completion_starts[lo:lo + ENCODE_CHUNK]}
+        enc = encode_batch(batch, tokenizer, text_opts)
         for i, ids, labels, start in zip(text_at[lo:lo + ENCODE_CHUNK], enc["input_ids"], enc["labels"], enc["diff_start"]):
             out[i] = (ids, labels, start)
     if tokens_at:
@@ -202,12 +248,14 @@ class StreamingDataset(IterableDataset):
         skip_bad_records: bool = False,
         epochs: int | None = None,
         with_positions: bool = True,
+        sources: list[tuple[str, list[str], Fraction]] | None = None,
     ):
         if buffer_size < 1:
             raise DiffModelError(f"--stream_buffer {buffer_size} must be at least 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of {world_size}")
         self.files = list(files)
+        self.sources = sources  # weighted: (pattern, files, weight) per source; self.files is all of them
         self.tokenizer = tokenizer
         self.opts = opts
         self.buffer_size = buffer_size
@@ -234,6 +282,7 @@ class StreamingDataset(IterableDataset):
             "layout": self.opts.layout,
             "block_size": self.opts.block_size,
             "world_size": self.world_size,
+            **({"sources": [[pattern, str(weight)] for pattern, _, weight in self.sources]} if self.sources else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -261,15 +310,58 @@ class StreamingDataset(IterableDataset):
         state = self.start_states.get(reader, ReaderState())
         return self._read(reader, stride, state)
 
+    def _start(self) -> Position | MixPosition:
+        return MixPosition.start(len(self.sources)) if self.sources else Position()
+
+    def _records(self, epoch: int, pos: Position | MixPosition, stride: int, reader: int, bad: BadRecords):
+        """``(row, origin, after)`` of this reader from ``pos``: one epoch of the files, or the endless weighted mix."""
+        if isinstance(pos, MixPosition):
+            return self._mixed_records(pos, stride, reader, bad)
+        files = [self.files[i] for i in self._epoch_files(epoch)]
+        return read_records(files, pos, stride, reader, bad, self.text_column)
+
+    def _mixed_records(self, pos: MixPosition, stride: int, reader: int, bad: BadRecords):
+        choose = WeightedChoice(mix_shares(self.sources), self.seed, reader)
+        draws, state, taken = pos.draws, list(pos.sources), list(pos.taken)
+        readers: dict[int, Iterator] = {}
+        while True:
+            i = choose(draws)
+            draws += 1
+            item = None
+            while item is None:
+                if i not in readers:
+                    epoch, at = state[i]
+                    readers[i] = read_records(self._source_files(i, epoch), at, stride, reader, bad, self.text_column)
+                item = next(readers[i], None)
+                if item is None:  # the source's pass ended: start its next one
+                    if state[i][1] == Position():
+                        raise DiffModelError(
+                            f"--train_file {self.sources[i][0]}: no record for reader {reader} of {stride} in a whole pass over its "
+                            f"{len(self.sources[i][1])} file(s); give the source more records, or use fewer processes or dataloader workers"
+                        )
+                    state[i] = (state[i][0] + 1, Position())
+                    del readers[i]
+            row, origin, after = item
+            state[i] = (state[i][0], after)
+            taken[i] += 1
+            yield row, origin, MixPosition(draws, tuple(state), tuple(taken))
+
+    def _source_files(self, i: int, epoch: int) -> list[str]:
+        files = self.sources[i][1]
+        if self.shuffle and len(files) > 1:
+            return [files[j] for j in np.random.default_rng([self.seed, epoch, i]).permutation(len(files))]
+        return list(files)
+
     def _read(self, reader: int, stride: int, state: ReaderState) -> Iterator[dict]:
         epoch, pos, skip, counts = state.epoch, state.position, state.skip, dict(state.counts)
+        if self.sources and not isinstance(pos, MixPosition):
+            pos = self._start()
+        first_passes = [e for e, _ in pos.sources] if isinstance(pos, MixPosition) else None
         while self.epochs is None or epoch < self.epochs:
-            order = self._epoch_files(epoch)
-            files = [self.files[i] for i in order]
             whole_epoch = pos == Position() and skip == 0
             rows_in_epoch = 0
             bad = BadRecords(self.skip_bad_records)
-            source = read_records(files, pos, stride, reader, bad, self.text_column)
+            source = self._records(epoch, pos, stride, reader, bad)
             while True:
                 start, before = pos, counts
                 bad_before = bad.count
@@ -304,6 +396,9 @@ class StreamingDataset(IterableDataset):
                         }
                     yield row
                 skip = 0
+                if first_passes is not None and rows_in_epoch == 0 and all(e > f for (e, _), f in zip(pos.sources, first_passes)):
+                    whole_epoch = True  # every weighted source has been read through without a trainable sample
+                    break
                 if ended:
                     break
             if whole_epoch and rows_in_epoch == 0:
@@ -346,21 +441,34 @@ class StreamingDataset(IterableDataset):
         return rows, [[kept_origins[i] for i in m] for m in members], here
 
 
-def first_buffer(dataset: StreamingDataset) -> tuple[list[dict], dict[str, int]]:
-    """The rows of the first buffer of one reader reading everything (for the sanity report), and its counts."""
+def first_buffer(dataset: StreamingDataset) -> tuple[list[dict], dict[str, int], dict]:
+    """The rows of the first buffer of one reader reading everything (for the sanity report), its counts, and what it read.
+
+    What it read: ``row_format`` (the kind of the first row, :func:`diffmodel.data.records.row_format`) and, for
+    weighted sources, ``sources`` (:func:`diffmodel.data.mix.source_report` of the records taken from each).
+    """
     preview = StreamingDataset(
         dataset.files, dataset.tokenizer, dataset.opts, buffer_size=dataset.buffer_size, seed=dataset.seed,
         shuffle=False, text_column=dataset.text_column, skip_bad_records=dataset.skip_bad_records, epochs=1,
+        sources=dataset.sources,
     )
-    order = preview._epoch_files(0)
     bad = BadRecords(preview.skip_bad_records)
-    raw, origins = [], []
-    for row, origin, _ in read_records([preview.files[i] for i in order], Position(), 1, 0, bad, preview.text_column):
+    raw, origins, pos = [], [], preview._start()
+    for row, origin, pos in preview._records(0, pos, 1, 0, bad):
         raw.append(row)
         origins.append(origin)
         if len(raw) == preview.buffer_size:
             break
     rows, _, counts = preview._buffer(raw, origins)
     counts["bad_records"] = bad.count
-    return rows, counts
+    read = {"row_format": records.row_format(records.text_fields(raw[0], preview.text_column)) if raw else ""}
+    if isinstance(pos, MixPosition):
+        sources = [Source(pattern, weight) for pattern, _, weight in preview.sources]
+        read["sources"] = source_report(sources, [len(files) for _, files, _ in preview.sources], None, pos.taken)
+    return rows, counts, read
+
+
+def mix_shares(sources: list[tuple[str, list[str], Fraction]]) -> list[Fraction]:
+    """The shares of weighted stream sources (:func:`diffmodel.data.mix.shares`)."""
+    return shares([Source(pattern, weight) for pattern, _, weight in sources])
 

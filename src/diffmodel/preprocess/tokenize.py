@@ -1,10 +1,12 @@
-"""Tokenize: text -> ``input_ids`` plus the token index where the diff starts.
+"""Tokenize: text -> ``input_ids`` plus the token index where the loss starts.
 
-The diff boundary (:func:`diffmodel.sample.diff_start`, mapped to a token by
-:mod:`diffmodel.preprocess.labels`) is computed here, while the character
-offsets are at hand, and stored as ``diff_start`` (a token index, or
-``NO_DIFF`` / ``EMPTY_DIFF``) so that the label stage never needs the text or
-the offsets again.
+The loss boundary (:func:`diffmodel.formats.loss_start` for ``--loss_on`` in
+the ``--edit_format``, or
+the ``completion_start`` character of a prompt/completion row, mapped to a
+token by :func:`diffmodel.preprocess.labels.loss_start_token`) is computed
+here, while the character offsets are at hand, and stored as ``diff_start``
+(a token index, or ``NO_DIFF`` / ``EMPTY_DIFF``) so that the label stage never
+needs the text or the offsets again.
 
 Invariants:
 - Tokenization uses the tokenizer's own special-token convention (a Llama
@@ -15,28 +17,41 @@ Invariants:
 
 from __future__ import annotations
 
-from diffmodel.preprocess.labels import diff_start_from_ids, diff_start_token, token_at_char
+from diffmodel.data.records import COMPLETION_START
+from diffmodel.preprocess.labels import decoded_offsets, diff_start_from_ids, loss_start_token, token_at_char
 
 
-def tokenize_batch(batch: dict[str, list], tokenizer, text_column: str = "text", edit_format: str | None = None) -> dict[str, list]:
-    """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start``.
+def tokenize_batch(
+    batch: dict[str, list], tokenizer, text_column: str = "text", loss_on: str = "diff", edit_format: str | None = None
+) -> dict[str, list]:
+    """Batched ``datasets.map`` function: adds ``input_ids`` and ``diff_start`` (the loss start).
 
-    ``edit_format`` (default ``carper``) decides where loss starts (:mod:`diffmodel.formats`).
-
-    With a fast tokenizer the boundary is the token holding the marker's first
-    character (``char_to_token``, read from the offsets the Rust side keeps),
-    falling back to the offset mapping where no token holds it.
+    A row with a ``completion_start`` (a prompt/completion row; None in it
+    marks a diff sample) starts its loss there; the others where ``loss_on``
+    says in ``edit_format`` (default ``carper``; :func:`diffmodel.formats.loss_start`).
+    With a fast tokenizer the boundary is the token holding the
+    boundary's first character (``char_to_token``, read from the offsets the
+    Rust side keeps), falling back to the offset mapping where no token holds
+    it; a slow tokenizer's tokens are decoded one by one.
     """
     texts = batch[text_column]
+    completion_starts = batch.get(COMPLETION_START) or [None] * len(texts)
     enc = tokenizer(texts, return_attention_mask=False)
-    if not getattr(tokenizer, "is_fast", False):
-        return {"input_ids": enc["input_ids"], "diff_start": [diff_start_from_ids(ids, tokenizer, edit_format) for ids in enc["input_ids"]]}
+    if getattr(tokenizer, "is_fast", False):
+        def token_at(i: int, pos: int) -> int | None:
+            token = enc.char_to_token(i, pos)
+            return token if token is not None else token_at_char(enc.encodings[i].offsets, pos)
+    else:
+        def token_at(i: int, pos: int) -> int | None:
+            return token_at_char(decoded_offsets(enc["input_ids"][i], tokenizer)[1], pos)
+        if all(c is None for c in completion_starts):
+            starts = [diff_start_from_ids(ids, tokenizer, loss_on, edit_format) for ids in enc["input_ids"]]
+            return {"input_ids": enc["input_ids"], "diff_start": starts}
 
-    def token_at(i: int, pos: int) -> int | None:
-        token = enc.char_to_token(i, pos)
-        return token if token is not None else token_at_char(enc.encodings[i].offsets, pos)
-
-    starts = [diff_start_token(text, lambda pos, i=i: token_at(i, pos), edit_format) for i, text in enumerate(texts)]
+    starts = [
+        loss_start_token(text, lambda pos, i=i: token_at(i, pos), loss_on, completion, edit_format)
+        for i, (text, completion) in enumerate(zip(texts, completion_starts))
+    ]
     return {"input_ids": enc["input_ids"], "diff_start": starts}
 
 

@@ -66,7 +66,8 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = arg(None, "Local dataset folder (any format below), or with --load_from_disk a folder written by save_to_disk.")
     dataset_config_name: str | None = arg(None, "Configuration name of the dataset, for datasets that have several.")
-    train_file: list[str] | None = arg(None, "Training data files (json, jsonl, jsonl.zst, json.zst, parquet, csv, txt); several files and globs allowed.")
+    train_file: list[str] | None = arg(None, "Training data files (json, jsonl, jsonl.zst, json.zst, parquet, csv, txt); several files and globs allowed. A final :WEIGHT on every value mixes the sources by weight (a.jsonl:0.7 'b/*.jsonl:0.3'; in a YAML file: {path: ..., weight: ...}), seeded by --seed (docs/streaming.md).")
+    mix_size: int | None = arg(None, "With weighted --train_file sources: rows in the mix (default: as many as the first source to run out allows, no row repeated; a larger size repeats rows of the smaller sources).")
     validation_file: list[str] | None = arg(None, "Validation data files (same formats). Without them, --validation_split_percentage of train is held out.")
     validation_split_percentage: int = arg(5, "Percentage of train held out for validation when no validation split is given (0: none).")
     text_column: str | None = arg(None, "Column holding the text (default: 'text'; rows with name/before/message/diff fields are rendered).")
@@ -80,6 +81,7 @@ class DataArguments:
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
+    loss_on: str = arg("diff", "What carries loss with --train_diff_model, in the --edit_format's markers (docs/formats.md): diff (from the target marker on: <DFF> in carper and search_replace, <commit_after> in commit and linediff; the default) or message+diff (from the message marker on: <MSG>, <commit_msg>). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
@@ -138,7 +140,7 @@ class RunArguments:
 
 
 #: The diff-model layout flags (the reference script's), shown first by ``diffmodel train --help``.
-LAYOUT_FLAGS = ("train_diff_model", "packing", "ignore_long_samples", "concatenate_texts", "skip_concat", "force_label")
+LAYOUT_FLAGS = ("train_diff_model", "loss_on", "packing", "ignore_long_samples", "concatenate_texts", "skip_concat", "force_label")
 
 #: The sections of ``diffmodel train --help``, in order: (heading, dataclass, field names; None: the fields not shown yet).
 HELP_SECTIONS = (
@@ -202,7 +204,12 @@ def read_args_file(path: Path, as_lists: set[str]) -> dict:
         raise DiffModelError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({err}); fix the file") from None
     if not isinstance(data, dict):
         raise DiffModelError(f"{path}: holds {type(data).__name__}, not a mapping of argument names to values (e.g. train_file: data.jsonl)")
-    return {k: [v] if k in as_lists and not isinstance(v, (list, tuple)) and v is not None else v for k, v in data.items()}
+    from diffmodel.data.mix import spec_of
+
+    values = {k: [v] if k in as_lists and not isinstance(v, (list, tuple)) and v is not None else v for k, v in data.items()}
+    if values.get("train_file"):  # a source may be {path: ..., weight: ...}
+        values["train_file"] = [spec_of(item, f"{path}: ") for item in values["train_file"]]
+    return values
 
 
 #: Flags that need bf16 hardware; transformers refuses them while parsing, so they are checked by :func:`validate`.
@@ -279,6 +286,8 @@ def streaming_problems(data_args, training_args) -> list[str]:
         problems.append("--save_final_dataset writes the whole preprocessed data set, which --streaming never holds; drop one of them")
     if data_args.max_train_samples is not None:
         problems.append("--max_train_samples needs a data set of known length; with --streaming, bound the run with --max_steps")
+    if data_args.mix_size is not None:
+        problems.append("--mix_size sizes a loaded mix; a stream draws its sources by weight without end, so drop --mix_size and bound the run with --max_steps")
     if training_args.do_eval and not data_args.validation_file:
         problems.append("--do_eval with --streaming needs --validation_file (it is loaded whole); no validation split is cut from a stream")
     return problems
@@ -297,8 +306,23 @@ def data_problems(data_args: DataArguments) -> list[str]:
         problems.append("no data: give --train_file FILE... or --dataset_name DIR")
     if data_args.load_from_disk and not data_args.dataset_name:
         problems.append("--load_from_disk needs --dataset_name, the folder written by save_to_disk")
-    for flag, patterns in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
+    from diffmodel.data.mix import is_weighted, parse_sources
+
+    sources, weight_problems = parse_sources(data_args.train_file)
+    problems += weight_problems
+    for flag, patterns in (("--train_file", [s.pattern for s in sources]), ("--validation_file", data_args.validation_file)):
         problems += expand_files(patterns or [], flag)[1]
+    if data_args.mix_size is not None:
+        if not is_weighted(sources):
+            problems.append(f"--mix_size {data_args.mix_size} sizes a weighted mix; give every --train_file a :WEIGHT (e.g. a.jsonl:0.7 b.jsonl:0.3) or drop --mix_size")
+        elif data_args.mix_size < 1:
+            problems.append(f"--mix_size {data_args.mix_size} must be at least 1 (rows in the mix)")
+    from diffmodel.formats import LOSS_ON
+
+    if data_args.loss_on not in LOSS_ON:
+        problems.append(f"--loss_on {data_args.loss_on!r} is not one of: {', '.join(LOSS_ON)}")
+    elif data_args.loss_on != "diff" and not data_args.train_diff_model:
+        problems.append(f"--loss_on {data_args.loss_on} chooses which tokens of a diff sample carry loss; add --train_diff_model (without it every token is trained)")
     try:
         formats.get(data_args.edit_format)
     except DiffModelError as err:

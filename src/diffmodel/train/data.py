@@ -62,4 +62,8 @@ def build_datasets(data_args, tokenizer, block_size: int, cache_dir: str | None 
     for split, n in load_report.bad_records_by_split.items():
         if split in reports:
             reports[split].bad_records = n
+    for report in reports.values():
+        report.row_format = load_report.row_format
+    if "train" in reports:
+        reports["train"].sources = load_report.sources
     return processed, reports

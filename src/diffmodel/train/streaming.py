@@ -7,7 +7,8 @@ Pieces, each small:
 - :func:`build_streaming`: the :class:`~diffmodel.preprocess.stream.StreamingDataset`
   of this rank, a sanity report over the first buffer, and the validation
   split (``--validation_file``, loaded and preprocessed whole, as without
-  streaming).
+  streaming). Weighted ``--train_file`` sources become the dataset's
+  ``sources`` (drawn by weight per reader: :mod:`diffmodel.data.mix`).
 - :class:`StreamingTrainer`: a ``Trainer`` (with the token metrics of
   :mod:`diffmodel.train.metrics`) whose training dataloader does not
   shard the stream again (each rank's dataset already reads only its own
@@ -49,8 +50,11 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from diffmodel.atomic import write_json
+from diffmodel.data.mix import is_weighted, parse_sources
+from diffmodel.data.records import COMPLETION_START, PROMPT_COMPLETION, row_format
 from diffmodel.data.stream_sources import stream_files
-from diffmodel.errors import DiffModelError
+from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.preprocess.pipeline import loss_on_of
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.stream import COUNT_FIELDS, STREAM_KEY, StreamingDataset, first_buffer
 from diffmodel.train.metrics import TokenMetricsMixin
@@ -70,10 +74,13 @@ def build_streaming(data_args, training_args, tokenizer, block_size: int, cache_
     from diffmodel.preprocess.options import options_from
     from diffmodel.train.data import build_datasets
 
-    files = stream_files(data_args.train_file)
+    sources, problems = parse_sources(data_args.train_file)
+    raise_if_problems(problems, "cannot read the --train_file weights")
+    weighted = [(s.pattern, stream_files([s.pattern]), s.weight) for s in sources] if is_weighted(sources) else None
+    files = [f for _, source_files, _ in weighted for f in source_files] if weighted else stream_files(data_args.train_file)
     load_opts, opts = options_from(data_args, block_size)
     dataset = StreamingDataset(
-        files, tokenizer, opts,
+        files, tokenizer, opts, sources=weighted,
         buffer_size=data_args.stream_buffer, seed=training_args.seed, shuffle=data_args.stream_shuffle,
         rank=training_args.process_index, world_size=training_args.world_size,
         text_column=load_opts.text_column, skip_bad_records=load_opts.skip_bad_records,
@@ -84,6 +91,8 @@ def build_streaming(data_args, training_args, tokenizer, block_size: int, cache_
         len(files), dataset.rank, dataset.world_size, dataset.buffer_size, opts.layout,
         f"shuffled with seed {dataset.seed}" if dataset.shuffle else "in file order",
     )
+    if weighted:
+        logger.info("streaming a weighted mix, sources drawn by weight with seed %d: %s", dataset.seed, ", ".join(f"{p} ({len(f)} file(s), weight {float(w):g})" for p, f, w in weighted))
     if data_args.validation_split_percentage and not data_args.validation_file:
         logger.info("--streaming: --validation_split_percentage is ignored (no validation split is cut from a stream; give --validation_file)")
     reports = {"train (first buffer)": first_buffer_report(dataset)} if training_args.should_save else {}
@@ -103,8 +112,10 @@ def build_streaming(data_args, training_args, tokenizer, block_size: int, cache_
 
 def first_buffer_report(dataset: StreamingDataset, examples: int = 2) -> SplitReport:
     """The sanity check and counts over the first buffer of the data (reading as one reader, unshuffled)."""
-    rows, counts = first_buffer(dataset)
+    rows, counts, read = first_buffer(dataset)
     report = SplitReport(
+        row_format=read["row_format"], sources=read.get("sources", []),
+        loss_on=loss_on_of([COMPLETION_START] if read["row_format"] == row_format(PROMPT_COMPLETION) else [], dataset.opts),
         samples_loaded=counts["samples_read"], bad_records=counts["bad_records"],
         dropped_too_long=counts["dropped_too_long"], dropped_no_diff=counts["dropped_no_diff"],
         dropped_empty_diff=counts["dropped_empty_diff"],
@@ -301,5 +312,10 @@ def restore_stream_state(trainer: StreamingTrainer, dataset: StreamingDataset, c
     logger.info(
         "stream resumed from %s: rank %d continues after %d trained rows (%s)",
         path, dataset.rank, trainer.stream_progress.rows_trained,
-        ", ".join(f"reader {r}: epoch {s['epoch']}, record {s['position'][3]}, {s['skip']} row(s) of its buffer done" for r, s in mine["readers"].items()),
+        ", ".join(
+            f"reader {r}: epoch {s['epoch']}, "
+            + (f"draw {s['position']['draws']}" if isinstance(s["position"], dict) else f"record {s['position'][3]}")
+            + f", {s['skip']} row(s) of its buffer done"
+            for r, s in mine["readers"].items()
+        ),
     )
