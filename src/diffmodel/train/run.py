@@ -188,7 +188,19 @@ def save_final_dataset(processed, folder: Path) -> bool:
 
 
 def run(model_args, data_args, training_args) -> int:
-    """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0."""
+    """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0.
+
+    Under torchrun the process group is destroyed before returning: a rank that
+    exits with it alive can abort at interpreter exit (a communication thread
+    still running), which torchrun reports as a failed rank.
+    """
+    code = _run(model_args, data_args, training_args)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return code
+
+
+def _run(model_args, data_args, training_args) -> int:
     setup_logging(training_args)
     set_seed(training_args.seed)
 
