@@ -332,3 +332,18 @@ class TestLoading:
         assert isinstance(model.edit("x = 1\n", "m", "a.py", max_new_tokens=3), Edit)
         with pytest.raises(DiffModelError, match="unknown dtype"):
             DiffModel.from_pretrained(tiny_gpt2_dir, dtype="int3")
+
+
+class TestStopTokens:
+    def test_an_ordinary_token_named_eos_by_the_generation_config_is_not_a_stop(self, tiny_llama_dir, caplog):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from diffmodel.infer import DiffModel
+
+        tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        ordinary = tok.convert_tokens_to_ids("a")
+        model.generation_config.eos_token_id = [tok.eos_token_id, ordinary]
+        with caplog.at_level("WARNING", logger="diffmodel"):
+            assert DiffModel(model, tok).eos_ids == [tok.eos_token_id]
+        assert f"generation config names token {ordinary} ('a') as EOS, but it is an ordinary token" in caplog.text

@@ -338,3 +338,17 @@ class TestAnyChoicesGiveAStrictDiff:
         else:
             assert not ended
 
+
+
+def test_a_stop_where_the_diff_cannot_end_keeps_the_finished_part_and_never_raises():
+    from diffmodel.diff.grammar import DiffGrammar
+    from diffmodel.infer.constrained import ConstrainedDecoder, _Row
+    from diffmodel.infer.prompt import STOP_EOS
+
+    code = "a\nb\n"
+    state = DiffGrammar(code).start().feed("@@ -1,2 +1,2 @@\n-a\n+A\n+half a li")
+    row = _Row(code, state, budget=100, stop=STOP_EOS, tokens=9)
+    edit = ConstrainedDecoder._finish(row)
+    assert edit.diff == "@@ -1 +1 @@\n-a\n+A\n"
+    assert edit.new_code == "A\nb\n"
+    assert "the model stopped where the diff cannot end" in " ".join(edit.notes)

@@ -73,6 +73,17 @@ class TestFlexAttentionHasNoAttentionDropout:
         assert model.config.attention_dropout == 0.1
 
 
+class TestNewModelTakesTheTokenizersSpecialIds:
+    def test_llama_from_scratch_stops_at_the_tokenizers_eos_only(self, tiny_tokenizer):
+        # LlamaConfig's defaults (bos 1, eos 2) are ordinary tokens of this tokenizer
+        config = CONFIG_MAPPING["llama"](num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                         num_key_value_heads=1, vocab_size=len(tiny_tokenizer), max_position_embeddings=16)
+        model = load_model(ModelArguments(model_type="llama"), config, tiny_tokenizer)
+        eos = tiny_tokenizer.eos_token_id
+        assert (model.config.eos_token_id, model.config.bos_token_id, model.config.pad_token_id) == (eos, eos, None)
+        assert model.generation_config.eos_token_id == eos
+
+
 class TestBlockSize:
     def test_limit_from_config(self):
         assert max_positions(CONFIG_MAPPING["gpt2"](n_positions=64)) == 64

@@ -602,8 +602,11 @@ class ConstrainedDecoder:
 
     @staticmethod
     def _finish(row: _Row) -> Edit:
-        if row.stop in (STOP_EOS, STOP_MARKER):
+        if row.stop in (STOP_EOS, STOP_MARKER) and row.state.can_end:
             diff = row.state.finish()
+        elif row.stop in (STOP_EOS, STOP_MARKER):  # only by a stop token the grammar did not offer: never raise
+            diff = row.state.finish(partial=True)
+            row.notes.append("the model stopped where the diff cannot end: the unfinished last line or hunk was dropped")
         else:
             diff = row.state.finish(partial=True)
             if row.tokens >= row.budget:  # else a note already says why the row stopped

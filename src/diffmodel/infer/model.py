@@ -38,6 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -51,6 +52,8 @@ from diffmodel.infer.prompt import (
     STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, EditRequest, EditStatus, as_request, finish_edit, marker_line,
 )
 from diffmodel.sample import NAME_MARKER, render_prompt
+
+logger = logging.getLogger(__name__)
 
 #: Tokens decoded from the end of each row to look for a ``<NME>`` line.
 STOP_WINDOW = 16
@@ -140,10 +143,18 @@ class DiffModel:
         eos = tokenizer.eos_token_id
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         ids: list[int] = []
+        special = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
         for value in (eos, gen_eos):
             for one in value if isinstance(value, (list, tuple)) else [value]:
-                if one is not None and int(one) not in ids:
-                    ids.append(int(one))
+                if one is None or int(one) in ids:
+                    continue
+                if value is gen_eos and int(one) not in special:
+                    # an ordinary token of the vocabulary (a config class's default, e.g. Llama's 2, left in a
+                    # generation config): stopping at it would cut diffs at a common character
+                    logger.warning("generation config names token %d (%r) as EOS, but it is an ordinary token of the tokenizer: not used to stop",
+                                   int(one), tokenizer.convert_ids_to_tokens(int(one)))
+                    continue
+                ids.append(int(one))
         if not ids:
             raise DiffModelError("the tokenizer has no EOS token and the model's generation config names none; a diff model needs one to stop")
         self.eos_ids = ids

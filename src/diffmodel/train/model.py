@@ -150,7 +150,16 @@ def load_model(model_args, config, tokenizer):
         except OSError as err:
             raise DiffModelError(f"cannot load a model from {model_args.model_name_or_path!r}: {err}") from None
     else:
+        # a new model takes its special ids from the tokenizer (the config class's defaults, e.g. Llama's eos 2,
+        # would be ordinary tokens here, and generation would stop at them)
+        eos = tokenizer.eos_token_id
+        config.eos_token_id = eos
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        config.pad_token_id = tokenizer.pad_token_id
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code, **extra)
+        model.generation_config.eos_token_id = eos
+        model.generation_config.bos_token_id = config.bos_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
         n = sum(p.numel() for p in model.parameters())
         logger.info("new model: %.1fM parameters", n / 1e6)
     vocab = model.get_input_embeddings().weight.shape[0]
