@@ -1,0 +1,118 @@
+"""Inference in every ``--edit_format``: a tiny model trained on each format writes edits that apply.
+
+Per format, one tiny GPT-2 learns :data:`CHANGES` by heart, rendered by the
+format's own ``render`` (the ``next`` change trained without EOS and followed
+by the start of a next sample, so its generation must be stopped by the
+format's next-sample marker). ``DiffModel.edit(..., edit_format=F)`` must then
+write each change: status ``strict``, ``new_code`` the file after, ``diff``
+the unified diff of the two files.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from edit_model import train_texts
+
+from diffmodel import formats
+from diffmodel.diff import make_diff
+from diffmodel.infer import STOP_EOS, STOP_MARKER, DiffModel, EditStatus, cut_generation, decoding, finish_edit
+
+#: name, before, message, after
+CHANGES = {
+    "fix": ("calc.py", "def add(a, b):\n    return a - b\n", "Fix add", "def add(a, b):\n    return a + b\n"),
+    "grow": ("mean.py", "def mean(xs):\n    return sum(xs) / len(xs)\n", "Guard empty",
+             "def mean(xs):\n    if not xs:\n        return 0\n    return sum(xs) / len(xs)\n"),
+    "next": ("one.py", "def f():\n    pass\n", "Return one", "def f():\n    return 1\n"),
+}
+
+#: The start of a next sample, in each format (what follows the ``next`` change in its training text).
+NEXT_SAMPLE = ("new.py", "x = 1\n", "Set x", "x = 2\n")
+
+FORMAT_NAMES = tuple(formats.FORMATS)
+
+
+def training_texts(name: str) -> tuple[list[str], list[bool]]:
+    fmt = formats.get(name)
+    texts = [fmt.render(*change) for change in CHANGES.values()]
+    following = fmt.prompt(*NEXT_SAMPLE[:3])
+    texts[list(CHANGES).index("next")] += following
+    return texts, [key != "next" for key in CHANGES]
+
+
+@pytest.fixture(scope="module", params=FORMAT_NAMES)
+def trained(request, tmp_path_factory):
+    texts, eos = training_texts(request.param)
+    folder = train_texts(texts, tmp_path_factory.mktemp(f"format_{request.param}"), eos, steps=150)
+    return request.param, DiffModel.from_pretrained(folder, device="cpu", quiet=True)
+
+
+def test_the_next_sample_follows_the_change_in_the_training_text():
+    """The stop test is real: each ``next`` text holds its format's next-sample marker right after the change."""
+    for name in FORMAT_NAMES:
+        texts, eos = training_texts(name)
+        text = texts[list(CHANGES).index("next")]
+        fmt = formats.get(name)
+        target = text[len(fmt.prompt(*CHANGES["next"][:3])):]
+        at = formats.next_sample(target, name)
+        assert at == len(formats.target(*CHANGES["next"], edit_format=name)), name
+        assert eos == [True, True, False]
+
+
+def test_a_tiny_model_trained_on_each_format_writes_edits_that_apply(trained):
+    name, model = trained
+    requests = [(before, message, file) for file, before, message, _ in CHANGES.values()]
+    results = model.edit_many(requests, edit_format=name, max_new_tokens=120, batch_size=3)
+    for key, (edits,) in zip(CHANGES, results):
+        file, before, _, after = CHANGES[key]
+        edit = edits
+        assert edit.status is EditStatus.STRICT, (name, key, edit)
+        assert edit.new_code == after, (name, key)
+        assert edit.diff == make_diff(before, after) if name != "carper" else edit.diff == formats.target(
+            file, before, "", after, "carper").removeprefix(" "), (name, key, edit.diff)
+        assert edit.edit_format == name
+        assert edit.forced_tokens == 0 or name == "carper"
+        assert edit.stop == (STOP_MARKER if key == "next" else STOP_EOS), (name, key, edit.stop)
+    one = model.edit(CHANGES["fix"][1], CHANGES["fix"][2], CHANGES["fix"][0], edit_format=name)
+    assert one.new_code == CHANGES["fix"][3]
+
+
+def test_cut_at_each_formats_next_sample():
+    assert cut_generation("a = 2\n<commit_before>x", "commit") == ("a = 2\n", True)
+    assert cut_generation("a = 2<commit_before>x", "commit") == ("a = 2", True)
+    assert cut_generation("-  1 a\n+  1 b\n<file_name>\nx.py", "linediff") == ("-  1 a\n+  1 b\n", True)
+    assert cut_generation("-  1 a\n+  1 b<file_name>\nx.py", "linediff") == ("-  1 a\n+  1 b", True)
+    assert cut_generation("\nx.py\n```\n<NME> y.py", "search_replace") == ("\nx.py\n```\n", True)
+    assert cut_generation("\n<<<<<<< SEARCH\na <NME>\n", "search_replace") == ("\n<<<<<<< SEARCH\na <NME>\n", False)
+    assert cut_generation(" @@ -1 +1 @@\n-a\n+b\n") == ("@@ -1 +1 @@\n-a\n+b\n", False)
+
+
+def test_finish_edit_in_each_format_maps_the_appliers_outcome():
+    before, after = "a = 1\nb = 2\n", "a = 1\nb = 3\n"
+    for name in FORMAT_NAMES:
+        target = formats.target("x.py", before, "Bump b", after, name)
+        edit = finish_edit(before, target, edit_format=name)
+        assert (edit.status, edit.new_code, edit.diff) == (EditStatus.STRICT, after, make_diff(before, after)), name
+        assert edit.output == ("" if name == "carper" else target)
+    # no change: failed, and says so
+    unchanged = finish_edit(before, before, edit_format="commit")
+    assert (unchanged.status, unchanged.new_code, unchanged.diff, unchanged.apply_status) == (EditStatus.FAILED, None, "", "empty")
+    assert unchanged.notes == ["the new file equals the old one", "the model wrote no change"]
+    # a SEARCH found only when trailing whitespace is ignored: lenient
+    loose = "\nx.py\n```\n<<<<<<< SEARCH\nb = 2  \n=======\nb = 3\n>>>>>>> REPLACE\n```\n"
+    edit = finish_edit(before, loose, edit_format="search_replace")
+    assert (edit.status, edit.new_code, edit.apply_status) == (EditStatus.LENIENT, after, "relocated")
+    # a - line the file does not have: failed with the applier's reason
+    bad = finish_edit(before, "-  2 c = 2\n+  2 c = 3", edit_format="linediff")
+    assert (bad.status, bad.new_code, bad.diff) == (EditStatus.FAILED, None, "")
+    assert bad.notes == ["- line 2 is not line 2 of the file ('b = 2\\n')"]
+
+
+def test_diff_aware_decoding_is_for_carper_only():
+    assert decoding(None) == (True, None)
+    assert decoding("carper", False) == (False, None)
+    assert decoding("commit", False) == (False, None)
+    off, note = decoding("linediff")
+    assert not off
+    assert note == ("diff-aware decoding follows the unified-diff grammar of --edit_format carper; "
+                    "--edit_format linediff is decoded unconstrained")
