@@ -10,11 +10,14 @@ the unified diff of the two files.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edit_model import train_texts
 
 from diffmodel import formats
+from diffmodel.cli import main as cli_main
 from diffmodel.diff import make_diff
 from diffmodel.infer import STOP_EOS, STOP_MARKER, DiffModel, EditStatus, cut_generation, decoding, finish_edit
 
@@ -116,3 +119,133 @@ def test_diff_aware_decoding_is_for_carper_only():
     assert not off
     assert note == ("diff-aware decoding follows the unified-diff grammar of --edit_format carper; "
                     "--edit_format linediff is decoded unconstrained")
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+UNCONSTRAINED_NOTE = ("diff-aware decoding follows the unified-diff grammar of --edit_format carper; "
+                      "--edit_format {} is decoded unconstrained")
+
+
+def _rows_file(path):
+    rows = [{"name": file, "before": before, "message": message, "diff": make_diff(before, after)}
+            for file, before, message, after in CHANGES.values()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_edit_command_in_each_format(trained, tmp_path, monkeypatch, capsys):
+    name, model = trained
+    file, before, message, after = CHANGES["grow"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / file).write_text(before)
+    code = cli_main(["edit", "--model", str(model.model.name_or_path), file, "-m", message, "--edit_format", name,
+                     "--apply", "--device", "cpu", "--max_new_tokens", "120"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out == make_diff(before, after)
+    assert (tmp_path / file).read_text() == after
+    note = f"note: {UNCONSTRAINED_NOTE.format(name)}\n"
+    assert err.startswith(note) if name != "carper" else note not in err
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"name": file, "before": before, "message": message}) + "\n")
+    code = cli_main(["edit", "--model", str(model.model.name_or_path), "--jsonl", str(requests), str(tmp_path / "out.jsonl"),
+                     "--edit_format", name, "--device", "cpu", "--no_progress", "--max_new_tokens", "120"])
+    capsys.readouterr()
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert (code, row["status"], row["new_code"], row["diff"]) == (0, "strict", after, make_diff(before, after))
+    if name != "carper":
+        assert (row["edit_format"], row["output"]) == (name, formats.target(file, before, message, after, name))
+    else:
+        assert "output" not in row and "edit_format" not in row
+
+
+def test_eval_edits_in_each_format_records_the_format_and_decoding(trained, tmp_path, capsys):
+    name, model = trained
+    data = _rows_file(tmp_path / "heldout.jsonl")
+    out = tmp_path / "edits.json"
+    assert cli_main(["eval", "edits", "--model", str(model.model.name_or_path), "--data", str(data), "--edit_format", name,
+                     "--device", "cpu", "--out", str(out), "--no_progress", "--max_new_tokens", "120"]) == 0
+    capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert report["settings"]["edit_format"] == name
+    assert report["settings"]["constrained"] is (name == "carper")
+    assert report["settings"].get("constrained_note") == (None if name == "carper" else UNCONSTRAINED_NOTE.format(name))
+    m = report["metrics"]
+    assert (m["samples"], m["parses"], m["applies_strict"], m["exact"]) == (3, 1.0, 1.0, 1.0)
+
+
+def test_eval_loss_in_each_format_starts_the_loss_where_training_does(trained, tmp_path, capsys):
+    name, model = trained
+    data = _rows_file(tmp_path / "heldout.jsonl")
+    tok = model.tokenizer
+    counts = {}
+    for loss_on in formats.LOSS_ON:
+        out = tmp_path / f"loss_{loss_on.replace('+', '_')}.json"
+        assert cli_main(["eval", "loss", "--model", str(model.model.name_or_path), "--data", str(data), "--edit_format", name,
+                         "--loss_on", loss_on, "--device", "cpu", "--out", str(out), "--no_progress"]) == 0
+        capsys.readouterr()
+        report = json.loads(out.read_text())
+        assert (report["settings"]["edit_format"], report["settings"]["loss_on"]) == (name, loss_on)
+        counts[loss_on] = report["metrics"]["loss_tokens"]
+    # by hand: from the token holding the format's marker (or its message marker) to EOS
+    texts = [formats.get(name).render(*change) for change in CHANGES.values()]
+    markers = {"commit": ("<commit_after>", "<commit_msg>"), "linediff": ("<commit_after>", "<commit_msg>")}
+    target, message = markers.get(name, ("<DFF>", "<MSG>"))
+    for loss_on, marker in (("diff", target), ("message+diff", message)):
+        expected = 0
+        for text in texts:
+            enc = tok(text)
+            first = enc.char_to_token(text.rindex(marker) if name != "commit" else text.index(marker))
+            expected += len(enc["input_ids"]) + 1 - first
+        assert counts[loss_on] == expected, loss_on
+    assert counts["message+diff"] > counts["diff"]
+
+
+def test_calibration_editors_write_in_each_format(tmp_path, capsys):
+    data = _rows_file(tmp_path / "heldout.jsonl")
+    for name in FORMAT_NAMES:
+        for calibrate, exact in (("oracle", 1.0), ("empty", 0.0)):
+            out = tmp_path / f"{name}_{calibrate}.json"
+            assert cli_main(["eval", "edits", "--calibrate", calibrate, "--data", str(data), "--edit_format", name,
+                             "--out", str(out), "--no_progress"]) == 0
+            capsys.readouterr()
+            report = json.loads(out.read_text())
+            assert (report["metrics"]["exact"], report["metrics"]["applies"]) == (exact, exact), (name, calibrate)
+            assert report["statuses"] == {"strict" if exact else "failed": 3}
+            rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+            generation = rows[0]["generations"][0]
+            assert generation.get("output") == (None if name == "carper" else
+                                                formats.target(*CHANGES["fix"][:3], CHANGES["fix"][3 if exact else 1], name))
+
+
+def test_text_rows_in_another_format_are_skipped_and_counted(tmp_path, capsys):
+    file, before, message, after = CHANGES["fix"]
+    data = tmp_path / "text.jsonl"
+    data.write_text(json.dumps({"text": formats.get("commit").render(file, before, message, after)}) + "\n")
+    out = tmp_path / "edits.json"
+    assert cli_main(["eval", "edits", "--calibrate", "oracle", "--data", str(data), "--edit_format", "commit",
+                     "--out", str(out), "--no_progress"]) == 0
+    capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert (report["metrics"]["samples"], report["metrics"]["skipped_text_not_carper"]) == (0, 1)
+
+
+def test_unknown_edit_format_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval", "loss", "--calibrate", "oracle", "--edit_format", "udiff"])
+    assert exit_info.value.code == 2
+    assert "--edit_format/--edit-format: invalid choice: 'udiff'" in capsys.readouterr().err
+
+
+def test_generation_eval_during_training_writes_in_the_trained_format(trained):
+    from diffmodel.evaluate.edits import make_cases
+    from diffmodel.train.generation_eval import GenerationEvalCallback
+
+    name, model = trained
+    rows = [{"name": file, "before": before, "message": message, "diff": make_diff(before, after)}
+            for file, before, message, after in CHANGES.values()]
+    cases, skipped = make_cases(rows, edit_format=name)
+    assert (len(cases), skipped) == (3, {})
+    logs = GenerationEvalCallback(None, cases, 120, 3, edit_format=name).scores(model.model, model.tokenizer)
+    assert (logs["eval_gen_applies_strict"], logs["eval_gen_exact"]) == (1.0, 1.0)
