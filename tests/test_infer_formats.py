@@ -249,3 +249,29 @@ def test_generation_eval_during_training_writes_in_the_trained_format(trained):
     assert (len(cases), skipped) == (3, {})
     logs = GenerationEvalCallback(None, cases, 120, 3, edit_format=name).scores(model.model, model.tokenizer)
     assert (logs["eval_gen_applies_strict"], logs["eval_gen_exact"]) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("edit_format, text, starts", [
+    ("commit", "<commit_before>a\n<commit_msg>m<commit_after>b\n", {"diff": 30, "message+diff": 17}),
+    ("linediff", "<file_name>\nx.py\n<commit_before>\n  1 a\n<commit_msg>\nm\n<commit_after>\n-  1 a\n+  1 b",
+     {"diff": 54, "message+diff": 39}),
+    ("carper", "<NME> x.py\n<BEF> a\n<MSG> m\n<DFF> @@ -1 +1 @@\n-a\n+b\n", {"diff": 27, "message+diff": 19}),
+])
+def test_eval_loss_labels_per_format_and_loss_on(edit_format, text, starts):
+    """One token per character: the loss starts at the hand-counted character, for text and tokenized rows."""
+    from handmade import char_tokenizer, ids
+
+    from diffmodel.evaluate.loss import encode_rows
+    from diffmodel.preprocess.labels import IGNORE_INDEX
+
+    tok = char_tokenizer(merges=[])
+    eos = tok.eos_token_id
+    for loss_on, k in starts.items():
+        marker = {"diff": ("<commit_after>" if edit_format != "carper" else "<DFF>"),
+                  "message+diff": ("<commit_msg>" if edit_format != "carper" else "<MSG>")}[loss_on]
+        assert text[k:].startswith(marker)
+        expected = [IGNORE_INDEX] * k + ids(text)[k:] + [eos]
+        for row in ({"text": text}, {"input_ids": ids(text)}):
+            samples, skipped = encode_rows([row], tok, loss_on=loss_on, edit_format=edit_format)
+            assert skipped == {} and samples[0].labels == expected, (loss_on, row.keys())
+            assert samples[0].input_ids == ids(text) + [eos]
