@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.sample import render
 from diffmodel.tiny import build_model, train_tokenizer
 
@@ -74,16 +75,20 @@ def training_text(key: str) -> str:
     return text + NEXT_SAMPLE if key == "marker" else text
 
 
-def train_edit_model(out: Path, steps: int = 200, seed: int = 0) -> Path:
-    """Train the tiny model on :data:`SAMPLES` and save it (with its tokenizer) to ``out``."""
-    texts = [training_text(k) for k in SAMPLES]
-    tokenizer = train_tokenizer(texts * 2, vocab_size=384, model_max_length=256)
+def train_texts(texts: list[str], out: Path, eos: list[bool] | None = None, steps: int = 200, seed: int = 0,
+                vocab_size: int = 384) -> Path:
+    """Train a tiny GPT-2 (and its BPE tokenizer) on ``texts`` by heart and save both to ``out``.
+
+    ``eos[i]`` False: text ``i`` is trained without a final EOS (default: every text ends in EOS).
+    """
+    tokenizer = train_tokenizer(texts * 2, vocab_size=vocab_size, model_max_length=256)
     model = build_model("gpt2", tokenizer, n_positions=256, seed=seed, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    eos = tokenizer.eos_token_id
-    rows = [tokenizer(t)["input_ids"] + ([] if k == "marker" else [eos]) for k, t in zip(SAMPLES, texts)]
+    eos_id = tokenizer.eos_token_id
+    ends = [True] * len(texts) if eos is None else eos
+    rows = [tokenizer(t)["input_ids"] + ([eos_id] if end else []) for t, end in zip(texts, ends)]
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), eos)
-    labels = torch.full((len(rows), width), -100)
+    ids = torch.full((len(rows), width), eos_id)
+    labels = torch.full((len(rows), width), IGNORE_INDEX)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = labels[i, :len(r)] = torch.tensor(r)
@@ -107,6 +112,11 @@ def train_edit_model(out: Path, steps: int = 200, seed: int = 0) -> Path:
     tokenizer.save_pretrained(out)
     model.save_pretrained(out)
     return out
+
+
+def train_edit_model(out: Path, steps: int = 200, seed: int = 0) -> Path:
+    """Train the tiny model on :data:`SAMPLES` and save it (with its tokenizer) to ``out``."""
+    return train_texts([training_text(k) for k in SAMPLES], out, [k != "marker" for k in SAMPLES], steps, seed)
 
 
 _TRAINED: dict[str, Path] = {}

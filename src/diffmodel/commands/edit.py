@@ -16,6 +16,12 @@ reads one request per line (``name`` or ``path``, ``before`` or ``code``,
 ``new_code``, ``status`` and ``notes`` added (one row per sample when
 ``--num_samples`` > 1, with ``sample`` numbered from 0).
 
+``--edit_format`` names the format the model was trained on (docs/formats.md):
+``diff`` is then the unified diff from the file to the edited file (empty when
+the edit failed), and ``output`` what the model wrote in its format. Diff-aware
+decoding is for ``carper`` only; another format is decoded unconstrained and a
+note says so.
+
 Invariants:
 - Every input problem (flags, a missing model folder or file, each bad jsonl
   line as FILE:LINE) is reported before the model is loaded.
@@ -35,7 +41,8 @@ import time
 from collections import Counter
 
 from diffmodel.commands.options import (
-    add_generation_flags, add_model_flags, check_generation, check_model, generation_options, load_model,
+    add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
+    generation_settings, load_model,
 )
 from diffmodel.errors import raise_if_problems
 from diffmodel.infer.requests import prompt_name, read_requests, read_text_file
@@ -47,9 +54,13 @@ examples:
   diffmodel edit --model runs/model src/app.py -m "Fix the bug" --num_samples 8 --temperature 0.8
   diffmodel edit --model runs/model --jsonl requests.jsonl edits.jsonl --batch_size 32
   diffmodel edit --model runs/model src/app.py -m "Add type hints" --unconstrained   # no diff grammar
+  diffmodel edit --model runs/commit_model src/app.py -m "Add type hints" --edit_format commit
 
 Decoding is diff-aware unless --unconstrained is given: context and removed
-lines are the file's own, so a finished diff always applies strictly.
+lines are the file's own, so a finished diff always applies strictly. Only
+--edit_format carper (the default) has diff-aware decoding; commit, linediff
+and search_replace are decoded unconstrained, and the edit is read and applied
+by the format's own parser; the diff shown is from the file to the edited file.
 
 status: strict (applied at the stated lines), lenient (applied after the
 lenient applier relocated hunks), failed, too_long (prompt longer than the
@@ -69,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", nargs="?", help="the file to edit (not with --jsonl)")
     add_model_flags(p)
     p.add_argument("-m", "--message", help="the instruction, written like a commit message")
+    add_format_flag(p)
     p.add_argument("--name", help="the file's name in the prompt (default: FILE relative to the current folder)")
     p.add_argument("--apply", action="store_true", help="replace FILE with the edited file when the diff applies")
     p.add_argument("--jsonl", nargs=2, metavar=("IN", "OUT"), help="batch mode: requests from IN (name/path, before/code, message), results to OUT")
@@ -151,19 +163,26 @@ def _print_diff(diff: str, color: bool) -> None:
     sys.stdout.write(colorize(diff) if color else diff)
 
 
+def _note_decoding(args) -> None:
+    note = generation_settings(args).get("constrained_note")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def run_one(args) -> int:
     from diffmodel.atomic import write_bytes
 
     code = read_text_file(args.file)
     name = args.name or prompt_name(args.file)
     model = load_model(args, quiet=True)
+    _note_decoding(args)
     edits = model.edit_many([(code, args.message, name)], **generation_options(args))[0]
     color = use_color(args.color, sys.stdout)
     many = len(edits) > 1
     for k, edit in enumerate(edits):
         if many:
             print(f"# sample {k + 1}/{len(edits)}: {edit.status}", flush=True)
-        _print_diff(edit.diff, color)
+        _print_diff(edit.diff or edit.output, color)  # a failed edit in another format: what the model wrote
         sys.stdout.flush()
         label = f"{name}" + (f" (sample {k + 1})" if many else "")
         print(f"{label}: {describe(edit)}", file=sys.stderr)
@@ -190,6 +209,7 @@ def run_jsonl(args) -> int:
     if any("diff" in row for row in rows):
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
     model = load_model(args, quiet=True)
+    _note_decoding(args)
     start = time.perf_counter()
     results = model.edit_many(rows, progress=not args.no_progress, **generation_options(args))
     seconds = time.perf_counter() - start
@@ -203,12 +223,14 @@ def run_jsonl(args) -> int:
             if args.num_samples > 1:
                 out["sample"] = k
             out.update(diff=edit.diff, new_code=edit.new_code, status=str(edit.status), notes=edit.notes)
+            if args.edit_format != "carper":
+                out.update(edit_format=args.edit_format, output=edit.output)
             counts[str(edit.status)] += 1
             lines.append(json.dumps(out, ensure_ascii=False) + "\n")
     write_bytes(os.path.abspath(dst), "".join(lines).encode("utf-8"))
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
     rate = sum(counts.values()) / seconds if seconds > 0 else float("inf")
-    forced = "" if args.unconstrained else f", {forced_share(results):.0%} of tokens forced"
+    forced = f", {forced_share(results):.0%} of tokens forced" if generation_options(args)["constrained"] else ""
     print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s{forced}): {summary}; wrote {dst}",
           file=sys.stderr)
     return 0

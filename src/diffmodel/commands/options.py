@@ -5,10 +5,14 @@
   ``--top_k``, ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a
   command wants are parameters) and ``--unconstrained`` (diff-aware decoding is
   on unless it is given);
+- :func:`add_format_flag`: ``--edit_format`` (the format the model was trained
+  on; ``edit``, ``eval loss``, ``eval edits``, ``eval humanevalfix``);
 - :func:`check_model` and :func:`check_generation` append every problem to
   the command's list, so the command reports all of them at once;
 - :func:`generation_options`: the keyword arguments of
-  :meth:`DiffModel.edit_many <diffmodel.infer.DiffModel.edit_many>`, also the
+  :meth:`DiffModel.edit_many <diffmodel.infer.DiffModel.edit_many>` (``constrained``
+  is what runs: off for a format other than ``carper``); :func:`generation_settings`:
+  the same plus ``constrained_note`` (why diff-aware decoding is off), the
   ``settings`` an eval report records;
 - :func:`load_model`: the :class:`~diffmodel.infer.DiffModel` of ``--model``.
 
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 
+from diffmodel import formats
 from diffmodel.errors import DiffModelError
+from diffmodel.infer.prompt import decoding
 
 #: ``--dtype`` choices (see :func:`diffmodel.checkpoint.resolve_dtype`).
 DTYPES = ("bf16", "fp16", "fp32")
@@ -62,6 +68,14 @@ def add_generation_flags(parser: argparse.ArgumentParser, num_samples: int = 1, 
                         "own lines, so it applies strictly; see docs/edit.md)")
 
 
+def add_format_flag(parser: argparse.ArgumentParser) -> None:
+    """``--edit_format``: how the model was trained to write a change (docs/formats.md)."""
+    parser.add_argument("--edit_format", "--edit-format", choices=tuple(formats.FORMATS), default=formats.DEFAULT,
+                        help="the edit format the model was trained on (diffmodel train --edit_format): its prompt, its "
+                             "next-sample stop, its parser and applier; diff-aware decoding is for carper only, the others "
+                             "are decoded unconstrained (default: %(default)s; docs/formats.md)")
+
+
 def check_model(args: argparse.Namespace, problems: list[str]) -> None:
     """``--model`` names a saved model folder (or, where offered, ``--calibrate`` replaces it)."""
     calibrate = getattr(args, "calibrate", None)
@@ -98,9 +112,18 @@ def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
 
 def generation_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``edit_many`` from the generation flags (also an eval report's ``settings``)."""
+    edit_format = getattr(args, "edit_format", formats.DEFAULT)
     return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
             "top_k": args.top_k, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-            "seed": args.seed, "constrained": not args.unconstrained}
+            "seed": args.seed, "constrained": decoding(edit_format, not args.unconstrained)[0],
+            "edit_format": edit_format}
+
+
+def generation_settings(args: argparse.Namespace) -> dict:
+    """:func:`generation_options` as a report records them: with ``constrained_note`` when the
+    ``--edit_format`` turned diff-aware decoding off."""
+    note = decoding(getattr(args, "edit_format", formats.DEFAULT), not args.unconstrained)[1]
+    return {**generation_options(args), **({"constrained_note": note} if note else {})}
 
 
 def load_model(args: argparse.Namespace, quiet: bool = False):
@@ -111,6 +134,6 @@ def load_model(args: argparse.Namespace, quiet: bool = False):
 
 
 __all__ = [
-    "DTYPES", "add_generation_flags", "add_model_flags", "check_generation", "check_model",
-    "generation_options", "load_model",
+    "DTYPES", "add_format_flag", "add_generation_flags", "add_model_flags", "check_generation", "check_model",
+    "generation_options", "generation_settings", "load_model",
 ]

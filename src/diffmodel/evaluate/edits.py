@@ -5,7 +5,8 @@ the true file is ``after = apply_diff(before, diff, "strict")``, or the row's
 own ``after`` column when it has one. The model
 writes ``n`` diffs per sample (:meth:`Editor.edit_many`); each is scored:
 
-``parses``           the diff has at least one readable hunk (``parse_diff(...).ok``)
+``parses``           the diff has at least one readable hunk (``parse_diff(...).ok``); in another
+                     ``--edit_format``: the output is readable in it (applier status not ``empty``/``bad_format``)
 ``applies_strict``   it applied at the lines its hunks state
 ``applies``          it applied, strictly or after the lenient applier relocated hunks
 ``exact``            the edited file equals ``after`` character for character
@@ -22,7 +23,13 @@ per language (a ``language`` column, else from the file name).
 Anything with an ``edit_many(requests, num_samples=..., ...) -> list[list[Edit]]``
 method is an :class:`Editor`: :class:`diffmodel.infer.DiffModel`, and the
 calibration editors here, :class:`ReferenceEditor` (writes the true diff) and
-:class:`EmptyEditor` (writes nothing).
+:class:`EmptyEditor` (writes nothing); both write in the ``edit_format`` they
+are given, as a model trained on it would (:func:`diffmodel.formats.target`).
+
+Cases come from rows with ``name``/``before``/``message``/``diff`` fields (or
+``after``), whatever the ``edit_format``; a row with only ``text`` is read as
+``carper`` text, and in another format it is skipped and counted
+(``skipped_text_not_carper``): the true file is only read back from a unified diff.
 
 Invariants:
 - A sample without an ``after`` column whose reference diff does not apply
@@ -40,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from diffmodel import formats
 from diffmodel.diff import apply_diff, make_diff, parse_diff
 from diffmodel.infer.prompt import Edit, EditRequest, EditStatus, as_request, finish_edit
 from diffmodel.mine.languages import language_of
@@ -72,8 +80,7 @@ class ReferenceEditor:
         for i, item in enumerate(requests):
             req = as_request(item)
             after = self.answer(req) if callable(self.answer) else self.answer[i]
-            diff = "" if after is None else make_diff(req.code, after)
-            out.append([finish_edit(req.code, diff) for _ in range(num_samples)])
+            out.append([written(req, after, options.get("edit_format")) for _ in range(num_samples)])
         return out
 
 
@@ -81,7 +88,16 @@ class EmptyEditor:
     """Writes an empty diff for every request (scores 0 on anything that needs a change)."""
 
     def edit_many(self, requests: Iterable[Any], num_samples: int = 1, **options) -> list[list[Edit]]:
-        return [[finish_edit(as_request(r).code, "") for _ in range(num_samples)] for r in requests]
+        return [[written(as_request(r), None, options.get("edit_format")) for _ in range(num_samples)] for r in requests]
+
+
+def written(req: EditRequest, after: str | None, edit_format: str | None = None) -> Edit:
+    """The :class:`Edit` of a model that writes the change to ``after`` in ``edit_format`` (None: no change)."""
+    name = formats.get(edit_format).NAME
+    if name == "carper":
+        return finish_edit(req.code, "" if after is None else make_diff(req.code, after))
+    target = formats.target(req.name, req.code, req.message, req.code if after is None else after, name)
+    return finish_edit(req.code, target, edit_format=name)
 
 
 # -- cases ---------------------------------------------------------------------------------------
@@ -118,11 +134,16 @@ def row_fields(row: dict, text_column: str = "text") -> tuple[str, str, str, str
     return s.name, s.before, s.message, s.diff
 
 
-def make_cases(rows: Iterable[dict], text_column: str = "text") -> tuple[list[EditCase], dict[str, int]]:
-    """Cases from rows; returns them and the counts of rows skipped, by reason."""
+def make_cases(rows: Iterable[dict], text_column: str = "text",
+               edit_format: str | None = None) -> tuple[list[EditCase], dict[str, int]]:
+    """Cases from rows; returns them and the counts of rows skipped, by reason (see the module docstring)."""
     cases: list[EditCase] = []
     skipped: dict[str, int] = defaultdict(int)
+    carper = formats.get(edit_format).NAME == "carper"
     for row in rows:
+        if not carper and not all(f in row and row[f] is not None for f in FIELDS):
+            skipped["skipped_text_not_carper"] += 1
+            continue
         try:
             name, before, message, diff = row_fields(row, text_column)
         except ValueError:
@@ -164,7 +185,8 @@ def score_edit(edit: Edit, after: str) -> dict[str, float]:
     """The :data:`METRICS` of one generation against the true file."""
     produced = edit.new_code if edit.ok else None
     return {
-        "parses": float(parse_diff(edit.diff).ok),
+        "parses": float(parse_diff(edit.diff).ok if edit.edit_format == "carper"
+                        else edit.apply_status not in ("", "empty", "bad_format")),
         "applies_strict": float(edit.status is EditStatus.STRICT),
         "applies": float(edit.ok),
         "exact": float(produced is not None and produced == after),
@@ -238,7 +260,8 @@ def evaluate_edits(
             "exact_any": any(s["exact"] == 1.0 for s in scores),
             "generations": [
                 {"diff": e.diff, "status": str(e.status), "apply_status": e.apply_status, "stop": e.stop,
-                 "notes": list(e.notes), "num_tokens": e.num_tokens, "forced_tokens": e.forced_tokens, **s}
+                 "notes": list(e.notes), "num_tokens": e.num_tokens, "forced_tokens": e.forced_tokens,
+                 **({"output": e.output} if e.edit_format != "carper" else {}), **s}
                 for e, s in zip(edits, scores)
             ],
         })
@@ -253,4 +276,5 @@ def evaluate_edits(
 __all__ = [
     "METRICS", "EditCase", "Editor", "EmptyEditor", "ReferenceEditor",
     "evaluate_edits", "forced_share", "language_for", "line_similarity", "make_cases", "normalize_ws", "row_fields", "score_edit",
+    "written",
 ]

@@ -4,7 +4,11 @@ Each sample is tokenized as in training (the tokenizer's own special tokens,
 EOS appended) and labelled by :mod:`diffmodel.preprocess.labels`: tokens
 before the ``<DFF>`` where the diff starts (:func:`diffmodel.sample.diff_start`,
 found by character offset) carry no loss; the tokens from that ``<DFF>`` on
-and the final EOS do (the model is trained to stop there too).
+and the final EOS do (the model is trained to stop there too). With an
+``edit_format`` and ``loss_on`` the start is the training one for them
+(:func:`diffmodel.formats.loss_start`, through
+:func:`diffmodel.preprocess.tokenize.tokenize_batch` and
+:func:`diffmodel.preprocess.labels.diff_start_from_ids`; nothing is decided here).
 
 The loss is token-weighted::
 
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from diffmodel import formats
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate.edits import language_for
 from diffmodel.preprocess.labels import EMPTY_DIFF, IGNORE_INDEX, diff_start_from_ids, mask_before
@@ -77,8 +82,10 @@ def _name_from_text(text: str) -> str:
         return ""
 
 
-def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> tuple[list[LossSample], dict[str, int]]:
-    """Tokenize and label rows (text rows or tokenized rows); returns samples and skip counts."""
+def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text", loss_on: str = "diff",
+                edit_format: str | None = None) -> tuple[list[LossSample], dict[str, int]]:
+    """Tokenize and label rows (text rows or tokenized rows) as training does for ``loss_on`` and
+    ``edit_format`` (``--loss_on``, ``--edit_format``); returns samples and skip counts."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DiffModelError("the tokenizer has no EOS token; every sample ends with EOS as in training")
@@ -94,7 +101,7 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
 
     def flush() -> None:
         texts = [r[text_column] for r in batch]
-        enc = tokenize_batch({text_column: texts}, tokenizer, text_column)
+        enc = tokenize_batch({text_column: texts}, tokenizer, text_column, loss_on, edit_format)
         for row, ids, start in zip(batch, enc["input_ids"], enc["diff_start"]):
             if not kept(start):
                 continue
@@ -113,7 +120,7 @@ def encode_rows(rows: Iterable[dict], tokenizer, text_column: str = "text") -> t
             ids = list(row["input_ids"])
             labels = row.get("labels")
             if labels is None:
-                start = diff_start_from_ids(ids, tokenizer)
+                start = diff_start_from_ids(ids, tokenizer, loss_on, edit_format)
                 if not kept(start):
                     continue
                 labels = mask_before(ids, start)
@@ -182,11 +189,15 @@ def sample_losses(model, samples: Sequence[LossSample], batch_size: int = 8,
     return out
 
 
-def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool) -> DiffModelError:
+def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool,
+                   edit_format: str | None = None) -> DiffModelError:
     """The error for a run with no loss token left: what was skipped and why, and the fix."""
     limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
+    fmt = formats.get(edit_format)
     skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
     reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
+    if fmt.NAME != "carper":
+        reasons = reasons.replace("<DFF>", fmt.MARKER.strip())
     left = counts.get("samples", 0)
     if left:
         head = f"nothing to score: the {left} sample(s) left have no loss token (every label ignored)" + (f", and {reasons}" if reasons else "")
@@ -201,18 +212,22 @@ def nothing_scored(counts: dict[str, int], max_length: int | None, default_lengt
         else:
             fixes.append(f"pass a larger --max_length (up to the model's positions) or give shorter samples (at most {max_length} tokens, EOS included)")
     if left or "skipped_no_diff" in skips or "skipped_empty_diff" in skips:
-        fixes.append("give samples that have a <DFF> line after the <MSG> line, followed by a non-empty diff")
+        fixes.append("give samples that have a <DFF> line after the <MSG> line, followed by a non-empty diff" if fmt.NAME == "carper"
+                     else f"give samples written in --edit_format {fmt.NAME}: a {fmt.MARKER.strip()} after the message, "
+                          "followed by a change (or pass the --edit_format the data is written in)")
     if not fixes:
         fixes.append("give held-out data with --data or --dataset_name")
     return DiffModelError(f"{head}; {'; '.join(fixes)}")
 
 
 def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max_length: int | None = None,
-                  progress: Callable[[int], None] | None = None, skipped: dict[str, int] | None = None) -> dict:
+                  progress: Callable[[int], None] | None = None, skipped: dict[str, int] | None = None,
+                  edit_format: str | None = None) -> dict:
     """Token-weighted loss and perplexity overall and per language (see the module docstring).
 
     ``skipped`` holds the counts of :func:`encode_rows`; they go into the
-    metrics and into the error raised when no loss token is left.
+    metrics and into the error raised when no loss token is left (which names
+    ``edit_format``'s marker).
     """
     default_length = max_length is None
     if max_length is None:
@@ -233,7 +248,7 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
     metrics["skipped_too_long"] = too_long
     metrics.update(skipped or {})
     if not overall.tokens:
-        raise nothing_scored(metrics, max_length, default_length)
+        raise nothing_scored(metrics, max_length, default_length, edit_format)
     return {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
 
 

@@ -25,7 +25,13 @@ Invariants (checked per format by round-trip property tests):
   (such a sample has nothing to train and is dropped, as an empty diff is);
 - ``apply(b, parse(target)).text == a`` and ``apply(b, target)`` is the same;
   ``parse`` and ``apply`` never raise on model output, and ``apply`` returns a
-  :class:`diffmodel.diff.ApplyResult` (``text`` is ``None`` when it failed).
+  :class:`diffmodel.diff.ApplyResult` (``text`` is ``None`` when it failed);
+- ``NEXT`` is the text that starts a next sample (``<NME>``, ``<commit_before>``,
+  ``<file_name>``), at the start of a line when ``NEXT_STARTS_LINE``:
+  :func:`next_sample` finds it in model output, where generation is cut
+  (:mod:`diffmodel.infer`). A target (:func:`target`) holds it where
+  :func:`next_sample` looks only when the files themselves do (``commit``,
+  ``linediff``, ``search_replace``); ``carper`` diff lines never start with ``<``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class EditFormat(Protocol):
     NAME: str
     #: the text that ends the prompt and starts the part that carries loss
     MARKER: str
+    #: the text that starts a next sample in model output, and whether it must start a line
+    NEXT: str
+    NEXT_STARTS_LINE: bool
 
     def render(self, name: str, before: str, message: str, after: str, diff: str | None = None) -> str: ...
     def prompt(self, name: str, before: str, message: str) -> str: ...
@@ -87,6 +96,30 @@ def loss_start(text: str, loss_on: str = "diff", edit_format: str | None = None)
     raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
 
 
+def next_sample(output: str, edit_format: str | None = None, whole: bool = True) -> int:
+    """Index in model ``output`` where a next sample starts (the format's ``NEXT``), or -1.
+
+    With ``NEXT_STARTS_LINE`` the marker counts only at the start of a line;
+    the output's first non-blank text counts as one when ``whole`` (the
+    output from its first character, not a window cut from its middle).
+    """
+    fmt = get(edit_format)
+    if not fmt.NEXT_STARTS_LINE:
+        return output.find(fmt.NEXT)
+    if whole:
+        stripped = len(output) - len(output.lstrip())
+        if output.startswith(fmt.NEXT, stripped):
+            return stripped
+    found = output.find("\n" + fmt.NEXT)
+    return found + 1 if found >= 0 else -1
+
+
+def target(name: str, before: str, message: str, after: str, edit_format: str | None = None) -> str:
+    """What a model trained on ``edit_format`` writes after its prompt for this change (the text after ``MARKER``)."""
+    fmt = get(edit_format)
+    return fmt.render(name, before, message, after)[len(fmt.prompt(name, before, message)):]
+
+
 def after_of(before: str, diff: str, name: str = "") -> str:
     """The file after ``diff`` (a row's unified diff) is applied strictly to ``before``.
 
@@ -113,4 +146,6 @@ def render_row(row: dict, edit_format: str | None = None) -> str:
     return fmt.render(name, before, str(row.get("message") or ""), after_of(before, str(row.get("diff") or ""), name))
 
 
-__all__ = ["DEFAULT", "EditFormat", "FORMATS", "LOSS_ON", "after_of", "get", "loss_start", "render_row"]
+__all__ = [
+    "DEFAULT", "EditFormat", "FORMATS", "LOSS_ON", "after_of", "get", "loss_start", "next_sample", "render_row", "target",
+]

@@ -25,6 +25,8 @@ from diffmodel.diff import ApplyResult, ApplyStatus, ParsedDiff, apply_diff, mak
 
 NAME = "carper"
 MARKER = sample.DIFF_MARKER
+#: where a next sample starts in model output: a line starting with ``<NME>``
+NEXT, NEXT_STARTS_LINE = sample.NAME_MARKER, True
 
 prompt = sample.render_prompt
 loss_start = sample.diff_start

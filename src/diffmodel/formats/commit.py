@@ -39,6 +39,8 @@ BEFORE_MARKER = "<commit_before>"
 MESSAGE_MARKER = "<commit_msg>"
 AFTER_MARKER = "<commit_after>"
 MARKER = AFTER_MARKER
+#: where a next sample starts in model output: a ``<commit_before>`` anywhere (no newline precedes it)
+NEXT, NEXT_STARTS_LINE = BEFORE_MARKER, False
 
 
 def prompt(name: str, before: str, message: str) -> str:

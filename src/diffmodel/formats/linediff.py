@@ -63,6 +63,9 @@ from diffmodel.formats.commit import AFTER_MARKER, BEFORE_MARKER, MESSAGE_MARKER
 NAME = "linediff"
 FILE_MARKER = "<file_name>"
 MARKER = AFTER_MARKER + "\n"
+#: where a next sample starts in model output: a ``<file_name>`` anywhere (the target ends without a
+#: newline, so a next sample written instead of EOS starts on its last line)
+NEXT, NEXT_STARTS_LINE = FILE_MARKER, False
 
 _LINE = re.compile(r"([+-]) *(\d+)(?: (.*))?\Z", re.S)
 

@@ -54,6 +54,8 @@ from diffmodel.diff.make import NO_NEWLINE
 
 NAME = "search_replace"
 MARKER = sample.DIFF_MARKER
+#: where a next sample starts in model output: a line starting with ``<NME>`` (as in ``carper``)
+NEXT, NEXT_STARTS_LINE = sample.NAME_MARKER, True
 SEARCH, DIVIDER, REPLACE, FENCE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE", "```"
 
 _SEARCH = re.compile(r"<{5,9} ?SEARCH\s*\Z")

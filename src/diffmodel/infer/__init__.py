@@ -6,7 +6,7 @@ a ``status``; :meth:`DiffModel.edit_many` does the same for many requests,
 batched, with ``num_samples`` samples each.
 
 - :mod:`~diffmodel.infer.prompt`: requests, results and the text steps
-  (cut the generation, parse, apply); no torch.
+  (cut the generation, parse, apply, in any ``--edit_format``); no torch.
 - :mod:`~diffmodel.infer.model`: :class:`DiffModel` and batched generation.
 - :mod:`~diffmodel.infer.constrained`: diff-aware decoding (the default): only
   tokens the diff grammar allows, forced text fed in chunks.
@@ -20,7 +20,8 @@ imported on first use, so commands that only read requests keep ``--help`` fast.
 """
 
 from diffmodel.infer.prompt import (
-    STOP_EOS, STOP_LENGTH, STOP_MARKER, STOP_NONE, Edit, EditRequest, EditStatus, as_request, cut_generation, finish_edit,
+    STOP_EOS, STOP_LENGTH, STOP_MARKER, STOP_NONE, UNCONSTRAINED_FORMAT, Edit, EditRequest, EditStatus, as_request,
+    cut_generation, decoding, finish_edit,
 )
 
 #: Names served from :mod:`diffmodel.infer.model` (torch, transformers) on first use.
@@ -38,5 +39,5 @@ def __getattr__(name: str):
 __all__ = [
     "STOP_EOS", "STOP_LENGTH", "STOP_MARKER", "STOP_NONE", "STOP_WINDOW",
     "DiffModel", "Edit", "EditRequest", "EditStatus", "NameMarkerStop",
-    "as_request", "cut_generation", "finish_edit", "tokens_with_gt",
+    "UNCONSTRAINED_FORMAT", "as_request", "cut_generation", "decoding", "finish_edit", "tokens_with_gt",
 ]

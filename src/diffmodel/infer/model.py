@@ -1,5 +1,14 @@
 """DiffModel: a causal LM that writes diffs, batched generation with the ``<NME>`` stop.
 
+``edit_format`` (``edit`` / ``edit_many``; default ``carper``, see
+:mod:`diffmodel.formats`) picks how the model was trained to write a change:
+the prompt is the format's ``prompt``, generation stops where the format's
+next sample starts (``<NME>``, ``<commit_before>``, ``<file_name>``), and the
+output is read by the format's ``parse`` and ``apply``
+(:func:`~diffmodel.infer.prompt.finish_edit`). Diff-aware decoding exists for
+``carper`` only: another format is decoded unconstrained
+(:func:`~diffmodel.infer.prompt.decoding`).
+
 ``DiffModel.from_pretrained(path).edit(code, message, name)`` returns an
 :class:`Edit` with the generated ``diff``, the edited file (``new_code``) and
 a ``status``; :meth:`DiffModel.edit_many` does the same for many requests,
@@ -12,14 +21,15 @@ diff over the file decides which tokens may come next and feeds forced text
 
 How one batch is generated (unconstrained)::
 
-    render_prompt(name, code, message)        "<NME> a.py\\n<BEF> ...\\n<MSG> ...\\n<DFF>"
+    format.prompt(name, code, message)        carper: "<NME> a.py\\n<BEF> ...\\n<MSG> ...\\n<DFF>"
         -> token ids (the tokenizer's own special-token convention, as in training)
         -> requests sorted by length, longest first, cut into batches
         -> left padding (pad token, else EOS) + attention mask; generate() derives
            position ids from the mask, so every prompt starts at position 0
         -> stop a row at EOS, or when its text starts a line with <NME>
-           (the model moving on to a next sample), or at max_new_tokens
+           (the model moving on to a next sample; the format's NEXT marker), or at max_new_tokens
         -> text cut at EOS / <NME>, parsed once, applied strictly, then leniently
+           (other formats: the format's parse and apply)
 
 Invariants:
 - Nothing the model writes makes this module raise: every outcome is an
@@ -46,12 +56,12 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from diffmodel import formats
 from diffmodel.checkpoint import load_checkpoint, max_positions
 from diffmodel.errors import DiffModelError
 from diffmodel.infer.prompt import (
-    STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, EditRequest, EditStatus, as_request, finish_edit, marker_line,
+    STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, EditRequest, EditStatus, as_request, decoding, finish_edit,
 )
-from diffmodel.sample import NAME_MARKER, render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +73,8 @@ STOP_WINDOW = 16
 
 
 class NameMarkerStop(StoppingCriteria):
-    """Stop each row once its generated text starts a line with ``<NME>``.
+    """Stop each row once its generated text starts a line with ``<NME>`` (in ``edit_format``:
+    where its next sample starts, :func:`diffmodel.formats.next_sample`).
 
     Only generated tokens are looked at (the prompt itself starts with
     ``<NME>``): the last :data:`STOP_WINDOW` of them, decoded, which is enough
@@ -74,8 +85,10 @@ class NameMarkerStop(StoppingCriteria):
     generated when the marker was seen; a stopped row stays stopped.
     """
 
-    def __init__(self, tokenizer, prompt_length: int, window: int = STOP_WINDOW, may_end: torch.Tensor | None = None):
+    def __init__(self, tokenizer, prompt_length: int, window: int = STOP_WINDOW, may_end: torch.Tensor | None = None,
+                 edit_format: str | None = None):
         self.tokenizer = tokenizer
+        self.edit_format = formats.get(edit_format).NAME
         self.prompt_length = prompt_length
         self.window = window
         self.may_end = may_end
@@ -105,7 +118,7 @@ class NameMarkerStop(StoppingCriteria):
                 tails = self.tokenizer.batch_decode(input_ids[open_rows, start:].tolist(), skip_special_tokens=False)
                 whole = start == self.prompt_length  # the window still holds every generated token
                 for row, tail in zip(open_rows, tails):
-                    if (marker_line(tail) >= 0) if whole else (("\n" + NAME_MARKER) in tail):
+                    if formats.next_sample(tail, self.edit_format, whole) >= 0:
                         self.stopped_at[row] = generated
         done = torch.zeros(rows, dtype=torch.bool)
         for row in self.stopped_at:
@@ -186,14 +199,15 @@ class DiffModel:
     def device(self) -> torch.device:
         return self.model.device
 
-    def prompt(self, request: EditRequest) -> str:
-        return render_prompt(request.name, request.code, request.message)
+    def prompt(self, request: EditRequest, edit_format: str | None = None) -> str:
+        """The prompt of ``request`` in ``edit_format`` (default ``carper``: ``<NME> ... <DFF>``)."""
+        return formats.get(edit_format).prompt(request.name, request.code, request.message)
 
-    def encode(self, requests: Sequence[EditRequest]) -> list[list[int]]:
+    def encode(self, requests: Sequence[EditRequest], edit_format: str | None = None) -> list[list[int]]:
         """Prompt token ids, with the tokenizer's own special tokens (as in training)."""
         if not requests:
             return []
-        return self.tokenizer([self.prompt(r) for r in requests], return_attention_mask=False)["input_ids"]
+        return self.tokenizer([self.prompt(r, edit_format) for r in requests], return_attention_mask=False)["input_ids"]
 
     def edit(self, code: str, message: str, name: str, **options) -> Edit:
         """Edit one file; ``options`` are those of :meth:`edit_many` (one sample)."""
@@ -214,6 +228,7 @@ class DiffModel:
         progress: bool | Callable[[int], None] = False,
         constrained: bool = True,
         top_k: int = 0,
+        edit_format: str | None = None,
     ) -> list[list[Edit]]:
         """Edit many files; ``result[i][k]`` is sample ``k`` of request ``i``.
 
@@ -227,7 +242,12 @@ class DiffModel:
         ``constrained`` (default): diff-aware decoding
         (:mod:`diffmodel.infer.constrained`), every diff applies strictly;
         False: plain ``generate``. ``top_k`` > 0 keeps the k likeliest tokens when sampling.
+        ``edit_format``: the format the model was trained on (default ``carper``;
+        :mod:`diffmodel.formats`); formats other than ``carper`` are decoded
+        unconstrained whatever ``constrained`` says (:func:`~diffmodel.infer.prompt.decoding`).
         """
+        name = formats.get(edit_format).NAME
+        constrained, _ = decoding(name, constrained)
         reqs = [as_request(r) for r in requests]
         problems = []
         if num_samples < 1:
@@ -247,12 +267,12 @@ class DiffModel:
         if problems:
             raise DiffModelError("cannot generate:\n" + "\n".join(f"  - {p}" for p in problems))
         results: list[list[Edit] | None] = [None] * len(reqs)
-        ids = self.encode(reqs)
+        ids = self.encode(reqs, name)
         todo = []
         for i, row in enumerate(ids):
             if self.max_positions is not None and len(row) >= self.max_positions:
                 note = f"the prompt is {len(row)} tokens; the model takes at most {self.max_positions} positions"
-                results[i] = [Edit("", None, EditStatus.TOO_LONG, [note]) for _ in range(num_samples)]
+                results[i] = [Edit("", None, EditStatus.TOO_LONG, [note], edit_format=name) for _ in range(num_samples)]
             else:
                 todo.append(i)
         todo.sort(key=lambda i: -len(ids[i]))  # longest first: memory trouble shows at once
@@ -263,9 +283,9 @@ class DiffModel:
         try:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                generate = self._generate_constrained if constrained else self._generate
-                edits = generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
-                                 max_new_tokens, temperature, top_p, min_new_tokens, top_k)
+                args = ([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
+                        max_new_tokens, temperature, top_p, min_new_tokens, top_k)
+                edits = self._generate_constrained(*args) if constrained else self._generate(*args, edit_format=name)
                 for i, group in zip(batch, edits):
                     results[i] = group
                 report(len(batch))
@@ -286,7 +306,8 @@ class DiffModel:
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
-                  temperature: float, top_p: float, min_new_tokens: int, top_k: int = 0) -> list[list[Edit]]:
+                  temperature: float, top_p: float, min_new_tokens: int, top_k: int = 0,
+                  edit_format: str | None = None) -> list[list[Edit]]:
         width = max(len(p) for p in prompts)
         budget = max_new_tokens
         if self.max_positions is not None:
@@ -309,7 +330,7 @@ class DiffModel:
         if self._may_end is False:
             table = tokens_with_gt(self.tokenizer)
             self._may_end = None if table is None else table.to(self.device)
-        stop = NameMarkerStop(self.tokenizer, width, may_end=self._may_end)
+        stop = NameMarkerStop(self.tokenizer, width, may_end=self._may_end, edit_format=edit_format)
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
             generation_config=config, stopping_criteria=StoppingCriteriaList([stop]),
@@ -329,7 +350,7 @@ class DiffModel:
                 if row in stop.stopped_at and stop.stopped_at[row] <= end:
                     end, reason = stop.stopped_at[row], STOP_MARKER
                 text = self.tokenizer.decode([t for t in tokens[:end] if t not in self.eos_ids], skip_special_tokens=False)
-                group.append(finish_edit(codes[p], text, reason, end))
+                group.append(finish_edit(codes[p], text, reason, end, edit_format))
             edits.append(group)
         return edits
 

@@ -3,16 +3,23 @@
 - :class:`EditRequest` (file, instruction, name) and :func:`as_request`, which
   reads one from a tuple or a dict;
 - :func:`cut_generation`: generated text -> the diff (cut before a line
-  starting with ``<NME>``, the one space after ``<DFF>`` removed);
+  starting with ``<NME>``, the one space after ``<DFF>`` removed); in another
+  ``edit_format``, cut where its next sample starts (:func:`diffmodel.formats.next_sample`);
 - :func:`finish_edit`: generated text -> :class:`Edit` (parse once, apply
-  strictly, then leniently).
+  strictly, then leniently; another format: its own ``parse`` and ``apply``,
+  and ``diff`` made from the file before and the edited file);
+- :func:`decoding`: whether diff-aware decoding runs for an ``edit_format``
+  (``carper`` only), and why not.
 
 Invariants:
 - No torch here: these are functions over strings, used by the model
   (:mod:`diffmodel.infer.model`), by the evaluations and by the reference editors.
 - :func:`finish_edit` never raises on what a model writes; ``new_code`` is
   the edited file exactly when ``status`` is ``strict`` or ``lenient``, and
-  ``None`` otherwise; an empty diff counts as ``failed``.
+  ``None`` otherwise; an empty diff (no change) counts as ``failed``.
+- Whatever the format, ``Edit.diff`` is a unified diff: the model's own in
+  ``carper``; in the other formats ``make_diff(code, new_code)`` when the edit
+  applied, else empty (``Edit.output`` keeps what the model wrote).
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from diffmodel.diff import ApplyStatus, apply_diff, parse_diff
+from diffmodel import formats
+from diffmodel.diff import ApplyStatus, apply_diff, make_diff, parse_diff
 from diffmodel.errors import DiffModelError
-from diffmodel.sample import NAME_MARKER
 
 #: Stop reasons in :attr:`Edit.stop`.
 STOP_EOS, STOP_MARKER, STOP_LENGTH, STOP_NONE = "eos", "marker", "length", "none"
@@ -67,6 +74,10 @@ class Edit:
     num_tokens: int = 0
     #: of those, tokens the diff grammar forced (fed in chunks, not decoded); 0 unconstrained
     forced_tokens: int = 0
+    #: the edit format the model wrote in (``--edit_format``)
+    edit_format: str = formats.DEFAULT
+    #: what the model wrote after its prompt, cut at a next sample ("": the same as ``diff``, as in carper)
+    output: str = ""
 
     @property
     def ok(self) -> bool:
@@ -100,35 +111,67 @@ def as_request(item: Any) -> EditRequest:
 
 def marker_line(text: str) -> int:
     """Index of the first ``<NME>`` that starts a line of ``text`` (or its first non-blank text), else -1."""
-    stripped = len(text) - len(text.lstrip())
-    if text.startswith(NAME_MARKER, stripped):
-        return stripped
-    found = text.find("\n" + NAME_MARKER)
-    return found + 1 if found >= 0 else -1
+    return formats.next_sample(text, "carper")
 
 
-def cut_generation(text: str) -> tuple[str, bool]:
-    """The diff part of a generation: cut before a line starting with ``<NME>``.
+def cut_generation(text: str, edit_format: str | None = None) -> tuple[str, bool]:
+    """The part of a generation that is the edit: cut where a next sample starts.
 
-    Returns ``(diff, cut)``; the one space the sample format puts after
-    ``<DFF>`` is removed. ``cut`` says whether a marker was found.
+    Returns ``(text, cut)``; ``cut`` says whether a next sample's marker was
+    found (``carper``: a line starting with ``<NME>``; the others:
+    :func:`diffmodel.formats.next_sample`). In ``carper`` the one space the
+    sample format puts after ``<DFF>`` is removed.
     """
-    at = marker_line(text)
+    fmt = formats.get(edit_format)
+    at = formats.next_sample(text, fmt.NAME)
     cut = at >= 0
     if cut:
         text = text[:at]
-    return text.removeprefix(" "), cut
+    return (text.removeprefix(" ") if fmt.NAME == "carper" else text), cut
 
 
-def finish_edit(code: str, generated: str, stop: str = STOP_NONE, num_tokens: int = 0) -> Edit:
-    """Turn generated text into an :class:`Edit`: cut, parse, apply strictly, then leniently.
+#: Why diff-aware decoding is off for a format other than ``carper`` (reports' ``constrained_note``).
+UNCONSTRAINED_FORMAT = ("diff-aware decoding follows the unified-diff grammar of --edit_format carper; "
+                        "--edit_format {name} is decoded unconstrained")
+
+
+def decoding(edit_format: str | None, constrained: bool = True) -> tuple[bool, str | None]:
+    """``(constrained, note)``: diff-aware decoding runs only for ``carper``; ``note`` says why it is off
+    for another format when it was asked for (None otherwise)."""
+    name = formats.get(edit_format).NAME
+    if constrained and name != "carper":
+        return False, UNCONSTRAINED_FORMAT.format(name=name)
+    return constrained, None
+
+
+def _finish_format(code: str, output: str, stop: str, num_tokens: int, name: str) -> Edit:
+    """An :class:`Edit` from the output of a model that writes ``name`` (not ``carper``): the format's
+    parse and apply; ``applied`` is ``strict``, ``relocated`` is ``lenient``."""
+    result = formats.get(name).apply(code, output)
+    notes = list(result.notes)
+    if result.text is not None and result.status in (ApplyStatus.APPLIED, ApplyStatus.RELOCATED):
+        status = EditStatus.STRICT if result.status is ApplyStatus.APPLIED else EditStatus.LENIENT
+        return Edit(make_diff(code, result.text), result.text, status, notes, str(result.status), stop, num_tokens,
+                    edit_format=name, output=output)
+    if result.status is ApplyStatus.EMPTY:
+        notes.append("the model wrote no change")
+    return Edit("", None, EditStatus.FAILED, notes, str(result.status), stop, num_tokens, edit_format=name, output=output)
+
+
+def finish_edit(code: str, generated: str, stop: str = STOP_NONE, num_tokens: int = 0,
+                edit_format: str | None = None) -> Edit:
+    """Turn generated text into an :class:`Edit`: cut, parse, apply strictly, then leniently
+    (another ``edit_format``: its own parse and apply).
 
     Never raises on ``generated``.
     """
-    diff, cut = cut_generation(generated)
+    name = formats.get(edit_format).NAME
+    diff, cut = cut_generation(generated, name)
     if cut and stop != STOP_MARKER:
         stop = STOP_MARKER
     try:
+        if name != "carper":
+            return _finish_format(code, diff, stop, num_tokens, name)
         parsed = parse_diff(diff)
         strict = apply_diff(code, parsed, "strict")
         if strict.ok:
@@ -144,10 +187,13 @@ def finish_edit(code: str, generated: str, stop: str = STOP_NONE, num_tokens: in
         notes = list(lenient.notes) + [f"hunk {i}: {h.describe()}" for i, h in enumerate(lenient.hunks, 1) if h.message]
         return Edit(diff, None, EditStatus.FAILED, notes, str(lenient.status), stop, num_tokens)
     except Exception as err:  # the contract: model output never raises
-        return Edit(diff, None, EditStatus.FAILED, [f"internal error while applying: {type(err).__name__}: {err}"], "failed", stop, num_tokens)
+        return Edit("" if name != "carper" else diff, None, EditStatus.FAILED,
+                    [f"internal error while applying: {type(err).__name__}: {err}"], "failed", stop, num_tokens,
+                    edit_format=name, output="" if name == "carper" else diff)
 
 
 __all__ = [
     "STOP_EOS", "STOP_LENGTH", "STOP_MARKER", "STOP_NONE",
-    "Edit", "EditRequest", "EditStatus", "as_request", "cut_generation", "finish_edit", "marker_line",
+    "UNCONSTRAINED_FORMAT", "Edit", "EditRequest", "EditStatus", "as_request", "cut_generation", "decoding",
+    "finish_edit", "marker_line",
 ]

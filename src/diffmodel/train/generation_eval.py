@@ -2,7 +2,8 @@
 
 Loss says little about whether the diffs a model writes apply. With
 ``--generation_eval_samples N`` every evaluation also has the model write a
-diff (diff-aware decoding, greedy) for each of the first ``N`` held-out
+diff (diff-aware decoding, greedy; in the ``--edit_format`` trained, which
+is decoded unconstrained unless it is ``carper``) for each of the first ``N`` held-out
 samples, scores them as ``diffmodel eval edits`` does
 (:func:`diffmodel.evaluate.edits.evaluate_edits`), and logs::
 
@@ -44,15 +45,18 @@ def held_out_cases(load_opts, n: int) -> tuple[list[EditCase], dict[str, int]]:
     if "validation" not in raw:
         return [], {}
     ds = raw["validation"]
-    cases, skipped = make_cases((ds[i] for i in range(min(len(ds), 4 * n))), report.text_column or "text")
+    cases, skipped = make_cases((ds[i] for i in range(min(len(ds), 4 * n))), report.text_column or "text",
+                                load_opts.edit_format)
     return cases[:n], skipped
 
 
 class GenerationEvalCallback(TrainerCallback):
     """At each evaluation, write diffs for ``cases`` and log their scores (see the module docstring)."""
 
-    def __init__(self, trainer, cases: list[EditCase], max_new_tokens: int = 256, batch_size: int = 8):
+    def __init__(self, trainer, cases: list[EditCase], max_new_tokens: int = 256, batch_size: int = 8,
+                 edit_format: str | None = None):
         self.trainer = trainer
+        self.edit_format = edit_format
         self.cases = cases
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -67,7 +71,7 @@ class GenerationEvalCallback(TrainerCallback):
                 self._editor = DiffModel(model, tokenizer)
             start = time.perf_counter()
             summary, _ = evaluate_edits(self._editor, self.cases, max_new_tokens=self.max_new_tokens,
-                                        batch_size=self.batch_size, temperature=0.0)
+                                        batch_size=self.batch_size, temperature=0.0, edit_format=self.edit_format)
             seconds = time.perf_counter() - start
         finally:
             tokenizer.padding_side = side

@@ -149,7 +149,7 @@ def add_generation_eval(trainer, data_args, training_args, block_size: int, cach
     logger.info("generation eval: %d held-out samples at each evaluation%s", len(cases),
                 f" (skipped {skipped})" if skipped else "")
     trainer.add_callback(GenerationEvalCallback(trainer, cases, data_args.generation_eval_max_new_tokens,
-                                                training_args.per_device_eval_batch_size))
+                                                training_args.per_device_eval_batch_size, load_opts.edit_format))
 
 
 def evaluate(trainer, eval_ds) -> dict:
