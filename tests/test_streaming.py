@@ -18,6 +18,9 @@ import pytest
 import zstandard
 from torch.utils.data import DataLoader
 
+sys.path.insert(0, str(Path(__file__).parent))
+from torchrun_retry import run_torchrun  # noqa: E402
+
 from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -271,7 +274,7 @@ def test_torchrun_two_ranks(data, tiny_gpt2_dir, tmp_path):
     env = dict(os.environ, DIFFMODEL_STREAM_LOG=str(tmp_path / "log"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffmodel.cli", "train",
            *_args(tiny_gpt2_dir, data, tmp_path / "out", 3, ["--ddp_backend", "gloo"])]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     per_rank = [_trained(tmp_path / "log", r) for r in range(2)]
     assert all(len(p) >= 3 * BATCH for p in per_rank)  # at least one sample per row, BATCH rows per step, 3 steps
