@@ -10,7 +10,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.preprocess.layout import concatenate
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
-from diffmodel.train.attention import check_isolation, choose_attention, prepare_for_packing
+from diffmodel.train.attention import check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, sample_lengths
 
 X = IGNORE_INDEX

@@ -18,7 +18,8 @@ transformers or datasets), so ``diffmodel train --help`` reads the flags'
 help from these dataclasses in a fraction of a second; ``TrainingArguments``
 and ``HfArgumentParser`` are imported inside the functions that parse.
 Derived values are decided while parsing (``--streaming`` sets
-``ignore_data_skip``), never by changing parsed arguments afterwards.
+``ignore_data_skip``; ``--compile``, by :mod:`diffmodel.train.fast_path`,
+sets ``torch_compile``), never by changing parsed arguments afterwards.
 """
 
 from __future__ import annotations
@@ -132,6 +133,54 @@ def lora_problems(args: LoraArguments, model_name_or_path: str | None) -> list[s
     return problems
 
 
+#: The values of the tri-state speed flags.
+AUTO_ON_OFF = ("auto", "on", "off")
+
+
+@dataclass
+class SpeedArguments:
+    """How fast the packed path runs (:mod:`diffmodel.train.fast_path` decides ``auto`` and logs why)."""
+
+    liger: str = field(default="auto", metadata={"help": "Fused linear cross-entropy and fused RMSNorm/SwiGLU/RoPE kernels (liger-kernel). auto: on with --packing on a GPU when liger-kernel is installed and supports the model; the training log then has no mean_token_accuracy (no logits are made).", "choices": list(AUTO_ON_OFF)})
+    padding_free: str = field(default="auto", metadata={"help": "Train each packed batch as one flattened row with the sample boundaries (no pad tokens). auto: on for flash attention (its kernels need it), off otherwise (rows are already packed full).", "choices": list(AUTO_ON_OFF)})
+    compile: str = field(default="auto", metadata={"help": "torch.compile the model (sets --torch_compile). auto: on with --packing on a GPU unless --max_steps is under 300 (compiling takes about a minute); rows are then padded to --block_size so the shapes stay fixed.", "choices": list(AUTO_ON_OFF)})
+    max_train_time: str | None = field(default=None, metadata={"help": "Stop training after this much training time and save a checkpoint: seconds (5400) or H:MM:SS (1:30:00). Ranks stop at the same step. For a Slurm time limit, or to compare runs at equal time."})
+
+
+def speed_args_from(obj) -> SpeedArguments:
+    """A :class:`SpeedArguments` from any object carrying its attributes (e.g. the training arguments)."""
+    return SpeedArguments(**{f.name: getattr(obj, f.name) for f in fields(SpeedArguments) if hasattr(obj, f.name)})
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds of ``--max_train_time``: ``5400``, ``90.5``, ``MM:SS`` or ``H:MM:SS``; raises ValueError when unreadable or not positive."""
+    if text is None or text == "":
+        return None
+    parts = str(text).strip().split(":")
+    if len(parts) > 3:
+        raise ValueError(text)
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + float(part)
+    if not seconds > 0:
+        raise ValueError(text)
+    return seconds
+
+
+def speed_problems(args: SpeedArguments, training_args) -> list[str]:
+    """Flags of the fast path that contradict each other or name a duration that cannot be read."""
+    problems = []
+    try:
+        parse_duration(args.max_train_time)
+    except ValueError:
+        problems.append(f"--max_train_time {args.max_train_time!r} is not a duration; give seconds (5400) or H:MM:SS (1:30:00)")
+    if args.compile == "off" and getattr(training_args, "torch_compile", False):
+        problems.append("--compile off and --torch_compile contradict each other; pass one of them")
+    if args.liger == "off" and getattr(training_args, "use_liger_kernel", False):
+        problems.append("--liger off and --use_liger_kernel contradict each other; pass one of them")
+    return problems
+
+
 @dataclass
 class RunArguments:
     """Run options that transformers 5 no longer has but reference command lines pass."""
@@ -148,6 +197,7 @@ HELP_SECTIONS = (
     ("data flags", DataArguments, None),
     ("model flags", ModelArguments, None),
     ("LoRA flags", LoraArguments, None),
+    ("speed flags", SpeedArguments, None),
     ("run flags", RunArguments, None),
 )
 
@@ -170,7 +220,7 @@ def make_parser() -> HfArgumentParser:
     from transformers import HfArgumentParser, TrainingArguments
 
     extra = () if _has_field("overwrite_output_dir") else (RunArguments,)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, *extra))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, SpeedArguments, *extra))
     parser.prog = "diffmodel train"
     parser.description = TRAIN_DESCRIPTION
     return parser
@@ -253,6 +303,11 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         values, where = vars(parser.parse_args(argv)), ""
     if values.get("streaming"):  # run.py logs it; the stream state replaces Trainer's data skipping
         values = {**values, "ignore_data_skip": True}
+    if values.get("compile", "auto") != "off" and values.get("packing") and not values.get("torch_compile"):
+        from diffmodel.train.fast_path import choose_compile, probe_facts  # run.py logs the choice and its reason
+
+        if choose_compile(values.get("compile", "auto"), False, True, int(values.get("max_steps") or -1), probe_facts()).value:
+            values = {**values, "torch_compile": True}
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:
         parsed = parser.parse_dict({**values, **dict.fromkeys(deferred, False)})
@@ -385,6 +440,11 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
     if not (training_args.do_train or training_args.do_eval or data_args.save_final_dataset):
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
+    problems += speed_problems(speed_args_from(training_args), training_args)
+    if data_args.packing or getattr(training_args, "padding_free", "auto") == "on" or getattr(training_args, "liger", "auto") == "on":
+        from diffmodel.train import fast_path
+
+        problems += fast_path.problems(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, fast_path.probe_facts())
     problems += streaming_problems(data_args, training_args)
     problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))

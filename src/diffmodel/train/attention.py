@@ -21,7 +21,6 @@ wrong on this machine, torch or transformers release is refused there.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
@@ -35,24 +34,6 @@ logger = logging.getLogger(__name__)
 MASK_FROM_POSITIONS = ("sdpa", "eager", "flex_attention")
 FLASH = ("flash_attention_2", "flash_attention_3")
 PACKING_BACKENDS = MASK_FROM_POSITIONS + FLASH
-
-
-def flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
-
-
-def choose_attention(requested: str | None, packing: bool) -> str | None:
-    """The backend to load the model with: the user's, else flash-attn for packing on a GPU when installed, else the model's default."""
-    if requested:
-        if packing and requested not in PACKING_BACKENDS:
-            raise DiffModelError(
-                f"--attn_implementation {requested} cannot keep packed samples apart; use one of {', '.join(PACKING_BACKENDS)} or drop --packing"
-            )
-        return requested
-    if packing and flash_attn_available():
-        logger.info("packing: flash-attn is installed, using flash_attention_2 (override with --attn_implementation)")
-        return "flash_attention_2"
-    return None
 
 
 def backend_of(model) -> str:

@@ -12,6 +12,9 @@ forward pass already returns, so they cost one ``argmax`` and no extra pass:
   mask's ones; every token of a row without a mask, which for packed batches
   includes the pad segment that rounds a batch up to a multiple of 8).
 - ``num_loss_tokens``: loss-bearing tokens since training began.
+- ``data_wait_share``: the share of the wall time since the last log that the
+  training loop spent fetching its next batches (dataloader, collator, copy
+  to the device), i.e. an upper bound on the time the GPU starved for data.
 
 :class:`TokenMetricsMixin` counts in ``compute_loss`` (once per micro-batch,
 so gradient accumulation is counted whole) and reports at every logging
@@ -24,10 +27,13 @@ to the metrics ``evaluate`` returns (and so to ``eval_results.json``).
 
 Invariants:
 - Counts stay on the device between logs (no host sync per step).
-- Nothing is counted when the model returns no logits (e.g. a fused loss).
+- When the model returns no logits (liger-kernel's fused loss) the counts
+  are still taken from the batch; only the accuracy is left out.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from transformers import Trainer
@@ -35,7 +41,7 @@ from transformers import Trainer
 from diffmodel.preprocess.labels import IGNORE_INDEX
 
 #: the keys added to the training log
-TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens")
+TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait_share")
 
 
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +50,11 @@ def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     predicted = logits[..., :-1, :].argmax(dim=-1)
     counted = target != IGNORE_INDEX
     return (predicted.eq(target) & counted).sum(), counted.sum()
+
+
+def loss_token_count(labels: torch.Tensor) -> torch.Tensor:
+    """Loss-bearing tokens of a batch: labels after the shift that are not IGNORE_INDEX."""
+    return (labels[..., 1:] != IGNORE_INDEX).sum()
 
 
 def input_token_count(inputs: dict) -> torch.Tensor:
@@ -55,26 +66,27 @@ def input_token_count(inputs: dict) -> torch.Tensor:
 
 
 class _Counts:
-    """Running sums (correct, loss tokens, input tokens) as device tensors."""
+    """Running sums (correct, tokens whose prediction was checked, loss tokens, input tokens) as device tensors."""
 
     def __init__(self):
         self.values: torch.Tensor | None = None
 
-    def add(self, correct, counted, tokens) -> None:
-        row = torch.stack([correct, counted, tokens.to(correct.device)]).to(torch.int64)
+    def add(self, correct, checked, counted, tokens) -> None:
+        row = torch.stack([correct, checked, counted, tokens.to(correct.device)]).to(torch.int64)
         self.values = row if self.values is None else self.values + row.to(self.values.device)
 
-    def take(self, reduce) -> tuple[int, int, int] | None:
-        """The sums over every rank (``reduce``: a sum over ranks), then zero; None when no rank counted anything.
+    def take(self, reduce) -> tuple[float | None, int, int] | None:
+        """(accuracy or None, loss tokens, input tokens) summed over every rank (``reduce``: a sum over ranks), then zero.
 
-        Every rank calls ``reduce``, also one that counted nothing (it adds zeros), so no rank waits for another.
+        None when no rank counted anything. Every rank calls ``reduce``, also one that counted nothing
+        (it adds zeros), so no rank waits for another. The accuracy is None when no logits were seen.
         """
-        mine = self.values if self.values is not None else torch.zeros(3, dtype=torch.int64)
+        mine = self.values if self.values is not None else torch.zeros(4, dtype=torch.int64)
         self.values = None
-        correct, counted, tokens = (int(v) for v in reduce(mine).tolist())
+        correct, checked, counted, tokens = (int(v) for v in reduce(mine).tolist())
         if not (counted or tokens):
             return None
-        return correct, counted, tokens
+        return (correct / checked if checked else None), counted, tokens
 
 
 class TokenMetricsMixin:
@@ -92,11 +104,33 @@ class TokenMetricsMixin:
         tokens = input_token_count(inputs) if "input_ids" in inputs else None
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
-        if labels is not None and logits is not None and tokens is not None:
+        if labels is not None and tokens is not None:
             with torch.no_grad():
-                correct, counted = token_accuracy_counts(logits.detach(), labels.to(logits.device))
-                self._token_counts("train" if model.training else "eval").add(correct, counted, tokens)
+                if logits is not None:
+                    correct, counted = token_accuracy_counts(logits.detach(), labels.to(logits.device))
+                    checked = counted
+                else:  # a fused loss made no logits: counts only
+                    counted = loss_token_count(labels)
+                    correct = checked = torch.zeros_like(counted)
+                self._token_counts("train" if model.training else "eval").add(correct, checked, counted, tokens)
         return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        started = time.perf_counter()
+        try:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        finally:
+            self.__dict__["_data_wait"] = self.__dict__.get("_data_wait", 0.0) + time.perf_counter() - started
+
+    def _data_wait_share(self) -> float | None:
+        """Share of the wall time since the last training log spent fetching batches; None at the first log."""
+        now = time.perf_counter()
+        since = self.__dict__.get("_data_wait_since")
+        waited = self.__dict__.get("_data_wait", 0.0)
+        self.__dict__["_data_wait_since"], self.__dict__["_data_wait"] = now, 0.0
+        if since is None or now <= since:
+            return None
+        return min(1.0, waited / (now - since))
 
     def _cumulative_base(self) -> tuple[int, int]:
         """The counts logged last before this process trained (a resumed run continues them)."""
@@ -109,14 +143,17 @@ class TokenMetricsMixin:
         if "loss" in logs:  # a training step's log: every rank gets here (the loss is gathered too)
             taken = self._token_counts("train").take(self._sum_over_ranks)
             if taken is not None:
-                correct, counted, tokens = taken
+                accuracy, counted, tokens = taken
                 base = self._cumulative_base()
                 base[0] += tokens
                 base[1] += counted
-                if counted:
-                    logs["mean_token_accuracy"] = correct / counted
+                if accuracy is not None:
+                    logs["mean_token_accuracy"] = accuracy
                 logs["num_tokens"] = base[0]
                 logs["num_loss_tokens"] = base[1]
+            share = self._data_wait_share()
+            if share is not None:
+                logs["data_wait_share"] = round(share, 4)
         return super().log(logs, *args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -125,9 +162,9 @@ class TokenMetricsMixin:
         prefix = metric_key_prefix
         taken = self._token_counts("eval").take(self._sum_over_ranks)
         if taken is not None:
-            correct, counted, tokens = taken
-            if counted:
-                output.metrics[f"{prefix}_mean_token_accuracy"] = correct / counted
+            accuracy, counted, tokens = taken
+            if accuracy is not None:
+                output.metrics[f"{prefix}_mean_token_accuracy"] = accuracy
             output.metrics[f"{prefix}_num_tokens"] = tokens
             output.metrics[f"{prefix}_num_loss_tokens"] = counted
         return output

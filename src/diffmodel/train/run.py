@@ -39,8 +39,9 @@ from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
-from diffmodel.train.args import lora_args_from
-from diffmodel.train.attention import backend_of, check_isolation, choose_attention, prepare_for_packing
+from diffmodel.train import fast_path
+from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
+from diffmodel.train.attention import backend_of, check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, save_lora
@@ -77,16 +78,20 @@ def last_complete_checkpoint(out_dir: Path, last_file: str = "trainer_state.json
     return None
 
 
-def make_collator(model, tokenizer, packing: bool, training_args=None):
+def make_collator(model, tokenizer, packing: bool, training_args=None, padding_free: bool = False, row_width: int | None = None):
     """The collator that matches the layout; for packing, also prove the attention isolates samples.
 
     The probe runs on the device and in the precision training will use (the
     model is moved to ``training_args.device`` first, as Trainer would, unless
-    DeepSpeed or FSDP place it), so the kernels probed are the ones trained with.
+    DeepSpeed or FSDP place it), so the kernels probed are the ones trained with
+    (liger's, when applied before). ``padding_free``: flatten each batch into one
+    row (always for flash attention); ``row_width``: pad every packed batch to
+    this width (one shape for torch.compile).
     """
     if not packing:
         return RowCollator(pad_id_of(tokenizer))
-    collator = PackedCollator(pad_id_of(tokenizer), flatten=prepare_for_packing(model))
+    collator = PackedCollator(pad_id_of(tokenizer), flatten=prepare_for_packing(model) or padding_free,
+                              pad_to_multiple_of=row_width or 8)
     autocast = None
     if training_args is not None:
         if not (training_args.deepspeed or training_args.fsdp):
@@ -99,6 +104,15 @@ def make_collator(model, tokenizer, packing: bool, training_args=None):
     diff = check_isolation(model, collator, autocast_dtype=autocast)
     logger.info("packing: samples isolated with %s attention on %s (largest logit difference %.2g)", backend_of(model), device.type, diff)
     return collator
+
+
+def apply_liger(model) -> None:
+    """liger-kernel's kernels on this model instance (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE)."""
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(model, {})
+    logger.info("liger-kernel applied to the %s model (training logs no mean_token_accuracy: the fused loss makes no logits)",
+                model.config.model_type)
 
 
 def pick_splits(processed, data_args):
@@ -233,6 +247,8 @@ def _run(model_args, data_args, training_args) -> int:
 
     if not data_args.streaming:
         train_ds, eval_ds = pick_splits(processed, data_args)
+        # rows reach the collator as numpy arrays, not Python lists (train/collate.py)
+        train_ds, eval_ds = (d.with_format("numpy") if d is not None else None for d in (train_ds, eval_ds))
     if training_args.do_eval and eval_ds is None:
         raise DiffModelError("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
     if eval_ds is not None and data_args.max_eval_samples is not None:
@@ -242,9 +258,16 @@ def _run(model_args, data_args, training_args) -> int:
     if not data_args.packing and "position_ids" in cols and "attention_mask" not in cols:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args = dataclasses.replace(data_args, packing=True)
-    model_args = dataclasses.replace(model_args, attn_implementation=choose_attention(model_args.attn_implementation, data_args.packing))
+    path = fast_path.choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args,
+                            fast_path.probe_facts(), config.model_type)
+    for line in path.lines():
+        logger.info("fast path: %s", line)
+    model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
-    collator = make_collator(model, tokenizer, data_args.packing, training_args)
+    if path.liger.value:
+        apply_liger(model)
+    collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
+                             row_width=block_size if path.compile.value else None)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
@@ -257,6 +280,11 @@ def _run(model_args, data_args, training_args) -> int:
     )
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
+    if (budget := parse_duration(speed_args_from(training_args).max_train_time)) is not None:
+        from diffmodel.train.time_budget import TimeBudgetCallback
+
+        trainer.add_callback(TimeBudgetCallback(budget, training_args.device))
+        logger.info("--max_train_time: training stops with a checkpoint after %.0f s", budget)
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
 

@@ -1,0 +1,184 @@
+"""The fast path of ``diffmodel train --packing``: what runs by default, and why.
+
+With ``--packing`` four choices are made for the user unless a flag makes
+them (each is logged at start-up with its reason, and recorded in the model
+card):
+
+- **attention** (``--attn_implementation``): flash-attention's varlen kernels
+  when ``flash_attn`` is installed and a GPU is present; else
+  ``flex_attention`` on a GPU (its block-sparse mask skips the blocks between
+  samples); else ``sdpa``. All three keep samples apart
+  (:mod:`diffmodel.train.attention`), and the start-up probe checks the one
+  chosen, through the collator, device, precision and kernels training uses.
+- **padding-free batches** (``--padding_free``): one flattened row per batch
+  with the sample boundaries. Needed by flash attention (its kernels see
+  packing only in a one-row batch); otherwise off: best-fit-decreasing rows
+  are already nearly full, and sdpa/eager would build one dense mask over the
+  whole flattened batch.
+- **liger-kernel** (``--liger``): fused linear cross-entropy (no logits
+  tensor), RMSNorm, SwiGLU and RoPE kernels, when installed, on a GPU, for a
+  model type liger supports. Training then logs no ``mean_token_accuracy``.
+- **torch.compile** (``--compile``, sets ``--torch_compile``): on a GPU,
+  unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` (compiling costs
+  about a minute). Compiled rows are padded to ``--block_size`` so every
+  batch has one shape (no recompilation). Resuming is unaffected: Trainer
+  saves the model without its compiled wrapper.
+
+Without ``--packing`` nothing changes from the reference's behaviour, unless a
+flag says ``on``.
+
+Invariants: the decisions are pure functions of the flags and of
+:class:`Facts` (what the machine has), so tests can give any machine; the
+compile decision is made while parsing (it sets a ``TrainingArguments``
+field), the others when the model is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from diffmodel.train.attention import FLASH, PACKING_BACKENDS
+
+#: Below this many --max_steps, compiling (about a minute on a GPU) costs more than it saves.
+COMPILE_MIN_STEPS = 300
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What this machine offers the fast path."""
+
+    cuda: bool
+    flash_attn: bool
+    flex_attention: bool
+    liger: bool
+
+
+def probe_facts() -> Facts:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Facts(
+        cuda=cuda,
+        flash_attn=cuda and importlib.util.find_spec("flash_attn") is not None,
+        flex_attention=importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
+        liger=importlib.util.find_spec("liger_kernel") is not None,
+    )
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: object
+    reason: str
+
+
+def liger_supports(model_type: str | None) -> bool:
+    """Whether liger-kernel has kernels for this model type (False when it is not installed)."""
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return False
+    return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
+def choose_attention(requested: str | None, packing: bool, facts: Facts) -> Choice:
+    if requested:
+        return Choice(requested, "as given (--attn_implementation)")
+    if not packing:
+        return Choice(None, "the model's default (no --packing)")
+    if facts.cuda and facts.flash_attn:
+        return Choice("flash_attention_2", "flash-attn is installed: its varlen kernels attend within each sample only")
+    if facts.cuda and facts.flex_attention:
+        return Choice("flex_attention", "on a GPU its block-sparse mask skips the blocks between samples (flash-attn is not installed)")
+    return Choice("sdpa", "no GPU: sdpa keeps samples apart through position_ids")
+
+
+def choose_padding_free(setting: str, attention: str | None, packing: bool) -> Choice:
+    if not packing:
+        return Choice(False, "no --packing")
+    if attention in FLASH:
+        return Choice(True, f"{attention} sees sample boundaries only in a one-row batch")
+    if setting == "on":
+        return Choice(True, "as given (--padding_free on)")
+    if setting == "off":
+        return Choice(False, "as given (--padding_free off)")
+    if attention == "flex_attention":
+        return Choice(False, "packed rows are already nearly full; flattening would only drop the last pad segment")
+    return Choice(False, f"{attention or 'this backend'} would need one dense mask over a flattened batch")
+
+
+def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Facts, model_type: str | None) -> Choice:
+    if use_liger_kernel or setting == "on":
+        return Choice(True, "as given (--liger on)" if setting == "on" else "as given (--use_liger_kernel)")
+    if setting == "off":
+        return Choice(False, "as given (--liger off)")
+    if not packing:
+        return Choice(False, "no --packing")
+    if not facts.cuda:
+        return Choice(False, "no GPU (liger's kernels are Triton GPU kernels)")
+    if not facts.liger:
+        return Choice(False, "liger-kernel is not installed (pip install liger-kernel)")
+    if not liger_supports(model_type):
+        return Choice(False, f"liger-kernel has no kernels for {model_type!r} models")
+    return Choice(True, "installed: fused linear cross-entropy never builds the logits tensor")
+
+
+def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts) -> Choice:
+    if torch_compile or setting == "on":
+        return Choice(True, "as given (--compile on)" if setting == "on" else "as given (--torch_compile)")
+    if setting == "off":
+        return Choice(False, "as given (--compile off)")
+    if not packing:
+        return Choice(False, "no --packing")
+    if not facts.cuda:
+        return Choice(False, "no GPU (compiling for the CPU takes minutes and gains little)")
+    if 0 < max_steps < COMPILE_MIN_STEPS:
+        return Choice(False, f"--max_steps {max_steps} is under {COMPILE_MIN_STEPS}: compiling would cost more than it saves")
+    return Choice(True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    attention: Choice
+    padding_free: Choice
+    liger: Choice
+    compile: Choice
+
+    def lines(self) -> list[str]:
+        def show(c: Choice) -> str:
+            return "on" if c.value is True else "off" if c.value is False else str(c.value or "model default")
+
+        return [f"{name}: {show(c)} ({c.reason})" for name, c in
+                (("attention", self.attention), ("padding-free batches", self.padding_free),
+                 ("liger-kernel", self.liger), ("torch.compile", self.compile))]
+
+    def as_dict(self) -> dict:
+        return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}
+
+
+def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None) -> FastPath:
+    """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`)."""
+    attention = choose_attention(attn_requested, packing, facts)
+    return FastPath(
+        attention=attention,
+        padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
+        liger=choose_liger(speed.liger, getattr(training_args, "use_liger_kernel", False), packing, facts, model_type),
+        compile=choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
+                               getattr(training_args, "max_steps", -1) or -1, facts),
+    )
+
+
+def problems(speed, attn_requested: str | None, packing: bool, facts: Facts) -> list[str]:
+    """What the machine or the other flags make impossible, each with its fix (found before anything loads)."""
+    found = []
+    if speed.liger == "on" and not facts.liger:
+        found.append("--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto")
+    elif speed.liger == "on" and not facts.cuda:
+        found.append("--liger on needs a GPU (liger's kernels are Triton GPU kernels); pass --liger auto or off")
+    if speed.padding_free == "on" and not packing:
+        found.append("--padding_free on flattens packed rows: add --packing")
+    if speed.padding_free == "off" and attn_requested in FLASH:
+        found.append(f"--padding_free off: {attn_requested} keeps samples apart only in flattened batches; drop --padding_free off")
+    if packing and attn_requested and attn_requested not in PACKING_BACKENDS:
+        found.append(f"--attn_implementation {attn_requested} cannot keep packed samples apart; use one of {', '.join(PACKING_BACKENDS)} or drop --packing")
+    return found
