@@ -65,7 +65,7 @@ def _precision(training_args) -> str:
 
 def card_info(model_args, data_args, lora_args, training_args, reports: dict, block_size: int,
               train_metrics: dict | None, eval_metrics: dict | None, log_history: list[dict],
-              date: str, version: str) -> dict:
+              date: str, version: str, fast_path: list[tuple[str, str]] | None = None) -> dict:
     """Everything the card shows, as plain values (``reports``: split -> :class:`~diffmodel.preprocess.sanity.SplitReport`)."""
     from diffmodel.preprocess.sanity import drop_warning
 
@@ -102,6 +102,7 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
             "steps": steps,
             "precision": _precision(training_args),
             "seed": training_args.seed,
+            **dict(fast_path or ()),
         },
         "flags": changed_flags(model_args, data_args, lora_args),
         "results": results,

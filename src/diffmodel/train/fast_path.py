@@ -83,7 +83,7 @@ def liger_supports(model_type: str | None) -> bool:
 
 def choose_attention(requested: str | None, packing: bool, facts: Facts) -> Choice:
     if requested:
-        return Choice(requested, "as given (--attn_implementation)")
+        return Choice(requested, "set by --attn_implementation")
     if not packing:
         return Choice(None, "the model's default (no --packing)")
     if facts.cuda and facts.flash_attn:
@@ -99,9 +99,9 @@ def choose_padding_free(setting: str, attention: str | None, packing: bool) -> C
     if attention in FLASH:
         return Choice(True, f"{attention} sees sample boundaries only in a one-row batch")
     if setting == "on":
-        return Choice(True, "as given (--padding_free on)")
+        return Choice(True, "set by --padding_free on")
     if setting == "off":
-        return Choice(False, "as given (--padding_free off)")
+        return Choice(False, "set by --padding_free off")
     if attention == "flex_attention":
         return Choice(False, "packed rows are already nearly full; flattening would only drop the last pad segment")
     return Choice(False, f"{attention or 'this backend'} would need one dense mask over a flattened batch")
@@ -109,9 +109,9 @@ def choose_padding_free(setting: str, attention: str | None, packing: bool) -> C
 
 def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Facts, model_type: str | None) -> Choice:
     if use_liger_kernel or setting == "on":
-        return Choice(True, "as given (--liger on)" if setting == "on" else "as given (--use_liger_kernel)")
+        return Choice(True, "set by --liger on" if setting == "on" else "set by --use_liger_kernel")
     if setting == "off":
-        return Choice(False, "as given (--liger off)")
+        return Choice(False, "set by --liger off")
     if not packing:
         return Choice(False, "no --packing")
     if not facts.cuda:
@@ -125,9 +125,9 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
 
 def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts) -> Choice:
     if torch_compile or setting == "on":
-        return Choice(True, "as given (--compile on)" if setting == "on" else "as given (--torch_compile)")
+        return Choice(True, "set by --compile on" if setting == "on" else "set by --torch_compile")
     if setting == "off":
-        return Choice(False, "as given (--compile off)")
+        return Choice(False, "set by --compile off")
     if not packing:
         return Choice(False, "no --packing")
     if not facts.cuda:
@@ -144,13 +144,17 @@ class FastPath:
     liger: Choice
     compile: Choice
 
-    def lines(self) -> list[str]:
+    def rows(self) -> list[tuple[str, str]]:
+        """(choice, "value (reason)") for the log and the model card."""
         def show(c: Choice) -> str:
             return "on" if c.value is True else "off" if c.value is False else str(c.value or "model default")
 
-        return [f"{name}: {show(c)} ({c.reason})" for name, c in
+        return [(name, f"{show(c)} ({c.reason})") for name, c in
                 (("attention", self.attention), ("padding-free batches", self.padding_free),
                  ("liger-kernel", self.liger), ("torch.compile", self.compile))]
+
+    def lines(self) -> list[str]:
+        return [f"{name}: {text}" for name, text in self.rows()]
 
     def as_dict(self) -> dict:
         return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}

@@ -115,10 +115,10 @@ class TokenMetricsMixin:
                 self._token_counts("train" if model.training else "eval").add(correct, checked, counted, tokens)
         return (loss, outputs) if return_outputs else loss
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
+    def get_batch_samples(self, *args, **kwargs):
         started = time.perf_counter()
         try:
-            return super().get_batch_samples(epoch_iterator, num_batches, device)
+            return super().get_batch_samples(*args, **kwargs)
         finally:
             self.__dict__["_data_wait"] = self.__dict__.get("_data_wait", 0.0) + time.perf_counter() - started
 

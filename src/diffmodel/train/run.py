@@ -108,9 +108,14 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
 
 def apply_liger(model) -> None:
     """liger-kernel's kernels on this model instance (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE)."""
-    from transformers.integrations.liger import apply_liger_kernel
+    try:
+        from transformers.integrations.liger import apply_liger_kernel
+    except ImportError:  # transformers releases before the integration module
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-    apply_liger_kernel(model, {})
+        _apply_liger_kernel_to_instance(model=model)
+    else:
+        apply_liger_kernel(model, {})
     logger.info("liger-kernel applied to the %s model (training logs no mean_token_accuracy: the fused loss makes no logits)",
                 model.config.model_type)
 
@@ -176,7 +181,8 @@ def evaluate(trainer, eval_ds) -> dict:
     return metrics
 
 
-def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics) -> Path:
+def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
+               fast_path_rows=None) -> Path:
     """``OUTPUT_DIR/README.md``, the model card (:mod:`diffmodel.train.card`), written atomically."""
     from datetime import datetime, timezone
 
@@ -185,7 +191,7 @@ def write_card(trainer, model_args, data_args, lora_args, training_args, reports
     from diffmodel.train.card import card_info, render_card
 
     info = card_info(model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__)
+                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast_path_rows)
     path = write_text(Path(training_args.output_dir) / "README.md", render_card(info))
     logger.info("model card written to %s", path)
     return path
@@ -214,7 +220,25 @@ def run(model_args, data_args, training_args) -> int:
     return code
 
 
-def _run(model_args, data_args, training_args) -> int:
+@dataclasses.dataclass
+class Prepared:
+    """Everything :func:`prepare` built: the Trainer and what the rest of the run needs."""
+
+    trainer: object
+    model_args: object
+    data_args: object
+    train_ds: object
+    eval_ds: object
+    reports: dict
+    block_size: int
+    fast_path: object
+
+
+def prepare(model_args, data_args, training_args) -> Prepared | None:
+    """Load, preprocess, report, choose the fast path, build the model and the Trainer; None when only data was asked for.
+
+    ``diffmodel train`` trains with what this returns; benchmarks time the very same Trainer.
+    """
     setup_logging(training_args)
     set_seed(training_args.seed)
 
@@ -243,7 +267,7 @@ def _run(model_args, data_args, training_args) -> int:
             save_final_dataset(processed, Path(data_args.final_dataset_dir))
 
     if not (training_args.do_train or training_args.do_eval):
-        return 0
+        return None
 
     if not data_args.streaming:
         train_ds, eval_ds = pick_splits(processed, data_args)
@@ -287,7 +311,17 @@ def _run(model_args, data_args, training_args) -> int:
         logger.info("--max_train_time: training stops with a checkpoint after %.0f s", budget)
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
+    return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path)
 
+
+def _run(model_args, data_args, training_args) -> int:
+    prepared = prepare(model_args, data_args, training_args)
+    if prepared is None:
+        return 0
+    trainer, model_args, data_args = prepared.trainer, prepared.model_args, prepared.data_args
+    train_ds, eval_ds, reports, block_size = prepared.train_ds, prepared.eval_ds, prepared.reports, prepared.block_size
+    out_dir = Path(training_args.output_dir)
+    lora_args = lora_args_from(training_args)
     train_metrics = eval_metrics = None
     if training_args.do_train:
         train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
@@ -299,5 +333,6 @@ def _run(model_args, data_args, training_args) -> int:
         png = plot_generation(trainer.state.log_history, out_dir / "generation.png", title=f"diffmodel train: {out_dir.name}")
         logger.info("generation eval plot written to %s", png)
     if training_args.do_train and training_args.should_save:
-        write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics)
+        write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
+                   prepared.fast_path.rows())
     return 0

@@ -1,0 +1,347 @@
+"""``diffmodel train`` as users run it: default ``--packing`` against the reference layouts and TRL's SFTTrainer.
+
+Every arm is a real ``transformers.Trainer`` loop on the same samples, tokenizer, model
+configuration, seed, batch (rows x ``--block_size``) and precision:
+
+- ``pad``: the reference's pad layout (``--ignore_long_samples``),
+- ``concat``: the reference's concatenation (``--concatenate_texts --ignore_long_samples``),
+- ``pack``: ``--packing`` with every other choice left to diffmodel's fast path
+  (:mod:`diffmodel.train.fast_path`: attention, padding-free, liger-kernel, torch.compile),
+- ``pack_nocompile``: the same with ``--compile off``; ``pack_plain``: ``--attn_implementation sdpa
+  --liger off --compile off`` (packing without any fast-path choice),
+- ``trl``: TRL's ``SFTTrainer`` with its best packing settings (``packing_strategy="bfd"``,
+  ``padding_free=True``, ``completion_only_loss=True`` on prompt/completion rows split at ``<DFF>``),
+  the attention backend and liger-kernel setting diffmodel's fast path chose, and torch.compile when
+  ``--trl_compile``.
+
+diffmodel's arms are built by :func:`diffmodel.train.run.prepare`, the function ``diffmodel train``
+trains with, from a parsed command line (``--max_steps`` is large, so the defaults are those of a long
+run; the benchmark stops each run itself). Each arm runs ``--warmup`` steps (compilation included),
+then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate for ``--rounds``
+rounds. From the batches of the timed steps (read after the clock stops) it reports loss-bearing
+tokens/s (labels that count after the shift), real (non-pad) tokens/s, step time, peak memory and
+useful MFU (real samples only: 6*N*n + 12*L*d*n^2 per sample of n tokens, N without the input
+embedding, over 989 TFLOP/s dense bf16 of an H100/H200).
+
+Samples: ``--data`` (``diffmodel mine`` output or any jsonl with a ``text`` field), keeping the first
+``--max_samples`` whose tokens fit a row with room to spare, so no arm drops or truncates any.
+
+    PYTHONPATH=src python benchmarks/train_default.py --data 'mined/train/*.jsonl.zst' --tokenizer tok \\
+        --model 110m --arms pad,concat,pack,pack_nocompile,trl
+    PYTHONPATH=src python benchmarks/train_default.py --tiny      # a quick CPU check of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from train_throughput import MODELS, PEAK_FLOPS, flops  # noqa: E402
+
+from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
+
+KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def read_texts(pattern: str) -> list[str]:
+    from diffmodel.sample import render_row
+
+    texts = []
+    for path in sorted(glob.glob(pattern)) or [pattern]:
+        if path.endswith(".zst"):
+            import zstandard
+
+            with open(path, "rb") as fh:
+                lines = list(io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8"))
+        else:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        texts += [render_row(json.loads(line)) for line in lines if line.strip()]
+    return texts
+
+
+def select_samples(texts: list[str], tokenizer, block_size: int, limit: int) -> list[str]:
+    """The first ``limit`` texts with a diff whose tokens fit a row with 16 tokens to spare."""
+    from diffmodel.sample import diff_start
+
+    kept = []
+    for text in texts:
+        if diff_start(text) > 0 and len(tokenizer(text)["input_ids"]) < block_size - 16:
+            kept.append(text)
+            if len(kept) == limit:
+                break
+    return kept
+
+
+# --- arms ----------------------------------------------------------------------------------------
+
+
+def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
+    shape = MODELS[a.model]
+    overrides = ",".join(f"{k}={v}" for k, v in {**shape, "vocab_size": a.vocab_size, "max_position_embeddings": a.block_size,
+                                                   "tie_word_embeddings": False}.items())
+    argv = ["--model_type", "llama", "--config_overrides", overrides, "--tokenizer_name", a.tokenizer,
+            "--train_file", str(data_file), "--validation_split_percentage", "0", "--train_diff_model",
+            "--block_size", str(a.block_size), "--per_device_train_batch_size", str(a.batch_size),
+            "--learning_rate", "3e-4", "--max_steps", "100000", "--do_train", "--output_dir", str(out),
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", "100000", "--dropout", "0",
+            "--seed", "0", "--overwrite_output_dir", "--cache_dir", str(cache), "--disable_tqdm", "True",
+            "--preprocessing_num_workers", str(a.workers)]
+    if a.device == "cuda":
+        argv += ["--bf16"]
+    else:
+        argv += ["--use_cpu"]
+    return argv + {
+        "pad": ["--ignore_long_samples"],
+        "concat": ["--concatenate_texts", "--ignore_long_samples"],
+        "pack": ["--packing"],
+        "pack_nocompile": ["--packing", "--compile", "off"],
+        "pack_plain": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "off"],
+    }[arm]
+
+
+def build_diffmodel(arm: str, a, data_file: Path, work: Path):
+    from diffmodel.train.args import parse_args, validate
+    from diffmodel.train.run import prepare
+
+    model_args, data_args, training_args = parse_args(diffmodel_argv(arm, a, data_file, work / arm, work / "cache"))
+    validate(model_args, data_args, training_args)
+    prepared = prepare(model_args, data_args, training_args)
+    return prepared.trainer, {name: text for name, text in prepared.fast_path.rows()}
+
+
+def build_trl(a, texts: list[str], data_file: Path, work: Path):
+    """SFTTrainer with bfd packing, padding-free batches and completion-only loss; attention and liger as diffmodel chose."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from diffmodel.sample import diff_start
+    from diffmodel.train import fast_path
+    from diffmodel.train.args import parse_args, speed_args_from
+    from diffmodel.train.model import load_config, load_model, load_tokenizer
+
+    model_args, data_args, training_args = parse_args(diffmodel_argv("pack", a, data_file, work / "trl", work / "cache"))
+    tokenizer = load_tokenizer(model_args)
+    config = load_config(model_args)
+    path = fast_path.choose(speed_args_from(training_args), None, True, training_args, fast_path.probe_facts(), config.model_type)
+    torch.manual_seed(0)
+    model = load_model(type(model_args)(**{**vars(model_args), "attn_implementation": path.attention.value}), config, tokenizer)
+    rows = [{"prompt": t[: diff_start(t)], "completion": t[diff_start(t):]} for t in texts]
+    cfg = SFTConfig(
+        output_dir=str(work / "trl"), max_length=a.block_size, packing=True, packing_strategy="bfd", padding_free=True,
+        completion_only_loss=True, per_device_train_batch_size=a.batch_size, learning_rate=3e-4, max_steps=100000,
+        bf16=a.device == "cuda", use_cpu=a.device == "cpu", logging_steps=100000, save_strategy="no", report_to="none",
+        seed=0, dataset_num_proc=a.workers, use_liger_kernel=bool(path.liger.value), torch_compile=a.trl_compile,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
+    return trainer, {"attention": path.attention.value, "liger-kernel": path.liger.value, "torch.compile": a.trl_compile}
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+class Meter:
+    """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards)."""
+
+    def __init__(self, warmup: int, steps: int, cuda: bool):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step in (warmup, warmup + steps):
+                    if cuda:
+                        torch.cuda.synchronize()
+                    meter.marks.append(time.perf_counter())
+                if state.global_step >= warmup + steps:
+                    control.should_training_stop = True
+                return control
+
+        self.warmup, self.steps = warmup, steps
+        self.callback = Clock()
+        self.marks: list[float] = []
+        self.batches: list[dict] = []
+
+    def attach(self, trainer) -> None:
+        trainer.add_callback(self.callback)
+        step = trainer.training_step
+
+        def counted(model, inputs, num_items_in_batch=None):
+            if self.warmup <= trainer.state.global_step < self.warmup + self.steps:
+                self.batches.append({k: inputs[k] for k in KEYS if k in inputs})
+            return step(model, inputs, num_items_in_batch)
+
+        trainer.training_step = counted
+
+
+def pieces(batch: dict, pad_id: int, eos_id: int) -> list[int]:
+    """Lengths of the real samples (or parts of samples) in a batch, for the useful-FLOPs count."""
+    ids = batch["input_ids"].cpu()
+    out = []
+    if "attention_mask" in batch:  # pad and concat rows: a piece ends after each EOS
+        for row, mask in zip(ids.tolist(), batch["attention_mask"].cpu().tolist()):
+            n = 0
+            for t, m in zip(row, mask):
+                if m:
+                    n += 1
+                    if t == eos_id:
+                        out.append(n)
+                        n = 0
+            if n:
+                out.append(n)
+        return out
+    labels = batch["labels"].cpu()
+    for r, positions in enumerate(batch["position_ids"].cpu().tolist()):
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        for s, e in zip(starts, starts[1:]):
+            if (ids[r, s:e] == pad_id).all() and (labels[r, s:e] == IGNORE_INDEX).all():
+                continue  # the collator's pad segment
+            out.append(e - s)
+    return out
+
+
+def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda: bool) -> None:
+    from diffmodel.train.model import load_tokenizer  # noqa: F401  (imports transformers before timing)
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    trainer, choices = build_trl(a, texts, data_file, work) if arm == "trl" else build_diffmodel(arm, a, data_file, work)
+    meter = Meter(a.warmup, a.steps, cuda)
+    meter.attach(trainer)
+    trainer.train()
+    if len(meter.marks) != 2:
+        raise RuntimeError(f"{arm}: the run ended before {a.warmup + a.steps} steps (too few samples?)")
+    seconds = meter.marks[1] - meter.marks[0]
+    tok = trainer.processing_class
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = trainer.model
+    n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
+                                 "setup_s": [], "choices": choices, "rows": 0})
+    for b in meter.batches:
+        lengths = pieces(b, pad_id, tok.eos_token_id)
+        r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
+        r["real_tok"] += sum(lengths)
+        r["useful"] += flops(n_params, model.config, lengths)
+        r["rows"] += b["input_ids"].shape[0]
+    r["seconds"] += seconds
+    r["steps"] += a.steps
+    r["setup_s"].append(meter.marks[0] - started)
+    if cuda:
+        r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
+    print(f"{arm}: {a.steps} steps in {seconds:.2f} s ({seconds / a.steps * 1e3:.0f} ms/step), "
+          f"set-up + warm-up {meter.marks[0] - started:.0f} s; {choices}", flush=True)
+    del trainer, model, meter
+    gc.collect()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="samples: jsonl / jsonl.zst files with a text field (a glob)")
+    p.add_argument("--tokenizer", help="tokenizer folder")
+    p.add_argument("--model", choices=sorted(MODELS), default="110m")
+    p.add_argument("--arms", default="pad,concat,pack,pack_nocompile,trl")
+    p.add_argument("--block_size", type=int, default=2048)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--max_samples", type=int, default=6000)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--trl_compile", action="store_true", help="torch.compile TRL's model too")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="a tiny Llama and tokenizer on the bundled samples, on the CPU: checks the script")
+    p.add_argument("--json", type=Path, help="append the results as one JSON line here")
+    p.add_argument("--workdir", type=Path)
+    a = p.parse_args(argv)
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="train_default_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if a.tiny:
+        from diffmodel.sample import render_row
+        from diffmodel.samples import load_quickstart
+        from diffmodel.tiny import train_tokenizer
+
+        texts = [render_row(r) for r in load_quickstart()]
+        a.model, a.block_size, a.batch_size, a.device = "tiny", min(a.block_size, 512), min(a.batch_size, 2), "cpu"
+        a.warmup, a.steps, a.rounds = min(a.warmup, 1), min(a.steps, 2), min(a.rounds, 1)
+        a.tokenizer = str(work / "tok")
+        train_tokenizer(texts, vocab_size=400, model_max_length=1 << 20).save_pretrained(a.tokenizer)
+    else:
+        texts = read_texts(a.data)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
+    a.vocab_size = len(tokenizer)
+    texts = select_samples(texts, tokenizer, a.block_size, a.max_samples)
+    data_file = work / "samples.jsonl"
+    data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    cuda = a.device == "cuda"
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"{len(texts)} samples, model {a.model}, device {device}, torch {torch.__version__}", flush=True)
+    arms = [x for x in a.arms.split(",") if x]
+    results: dict = {}
+    failed: dict = {}
+    for rnd in range(a.rounds):
+        for arm in arms if rnd % 2 == 0 else arms[::-1]:
+            if arm in failed:
+                continue
+            try:
+                run_arm(arm, a, texts, data_file, work, results, cuda)
+            except Exception as err:  # an arm the machine cannot run is reported, the others go on
+                failed[arm] = f"{type(err).__name__}: {str(err)[:300]}"
+                print(f"round {rnd} {arm}: FAILED {failed[arm]}", flush=True)
+    table = []
+    for arm in arms:
+        if arm in failed:
+            table.append({"arm": arm, "error": failed[arm]})
+            continue
+        r = results[arm]
+        table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
+                      "step_ms": r["seconds"] / r["steps"] * 1e3, "peak_gib": r["mem"] / 2**30,
+                      "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
+                      "choices": r["choices"]})
+    ref = {row["arm"]: row for row in table if "error" not in row}
+    print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
+    print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms | peak GiB | useful MFU | set-up + warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in table:
+        if "error" in row:
+            print(f"| {row['arm']} | failed: {row['error'][:150]} |")
+            continue
+
+        def vs(name):
+            return f"{row['loss_tok_s'] / ref[name]['loss_tok_s']:.2f}x" if name in ref else "-"
+
+        print(f"| {row['arm']} | {row['loss_tok_s']:,.0f} | {vs('pad')} | {vs('concat')} | {vs('trl')} | {row['real_tok_s']:,.0f} | "
+              f"{row['step_ms']:.0f} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
+    for row in table:
+        if "choices" in row:
+            print(f"{row['arm']}: {row['choices']}")
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps({"model": a.model, "device": device, "torch": torch.__version__, "samples": len(texts),
+                                "table": table, "args": {k: str(v) for k, v in vars(a).items()}}, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
