@@ -8,7 +8,9 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
 - ``pack``: ``--packing`` with every other choice left to diffmodel's fast path
   (:mod:`diffmodel.train.fast_path`: attention, padding-free, liger-kernel, torch.compile),
 - ``pack_nocompile``: the same with ``--compile off``; ``pack_plain``: ``--attn_implementation sdpa
-  --liger off --compile off`` (packing without any fast-path choice),
+  --liger off --compile off`` (packing without any fast-path choice); ``pack_flex_compile``,
+  ``pack_flex_liger``, ``pack_sdpa_compile``, ``pack_sdpa_liger``: one attention backend with
+  torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from),
 - ``trl``: TRL's ``SFTTrainer`` with its best packing settings (``packing_strategy="bfd"``,
   ``padding_free=True``, ``completion_only_loss=True`` on prompt/completion rows split at ``<DFF>``),
   the attention backend and liger-kernel setting diffmodel's fast path chose, and torch.compile when
@@ -112,6 +114,10 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack": ["--packing"],
         "pack_nocompile": ["--packing", "--compile", "off"],
         "pack_plain": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "off"],
+        "pack_flex_compile": ["--packing", "--attn_implementation", "flex_attention", "--liger", "off", "--compile", "on"],
+        "pack_flex_liger": ["--packing", "--attn_implementation", "flex_attention", "--liger", "on", "--compile", "off"],
+        "pack_sdpa_compile": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "on"],
+        "pack_sdpa_liger": ["--packing", "--attn_implementation", "sdpa", "--liger", "on", "--compile", "off"],
     }[arm]
 
 

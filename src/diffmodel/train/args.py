@@ -304,9 +304,11 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
     if values.get("streaming"):  # run.py logs it; the stream state replaces Trainer's data skipping
         values = {**values, "ignore_data_skip": True}
     if values.get("compile", "auto") != "off" and values.get("packing") and not values.get("torch_compile"):
-        from diffmodel.train.fast_path import choose_compile, probe_facts  # run.py logs the choice and its reason
+        from diffmodel.train.fast_path import choose_compile, choose_liger, model_type_of, probe_facts  # run.py logs the choices
 
-        if choose_compile(values.get("compile", "auto"), False, True, int(values.get("max_steps") or -1), probe_facts()).value:
+        facts = probe_facts()
+        liger = choose_liger(values.get("liger", "auto"), bool(values.get("use_liger_kernel")), True, facts, model_type_of(values))
+        if choose_compile(values.get("compile", "auto"), False, True, int(values.get("max_steps") or -1), facts, bool(liger.value)).value:
             values = {**values, "torch_compile": True}
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:

@@ -22,6 +22,7 @@ wrong on this machine, torch or transformers release is refused there.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -91,18 +92,15 @@ def check_isolation(model, collator=None, tolerance: float = 1e-3, autocast_dtyp
     try:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=low):
             packed = model(**batch, use_cache=False).logits
-            for r, positions in enumerate(batch["position_ids"].tolist()):
-                start = 0
-                for n in sample_lengths(positions):
-                    ids = batch["input_ids"][r : r + 1, start : start + n]
-                    alone = model(input_ids=ids, position_ids=batch["position_ids"][r : r + 1, start : start + n], use_cache=False).logits
-                    got = packed[r : r + 1, start : start + n].float()
-                    if not (torch.isfinite(got).all() and torch.isfinite(alone).all()):
-                        bad.append(f"non-finite logits in the sample at row {r}, tokens {start}-{start + n - 1}")
-                    else:
-                        worst = max(worst, (got - alone.float()).abs().max().item())
-                        scale = max(scale, alone.float().abs().max().item())
-                    start += n
+            with _reference_backend(model):
+                alone_runs = _alone(model, batch)
+            for r, start, n, alone in alone_runs:
+                got = packed[r : r + 1, start : start + n].float()
+                if not (torch.isfinite(got).all() and torch.isfinite(alone).all()):
+                    bad.append(f"non-finite logits in the sample at row {r}, tokens {start}-{start + n - 1}")
+                else:
+                    worst = max(worst, (got - alone.float()).abs().max().item())
+                    scale = max(scale, alone.float().abs().max().item())
     finally:
         model.train(was_training)
     tol = tolerance * (50 if low or packed.dtype in (torch.bfloat16, torch.float16) else 1) * (scale or 1.0)
@@ -114,3 +112,36 @@ def check_isolation(model, collator=None, tolerance: float = 1e-3, autocast_dtyp
             f"on {device.type} ({'; '.join(bad)}); use --attn_implementation sdpa (or eager), or drop --packing"
         )
     return worst
+
+
+@contextmanager
+def _reference_backend(model):
+    """Run the one-by-one references with sdpa when the model uses flex_attention.
+
+    flex_attention compiles a kernel per input shape, and after a few shapes torch stops
+    compiling it and runs it unfused (slow) for the rest of the process: the probe's six
+    one-sample shapes would do that to training. sdpa on the same weights, with no packing
+    involved, gives the same reference.
+    """
+    backend = backend_of(model)
+    if backend != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(backend)
+
+
+def _alone(model, batch) -> list[tuple[int, int, int, torch.Tensor]]:
+    """(row, start, length, logits) of every sample of the batch run alone."""
+    out = []
+    for r, positions in enumerate(batch["position_ids"].tolist()):
+        start = 0
+        for n in sample_lengths(positions):
+            ids = batch["input_ids"][r : r + 1, start : start + n]
+            alone = model(input_ids=ids, position_ids=batch["position_ids"][r : r + 1, start : start + n], use_cache=False).logits
+            out.append((r, start, n, alone))
+            start += n
+    return out

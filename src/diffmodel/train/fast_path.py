@@ -81,6 +81,22 @@ def liger_supports(model_type: str | None) -> bool:
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
+def model_type_of(values: dict) -> str | None:
+    """The model type a command line trains: --model_type, else the config.json of --config_name / --model_name_or_path."""
+    if values.get("model_type"):
+        return values["model_type"]
+    import json
+    from pathlib import Path
+
+    for name in (values.get("config_name"), values.get("model_name_or_path")):
+        if name and (Path(name) / "config.json").is_file():
+            try:
+                return json.loads((Path(name) / "config.json").read_text(encoding="utf-8")).get("model_type")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
 def choose_attention(requested: str | None, packing: bool, facts: Facts) -> Choice:
     if requested:
         return Choice(requested, "set by --attn_implementation")
@@ -123,13 +139,15 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
     return Choice(True, "installed: fused linear cross-entropy never builds the logits tensor")
 
 
-def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts) -> Choice:
+def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts, liger: bool = False) -> Choice:
     if torch_compile or setting == "on":
         return Choice(True, "set by --compile on" if setting == "on" else "set by --torch_compile")
     if setting == "off":
         return Choice(False, "set by --compile off")
     if not packing:
         return Choice(False, "no --packing")
+    if liger:
+        return Choice(False, "liger-kernel is on, and its fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5)")
     if not facts.cuda:
         return Choice(False, "no GPU (compiling for the CPU takes minutes and gains little)")
     if 0 < max_steps < COMPILE_MIN_STEPS:
@@ -163,12 +181,13 @@ class FastPath:
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`)."""
     attention = choose_attention(attn_requested, packing, facts)
+    liger = choose_liger(speed.liger, getattr(training_args, "use_liger_kernel", False), packing, facts, model_type)
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
-        liger=choose_liger(speed.liger, getattr(training_args, "use_liger_kernel", False), packing, facts, model_type),
+        liger=liger,
         compile=choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
-                               getattr(training_args, "max_steps", -1) or -1, facts),
+                               getattr(training_args, "max_steps", -1) or -1, facts, bool(liger.value)),
     )
 
 

@@ -291,7 +291,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if path.liger.value:
         apply_liger(model)
     collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
-                             row_width=block_size if path.compile.value else None)
+                             row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
