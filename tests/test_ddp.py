@@ -129,6 +129,16 @@ class TestPreprocessedOnce:
             assert "stage encode: reusing cached result" in log and "stage layout: reusing cached result" in log
 
 
+class TestProcessGroupEndsWithTheRun:
+    def test_no_gloo_thread_runs_once_train_has_returned(self, ddp):
+        # diffmodel train destroys the process group before returning; its gloo threads
+        # (pt_gloo_runloop workers, gloo_tcp_loop) must be joined by then, not left to interpreter shutdown
+        for probe in ("probe1", "probe2"):
+            for r in range(RANKS):
+                threads = json.loads((ddp[probe] / f"rank{r}-final.json").read_text())["threads_after_main"]
+                assert threads and not [t for t in threads if "gloo" in t], f"{probe} rank {r}: {threads}"
+
+
 def test_two_nodes_sharing_a_cache_preprocess_once(tmp_path, tiny_gpt2_dir):
     """Two torchrun agents on this machine stand for two nodes of one rank each, with one shared cache."""
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
