@@ -25,7 +25,6 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_probe import row_hash, weights_hash  # noqa: E402
-from torchrun_retry import run_torchrun  # noqa: E402
 
 N_ROWS, BATCH, RANKS = 40, 4, 2
 STEPS_PER_EPOCH = math.ceil(N_ROWS / (BATCH * RANKS))  # 5
@@ -43,7 +42,7 @@ def _torchrun(args, probe: Path, cwd: Path) -> str:
     probe.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(Path(__file__).parent / "ddp_probe.py"), *args]
-    proc = run_torchrun(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
     return log

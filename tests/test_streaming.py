@@ -18,9 +18,6 @@ import pytest
 import zstandard
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).parent))
-from torchrun_retry import run_torchrun  # noqa: E402
-
 from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -281,7 +278,7 @@ def test_torchrun_two_ranks(data, tiny_gpt2_dir, tmp_path):
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(Path(__file__).parent / "ddp_probe.py"),
            *_args(tiny_gpt2_dir, data, tmp_path / "out", 3, ["--ddp_backend", "gloo"])]
-    proc = run_torchrun(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     for r in range(2):
         threads = json.loads((probe / f"rank{r}-final.json").read_text())["threads_after_main"]
