@@ -7,11 +7,15 @@ Writes into ``$DIFFMODEL_PROBE_DIR``, per rank R:
 ``rankR-steps.jsonl``  one line per training step: the global step before it and
                        a hash of every row of the rank's batch.
 ``rankR.log``          the rank's ``diffmodel`` log records.
-``rankR-final.json``   a hash of the rank's in-memory weights after training.
+``rankR-final.json``   a hash of the rank's in-memory weights after training, and
+                       the names of the native threads still running once
+                       ``main`` has returned (``/proc/self/task/*/comm``).
 
 Nothing in ``diffmodel`` is changed: run as a script, the probe wraps
 ``Trainer`` methods of its own process only; imported (for its hash
-functions), it patches nothing.
+functions), it patches nothing. It keeps no reference to the ``Trainer``
+(only the hash of its weights, taken when ``train`` returns), so what
+``diffmodel`` frees at the end of the run is freed as it would be without it.
 """
 
 import hashlib
@@ -27,7 +31,7 @@ from diffmodel.cli import main
 
 PROBE = os.environ.get("DIFFMODEL_PROBE_DIR", ".")
 RANK = int(os.environ.get("RANK", "0"))
-_trainers = []
+_final = {}
 
 
 def row_hash(ids) -> str:
@@ -42,8 +46,19 @@ def weights_hash(state_dict) -> str:
     return h.hexdigest()
 
 
+def native_threads() -> list[str]:
+    """Names of this process's running threads, Python's and native ones (Linux)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{task}/comm").read().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 _training_step = Trainer.training_step
-_save_model = Trainer.save_model
+_train = Trainer.train
 
 
 def training_step(self, model, inputs, num_items_in_batch=None):
@@ -52,21 +67,20 @@ def training_step(self, model, inputs, num_items_in_batch=None):
     return _training_step(self, model, inputs, num_items_in_batch)
 
 
-def save_model(self, output_dir=None, _internal_call=False):
-    if self not in _trainers:
-        _trainers.append(self)
-    return _save_model(self, output_dir, _internal_call)
+def train(self, *args, **kwargs):
+    result = _train(self, *args, **kwargs)
+    model = self.accelerator.unwrap_model(self.model)
+    _final.update(weights=weights_hash(model.state_dict()), global_step=self.state.global_step)
+    return result
 
 
 if __name__ == "__main__":
     Trainer.training_step = training_step
-    Trainer.save_model = save_model
+    Trainer.train = train
     handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)
     status = main(["train", *sys.argv[1:]])
-    trainer = _trainers[-1]
-    model = trainer.accelerator.unwrap_model(trainer.model)
     with open(f"{PROBE}/rank{RANK}-final.json", "w") as f:
-        json.dump({"weights": weights_hash(model.state_dict()), "global_step": trainer.state.global_step}, f)
+        json.dump({**_final, "threads_after_main": native_threads()}, f)
     sys.exit(status)

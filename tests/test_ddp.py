@@ -25,7 +25,6 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_probe import row_hash, weights_hash  # noqa: E402
-from torchrun_retry import run_torchrun  # noqa: E402
 
 N_ROWS, BATCH, RANKS = 40, 4, 2
 STEPS_PER_EPOCH = math.ceil(N_ROWS / (BATCH * RANKS))  # 5
@@ -43,7 +42,7 @@ def _torchrun(args, probe: Path, cwd: Path) -> str:
     probe.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(Path(__file__).parent / "ddp_probe.py"), *args]
-    proc = run_torchrun(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
     return log
@@ -127,6 +126,16 @@ class TestPreprocessedOnce:
         for r in range(RANKS):
             log = (ddp["probe2"] / f"rank{r}.log").read_text()
             assert "stage encode: reusing cached result" in log and "stage layout: reusing cached result" in log
+
+
+class TestProcessGroupEndsWithTheRun:
+    def test_no_gloo_thread_runs_once_train_has_returned(self, ddp):
+        # diffmodel train destroys the process group before returning; its gloo threads
+        # (pt_gloo_runloop workers, gloo_tcp_loop) must be joined by then, not left to interpreter shutdown
+        for probe in ("probe1", "probe2"):
+            for r in range(RANKS):
+                threads = json.loads((ddp[probe] / f"rank{r}-final.json").read_text())["threads_after_main"]
+                assert threads and not [t for t in threads if "gloo" in t], f"{probe} rank {r}: {threads}"
 
 
 def test_two_nodes_sharing_a_cache_preprocess_once(tmp_path, tiny_gpt2_dir):

@@ -18,9 +18,6 @@ import pytest
 import zstandard
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).parent))
-from torchrun_retry import run_torchrun  # noqa: E402
-
 from diffmodel.data.load import LoadOptions, load_raw_datasets
 from diffmodel.data.stream_sources import BadRecords, Position, read_records
 from diffmodel.errors import DiffModelError
@@ -270,12 +267,22 @@ class TestTrainResume:
 
 
 def test_torchrun_two_ranks(data, tiny_gpt2_dir, tmp_path):
-    """torchrun --nproc_per_node 2 on CPU (gloo): the ranks train on disjoint samples and save one state per rank."""
-    env = dict(os.environ, DIFFMODEL_STREAM_LOG=str(tmp_path / "log"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffmodel.cli", "train",
+    """torchrun --nproc_per_node 2 on CPU (gloo): the ranks train on disjoint samples and save one state per rank.
+
+    Run through ``tests/ddp_probe.py`` (``diffmodel train`` plus a record per rank), which lists the
+    threads left once ``train`` has returned: the process group's gloo threads must have ended with it.
+    """
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    env = dict(os.environ, DIFFMODEL_STREAM_LOG=str(tmp_path / "log"), DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(Path(__file__).parent / "ddp_probe.py"),
            *_args(tiny_gpt2_dir, data, tmp_path / "out", 3, ["--ddp_backend", "gloo"])]
-    proc = run_torchrun(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    for r in range(2):
+        threads = json.loads((probe / f"rank{r}-final.json").read_text())["threads_after_main"]
+        assert threads and not [t for t in threads if "gloo" in t], f"rank {r}: {threads}"
     per_rank = [_trained(tmp_path / "log", r) for r in range(2)]
     assert all(len(p) >= 3 * BATCH for p in per_rank)  # at least one sample per row, BATCH rows per step, 3 steps
     assert not set(per_rank[0]) & set(per_rank[1])

@@ -24,6 +24,7 @@ data, the attention backend) is a new copy made with ``dataclasses.replace``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import sys
@@ -210,12 +211,18 @@ def save_final_dataset(processed, folder: Path) -> bool:
 def run(model_args, data_args, training_args) -> int:
     """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0.
 
-    Under torchrun the process group is destroyed before returning: a rank that
-    exits with it alive can abort at interpreter exit (a communication thread
-    still running), which torchrun reports as a failed rank.
+    Under torchrun the process group is destroyed before returning, its threads
+    joined: a rank whose gloo backend is only torn down while the interpreter
+    shuts down can abort there ("terminate called without an active exception"),
+    which torchrun reports as a failed rank. ``destroy_process_group`` alone does
+    not free the backend while the DDP wrapper's ``Reducer`` still holds it, and
+    the finished Trainer (which holds that wrapper) sits in a reference cycle
+    (e.g. with ``StreamStateCallback``) that only the cyclic collector frees, so
+    it is collected first.
     """
     code = _run(model_args, data_args, training_args)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
     return code
 
