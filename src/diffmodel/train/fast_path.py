@@ -5,7 +5,8 @@ them (each is logged at start-up with its reason, and recorded in the model
 card):
 
 - **attention** (``--attn_implementation``): flash-attention's varlen kernels
-  when ``flash_attn`` is installed and a GPU is present; else
+  when ``flash_attn`` is installed and a GPU is present (and no
+  ``--padding_free off``: flash needs flattened batches); else
   ``flex_attention`` on a GPU (its block-sparse mask skips the blocks between
   samples); else ``sdpa``. All three keep samples apart
   (:mod:`diffmodel.train.attention`), and the start-up probe checks the one
@@ -81,15 +82,19 @@ def liger_supports(model_type: str | None) -> bool:
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
 
 
-def choose_attention(requested: str | None, packing: bool, facts: Facts) -> Choice:
+def choose_attention(requested: str | None, packing: bool, facts: Facts, padding_free: str = "auto") -> Choice:
     if requested:
         return Choice(requested, "as given (--attn_implementation)")
     if not packing:
         return Choice(None, "the model's default (no --packing)")
-    if facts.cuda and facts.flash_attn:
+    flash = facts.cuda and facts.flash_attn
+    if flash and padding_free != "off":
         return Choice("flash_attention_2", "flash-attn is installed: its varlen kernels attend within each sample only")
+    no_flash = "--padding_free off rules out flash-attn, which needs flattened batches" if flash else "flash-attn is not installed"
     if facts.cuda and facts.flex_attention:
-        return Choice("flex_attention", "on a GPU its block-sparse mask skips the blocks between samples (flash-attn is not installed)")
+        return Choice("flex_attention", f"on a GPU its block-sparse mask skips the blocks between samples ({no_flash})")
+    if facts.cuda:
+        return Choice("sdpa", f"sdpa keeps samples apart through position_ids ({no_flash}; this torch has no flex_attention)")
     return Choice("sdpa", "no GPU: sdpa keeps samples apart through position_ids")
 
 
@@ -124,10 +129,19 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
 
 
 def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts) -> Choice:
-    if torch_compile or setting == "on":
-        return Choice(True, "as given (--compile on)" if setting == "on" else "as given (--torch_compile)")
+    """``torch_compile``: the parsed ``--torch_compile``, which the parser sets itself when ``auto`` decides to compile
+    (the reason is then the ``auto`` one)."""
+    if setting == "on":
+        return Choice(True, "as given (--compile on)")
+    if torch_compile:
+        auto = _auto_compile(packing, max_steps, facts)
+        return auto if setting == "auto" and auto.value else Choice(True, "as given (--torch_compile)")
     if setting == "off":
         return Choice(False, "as given (--compile off)")
+    return _auto_compile(packing, max_steps, facts)
+
+
+def _auto_compile(packing: bool, max_steps: int, facts: Facts) -> Choice:
     if not packing:
         return Choice(False, "no --packing")
     if not facts.cuda:
@@ -158,7 +172,7 @@ class FastPath:
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`)."""
-    attention = choose_attention(attn_requested, packing, facts)
+    attention = choose_attention(attn_requested, packing, facts, speed.padding_free)
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),

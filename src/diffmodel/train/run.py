@@ -41,7 +41,7 @@ from diffmodel.preprocess.sanity import drop_warning, format_report, write_repor
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.train import fast_path
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
-from diffmodel.train.attention import backend_of, check_isolation, prepare_for_packing
+from diffmodel.train.attention import FLASH, backend_of, check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, save_lora
@@ -98,7 +98,7 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
             model.to(training_args.device)
         autocast = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
     device = next(model.parameters()).device
-    if collator.flatten and device.type == "cpu":
+    if backend_of(model) in FLASH and device.type == "cpu":
         logger.info("packing: %s runs on a GPU only; the isolation probe is skipped while the model is on the CPU", backend_of(model))
         return collator
     diff = check_isolation(model, collator, autocast_dtype=autocast)
