@@ -9,6 +9,10 @@ Writes into ``$DIFFMODEL_PROBE_DIR``, per rank R:
 ``rankR.log``          the rank's ``diffmodel`` log records.
 ``rankR-final.json``   a hash of the rank's in-memory weights after training.
 
+With ``DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS=1`` (a comma-separated list of ranks)
+the ``--max_train_time`` clock of those ranks never advances, so only the
+other ranks' clocks can end training.
+
 Nothing in ``diffmodel`` is changed: run as a script, the probe wraps
 ``Trainer`` methods of its own process only; imported (for its hash
 functions), it patches nothing.
@@ -61,6 +65,10 @@ def save_model(self, output_dir=None, _internal_call=False):
 if __name__ == "__main__":
     Trainer.training_step = training_step
     Trainer.save_model = save_model
+    if str(RANK) in os.environ.get("DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS", "").split(","):
+        from diffmodel.train.time_budget import TimeBudgetCallback
+
+        TimeBudgetCallback.__init__.__defaults__ = (None, lambda: 0.0)  # (device, clock)
     handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)
