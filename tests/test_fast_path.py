@@ -380,18 +380,21 @@ def _rows(n=40):
 
 
 @pytest.fixture(scope="module")
-def budget_run(tmp_path_factory, tiny_gpt2_dir):
-    """A packed, padding-free tiny run of --max_steps 10000 stopped by --max_train_time 2."""
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast_runs")
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    return d
+
+
+def _train(model_dir, d: Path, name: str, *extra) -> dict:
+    """A tiny ``diffmodel train`` run in ``d / name``; its exit code, folder and diffmodel log messages."""
     from diffmodel.commands.train import main as train_main
 
-    d = tmp_path_factory.mktemp("budget")
-    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     args = [
-        "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(d / "data.jsonl"), "--validation_split_percentage", "0",
-        "--output_dir", str(d / "out"), "--cache_dir", str(d / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
-        "--padding_free", "on", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none",
-        "--save_strategy", "no", "--logging_steps", "1", "--seed", "1", "--do_train", "--use_cpu",
-        "--max_steps", "10000", "--max_train_time", "2",
+        "--model_name_or_path", str(model_dir), "--train_file", str(d / "data.jsonl"), "--validation_split_percentage", "0",
+        "--output_dir", str(d / name), "--cache_dir", str(d / "cache"), "--block_size", "128", "--train_diff_model",
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none",
+        "--save_strategy", "no", "--logging_steps", "1", "--seed", "1", "--do_train", "--use_cpu", *extra,
     ]
     records = []
     handler = logging.Handler()
@@ -401,7 +404,13 @@ def budget_run(tmp_path_factory, tiny_gpt2_dir):
         code = train_main(args)
     finally:
         logging.getLogger("diffmodel").removeHandler(handler)
-    return {"code": code, "out": d / "out", "log": records}
+    return {"code": code, "out": d / name, "log": records}
+
+
+@pytest.fixture(scope="module")
+def budget_run(data_dir, tiny_gpt2_dir):
+    """A packed, padding-free tiny run of --max_steps 10000 stopped by --max_train_time 2."""
+    return _train(tiny_gpt2_dir, data_dir, "budget", "--packing", "--padding_free", "on", "--max_steps", "10000", "--max_train_time", "2")
 
 
 class TestTimeBudgetRun:
@@ -424,11 +433,21 @@ class TestTimeBudgetRun:
         assert len(lines) == 4
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
+    def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
+        card = (budget_run["out"] / "README.md").read_text()
+        assert "| attention | sdpa (no GPU: sdpa keeps samples apart through position_ids) |" in card
+        assert "| padding-free batches | on (as given (--padding_free on)) |" in card
+        assert "| torch.compile | off (no GPU (compiling for the CPU takes minutes and gains little)) |" in card
+        assert "| `--padding_free` | on |" in card and "| `--max_train_time` | 2 |" in card
+        assert "`--liger`" not in card  # left at its default
+
 
 class TestDataWaitShare:
-    def test_logged_from_the_second_log_on_as_a_share(self, budget_run):
-        state = json.loads((budget_run["out"] / "trainer_state.json").read_text())
+    def test_logged_from_the_second_log_on_as_a_share(self, data_dir, tiny_gpt2_dir):
+        run = _train(tiny_gpt2_dir, data_dir, "short", "--ignore_long_samples", "--max_steps", "3")  # left-padded rows
+        assert run["code"] == 0
+        state = json.loads((run["out"] / "trainer_state.json").read_text())
         logs = [h for h in state["log_history"] if "loss" in h]
-        assert len(logs) >= 2
+        assert [h["step"] for h in logs] == [1, 2, 3]
         assert "data_wait_share" not in logs[0]
         assert all(0 <= h["data_wait_share"] <= 1 for h in logs[1:])

@@ -158,13 +158,17 @@ class FastPath:
     liger: Choice
     compile: Choice
 
-    def lines(self) -> list[str]:
+    def settings(self) -> dict[str, str]:
+        """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
         def show(c: Choice) -> str:
             return "on" if c.value is True else "off" if c.value is False else str(c.value or "model default")
 
-        return [f"{name}: {show(c)} ({c.reason})" for name, c in
+        return {name: f"{show(c)} ({c.reason})" for name, c in
                 (("attention", self.attention), ("padding-free batches", self.padding_free),
-                 ("liger-kernel", self.liger), ("torch.compile", self.compile))]
+                 ("liger-kernel", self.liger), ("torch.compile", self.compile))}
+
+    def lines(self) -> list[str]:
+        return [f"{name}: {text}" for name, text in self.settings().items()]
 
     def as_dict(self) -> dict:
         return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}

@@ -176,7 +176,8 @@ def evaluate(trainer, eval_ds) -> dict:
     return metrics
 
 
-def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics) -> Path:
+def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
+               fast: fast_path.FastPath) -> Path:
     """``OUTPUT_DIR/README.md``, the model card (:mod:`diffmodel.train.card`), written atomically."""
     from datetime import datetime, timezone
 
@@ -185,7 +186,7 @@ def write_card(trainer, model_args, data_args, lora_args, training_args, reports
     from diffmodel.train.card import card_info, render_card
 
     info = card_info(model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__)
+                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast.settings())
     path = write_text(Path(training_args.output_dir) / "README.md", render_card(info))
     logger.info("model card written to %s", path)
     return path
@@ -299,5 +300,5 @@ def _run(model_args, data_args, training_args) -> int:
         png = plot_generation(trainer.state.log_history, out_dir / "generation.png", title=f"diffmodel train: {out_dir.name}")
         logger.info("generation eval plot written to %s", png)
     if training_args.do_train and training_args.should_save:
-        write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics)
+        write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics, path)
     return 0
