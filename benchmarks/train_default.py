@@ -128,7 +128,7 @@ def build_diffmodel(arm: str, a, data_file: Path, work: Path):
     model_args, data_args, training_args = parse_args(diffmodel_argv(arm, a, data_file, work / arm, work / "cache"))
     validate(model_args, data_args, training_args)
     prepared = prepare(model_args, data_args, training_args)
-    return prepared.trainer, {name: text for name, text in prepared.fast_path.rows()}
+    return prepared.trainer, prepared.fast_path.settings()
 
 
 def build_trl(a, texts: list[str], data_file: Path, work: Path):

@@ -11,6 +11,10 @@ Writes into ``$DIFFMODEL_PROBE_DIR``, per rank R:
                        the names of the native threads still running once
                        ``main`` has returned (``/proc/self/task/*/comm``).
 
+With ``DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS=1`` (a comma-separated list of ranks)
+the ``--max_train_time`` clock of those ranks never advances, so only the
+other ranks' clocks can end training.
+
 Nothing in ``diffmodel`` is changed: run as a script, the probe wraps
 ``Trainer`` methods of its own process only; imported (for its hash
 functions), it patches nothing. It keeps no reference to the ``Trainer``
@@ -77,6 +81,10 @@ def train(self, *args, **kwargs):
 if __name__ == "__main__":
     Trainer.training_step = training_step
     Trainer.train = train
+    if str(RANK) in os.environ.get("DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS", "").split(","):
+        from diffmodel.train.time_budget import TimeBudgetCallback
+
+        TimeBudgetCallback.__init__.__defaults__ = (None, lambda: 0.0)  # (device, clock)
     handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)

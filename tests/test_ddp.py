@@ -38,9 +38,9 @@ def _rows(n=N_ROWS):
     return rows
 
 
-def _torchrun(args, probe: Path, cwd: Path) -> str:
+def _torchrun(args, probe: Path, cwd: Path, **env_extra) -> str:
     probe.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(os.environ, DIFFMODEL_PROBE_DIR=str(probe), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **env_extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(Path(__file__).parent / "ddp_probe.py"), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -202,3 +202,25 @@ class TestTokenMetricsSumOverRanks:
             end = logs[epoch * STEPS_PER_EPOCH]
             assert (end["num_tokens"], end["num_loss_tokens"]) == (epoch * report["tokens"], epoch * report["loss_tokens"])
         assert all(0 <= h["mean_token_accuracy"] <= 1 for h in logs.values())
+
+
+def test_max_train_time_stops_every_rank_at_the_step_rank_0_chose(tmp_path, tiny_gpt2_dir):
+    """Rank 1's clock is frozen: only rank 0's decision, broadcast at each step, can stop it."""
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    args = [
+        "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", "data.jsonl", "--validation_split_percentage", "0",
+        "--output_dir", "out", "--cache_dir", "cache", "--block_size", "256", "--train_diff_model", "--packing",
+        "--per_device_train_batch_size", str(BATCH), "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+        "--max_steps", "10000", "--max_train_time", "3", "--do_train", "--use_cpu", "--ddp_backend", "gloo", "--log_level_replica", "info",
+    ]
+    probe = tmp_path / "probe"
+    _torchrun(args, probe, tmp_path, DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS="1")
+    finals = [json.loads((probe / f"rank{r}-final.json").read_text()) for r in range(RANKS)]
+    step = finals[0]["global_step"]
+    assert 1 <= step < 10000
+    assert finals[1]["global_step"] == step and finals[1]["weights"] == finals[0]["weights"]
+    for r in range(RANKS):
+        assert [s["step"] for s in _steps(probe, r)] == list(range(step))
+    assert f"--max_train_time 3 s reached at step {step}: saving a checkpoint and stopping" in (probe / "rank0.log").read_text()
+    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step}"]
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == step

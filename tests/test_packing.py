@@ -1,20 +1,24 @@
 """Packing: exact rows, best-fit decreasing, and proof that packed == one by one."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from diffmodel.errors import DiffModelError
-from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.preprocess.layout import concatenate
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
 from diffmodel.train.attention import check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, sample_lengths
 
-X = IGNORE_INDEX
-EOS, PAD = 1, 0
+sys.path.insert(0, str(Path(__file__).parent))
+from packed_models import BACKENDS, EOS, PAD, VOCAB, X, one_by_one, sum_loss_and_grads  # noqa: E402
+from packed_models import packed as packed_batches  # noqa: E402
+from packed_models import samples as make_samples  # noqa: E402
+from packed_models import model as tiny_model  # noqa: E402
 
 
 class TestBestFitDecreasing:
@@ -69,68 +73,15 @@ class TestPackingPositionsRestartPerSample:
 
 # --- proof of equivalence -----------------------------------------------------------------------
 
-VOCAB = 50
-
-
-def _model(arch, attn):
-    torch.manual_seed(0)
-    if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-        model = GPT2LMHeadModel(cfg)
-    else:
-        cfg = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-        model = LlamaForCausalLM(cfg)
-    model.config._attn_implementation = attn
-    model.config.use_cache = False
-    return model.float().train()
-
-
-def _samples():
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for n, masked in [(6, 3), (9, 4), (4, 1), (7, 5), (5, 2)]:
-        ids = torch.randint(2, VOCAB, (n,), generator=g).tolist()
-        out.append((ids, [X] * masked + ids[masked:]))
-    return out
-
-
-def _sum_loss_and_grads(model, batches):
-    """Summed token loss over batches and its gradients (HF mean * number of loss tokens)."""
-    model.zero_grad()
-    total, count = 0.0, 0
-    for batch in batches:
-        n = int((batch["labels"][:, 1:] != X).sum())
-        loss = model(**batch).loss * n
-        loss.backward()
-        total += loss.item()
-        count += n
-    grads = {k: p.grad.detach().clone() / count for k, p in model.named_parameters() if p.grad is not None}
-    return total / count, grads
-
-
-def _one_by_one(samples):
-    for ids, labels in samples:
-        yield {"input_ids": torch.tensor([ids + [EOS]]), "labels": torch.tensor([labels + [EOS]])}
-
-
-def _packed(samples, cap=20):
-    lengths = [len(i) + 1 for i, _ in samples]
-    rows = [pack_row([samples[i] for i in b], EOS) for b in best_fit_decreasing(lengths, cap)]
-    return [PackedCollator(PAD)(rows)]
-
-
-BACKENDS = [("gpt2", "sdpa"), ("gpt2", "eager"), ("llama", "sdpa"), ("llama", "eager")]
-
-
 class TestPackedEqualsOneByOne:
     @pytest.mark.parametrize("arch,attn", BACKENDS)
     def test_loss_and_gradients_match(self, arch, attn):
-        samples = _samples()
-        model = _model(arch, attn)
-        ref_loss, ref_grads = _sum_loss_and_grads(model, _one_by_one(samples))
-        packed = _packed(samples)
+        samples = make_samples()
+        model = tiny_model(arch, attn)
+        ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples))
+        packed = packed_batches(samples)
         assert packed[0]["input_ids"].shape[0] >= 2  # several rows, padded: the pad segment is exercised
-        loss, grads = _sum_loss_and_grads(model, packed)
+        loss, grads = sum_loss_and_grads(model, packed)
         assert loss == pytest.approx(ref_loss, abs=1e-5)
         for k in ref_grads:
             torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4)
@@ -140,11 +91,11 @@ class TestPackedEqualsOneByOne:
         # torch has no FlexAttention backward on CPU: the loss is compared here, gradients on the GPU
         # (benchmarks/train_throughput.py --check). The one-by-one reference runs with sdpa on the same
         # weights (no packing involved, so it is the truth), which leaves flex one compiled shape to build.
-        samples = _samples()
-        model = _model("llama", "sdpa").eval()
+        samples = make_samples()
+        model = tiny_model("llama", "sdpa").eval()
         with torch.no_grad():
-            ref = [(model(**b).loss * int((b["labels"][:, 1:] != X).sum())).item() for b in _one_by_one(samples)]
-            packed = _packed(samples)[0]
+            ref = [(model(**b).loss * int((b["labels"][:, 1:] != X).sum())).item() for b in one_by_one(samples)]
+            packed = packed_batches(samples)[0]
             n = int((packed["labels"][:, 1:] != X).sum())
             model.set_attn_implementation("flex_attention")
             loss = model(**packed).loss.item()
@@ -152,16 +103,16 @@ class TestPackedEqualsOneByOne:
 
     @pytest.mark.parametrize("arch", ["gpt2", "llama"])
     def test_concatenate_layout_does_not_match(self, arch):
-        samples = _samples()
-        model = _model(arch, "sdpa")
-        ref_loss, _ = _sum_loss_and_grads(model, _one_by_one(samples))
+        samples = make_samples()
+        model = tiny_model(arch, "sdpa")
+        ref_loss, _ = sum_loss_and_grads(model, one_by_one(samples))
         rows = list(concatenate(samples, block_size=20, eos_id=EOS, pad_id=PAD))
         batch = {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "labels", "attention_mask")}
-        loss, _ = _sum_loss_and_grads(model, [batch])
+        loss, _ = sum_loss_and_grads(model, [batch])
         assert abs(loss - ref_loss) > 1e-3
 
     def test_an_attention_mask_breaks_isolation_and_the_probe_catches_it(self):
-        model = _model("llama", "sdpa")
+        model = tiny_model("llama", "sdpa")
         forward = model.forward
 
         def with_mask(input_ids=None, **kw):  # what a generic collator would do: an all-ones 2-D mask
@@ -185,14 +136,14 @@ class TestIsolationProbe:
     """The start-up probe refuses a backend that is wrong on this machine, whatever the reason."""
 
     def test_passes_on_sdpa_through_the_training_collator(self):
-        model = _model("llama", "sdpa")
+        model = tiny_model("llama", "sdpa")
         assert check_isolation(model, PackedCollator(PAD)) < 1e-4
         assert model.training  # left as it was found
 
     def test_a_backend_that_leaks_between_samples_is_refused(self, monkeypatch):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-        model = _model("llama", "sdpa")
+        model = tiny_model("llama", "sdpa")
         monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", _leaky_sdpa(ALL_ATTENTION_FUNCTIONS["sdpa"]))
         with pytest.raises(DiffModelError, match=r"not isolated with the 'sdpa' attention backend of this llama model on cpu \(logits of a sample differ"):
             check_isolation(model, PackedCollator(PAD))
@@ -206,7 +157,7 @@ class TestIsolationProbe:
             out, weights = original(*args, **kw)
             return out * float("nan"), weights
 
-        model = _model("llama", "sdpa")
+        model = tiny_model("llama", "sdpa")
         monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", nan_attention)
         with pytest.raises(DiffModelError, match="non-finite logits in the sample at row 0, tokens 0-9"):
             check_isolation(model, PackedCollator(PAD))

@@ -118,3 +118,35 @@ class TestTrainerLog:
         assert metrics["eval_mean_token_accuracy"] == 3 / 4
         assert (metrics["eval_num_tokens"], metrics["eval_num_loss_tokens"]) == (8, 4)
         assert trainer.state.log_history[-1]["eval_mean_token_accuracy"] == 3 / 4
+
+
+class LossOnly(nn.Module):
+    """A tiny GPT-2 whose forward returns its loss and no logits, as liger-kernel's fused cross-entropy does."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        self.inner = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        return CausalLMOutput(loss=self.inner(input_ids=input_ids, labels=labels, **kwargs).loss)
+
+
+class TestWithoutLogits:
+    # a packed row of two samples and a pad segment: 8 input tokens, labels 6 7 1 | 3 1 carry loss
+    ROW = {"input_ids": torch.tensor([[5, 6, 7, 1, 2, 3, 1, 0]]), "labels": torch.tensor([[X, 6, 7, 1, X, 3, 1, X]]),
+           "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0]])}
+
+    def test_counts_are_taken_from_the_batch_and_no_accuracy_is_logged(self, tmp_path):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+        trainer = DiffTrainer(model=LossOnly(), args=args)
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(self.ROW))
+        assert torch.isfinite(loss) and loss.requires_grad
+        trainer.compute_loss(trainer.model, dict(TestTrainerLog.B))  # 3 masked-in tokens, 1 loss token
+        logs = {"loss": float(loss)}
+        trainer.log(logs, 0.0)
+        assert (logs["num_tokens"], logs["num_loss_tokens"]) == (8 + 3, 5 + 1)
+        assert "mean_token_accuracy" not in logs

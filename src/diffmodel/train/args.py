@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -153,15 +154,19 @@ def speed_args_from(obj) -> SpeedArguments:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """Seconds of ``--max_train_time``: ``5400``, ``90.5``, ``MM:SS`` or ``H:MM:SS``; raises ValueError when unreadable or not positive."""
+    """Seconds of ``--max_train_time``: ``5400``, ``90.5``, ``MM:SS`` or ``H:MM:SS``.
+
+    Raises ValueError when unreadable, not positive and finite, or when a part is negative or a
+    minutes / seconds part after another is 60 or more (``1:75:00``).
+    """
     if text is None or text == "":
         return None
-    parts = str(text).strip().split(":")
-    if len(parts) > 3:
+    parts = [float(p) for p in str(text).strip().split(":")]
+    if len(parts) > 3 or not all(0 <= p < math.inf for p in parts) or any(p >= 60 for p in parts[1:]):
         raise ValueError(text)
     seconds = 0.0
     for part in parts:
-        seconds = seconds * 60 + float(part)
+        seconds = seconds * 60 + part
     if not seconds > 0:
         raise ValueError(text)
     return seconds
@@ -303,12 +308,12 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         values, where = vars(parser.parse_args(argv)), ""
     if values.get("streaming"):  # run.py logs it; the stream state replaces Trainer's data skipping
         values = {**values, "ignore_data_skip": True}
-    if values.get("compile", "auto") != "off" and values.get("packing") and not values.get("torch_compile"):
-        from diffmodel.train.fast_path import choose_compile, choose_liger, model_type_of, probe_facts  # run.py logs the choices
+    compile_setting = values.get("compile", "auto")
+    if not values.get("torch_compile") and (compile_setting == "on" or (compile_setting == "auto" and values.get("packing"))):
+        from diffmodel.train.fast_path import choose_compile, probe_facts  # run.py logs the choice and its reason
 
-        facts = probe_facts()
-        liger = choose_liger(values.get("liger", "auto"), bool(values.get("use_liger_kernel")), True, facts, model_type_of(values))
-        if choose_compile(values.get("compile", "auto"), False, True, int(values.get("max_steps") or -1), facts, bool(liger.value)).value:
+        liger_forced = values.get("liger") == "on" or bool(values.get("use_liger_kernel"))
+        if choose_compile(compile_setting, False, True, int(values.get("max_steps") or -1), probe_facts(), liger_forced).value:
             values = {**values, "torch_compile": True}
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:

@@ -11,9 +11,9 @@ Two steps, so the text can be tested exactly:
 What a card holds: how to use the model (``diffmodel edit`` and Python),
 the results (final and mean train loss, eval loss, perplexity and mean
 token accuracy, when present), the training settings (base model, layout,
-block size, learning rate, batch, steps or epochs, precision), every
-diff-model / data / model / LoRA flag whose value is not its default, and
-the data report as a table.
+block size, learning rate, batch, steps or epochs, precision, and the fast
+path's choices with their reasons), every diff-model / data / model / LoRA /
+speed flag whose value is not its default, and the data report as a table.
 
 Invariants:
 - A value the run did not produce (no eval, no logged loss) is left out,
@@ -65,9 +65,13 @@ def _precision(training_args) -> str:
 
 def card_info(model_args, data_args, lora_args, training_args, reports: dict, block_size: int,
               train_metrics: dict | None, eval_metrics: dict | None, log_history: list[dict],
-              date: str, version: str, fast_path: list[tuple[str, str]] | None = None) -> dict:
-    """Everything the card shows, as plain values (``reports``: split -> :class:`~diffmodel.preprocess.sanity.SplitReport`)."""
+              date: str, version: str, fast_path: dict[str, str] | None = None) -> dict:
+    """Everything the card shows, as plain values (``reports``: split -> :class:`~diffmodel.preprocess.sanity.SplitReport`).
+
+    ``fast_path``: :meth:`diffmodel.train.fast_path.FastPath.settings`, shown among the training settings.
+    """
     from diffmodel.preprocess.sanity import drop_warning
+    from diffmodel.train.args import speed_args_from
 
     world = training_args.world_size
     accumulation = training_args.gradient_accumulation_steps
@@ -102,9 +106,9 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
             "steps": steps,
             "precision": _precision(training_args),
             "seed": training_args.seed,
-            **dict(fast_path or ()),
+            **(fast_path or {}),
         },
-        "flags": changed_flags(model_args, data_args, lora_args),
+        "flags": changed_flags(model_args, data_args, lora_args, speed_args_from(training_args)),
         "results": results,
         "data": data,
     }

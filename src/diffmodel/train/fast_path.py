@@ -5,7 +5,8 @@ them (each is logged at start-up with its reason, and recorded in the model
 card):
 
 - **attention** (``--attn_implementation``): flash-attention's varlen kernels
-  when ``flash_attn`` is installed and a GPU is present; else
+  when ``flash_attn`` is installed and a GPU is present (and no
+  ``--padding_free off``: flash needs flattened batches); else
   ``flex_attention`` on a GPU (its block-sparse mask skips the blocks between
   samples); else ``sdpa``. All three keep samples apart
   (:mod:`diffmodel.train.attention`), and the start-up probe checks the one
@@ -15,14 +16,18 @@ card):
   packing only in a one-row batch); otherwise off: best-fit-decreasing rows
   are already nearly full, and sdpa/eager would build one dense mask over the
   whole flattened batch.
-- **liger-kernel** (``--liger``): fused linear cross-entropy (no logits
-  tensor), RMSNorm, SwiGLU and RoPE kernels, when installed, on a GPU, for a
-  model type liger supports. Training then logs no ``mean_token_accuracy``.
 - **torch.compile** (``--compile``, sets ``--torch_compile``): on a GPU,
   unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` (compiling costs
-  about a minute). Compiled rows are padded to ``--block_size`` so every
-  batch has one shape (no recompilation). Resuming is unaffected: Trainer
-  saves the model without its compiled wrapper.
+  up to a minute) or liger-kernel is asked for. Compiled rows are padded to
+  ``--block_size`` so every batch has one shape (no recompilation); so are
+  flex_attention's, whose kernel is compiled per shape. Resuming is
+  unaffected: Trainer saves the model without its compiled wrapper.
+- **liger-kernel** (``--liger``): fused linear cross-entropy (no logits
+  tensor), RMSNorm, SwiGLU and RoPE kernels, when installed, on a GPU, for a
+  model type liger supports, and not compiling: its fused loss fails under
+  torch.compile (torch 2.11, liger-kernel 0.8.5), and on an H200 at ~110M
+  flex_attention + compile ran 113 ms a step against 124 ms with liger
+  (benchmarks/RESULTS.md). With liger, training logs no ``mean_token_accuracy``.
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -97,15 +102,19 @@ def model_type_of(values: dict) -> str | None:
     return None
 
 
-def choose_attention(requested: str | None, packing: bool, facts: Facts) -> Choice:
+def choose_attention(requested: str | None, packing: bool, facts: Facts, padding_free: str = "auto") -> Choice:
     if requested:
         return Choice(requested, "set by --attn_implementation")
     if not packing:
         return Choice(None, "the model's default (no --packing)")
-    if facts.cuda and facts.flash_attn:
+    flash = facts.cuda and facts.flash_attn
+    if flash and padding_free != "off":
         return Choice("flash_attention_2", "flash-attn is installed: its varlen kernels attend within each sample only")
+    no_flash = "--padding_free off rules out flash-attn, which needs flattened batches" if flash else "flash-attn is not installed"
     if facts.cuda and facts.flex_attention:
-        return Choice("flex_attention", "on a GPU its block-sparse mask skips the blocks between samples (flash-attn is not installed)")
+        return Choice("flex_attention", f"on a GPU its block-sparse mask skips the blocks between samples ({no_flash})")
+    if facts.cuda:
+        return Choice("sdpa", f"sdpa keeps samples apart through position_ids ({no_flash}; this torch has no flex_attention)")
     return Choice("sdpa", "no GPU: sdpa keeps samples apart through position_ids")
 
 
@@ -123,7 +132,9 @@ def choose_padding_free(setting: str, attention: str | None, packing: bool) -> C
     return Choice(False, f"{attention or 'this backend'} would need one dense mask over a flattened batch")
 
 
-def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Facts, model_type: str | None) -> Choice:
+def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Facts, model_type: str | None,
+                 compiling: bool = False) -> Choice:
+    """``compiling``: torch.compile is on (liger's fused loss fails under it, so ``auto`` leaves liger off)."""
     if use_liger_kernel or setting == "on":
         return Choice(True, "set by --liger on" if setting == "on" else "set by --use_liger_kernel")
     if setting == "off":
@@ -136,18 +147,31 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
         return Choice(False, "liger-kernel is not installed (pip install liger-kernel)")
     if not liger_supports(model_type):
         return Choice(False, f"liger-kernel has no kernels for {model_type!r} models")
+    if compiling:
+        return Choice(False, "torch.compile is on: liger's fused loss fails under it (torch 2.11, liger-kernel 0.8.5), "
+                             "and compiling measured faster on an H200 (benchmarks/RESULTS.md)")
     return Choice(True, "installed: fused linear cross-entropy never builds the logits tensor")
 
 
-def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts, liger: bool = False) -> Choice:
-    if torch_compile or setting == "on":
-        return Choice(True, "set by --compile on" if setting == "on" else "set by --torch_compile")
+def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts,
+                   liger_forced: bool = False) -> Choice:
+    """``torch_compile``: the parsed ``--torch_compile``, which the parser sets itself when ``auto`` decides to compile
+    (the reason is then the ``auto`` one). ``liger_forced``: --liger on / --use_liger_kernel was given."""
+    if setting == "on":
+        return Choice(True, "set by --compile on")
+    if torch_compile:
+        auto = _auto_compile(packing, max_steps, facts, liger_forced)
+        return auto if setting == "auto" and auto.value else Choice(True, "set by --torch_compile")
     if setting == "off":
         return Choice(False, "set by --compile off")
+    return _auto_compile(packing, max_steps, facts, liger_forced)
+
+
+def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool) -> Choice:
     if not packing:
         return Choice(False, "no --packing")
-    if liger:
-        return Choice(False, "liger-kernel is on, and its fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5)")
+    if liger_forced:
+        return Choice(False, "liger-kernel was asked for, and its fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5)")
     if not facts.cuda:
         return Choice(False, "no GPU (compiling for the CPU takes minutes and gains little)")
     if 0 < max_steps < COMPILE_MIN_STEPS:
@@ -162,17 +186,17 @@ class FastPath:
     liger: Choice
     compile: Choice
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(choice, "value (reason)") for the log and the model card."""
+    def settings(self) -> dict[str, str]:
+        """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
         def show(c: Choice) -> str:
             return "on" if c.value is True else "off" if c.value is False else str(c.value or "model default")
 
-        return [(name, f"{show(c)} ({c.reason})") for name, c in
+        return {name: f"{show(c)} ({c.reason})" for name, c in
                 (("attention", self.attention), ("padding-free batches", self.padding_free),
-                 ("liger-kernel", self.liger), ("torch.compile", self.compile))]
+                 ("liger-kernel", self.liger), ("torch.compile", self.compile))}
 
     def lines(self) -> list[str]:
-        return [f"{name}: {text}" for name, text in self.rows()]
+        return [f"{name}: {text}" for name, text in self.settings().items()]
 
     def as_dict(self) -> dict:
         return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}
@@ -180,14 +204,15 @@ class FastPath:
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`)."""
-    attention = choose_attention(attn_requested, packing, facts)
-    liger = choose_liger(speed.liger, getattr(training_args, "use_liger_kernel", False), packing, facts, model_type)
+    attention = choose_attention(attn_requested, packing, facts, speed.padding_free)
+    use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
+    compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
+                              getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel)
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
-        liger=liger,
-        compile=choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
-                               getattr(training_args, "max_steps", -1) or -1, facts, bool(liger.value)),
+        liger=choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value)),
+        compile=compile_,
     )
 
 
@@ -198,6 +223,8 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts) -> 
         found.append("--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto")
     elif speed.liger == "on" and not facts.cuda:
         found.append("--liger on needs a GPU (liger's kernels are Triton GPU kernels); pass --liger auto or off")
+    if speed.liger == "on" and speed.compile == "on":
+        found.append("--liger on and --compile on: liger's fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5); pass one of them")
     if speed.padding_free == "on" and not packing:
         found.append("--padding_free on flattens packed rows: add --packing")
     if speed.padding_free == "off" and attn_requested in FLASH:

@@ -42,7 +42,7 @@ from diffmodel.preprocess.sanity import drop_warning, format_report, write_repor
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.train import fast_path
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
-from diffmodel.train.attention import backend_of, check_isolation, prepare_for_packing
+from diffmodel.train.attention import FLASH, backend_of, check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.lora import apply_lora, save_lora
@@ -99,7 +99,7 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
             model.to(training_args.device)
         autocast = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
     device = next(model.parameters()).device
-    if collator.flatten and device.type == "cpu":
+    if backend_of(model) in FLASH and device.type == "cpu":
         logger.info("packing: %s runs on a GPU only; the isolation probe is skipped while the model is on the CPU", backend_of(model))
         return collator
     diff = check_isolation(model, collator, autocast_dtype=autocast)
@@ -183,7 +183,7 @@ def evaluate(trainer, eval_ds) -> dict:
 
 
 def write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-               fast_path_rows=None) -> Path:
+               fast: fast_path.FastPath) -> Path:
     """``OUTPUT_DIR/README.md``, the model card (:mod:`diffmodel.train.card`), written atomically."""
     from datetime import datetime, timezone
 
@@ -192,7 +192,7 @@ def write_card(trainer, model_args, data_args, lora_args, training_args, reports
     from diffmodel.train.card import card_info, render_card
 
     info = card_info(model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast_path_rows)
+                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast.settings())
     path = write_text(Path(training_args.output_dir) / "README.md", render_card(info))
     logger.info("model card written to %s", path)
     return path
@@ -341,5 +341,5 @@ def _run(model_args, data_args, training_args) -> int:
         logger.info("generation eval plot written to %s", png)
     if training_args.do_train and training_args.should_save:
         write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-                   prepared.fast_path.rows())
+                   prepared.fast_path)
     return 0

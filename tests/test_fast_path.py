@@ -1,0 +1,460 @@
+"""The fast path of ``diffmodel train --packing``: decisions, flags, collators, padding-free batches, time budget.
+
+The decisions are pure functions of the flags and of ``Facts`` (what a
+machine has), so any machine is given here; liger-kernel is not installed in
+the test environment, so its "installed" branch is reached by monkeypatching
+``fast_path.liger_supports``. One real tiny ``diffmodel train`` run (module
+fixture) serves the time budget and the ``data_wait_share`` tests.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState
+
+from diffmodel.errors import DiffModelError
+from diffmodel.train import fast_path
+from diffmodel.train.args import SpeedArguments, parse_args, parse_duration, speed_args_from, validate
+from diffmodel.train.attention import check_isolation
+from diffmodel.train.collate import PackedCollator, RowCollator
+from diffmodel.train.fast_path import COMPILE_MIN_STEPS, Facts, choose, problems
+from diffmodel.train.time_budget import TimeBudgetCallback
+
+sys.path.insert(0, str(Path(__file__).parent))
+from packed_models import BACKENDS, EOS, PAD, X, one_by_one, packed, packed_rows, samples, sum_loss_and_grads  # noqa: E402
+from packed_models import model as tiny_model  # noqa: E402
+
+GPU_FLASH = Facts(cuda=True, flash_attn=True, flex_attention=True, liger=False)
+GPU = Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
+GPU_FLASH_LIGER = Facts(cuda=True, flash_attn=True, flex_attention=True, liger=True)
+CPU = Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False)
+
+
+def _training(max_steps=-1, torch_compile=False, use_liger_kernel=False):
+    return SimpleNamespace(max_steps=max_steps, torch_compile=torch_compile, use_liger_kernel=use_liger_kernel)
+
+
+# (id, SpeedArguments fields, --attn_implementation, --packing, training args, machine, model type,
+#  expected (attention, padding-free, liger, compile), a key phrase of each reason)
+DECISIONS = [
+    ("gpu-flash", {}, None, True, {}, GPU_FLASH, "llama",
+     ("flash_attention_2", True, False, True),
+     ("flash-attn is installed", "one-row batch", "not installed (pip install liger-kernel)", "fuses the many small kernels")),
+    ("gpu-no-flash", {}, None, True, {}, GPU, "llama",
+     ("flex_attention", False, False, True),
+     ("flash-attn is not installed", "already nearly full", "not installed", "fuses")),
+    ("gpu-liger-supported-but-compiling", {}, None, True, {}, GPU_FLASH_LIGER, "llama",
+     ("flash_attention_2", True, False, True),
+     ("varlen kernels", "one-row batch", "torch.compile is on: liger's fused loss fails under it", "fuses")),
+    ("gpu-liger-supported-short-run", {}, None, True, {"max_steps": 100}, GPU_FLASH_LIGER, "llama",
+     ("flash_attention_2", True, True, False),
+     ("varlen kernels", "one-row batch", "fused linear cross-entropy never builds the logits", "--max_steps 100 is under")),
+    ("gpu-liger-asked-for-is-not-compiled", {"liger": "on"}, None, True, {}, GPU_FLASH_LIGER, "llama",
+     ("flash_attention_2", True, True, False),
+     ("varlen kernels", "one-row batch", "set by --liger on", "liger-kernel was asked for")),
+    ("gpu-liger-unsupported-model", {}, None, True, {}, GPU_FLASH_LIGER, "gpt2",
+     ("flash_attention_2", True, False, True),
+     ("varlen", "one-row", "no kernels for 'gpt2' models", "fuses")),
+    ("cpu", {}, None, True, {}, CPU, "llama",
+     ("sdpa", False, False, False),
+     ("no GPU: sdpa", "sdpa would need one dense mask", "no GPU (liger's kernels are Triton", "no GPU (compiling for the CPU")),
+    ("no-packing-is-the-reference", {}, None, False, {}, GPU_FLASH_LIGER, "llama",
+     (None, False, False, False),
+     ("the model's default (no --packing)", "no --packing", "no --packing", "no --packing")),
+    ("short-run-not-compiled", {}, None, True, {"max_steps": 100}, GPU, "llama",
+     ("flex_attention", False, False, False),
+     ("flash-attn is not installed", "nearly full", "not installed", f"--max_steps 100 is under {COMPILE_MIN_STEPS}")),
+    ("run-of-the-threshold-compiled", {}, None, True, {"max_steps": COMPILE_MIN_STEPS}, GPU, "llama",
+     ("flex_attention", False, False, True),
+     ("flash-attn is not installed", "nearly full", "not installed", "fuses")),
+    ("flags-on-on-a-cpu", {"liger": "on", "padding_free": "on", "compile": "on"}, None, True, {}, CPU, "llama",
+     ("sdpa", True, True, True),
+     ("no GPU", "set by --padding_free on", "set by --liger on", "set by --compile on")),
+    ("flags-off-on-a-gpu", {"liger": "off", "padding_free": "off", "compile": "off"}, None, True, {}, GPU_FLASH_LIGER, "llama",
+     ("flex_attention", False, False, False),
+     ("--padding_free off rules out flash-attn", "set by --padding_free off", "set by --liger off", "set by --compile off")),
+    ("gpu-without-flex-attention", {}, None, True, {}, Facts(cuda=True, flash_attn=False, flex_attention=False, liger=False), "llama",
+     ("sdpa", False, False, True),
+     ("(flash-attn is not installed; this torch has no flex_attention)", "sdpa would need", "not installed", "fuses")),
+    ("compile-set-by-the-parser-keeps-its-reason", {}, None, True, {"torch_compile": True}, GPU, "llama",
+     ("flex_attention", False, False, True),
+     ("flash-attn is not installed", "nearly full", "not installed", "on a GPU it fuses the many small kernels")),
+    ("torch-compile-given-for-a-short-run", {}, None, True, {"torch_compile": True, "max_steps": 10}, GPU, "llama",
+     ("flex_attention", False, False, True),
+     ("flash-attn is not installed", "nearly full", "not installed", "set by --torch_compile")),
+    ("trainer-flags", {}, None, True, {"torch_compile": True, "use_liger_kernel": True}, CPU, "gpt2",
+     ("sdpa", False, True, True),
+     ("no GPU", "dense mask", "set by --use_liger_kernel", "set by --torch_compile")),
+    ("given-backend", {}, "eager", True, {}, GPU_FLASH, "llama",
+     ("eager", False, False, True),
+     ("set by --attn_implementation", "eager would need one dense mask", "not installed", "fuses")),
+    ("given-flash-is-flattened", {"padding_free": "auto"}, "flash_attention_3", True, {}, GPU_FLASH, "llama",
+     ("flash_attention_3", True, False, True),
+     ("set by --attn_implementation", "flash_attention_3 sees sample boundaries only in a one-row batch", "not installed", "fuses")),
+]
+
+
+@pytest.mark.parametrize("speed,attn,packing,training,facts,model_type,expected,reasons", [d[1:] for d in DECISIONS], ids=[d[0] for d in DECISIONS])
+def test_decisions(monkeypatch, speed, attn, packing, training, facts, model_type, expected, reasons):
+    monkeypatch.setattr(fast_path, "liger_supports", lambda t: t == "llama")  # as if liger-kernel were installed
+    path = choose(SpeedArguments(**speed), attn, packing, _training(**training), facts, model_type)
+    choices = (path.attention, path.padding_free, path.liger, path.compile)
+    assert tuple(c.value for c in choices) == expected
+    for choice, phrase in zip(choices, reasons):
+        assert phrase in choice.reason
+
+
+def test_liger_is_off_when_the_package_is_missing_whatever_facts_say():
+    # liger-kernel is not installed here, so liger_supports is False for every model type
+    assert fast_path.liger_supports("llama") is False
+    path = choose(SpeedArguments(), None, True, _training(), GPU_FLASH_LIGER, "llama")
+    assert (path.liger.value, path.liger.reason) == (False, "liger-kernel has no kernels for 'llama' models")
+
+
+def test_lines_say_each_choice_and_its_reason():
+    path = choose(SpeedArguments(), None, True, _training(max_steps=10), CPU, "gpt2")
+    assert path.lines() == [
+        "attention: sdpa (no GPU: sdpa keeps samples apart through position_ids)",
+        "padding-free batches: off (sdpa would need one dense mask over a flattened batch)",
+        "liger-kernel: off (no GPU (liger's kernels are Triton GPU kernels))",
+        "torch.compile: off (no GPU (compiling for the CPU takes minutes and gains little))",
+    ]
+    assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
+    assert path.as_dict()["attention"] == {"value": "sdpa", "reason": path.attention.reason}
+
+
+# (SpeedArguments fields, --attn_implementation, --packing, machine) -> the words of the one problem found
+PROBLEMS = [
+    ({"liger": "on"}, None, True, GPU, ("--liger on", "not installed", "pip install liger-kernel", "--liger auto")),
+    ({"liger": "on"}, None, True, Facts(cuda=False, flash_attn=False, flex_attention=True, liger=True), ("--liger on needs a GPU", "--liger auto or off")),
+    ({"padding_free": "on"}, None, False, CPU, ("--padding_free on", "add --packing")),
+    ({"padding_free": "off"}, "flash_attention_2", True, GPU_FLASH, ("--padding_free off", "flash_attention_2", "drop --padding_free off")),
+    ({}, "paged_attention", True, GPU, ("--attn_implementation paged_attention", "use one of sdpa, eager", "or drop --packing")),
+    ({"liger": "on", "compile": "on"}, None, True, GPU_FLASH_LIGER, ("--liger on and --compile on", "fails under torch.compile", "pass one of them")),
+]
+
+
+@pytest.mark.parametrize("speed,attn,packing,facts,words", PROBLEMS)
+def test_problems_name_the_flag_and_the_fix(speed, attn, packing, facts, words):
+    (found,) = problems(SpeedArguments(**speed), attn, packing, facts)
+    for w in words:
+        assert w in found
+
+
+def test_no_problem_with_the_defaults_or_settings_the_machine_allows():
+    assert problems(SpeedArguments(), None, True, CPU) == []
+    assert problems(SpeedArguments(liger="on", padding_free="on"), "sdpa", True, GPU_FLASH_LIGER) == []
+    assert problems(SpeedArguments(padding_free="off"), "sdpa", True, GPU_FLASH) == []
+
+
+# --- through the real parser ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def argv(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "x"}\n')
+    return ["--model_type", "gpt2", "--tokenizer_name", str(tmp_path), "--train_file", str(data),
+            "--output_dir", str(tmp_path / "out"), "--do_train", "--report_to", "none"]
+
+
+def _parse_and_validate(argv):
+    parsed = parse_args(argv)
+    validate(*parsed)
+    return parsed
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize("extra", [["--liger", "on"], ["--packing", "--liger", "on"]])
+    def test_liger_on_without_liger_kernel_is_refused(self, argv, extra):
+        with pytest.raises(DiffModelError, match=r"--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto"):
+            _parse_and_validate(argv + extra)
+
+    def test_compile_off_with_torch_compile_is_refused(self, argv):
+        with pytest.raises(DiffModelError, match=r"--compile off and --torch_compile contradict each other"):
+            _parse_and_validate(argv + ["--compile", "off", "--torch_compile"])
+
+    def test_unreadable_max_train_time_is_refused(self, argv):
+        with pytest.raises(DiffModelError, match=r"--max_train_time 'abc' is not a duration; give seconds \(5400\) or H:MM:SS"):
+            _parse_and_validate(argv + ["--max_train_time", "abc"])
+
+    def test_max_train_time_h_mm_ss(self, argv):
+        _, _, training_args = _parse_and_validate(argv + ["--max_train_time", "1:30:00"])
+        assert parse_duration(speed_args_from(training_args).max_train_time) == 5400
+
+    @pytest.mark.parametrize("text,seconds", [("5400", 5400), ("90.5", 90.5), ("2:30", 150), ("1:30:00", 5400), ("0:00:01", 1), (None, None)])
+    def test_durations(self, text, seconds):
+        assert parse_duration(text) == seconds
+
+    @pytest.mark.parametrize("text", ["abc", "0", "-5", "1:2:3:4", "1:-30:00", "1:75:00", "1:30:60", "nan", "inf"])
+    def test_durations_that_are_refused(self, text):
+        with pytest.raises(ValueError):
+            parse_duration(text)
+
+    def test_packing_on_a_gpu_machine_compiles(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        assert parse_args(argv + ["--packing"])[2].torch_compile is True
+        assert parse_args(argv + ["--packing", "--max_steps", "50"])[2].torch_compile is False
+        assert parse_args(argv + ["--packing", "--compile", "off"])[2].torch_compile is False
+        assert parse_args(argv)[2].torch_compile is False  # no --packing: the reference's behaviour
+
+    def test_compiling_decided_while_parsing_is_logged_with_its_reason(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        model_args, data_args, training_args = parse_args(argv + ["--packing"])
+        path = choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args, GPU, "llama")
+        assert (path.compile.value, path.compile.reason) == (True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
+
+    def test_packing_on_a_cpu_machine_does_not_compile(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: CPU)
+        assert parse_args(argv + ["--packing"])[2].torch_compile is False
+
+    def test_compile_on_compiles_with_or_without_packing(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: CPU)
+        assert parse_args(argv + ["--packing", "--compile", "on"])[2].torch_compile is True
+        assert parse_args(argv + ["--compile", "on"])[2].torch_compile is True
+
+
+# --- collators ------------------------------------------------------------------------------------------
+
+
+PACKED_ROWS = [
+    {"input_ids": [5, 6, EOS], "labels": [X, 6, EOS], "position_ids": [0, 1, 2]},
+    {"input_ids": [7, EOS, 8, 9, 4, EOS], "labels": [X, EOS, X, 9, 4, EOS], "position_ids": [0, 1, 0, 1, 2, 3]},
+    {"input_ids": [3, EOS, 2, EOS], "labels": [X, EOS, X, EOS], "position_ids": [0, 1, 0, 1]},
+]
+
+
+def _as(kind, rows):
+    convert = {"list": list, "numpy": np.asarray, "tensor": torch.tensor}[kind]
+    return [{k: convert(v) for k, v in r.items()} for r in rows]
+
+
+def _plain(batch):
+    return {k: (v.dtype, v.tolist()) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+KINDS = ["list", "numpy", "tensor"]
+
+
+class TestPackedCollator:
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_rows_padded_with_a_segment_of_their_own(self, kind):
+        batch = PackedCollator(PAD)(_as(kind, PACKED_ROWS))  # to a multiple of 8
+        assert _plain(batch) == {
+            "input_ids": (torch.int64, [[5, 6, EOS, PAD, PAD, PAD, PAD, PAD], [7, EOS, 8, 9, 4, EOS, PAD, PAD], [3, EOS, 2, EOS, PAD, PAD, PAD, PAD]]),
+            "labels": (torch.int64, [[X, 6, EOS, X, X, X, X, X], [X, EOS, X, 9, 4, EOS, X, X], [X, EOS, X, EOS, X, X, X, X]]),
+            "position_ids": (torch.int64, [[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 0, 1, 2, 3, 0, 1], [0, 1, 0, 1, 0, 1, 2, 3]]),
+        }
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_padded_to_the_block_width(self, kind):
+        batch = PackedCollator(PAD, pad_to_multiple_of=12)(_as(kind, PACKED_ROWS[:2]))
+        assert batch["input_ids"].tolist() == [[5, 6, EOS] + [PAD] * 9, [7, EOS, 8, 9, 4, EOS] + [PAD] * 6]
+        assert batch["labels"].tolist() == [[X, 6, EOS] + [X] * 9, [X, EOS, X, 9, 4, EOS] + [X] * 6]
+        assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]]
+        full = PackedCollator(PAD, pad_to_multiple_of=6)([PACKED_ROWS[1]])  # a full row gets no pad segment
+        assert full["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3]]
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_flattened_with_the_sample_boundaries(self, kind):
+        batch = PackedCollator(PAD, flatten=True)(_as(kind, PACKED_ROWS))
+        assert _plain(batch) == {
+            "input_ids": (torch.int64, [[5, 6, EOS, 7, EOS, 8, 9, 4, EOS, 3, EOS, 2, EOS]]),
+            "labels": (torch.int64, [[X, 6, EOS, X, EOS, X, 9, 4, EOS, X, EOS, X, EOS]]),
+            "position_ids": (torch.int64, [[0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 1, 0, 1]]),
+            "cu_seq_lens_q": (torch.int32, [0, 3, 5, 9, 11, 13]),
+            "cu_seq_lens_k": (torch.int32, [0, 3, 5, 9, 11, 13]),
+            "max_length_q": 4,
+            "max_length_k": 4,
+        }
+
+    @pytest.mark.parametrize("fmt", ["numpy", "torch"])
+    def test_rows_of_a_formatted_dataset_give_the_batch_of_lists(self, fmt):
+        rows = datasets.Dataset.from_list(PACKED_ROWS).with_format(fmt)
+        for collator in (PackedCollator(PAD), PackedCollator(PAD, flatten=True), PackedCollator(PAD, pad_to_multiple_of=16)):
+            assert _plain(collator([rows[i] for i in range(len(rows))])) == _plain(collator(PACKED_ROWS))
+
+
+class TestRowCollator:
+    ROWS = [
+        {"input_ids": [PAD, PAD, 5, 6], "labels": [X, X, X, 6], "attention_mask": [0, 0, 1, 1], "position_ids": [0, 0, 0, 1]},
+        {"input_ids": [7, 8], "labels": [X, 8], "attention_mask": [1, 1], "position_ids": [0, 1]},
+    ]
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_rows_of_different_lengths_are_right_padded(self, kind):
+        batch = RowCollator(pad_id=9)(_as(kind, self.ROWS))
+        assert _plain(batch) == {
+            "input_ids": (torch.int64, [[PAD, PAD, 5, 6], [7, 8, 9, 9]]),
+            "labels": (torch.int64, [[X, X, X, 6], [X, 8, X, X]]),
+            "attention_mask": (torch.int64, [[0, 0, 1, 1], [1, 1, 0, 0]]),
+            "position_ids": (torch.int64, [[0, 0, 0, 1], [0, 1, 0, 0]]),
+        }
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_a_mask_is_made_for_rows_without_one(self, kind):
+        rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+        batch = RowCollator(pad_id=9)(_as(kind, rows))
+        assert _plain(batch) == {
+            "input_ids": (torch.int64, [[5, 6, 7], [8, 9, 9]]),
+            "labels": (torch.int64, [[5, 6, 7], [8, X, X]]),
+            "attention_mask": (torch.int64, [[1, 1, 1], [1, 0, 0]]),
+        }
+
+
+# --- padding-free and fixed-width batches keep samples apart ----------------------------------------------
+
+
+class TestPaddingFreeEqualsOneByOne:
+    @pytest.mark.parametrize("arch,attn", BACKENDS)
+    @pytest.mark.parametrize("layout", ["flattened", "fixed width"])
+    def test_loss_and_gradients_match(self, arch, attn, layout):
+        collator = PackedCollator(PAD, flatten=True) if layout == "flattened" else PackedCollator(PAD, pad_to_multiple_of=32)
+        model = tiny_model(arch, attn)
+        ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples()))
+        batches = packed(samples(), collator=collator)
+        rows = len(packed_rows(samples()))
+        assert rows >= 2
+        if layout == "flattened":  # several rows become one, with every sample boundary
+            assert batches[0]["input_ids"].shape == (1, sum(len(ids) + 1 for ids, _ in samples()))
+            assert len(batches[0]["cu_seq_lens_q"]) == len(samples()) + 1
+        else:  # every row has a pad segment up to the block width
+            assert batches[0]["input_ids"].shape == (rows, 32)
+        loss, grads = sum_loss_and_grads(model, batches)
+        assert loss == pytest.approx(ref_loss, abs=1e-5)
+        assert grads.keys() == ref_grads.keys()
+        for k in ref_grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4)
+
+    @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+    def test_isolation_probe_passes_on_flattened_batches(self, arch):
+        assert check_isolation(tiny_model(arch, "sdpa"), PackedCollator(PAD, flatten=True)) < 1e-4
+
+
+class TestPaddingFreeStartUpProbe:
+    """``make_collator`` probes a padding-free sdpa batch on the CPU (only flash attention cannot run there)."""
+
+    def test_a_leaking_backend_is_refused_for_padding_free_batches(self, monkeypatch):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        from diffmodel.train.run import make_collator
+
+        original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+        def leaky(module, query, key, value, attention_mask, **kw):  # drops the mask: attends across samples
+            return original(module, query, key, value, None, **dict(kw, is_causal=True))
+
+        model = tiny_model("llama", "sdpa")
+        tokenizer = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS)
+        collator = make_collator(model, tokenizer, packing=True, padding_free=True)
+        assert collator.flatten
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", leaky)
+        with pytest.raises(DiffModelError, match="packed samples are not isolated with the 'sdpa' attention backend"):
+            make_collator(model, tokenizer, packing=True, padding_free=True)
+
+
+# --- --max_train_time -----------------------------------------------------------------------------------
+
+
+class TestTimeBudgetCallback:
+    def test_stops_at_the_first_step_end_past_the_budget(self):
+        times = iter([100.0, 100.7, 101.4, 102.1, 102.8])  # train begins, then the end of steps 1..4
+        budget = TimeBudgetCallback(2.0, clock=lambda: next(times))
+        state = TrainerState()
+        budget.on_train_begin(None, state, TrainerControl())
+        seen = []
+        for step in (1, 2, 3):
+            state.global_step = step
+            control = budget.on_step_end(None, state, TrainerControl())
+            seen.append((control.should_save, control.should_training_stop))
+        assert seen == [(False, False), (False, False), (True, True)]  # 2.1 s after the start: step 3
+        assert budget.stopped_at == 3
+
+
+def _rows(n=40):
+    rows = []
+    for i in range(n):
+        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
+        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast_runs")
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    return d
+
+
+def _train(model_dir, d: Path, name: str, *extra) -> dict:
+    """A tiny ``diffmodel train`` run in ``d / name``; its exit code, folder and diffmodel log messages."""
+    from diffmodel.commands.train import main as train_main
+
+    args = [
+        "--model_name_or_path", str(model_dir), "--train_file", str(d / "data.jsonl"), "--validation_split_percentage", "0",
+        "--output_dir", str(d / name), "--cache_dir", str(d / "cache"), "--block_size", "128", "--train_diff_model",
+        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none",
+        "--save_strategy", "no", "--logging_steps", "1", "--seed", "1", "--do_train", "--use_cpu", *extra,
+    ]
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("diffmodel").addHandler(handler)
+    try:
+        code = train_main(args)
+    finally:
+        logging.getLogger("diffmodel").removeHandler(handler)
+    return {"code": code, "out": d / name, "log": records}
+
+
+@pytest.fixture(scope="module")
+def budget_run(data_dir, tiny_gpt2_dir):
+    """A packed, padding-free tiny run of --max_steps 10000 stopped by --max_train_time 2."""
+    return _train(tiny_gpt2_dir, data_dir, "budget", "--packing", "--padding_free", "on", "--max_steps", "10000", "--max_train_time", "2")
+
+
+class TestTimeBudgetRun:
+    def test_ends_early_with_the_final_model_and_a_checkpoint_of_its_last_step(self, budget_run):
+        assert budget_run["code"] == 0
+        out = budget_run["out"]
+        state = json.loads((out / "trainer_state.json").read_text())
+        step = state["global_step"]
+        assert 1 <= step < 10000
+        assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]
+        assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
+        assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+        assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, step + 1))
+        assert f"--max_train_time 2 s reached at step {step}: saving a checkpoint and stopping" in budget_run["log"]
+
+    def test_the_fast_path_is_logged_with_its_reasons(self, budget_run):
+        lines = [m for m in budget_run["log"] if m.startswith("fast path: ")]
+        assert lines[0] == "fast path: attention: sdpa (no GPU: sdpa keeps samples apart through position_ids)"
+        assert lines[1] == "fast path: padding-free batches: on (set by --padding_free on)"
+        assert len(lines) == 4
+        assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
+
+    def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
+        card = (budget_run["out"] / "README.md").read_text()
+        assert "| attention | sdpa (no GPU: sdpa keeps samples apart through position_ids) |" in card
+        assert "| padding-free batches | on (set by --padding_free on) |" in card
+        assert "| torch.compile | off (no GPU (compiling for the CPU takes minutes and gains little)) |" in card
+        assert "| `--padding_free` | on |" in card and "| `--max_train_time` | 2 |" in card
+        assert "`--liger`" not in card  # left at its default
+
+
+class TestDataWaitShare:
+    def test_logged_from_the_second_log_on_as_a_share(self, data_dir, tiny_gpt2_dir):
+        run = _train(tiny_gpt2_dir, data_dir, "short", "--ignore_long_samples", "--max_steps", "3")  # left-padded rows
+        assert run["code"] == 0
+        state = json.loads((run["out"] / "trainer_state.json").read_text())
+        logs = [h for h in state["log_history"] if "loss" in h]
+        assert [h["step"] for h in logs] == [1, 2, 3]
+        assert "data_wait_share" not in logs[0]
+        assert all(0 <= h["data_wait_share"] <= 1 for h in logs[1:])
