@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -352,3 +355,67 @@ def test_a_stop_where_the_diff_cannot_end_keeps_the_finished_part_and_never_rais
     assert edit.diff == "@@ -1 +1 @@\n-a\n+A\n"
     assert edit.new_code == "A\nb\n"
     assert "the model stopped where the diff cannot end" in " ".join(edit.notes)
+
+
+class TestTheLoopSpendsLittlePerStep:
+    """What the decoding loop does per step: no forward pass for a token the grammar leaves alone, a compact cache."""
+
+    def test_a_token_that_is_the_only_one_allowed_costs_no_forward_pass(self):
+        from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
+        from diffmodel.tiny import build_model
+
+        tok = char_tokenizer(merges=[])  # one token per character: a forced span's held-back token is the only choice
+        eos = tok.eos_token_id
+        decoder = ConstrainedDecoder(build_model("gpt2", tok, seed=0), tok, [eos], eos)
+        code = "ab\ncd\nef\n"
+        prompt = tok(render_prompt("a.py", code, "m"), add_special_tokens=False)["input_ids"]
+        held_back = 0
+        for seed in range(6):
+            torch.manual_seed(seed)
+            [[edit]] = decoder.generate([prompt], [code], 1, [40], DecodeOptions(temperature=1.0))
+            generated = decoder.last_ids[0]
+            # replay the characters through the grammar: the model picks where it offers more than one continuation
+            text = "".join(CHARS[i] for i in generated if i != eos)
+            assert text.startswith(" @@ -")
+            if edit.stop == "marker":  # the last token, '<', started the next sample
+                text = text[:-1]
+            state, picks = DiffGrammar(code).start(), 0
+            for c in text[1:]:
+                nxt = state.allowed_next()
+                options = 1 if nxt.field == "forced" else 2 if nxt.chars is None else len(nxt.chars) + 2 * nxt.end
+                picks += options > 1
+                state = state.feed(c)
+            picks += edit.stop in ("eos", "marker")  # the end is picked among the line kinds
+            assert decoder.forward_calls == max(picks, 1), (seed, text)
+            assert edit.forced_tokens == edit.num_tokens - picks
+            held_back += len(re.findall(r"\n[ -]", text))  # a context or removal line: its held-back token was taken
+        assert held_back >= 3
+
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_padding_is_dropped_from_the_cache_and_the_edits_stay_the_same(self, request, monkeypatch, fixture):
+        from diffmodel.infer import constrained
+
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())]
+        widths, share = [], constrained.COMPACT_SHARE
+
+        def record(module, args, kwargs):
+            mask, step = kwargs["attention_mask"], kwargs["input_ids"].shape[1]
+            past = mask[:, :mask.shape[1] - step]
+            widths.append((past.shape[1], int(past.sum(dim=1).max())))
+
+        hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            compact = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=0,
+                                      batch_size=len(requests))
+            assert model._decoder.compactions > 0
+            assert all(width <= longest * (1 + share) for width, longest in widths[1:]), widths
+            monkeypatch.setattr(constrained, "COMPACT_SHARE", float("inf"))
+            widths.clear()
+            padded = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=0,
+                                     batch_size=len(requests))
+        finally:
+            hook.remove()
+        assert model._decoder.compactions == 0
+        assert max(w for w, _ in widths) > max(longest for _, longest in widths) * (1 + share)  # without: it grows
+        assert compact == padded
