@@ -192,9 +192,10 @@ class TokenTable:
         self.sorted = sorted(self.ids_of)
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
-        #: cached answers of :meth:`allowed` and :meth:`ends`, by state signature
+        #: cached answers of :meth:`allowed`, :meth:`ends` and :meth:`next_of`, by state signature
         self.memo: dict[tuple, tuple[list[int], bool]] = {}
         self.memo_ends: dict[tuple, list[tuple[int, str]]] = {}
+        self.memo_next: dict[tuple, Next] = {}
 
     @staticmethod
     def _fallback_piece(tokenizer, i: int) -> bool:
@@ -216,15 +217,24 @@ class TokenTable:
             found = self.memo[key] = self._allowed(state, pending)
         return found
 
+    def next_of(self, state: DiffState) -> Next:
+        """``state.allowed_next()``, cached by signature like :meth:`allowed`."""
+        key = state.signature
+        found = self.memo_next.get(key)
+        if found is None:
+            found = self.memo_next[key] = state.allowed_next()
+        return found
+
     def forget(self) -> None:
         """Drop the cached answers (they hold the grammars of finished requests)."""
         self.memo.clear()
         self.memo_ends.clear()
+        self.memo_next.clear()
 
     def _allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
         out: list[int] = []
         everything = False
-        nxt = state.allowed_next()
+        nxt = self.next_of(state)
         if pending:
             self._partial(state, nxt, pending, out)
         elif nxt.field == "added":
@@ -245,7 +255,7 @@ class TokenTable:
         """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts."""
         if not self._has_longer(prefix):
             return
-        nxt = nxt or state.allowed_next()
+        nxt = nxt or self.next_of(state)
         room = self.maxlen - len(prefix)
         if nxt.field == "forced":
             forced = nxt.forced
@@ -272,7 +282,7 @@ class TokenTable:
         """Inside ``+`` text: tokens with a newline (those without are the precomputed mask)."""
         out.extend(self.line_ends)
         line = state.feed("\n")
-        chars = line.allowed_next().chars or frozenset()
+        chars = self.next_of(line).chars or frozenset()
         for c in chars:
             for rest, ids in self.after_newline.get(c, {}).items():
                 if line.accepts(rest):
@@ -463,9 +473,8 @@ class ConstrainedDecoder:
         self._newline_free: torch.Tensor | None = None  # the table's mask on the logits' device
         self._params: set[str] | None = None  # the model's forward arguments
         self._width = self.table.size  # the logits' width (checked at the prefill)
-        #: per generate call: _Choice by (signature, pending, may end); Next by signature; forced ids by (text, skip)
+        #: per generate call: _Choice by (signature, pending, may end); forced ids by (text, skip)
         self._choices: dict[tuple, _Choice] = {}
-        self._next: dict[tuple, Next] = {}
         self._spelt: dict[tuple[str, int], list[int]] = {}
         #: forward calls of the last :meth:`generate` (prefill included)
         self.forward_calls = 0
@@ -514,10 +523,7 @@ class ConstrainedDecoder:
         """Append to the row's chunk every token the grammar forces now."""
         if row.tokens >= row.budget:
             return
-        key = row.state.signature
-        nxt = self._next.get(key)
-        if nxt is None:
-            nxt = self._next[key] = row.state.allowed_next()
+        nxt = self.table.next_of(row.state)
         if nxt.field != "forced":
             return
         spell = (nxt.forced, len(row.pending))
@@ -636,7 +642,6 @@ class ConstrainedDecoder:
         finally:
             self.table.forget()
             self._choices.clear()
-            self._next.clear()
             self._spelt.clear()
 
     def _step_inputs(self, chunks: list[list[int]], lengths: list[int], device) -> tuple[torch.Tensor, ...]:
