@@ -23,6 +23,27 @@ tokenization it was trained on at line boundaries. Pads inside the KV cache
 keep attention mask 0 for the rest of generation; each row's position ids
 count only its real tokens, so a row sees the same positions alone or in a
 batch. Finished rows are removed from the cache (``batch_select_indices``).
+Once the padding columns pass :data:`COMPACT_SHARE` of the longest row's real
+tokens, the cache is compacted: each row's real entries move, in order, to
+the right end (keys already hold their positions; attention ignores masked
+columns), so the cache stays about as long as the longest row instead of
+growing by the widest chunk at every step. Only plain per-layer key/value
+caches are rewritten (``DynamicLayer``); others keep their padding.
+
+A token that is the only one the grammar allows (a held-back last token that
+nothing can merge with, say) is taken at once, with what is forced after it,
+and counted as forced: the model could pick nothing else, so no forward pass
+is spent on it (``forward_calls`` is the number of tokens picked from logits,
+at least the prefill).
+
+Host work per step: what each row may pick (:class:`_Choice`: ids, whether
+every newline-free token is allowed, end tokens, the only token) is cached
+for the call by (state signature, pending bytes, whether the row may end
+yet); the batch's mask is built on the device from one index tensor, the
+argmax or sampling runs there, and one transfer goes each way (the step's ids,
+positions and mask in; the picked ids out by one ``.tolist()``). A chunk of
+tokens is fed to the grammar in one pass. ``benchmarks/constrained_decoding.py
+--profile`` times the forward passes and the host work per step of each arm.
 
 The end: EOS where the grammar allows it, or a token that starts a line with
 ``<`` there (the next sample's ``<NME>``: a diff line never starts with
@@ -51,7 +72,10 @@ Invariants:
   ``finish(partial=True)``: its unfinished line or change-less hunk is dropped,
   and the edit says so (``stop == "length"`` and a note).
 - Greedy decoding of a request gives the same edit alone or in a batch (up to
-  float rounding of padded batches in low precision).
+  float rounding of padded batches in low precision). Compacting the cache
+  changes no edit (sampled ones included); taking an only-allowed token
+  without a forward pass changes no greedy edit (sampling then draws from
+  the generator fewer times, so seeded samples differ from a loop without it).
 - Nothing the model does makes this raise: a row no token can continue ends
   with ``finish(partial=True)`` and a note.
 """
