@@ -82,6 +82,7 @@ MARKER_LINE = NO_NEWLINE + "\n"
 MAX_DIGITS = 9
 
 DIGITS = frozenset("0123456789")
+_NUMBER_CHARS = DIGITS | {",", " "}
 _HEADER_OPEN = "@@ -"
 _RANGE_GAP = " +"
 _HEADER_CLOSE = " @@\n"
@@ -262,7 +263,7 @@ class DiffState:
         return frozenset(chars)
 
     def _number_chars(self) -> frozenset[str]:
-        return frozenset(c for c in DIGITS | {",", " "} if _walk(self._copy(), c) == 1)
+        return frozenset(c for c in _NUMBER_CHARS if _header_char(self._copy(), c))  # _walk's step, without its loop
 
     def _options(self) -> tuple[frozenset[str] | None, bool]:
         """(characters allowed next, or None for any; whether the diff may end), outside forced text."""
