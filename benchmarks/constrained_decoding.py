@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/constrained_decoding.py --model runs/diff --data heldout.jsonl \\
         [--max_samples 400] [--batch_size 32] [--max_new_tokens 512] [--rounds 2] [--device cuda] [--out r.md]
     PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu   # a quick check of the script
-    PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu --profile \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu --profile \\
         --max_samples 50 --batch_size 50 --max_new_tokens 256 --rounds 1           # host time per step (CPU proxy)
 
 Set-up:
