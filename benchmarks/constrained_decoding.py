@@ -3,6 +3,8 @@
     PYTHONPATH=src python benchmarks/constrained_decoding.py --model runs/diff --data heldout.jsonl \\
         [--max_samples 400] [--batch_size 32] [--max_new_tokens 512] [--rounds 2] [--device cuda] [--out r.md]
     PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu   # a quick check of the script
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/constrained_decoding.py --tiny --device cpu --profile \\
+        --max_samples 50 --batch_size 50 --max_new_tokens 256 --rounds 1           # host time per step (CPU proxy)
 
 Set-up:
 
@@ -21,6 +23,13 @@ Set-up:
 - ``--tiny``: a tiny GPT-2 with random weights and a byte-level BPE trained on
   the bundled quickstart samples, on their first ``--max_samples`` rows: the
   numbers mean nothing, the run only checks the script.
+
+- ``--profile``: also times every forward pass of the model (hooks on the
+  model, after a device sync) and reports per arm the forward passes, the
+  total, forward and host (the rest) milliseconds per forward pass (a
+  decoding step). With ``--tiny --device cpu`` the forwards are cheap, so
+  the host figures isolate the Python work per step of each decoder.
+  ``--cprofile FILE`` writes cProfile stats of the first constrained round.
 
 Prints a Markdown table (applies_strict, exact, line_similarity, edits/s,
 forced share; the ratio constrained / unconstrained) and writes it to
@@ -70,6 +79,30 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+class _ForwardClock:
+    """Counts and times the model's forward passes (top-level calls only)."""
+
+    def __init__(self, module: torch.nn.Module, device) -> None:
+        self.calls, self.seconds, self._start, self._device = 0, 0.0, 0.0, device
+        self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def _pre(self, *_):
+        _sync(self._device)
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        _sync(self._device)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.calls, self.seconds = 0, 0.0
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
 def run(args) -> str:
     from importlib.resources import files
 
@@ -82,14 +115,32 @@ def run(args) -> str:
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, seed=0)
     results: dict[bool, dict] = {}
     seconds: dict[bool, list[float]] = {True: [], False: []}
+    steps: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}  # (forwards, forward s, total s)
+    clock = _ForwardClock(model.model, model.device) if args.profile else None
     for _ in range(args.rounds):
         for constrained in (True, False):
+            profiler = None
+            if args.cprofile and constrained and not steps[True]:
+                import cProfile
+
+                profiler = cProfile.Profile()
+            if clock:
+                clock.reset()
             _sync(model.device)
             start = time.perf_counter()
+            if profiler:
+                profiler.enable()
             summary, _ = evaluate_edits(model, cases, constrained=constrained, **options)
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.cprofile)
             _sync(model.device)
             seconds[constrained].append(time.perf_counter() - start)
+            if clock:
+                steps[constrained].append((clock.calls, clock.seconds, seconds[constrained][-1]))
             results.setdefault(constrained, summary)
+    if clock:
+        clock.remove()
     generations = results[True]["metrics"]["generations"]
     rate = {c: generations / statistics.median(s) for c, s in seconds.items()}
     lines = [
@@ -109,6 +160,17 @@ def run(args) -> str:
         a, b = results[True]["metrics"][m], results[False]["metrics"][m]
         lines.append(f"| {m} | {a:.4f} | {b:.4f} | {a / b:.2f} |" if b else f"| {m} | {a:.4f} | {b:.4f} | - |")
     lines.append(f"| edits/s | {rate[True]:.2f} | {rate[False]:.2f} | {rate[True] / rate[False]:.2f} |")
+    if args.profile:
+        lines += ["", "Per forward pass (a decoding step; medians over rounds; host = total - forward):", "",
+                  "| arm | forwards | total s | total ms/step | forward ms/step | host ms/step |", "|---|---|---|---|---|---|"]
+        for constrained in (True, False):
+            calls = statistics.median(c for c, _, _ in steps[constrained])
+            fwd = statistics.median(f for _, f, _ in steps[constrained])
+            total = statistics.median(t for _, _, t in steps[constrained])
+            lines.append(f"| {'constrained' if constrained else 'unconstrained'} | {calls:.0f} | {total:.2f} | "
+                         f"{1000 * total / calls:.2f} | {1000 * fwd / calls:.2f} | {1000 * (total - fwd) / calls:.2f} |")
+        ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
+        lines.append(f"\ntotal time constrained / unconstrained: {ratio:.2f}")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--out", help="also write the Markdown table here")
+    p.add_argument("--profile", action="store_true", help="also time each forward pass: host ms per step per arm")
+    p.add_argument("--cprofile", metavar="FILE", help="write cProfile stats of the first constrained round to FILE")
     args = p.parse_args(argv)
     if not args.tiny and not (args.model and args.data):
         p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")

@@ -240,6 +240,14 @@ class TestTokenStringsAcrossBoundaries:
         assert branch_a.finish() == "@@ -1 +1,2 @@\n x = 1\n+a\n"
         assert branch_b.allowed_next() == Next("forced", forced="y = 2\n")
 
+    def test_try_feed_is_feed_or_none(self):
+        good = self.state.try_feed("x = 1\n+a\n")
+        assert good.text == self.state.feed("x = 1\n+a\n").text == "@@ -1,2 +1,2 @@\n x = 1\n+a\n"
+        assert good.signature == self.state.feed("x = 1\n+a\n").signature
+        assert self.state.try_feed("x = 2\n") is None
+        assert self.state.try_feed("") is self.state
+        assert self.state.text == "@@ -1,2 +1,2 @@\n "  # unchanged by either
+
     def test_added_text_is_free_until_the_newline(self):
         s = self.state.feed("x = 1\n+")
         assert s.allowed_next() == Next("added")

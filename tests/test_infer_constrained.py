@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffmodel.diff import apply_diff
 from diffmodel.diff.grammar import DiffGrammar
 from diffmodel.infer import DiffModel, EditStatus, finish_edit
+from diffmodel.infer.prompt import as_request
 from diffmodel.infer.constrained import TokenTable, _utf8_split
 from diffmodel.sample import render_prompt
 from edit_model import SAMPLES, trained_edit_model
@@ -352,3 +356,209 @@ def test_a_stop_where_the_diff_cannot_end_keeps_the_finished_part_and_never_rais
     assert edit.diff == "@@ -1 +1 @@\n-a\n+A\n"
     assert edit.new_code == "A\nb\n"
     assert "the model stopped where the diff cannot end" in " ".join(edit.notes)
+
+
+class TestTheLoopSpendsLittlePerStep:
+    """What the decoding loop does per step: no forward pass for a token the grammar leaves alone, a compact cache."""
+
+    def test_a_token_that_is_the_only_one_allowed_costs_no_forward_pass(self):
+        from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
+        from diffmodel.tiny import build_model
+
+        tok = char_tokenizer(merges=[])  # one token per character: a forced span's held-back token is the only choice
+        eos = tok.eos_token_id
+        decoder = ConstrainedDecoder(build_model("gpt2", tok, seed=0), tok, [eos], eos)
+        code = "ab\ncd\nef\n"
+        prompt = tok(render_prompt("a.py", code, "m"), add_special_tokens=False)["input_ids"]
+        held_back = 0
+        for seed in range(6):
+            torch.manual_seed(seed)
+            [[edit]] = decoder.generate([prompt], [code], 1, [40], DecodeOptions(temperature=1.0))
+            generated = decoder.last_ids[0]
+            # replay the characters through the grammar: the model picks where it offers more than one continuation
+            text = "".join(CHARS[i] for i in generated if i != eos)
+            assert text.startswith(" @@ -")
+            if edit.stop == "marker":  # the last token, '<', started the next sample
+                text = text[:-1]
+            state, picks = DiffGrammar(code).start(), 0
+            for c in text[1:]:
+                nxt = state.allowed_next()
+                options = 1 if nxt.field == "forced" else 2 if nxt.chars is None else len(nxt.chars) + 2 * nxt.end
+                picks += options > 1
+                state = state.feed(c)
+            picks += edit.stop in ("eos", "marker")  # the end is picked among the line kinds
+            assert decoder.forward_calls == max(picks, 1), (seed, text)
+            assert edit.forced_tokens == edit.num_tokens - picks
+            held_back += len(re.findall(r"\n[ -]", text))  # a context or removal line: its held-back token was taken
+        assert held_back >= 3
+
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_padding_is_dropped_from_the_cache_and_the_edits_stay_the_same(self, request, monkeypatch, fixture):
+        from diffmodel.infer import constrained
+
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())]
+        widths, share = [], constrained.COMPACT_SHARE
+
+        def record(module, args, kwargs):
+            mask, step = kwargs["attention_mask"], kwargs["input_ids"].shape[1]
+            past = mask[:, :mask.shape[1] - step]
+            widths.append((past.shape[1], int(past.sum(dim=1).max())))
+
+        hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            compact = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=0,
+                                      batch_size=len(requests))
+            assert model._decoder.compactions > 0
+            assert all(width <= longest * (1 + share) for width, longest in widths[1:]), widths
+            monkeypatch.setattr(constrained, "COMPACT_SHARE", float("inf"))
+            widths.clear()
+            padded = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=40, seed=0,
+                                     batch_size=len(requests))
+        finally:
+            hook.remove()
+        assert model._decoder.compactions == 0
+        assert max(w for w, _ in widths) > max(longest for _, longest in widths) * (1 + share)  # without: it grows
+        assert compact == padded
+
+
+def _edit_described(code: str, text: str, complete: bool) -> str:
+    """The file a diff (as fed, headers as written) describes, read line by line without the diff modules.
+
+    A header ``@@ -S[,C] ...`` puts the hunk at 0-based line S when C is 0, else
+    S - 1 (git's convention). Unless ``complete`` (the diff was cut), an
+    unfinished last line is dropped, and a context or removal line of a last
+    line without newline counts only with the marker line after it.
+    """
+    old = re.findall(r"[^\n]*\n|[^\n]+\Z", code)
+    lines = re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+    if not complete and lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    out: list[str] = []
+    at = i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line[0] == "@":
+            m = re.match(r"@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@\n\Z", line)
+            start = int(m[1]) if m[2] == "0" else int(m[1]) - 1
+            out += old[at:start]
+            at = start
+        elif line[0] in " -":
+            assert line[1:] == old[at] + ("" if old[at].endswith("\n") else "\n")  # the file's next line
+            if not old[at].endswith("\n"):
+                if i + 1 == len(lines):  # its marker line was cut: the line is not in the diff
+                    break
+                i += 1
+                assert lines[i] == "\\ No newline at end of file\n"
+            if line[0] == " ":
+                out.append(old[at])
+            at += 1
+        elif line[0] == "+":
+            out.append(line[1:])
+        else:  # the marker after the last added line: the new file ends without newline
+            assert line == "\\ No newline at end of file\n" and lines[i - 1][0] == "+"
+            out[-1] = out[-1][:-1]
+        i += 1
+    return "".join(out + old[at:])
+
+
+@pytest.fixture(scope="module")
+def random_gpt2(tiny_gpt2_dir) -> DiffModel:
+    return DiffModel.from_pretrained(tiny_gpt2_dir)
+
+
+class TestSampledDiffsDescribeTheEditTheyMake:
+    """Random files, a random model sampling: each diff applies strictly and gives the file its lines describe."""
+
+    def test_the_reading_of_a_diff_by_hand(self):
+        code = "a\nb\nc"
+        assert _edit_described(code, "@@ -1,2 +1,2 @@\n a\n-b\n+B\n", True) == "a\nB\nc"
+        assert _edit_described(code, "@@ -2,0 +3 @@\n+x\n", True) == "a\nb\nx\nc"
+        assert _edit_described(code, "@@ -3 +3 @@\n-c\n\\ No newline at end of file\n+C\n\\ No newline at end of file\n",
+                               True) == "a\nb\nC"
+        assert _edit_described(code, "@@ -3 +3 @@\n-c\n\\ No newline at", False) == code
+        assert _edit_described(code, "@@ -1 +1 @@\n-a\n+A\n+hal", False) == "A\nb\nc"
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(codes=st.lists(_files(), min_size=1, max_size=3), seed=st.integers(0, 2**16),
+           temperature=st.sampled_from([0.5, 1.0, 2.0]), budget=st.integers(8, 64))
+    def test_random_sampling(self, random_gpt2, codes, seed, temperature, budget):
+        model = random_gpt2
+        groups = model.edit_many([(code, "m", "a.py") for code in codes], num_samples=2, temperature=temperature,
+                                 max_new_tokens=budget, seed=seed, batch_size=len(codes))
+        table = model._decoder.table
+        lengths = [len(p) for p in model.encode([as_request((code, "m", "a.py")) for code in codes])]
+        order = sorted(range(len(codes)), key=lambda i: -lengths[i])  # edit_many's order: longest prompt first
+        for i, group in enumerate(groups):
+            code = codes[i]
+            for k, edit in enumerate(group):
+                generated = model._decoder.last_ids[order.index(i) * 2 + k]
+                _check_described(code, edit, b"".join(table.bytes[t] for t in generated if t not in model.eos_ids))
+
+
+class _RandomLogits(torch.nn.Module):
+    """A stand-in causal LM: seeded random logits, tokens holding a newline and EOS favoured so lines and diffs end."""
+
+    def __init__(self, table: TokenTable, eos: int, seed: int):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(vocab_size=table.size)
+        self.bias = torch.tensor([2.0 if data and b"\n" in data else 0.0 for data in table.bytes])
+        self.bias[eos] = 4.0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=True, past_key_values=None):
+        from types import SimpleNamespace
+
+        assert attention_mask.shape[1] == (past_key_values.width if past_key_values else 0) + input_ids.shape[1]
+        cache = past_key_values or _Width()
+        cache.width = attention_mask.shape[1]
+        logits = torch.randn(input_ids.shape[0], 1, len(self.bias), generator=self.generator) * 2 + self.bias
+        return SimpleNamespace(logits=logits, past_key_values=cache)
+
+
+class _Width:
+    """The cache of :class:`_RandomLogits`: only its width (nothing to compact)."""
+
+    width = 0
+
+    def batch_select_indices(self, index):
+        pass
+
+
+class TestRandomChoicesDescribeTheEditTheyMake:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(codes=st.lists(_files(), min_size=1, max_size=3), seed=st.integers(0, 2**16), budget=st.integers(8, 80),
+           samples=st.integers(1, 3))
+    def test_random_logits(self, tiny_tokenizer, codes, seed, budget, samples):
+        from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
+
+        eos = tiny_tokenizer.eos_token_id
+        table = TokenTable(tiny_tokenizer)
+        decoder = ConstrainedDecoder(_RandomLogits(table, eos, seed), tiny_tokenizer, [eos], eos)
+        torch.manual_seed(seed)
+        groups = decoder.generate([[eos]] * len(codes), codes, samples, [budget] * len(codes), DecodeOptions(1.0))
+        for p, (code, group) in enumerate(zip(codes, groups)):
+            for k, edit in enumerate(group):
+                generated = decoder.last_ids[p * samples + k]
+                _check_described(code, edit, b"".join(table.bytes[t] for t in generated if t != eos))
+
+
+def _check_described(code: str, edit, fed: bytes) -> None:
+    """``edit`` applies strictly and gives the file that the text fed for it describes."""
+    text = fed.decode("utf-8", "ignore")  # an incomplete last character is not in the diff
+    assert text.startswith(" ")
+    text = text[1:]
+    if edit.stop == "marker":  # the last token starts a line with '<': the diff ends before it
+        text = text[:text.rindex("<")]
+    want = _edit_described(code, text, complete=edit.stop in ("eos", "marker"))
+    if edit.diff:
+        assert edit.status is EditStatus.STRICT and edit.new_code == want
+        assert apply_diff(code, edit.diff, "strict").text == want
+    else:
+        assert want == code and edit.stop == "length"

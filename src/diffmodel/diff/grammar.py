@@ -12,6 +12,7 @@ no tokenizer (a decoder tests each candidate token's string against it).
     state.allowed_next()               # Next: forced text, a choice, free text, or a number
     state.accepted_prefix("x = 1\\n+")  # how many characters are allowed, O(len(text))
     state = state.feed("x = 1\\n+")     # a new state; DiffRejected if not allowed
+    state.try_feed("x = 1\\n+")          # the same, or None if not allowed
     state.can_end                      # the diff may stop here (the decoder's EOS)
     state.finish()                     # the final diff, headers rewritten
 
@@ -61,7 +62,7 @@ Invariants:
 - No dead ends: from every state reached by allowed text, some continuation
   reaches a state where :attr:`DiffState.can_end` holds.
 - States are immutable and cheap to copy (a batch keeps one per row; sampling
-  may branch); ``feed`` and ``accepted_prefix`` cost O(len(text)). Two states
+  may branch); ``feed``, ``try_feed`` and ``accepted_prefix`` cost O(len(text)). Two states
   with equal :attr:`DiffState.signature` accept exactly the same continuations.
 - ``start().feed(make_diff(before, after)).finish() == make_diff(before, after)``
   whenever ``before != after``.
@@ -81,6 +82,7 @@ MARKER_LINE = NO_NEWLINE + "\n"
 MAX_DIGITS = 9
 
 DIGITS = frozenset("0123456789")
+_NUMBER_CHARS = DIGITS | {",", " "}
 _HEADER_OPEN = "@@ -"
 _RANGE_GAP = " +"
 _HEADER_CLOSE = " @@\n"
@@ -184,9 +186,27 @@ class DiffState:
         return s
 
     def _copy(self) -> DiffState:
-        s = object.__new__(DiffState)
-        for name in DiffState.__slots__:
-            object.__setattr__(s, name, getattr(self, name))
+        s = object.__new__(DiffState)  # every slot, spelt out: a decoder copies states at every step
+        s.grammar = self.grammar
+        s.mode = self.mode
+        s.unit = self.unit
+        s.off = self.off
+        s.then = self.then
+        s.pos = self.pos
+        s.num = self.num
+        s.ndig = self.ndig
+        s.old_start = self.old_start
+        s.changed = self.changed
+        s.last = self.last
+        s.new_ended = self.new_ended
+        s.hunk_index = self.hunk_index
+        s.old_len = self.old_len
+        s.new_len = self.new_len
+        s.done = self.done
+        s.length = self.length
+        s.unit_start = self.unit_start
+        s.hunk_text_start = self.hunk_text_start
+        s.emitted = self.emitted
         return s
 
     # -- what may come next -------------------------------------------------------------
@@ -243,7 +263,7 @@ class DiffState:
         return frozenset(chars)
 
     def _number_chars(self) -> frozenset[str]:
-        return frozenset(c for c in DIGITS | {",", " "} if _walk(self._copy(), c) == 1)
+        return frozenset(c for c in _NUMBER_CHARS if _header_char(self._copy(), c))  # _walk's step, without its loop
 
     def _options(self) -> tuple[frozenset[str] | None, bool]:
         """(characters allowed next, or None for any; whether the diff may end), outside forced text."""
@@ -286,14 +306,21 @@ class DiffState:
 
     def feed(self, text: str) -> DiffState:
         """The state after ``text``; raises :class:`DiffRejected` if it is not allowed."""
-        if not text:
-            return self
-        s = self._copy()
-        k = _walk(s, text)
-        if k < len(text):
+        s = self.try_feed(text)
+        if s is None:
+            k = self.accepted_prefix(text)
             at = self._copy()
             _walk(at, text[:k])
             raise DiffRejected(k, at._why(text[k]))
+        return s
+
+    def try_feed(self, text: str) -> DiffState | None:
+        """The state after ``text``, or None if it is not allowed (one pass over ``text``)."""
+        if not text:
+            return self
+        s = self._copy()
+        if _walk(s, text) < len(text):
+            return None
         s.emitted = (self.emitted, text)
         return s
 

@@ -23,6 +23,27 @@ tokenization it was trained on at line boundaries. Pads inside the KV cache
 keep attention mask 0 for the rest of generation; each row's position ids
 count only its real tokens, so a row sees the same positions alone or in a
 batch. Finished rows are removed from the cache (``batch_select_indices``).
+Once the padding columns pass :data:`COMPACT_SHARE` of the longest row's real
+tokens, the cache is compacted: each row's real entries move, in order, to
+the right end (keys already hold their positions; attention ignores masked
+columns), so the cache stays about as long as the longest row instead of
+growing by the widest chunk at every step. Only plain per-layer key/value
+caches are rewritten (``DynamicLayer``); others keep their padding.
+
+A token that is the only one the grammar allows (a held-back last token that
+nothing can merge with, say) is taken at once, with what is forced after it,
+and counted as forced: the model could pick nothing else, so no forward pass
+is spent on it (``forward_calls`` is the number of tokens picked from logits,
+at least the prefill).
+
+Host work per step: what each row may pick (:class:`_Choice`: ids, whether
+every newline-free token is allowed, end tokens, the only token) is cached
+for the call by (state signature, pending bytes, whether the row may end
+yet); the batch's mask is built on the device from one index tensor, the
+argmax or sampling runs there, and one transfer goes each way (the step's ids,
+positions and mask in; the picked ids out by one ``.tolist()``). A chunk of
+tokens is fed to the grammar in one pass. ``benchmarks/constrained_decoding.py
+--profile`` times the forward passes and the host work per step of each arm.
 
 The end: EOS where the grammar allows it, or a token that starts a line with
 ``<`` there (the next sample's ``<NME>``: a diff line never starts with
@@ -51,7 +72,10 @@ Invariants:
   ``finish(partial=True)``: its unfinished line or change-less hunk is dropped,
   and the edit says so (``stop == "length"`` and a note).
 - Greedy decoding of a request gives the same edit alone or in a batch (up to
-  float rounding of padded batches in low precision).
+  float rounding of padded batches in low precision). Compacting the cache
+  changes no edit (sampled ones included); taking an only-allowed token
+  without a forward pass changes no greedy edit (sampling then draws from
+  the generator fewer times, so seeded samples differ from a loop without it).
 - Nothing the model does makes this raise: a row no token can continue ends
   with ``finish(partial=True)`` and a note.
 """
@@ -192,9 +216,10 @@ class TokenTable:
         self.sorted = sorted(self.ids_of)
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
-        #: cached answers of :meth:`allowed` and :meth:`ends`, by state signature
+        #: cached answers of :meth:`allowed`, :meth:`ends` and :meth:`next_of`, by state signature
         self.memo: dict[tuple, tuple[list[int], bool]] = {}
         self.memo_ends: dict[tuple, list[tuple[int, str]]] = {}
+        self.memo_next: dict[tuple, Next] = {}
 
     @staticmethod
     def _fallback_piece(tokenizer, i: int) -> bool:
@@ -216,15 +241,24 @@ class TokenTable:
             found = self.memo[key] = self._allowed(state, pending)
         return found
 
+    def next_of(self, state: DiffState) -> Next:
+        """``state.allowed_next()``, cached by signature like :meth:`allowed`."""
+        key = state.signature
+        found = self.memo_next.get(key)
+        if found is None:
+            found = self.memo_next[key] = state.allowed_next()
+        return found
+
     def forget(self) -> None:
         """Drop the cached answers (they hold the grammars of finished requests)."""
         self.memo.clear()
         self.memo_ends.clear()
+        self.memo_next.clear()
 
     def _allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
         out: list[int] = []
         everything = False
-        nxt = state.allowed_next()
+        nxt = self.next_of(state)
         if pending:
             self._partial(state, nxt, pending, out)
         elif nxt.field == "added":
@@ -245,7 +279,7 @@ class TokenTable:
         """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts."""
         if not self._has_longer(prefix):
             return
-        nxt = nxt or state.allowed_next()
+        nxt = nxt or self.next_of(state)
         room = self.maxlen - len(prefix)
         if nxt.field == "forced":
             forced = nxt.forced
@@ -272,7 +306,7 @@ class TokenTable:
         """Inside ``+`` text: tokens with a newline (those without are the precomputed mask)."""
         out.extend(self.line_ends)
         line = state.feed("\n")
-        chars = line.allowed_next().chars or frozenset()
+        chars = self.next_of(line).chars or frozenset()
         for c in chars:
             for rest, ids in self.after_newline.get(c, {}).items():
                 if line.accepts(rest):
@@ -328,9 +362,9 @@ class TokenTable:
         if split is None:
             return None
         text, tail = split
-        if state.accepted_prefix(text) < len(text):
+        after = state.try_feed(text)
+        if after is None:
             return None
-        after = state.feed(text)
         if tail:
             nxt = after.allowed_next()
             if nxt.field == "forced":
@@ -350,7 +384,9 @@ class TokenTable:
         """
         data = text.encode("utf-8")[skip:]
         if not skip:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer: no Python per call
+            ids = (backend.encode(text, add_special_tokens=False).ids if backend is not None
+                   else tokenizer(text, add_special_tokens=False)["input_ids"])
             if all(0 <= i < len(self.bytes) and self.bytes[i] for i in ids) and b"".join(self.bytes[i] for i in ids) == data:
                 return ids
         return self.greedy(data)
@@ -388,23 +424,43 @@ class _Row:
     notes: list[str] = field(default_factory=list)
     chunk: list[int] = field(default_factory=list)  # the tokens the next forward feeds
     ids: list[int] = field(default_factory=list)  # every token generated (EOS included)
-    ends: dict[int, str] = field(default_factory=dict)  # tokens that end the diff here with a '<' line
 
     def take(self, ids: list[int], table: TokenTable, forced: bool) -> None:
         """Feed token ids whose bytes the grammar allows (cut to the budget)."""
         ids = ids[:self.budget - self.tokens]
-        for n, i in enumerate(ids):
-            after = TokenTable.step(self.state, self.pending, table.bytes[i])
-            if after is None:  # never for tokens from TokenTable.allowed or encode_forced; kept safe
-                self.notes.append(f"token {i} does not fit the diff here; the diff was cut")
-                self.stop, ids = STOP_LENGTH, ids[:n]
-                break
+        if not ids:
+            return
+        data = [table.bytes[i] for i in ids]
+        after = None if None in data else TokenTable.step(self.state, self.pending, b"".join(data))
+        if after is not None:  # the whole chunk at once: one pass of the grammar
             self.state, self.pending = after
+        else:  # never for tokens from TokenTable.allowed or encode_forced; kept safe, token by token
+            for n, i in enumerate(ids):
+                after = None if data[n] is None else TokenTable.step(self.state, self.pending, data[n])
+                if after is None:
+                    self.notes.append(f"token {i} does not fit the diff here; the diff was cut")
+                    self.stop, ids = STOP_LENGTH, ids[:n]
+                    break
+                self.state, self.pending = after
         self.chunk.extend(ids)
         self.ids.extend(ids)
         self.tokens += len(ids)
         if forced:
             self.forced += len(ids)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What a row may pick next; one per (state signature, pending bytes, whether it may end yet)."""
+
+    ids: tuple[int, ...]  # allowed ids (EOS and '<' line starts where the row may end), inside the logits
+    everything: bool  # every newline-free token too
+    ends: dict[int, str]  # tokens that end the diff with a '<' line: the text before the '<'
+    only: int | None  # the one token allowed, when there is no other: taken without a forward pass
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ids or self.everything)
 
 
 @dataclass
@@ -415,6 +471,17 @@ class DecodeOptions:
     top_p: float = 1.0
     top_k: int = 0
     min_new_tokens: int = 0
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device (pinned, asynchronous) where it is a GPU."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+#: Compact the KV cache when its padding columns outnumber this share of the longest row's real tokens.
+COMPACT_SHARE = 0.25
 
 
 class ConstrainedDecoder:
@@ -429,8 +496,16 @@ class ConstrainedDecoder:
         self.table = TokenTable(tokenizer, vocab)
         self._newline_free: torch.Tensor | None = None  # the table's mask on the logits' device
         self._params: set[str] | None = None  # the model's forward arguments
+        self._width = self.table.size  # the logits' width (checked at the prefill)
+        #: per generate call: _Choice by (signature, pending, may end); forced ids by (text, skip)
+        self._choices: dict[tuple, _Choice] = {}
+        self._spelt: dict[tuple[str, int], list[int]] = {}
         #: forward calls of the last :meth:`generate` (prefill included)
         self.forward_calls = 0
+        #: KV cache compactions of the last :meth:`generate` (padding columns dropped)
+        self.compactions = 0
+        #: the widest KV cache of the last :meth:`generate`, in positions
+        self.widest_cache = 0
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
         self.last_ids: list[list[int]] = []
 
@@ -445,52 +520,104 @@ class ConstrainedDecoder:
             kwargs["cache" if "cache" in self._params else "past_key_values"] = cache
         out = self.model(**kwargs)
         self.forward_calls += 1
+        self.widest_cache = max(self.widest_cache, mask.shape[1])
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return cache, out.logits[:, -1]
 
+    # -- one row ------------------------------------------------------------------------------
+
+    def _choice(self, row: _Row, min_new_tokens: int) -> _Choice:
+        """The row's :class:`_Choice`, cached for the generate call (rows and steps ask alike)."""
+        may_end = row.tokens >= min_new_tokens
+        key = (row.state.signature, row.pending, may_end)
+        found = self._choices.get(key)
+        if found is None:
+            ids, everything = self.table.allowed(row.state, row.pending)
+            ends = dict(self.table.ends(row.state, row.pending))
+            if may_end or not (ids or everything):
+                if not row.pending and row.state.can_end:
+                    ids = ids + self.eos_ids
+                ids = ids + list(ends)
+            ids = tuple(i for i in ids if i < self._width)
+            only = ids[0] if len(set(ids)) == 1 and not everything else None
+            found = self._choices[key] = _Choice(ids, everything, ends, only)
+        return found
+
     def _forced_after(self, row: _Row) -> None:
         """Append to the row's chunk every token the grammar forces now."""
-        nxt = row.state.allowed_next()
-        if nxt.field != "forced" or row.tokens >= row.budget:
+        if row.tokens >= row.budget:
             return
-        ids = self.table.encode_forced(self.tokenizer, nxt.forced, len(row.pending))
+        nxt = self.table.next_of(row.state)
+        if nxt.field != "forced":
+            return
+        spell = (nxt.forced, len(row.pending))
+        ids = self._spelt.get(spell)
+        if ids is None:
+            ids = self._spelt[spell] = self.table.encode_forced(self.tokenizer, nxt.forced, len(row.pending))
         if not ids:
             row.notes.append("the vocabulary cannot spell the file's text here; the diff was cut")
             row.stop = STOP_LENGTH
             return
         row.take(ids[:-1], self.table, forced=True)  # the last token is held back: see the module docstring
 
-    def _pick(self, logits: torch.Tensor, rows: list[_Row], opts: DecodeOptions) -> list[int | None]:
-        """One token per row from its allowed set (None: nothing allowed)."""
+    def _apply(self, row: _Row, token: int, choice: _Choice, forced: bool) -> None:
+        """Feed a picked token (EOS and a '<' line start end the row), then what the grammar forces after it."""
+        if token in self.eos_ids or token in choice.ends:
+            row.tokens += 1
+            row.forced += forced
+            row.ids.append(token)
+            row.stop = STOP_EOS
+            if token in choice.ends:
+                row.state, row.stop = row.state.feed(choice.ends[token]), STOP_MARKER
+            return
+        row.take([token], self.table, forced=forced)
+        self._forced_after(row)
+        if not row.stop and row.tokens >= row.budget:
+            row.stop = STOP_LENGTH
+
+    def _advance(self, row: _Row, token: int | None, choice: _Choice, min_new_tokens: int) -> None:
+        """Feed the token picked from the logits, then every token that is the only one allowed after it."""
+        if token is None:
+            row.notes.append("no token of the vocabulary can continue the diff here; the diff was cut")
+            row.stop = STOP_LENGTH
+            return
+        self._apply(row, token, choice, forced=False)
+        self._take_only(row, min_new_tokens)
+
+    def _take_only(self, row: _Row, min_new_tokens: int) -> None:
+        """Feed every next token that is the only one allowed: the model could pick nothing else."""
+        while not row.stop:
+            choice = self._choice(row, min_new_tokens)
+            if choice.only is None:
+                break
+            self._apply(row, choice.only, choice, forced=True)
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def _pick(self, logits: torch.Tensor, choices: list[_Choice], opts: DecodeOptions) -> list[int | None]:
+        """One token per row from its allowed set (None: nothing allowed); one transfer each way."""
         device = logits.device
         size = min(self.table.size, logits.shape[1])
         if self._newline_free is None or self._newline_free.device != device:
             self._newline_free = self.table.newline_free[:size].to(device)
-        mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+        wide = [r for r, c in enumerate(choices) if c.everything]
+        empty = [r for r, c in enumerate(choices) if c.empty]
         rows_at: list[int] = []
         ids_at: list[int] = []
-        wide: list[int] = []
-        empty = []
-        for r, row in enumerate(rows):
-            ids, everything = self.table.allowed(row.state, row.pending)
-            if everything:
-                wide.append(r)
-            row.ends = dict(self.table.ends(row.state, row.pending))
-            if row.tokens >= opts.min_new_tokens or not (ids or everything):
-                if not row.pending and row.state.can_end:
-                    ids = ids + self.eos_ids
-                ids = ids + list(row.ends)
-            ids = [i for i in ids if i < logits.shape[1]]
-            rows_at.extend([r] * len(ids))
-            ids_at.extend(ids)
-            empty.append(not (ids or everything))
+        for r, c in enumerate(choices):
+            if c.ids:
+                rows_at += [r] * len(c.ids)
+                ids_at += c.ids
+        index = _to_device(torch.tensor(wide + empty + rows_at + ids_at, dtype=torch.long), device)
+        a, b, n = len(wide), len(wide) + len(empty), len(rows_at)
+        mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
         if wide:
-            mask[torch.tensor(wide, device=device), :size] = self._newline_free
-        if ids_at:
-            mask[torch.tensor(rows_at, device=device), torch.tensor(ids_at, device=device)] = True
+            mask[index[:a], :size] = self._newline_free
+        if empty:  # no token fits (the row ends): any finite scores keep sampling well defined
+            mask[index[a:b]] = True
+        if n:
+            mask[index[b:b + n], index[b + n:]] = True
         scores = logits.float().masked_fill(~mask, float("-inf"))
-        if any(empty):  # no token fits (the row ends): any finite scores keep sampling well defined
-            scores[torch.tensor([r for r, e in enumerate(empty) if e], device=device)] = 0.0
         if opts.temperature <= 0:
             picked = scores.argmax(dim=-1)
         else:
@@ -505,7 +632,31 @@ class ConstrainedDecoder:
                 drop[:, 0] = False
                 scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
             picked = torch.multinomial(scores.softmax(dim=-1), 1).squeeze(1)
-        return [None if e else int(t) for e, t in zip(empty, picked.tolist())]
+        return [None if c.empty else t for c, t in zip(choices, picked.tolist())]
+
+    @staticmethod
+    def _compact(cache, mask: torch.Tensor, longest: int) -> torch.Tensor | None:
+        """Drop padding columns from the KV cache: each row's real entries move, in order, to the right end.
+
+        Attention ignores masked columns and every cached key already holds its
+        position, so the model sees the same thing; returns the new attention
+        mask (``longest`` columns), or None when the cache is not one this can
+        rewrite (only plain, growing per-layer key/value tensors are).
+        """
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(cache, "layers", None)
+        width = mask.shape[1]
+        if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized
+                             or layer.keys.dim() != 4 or layer.keys.shape[-2] != width for layer in layers):
+            return None
+        keep = torch.sort(mask, dim=1, stable=True).indices[:, width - longest:]  # pads first, real columns in order
+        for layer in layers:
+            at = keep[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, at)
+            layer.values = layer.values.gather(2, keep[:, None, :, None].expand(-1, layer.values.shape[1], -1,
+                                                                                  layer.values.shape[3]))
+        return mask.gather(1, keep)
 
     def generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
                  opts: DecodeOptions) -> list[list[Edit]]:
@@ -514,11 +665,24 @@ class ConstrainedDecoder:
             return self._generate(prompts, codes, num_samples, budgets, opts)
         finally:
             self.table.forget()
+            self._choices.clear()
+            self._spelt.clear()
+
+    def _step_inputs(self, chunks: list[list[int]], lengths: list[int], device) -> tuple[torch.Tensor, ...]:
+        """(ids, position ids, attention mask) of one forward: chunks left-padded, built on the host at once."""
+        width = max(len(c) for c in chunks)
+        ids, positions, mask = [], [], []
+        for chunk, at in zip(chunks, lengths):
+            pad = width - len(chunk)
+            ids.append([self.pad_id] * pad + chunk)
+            positions.append([at] * pad + list(range(at, at + len(chunk))))
+            mask.append([0] * pad + [1] * len(chunk))
+        return tuple(_to_device(torch.tensor([ids, positions, mask], dtype=torch.long), device))
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
                   opts: DecodeOptions) -> list[list[Edit]]:
-        self.forward_calls = 0
+        self.forward_calls = self.compactions = self.widest_cache = 0
         device = self.model.device
         rows: list[_Row] = []
         for p, code in enumerate(codes):
@@ -537,63 +701,46 @@ class ConstrainedDecoder:
                 else:
                     row.stop = STOP_LENGTH
                 rows.append(row)
-        inputs = [prompts[i // num_samples] + rows[i].chunk for i in range(len(rows))]
+        self._width = getattr(self.model.config, "vocab_size", None) or self.table.size  # the logits' width
+        for row in rows:
+            self._take_only(row, opts.min_new_tokens)
         live = [i for i, row in enumerate(rows) if not row.stop]
         if live:
-            width = max(len(inputs[i]) for i in live)
-            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(live), width), dtype=torch.long)
-            for r, i in enumerate(live):
-                ids[r, width - len(inputs[i]):] = torch.tensor(inputs[i], dtype=torch.long)
-                mask[r, width - len(inputs[i]):] = 1
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            lengths = mask.sum(dim=1)
-            mask = mask.to(device)
-            cache, logits = self._forward(ids.to(device), mask, positions.to(device), None)
+            inputs = [prompts[i // num_samples] + rows[i].chunk for i in live]
+            ids, positions, mask = self._step_inputs(inputs, [0] * len(live), device)
+            lengths = [len(x) for x in inputs]
+            cache, logits = self._forward(ids, mask, positions, None)
+            if logits.shape[1] != self._width:
+                self._width = logits.shape[1]
+                self._choices.clear()
         for row in rows:
             row.chunk = []
         while live:
-            picked = self._pick(logits, [rows[i] for i in live], opts)
-            for i, token in zip(live, picked):
-                row = rows[i]
-                if token is None:
-                    row.notes.append("no token of the vocabulary can continue the diff here; the diff was cut")
-                    row.stop = STOP_LENGTH
-                elif token in self.eos_ids or token in row.ends:
-                    row.tokens += 1
-                    row.ids.append(token)
-                    row.stop = STOP_EOS
-                    if token in row.ends:
-                        row.state, row.stop = row.state.feed(row.ends[token]), STOP_MARKER
-                else:
-                    row.take([token], self.table, forced=False)
-                    self._forced_after(row)
-                    if not row.stop and row.tokens >= row.budget:
-                        row.stop = STOP_LENGTH
+            choices = [self._choice(rows[i], opts.min_new_tokens) for i in live]
+            for i, token, choice in zip(live, self._pick(logits, choices, opts), choices):
+                self._advance(rows[i], token, choice, opts.min_new_tokens)
             keep = [r for r, i in enumerate(live) if not rows[i].stop]
             if not keep:
                 break
-            if len(keep) < len(live):
-                index = torch.tensor(keep, dtype=torch.long, device=device)
+            if len(keep) < len(live):  # finished rows leave the cache
+                index = _to_device(torch.tensor(keep, dtype=torch.long), device)
                 cache.batch_select_indices(index)
-                mask, lengths = mask[index], lengths[keep]
+                mask = mask[index]
+                lengths = [lengths[r] for r in keep]
                 live = [live[r] for r in keep]
+            longest = max(lengths)
+            if mask.shape[1] - longest > COMPACT_SHARE * longest:
+                compact = self._compact(cache, mask, longest)
+                if compact is not None:
+                    mask = compact
+                    self.compactions += 1
             chunks = [rows[i].chunk for i in live]
-            width = max(len(c) for c in chunks)
-            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
-            step_mask = torch.zeros((len(live), width), dtype=torch.long)
-            positions = torch.zeros((len(live), width), dtype=torch.long)
-            for r, chunk in enumerate(chunks):
-                k, at = len(chunk), int(lengths[r])
-                ids[r, width - k:] = torch.tensor(chunk, dtype=torch.long)
-                step_mask[r, width - k:] = 1
-                positions[r, :width - k] = at
-                positions[r, width - k:] = torch.arange(at, at + k)
-                lengths[r] += k
-            for i in live:
+            ids, positions, step_mask = self._step_inputs(chunks, lengths, device)
+            for r, i in enumerate(live):
+                lengths[r] += len(rows[i].chunk)
                 rows[i].chunk = []
-            mask = torch.cat([mask, step_mask.to(device)], dim=1)
-            cache, logits = self._forward(ids.to(device), mask, positions.to(device), cache)
+            mask = torch.cat([mask, step_mask], dim=1)
+            cache, logits = self._forward(ids, mask, positions, cache)
         self.last_ids = [row.ids for row in rows]
         edits: list[list[Edit]] = []
         for p in range(len(codes)):

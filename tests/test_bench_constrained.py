@@ -1,0 +1,37 @@
+"""benchmarks/constrained_decoding.py --profile: the forward passes it counts and times are the decoders' own."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from diffmodel.infer import DiffModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "constrained_decoding.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("constrained_decoding", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_forward_clock_counts_each_decoders_forward_passes(tiny_gpt2_dir):
+    bench = _bench()
+    model = DiffModel.from_pretrained(tiny_gpt2_dir)
+    requests = [("x = 1\ny = 2\n", "m", "a.py"), ("def f():\n    return 1\n", "m", "b.py")]
+    clock = bench._ForwardClock(model.model, model.device)
+    try:
+        model.edit_many(requests, max_new_tokens=12, batch_size=2)
+        assert clock.calls == model._decoder.forward_calls > 0 and clock.seconds > 0
+        clock.reset()
+        assert (clock.calls, clock.seconds) == (0, 0.0)
+        edits = model.edit_many(requests, max_new_tokens=12, batch_size=2, constrained=False)
+        # generate(): one forward per new token of the longest row but the last
+        assert clock.calls == max(e[0].num_tokens for e in edits)
+    finally:
+        clock.remove()
+    clock.reset()
+    model.edit_many(requests, max_new_tokens=4, batch_size=2)
+    assert clock.calls == 0  # the hooks are gone
