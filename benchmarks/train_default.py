@@ -13,8 +13,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from),
 - ``trl``: TRL's ``SFTTrainer`` with its best packing settings (``packing_strategy="bfd"``,
   ``padding_free=True``, ``completion_only_loss=True`` on prompt/completion rows split at ``<DFF>``),
-  the attention backend and liger-kernel setting diffmodel's fast path chose, and torch.compile when
-  ``--trl_compile``.
+  the attention backend diffmodel's fast path chose, liger-kernel when installed, no gradient
+  checkpointing (SFTConfig turns it on by default), and torch.compile when ``--trl_compile``.
 
 diffmodel's arms are built by :func:`diffmodel.train.run.prepare`, the function ``diffmodel train``
 trains with, from a parsed command line (``--max_steps`` is large, so the defaults are those of a long
@@ -148,15 +148,21 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
     torch.manual_seed(0)
     model = load_model(type(model_args)(**{**vars(model_args), "attn_implementation": path.attention.value}), config, tokenizer)
     rows = [{"prompt": t[: diff_start(t)], "completion": t[diff_start(t):]} for t in texts]
+    # TRL's best on this machine: liger-kernel whenever it is installed for the model (its padding-free rows
+    # change length every batch, so it is not compiled unless --trl_compile)
+    facts = fast_path.probe_facts()
+    liger = facts.cuda and facts.liger and fast_path.liger_supports(config.model_type)
     cfg = SFTConfig(
         output_dir=str(work / "trl"), max_length=a.block_size, packing=True, packing_strategy="bfd", padding_free=True,
         completion_only_loss=True, per_device_train_batch_size=a.batch_size, learning_rate=3e-4, max_steps=100000,
         bf16=a.device == "cuda", use_cpu=a.device == "cpu", logging_steps=100000, save_strategy="no", report_to="none",
-        seed=0, dataset_num_proc=a.workers, use_liger_kernel=bool(path.liger.value), torch_compile=a.trl_compile,
+        seed=0, dataset_num_proc=a.workers, use_liger_kernel=liger, torch_compile=a.trl_compile,
+        gradient_checkpointing=False,  # SFTConfig's default is True; no diffmodel arm recomputes activations
         disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
-    return trainer, {"attention": path.attention.value, "liger-kernel": path.liger.value, "torch.compile": a.trl_compile}
+    return trainer, {"attention": path.attention.value, "liger-kernel": liger, "torch.compile": a.trl_compile,
+                     "gradient checkpointing": False}
 
 
 # --- measuring -----------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ DECISIONS = [
     ("short-run-not-compiled", {}, None, True, {"max_steps": 100}, GPU, "llama",
      ("flex_attention", False, False, False),
      ("flash-attn is not installed", "nearly full", "not installed", f"--max_steps 100 is under {COMPILE_MIN_STEPS}")),
+    ("short-time-budget-not-compiled", {"max_train_time": "0:05:00"}, None, True, {}, GPU, "llama",
+     ("flex_attention", False, False, False),
+     ("flash-attn is not installed", "nearly full", "not installed", "--max_train_time 300 s is under 600 s")),
+    ("long-time-budget-compiled", {"max_train_time": "2:00:00"}, None, True, {}, GPU, "llama",
+     ("flex_attention", False, False, True),
+     ("flash-attn is not installed", "nearly full", "not installed", "fuses")),
     ("run-of-the-threshold-compiled", {}, None, True, {"max_steps": COMPILE_MIN_STEPS}, GPU, "llama",
      ("flex_attention", False, False, True),
      ("flash-attn is not installed", "nearly full", "not installed", "fuses")),
@@ -202,6 +208,9 @@ class TestCommandLine:
         monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
         assert parse_args(argv + ["--packing"])[2].torch_compile is True
         assert parse_args(argv + ["--packing", "--max_steps", "50"])[2].torch_compile is False
+        assert parse_args(argv + ["--packing", "--max_train_time", "0:05:00"])[2].torch_compile is False
+        assert parse_args(argv + ["--packing", "--max_train_time", "3600"])[2].torch_compile is True
+        assert parse_args(argv + ["--packing", "--liger", "on"])[2].torch_compile is False
         assert parse_args(argv + ["--packing", "--compile", "off"])[2].torch_compile is False
         assert parse_args(argv)[2].torch_compile is False  # no --packing: the reference's behaviour
 

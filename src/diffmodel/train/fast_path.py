@@ -17,8 +17,9 @@ card):
   are already nearly full, and sdpa/eager would build one dense mask over the
   whole flattened batch.
 - **torch.compile** (``--compile``, sets ``--torch_compile``): on a GPU,
-  unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` (compiling costs
-  up to a minute) or liger-kernel is asked for. Compiled rows are padded to
+  unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` or
+  ``--max_train_time`` under :data:`COMPILE_MIN_SECONDS` (compiling costs up
+  to a minute), or liger-kernel is asked for. Compiled rows are padded to
   ``--block_size`` so every batch has one shape (no recompilation); so are
   flex_attention's, whose kernel is compiled per shape. Resuming is
   unaffected: Trainer saves the model without its compiled wrapper.
@@ -47,6 +48,9 @@ from diffmodel.train.attention import FLASH, PACKING_BACKENDS
 
 #: Below this many --max_steps, compiling (about a minute on a GPU) costs more than it saves.
 COMPILE_MIN_STEPS = 300
+#: Below this --max_train_time (seconds), likewise: on an H200 at ~110M, compiling took ~35 s of a 60 s budget
+#: and the compiled run made fewer steps than an uncompiled one would have (benchmarks/RESULTS.md).
+COMPILE_MIN_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,16 @@ def liger_supports(model_type: str | None) -> bool:
     except ImportError:
         return False
     return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
+def seconds_of(max_train_time) -> float | None:
+    """--max_train_time in seconds; None when not given or not readable (validation reports the latter)."""
+    from diffmodel.train.args import parse_duration
+
+    try:
+        return parse_duration(max_train_time)
+    except ValueError:
+        return None
 
 
 def model_type_of(values: dict) -> str | None:
@@ -154,20 +168,20 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
 
 
 def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts,
-                   liger_forced: bool = False) -> Choice:
+                   liger_forced: bool = False, max_seconds: float | None = None) -> Choice:
     """``torch_compile``: the parsed ``--torch_compile``, which the parser sets itself when ``auto`` decides to compile
     (the reason is then the ``auto`` one). ``liger_forced``: --liger on / --use_liger_kernel was given."""
     if setting == "on":
         return Choice(True, "set by --compile on")
     if torch_compile:
-        auto = _auto_compile(packing, max_steps, facts, liger_forced)
+        auto = _auto_compile(packing, max_steps, facts, liger_forced, max_seconds)
         return auto if setting == "auto" and auto.value else Choice(True, "set by --torch_compile")
     if setting == "off":
         return Choice(False, "set by --compile off")
-    return _auto_compile(packing, max_steps, facts, liger_forced)
+    return _auto_compile(packing, max_steps, facts, liger_forced, max_seconds)
 
 
-def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool) -> Choice:
+def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool, max_seconds: float | None = None) -> Choice:
     if not packing:
         return Choice(False, "no --packing")
     if liger_forced:
@@ -176,6 +190,8 @@ def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: boo
         return Choice(False, "no GPU (compiling for the CPU takes minutes and gains little)")
     if 0 < max_steps < COMPILE_MIN_STEPS:
         return Choice(False, f"--max_steps {max_steps} is under {COMPILE_MIN_STEPS}: compiling would cost more than it saves")
+    if max_seconds is not None and max_seconds < COMPILE_MIN_SECONDS:
+        return Choice(False, f"--max_train_time {max_seconds:g} s is under {COMPILE_MIN_SECONDS} s: compiling would take too much of it")
     return Choice(True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
 
 
@@ -207,7 +223,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
     compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
-                              getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel)
+                              getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
+                              seconds_of(speed.max_train_time))
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
