@@ -30,6 +30,7 @@ from diffmodel.train.time_budget import TimeBudgetCallback
 sys.path.insert(0, str(Path(__file__).parent))
 from packed_models import BACKENDS, EOS, PAD, X, one_by_one, packed, packed_rows, samples, sum_loss_and_grads  # noqa: E402
 from packed_models import model as tiny_model  # noqa: E402
+from sample_rows import edit_rows  # noqa: E402
 
 GPU_FLASH = Facts(cuda=True, flash_attn=True, flex_attention=True, liger=False)
 GPU = Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
@@ -387,18 +388,10 @@ class TestTimeBudgetCallback:
         assert budget.stopped_at == 3
 
 
-def _rows(n=40):
-    rows = []
-    for i in range(n):
-        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
-        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("fast_runs")
-    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edit_rows()))
     return d
 
 

@@ -29,6 +29,7 @@ from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, fo
 
 FAKE_SRUN = f"""#!{sys.executable}
 import os, signal, subprocess, sys
+from sample_rows import edit_rows  # noqa: E402
 args = sys.argv[1:]
 while args and args[0].startswith("-"):
     args.pop(0)
@@ -275,18 +276,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rows(n=40):
-    rows = []
-    for i in range(n):
-        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
-        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
-    return rows
-
-
 def test_requeued_job_skips_a_checkpoint_cut_short(tmp_path, tiny_gpt2_dir):
     from diffmodel.commands.train import main as train_main
 
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edit_rows()))
     out = tmp_path / "out"
     args = [
         "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(tmp_path / "data.jsonl"), "--validation_split_percentage", "0",
@@ -309,7 +302,7 @@ class TestRunsUnderFakeSlurm:
     MAX_STEPS, SAVE_STEPS = 40, 10
 
     def test_requeue_then_resume(self, fake_slurm, tmp_path, tiny_gpt2_dir):
-        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edit_rows()))
         script = tmp_path / "job.sbatch"
         assert slurm_main([
             "--nodes", "1", "--gpus_per_node", "2", "--launcher", "torchrun", "--master_port", str(_free_port()),
@@ -353,7 +346,7 @@ class TestRunsUnderFakeSlurm:
         assert (out / "model.safetensors").is_file() and (out / "train_results.json").is_file()
 
     def test_accelerate_launcher_trains_on_both_ranks(self, fake_slurm, tmp_path, tiny_gpt2_dir):
-        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edit_rows()))
         script = tmp_path / "job.sbatch"
         assert slurm_main([
             "--nodes", "1", "--gpus_per_node", "2", "--launcher", "accelerate", "--master_port", str(_free_port()),

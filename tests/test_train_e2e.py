@@ -16,22 +16,15 @@ from diffmodel.errors import DiffModelError
 from diffmodel.sample import render
 from diffmodel.tiny import save_tiny_checkpoint
 from diffmodel.commands.train import main as train_main
+from sample_rows import edit_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rows(n=40):
-    rows = []
-    for i in range(n):
-        before = "".join(f"x{j} = {j}\n" for j in range(i % 7 + 2))
-        rows.append({"name": f"f{i}.py", "before": before, "message": f"set x0 to {i}", "diff": f"@@ -1 +1 @@\n-x0 = 0\n+x0 = {i}\n"})
-    return rows
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
-    rows = _rows()
+    rows = edit_rows()
     (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     texts = [render(**r) for r in rows]
     save_tiny_checkpoint(d / "gpt2", "gpt2", texts, n_positions=256)
@@ -215,7 +208,7 @@ class TestBadRecordsAndDrops:
     """Null / number texts through the CLI, and a run that drops most of its samples."""
 
     def data(self, workdir) -> Path:
-        texts = [render(**r) for r in _rows()]
+        texts = [render(**r) for r in edit_rows()]
         lines = [{"text": t} for t in texts]
         lines.insert(3, {"text": None})
         lines.insert(9, {"text": 5})
@@ -238,7 +231,7 @@ class TestBadRecordsAndDrops:
 
         data = self.data(workdir)
         tok = AutoTokenizer.from_pretrained(workdir / "gpt2")
-        lengths = [len(tok(render(**r))["input_ids"]) for r in _rows()]
+        lengths = [len(tok(render(**r))["input_ids"]) for r in edit_rows()]
         block = min(lengths) + 1  # only the shortest samples fit
         too_long = sum(n >= block for n in lengths)
         total = len(lengths) + 2
