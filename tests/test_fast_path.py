@@ -148,6 +148,24 @@ PROBLEMS = [
 ]
 
 
+@pytest.mark.parametrize("model_type,expected,phrase", [
+    ("gpt2", "sdpa", "gpt2 models have no flex_attention"),
+    ("gpt_bigcode", "sdpa", "gpt_bigcode models have no flex_attention"),
+    ("llama", "flex_attention", "block-sparse mask"),
+])
+def test_a_backend_the_model_class_lacks_is_not_chosen(model_type, expected, phrase):
+    from transformers import CONFIG_MAPPING
+
+    backends = fast_path.backends_of(CONFIG_MAPPING[model_type]())
+    assert {"eager", "sdpa"} <= backends
+    path = choose(SpeedArguments(), None, True, _training(), GPU, model_type, backends)
+    assert path.attention.value == expected and phrase in path.attention.reason
+    flash_too = choose(SpeedArguments(), None, True, _training(), GPU_FLASH, model_type, frozenset({"eager", "sdpa"}))
+    assert flash_too.attention.value == "sdpa"
+    assert f"{model_type} models have no flash attention" in flash_too.attention.reason
+    assert choose(SpeedArguments(), None, True, _training(), GPU, "x", frozenset({"eager"})).attention.value == "eager"
+
+
 @pytest.mark.parametrize("speed,attn,packing,facts,words", PROBLEMS)
 def test_problems_name_the_flag_and_the_fix(speed, attn, packing, facts, words):
     (found,) = problems(SpeedArguments(**speed), attn, packing, facts)

@@ -8,7 +8,9 @@ card):
   when ``flash_attn`` is installed and a GPU is present (and no
   ``--padding_free off``: flash needs flattened batches); else
   ``flex_attention`` on a GPU (its block-sparse mask skips the blocks between
-  samples); else ``sdpa``. All three keep samples apart
+  samples); else ``sdpa`` (``eager`` for a model without it). A backend the
+  model's class does not declare (GPT-2 and GPTBigCode have no
+  flex_attention) is passed over, and the log says why. All keep samples apart
   (:mod:`diffmodel.train.attention`), and the start-up probe checks the one
   chosen, through the collator, device, precision and kernels training uses.
 - **padding-free batches** (``--padding_free``): one flattened row per batch
@@ -116,20 +118,48 @@ def model_type_of(values: dict) -> str | None:
     return None
 
 
-def choose_attention(requested: str | None, packing: bool, facts: Facts, padding_free: str = "auto") -> Choice:
+def backends_of(config) -> frozenset[str] | None:
+    """The attention backends the model class of ``config`` declares (None when the class is not known here)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (ImportError, KeyError, ValueError):
+        return None
+    found = {"eager"}
+    for backend, flag in (("sdpa", "_supports_sdpa"), ("flex_attention", "_supports_flex_attn"),
+                          ("flash_attention_2", "_supports_flash_attn")):
+        if getattr(cls, flag, False):
+            found.add(backend)
+    return frozenset(found)
+
+
+def choose_attention(requested: str | None, packing: bool, facts: Facts, padding_free: str = "auto",
+                     model: tuple[str, frozenset[str]] | None = None) -> Choice:
+    """``model``: (model type, the backends its class declares), when known; a backend it lacks is not chosen."""
     if requested:
         return Choice(requested, "set by --attn_implementation")
     if not packing:
         return Choice(None, "the model's default (no --packing)")
+    kind, has = model if model is not None else ("", None)
+
+    def lacks(backend: str) -> bool:
+        return has is not None and backend not in has
+
     flash = facts.cuda and facts.flash_attn
-    if flash and padding_free != "off":
+    if flash and padding_free != "off" and not lacks("flash_attention_2"):
         return Choice("flash_attention_2", "flash-attn is installed: its varlen kernels attend within each sample only")
-    no_flash = "--padding_free off rules out flash-attn, which needs flattened batches" if flash else "flash-attn is not installed"
-    if facts.cuda and facts.flex_attention:
+    if flash and lacks("flash_attention_2"):
+        no_flash = f"{kind} models have no flash attention"
+    else:
+        no_flash = "--padding_free off rules out flash-attn, which needs flattened batches" if flash else "flash-attn is not installed"
+    if facts.cuda and facts.flex_attention and not lacks("flex_attention"):
         return Choice("flex_attention", f"on a GPU its block-sparse mask skips the blocks between samples ({no_flash})")
+    fallback = "eager" if lacks("sdpa") else "sdpa"
     if facts.cuda:
-        return Choice("sdpa", f"sdpa keeps samples apart through position_ids ({no_flash}; this torch has no flex_attention)")
-    return Choice("sdpa", "no GPU: sdpa keeps samples apart through position_ids")
+        no_flex = f"{kind} models have no flex_attention" if lacks("flex_attention") else "this torch has no flex_attention"
+        return Choice(fallback, f"{fallback} keeps samples apart through position_ids ({no_flash}; {no_flex})")
+    return Choice(fallback, f"no GPU: {fallback} keeps samples apart through position_ids")
 
 
 def choose_padding_free(setting: str, attention: str | None, packing: bool) -> Choice:
@@ -218,9 +248,12 @@ class FastPath:
         return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}
 
 
-def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None) -> FastPath:
-    """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`)."""
-    attention = choose_attention(attn_requested, packing, facts, speed.padding_free)
+def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
+           backends: frozenset[str] | None = None) -> FastPath:
+    """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
+    :func:`backends_of` the model's config, None when not known)."""
+    attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
+                                 (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
     compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,

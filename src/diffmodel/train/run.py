@@ -290,7 +290,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args = dataclasses.replace(data_args, packing=True)
     path = fast_path.choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args,
-                            fast_path.probe_facts(), config.model_type)
+                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config))
     for line in path.lines():
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
