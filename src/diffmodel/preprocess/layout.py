@@ -51,10 +51,13 @@ def pad_left(input_ids: Sequence[int], labels: Sequence[int], block_size: int, p
         pad_id, eos_id: the tokenizer's pad and EOS ids (:mod:`diffmodel.preprocess.tokens`).
 
     Real tokens start at position 0; the first real token's label and the
-    padding's are ignored (-100 is ``IGNORE_INDEX``):
+    padding's are ignored (``IGNORE_INDEX``, shown as ``X``):
 
-    >>> pad_left([5, 6, 7], [5, 6, 7], block_size=6, pad_id=0, eos_id=1)
-    {'input_ids': [0, 0, 5, 6, 7, 1], 'labels': [-100, -100, -100, 6, 7, 1], 'attention_mask': [0, 0, 1, 1, 1, 1], 'position_ids': [0, 0, 0, 1, 2, 3]}
+    >>> row = pad_left([5, 6, 7], [5, 6, 7], block_size=6, pad_id=0, eos_id=1)
+    >>> row["input_ids"], row["attention_mask"], row["position_ids"]
+    ([0, 0, 5, 6, 7, 1], [0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 2, 3])
+    >>> ["X" if label == IGNORE_INDEX else label for label in row["labels"]]
+    ['X', 'X', 'X', 6, 7, 1]
     """
     ids = list(input_ids) + [eos_id]
     labs = [IGNORE_INDEX] + list(labels[1:]) + [eos_id] if len(labels) else [eos_id]
@@ -90,13 +93,14 @@ def concatenate(samples: Iterable[tuple[Sequence[int], Sequence[int]]], block_si
         eos_id, pad_id: the tokenizer's EOS and pad ids (:mod:`diffmodel.preprocess.tokens`).
 
     Samples run across rows; the last partial row is kept, right-padded with
-    ignored labels (-100 is ``IGNORE_INDEX``) and attention 0:
+    ignored labels (``IGNORE_INDEX``, shown as ``X``) and attention 0:
 
     >>> for row in concatenate([([5, 6, 7], [5, 6, 7]), ([8, 9], [8, 9])], block_size=3, eos_id=1, pad_id=0):
-    ...     print(row)
-    {'input_ids': [5, 6, 7], 'labels': [5, 6, 7], 'attention_mask': [1, 1, 1], 'position_ids': [0, 1, 2]}
-    {'input_ids': [1, 8, 9], 'labels': [1, 8, 9], 'attention_mask': [1, 1, 1], 'position_ids': [0, 1, 2]}
-    {'input_ids': [1, 0, 0], 'labels': [1, -100, -100], 'attention_mask': [1, 0, 0], 'position_ids': [0, 0, 0]}
+    ...     print(row["input_ids"], ["X" if label == IGNORE_INDEX else label for label in row["labels"]],
+    ...           row["attention_mask"], row["position_ids"])
+    [5, 6, 7] [5, 6, 7] [1, 1, 1] [0, 1, 2]
+    [1, 8, 9] [1, 8, 9] [1, 1, 1] [0, 1, 2]
+    [1, 0, 0] [1, 'X', 'X'] [1, 0, 0] [0, 0, 0]
     """
     buf_ids: list[int] = []
     buf_labels: list[int] = []

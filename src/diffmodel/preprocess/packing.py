@@ -76,11 +76,14 @@ def pack_row(samples: Sequence[tuple[Sequence[int], Sequence[int]]], eos_id: int
         samples: the samples of the row, in order, each ``(input_ids, labels)``.
         eos_id: the tokenizer's EOS id (:func:`diffmodel.preprocess.tokens.eos_id_of`).
 
-    Each sample's first label is ignored (-100 is ``IGNORE_INDEX``) and its
-    positions restart at 0:
+    Each sample's first label is ignored (``IGNORE_INDEX``, shown as ``X``) and
+    its positions restart at 0:
 
-    >>> pack_row([([5, 6, 7], [5, 6, 7]), ([8, 9], [8, 9])], eos_id=0)
-    {'input_ids': [5, 6, 7, 0, 8, 9, 0], 'labels': [-100, 6, 7, 0, -100, 9, 0], 'position_ids': [0, 1, 2, 3, 0, 1, 2]}
+    >>> row = pack_row([([5, 6, 7], [5, 6, 7]), ([8, 9], [8, 9])], eos_id=0)
+    >>> row["input_ids"], row["position_ids"]
+    ([5, 6, 7, 0, 8, 9, 0], [0, 1, 2, 3, 0, 1, 2])
+    >>> ["X" if label == IGNORE_INDEX else label for label in row["labels"]]
+    ['X', 6, 7, 0, 'X', 9, 0]
     """
     ids: list[int] = []
     labels: list[int] = []
