@@ -38,8 +38,8 @@ GPU_FLASH_LIGER = Facts(cuda=True, flash_attn=True, flex_attention=True, liger=T
 CPU = Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False)
 
 
-def _training(max_steps=-1, torch_compile=False, use_liger_kernel=False):
-    return SimpleNamespace(max_steps=max_steps, torch_compile=torch_compile, use_liger_kernel=use_liger_kernel)
+def _training(max_steps=-1, torch_compile=False, use_liger_kernel=False, fsdp="", deepspeed=None):
+    return SimpleNamespace(max_steps=max_steps, torch_compile=torch_compile, use_liger_kernel=use_liger_kernel, fsdp=fsdp, deepspeed=deepspeed)
 
 
 # (id, SpeedArguments fields, --attn_implementation, --packing, training args, machine, model type,
@@ -78,6 +78,9 @@ DECISIONS = [
     ("long-time-budget-compiled", {"max_train_time": "2:00:00"}, None, True, {}, GPU, "llama",
      ("flex_attention", False, False, True),
      ("flash-attn is not installed", "nearly full", "not installed", "fuses")),
+    ("sharded-not-compiled", {}, None, True, {"fsdp": "full_shard"}, GPU, "llama",
+     ("flex_attention", False, False, False),
+     ("flash-attn is not installed", "nearly full", "not installed", "DeepSpeed / FSDP shard the model")),
     ("run-of-the-threshold-compiled", {}, None, True, {"max_steps": COMPILE_MIN_STEPS}, GPU, "llama",
      ("flex_attention", False, False, True),
      ("flash-attn is not installed", "nearly full", "not installed", "fuses")),
@@ -230,6 +233,7 @@ class TestCommandLine:
         assert parse_args(argv + ["--packing", "--max_train_time", "0:05:00"])[2].torch_compile is False
         assert parse_args(argv + ["--packing", "--max_train_time", "3600"])[2].torch_compile is True
         assert parse_args(argv + ["--packing", "--liger", "on"])[2].torch_compile is False
+        assert parse_args(argv + ["--packing", "--fsdp", "full_shard"])[2].torch_compile is False
         assert parse_args(argv + ["--packing", "--compile", "off"])[2].torch_compile is False
         assert parse_args(argv)[2].torch_compile is False  # no --packing: the reference's behaviour
 

@@ -144,7 +144,7 @@ class SpeedArguments:
 
     liger: str = field(default="auto", metadata={"help": "Fused linear cross-entropy and fused RMSNorm/SwiGLU/RoPE kernels (liger-kernel). auto: on with --packing on a GPU when liger-kernel is installed and supports the model and torch.compile is off (they fail together); the training log then has no mean_token_accuracy (no logits are made).", "choices": list(AUTO_ON_OFF)})
     padding_free: str = field(default="auto", metadata={"help": "Train each packed batch as one flattened row with the sample boundaries (no pad tokens). auto: on for flash attention (its kernels need it), off otherwise (rows are already packed full).", "choices": list(AUTO_ON_OFF)})
-    compile: str = field(default="auto", metadata={"help": "torch.compile the model (sets --torch_compile). auto: on with --packing on a GPU unless --max_steps is under 300, --max_train_time under 10 minutes (compiling takes up to a minute) or liger-kernel is asked for; rows are then padded to --block_size so the shapes stay fixed.", "choices": list(AUTO_ON_OFF)})
+    compile: str = field(default="auto", metadata={"help": "torch.compile the model (sets --torch_compile). auto: on with --packing on a GPU unless --max_steps is under 300, --max_train_time under 10 minutes (compiling takes up to a minute), liger-kernel is asked for, or --deepspeed / --fsdp shard the model; rows are then padded to --block_size so the shapes stay fixed.", "choices": list(AUTO_ON_OFF)})
     max_train_time: str | None = field(default=None, metadata={"help": "Stop training after this much training time and save a checkpoint: seconds (5400) or H:MM:SS (1:30:00). Ranks stop at the same step. For a Slurm time limit, or to compare runs at equal time."})
 
 
@@ -314,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
 
         liger_forced = values.get("liger") == "on" or bool(values.get("use_liger_kernel"))
         if choose_compile(compile_setting, False, True, int(values.get("max_steps") or -1), probe_facts(), liger_forced,
-                          seconds_of(values.get("max_train_time"))).value:
+                          seconds_of(values.get("max_train_time")), bool(values.get("deepspeed") or values.get("fsdp"))).value:
             values = {**values, "torch_compile": True}
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:

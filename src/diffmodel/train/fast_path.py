@@ -21,7 +21,8 @@ card):
 - **torch.compile** (``--compile``, sets ``--torch_compile``): on a GPU,
   unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` or
   ``--max_train_time`` under :data:`COMPILE_MIN_SECONDS` (compiling costs up
-  to a minute), or liger-kernel is asked for. Compiled rows are padded to
+  to a minute), liger-kernel is asked for, or DeepSpeed / FSDP shard the
+  model (not measured together). Compiled rows are padded to
   ``--block_size`` so every batch has one shape (no recompilation); so are
   flex_attention's, whose kernel is compiled per shape. Resuming is
   unaffected: Trainer saves the model without its compiled wrapper.
@@ -198,22 +199,26 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
 
 
 def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts,
-                   liger_forced: bool = False, max_seconds: float | None = None) -> Choice:
+                   liger_forced: bool = False, max_seconds: float | None = None, sharded: bool = False) -> Choice:
     """``torch_compile``: the parsed ``--torch_compile``, which the parser sets itself when ``auto`` decides to compile
-    (the reason is then the ``auto`` one). ``liger_forced``: --liger on / --use_liger_kernel was given."""
+    (the reason is then the ``auto`` one). ``liger_forced``: --liger on / --use_liger_kernel was given;
+    ``sharded``: --deepspeed or --fsdp was given."""
     if setting == "on":
         return Choice(True, "set by --compile on")
     if torch_compile:
-        auto = _auto_compile(packing, max_steps, facts, liger_forced, max_seconds)
+        auto = _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded)
         return auto if setting == "auto" and auto.value else Choice(True, "set by --torch_compile")
     if setting == "off":
         return Choice(False, "set by --compile off")
-    return _auto_compile(packing, max_steps, facts, liger_forced, max_seconds)
+    return _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded)
 
 
-def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool, max_seconds: float | None = None) -> Choice:
+def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool, max_seconds: float | None = None,
+                  sharded: bool = False) -> Choice:
     if not packing:
         return Choice(False, "no --packing")
+    if sharded:
+        return Choice(False, "DeepSpeed / FSDP shard the model: compiling them was not measured here (pass --compile on to try)")
     if liger_forced:
         return Choice(False, "liger-kernel was asked for, and its fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5)")
     if not facts.cuda:
@@ -257,7 +262,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
     compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
-                              seconds_of(speed.max_train_time))
+                              seconds_of(speed.max_train_time),
+                              bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None)))
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
