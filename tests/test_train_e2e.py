@@ -290,6 +290,8 @@ class TestPackingRun:
         assert report["train"]["layout"] == "pack" and report["train"]["rows"] < report["train"]["samples_kept"]
         saved = datasets.load_from_disk(str(final))
         assert "attention_mask" not in saved["train"].column_names
+        # packing turns the KV cache off for training only: the saved model generates with it
+        assert json.loads((out / "config.json").read_text())["use_cache"] is True
         again = dict(_common(workdir, workdir / "packed2", "llama"), do_train=True, packing=True, max_steps=2, dataset_name=str(final), load_from_disk=True, skip_concat=True)
         del again["train_file"]
         assert train_main(_flags(again)) == 0

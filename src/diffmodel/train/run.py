@@ -129,8 +129,12 @@ def pick_splits(processed, data_args):
     return train_ds, processed.get("validation")
 
 
-def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path) -> dict:
-    """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot; returns the metrics."""
+def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path, use_cache: bool | None = None) -> dict:
+    """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot; returns the metrics.
+
+    ``use_cache``: the model config's setting before packing turned the KV cache off for training; the saved
+    model gets it back, so that it generates with a cache wherever it is loaded.
+    """
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
         checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
@@ -139,6 +143,8 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path)
     if data_args.streaming and checkpoint:
         restore_stream_state(trainer, train_ds, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if use_cache is not None:
+        trainer.accelerator.unwrap_model(trainer.model).config.use_cache = use_cache
     trainer.save_model()
     if lora_args.lora_r > 0:
         save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
@@ -239,6 +245,7 @@ class Prepared:
     reports: dict
     block_size: int
     fast_path: object
+    use_cache: bool | None = None
 
 
 def prepare(model_args, data_args, training_args) -> Prepared | None:
@@ -295,6 +302,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
+    use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)
     collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
@@ -318,7 +326,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("--max_train_time: training stops with a checkpoint after %.0f s", budget)
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
-    return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path)
+    return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path, use_cache)
 
 
 def _run(model_args, data_args, training_args) -> int:
@@ -331,7 +339,7 @@ def _run(model_args, data_args, training_args) -> int:
     lora_args = lora_args_from(training_args)
     train_metrics = eval_metrics = None
     if training_args.do_train:
-        train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir)
+        train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir, prepared.use_cache)
     if training_args.do_eval:
         eval_metrics = evaluate(trainer, eval_ds)
     if data_args.generation_eval_samples and training_args.should_save:
