@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import MODELS  # noqa: E402
+from train_throughput import MODELS, config_overrides  # noqa: E402
 
 LAYOUTS = {
     "pad": ["--ignore_long_samples"],
@@ -44,9 +44,7 @@ LAYOUTS = {
 
 
 def train_argv(layout: str, a, out: Path) -> list[str]:
-    shape = MODELS[a.model]
-    overrides = ",".join(f"{k}={v}" for k, v in {**shape, "vocab_size": a.vocab_size, "max_position_embeddings": a.block_size,
-                                                   "tie_word_embeddings": False}.items())
+    overrides = config_overrides(a.model, a.vocab_size, a.block_size)
     argv = [sys.executable, "-m", "diffmodel.cli", "train", "--model_type", "llama", "--config_overrides", overrides, "--tokenizer_name", a.tokenizer,
             "--train_file", *a.train, "--validation_split_percentage", "0", "--train_diff_model",
             "--block_size", str(a.block_size), "--per_device_train_batch_size", str(a.batch_size),

@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from train_throughput import MODELS, PEAK_FLOPS, flops  # noqa: E402
+from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
 
@@ -94,9 +94,7 @@ def select_samples(texts: list[str], tokenizer, block_size: int, limit: int) -> 
 
 
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
-    shape = MODELS[a.model]
-    overrides = ",".join(f"{k}={v}" for k, v in {**shape, "vocab_size": a.vocab_size, "max_position_embeddings": a.block_size,
-                                                   "tie_word_embeddings": False}.items())
+    overrides = config_overrides(a.model, a.vocab_size, a.block_size)
     argv = ["--model_type", "llama", "--config_overrides", overrides, "--tokenizer_name", a.tokenizer,
             "--train_file", str(data_file), "--validation_split_percentage", "0", "--train_diff_model",
             "--block_size", str(a.block_size), "--per_device_train_batch_size", str(a.batch_size),

@@ -57,6 +57,12 @@ MODELS = {
 EOS = 0  # the benchmark's tokenizer has <|endoftext|> first
 
 
+def config_overrides(model: str, vocab_size: int, block_size: int) -> str:
+    """``diffmodel train --config_overrides`` for a Llama of :data:`MODELS` (untied embeddings, as built here)."""
+    values = {**MODELS[model], "vocab_size": vocab_size, "max_position_embeddings": block_size, "tie_word_embeddings": False}
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
 # --- data ----------------------------------------------------------------------------------------
 
 
