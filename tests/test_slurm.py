@@ -26,10 +26,10 @@ from diffmodel.launch import config_path
 from diffmodel.commands.slurm import main as slurm_main
 from diffmodel.commands.slurm import split_argv
 from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, format_args, render_script
+from sample_rows import edit_rows
 
 FAKE_SRUN = f"""#!{sys.executable}
 import os, signal, subprocess, sys
-from sample_rows import edit_rows  # noqa: E402
 args = sys.argv[1:]
 while args and args[0].startswith("-"):
     args.pop(0)

@@ -16,7 +16,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.sample import render
 from diffmodel.tiny import save_tiny_checkpoint
 from diffmodel.commands.train import main as train_main
-from sample_rows import edit_rows  # noqa: E402
+from sample_rows import edit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
