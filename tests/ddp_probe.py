@@ -82,9 +82,9 @@ if __name__ == "__main__":
     Trainer.training_step = training_step
     Trainer.train = train
     if str(RANK) in os.environ.get("DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS", "").split(","):
-        from diffmodel.train.time_budget import TimeBudgetCallback
+        from diffmodel.train.early_stop import EarlyStopCallback
 
-        TimeBudgetCallback.__init__.__defaults__ = (None, lambda: 0.0)  # (device, clock)
+        EarlyStopCallback.__init__.__defaults__ = (None, None, lambda: 0.0, True)  # (seconds, device, clock, watch_sigterm)
     handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)

@@ -9,6 +9,8 @@ fixture) serves the time budget and the ``data_wait_share`` tests.
 
 import json
 import logging
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +27,7 @@ from diffmodel.train.args import SpeedArguments, parse_args, parse_duration, spe
 from diffmodel.train.attention import check_isolation
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.fast_path import COMPILE_MIN_STEPS, Facts, choose, problems
-from diffmodel.train.time_budget import TimeBudgetCallback
+from diffmodel.train.early_stop import EarlyStopCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 from packed_models import BACKENDS, EOS, PAD, X, one_by_one, packed, packed_rows, samples, sum_loss_and_grads  # noqa: E402
@@ -395,10 +397,10 @@ class TestPaddingFreeStartUpProbe:
 # --- --max_train_time -----------------------------------------------------------------------------------
 
 
-class TestTimeBudgetCallback:
+class TestEarlyStopCallback:
     def test_stops_at_the_first_step_end_past_the_budget(self):
         times = iter([100.0, 100.7, 101.4, 102.1, 102.8])  # train begins, then the end of steps 1..4
-        budget = TimeBudgetCallback(2.0, clock=lambda: next(times))
+        budget = EarlyStopCallback(2.0, clock=lambda: next(times))
         state = TrainerState()
         budget.on_train_begin(None, state, TrainerControl())
         seen = []
@@ -408,6 +410,49 @@ class TestTimeBudgetCallback:
             seen.append((control.should_save, control.should_training_stop))
         assert seen == [(False, False), (False, False), (True, True)]  # 2.1 s after the start: step 3
         assert budget.stopped_at == 3
+
+
+    def test_sigterm_stops_at_the_step_end_with_a_checkpoint_and_the_handler_is_put_back(self):
+        before = signal.getsignal(signal.SIGTERM)
+        stopper = EarlyStopCallback(None)
+        state = TrainerState()
+        stopper.on_train_begin(None, state, TrainerControl())
+        state.global_step = 1
+        assert not stopper.on_step_end(None, state, TrainerControl()).should_training_stop
+        signal.raise_signal(signal.SIGTERM)  # the process lives on: the handler only takes note
+        state.global_step = 2
+        control = stopper.on_step_end(None, state, TrainerControl())
+        assert (control.should_save, control.should_training_stop) == (True, True)
+        assert (stopper.stopped_at, stopper.stopped_by) == (2, "SIGTERM")
+        stopper.on_train_end(None, state, TrainerControl())
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+class TestSigtermRun:
+    def test_a_run_sent_sigterm_saves_a_checkpoint_exits_143_and_resumes(self, data_dir, tiny_gpt2_dir):
+        out = data_dir / "sigterm"
+        argv = [sys.executable, "-m", "diffmodel.cli", "train", "--model_name_or_path", str(tiny_gpt2_dir),
+                "--train_file", str(data_dir / "data.jsonl"), "--validation_split_percentage", "0", "--output_dir", str(out),
+                "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+                "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+                "--disable_tqdm", "True", "--do_train", "--use_cpu"]
+        proc = subprocess.Popen(argv + ["--max_steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in proc.stdout:  # the Trainer prints each step's log: training (and the handler) are running
+            seen.append(line)
+            if "'loss'" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        seen += proc.stdout.read().splitlines(keepends=True)
+        assert proc.wait(timeout=300) == 143, "".join(seen)[-3000:]
+        text = "".join(seen)
+        steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")]
+        assert len(steps) == 1 and (out / f"checkpoint-{steps[0]}" / "trainer_state.json").is_file()
+        assert f"SIGTERM: saving a checkpoint of step {steps[0]} and stopping" in text
+        again = subprocess.run(argv + ["--max_steps", str(steps[0] + 2)], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert f"resuming from the last checkpoint {out / f'checkpoint-{steps[0]}'}" in again.stdout + again.stderr
+        assert json.loads((out / "trainer_state.json").read_text())["global_step"] == steps[0] + 2
 
 
 @pytest.fixture(scope="module")

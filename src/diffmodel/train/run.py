@@ -45,6 +45,7 @@ from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
+from diffmodel.train.early_stop import SIGTERM_EXIT, EarlyStopCallback
 from diffmodel.train.lora import apply_lora, save_lora
 from diffmodel.train.metrics import DiffTrainer
 from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
@@ -246,6 +247,7 @@ class Prepared:
     block_size: int
     fast_path: object
     use_cache: bool | None = None
+    stopper: object = None
 
 
 def prepare(model_args, data_args, training_args) -> Prepared | None:
@@ -319,14 +321,14 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     )
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
-    if (budget := parse_duration(speed_args_from(training_args).max_train_time)) is not None:
-        from diffmodel.train.time_budget import TimeBudgetCallback
-
-        trainer.add_callback(TimeBudgetCallback(budget, training_args.device))
+    budget = parse_duration(speed_args_from(training_args).max_train_time)
+    if budget is not None:
         logger.info("--max_train_time: training stops with a checkpoint after %.0f s", budget)
+    stopper = EarlyStopCallback(budget, training_args.device)  # also saves a checkpoint and stops on SIGTERM
+    trainer.add_callback(stopper)
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
-    return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path, use_cache)
+    return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path, use_cache, stopper)
 
 
 def _run(model_args, data_args, training_args) -> int:
@@ -350,4 +352,8 @@ def _run(model_args, data_args, training_args) -> int:
     if training_args.do_train and training_args.should_save:
         write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
                    prepared.fast_path)
+    if prepared.stopper is not None and prepared.stopper.stopped_by == "SIGTERM":
+        logger.warning("stopped by SIGTERM at step %d (exit status %d); the same command resumes from its checkpoint",
+                       prepared.stopper.stopped_at, SIGTERM_EXIT)
+        return SIGTERM_EXIT
     return 0
