@@ -8,10 +8,10 @@ asking Trainer to save a checkpoint first, when
   a fresh budget. The run then ends as one that reached ``--max_steps`` does
   (final model, metrics, plots, card; exit status 0);
 - the process got SIGTERM (a scheduler's preemption or time limit, ``kill``,
-  ``timeout``): the step in progress finishes, the checkpoint is saved, the
-  run ends the same way and ``diffmodel train`` exits with 143 (128 + SIGTERM)
-  so that nothing takes it for a finished run; the same command resumes from
-  that checkpoint. A second SIGTERM ends the process at once. The handler is
+  ``timeout``): the step in progress finishes and the checkpoint is saved;
+  nothing else is written (no final model, metrics or card: the run is not
+  over, and a scheduler's grace time is short) and ``diffmodel train`` exits
+  with 143 (128 + SIGTERM); the same command resumes from that checkpoint. A second SIGTERM ends the process at once. The handler is
   installed while ``Trainer.train`` runs (main thread only) and the previous
   one is put back afterwards.
 

@@ -130,11 +130,13 @@ def pick_splits(processed, data_args):
     return train_ds, processed.get("validation")
 
 
-def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path, use_cache: bool | None = None) -> dict:
+def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path, use_cache: bool | None = None,
+          stopper: EarlyStopCallback | None = None) -> dict | None:
     """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot; returns the metrics.
 
     ``use_cache``: the model config's setting before packing turned the KV cache off for training; the saved
-    model gets it back, so that it generates with a cache wherever it is loaded.
+    model gets it back, so that it generates with a cache wherever it is loaded. Returns None, having saved
+    nothing but the checkpoint ``stopper`` asked for, when SIGTERM stopped training (the run is not over).
     """
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and out_dir.is_dir() and not training_args.overwrite_output_dir:
@@ -144,6 +146,8 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
     if data_args.streaming and checkpoint:
         restore_stream_state(trainer, train_ds, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if stopper is not None and stopper.stopped_by == "SIGTERM":
+        return None
     if use_cache is not None:
         trainer.accelerator.unwrap_model(trainer.model).config.use_cache = use_cache
     trainer.save_model()
@@ -341,7 +345,11 @@ def _run(model_args, data_args, training_args) -> int:
     lora_args = lora_args_from(training_args)
     train_metrics = eval_metrics = None
     if training_args.do_train:
-        train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir, prepared.use_cache)
+        train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir, prepared.use_cache, prepared.stopper)
+        if train_metrics is None:
+            logger.warning("stopped by SIGTERM: checkpoint-%d saved in %s (exit status %d); the same command resumes from it",
+                           prepared.stopper.stopped_at, out_dir, SIGTERM_EXIT)
+            return SIGTERM_EXIT
     if training_args.do_eval:
         eval_metrics = evaluate(trainer, eval_ds)
     if data_args.generation_eval_samples and training_args.should_save:
@@ -352,8 +360,4 @@ def _run(model_args, data_args, training_args) -> int:
     if training_args.do_train and training_args.should_save:
         write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
                    prepared.fast_path)
-    if prepared.stopper is not None and prepared.stopper.stopped_by == "SIGTERM":
-        logger.warning("stopped by SIGTERM at step %d (exit status %d); the same command resumes from its checkpoint",
-                       prepared.stopper.stopped_at, SIGTERM_EXIT)
-        return SIGTERM_EXIT
     return 0
