@@ -206,8 +206,10 @@ class TestTrainedModelUnderConstraints:
             edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=100)
         finally:
             hook.remove()
-        # one prefill, then one forward per decoded token but the EOS; forced tokens ride along
-        assert len(calls) == trained._decoder.forward_calls == edit.num_tokens - edit.forced_tokens
+        # one prefill, then one forward per decoded token but the EOS; forced tokens ride along, and so do
+        # proposals of speculation that greedy decoding accepts
+        accepted = trained._decoder.accepted
+        assert len(calls) == trained._decoder.forward_calls == edit.num_tokens - edit.forced_tokens - accepted
         assert len(calls) < edit.num_tokens and edit.forced_tokens > 0
 
     def test_cut_at_max_new_tokens_is_reported_and_still_applies(self, trained):
@@ -562,3 +564,138 @@ def _check_described(code: str, edit, fed: bytes) -> None:
         assert apply_diff(code, edit.diff, "strict").text == want
     else:
         assert want == code and edit.stop == "length"
+
+
+class TestPromptLookup:
+    """What speculation proposes: hand-made token ids, exact answers."""
+
+    def test_latest_occurrence_in_the_generated_tokens_then_the_prompt(self):
+        from diffmodel.infer.constrained import PromptLookup
+
+        lookup = PromptLookup([1, 2, 3, 4, 5, 2, 3, 6], longest=3)
+        # [7, 2, 3] is nowhere; [2, 3] ends at 3 and at 7 in the prompt: the first at or after the hint
+        assert lookup.follow([9, 7, 2, 3], 3, hint=0) == ([4, 5, 2], 3)
+        assert lookup.follow([9, 7, 2, 3], 3, hint=4) == ([6], 7)
+        assert lookup.follow([9, 7, 2, 3], 3, hint=8) == ([4, 5, 2], 3)  # none after the hint: the first
+        # the generated tokens first: [8, 2] occurred there, followed by 11 12
+        assert lookup.follow([8, 2, 11, 12, 8, 2], 5, hint=0) == ([11, 12, 8, 2], 0)
+        assert lookup.follow([8, 2, 11, 2, 5, 8, 2], 5, hint=0) == ([11, 2, 5, 8, 2], 0)
+        assert lookup.follow([20, 21], 4, hint=0) == ([], 0)
+
+    def test_a_copy_resumes_past_the_token_the_model_replaced(self):
+        from diffmodel.infer.constrained import PromptLookup
+
+        lookup = PromptLookup([1, 2, 3], longest=3)
+        source = [10, 11, 12, 13]
+        # no 3- or 2-gram of [5, 6, 30] occurs: the copy resumes before single tokens are looked up
+        assert lookup.follow([5, 6, 30], 3, hint=0, resume=(source, 2)) == ([12, 13], 0)
+        assert lookup.follow([5, 6, 3], 3, hint=0, resume=(source, 4)) == ([], 0)  # nothing left: 3 is last in the prompt
+        assert lookup.follow([1, 2, 30], 3, hint=0, resume=(source, 2)) == ([12, 13], 0)
+        assert lookup.follow([5, 1, 2], 3, hint=0, resume=(source, 2)) == ([3], 2)  # a 2-gram comes first
+
+
+def _edits_and_ids(model: DiffModel, requests, **options):
+    edits = model.edit_many(requests, max_new_tokens=options.pop("max_new_tokens", 100), **options)
+    return edits, [list(i) for i in model._decoder.last_ids]
+
+
+#: A long line rewritten with one token changed: the '+' line copies the '-' line it replaces.
+COPY_BEFORE = "def area(width, height):\n    return width * height * scale_factor + border_width * 2\n"
+COPY_AFTER = COPY_BEFORE.replace("* 2\n", "* 4\n")
+
+
+@pytest.fixture(scope="module")
+def copy_model(tmp_path_factory) -> DiffModel:
+    from diffmodel.diff.make import make_diff
+    from diffmodel.sample import render
+    from edit_model import train_texts
+
+    text = render("area.py", COPY_BEFORE, "Double the border", make_diff(COPY_BEFORE, COPY_AFTER))
+    return DiffModel.from_pretrained(train_texts([text], tmp_path_factory.mktemp("copy_model")))
+
+
+@st.composite
+def _copy_files(draw):
+    """Files of lines the trained model knows (copies of them are likely) and a few of any kind."""
+    known = [line for s in SAMPLES.values() for line in s["before"].splitlines(keepends=True)]
+    lines = draw(st.lists(st.sampled_from(known + ["x = 1\n", "    return x\n", "\té\n"]), min_size=0, max_size=6))
+    return "".join(lines)
+
+
+class TestSpeculationGivesTheSameGreedyEdits:
+    """Prompt-lookup speculation (greedy): identical edits and token ids with it and without, fewer forward passes."""
+
+    def test_trained_samples_alone_and_batched(self, trained):
+        requests = [(s["before"], s["message"], s["name"]) for s in SAMPLES.values()]
+        accepted = 0
+        for r in requests:
+            off, off_ids = _edits_and_ids(trained, [r], speculate=False)
+            passes = trained._decoder.forward_calls
+            assert trained._decoder.proposed == 0
+            on, on_ids = _edits_and_ids(trained, [r])
+            assert (on, on_ids) == (off, off_ids)
+            [[edit]] = on
+            # every proposal accepted is a token picked without a forward pass of its own
+            assert passes == edit.num_tokens - edit.forced_tokens
+            assert trained._decoder.forward_calls == passes - trained._decoder.accepted
+            accepted += trained._decoder.accepted
+        assert accepted > 0
+        alone = [g[0] for g in trained.edit_many(requests, max_new_tokens=100, batch_size=1, speculate=False)]
+        assert [g[0] for g in trained.edit_many(requests, max_new_tokens=100, batch_size=len(requests))] == alone
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(codes=st.lists(_copy_files(), min_size=1, max_size=3), keys=st.lists(st.sampled_from(list(SAMPLES)), min_size=3,
+                                                                              max_size=3),
+           budget=st.integers(4, 60), min_new=st.sampled_from([0, 30]))
+    def test_random_files_batched_and_one_by_one(self, trained, codes, keys, budget, min_new):
+        requests = [(code, SAMPLES[k]["message"], SAMPLES[k]["name"]) for code, k in zip(codes, keys)]
+        options = dict(max_new_tokens=budget, min_new_tokens=min_new)
+        off = [g[0] for g in trained.edit_many(requests, batch_size=1, speculate=False, **options)]
+        assert [g[0] for g in trained.edit_many(requests, batch_size=len(requests), **options)] == off
+        assert [trained.edit(*r, **options) for r in requests] == off
+
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_random_models_whose_proposals_are_mostly_rejected(self, request, fixture):
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())] + [("", "Add", "n.py")]
+        off = _edits_and_ids(model, requests, max_new_tokens=60, batch_size=len(requests), speculate=False)
+        on = _edits_and_ids(model, requests, max_new_tokens=60, batch_size=len(requests))
+        assert model._decoder.proposed > model._decoder.accepted  # rejected proposals left pads in the cache
+        assert on == off
+
+    def test_a_cut_at_every_budget(self, copy_model):
+        request = [(COPY_BEFORE, "Double the border", "area.py")]
+        for budget in range(1, 60, 3):
+            off = _edits_and_ids(copy_model, request, max_new_tokens=budget, speculate=False)
+            assert _edits_and_ids(copy_model, request, max_new_tokens=budget) == off, budget
+
+    def test_sampling_never_speculates(self, trained):
+        s = SAMPLES["calc"]
+        options = dict(num_samples=3, temperature=1.0, max_new_tokens=60, seed=3)
+        on = trained.edit_many([(s["before"], s["message"], s["name"])], **options)
+        assert trained._decoder.proposed == 0
+        assert trained.edit_many([(s["before"], s["message"], s["name"])], speculate=False, **options) == on
+
+    def test_a_rewritten_long_line_costs_fewer_forward_passes_exactly(self, copy_model):
+        from diffmodel.diff.make import make_diff
+        from diffmodel.infer.constrained import SPECULATE_TOKENS
+
+        request = (COPY_BEFORE, "Double the border", "area.py")
+        [[off]], [ids_off] = _edits_and_ids(copy_model, [request], speculate=False)
+        passes_off = copy_model._decoder.forward_calls
+        [[on]], [ids_on] = _edits_and_ids(copy_model, [request])
+        assert (on, ids_on) == (off, ids_off) and on.diff == make_diff(COPY_BEFORE, COPY_AFTER)
+        assert passes_off == off.num_tokens - off.forced_tokens
+        # the '-' and '+' lines are tokenized alike but for the changed token; both start with an indent token
+        text = [copy_model.tokenizer.decode([i]) for i in ids_on]
+        minus, plus = text.index("-") + 1, text.index("+") + 1
+        removed, added = text[minus:text.index("\n", minus) + 1], text[plus:text.index("\n", plus) + 1]
+        changed = [k for k, (a, b) in enumerate(zip(removed, added)) if a != b]
+        assert len(removed) == len(added) and len(changed) == 1 and changed[0] > SPECULATE_TOKENS + 2
+        # '+' and the indent are picked (nothing to copy yet); then the tokens after the indent are proposed from
+        # the '-' line: K accepted, the model's pick after them, the rest accepted up to the changed token, which
+        # the model picks; the copy resumes past it: the newline accepted, '+' rejected, the model picks EOS.
+        # Every token of the '+' line after its indent is accepted but two.
+        accepted = len(added) - 1 - 2
+        assert copy_model._decoder.accepted == accepted
+        assert copy_model._decoder.forward_calls == passes_off - accepted

@@ -424,6 +424,13 @@ class _Row:
     notes: list[str] = field(default_factory=list)
     chunk: list[int] = field(default_factory=list)  # the tokens the next forward feeds
     ids: list[int] = field(default_factory=list)  # every token generated (EOS included)
+    #: speculation: the tokens proposed after the chunk, the choice after each, where they start in the prompt
+    proposed: list[int] = field(default_factory=list)
+    proposed_choices: list = field(default_factory=list)
+    proposed_at: int = 0
+    hint: int = 0  # the prompt position after the last accepted proposal
+    source: list[int] = field(default_factory=list)  # what the proposals were copied from (a slice)
+    resume: tuple[list[int], int] | None = None  # where the copy may go on next step
 
     def take(self, ids: list[int], table: TokenTable, forced: bool) -> None:
         """Feed token ids whose bytes the grammar allows (cut to the budget)."""
@@ -471,6 +478,8 @@ class DecodeOptions:
     top_p: float = 1.0
     top_k: int = 0
     min_new_tokens: int = 0
+    #: greedy only: the most tokens a row proposes per step by prompt lookup (0: no speculation)
+    speculate: int = 0
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -482,6 +491,52 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 #: Compact the KV cache when its padding columns outnumber this share of the longest row's real tokens.
 COMPACT_SHARE = 0.25
+#: Speculation: the most tokens proposed per row and step, and the longest n-gram looked up in the prompt.
+SPECULATE_TOKENS = 8
+LOOKUP_NGRAM = 3
+
+
+class PromptLookup:
+    """Where each n-gram (n = 1 .. :data:`LOOKUP_NGRAM`) of one prompt's token ids occurs: proposals for speculation."""
+
+    def __init__(self, ids: list[int], longest: int = LOOKUP_NGRAM):
+        self.ids = ids
+        self.longest = longest
+        #: n-gram -> the positions just after each occurrence that something follows, ascending
+        self.ends: dict[tuple[int, ...], list[int]] = {}
+        for n in range(1, longest + 1):
+            for end in range(n, len(ids)):
+                self.ends.setdefault(tuple(ids[end - n:end]), []).append(end)
+
+    def follow(self, generated: list[int], k: int, hint: int, resume: tuple[list[int], int] | None = None
+               ) -> tuple[list[int], int]:
+        """Up to ``k`` tokens that followed the longest suffix (n tokens, n = :attr:`longest` .. 1) of
+        ``generated`` where it occurs before: in ``generated`` itself (the latest occurrence: a ``+`` line
+        after the ``-`` line it rewrites, tokenized alike), else in the prompt; and where they start in the
+        prompt (0 when they come from ``generated``). Before single tokens are looked up, ``resume``
+        (a sequence and a position: the copy of the last step, one token past where the model's pick
+        replaced a proposal) gives its tokens from there.
+
+        Of several occurrences in the prompt, the first that ends at or after
+        ``hint`` (where the last accepted proposal from the prompt ended: a copy
+        goes on where it stopped), else the first. ([], 0) when nothing matches.
+        """
+        size = len(generated)
+        for n in range(min(self.longest, size - 1), 0, -1):
+            if n == 1 and resume is not None and resume[1] < len(resume[0]):
+                seq, at = resume
+                return seq[at:at + k], 0
+            tail = generated[size - n:]
+            first = tail[0]
+            for start in range(size - n - 1, -1, -1):  # an earlier occurrence, something after it
+                if generated[start] == first and generated[start:start + n] == tail:
+                    return generated[start + n:start + n + k], 0
+            ends = self.ends.get(tuple(tail))
+            if ends:
+                at = bisect.bisect_left(ends, hint)
+                end = ends[at] if at < len(ends) else ends[0]
+                return self.ids[end:end + k], end
+        return [], 0
 
 
 class ConstrainedDecoder:
@@ -502,6 +557,8 @@ class ConstrainedDecoder:
         self._spelt: dict[tuple[str, int], list[int]] = {}
         #: forward calls of the last :meth:`generate` (prefill included)
         self.forward_calls = 0
+        #: speculation in the last :meth:`generate`: tokens proposed, and those accepted (picked without a pass of their own)
+        self.proposed = self.accepted = 0
         #: KV cache compactions of the last :meth:`generate` (padding columns dropped)
         self.compactions = 0
         #: the widest KV cache of the last :meth:`generate`, in positions
@@ -509,33 +566,37 @@ class ConstrainedDecoder:
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
         self.last_ids: list[list[int]] = []
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
-        """One forward pass with the KV cache; returns (cache, the logits of each row's last position)."""
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int = 1):
+        """One forward pass with the KV cache; returns (cache, the logits of each row's last ``keep`` positions)."""
         if self._params is None:
             self._params = set(inspect.signature(self.model.forward).parameters)
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
         if "logits_to_keep" in self._params:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = keep
         if cache is not None:  # transformers 5 names it ``cache``; older models ``past_key_values``
             kwargs["cache" if "cache" in self._params else "past_key_values"] = cache
         out = self.model(**kwargs)
         self.forward_calls += 1
         self.widest_cache = max(self.widest_cache, mask.shape[1])
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        return cache, out.logits[:, -1]
+        return cache, out.logits[:, -keep:]
 
     # -- one row ------------------------------------------------------------------------------
 
     def _choice(self, row: _Row, min_new_tokens: int) -> _Choice:
         """The row's :class:`_Choice`, cached for the generate call (rows and steps ask alike)."""
-        may_end = row.tokens >= min_new_tokens
-        key = (row.state.signature, row.pending, may_end)
+        return self._choice_at(row.state, row.pending, row.tokens, min_new_tokens)
+
+    def _choice_at(self, state: DiffState, pending: bytes, tokens: int, min_new_tokens: int) -> _Choice:
+        """What may be picked after ``state`` and ``pending`` bytes, ``tokens`` generated so far."""
+        may_end = tokens >= min_new_tokens
+        key = (state.signature, pending, may_end)
         found = self._choices.get(key)
         if found is None:
-            ids, everything = self.table.allowed(row.state, row.pending)
-            ends = dict(self.table.ends(row.state, row.pending))
+            ids, everything = self.table.allowed(state, pending)
+            ends = dict(self.table.ends(state, pending))
             if may_end or not (ids or everything):
-                if not row.pending and row.state.can_end:
+                if not pending and state.can_end:
                     ids = ids + self.eos_ids
                 ids = ids + list(ends)
             ids = tuple(i for i in ids if i < self._width)
@@ -591,6 +652,68 @@ class ConstrainedDecoder:
             if choice.only is None:
                 break
             self._apply(row, choice.only, choice, forced=True)
+
+    # -- speculation (greedy) -------------------------------------------------------------------
+
+    def _propose(self, row: _Row, lookup: PromptLookup, most: int, min_new_tokens: int) -> None:
+        """Set the row's proposals: what followed its last tokens in its prompt, while greedy could pick it.
+
+        Only in ``+`` text (every newline-free token allowed, nothing pending).
+        A proposal is kept while the grammar accepts it and, after it, the row
+        is still free to pick among several tokens (no forced text, no only
+        token, no end: there non-speculative decoding would feed tokens
+        without picking them), and the row's budget leaves room for the pick
+        after the last one. ``row.proposed_choices[j]`` is the choice after
+        proposal ``j``: what verifying the pick at the next position uses.
+        """
+        row.proposed, row.proposed_choices = [], []
+        room = min(most, row.budget - row.tokens - 1)
+        if row.stop or row.pending or room <= 0 or not self._choice(row, min_new_tokens).everything:
+            return
+        found, row.proposed_at = lookup.follow(row.ids, room, row.hint, row.resume)
+        row.resume = None
+        state, pending, tokens = row.state, row.pending, row.tokens
+        for token in found:
+            data = self.table.bytes[token] if token < self._width else None
+            after = TokenTable.step(state, pending, data) if data else None
+            if after is None:
+                break
+            state, pending = after
+            tokens += 1
+            if self.table.next_of(state).field == "forced":
+                break
+            choice = self._choice_at(state, pending, tokens, min_new_tokens)
+            if choice.only is not None or choice.empty:
+                break
+            row.proposed.append(token)
+            row.proposed_choices.append(choice)
+        row.source = found
+
+    def _verify(self, logits: torch.Tensor, live: list[int], rows: list[_Row], choices: list[_Choice],
+                opts: DecodeOptions) -> list[tuple[list[int], int]]:
+        """Greedy picks at each row's last position and after each of its proposals, in one :meth:`_pick`.
+
+        Returns per row (the picks, how many proposals equal the pick before them).
+        """
+        width = logits.shape[1]
+        at_row, at_col, flat = [], [], []
+        for r, i in enumerate(live):
+            n = len(rows[i].proposed)
+            at_row += [r] * (n + 1)
+            at_col += range(width - n - 1, width)
+            flat += [choices[r]] + rows[i].proposed_choices
+        index = _to_device(torch.tensor([at_row, at_col], dtype=torch.long), logits.device)
+        picks = self._pick(logits[index[0], index[1]], flat, opts)
+        out, start = [], 0
+        for i in live:
+            proposed = rows[i].proposed
+            mine = picks[start:start + len(proposed) + 1]
+            start += len(proposed) + 1
+            good = 0
+            while good < len(proposed) and mine[good] == proposed[good]:
+                good += 1
+            out.append((mine, good))
+        return out
 
     # -- the batch ----------------------------------------------------------------------------
 
@@ -682,7 +805,9 @@ class ConstrainedDecoder:
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
                   opts: DecodeOptions) -> list[list[Edit]]:
-        self.forward_calls = self.compactions = self.widest_cache = 0
+        self.forward_calls = self.compactions = self.widest_cache = self.proposed = self.accepted = 0
+        speculate = opts.speculate if opts.temperature <= 0 else 0  # sampling: never
+        lookups: dict[int, PromptLookup] = {}
         device = self.model.device
         rows: list[_Row] = []
         for p, code in enumerate(codes):
@@ -710,15 +835,35 @@ class ConstrainedDecoder:
             ids, positions, mask = self._step_inputs(inputs, [0] * len(live), device)
             lengths = [len(x) for x in inputs]
             cache, logits = self._forward(ids, mask, positions, None)
-            if logits.shape[1] != self._width:
-                self._width = logits.shape[1]
+            if logits.shape[-1] != self._width:
+                self._width = logits.shape[-1]
                 self._choices.clear()
         for row in rows:
             row.chunk = []
         while live:
             choices = [self._choice(rows[i], opts.min_new_tokens) for i in live]
-            for i, token, choice in zip(live, self._pick(logits, choices, opts), choices):
-                self._advance(rows[i], token, choice, opts.min_new_tokens)
+            if logits.shape[1] == 1:
+                for i, token, choice in zip(live, self._pick(logits[:, -1], choices, opts), choices):
+                    self._advance(rows[i], token, choice, opts.min_new_tokens)
+            else:  # speculation: accept the proposals greedy picks, then take the pick after them
+                rejected = []
+                for r, (i, (picks, good)) in enumerate(zip(live, self._verify(logits, live, rows, choices, opts))):
+                    row = rows[i]
+                    if good:  # already in the cache: taken as picked, not fed again
+                        row.take(row.proposed[:good], self.table, forced=False)
+                        row.chunk = []
+                        lengths[r] += good
+                        if row.proposed_at:
+                            row.hint = row.proposed_at + good
+                        self.accepted += good
+                    rejected.append(len(row.proposed) - good)
+                    if row.proposed:  # the pick stands for the source's next token: the copy goes on after it
+                        row.resume = (row.source, good + 1)
+                    self._advance(row, picks[good], ([choices[r]] + row.proposed_choices)[good], opts.min_new_tokens)
+                width = logits.shape[1]  # the rejected proposals stay in the cache as pads: attention 0
+                cut = _to_device(torch.tensor(rejected, dtype=torch.long), device)
+                real = torch.arange(width, device=device)[None, :] < (width - cut)[:, None]
+                mask = torch.cat([mask[:, :-width], mask[:, -width:] * real], dim=1)
             keep = [r for r, i in enumerate(live) if not rows[i].stop]
             if not keep:
                 break
@@ -734,13 +879,22 @@ class ConstrainedDecoder:
                 if compact is not None:
                     mask = compact
                     self.compactions += 1
-            chunks = [rows[i].chunk for i in live]
+            most = 0
+            if speculate:
+                for i in live:
+                    lookup = lookups.get(i // num_samples)
+                    if lookup is None:
+                        lookup = lookups[i // num_samples] = PromptLookup(prompts[i // num_samples])
+                    self._propose(rows[i], lookup, speculate, opts.min_new_tokens)
+                    most = max(most, len(rows[i].proposed))
+                    self.proposed += len(rows[i].proposed)
+            chunks = [rows[i].chunk + rows[i].proposed for i in live]
             ids, positions, step_mask = self._step_inputs(chunks, lengths, device)
             for r, i in enumerate(live):
-                lengths[r] += len(rows[i].chunk)
+                lengths[r] += len(rows[i].chunk)  # proposals count once accepted
                 rows[i].chunk = []
             mask = torch.cat([mask, step_mask], dim=1)
-            cache, logits = self._forward(ids, mask, positions, cache)
+            cache, logits = self._forward(ids, mask, positions, cache, keep=most + 1)
         self.last_ids = [row.ids for row in rows]
         edits: list[list[Edit]] = []
         for p in range(len(codes)):

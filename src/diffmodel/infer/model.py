@@ -229,6 +229,7 @@ class DiffModel:
         constrained: bool = True,
         top_k: int = 0,
         edit_format: str | None = None,
+        speculate: bool = True,
     ) -> list[list[Edit]]:
         """Edit many files; ``result[i][k]`` is sample ``k`` of request ``i``.
 
@@ -245,6 +246,9 @@ class DiffModel:
         ``edit_format``: the format the model was trained on (default ``carper``;
         :mod:`diffmodel.formats`); formats other than ``carper`` are decoded
         unconstrained whatever ``constrained`` says (:func:`~diffmodel.infer.prompt.decoding`).
+        ``speculate`` (default): greedy diff-aware decoding proposes tokens copied from
+        the prompt and keeps those greedy picks (:mod:`diffmodel.infer.constrained`):
+        the same edits in fewer forward passes; off when sampling or unconstrained.
         """
         name = formats.get(edit_format).NAME
         constrained, _ = decoding(name, constrained)
@@ -285,7 +289,8 @@ class DiffModel:
                 batch = todo[start:start + batch_size]
                 args = ([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
                         max_new_tokens, temperature, top_p, min_new_tokens, top_k)
-                edits = self._generate_constrained(*args) if constrained else self._generate(*args, edit_format=name)
+                edits = (self._generate_constrained(*args, speculate=speculate) if constrained
+                         else self._generate(*args, edit_format=name))
                 for i, group in zip(batch, edits):
                     results[i] = group
                 report(len(batch))
@@ -294,14 +299,16 @@ class DiffModel:
         return results  # type: ignore[return-value]
 
     def _generate_constrained(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
-                              temperature: float, top_p: float, min_new_tokens: int, top_k: int) -> list[list[Edit]]:
-        from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
+                              temperature: float, top_p: float, min_new_tokens: int, top_k: int,
+                              speculate: bool = True) -> list[list[Edit]]:
+        from diffmodel.infer.constrained import SPECULATE_TOKENS, ConstrainedDecoder, DecodeOptions
 
         if self._decoder is None:
             self._decoder = ConstrainedDecoder(self.model, self.tokenizer, self.eos_ids, self.pad_id)
         budgets = [max_new_tokens if self.max_positions is None else min(max_new_tokens, self.max_positions - len(p))
                    for p in prompts]
-        opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens)
+        opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens,
+                             SPECULATE_TOKENS if speculate and temperature <= 0 else 0)
         return self._decoder.generate(prompts, codes, num_samples, budgets, opts)
 
     @torch.inference_mode()
