@@ -44,6 +44,24 @@ class TestOneFile:
         assert "calc.py: applies (strict)" in err
         assert path.read_text() == SAMPLES["calc"]["before"]
 
+    def test_no_speculation_reaches_the_decoder_and_prints_the_same_diff(self, model_dir, tmp_path, monkeypatch, capsys):
+        monkeypatch.chdir(tmp_path)
+        _write(tmp_path, "calc")
+        seen = []
+        real = DiffModel.edit_many
+
+        def spy(self, *args, **kwargs):
+            seen.append(kwargs["speculate"])
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(DiffModel, "edit_many", spy)
+        outs = []
+        for flags in ([], ["--no_speculation"]):
+            code, out, _ = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", *flags], capsys)
+            assert code == 0
+            outs.append(out)
+        assert seen == [True, False] and outs == [SAMPLES["calc"]["diff"]] * 2
+
     def test_apply_writes_the_edited_file_keeping_its_mode(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         path = _write(tmp_path, "crlf")

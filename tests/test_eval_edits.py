@@ -154,14 +154,17 @@ def test_reports_record_the_decoder_and_the_forced_share(tmp_path_factory, tmp_p
     data = tmp_path / "heldout.jsonl"
     data.write_text("".join(json.dumps(row(k)) + "\n" for k in STRICT))
     shares = {}
-    for flags in ([], ["--unconstrained"]):
-        out = tmp_path / f"edits{len(flags)}.json"
+    for flags in ([], ["--unconstrained"], ["--no_speculation"]):
+        out = tmp_path / f"edits{len(flags)}{''.join(flags)}.json"
         assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress", *flags]) == 0
         report = json.loads(out.read_text())
-        assert report["settings"]["constrained"] is (not flags)
+        settings = report["settings"]
+        assert settings["constrained"] is (flags != ["--unconstrained"])
+        assert settings["speculation"] is (not flags) and "speculate" not in settings
+        assert list(settings)[list(settings).index("constrained") + 1] == "speculation"
         gens = [g for x in out.with_suffix(".samples.jsonl").read_text().splitlines() for g in json.loads(x)["generations"]]
         forced, tokens = sum(g["forced_tokens"] for g in gens), sum(g["num_tokens"] for g in gens)
         assert report["metrics"]["forced_share"] == pytest.approx(forced / tokens)
         assert report["metrics"]["exact"] == 1.0
-        shares[bool(flags)] = report["metrics"]["forced_share"]
-    assert shares[False] > 0.0 and shares[True] == 0.0
+        shares[tuple(flags)] = report["metrics"]["forced_share"]
+    assert shares[()] == shares[("--no_speculation",)] > 0.0 and shares[("--unconstrained",)] == 0.0

@@ -18,7 +18,7 @@ ends of the scale, to check the harness itself.
 The model and generation flags, ``--edit_format``, their checks and the
 options dict are :mod:`diffmodel.commands.options`' (the same as ``diffmodel
 edit``'s); every report's ``settings`` records ``edit_format`` (and, for
-``edits`` and ``humanevalfix``, ``constrained`` as it ran, with
+``edits`` and ``humanevalfix``, ``constrained`` and ``speculation`` as they ran, with
 ``constrained_note`` when the format turned diff-aware decoding off). The
 HumanEvalFix run is :func:`diffmodel.evaluate.humanevalfix.run_benchmark`.
 

@@ -3,8 +3,9 @@
 - :func:`add_model_flags`: ``--model`` (and, for ``eval``, ``--calibrate``), ``--device``, ``--dtype``;
 - :func:`add_generation_flags`: ``--num_samples``, ``--temperature``, ``--top_p``,
   ``--top_k``, ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a
-  command wants are parameters) and ``--unconstrained`` (diff-aware decoding is
-  on unless it is given);
+  command wants are parameters), ``--unconstrained`` (diff-aware decoding is
+  on unless it is given) and ``--no_speculation`` (greedy diff-aware decoding
+  copies proposals from the prompt unless it is given);
 - :func:`add_format_flag`: ``--edit_format`` (the format the model was trained
   on; ``edit``, ``eval loss``, ``eval edits``, ``eval humanevalfix``);
 - :func:`check_model` and :func:`check_generation` append every problem to
@@ -12,8 +13,9 @@
 - :func:`generation_options`: the keyword arguments of
   :meth:`DiffModel.edit_many <diffmodel.infer.DiffModel.edit_many>` (``constrained``
   is what runs: off for a format other than ``carper``); :func:`generation_settings`:
-  the same plus ``constrained_note`` (why diff-aware decoding is off), the
-  ``settings`` an eval report records;
+  the ``settings`` an eval report records: the same, with ``speculation`` (whether
+  speculation ran: diff-aware, greedy and no ``--no_speculation``) in place of
+  ``speculate``, plus ``constrained_note`` (why diff-aware decoding is off);
 - :func:`load_model`: the :class:`~diffmodel.infer.DiffModel` of ``--model``.
 
 Invariants:
@@ -66,6 +68,9 @@ def add_generation_flags(parser: argparse.ArgumentParser, num_samples: int = 1, 
     g.add_argument("--unconstrained", action="store_true",
                    help="plain decoding: turn off diff-aware decoding (by default every diff is written over the file's "
                         "own lines, so it applies strictly; see docs/edit.md)")
+    g.add_argument("--no_speculation", "--no-speculation", action="store_true",
+                   help="greedy diff-aware decoding without speculation (by default it proposes tokens copied from the "
+                        "file and keeps those the model would pick: the same edits in fewer forward passes; docs/edit.md)")
 
 
 def add_format_flag(parser: argparse.ArgumentParser) -> None:
@@ -116,14 +121,21 @@ def generation_options(args: argparse.Namespace) -> dict:
     return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
             "top_k": args.top_k, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
             "seed": args.seed, "constrained": decoding(edit_format, not args.unconstrained)[0],
-            "edit_format": edit_format}
+            "speculate": not args.no_speculation, "edit_format": edit_format}
 
 
 def generation_settings(args: argparse.Namespace) -> dict:
-    """:func:`generation_options` as a report records them: with ``constrained_note`` when the
-    ``--edit_format`` turned diff-aware decoding off."""
+    """:func:`generation_options` as a report records them: ``speculation`` (whether it ran) next to
+    ``constrained``, and ``constrained_note`` when the ``--edit_format`` turned diff-aware decoding off."""
     note = decoding(getattr(args, "edit_format", formats.DEFAULT), not args.unconstrained)[1]
-    return {**generation_options(args), **({"constrained_note": note} if note else {})}
+    settings = {}
+    for key, value in generation_options(args).items():
+        if key == "speculate":
+            continue
+        settings[key] = value
+        if key == "constrained":
+            settings["speculation"] = value and args.temperature <= 0 and not args.no_speculation
+    return {**settings, **({"constrained_note": note} if note else {})}
 
 
 def load_model(args: argparse.Namespace, quiet: bool = False):
