@@ -24,6 +24,9 @@ Set-up:
   the bundled quickstart samples, on their first ``--max_samples`` rows: the
   numbers mean nothing, the run only checks the script.
 
+- ``--no_speculation``: the constrained arm without prompt-lookup
+  speculation (:mod:`diffmodel.infer.constrained`); by default it runs with
+  it, as ``diffmodel`` does. Greedy edits are the same either way.
 - ``--profile``: also times every forward pass of the model (hooks on the
   model, after a device sync) and reports per arm the forward passes, the
   total, forward and host (the rest) milliseconds per forward pass (a
@@ -130,7 +133,8 @@ def run(args) -> str:
             start = time.perf_counter()
             if profiler:
                 profiler.enable()
-            summary, _ = evaluate_edits(model, cases, constrained=constrained, **options)
+            summary, _ = evaluate_edits(model, cases, constrained=constrained, speculate=not args.no_speculation,
+                                        **options)
             if profiler:
                 profiler.disable()
                 profiler.dump_stats(args.cprofile)
@@ -150,7 +154,8 @@ def run(args) -> str:
         f"device {model.device}, dtype {model.model.dtype}; torch {torch.__version__}, transformers {transformers.__version__}, "
         f"Python {platform.python_version()}",
         f"- data: {data}, {len(cases)} samples ({json.dumps(skipped) if skipped else 'none skipped'}); greedy, "
-        f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.rounds} round(s) each, alternating",
+        f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.rounds} round(s) each, alternating; "
+        f"speculation {'off' if args.no_speculation else 'on'} in the constrained arm",
         f"- command: `{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`",
         "",
         "| metric | constrained | unconstrained | ratio |",
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the Markdown table here")
     p.add_argument("--profile", action="store_true", help="also time each forward pass: host ms per step per arm")
     p.add_argument("--cprofile", metavar="FILE", help="write cProfile stats of the first constrained round to FILE")
+    p.add_argument("--no_speculation", action="store_true",
+                   help="the constrained arm without prompt-lookup speculation (default: with it, as diffmodel runs)")
     args = p.parse_args(argv)
     if not args.tiny and not (args.model and args.data):
         p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")

@@ -57,7 +57,9 @@ examples:
   diffmodel edit --model runs/commit_model src/app.py -m "Add type hints" --edit_format commit
 
 Decoding is diff-aware unless --unconstrained is given: context and removed
-lines are the file's own, so a finished diff always applies strictly. Only
+lines are the file's own, so a finished diff always applies strictly; greedy,
+it proposes tokens copied from the file and keeps those the model picks
+(--no_speculation turns that off; the diff is the same). Only
 --edit_format carper (the default) has diff-aware decoding; commit, linediff
 and search_replace are decoded unconstrained, and the edit is read and applied
 by the format's own parser; the diff shown is from the file to the edited file.

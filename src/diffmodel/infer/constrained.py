@@ -34,7 +34,30 @@ A token that is the only one the grammar allows (a held-back last token that
 nothing can merge with, say) is taken at once, with what is forced after it,
 and counted as forced: the model could pick nothing else, so no forward pass
 is spent on it (``forward_calls`` is the number of tokens picked from logits,
-at least the prefill).
+at least the prefill, less the proposals accepted by speculation).
+
+Speculation (greedy only, ``DecodeOptions.speculate`` = K > 0; ``DiffModel``
+uses :data:`SPECULATE_TOKENS`): a row inside ``+`` text proposes up to K
+tokens by prompt lookup (:class:`PromptLookup`): the longest suffix (3, 2, 1
+tokens) of what it generated is found earlier in its own tokens (a ``+`` line
+after the ``-`` line it rewrites is tokenized alike), else in its prompt, and
+what followed there is proposed; after a proposal the model replaced, the copy
+resumes one token past it. Proposals stop where the grammar would not let the
+row pick freely after them (forced text, an only token, no token, a token
+that does not fit) and one short of the budget. They ride in the step's chunk
+after the row's own tokens::
+
+    step      row a: [picked token] + tokens(forced)[:-1]
+              row b: [picked token, p1, p2, p3]               logits of b's last 4 positions kept
+
+Verification picks, in one masked argmax over every row's positions, the
+token greedy decoding would pick at each position (the grammar's choice after
+the proposals before it: EOS, ``<`` line starts and ``min_new_tokens``
+included); the longest prefix of proposals equal to those picks is taken (as
+picked, not forced), and the pick after it is the row's next token, fed with
+what is forced after it as any pick. Rejected proposals stay in the KV cache
+as pads: their attention mask becomes 0 and the row's position count moves by
+the accepted ones only, so the next tokens take their positions.
 
 Host work per step: what each row may pick (:class:`_Choice`: ids, whether
 every newline-free token is allowed, end tokens, the only token) is cached
@@ -72,7 +95,10 @@ Invariants:
   ``finish(partial=True)``: its unfinished line or change-less hunk is dropped,
   and the edit says so (``stop == "length"`` and a note).
 - Greedy decoding of a request gives the same edit alone or in a batch (up to
-  float rounding of padded batches in low precision). Compacting the cache
+  float rounding of padded batches in low precision), and the same edit and
+  token ids with speculation and without (up to the float rounding of
+  computing a position in a longer chunk): a proposal is kept only where it
+  is what greedy decoding would have picked there. Sampling never speculates. Compacting the cache
   changes no edit (sampled ones included); taking an only-allowed token
   without a forward pass changes no greedy edit (sampling then draws from
   the generator fewer times, so seeded samples differ from a loop without it).
