@@ -581,6 +581,9 @@ class TestPromptLookup:
         assert lookup.follow([8, 2, 11, 12, 8, 2], 5, hint=0) == ([11, 12, 8, 2], 0)
         assert lookup.follow([8, 2, 11, 2, 5, 8, 2], 5, hint=0) == ([11, 2, 5, 8, 2], 0)
         assert lookup.follow([20, 21], 4, hint=0) == ([], 0)
+        # 256 then 0 hold the bytes of 1 across a token boundary: not an occurrence of 1
+        assert PromptLookup([1, 7, 8]).follow([256, 0, 5, 1], 2, hint=0) == ([7, 8], 1)
+        assert PromptLookup([1, 7, 8]).follow([1, 3, 256, 0, 5, 1], 2, hint=0) == ([3, 256], 0)
 
     def test_a_copy_resumes_past_the_token_the_model_replaced(self):
         from diffmodel.infer.constrained import PromptLookup

@@ -110,6 +110,7 @@ from __future__ import annotations
 
 import bisect
 import inspect
+from array import array
 import json
 import re
 from collections.abc import Sequence
@@ -528,11 +529,32 @@ class PromptLookup:
     def __init__(self, ids: list[int], longest: int = LOOKUP_NGRAM):
         self.ids = ids
         self.longest = longest
-        #: n-gram -> the positions just after each occurrence that something follows, ascending
-        self.ends: dict[tuple[int, ...], list[int]] = {}
-        for n in range(1, longest + 1):
-            for end in range(n, len(ids)):
-                self.ends.setdefault(tuple(ids[end - n:end]), []).append(end)
+        #: a token, and two tokens -> the positions just after each occurrence that something follows, ascending
+        #: (longer n-grams: the two-token list, filtered)
+        self.ends1: dict[int, list[int]] = {}
+        self.ends2: dict[tuple[int, int], list[int]] = {}
+        for end, token in enumerate(ids[:-1], 1):
+            found = self.ends1.get(token)
+            if found is None:
+                self.ends1[token] = [end]
+            else:
+                found.append(end)
+        for end, pair in enumerate(zip(ids, ids[1:-1]), 2):
+            found = self.ends2.get(pair)
+            if found is None:
+                self.ends2[pair] = [end]
+            else:
+                found.append(end)
+
+    def _ends(self, tail: list[int]) -> list[int]:
+        """Where ``tail`` (one token or more) occurs in the prompt with something after it: the positions after it."""
+        if len(tail) == 1:
+            return self.ends1.get(tail[0], [])
+        found = self.ends2.get((tail[-2], tail[-1]), [])
+        if len(tail) == 2:
+            return found
+        n, head, ids = len(tail), tail[:-2], self.ids
+        return [end for end in found if end >= n and ids[end - n:end - 2] == head]
 
     def follow(self, generated: list[int], k: int, hint: int, resume: tuple[list[int], int] | None = None
                ) -> tuple[list[int], int]:
@@ -548,16 +570,20 @@ class PromptLookup:
         goes on where it stopped), else the first. ([], 0) when nothing matches.
         """
         size = len(generated)
+        packed = array("q", generated).tobytes()  # searched in C: 8 bytes a token
         for n in range(min(self.longest, size - 1), 0, -1):
             if n == 1 and resume is not None and resume[1] < len(resume[0]):
                 seq, at = resume
                 return seq[at:at + k], 0
             tail = generated[size - n:]
-            first = tail[0]
-            for start in range(size - n - 1, -1, -1):  # an earlier occurrence, something after it
-                if generated[start] == first and generated[start:start + n] == tail:
-                    return generated[start + n:start + n + k], 0
-            ends = self.ends.get(tuple(tail))
+            pattern = packed[8 * (size - n):]
+            at = packed.rfind(pattern, 0, 8 * (size - 1))  # an earlier occurrence, something after it
+            while at > 0 and at % 8:  # not on a token boundary: look further back
+                at = packed.rfind(pattern, 0, at + len(pattern) - 1)
+            if at >= 0:
+                start = at // 8
+                return generated[start + n:start + n + k], 0
+            ends = self._ends(tail)
             if ends:
                 at = bisect.bisect_left(ends, hint)
                 end = ends[at] if at < len(ends) else ends[0]
@@ -744,28 +770,43 @@ class ConstrainedDecoder:
     # -- the batch ----------------------------------------------------------------------------
 
     def _pick(self, logits: torch.Tensor, choices: list[_Choice], opts: DecodeOptions) -> list[int | None]:
-        """One token per row from its allowed set (None: nothing allowed); one transfer each way."""
+        """One token per row from its allowed set (None: nothing allowed); one transfer each way.
+
+        The mask is built once per distinct choice (rows in ``+`` text, and a
+        row's positions under speculation, mostly share one) and gathered per row.
+        """
         device = logits.device
         size = min(self.table.size, logits.shape[1])
         if self._newline_free is None or self._newline_free.device != device:
             self._newline_free = self.table.newline_free[:size].to(device)
-        wide = [r for r, c in enumerate(choices) if c.everything]
-        empty = [r for r, c in enumerate(choices) if c.empty]
+        at: dict[int, int] = {}
+        distinct: list[_Choice] = []
+        inverse = []
+        for c in choices:
+            k = at.get(id(c))
+            if k is None:
+                k = at[id(c)] = len(distinct)
+                distinct.append(c)
+            inverse.append(k)
+        wide = [k for k, c in enumerate(distinct) if c.everything]
+        empty = [k for k, c in enumerate(distinct) if c.empty]
         rows_at: list[int] = []
         ids_at: list[int] = []
-        for r, c in enumerate(choices):
+        for k, c in enumerate(distinct):
             if c.ids:
-                rows_at += [r] * len(c.ids)
+                rows_at += [k] * len(c.ids)
                 ids_at += c.ids
-        index = _to_device(torch.tensor(wide + empty + rows_at + ids_at, dtype=torch.long), device)
-        a, b, n = len(wide), len(wide) + len(empty), len(rows_at)
-        mask = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+        index = _to_device(torch.tensor(inverse + wide + empty + rows_at + ids_at, dtype=torch.long), device)
+        m = len(inverse)
+        a, b, n = m + len(wide), m + len(wide) + len(empty), m + len(wide) + len(empty) + len(rows_at)
+        mask = torch.zeros((len(distinct), logits.shape[1]), dtype=torch.bool, device=device)
         if wide:
-            mask[index[:a], :size] = self._newline_free
+            mask[index[m:a], :size] = self._newline_free
         if empty:  # no token fits (the row ends): any finite scores keep sampling well defined
             mask[index[a:b]] = True
-        if n:
-            mask[index[b:b + n], index[b + n:]] = True
+        if n > b:
+            mask[index[b:n], index[n:]] = True
+        mask = mask[index[:m]]
         scores = logits.float().masked_fill(~mask, float("-inf"))
         if opts.temperature <= 0:
             picked = scores.argmax(dim=-1)
