@@ -35,3 +35,21 @@ def test_forward_clock_counts_each_decoders_forward_passes(tiny_gpt2_dir):
     clock.reset()
     model.edit_many(requests, max_new_tokens=4, batch_size=2)
     assert clock.calls == 0  # the hooks are gone
+
+
+def test_no_speculation_runs_the_constrained_arm_without_it_and_the_edits_stay_the_same(capsys):
+    bench = _bench()
+    tables = {}
+    for flags in ([], ["--no_speculation"]):
+        assert bench.main(["--tiny", "--device", "cpu", "--max_samples", "4", "--batch_size", "4", "--max_new_tokens", "48",
+                           "--rounds", "1", "--profile", *flags]) == 0
+        out = capsys.readouterr().out
+        assert f"speculation {'off' if flags else 'on'} in the constrained arm" in out
+        tables[bool(flags)] = out
+    quality = [[line for line in tables[f].splitlines() if line.startswith(("| applies", "| exact", "| line_similarity",
+                                                                          "| forced_share", "| parses"))]
+               for f in (False, True)]
+    assert quality[0] == quality[1] and len(quality[0]) == 6  # parses, applies_strict, applies, exact, ...
+    passes = [int(next(line for line in tables[f].splitlines() if line.startswith("| constrained |")).split("|")[2])
+              for f in (False, True)]
+    assert passes[0] < passes[1]  # a random model repeats itself: its own tokens are proposed, and accepted

@@ -9,7 +9,7 @@ batched, with ``num_samples`` samples each.
   (cut the generation, parse, apply, in any ``--edit_format``); no torch.
 - :mod:`~diffmodel.infer.model`: :class:`DiffModel` and batched generation.
 - :mod:`~diffmodel.infer.constrained`: diff-aware decoding (the default): only
-  tokens the diff grammar allows, forced text fed in chunks.
+  tokens the diff grammar allows, forced text fed in chunks, greedy speculation.
 - :mod:`~diffmodel.infer.requests`: reading a file to edit and ``--jsonl`` requests.
 
 Loading a saved model is :mod:`diffmodel.checkpoint`'s job.

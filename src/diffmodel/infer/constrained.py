@@ -708,7 +708,7 @@ class ConstrainedDecoder:
     # -- speculation (greedy) -------------------------------------------------------------------
 
     def _propose(self, row: _Row, lookup: PromptLookup, most: int, min_new_tokens: int) -> None:
-        """Set the row's proposals: what followed its last tokens in its prompt, while greedy could pick it.
+        """Set the row's proposals: what followed its last tokens before (:meth:`PromptLookup.follow`), while greedy could pick it.
 
         Only in ``+`` text (every newline-free token allowed, nothing pending).
         A proposal is kept while the grammar accepts it and, after it, the row

@@ -17,6 +17,9 @@ batched, with ``num_samples`` samples each.
 Decoding is diff-aware by default (``constrained=True``): the grammar of a
 diff over the file decides which tokens may come next and feeds forced text
 (context and removed lines) in chunks; see :mod:`diffmodel.infer.constrained`.
+Greedy, it also speculates (``speculate=True``, the default): tokens copied
+from the prompt or the diff so far are proposed and kept where greedy decoding
+picks them, so the edits are the same in fewer forward passes.
 ``constrained=False`` is plain HF ``generate``, as below.
 
 How one batch is generated (unconstrained)::
