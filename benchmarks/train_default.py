@@ -228,8 +228,6 @@ def pieces(batch: dict, pad_id: int, eos_id: int) -> list[int]:
 
 
 def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda: bool) -> None:
-    from diffmodel.train.model import load_tokenizer  # noqa: F401  (imports transformers before timing)
-
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -84,7 +84,7 @@ if __name__ == "__main__":
     if str(RANK) in os.environ.get("DIFFMODEL_PROBE_FROZEN_CLOCK_RANKS", "").split(","):
         from diffmodel.train.early_stop import EarlyStopCallback
 
-        EarlyStopCallback.__init__.__defaults__ = (None, None, lambda: 0.0, True)  # (seconds, device, clock, watch_sigterm)
+        EarlyStopCallback.__init__.__defaults__ = (None, lambda: 0.0, True)  # (seconds, clock, watch_sigterm)
     handler = logging.FileHandler(f"{PROBE}/rank{RANK}.log")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)

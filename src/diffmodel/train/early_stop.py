@@ -65,9 +65,8 @@ def _decide_together(reason: int, group) -> int:
 class EarlyStopCallback(TrainerCallback):
     """``seconds``: the --max_train_time budget (None: none); ``watch_sigterm``: stop with a checkpoint on SIGTERM."""
 
-    def __init__(self, seconds: float | None = None, device=None, clock=time.monotonic, watch_sigterm: bool = True):
+    def __init__(self, seconds: float | None = None, clock=time.monotonic, watch_sigterm: bool = True):
         self.seconds = seconds
-        self.device = device  # kept for callers; decisions travel as CPU tensors
         self.clock = clock
         self.group = None
         self.watch_sigterm = watch_sigterm
@@ -75,13 +74,14 @@ class EarlyStopCallback(TrainerCallback):
         self.stopped_at: int | None = None
         self.stopped_by: str | None = None
         self.signalled = False
-        self._previous = None
+        self._previous = None  # the SIGTERM handler before ours, while ours is installed
+        self._installed = False
 
     # -- SIGTERM ----------------------------------------------------------------------------------
 
     def _on_sigterm(self, signum, frame) -> None:
         if self.signalled:  # a second SIGTERM: end now, as without the handler
-            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            self._restore()
             signal.raise_signal(signal.SIGTERM)
             return
         self.signalled = True
@@ -90,11 +90,12 @@ class EarlyStopCallback(TrainerCallback):
         if not self.watch_sigterm or threading.current_thread() is not threading.main_thread():
             return
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._installed = True
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._installed:  # None: the handler before was not set from Python, so the default one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed, self._previous = False, None
 
     # -- Trainer events ---------------------------------------------------------------------------
 

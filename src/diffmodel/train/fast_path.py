@@ -103,22 +103,6 @@ def seconds_of(max_train_time) -> float | None:
         return None
 
 
-def model_type_of(values: dict) -> str | None:
-    """The model type a command line trains: --model_type, else the config.json of --config_name / --model_name_or_path."""
-    if values.get("model_type"):
-        return values["model_type"]
-    import json
-    from pathlib import Path
-
-    for name in (values.get("config_name"), values.get("model_name_or_path")):
-        if name and (Path(name) / "config.json").is_file():
-            try:
-                return json.loads((Path(name) / "config.json").read_text(encoding="utf-8")).get("model_type")
-            except (OSError, ValueError):
-                return None
-    return None
-
-
 def backends_of(config) -> frozenset[str] | None:
     """The attention backends the model class of ``config`` declares (None when the class is not known here)."""
     try:
@@ -248,9 +232,6 @@ class FastPath:
 
     def lines(self) -> list[str]:
         return [f"{name}: {text}" for name, text in self.settings().items()]
-
-    def as_dict(self) -> dict:
-        return {name: {"value": c.value, "reason": c.reason} for name, c in vars(self).items()}
 
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,

@@ -220,7 +220,8 @@ def save_final_dataset(processed, folder: Path) -> bool:
 
 
 def run(model_args, data_args, training_args) -> int:
-    """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0.
+    """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0
+    (or :data:`~diffmodel.train.early_stop.SIGTERM_EXIT` when SIGTERM stopped training).
 
     Under torchrun the process group is destroyed before returning, its threads
     joined: a rank whose gloo backend is only torn down while the interpreter
@@ -302,8 +303,11 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if not data_args.packing and "position_ids" in cols and "attention_mask" not in cols:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args = dataclasses.replace(data_args, packing=True)
-    path = fast_path.choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args,
+    speed = speed_args_from(training_args)
+    path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
                             fast_path.probe_facts(), config.model_type, fast_path.backends_of(config))
+    if path.compile.value and not training_args.torch_compile:  # compiling is decided while parsing: the rows were found packed later
+        path = dataclasses.replace(path, compile=fast_path.Choice(False, "the rows were found packed after the flags were read; pass --packing to compile"))
     for line in path.lines():
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
@@ -325,10 +329,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     )
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
-    budget = parse_duration(speed_args_from(training_args).max_train_time)
+    budget = parse_duration(speed.max_train_time)
     if budget is not None:
         logger.info("--max_train_time: training stops with a checkpoint after %.0f s", budget)
-    stopper = EarlyStopCallback(budget, training_args.device)  # also saves a checkpoint and stops on SIGTERM
+    stopper = EarlyStopCallback(budget)  # also saves a checkpoint and stops on SIGTERM
     trainer.add_callback(stopper)
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
