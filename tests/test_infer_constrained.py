@@ -273,6 +273,33 @@ class TestRandomModelsWriteOnlyStrictDiffs:
         batched = [g[0] for g in model.edit_many(requests, max_new_tokens=40, batch_size=len(requests))]
         assert batched == alone
 
+    @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    @pytest.mark.parametrize("speculate", [False, True])
+    def test_continuous_batching_equals_one_by_one(self, request, fixture, speculate):
+        model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())] + [("", "Add", "n.py")]
+        budgets = [12, 40]  # short rows finish early: their places go to waiting requests
+        alone = [[model.edit(*r, max_new_tokens=b) for r in requests] for b in budgets]
+        done, admissions = [], 0
+        for b, expected in zip(budgets, alone):
+            got = model.edit_many(requests, max_new_tokens=b, batch_size=2, speculate=speculate, progress=done.append)
+            assert [g[0] for g in got] == expected
+            admissions += model._decoder.admissions
+        assert admissions > 0  # requests joined while others were decoding
+        assert sum(done) == 2 * len(requests)
+
+    def test_continuous_batching_of_samples_keeps_each_requests_samples_together(self, tiny_gpt2_dir):
+        model = DiffModel.from_pretrained(tiny_gpt2_dir)
+        requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())]
+        groups = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=30, seed=5, batch_size=2)
+        assert model._decoder.admissions > 0
+        assert [len(g) for g in groups] == [3] * len(requests)
+        for (code, _, _), group in zip(requests, groups):
+            for edit in group:
+                assert edit.status is EditStatus.STRICT or (edit.stop == "length" and not edit.diff) or edit.diff == ""
+                if edit.diff:
+                    assert apply_diff(code, edit.diff, "strict").text == edit.new_code
+
     def test_sampling_seeded_and_top_k_one_is_greedy(self, tiny_gpt2_dir):
         model = DiffModel.from_pretrained(tiny_gpt2_dir)
         requests = [(HARD_FILES["tabs"], "m", "a.py"), (HARD_FILES["crlf"], "m", "b.ini")]
@@ -536,15 +563,18 @@ class _Width:
 class TestRandomChoicesDescribeTheEditTheyMake:
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(codes=st.lists(_files(), min_size=1, max_size=3), seed=st.integers(0, 2**16), budget=st.integers(8, 80),
-           samples=st.integers(1, 3))
-    def test_random_logits(self, tiny_tokenizer, codes, seed, budget, samples):
+           samples=st.integers(1, 3), one_at_a_time=st.booleans())
+    def test_random_logits(self, tiny_tokenizer, codes, seed, budget, samples, one_at_a_time):
         from diffmodel.infer.constrained import ConstrainedDecoder, DecodeOptions
 
         eos = tiny_tokenizer.eos_token_id
         table = TokenTable(tiny_tokenizer)
         decoder = ConstrainedDecoder(_RandomLogits(table, eos, seed), tiny_tokenizer, [eos], eos)
         torch.manual_seed(seed)
-        groups = decoder.generate([[eos]] * len(codes), codes, samples, [budget] * len(codes), DecodeOptions(1.0))
+        # this stand-in's cache cannot be merged: with room for one prompt, prompts are decoded one after another
+        groups = decoder.generate([[eos]] * len(codes), codes, samples, [budget] * len(codes), DecodeOptions(1.0),
+                                  capacity=samples if one_at_a_time else None)
+        assert decoder.admissions == 0
         for p, (code, group) in enumerate(zip(codes, groups)):
             for k, edit in enumerate(group):
                 generated = decoder.last_ids[p * samples + k]
@@ -645,6 +675,7 @@ class TestSpeculationGivesTheSameGreedyEdits:
         assert accepted > 0
         alone = [g[0] for g in trained.edit_many(requests, max_new_tokens=100, batch_size=1, speculate=False)]
         assert [g[0] for g in trained.edit_many(requests, max_new_tokens=100, batch_size=len(requests))] == alone
+        assert [g[0] for g in trained.edit_many(requests, max_new_tokens=100, batch_size=2)] == alone  # rows join mid-way
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(codes=st.lists(_copy_files(), min_size=1, max_size=3), keys=st.lists(st.sampled_from(list(SAMPLES)), min_size=3,
@@ -702,3 +733,30 @@ class TestSpeculationGivesTheSameGreedyEdits:
         accepted = len(added) - 1 - 2
         assert copy_model._decoder.accepted == accepted
         assert copy_model._decoder.forward_calls == passes_off - accepted
+
+
+class TestMergingKVCaches:
+    def test_rows_appended_with_the_narrower_padded_on_the_left(self):
+        from transformers import DynamicCache
+
+        from diffmodel.infer.constrained import ConstrainedDecoder
+
+        def cache(rows: int, width: int, start: float) -> DynamicCache:
+            c = DynamicCache()
+            for layer in range(2):
+                keys = start + layer + torch.arange(rows * width, dtype=torch.float).reshape(rows, 1, width, 1)
+                c.update(keys, -keys, layer)
+            return c
+
+        old, new = cache(2, 3, 0.0), cache(1, 5, 100.0)
+        mask = ConstrainedDecoder._merge(old, torch.tensor([[1, 1, 1], [0, 1, 1]]), new, torch.tensor([[0, 1, 1, 1, 1]]))
+        assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 1, 1, 1, 1]]
+        assert old.layers[1].keys[:, 0, :, 0].tolist() == [[0, 0, 1, 2, 3], [0, 0, 4, 5, 6], [101, 102, 103, 104, 105]]
+        assert torch.equal(old.layers[1].values, -old.layers[1].keys)
+        assert old.layers[0].keys.shape == (3, 1, 5, 1)
+
+    def test_a_cache_it_cannot_rewrite_is_refused(self):
+        from diffmodel.infer.constrained import ConstrainedDecoder
+
+        with pytest.raises(RuntimeError, match="plain key/value caches"):
+            ConstrainedDecoder._merge(_Width(), torch.ones(1, 2), _Width(), torch.ones(1, 2))

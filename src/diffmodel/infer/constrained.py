@@ -110,10 +110,11 @@ from __future__ import annotations
 
 import bisect
 import inspect
-from array import array
 import json
+import math
 import re
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -444,6 +445,7 @@ class _Row:
     code: str
     state: DiffState
     budget: int
+    prompt: int = 0  # the index of its prompt
     pending: bytes = b""
     tokens: int = 0  # generated tokens, forced ones included
     forced: int = 0
@@ -518,6 +520,8 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 #: Compact the KV cache when its padding columns outnumber this share of the longest row's real tokens.
 COMPACT_SHARE = 0.25
+#: Admit waiting prompts once at least this share of the rows' places is free (each admission is a prefill pass).
+ADMIT_SHARE = 0.125
 #: Speculation: the most tokens proposed per row and step, and the longest n-gram looked up in the prompt.
 SPECULATE_TOKENS = 8
 LOOKUP_NGRAM = 3
@@ -613,6 +617,8 @@ class ConstrainedDecoder:
         self.proposed = self.accepted = 0
         #: KV cache compactions of the last :meth:`generate` (padding columns dropped)
         self.compactions = 0
+        #: prompts admitted while other rows were decoding, in the last :meth:`generate` (prefill passes merged into the cache)
+        self.admissions = 0
         #: the widest KV cache of the last :meth:`generate`, in positions
         self.widest_cache = 0
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
@@ -825,20 +831,31 @@ class ConstrainedDecoder:
         return [None if c.empty else t for c, t in zip(choices, picked.tolist())]
 
     @staticmethod
-    def _compact(cache, mask: torch.Tensor, longest: int) -> torch.Tensor | None:
+    def _plain_layers(cache, width: int) -> list | None:
+        """The cache's layers when each is a plain, growing key/value layer ``width`` positions long; else None.
+
+        Only those are rewritten here (compacted, merged); another cache keeps its padding and its rows.
+        """
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized
+                             or layer.keys.dim() != 4 or layer.keys.shape[-2] != width for layer in layers):
+            return None
+        return layers
+
+    @classmethod
+    def _compact(cls, cache, mask: torch.Tensor, longest: int) -> torch.Tensor | None:
         """Drop padding columns from the KV cache: each row's real entries move, in order, to the right end.
 
         Attention ignores masked columns and every cached key already holds its
         position, so the model sees the same thing; returns the new attention
         mask (``longest`` columns), or None when the cache is not one this can
-        rewrite (only plain, growing per-layer key/value tensors are).
+        rewrite (:meth:`_plain_layers`).
         """
-        from transformers.cache_utils import DynamicLayer
-
-        layers = getattr(cache, "layers", None)
         width = mask.shape[1]
-        if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized
-                             or layer.keys.dim() != 4 or layer.keys.shape[-2] != width for layer in layers):
+        layers = cls._plain_layers(cache, width)
+        if layers is None:
             return None
         keep = torch.sort(mask, dim=1, stable=True).indices[:, width - longest:]  # pads first, real columns in order
         for layer in layers:
@@ -848,11 +865,43 @@ class ConstrainedDecoder:
                                                                                   layer.values.shape[3]))
         return mask.gather(1, keep)
 
+    @classmethod
+    def _merge(cls, cache, mask: torch.Tensor, other, other_mask: torch.Tensor) -> torch.Tensor:
+        """Append the rows of the KV cache ``other`` to ``cache``; returns the attention mask of all of them.
+
+        The narrower of the two is padded on the left with masked columns (keys
+        hold their positions, so where a row's entries sit does not matter).
+        Both must be caches :meth:`_plain_layers` accepts.
+        """
+        mine, theirs = cls._plain_layers(cache, mask.shape[1]), cls._plain_layers(other, other_mask.shape[1])
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            raise RuntimeError("only plain key/value caches of the same model can be merged")
+        width = max(mask.shape[1], other_mask.shape[1])
+
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            short = width - t.shape[dim]
+            if not short:
+                return t
+            shape = list(t.shape)
+            shape[dim] = short
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for a, b in zip(mine, theirs):
+            a.keys = torch.cat([pad(a.keys, 2), pad(b.keys, 2)], dim=0)
+            a.values = torch.cat([pad(a.values, 2), pad(b.values, 2)], dim=0)
+        return torch.cat([pad(mask, 1), pad(other_mask, 1)], dim=0)
+
     def generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
-                 opts: DecodeOptions) -> list[list[Edit]]:
-        """``result[p][k]``: sample ``k`` of prompt ``p``; ``budgets[p]``: its most new tokens."""
+                 opts: DecodeOptions, capacity: int | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
+        """``result[p][k]``: sample ``k`` of prompt ``p``; ``budgets[p]``: its most new tokens.
+
+        ``capacity``: the most rows (prompts x samples) decoded at once (default:
+        all); prompts are admitted in order as rows finish (see the module
+        docstring). ``progress(n)``: called as ``n`` more prompts are finished.
+        """
         try:
-            return self._generate(prompts, codes, num_samples, budgets, opts)
+            return self._generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
         finally:
             self.table.forget()
             self._choices.clear()
@@ -869,45 +918,94 @@ class ConstrainedDecoder:
             mask.append([0] * pad + [1] * len(chunk))
         return tuple(_to_device(torch.tensor([ids, positions, mask], dtype=torch.long), device))
 
-    @torch.inference_mode()
-    def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
-                  opts: DecodeOptions) -> list[list[Edit]]:
-        self.forward_calls = self.compactions = self.widest_cache = self.proposed = self.accepted = 0
-        speculate = opts.speculate if opts.temperature <= 0 else 0  # sampling: never
-        lookups: dict[int, PromptLookup] = {}
-        device = self.model.device
-        rows: list[_Row] = []
-        for p, code in enumerate(codes):
-            start = DiffGrammar(code).start()
-            opening = start.allowed_next().forced  # every diff opens with forced text ("@@ -")
+    def _new_rows(self, p: int, code: str, num_samples: int, budget: int, opts: DecodeOptions) -> list[_Row]:
+        """The ``num_samples`` rows of prompt ``p``, fed the forced opening and any only-allowed tokens after it."""
+        start = DiffGrammar(code).start()
+        opening = start.allowed_next().forced  # every diff opens with forced text ("@@ -")
+        spell = (LEAD + opening, -1)
+        first = self._spelt.get(spell)
+        if first is None:
             first = self.table.encode_forced(self.tokenizer, LEAD + opening)
             if len(first) > 1:
                 first = first[:-1]  # held back, as every forced span's last token
-            text = b"".join(self.table.bytes[i] for i in first).decode("utf-8", "replace")
-            for _ in range(num_samples):
-                row = _Row(code, start, budgets[p])
-                if first and row.budget >= len(first):
-                    row.state = start.feed(text[len(LEAD):])
-                    row.tokens = row.forced = len(first)
-                    row.chunk, row.ids = list(first), list(first)
-                else:
-                    row.stop = STOP_LENGTH
-                rows.append(row)
+            self._spelt[spell] = first
+        text = b"".join(self.table.bytes[i] for i in first).decode("utf-8", "replace")
+        out = []
+        for _ in range(num_samples):
+            row = _Row(code, start, budget, prompt=p)
+            if first and row.budget >= len(first):
+                row.state = start.feed(text[len(LEAD):])
+                row.tokens = row.forced = len(first)
+                row.chunk, row.ids = list(first), list(first)
+                self._take_only(row, opts.min_new_tokens)
+            else:
+                row.stop = STOP_LENGTH
+            out.append(row)
+        return out
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
+                  opts: DecodeOptions, capacity: int | None, progress: Callable[[int], None] | None) -> list[list[Edit]]:
+        self.forward_calls = self.compactions = self.widest_cache = self.proposed = self.accepted = self.admissions = 0
+        speculate = opts.speculate if opts.temperature <= 0 else 0  # sampling: never
+        lookups: dict[int, PromptLookup] = {}
+        device = self.model.device
         self._width = getattr(self.model.config, "vocab_size", None) or self.table.size  # the logits' width
-        for row in rows:
-            self._take_only(row, opts.min_new_tokens)
-        live = [i for i, row in enumerate(rows) if not row.stop]
-        if live:
-            inputs = [prompts[i // num_samples] + rows[i].chunk for i in live]
-            ids, positions, mask = self._step_inputs(inputs, [0] * len(live), device)
-            lengths = [len(x) for x in inputs]
-            cache, logits = self._forward(ids, mask, positions, None)
-            if logits.shape[-1] != self._width:
-                self._width = logits.shape[-1]
-                self._choices.clear()
-        for row in rows:
-            row.chunk = []
-        while live:
+        capacity = max(capacity or len(prompts) * num_samples, num_samples)
+        admit_at = max(num_samples, math.ceil(ADMIT_SHARE * capacity))
+        rows: list[_Row] = []  # prompt-major, samples next: row i is sample i % num_samples of prompt i // num_samples
+        open_rows = [num_samples] * len(prompts)  # rows of each prompt not finished yet
+        live: list[int] = []  # the rows in the cache, in its order
+        lengths: list[int] = []  # each live row's real tokens in the cache (its next position)
+        cache = mask = logits = None
+        waiting = 0  # the next prompt to admit
+
+        def finished(i: int) -> None:
+            p = rows[i].prompt
+            open_rows[p] -= 1
+            if not open_rows[p] and progress is not None:
+                progress(1)
+
+        while True:
+            free = capacity - len(live)
+            if waiting < len(prompts) and free >= num_samples and (
+                    not live or (free >= admit_at and self._plain_layers(cache, mask.shape[1]) is not None)):
+                count = min(free // num_samples, len(prompts) - waiting)
+                new: list[int] = []
+                for p in range(waiting, waiting + count):
+                    for row in self._new_rows(p, codes[p], num_samples, budgets[p], opts):
+                        rows.append(row)
+                        if row.stop:
+                            finished(len(rows) - 1)
+                        else:
+                            new.append(len(rows) - 1)
+                waiting += count
+                if new:
+                    inputs = [prompts[rows[i].prompt] + rows[i].chunk for i in new]
+                    ids, positions, new_mask = self._step_inputs(inputs, [0] * len(new), device)
+                    new_cache, new_logits = self._forward(ids, new_mask, positions, None)
+                    if new_logits.shape[-1] != self._width:
+                        self._width = new_logits.shape[-1]
+                        self._choices.clear()
+                    for i in new:
+                        rows[i].chunk = []
+                    if live:
+                        mask = self._merge(cache, mask, new_cache, new_mask)
+                        keep = logits.shape[1]
+                        if keep > 1:  # the newcomers' one position, right-aligned with the proposals' columns
+                            new_logits = torch.cat([new_logits.new_zeros((len(new), keep - 1, new_logits.shape[2])),
+                                                    new_logits], dim=1)
+                        logits = torch.cat([logits, new_logits], dim=0)
+                        self.admissions += 1
+                    else:
+                        cache, mask, logits = new_cache, new_mask, new_logits
+                    live += new
+                    lengths += [len(x) for x in inputs]
+                    self.widest_cache = max(self.widest_cache, mask.shape[1])
+            if not live:
+                if waiting >= len(prompts):
+                    break
+                continue
             choices = [self._choice(rows[i], opts.min_new_tokens) for i in live]
             if logits.shape[1] == 1:
                 for i, token, choice in zip(live, self._pick(logits[:, -1], choices, opts), choices):
@@ -927,19 +1025,25 @@ class ConstrainedDecoder:
                     if row.proposed:  # the pick stands for the source's next token: the copy goes on after it
                         row.resume = (row.source, good + 1)
                     self._advance(row, picks[good], ([choices[r]] + row.proposed_choices)[good], opts.min_new_tokens)
+                    row.proposed, row.proposed_choices = [], []
                 width = logits.shape[1]  # the rejected proposals stay in the cache as pads: attention 0
                 cut = _to_device(torch.tensor(rejected, dtype=torch.long), device)
                 real = torch.arange(width, device=device)[None, :] < (width - cut)[:, None]
                 mask = torch.cat([mask[:, :-width], mask[:, -width:] * real], dim=1)
             keep = [r for r, i in enumerate(live) if not rows[i].stop]
-            if not keep:
-                break
+            for r, i in enumerate(live):
+                if rows[i].stop:
+                    finished(i)
             if len(keep) < len(live):  # finished rows leave the cache
-                index = _to_device(torch.tensor(keep, dtype=torch.long), device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-                lengths = [lengths[r] for r in keep]
-                live = [live[r] for r in keep]
+                if keep:
+                    index = _to_device(torch.tensor(keep, dtype=torch.long), device)
+                    cache.batch_select_indices(index)
+                    mask = mask[index]
+                    lengths = [lengths[r] for r in keep]
+                    live = [live[r] for r in keep]
+                else:
+                    live, lengths, cache, mask, logits = [], [], None, None, None
+                    continue
             longest = max(lengths)
             if mask.shape[1] - longest > COMPACT_SHARE * longest:
                 compact = self._compact(cache, mask, longest)
@@ -949,9 +1053,10 @@ class ConstrainedDecoder:
             most = 0
             if speculate:
                 for i in live:
-                    lookup = lookups.get(i // num_samples)
+                    p = rows[i].prompt
+                    lookup = lookups.get(p)
                     if lookup is None:
-                        lookup = lookups[i // num_samples] = PromptLookup(prompts[i // num_samples])
+                        lookup = lookups[p] = PromptLookup(prompts[p])
                     self._propose(rows[i], lookup, speculate, opts.min_new_tokens)
                     most = max(most, len(rows[i].proposed))
                     self.proposed += len(rows[i].proposed)

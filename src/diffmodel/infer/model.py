@@ -240,7 +240,9 @@ class DiffModel:
         dicts (see :func:`as_request`). ``temperature`` 0 is greedy decoding;
         above 0 samples with ``top_p`` (``num_samples`` > 1 needs sampling).
         ``batch_size`` prompts are generated together (``batch_size *
-        num_samples`` rows). ``min_new_tokens`` holds EOS back (benchmarks).
+        num_samples`` rows); diff-aware decoding keeps that many going, a
+        finished prompt's place taken by the next waiting one (continuous
+        batching), plain ``generate`` decodes batch after batch. ``min_new_tokens`` holds EOS back (benchmarks).
         ``progress``: True shows a progress bar on stderr; a callable is
         called with the number of requests finished by each batch.
         ``constrained`` (default): diff-aware decoding
@@ -288,22 +290,28 @@ class DiffModel:
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                args = ([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
-                        max_new_tokens, temperature, top_p, min_new_tokens, top_k)
-                edits = (self._generate_constrained(*args, speculate=speculate) if constrained
-                         else self._generate(*args, edit_format=name))
-                for i, group in zip(batch, edits):
+            if constrained:  # continuous batching: a finished request's place goes to the next one
+                edits = self._generate_constrained([ids[i] for i in todo], [reqs[i].code for i in todo], num_samples,
+                                                   max_new_tokens, temperature, top_p, min_new_tokens, top_k,
+                                                   speculate=speculate, capacity=batch_size * num_samples, progress=report)
+                for i, group in zip(todo, edits):
                     results[i] = group
-                report(len(batch))
+            else:  # plain generate: batch after batch
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start:start + batch_size]
+                    edits = self._generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
+                                           max_new_tokens, temperature, top_p, min_new_tokens, top_k, edit_format=name)
+                    for i, group in zip(batch, edits):
+                        results[i] = group
+                    report(len(batch))
         finally:
             report(None)
         return results  # type: ignore[return-value]
 
     def _generate_constrained(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
                               temperature: float, top_p: float, min_new_tokens: int, top_k: int,
-                              speculate: bool = True) -> list[list[Edit]]:
+                              speculate: bool = True, capacity: int | None = None,
+                              progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
         from diffmodel.infer.constrained import SPECULATE_TOKENS, ConstrainedDecoder, DecodeOptions
 
         if self._decoder is None:
@@ -312,7 +320,7 @@ class DiffModel:
                    for p in prompts]
         opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens,
                              SPECULATE_TOKENS if speculate and temperature <= 0 else 0)
-        return self._decoder.generate(prompts, codes, num_samples, budgets, opts)
+        return self._decoder.generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
