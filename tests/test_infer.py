@@ -347,3 +347,19 @@ class TestStopTokens:
         with caplog.at_level("WARNING", logger="diffmodel"):
             assert DiffModel(model, tok).eos_ids == [tok.eos_token_id]
         assert f"generation config names token {ordinary} ('a') as EOS, but it is an ordinary token" in caplog.text
+
+
+class TestDecodingLeavesCudnnAttentionOut:
+    @pytest.mark.parametrize("constrained", [True, False])
+    def test_every_forward_pass_runs_without_cudnn_and_the_setting_is_put_back(self, trained, constrained):
+        seen = []
+        hook = trained.model.register_forward_pre_hook(
+            lambda *_: seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+                                    torch.backends.cuda.math_sdp_enabled())))
+        before = torch.backends.cuda.cudnn_sdp_enabled()
+        try:
+            _edit(trained, "shift", constrained=constrained)
+        finally:
+            hook.remove()
+        assert seen and set(seen) == {(False, True, True)}
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

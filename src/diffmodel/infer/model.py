@@ -129,6 +129,22 @@ class NameMarkerStop(StoppingCriteria):
         return done.to(input_ids.device)
 
 
+def decoding_attention():
+    """A context in which ``scaled_dot_product_attention`` does not use cuDNN's kernel.
+
+    Decoding calls attention with a new key length at every step (the KV
+    cache grows) and a padding mask; on an H200 (torch 2.11) the cuDNN backend
+    then spent about 8 ms of host time per call (about 100 ms a step for a
+    12-layer model, far more than the GPU work), against microseconds for the
+    memory-efficient kernel, which takes the same masks
+    (benchmarks/RESULTS.md). Flash, memory-efficient and math kernels stay
+    allowed, so every input still has a kernel.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def tokens_with_gt(tokenizer) -> torch.Tensor | None:
     """A bool per token id: can this token's text contain ``>`` (so end a marker)?
 
@@ -290,20 +306,21 @@ class DiffModel:
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            if constrained:  # continuous batching: a finished request's place goes to the next one
-                edits = self._generate_constrained([ids[i] for i in todo], [reqs[i].code for i in todo], num_samples,
-                                                   max_new_tokens, temperature, top_p, min_new_tokens, top_k,
-                                                   speculate=speculate, capacity=batch_size * num_samples, progress=report)
-                for i, group in zip(todo, edits):
-                    results[i] = group
-            else:  # plain generate: batch after batch
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start:start + batch_size]
-                    edits = self._generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
-                                           max_new_tokens, temperature, top_p, min_new_tokens, top_k, edit_format=name)
-                    for i, group in zip(batch, edits):
+            with decoding_attention():  # see there: cuDNN's attention is slow to call at every step
+                if constrained:  # continuous batching: a finished request's place goes to the next one
+                    edits = self._generate_constrained([ids[i] for i in todo], [reqs[i].code for i in todo], num_samples,
+                                                       max_new_tokens, temperature, top_p, min_new_tokens, top_k,
+                                                       speculate=speculate, capacity=batch_size * num_samples, progress=report)
+                    for i, group in zip(todo, edits):
                         results[i] = group
-                    report(len(batch))
+                else:  # plain generate: batch after batch
+                    for start in range(0, len(todo), batch_size):
+                        batch = todo[start:start + batch_size]
+                        edits = self._generate([ids[i] for i in batch], [reqs[i].code for i in batch], num_samples,
+                                               max_new_tokens, temperature, top_p, min_new_tokens, top_k, edit_format=name)
+                        for i, group in zip(batch, edits):
+                            results[i] = group
+                        report(len(batch))
         finally:
             report(None)
         return results  # type: ignore[return-value]
@@ -396,4 +413,4 @@ def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[i
     return update
 
 
-__all__ = ["STOP_WINDOW", "DiffModel", "NameMarkerStop", "tokens_with_gt"]
+__all__ = ["STOP_WINDOW", "DiffModel", "NameMarkerStop", "decoding_attention", "tokens_with_gt"]
