@@ -53,3 +53,17 @@ def test_no_speculation_runs_the_constrained_arm_without_it_and_the_edits_stay_t
     passes = [int(next(line for line in tables[f].splitlines() if line.startswith("| constrained |")).split("|")[2])
               for f in (False, True)]
     assert passes[0] < passes[1]  # a random model repeats itself: its own tokens are proposed, and accepted
+
+
+def test_decoding_attention_benchmark_runs_each_decoder_in_both_arms_and_puts_the_context_back(capsys):
+    spec = importlib.util.spec_from_file_location("decoding_attention", SCRIPT.parent / "decoding_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from diffmodel.infer import model as model_module
+
+    ours = model_module.decoding_attention
+    assert module.main(["--tiny", "--device", "cpu", "--max_samples", "4", "--batch_size", "2", "--max_new_tokens", "8",
+                        "--rounds", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| diff-aware") or line.startswith("| plain")]
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 and r.rstrip(" |").endswith("x") for r in rows)
+    assert model_module.decoding_attention is ours
