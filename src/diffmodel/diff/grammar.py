@@ -263,7 +263,7 @@ class DiffState:
         return frozenset(chars)
 
     def _number_chars(self) -> frozenset[str]:
-        return frozenset(c for c in _NUMBER_CHARS if _header_char(self._copy(), c))  # _walk's step, without its loop
+        return frozenset(c for c in _NUMBER_CHARS if _header_ok(self, c))
 
     def _options(self) -> tuple[frozenset[str] | None, bool]:
         """(characters allowed next, or None for any; whether the diff may end), outside forced text."""
@@ -452,42 +452,47 @@ def _viable(prefix: int, lo: int, hi: int) -> bool:
     return False
 
 
-def _header_char(s: DiffState, c: str) -> bool:
-    """Take one character of a header number (or what ends it); False if not allowed."""
+def _header_ok(s: DiffState, c: str) -> bool:
+    """Whether a header number (or what ends it) may take ``c`` here; ``s`` is not changed."""
     mode = s.mode
     lo, hi = s.pos, s.grammar.last_start + 1  # the range of S (see the module docstring)
     if c in DIGITS:
         d = ord(c) - 48
         if mode == _OLD_START:
-            if s.ndig and s.num == 0:
-                return False
-            if not _viable(s.num * 10 + d, lo, hi):
-                return False
-        elif s.ndig and s.num == 0 or s.ndig >= MAX_DIGITS:
+            return not (s.ndig and s.num == 0) and _viable(s.num * 10 + d, lo, hi)
+        if s.ndig and s.num == 0 or s.ndig >= MAX_DIGITS:
             return False  # a leading zero, or too long
-        elif mode == _OLD_COUNT and not s.ndig:
+        if mode == _OLD_COUNT and not s.ndig:
             if s.old_start == lo and d != 0:
                 return False  # only "S,0" puts the hunk at line S = the previous hunk's end
             if s.old_start == hi and d == 0:
                 return False  # "S,0" would start the hunk past the last allowed line
-        s.num, s.ndig = s.num * 10 + d, s.ndig + 1
         return True
     if not s.ndig:
         return False
     if c == ",":
-        if mode == _OLD_START and lo <= s.num <= hi:
-            s.old_start, s.mode = s.num, _OLD_COUNT
-        elif mode == _NEW_START:
-            s.mode = _NEW_COUNT
-        else:
-            return False
-        s.num = s.ndig = 0
-        return True
+        return mode == _OLD_START and lo <= s.num <= hi or mode == _NEW_START
     if c != " ":
         return False
+    return mode != _OLD_START or lo + 1 <= s.num <= hi
+
+
+def _header_char(s: DiffState, c: str) -> bool:
+    """Take one character of a header number (or what ends it); False if not allowed."""
+    if not _header_ok(s, c):
+        return False
+    mode = s.mode
+    if c in DIGITS:
+        s.num, s.ndig = s.num * 10 + ord(c) - 48, s.ndig + 1
+        return True
+    if c == ",":
+        if mode == _OLD_START:
+            s.old_start, s.mode = s.num, _OLD_COUNT
+        else:
+            s.mode = _NEW_COUNT
+        s.num = s.ndig = 0
+        return True
     if mode == _OLD_START:
-        if not lo + 1 <= s.num <= hi:
-            return False
         s.old_start = s.num
         _begin_hunk(s, s.num - 1)
     elif mode == _OLD_COUNT:
