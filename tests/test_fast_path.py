@@ -137,6 +137,7 @@ def test_lines_say_each_choice_and_its_reason():
         "padding-free batches: off (sdpa would need one dense mask over a flattened batch)",
         "liger-kernel: off (no GPU (liger's kernels are Triton GPU kernels))",
         "torch.compile: off (no GPU (compiling for the CPU takes minutes and gains little))",
+        "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -150,6 +151,28 @@ PROBLEMS = [
     ({}, "paged_attention", True, GPU, ("--attn_implementation paged_attention", "use one of sdpa, eager", "or drop --packing")),
     ({"liger": "on", "compile": "on"}, None, True, GPU_FLASH_LIGER, ("--liger on and --compile on", "fails under torch.compile", "pass one of them")),
 ]
+
+
+@pytest.mark.parametrize("speed,packing,training,facts,streaming,expected,reason", [
+    ({}, True, {}, GPU, False, 2, "fetch and collate the next batches while the GPU runs a step"),
+    ({}, True, {}, CPU, False, 0, "no GPU: the step itself runs on these CPUs"),
+    ({}, False, {}, GPU, False, 0, "no --packing"),
+    ({}, True, {}, GPU, True, 0, "--streaming reads its stream in the main process"),
+    ({}, True, {"dataloader_num_workers": 6}, GPU, False, 6, "set by --dataloader_num_workers"),
+    ({"data_workers": "0"}, True, {"dataloader_num_workers": 6}, GPU, False, 0, "set by --data_workers 0"),
+    ({"data_workers": "3"}, False, {}, CPU, False, 3, "set by --data_workers 3"),
+])
+def test_data_loader_workers(speed, packing, training, facts, streaming, expected, reason):
+    args = _training()
+    args.dataloader_num_workers = training.get("dataloader_num_workers", 0)
+    path = choose(SpeedArguments(**speed), None, packing, args, facts, "llama", streaming=streaming)
+    assert (path.data_workers.value, path.data_workers.reason.startswith(reason) or reason in path.data_workers.reason) == (expected, True)
+
+
+@pytest.mark.parametrize("text", ["-1", "two", ""])
+def test_data_workers_that_are_refused(text):
+    [problem] = problems(SpeedArguments(data_workers=text), None, True, GPU)
+    assert problem.startswith(f"--data_workers {text}: give auto or a number of processes")
 
 
 @pytest.mark.parametrize("model_type,expected,phrase", [
@@ -506,7 +529,8 @@ class TestTimeBudgetRun:
         lines = [m for m in budget_run["log"] if m.startswith("fast path: ")]
         assert lines[0] == "fast path: attention: sdpa (no GPU: sdpa keeps samples apart through position_ids)"
         assert lines[1] == "fast path: padding-free batches: on (set by --padding_free on)"
-        assert len(lines) == 4
+        assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
+        assert len(lines) == 5
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
     def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
@@ -516,6 +540,17 @@ class TestTimeBudgetRun:
         assert "| torch.compile | off (no GPU (compiling for the CPU takes minutes and gains little)) |" in card
         assert "| `--padding_free` | on |" in card and "| `--max_train_time` | 2 |" in card
         assert "`--liger`" not in card  # left at its default
+
+
+class TestDataWorkers:
+    def test_two_workers_train_on_the_same_batches_as_the_main_process(self, data_dir, tiny_gpt2_dir):
+        runs = [_train(tiny_gpt2_dir, data_dir, f"workers{n}", "--packing", "--max_steps", "3", "--data_workers", str(n))
+                for n in (0, 2)]
+        assert [r["code"] for r in runs] == [0, 0]
+        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+                  for r in runs]
+        assert len(losses[0]) == 3 and losses[0] == losses[1]
+        assert "fast path: data loader workers: 2 (set by --data_workers 2)" in runs[1]["log"]
 
 
 class TestDataWaitShare:

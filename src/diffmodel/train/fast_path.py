@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` four choices are made for the user unless a flag makes
+With ``--packing`` five choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -33,6 +33,15 @@ card):
   flex_attention + compile ran 113 ms a step against 124 ms with liger
   (benchmarks/RESULTS.md). With liger, training logs no ``mean_token_accuracy``.
 
+- **data loader workers** (``--data_workers``, sets ``--dataloader_num_workers``):
+  :data:`DATA_WORKERS` processes fetch and collate the next batches while the
+  GPU runs a step, on a GPU with a map-style dataset (not ``--streaming``,
+  whose reader shards by worker itself) when ``--dataloader_num_workers`` is
+  not given. Without them the main process fetched batches for 4-5% of each
+  step on an H200 at ~110M (``data_wait_share``, benchmarks/RESULTS.md).
+  The order of the batches does not change (the sampler stays in the main
+  process).
+
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
 
@@ -54,6 +63,8 @@ COMPILE_MIN_STEPS = 300
 #: Below this --max_train_time (seconds), likewise: on an H200 at ~110M, compiling took ~35 s of a 60 s budget
 #: and the compiled run made fewer steps than an uncompiled one would have (benchmarks/RESULTS.md).
 COMPILE_MIN_SECONDS = 600
+#: Data loader worker processes of the packed path on a GPU.
+DATA_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -214,28 +225,59 @@ def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: boo
     return Choice(True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
 
 
+def data_workers_setting(text: str) -> int | None:
+    """``--data_workers``: None for ``auto``, else the number of processes; ValueError when it is neither."""
+    if text == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def choose_data_workers(setting: str, dataloader_num_workers: int, packing: bool, facts: Facts,
+                        streaming: bool = False) -> Choice:
+    """How many processes fetch and collate batches (``dataloader_num_workers``: the parsed Trainer flag)."""
+    given = data_workers_setting(setting)
+    if given is not None:
+        return Choice(given, f"set by --data_workers {given}")
+    if dataloader_num_workers:
+        return Choice(dataloader_num_workers, "set by --dataloader_num_workers")
+    if not packing:
+        return Choice(0, "no --packing")
+    if streaming:
+        return Choice(0, "--streaming reads its stream in the main process")
+    if not facts.cuda:
+        return Choice(0, "no GPU: the step itself runs on these CPUs")
+    return Choice(DATA_WORKERS, "they fetch and collate the next batches while the GPU runs a step "
+                                "(without them the main process waited 4-5% of each step on an H200)")
+
+
 @dataclass(frozen=True)
 class FastPath:
     attention: Choice
     padding_free: Choice
     liger: Choice
     compile: Choice
+    data_workers: Choice = Choice(0, "not decided")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
         def show(c: Choice) -> str:
-            return "on" if c.value is True else "off" if c.value is False else str(c.value or "model default")
+            if isinstance(c.value, bool):
+                return "on" if c.value else "off"
+            return str(c.value) if isinstance(c.value, int) else str(c.value or "model default")
 
         return {name: f"{show(c)} ({c.reason})" for name, c in
                 (("attention", self.attention), ("padding-free batches", self.padding_free),
-                 ("liger-kernel", self.liger), ("torch.compile", self.compile))}
+                 ("liger-kernel", self.liger), ("torch.compile", self.compile), ("data loader workers", self.data_workers))}
 
     def lines(self) -> list[str]:
         return [f"{name}: {text}" for name, text in self.settings().items()]
 
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
-           backends: frozenset[str] | None = None) -> FastPath:
+           backends: frozenset[str] | None = None, streaming: bool = False) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
     :func:`backends_of` the model's config, None when not known)."""
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
@@ -250,6 +292,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
         liger=choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value)),
         compile=compile_,
+        data_workers=choose_data_workers(speed.data_workers, getattr(training_args, "dataloader_num_workers", 0) or 0,
+                                         packing, facts, streaming),
     )
 
 
@@ -266,6 +310,10 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts) -> 
         found.append("--padding_free on flattens packed rows: add --packing")
     if speed.padding_free == "off" and attn_requested in FLASH:
         found.append(f"--padding_free off: {attn_requested} keeps samples apart only in flattened batches; drop --padding_free off")
+    try:
+        data_workers_setting(speed.data_workers)
+    except ValueError:
+        found.append(f"--data_workers {speed.data_workers}: give auto or a number of processes (0 fetches batches in the main process)")
     if packing and attn_requested and attn_requested not in PACKING_BACKENDS:
         found.append(f"--attn_implementation {attn_requested} cannot keep packed samples apart; use one of {', '.join(PACKING_BACKENDS)} or drop --packing")
     return found

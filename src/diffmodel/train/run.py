@@ -305,7 +305,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         data_args = dataclasses.replace(data_args, packing=True)
     speed = speed_args_from(training_args)
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
-                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config))
+                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config), data_args.streaming)
+    training_args.dataloader_num_workers = path.data_workers.value
+    if path.data_workers.value:
+        training_args.dataloader_persistent_workers = True  # no new processes at each epoch
     if path.compile.value and not training_args.torch_compile:  # compiling is decided while parsing: the rows were found packed later
         path = dataclasses.replace(path, compile=fast_path.Choice(False, "the rows were found packed after the flags were read; pass --packing to compile"))
     for line in path.lines():
