@@ -30,6 +30,16 @@ columns), so the cache stays about as long as the longest row instead of
 growing by the widest chunk at every step. Only plain per-layer key/value
 caches are rewritten (``DynamicLayer``); others keep their padding.
 
+Continuous batching (``generate(..., capacity=N)``; ``DiffModel.edit_many``
+passes ``batch_size * num_samples``): at most N rows decode at once, prompts
+admitted in order. Once :data:`ADMIT_SHARE` of the places are free, the next
+waiting prompts (all samples of each) are prefilled in one forward pass of
+their own and their KV cache is appended to the batch's (the narrower of the
+two padded on the left with masked columns, as the compaction above relies
+on); their last logits join the step's. A cache that is not plain per-layer
+key/value tensors is never merged: then a new group is admitted only when
+every row has finished.
+
 A token that is the only one the grammar allows (a held-back last token that
 nothing can merge with, say) is taken at once, with what is forced after it,
 and counted as forced: the model could pick nothing else, so no forward pass
