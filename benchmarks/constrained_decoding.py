@@ -179,25 +179,36 @@ def run(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(p: argparse.ArgumentParser, max_samples: int, batch_size: int, max_new_tokens: int) -> None:
+    """The decoding benchmarks' common arguments: the model (or --tiny), the data, the batch and the rounds."""
     p.add_argument("--model", help="a saved diff model folder (diffmodel train --output_dir)")
     p.add_argument("--data", help="held-out samples (jsonl, jsonl.zst, ...; default with --tiny: the quickstart samples)")
     p.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model: checks the script only")
-    p.add_argument("--max_samples", type=int, default=400)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_samples", type=int, default=max_samples)
+    p.add_argument("--batch_size", type=int, default=batch_size)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each arm, alternating (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed arguments; an error unless --model and --data (or --tiny) are given."""
+    args = p.parse_args(argv)
+    if not args.tiny and not (args.model and args.data):
+        p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_arguments(p, max_samples=400, batch_size=32, max_new_tokens=512)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--out", help="also write the Markdown table here")
     p.add_argument("--profile", action="store_true", help="also time each forward pass: host ms per step per arm")
     p.add_argument("--cprofile", metavar="FILE", help="write cProfile stats of the first constrained round to FILE")
     p.add_argument("--no_speculation", action="store_true",
                    help="the constrained arm without prompt-lookup speculation (default: with it, as diffmodel runs)")
-    args = p.parse_args(argv)
-    if not args.tiny and not (args.model and args.data):
-        p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")
+    args = checked(p, argv)
     report = run(args)
     print(report, end="")
     if args.out:

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from constrained_decoding import _rows, _sync, _tiny_model  # noqa: E402
+from constrained_decoding import _rows, _sync, _tiny_model, checked, model_arguments  # noqa: E402
 
 from diffmodel.evaluate.edits import make_cases  # noqa: E402
 from diffmodel.infer import DiffModel  # noqa: E402
@@ -78,17 +78,8 @@ def run(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="a saved diff model folder (diffmodel train --output_dir)")
-    p.add_argument("--data", help="held-out samples (default with --tiny: the quickstart samples)")
-    p.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model: checks the script only")
-    p.add_argument("--max_samples", type=int, default=50)
-    p.add_argument("--batch_size", type=int, default=50)
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    args = p.parse_args(argv)
-    if not args.tiny and not (args.model and args.data):
-        p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")
+    model_arguments(p, max_samples=50, batch_size=50, max_new_tokens=128)
+    args = checked(p, argv)
     print(run(args))
     return 0
 
