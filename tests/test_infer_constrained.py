@@ -760,3 +760,42 @@ class TestMergingKVCaches:
 
         with pytest.raises(RuntimeError, match="plain key/value caches"):
             ConstrainedDecoder._merge(_Width(), torch.ones(1, 2), _Width(), torch.ones(1, 2))
+
+
+class TestGrowingCacheLayer:
+    def test_appends_in_place_and_holds_what_concatenation_holds(self):
+        from transformers.cache_utils import DynamicLayer
+
+        from diffmodel.infer.constrained import GROW_MIN, GrowingLayer
+
+        torch.manual_seed(0)
+        plain, growing = DynamicLayer(), DynamicLayer()
+        chunks = [torch.randn(3, 2, n, 4) for n in (5, 1, 3, 1, 8)]
+        for layer in (plain, growing):
+            layer.update(chunks[0], -chunks[0])
+        growing.__class__ = GrowingLayer
+        buffers = set()
+        for chunk in chunks[1:]:
+            for layer in (plain, growing):
+                keys, values = layer.update(chunk, -chunk)
+                assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+            assert torch.equal(growing.keys, plain.keys) and torch.equal(growing.values, plain.values)
+            buffers.add(growing.keys.data_ptr())
+        assert len(buffers) == 1 and growing._room[0].shape[-2] == 5 + 1 + GROW_MIN  # one buffer, made at the first append
+        index = torch.tensor([2, 0])
+        for layer in (plain, growing):  # rows selected: new tensors, so the next append makes a new buffer
+            layer.batch_select_indices(index)
+            layer.update(chunks[1][:2], -chunks[1][:2])
+        assert torch.equal(growing.keys, plain.keys) and torch.equal(growing.values, plain.values)
+        assert growing.keys.data_ptr() not in buffers
+
+    def test_the_decoder_appends_through_it(self, trained, monkeypatch):
+        from diffmodel.infer import constrained
+
+        calls = []
+        original = constrained.GrowingLayer.update
+        monkeypatch.setattr(constrained.GrowingLayer, "update", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+        s = SAMPLES["calc"]
+        edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=60)
+        layers = trained.model.config.num_hidden_layers if hasattr(trained.model.config, "num_hidden_layers") else trained.model.config.n_layer
+        assert edit.status is EditStatus.STRICT and len(calls) == layers * (trained._decoder.forward_calls - 1)

@@ -128,6 +128,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from diffmodel.diff.grammar import DiffGrammar, DiffState, Next
 from diffmodel.infer.prompt import STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, finish_edit
@@ -537,6 +538,46 @@ SPECULATE_TOKENS = 8
 LOOKUP_NGRAM = 3
 
 
+#: Room a growing KV cache layer keeps at its end: at least this many positions, or this share of its length.
+GROW_MIN, GROW_SHARE = 64, 0.25
+
+
+class GrowingLayer(DynamicLayer):
+    """A plain key/value cache layer whose tensors are views of buffers with room at the end.
+
+    ``DynamicLayer`` appends by concatenation, which copies the whole cache of
+    the layer at every decoding step; here the new positions are written into
+    the room left, and the buffers are made anew (larger by :data:`GROW_SHARE`)
+    only when it runs out or when the tensors were replaced from outside
+    (rows selected, the cache compacted or merged). Keys and values hold the
+    same numbers as with ``DynamicLayer``.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized or self.keys.numel() == 0:
+            return super().update(key_states, value_states, *args, **kwargs)
+        used, n = self.keys.shape[-2], key_states.shape[-2]
+        room = getattr(self, "_room", None)
+        if (room is None or self.keys.data_ptr() != room[0].data_ptr() or self.keys.stride() != room[0].stride()
+                or self.values.data_ptr() != room[1].data_ptr() or used + n > room[0].shape[-2]):
+            size = used + n + max(GROW_MIN, int(GROW_SHARE * (used + n)))
+            room = tuple(t.new_empty(t.shape[:-2] + (size, t.shape[-1])) for t in (self.keys, self.values))
+            room[0][..., :used, :] = self.keys
+            room[1][..., :used, :] = self.values
+            self._room = room
+        room[0][..., used:used + n, :] = key_states
+        room[1][..., used:used + n, :] = value_states
+        self.keys, self.values = room[0][..., :used + n, :], room[1][..., :used + n, :]
+        return self.keys, self.values
+
+
+def _grow_in_place(cache) -> None:
+    """Make the cache's plain ``DynamicLayer`` layers :class:`GrowingLayer` ones (other layers are left as they are)."""
+    for layer in getattr(cache, "layers", None) or ():
+        if type(layer) is DynamicLayer:
+            layer.__class__ = GrowingLayer
+
+
 class PromptLookup:
     """Where each n-gram (n = 1 .. :data:`LOOKUP_NGRAM`) of one prompt's token ids occurs: proposals for speculation."""
 
@@ -846,10 +887,8 @@ class ConstrainedDecoder:
 
         Only those are rewritten here (compacted, merged); another cache keeps its padding and its rows.
         """
-        from transformers.cache_utils import DynamicLayer
-
         layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized
+        if not layers or any(type(layer) not in (DynamicLayer, GrowingLayer) or not layer.is_initialized
                              or layer.keys.dim() != 4 or layer.keys.shape[-2] != width for layer in layers):
             return None
         return layers
@@ -1009,6 +1048,7 @@ class ConstrainedDecoder:
                         self.admissions += 1
                     else:
                         cache, mask, logits = new_cache, new_mask, new_logits
+                        _grow_in_place(cache)
                     live += new
                     lengths += [len(x) for x in inputs]
                     self.widest_cache = max(self.widest_cache, mask.shape[1])
