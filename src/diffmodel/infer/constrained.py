@@ -28,7 +28,10 @@ tokens, the cache is compacted: each row's real entries move, in order, to
 the right end (keys already hold their positions; attention ignores masked
 columns), so the cache stays about as long as the longest row instead of
 growing by the widest chunk at every step. Only plain per-layer key/value
-caches are rewritten (``DynamicLayer``); others keep their padding.
+caches are rewritten (``DynamicLayer``); others keep their padding. Those
+layers become :class:`GrowingLayer`: a step's keys and values are written
+into room kept at the end of the layer's buffers, not concatenated to a
+copy of the whole cache.
 
 Continuous batching (``generate(..., capacity=N)``; ``DiffModel.edit_many``
 passes ``batch_size * num_samples``): at most N rows decode at once, prompts
