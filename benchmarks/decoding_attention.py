@@ -41,10 +41,11 @@ def run(args) -> str:
     from importlib.resources import files
 
     data = args.data or str(files("diffmodel") / "samples" / "quickstart.jsonl")
-    cases, _ = make_cases(_rows(data, args.max_samples))
+    rows = _rows(data, args.max_samples)
+    cases, _ = make_cases(rows)
     requests = [EditRequest(c.before, c.message, c.name) for c in cases]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _tiny_model(_rows(data, args.max_samples), tmp) if args.tiny else args.model
+        folder = _tiny_model(rows, tmp) if args.tiny else args.model
         model = DiffModel.from_pretrained(folder, device=args.device, quiet=True)
     options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     model.edit_many(requests[:2], max_new_tokens=8, batch_size=2)  # warm-up

@@ -288,17 +288,20 @@ class TestRandomModelsWriteOnlyStrictDiffs:
         assert admissions > 0  # requests joined while others were decoding
         assert sum(done) == 2 * len(requests)
 
-    def test_continuous_batching_of_samples_keeps_each_requests_samples_together(self, tiny_gpt2_dir):
+    def test_continuous_batching_of_sampled_groups_gives_strict_diffs(self, tiny_gpt2_dir):
         model = DiffModel.from_pretrained(tiny_gpt2_dir)
         requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())]
         groups = model.edit_many(requests, num_samples=3, temperature=1.0, max_new_tokens=30, seed=5, batch_size=2)
         assert model._decoder.admissions > 0
         assert [len(g) for g in groups] == [3] * len(requests)
+        written = 0
         for (code, _, _), group in zip(requests, groups):
             for edit in group:
-                assert edit.status is EditStatus.STRICT or (edit.stop == "length" and not edit.diff) or edit.diff == ""
                 if edit.diff:
+                    written += 1
+                    assert edit.status is EditStatus.STRICT
                     assert apply_diff(code, edit.diff, "strict").text == edit.new_code
+        assert written > 0
 
     def test_sampling_seeded_and_top_k_one_is_greedy(self, tiny_gpt2_dir):
         model = DiffModel.from_pretrained(tiny_gpt2_dir)
@@ -797,5 +800,5 @@ class TestGrowingCacheLayer:
         monkeypatch.setattr(constrained.GrowingLayer, "update", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
         s = SAMPLES["calc"]
         edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=60)
-        layers = trained.model.config.num_hidden_layers if hasattr(trained.model.config, "num_hidden_layers") else trained.model.config.n_layer
+        layers = trained.model.config.num_hidden_layers
         assert edit.status is EditStatus.STRICT and len(calls) == layers * (trained._decoder.forward_calls - 1)

@@ -459,7 +459,6 @@ class _Row:
     code: str
     state: DiffState
     budget: int
-    prompt: int = 0  # the index of its prompt
     pending: bytes = b""
     tokens: int = 0  # generated tokens, forced ones included
     forced: int = 0
@@ -970,8 +969,8 @@ class ConstrainedDecoder:
             mask.append([0] * pad + [1] * len(chunk))
         return tuple(_to_device(torch.tensor([ids, positions, mask], dtype=torch.long), device))
 
-    def _new_rows(self, p: int, code: str, num_samples: int, budget: int, opts: DecodeOptions) -> list[_Row]:
-        """The ``num_samples`` rows of prompt ``p``, fed the forced opening and any only-allowed tokens after it."""
+    def _new_rows(self, code: str, num_samples: int, budget: int, opts: DecodeOptions) -> list[_Row]:
+        """The ``num_samples`` rows of one prompt, fed the forced opening and any only-allowed tokens after it."""
         start = DiffGrammar(code).start()
         opening = start.allowed_next().forced  # every diff opens with forced text ("@@ -")
         spell = (LEAD + opening, -1)
@@ -984,7 +983,7 @@ class ConstrainedDecoder:
         text = b"".join(self.table.bytes[i] for i in first).decode("utf-8", "replace")
         out = []
         for _ in range(num_samples):
-            row = _Row(code, start, budget, prompt=p)
+            row = _Row(code, start, budget)
             if first and row.budget >= len(first):
                 row.state = start.feed(text[len(LEAD):])
                 row.tokens = row.forced = len(first)
@@ -1013,7 +1012,7 @@ class ConstrainedDecoder:
         waiting = 0  # the next prompt to admit
 
         def finished(i: int) -> None:
-            p = rows[i].prompt
+            p = i // num_samples
             open_rows[p] -= 1
             if not open_rows[p] and progress is not None:
                 progress(1)
@@ -1025,7 +1024,7 @@ class ConstrainedDecoder:
                 count = min(free // num_samples, len(prompts) - waiting)
                 new: list[int] = []
                 for p in range(waiting, waiting + count):
-                    for row in self._new_rows(p, codes[p], num_samples, budgets[p], opts):
+                    for row in self._new_rows(codes[p], num_samples, budgets[p], opts):
                         rows.append(row)
                         if row.stop:
                             finished(len(rows) - 1)
@@ -1033,7 +1032,7 @@ class ConstrainedDecoder:
                             new.append(len(rows) - 1)
                 waiting += count
                 if new:
-                    inputs = [prompts[rows[i].prompt] + rows[i].chunk for i in new]
+                    inputs = [prompts[i // num_samples] + rows[i].chunk for i in new]
                     ids, positions, new_mask = self._step_inputs(inputs, [0] * len(new), device)
                     new_cache, new_logits = self._forward(ids, new_mask, positions, None)
                     if new_logits.shape[-1] != self._width:
@@ -1078,7 +1077,6 @@ class ConstrainedDecoder:
                     if row.proposed:  # the pick stands for the source's next token: the copy goes on after it
                         row.resume = (row.source, good + 1)
                     self._advance(row, picks[good], ([choices[r]] + row.proposed_choices)[good], opts.min_new_tokens)
-                    row.proposed, row.proposed_choices = [], []
                 width = logits.shape[1]  # the rejected proposals stay in the cache as pads: attention 0
                 cut = _to_device(torch.tensor(rejected, dtype=torch.long), device)
                 real = torch.arange(width, device=device)[None, :] < (width - cut)[:, None]
@@ -1106,7 +1104,7 @@ class ConstrainedDecoder:
             most = 0
             if speculate:
                 for i in live:
-                    p = rows[i].prompt
+                    p = i // num_samples
                     lookup = lookups.get(p)
                     if lookup is None:
                         lookup = lookups[p] = PromptLookup(prompts[p])

@@ -260,7 +260,8 @@ class DiffModel:
         finished prompt's place taken by the next waiting one (continuous
         batching), plain ``generate`` decodes batch after batch. ``min_new_tokens`` holds EOS back (benchmarks).
         ``progress``: True shows a progress bar on stderr; a callable is
-        called with the number of requests finished by each batch.
+        called with the number of requests finished (by each batch; diff-aware:
+        as each request finishes).
         ``constrained`` (default): diff-aware decoding
         (:mod:`diffmodel.infer.constrained`), every diff applies strictly;
         False: plain ``generate``. ``top_k`` > 0 keeps the k likeliest tokens when sampling.

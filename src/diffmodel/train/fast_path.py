@@ -259,7 +259,7 @@ class FastPath:
     padding_free: Choice
     liger: Choice
     compile: Choice
-    data_workers: Choice = Choice(0, "not decided")
+    data_workers: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
