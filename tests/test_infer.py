@@ -363,3 +363,34 @@ class TestDecodingLeavesCudnnAttentionOut:
             hook.remove()
         assert seen and set(seen) == {(False, True, True)}
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+class TestDecodingPausesTheCyclicGarbageCollector:
+    @pytest.mark.parametrize("constrained", [True, False])
+    @pytest.mark.parametrize("enabled_before", [True, False])
+    def test_no_collection_during_forward_passes_and_the_setting_is_put_back(self, trained, constrained, enabled_before):
+        import gc
+
+        seen = []
+        hook = trained.model.register_forward_pre_hook(lambda *_: seen.append(gc.isenabled()))
+        was = gc.isenabled()
+        (gc.enable if enabled_before else gc.disable)()
+        try:
+            _edit(trained, "shift", constrained=constrained)
+            after = gc.isenabled()
+        finally:
+            hook.remove()
+            (gc.enable if was else gc.disable)()
+        assert seen and set(seen) == {False}
+        assert after is enabled_before
+
+    def test_put_back_when_decoding_fails(self):
+        import gc
+
+        from diffmodel.infer.model import paused_gc
+
+        assert gc.isenabled()
+        with pytest.raises(RuntimeError), paused_gc():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+        assert gc.isenabled()

@@ -244,6 +244,9 @@ class TokenTable:
                 rest = text[at + 1:]
                 self.after_newline.setdefault(rest[0], {}).setdefault(rest, []).append(i)
         self.newline_free = newline_free
+        #: the same per id, on the host: feeding such a token in '+' text (nothing pending) leaves the
+        #: grammar in '+' text with the same signature
+        self.plain = bytes(newline_free.to(torch.uint8).tolist())
         #: in '+' text (nothing pending) these tokens that are not whole UTF-8 are allowed as they are:
         #: whole characters without a newline, then the start of one more character
         self.partial_in_added = []
@@ -784,7 +787,14 @@ class ConstrainedDecoder:
         found, row.proposed_at = lookup.follow(row.ids, room, row.hint, row.resume)
         row.resume = None
         state, pending, tokens = row.state, row.pending, row.tokens
+        plain, width = self.table.plain, min(self._width, len(self.table.plain))
+        added = True  # the state is in '+' text with nothing pending (checked above)
         for token in found:
+            if added and token < width and plain[token]:  # stays in '+' text: no grammar step needed
+                tokens += 1
+                row.proposed.append(token)
+                row.proposed_choices.append(self._choice_at(state, pending, tokens, min_new_tokens))
+                continue
             data = self.table.bytes[token] if token < self._width else None
             after = TokenTable.step(state, pending, data) if data else None
             if after is None:
@@ -796,6 +806,7 @@ class ConstrainedDecoder:
             choice = self._choice_at(state, pending, tokens, min_new_tokens)
             if choice.only is not None or choice.empty:
                 break
+            added = choice.everything and not pending
             row.proposed.append(token)
             row.proposed_choices.append(choice)
         row.source = found

@@ -50,7 +50,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -143,6 +145,26 @@ def decoding_attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """A context in which Python's cyclic garbage collector does not run (as it was after).
+
+    The decoding loops make many small objects a step (grammar states, token
+    lists) that reference counting frees; the cyclic collector's full passes
+    also walk every long-lived object (the model's modules, the tokenizer's
+    tables) and stalled diff-aware decoding for about 0.25 s each: about a
+    quarter of its host time on a small model (benchmarks/RESULTS.md). What
+    becomes cyclic garbage meanwhile is collected once it is back on.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def tokens_with_gt(tokenizer) -> torch.Tensor | None:
@@ -307,7 +329,7 @@ class DiffModel:
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            with decoding_attention():  # see there: cuDNN's attention is slow to call at every step
+            with decoding_attention(), paused_gc():  # see there: both slow every step down
                 if constrained:  # continuous batching: a finished request's place goes to the next one
                     edits = self._generate_constrained([ids[i] for i in todo], [reqs[i].code for i in todo], num_samples,
                                                        max_new_tokens, temperature, top_p, min_new_tokens, top_k,
@@ -414,4 +436,4 @@ def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[i
     return update
 
 
-__all__ = ["STOP_WINDOW", "DiffModel", "NameMarkerStop", "decoding_attention", "tokens_with_gt"]
+__all__ = ["STOP_WINDOW", "DiffModel", "NameMarkerStop", "decoding_attention", "paused_gc", "tokens_with_gt"]
