@@ -113,6 +113,84 @@ class TestAllowedEqualsEveryTokenTheGrammarAccepts:
                 assert not everything and set(allowed) == want and want, (name, diff[:k], cut)
 
 
+def _number_merges() -> list[tuple[str, str]]:
+    """Merges giving every two-digit number, some longer ones (leading zeros too), and tokens that run
+    from digits into a header number's end or start with it."""
+    digits = "0123456789"
+    merges = [(a, b) for a in digits for b in digits]
+    merges += [("10", "0"), ("12", "0"), ("12", "3"), ("00", "7"), ("99", "9"), ("100", "0"), ("05", "0")]
+    merges += [("1", ","), ("12", ","), ("3", " "), ("10", " "), (" ", "+"), (" +", "1"), (" +1", "2"),
+               (",", "1"), (",1", "2"), ("@", "@"), (" ", "@@"), ("@@", "\n"), ("0", "\n")]
+    return merges
+
+
+@pytest.fixture(scope="module")
+def number_table():
+    return TokenTable(char_tokenizer(merges=_number_merges()))
+
+
+class TestAllowedInHunkHeadersEqualsEveryTokenTheGrammarAccepts:
+    """Header numbers are searched apart from other text (tokens of digits checked at once): still exactly
+    the tokens a check of the whole vocabulary gives, with numbers of several digits and tokens that
+    cross a number's end."""
+
+    @pytest.mark.parametrize("changes", [(3,), (118,), (9, 99, 140), (0, 149)])
+    def test_at_every_character_of_diffs_with_large_line_numbers(self, changes):
+        from diffmodel.diff.make import make_diff
+
+        table = TokenTable(char_tokenizer(merges=_number_merges()))
+        assert len(table.digit_runs) == 10 + 100 + 7 and {t for _, t in table.digits_then_end} == {"1,", "12,", "3 ", "10 "}
+        lines = [f"line {k}\n" for k in range(150)]
+        code = "".join(lines)
+        after = list(lines)
+        for k in changes:
+            after[k] = f"changed {k}\n"
+        diff = make_diff(code, "".join(after))
+        assert diff.count("@@ -") == len(changes)
+        start = DiffGrammar(code).start()
+        checked = 0
+        for k in range(len(diff) + 1):
+            state = start.feed(diff[:k])
+            if table.next_of(state).field not in ("old_start", "old_count", "new_start", "new_count"):
+                continue
+            allowed, everything = table.allowed(state, b"")
+            want = {i for i, data in enumerate(table.bytes) if data and table.step(state, b"", data) is not None}
+            assert not everything and set(allowed) == want and len(allowed) == len(set(allowed)), diff[:k]
+            checked += 1
+        assert checked >= 8 * len(changes)
+
+    def test_numbers_the_file_has_no_room_for_and_leading_zeros(self):
+        table = TokenTable(char_tokenizer(merges=_number_merges()))
+
+        def allowed(code: str, text: str) -> set[str]:
+            return {table.bytes[i].decode() for i in table.allowed(_after(code, text), b"")[0]}
+
+        twelve = "".join(f"{k}\n" for k in range(12))  # a hunk starts at old line 0 (before line 1) .. 13
+        assert allowed(twelve, "@@ -") == {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13",
+                                           "1,", "12,", "10 ", "3 "}
+        assert allowed(twelve, "@@ -0") == {","}  # "-0,0": an insertion before line 1, nothing else
+        assert allowed("a\nb\n", "@@ -1,2 +0") == {",", ",1", ",12", " ", " @@"}  # no digit after a leading zero
+
+    def test_every_header_of_one_file_asked_of_one_table(self, number_table):
+        """States whose numbers differ but share a cache entry must accept the same tokens."""
+        start = DiffGrammar("".join(f"line {k}\n" for k in range(150))).start()
+        texts = set()
+        for old in list(range(0, 152)) + [1000]:
+            for count in ("", ",0", ",1", ",12", ",100"):
+                for new in ("", " +", " +0", " +1", " +17", " +150,", " +150,0", " +150,12", " +9999999999"):
+                    header = f"@@ -{old}{count}{new}"
+                    texts.update(header[:k] for k in range(4, len(header) + 1))
+        checked = 0
+        for text in sorted(texts):
+            state = start.try_feed(text)
+            if state is None or number_table.next_of(state).field not in ("old_start", "old_count", "new_start", "new_count"):
+                continue
+            want = {i for i, data in enumerate(number_table.bytes) if data and number_table.step(state, b"", data) is not None}
+            assert set(number_table.allowed(state, b"")[0]) == want, text
+            checked += 1
+        assert checked > 1000
+
+
 class TestPartialUtf8Tokens:
     def test_split_and_incomplete_tails(self):
         assert _utf8_split("é".encode()) == ("é", b"")

@@ -271,6 +271,40 @@ class DiffState:
             found = self.grammar.number_chars[key] = frozenset(c for c in _NUMBER_CHARS if _header_ok(self, c))
         return found
 
+    @property
+    def digits_key(self) -> tuple:
+        """In a header number: what decides which runs of digits may come next (equal keys accept the same runs).
+
+        Less than the :attr:`signature`: apart from the old start (whose value
+        must stay in the file's range), only the digits written so far, whether
+        they are a leading zero, and for the old count's first digit where the
+        start lies, matter (what :func:`_header_ok` reads for a digit).
+        """
+        lo, hi = self.pos, self.grammar.last_start + 1
+        if self.mode == _OLD_START:
+            return (_OLD_START, self.num, self.ndig, lo, hi)
+        first = self.mode == _OLD_COUNT and not self.ndig and (self.old_start == lo, self.old_start == hi)
+        return (_NEW_START, self.ndig, self.num == 0, first)
+
+    def accepted_digit_runs(self, runs: list[tuple[int, str]]) -> list[int]:
+        """In a header number: the ids of ``runs`` ((id, a text of ASCII digits) pairs) that may come next.
+
+        Digits never end a number, so a run is allowed when each of its digits
+        is (:func:`_header_ok`); a decoder checks its vocabulary's numbers with
+        one scratch state instead of a state per digit.
+        """
+        s = self._copy()
+        out = []
+        for i, text in runs:
+            s.num, s.ndig = self.num, self.ndig
+            for c in text:
+                if not _header_ok(s, c):
+                    break
+                s.num, s.ndig = s.num * 10 + ord(c) - 48, s.ndig + 1
+            else:
+                out.append(i)
+        return out
+
     def _options(self) -> tuple[frozenset[str] | None, bool]:
         """(characters allowed next, or None for any; whether the diff may end), outside forced text."""
         if self.mode == _LINE:
@@ -535,4 +569,7 @@ def _complete(s: DiffState) -> None:
     # _TO_BODY: the hunk's first line start
 
 
-__all__ = ["DiffGrammar", "DiffRejected", "DiffState", "MARKER_LINE", "MAX_DIGITS", "Next"]
+#: The ``Next.field`` of a hunk header's numbers.
+NUMBER_FIELDS = frozenset({"old_start", "old_count", "new_start", "new_count"})
+
+__all__ = ["DIGITS", "DiffGrammar", "DiffRejected", "DiffState", "MARKER_LINE", "MAX_DIGITS", "NUMBER_FIELDS", "Next"]

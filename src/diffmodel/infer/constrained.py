@@ -133,7 +133,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from diffmodel.diff.grammar import DiffGrammar, DiffState, Next
+from diffmodel.diff.grammar import DIGITS, NUMBER_FIELDS, DiffGrammar, DiffState, Next
 from diffmodel.infer.prompt import STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, finish_edit
 
 #: What the sample format puts between ``<DFF>`` and the diff.
@@ -259,12 +259,18 @@ class TokenTable:
         self._partial_newline = [(i, d) for g in self.partial.values() for i, d in g
                                  if (sp := _utf8_split(d)) is not None and "\n" in sp[0]]
         self.sorted = sorted(self.ids_of)
+        #: tokens of ASCII digits alone, and those that start with a digit and go on with ',' or ' ' (a header
+        #: number's end): in a header number these are checked against the state at once, not digit by digit
+        self.digit_runs = [(i, t) for t in self.sorted if t.isascii() and t.isdigit() for i in self.ids_of[t]]
+        self.digits_then_end = [(i, t) for t in self.sorted if t[:1] in DIGITS and not t.isdigit()
+                                and t.lstrip("0123456789")[:1] in (",", " ") for i in self.ids_of[t]]
         self.maxlen = max((len(t) for t in self.sorted), default=0)
         self.max_bytes = max((len(b) for b in self.by_bytes), default=0)
         #: cached answers of :meth:`allowed`, :meth:`ends` and :meth:`next_of`, by state signature
         self.memo: dict[tuple, tuple[list[int], bool]] = {}
         self.memo_ends: dict[tuple, list[tuple[int, str]]] = {}
         self.memo_next: dict[tuple, Next] = {}
+        self.memo_digits: dict[tuple, list[int]] = {}
 
     @staticmethod
     def _fallback_piece(tokenizer, i: int) -> bool:
@@ -299,6 +305,7 @@ class TokenTable:
         self.memo.clear()
         self.memo_ends.clear()
         self.memo_next.clear()
+        self.memo_digits.clear()
 
     def _allowed(self, state: DiffState, pending: bytes) -> tuple[list[int], bool]:
         out: list[int] = []
@@ -311,17 +318,37 @@ class TokenTable:
             self._added_from_start(state, out)
             out.extend(self.partial_in_added)
             out.extend(i for i, data in self._partial_newline if self.step(state, b"", data) is not None)
+        elif nxt.field in NUMBER_FIELDS:
+            self._number(state, nxt, out)
+            self._partial(state, nxt, pending, out)
         else:
             self._extend(state, "", out, nxt)
             self._partial(state, nxt, pending, out)
         return out, everything
 
+    def _number(self, state: DiffState, nxt: Next, out: list[int]) -> None:
+        """In a hunk header's number: what :meth:`_extend` finds, without a grammar state per digit.
+
+        Tokens of digits alone are checked together (cached by
+        :attr:`~DiffState.digits_key`, shared by every number alike); the few
+        that go on from digits to the number's end one by one; those that
+        start with the end (',' or ' ') by the prefix search.
+        """
+        key = state.digits_key
+        runs = self.memo_digits.get(key)
+        if runs is None:
+            runs = self.memo_digits[key] = state.accepted_digit_runs(self.digit_runs)
+        out.extend(runs)
+        out.extend(i for i, text in self.digits_then_end if state.accepts(text))
+        self._extend(state, "", out, nxt, skip=DIGITS)
+
     def _has_longer(self, prefix: str) -> bool:
         i = bisect.bisect_right(self.sorted, prefix)
         return i < len(self.sorted) and self.sorted[i].startswith(prefix)
 
-    def _extend(self, state: DiffState, prefix: str, out: list[int], nxt: Next | None = None) -> None:
-        """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts."""
+    def _extend(self, state: DiffState, prefix: str, out: list[int], nxt: Next | None = None,
+                skip: frozenset[str] = frozenset()) -> None:
+        """Tokens longer than ``prefix`` that start with it and whose rest ``state`` accepts (the next character not in ``skip``)."""
         if not self._has_longer(prefix):
             return
         nxt = nxt or self.next_of(state)
@@ -333,7 +360,7 @@ class TokenTable:
             if len(forced) < room and self._has_longer(prefix + forced):
                 self._extend(state.feed(forced), prefix + forced, out)
         elif nxt.chars is not None:
-            for c in nxt.chars:
+            for c in nxt.chars - skip if skip else nxt.chars:
                 longer = prefix + c
                 out.extend(self.ids_of.get(longer, ()))
                 if self._has_longer(longer):
