@@ -257,7 +257,8 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     if cuda:
         r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
     print(f"{arm}: {a.steps} steps in {seconds:.2f} s ({seconds / a.steps * 1e3:.0f} ms/step), "
-          f"set-up + warm-up {meter.marks[0] - started:.0f} s; {choices}", flush=True)
+          f"set-up + warm-up {meter.marks[0] - started:.0f} s; so far {r['loss_tok'] / r['seconds']:,.0f} loss-bearing tok/s, useful MFU {r['useful'] / r['seconds'] / PEAK_FLOPS:.1%}; "
+          f"{choices}", flush=True)
     del trainer, model, meter
     gc.collect()
 
