@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import torch
 from transformers import Trainer
@@ -48,6 +49,10 @@ def weights_hash(state_dict) -> str:
         h.update(key.encode())
         h.update(state_dict[key].detach().to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+#: How long the threads of a destroyed process group may take to end.
+GLOO_EXIT_S = 10.0
 
 
 def native_threads() -> list[str]:
@@ -89,6 +94,12 @@ if __name__ == "__main__":
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("diffmodel").addHandler(handler)
     status = main(["train", *sys.argv[1:]])
+    # A destroyed process group's gloo threads end on their own, soon after (on a loaded machine, not at once);
+    # one kept alive by something still holding the group would stay until the interpreter exits.
+    threads, deadline = native_threads(), time.monotonic() + GLOO_EXIT_S
+    while any("gloo" in t for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        threads = native_threads()
     with open(f"{PROBE}/rank{RANK}-final.json", "w") as f:
-        json.dump({**_final, "threads_after_main": native_threads()}, f)
+        json.dump({**_final, "threads_after_main": threads}, f)
     sys.exit(status)
