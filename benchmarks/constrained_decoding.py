@@ -83,23 +83,47 @@ def _sync(device) -> None:
 
 
 class _ForwardClock:
-    """Counts and times the model's forward passes (top-level calls only)."""
+    """Counts and times the model's forward passes (top-level calls only).
+
+    A pass without a KV cache, or with an empty one, is a prefill (a new
+    batch, or prompts admitted while others decode); the others are decoding
+    steps, for which the rows, the attention mask's width (cached positions
+    plus the new ones) and the new positions per row are summed.
+    """
 
     def __init__(self, module: torch.nn.Module, device) -> None:
-        self.calls, self.seconds, self._start, self._device = 0, 0.0, 0.0, device
-        self._hooks = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        self._start, self._device, self._prefill, self._shape = 0.0, device, False, (0, 0, 0)
+        self.reset()
+        self._hooks = [module.register_forward_pre_hook(self._pre, with_kwargs=True), module.register_forward_hook(self._post)]
 
-    def _pre(self, *_):
+    def _pre(self, _module, _args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._prefill = cache is None or cache.get_seq_length() == 0
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        self._shape = (ids.shape[0], mask.shape[-1] if mask is not None else 0, ids.shape[1]) if ids is not None else (0, 0, 0)
         _sync(self._device)
         self._start = time.perf_counter()
 
     def _post(self, *_):
         _sync(self._device)
-        self.seconds += time.perf_counter() - self._start
+        took = time.perf_counter() - self._start
+        self.seconds += took
         self.calls += 1
+        if self._prefill:
+            self.prefills += 1
+            self.prefill_seconds += took
+        else:
+            self.rows, self.keys, self.new = (a + b for a, b in zip((self.rows, self.keys, self.new), self._shape))
 
     def reset(self) -> None:
-        self.calls, self.seconds = 0, 0.0
+        self.calls, self.seconds, self.prefills, self.prefill_seconds = 0, 0.0, 0, 0.0
+        self.rows = self.keys = self.new = 0
+
+    def split(self) -> tuple:
+        """(prefills, prefill s, decoding steps, their forward s, mean rows, mask width, new positions a step)."""
+        steps = max(self.calls - self.prefills, 1)
+        return (self.prefills, self.prefill_seconds, self.calls - self.prefills, self.seconds - self.prefill_seconds,
+                self.rows / steps, self.keys / steps, self.new / steps)
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -119,6 +143,7 @@ def run(args) -> str:
     results: dict[bool, dict] = {}
     seconds: dict[bool, list[float]] = {True: [], False: []}
     steps: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}  # (forwards, forward s, total s)
+    split: dict[bool, list[tuple]] = {True: [], False: []}  # _ForwardClock.split() of each round
     clock = _ForwardClock(model.model, model.device) if args.profile else None
     for _ in range(args.rounds):
         for constrained in (True, False):
@@ -142,6 +167,7 @@ def run(args) -> str:
             seconds[constrained].append(time.perf_counter() - start)
             if clock:
                 steps[constrained].append((clock.calls, clock.seconds, seconds[constrained][-1]))
+                split[constrained].append(clock.split())
             results.setdefault(constrained, summary)
     if clock:
         clock.remove()
@@ -174,6 +200,14 @@ def run(args) -> str:
             total = statistics.median(t for _, _, t in steps[constrained])
             lines.append(f"| {'constrained' if constrained else 'unconstrained'} | {calls:.0f} | {total:.2f} | "
                          f"{1000 * total / calls:.2f} | {1000 * fwd / calls:.2f} | {1000 * (total - fwd) / calls:.2f} |")
+        lines += ["", "Prefill passes (new batches, admitted prompts) and decoding steps (medians over rounds; per step: "
+                  "rows, attention mask width = cached + new positions, new positions per row):", "",
+                  "| arm | prefills | prefill ms each | decoding steps | forward ms/step | rows | mask width | new positions |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for constrained in (True, False):
+            pre, pre_s, dec, dec_s, rows_, width, new = (statistics.median(x) for x in zip(*split[constrained]))
+            lines.append(f"| {'constrained' if constrained else 'unconstrained'} | {pre:.0f} | {1000 * pre_s / max(pre, 1):.1f} | "
+                         f"{dec:.0f} | {1000 * dec_s / max(dec, 1):.2f} | {rows_:.1f} | {width:.0f} | {new:.2f} |")
         ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
         lines.append(f"\ntotal time constrained / unconstrained: {ratio:.2f}")
     return "\n".join(lines) + "\n"

@@ -25,11 +25,15 @@ def test_forward_clock_counts_each_decoders_forward_passes(tiny_gpt2_dir):
     try:
         model.edit_many(requests, max_new_tokens=12, batch_size=2)
         assert clock.calls == model._decoder.forward_calls > 0 and clock.seconds > 0
+        prefills, _, steps, _, rows, width, new = clock.split()  # one prefill of both prompts, then steps of <= 2 rows
+        assert prefills == 1 and steps == clock.calls - 1 and rows <= 2 and new >= 1 and width > new
         clock.reset()
-        assert (clock.calls, clock.seconds) == (0, 0.0)
+        assert (clock.calls, clock.seconds, clock.split()[:4]) == (0, 0.0, (0, 0.0, 0, 0.0))
         edits = model.edit_many(requests, max_new_tokens=12, batch_size=2, constrained=False)
         # generate(): one forward per new token of the longest row but the last
         assert clock.calls == max(e[0].num_tokens for e in edits)
+        prefills, _, steps, _, rows, width, new = clock.split()
+        assert (prefills, steps, rows, new) == (1, clock.calls - 1, 2, 1)
     finally:
         clock.remove()
     clock.reset()
