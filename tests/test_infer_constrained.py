@@ -778,6 +778,21 @@ class TestSpeculationGivesTheSameGreedyEdits:
         assert model._decoder.proposed > model._decoder.accepted  # rejected proposals left pads in the cache
         assert on == off
 
+    def test_proposals_in_added_text_without_a_grammar_step_are_those_with_it(self, trained, monkeypatch):
+        """Newline-free whole tokens in '+' text skip the grammar: same proposals, passes and edits as without the shortcut."""
+        requests = [(s["before"], s["message"], s["name"]) for s in SAMPLES.values()] + [(COPY_BEFORE, "Double the border", "a.py")]
+        runs = []
+        for shortcut in (True, False):
+            trained.edit_many(requests[:1], max_new_tokens=8)  # the decoder and its table exist
+            table = trained._decoder.table
+            if not shortcut:
+                monkeypatch.setattr(table, "plain", bytes(len(table.plain)))  # every proposal takes the grammar step
+            edits, ids = _edits_and_ids(trained, requests, batch_size=len(requests))
+            d = trained._decoder
+            runs.append((edits, ids, d.forward_calls, d.proposed, d.accepted))
+            monkeypatch.undo()
+        assert runs[0] == runs[1] and runs[0][3] > runs[0][4] > 0
+
     def test_a_cut_at_every_budget(self, copy_model):
         request = [(COPY_BEFORE, "Double the border", "area.py")]
         for budget in range(1, 60, 3):
