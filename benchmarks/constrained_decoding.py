@@ -31,7 +31,10 @@ Set-up:
   model, after a device sync) and reports per arm the forward passes, the
   total, forward and host (the rest) milliseconds per forward pass (a
   decoding step). With ``--tiny --device cpu`` the forwards are cheap, so
-  the host figures isolate the Python work per step of each decoder.
+  the host figures isolate the Python work per step of each decoder. A
+  second table splits prefill passes (new batches, prompts admitted while
+  others decode) from decoding steps, with the mean rows, attention mask
+  width and new positions per row of a step.
   ``--cprofile FILE`` writes cProfile stats of the first constrained round.
 
 Prints a Markdown table (applies_strict, exact, line_similarity, edits/s,
