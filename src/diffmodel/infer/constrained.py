@@ -95,7 +95,10 @@ tail waits in the row's ``pending`` bytes until the character is complete.
 Candidate tokens are narrowed before the grammar is asked: tokens are found by
 prefix in the sorted token texts, following forced text and the few characters
 allowed at a line start or in a header; in ``+`` text every token without a
-newline is allowed by one precomputed mask. Answers are cached by the state's
+newline is allowed by one precomputed mask; in a header's number the tokens
+of digits alone are checked together (every digit of every header is a new
+state, so this is where most answers are computed), cached by
+:attr:`~diffmodel.diff.grammar.DiffState.digits_key`. Answers are cached by the state's
 :attr:`~diffmodel.diff.grammar.DiffState.signature` for one ``generate`` call
 (every step inside a ``+`` line, and the samples of one request, ask alike).
 
