@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -365,6 +366,30 @@ class TestRandomModelsWriteOnlyStrictDiffs:
             admissions += model._decoder.admissions
         assert admissions > 0  # requests joined while others were decoding
         assert sum(done) == 2 * len(requests)
+
+    def test_the_last_prompts_join_as_soon_as_they_fit(self, tiny_gpt2_dir, monkeypatch):
+        """Prompts are admitted once ADMIT_SHARE of the places are free, or fewer when fewer prompts are left."""
+        from diffmodel.infer.constrained import ADMIT_SHARE, ConstrainedDecoder, DecodeOptions
+
+        model = DiffModel.from_pretrained(tiny_gpt2_dir)
+        decoder = ConstrainedDecoder(model.model, model.tokenizer, model.eos_ids, model.pad_id)
+        capacity = 16
+        assert math.ceil(ADMIT_SHARE * capacity) >= 2  # one free place is not enough while more prompts wait
+        codes = [f"x{k} = {k}\n" for k in range(capacity + 1)]
+        prompts = model.encode([as_request((code, "m", "a.py")) for code in codes])
+        budgets = [4] + [40] * capacity  # the first row finishes early, the others run on (no end before 40 tokens)
+        admitted = []
+        new_rows = ConstrainedDecoder._new_rows
+
+        def spy(self, *args):
+            admitted.append(self.forward_calls)
+            return new_rows(self, *args)
+
+        monkeypatch.setattr(ConstrainedDecoder, "_new_rows", spy)
+        decoder.generate(prompts, codes, 1, budgets, DecodeOptions(min_new_tokens=40), capacity=capacity)
+        assert admitted[:capacity] == [0] * capacity and len(admitted) == capacity + 1
+        assert admitted[-1] <= 5  # right after the first row's 4 tokens, not once the others are done (40 passes)
+        assert decoder.admissions == 1
 
     def test_continuous_batching_of_sampled_groups_gives_strict_diffs(self, tiny_gpt2_dir):
         model = DiffModel.from_pretrained(tiny_gpt2_dir)

@@ -35,7 +35,8 @@ copy of the whole cache.
 
 Continuous batching (``generate(..., capacity=N)``; ``DiffModel.edit_many``
 passes ``batch_size * num_samples``): at most N rows decode at once, prompts
-admitted in order. Once :data:`ADMIT_SHARE` of the places are free, the next
+admitted in order. Once :data:`ADMIT_SHARE` of the places are free (or room
+for all the prompts still waiting, when they are fewer), the next
 waiting prompts (all samples of each) are prefilled in one forward pass of
 their own and their KV cache is appended to the batch's (the narrower of the
 two padded on the left with masked columns, as the compaction above relies
@@ -1060,8 +1061,9 @@ class ConstrainedDecoder:
 
         while True:
             free = capacity - len(live)
+            enough = min(admit_at, (len(prompts) - waiting) * num_samples)  # the last few prompts: as soon as they fit
             if waiting < len(prompts) and free >= num_samples and (
-                    not live or (free >= admit_at and self._plain_layers(cache, mask.shape[1]) is not None)):
+                    not live or (free >= enough and self._plain_layers(cache, mask.shape[1]) is not None)):
                 count = min(free // num_samples, len(prompts) - waiting)
                 new: list[int] = []
                 for p in range(waiting, waiting + count):
