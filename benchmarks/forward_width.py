@@ -16,12 +16,18 @@ host launching kernels) against the time until the GPU is done.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from diffmodel.infer.model import decoding_attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_throughput import MODELS  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +37,7 @@ def main() -> None:
     p.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 9, 20])
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
-    cfg = LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
-                      intermediate_size=2048, vocab_size=16384, max_position_embeddings=4096)
+    cfg = LlamaConfig(vocab_size=16384, max_position_embeddings=4096, **MODELS["110m"])
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to("cuda", torch.bfloat16).eval()
     B, P = a.batch, a.cached
     ids = torch.randint(5, 16000, (B, P), device="cuda")

@@ -146,8 +146,6 @@ class DiffGrammar:
         self.last_start = self.n if self.ends_with_newline else self.n - 1
         #: what ' ' or '-' forces for each line: the line, and the marker line after a last line without newline
         self.units = [line if line.endswith("\n") else f"{line}\n{MARKER_LINE}" for line in self.lines]
-        #: the characters a header number allows, by what decides them (see ``DiffState._number_chars``)
-        self.number_chars: dict[tuple[int, int, int, int, int], frozenset[str]] = {}
 
     def start(self) -> DiffState:
         """The state before the first character of the diff."""
@@ -265,11 +263,7 @@ class DiffState:
         return frozenset(chars)
 
     def _number_chars(self) -> frozenset[str]:
-        key = (self.mode, self.pos, self.num, self.ndig, self.old_start)  # all that _header_ok reads of the state
-        found = self.grammar.number_chars.get(key)
-        if found is None:
-            found = self.grammar.number_chars[key] = frozenset(c for c in _NUMBER_CHARS if _header_ok(self, c))
-        return found
+        return frozenset(c for c in _NUMBER_CHARS if _header_ok(self, c))
 
     @property
     def digits_key(self) -> tuple:
