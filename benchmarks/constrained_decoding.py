@@ -36,6 +36,10 @@ Set-up:
   others decode) from decoding steps, with the mean rows, attention mask
   width and new positions per row of a step.
   ``--cprofile FILE`` writes cProfile stats of the first constrained round.
+- ``--places on|off`` (default auto: on a GPU) holds the constrained arm's
+  rows in fixed places or in the growing cache; ``--no_graphs`` runs fixed
+  places without CUDA graphs (:mod:`diffmodel.infer.places`). The report says
+  which, with the graphs captured and the seconds their capture took.
 
 Prints a Markdown table (applies_strict, exact, line_similarity, edits/s,
 forced share; the ratio constrained / unconstrained) and writes it to
@@ -60,6 +64,7 @@ import transformers
 
 from diffmodel.evaluate.edits import evaluate_edits, make_cases
 from diffmodel.infer import DiffModel
+from diffmodel.infer.places import PlaceCache
 
 METRICS = ("parses", "applies_strict", "applies", "exact", "line_similarity", "forced_share")
 
@@ -91,15 +96,37 @@ class _ForwardClock:
     A pass without a KV cache, or with an empty one, is a prefill (a new
     batch, or prompts admitted while others decode); the others are decoding
     steps, for which the rows, the attention mask's width (cached positions
-    plus the new ones) and the new positions per row are summed.
+    plus the new ones) and the new positions per row are summed. A pass of
+    fixed places (:class:`~diffmodel.infer.places.PlaceCache`, perhaps a CUDA
+    graph's replay, which no hook sees) is timed around its ``step`` (a
+    graph's first capture included) and counted as a decoding step of the
+    live rows, the columns attention reads and the padded chunk width.
     """
 
     def __init__(self, module: torch.nn.Module, device) -> None:
         self._start, self._device, self._prefill, self._shape = 0.0, device, False, (0, 0, 0)
+        self._inside = False  # in a PlaceCache step: its model calls (eager, warm-up, capture) are not timed apart
         self.reset()
         self._hooks = [module.register_forward_pre_hook(self._pre, with_kwargs=True), module.register_forward_hook(self._post)]
+        self._step = PlaceCache.step
+        clock = self
+
+        def step(places, chunks, lengths, at, keep):
+            clock._inside = True
+            _sync(device)
+            start = time.perf_counter()
+            try:
+                return clock._step(places, chunks, lengths, at, keep)
+            finally:
+                _sync(device)
+                clock._inside = False
+                clock._count(time.perf_counter() - start, False, places.shape)
+
+        PlaceCache.step = step
 
     def _pre(self, _module, _args, kwargs):
+        if self._inside:
+            return
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         self._prefill = cache is None or cache.get_seq_length() == 0
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
@@ -108,15 +135,19 @@ class _ForwardClock:
         self._start = time.perf_counter()
 
     def _post(self, *_):
+        if self._inside:
+            return
         _sync(self._device)
-        took = time.perf_counter() - self._start
+        self._count(time.perf_counter() - self._start, self._prefill, self._shape)
+
+    def _count(self, took: float, prefill: bool, shape: tuple[int, int, int]) -> None:
         self.seconds += took
         self.calls += 1
-        if self._prefill:
+        if prefill:
             self.prefills += 1
             self.prefill_seconds += took
         else:
-            self.rows, self.keys, self.new = (a + b for a, b in zip((self.rows, self.keys, self.new), self._shape))
+            self.rows, self.keys, self.new = (a + b for a, b in zip((self.rows, self.keys, self.new), shape))
 
     def reset(self) -> None:
         self.calls, self.seconds, self.prefills, self.prefill_seconds = 0, 0.0, 0, 0.0
@@ -131,6 +162,7 @@ class _ForwardClock:
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
+        PlaceCache.step = self._step
 
 
 def run(args) -> str:
@@ -142,8 +174,12 @@ def run(args) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = _tiny_model(rows, tmp) if args.tiny else args.model
         model = DiffModel.from_pretrained(folder, device=args.device, dtype=args.dtype, quiet=True)
+    decoder = model.decoder
+    decoder.fixed_places = {"auto": None, "on": True, "off": False}[args.places]
+    decoder.cuda_graphs = not args.no_graphs
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, seed=0)
     results: dict[bool, dict] = {}
+    held: list[str] = []  # how the constrained arm held its KV cache, each round
     seconds: dict[bool, list[float]] = {True: [], False: []}
     steps: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}  # (forwards, forward s, total s)
     split: dict[bool, list[tuple]] = {True: [], False: []}  # _ForwardClock.split() of each round
@@ -172,6 +208,11 @@ def run(args) -> str:
                 steps[constrained].append((clock.calls, clock.seconds, seconds[constrained][-1]))
                 split[constrained].append(clock.split())
             results.setdefault(constrained, summary)
+            if constrained:
+                places = decoder.places
+                held.append("growing cache" if places is None else
+                            f"{places.places} fixed places x {places.length} columns, {places.passes} passes, "
+                            f"{places.replays} replayed from {places.captures} CUDA graphs captured in {places.capture_s:.2f} s")
     if clock:
         clock.remove()
     generations = results[True]["metrics"]["generations"]
@@ -185,6 +226,8 @@ def run(args) -> str:
         f"- data: {data}, {len(cases)} samples ({json.dumps(skipped) if skipped else 'none skipped'}); greedy, "
         f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.rounds} round(s) each, alternating; "
         f"speculation {'off' if args.no_speculation else 'on'} in the constrained arm",
+        f"- constrained arm's KV cache (--places {args.places}{', --no_graphs' if args.no_graphs else ''}), each round: "
+        + "; ".join(held),
         f"- command: `{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`",
         "",
         "| metric | constrained | unconstrained | ratio |",
@@ -243,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the Markdown table here")
     p.add_argument("--profile", action="store_true", help="also time each forward pass: host ms per step per arm")
     p.add_argument("--cprofile", metavar="FILE", help="write cProfile stats of the first constrained round to FILE")
+    p.add_argument("--places", choices=("auto", "on", "off"), default="auto",
+                   help="the constrained arm's rows in fixed places (diffmodel.infer.places); auto: on a GPU")
+    p.add_argument("--no_graphs", action="store_true", help="fixed places without CUDA graphs (every pass eager)")
     p.add_argument("--no_speculation", action="store_true",
                    help="the constrained arm without prompt-lookup speculation (default: with it, as diffmodel runs)")
     args = checked(p, argv)

@@ -138,6 +138,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from diffmodel.diff.grammar import DIGITS, NUMBER_FIELDS, DiffGrammar, DiffState, Next
+from diffmodel.infer.places import PlaceCache
 from diffmodel.infer.prompt import STOP_EOS, STOP_LENGTH, STOP_MARKER, Edit, finish_edit
 
 #: What the sample format puts between ``<DFF>`` and the diff.
@@ -710,9 +711,15 @@ class ConstrainedDecoder:
         self.widest_cache = 0
         #: token ids each row of the last :meth:`generate` generated (prompt-major, samples next)
         self.last_ids: list[list[int]] = []
+        #: hold the rows in fixed places (:mod:`diffmodel.infer.places`); None: on a CUDA device
+        self.fixed_places: bool | None = None
+        #: replay the fixed places' passes as CUDA graphs (on a CUDA device)
+        self.cuda_graphs = True
+        #: the :class:`~diffmodel.infer.places.PlaceCache` of the last :meth:`generate` (None: the growing cache)
+        self.places: PlaceCache | None = None
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int = 1):
-        """One forward pass with the KV cache; returns (cache, the logits of each row's last ``keep`` positions)."""
+    def _call(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int = 1):
+        """The model on one chunk with the KV cache; returns its output (logits of each row's last ``keep`` positions)."""
         if self._params is None:
             self._params = set(inspect.signature(self.model.forward).parameters)
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True}
@@ -720,11 +727,19 @@ class ConstrainedDecoder:
             kwargs["logits_to_keep"] = keep
         if cache is not None:  # transformers 5 names it ``cache``; older models ``past_key_values``
             kwargs["cache" if "cache" in self._params else "past_key_values"] = cache
-        out = self.model(**kwargs)
+        return self.model(**kwargs)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int = 1):
+        """One forward pass with the KV cache; returns (cache, the logits of each row's last ``keep`` positions)."""
+        out = self._call(ids, mask, positions, cache, keep)
         self.forward_calls += 1
         self.widest_cache = max(self.widest_cache, mask.shape[1])
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return cache, out.logits[:, -keep:]
+
+    def _pass(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: int) -> torch.Tensor:
+        """A :class:`~diffmodel.infer.places.PlaceCache` pass: the logits of each row's last ``keep`` positions."""
+        return self._call(ids, mask, positions, cache, keep).logits[:, -keep:]
 
     # -- one row ------------------------------------------------------------------------------
 
@@ -1052,6 +1067,10 @@ class ConstrainedDecoder:
         lengths: list[int] = []  # each live row's real tokens in the cache (its next position)
         cache = mask = logits = None
         waiting = 0  # the next prompt to admit
+        self.places = places = None  # the rows' fixed places, once the first prefill says they fit
+        at: list[int] = []  # each live row's place
+        longest = max(len(p) + b for p, b in zip(prompts, budgets)) if prompts else 0  # a row's most positions
+        fixed = device.type == "cuda" if self.fixed_places is None else self.fixed_places
 
         def finished(i: int) -> None:
             p = i // num_samples
@@ -1063,7 +1082,8 @@ class ConstrainedDecoder:
             free = capacity - len(live)
             enough = min(admit_at, (len(prompts) - waiting) * num_samples)  # the last few prompts: as soon as they fit
             if waiting < len(prompts) and free >= num_samples and (
-                    not live or (free >= enough and self._plain_layers(cache, mask.shape[1]) is not None)):
+                    not live or (free >= enough and (places is not None
+                                                     or self._plain_layers(cache, mask.shape[1]) is not None))):
                 count = min(free // num_samples, len(prompts) - waiting)
                 new: list[int] = []
                 for p in range(waiting, waiting + count):
@@ -1083,8 +1103,14 @@ class ConstrainedDecoder:
                         self._choices.clear()
                     for i in new:
                         rows[i].chunk = []
+                    if places is None and fixed and not live and PlaceCache.fits(self.model, new_cache, capacity, longest):
+                        self.places = places = PlaceCache(new_cache, capacity, longest, self._pass, self.pad_id,
+                                                          speculate + 1, graphs=self.cuda_graphs)
+                    if places is not None:
+                        at += places.admit(new_cache, new_mask)
                     if live:
-                        mask = self._merge(cache, mask, new_cache, new_mask)
+                        if places is None:
+                            mask = self._merge(cache, mask, new_cache, new_mask)
                         keep = logits.shape[1]
                         if keep > 1:  # the newcomers' one position, right-aligned with the proposals' columns
                             new_logits = torch.cat([new_logits.new_zeros((len(new), keep - 1, new_logits.shape[2])),
@@ -1092,11 +1118,13 @@ class ConstrainedDecoder:
                         logits = torch.cat([logits, new_logits], dim=0)
                         self.admissions += 1
                     else:
-                        cache, mask, logits = new_cache, new_mask, new_logits
-                        _grow_in_place(cache)
+                        logits = new_logits
+                        if places is None:
+                            cache, mask = new_cache, new_mask
+                            _grow_in_place(cache)
                     live += new
                     lengths += [len(x) for x in inputs]
-                    self.widest_cache = max(self.widest_cache, mask.shape[1])
+                    self.widest_cache = max(self.widest_cache, new_mask.shape[1] if mask is None else mask.shape[1])
             if not live:
                 if waiting >= len(prompts):
                     break
@@ -1120,16 +1148,25 @@ class ConstrainedDecoder:
                     if row.proposed:  # the pick stands for the source's next token: the copy goes on after it
                         row.resume = (row.source, good + 1)
                     self._advance(row, picks[good], ([choices[r]] + row.proposed_choices)[good], opts.min_new_tokens)
-                width = logits.shape[1]  # the rejected proposals stay in the cache as pads: attention 0
-                cut = _to_device(torch.tensor(rejected, dtype=torch.long), device)
-                real = torch.arange(width, device=device)[None, :] < (width - cut)[:, None]
-                mask = torch.cat([mask[:, :-width], mask[:, -width:] * real], dim=1)
+                if places is None:  # the rejected proposals stay in the cache as pads: attention 0
+                    width = logits.shape[1]  # (in fixed places they lie past the row's length: written over next)
+                    cut = _to_device(torch.tensor(rejected, dtype=torch.long), device)
+                    real = torch.arange(width, device=device)[None, :] < (width - cut)[:, None]
+                    mask = torch.cat([mask[:, :-width], mask[:, -width:] * real], dim=1)
             keep = [r for r, i in enumerate(live) if not rows[i].stop]
             for r, i in enumerate(live):
                 if rows[i].stop:
                     finished(i)
             if len(keep) < len(live):  # finished rows leave the cache
-                if keep:
+                if places is not None:
+                    places.release([at[r] for r, i in enumerate(live) if rows[i].stop])
+                    at = [at[r] for r in keep]
+                    lengths = [lengths[r] for r in keep]
+                    live = [live[r] for r in keep]
+                    if not live:
+                        logits = None
+                        continue
+                elif keep:
                     index = _to_device(torch.tensor(keep, dtype=torch.long), device)
                     cache.batch_select_indices(index)
                     mask = mask[index]
@@ -1138,9 +1175,9 @@ class ConstrainedDecoder:
                 else:
                     live, lengths, cache, mask, logits = [], [], None, None, None
                     continue
-            longest = max(lengths)
-            if mask.shape[1] - longest > COMPACT_SHARE * longest:
-                compact = self._compact(cache, mask, longest)
+            top = max(lengths)
+            if places is None and mask.shape[1] - top > COMPACT_SHARE * top:
+                compact = self._compact(cache, mask, top)
                 if compact is not None:
                     mask = compact
                     self.compactions += 1
@@ -1155,13 +1192,19 @@ class ConstrainedDecoder:
                     most = max(most, len(rows[i].proposed))
                     self.proposed += len(rows[i].proposed)
             chunks = [rows[i].chunk + rows[i].proposed for i in live]
-            ids, positions, step_mask = self._step_inputs(chunks, lengths, device)
+            if places is not None:
+                logits = places.step(chunks, lengths, at, keep=most + 1)
+                self.forward_calls += 1
+            else:
+                ids, positions, step_mask = self._step_inputs(chunks, lengths, device)
+                mask = torch.cat([mask, step_mask], dim=1)
+                cache, logits = self._forward(ids, mask, positions, cache, keep=most + 1)
             for r, i in enumerate(live):
                 lengths[r] += len(rows[i].chunk)  # proposals count once accepted
                 rows[i].chunk = []
-            mask = torch.cat([mask, step_mask], dim=1)
-            cache, logits = self._forward(ids, mask, positions, cache, keep=most + 1)
         self.last_ids = [row.ids for row in rows]
+        if places is not None:
+            self.widest_cache = max(self.widest_cache, places.widest)
         edits: list[list[Edit]] = []
         for p in range(len(codes)):
             edits.append([self._finish(rows[p * num_samples + k]) for k in range(num_samples)])

@@ -348,19 +348,30 @@ class DiffModel:
             report(None)
         return results  # type: ignore[return-value]
 
+    @property
+    def decoder(self):
+        """The :class:`~diffmodel.infer.constrained.ConstrainedDecoder` diff-aware decoding runs (built on first use).
+
+        Its ``fixed_places`` (None: on a CUDA device) and ``cuda_graphs`` choose how the rows' KV cache is held
+        (:mod:`diffmodel.infer.places`).
+        """
+        if self._decoder is None:
+            from diffmodel.infer.constrained import ConstrainedDecoder
+
+            self._decoder = ConstrainedDecoder(self.model, self.tokenizer, self.eos_ids, self.pad_id)
+        return self._decoder
+
     def _generate_constrained(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
                               temperature: float, top_p: float, min_new_tokens: int, top_k: int,
                               speculate: bool = True, capacity: int | None = None,
                               progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
-        from diffmodel.infer.constrained import SPECULATE_TOKENS, ConstrainedDecoder, DecodeOptions
+        from diffmodel.infer.constrained import SPECULATE_TOKENS, DecodeOptions
 
-        if self._decoder is None:
-            self._decoder = ConstrainedDecoder(self.model, self.tokenizer, self.eos_ids, self.pad_id)
         budgets = [max_new_tokens if self.max_positions is None else min(max_new_tokens, self.max_positions - len(p))
                    for p in prompts]
         opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens,
                              SPECULATE_TOKENS if speculate and temperature <= 0 else 0)
-        return self._decoder.generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
+        return self.decoder.generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
