@@ -28,3 +28,14 @@ def char_tokenizer(merges=DEFAULT_MERGES, pad: bool = False) -> PreTrainedTokeni
 def ids(text: str) -> list[int]:
     """Ids of ``text`` under the tokenizer without merges (one id per character)."""
     return [CHARS.index(c) for c in text]
+
+
+#: Files whose forced lines are hard to get byte for byte.
+HARD_FILES = {
+    "crlf": "[core]\r\n    name = demo\r\n    debug = true\r\n",
+    "no final newline": "VALUE = 1\nOTHER = 2",
+    "tabs": "\tx = 1\n\ty = 2\n",
+    "unicode": "# Café ☕\n\nGrüße, 世界!\n",
+    # "\n    " is one token of the tiny tokenizer: the newline merges with the next line's indent
+    "newline merged": "def total(items):\n    result = 0\n    return result\n",
+}

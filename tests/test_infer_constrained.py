@@ -17,17 +17,7 @@ from diffmodel.infer.prompt import as_request
 from diffmodel.infer.constrained import TokenTable, _utf8_split
 from diffmodel.sample import render_prompt
 from edit_model import SAMPLES, trained_edit_model
-from handmade import CHARS, char_tokenizer, ids
-
-#: Files whose forced lines are hard to get byte for byte.
-HARD_FILES = {
-    "crlf": "[core]\r\n    name = demo\r\n    debug = true\r\n",
-    "no final newline": "VALUE = 1\nOTHER = 2",
-    "tabs": "\tx = 1\n\ty = 2\n",
-    "unicode": "# Café ☕\n\nGrüße, 世界!\n",
-    # "\n    " is one token of the tiny tokenizer: the newline merges with the next line's indent
-    "newline merged": "def total(items):\n    result = 0\n    return result\n",
-}
+from handmade import CHARS, HARD_FILES, char_tokenizer, ids
 
 
 @pytest.fixture(scope="module")

@@ -163,21 +163,10 @@ class PlaceCache:
 
         Returns the logits of each row's last ``keep`` positions, ``[rows, keep, vocabulary]``.
         """
-        width = _bucket(max(len(c) for c in chunks))
-        top = max(n + len(c) for n, c in zip(lengths, chunks))
-        if top > self.trash:
-            raise RuntimeError(f"a row reached column {top} of a cache of {self.trash} places")
-        span = min(-(-top // SPAN_STEP) * SPAN_STEP, self.trash)
+        host, span = self.inputs(chunks, lengths, places)
+        width = host.shape[2]
         self.widest = max(self.widest, span)
         self.shape = (len(chunks), span, width)
-        ids = [[self.pad_id] * width for _ in range(self.places)]
-        positions = [[0] * width for _ in range(self.places)]
-        columns = [[self.trash] * width for _ in range(self.places)]
-        for chunk, n, p in zip(chunks, lengths, places):
-            left = width - len(chunk)
-            ids[p][left:] = chunk
-            positions[p][left:] = columns[p][left:] = range(n, n + len(chunk))
-        host = torch.tensor([ids, positions, columns], dtype=torch.long)
         order = torch.tensor(places, dtype=torch.long)
         if self.device.type == "cuda":
             host, order = host.pin_memory(), order.pin_memory()
@@ -191,6 +180,21 @@ class PlaceCache:
             graph.replay()
             self.replays += 1
         return logits[order, -keep:]
+
+    def inputs(self, chunks: list[list[int]], lengths: list[int], places: list[int]) -> tuple[torch.Tensor, int]:
+        """A pass's inputs on the host, ``[3, places, width]`` (ids, positions, columns), and the columns attention reads."""
+        width = _bucket(max(len(c) for c in chunks))
+        top = max(n + len(c) for n, c in zip(lengths, chunks))
+        if top > self.trash:
+            raise RuntimeError(f"a row would reach position {top}, past the {self.trash} positions its place holds")
+        ids = [[self.pad_id] * width for _ in range(self.places)]
+        positions = [[0] * width for _ in range(self.places)]
+        columns = [[self.trash] * width for _ in range(self.places)]
+        for chunk, n, p in zip(chunks, lengths, places):
+            left = width - len(chunk)
+            ids[p][left:] = chunk
+            positions[p][left:] = columns[p][left:] = range(n, n + len(chunk))
+        return torch.tensor([ids, positions, columns], dtype=torch.long), min(-(-top // SPAN_STEP) * SPAN_STEP, self.trash)
 
     def _run(self, inputs: torch.Tensor, span: int) -> torch.Tensor:
         """The pass itself on ``inputs`` ([3, places, width]: ids, positions, columns): what a graph captures."""
