@@ -41,6 +41,40 @@ def test_forward_clock_counts_each_decoders_forward_passes(tiny_gpt2_dir):
     assert clock.calls == 0  # the hooks are gone
 
 
+def test_forward_clock_times_the_passes_of_fixed_places(tiny_gpt2_dir):
+    bench = _bench()
+    from diffmodel.infer.places import PlaceCache
+
+    step = PlaceCache.step
+    model = DiffModel.from_pretrained(tiny_gpt2_dir)
+    model.decoder.fixed_places = True
+    requests = [("x = 1\ny = 2\n", "m", "a.py"), ("def f():\n    return 1\n", "m", "b.py")]
+    clock = bench._ForwardClock(model.model, model.device)
+    try:
+        model.edit_many(requests, max_new_tokens=12, batch_size=2)
+        places = model.decoder.places
+        assert places is not None and places.passes > 0
+        # the prefill through the model's hooks, each pass of the places once around its step (its model call not twice)
+        assert clock.calls == model.decoder.forward_calls == places.passes + 1
+        prefills, _, steps, _, rows, width, new = clock.split()
+        assert (prefills, steps) == (1, places.passes) and rows <= 2 and width == 256 and new >= 1
+    finally:
+        clock.remove()
+    assert PlaceCache.step is step
+
+
+def test_decoding_places_benchmark_compares_the_caches_on_the_same_requests(capsys):
+    spec = importlib.util.spec_from_file_location("decoding_places", SCRIPT.parent / "decoding_places.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--tiny", "--device", "cpu", "--max_samples", "6", "--batch_size", "3", "--max_new_tokens", "32",
+                        "--rounds", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith(("| growing", "| places"))]
+    assert [r[0].strip() for r in rows] == ["growing", "places"]  # no graphs arm on the CPU
+    assert rows[0][3].strip() == "1.00x" and all(r[6].strip() == "6/6" for r in rows)  # the same tokens in fp32
+    assert rows[0][4] == rows[1][4]  # the same forward passes
+
+
 def test_no_speculation_runs_the_constrained_arm_without_it_and_the_edits_stay_the_same(capsys):
     bench = _bench()
     tables = {}

@@ -62,6 +62,24 @@ class TestOneFile:
             outs.append(out)
         assert seen == [True, False] and outs == [SAMPLES["calc"]["diff"]] * 2
 
+    def test_no_cuda_graphs_reaches_the_decoder(self, model_dir, tmp_path, monkeypatch, capsys):
+        from diffmodel.infer.constrained import ConstrainedDecoder
+
+        monkeypatch.chdir(tmp_path)
+        _write(tmp_path, "calc")
+        seen = []
+        real = ConstrainedDecoder._generate
+
+        def spy(self, *args):
+            seen.append(args[-1])  # graphs
+            return real(self, *args)
+
+        monkeypatch.setattr(ConstrainedDecoder, "_generate", spy)
+        for flags in ([], ["--no_cuda_graphs"]):
+            code, out, _ = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", *flags], capsys)
+            assert code == 0 and out == SAMPLES["calc"]["diff"]
+        assert seen == [True, False]
+
     def test_apply_writes_the_edited_file_keeping_its_mode(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
         path = _write(tmp_path, "crlf")

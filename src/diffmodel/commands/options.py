@@ -4,8 +4,9 @@
 - :func:`add_generation_flags`: ``--num_samples``, ``--temperature``, ``--top_p``,
   ``--top_k``, ``--max_new_tokens``, ``--batch_size``, ``--seed`` (the defaults a
   command wants are parameters), ``--unconstrained`` (diff-aware decoding is
-  on unless it is given) and ``--no_speculation`` (greedy diff-aware decoding
-  copies proposals from the prompt unless it is given);
+  on unless it is given), ``--no_speculation`` (greedy diff-aware decoding
+  copies proposals from the prompt unless it is given) and ``--no_cuda_graphs``
+  (on a GPU diff-aware decoding replays its passes as CUDA graphs unless it is given);
 - :func:`add_format_flag`: ``--edit_format`` (the format the model was trained
   on; ``edit``, ``eval loss``, ``eval edits``, ``eval humanevalfix``);
 - :func:`check_model` and :func:`check_generation` append every problem to
@@ -71,6 +72,9 @@ def add_generation_flags(parser: argparse.ArgumentParser, num_samples: int = 1, 
     g.add_argument("--no_speculation", "--no-speculation", action="store_true",
                    help="greedy diff-aware decoding without speculation (by default it proposes tokens copied from the "
                         "file and keeps those the model would pick: the same edits in fewer forward passes; docs/edit.md)")
+    g.add_argument("--no_cuda_graphs", "--no-cuda-graphs", action="store_true",
+                   help="on a GPU, run every pass of diff-aware decoding eagerly (by default its rows keep fixed places "
+                        "in the KV cache and each pass is replayed from a CUDA graph: the same edits, faster; docs/edit.md)")
 
 
 def add_format_flag(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +125,7 @@ def generation_options(args: argparse.Namespace) -> dict:
     return {"num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
             "top_k": args.top_k, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
             "seed": args.seed, "constrained": decoding(edit_format, not args.unconstrained)[0],
-            "speculate": not args.no_speculation, "edit_format": edit_format}
+            "speculate": not args.no_speculation, "cuda_graphs": not args.no_cuda_graphs, "edit_format": edit_format}
 
 
 def generation_settings(args: argparse.Namespace) -> dict:

@@ -1001,15 +1001,17 @@ class ConstrainedDecoder:
 
     def generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
                  opts: DecodeOptions, capacity: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
+                 progress: Callable[[int], None] | None = None, cuda_graphs: bool = True) -> list[list[Edit]]:
         """``result[p][k]``: sample ``k`` of prompt ``p``; ``budgets[p]``: its most new tokens.
 
         ``capacity``: the most rows (prompts x samples) decoded at once (default:
         all); prompts are admitted in order as rows finish (see the module
         docstring). ``progress(n)``: called as ``n`` more prompts are finished.
+        ``cuda_graphs``: False runs fixed places' passes eagerly (so does :attr:`cuda_graphs` False).
         """
         try:
-            return self._generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
+            return self._generate(prompts, codes, num_samples, budgets, opts, capacity, progress,
+                                  cuda_graphs and self.cuda_graphs)
         finally:
             self.table.forget()
             self._choices.clear()
@@ -1053,7 +1055,8 @@ class ConstrainedDecoder:
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, budgets: list[int],
-                  opts: DecodeOptions, capacity: int | None, progress: Callable[[int], None] | None) -> list[list[Edit]]:
+                  opts: DecodeOptions, capacity: int | None, progress: Callable[[int], None] | None,
+                  graphs: bool) -> list[list[Edit]]:
         self.forward_calls = self.compactions = self.widest_cache = self.proposed = self.accepted = self.admissions = 0
         speculate = opts.speculate if opts.temperature <= 0 else 0  # sampling: never
         lookups: dict[int, PromptLookup] = {}
@@ -1105,7 +1108,7 @@ class ConstrainedDecoder:
                         rows[i].chunk = []
                     if places is None and fixed and not live and PlaceCache.fits(self.model, new_cache, capacity, longest):
                         self.places = places = PlaceCache(new_cache, capacity, longest, self._pass, self.pad_id,
-                                                          speculate + 1, graphs=self.cuda_graphs)
+                                                          speculate + 1, graphs=graphs)
                     if places is not None:
                         at += places.admit(new_cache, new_mask)
                     if live:

@@ -271,6 +271,7 @@ class DiffModel:
         top_k: int = 0,
         edit_format: str | None = None,
         speculate: bool = True,
+        cuda_graphs: bool = True,
     ) -> list[list[Edit]]:
         """Edit many files; ``result[i][k]`` is sample ``k`` of request ``i``.
 
@@ -293,6 +294,9 @@ class DiffModel:
         ``speculate`` (default): greedy diff-aware decoding proposes tokens copied from
         the prompt and keeps those greedy picks (:mod:`diffmodel.infer.constrained`):
         the same edits in fewer forward passes; off when sampling or unconstrained.
+        ``cuda_graphs`` (default): on a CUDA device diff-aware decoding keeps each row in a fixed
+        place of its KV cache and replays each pass from a CUDA graph (:mod:`diffmodel.infer.places`;
+        also unless :attr:`decoder`'s ``cuda_graphs`` is False); False runs every pass eagerly.
         """
         name = formats.get(edit_format).NAME
         constrained, _ = decoding(name, constrained)
@@ -333,7 +337,8 @@ class DiffModel:
                 if constrained:  # continuous batching: a finished request's place goes to the next one
                     edits = self._generate_constrained([ids[i] for i in todo], [reqs[i].code for i in todo], num_samples,
                                                        max_new_tokens, temperature, top_p, min_new_tokens, top_k,
-                                                       speculate=speculate, capacity=batch_size * num_samples, progress=report)
+                                                       speculate=speculate, capacity=batch_size * num_samples, progress=report,
+                                                       cuda_graphs=cuda_graphs)
                     for i, group in zip(todo, edits):
                         results[i] = group
                 else:  # plain generate: batch after batch
@@ -364,14 +369,14 @@ class DiffModel:
     def _generate_constrained(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
                               temperature: float, top_p: float, min_new_tokens: int, top_k: int,
                               speculate: bool = True, capacity: int | None = None,
-                              progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
+                              progress: Callable[[int], None] | None = None, cuda_graphs: bool = True) -> list[list[Edit]]:
         from diffmodel.infer.constrained import SPECULATE_TOKENS, DecodeOptions
 
         budgets = [max_new_tokens if self.max_positions is None else min(max_new_tokens, self.max_positions - len(p))
                    for p in prompts]
         opts = DecodeOptions(temperature, top_p if temperature > 0 else 1.0, top_k if temperature > 0 else 0, min_new_tokens,
                              SPECULATE_TOKENS if speculate and temperature <= 0 else 0)
-        return self.decoder.generate(prompts, codes, num_samples, budgets, opts, capacity, progress)
+        return self.decoder.generate(prompts, codes, num_samples, budgets, opts, capacity, progress, cuda_graphs)
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]], codes: list[str], num_samples: int, max_new_tokens: int,
