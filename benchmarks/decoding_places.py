@@ -67,6 +67,9 @@ def run(args) -> str:
             places = decoder.places
             graphs.setdefault(arm, "-" if places is None or not places.captures else
                               f"{places.captures} ({places.capture_s:.2f} s)")
+            if ARMS[arm][0] and places is None:
+                print(f"note: the {arm} arm ran with the growing cache (the places did not fit in memory)", file=sys.stderr)
+            places = None  # its memory is free for the next arm
             tokens.setdefault(arm, [list(i) for i in decoder.last_ids])
     base = statistics.median(seconds[arms[0]])
     lines = [

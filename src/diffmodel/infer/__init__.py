@@ -10,6 +10,8 @@ batched, with ``num_samples`` samples each.
 - :mod:`~diffmodel.infer.model`: :class:`DiffModel` and batched generation.
 - :mod:`~diffmodel.infer.constrained`: diff-aware decoding (the default): only
   tokens the diff grammar allows, forced text fed in chunks, greedy speculation.
+- :mod:`~diffmodel.infer.places`: its KV cache in fixed places, each decoding
+  pass replayed as a CUDA graph (on a GPU).
 - :mod:`~diffmodel.infer.requests`: reading a file to edit and ``--jsonl`` requests.
 
 Loading a saved model is :mod:`diffmodel.checkpoint`'s job.

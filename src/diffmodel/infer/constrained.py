@@ -44,6 +44,16 @@ on); their last logits join the step's. A cache that is not plain per-layer
 key/value tensors is never merged: then a new group is admitted only when
 every row has finished.
 
+Fixed places (``fixed_places``; by default on a CUDA device): instead of the
+growing cache above, each row keeps one place of a
+:class:`~diffmodel.infer.places.PlaceCache` for its whole generation (its
+token at position ``p`` in column ``p``): a finished row's place goes to an
+admitted prompt (prefilled as above, then copied in), rejected proposals are
+written over by the next tokens, nothing is compacted or merged, and every
+pass has one of a few shapes, so it is replayed from a CUDA graph
+(``cuda_graphs``): the host no longer launches each kernel of each step.
+The tokens are those of the growing cache (up to float rounding in low precision).
+
 A token that is the only one the grammar allows (a held-back last token that
 nothing can merge with, say) is taken at once, with what is forced after it,
 and counted as forced: the model could pick nothing else, so no forward pass

@@ -127,8 +127,8 @@ class PlaceCache:
         size = sum(2 * places * layer.keys.shape[1] * (length + SPAN_STEP + 1) * layer.keys.shape[3]
                    * layer.keys.element_size() for layer in layers)
         device = layers[0].keys.device
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
+        if device.type == "cuda":  # free on the device, and what torch holds for reuse but does not use
+            free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             return size <= MEMORY_SHARE * free
         return True
 
