@@ -165,7 +165,8 @@ class _ForwardClock:
         PlaceCache.step = self._step
 
 
-def run(args) -> str:
+def load(args) -> tuple[str, list, dict, DiffModel]:
+    """The decoding benchmarks' inputs: the data file, its cases, the rows skipped by reason, and the model."""
     from importlib.resources import files
 
     data = args.data or str(files("diffmodel") / "samples" / "quickstart.jsonl")
@@ -173,7 +174,12 @@ def run(args) -> str:
     cases, skipped = make_cases(rows)
     with tempfile.TemporaryDirectory() as tmp:
         folder = _tiny_model(rows, tmp) if args.tiny else args.model
-        model = DiffModel.from_pretrained(folder, device=args.device, dtype=args.dtype, quiet=True)
+        model = DiffModel.from_pretrained(folder, device=args.device, dtype=getattr(args, "dtype", None), quiet=True)
+    return data, cases, skipped, model
+
+
+def run(args) -> str:
+    data, cases, skipped, model = load(args)
     decoder = model.decoder
     decoder.fixed_places = {"auto": None, "on": True, "off": False}[args.places]
     decoder.cuda_graphs = not args.no_graphs
@@ -279,6 +285,14 @@ def checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Name
     return args
 
 
+def publish(report: str, out: str | None) -> None:
+    """Print a benchmark's Markdown report, and write it to ``out`` when given."""
+    print(report, end="")
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(report)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     model_arguments(p, max_samples=400, batch_size=32, max_new_tokens=512)
@@ -292,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_speculation", action="store_true",
                    help="the constrained arm without prompt-lookup speculation (default: with it, as diffmodel runs)")
     args = checked(p, argv)
-    report = run(args)
-    print(report, end="")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(report)
+    publish(run(args), args.out)
     return 0
 
 

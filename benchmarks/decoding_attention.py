@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,24 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from constrained_decoding import _rows, _sync, _tiny_model, checked, model_arguments  # noqa: E402
+from constrained_decoding import _sync, checked, load, model_arguments  # noqa: E402
 
-from diffmodel.evaluate.edits import make_cases  # noqa: E402
-from diffmodel.infer import DiffModel  # noqa: E402
 from diffmodel.infer import model as model_module  # noqa: E402
 from diffmodel.infer.prompt import EditRequest  # noqa: E402
 
 
 def run(args) -> str:
-    from importlib.resources import files
-
-    data = args.data or str(files("diffmodel") / "samples" / "quickstart.jsonl")
-    rows = _rows(data, args.max_samples)
-    cases, _ = make_cases(rows)
+    _, cases, _, model = load(args)
     requests = [EditRequest(c.before, c.message, c.name) for c in cases]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = _tiny_model(rows, tmp) if args.tiny else args.model
-        model = DiffModel.from_pretrained(folder, device=args.device, quiet=True)
     options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     model.edit_many(requests[:2], max_new_tokens=8, batch_size=2)  # warm-up
     ours = model_module.decoding_attention

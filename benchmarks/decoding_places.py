@@ -25,31 +25,20 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import transformers
 
-from diffmodel.evaluate.edits import make_cases
-from diffmodel.infer import DiffModel
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from constrained_decoding import _rows, _sync, _tiny_model, checked, model_arguments  # noqa: E402
+from constrained_decoding import _sync, checked, load, model_arguments, publish  # noqa: E402
 
 ARMS = {"growing": (False, False), "places": (True, False), "graphs": (True, True)}
 
 
 def run(args) -> str:
-    from importlib.resources import files
-
-    data = args.data or str(files("diffmodel") / "samples" / "quickstart.jsonl")
-    rows = _rows(data, args.max_samples)
-    cases, _ = make_cases(rows)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = _tiny_model(rows, tmp) if args.tiny else args.model
-        model = DiffModel.from_pretrained(folder, device=args.device, dtype=args.dtype, quiet=True)
+    data, cases, _, model = load(args)
     requests = [(c.before, c.message, c.name) for c in cases]
     arms = [a for a in args.arms.split(",") if a != "graphs" or model.device.type == "cuda"]
     decoder = model.decoder
@@ -104,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
-    report = run(args)
-    print(report, end="")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(report)
+    publish(run(args), args.out)
     return 0
 
 
