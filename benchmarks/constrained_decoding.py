@@ -58,6 +58,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 
 import torch
 import transformers
@@ -185,6 +186,7 @@ def run(args) -> str:
     decoder.cuda_graphs = not args.no_graphs
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=0.0, seed=0)
     results: dict[bool, dict] = {}
+    stops: dict[bool, dict[str, int]] = {}  # why each generation ended (eos, marker, length), first round
     held: list[str] = []  # how the constrained arm held its KV cache, each round
     seconds: dict[bool, list[float]] = {True: [], False: []}
     steps: dict[bool, list[tuple[int, float, float]]] = {True: [], False: []}  # (forwards, forward s, total s)
@@ -203,7 +205,7 @@ def run(args) -> str:
             start = time.perf_counter()
             if profiler:
                 profiler.enable()
-            summary, _ = evaluate_edits(model, cases, constrained=constrained, speculate=not args.no_speculation,
+            summary, per_case = evaluate_edits(model, cases, constrained=constrained, speculate=not args.no_speculation,
                                         **options)
             if profiler:
                 profiler.disable()
@@ -214,6 +216,7 @@ def run(args) -> str:
                 steps[constrained].append((clock.calls, clock.seconds, seconds[constrained][-1]))
                 split[constrained].append(clock.split())
             results.setdefault(constrained, summary)
+            stops.setdefault(constrained, dict(sorted(Counter(g["stop"] for r in per_case for g in r["generations"]).items())))
             if constrained:
                 places = decoder.places
                 held.append("growing cache" if places is None else
@@ -234,6 +237,8 @@ def run(args) -> str:
         f"speculation {'off' if args.no_speculation else 'on'} in the constrained arm",
         f"- constrained arm's KV cache (--places {args.places}{', --no_graphs' if args.no_graphs else ''}), each round: "
         + "; ".join(held),
+        f"- why generations ended (eos, marker: the next sample's <NME>, length: max_new_tokens): constrained "
+        f"{json.dumps(stops[True])}, unconstrained {json.dumps(stops[False])}",
         f"- command: `{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}`",
         "",
         "| metric | constrained | unconstrained | ratio |",
