@@ -86,6 +86,22 @@ def _tiny_model(rows: list[dict], folder: str) -> str:
     return str(save_tiny_checkpoint(folder, "gpt2", texts, vocab_size=1024, n_positions=2048, seed=0))
 
 
+def _random_model(size: str, tokenizer: str, folder: str) -> str:
+    """An untrained Llama of ``train_throughput.MODELS[size]`` with ``tokenizer``'s vocabulary, saved to ``folder``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_throughput import MODELS
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, **MODELS[size])
+    AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(torch.bfloat16).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -174,7 +190,10 @@ def load(args) -> tuple[str, list, dict, DiffModel]:
     rows = _rows(data, args.max_samples)
     cases, skipped = make_cases(rows)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _tiny_model(rows, tmp) if args.tiny else args.model
+        if getattr(args, "random", None):
+            folder = _random_model(args.random, args.tokenizer, tmp)
+        else:
+            folder = _tiny_model(rows, tmp) if args.tiny else args.model
         model = DiffModel.from_pretrained(folder, device=args.device, dtype=getattr(args, "dtype", None), quiet=True)
     return data, cases, skipped, model
 
@@ -285,7 +304,9 @@ def model_arguments(p: argparse.ArgumentParser, max_samples: int, batch_size: in
 def checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The parsed arguments; an error unless --model and --data (or --tiny) are given."""
     args = p.parse_args(argv)
-    if not args.tiny and not (args.model and args.data):
+    if getattr(args, "random", None) and not getattr(args, "tokenizer", None):
+        p.error("--random needs --tokenizer DIR (the vocabulary of the untrained model)")
+    if not args.tiny and not ((args.model or getattr(args, "random", None)) and args.data):
         p.error("give --model DIR and --data FILE (or --tiny for a quick check of the script)")
     return args
 

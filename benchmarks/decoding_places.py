@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/decoding_places.py --model runs/diff --data heldout.jsonl \\
         [--max_samples 100] [--batch_size 50] [--max_new_tokens 512] [--rounds 2] [--dtype bf16|fp32]
+    PYTHONPATH=src python benchmarks/decoding_places.py --random 1b --tokenizer TOK --data heldout.jsonl  # untrained
     PYTHONPATH=src python benchmarks/decoding_places.py --tiny --device cpu   # a quick check of the script
 
 The same model object decodes the same held-out requests (greedy, speculation
@@ -64,7 +65,7 @@ def run(args) -> str:
     lines = [
         f"# Diff-aware decoding by KV cache ({dt.date.today().isoformat()})",
         "",
-        f"- model: {'tiny random GPT-2 (--tiny: a check of the script)' if args.tiny else args.model}; device "
+        f"- model: {'tiny random GPT-2 (--tiny: a check of the script)' if args.tiny else f'untrained {args.random} Llama' if args.random else args.model}; device "
         f"{torch.cuda.get_device_name(model.device) if model.device.type == 'cuda' else model.device}, dtype "
         f"{model.model.dtype}; torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- data: {data}, {len(requests)} requests; greedy with speculation, batch {args.batch_size}, "
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--arms", default="growing,places,graphs", help="from growing, places, graphs (default: %(default)s; "
                    "graphs only on a GPU); the first is the baseline")
+    p.add_argument("--random", choices=("tiny", "110m", "350m", "1b"),
+                   help="instead of --model: an untrained Llama of this size (benchmarks/train_throughput.py's shapes)")
+    p.add_argument("--tokenizer", help="with --random: the tokenizer folder whose vocabulary it gets")
     p.add_argument("--out", help="also write the Markdown table here")
     args = checked(p, argv)
     unknown = set(args.arms.split(",")) - set(ARMS)

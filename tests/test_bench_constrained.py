@@ -75,6 +75,19 @@ def test_decoding_places_benchmark_compares_the_caches_on_the_same_requests(caps
     assert rows[0][4] == rows[1][4]  # the same forward passes
 
 
+def test_decoding_places_benchmark_on_an_untrained_model_of_a_named_shape(tiny_gpt2_dir, capsys):
+    spec = importlib.util.spec_from_file_location("decoding_places", SCRIPT.parent / "decoding_places.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    quickstart = Path(__file__).resolve().parents[1] / "src" / "diffmodel" / "samples" / "quickstart.jsonl"
+    assert module.main(["--random", "tiny", "--tokenizer", str(tiny_gpt2_dir), "--data", str(quickstart), "--device", "cpu",
+                        "--max_samples", "4", "--batch_size", "2", "--max_new_tokens", "16", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "- model: untrained tiny Llama; device cpu" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| growing", "| places"))]
+    assert len(rows) == 2 and all(r[6].strip() == "4/4" for r in rows)
+
+
 def test_no_speculation_runs_the_constrained_arm_without_it_and_the_edits_stay_the_same(capsys):
     bench = _bench()
     tables = {}
