@@ -36,7 +36,7 @@ Set-up:
   others decode) from decoding steps, with the mean rows, attention mask
   width and new positions per row of a step.
   ``--cprofile FILE`` writes cProfile stats of the first constrained round.
-- ``--places on|off`` (default auto: on a GPU) holds the constrained arm's
+- ``--places auto|on|off`` (default auto: on a GPU, as ``diffmodel`` runs) holds the constrained arm's
   rows in fixed places or in the growing cache; ``--no_graphs`` runs fixed
   places without CUDA graphs (:mod:`diffmodel.infer.places`). The report says
   which, with the graphs captured and the seconds their capture took.

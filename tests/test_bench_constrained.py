@@ -57,7 +57,7 @@ def test_forward_clock_times_the_passes_of_fixed_places(tiny_gpt2_dir):
         # the prefill through the model's hooks, each pass of the places once around its step (its model call not twice)
         assert clock.calls == model.decoder.forward_calls == places.passes + 1
         prefills, _, steps, _, rows, width, new = clock.split()
-        assert (prefills, steps) == (1, places.passes) and rows <= 2 and width == 256 and new >= 1
+        assert (prefills, steps) == (1, places.passes) and rows <= 2 and width > new >= 1
     finally:
         clock.remove()
     assert PlaceCache.step is step

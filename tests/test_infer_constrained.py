@@ -522,6 +522,7 @@ class TestTheLoopSpendsLittlePerStep:
         from diffmodel.infer import constrained
 
         model = DiffModel.from_pretrained(request.getfixturevalue(fixture))
+        model.decoder.fixed_places = False  # the growing cache: what is compacted
         requests = [(code, "m", f"{i}.py") for i, code in enumerate(HARD_FILES.values())]
         widths, share = [], constrained.COMPACT_SHARE
 
@@ -907,6 +908,7 @@ class TestGrowingCacheLayer:
         original = constrained.GrowingLayer.update
         monkeypatch.setattr(constrained.GrowingLayer, "update", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
         s = SAMPLES["calc"]
+        monkeypatch.setattr(trained.decoder, "fixed_places", False)
         edit = trained.edit(s["before"], s["message"], s["name"], max_new_tokens=60)
         layers = trained.model.config.num_hidden_layers
         assert edit.status is EditStatus.STRICT and len(calls) == layers * (trained._decoder.forward_calls - 1)

@@ -71,9 +71,18 @@ class TestPasses:
             places = PlaceCache(cache, 3, 20, decoder._pass, llama.pad_id, keep=2)
         pad, trash = llama.pad_id, places.trash
         assert places.length == SPAN_STEP + 1 and trash == SPAN_STEP
+        # eager (the CPU): the chunks' own width, the row's tokens on the right; place 1 idle; pads go to the trash
+        inputs, span = places.inputs([[7, 8, 9], [4]], [3, 10], [2, 0])
+        assert span == 11  # row 2's tokens reach column 10
+        assert inputs.tolist() == [
+            [[pad, pad, 4], [pad] * 3, [7, 8, 9]],
+            [[0, 0, 10], [0] * 3, [3, 4, 5]],
+            [[trash, trash, 10], [trash] * 3, [3, 4, 5]],
+        ]
+        # replayed from graphs: widths padded to WIDTHS, attention reads a multiple of SPAN_STEP columns
+        places.graphs = True
         inputs, span = places.inputs([[7, 8, 9], [4]], [3, 10], [2, 0])
         assert span == SPAN_STEP
-        # widths are padded to 4 (WIDTHS): the row's tokens on the right; place 1 idle; pads go to the trash column
         assert inputs.tolist() == [
             [[pad, pad, pad, 4], [pad] * 4, [pad, 7, 8, 9]],
             [[0, 0, 0, 10], [0] * 4, [0, 3, 4, 5]],
@@ -125,7 +134,16 @@ class TestDecodingInPlaces:
         assert model.decoder.places.passes == model.decoder.forward_calls - 1 - model.decoder.admissions
         assert model.decoder.places.free == list(range(model.decoder.places.places))  # every place given back
 
-    def test_on_the_cpu_the_growing_cache_by_default(self, tiny_gpt2_dir):
+    def test_the_growing_cache_on_the_cpu_by_default_and_where_places_do_not_fit(self, tiny_gpt2_dir, monkeypatch):
+        from diffmodel.infer import places
+
         model = DiffModel.from_pretrained(tiny_gpt2_dir)
         model.edit("x = 1\n", "m", "a.py", max_new_tokens=8)
         assert model.decoder.fixed_places is None and model.decoder.places is None
+        model.decoder.fixed_places = True
+        model.edit("x = 1\n", "m", "a.py", max_new_tokens=8)
+        assert model.decoder.places is not None and not model.decoder.places.graphs  # eager on the CPU
+        assert model.decoder.places.passes == model.decoder.forward_calls - 1
+        monkeypatch.setattr(places, "_available_memory", lambda: 1024)  # a host with 1 KiB left
+        model.edit("x = 1\n", "m", "a.py", max_new_tokens=8)
+        assert model.decoder.places is None and model.decoder.forward_calls > 1

@@ -357,7 +357,7 @@ class DiffModel:
     def decoder(self):
         """The :class:`~diffmodel.infer.constrained.ConstrainedDecoder` diff-aware decoding runs (built on first use).
 
-        Its ``fixed_places`` (None: on a CUDA device) and ``cuda_graphs`` choose how the rows' KV cache is held
+        Its ``fixed_places`` (None, the default: on a CUDA device) and ``cuda_graphs`` choose how the rows' KV cache is held
         (:mod:`diffmodel.infer.places`).
         """
         if self._decoder is None:

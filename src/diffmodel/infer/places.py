@@ -26,8 +26,10 @@ Admitted prompts are prefilled as before (one eager pass of their own) and
 their keys and values copied into free places.
 
 Only plain per-layer key/value caches (``DynamicLayer``) of models whose
-attention takes a 4D additive mask (sdpa, eager) are held this way
-(:meth:`PlaceCache.fits`); the decoder keeps its growing cache otherwise.
+attention takes a 4D additive mask (sdpa, eager) are held this way, when the
+buffers take at most :data:`MEMORY_SHARE` of the memory left (the device's,
+or the host's on the CPU) (:meth:`PlaceCache.fits`); the decoder keeps its
+growing cache otherwise.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def _plain(cache) -> list | None:
                          for layer in layers):
         return None
     return layers
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the host can still give (Linux's MemAvailable), or None where that is not known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _bucket(width: int) -> int:
@@ -129,8 +143,9 @@ class PlaceCache:
         device = layers[0].keys.device
         if device.type == "cuda":  # free on the device, and what torch holds for reuse but does not use
             free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            return size <= MEMORY_SHARE * free
-        return True
+        else:
+            free = _available_memory()
+        return free is None or size <= MEMORY_SHARE * free
 
     def admit(self, cache, mask: torch.Tensor) -> list[int]:
         """Copy the rows of a prefill pass's cache (left-padded, ``mask`` marks their tokens) into free places; returns them.
@@ -183,8 +198,12 @@ class PlaceCache:
 
     def inputs(self, chunks: list[list[int]], lengths: list[int], places: list[int]) -> tuple[torch.Tensor, int]:
         """A pass's inputs on the host, ``[3, places, width]`` (ids, positions, columns), and the columns attention reads."""
-        width = _bucket(max(len(c) for c in chunks))
+        width = max(len(c) for c in chunks)
         top = max(n + len(c) for n, c in zip(lengths, chunks))
+        if self.graphs:  # few shapes, each a graph; an eager pass takes its own
+            width, span = _bucket(width), min(-(-top // SPAN_STEP) * SPAN_STEP, self.trash)
+        else:
+            span = top
         if top > self.trash:
             raise RuntimeError(f"a row would reach position {top}, past the {self.trash} positions its place holds")
         ids = [[self.pad_id] * width for _ in range(self.places)]
@@ -194,7 +213,7 @@ class PlaceCache:
             left = width - len(chunk)
             ids[p][left:] = chunk
             positions[p][left:] = columns[p][left:] = range(n, n + len(chunk))
-        return torch.tensor([ids, positions, columns], dtype=torch.long), min(-(-top // SPAN_STEP) * SPAN_STEP, self.trash)
+        return torch.tensor([ids, positions, columns], dtype=torch.long), span
 
     def _run(self, inputs: torch.Tensor, span: int) -> torch.Tensor:
         """The pass itself on ``inputs`` ([3, places, width]: ids, positions, columns): what a graph captures."""
