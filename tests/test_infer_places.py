@@ -64,6 +64,18 @@ class TestPasses:
             torch.testing.assert_close(logits[1, -1], _alone(llama, p1 + [23, 26, 28, 33], 1)[0])
         assert places.passes == 3 and places.replays == places.captures == 0  # eager on the CPU
 
+    def test_a_pass_that_cannot_be_captured_runs_eagerly(self, llama, caplog):
+        decoder = _decoder(llama)
+        with torch.inference_mode():
+            cache, mask, _ = _prefill(decoder, [[5, 9, 14, 3]])
+            places = PlaceCache(cache, 2, 16, decoder._pass, llama.pad_id, keep=1)
+            places.admit(cache, mask)
+            places.graphs = True  # on the CPU no graph can be captured
+            logits = places.step([[17, 18]], [4], [0], keep=1)
+        torch.testing.assert_close(logits[0, -1], _alone(llama, [5, 9, 14, 3, 17, 18], 1)[0])
+        assert not places.graphs and places.captures == places.replays == 0 and places.passes == 1
+        assert "could not be captured as a CUDA graph" in caplog.text and "running every pass eagerly" in caplog.text
+
     def test_inputs_of_a_pass(self, llama):
         decoder = _decoder(llama)
         with torch.inference_mode():

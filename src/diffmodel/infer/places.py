@@ -34,11 +34,14 @@ growing cache otherwise.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+logger = logging.getLogger(__name__)
 
 #: The widths a pass is padded to (a chunk wider than the last runs eagerly at its own width).
 WIDTHS = (1, 2, 4, 8, 16, 32, 64)
@@ -187,10 +190,11 @@ class PlaceCache:
             host, order = host.pin_memory(), order.pin_memory()
         order = order.to(self.device, non_blocking=True)
         self.passes += 1
-        if not self.graphs or width > WIDTHS[-1]:
+        found = self._graph(width, span) if self.graphs and width <= WIDTHS[-1] else None
+        if found is None:
             logits = self._run(host.to(self.device, non_blocking=True), span)
         else:
-            graph, logits = self._graph(width, span)
+            graph, logits = found
             self._inputs[width].copy_(host, non_blocking=True)
             graph.replay()
             self.replays += 1
@@ -226,11 +230,23 @@ class PlaceCache:
         mask.masked_fill_(~seen, torch.finfo(self.dtype).min)
         return self.forward(ids, mask, positions, self.cache, min(self.keep, ids.shape[1]))
 
-    def _graph(self, width: int, span: int) -> tuple[torch.CUDAGraph, torch.Tensor]:
-        """The graph of a pass of this shape and its logits buffer, captured on first use."""
+    def _graph(self, width: int, span: int) -> tuple[torch.CUDAGraph, torch.Tensor] | None:
+        """The graph of a pass of this shape and its logits buffer, captured on first use.
+
+        None when the model's pass cannot be captured (a warning says why): then every pass runs eagerly.
+        """
         found = self._graphs.get((width, span))
         if found is not None:
             return found
+        try:
+            return self._capture(width, span)
+        except Exception as err:  # noqa: BLE001 - a model whose pass cannot be captured still decodes, eagerly
+            logger.warning("diff-aware decoding: the decoding pass could not be captured as a CUDA graph (%s: %s); "
+                           "running every pass eagerly", type(err).__name__, str(err)[:200])
+            self.graphs = False
+            return None
+
+    def _capture(self, width: int, span: int) -> tuple[torch.CUDAGraph, torch.Tensor]:
         started = time.perf_counter()
         inputs = self._inputs.get(width)
         if inputs is None:
