@@ -196,7 +196,8 @@ class PlaceCache:
         else:
             graph, logits = found
             self._inputs[width].copy_(host, non_blocking=True)
-            graph.replay()
+            with torch.cuda.device(self.device):
+                graph.replay()
             self.replays += 1
         return logits[order, -keep:]
 
@@ -239,7 +240,8 @@ class PlaceCache:
         if found is not None:
             return found
         try:
-            return self._capture(width, span)
+            with torch.cuda.device(self.device):  # the model's GPU, whichever is current
+                return self._capture(width, span)
         except Exception as err:  # noqa: BLE001 - a model whose pass cannot be captured still decodes, eagerly
             logger.warning("diff-aware decoding: the decoding pass could not be captured as a CUDA graph (%s: %s); "
                            "running every pass eagerly", type(err).__name__, str(err)[:200])
