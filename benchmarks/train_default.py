@@ -11,6 +11,9 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   --liger off --compile off`` (packing without any fast-path choice); ``pack_flex_compile``,
   ``pack_flex_liger``, ``pack_sdpa_compile``, ``pack_sdpa_liger``: one attention backend with
   torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from),
+- any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
+  ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
+  allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
 - ``trl``: TRL's ``SFTTrainer`` with its best packing settings (``packing_strategy="bfd"``,
   ``padding_free=True``, ``completion_only_loss=True`` on prompt/completion rows split at ``<DFF>``),
   the attention backend diffmodel's fast path chose, liger-kernel when installed, no gradient
@@ -93,7 +96,11 @@ def select_samples(texts: list[str], tokenizer, block_size: int, limit: int) -> 
 # --- arms ----------------------------------------------------------------------------------------
 
 
+NO_CUDNN = "_nocudnn"
+
+
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
+    arm = arm.removesuffix(NO_CUDNN)
     overrides = config_overrides(a.model, a.vocab_size, a.block_size)
     argv = ["--model_type", "llama", "--config_overrides", overrides, "--tokenizer_name", a.tokenizer,
             "--train_file", str(data_file), "--validation_split_percentage", "0", "--train_diff_model",
@@ -227,15 +234,28 @@ def pieces(batch: dict, pad_id: int, eos_id: int) -> list[int]:
     return out
 
 
+def _attention_kernels(arm: str):
+    """The sdpa kernels an arm may use: all (torch's own choice), or all but cuDNN's for ``*_nocudnn`` arms."""
+    import contextlib
+
+    if not arm.endswith(NO_CUDNN):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda: bool) -> None:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    trainer, choices = build_trl(a, texts, data_file, work) if arm == "trl" else build_diffmodel(arm, a, data_file, work)
+    base = arm.removesuffix(NO_CUDNN)
+    trainer, choices = build_trl(a, texts, data_file, work) if base == "trl" else build_diffmodel(arm, a, data_file, work)
     meter = Meter(a.warmup, a.steps, cuda)
     meter.attach(trainer)
-    trainer.train()
+    with _attention_kernels(arm):
+        trainer.train()
     if len(meter.marks) != 2:
         raise RuntimeError(f"{arm}: the run ended before {a.warmup + a.steps} steps (too few samples?)")
     seconds = meter.marks[1] - meter.marks[0]

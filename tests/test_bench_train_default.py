@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_default import pieces  # noqa: E402
+from train_default import _attention_kernels, diffmodel_argv, pieces  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -34,6 +34,22 @@ def test_pieces_of_packed_rows_skip_the_collators_pad_segment_only():
     # row 0: samples of 3 and 2, then the pad segment (all pad ids, all ignored); row 1: a sample that
     # starts with the pad id but carries labels is real
     assert pieces(batch, PAD, EOS) == [3, 2, 3, 5]
+
+
+def test_nocudnn_arms_are_their_base_arm_with_cudnn_attention_left_out(tmp_path):
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
+    assert diffmodel_argv("concat_nocudnn", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("concat", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
+    with _attention_kernels("concat_nocudnn"):
+        q = torch.randn(1, 2, 4, 8)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)  # a kernel is still allowed
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # put back
+    with _attention_kernels("concat"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
