@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from transformers.cache_utils import DynamicLayer
 
@@ -211,14 +212,13 @@ class PlaceCache:
             span = top
         if top > self.trash:
             raise RuntimeError(f"a row would reach position {top}, past the {self.trash} positions its place holds")
-        ids = [[self.pad_id] * width for _ in range(self.places)]
-        positions = [[0] * width for _ in range(self.places)]
-        columns = [[self.trash] * width for _ in range(self.places)]
+        out = np.empty((3, self.places, width), dtype=np.int64)  # ids, positions, columns
+        out[0], out[1], out[2] = self.pad_id, 0, self.trash
         for chunk, n, p in zip(chunks, lengths, places):
             left = width - len(chunk)
-            ids[p][left:] = chunk
-            positions[p][left:] = columns[p][left:] = range(n, n + len(chunk))
-        return torch.tensor([ids, positions, columns], dtype=torch.long), span
+            out[0, p, left:] = chunk
+            out[1:, p, left:] = np.arange(n, n + len(chunk))  # a token's column is its position
+        return torch.from_numpy(out), span
 
     def _run(self, inputs: torch.Tensor, span: int) -> torch.Tensor:
         """The pass itself on ``inputs`` ([3, places, width]: ids, positions, columns): what a graph captures."""
