@@ -1173,24 +1173,19 @@ class ConstrainedDecoder:
             for r, i in enumerate(live):
                 if rows[i].stop:
                     finished(i)
-            if len(keep) < len(live):  # finished rows leave the cache
+            if len(keep) < len(live):  # finished rows leave the cache (or give their places back)
                 if places is not None:
                     places.release([at[r] for r, i in enumerate(live) if rows[i].stop])
                     at = [at[r] for r in keep]
-                    lengths = [lengths[r] for r in keep]
-                    live = [live[r] for r in keep]
-                    if not live:
-                        logits = None
-                        continue
-                elif keep:
+                if not keep:
+                    live, lengths, cache, mask, logits = [], [], None, None, None
+                    continue
+                if places is None:
                     index = _to_device(torch.tensor(keep, dtype=torch.long), device)
                     cache.batch_select_indices(index)
                     mask = mask[index]
-                    lengths = [lengths[r] for r in keep]
-                    live = [live[r] for r in keep]
-                else:
-                    live, lengths, cache, mask, logits = [], [], None, None, None
-                    continue
+                lengths = [lengths[r] for r in keep]
+                live = [live[r] for r in keep]
             top = max(lengths)
             if places is None and mask.shape[1] - top > COMPACT_SHARE * top:
                 compact = self._compact(cache, mask, top)

@@ -92,6 +92,11 @@ def _available_memory() -> int | None:
     return None
 
 
+def _columns(length: int) -> int:
+    """The columns a place holds for rows of at most ``length`` positions: a multiple of :data:`SPAN_STEP`, and the trash."""
+    return -(-length // SPAN_STEP) * SPAN_STEP + 1
+
+
 def _bucket(width: int) -> int:
     return next((w for w in WIDTHS if w >= width), width)
 
@@ -111,7 +116,7 @@ class PlaceCache:
             raise ValueError("only plain key/value caches can be held in places")
         first = self.layers[0].keys
         self.device, self.dtype = first.device, first.dtype
-        self.length = -(-length // SPAN_STEP) * SPAN_STEP + 1  # the last column is the trash
+        self.length = _columns(length)  # the last column is the trash
         self.trash = self.length - 1
         self.places = places
         self.forward = forward
@@ -142,7 +147,7 @@ class PlaceCache:
         layers = _plain(cache)
         if layers is None or getattr(model.config, "_attn_implementation", None) not in MASKED_ATTENTION:
             return False
-        size = sum(2 * places * layer.keys.shape[1] * (length + SPAN_STEP + 1) * layer.keys.shape[3]
+        size = sum(2 * places * layer.keys.shape[1] * _columns(length) * layer.keys.shape[3]
                    * layer.keys.element_size() for layer in layers)
         device = layers[0].keys.device
         if device.type == "cuda":  # free on the device, and what torch holds for reuse but does not use
