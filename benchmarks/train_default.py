@@ -23,7 +23,10 @@ diffmodel's arms are built by :func:`diffmodel.train.run.prepare`, the function 
 trains with, from a parsed command line (``--max_steps`` is large, so the defaults are those of a long
 run; the benchmark stops each run itself). Each arm runs ``--warmup`` steps (compilation included),
 then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate for ``--rounds``
-rounds. From the batches of the timed steps (read after the clock stops) it reports loss-bearing
+rounds. With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
+and writes ``DIR/profile_<arm>.md``: kernel time per step by kind (matrix multiplies, attention,
+compiled fused kernels, optimizer, copies) and the share of wall time the GPU was busy
+(:mod:`step_profile`). From the batches of the timed steps (read after the clock stops) it reports loss-bearing
 tokens/s (labels that count after the shift), real (non-pad) tokens/s, step time, peak memory and
 useful MFU (real samples only: 6*N*n + 12*L*d*n^2 per sample of n tokens, N without the input
 embedding, over 989 TFLOP/s dense bf16 of an H100/H200).
@@ -176,7 +179,8 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
 class Meter:
     """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards)."""
 
-    def __init__(self, warmup: int, steps: int, cuda: bool):
+    def __init__(self, warmup: int, steps: int, cuda: bool, extra: int = 0):
+        """``extra``: steps that run after the timed ones (profiled by another callback, which stops the run)."""
         from transformers import TrainerCallback
 
         meter = self
@@ -187,7 +191,7 @@ class Meter:
                     if cuda:
                         torch.cuda.synchronize()
                     meter.marks.append(time.perf_counter())
-                if state.global_step >= warmup + steps:
+                if state.global_step >= warmup + steps + extra:
                     control.should_training_stop = True
                 return control
 
@@ -252,8 +256,14 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     started = time.perf_counter()
     base = arm.removesuffix(NO_CUDNN)
     trainer, choices = build_trl(a, texts, data_file, work) if base == "trl" else build_diffmodel(arm, a, data_file, work)
-    meter = Meter(a.warmup, a.steps, cuda)
+    profiling = bool(a.profile) and arm not in results  # the arm's first round
+    meter = Meter(a.warmup, a.steps, cuda, a.profile_steps if profiling else 0)
     meter.attach(trainer)
+    if profiling:
+        from step_profile import step_profile_callback
+
+        trainer.add_callback(step_profile_callback(a.warmup + a.steps, a.profile_steps, a.profile / f"profile_{arm}.md",
+                                                   f"{arm}, model {a.model}, {a.batch_size} x {a.block_size}", cuda))
     with _attention_kernels(arm):
         trainer.train()
     if len(meter.marks) != 2:
@@ -300,6 +310,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="a tiny Llama and tokenizer on the bundled samples, on the CPU: checks the script")
     p.add_argument("--json", type=Path, help="append the results as one JSON line here")
+    p.add_argument("--profile", type=Path, help="profile each arm's first round after its timed steps; tables go in this folder")
+    p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--workdir", type=Path)
     a = p.parse_args(argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="train_default_"))

@@ -62,3 +62,32 @@ def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| concat |") or line.startswith("| pack |")]
     assert len(rows) == 2 and "failed" not in "".join(rows)
     assert "fast path" not in rows[1] and "sdpa (no GPU" in proc.stdout  # the choices printed for the pack arm
+
+
+def test_kernel_names_are_sorted_into_kinds():
+    from step_profile import kind_of, summarize
+
+    assert kind_of("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNN") == "matmul"
+    assert kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert kind_of("triton_tem_fused_flex_attention_0") == "attention"  # flex's Triton template is attention
+    assert kind_of("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>") == "attention"
+    assert kind_of("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "compiled (Triton)"
+    assert kind_of("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert kind_of("Memcpy HtoD (Pinned -> Device)") == "copies"
+    assert kind_of("aten::addmm") == "matmul" and kind_of("aten::cat") == "copies" and kind_of("aten::gelu") == "other"
+    rows = summarize({"aten::mm": 3000.0, "aten::addmm": 1000.0, "aten::gelu": 1000.0, "aten::cat": 5000.0}, 2, 20000.0)
+    assert rows == [("copies", 2.5, 0.5), ("matmul", 2.0, 0.4), ("other", 0.5, 0.1)]
+
+
+def test_profile_writes_a_table_per_arm_after_the_timed_steps(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_default.py"), "--tiny", "--arms", "pack",
+         "--workers", "1", "--workdir", str(tmp_path), "--profile", str(tmp_path / "prof"), "--profile_steps", "2"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = (tmp_path / "prof" / "profile_pack.md").read_text()
+    assert text.startswith("# pack, model tiny") and "2 steps," in text
+    kinds = [line.split(" | ")[0][2:] for line in text.split("| kind |")[1].splitlines()[2:] if line.startswith("| ")]
+    assert "matmul" in kinds and "attention" in kinds
+    assert "| pack | " in proc.stdout and "2 steps in" in proc.stdout  # the timed steps are still reported

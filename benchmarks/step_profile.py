@@ -1,0 +1,106 @@
+"""Where a training step's time goes: device kernel time summed by kind, for the benchmarks.
+
+:class:`StepProfile` is a ``TrainerCallback`` that profiles a few training steps (``torch.profiler``)
+and writes a table of kernel time by kind (matrix multiplies, attention, compiled fused kernels,
+optimizer, copies, other) per step, with the share of the steps' wall time the device was busy.
+On a CPU run there are no device kernels; operators' own CPU time is summed instead, by the same kinds.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+
+# first match wins; kernel names (cuBLAS, cuDNN, flash, Triton) and aten operator names
+KINDS = (
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|flex|cudnn", re.I)),
+    ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|aten::(mm|addmm|bmm|matmul|linear)\b", re.I)),
+    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
+    ("compiled (Triton)", re.compile(r"^triton_|triton", re.I)),
+    ("copies", re.compile(r"memcpy|memset|copy|aten::(cat|index|gather|scatter|fill_|zero_)", re.I)),
+)
+
+
+def kind_of(name: str) -> str:
+    for kind, pattern in KINDS:
+        if pattern.search(name):
+            return kind
+    return "other"
+
+
+def summarize(times: dict[str, float], steps: int, wall_us: float) -> list[tuple[str, float, float]]:
+    """``(kind, ms per step, share of busy time)`` rows, largest first, from per-name times in microseconds."""
+    by_kind: dict[str, float] = {}
+    for name, us in times.items():
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
+    busy = sum(by_kind.values()) or 1.0
+    rows = [(k, us / steps / 1e3, us / busy) for k, us in by_kind.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def kernel_times(prof, cuda: bool) -> dict[str, float]:
+    """Microseconds per kernel name (device kernels on CUDA, operators' own CPU time otherwise)."""
+    times: dict[str, float] = {}
+    if cuda:
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                times[e.name] = times.get(e.name, 0.0) + e.time_range.elapsed_us()
+        return times
+    for e in prof.key_averages():
+        if e.self_cpu_time_total > 0 and e.key.startswith("aten::"):
+            times[e.key] = times.get(e.key, 0.0) + e.self_cpu_time_total
+    return times
+
+
+def write_table(path: Path, title: str, times: dict[str, float], steps: int, wall_us: float, cuda: bool) -> str:
+    rows = summarize(times, steps, wall_us)
+    busy = sum(times.values())
+    lines = [f"# {title}", "",
+             f"{steps} steps, {wall_us / steps / 1e3:.1f} ms per step wall; "
+             + (f"kernels {busy / steps / 1e3:.1f} ms per step ({busy / wall_us:.0%} of wall)" if cuda
+                else f"operators' own CPU time {busy / steps / 1e3:.1f} ms per step"), "",
+             "| kind | ms per step | share |", "|---|---|---|"]
+    lines += [f"| {k} | {ms:.2f} | {share:.1%} |" for k, ms, share in rows]
+    lines += ["", "| kernel | kind | ms per step |", "|---|---|---|"]
+    for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:25]:
+        lines.append(f"| {name[:110]} | {kind_of(name)} | {us / steps / 1e3:.3f} |")
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def step_profile_callback(first: int, steps: int, path: Path, title: str, cuda: bool):
+    """A TrainerCallback profiling steps ``first+1 .. first+steps`` and writing their table to ``path``."""
+    from transformers import TrainerCallback
+
+    class StepProfile(TrainerCallback):
+        def __init__(self):
+            self.prof = None
+            self.started = 0.0
+            self.text = ""
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == first:
+                if cuda:
+                    torch.cuda.synchronize()
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if cuda:
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.started = time.perf_counter()
+            elif self.prof is not None and state.global_step == first + steps:
+                if cuda:
+                    torch.cuda.synchronize()
+                wall_us = (time.perf_counter() - self.started) * 1e6
+                self.prof.__exit__(None, None, None)
+                self.text = write_table(path, title, kernel_times(self.prof, cuda), steps, wall_us, cuda)
+                self.prof = None
+                control.should_training_stop = True
+            return control
+
+    return StepProfile()
