@@ -91,3 +91,21 @@ def test_profile_writes_a_table_per_arm_after_the_timed_steps(tmp_path):
     kinds = [line.split(" | ")[0][2:] for line in text.split("| kind |")[1].splitlines()[2:] if line.startswith("| ")]
     assert "matmul" in kinds and "attention" in kinds
     assert "| pack | " in proc.stdout and "2 steps in" in proc.stdout  # the timed steps are still reported
+
+
+def test_device_times_leave_out_annotated_ranges():
+    from types import SimpleNamespace
+
+    from step_profile import kernel_times
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(i, name, start, end, device=DeviceType.CUDA, annotation=False):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=start, end_us=end, device_type=device,
+                             is_user_annotation=annotation)
+
+    events = [event(1, "nvjet_gemm", 0, 30), event(2, "Optimizer.step#AdamW.step", 30, 60, annotation=True),
+              event(3, "multi_tensor_apply_kernel", 30, 50), event(4, "nvjet_gemm", 60, 70),
+              event(5, "aten::mm", 0, 100, device=DeviceType.CPU)]
+    assert kernel_times(SimpleNamespace(events=lambda: events), cuda=True) == \
+        {"nvjet_gemm": 40.0, "multi_tensor_apply_kernel": 20.0}
