@@ -10,7 +10,9 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
 - ``pack_nocompile``: the same with ``--compile off``; ``pack_plain``: ``--attn_implementation sdpa
   --liger off --compile off`` (packing without any fast-path choice); ``pack_flex_compile``,
   ``pack_flex_liger``, ``pack_sdpa_compile``, ``pack_sdpa_liger``: one attention backend with
-  torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from),
+  torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from);
+  ``pack_varlen``: ``--attn_implementation torch_varlen`` (torch's varlen flash kernels) with the other
+  defaults, ``pack_varlen_liger``: the same with liger-kernel instead of torch.compile,
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
   ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
   allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
@@ -126,6 +128,8 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_flex_liger": ["--packing", "--attn_implementation", "flex_attention", "--liger", "on", "--compile", "off"],
         "pack_sdpa_compile": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "on"],
         "pack_sdpa_liger": ["--packing", "--attn_implementation", "sdpa", "--liger", "on", "--compile", "off"],
+        "pack_varlen": ["--packing", "--attn_implementation", "torch_varlen"],
+        "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
     }[arm]
 
 

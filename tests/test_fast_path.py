@@ -562,3 +562,19 @@ class TestDataWaitShare:
         assert [h["step"] for h in logs] == [1, 2, 3]
         assert "data_wait_share" not in logs[0]
         assert all(0 <= h["data_wait_share"] <= 1 for h in logs[1:])
+
+
+class TestTorchVarlenRun:
+    def test_trains_like_sdpa_and_saves_a_model_that_loads_without_it(self, data_dir, tiny_gpt2_dir):
+        from transformers import AutoModelForCausalLM
+
+        runs = [_train(tiny_gpt2_dir, data_dir, f"attn_{a}", "--packing", "--max_steps", "3", "--dropout", "0", "--attn_implementation", a)
+                for a in ("sdpa", "torch_varlen")]
+        assert [r["code"] for r in runs] == [0, 0]
+        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+                  for r in runs]
+        assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], abs=1e-4)
+        assert "fast path: attention: torch_varlen (set by --attn_implementation)" in runs[1]["log"]
+        assert any(m.startswith("packing: samples isolated with torch_varlen attention on cpu") for m in runs[1]["log"])
+        loaded = AutoModelForCausalLM.from_pretrained(runs[1]["out"])  # the saved config names no attention backend
+        assert loaded.config._attn_implementation != "torch_varlen"

@@ -60,7 +60,7 @@ class ModelArguments:
     model_revision: str = arg("main", "Model version (branch, tag or commit).")
     trust_remote_code: bool = arg(False, "Allow model code from the checkpoint folder.")
     torch_dtype: str | None = arg(None, "Load the model in this dtype: auto, bfloat16, float16 or float32.", choices=["auto", "bfloat16", "float16", "float32"])
-    attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2 (default: with --packing the fastest that keeps samples apart here, logged with its reason: flash-attn, else flex_attention on a GPU, else sdpa; without --packing the model's own choice).")
+    attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2, torch_varlen (torch's own varlen flash kernels, GPU with --bf16; with --packing) (default: with --packing the fastest that keeps samples apart here, logged with its reason: flash-attn, else flex_attention on a GPU, else sdpa; without --packing the model's own choice).")
     dropout: float | None = arg(0.1, "Dropout set on every dropout setting of the model config (residual, embedding, attention), as the reference did. Pass a negative value to keep the checkpoint's.")
 
 
@@ -453,7 +453,8 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
     if data_args.packing or getattr(training_args, "padding_free", "auto") == "on" or getattr(training_args, "liger", "auto") == "on":
         from diffmodel.train import fast_path
 
-        problems += fast_path.problems(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, fast_path.probe_facts())
+        problems += fast_path.problems(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, fast_path.probe_facts(),
+                                      half=bool(training_args.bf16 or training_args.fp16))
     problems += streaming_problems(data_args, training_args)
     problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))

@@ -12,7 +12,11 @@ its longest row with one more segment of pad tokens (positions from 0, labels
 ignored), so the pad tokens form a sample of their own. With ``flatten`` (for
 flash attention, whose kernels only see packing in a batch of one row) the
 batch becomes one row, with ``cu_seq_lens_q/k`` and ``max_length_q/k`` built
-from the sample boundaries.
+from the sample boundaries. With ``boundaries`` (for ``torch_varlen``, see
+:mod:`diffmodel.train.varlen`) rows keep their shape and the batch also
+carries ``cu_seq_lens_q/k`` of its rows laid end to end, with
+``max_length_q/k`` the row width (one value per shape, so a compiled model
+does not see a new constant every batch).
 
 Rows may hold lists, numpy arrays or tensors (``diffmodel train`` gives the
 Trainer its datasets in numpy format, so a batch of 16 rows of 2,048 tokens
@@ -62,11 +66,21 @@ def sample_lengths(position_ids) -> list[int]:
     return [b - a for a, b in zip(starts, starts[1:] + [len(position_ids)])]
 
 
+def boundaries(positions) -> torch.Tensor:
+    """``cu_seq_lens`` (int32) of packed rows laid end to end: a sample starts where its position is 0."""
+    flat = np.asarray(positions).reshape(-1)
+    starts = np.flatnonzero(flat == 0)
+    if len(starts) == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    return torch.from_numpy(np.concatenate([starts, [len(flat)]]).astype(np.int32))
+
+
 @dataclass
 class PackedCollator:
     pad_id: int
     flatten: bool = False
     pad_to_multiple_of: int = 8
+    boundaries: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if any("attention_mask" in r for r in rows):
@@ -84,20 +98,23 @@ class PackedCollator:
         positions = _stack(rows, "position_ids", width, 0)
         tail = np.arange(width)[None, :] - lengths[:, None]
         positions = np.where(tail >= 0, tail, positions)
-        return {
+        batch = {
             "input_ids": torch.from_numpy(_stack(rows, "input_ids", width, self.pad_id)),
             "labels": torch.from_numpy(_stack(rows, "labels", width, IGNORE_INDEX)),
             "position_ids": torch.from_numpy(positions),
         }
+        if self.boundaries:
+            cu = boundaries(positions)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width)
+        return batch
 
     def _flat(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         def flat(column):
             return np.concatenate([np.asarray(r[column], dtype=np.int64) for r in rows])[None, :]
 
         pos = flat("position_ids")
-        lengths = sample_lengths(pos[0])
-        cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        longest = max(lengths)
+        cu = boundaries(pos)
+        longest = int((cu[1:] - cu[:-1]).max())
         return {
             "input_ids": torch.from_numpy(flat("input_ids")),
             "labels": torch.from_numpy(flat("labels")),

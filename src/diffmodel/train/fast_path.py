@@ -13,6 +13,9 @@ card):
   flex_attention) is passed over, and the log says why. All keep samples apart
   (:mod:`diffmodel.train.attention`), and the start-up probe checks the one
   chosen, through the collator, device, precision and kernels training uses.
+  ``--attn_implementation torch_varlen`` (:mod:`diffmodel.train.varlen`:
+  torch's own varlen flash kernels, no flash-attn package) is offered but not
+  chosen by default until a benchmark shows it faster than flex_attention.
 - **padding-free batches** (``--padding_free``): one flattened row per batch
   with the sample boundaries. Needed by flash attention (its kernels see
   packing only in a one-row batch); otherwise off: best-fit-decreasing rows
@@ -57,6 +60,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
+from diffmodel.train.varlen import NAME as VARLEN
 
 #: Below this many --max_steps, compiling (about a minute on a GPU) costs more than it saves.
 COMPILE_MIN_STEPS = 300
@@ -87,6 +91,12 @@ def probe_facts() -> Facts:
         flex_attention=importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
         liger=importlib.util.find_spec("liger_kernel") is not None,
     )
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,7 @@ def choose_padding_free(setting: str, attention: str | None, packing: bool) -> C
         return Choice(True, "set by --padding_free on")
     if setting == "off":
         return Choice(False, "set by --padding_free off")
-    if attention == "flex_attention":
+    if attention in ("flex_attention", VARLEN):
         return Choice(False, "packed rows are already nearly full; flattening would only drop the last pad segment")
     return Choice(False, f"{attention or 'this backend'} would need one dense mask over a flattened batch")
 
@@ -297,9 +307,19 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
     )
 
 
-def problems(speed, attn_requested: str | None, packing: bool, facts: Facts) -> list[str]:
-    """What the machine or the other flags make impossible, each with its fix (found before anything loads)."""
+def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, half: bool = True) -> list[str]:
+    """What the machine or the other flags make impossible, each with its fix (found before anything loads).
+
+    ``half``: --bf16 or --fp16 was given."""
     found = []
+    if attn_requested == VARLEN:
+        from diffmodel.train import varlen
+
+        if not varlen.available():
+            found.append(f"--attn_implementation {VARLEN}: this torch {_torch_version()} has no torch.nn.attention.varlen "
+                         "(torch 2.10 or later); use flex_attention or sdpa")
+        elif facts.cuda and not half:
+            found.append(f"--attn_implementation {VARLEN} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
     if speed.liger == "on" and not facts.liger:
         found.append("--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto")
     elif speed.liger == "on" and not facts.cuda:

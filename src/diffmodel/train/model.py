@@ -21,6 +21,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoT
 
 from diffmodel.checkpoint import max_positions
 from diffmodel.errors import DiffModelError
+from diffmodel.train import varlen
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,14 @@ def load_model(model_args, config, tokenizer):
     extra = {}
     if model_args.attn_implementation:
         extra["attn_implementation"] = model_args.attn_implementation
-    if model_args.attn_implementation == "flex_attention":
+    if model_args.attn_implementation == varlen.NAME:
+        varlen.register()
+    if model_args.attn_implementation in ("flex_attention", varlen.NAME):
         changed = attention_dropout_off(config)
         if changed:
             logger.warning(
-                "flex_attention has no attention dropout: %s (other dropout settings kept); use --attn_implementation sdpa to keep it",
-                ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()),
+                "%s has no attention dropout: %s (other dropout settings kept); use --attn_implementation sdpa to keep it",
+                model_args.attn_implementation, ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()),
             )
     if model_args.model_name_or_path:
         try:

@@ -42,7 +42,7 @@ from diffmodel.preprocess.sanity import drop_warning, format_report, write_repor
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.train import fast_path
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
-from diffmodel.train.attention import FLASH, backend_of, check_isolation, prepare_for_packing
+from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.early_stop import SIGTERM_EXIT, EarlyStopCallback
@@ -92,8 +92,9 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
     """
     if not packing:
         return RowCollator(pad_id_of(tokenizer))
-    collator = PackedCollator(pad_id_of(tokenizer), flatten=prepare_for_packing(model) or padding_free,
-                              pad_to_multiple_of=row_width or 8)
+    flatten = prepare_for_packing(model) or padding_free
+    collator = PackedCollator(pad_id_of(tokenizer), flatten=flatten, pad_to_multiple_of=row_width or 8,
+                              boundaries=needs_boundaries(model) and not flatten)
     autocast = None
     if training_args is not None:
         if not (training_args.deepspeed or training_args.fsdp):

@@ -1,0 +1,121 @@
+"""``torch_varlen``: packed rows through torch's own variable-length flash attention.
+
+``--attn_implementation torch_varlen`` attends within each packed sample with
+``torch.nn.attention.varlen.varlen_attn`` (flash-attention's varlen kernels
+built into torch on CUDA; no ``flash_attn`` package needed). Rows keep their
+shape: the packed collator adds the sample boundaries of the whole batch
+(``cu_seq_lens_q/k`` over its rows laid end to end, and ``max_length_q/k``,
+the row width), and :func:`attention` lays the batch's tokens end to end for
+the kernel, which skips every pair of tokens from different samples.
+
+Calls without boundaries take the same kernel when they can (no mask, no
+cache: one causal sequence per row), and transformers' sdpa attention with
+the mask transformers built otherwise (padding, a KV cache while generating),
+so a model trained this way also evaluates and generates. On the CPU, where
+torch has no varlen kernel, each sample runs through sdpa on its own: same
+results, slowly; that is what the CPU tests check. The kernel needs bf16 or
+fp16 inputs (mixed precision: ``--bf16``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+import torch
+
+from diffmodel.errors import DiffModelError
+
+NAME = "torch_varlen"
+
+
+def available() -> bool:
+    """Whether this torch has ``torch.nn.attention.varlen`` (torch 2.10 and later)."""
+    try:
+        from torch.nn.attention import varlen  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _kernel_keywords() -> tuple[dict, bool, bool]:
+    """(keywords that make ``varlen_attn`` causal, whether it takes ``scale``, whether it takes ``enable_gqa``).
+
+    torch 2.10 took ``is_causal=True``; later releases take ``window_size=(-1, 0)``.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    return causal, "scale" in params, "enable_gqa" in params
+
+
+def register() -> None:
+    """Make ``torch_varlen`` a name transformers accepts as ``attn_implementation`` (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # the mask of calls without boundaries
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
+              cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+    """transformers' attention interface: ``query`` (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    batch, heads, length, dim = query.shape
+    if cu_seq_lens_q is None:
+        if attention_mask is not None or key.shape[2] != length:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        cu_seq_lens_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
+        max_length_q = length
+    cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
+    max_k = max_length_k if max_length_k is not None else max_length_q
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+    scale = scaling if scaling is not None else dim ** -0.5
+    if q.is_cuda:
+        out = _kernel(q, k, v, cu_seq_lens_q.to(torch.int32), cu_k.to(torch.int32), int(max_length_q), int(max_k), scale)
+    else:
+        out = _per_sample(q, k, v, cu_seq_lens_q, scale)
+    return out.reshape(batch, length, heads, dim), None
+
+
+def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    from torch.nn.attention.varlen import varlen_attn
+
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise DiffModelError(f"--attn_implementation {NAME} runs flash kernels, which take bf16 or fp16, not {q.dtype}: "
+                             "train with --bf16 (or --fp16), or use --attn_implementation flex_attention")
+    causal, takes_scale, takes_gqa = _kernel_keywords()
+    extra = dict(causal)
+    if takes_scale:
+        extra["scale"] = scale
+    elif abs(scale - q.shape[-1] ** -0.5) > 1e-12:
+        raise DiffModelError(f"this torch's varlen_attn has no scale argument, and the model scales attention by {scale:g}; "
+                             "use --attn_implementation flex_attention")
+    if k.shape[1] != q.shape[1]:
+        if takes_gqa:
+            extra["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **extra)
+
+
+def _per_sample(q, k, v, cu, scale):
+    """Each sample through sdpa alone (the CPU, where torch has no varlen kernel)."""
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    edges = cu.tolist()
+    for start, end in zip(edges, edges[1:]):
+        if end <= start:
+            continue
+        qs = q[start:end].transpose(0, 1)
+        ks = k[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
+        vs = v[start:end].transpose(0, 1).repeat_interleave(groups, dim=0)
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale).transpose(0, 1)
+    return out
