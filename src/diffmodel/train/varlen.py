@@ -9,8 +9,9 @@ the row width), and :func:`attention` lays the batch's tokens end to end for
 the kernel, which skips every pair of tokens from different samples.
 
 Calls without boundaries take the same kernel when they can (no mask, no
-cache: one causal sequence per row), and transformers' sdpa attention with
-the mask transformers built otherwise (padding, a KV cache while generating),
+cache, bf16/fp16: one causal sequence per row), and transformers' sdpa
+attention with the mask transformers built otherwise (padding, a KV cache
+while generating, fp32 outside mixed precision),
 so a model trained this way also evaluates and generates. On the CPU, where
 torch has no varlen kernel, each sample runs through sdpa on its own: same
 results, slowly; that is what the CPU tests check. The kernel needs bf16 or
@@ -27,6 +28,7 @@ import torch
 from diffmodel.errors import DiffModelError
 
 NAME = "torch_varlen"
+HALF = (torch.bfloat16, torch.float16)
 
 
 def available() -> bool:
@@ -65,7 +67,9 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     """transformers' attention interface: ``query`` (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
     batch, heads, length, dim = query.shape
     if cu_seq_lens_q is None:
-        if attention_mask is not None or key.shape[2] != length:
+        # no boundaries: a mask (padding), a KV cache (generating) or full precision on a GPU (the kernel takes
+        # bf16/fp16; generation during training runs outside autocast) go to sdpa
+        if attention_mask is not None or key.shape[2] != length or (query.is_cuda and query.dtype not in HALF):
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -87,7 +91,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
 def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     from torch.nn.attention.varlen import varlen_attn
 
-    if q.dtype not in (torch.bfloat16, torch.float16):
+    if q.dtype not in HALF:
         raise DiffModelError(f"--attn_implementation {NAME} runs flash kernels, which take bf16 or fp16, not {q.dtype}: "
                              "train with --bf16 (or --fp16), or use --attn_implementation flex_attention")
     causal, takes_scale, takes_gqa = _kernel_keywords()
