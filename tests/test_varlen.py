@@ -139,3 +139,16 @@ def test_fp32_on_a_gpu_kernel_is_refused_with_the_fix():
     q = torch.zeros(4, 2, 8)
     with pytest.raises(DiffModelError, match="--bf16"):
         varlen._kernel(q, q, q, torch.tensor([0, 4], dtype=torch.int32), torch.tensor([0, 4], dtype=torch.int32), 4, 4, 0.35)
+
+
+def test_generates_with_a_cache_and_left_padding_like_sdpa():
+    model = varlen_model().eval()
+    model.config.use_cache = True
+    ids = torch.tensor([[PAD, PAD, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    kw = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    with torch.no_grad():
+        got = model.generate(ids, **kw)
+        model.set_attn_implementation("sdpa")
+        want = model.generate(ids, **kw)
+    assert got.tolist() == want.tolist() and got.shape == (2, 9)
