@@ -152,3 +152,17 @@ def test_generates_with_a_cache_and_left_padding_like_sdpa():
         model.set_attn_implementation("sdpa")
         want = model.generate(ids, **kw)
     assert got.tolist() == want.tolist() and got.shape == (2, 9)
+
+
+def test_the_kernel_call_traces_as_one_graph_for_torch_compile():
+    # fullgraph=True raises at the first graph break; tracing runs the op's fake kernel, so reaching the real
+    # flash op (which this CPU build lacks) means the whole call was captured, GQA and causal keywords included
+    varlen.register()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(6, 4, 8, generator=g).to(torch.bfloat16)
+    kv = torch.randn(6, 2, 8, generator=g).to(torch.bfloat16)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    compiled = torch.compile(lambda q, kv, cu: varlen._kernel(q, kv, kv, cu, cu, 6, 6, 8 ** -0.5), backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    with pytest.raises(NotImplementedError, match="_flash_attention_forward"):
+        compiled(q, kv, cu)

@@ -21,9 +21,9 @@ fp16 inputs (mixed precision: ``--bf16``).
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from diffmodel.errors import DiffModelError
 
@@ -40,17 +40,21 @@ def available() -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
-def _kernel_keywords() -> tuple[dict, bool, bool]:
-    """(keywords that make ``varlen_attn`` causal, whether it takes ``scale``, whether it takes ``enable_gqa``).
+#: (varlen_attn, keywords that make it causal, whether it takes ``scale``, whether it takes ``enable_gqa``),
+#: read once by :func:`kernel` outside any compiled region (no signature inspection while torch.compile traces)
+_KERNEL: tuple | None = None
 
-    torch 2.10 took ``is_causal=True``; later releases take ``window_size=(-1, 0)``.
-    """
-    from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return causal, "scale" in params, "enable_gqa" in params
+def kernel() -> tuple:
+    """torch's ``varlen_attn`` and how to call it: torch 2.10 took ``is_causal=True``, later releases ``window_size=(-1, 0)``."""
+    global _KERNEL
+    if _KERNEL is None:
+        from torch.nn.attention.varlen import varlen_attn
+
+        params = inspect.signature(varlen_attn).parameters
+        causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        _KERNEL = (varlen_attn, causal, "scale" in params, "enable_gqa" in params)
+    return _KERNEL
 
 
 def register() -> None:
@@ -60,6 +64,8 @@ def register() -> None:
 
     AttentionInterface.register(NAME, attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # the mask of calls without boundaries
+    if available():
+        kernel()
 
 
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
@@ -70,8 +76,6 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         # no boundaries: a mask (padding), a KV cache (generating) or full precision on a GPU (the kernel takes
         # bf16/fp16; generation during training runs outside autocast) go to sdpa
         if attention_mask is not None or key.shape[2] != length or (query.is_cuda and query.dtype not in HALF):
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         cu_seq_lens_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
         max_length_q = length
@@ -89,12 +93,10 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
 
 
 def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    from torch.nn.attention.varlen import varlen_attn
-
     if q.dtype not in HALF:
         raise DiffModelError(f"--attn_implementation {NAME} runs flash kernels, which take bf16 or fp16, not {q.dtype}: "
                              "train with --bf16 (or --fp16), or use --attn_implementation flex_attention")
-    causal, takes_scale, takes_gqa = _kernel_keywords()
+    varlen_attn, causal, takes_scale, takes_gqa = _KERNEL or kernel()
     extra = dict(causal)
     if takes_scale:
         extra["scale"] = scale
