@@ -562,6 +562,9 @@ class TestDataWaitShare:
         assert [h["step"] for h in logs] == [1, 2, 3]
         assert "data_wait_share" not in logs[0]
         assert all(0 <= h["data_wait_share"] <= 1 for h in logs[1:])
+        # the speed since the last log, at every log; no MFU on a CPU (its peak is not known)
+        assert all(h["tokens_per_second"] > 0 and 0 < h["loss_tokens_per_second"] < h["tokens_per_second"] for h in logs)
+        assert not any("mfu" in h for h in logs)
 
 
 class TestTorchVarlenRun:

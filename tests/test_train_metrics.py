@@ -80,6 +80,28 @@ class TestTrainerLog:
         assert (logs["num_tokens"], logs["num_loss_tokens"]) == (7 + 3, 4 + 1)  # cumulative
         assert trainer.state.log_history[-1]["num_tokens"] == 10
 
+    def test_speed_since_the_last_log_and_mfu_where_a_peak_is_known(self, tmp_path, monkeypatch):
+        import diffmodel.train.metrics as metrics
+        from diffmodel.train.throughput import ModelShape
+
+        clock = iter([10.0, 12.0, 14.0])  # the first step starts, the first log, the second log
+        monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+        monkeypatch.setenv("DIFFMODEL_PEAK_TFLOPS", "1e-6")  # 1e6 FLOP/s
+        trainer = _trainer(tmp_path)
+        trainer.__dict__["_flops_shape"] = ModelShape(params=100, layers=2, hidden=4)  # NextIdModel has no config
+        trainer.__dict__["_data_wait_since"] = None
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, dict(self.A))  # 4 tokens in one row (no mask): squares 16
+        logs = {"loss": 1.0}
+        trainer.log(logs, 0.0)
+        assert logs["tokens_per_second"] == 4 / 2.0 and logs["loss_tokens_per_second"] == 3 / 2.0
+        assert logs["mfu"] == round((6 * 100 * 4 + 12 * 2 * 4 * 16) / 2.0 / 1e6, 4)
+        trainer.compute_loss(trainer.model, dict(self.B))  # 3 real tokens of a left-padded row: squares 9
+        logs = {"loss": 1.0}
+        trainer.log(logs, 0.0)
+        assert logs["tokens_per_second"] == 3 / 2.0  # since the last log only
+        assert logs["mfu"] == round((6 * 100 * 3 + 12 * 2 * 4 * 9) / 2.0 / 1e6, 4)
+
     def test_a_resumed_run_continues_the_counts_of_its_log_history(self, tmp_path):
         trainer = _trainer(tmp_path)
         trainer.state.log_history = [{"loss": 2.0, "num_tokens": 100, "num_loss_tokens": 40, "step": 5}]

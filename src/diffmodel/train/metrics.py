@@ -15,6 +15,9 @@ forward pass already returns, so they cost one ``argmax`` and no extra pass:
 - ``data_wait_share``: the share of the wall time since the last log that the
   training loop spent fetching its next batches (dataloader, collator, copy
   to the device), i.e. an upper bound on the time the GPU starved for data.
+- ``tokens_per_second``, ``loss_tokens_per_second`` and, where the device's
+  peak is known, ``mfu``: the speed since the last log
+  (:mod:`diffmodel.train.throughput`).
 
 :class:`TokenMetricsMixin` counts in ``compute_loss`` (once per micro-batch,
 so gradient accumulation is counted whole) and reports at every logging
@@ -39,9 +42,11 @@ import torch
 from transformers import Trainer
 
 from diffmodel.preprocess.labels import IGNORE_INDEX
+from diffmodel.train import throughput
 
 #: the keys added to the training log
-TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait_share")
+TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait_share",
+              "tokens_per_second", "loss_tokens_per_second", "mfu")
 
 
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,27 +71,28 @@ def input_token_count(inputs: dict) -> torch.Tensor:
 
 
 class _Counts:
-    """Running sums (correct, tokens whose prediction was checked, loss tokens, input tokens) as device tensors."""
+    """Running sums (correct, tokens whose prediction was checked, loss tokens, input tokens, sum of sequence
+    lengths squared) as device tensors."""
 
     def __init__(self):
         self.values: torch.Tensor | None = None
 
-    def add(self, correct, checked, counted, tokens) -> None:
-        row = torch.stack([correct, checked, counted, tokens.to(correct.device)]).to(torch.int64)
+    def add(self, correct, checked, counted, tokens, squares) -> None:
+        row = torch.stack([correct, checked, counted, tokens.to(correct.device), squares.to(correct.device)]).to(torch.int64)
         self.values = row if self.values is None else self.values + row.to(self.values.device)
 
-    def take(self, reduce) -> tuple[float | None, int, int] | None:
-        """(accuracy or None, loss tokens, input tokens) summed over every rank (``reduce``: a sum over ranks), then zero.
+    def take(self, reduce) -> tuple[float | None, int, int, int] | None:
+        """(accuracy or None, loss tokens, input tokens, squares) summed over every rank (``reduce``: a sum over ranks), then zero.
 
         None when no rank counted anything. Every rank calls ``reduce``, also one that counted nothing
         (it adds zeros), so no rank waits for another. The accuracy is None when no logits were seen.
         """
-        mine = self.values if self.values is not None else torch.zeros(4, dtype=torch.int64)
+        mine = self.values if self.values is not None else torch.zeros(5, dtype=torch.int64)
         self.values = None
-        correct, checked, counted, tokens = (int(v) for v in reduce(mine).tolist())
+        correct, checked, counted, tokens, squares = (int(v) for v in reduce(mine).tolist())
         if not (counted or tokens):
             return None
-        return (correct / checked if checked else None), counted, tokens
+        return (correct / checked if checked else None), counted, tokens, squares
 
 
 class TokenMetricsMixin:
@@ -102,6 +108,8 @@ class TokenMetricsMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         tokens = input_token_count(inputs) if "input_ids" in inputs else None
+        if model.training and "_rate_since" not in self.__dict__:
+            self.__dict__["_rate_since"] = time.perf_counter()  # the speed is measured from the first step on
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
         if labels is not None and tokens is not None:
@@ -112,7 +120,8 @@ class TokenMetricsMixin:
                 else:  # a fused loss made no logits: counts only
                     counted = loss_token_count(labels)
                     correct = checked = torch.zeros_like(counted)
-                self._token_counts("train" if model.training else "eval").add(correct, checked, counted, tokens)
+                self._token_counts("train" if model.training else "eval").add(
+                    correct, checked, counted, tokens, throughput.square_sum(inputs))
         return (loss, outputs) if return_outputs else loss
 
     def get_batch_samples(self, *args, **kwargs):
@@ -122,15 +131,26 @@ class TokenMetricsMixin:
         finally:
             self.__dict__["_data_wait"] = self.__dict__.get("_data_wait", 0.0) + time.perf_counter() - started
 
-    def _data_wait_share(self) -> float | None:
+    def _data_wait_share(self, now: float) -> float | None:
         """Share of the wall time since the last training log spent fetching batches; None at the first log."""
-        now = time.perf_counter()
         since = self.__dict__.get("_data_wait_since")
         waited = self.__dict__.get("_data_wait", 0.0)
         self.__dict__["_data_wait_since"], self.__dict__["_data_wait"] = now, 0.0
         if since is None or now <= since:
             return None
         return min(1.0, waited / (now - since))
+
+    def _model_shape(self):
+        if "_flops_shape" not in self.__dict__:
+            self.__dict__["_flops_shape"] = throughput.model_shape(self.accelerator.unwrap_model(self.model))
+        return self.__dict__["_flops_shape"]
+
+    def _peak_flops(self) -> float | None:
+        if "_peak" not in self.__dict__:
+            device = self.args.device
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+            self.__dict__["_peak"] = throughput.peak_flops(name, bool(self.args.bf16 or self.args.fp16))
+        return self.__dict__["_peak"]
 
     def _cumulative_base(self) -> tuple[int, int]:
         """The counts logged last before this process trained (a resumed run continues them)."""
@@ -142,8 +162,11 @@ class TokenMetricsMixin:
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # a training step's log: every rank gets here (the loss is gathered too)
             taken = self._token_counts("train").take(self._sum_over_ranks)
+            now = time.perf_counter()
+            since = self.__dict__.get("_rate_since")
+            self.__dict__["_rate_since"] = now
             if taken is not None:
-                accuracy, counted, tokens = taken
+                accuracy, counted, tokens, squares = taken
                 base = self._cumulative_base()
                 base[0] += tokens
                 base[1] += counted
@@ -151,7 +174,10 @@ class TokenMetricsMixin:
                     logs["mean_token_accuracy"] = accuracy
                 logs["num_tokens"] = base[0]
                 logs["num_loss_tokens"] = base[1]
-            share = self._data_wait_share()
+                if since is not None:
+                    logs.update(throughput.rates(tokens, counted, squares, now - since, self._model_shape(),
+                                                 self.args.world_size, self._peak_flops()))
+            share = self._data_wait_share(now)
             if share is not None:
                 logs["data_wait_share"] = round(share, 4)
         return super().log(logs, *args, **kwargs)
@@ -162,7 +188,7 @@ class TokenMetricsMixin:
         prefix = metric_key_prefix
         taken = self._token_counts("eval").take(self._sum_over_ranks)
         if taken is not None:
-            accuracy, counted, tokens = taken
+            accuracy, counted, tokens, _ = taken
             if accuracy is not None:
                 output.metrics[f"{prefix}_mean_token_accuracy"] = accuracy
             output.metrics[f"{prefix}_num_tokens"] = tokens
