@@ -107,3 +107,20 @@ class Args:
 def test_changed_flags_are_the_fields_off_their_default_in_order():
     assert changed_flags(Args()) == {}
     assert changed_flags(Args(a=2, c=[1, 2], d=True), Args(b=["x"])) == {"--a": 2, "--d": True, "--b": ["x"]}
+
+
+def test_speed_medians_leave_out_the_first_log():
+    from diffmodel.train.card import speed_results
+
+    history = [{"loss": 3.0, "tokens_per_second": 10.0, "loss_tokens_per_second": 2.0, "mfu": 0.01},  # compiling
+               {"loss": 2.0, "tokens_per_second": 300.4, "loss_tokens_per_second": 60.0, "mfu": 0.30},
+               {"eval_loss": 2.5},
+               {"loss": 1.5, "tokens_per_second": 320.0, "loss_tokens_per_second": 70.0, "mfu": 0.32},
+               {"loss": 1.2, "tokens_per_second": 500.0, "loss_tokens_per_second": 90.0, "mfu": 0.36}]
+    assert speed_results(history) == {"median_tokens_per_second": 320, "median_loss_tokens_per_second": 70, "median_mfu": 0.32}
+    assert speed_results(history[:1]) == {}
+    no_peak = [{k: v for k, v in h.items() if k != "mfu"} for h in history]
+    assert "median_mfu" not in speed_results(no_peak)
+    text = render_card(dict(INFO, results=speed_results(history)))
+    assert "| tokens/s (median of the logs after the first) | 320 |" in text
+    assert "| MFU (median of the logs after the first) | 0.3200 |" in text

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import MISSING, fields
 
 #: data report columns: (key in the report, column title)
@@ -37,7 +38,23 @@ RESULT_ROWS = (
     ("final_train_loss", "final train loss (last logged step)"), ("train_loss", "mean train loss"),
     ("eval_loss", "eval loss (diff tokens)"), ("perplexity", "eval perplexity"),
     ("eval_mean_token_accuracy", "eval mean token accuracy"),
+    ("median_tokens_per_second", "tokens/s (median of the logs after the first)"),
+    ("median_loss_tokens_per_second", "loss-bearing tokens/s (median of the logs after the first)"),
+    ("median_mfu", "MFU (median of the logs after the first)"),
 )
+
+
+def speed_results(log_history: list[dict]) -> dict:
+    """Medians of the logged speed, leaving out the first log (it holds start-up and compiling)."""
+    logs = [h for h in log_history if "tokens_per_second" in h][1:]
+    out = {}
+    if logs:
+        out["median_tokens_per_second"] = round(statistics.median(h["tokens_per_second"] for h in logs))
+        out["median_loss_tokens_per_second"] = round(statistics.median(h["loss_tokens_per_second"] for h in logs))
+    mfu = [h["mfu"] for h in logs if "mfu" in h]
+    if mfu:
+        out["median_mfu"] = statistics.median(mfu)
+    return out
 
 
 def _default(f):
@@ -88,6 +105,7 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
         for key, _ in RESULT_ROWS:
             if key in source:
                 results[key] = source[key]
+    results.update(speed_results(log_history))
     data = {}
     for split, report in reports.items():
         row = {key: getattr(report, key) for key, _ in REPORT_COLUMNS}
