@@ -38,9 +38,10 @@ PEAKS = (
 PEAK_ENV = "DIFFMODEL_PEAK_TFLOPS"
 
 
-def peak_flops(device_name: str | None, half: bool, env=os.environ) -> float | None:
-    """The dense peak for this device in FLOP/s; ``DIFFMODEL_PEAK_TFLOPS`` wins; None when not known."""
-    given = env.get(PEAK_ENV)
+def peak_flops(device_name: str | None, half: bool, env=None) -> float | None:
+    """The dense peak for this device in FLOP/s; ``DIFFMODEL_PEAK_TFLOPS`` (in ``env``, default the process
+    environment as it is now) wins; None when not known."""
+    given = (os.environ if env is None else env).get(PEAK_ENV)
     if given:
         return float(given) * 1e12
     if not device_name or not half:
