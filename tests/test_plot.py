@@ -51,3 +51,17 @@ class TestPlotGeneration:
         assert_png(plot_generation(history, tmp_path / "generation.png", title="tiny gpt2"))
         assert_png(plot_generation([], tmp_path / "empty.png"))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.png", "generation.png"]
+
+
+class TestPlotSpeed:
+    def test_writes_a_png_of_the_speed_with_and_without_mfu(self, tmp_path):
+        from diffmodel.plot import plot_speed
+
+        logged = [{"loss": 2.0, "tokens_per_second": 1000.0 + i, "loss_tokens_per_second": 300.0, "step": i} for i in range(1, 6)]
+        assert_png(plot_speed(logged, tmp_path / "cpu.png"))
+        with_mfu = [dict(h, mfu=0.3) for h in logged]
+        assert_png(plot_speed(with_mfu, tmp_path / "gpu.png", title="tiny"))
+        assert_png(plot_speed(HISTORY, tmp_path / "none.png"))  # a log without speed: a PNG that says so
+        sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+        assert sorted(sizes) == ["cpu.png", "gpu.png", "none.png"]
+        assert len(set(sizes.values())) == 3  # three different drawings

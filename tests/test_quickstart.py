@@ -16,6 +16,7 @@ def test_quickstart_writes_checkpoint_plot_and_report(tmp_path):
     model = out / "model"
     assert (model / "model.safetensors").stat().st_size > 0
     assert (model / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (model / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((model / "data_report.json").read_text())
     assert report["train"]["layout"] == "pack" and report["train"]["samples_loaded"] == 304
     assert report["train"]["fill_ratio"] > 0.7  # left padding fills about 45% of the same rows

@@ -4,7 +4,9 @@
 any) against the optimizer step, from a ``transformers`` ``log_history``: the
 list of dicts a ``Trainer`` keeps in ``trainer.state.log_history`` and writes
 to ``trainer_state.json``. ``plot_generation`` draws the ``eval_gen_*`` shares
-that ``--generation_eval_samples`` logs (``generation.png``).
+that ``--generation_eval_samples`` logs (``generation.png``). ``plot_speed``
+draws the logged training speed: tokens/s and loss-bearing tokens/s, and MFU
+on a second axis when it was logged (``speed.png``).
 
 Invariants:
 - Headless: matplotlib's Agg backend through an explicit ``Figure`` (no
@@ -81,6 +83,33 @@ def plot_generation(log_history: list[dict], out_png: Path, title: str = "") -> 
         ax.text(0.5, 0.5, "no generation eval logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("share of held-out samples")
+    return _save(fig, ax, out, title)
+
+
+def plot_speed(log_history: list[dict], out_png: Path, title: str = "") -> Path:
+    """Draw tokens/s, loss-bearing tokens/s and (right axis) MFU vs step into ``out_png``, beside ``loss.png``."""
+    out = Path(out_png)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lines = []
+    for key, label, color in (("tokens_per_second", "tokens/s", "tab:blue"),
+                              ("loss_tokens_per_second", "loss-bearing tokens/s", "tab:green")):
+        steps, values = _series(log_history, key)
+        if values:
+            lines += ax.plot(steps, values, label=label, color=color, linewidth=1.2)
+    steps, mfu = _series(log_history, "mfu")
+    if mfu:
+        right = ax.twinx()
+        lines += right.plot(steps, [100 * v for v in mfu], label="MFU (%)", color="tab:red", linewidth=1.0, linestyle="--")
+        right.set_ylabel("MFU (%)")
+        right.set_ylim(bottom=0)
+    if lines:
+        ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+        ax.set_ylim(bottom=0)
+    else:
+        ax.text(0.5, 0.5, "no speed logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_ylabel("tokens per second (all ranks)")
     return _save(fig, ax, out, title)
 
 

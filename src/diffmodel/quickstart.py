@@ -9,7 +9,7 @@ with the sanity report, a checkpoint, ``loss.png`` and a summary.
 
 Everything it writes goes under ``--output_dir`` (default ``quickstart_out``):
 ``data/quickstart.jsonl``, ``base_model/`` (the untrained model and
-tokenizer), ``model/`` (the trained checkpoint, ``loss.png``,
+tokenizer), ``model/`` (the trained checkpoint, ``loss.png``, ``speed.png``,
 ``data_report.json``, ``train_results.json``, ``eval_results.json``).
 
 This module holds the steps; the command (:mod:`diffmodel.commands.quickstart`)
@@ -27,6 +27,7 @@ from pathlib import Path
 from diffmodel.sample import render_row
 from diffmodel.samples import load_quickstart, quickstart_path
 from diffmodel.tiny import save_tiny_checkpoint
+from diffmodel.train.card import speed_results
 
 
 def build_base_model(args, rows: list[dict], out: Path) -> Path:
@@ -88,6 +89,7 @@ def summary(model_dir: Path, block_size: int, start: float) -> list[tuple[str, s
         ("eval perplexity", f"{ev['perplexity']:.2f}"),
         ("checkpoint", str(model_dir)),
         ("loss plot", str(model_dir / "loss.png")),
+        ("speed", f"{speed_results(state['log_history']).get('median_tokens_per_second', '-')} tokens/s, median (plot: {model_dir / 'speed.png'})"),
         ("data report", str(model_dir / "data_report.json")),
         ("wall time", f"{time.time() - start:.0f} s"),
     ]

@@ -6,7 +6,7 @@ Every stage is a function of another module; this one wires them, logs each
 decision the flags imply, and writes what people look at afterwards:
 ``data_report.json`` (with a warning for a split that drops more than half
 of its samples), ``train_results.json`` / ``eval_results.json``,
-``loss.png`` (and ``generation.png`` with ``--generation_eval_samples``:
+``loss.png``, ``speed.png`` (and ``generation.png`` with ``--generation_eval_samples``:
 :mod:`diffmodel.train.generation_eval`) and, after training, the model card
 ``README.md`` (:mod:`diffmodel.train.card`) in ``--output_dir``. The Trainer is
 :class:`~diffmodel.train.metrics.DiffTrainer` (token metrics in the log).
@@ -159,10 +159,12 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if training_args.should_save:
-        from diffmodel.plot import plot_loss
+        from diffmodel.plot import plot_loss, plot_speed
 
         png = plot_loss(trainer.state.log_history, out_dir / "loss.png", title=f"diffmodel train: {out_dir.name}")
         logger.info("loss plot written to %s", png)
+        png = plot_speed(trainer.state.log_history, out_dir / "speed.png", title=f"diffmodel train: {out_dir.name}")
+        logger.info("speed plot written to %s", png)
     return metrics
 
 
