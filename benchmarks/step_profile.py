@@ -19,7 +19,7 @@ KINDS = (
     ("attention", re.compile(r"flash|fmha|attention|sdpa|flex|cudnn", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|aten::(mm|addmm|bmm|matmul|linear)\b", re.I)),
     ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
-    ("compiled (Triton)", re.compile(r"^triton_|triton", re.I)),
+    ("compiled (Triton)", re.compile(r"triton", re.I)),
     ("copies", re.compile(r"memcpy|memset|copy|aten::(cat|index|gather|scatter|fill_|zero_)", re.I)),
 )
 
@@ -31,11 +31,12 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def summarize(times: dict[str, float], steps: int, wall_us: float) -> list[tuple[str, float, float]]:
+def summarize(times: dict[str, float], steps: int) -> list[tuple[str, float, float]]:
     """``(kind, ms per step, share of busy time)`` rows, largest first, from per-name times in microseconds."""
     by_kind: dict[str, float] = {}
     for name, us in times.items():
-        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
+        kind = kind_of(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + us
     busy = sum(by_kind.values()) or 1.0
     rows = [(k, us / steps / 1e3, us / busy) for k, us in by_kind.items()]
     return sorted(rows, key=lambda r: -r[1])
@@ -60,7 +61,7 @@ def kernel_times(prof, cuda: bool) -> dict[str, float]:
 
 
 def write_table(path: Path, title: str, times: dict[str, float], steps: int, wall_us: float, cuda: bool) -> str:
-    rows = summarize(times, steps, wall_us)
+    rows = summarize(times, steps)
     busy = sum(times.values())
     lines = [f"# {title}", "",
              f"{steps} steps, {wall_us / steps / 1e3:.1f} ms per step wall; "

@@ -60,12 +60,6 @@ class RowCollator:
         return batch
 
 
-def sample_lengths(position_ids) -> list[int]:
-    """Lengths of the samples of a packed row (a list or array), read from where positions restart at 0."""
-    starts = np.flatnonzero(np.asarray(position_ids) == 0).tolist()
-    return [b - a for a, b in zip(starts, starts[1:] + [len(position_ids)])]
-
-
 def boundaries(positions) -> torch.Tensor:
     """``cu_seq_lens`` (int32) of packed rows laid end to end: a sample starts where its position is 0."""
     flat = np.asarray(positions).reshape(-1)
@@ -73,6 +67,11 @@ def boundaries(positions) -> torch.Tensor:
     if len(starts) == 0 or starts[0] != 0:
         starts = np.concatenate([[0], starts])
     return torch.from_numpy(np.concatenate([starts, [len(flat)]]).astype(np.int32))
+
+
+def sample_lengths(position_ids) -> list[int]:
+    """Lengths of the samples of a packed row (a list or array), read from where positions restart at 0."""
+    return np.diff(boundaries(position_ids).numpy()).tolist()
 
 
 @dataclass

@@ -93,12 +93,6 @@ def probe_facts() -> Facts:
     )
 
 
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
-
-
 @dataclass(frozen=True)
 class Choice:
     value: object
@@ -313,10 +307,12 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
     ``half``: --bf16 or --fp16 was given."""
     found = []
     if attn_requested == VARLEN:
+        import torch
+
         from diffmodel.train import varlen
 
         if not varlen.available():
-            found.append(f"--attn_implementation {VARLEN}: this torch {_torch_version()} has no torch.nn.attention.varlen "
+            found.append(f"--attn_implementation {VARLEN}: this torch {torch.__version__} has no torch.nn.attention.varlen "
                          "(torch 2.10 or later); use flex_attention or sdpa")
         elif facts.cuda and not half:
             found.append(f"--attn_implementation {VARLEN} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
