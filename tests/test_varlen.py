@@ -166,3 +166,38 @@ def test_the_kernel_call_traces_as_one_graph_for_torch_compile():
     torch._dynamo.reset()
     with pytest.raises(NotImplementedError, match="_flash_attention_forward"):
         compiled(q, kv, cu)
+
+
+def test_under_autocast_the_kernel_gets_the_autocast_dtype():
+    q = torch.zeros(1, 2, 3, 4)
+    assert varlen.half_dtype(q) is None and varlen.half_dtype(q.half()) == torch.float16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert varlen.half_dtype(q) == torch.bfloat16
+    # what --bf16 hands the attention function: Llama's rotary embedding returns fp32 queries under autocast
+    seen = []
+
+    def spy(module, query, key, value, attention_mask, **kw):
+        seen.append((query.dtype, varlen.half_dtype(query)))
+        return varlen.attention(module, query, key, value, attention_mask, **kw)
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("varlen_spy", spy)
+    model = varlen_model()
+    model.set_attn_implementation("varlen_spy")
+    batch = packed(make_samples(), collator=PackedCollator(PAD, boundaries=True))[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    assert loss.isfinite() and seen and all(s == (torch.float32, torch.bfloat16) for s in seen)
+
+
+def test_fp32_inputs_under_autocast_run_in_bf16():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 6, 8, generator=g) for _ in range(3))
+    cu = torch.tensor([0, 2, 6, 9, 12], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = varlen.attention(None, q, k, v, None, cu_seq_lens_q=cu, max_length_q=6)
+    assert out.dtype == torch.bfloat16
+    half = [t.bfloat16().float() for t in (q, k, v)]
+    torch.testing.assert_close(out.float(), _reference(*half, [0, 2, 6, 9, 12]), atol=2e-2, rtol=2e-2)
+    assert varlen.attention(None, q, k, v, None, cu_seq_lens_q=cu, max_length_q=6)[0].dtype == torch.float32

@@ -72,10 +72,11 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
               cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
     """transformers' attention interface: ``query`` (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
     batch, heads, length, dim = query.shape
+    half = half_dtype(query)
     if cu_seq_lens_q is None:
         # no boundaries: a mask (padding), a KV cache (generating) or full precision on a GPU (the kernel takes
         # bf16/fp16; generation during training runs outside autocast) go to sdpa
-        if attention_mask is not None or key.shape[2] != length or (query.is_cuda and query.dtype not in HALF):
+        if attention_mask is not None or key.shape[2] != length or (query.is_cuda and half is None):
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         cu_seq_lens_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
         max_length_q = length
@@ -84,12 +85,31 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
     v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+    if half is not None and q.dtype != half:
+        q, k, v = q.to(half), k.to(half), v.to(half)
     scale = scaling if scaling is not None else dim ** -0.5
     if q.is_cuda:
         out = _kernel(q, k, v, cu_seq_lens_q.to(torch.int32), cu_k.to(torch.int32), int(max_length_q), int(max_k), scale)
     else:
         out = _per_sample(q, k, v, cu_seq_lens_q, scale)
     return out.reshape(batch, length, heads, dim), None
+
+
+def half_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The dtype attention runs in: the query's own when bf16/fp16, else the autocast dtype when autocast is on for
+    its device, else None (full precision).
+
+    Under ``--bf16`` transformers' Llama-style rotary embedding returns fp32 queries and keys (its cos/sin follow the
+    fp32 hidden states), and autocast casts them back to bf16 only for the ops it knows, such as sdpa; the varlen
+    kernel is not one of them, so this module casts as autocast would."""
+    if query.dtype in HALF:
+        return query.dtype
+    kind = query.device.type
+    if torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        if dtype in HALF:
+            return dtype
+    return None
 
 
 def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
