@@ -1,0 +1,97 @@
+"""Compiled training step with the rotary tables inside vs outside the compiled graph.
+
+Builds a Llama of ``--model`` (train_throughput.MODELS, ``--layers`` of them), compiles it twice (one copy with
+:func:`diffmodel.train.rotary.outside_compiled_graph`), and times forward+backward under bf16 autocast on packed
+rows, the two arms alternating for ``--rounds``. Checks that both give the same loss and gradients.
+
+    PYTHONPATH=src python benchmarks/rotary_compile.py --model 1b --layers 22 --rounds 3 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import MODELS  # noqa: E402
+
+from diffmodel.train.rotary import outside_compiled_graph  # noqa: E402
+
+
+def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(rows, width, dtype=torch.long)
+    for r in range(rows):
+        pos, start = [], 0
+        while start < width:
+            n = min(int(torch.randint(64, 900, (1,), generator=g)), width - start)
+            pos.extend(range(n))
+            start += n
+        out[r] = torch.tensor(pos)
+    return out
+
+
+def step(model, batch):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="1b")
+    p.add_argument("--layers", type=int, default=None, help="layers (default: the model's)")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    shape = dict(MODELS[args.model])
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    config = transformers.LlamaConfig(**shape, vocab_size=args.vocab, max_position_embeddings=args.width, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").cuda()
+    ours = copy.deepcopy(base)
+    print("outside the graph:", outside_compiled_graph(ours))
+    ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
+    batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
+    arms = {"inside": torch.compile(base), "outside": torch.compile(ours)}
+    losses, grads = {}, {}
+    for name, model in arms.items():
+        t = time.perf_counter()
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            losses[name] = step(model, batch).item()
+        torch.cuda.synchronize()
+        grads[name] = {n: q.grad.float().clone() for n, q in model.named_parameters() if "layers.0." in n}
+        print(f"{name}: compile + warm-up {time.perf_counter() - t:.0f} s, loss {losses[name]:.6f}")
+    worst = max((grads["inside"][n] - grads["outside"][n]).abs().max().item() for n in grads["inside"])
+    print(f"|loss diff| {abs(losses['inside'] - losses['outside']):.2e}, max |grad diff| layer 0 {worst:.2e}")
+    times = {name: [] for name in arms}
+    for r in range(args.rounds):
+        for name, model in arms.items():
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                model.zero_grad(set_to_none=True)
+                step(model, batch)
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t) / args.steps * 1000)
+            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step")
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    print(f"| device | model | layers | inside ms | outside ms | outside speed-up |\n|---|---|---|---|---|---|\n"
+          f"| {torch.cuda.get_device_name()} | {args.model} | {config.num_hidden_layers} | {med['inside']:.1f} | "
+          f"{med['outside']:.1f} | {med['inside'] / med['outside']:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
