@@ -1,0 +1,157 @@
+"""flex_attention's kernel options on packed rows: which settings make the packed step's attention fastest.
+
+At ~1B (16 rows x 2,048, 32 query heads over 4 KV heads of 64) flex_attention is the largest part of the
+default packed step after the matrix multiplies (112 of 538 ms on an H200, benchmarks/RESULTS.md). This times
+its forward + backward alone, compiled as training compiles it, on rows packed the way ``diffmodel train
+--packing`` packs them (best-fit-decreasing over sample lengths drawn at random, ``--min_length`` to
+``--block_size``, log-uniform; the unfilled tail of a row is one more sequence, as transformers' mask from
+position ids makes it), for each arm of kernel options, the arms alternating for ``--rounds``. Every arm's
+output and gradients are compared with the default arm's.
+
+    PYTHONPATH=src python benchmarks/flex_options.py --rounds 3 --steps 10
+
+An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
+rather than a kernel option). An arm torch rejects is reported as failed; the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from diffmodel.preprocess.packing import best_fit_decreasing  # noqa: E402
+
+ARMS = {
+    "default": {},
+    "autotune": {"mode": "max-autotune-no-cudagraphs"},
+    "fwd_128x64": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3},
+    "bwd_64x128": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,
+                   "bwd_num_warps": 8, "bwd_num_stages": 3},
+    "tma": {"USE_TMA": True},
+}
+
+
+def packed_documents(rows: int, width: int, min_length: int, seed: int) -> torch.Tensor:
+    """(rows, width) ids of the sequence each position belongs to: ``rows`` rows drawn at random from the
+    best-fit-decreasing packing of eight times as many rows' worth of samples (as a shuffled packed dataset
+    gives a batch)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths: list[int] = []
+    while sum(lengths) < rows * width * 8:
+        u = torch.rand(1, generator=g).item()
+        lengths.append(int(math.exp(math.log(min_length) + u * (math.log(width) - math.log(min_length)))))
+    bins = best_fit_decreasing(lengths, width)
+    packed = [bins[i] for i in torch.randperm(len(bins), generator=g)[:rows].tolist()]
+    doc = torch.empty(rows, width, dtype=torch.int32)
+    for r, members in enumerate(packed):
+        start = 0
+        for i, index in enumerate(members):
+            doc[r, start:start + lengths[index]] = i
+            start += lengths[index]
+        doc[r, start:] = len(members)  # the unfilled tail: one more sequence
+    return doc
+
+
+def block_mask(doc: torch.Tensor, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc = doc.to(device)
+
+    def causal_within(b, h, q, kv):
+        return (doc[b, q] == doc[b, kv]) & (q >= kv)
+
+    return create_block_mask(causal_within, doc.shape[0], None, doc.shape[1], doc.shape[1], device=device)
+
+
+def run(arm: dict, q, k, v, grad, mask, compiled: dict):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    options = {key: value for key, value in arm.items() if key != "mode"}
+    mode = arm.get("mode")
+    if mode not in compiled:
+        compiled[mode] = torch.compile(flex_attention, dynamic=False, mode=mode)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = compiled[mode](q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1], kernel_options=options or None)
+    out.backward(grad)
+    return out, q.grad, k.grad, v.grad
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--block_size", type=int, default=2048)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv_heads", type=int, default=4)
+    p.add_argument("--head_dim", type=int, default=64)
+    p.add_argument("--min_length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arm", action="append", default=[], metavar="NAME=JSON", help="an arm to add (repeatable)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"arms of the built-in set to run (default: {','.join(ARMS)})")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("flex_options.py times GPU kernels: run it on a machine with a CUDA GPU")
+    arms = {name: ARMS[name] for name in args.arms.split(",") if name}
+    for text in args.arm:
+        name, _, spec = text.partition("=")
+        arms[name] = json.loads(spec)
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    doc = packed_documents(args.rows, args.block_size, args.min_length, args.seed)
+    mask = block_mask(doc, "cuda")
+    g = torch.Generator(device="cuda").manual_seed(args.seed)
+    shape = (args.rows, args.heads, args.block_size, args.head_dim)
+    kv_shape = (args.rows, args.kv_heads, args.block_size, args.head_dim)
+    q = torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(kv_shape, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    grad = torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {args.rows} rows x {args.block_size}, "
+          f"{int(doc.max(dim=1).values.sum())} sequences, block mask sparsity {mask.sparsity():.1f}%")
+    compiled: dict = {}
+    reference = None
+    times: dict[str, list[float]] = {}
+    failed: dict[str, str] = {}
+    for name, arm in arms.items():
+        try:
+            start = time.perf_counter()
+            result = run(arm, q, k, v, grad, mask, compiled)
+            torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001 - an arm torch rejects is reported, the others run
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            print(f"{name}: FAILED {failed[name]}")
+            continue
+        if reference is None:
+            reference = (name, result)
+        worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(result, reference[1]))
+        print(f"{name}: compiled in {time.perf_counter() - start:.0f} s; output and gradients, max |diff| vs {reference[0]}: {worst:.2e}")
+        times[name] = []
+    for r in range(args.rounds):
+        order = list(times) if r % 2 == 0 else list(reversed(times))
+        for name in order:
+            run(arms[name], q, k, v, grad, mask, compiled)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                run(arms[name], q, k, v, grad, mask, compiled)
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) / args.steps * 1000)
+            print(f"round {r} {name}: {times[name][-1]:.2f} ms")
+    base = min(times.get("default", next(iter(times.values()), [float("nan")])))
+    print("\n| arm | options | fwd+bwd ms (best round) | vs default |\n|---|---|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | `{json.dumps(arms[name])}` | {min(values):.2f} | {base / min(values):.2f}x |")
+    for name, why in failed.items():
+        print(f"| {name} | `{json.dumps(arms[name])}` | failed: {why} | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
