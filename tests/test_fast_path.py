@@ -581,3 +581,42 @@ class TestTorchVarlenRun:
         assert any(m.startswith("packing: samples isolated with torch_varlen attention on cpu") for m in runs[1]["log"])
         loaded = AutoModelForCausalLM.from_pretrained(runs[1]["out"])  # the saved config names no attention backend
         assert loaded.config._attn_implementation != "torch_varlen"
+
+
+class TestCompiledResume:
+    """torch.compile does not break resuming: checkpoints hold the plain model, and a compiled run resumed from one
+    trains as the uninterrupted compiled run does (aot_eager: the compiled wrapper without C++ code generation)."""
+
+    ARGS = ("--packing", "--compile", "on", "--torch_compile_backend", "aot_eager", "--lr_scheduler_type", "constant",
+            "--save_strategy", "steps", "--save_steps", "2")
+
+    def test_a_compiled_run_resumes_from_its_checkpoint_as_if_never_stopped(self, data_dir, tiny_llama_dir):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        whole = _train(tiny_llama_dir, data_dir, "compiled-whole", *self.ARGS, "--max_steps", "4")
+        assert whole["code"] == 0
+        assert any("torch.compile: on (set by --compile on)" in m for m in whole["log"]), whole["log"]
+        first = _train(tiny_llama_dir, data_dir, "compiled-cut", *self.ARGS, "--max_steps", "2")
+        assert first["code"] == 0
+        checkpoint = first["out"] / "checkpoint-2"
+        from safetensors.torch import load_file
+
+        keys = load_file(checkpoint / "model.safetensors").keys()
+        assert keys and not any("_orig_mod" in k for k in keys)  # the plain model, not the compiled wrapper
+        again = _train(tiny_llama_dir, data_dir, "compiled-cut", *self.ARGS, "--max_steps", "4")
+        assert again["code"] == 0
+        assert any("resuming from the last checkpoint" in m for m in again["log"]), again["log"]
+
+        def losses(out):
+            history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+            return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+        want, got = losses(whole["out"]), losses(again["out"])
+        assert sorted(got) == [1, 2, 3, 4] and sorted(want) == [1, 2, 3, 4]
+        for step in (3, 4):  # the steps trained after resuming
+            assert got[step] == pytest.approx(want[step], abs=1e-5)
+        a = AutoModelForCausalLM.from_pretrained(whole["out"])
+        b = AutoModelForCausalLM.from_pretrained(again["out"])
+        for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
