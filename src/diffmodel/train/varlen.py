@@ -15,7 +15,11 @@ while generating, fp32 outside mixed precision),
 so a model trained this way also evaluates and generates. On the CPU, where
 torch has no varlen kernel, each sample runs through sdpa on its own: same
 results, slowly; that is what the CPU tests check. The kernel needs bf16 or
-fp16 inputs (mixed precision: ``--bf16``).
+fp16 inputs: under mixed precision (``--bf16``) the queries and keys arrive in
+fp32 from the rotary embedding and are cast to the autocast dtype here
+(:func:`half_dtype`). On an H200 it measured 1.01x flex_attention's tokens/s at
+~110M and 0.95x at ~1B (benchmarks/RESULTS.md), so the fast path does not
+choose it.
 """
 
 from __future__ import annotations
