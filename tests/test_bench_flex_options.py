@@ -1,0 +1,40 @@
+"""benchmarks/flex_options.py: the packed rows it times and the mask it gives flex_attention."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from flex_options import block_mask, packed_documents  # noqa: E402
+
+
+def test_rows_are_packed_samples_then_one_tail_sequence():
+    doc = packed_documents(rows=6, width=256, min_length=16, seed=3)
+    assert doc.shape == (6, 256)
+    for row in doc.tolist():
+        # sequence ids start at 0 and rise by one at each boundary: contiguous segments, never interleaved
+        steps = [b - a for a, b in zip(row, row[1:])]
+        assert row[0] == 0 and set(steps) <= {0, 1}
+        lengths = [row.count(i) for i in range(row[-1] + 1)]
+        assert all(n >= 16 for n in lengths[:-1])  # samples; the last segment may be the unfilled tail
+    assert (doc == packed_documents(rows=6, width=256, min_length=16, seed=3)).all()
+    assert not (doc == packed_documents(rows=6, width=256, min_length=16, seed=4)).all()
+
+
+def test_the_mask_is_causal_attention_within_each_sequence():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    doc = packed_documents(rows=2, width=256, min_length=16, seed=0)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 256, 16, generator=g), torch.randn(2, 2, 256, 16, generator=g)
+    out = torch.compile(flex_attention)(q, k, k, block_mask=block_mask(doc, "cpu"), enable_gqa=True)
+    want = torch.empty_like(out)
+    for b in range(2):
+        allowed = (doc[b][:, None] == doc[b][None, :]) & torch.ones(256, 256, dtype=torch.bool).tril()
+        for h in range(4):
+            w = (q[b, h] @ k[b, h // 2].T / 4).masked_fill(~allowed, float("-inf")).softmax(-1)
+            want[b, h] = w @ k[b, h // 2]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
