@@ -28,9 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffmodel.preprocess.packing import best_fit_decreasing  # noqa: E402
+from diffmodel.train.flex_kernels import HOPPER_HEAD64  # noqa: E402
 
 ARMS = {
     "default": {},
+    "diffmodel": HOPPER_HEAD64,
     "autotune": {"mode": "max-autotune-no-cudagraphs"},
     "fwd_128x64": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3},
     "bwd_64x128": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,

@@ -13,6 +13,7 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from);
   ``pack_varlen``: ``--attn_implementation torch_varlen`` (torch's varlen flash kernels) with the other
   defaults, ``pack_varlen_liger``: the same with liger-kernel instead of torch.compile,
+  ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
   ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
   allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
@@ -123,6 +124,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "concat": ["--concatenate_texts", "--ignore_long_samples"],
         "pack": ["--packing"],
         "pack_nocompile": ["--packing", "--compile", "off"],
+        "pack_torch_tiles": ["--packing", "--flex_kernel_options", "torch"],
         "pack_plain": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "off"],
         "pack_flex_compile": ["--packing", "--attn_implementation", "flex_attention", "--liger", "off", "--compile", "on"],
         "pack_flex_liger": ["--packing", "--attn_implementation", "flex_attention", "--liger", "on", "--compile", "off"],

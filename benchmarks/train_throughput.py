@@ -45,7 +45,7 @@ from diffmodel.preprocess.labels import IGNORE_INDEX, mask_before  # noqa: E402
 from diffmodel.preprocess.layout import concatenate, pad_left  # noqa: E402
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row  # noqa: E402
 from diffmodel.train.collate import PackedCollator  # noqa: E402
-from diffmodel.train.throughput import ModelShape, model_flops  # noqa: E402
+from diffmodel.train.throughput import ModelShape, attention_width, model_flops  # noqa: E402
 
 PEAK_FLOPS = 989e12
 MODELS = {
@@ -185,7 +185,8 @@ def build_model(name: str, vocab: int, block_size: int, attn: str, liger: bool, 
 
 def flops(n_params: int, cfg, lengths: list[int]) -> float:
     """Model FLOPs of samples of these lengths (the formula ``diffmodel train`` logs its MFU with)."""
-    return model_flops(ModelShape(n_params, cfg.num_hidden_layers, cfg.hidden_size), sum(lengths), sum(n * n for n in lengths))
+    return model_flops(ModelShape(n_params, cfg.num_hidden_layers, cfg.hidden_size, attention_width(cfg)), sum(lengths),
+                       sum(n * n for n in lengths))
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class TestPackedEqualsOneByOne:
         model = tiny_model("llama", "sdpa").eval()
         with torch.no_grad():
             ref = [(model(**b).loss * int((b["labels"][:, 1:] != X).sum())).item() for b in one_by_one(samples)]
-            packed = packed_batches(samples)[0]
+            # rows 32 wide: torch 2.13's compiled CPU flex kernel is wrong for widths of 8 mod 16 on an AVX2 CPU
+            packed = packed_batches(samples, collator=PackedCollator(PAD, pad_to_multiple_of=16))[0]
             n = int((packed["labels"][:, 1:] != X).sum())
             model.set_attn_implementation("flex_attention")
             loss = model(**packed).loss.item()

@@ -31,6 +31,16 @@ def test_model_shape_leaves_out_the_input_embedding_and_keeps_a_tied_projection(
     assert model_shape(torch.nn.Linear(2, 2)) is None
 
 
+def test_attention_wider_than_the_hidden_size_counts_its_width():
+    """Heads of 32 x 4 = 128 over a hidden size of 16: the attention term uses 128, the parameters are the model's."""
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False))
+    assert llama.model.layers[0].self_attn.q_proj.out_features == 128
+    shape = model_shape(llama)
+    assert shape == ModelShape(sum(p.numel() for p in llama.parameters()) - 100 * 16, 2, 16, 128)
+    assert model_flops(shape, tokens=10, squares=30) == 6 * shape.params * 10 + 12 * 2 * 128 * 30
+
+
 def test_flops_and_rates():
     shape = ModelShape(params=1000, layers=2, hidden=8)
     assert model_flops(shape, tokens=10, squares=30) == 6 * 1000 * 10 + 12 * 2 * 8 * 30

@@ -111,3 +111,40 @@ class TestRowCollator:
         assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
         assert batch["labels"].tolist() == [[5, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
         assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+class TestConfigOverrides:
+    """--config_overrides on a fresh config keeps head_dim = hidden_size / num_attention_heads where the config derived it."""
+
+    def _load(self, model_type, overrides, caplog=None):
+        from diffmodel.train.model import load_config
+
+        return load_config(ModelArguments(model_type=model_type, config_overrides=overrides))
+
+    def test_a_smaller_llama_gets_heads_of_hidden_over_heads(self, caplog):
+        caplog.set_level("INFO", logger="diffmodel")
+        config = self._load("llama", "hidden_size=768,num_attention_heads=12,num_key_value_heads=12,num_hidden_layers=2,intermediate_size=64")
+        assert (config.hidden_size, config.num_attention_heads, config.head_dim) == (768, 12, 64)
+        assert "head_dim 128 -> 64 (hidden_size 768 / num_attention_heads 12" in caplog.text
+        model = AutoModelForCausalLM.from_config(config)
+        layer = model.model.layers[0].self_attn
+        assert (layer.q_proj.out_features, layer.k_proj.out_features, layer.o_proj.in_features) == (768, 768, 768)
+
+    def test_a_named_head_dim_is_kept(self):
+        config = self._load("llama", "hidden_size=768,num_attention_heads=12,head_dim=32")
+        assert config.head_dim == 32
+
+    def test_overrides_that_leave_the_shape_alone_keep_head_dim(self):
+        assert self._load("llama", "num_hidden_layers=2").head_dim == 128
+
+    def test_a_config_whose_head_dim_is_its_own_keeps_it(self):
+        config = self._load("gemma", "hidden_size=1024")  # gemma: head_dim 256 with hidden 3072 / 16 heads
+        assert config.head_dim == 256
+
+    def test_a_hidden_size_the_heads_do_not_divide_is_refused_with_the_fix(self):
+        with pytest.raises(DiffModelError, match="hidden_size 770 is not a multiple of num_attention_heads 12; change one, or name head_dim=N"):
+            self._load("llama", "hidden_size=770,num_attention_heads=12")
+
+    def test_gpt2_has_no_head_dim_to_keep(self):
+        config = self._load("gpt2", "n_embd=64,n_head=4")
+        assert (config.n_embd, config.n_head) == (64, 4) and not hasattr(config, "head_dim")

@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` five choices are made for the user unless a flag makes
+With ``--packing`` six choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -46,6 +46,11 @@ card):
   The order of the batches does not change (the sampler stays in the main
   process).
 
+- **flex_attention's tiles** (``--flex_kernel_options``): with flex_attention
+  on a GPU of compute capability 9.0 (H100, H200), heads of 64 and
+  ``--bf16``/``--fp16``, the tile sizes inductor's autotuning picked there
+  (:mod:`diffmodel.train.flex_kernels`); torch's own elsewhere.
+
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
 
@@ -58,8 +63,10 @@ field), the others when the model is built.
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 
+from diffmodel.train import flex_kernels
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
 from diffmodel.train.varlen import NAME as VARLEN
 
@@ -80,6 +87,8 @@ class Facts:
     flash_attn: bool
     flex_attention: bool
     liger: bool
+    capability: tuple[int, int] | None = None
+    """The GPU's compute capability (None without one)."""
 
 
 def probe_facts() -> Facts:
@@ -91,6 +100,7 @@ def probe_facts() -> Facts:
         flash_attn=cuda and importlib.util.find_spec("flash_attn") is not None,
         flex_attention=importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
         liger=importlib.util.find_spec("liger_kernel") is not None,
+        capability=tuple(torch.cuda.get_device_capability()) if cuda else None,
     )
 
 
@@ -265,26 +275,33 @@ class FastPath:
     liger: Choice
     compile: Choice
     data_workers: Choice
+    flex_kernels: Choice = Choice(None, "not flex_attention")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
         def show(c: Choice) -> str:
             if isinstance(c.value, bool):
                 return "on" if c.value else "off"
+            if isinstance(c.value, dict):
+                return json.dumps(c.value)
             return str(c.value) if isinstance(c.value, int) else str(c.value or "model default")
 
-        return {name: f"{show(c)} ({c.reason})" for name, c in
-                (("attention", self.attention), ("padding-free batches", self.padding_free),
-                 ("liger-kernel", self.liger), ("torch.compile", self.compile), ("data loader workers", self.data_workers))}
+        shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
+                 ("torch.compile", self.compile), ("data loader workers", self.data_workers)]
+        if self.attention.value == "flex_attention":
+            kernels = self.flex_kernels
+            shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
+        return {name: f"{show(c)} ({c.reason})" for name, c in shown}
 
     def lines(self) -> list[str]:
         return [f"{name}: {text}" for name, text in self.settings().items()]
 
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
-           backends: frozenset[str] | None = None, streaming: bool = False) -> FastPath:
+           backends: frozenset[str] | None = None, streaming: bool = False, head_dim: int | None = None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
-    :func:`backends_of` the model's config, None when not known)."""
+    :func:`backends_of` the model's config, None when not known; ``head_dim``: the model's, for the flex_attention
+    tiles)."""
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
                                  (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
@@ -299,6 +316,9 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         compile=compile_,
         data_workers=choose_data_workers(speed.data_workers, getattr(training_args, "dataloader_num_workers", 0) or 0,
                                          packing, facts, streaming),
+        flex_kernels=Choice(*flex_kernels.choose(
+            getattr(speed, "flex_kernel_options", "auto"), attention.value, facts.cuda, facts.capability, head_dim,
+            bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
     )
 
 
@@ -327,6 +347,10 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         found.append("--padding_free on flattens packed rows: add --packing")
     if speed.padding_free == "off" and attn_requested in FLASH:
         found.append(f"--padding_free off: {attn_requested} keeps samples apart only in flattened batches; drop --padding_free off")
+    try:
+        flex_kernels.parse(getattr(speed, "flex_kernel_options", "auto"))
+    except ValueError as e:
+        found.append(str(e))
     try:
         data_workers_setting(speed.data_workers)
     except ValueError:

@@ -98,10 +98,7 @@ def load_config(model_args):
         config = CONFIG_MAPPING[model_args.model_type]()
         logger.warning("training a new %s model from scratch", model_args.model_type)
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise DiffModelError(f"--config_overrides {model_args.config_overrides!r}: {err}") from None
+        apply_overrides(config, model_args.config_overrides)
     if model_args.dropout is not None and model_args.dropout >= 0:
         changed = apply_dropout(config, model_args.dropout)
         if changed:
@@ -109,6 +106,41 @@ def load_config(model_args):
         elif not dropout_settings(config):
             logger.warning("the %s config exposes no dropout setting: --dropout has no effect", config.model_type)
     return config
+
+
+def head_dim_of(config) -> int | None:
+    """The width of one attention head: the config's ``head_dim``, else hidden size / heads (None when unknown)."""
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
+
+
+def apply_overrides(config, text: str) -> None:
+    """``--config_overrides`` on ``config``, keeping a derived ``head_dim`` derived.
+
+    A Llama-style config computes ``head_dim`` as ``hidden_size // num_attention_heads`` when it is made, and
+    ``update_from_string`` leaves it as it was: ``hidden_size=768,num_attention_heads=12`` on a fresh Llama config
+    would build heads of 128 (the default 4096 / 32) and attention twice as wide as the hidden size. When the
+    config's ``head_dim`` was that quotient and the overrides change either number without naming ``head_dim``,
+    it is recomputed (and logged); a ``head_dim`` of its own (Gemma's) or one the overrides name is kept.
+    """
+    hidden, heads, head_dim = (getattr(config, k, None) for k in ("hidden_size", "num_attention_heads", "head_dim"))
+    derived = isinstance(head_dim, int) and isinstance(hidden, int) and bool(heads) and head_dim == hidden // heads
+    try:
+        config.update_from_string(text)
+    except ValueError as err:
+        raise DiffModelError(f"--config_overrides {text!r}: {err}") from None
+    named = {part.split("=", 1)[0].strip() for part in text.split(",")}
+    new_hidden, new_heads = config.hidden_size, config.num_attention_heads
+    if derived and "head_dim" not in named and (new_hidden, new_heads) != (hidden, heads):
+        if new_hidden % new_heads:
+            raise DiffModelError(f"--config_overrides {text!r}: hidden_size {new_hidden} is not a multiple of "
+                                 f"num_attention_heads {new_heads}; change one, or name head_dim=N")
+        config.head_dim = new_hidden // new_heads
+        logger.info("--config_overrides: head_dim %d -> %d (hidden_size %d / num_attention_heads %d; name head_dim=N to set another)",
+                    head_dim, config.head_dim, new_hidden, new_heads)
 
 
 def resolve_block_size(block_size: int | None, tokenizer, config) -> int:

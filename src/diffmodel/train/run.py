@@ -40,7 +40,7 @@ from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
-from diffmodel.train import fast_path
+from diffmodel.train import fast_path, flex_kernels
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -48,7 +48,7 @@ from diffmodel.train.data import build_datasets
 from diffmodel.train.early_stop import SIGTERM_EXIT, EarlyStopCallback
 from diffmodel.train.lora import apply_lora, save_lora
 from diffmodel.train.metrics import DiffTrainer
-from diffmodel.train.model import load_config, load_model, load_tokenizer, resolve_block_size
+from diffmodel.train.model import head_dim_of, load_config, load_model, load_tokenizer, resolve_block_size
 from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
 logger = logging.getLogger("diffmodel.train")
@@ -308,7 +308,8 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         data_args = dataclasses.replace(data_args, packing=True)
     speed = speed_args_from(training_args)
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
-                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config), data_args.streaming)
+                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config), data_args.streaming,
+                            head_dim_of(config))
     training_args.dataloader_num_workers = path.data_workers.value
     if path.data_workers.value:
         training_args.dataloader_persistent_workers = True  # no new processes at each epoch
@@ -318,6 +319,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
+    flex_kernels.install(model, path.flex_kernels.value)
     use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)

@@ -7,9 +7,10 @@ previous log and summed over every rank:
 - ``loss_tokens_per_second``: loss-bearing tokens,
 - ``mfu``: model FLOPs per second per device over the device's dense
   bf16/fp16 peak, with the model FLOPs of a batch taken as
-  ``6 * N * tokens + 12 * L * d * sum(n^2)``: ``N`` the parameters without
+  ``6 * N * tokens + 12 * L * a * sum(n^2)``: ``N`` the parameters without
   the input embedding (the output projection counted when it is tied to
-  it), ``L`` layers, ``d`` the hidden size, and ``n`` the length of each
+  it), ``L`` layers, ``a`` the attention width (heads x head size: the
+  hidden size in most models, not in all), and ``n`` the length of each
   sequence the model attends over as the batch is laid out (each sample of a
   packed row, the pad segment included; each row of the pad and concat
   layouts). Logged only where the peak is known: a GPU of :data:`PEAKS`
@@ -71,6 +72,7 @@ class ModelShape:
     params: int  # without the input embedding
     layers: int
     hidden: int
+    width: int | None = None  # attention heads x head size, when it is not ``hidden``
 
 
 def model_shape(model) -> ModelShape | None:
@@ -85,11 +87,21 @@ def model_shape(model) -> ModelShape | None:
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is not None and output.weight is embedding:  # tied: the projection to the vocabulary still runs
         params += embedding.numel()
-    return ModelShape(params, layers, hidden)
+    return ModelShape(params, layers, hidden, attention_width(config))
+
+
+def attention_width(config) -> int | None:
+    """Heads x head size when the config tells both and they differ from the hidden size, else None."""
+    from diffmodel.train.model import head_dim_of
+
+    heads, head_dim = getattr(config, "num_attention_heads", None), head_dim_of(config)
+    if isinstance(heads, int) and head_dim and heads * head_dim != getattr(config, "hidden_size", None):
+        return heads * head_dim
+    return None
 
 
 def model_flops(shape: ModelShape, tokens: int, squares: int) -> float:
-    return 6.0 * shape.params * tokens + 12.0 * shape.layers * shape.hidden * squares
+    return 6.0 * shape.params * tokens + 12.0 * shape.layers * (shape.width or shape.hidden) * squares
 
 
 def rates(tokens: int, loss_tokens: int, squares: int, seconds: float, shape: ModelShape | None,
