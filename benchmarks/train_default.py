@@ -26,7 +26,10 @@ diffmodel's arms are built by :func:`diffmodel.train.run.prepare`, the function 
 trains with, from a parsed command line (``--max_steps`` is large, so the defaults are those of a long
 run; the benchmark stops each run itself). Each arm runs ``--warmup`` steps (compilation included),
 then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate for ``--rounds``
-rounds. With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
+rounds. With ``--isolate``, each round of each arm runs in a process of its own (fresh CUDA context,
+allocator, compiled-code caches and data-loader workers; the on-disk compile cache is shared): on an H200
+an arm that ran after other arms in one process took 1.1x-1.3x its step time alone (benchmarks/RESULTS.md).
+With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
 and writes ``DIR/profile_<arm>.md``: kernel time per step by kind (matrix multiplies, attention,
 compiled fused kernels, optimizer, copies) and the share of wall time the GPU was busy
 (:mod:`step_profile`). From the batches of the timed steps (read after the clock stops) it reports loss-bearing
@@ -49,6 +52,7 @@ import gc
 import glob
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -299,6 +303,55 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     gc.collect()
 
 
+SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows")
+
+
+def merge(results: dict, arm: str, r: dict) -> None:
+    """Add one round's figures of ``arm`` (as :func:`run_arm` keeps them) to ``results``."""
+    if arm not in results:
+        results[arm] = r
+        return
+    total = results[arm]
+    for key in SUMMED:
+        total[key] += r[key]
+    total["mem"] = max(total["mem"], r["mem"])
+    total["setup_s"] += r["setup_s"]
+
+
+def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profile: bool) -> None:
+    """One round of ``arm`` in a new Python process; its figures are merged into ``results``."""
+    import subprocess
+
+    spec = work / f"round_{arm}.json"
+    out = work / f"round_{arm}_result.json"
+    out.unlink(missing_ok=True)
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    if not profile:
+        args["profile"] = None
+    spec.write_text(json.dumps({"arm": arm, "args": args, "data_file": str(data_file), "work": str(work), "out": str(out)}))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one_round", str(spec)], stderr=subprocess.PIPE,
+                          text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"the process of this round exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    merge(results, arm, json.loads(out.read_text()))
+
+
+def one_round(spec_path: Path) -> int:
+    """An ``--isolate`` child: one round of one arm as the spec says, its figures written as JSON."""
+    spec = json.loads(spec_path.read_text())
+    a = argparse.Namespace(**spec["args"])
+    for key in ("profile", "workdir", "json"):
+        if getattr(a, key, None):
+            setattr(a, key, Path(getattr(a, key)))
+    data_file = Path(spec["data_file"])
+    texts = [json.loads(line)["text"] for line in data_file.read_text(encoding="utf-8").splitlines() if line]
+    results: dict = {}
+    print(f"{spec['arm']}: a round in process {os.getpid()}", flush=True)
+    run_arm(spec["arm"], a, texts, data_file, Path(spec["work"]), results, a.device == "cuda")
+    Path(spec["out"]).write_text(json.dumps(results[spec["arm"]], default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="samples: jsonl / jsonl.zst files with a text field (a glob)")
@@ -319,7 +372,11 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=Path, help="profile each arm's first round after its timed steps; tables go in this folder")
     p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--workdir", type=Path)
+    p.add_argument("--isolate", action="store_true", help="run each round of each arm in a process of its own")
+    p.add_argument("--one_round", type=Path, help=argparse.SUPPRESS)  # an --isolate child: the spec of its one round
     a = p.parse_args(argv)
+    if a.one_round:
+        return one_round(a.one_round)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="train_default_"))
     work.mkdir(parents=True, exist_ok=True)
     if a.tiny:
@@ -352,7 +409,10 @@ def main(argv=None) -> int:
             if arm in failed:
                 continue
             try:
-                run_arm(arm, a, texts, data_file, work, results, cuda)
+                if a.isolate:
+                    run_isolated(arm, a, data_file, work, results, profile=arm not in results)
+                else:
+                    run_arm(arm, a, texts, data_file, work, results, cuda)
             except Exception as err:  # an arm the machine cannot run is reported, the others go on
                 failed[arm] = f"{type(err).__name__}: {str(err)[:300]}"
                 print(f"round {rnd} {arm}: FAILED {failed[arm]}", flush=True)

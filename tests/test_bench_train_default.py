@@ -109,3 +109,29 @@ def test_device_times_leave_out_annotated_ranges():
               event(5, "aten::mm", 0, 100, device=DeviceType.CPU)]
     assert kernel_times(SimpleNamespace(events=lambda: events), cuda=True) == \
         {"nvjet_gemm": 40.0, "multi_tensor_apply_kernel": 20.0}
+
+
+def test_isolate_runs_each_round_of_each_arm_in_a_process_of_its_own(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_default.py"), "--tiny", "--arms", "pack,pack_torch_tiles",
+         "--workers", "1", "--workdir", str(tmp_path), "--isolate"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    pids = [line.split("process ")[1] for line in proc.stdout.splitlines() if ": a round in process " in line]
+    assert len(pids) == 2 and len(set(pids)) == 2
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| pack |", "| pack_torch_tiles |"))]
+    assert len(rows) == 2 and "failed" not in "".join(rows)
+    assert "flex_attention tiles" not in proc.stdout  # sdpa on the CPU: no tiles to choose
+
+
+def test_merge_adds_rounds_and_keeps_the_peak():
+    from train_default import merge
+
+    results = {}
+    first = {"seconds": 1.0, "loss_tok": 10, "real_tok": 20, "useful": 5.0, "steps": 2, "rows": 4, "mem": 7,
+             "setup_s": [3.0], "choices": {"a": 1}}
+    merge(results, "pack", dict(first, setup_s=[3.0]))
+    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0]})
+    assert results["pack"] == {"seconds": 3.0, "loss_tok": 20, "real_tok": 40, "useful": 10.0, "steps": 4, "rows": 8,
+                               "mem": 7, "setup_s": [3.0, 1.0], "choices": {"a": 1}}
