@@ -21,7 +21,8 @@ by every arm (the reference command line passes ``--ignore_long_samples``).
 ``--check`` first proves on the GPU, in fp32 on a small Llama, that a packed
 batch gives the loss and gradients of its samples run one by one, for each
 packed backend (FlexAttention has no CPU backward, so the CPU tests check its
-loss only; torch_varlen's kernels take bf16 only, so it is checked in bf16 with room for rounding).
+loss only; torch_varlen's kernels take bf16 only, so it is checked in bf16 with room for rounding, as is
+flex_attention with diffmodel's Hopper tiles, ``flex_attention+tiles``).
 
 Row building uses the package's pure layout functions (no ``datasets`` needed).
 """
@@ -279,16 +280,21 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     for n, m in [(260, 20), (190, 40), (133, 5), (320, 70), (147, 12)]:  # >= 128: FlexAttention's block size
         ids = torch.randint(1, vocab, (n,), generator=g).tolist()
         samples.append((ids, [IGNORE_INDEX] * m + ids[m:]))
-    from diffmodel.train import varlen
+    from diffmodel.train import flex_kernels, varlen
 
     varlen.register()
-    for attn in ("sdpa", "eager", "flex_attention", varlen.NAME):
+    tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled):
+        attn = "flex_attention" if name == tiled else name
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
-        # torch's varlen flash kernels take bf16 only: that backend is compared in bf16, with room for its rounding
-        low = attn == varlen.NAME
+        # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
+        # bf16, with room for its rounding
+        low = name in (varlen.NAME, tiled)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
+        if name == tiled:
+            flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
 
         def total(batch_list):
             model.zero_grad()
@@ -304,14 +310,14 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=low)([pack_row([samples[k] for k in b], EOS) for b in bins])
+            packed = PackedCollator(EOS, boundaries=name == varlen.NAME)([pack_row([samples[k] for k in b], EOS) for b in bins])
             loss, grads = total([packed])
         except Exception as err:
-            out.append(f"{attn}: could not run: {type(err).__name__}: {str(err)[:200]}")
+            out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)
             continue
         gdiff = max((grads[k] - ref_g[k]).abs().max().item() for k in ref_g)
-        line = f"{attn}: |loss diff| {abs(loss - ref_loss):.2e}, max |grad diff| {gdiff:.2e}"
+        line = f"{name}: |loss diff| {abs(loss - ref_loss):.2e}, max |grad diff| {gdiff:.2e}"
         gscale = max(ref_g[k].abs().max().item() for k in ref_g)
         ok = abs(loss - ref_loss) < (1e-2 * abs(ref_loss) if low else 1e-5) and gdiff < (2e-2 * gscale if low else 1e-5)
         out.append(line + (" OK" if ok else " MISMATCH"))
