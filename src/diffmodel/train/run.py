@@ -319,7 +319,9 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
-    flex_kernels.install(model, path.flex_kernels.value)
+    if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
+        logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
+                       "torch's own tiles are used", config.model_type)
     use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)
