@@ -9,6 +9,9 @@ position ids makes it), for each arm of kernel options, the arms alternating for
 output and gradients are compared with the default arm's.
 
     PYTHONPATH=src python benchmarks/flex_options.py --rounds 3 --steps 10
+    PYTHONPATH=src python benchmarks/flex_options.py --lengths_from '.fetched/train_mined4/train/*.jsonl.zst' --tokenizer .fetched/tok16k
+
+``--lengths_from`` draws the sample lengths from real samples (those train_default.py would train on) instead.
 
 An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
 rather than a kernel option). An arm torch rejects is reported as failed; the others go on.
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffmodel.preprocess.packing import best_fit_decreasing  # noqa: E402
 from diffmodel.train.flex_kernels import HOPPER_HEAD64  # noqa: E402
@@ -41,13 +45,17 @@ ARMS = {
 }
 
 
-def packed_documents(rows: int, width: int, min_length: int, seed: int) -> torch.Tensor:
+def packed_documents(rows: int, width: int, min_length: int, seed: int, pool: list[int] | None = None) -> torch.Tensor:
     """(rows, width) ids of the sequence each position belongs to: ``rows`` rows drawn at random from the
     best-fit-decreasing packing of eight times as many rows' worth of samples (as a shuffled packed dataset
-    gives a batch)."""
+    gives a batch). Sample lengths are drawn from ``pool`` (real samples' lengths) when given, else
+    log-uniform between ``min_length`` and ``width``."""
     g = torch.Generator().manual_seed(seed)
     lengths: list[int] = []
     while sum(lengths) < rows * width * 8:
+        if pool:
+            lengths.append(min(width, pool[int(torch.randint(len(pool), (1,), generator=g))]))
+            continue
         u = torch.rand(1, generator=g).item()
         lengths.append(int(math.exp(math.log(min_length) + u * (math.log(width) - math.log(min_length)))))
     bins = best_fit_decreasing(lengths, width)
@@ -60,6 +68,22 @@ def packed_documents(rows: int, width: int, min_length: int, seed: int) -> torch
             start += lengths[index]
         doc[r, start:] = len(members)  # the unfilled tail: one more sequence
     return doc
+
+
+def sample_lengths(args) -> list[int] | None:
+    """Token lengths (with the EOS each packed sample ends with) of ``--lengths_from``, kept as train_default.py
+    keeps them (a diff, and room in a row); None without the flag."""
+    if not args.lengths_from:
+        return None
+    if not args.tokenizer:
+        raise SystemExit("--lengths_from needs --tokenizer (the folder train_default.py --tokenizer names)")
+    from transformers import AutoTokenizer
+
+    from train_default import read_texts, select_samples
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    texts = select_samples(read_texts(args.lengths_from), tokenizer, args.block_size, args.max_samples)
+    return [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]
 
 
 def block_mask(doc: torch.Tensor, device: str):
@@ -94,6 +118,10 @@ def main(argv=None) -> int:
     p.add_argument("--kv_heads", type=int, default=4)
     p.add_argument("--head_dim", type=int, default=64)
     p.add_argument("--min_length", type=int, default=64)
+    p.add_argument("--lengths_from", help="draw sample lengths from these samples (jsonl / jsonl.zst glob, as "
+                                          "train_default.py --data) tokenized by --tokenizer, not log-uniform")
+    p.add_argument("--tokenizer", help="tokenizer folder for --lengths_from")
+    p.add_argument("--max_samples", type=int, default=6000, help="--lengths_from: the first this many samples kept")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -107,7 +135,7 @@ def main(argv=None) -> int:
         name, _, spec = text.partition("=")
         arms[name] = json.loads(spec)
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-    doc = packed_documents(args.rows, args.block_size, args.min_length, args.seed)
+    doc = packed_documents(args.rows, args.block_size, args.min_length, args.seed, sample_lengths(args))
     mask = block_mask(doc, "cuda")
     g = torch.Generator(device="cuda").manual_seed(args.seed)
     shape = (args.rows, args.heads, args.block_size, args.head_dim)

@@ -38,3 +38,32 @@ def test_the_mask_is_causal_attention_within_each_sequence():
             w = (q[b, h] @ k[b, h // 2].T / 4).masked_fill(~allowed, float("-inf")).softmax(-1)
             want[b, h] = w @ k[b, h // 2]
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_from_a_pool_of_real_lengths_hold_only_those_lengths():
+    pool = [100, 300, 700]
+    doc = packed_documents(rows=4, width=1024, min_length=16, seed=1, pool=pool)
+    for row in doc.tolist():
+        lengths = [row.count(i) for i in range(row[-1] + 1)]
+        assert all(n in pool for n in lengths[:-1])  # samples; the last segment may be the unfilled tail
+        assert sum(lengths) == 1024 and len(lengths) >= 2
+
+
+def test_lengths_from_samples_are_their_token_counts_with_the_eos(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from flex_options import sample_lengths
+
+    from diffmodel.sample import render_row
+    from diffmodel.samples import load_quickstart
+    from diffmodel.tiny import train_tokenizer
+
+    rows = load_quickstart()[:20]
+    tok = train_tokenizer([render_row(r) for r in rows], vocab_size=300, model_max_length=1 << 20)
+    tok.save_pretrained(tmp_path / "tok")
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = SimpleNamespace(lengths_from=str(tmp_path / "s.jsonl"), tokenizer=str(tmp_path / "tok"), block_size=4096, max_samples=5)
+    want = [len(tok(render_row(r))["input_ids"]) + 1 for r in rows[:5]]
+    assert sample_lengths(args) == want
+    assert sample_lengths(SimpleNamespace(lengths_from=None)) is None
