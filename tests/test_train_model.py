@@ -148,3 +148,24 @@ class TestConfigOverrides:
     def test_gpt2_has_no_head_dim_to_keep(self):
         config = self._load("gpt2", "n_embd=64,n_head=4")
         assert (config.n_embd, config.n_head) == (64, 4) and not hasattr(config, "head_dim")
+
+    def test_fewer_query_heads_get_as_many_key_value_heads_and_the_model_runs(self, caplog):
+        caplog.set_level("INFO", logger="diffmodel")
+        config = self._load("llama", "hidden_size=64,num_attention_heads=4,num_hidden_layers=1,intermediate_size=64,vocab_size=50")
+        assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 4, 16)
+        assert "num_key_value_heads 32 -> 4 (one per query head, as before" in caplog.text
+        model = AutoModelForCausalLM.from_config(config)
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 50)
+
+    def test_named_key_value_heads_are_kept(self):
+        config = self._load("llama", "hidden_size=64,num_attention_heads=4,num_key_value_heads=2")
+        assert (config.num_attention_heads, config.num_key_value_heads) == (4, 2)
+
+    def test_grouped_key_value_heads_are_kept_or_the_mismatch_refused(self):
+        from transformers import CONFIG_MAPPING as configs
+
+        assert (configs["mistral"]().num_attention_heads, configs["mistral"]().num_key_value_heads) == (32, 8)
+        config = self._load("mistral", "hidden_size=1024,num_attention_heads=16")
+        assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (16, 8, 64)
+        with pytest.raises(DiffModelError, match="num_attention_heads 6 is not a multiple of num_key_value_heads 8; name num_key_value_heads=N too"):
+            self._load("mistral", "hidden_size=768,num_attention_heads=6")

@@ -118,22 +118,26 @@ def head_dim_of(config) -> int | None:
 
 
 def apply_overrides(config, text: str) -> None:
-    """``--config_overrides`` on ``config``, keeping a derived ``head_dim`` derived.
+    """``--config_overrides`` on ``config``, keeping derived attention sizes derived.
 
-    A Llama-style config computes ``head_dim`` as ``hidden_size // num_attention_heads`` when it is made, and
-    ``update_from_string`` leaves it as it was: ``hidden_size=768,num_attention_heads=12`` on a fresh Llama config
-    would build heads of 128 (the default 4096 / 32) and attention twice as wide as the hidden size. When the
-    config's ``head_dim`` was that quotient and the overrides change either number without naming ``head_dim``,
-    it is recomputed (and logged); a ``head_dim`` of its own (Gemma's) or one the overrides name is kept.
+    A Llama-style config computes ``head_dim`` as ``hidden_size // num_attention_heads`` and
+    ``num_key_value_heads`` as ``num_attention_heads`` when it is made, and ``update_from_string`` leaves both as
+    they were: ``hidden_size=768,num_attention_heads=12`` on a fresh Llama config would build heads of 128 (the
+    default 4096 / 32), attention twice as wide as the hidden size, and 32 key/value heads for 12 query heads
+    (a model that fails at its first forward pass). Where the config had derived them, overrides that change the
+    numbers they come from without naming them recompute them (and log it); a ``head_dim`` of the config's own
+    (Gemma's), grouped-query key/value heads, or values the overrides name are kept.
     """
-    hidden, heads, head_dim = (getattr(config, k, None) for k in ("hidden_size", "num_attention_heads", "head_dim"))
+    hidden, heads, head_dim, kv = (getattr(config, k, None) for k in
+                                   ("hidden_size", "num_attention_heads", "head_dim", "num_key_value_heads"))
     derived = isinstance(head_dim, int) and isinstance(hidden, int) and bool(heads) and head_dim == hidden // heads
+    multi_head = isinstance(kv, int) and kv == heads
     try:
         config.update_from_string(text)
     except ValueError as err:
         raise DiffModelError(f"--config_overrides {text!r}: {err}") from None
     named = {part.split("=", 1)[0].strip() for part in text.split(",")}
-    new_hidden, new_heads = config.hidden_size, config.num_attention_heads
+    new_hidden, new_heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
     if derived and "head_dim" not in named and (new_hidden, new_heads) != (hidden, heads):
         if new_hidden % new_heads:
             raise DiffModelError(f"--config_overrides {text!r}: hidden_size {new_hidden} is not a multiple of "
@@ -141,6 +145,14 @@ def apply_overrides(config, text: str) -> None:
         config.head_dim = new_hidden // new_heads
         logger.info("--config_overrides: head_dim %d -> %d (hidden_size %d / num_attention_heads %d; name head_dim=N to set another)",
                     head_dim, config.head_dim, new_hidden, new_heads)
+    if isinstance(kv, int) and "num_key_value_heads" not in named and new_heads != heads:
+        if multi_head:
+            config.num_key_value_heads = new_heads
+            logger.info("--config_overrides: num_key_value_heads %d -> %d (one per query head, as before; name "
+                        "num_key_value_heads=N for grouped-query attention)", kv, new_heads)
+        elif new_heads % kv:
+            raise DiffModelError(f"--config_overrides {text!r}: num_attention_heads {new_heads} is not a multiple of "
+                                 f"num_key_value_heads {kv}; name num_key_value_heads=N too")
 
 
 def resolve_block_size(block_size: int | None, tokenizer, config) -> int:
