@@ -56,18 +56,19 @@ def test_unreadable_setting_names_the_flag_and_the_fix(text, phrase):
     ("auto", H200, 128, True, None, None, "heads of 128"),
     ("auto", H200, 64, False, None, None, "fp32 here"),
     ("auto", A100, 64, True, None, None, "compute capability 8.0"),
-    ("auto", CPU, 64, True, None, None, "no GPU"),
+    ("auto", CPU, 64, True, "flex_attention", None, "no GPU"),  # flex_attention asked for on the CPU
     ("torch", H200, 64, True, None, None, "set by --flex_kernel_options torch"),
     ('{"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 32}', A100, 128, False, None, MINE, "set by --flex_kernel_options"),
+    ('{"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 32}', CPU, 64, False, "flex_attention", MINE, "set by --flex_kernel_options"),
     ("auto", H200, 64, True, "sdpa", None, "attention is sdpa, not flex_attention"),
+    ("auto", CPU, 64, True, None, None, "attention is sdpa, not flex_attention"),  # the CPU default
 ])
 def test_choice(setting, facts, head_dim, bf16, attn, expected, phrase):
     path = choose(SpeedArguments(flex_kernel_options=setting), attn, True, _training(bf16), facts, "llama",
                   head_dim=head_dim)
-    if attn is None:
-        assert path.attention.value == ("flex_attention" if facts.cuda else "sdpa")
-    assert path.flex_kernels.value == (expected if facts.cuda or attn else None) or (setting.startswith("{") and not facts.cuda)
-    assert phrase in path.flex_kernels.reason or not facts.cuda
+    assert path.attention.value == (attn or ("flex_attention" if facts.cuda else "sdpa"))
+    assert path.flex_kernels.value == expected
+    assert phrase in path.flex_kernels.reason
 
 
 def test_the_start_up_lines_show_the_tiles_only_with_flex_attention():

@@ -114,9 +114,10 @@ class TestRowCollator:
 
 
 class TestConfigOverrides:
-    """--config_overrides on a fresh config keeps head_dim = hidden_size / num_attention_heads where the config derived it."""
+    """--config_overrides on a fresh config keeps head_dim = hidden_size / num_attention_heads, and one key/value head
+    per query head, where the config derived them."""
 
-    def _load(self, model_type, overrides, caplog=None):
+    def _load(self, model_type, overrides):
         from diffmodel.train.model import load_config
 
         return load_config(ModelArguments(model_type=model_type, config_overrides=overrides))

@@ -76,7 +76,7 @@ def choose(setting: str, attention: str | None, cuda: bool, capability: tuple[in
         return None, "no GPU: torch's CPU kernel"
     if capability != (9, 0) or head_dim != 64 or not half:
         where = f"compute capability {capability[0]}.{capability[1]}" if capability else "this GPU"
-        return None, (f"torch's tiles: the faster ones were measured on compute capability 9.0 for heads of 64 under "
+        return None, (f"the faster tiles were measured on compute capability 9.0 for heads of 64 under "
                       f"bf16/fp16 ({where}, heads of {head_dim}, {'bf16/fp16' if half else 'fp32'} here)")
     return dict(HOPPER_HEAD64), ("inductor's autotuned tiles for heads of 64 on compute capability 9.0: forward + backward "
                                  "1.16x torch's on an H200 (benchmarks/RESULTS.md)")
