@@ -14,6 +14,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_varlen``: ``--attn_implementation torch_varlen`` (torch's varlen flash kernels) with the other
   defaults, ``pack_varlen_liger``: the same with liger-kernel instead of torch.compile,
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
+  ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
+  ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
   ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
   allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
@@ -29,6 +31,8 @@ then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate
 rounds. With ``--isolate``, each round of each arm runs in a process of its own (fresh CUDA context,
 allocator, compiled-code caches and data-loader workers; the on-disk compile cache is shared): on an H200
 an arm that ran after other arms in one process took 1.1x-1.3x its step time alone (benchmarks/RESULTS.md).
+With ``--sync_debug``, every distinct place where the host waits for the GPU during the timed steps is printed
+with the Python frames that led there (``torch.cuda.set_sync_debug_mode``).
 With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
 and writes ``DIR/profile_<arm>.md``: kernel time per step by kind (matrix multiplies, attention,
 compiled fused kernels, optimizer, copies) and the share of wall time the GPU was busy
@@ -136,6 +140,8 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sdpa_liger": ["--packing", "--attn_implementation", "sdpa", "--liger", "on", "--compile", "off"],
         "pack_varlen": ["--packing", "--attn_implementation", "torch_varlen"],
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
+        "pack_sync": ["--packing", "--async_steps", "off"],
+        "pack_nonan": ["--packing", "--async_steps", "off", "--logging_nan_inf_filter", "False"],
     }[arm]
 
 
@@ -222,6 +228,41 @@ class Meter:
         trainer.training_step = counted
 
 
+def sync_debug_callback(first: int, last: int):
+    """Reports every distinct place where the host waits for the GPU during steps ``first`` .. ``last``
+    (``torch.cuda.set_sync_debug_mode``), with the Python frames that led there."""
+    import traceback
+    import warnings
+
+    from transformers import TrainerCallback
+
+    seen: set = set()
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings.py" not in f.filename][-8:]
+        key = tuple((f.filename, f.lineno) for f in frames)
+        if key not in seen:
+            seen.add(key)
+            print("host waits for the GPU at:\n" + "".join(f"    {f.filename}:{f.lineno} {f.name}: {f.line}\n" for f in frames), flush=True)
+
+    class SyncDebug(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == first:
+                warnings.showwarning = show
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+            elif state.global_step == last:
+                torch.cuda.set_sync_debug_mode("default")
+                warnings.showwarning = shown
+                print(f"{len(seen)} distinct places where the host waited for the GPU in steps {first + 1}-{last}", flush=True)
+            return control
+
+    return SyncDebug()
+
+
 def pieces(batch: dict, pad_id: int, eos_id: int) -> list[int]:
     """Lengths of the real samples (or parts of samples) in a batch, for the useful-FLOPs count."""
     ids = batch["input_ids"].cpu()
@@ -274,6 +315,8 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
 
         trainer.add_callback(step_profile_callback(a.warmup + a.steps, a.profile_steps, a.profile / f"profile_{arm}.md",
                                                    f"{arm}, model {a.model}, {a.batch_size} x {a.block_size}", cuda))
+    if a.sync_debug and cuda:
+        trainer.add_callback(sync_debug_callback(a.warmup, a.warmup + a.steps))
     with _attention_kernels(arm):
         trainer.train()
     if len(meter.marks) != 2:
@@ -373,6 +416,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--workdir", type=Path)
     p.add_argument("--isolate", action="store_true", help="run each round of each arm in a process of its own")
+    p.add_argument("--sync_debug", action="store_true", help="print every place the host waits for the GPU in the timed steps")
     p.add_argument("--one_round", type=Path, help=argparse.SUPPRESS)  # an --isolate child: the spec of its one round
     a = p.parse_args(argv)
     if a.one_round:

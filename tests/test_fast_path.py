@@ -138,6 +138,7 @@ def test_lines_say_each_choice_and_its_reason():
         "liger-kernel: off (no GPU (liger's kernels are Triton GPU kernels))",
         "torch.compile: off (no GPU (compiling for the CPU takes minutes and gains little))",
         "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
+        "asynchronous steps: off (no GPU: host and step are the same processor)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -167,6 +168,19 @@ def test_data_loader_workers(speed, packing, training, facts, streaming, expecte
     args.dataloader_num_workers = training.get("dataloader_num_workers", 0)
     path = choose(SpeedArguments(**speed), None, packing, args, facts, "llama", streaming=streaming)
     assert (path.data_workers.value, path.data_workers.reason.startswith(reason) or reason in path.data_workers.reason) == (expected, True)
+
+
+@pytest.mark.parametrize("speed,packing,facts,expected,reason", [
+    ({}, True, GPU, True, "the host queues the next step while the GPU runs this one"),
+    ({}, True, CPU, False, "no GPU: host and step are the same processor"),
+    ({}, False, GPU, False, "no --packing"),
+    ({"async_steps": "off"}, True, GPU, False, "set by --async_steps off"),
+    ({"async_steps": "on"}, False, CPU, True, "set by --async_steps on"),
+])
+def test_asynchronous_steps(speed, packing, facts, expected, reason):
+    path = choose(SpeedArguments(**speed), None, packing, _training(), facts, "llama")
+    assert path.async_steps.value is expected
+    assert path.async_steps.reason.startswith(reason)
 
 
 @pytest.mark.parametrize("text", ["-1", "two", ""])
@@ -530,7 +544,8 @@ class TestTimeBudgetRun:
         assert lines[0] == "fast path: attention: sdpa (no GPU: sdpa keeps samples apart through position_ids)"
         assert lines[1] == "fast path: padding-free batches: on (set by --padding_free on)"
         assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
-        assert len(lines) == 5
+        assert lines[5] == "fast path: asynchronous steps: off (no GPU: host and step are the same processor)"
+        assert len(lines) == 6
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
     def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
@@ -551,6 +566,19 @@ class TestDataWorkers:
                   for r in runs]
         assert len(losses[0]) == 3 and losses[0] == losses[1]
         assert "fast path: data loader workers: 2 (set by --data_workers 2)" in runs[1]["log"]
+
+
+class TestAsyncSteps:
+    def test_the_same_losses_and_trainers_filter_handed_to_the_device(self, data_dir, tiny_gpt2_dir):
+        runs = [_train(tiny_gpt2_dir, data_dir, f"async_{s}", "--packing", "--max_steps", "3", "--async_steps", s)
+                for s in ("off", "on")]
+        assert [r["code"] for r in runs] == [0, 0]
+        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+                  for r in runs]
+        assert len(losses[0]) == 3 and losses[0] == losses[1]
+        assert "fast path: asynchronous steps: on (set by --async_steps on)" in runs[1]["log"]
+        saved = [torch.load(r["out"] / "training_args.bin", weights_only=False).logging_nan_inf_filter for r in runs]
+        assert saved == [True, False]
 
 
 class TestDataWaitShare:

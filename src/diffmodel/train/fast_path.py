@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` six choices are made for the user unless a flag makes
+With ``--packing`` seven choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -50,6 +50,11 @@ card):
   on a GPU of compute capability 9.0 (H100, H200), heads of 64 and
   ``--bf16``/``--fp16``, the tile sizes inductor's autotuning picked there
   (:mod:`diffmodel.train.flex_kernels`); torch's own elsewhere.
+
+- **asynchronous steps** (``--async_steps``): on a GPU, batches copied from pinned memory without
+  waiting and Trainer's NaN/inf loss check done on the GPU, so the host queues the next step while the
+  GPU runs this one (:mod:`diffmodel.train.async_steps`; on an H200 at ~110M the packed step went from
+  66 to 61 ms).
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -268,6 +273,17 @@ def choose_data_workers(setting: str, dataloader_num_workers: int, packing: bool
                                 "(without them the main process waited 4-5% of each step on an H200)")
 
 
+def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
+    if setting in ("on", "off"):
+        return Choice(setting == "on", f"set by --async_steps {setting}")
+    if not packing:
+        return Choice(False, "no --packing")
+    if not facts.cuda:
+        return Choice(False, "no GPU: host and step are the same processor")
+    return Choice(True, "the host queues the next step while the GPU runs this one (batches copied without waiting, "
+                        "the NaN/inf loss check on the GPU)")
+
+
 @dataclass(frozen=True)
 class FastPath:
     attention: Choice
@@ -276,6 +292,7 @@ class FastPath:
     compile: Choice
     data_workers: Choice
     flex_kernels: Choice = Choice(None, "not flex_attention")
+    async_steps: Choice = Choice(False, "not chosen")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -287,7 +304,8 @@ class FastPath:
             return str(c.value) if isinstance(c.value, int) else str(c.value or "model default")
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
-                 ("torch.compile", self.compile), ("data loader workers", self.data_workers)]
+                 ("torch.compile", self.compile), ("data loader workers", self.data_workers),
+                 ("asynchronous steps", self.async_steps)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -319,6 +337,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         flex_kernels=Choice(*flex_kernels.choose(
             getattr(speed, "flex_kernel_options", "auto"), attention.value, facts.cuda, facts.capability, head_dim,
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
+        async_steps=choose_async_steps(getattr(speed, "async_steps", "auto"), packing, facts),
     )
 
 

@@ -43,6 +43,7 @@ from transformers import Trainer
 
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.train import throughput
+from diffmodel.train.async_steps import DeviceLossFilter
 
 #: the keys added to the training log
 TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait_share",
@@ -63,11 +64,13 @@ def loss_token_count(labels: torch.Tensor) -> torch.Tensor:
 
 
 def input_token_count(inputs: dict) -> torch.Tensor:
-    """Input tokens of a batch: the attention mask's ones, else every token."""
+    """Input tokens of a batch: the attention mask's ones, else every token (made on the batch's device: a
+    host number copied there would make the host wait for the GPU)."""
     mask = inputs.get("attention_mask")
     if mask is not None:
         return mask.sum()
-    return torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+    ids = inputs["input_ids"]
+    return torch.full((), ids.numel(), dtype=torch.int64, device=ids.device)
 
 
 class _Counts:
@@ -196,5 +199,5 @@ class TokenMetricsMixin:
         return output
 
 
-class DiffTrainer(TokenMetricsMixin, Trainer):
+class DiffTrainer(DeviceLossFilter, TokenMetricsMixin, Trainer):
     """``Trainer`` with the token metrics (what ``diffmodel train`` trains with, unless it streams)."""

@@ -40,7 +40,7 @@ from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
-from diffmodel.train import fast_path, flex_kernels
+from diffmodel.train import async_steps, fast_path, flex_kernels
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -313,6 +313,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     training_args.dataloader_num_workers = path.data_workers.value
     if path.data_workers.value:
         training_args.dataloader_persistent_workers = True  # no new processes at each epoch
+    nan_filter_on_device = async_steps.apply(training_args) if path.async_steps.value else False
     if path.compile.value and not training_args.torch_compile:  # compiling is decided while parsing: the rows were found packed later
         path = dataclasses.replace(path, compile=fast_path.Choice(False, "the rows were found packed after the flags were read; pass --packing to compile"))
     for line in path.lines():
@@ -337,6 +338,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         data_collator=collator,
         processing_class=tokenizer,
     )
+    trainer.nan_filter_on_device = nan_filter_on_device
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
     budget = parse_duration(speed.max_train_time)

@@ -57,6 +57,7 @@ from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.preprocess.pipeline import loss_on_of
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.stream import COUNT_FIELDS, STREAM_KEY, StreamingDataset, first_buffer
+from diffmodel.train.async_steps import DeviceLossFilter
 from diffmodel.train.metrics import TokenMetricsMixin
 
 logger = logging.getLogger("diffmodel.train")
@@ -190,7 +191,7 @@ class StreamCollator:
         return batch
 
 
-class StreamingTrainer(TokenMetricsMixin, Trainer):
+class StreamingTrainer(DeviceLossFilter, TokenMetricsMixin, Trainer):
     """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch.
 
     The token metrics of :mod:`diffmodel.train.metrics` come from the same mixin as without streaming.
@@ -219,7 +220,8 @@ class StreamingTrainer(TokenMetricsMixin, Trainer):
             prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
         )
         # one process, no sharding: the dataset already holds only this rank's share
-        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False)
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False,
+                                   non_blocking=bool(getattr(self.args.accelerator_config, "non_blocking", False)))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         metas = inputs.pop(STREAM_KEY, None)
