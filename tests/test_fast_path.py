@@ -139,6 +139,7 @@ def test_lines_say_each_choice_and_its_reason():
         "torch.compile: off (no GPU (compiling for the CPU takes minutes and gains little))",
         "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
         "asynchronous steps: off (no GPU: host and step are the same processor)",
+        "logits at the loss positions only: off (not measured on a GPU yet; --loss_logits on computes the output layer only where the loss is)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -545,7 +546,7 @@ class TestTimeBudgetRun:
         assert lines[1] == "fast path: padding-free batches: on (set by --padding_free on)"
         assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
         assert lines[5] == "fast path: asynchronous steps: off (no GPU: host and step are the same processor)"
-        assert len(lines) == 6
+        assert len(lines) == 7
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
     def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
@@ -579,6 +580,35 @@ class TestAsyncSteps:
         assert "fast path: asynchronous steps: on (set by --async_steps on)" in runs[1]["log"]
         saved = [torch.load(r["out"] / "training_args.bin", weights_only=False).logging_nan_inf_filter for r in runs]
         assert saved == [True, False]
+
+
+class TestLossLogits:
+    def test_the_same_losses_and_accuracy_from_the_logits_at_the_loss_positions(self, data_dir, tiny_gpt2_dir):
+        runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_{s}", "--packing", "--max_steps", "3", "--loss_logits", s)
+                for s in ("off", "on")]
+        assert [r["code"] for r in runs] == [0, 0]
+        logs = [[h for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h] for r in runs]
+        assert len(logs[0]) == 3
+        assert [h["loss"] for h in logs[1]] == pytest.approx([h["loss"] for h in logs[0]], rel=1e-5)
+        assert [h["mean_token_accuracy"] for h in logs[1]] == [h["mean_token_accuracy"] for h in logs[0]]
+        assert [h["num_loss_tokens"] for h in logs[1]] == [h["num_loss_tokens"] for h in logs[0]]
+        assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
+
+    def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, tiny_gpt2_dir):
+        lora = ("--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0")
+        runs = [_train(tiny_gpt2_dir, data_dir, f"lora_loss_logits_{s}", "--packing", "--max_steps", "2", "--loss_logits", s, *lora)
+                for s in ("off", "on")]
+        assert [r["code"] for r in runs] == [0, 0]
+        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+                  for r in runs]
+        assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+    def test_a_model_type_it_does_not_know_is_refused_with_the_fix(self, data_dir, tiny_gpt2_dir, monkeypatch):
+        from diffmodel.train import loss_logits
+
+        monkeypatch.setattr(loss_logits, "SUPPORTED", ("llama",))
+        with pytest.raises(DiffModelError, match="--loss_logits on: gpt2 models are not supported .only llama.; pass --loss_logits auto or off"):
+            _train(tiny_gpt2_dir, data_dir, "loss_logits_gpt2", "--packing", "--max_steps", "1", "--loss_logits", "on")
 
 
 class TestDataWaitShare:

@@ -91,7 +91,8 @@ def check_isolation(model, collator=None, tolerance: float = 1e-3, autocast_dtyp
     collator = collator or PackedCollator(0)
     vocab_size = model.get_input_embeddings().weight.shape[0]
     batch = collator(_probe_rows(vocab_size, eos_id=vocab_size - 1))  # any id in the vocabulary will do
-    batch.pop("labels")
+    for key in ("labels", "loss_index", "loss_targets"):  # logits at every position (not only where the loss is)
+        batch.pop(key, None)
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     was_training = model.training

@@ -16,7 +16,8 @@ from the sample boundaries. With ``boundaries`` (for ``torch_varlen``, see
 :mod:`diffmodel.train.varlen`) rows keep their shape and the batch also
 carries ``cu_seq_lens_q/k`` of its rows laid end to end, with
 ``max_length_q/k`` the row width (one value per shape, so a compiled model
-does not see a new constant every batch).
+does not see a new constant every batch). With ``loss_positions`` the batch also carries
+``loss_index`` / ``loss_targets`` (:mod:`diffmodel.train.loss_logits`).
 
 Rows may hold lists, numpy arrays or tensors (``diffmodel train`` gives the
 Trainer its datasets in numpy format, so a batch of 16 rows of 2,048 tokens
@@ -33,6 +34,7 @@ import torch
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
+from diffmodel.train import loss_logits
 
 PAD_VALUES = {"labels": IGNORE_INDEX, "attention_mask": 0, "position_ids": 0}
 
@@ -80,6 +82,8 @@ class PackedCollator:
     flatten: bool = False
     pad_to_multiple_of: int = 8
     boundaries: bool = False
+    loss_positions: bool = False
+    """add ``loss_index`` and ``loss_targets`` (:mod:`diffmodel.train.loss_logits`)"""
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if any("attention_mask" in r for r in rows):
@@ -97,14 +101,21 @@ class PackedCollator:
         positions = _stack(rows, "position_ids", width, 0)
         tail = np.arange(width)[None, :] - lengths[:, None]
         positions = np.where(tail >= 0, tail, positions)
+        labels = _stack(rows, "labels", width, IGNORE_INDEX)
         batch = {
             "input_ids": torch.from_numpy(_stack(rows, "input_ids", width, self.pad_id)),
-            "labels": torch.from_numpy(_stack(rows, "labels", width, IGNORE_INDEX)),
+            "labels": torch.from_numpy(labels),
             "position_ids": torch.from_numpy(positions),
         }
         if self.boundaries:
             cu = boundaries(positions)
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width)
+        return self._with_loss_positions(batch, labels)
+
+    def _with_loss_positions(self, batch: dict, labels: np.ndarray) -> dict:
+        if self.loss_positions:
+            index, targets = loss_logits.positions(labels)
+            batch.update({loss_logits.INDEX: torch.from_numpy(index), loss_logits.TARGETS: torch.from_numpy(targets)})
         return batch
 
     def _flat(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -114,12 +125,13 @@ class PackedCollator:
         pos = flat("position_ids")
         cu = boundaries(pos)
         longest = int((cu[1:] - cu[:-1]).max())
-        return {
+        labels = flat("labels")
+        return self._with_loss_positions({
             "input_ids": torch.from_numpy(flat("input_ids")),
-            "labels": torch.from_numpy(flat("labels")),
+            "labels": torch.from_numpy(labels),
             "position_ids": torch.from_numpy(pos),
             "cu_seq_lens_q": cu,
             "cu_seq_lens_k": cu,
             "max_length_q": longest,
             "max_length_k": longest,
-        }
+        }, labels)

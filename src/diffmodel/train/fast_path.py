@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` seven choices are made for the user unless a flag makes
+With ``--packing`` eight choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -55,6 +55,9 @@ card):
   waiting and Trainer's NaN/inf loss check done on the GPU, so the host queues the next step while the
   GPU runs this one (:mod:`diffmodel.train.async_steps`; on an H200 at ~110M the packed step went from
   66 to 61 ms).
+- **logits at the loss positions only** (``--loss_logits``): the output layer and the loss computed only
+  where the next token bears loss (:mod:`diffmodel.train.loss_logits`); ``auto`` leaves it off until it
+  has been measured on a GPU, ``on`` takes it.
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -284,6 +287,17 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
                         "the NaN/inf loss check on the GPU)")
 
 
+def choose_loss_logits(setting: str, packing: bool, liger: bool) -> Choice:
+    """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already)."""
+    if setting in ("on", "off"):
+        return Choice(setting == "on", f"set by --loss_logits {setting}")
+    if not packing:
+        return Choice(False, "no --packing")
+    if liger:
+        return Choice(False, "liger-kernel's fused loss builds no logits already")
+    return Choice(False, "not measured on a GPU yet; --loss_logits on computes the output layer only where the loss is")
+
+
 @dataclass(frozen=True)
 class FastPath:
     attention: Choice
@@ -293,6 +307,7 @@ class FastPath:
     data_workers: Choice
     flex_kernels: Choice = Choice(None, "not flex_attention")
     async_steps: Choice = Choice(False, "not chosen")
+    loss_logits: Choice = Choice(False, "not chosen")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -305,7 +320,7 @@ class FastPath:
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
-                 ("asynchronous steps", self.async_steps)]
+                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -327,10 +342,11 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
                               seconds_of(speed.max_train_time),
                               bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None)))
+    liger = choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value))
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
-        liger=choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value)),
+        liger=liger,
         compile=compile_,
         data_workers=choose_data_workers(speed.data_workers, getattr(training_args, "dataloader_num_workers", 0) or 0,
                                          packing, facts, streaming),
@@ -338,6 +354,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
             getattr(speed, "flex_kernel_options", "auto"), attention.value, facts.cuda, facts.capability, head_dim,
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
         async_steps=choose_async_steps(getattr(speed, "async_steps", "auto"), packing, facts),
+        loss_logits=choose_loss_logits(getattr(speed, "loss_logits", "auto"), packing, bool(liger.value)),
     )
 
 
@@ -362,6 +379,8 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         found.append("--liger on needs a GPU (liger's kernels are Triton GPU kernels); pass --liger auto or off")
     if speed.liger == "on" and speed.compile == "on":
         found.append("--liger on and --compile on: liger's fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5); pass one of them")
+    if getattr(speed, "loss_logits", "auto") == "on" and not packing:
+        found.append("--loss_logits on picks the loss positions of packed batches: add --packing")
     if speed.padding_free == "on" and not packing:
         found.append("--padding_free on flattens packed rows: add --packing")
     if speed.padding_free == "off" and attn_requested in FLASH:

@@ -42,7 +42,7 @@ import torch
 from transformers import Trainer
 
 from diffmodel.preprocess.labels import IGNORE_INDEX
-from diffmodel.train import throughput
+from diffmodel.train import loss_logits, throughput
 from diffmodel.train.async_steps import DeviceLossFilter
 
 #: the keys added to the training log
@@ -56,6 +56,12 @@ def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     predicted = logits[..., :-1, :].argmax(dim=-1)
     counted = target != IGNORE_INDEX
     return (predicted.eq(target) & counted).sum(), counted.sum()
+
+
+def picked_accuracy_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, counted) of (positions, vocabulary) logits against the tokens they predict (IGNORE_INDEX not counted)."""
+    counted = targets != IGNORE_INDEX
+    return (logits.argmax(dim=-1).eq(targets) & counted).sum(), counted.sum()
 
 
 def loss_token_count(labels: torch.Tensor) -> torch.Tensor:
@@ -115,9 +121,13 @@ class TokenMetricsMixin:
             self.__dict__["_rate_since"] = time.perf_counter()  # the speed is measured from the first step on
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
+        picked = outputs.get(loss_logits.LOGITS) if isinstance(outputs, dict) else None
         if labels is not None and tokens is not None:
             with torch.no_grad():
-                if logits is not None:
+                if picked is not None:  # logits at the loss positions only (--loss_logits)
+                    correct, counted = picked_accuracy_counts(picked.detach(), inputs[loss_logits.TARGETS].to(picked.device))
+                    checked = counted
+                elif logits is not None:
                     correct, counted = token_accuracy_counts(logits.detach(), labels.to(logits.device))
                     checked = counted
                 else:  # a fused loss made no logits: counts only

@@ -40,7 +40,7 @@ from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
-from diffmodel.train import async_steps, fast_path, flex_kernels
+from diffmodel.train import async_steps, fast_path, flex_kernels, loss_logits
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -80,7 +80,8 @@ def last_complete_checkpoint(out_dir: Path, last_file: str = "trainer_state.json
     return None
 
 
-def make_collator(model, tokenizer, packing: bool, training_args=None, padding_free: bool = False, row_width: int | None = None):
+def make_collator(model, tokenizer, packing: bool, training_args=None, padding_free: bool = False, row_width: int | None = None,
+                  loss_positions: bool = False):
     """The collator that matches the layout; for packing, also prove the attention isolates samples.
 
     The probe runs on the device and in the precision training will use (the
@@ -88,13 +89,14 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
     DeepSpeed or FSDP place it), so the kernels probed are the ones trained with
     (liger's, when applied before). ``padding_free``: flatten each batch into one
     row (always for flash attention); ``row_width``: pad every packed batch to
-    this width (one shape for torch.compile).
+    this width (one shape for torch.compile); ``loss_positions``: batches carry the positions that bear
+    loss (``--loss_logits``).
     """
     if not packing:
         return RowCollator(pad_id_of(tokenizer))
     flatten = prepare_for_packing(model) or padding_free
     collator = PackedCollator(pad_id_of(tokenizer), flatten=flatten, pad_to_multiple_of=row_width or 8,
-                              boundaries=needs_boundaries(model) and not flatten)
+                              boundaries=needs_boundaries(model) and not flatten, loss_positions=loss_positions)
     autocast = None
     if training_args is not None:
         if not (training_args.deepspeed or training_args.fsdp):
@@ -326,8 +328,14 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)
+    if path.loss_logits.value:
+        if not loss_logits.supports(config.model_type):
+            raise DiffModelError(f"--loss_logits on: {config.model_type} models are not supported (only {', '.join(loss_logits.SUPPORTED)}); "
+                                 "pass --loss_logits auto or off")
+        loss_logits.install(model)
     collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
-                             row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
+                             row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None,
+                             loss_positions=bool(path.loss_logits.value))
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(

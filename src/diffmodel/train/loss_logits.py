@@ -1,0 +1,100 @@
+"""The output layer and the loss only where the loss is (``--loss_logits``).
+
+A diff model's loss is on the diff alone (``--loss_on diff``, the default): in the samples mined for the
+benchmarks about 80% of the tokens are the file, its name and the commit message, whose predictions the
+loss ignores. A transformers causal LM still applies its output layer (hidden size x vocabulary) at every
+position and builds the (rows x width x vocabulary) logits before the loss drops most of them; with a
+128k vocabulary that layer is a fifth of a 1B model's compute.
+
+With ``--loss_logits on``:
+
+- the packed collator lists the positions whose next token bears loss (``loss_index``: flat over the
+  batch's rows x width, padded with position 0 to a multiple of :data:`MULTIPLE`, so the compiled graph
+  sees few shapes) and the tokens they predict (``loss_targets``, IGNORE_INDEX on the padding);
+- the model's forward (this instance's, :func:`install`) runs the decoder, picks those positions' hidden
+  states and applies the output layer and cross-entropy to them only: the loss of transformers'
+  ``ForCausalLMLoss`` (summed over loss-bearing tokens, divided by ``num_items_in_batch``; the mean
+  without it) and its gradients, from a (positions x vocabulary) logits tensor;
+- the training metrics score ``mean_token_accuracy`` on those logits.
+
+A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own.
+Only model types whose head is the output embedding applied to the decoder's last hidden state, with no
+scaling or soft-capping, are taken (:data:`SUPPORTED`; tests prove loss and gradients equal to the full
+forward for each).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.utils import ModelOutput
+
+from diffmodel.preprocess.labels import IGNORE_INDEX
+
+INDEX, TARGETS, LOGITS = "loss_index", "loss_targets", "loss_logits"
+#: ``loss_index`` is padded to a multiple of this many positions.
+MULTIPLE = 64
+#: Model types whose causal-LM head is a plain output embedding over the decoder's last hidden state.
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+
+
+def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, targets)`` of a (rows, width) label array: the flat positions ``r * width + c`` whose next
+    label ``labels[r, c + 1]`` bears loss, and those labels; padded to a multiple of ``multiple`` with
+    position 0 and IGNORE_INDEX."""
+    following = labels[:, 1:]
+    rows, cols = np.nonzero(following != IGNORE_INDEX)
+    index = rows * labels.shape[1] + cols
+    targets = following[rows, cols]
+    pad = -len(index) % multiple if multiple else 0
+    if pad or not len(index):
+        pad = pad or multiple or 1
+        index = np.concatenate([index, np.zeros(pad, dtype=index.dtype)])
+        targets = np.concatenate([targets, np.full(pad, IGNORE_INDEX, dtype=targets.dtype)])
+    return index.astype(np.int64), targets.astype(np.int64)
+
+
+def loss_of(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of (positions, vocabulary) logits, as transformers' ``ForCausalLMLoss`` reduces it."""
+    logits = logits.float()
+    targets = targets.to(logits.device)
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    total = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+@dataclass
+class LossLogitsOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    loss_logits: torch.Tensor | None = None
+    """(positions of ``loss_index``, vocabulary)"""
+
+
+def supports(model_type: str | None) -> bool:
+    return model_type in SUPPORTED
+
+
+def install(model) -> None:
+    """Give this model instance the forward of the module docstring (a supported causal LM)."""
+    decoder = getattr(model, model.base_model_prefix)
+    head = model.get_output_embeddings()
+    full = model.forward
+
+    @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)
+    def forward(*args, loss_index=None, loss_targets=None, labels=None, num_items_in_batch=None, **kwargs):
+        if loss_index is None:
+            if num_items_in_batch is not None:
+                kwargs["num_items_in_batch"] = num_items_in_batch
+            return full(*args, labels=labels, **kwargs)
+        hidden = decoder(*args, **kwargs)[0]
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, loss_index.to(hidden.device))
+        logits = head(picked)
+        return LossLogitsOutput(loss=loss_of(logits, loss_targets, num_items_in_batch), loss_logits=logits)
+
+    model.forward = forward

@@ -1,0 +1,130 @@
+"""Logits at the loss positions only (--loss_logits): the same loss, gradients and accuracy as the full forward."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from diffmodel.train import loss_logits
+from diffmodel.train.args import SpeedArguments
+from diffmodel.train.collate import PackedCollator
+from diffmodel.train.fast_path import Facts, choose, problems
+from diffmodel.train.metrics import picked_accuracy_counts, token_accuracy_counts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from packed_models import PAD, VOCAB, X, packed_rows, samples  # noqa: E402
+
+GPU = Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
+
+
+class TestPositions:
+    def test_positions_whose_next_label_bears_loss_flat_over_rows(self):
+        labels = np.array([[X, 5, 6, X], [X, X, 7, 8]])
+        index, targets = loss_logits.positions(labels, multiple=4)
+        # row 0: positions 0, 1 predict 5, 6; row 1 (offset 4): positions 1, 2 predict 7, 8
+        assert index.tolist() == [0, 1, 5, 6]
+        assert targets.tolist() == [5, 6, 7, 8]
+
+    def test_padded_to_the_multiple_with_position_0_and_ignored_targets(self):
+        index, targets = loss_logits.positions(np.array([[X, 5, 6, X]]), multiple=4)
+        assert index.tolist() == [0, 1, 0, 0]
+        assert targets.tolist() == [5, 6, X, X]
+
+    def test_a_batch_without_loss_still_gets_one_block_of_ignored_targets(self):
+        index, targets = loss_logits.positions(np.array([[X, X, X]]), multiple=4)
+        assert (index.tolist(), targets.tolist()) == ([0, 0, 0, 0], [X] * 4)
+
+
+TINY = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0),
+}
+
+
+def tiny(model_type: str):
+    assert set(TINY) == set(loss_logits.SUPPORTED)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **TINY[model_type])
+    config._attn_implementation = "sdpa"
+    config.use_cache = False
+    return AutoModelForCausalLM.from_config(config).float().train()
+
+
+def _loss_and_grads(model, batch, num_items):
+    model.zero_grad()
+    out = model(**batch, num_items_in_batch=num_items)
+    out.loss.backward()
+    return out, {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["rows", "flattened"])
+@pytest.mark.parametrize("model_type", loss_logits.SUPPORTED)
+def test_loss_gradients_and_accuracy_equal_the_full_forward(model_type, flatten):
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD, flatten=flatten)(rows)
+    picked_batch = PackedCollator(PAD, flatten=flatten, loss_positions=True)(rows)
+    assert {k: v for k, v in picked_batch.items() if k not in ("loss_index", "loss_targets")}.keys() == full_batch.keys()
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+
+    model = tiny(model_type)
+    full, full_grads = _loss_and_grads(model, full_batch, num_items)
+    loss_logits.install(model)
+    picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
+
+    assert picked.logits is None if hasattr(picked, "logits") else True
+    assert picked.loss_logits.shape == (len(picked_batch["loss_index"]), VOCAB)
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    assert picked_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    expected = token_accuracy_counts(full.logits.detach(), full_batch["labels"])
+    got = picked_accuracy_counts(picked.loss_logits.detach(), picked_batch["loss_targets"])
+    assert [int(v) for v in got] == [int(v) for v in expected]
+    assert int(got[1]) == int(num_items)
+
+
+def test_without_num_items_it_is_the_mean_as_transformers_gives_it():
+    rows = packed_rows(samples())
+    model = tiny("llama")
+    full = model(**PackedCollator(PAD)(rows)).loss
+    loss_logits.install(model)
+    picked = model(**PackedCollator(PAD, loss_positions=True)(rows)).loss
+    torch.testing.assert_close(picked, full, rtol=1e-6, atol=1e-6)
+
+
+def test_a_forward_without_loss_positions_is_the_models_own():
+    rows = packed_rows(samples())
+    batch = PackedCollator(PAD)(rows)
+    model = tiny("llama").eval()
+    with torch.no_grad():
+        before = model(**batch).logits
+        loss_logits.install(model)
+        after = model(**batch).logits
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("speed,packing,expected,reason", [
+    ({}, True, False, "not measured on a GPU yet"),
+    ({}, False, False, "no --packing"),
+    ({"loss_logits": "on"}, True, True, "set by --loss_logits on"),
+    ({"loss_logits": "off"}, True, False, "set by --loss_logits off"),
+])
+def test_the_choice(speed, packing, expected, reason):
+    from types import SimpleNamespace
+
+    training = SimpleNamespace(max_steps=-1, torch_compile=False, use_liger_kernel=False, fsdp="", deepspeed=None)
+    path = choose(SpeedArguments(**speed), None, packing, training, GPU, "llama")
+    assert path.loss_logits.value is expected and path.loss_logits.reason.startswith(reason)
+
+
+def test_without_packing_it_is_refused_with_the_fix():
+    [problem] = problems(SpeedArguments(loss_logits="on"), None, False, GPU)
+    assert problem == "--loss_logits on picks the loss positions of packed batches: add --packing"
