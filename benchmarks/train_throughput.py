@@ -22,7 +22,8 @@ by every arm (the reference command line passes ``--ignore_long_samples``).
 batch gives the loss and gradients of its samples run one by one, for each
 packed backend (FlexAttention has no CPU backward, so the CPU tests check its
 loss only; torch_varlen's kernels take bf16 only, so it is checked in bf16 with room for rounding, as is
-flex_attention with diffmodel's Hopper tiles, ``flex_attention+tiles``).
+flex_attention with diffmodel's Hopper tiles, ``flex_attention+tiles``), and for flex_attention with the
+output layer and loss at the loss positions only (``flex_attention+loss_logits``, ``--loss_logits on``).
 
 Row building uses the package's pure layout functions (no ``datasets`` needed).
 """
@@ -280,12 +281,13 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     for n, m in [(260, 20), (190, 40), (133, 5), (320, 70), (147, 12)]:  # >= 128: FlexAttention's block size
         ids = torch.randint(1, vocab, (n,), generator=g).tolist()
         samples.append((ids, [IGNORE_INDEX] * m + ids[m:]))
-    from diffmodel.train import flex_kernels, varlen
+    from diffmodel.train import flex_kernels, loss_logits, varlen
 
     varlen.register()
     tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled):
-        attn = "flex_attention" if name == tiled else name
+    picked = "flex_attention+loss_logits"  # the output layer and loss at the loss positions only (--loss_logits on)
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked):
+        attn = "flex_attention" if name in (tiled, picked) else name
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
@@ -295,6 +297,8 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         model.config._attn_implementation = attn
         if name == tiled:
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
+        if name == picked:
+            loss_logits.install(model)
 
         def total(batch_list):
             model.zero_grad()
@@ -310,7 +314,8 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=name == varlen.NAME)([pack_row([samples[k] for k in b], EOS) for b in bins])
+            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name == picked)(
+                [pack_row([samples[k] for k in b], EOS) for b in bins])
             loss, grads = total([packed])
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
