@@ -224,3 +224,30 @@ def test_max_train_time_stops_every_rank_at_the_step_rank_0_chose(tmp_path, tiny
     assert f"--max_train_time 3 s reached at step {step}: saving a checkpoint and stopping" in (probe / "rank0.log").read_text()
     assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step}"]
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == step
+
+
+def test_async_steps_and_loss_logits_under_ddp_train_the_same_rows_to_the_same_losses(tmp_path, tiny_gpt2_dir):
+    """Both ranks of a run with --async_steps on --loss_logits on see the batches and log the losses of a run without."""
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    runs = {}
+    for name, extra in (("plain", ["--async_steps", "off", "--loss_logits", "off"]), ("fast", ["--async_steps", "on", "--loss_logits", "on"])):
+        args = [
+            "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", "data.jsonl", "--validation_split_percentage", "0",
+            "--output_dir", f"out_{name}", "--cache_dir", "cache", "--block_size", "256", "--train_diff_model", "--packing",
+            "--per_device_train_batch_size", str(BATCH), "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no",
+            "--logging_steps", "1", "--seed", "1", "--max_steps", "3", "--do_train", "--use_cpu", "--ddp_backend", "gloo",
+            "--log_level_replica", "info", *extra,
+        ]
+        probe = tmp_path / f"probe_{name}"
+        _torchrun(args, probe, tmp_path)
+        finals = [json.loads((probe / f"rank{r}-final.json").read_text()) for r in range(RANKS)]
+        assert finals[0]["weights"] == finals[1]["weights"]  # the ranks agree
+        state = json.loads((tmp_path / f"out_{name}" / "trainer_state.json").read_text())
+        runs[name] = {"losses": [h["loss"] for h in state["log_history"] if "loss" in h],
+                      "rows": [[s["rows"] for s in _steps(probe, r)] for r in range(RANKS)],
+                      "log": (probe / "rank0.log").read_text()}
+    assert runs["fast"]["rows"] == runs["plain"]["rows"]
+    assert len(runs["plain"]["losses"]) == 3
+    assert runs["fast"]["losses"] == pytest.approx(runs["plain"]["losses"], rel=1e-5)
+    assert "fast path: asynchronous steps: on (set by --async_steps on)" in runs["fast"]["log"]
+    assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs["fast"]["log"]
