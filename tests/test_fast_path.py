@@ -593,6 +593,7 @@ class TestLossLogits:
         assert [h["mean_token_accuracy"] for h in logs[1]] == [h["mean_token_accuracy"] for h in logs[0]]
         assert [h["num_loss_tokens"] for h in logs[1]] == [h["num_loss_tokens"] for h in logs[0]]
         assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
+        assert any(m.startswith("loss logits: the loss at the loss positions is the full forward's on cpu") for m in runs[1]["log"])
 
     def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, tiny_gpt2_dir):
         lora = ("--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0")

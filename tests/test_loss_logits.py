@@ -128,3 +128,24 @@ def test_the_choice(speed, packing, expected, reason):
 def test_without_packing_it_is_refused_with_the_fix():
     [problem] = problems(SpeedArguments(loss_logits="on"), None, False, GPU)
     assert problem == "--loss_logits on picks the loss positions of packed batches: add --packing"
+
+
+class TestStartupCheck:
+    def _batch(self):
+        return PackedCollator(PAD, loss_positions=True)(packed_rows(samples()))
+
+    def test_the_installed_forward_passes_and_the_gap_is_returned(self):
+        model = tiny("llama")
+        loss_logits.install(model)
+        assert loss_logits.check(model, self._batch()) < 1e-5
+        assert model.training  # left as it was
+
+    def test_a_head_that_differs_from_the_models_is_refused(self, monkeypatch):
+        from diffmodel.errors import DiffModelError
+
+        model = tiny("llama")
+        loss_logits.install(model)
+        real = loss_logits.loss_of  # a head whose logits are scaled, as some model types' are
+        monkeypatch.setattr(loss_logits, "loss_of", lambda logits, targets, n=None: real(logits * 1.5, targets, n))
+        with pytest.raises(DiffModelError, match=r"--loss_logits: the loss at the loss positions .* is not the full forward's .* pass --loss_logits off"):
+            loss_logits.check(model, self._batch())

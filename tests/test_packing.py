@@ -164,8 +164,8 @@ class TestIsolationProbe:
             check_isolation(model, PackedCollator(PAD))
 
     def test_probe_rows_have_several_samples_a_one_token_sample_and_a_pad_segment(self):
-        from diffmodel.train.attention import _probe_rows
+        from diffmodel.train.attention import probe_rows
 
-        batch = PackedCollator(PAD)(_probe_rows(VOCAB, EOS))
+        batch = PackedCollator(PAD)(probe_rows(VOCAB, EOS))
         # samples of 9, 5, 1, 7, 3, 6 tokens (+ EOS) in rows of 16 by best fit; the collator pads to 16 with a segment of its own
         assert [sample_lengths(p) for p in batch["position_ids"].tolist()] == [[10, 6], [8, 7, 1], [4, 2, 10]]

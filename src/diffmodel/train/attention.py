@@ -69,7 +69,7 @@ PROBE_LENGTHS = (9, 5, 1, 7, 3, 6)
 PROBE_ROW = 16
 
 
-def _probe_rows(vocab_size: int, eos_id: int) -> list[dict]:
+def probe_rows(vocab_size: int, eos_id: int) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     samples = [torch.randint(0, vocab_size, (n,), generator=gen).tolist() for n in PROBE_LENGTHS]
     bins = best_fit_decreasing([n + 1 for n in PROBE_LENGTHS], PROBE_ROW)
@@ -90,7 +90,7 @@ def check_isolation(model, collator=None, tolerance: float = 1e-3, autocast_dtyp
     """
     collator = collator or PackedCollator(0)
     vocab_size = model.get_input_embeddings().weight.shape[0]
-    batch = collator(_probe_rows(vocab_size, eos_id=vocab_size - 1))  # any id in the vocabulary will do
+    batch = collator(probe_rows(vocab_size, eos_id=vocab_size - 1))  # any id in the vocabulary will do
     for key in ("labels", "loss_index", "loss_targets"):  # logits at every position (not only where the loss is)
         batch.pop(key, None)
     device = next(model.parameters()).device

@@ -17,7 +17,9 @@ With ``--loss_logits on``:
   without it) and its gradients, from a (positions x vocabulary) logits tensor;
 - the training metrics score ``mean_token_accuracy`` on those logits.
 
-A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own.
+A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
+start-up, after the isolation probe, :func:`check` compares the two forwards' loss on the probe's packed
+batch, on the device and in the precision training uses, and refuses to train when they differ.
 Only model types whose head is the output embedding applied to the decoder's last hidden state, with no
 scaling or soft-capping, are taken (:data:`SUPPORTED`; tests prove loss and gradients equal to the full
 forward for each).
@@ -74,6 +76,34 @@ class LossLogitsOutput(ModelOutput):
     loss: torch.Tensor | None = None
     loss_logits: torch.Tensor | None = None
     """(positions of ``loss_index``, vocabulary)"""
+
+
+@torch.no_grad()
+def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, tolerance: float = 1e-4) -> float:
+    """The start-up check: on a collated ``batch`` (with its loss positions), the loss of the installed forward
+    against the model's own full forward, on the model's device and in training's precision. Returns the
+    difference; raises DiffModelError when it is above ``tolerance`` relative to the loss (50x under
+    bf16/fp16) or not finite."""
+    from diffmodel.errors import DiffModelError
+
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    full_batch = {k: v for k, v in batch.items() if k not in (INDEX, TARGETS)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            full = model(**full_batch, use_cache=False).loss.float()
+            picked = model(**batch, use_cache=False).loss.float()
+    finally:
+        model.train(was_training)
+    gap = (picked - full).abs().item()
+    low = autocast_dtype is not None or next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    allowed = tolerance * (50 if low else 1) * max(1.0, abs(full.item()))
+    if not (gap <= allowed):  # also a NaN gap
+        raise DiffModelError(f"--loss_logits: the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
+                             f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}; pass --loss_logits off")
+    return gap
 
 
 def supports(model_type: str | None) -> bool:

@@ -42,7 +42,7 @@ from diffmodel.preprocess.sanity import drop_warning, format_report, write_repor
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.train import async_steps, fast_path, flex_kernels, loss_logits
 from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
-from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing
+from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
 from diffmodel.train.early_stop import SIGTERM_EXIT, EarlyStopCallback
@@ -108,6 +108,10 @@ def make_collator(model, tokenizer, packing: bool, training_args=None, padding_f
         return collator
     diff = check_isolation(model, collator, autocast_dtype=autocast)
     logger.info("packing: samples isolated with %s attention on %s (largest logit difference %.2g)", backend_of(model), device.type, diff)
+    if loss_positions:
+        vocab_size = model.get_input_embeddings().weight.shape[0]
+        gap = loss_logits.check(model, collator(probe_rows(vocab_size, eos_id=vocab_size - 1)), autocast)
+        logger.info("loss logits: the loss at the loss positions is the full forward's on %s (difference %.2g)", device.type, gap)
     return collator
 
 
