@@ -54,7 +54,7 @@ card):
 - **asynchronous steps** (``--async_steps``): on a GPU, batches copied from pinned memory without
   waiting and Trainer's NaN/inf loss check done on the GPU, so the host queues the next step while the
   GPU runs this one (:mod:`diffmodel.train.async_steps`; on an H200 at ~110M the packed step went from
-  66 to 61 ms).
+  63 to 58 ms).
 - **logits at the loss positions only** (``--loss_logits``): the output layer and the loss computed only
   where the next token bears loss (:mod:`diffmodel.train.loss_logits`); ``auto`` leaves it off until it
   has been measured on a GPU, ``on`` takes it.

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
+from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
 
 INDEX, TARGETS, LOGITS = "loss_index", "loss_targets", "loss_logits"
@@ -84,8 +85,6 @@ def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, toleran
     against the model's own full forward, on the model's device and in training's precision. Returns the
     difference; raises DiffModelError when it is above ``tolerance`` relative to the loss (50x under
     bf16/fp16) or not finite."""
-    from diffmodel.errors import DiffModelError
-
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     full_batch = {k: v for k, v in batch.items() if k not in (INDEX, TARGETS)}
@@ -111,9 +110,8 @@ def supports(model_type: str | None) -> bool:
 
 
 def install(model) -> None:
-    """Give this model instance the forward of the module docstring (a supported causal LM)."""
-    decoder = getattr(model, model.base_model_prefix)
-    head = model.get_output_embeddings()
+    """Give this model instance the forward of the module docstring (a supported causal LM). The decoder and
+    the output layer are looked up at each call, so adapters added later (LoRA on ``lm_head``) take part."""
     full = model.forward
 
     @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)
@@ -122,9 +120,9 @@ def install(model) -> None:
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return full(*args, labels=labels, **kwargs)
-        hidden = decoder(*args, **kwargs)[0]
+        hidden = getattr(model, model.base_model_prefix)(*args, **kwargs)[0]
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, loss_index.to(hidden.device))
-        logits = head(picked)
+        logits = model.get_output_embeddings()(picked)
         return LossLogitsOutput(loss=loss_of(logits, loss_targets, num_items_in_batch), loss_logits=logits)
 
     model.forward = forward
