@@ -276,9 +276,14 @@ def choose_data_workers(setting: str, dataloader_num_workers: int, packing: bool
                                 "(without them the main process waited 4-5% of each step on an H200)")
 
 
+def _given(setting: str, flag: str) -> Choice | None:
+    """The choice an ``on`` / ``off`` setting of ``--flag`` makes (None for ``auto``)."""
+    return Choice(setting == "on", f"set by --{flag} {setting}") if setting in ("on", "off") else None
+
+
 def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
-    if setting in ("on", "off"):
-        return Choice(setting == "on", f"set by --async_steps {setting}")
+    if given := _given(setting, "async_steps"):
+        return given
     if not packing:
         return Choice(False, "no --packing")
     if not facts.cuda:
@@ -289,8 +294,8 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
 
 def choose_loss_logits(setting: str, packing: bool, liger: bool) -> Choice:
     """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already)."""
-    if setting in ("on", "off"):
-        return Choice(setting == "on", f"set by --loss_logits {setting}")
+    if given := _given(setting, "loss_logits"):
+        return given
     if not packing:
         return Choice(False, "no --packing")
     if liger:
