@@ -149,3 +149,32 @@ class TestStartupCheck:
         monkeypatch.setattr(loss_logits, "loss_of", lambda logits, targets, n=None: real(logits * 1.5, targets, n))
         with pytest.raises(DiffModelError, match=r"--loss_logits: the loss at the loss positions .* is not the full forward's .* pass --loss_logits off"):
             loss_logits.check(model, self._batch())
+
+
+def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_change():
+    """Under torch.compile (as --compile gives GPU runs) the number of loss positions changes every batch: dynamo
+    compiles once more with that size dynamic, then never again."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    rows = packed_rows(samples() * 12, cap=128)
+    model = tiny("llama")
+    loss_logits.install(model)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter)
+    collator = PackedCollator(PAD, pad_to_multiple_of=128, loss_positions=True)
+    sizes = []
+    for keep in (1.0, 0.5, 0.25, 1.0, 0.5):
+        variant = []
+        for r in rows:  # the same tokens and shape, fewer of them bearing loss
+            labels = list(r["labels"])
+            bearing = [i for i, v in enumerate(labels) if v != X]
+            for i in bearing[int(len(bearing) * keep):]:
+                labels[i] = X
+            variant.append({**r, "labels": labels})
+        batch = collator(variant)
+        n = torch.tensor(int((batch["labels"][:, 1:] != X).sum()))
+        eager = model(**batch, num_items_in_batch=n).loss
+        torch.testing.assert_close(compiled(**batch, num_items_in_batch=n).loss, eager, rtol=1e-6, atol=1e-6)
+        sizes.append(len(batch["loss_index"]))
+    assert len(set(sizes)) == 3
+    assert counter.frame_count == 2
