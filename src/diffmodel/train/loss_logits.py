@@ -53,8 +53,9 @@ def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray,
     index = rows * labels.shape[1] + cols
     targets = following[rows, cols]
     pad = -len(index) % multiple if multiple else 0
-    if pad or not len(index):
-        pad = pad or multiple or 1
+    if not len(index):  # one block of ignored targets: the graph never sees zero positions
+        pad = multiple or 1
+    if pad:
         index = np.concatenate([index, np.zeros(pad, dtype=index.dtype)])
         targets = np.concatenate([targets, np.full(pad, IGNORE_INDEX, dtype=targets.dtype)])
     return index.astype(np.int64), targets.astype(np.int64)
@@ -110,8 +111,13 @@ def supports(model_type: str | None) -> bool:
 
 
 def install(model) -> None:
-    """Give this model instance the forward of the module docstring (a supported causal LM). The decoder and
-    the output layer are looked up at each call, so adapters added later (LoRA on ``lm_head``) take part."""
+    """Give this model instance the forward of the module docstring; DiffModelError for a model type not in
+    :data:`SUPPORTED`. The decoder and the output layer are looked up at each call, so adapters added later
+    (LoRA on ``lm_head``) take part."""
+    kind = model.config.model_type
+    if not supports(kind):
+        raise DiffModelError(f"--loss_logits on: {kind} models are not supported (only {', '.join(SUPPORTED)}); "
+                             "pass --loss_logits auto or off")
     full = model.forward
 
     @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)

@@ -52,14 +52,11 @@ TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait
 
 def token_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct, counted): argmax of ``logits[..., i, :]`` against ``labels[..., i + 1]``, labels != IGNORE_INDEX only."""
-    target = labels[..., 1:]
-    predicted = logits[..., :-1, :].argmax(dim=-1)
-    counted = target != IGNORE_INDEX
-    return (predicted.eq(target) & counted).sum(), counted.sum()
+    return picked_accuracy_counts(logits[..., :-1, :], labels[..., 1:])
 
 
 def picked_accuracy_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct, counted) of (positions, vocabulary) logits against the tokens they predict (IGNORE_INDEX not counted)."""
+    """(correct, counted) of (..., vocabulary) logits against the tokens they predict (IGNORE_INDEX not counted)."""
     counted = targets != IGNORE_INDEX
     return (logits.argmax(dim=-1).eq(targets) & counted).sum(), counted.sum()
 

@@ -333,9 +333,6 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if path.liger.value:
         apply_liger(model)
     if path.loss_logits.value:
-        if not loss_logits.supports(config.model_type):
-            raise DiffModelError(f"--loss_logits on: {config.model_type} models are not supported (only {', '.join(loss_logits.SUPPORTED)}); "
-                                 "pass --loss_logits auto or off")
         loss_logits.install(model)
     collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
                              row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None,
