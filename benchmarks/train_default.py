@@ -16,7 +16,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
-  ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only),
+  ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
+  the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
   ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
   allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
@@ -143,6 +144,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
+        "pack_full_logits": ["--packing", "--loss_logits", "off"],
         "pack_nonan": ["--packing", "--async_steps", "off", "--logging_nan_inf_filter", "False"],
     }[arm]
 

@@ -139,7 +139,7 @@ def test_lines_say_each_choice_and_its_reason():
         "torch.compile: off (no GPU (compiling for the CPU takes minutes and gains little))",
         "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
         "asynchronous steps: off (no GPU: host and step are the same processor)",
-        "logits at the loss positions only: off (not measured on a GPU yet; --loss_logits on computes the output layer only where the loss is)",
+        "logits at the loss positions only: off (no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from packed_models import PAD, VOCAB, X, packed_rows, samples  # noqa: E402
 
 GPU = Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
+CPU = Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False)
 
 
 class TestPositions:
@@ -111,17 +112,23 @@ def test_a_forward_without_loss_positions_is_the_models_own():
     assert torch.equal(before, after)
 
 
-@pytest.mark.parametrize("speed,packing,expected,reason", [
-    ({}, True, False, "not measured on a GPU yet"),
-    ({}, False, False, "no --packing"),
-    ({"loss_logits": "on"}, True, True, "set by --loss_logits on"),
-    ({"loss_logits": "off"}, True, False, "set by --loss_logits off"),
+@pytest.mark.parametrize("speed,packing,training,facts,model_type,expected,reason", [
+    ({}, True, {}, GPU, "llama", True, "the output layer and the loss run only where the next token bears loss"),
+    ({}, True, {}, GPU, "qwen3", True, "the output layer and the loss run only where the next token bears loss"),
+    ({}, True, {}, CPU, "llama", False, "no GPU: measured on GPUs only"),
+    ({}, False, {}, GPU, "llama", False, "no --packing"),
+    ({}, True, {}, GPU, "gemma2", False, "'gemma2' models are not among those it takes (llama, mistral, qwen2, qwen3, gpt2)"),
+    ({}, True, {"fsdp": "full_shard"}, GPU, "llama", False, "not measured with DeepSpeed / FSDP"),
+    ({}, True, {"deepspeed": "ds.json"}, GPU, "llama", False, "not measured with DeepSpeed / FSDP"),
+    ({}, True, {"use_liger_kernel": True}, GPU, "llama", False, "liger-kernel's fused loss builds no logits already"),
+    ({"loss_logits": "off"}, True, {}, GPU, "llama", False, "set by --loss_logits off"),
+    ({"loss_logits": "on"}, True, {}, CPU, "gemma2", True, "set by --loss_logits on"),
 ])
-def test_the_choice(speed, packing, expected, reason):
+def test_the_choice(speed, packing, training, facts, model_type, expected, reason):
     from types import SimpleNamespace
 
-    training = SimpleNamespace(max_steps=-1, torch_compile=False, use_liger_kernel=False, fsdp="", deepspeed=None)
-    path = choose(SpeedArguments(**speed), None, packing, training, GPU, "llama")
+    args = SimpleNamespace(**{"max_steps": -1, "torch_compile": False, "use_liger_kernel": False, "fsdp": "", "deepspeed": None, **training})
+    path = choose(SpeedArguments(**speed), None, packing, args, facts, model_type)
     assert path.loss_logits.value is expected and path.loss_logits.reason.startswith(reason)
 
 

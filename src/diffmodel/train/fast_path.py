@@ -56,8 +56,9 @@ card):
   GPU runs this one (:mod:`diffmodel.train.async_steps`; on an H200 at ~110M the packed step went from
   63 to 58 ms).
 - **logits at the loss positions only** (``--loss_logits``): the output layer and the loss computed only
-  where the next token bears loss (:mod:`diffmodel.train.loss_logits`); ``auto`` leaves it off until it
-  has been measured on a GPU, ``on`` takes it.
+  where the next token bears loss (:mod:`diffmodel.train.loss_logits`): on a GPU, for the model types it
+  takes, unless liger-kernel's fused loss is chosen or DeepSpeed / FSDP shard the model (on an H200 the
+  packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary).
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -292,15 +293,26 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
                         "the NaN/inf loss check on the GPU)")
 
 
-def choose_loss_logits(setting: str, packing: bool, liger: bool) -> Choice:
-    """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already)."""
+def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts | None = None, model_type: str | None = None,
+                       sharded: bool = False) -> Choice:
+    """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already); ``sharded``:
+    --deepspeed or --fsdp was given."""
     if given := _given(setting, "loss_logits"):
         return given
     if not packing:
         return Choice(False, "no --packing")
     if liger:
         return Choice(False, "liger-kernel's fused loss builds no logits already")
-    return Choice(False, "not measured on a GPU yet; --loss_logits on computes the output layer only where the loss is")
+    if facts is None or not facts.cuda:
+        return Choice(False, "no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is")
+    from diffmodel.train import loss_logits  # torch and transformers: only once a run is being set up
+
+    if not loss_logits.supports(model_type):
+        return Choice(False, f"{model_type!r} models are not among those it takes ({', '.join(loss_logits.SUPPORTED)})")
+    if sharded:
+        return Choice(False, "not measured with DeepSpeed / FSDP; --loss_logits on takes it")
+    return Choice(True, "the output layer and the loss run only where the next token bears loss "
+                        "(on an H200 at ~110M the packed step went from 60 to 55 ms)")
 
 
 @dataclass(frozen=True)
@@ -359,7 +371,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
             getattr(speed, "flex_kernel_options", "auto"), attention.value, facts.cuda, facts.capability, head_dim,
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
         async_steps=choose_async_steps(getattr(speed, "async_steps", "auto"), packing, facts),
-        loss_logits=choose_loss_logits(getattr(speed, "loss_logits", "auto"), packing, bool(liger.value)),
+        loss_logits=choose_loss_logits(getattr(speed, "loss_logits", "auto"), packing, bool(liger.value), facts, model_type,
+                                       bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))),
     )
 
 
