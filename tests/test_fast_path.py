@@ -604,6 +604,24 @@ class TestLossLogits:
                   for r in runs]
         assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
 
+    def test_when_the_startup_check_fails_auto_trains_with_the_models_own_forward(self, data_dir, tiny_gpt2_dir, monkeypatch):
+        from diffmodel.train import loss_logits
+
+        real = loss_logits.loss_of  # a head whose logits are scaled: the check must fail
+        monkeypatch.setattr(loss_logits, "loss_of", lambda logits, targets, n=None: real(logits * 1.5, targets, n))
+        monkeypatch.setattr(fast_path, "choose_loss_logits", lambda setting, *a, **k: fast_path.Choice(setting != "off", "as on a GPU"))
+        auto = _train(tiny_gpt2_dir, data_dir, "loss_logits_auto_falls_back", "--packing", "--max_steps", "2")
+        off = _train(tiny_gpt2_dir, data_dir, "loss_logits_auto_off", "--packing", "--max_steps", "2", "--loss_logits", "off")
+        assert [auto["code"], off["code"]] == [0, 0]
+        assert any("--loss_logits auto trains with the output layer at every position instead" in m for m in auto["log"])
+        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+                  for r in (auto, off)]
+        assert len(losses[0]) == 2 and losses[0] == losses[1]  # the model's own forward: the same losses as off
+        card = (auto["out"] / "README.md").read_text()
+        assert "off (the start-up check found its loss differing from the full forward's)" in card
+        with pytest.raises(loss_logits.Mismatch):  # asked for by name, it is refused
+            _train(tiny_gpt2_dir, data_dir, "loss_logits_on_refused", "--packing", "--max_steps", "1", "--loss_logits", "on")
+
     def test_a_model_type_it_does_not_know_is_refused_with_the_fix(self, data_dir, tiny_gpt2_dir, monkeypatch):
         from diffmodel.train import loss_logits
 

@@ -112,6 +112,19 @@ def test_a_forward_without_loss_positions_is_the_models_own():
     assert torch.equal(before, after)
 
 
+def test_uninstall_gives_back_the_forward_the_model_had():
+    model = tiny("llama")
+    loss_logits.install(model)
+    loss_logits.uninstall(model)
+    assert "forward" not in model.__dict__  # the class's forward again
+    own = type(model).forward.__get__(model)  # an instance forward, as liger-kernel sets one
+    model.forward = own
+    loss_logits.install(model)
+    assert model.forward is not own
+    loss_logits.uninstall(model)
+    assert model.forward is own
+
+
 @pytest.mark.parametrize("speed,packing,training,facts,model_type,expected,reason", [
     ({}, True, {}, GPU, "llama", True, "the output layer and the loss run only where the next token bears loss"),
     ({}, True, {}, GPU, "qwen3", True, "the output layer and the loss run only where the next token bears loss"),

@@ -19,7 +19,8 @@ With ``--loss_logits on``:
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
 start-up, after the isolation probe, :func:`check` compares the two forwards' loss on the probe's packed
-batch, on the device and in the precision training uses, and refuses to train when they differ.
+batch, on the device and in the precision training uses; when they differ, ``--loss_logits on`` refuses to
+train and ``auto`` trains with the model's own forward (:func:`uninstall`), saying so.
 Only model types whose head is the output embedding applied to the decoder's last hidden state, with no
 scaling or soft-capping, are taken (:data:`SUPPORTED`; tests prove loss and gradients equal to the full
 forward for each).
@@ -73,6 +74,10 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None
     return total / num_items_in_batch
 
 
+class Mismatch(DiffModelError):
+    """The start-up check found the loss at the loss positions differing from the full forward's."""
+
+
 @dataclass
 class LossLogitsOutput(ModelOutput):
     loss: torch.Tensor | None = None
@@ -84,7 +89,7 @@ class LossLogitsOutput(ModelOutput):
 def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, tolerance: float = 1e-4) -> float:
     """The start-up check: on a collated ``batch`` (with its loss positions), the loss of the installed forward
     against the model's own full forward, on the model's device and in training's precision. Returns the
-    difference; raises DiffModelError when it is above ``tolerance`` relative to the loss (50x under
+    difference; raises :class:`Mismatch` when it is above ``tolerance`` relative to the loss (50x under
     bf16/fp16) or not finite."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -101,7 +106,7 @@ def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, toleran
     low = autocast_dtype is not None or next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     allowed = tolerance * (50 if low else 1) * max(1.0, abs(full.item()))
     if not (gap <= allowed):  # also a NaN gap
-        raise DiffModelError(f"--loss_logits: the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
+        raise Mismatch(f"--loss_logits: the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
                              f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}; pass --loss_logits off")
     return gap
 
@@ -119,6 +124,7 @@ def install(model) -> None:
         raise DiffModelError(f"--loss_logits on: {kind} models are not supported (only {', '.join(SUPPORTED)}); "
                              "pass --loss_logits auto or off")
     full = model.forward
+    own = model.__dict__.get("forward")  # an instance's forward set before (liger-kernel's), or None
 
     @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)
     def forward(*args, loss_index=None, loss_targets=None, labels=None, num_items_in_batch=None, **kwargs):
@@ -131,4 +137,14 @@ def install(model) -> None:
         logits = model.get_output_embeddings()(picked)
         return LossLogitsOutput(loss=loss_of(logits, loss_targets, num_items_in_batch), loss_logits=logits)
 
+    forward.replaced = own
     model.forward = forward
+
+
+def uninstall(model) -> None:
+    """Give the model back the forward it had before :func:`install`."""
+    replaced = model.__dict__["forward"].replaced
+    if replaced is None:
+        del model.forward
+    else:
+        model.forward = replaced

@@ -24,6 +24,7 @@ data, the attention backend) is a new copy made with ``dataclasses.replace``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -334,9 +335,17 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         apply_liger(model)
     if path.loss_logits.value:
         loss_logits.install(model)
-    collator = make_collator(model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
-                             row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None,
-                             loss_positions=bool(path.loss_logits.value))
+    collator_of = functools.partial(make_collator, model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
+                                    row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
+    try:
+        collator = collator_of(loss_positions=bool(path.loss_logits.value))
+    except loss_logits.Mismatch as e:
+        if speed.loss_logits != "auto":
+            raise
+        logger.warning("fast path: %s; --loss_logits auto trains with the output layer at every position instead", e)
+        loss_logits.uninstall(model)
+        path = dataclasses.replace(path, loss_logits=fast_path.Choice(False, "the start-up check found its loss differing from the full forward's"))
+        collator = collator_of(loss_positions=False)
     lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
