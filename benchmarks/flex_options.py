@@ -42,6 +42,8 @@ ARMS = {
     "bwd_64x128": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,
                    "bwd_num_warps": 8, "bwd_num_stages": 3},
     "tma": {"USE_TMA": True},
+    # what packed rows guarantee: each query attends to itself, and each query block's key blocks are one run
+    "diffmodel_guarantees": {**HOPPER_HEAD64, "ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True},
 }
 
 

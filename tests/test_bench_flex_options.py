@@ -67,3 +67,17 @@ def test_lengths_from_samples_are_their_token_counts_with_the_eos(tmp_path):
     want = [len(tok(render_row(r))["input_ids"]) + 1 for r in rows[:5]]
     assert sample_lengths(args) == want
     assert sample_lengths(SimpleNamespace(lengths_from=None)) is None
+
+
+def test_packed_rows_give_what_the_guarantees_arm_promises_flex_attention():
+    """ROWS_GUARANTEED_SAFE: every query keeps at least one key (itself); BLOCKS_ARE_CONTIGUOUS: each query
+    block's key blocks (and each key block's query blocks) are one run of neighbouring blocks."""
+    doc = packed_documents(rows=4, width=1024, min_length=16, seed=2)
+    mask = block_mask(doc, "cpu")
+    dense = mask.to_dense()  # (rows, 1, query blocks, key blocks): 1 where a block has any allowed pair
+    assert dense.shape == (4, 1, 8, 8)
+    for blocks in (dense[:, 0], dense[:, 0].transpose(1, 2)):
+        for row in blocks.reshape(-1, blocks.shape[-1]).tolist():
+            used = [i for i, v in enumerate(row) if v]
+            assert used and used == list(range(used[0], used[-1] + 1))
+    assert torch.diagonal(dense[:, 0], dim1=-2, dim2=-1).all()  # each query block holds its own diagonal
