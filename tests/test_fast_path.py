@@ -595,6 +595,17 @@ class TestLossLogits:
         assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
         assert any(m.startswith("loss logits: the loss at the loss positions is the full forward's on cpu") for m in runs[1]["log"])
 
+    def test_evaluation_during_training_gives_the_same_loss_and_accuracy(self, data_dir, tiny_gpt2_dir):
+        runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_eval_{s}", "--packing", "--max_steps", "2", "--loss_logits", s,
+                       "--do_eval", "--validation_split_percentage", "30", "--eval_strategy", "steps", "--eval_steps", "1")
+                for s in ("off", "on")]
+        assert [r["code"] for r in runs] == [0, 0]
+        evals = [[(h["eval_loss"], h["eval_mean_token_accuracy"])
+                  for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "eval_loss" in h] for r in runs]
+        assert len(evals[0]) >= 2
+        assert [e[0] for e in evals[1]] == pytest.approx([e[0] for e in evals[0]], rel=1e-5)
+        assert [e[1] for e in evals[1]] == [e[1] for e in evals[0]]
+
     def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, tiny_gpt2_dir):
         lora = ("--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0")
         runs = [_train(tiny_gpt2_dir, data_dir, f"lora_loss_logits_{s}", "--packing", "--max_steps", "2", "--loss_logits", s, *lora)
