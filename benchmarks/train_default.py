@@ -16,6 +16,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
+  ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
+  kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
   ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
   the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
@@ -113,6 +115,11 @@ def select_samples(texts: list[str], tokenizer, block_size: int, limit: int) -> 
 
 
 NO_CUDNN = "_nocudnn"
+#: Arms that are the defaults compiled with these inductor settings (``torch._inductor.config``) while they train.
+INDUCTOR_ARMS = {
+    "pack_cdt": {"coordinate_descent_tuning": True},  # block sizes of the fused pointwise / reduction kernels tuned
+    "pack_combo": {"combo_kernels": True},  # independent small kernels launched as one
+}
 
 
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
@@ -133,6 +140,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pad": ["--ignore_long_samples"],
         "concat": ["--concatenate_texts", "--ignore_long_samples"],
         "pack": ["--packing"],
+        **{name: ["--packing"] for name in INDUCTOR_ARMS},
         "pack_nocompile": ["--packing", "--compile", "off"],
         "pack_torch_tiles": ["--packing", "--flex_kernel_options", "torch"],
         "pack_plain": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "off"],
@@ -304,6 +312,18 @@ def _attention_kernels(arm: str):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def _inductor_settings(arm: str):
+    """The inductor settings of an :data:`INDUCTOR_ARMS` arm, for the time it trains (compiling happens in its first steps)."""
+    import contextlib
+
+    settings = INDUCTOR_ARMS.get(arm.removesuffix(NO_CUDNN))
+    if not settings:
+        return contextlib.nullcontext()
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(settings)
+
+
 def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda: bool) -> None:
     if cuda:
         torch.cuda.empty_cache()
@@ -321,7 +341,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
                                                    f"{arm}, model {a.model}, {a.batch_size} x {a.block_size}", cuda))
     if a.sync_debug and cuda:
         trainer.add_callback(sync_debug_callback(a.warmup, a.warmup + a.steps))
-    with _attention_kernels(arm):
+    with _attention_kernels(arm), _inductor_settings(arm):
         trainer.train()
     if len(meter.marks) != 2:
         raise RuntimeError(f"{arm}: the run ended before {a.warmup + a.steps} steps (too few samples?)")

@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_default import _attention_kernels, diffmodel_argv, pieces  # noqa: E402
+from train_default import _attention_kernels, _inductor_settings, diffmodel_argv, pieces  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -50,6 +50,24 @@ def test_nocudnn_arms_are_their_base_arm_with_cudnn_attention_left_out(tmp_path)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # put back
     with _attention_kernels("concat"):
         assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_train(tmp_path):
+    from types import SimpleNamespace
+
+    import torch._inductor.config as inductor
+
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
+    assert diffmodel_argv("pack_cdt", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
+    assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)
+    with _inductor_settings("pack_cdt"):
+        assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (True, False)
+    with _inductor_settings("pack_combo"):
+        assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, True)
+    with _inductor_settings("pack"):
+        assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)
+    assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
 
 
 def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
