@@ -107,7 +107,7 @@ def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, toleran
     allowed = tolerance * (50 if low else 1) * max(1.0, abs(full.item()))
     if not (gap <= allowed):  # also a NaN gap
         raise Mismatch(f"--loss_logits: the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
-                             f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}; pass --loss_logits off")
+                       f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}; pass --loss_logits off")
     return gap
 
 
