@@ -624,7 +624,9 @@ class TestLossLogits:
         auto = _train(tiny_gpt2_dir, data_dir, "loss_logits_auto_falls_back", "--packing", "--max_steps", "2")
         off = _train(tiny_gpt2_dir, data_dir, "loss_logits_auto_off", "--packing", "--max_steps", "2", "--loss_logits", "off")
         assert [auto["code"], off["code"]] == [0, 0]
-        assert any("--loss_logits auto trains with the output layer at every position instead" in m for m in auto["log"])
+        [warning] = [m for m in auto["log"] if "--loss_logits auto trains with the output layer at every position instead" in m]
+        assert warning.startswith("fast path: logits at the loss positions only: the loss at the loss positions (")
+        assert "pass --loss_logits off" not in warning  # the fix is for --loss_logits on
         losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
                   for r in (auto, off)]
         assert len(losses[0]) == 2 and losses[0] == losses[1]  # the model's own forward: the same losses as off

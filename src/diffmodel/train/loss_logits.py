@@ -75,7 +75,11 @@ def loss_of(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None
 
 
 class Mismatch(DiffModelError):
-    """The start-up check found the loss at the loss positions differing from the full forward's."""
+    """The start-up check found the loss at the loss positions differing from the full forward's (``finding``)."""
+
+    def __init__(self, finding: str):
+        super().__init__(f"--loss_logits: {finding}; pass --loss_logits off")
+        self.finding = finding
 
 
 @dataclass
@@ -106,8 +110,8 @@ def check(model, batch: dict, autocast_dtype: torch.dtype | None = None, toleran
     low = autocast_dtype is not None or next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     allowed = tolerance * (50 if low else 1) * max(1.0, abs(full.item()))
     if not (gap <= allowed):  # also a NaN gap
-        raise Mismatch(f"--loss_logits: the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
-                       f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}; pass --loss_logits off")
+        raise Mismatch(f"the loss at the loss positions ({picked.item():.6g}) is not the full forward's "
+                       f"({full.item():.6g}) for this {model.config.model_type} model on {device.type}")
     return gap
 
 

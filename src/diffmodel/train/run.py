@@ -342,7 +342,8 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     except loss_logits.Mismatch as e:
         if speed.loss_logits != "auto":
             raise
-        logger.warning("fast path: %s; --loss_logits auto trains with the output layer at every position instead", e)
+        logger.warning("fast path: logits at the loss positions only: %s; --loss_logits auto trains with the output layer "
+                       "at every position instead", e.finding)
         loss_logits.uninstall(model)
         path = dataclasses.replace(path, loss_logits=fast_path.Choice(False, "the start-up check found its loss differing from the full forward's"))
         collator = collator_of(loss_positions=False)
