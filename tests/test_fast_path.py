@@ -606,6 +606,16 @@ class TestLossLogits:
         assert [e[0] for e in evals[1]] == pytest.approx([e[0] for e in evals[0]], rel=1e-5)
         assert [e[1] for e in evals[1]] == [e[1] for e in evals[0]]
 
+    def test_a_streamed_run_gives_the_same_losses_and_accuracy(self, data_dir, tiny_gpt2_dir):
+        runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_stream_{s}", "--packing", "--streaming", "--max_steps", "3",
+                       "--loss_logits", s) for s in ("off", "on")]
+        assert [r["code"] for r in runs] == [0, 0]
+        logs = [[(h["loss"], h["mean_token_accuracy"]) for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"]
+                 if "loss" in h] for r in runs]
+        assert len(logs[0]) == 3
+        assert [e[0] for e in logs[1]] == pytest.approx([e[0] for e in logs[0]], rel=1e-5)
+        assert [e[1] for e in logs[1]] == [e[1] for e in logs[0]]
+
     def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, tiny_gpt2_dir):
         lora = ("--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0")
         runs = [_train(tiny_gpt2_dir, data_dir, f"lora_loss_logits_{s}", "--packing", "--max_steps", "2", "--loss_logits", s, *lora)
