@@ -35,6 +35,8 @@ then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate
 rounds. With ``--isolate``, each round of each arm runs in a process of its own (fresh CUDA context,
 allocator, compiled-code caches and data-loader workers; the on-disk compile cache is shared): on an H200
 an arm that ran after other arms in one process took 1.1x-1.3x its step time alone (benchmarks/RESULTS.md).
+A round during whose timed steps torch.compile compiled a graph (a recompile for a new shape, in any arm, TRL's
+flex_attention included) is flagged: its time includes compiling, and ``--warmup`` should be raised.
 With ``--sync_debug``, every distinct place where the host waits for the GPU during the timed steps is printed
 with the Python frames that led there (``torch.cuda.set_sync_debug_mode``).
 With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
@@ -204,8 +206,16 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
 # --- measuring -----------------------------------------------------------------------------------
 
 
+def graphs_compiled() -> int:
+    """How many graphs torch.compile has compiled in this process so far (recompiles included)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 class Meter:
-    """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards)."""
+    """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards); counts the
+    graphs compiled between the two marks (``compiled``: a figure that includes compiling, when above 0)."""
 
     def __init__(self, warmup: int, steps: int, cuda: bool, extra: int = 0):
         """``extra``: steps that run after the timed ones (profiled by another callback, which stops the run)."""
@@ -219,6 +229,7 @@ class Meter:
                     if cuda:
                         torch.cuda.synchronize()
                     meter.marks.append(time.perf_counter())
+                    meter.graphs.append(graphs_compiled())
                 if state.global_step >= warmup + steps + extra:
                     control.should_training_stop = True
                 return control
@@ -226,7 +237,12 @@ class Meter:
         self.warmup, self.steps = warmup, steps
         self.callback = Clock()
         self.marks: list[float] = []
+        self.graphs: list[int] = []
         self.batches: list[dict] = []
+
+    @property
+    def compiled(self) -> int:
+        return self.graphs[1] - self.graphs[0] if len(self.graphs) == 2 else 0
 
     def attach(self, trainer) -> None:
         trainer.add_callback(self.callback)
@@ -351,7 +367,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     model = trainer.model
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
-                                 "setup_s": [], "choices": choices, "rows": 0})
+                                 "setup_s": [], "choices": choices, "rows": 0, "compiled": 0})
     for b in meter.batches:
         lengths = pieces(b, pad_id, tok.eos_token_id)
         r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
@@ -361,16 +377,20 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     r["seconds"] += seconds
     r["steps"] += a.steps
     r["setup_s"].append(meter.marks[0] - started)
+    r["compiled"] += meter.compiled
     if cuda:
         r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
     print(f"{arm}: {a.steps} steps in {seconds:.2f} s ({seconds / a.steps * 1e3:.0f} ms/step), "
           f"set-up + warm-up {meter.marks[0] - started:.0f} s; so far {r['loss_tok'] / r['seconds']:,.0f} loss-bearing tok/s, useful MFU {r['useful'] / r['seconds'] / PEAK_FLOPS:.1%}; "
           f"{choices}", flush=True)
+    if meter.compiled:
+        print(f"{arm}: {meter.compiled} graph(s) compiled during the timed steps: this round's time includes compiling "
+              "(raise --warmup)", flush=True)
     del trainer, model, meter
     gc.collect()
 
 
-SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows")
+SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compiled")
 
 
 def merge(results: dict, arm: str, r: dict) -> None:
@@ -493,7 +513,7 @@ def main(argv=None) -> int:
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
                       "step_ms": r["seconds"] / r["steps"] * 1e3, "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
-                      "choices": r["choices"]})
+                      "choices": r["choices"], "compiled": r.get("compiled", 0)})
     ref = {row["arm"]: row for row in table if "error" not in row}
     print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
     print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms | peak GiB | useful MFU | set-up + warm-up s |")
@@ -508,6 +528,9 @@ def main(argv=None) -> int:
 
         print(f"| {row['arm']} | {row['loss_tok_s']:,.0f} | {vs('pad')} | {vs('concat')} | {vs('trl')} | {row['real_tok_s']:,.0f} | "
               f"{row['step_ms']:.0f} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
+    for row in table:
+        if row.get("compiled"):
+            print(f"{row['arm']}: {row['compiled']} graph(s) compiled during its timed steps; its figure includes compiling (raise --warmup)")
     for row in table:
         if "choices" in row:
             print(f"{row['arm']}: {row['choices']}")

@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_default import _attention_kernels, _inductor_settings, diffmodel_argv, pieces  # noqa: E402
+from train_default import Meter, _attention_kernels, _inductor_settings, diffmodel_argv, pieces  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -68,6 +68,25 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
     with _inductor_settings("pack"):
         assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)
     assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
+
+
+def test_the_meter_counts_graphs_compiled_between_its_marks_only():
+    from types import SimpleNamespace
+
+    f = torch.compile(lambda x: x * 2 + 1, backend="eager")
+    f(torch.ones(3))  # compiled before the first mark (warm-up)
+
+    def run(meter, between):
+        for step in (1, 2, 3):
+            meter.callback.on_step_end(None, SimpleNamespace(global_step=step), SimpleNamespace(should_training_stop=False))
+            if step == 1:
+                between()
+
+    steady, recompiled = Meter(1, 2, cuda=False), Meter(1, 2, cuda=False)
+    run(steady, lambda: f(torch.ones(3)))  # the shape it was compiled for
+    run(recompiled, lambda: f(torch.ones(5)))  # a new shape: one more graph
+    assert len(steady.marks) == len(recompiled.marks) == 2
+    assert (steady.compiled, recompiled.compiled) == (0, 1)
 
 
 def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
@@ -148,8 +167,8 @@ def test_merge_adds_rounds_and_keeps_the_peak():
 
     results = {}
     first = {"seconds": 1.0, "loss_tok": 10, "real_tok": 20, "useful": 5.0, "steps": 2, "rows": 4, "mem": 7,
-             "setup_s": [3.0], "choices": {"a": 1}}
+             "setup_s": [3.0], "choices": {"a": 1}, "compiled": 0}
     merge(results, "pack", dict(first, setup_s=[3.0]))
-    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0]})
+    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "compiled": 2})
     assert results["pack"] == {"seconds": 3.0, "loss_tok": 20, "real_tok": 40, "useful": 10.0, "steps": 4, "rows": 8,
-                               "mem": 7, "setup_s": [3.0, 1.0], "choices": {"a": 1}}
+                               "mem": 7, "setup_s": [3.0, 1.0], "choices": {"a": 1}, "compiled": 2}
