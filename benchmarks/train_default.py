@@ -513,7 +513,7 @@ def main(argv=None) -> int:
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
                       "step_ms": r["seconds"] / r["steps"] * 1e3, "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
-                      "choices": r["choices"], "compiled": r.get("compiled", 0)})
+                      "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}
     print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
     print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms | peak GiB | useful MFU | set-up + warm-up s |")

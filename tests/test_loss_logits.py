@@ -18,6 +18,7 @@ from diffmodel.train.metrics import picked_accuracy_counts, token_accuracy_count
 
 sys.path.insert(0, str(Path(__file__).parent))
 from packed_models import PAD, VOCAB, X, packed_rows, samples  # noqa: E402
+from test_fast_path import _training  # noqa: E402
 
 GPU = Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
 CPU = Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False)
@@ -138,10 +139,7 @@ def test_uninstall_gives_back_the_forward_the_model_had():
     ({"loss_logits": "on"}, True, {}, CPU, "gemma2", True, "set by --loss_logits on"),
 ])
 def test_the_choice(speed, packing, training, facts, model_type, expected, reason):
-    from types import SimpleNamespace
-
-    args = SimpleNamespace(**{"max_steps": -1, "torch_compile": False, "use_liger_kernel": False, "fsdp": "", "deepspeed": None, **training})
-    path = choose(SpeedArguments(**speed), None, packing, args, facts, model_type)
+    path = choose(SpeedArguments(**speed), None, packing, _training(**training), facts, model_type)
     assert path.loss_logits.value is expected and path.loss_logits.reason.startswith(reason)
 
 

@@ -10,6 +10,7 @@ import torch
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.packing import pack_row
 from diffmodel.train import fast_path, varlen
+from diffmodel.train.args import SpeedArguments
 from diffmodel.train.attention import PACKING_BACKENDS, check_isolation, needs_boundaries, prepare_for_packing
 from diffmodel.train.collate import PackedCollator, boundaries
 
@@ -123,7 +124,7 @@ def test_training_setup_passes_boundaries_and_the_probe_checks_them():
 
 
 def test_fast_path_problems_and_padding_free_choice():
-    speed = SimpleNamespace(liger="auto", compile="auto", padding_free="auto", data_workers="auto")
+    speed = SpeedArguments()
     gpu = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False)
     assert any("bf16 or fp16" in p for p in fast_path.problems(speed, varlen.NAME, True, gpu, half=False))
     assert fast_path.problems(speed, varlen.NAME, True, gpu, half=True) == []

@@ -293,8 +293,7 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
                         "the NaN/inf loss check on the GPU)")
 
 
-def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts | None = None, model_type: str | None = None,
-                       sharded: bool = False) -> Choice:
+def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts, model_type: str | None, sharded: bool) -> Choice:
     """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already); ``sharded``:
     --deepspeed or --fsdp was given."""
     if given := _given(setting, "loss_logits"):
@@ -303,7 +302,7 @@ def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts | 
         return Choice(False, "no --packing")
     if liger:
         return Choice(False, "liger-kernel's fused loss builds no logits already")
-    if facts is None or not facts.cuda:
+    if not facts.cuda:
         return Choice(False, "no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is")
     from diffmodel.train import loss_logits  # torch and transformers: only once a run is being set up
 
@@ -322,9 +321,9 @@ class FastPath:
     liger: Choice
     compile: Choice
     data_workers: Choice
-    flex_kernels: Choice = Choice(None, "not flex_attention")
-    async_steps: Choice = Choice(False, "not chosen")
-    loss_logits: Choice = Choice(False, "not chosen")
+    flex_kernels: Choice
+    async_steps: Choice
+    loss_logits: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -355,10 +354,10 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
                                  (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
+    sharded = bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))
     compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
-                              seconds_of(speed.max_train_time),
-                              bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None)))
+                              seconds_of(speed.max_train_time), sharded)
     liger = choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value))
     return FastPath(
         attention=attention,
@@ -370,9 +369,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         flex_kernels=Choice(*flex_kernels.choose(
             getattr(speed, "flex_kernel_options", "auto"), attention.value, facts.cuda, facts.capability, head_dim,
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
-        async_steps=choose_async_steps(getattr(speed, "async_steps", "auto"), packing, facts),
-        loss_logits=choose_loss_logits(getattr(speed, "loss_logits", "auto"), packing, bool(liger.value), facts, model_type,
-                                       bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))),
+        async_steps=choose_async_steps(speed.async_steps, packing, facts),
+        loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
     )
 
 
@@ -397,7 +395,7 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         found.append("--liger on needs a GPU (liger's kernels are Triton GPU kernels); pass --liger auto or off")
     if speed.liger == "on" and speed.compile == "on":
         found.append("--liger on and --compile on: liger's fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5); pass one of them")
-    if getattr(speed, "loss_logits", "auto") == "on" and not packing:
+    if speed.loss_logits == "on" and not packing:
         found.append("--loss_logits on picks the loss positions of packed batches: add --packing")
     if speed.padding_free == "on" and not packing:
         found.append("--padding_free on flattens packed rows: add --packing")
