@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_default import Meter, _attention_kernels, _inductor_settings, diffmodel_argv, pieces  # noqa: E402
+from train_default import Meter, _attention_kernels, _inductor_settings, _picked_after_the_decoder, diffmodel_argv, pieces  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -68,6 +68,28 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
     with _inductor_settings("pack"):
         assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)
     assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
+
+
+def test_the_output_only_arm_picks_the_loss_positions_after_the_decoder(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from diffmodel.train import loss_logits
+
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
+    assert diffmodel_argv("pack_output_only", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("pack_loss_logits", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
+    config = AutoConfig.for_model("llama", vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2)
+    picked_where = []
+    for arm in ("pack_output_only", "pack_loss_logits"):
+        model = AutoModelForCausalLM.from_config(config)
+        with _picked_after_the_decoder(arm):
+            loss_logits.install(model)
+        picked_where.append("forward" in model.model.layers[-1].__dict__)
+    assert picked_where == [False, True]
+    assert loss_logits.LAST_LAYER == ("llama", "mistral", "qwen2", "qwen3")  # put back
 
 
 def test_the_meter_counts_graphs_compiled_between_its_marks_only():

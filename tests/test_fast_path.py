@@ -583,8 +583,10 @@ class TestAsyncSteps:
 
 
 class TestLossLogits:
-    def test_the_same_losses_and_accuracy_from_the_logits_at_the_loss_positions(self, data_dir, tiny_gpt2_dir):
-        runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_{s}", "--packing", "--max_steps", "3", "--loss_logits", s)
+    @pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_llama_dir"])  # Llama: the last layer's MLP at the loss positions too
+    def test_the_same_losses_and_accuracy_from_the_logits_at_the_loss_positions(self, data_dir, model, request):
+        model_dir = request.getfixturevalue(model)
+        runs = [_train(model_dir, data_dir, f"loss_logits_{model}_{s}", "--packing", "--max_steps", "3", "--loss_logits", s)
                 for s in ("off", "on")]
         assert [r["code"] for r in runs] == [0, 0]
         logs = [[h for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h] for r in runs]
@@ -616,9 +618,11 @@ class TestLossLogits:
         assert [e[0] for e in logs[1]] == pytest.approx([e[0] for e in logs[0]], rel=1e-5)
         assert [e[1] for e in logs[1]] == [e[1] for e in logs[0]]
 
-    def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, tiny_gpt2_dir):
+    @pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_under_lora_the_adapters_train_on_the_same_losses(self, data_dir, model, request):
         lora = ("--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0")
-        runs = [_train(tiny_gpt2_dir, data_dir, f"lora_loss_logits_{s}", "--packing", "--max_steps", "2", "--loss_logits", s, *lora)
+        model_dir = request.getfixturevalue(model)
+        runs = [_train(model_dir, data_dir, f"lora_loss_logits_{model}_{s}", "--packing", "--max_steps", "2", "--loss_logits", s, *lora)
                 for s in ("off", "on")]
         assert [r["code"] for r in runs] == [0, 0]
         losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]

@@ -93,6 +93,47 @@ def test_loss_gradients_and_accuracy_equal_the_full_forward(model_type, flatten)
     assert int(got[1]) == int(num_items)
 
 
+def _mlp_inputs(model) -> list[tuple[int, tuple[int, ...]]]:
+    """(layer, input shape) of each MLP forward from now on, the recomputations of gradient checkpointing included."""
+    calls = []
+    for i, layer in enumerate(getattr(model, model.base_model_prefix).layers if model.config.model_type != "gpt2" else model.transformer.h):
+        own = layer.mlp.forward
+        layer.mlp.forward = lambda x, own=own, i=i: (calls.append((i, tuple(x.shape))), own(x))[1]
+    return calls
+
+
+@pytest.mark.parametrize("model_type", loss_logits.SUPPORTED)
+def test_the_last_layers_mlp_runs_at_the_loss_positions_only_in_llama_shaped_models(model_type):
+    batch = PackedCollator(PAD, loss_positions=True)(packed_rows(samples()))
+    rows, width = batch["input_ids"].shape
+    model = tiny(model_type)
+    loss_logits.install(model)
+    calls = _mlp_inputs(model)
+    model(**batch).loss.backward()
+    last = (len(batch["loss_index"]), 32) if model_type in loss_logits.LAST_LAYER else (rows, width, 32)
+    assert calls == [(0, (rows, width, 32)), (1, last)]
+    assert model_type == "gpt2" or model_type in loss_logits.LAST_LAYER
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_under_gradient_checkpointing_the_picked_last_layer_is_recomputed_and_gradients_are_equal(model_type):
+    rows = packed_rows(samples())
+    full_batch, picked_batch = PackedCollator(PAD)(rows), PackedCollator(PAD, loss_positions=True)(rows)
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+    model = tiny(model_type)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    full, full_grads = _loss_and_grads(model, full_batch, num_items)
+    loss_logits.install(model)
+    calls = _mlp_inputs(model)
+    picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
+    n = len(picked_batch["loss_index"])
+    shape = tuple(full_batch["input_ids"].shape) + (32,)
+    assert calls == [(0, shape), (1, (n, 32)), (1, (n, 32)), (0, shape)]  # each layer again in the backward pass
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_without_num_items_it_is_the_mean_as_transformers_gives_it():
     rows = packed_rows(samples())
     model = tiny("llama")
@@ -116,8 +157,10 @@ def test_a_forward_without_loss_positions_is_the_models_own():
 def test_uninstall_gives_back_the_forward_the_model_had():
     model = tiny("llama")
     loss_logits.install(model)
+    assert "forward" in model.model.layers[-1].__dict__ and "forward" not in model.model.layers[0].__dict__
     loss_logits.uninstall(model)
     assert "forward" not in model.__dict__  # the class's forward again
+    assert "forward" not in model.model.layers[-1].__dict__
     own = type(model).forward.__get__(model)  # an instance forward, as liger-kernel sets one
     model.forward = own
     loss_logits.install(model)

@@ -58,7 +58,8 @@ card):
 - **logits at the loss positions only** (``--loss_logits``): the output layer and the loss computed only
   where the next token bears loss (:mod:`diffmodel.train.loss_logits`): on a GPU, for the model types it
   takes, unless liger-kernel's fused loss is chosen or DeepSpeed / FSDP shard the model (on an H200 the
-  packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary).
+  packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary, when the
+  output layer alone was picked; Llama-shaped models now run their last layer's MLP there only too).
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.

@@ -15,6 +15,10 @@ With ``--loss_logits on``:
   states and applies the output layer and cross-entropy to them only: the loss of transformers'
   ``ForCausalLMLoss`` (summed over loss-bearing tokens, divided by ``num_items_in_batch``; the mean
   without it) and its gradients, from a (positions x vocabulary) logits tensor;
+- in the Llama-shaped decoders (:data:`LAST_LAYER`) the positions are picked earlier, inside the last
+  decoder layer, right after its attention: that layer's keys and values are needed at every position,
+  but its MLP (two thirds of a layer's multiplies), the final norm and the output layer only at the loss
+  positions. The picking moves, it is not repeated: one gather either way;
 - the training metrics score ``mean_token_accuracy`` on those logits.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
@@ -43,6 +47,9 @@ INDEX, TARGETS, LOGITS = "loss_index", "loss_targets", "loss_logits"
 MULTIPLE = 64
 #: Model types whose causal-LM head is a plain output embedding over the decoder's last hidden state.
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+#: Those whose decoder layer is pre-norm attention then pre-norm MLP, each added to the residual stream, and whose
+#: decoder applies only its final norm after the last layer: the positions are picked before the last layer's MLP.
+LAST_LAYER = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +136,10 @@ def install(model) -> None:
                              "pass --loss_logits auto or off")
     full = model.forward
     own = model.__dict__.get("forward")  # an instance's forward set before (liger-kernel's), or None
+    decoder = getattr(model, model.base_model_prefix)
+    early = kind in LAST_LAYER
+    if early:
+        _pick_in_last_layer(_last_layer(decoder))
 
     @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)
     def forward(*args, loss_index=None, loss_targets=None, labels=None, num_items_in_batch=None, **kwargs):
@@ -136,8 +147,11 @@ def install(model) -> None:
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return full(*args, labels=labels, **kwargs)
-        hidden = getattr(model, model.base_model_prefix)(*args, **kwargs)[0]
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, loss_index.to(hidden.device))
+        if early:  # the decoder hands back the final norm of the loss positions alone
+            picked = decoder(*args, **kwargs, **{INDEX: loss_index})[0].reshape(len(loss_index), -1)
+        else:
+            hidden = decoder(*args, **kwargs)[0]
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, loss_index.to(hidden.device))
         logits = model.get_output_embeddings()(picked)
         return LossLogitsOutput(loss=loss_of(logits, loss_targets, num_items_in_batch), loss_logits=logits)
 
@@ -145,10 +159,57 @@ def install(model) -> None:
     model.forward = forward
 
 
+def _pick_in_last_layer(layer) -> None:
+    """Give the decoder's last layer a forward that, handed ``loss_index`` (which the decoder passes to every layer
+    with its other keyword arguments; attention ignores it), returns the layer's output at those flat positions
+    alone, as (1, positions, hidden), running its MLP there only. Without ``loss_index`` it is the layer's own.
+    Under gradient checkpointing the layer is recomputed in the backward pass as the others are."""
+    own = layer.forward
+
+    def picked(hidden_states, index, **kwargs):
+        attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
+        hidden = (hidden_states + attended).reshape(-1, hidden_states.shape[-1]).index_select(0, index)
+        return (hidden + layer.mlp(layer.post_attention_layernorm(hidden))).unsqueeze(0)
+
+    @functools.wraps(own)
+    def forward(hidden_states, *args, **kwargs):
+        index = kwargs.pop(INDEX, None)
+        if index is None or args:
+            return own(hidden_states, *args, **kwargs)
+        index = index.to(hidden_states.device)
+        if _checkpointed_here(layer):
+            return layer._gradient_checkpointing_func(functools.partial(picked, **kwargs), hidden_states, index)
+        return picked(hidden_states, index, **kwargs)
+
+    forward.replaced = layer.__dict__.get("forward")
+    layer.forward = forward
+
+
+def _checkpointed_here(layer) -> bool:
+    """Whether a forward that replaces this layer's must checkpoint itself: gradient checkpointing is on and the layer's
+    class checkpoints inside its ``forward`` (as transformers 5.24 does; 5.17 checkpoints in ``__call__``, around
+    whatever forward the instance has)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    active = getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
+    return bool(active) and "__call__" not in vars(GradientCheckpointingLayer)
+
+
 def uninstall(model) -> None:
-    """Give the model back the forward it had before :func:`install`."""
-    replaced = model.__dict__["forward"].replaced
+    """Give the model (and its last decoder layer) back the forward it had before :func:`install`."""
+    last = _last_layer(getattr(model, model.base_model_prefix))
+    if hasattr(last.__dict__.get("forward"), "replaced"):
+        _restore(last)
+    _restore(model)
+
+
+def _last_layer(decoder):
+    return decoder.layers[decoder.config.num_hidden_layers - 1] if hasattr(decoder, "layers") else decoder.h[-1]
+
+
+def _restore(module) -> None:
+    replaced = module.__dict__["forward"].replaced
     if replaced is None:
-        del model.forward
+        del module.forward
     else:
-        model.forward = replaced
+        module.forward = replaced
