@@ -115,6 +115,10 @@ class TestScoring:
         assert summary["metrics"]["problems_with_bug"] == 3 and summary["outcomes"]["passed"] == 9
         assert seen[0] == ("add_one.py", "Fix bugs in add_one.", "def add_one(x: int) -> int:\n    return x - 1\n")
         assert set(summary["by_operator"]) == {"operator misuse", "variable misuse", "value misuse"}
+        assert {op: v["pass@1"] for op, v in summary["by_operator"].items()} == dict.fromkeys(summary["by_operator"], 1.0)
+        only_k2, _ = hef.run_benchmark(problems, lambda b: ReferenceEditor(fix), num_samples=3, ks=(2,), workers=WORKERS, bugs=bugs)
+        assert "pass@1" not in only_k2["metrics"]  # the per-operator pass@1 does not need k=1 among --k
+        assert {v["pass@1"] for v in only_k2["by_operator"].values()} == {1.0}
         assert [r["generations"][0]["diff"] for r in rows][0] == "@@ -1,2 +1,2 @@\n def add_one(x: int) -> int:\n-    return x - 1\n+    return x + 1\n"
 
         summary, _ = hef.run_benchmark(problems, lambda b: EmptyEditor(), num_samples=3, ks=(1, 2), workers=WORKERS, bugs=bugs)

@@ -289,6 +289,28 @@ def test_commitpack_rows(tmp_path):
             assert row["diff"].startswith("@@ -1 +1 @@\n-X = ")
 
 
+def test_a_row_file_row_without_new_contents_is_a_bad_row_not_a_deletion(tmp_path):
+    good = {"commit": "1" * 40, "old_file": "a.py", "new_file": "a.py", "old_contents": "y = 1\n", "new_contents": "y = 2\n",
+            "subject": "Set y to 2", "message": "Set y to 2\n", "lang": "Python", "repos": "o/p"}
+    missing = {k: v for k, v in good.items() if k != "new_contents"} | {"commit": "2" * 40}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(missing) + "\n")
+    manifest = mine(MineConfig(rows=[str(tmp_path / "rows.jsonl")], output=str(tmp_path / "out"), workers=1, progress=False,
+                               validation_fraction=0, test_fraction=0))
+    assert manifest["samples"]["total"] == 1
+    assert [r["diff"] for rows in shard_rows(tmp_path / "out").values() for r in rows] == ["@@ -1 +1 @@\n-y = 1\n+y = 2\n"]
+    assert manifest["dropped"]["bad_row"] == 1
+
+
+def test_row_file_mistakes_name_the_file_and_the_fix(tmp_path):
+    from diffmodel.mine.convert import read_rows
+
+    (tmp_path / "bad.jsonl").write_text('{"commit": "1"}\n{"commit": \n')
+    with pytest.raises(DiffModelError, match=r"bad.jsonl:2: not valid JSON .*\. Fix or remove that row\.$"):
+        list(read_rows(tmp_path / "bad.jsonl"))
+    with pytest.raises(DiffModelError, match=r"--rows .*: is a folder; give one file of rows"):
+        list(read_rows(tmp_path))
+
+
 class TestCommandLine:
     def test_mine_prints_a_summary(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "out"), "--no-progress", "--workers", "1",

@@ -144,8 +144,10 @@ class RecordReader:
     one reader must be used for all the files of one split.
     """
 
-    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None, text_column: str | None = None):
+    def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None, text_column: str | None = None,
+                 fix: str = "Fix the record, or pass --skip_bad_records to skip and count bad records"):
         self.skip_bad_records = skip_bad_records
+        self.fix = fix  # what the error for a bad record tells the user to do
         self.stats = stats if stats is not None else ReadStats()
         self.text_column = text_column
         self.columns: list[str] | None = None
@@ -154,7 +156,7 @@ class RecordReader:
 
     def _bad(self, message: str) -> None:
         if not self.skip_bad_records:
-            raise DiffModelError(f"{message}. Fix the record, or pass --skip_bad_records to skip and count bad records.")
+            raise DiffModelError(f"{message}. {self.fix[:1].upper()}{self.fix[1:]}.")
         self.stats.add_bad(message)
 
     def _row(self, obj: object, origin: str) -> dict | None:
@@ -202,7 +204,7 @@ class RecordReader:
                     self._bad(f"{origin}: not valid UTF-8 ({err.reason} at byte {err.start})")
                     continue
                 except json.JSONDecodeError as err:
-                    self._bad(f"{origin}: not valid JSON ({err.msg} at column {err.colno})")
+                    self._bad(f"{origin}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})")
                     continue
                 row = self._row(obj, origin)
                 if row is not None:
@@ -217,7 +219,7 @@ class RecordReader:
         except json.JSONDecodeError as err:
             # A broken array cannot be skipped record by record.
             raise DiffModelError(
-                f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}); "
+                f"{path}:{err.lineno}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); "
                 "the file is one JSON array, so it must parse as a whole (JSON Lines files can skip bad lines)"
             ) from None
         for index, obj in enumerate(items, 1):

@@ -353,7 +353,7 @@ def evaluate_humanevalfix(
         scores = {f"pass@{k}": pass_at_k(n, c, k) for k in ks if k <= n}
         for k in ks:
             sums[k] += scores.get(f"pass@{k}", 0.0)
-        per_operator[bug.operator].append(scores.get("pass@1", 0.0))
+        per_operator[bug.operator].append(c / n if n else 0.0)  # pass@1, whichever ks were asked for
         outcome_totals.update(o[0] for o in outcomes)
         rows.append({
             "task_id": bug.task_id, "operator": bug.operator, "bug": bug.description, "line": bug.line,

@@ -12,8 +12,8 @@ language, sizes, tokens; duplicates are removed where the samples are written).
 
 Invariants:
 - A row becomes a sample or is counted under one reason, as in mining;
-  a row without ``new_contents`` or without a file name is counted as
-  ``bad_row``.
+  a row without ``new_contents`` (absent or null: not read as an emptied
+  file) or without a file name is counted as ``bad_row``.
 - ``repository`` is the row's ``repos`` (CommitPack lists every repository
   holding the commit, comma-separated: the first is kept), so splitting by
   repository works on converted rows too.
@@ -48,7 +48,7 @@ def convert_row(row: dict, options: SampleOptions, result: ChunkResult, count_to
     old_contents, new_contents = _text(row.get("old_contents")), _text(row.get("new_contents"))
     message = _text(row.get("message")) or _text(row.get("subject")) or ""
     fields = (old_file, new_file, old_contents, new_contents)
-    if any(f is None for f in fields) or "new_contents" not in row or not (new_file or old_file):
+    if any(f is None for f in fields) or row.get("new_contents") is None or not (new_file or old_file):
         result.counts[DROP_BAD_ROW] += 1
         return None
     deleted = not new_file
@@ -94,6 +94,8 @@ def read_rows(path: str | Path) -> Iterator[dict]:
     """Stream the rows of a ``.jsonl``, ``.jsonl.zst``, ``.json`` or ``.parquet`` file."""
     path = str(path)
     lower = path.lower()
+    if Path(path).is_dir():
+        raise DiffModelError(f"--rows {path}: is a folder; give one file of rows (one --rows per file)")
     if not Path(path).is_file():
         raise DiffModelError(f"--rows {path}: no such file")
     if lower.endswith(".parquet"):
@@ -106,4 +108,4 @@ def read_rows(path: str | Path) -> Iterator[dict]:
         raise DiffModelError(f"--rows {path}: unknown file type; use one of {', '.join(ROW_FILE_SUFFIXES)}")
     from diffmodel.data.records import RecordReader
 
-    yield from RecordReader(skip_bad_records=False).read(path)
+    yield from RecordReader(skip_bad_records=False, fix="fix or remove that row").read(path)
