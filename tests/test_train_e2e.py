@@ -296,6 +296,16 @@ class TestPackingRun:
         del again["train_file"]
         assert train_main(_flags(again)) == 0
 
+    def test_the_final_evaluation_is_the_last_one_during_training(self, workdir):
+        """The saved config gets the KV cache back; the model evaluated after training keeps it off, as packing needs."""
+        out = workdir / "packed_eval"
+        args = dict(_common(workdir, out, "llama"), do_train=True, do_eval=True, packing=True, max_steps=2,
+                    validation_split_percentage=20, eval_strategy="steps", eval_steps=2)
+        assert train_main(_flags(args)) == 0
+        [during] = [h["eval_loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in h]
+        assert json.loads((out / "eval_results.json").read_text())["eval_loss"] == pytest.approx(during, rel=1e-6)
+        assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
 
 class TestInspect:
     def test_shows_report_and_marked_rows(self, workdir, capsys):

@@ -143,7 +143,8 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
     """Train (resuming from the last complete checkpoint), save model, metrics, state and the loss plot; returns the metrics.
 
     ``use_cache``: the model config's setting before packing turned the KV cache off for training; the saved
-    model gets it back, so that it generates with a cache wherever it is loaded. Returns None, having saved
+    model gets it back, so that it generates with a cache wherever it is loaded (the model in memory keeps it
+    off, for the final evaluation). Returns None, having saved
     nothing but the checkpoint ``stopper`` asked for, when SIGTERM stopped training (the run is not over).
     """
     checkpoint = training_args.resume_from_checkpoint
@@ -156,11 +157,17 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if stopper is not None and stopper.stopped_by == "SIGTERM":
         return None
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    training_cache = getattr(config, "use_cache", None)
     if use_cache is not None:
-        trainer.accelerator.unwrap_model(trainer.model).config.use_cache = use_cache
-    trainer.save_model()
-    if lora_args.lora_r > 0:
-        save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
+        config.use_cache = use_cache
+    try:
+        trainer.save_model()
+        if lora_args.lora_r > 0:
+            save_lora(trainer, out_dir, lora_args)  # every rank; the main one writes out_dir/merged with --lora_merge
+    finally:  # the saved model only: the final evaluation runs as training did (a KV cache drops the per-sample mask)
+        if use_cache is not None:
+            config.use_cache = training_cache
     metrics = dict(result.metrics) if data_args.streaming else dict(result.metrics, train_samples=len(train_ds))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
