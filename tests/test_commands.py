@@ -86,6 +86,22 @@ class TestEveryProblemAtOnce:
             train_main(["--model_name_or_path", str(tmp_path / "no_model"), "--train_file", str(data), "--packing", "--concatenate_texts",
                         "--do_train", "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
 
+    def test_trainer_numbers_eval_split_and_output_folder_are_checked_before_the_data_is_read(self, tmp_path):
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"text": "<MSG> m\\n<DFF> d"}\n')
+        (tmp_path / "f.txt").write_text("a file")
+        with pytest.raises(DiffModelError) as err:
+            train_main(["--model_name_or_path", str(tmp_path / "no_model"), "--train_file", str(data), "--do_train", "--do_eval",
+                        "--per_device_train_batch_size", "0", "--learning_rate", "-1", "--validation_split_percentage", "0",
+                        "--output_dir", str(tmp_path / "f.txt" / "out"), "--report_to", "none"])
+        assert str(err.value).splitlines()[1:] == [
+            "  - --per_device_train_batch_size 0 must be at least 1",
+            "  - --learning_rate -1 must be 0 or more",
+            "  - --do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0",
+            f"  - --output_dir {tmp_path / 'f.txt' / 'out'}: {tmp_path / 'f.txt'} is a file, not a folder; choose another folder",
+        ]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "f.txt"]  # nothing written
+
     def test_inspect_reports_every_problem_at_once(self, tmp_path):
         missing = tmp_path / "missing.jsonl"
         with pytest.raises(DiffModelError) as err:

@@ -20,6 +20,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from diffmodel.errors import DiffModelError
+
 
 def fsync_dir(folder: str | Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
@@ -46,12 +48,54 @@ def umask_mode(base: int) -> int:
     return base & ~umask
 
 
+def unwritable(path: str | Path, err: OSError) -> DiffModelError:
+    """The error for a ``path`` that cannot be written: which part of it is in the way, and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        return DiffModelError(f"cannot write {path}: it is a folder; give the path of a file in it")
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        reason = f"{blocking} is a file, not a folder"
+    else:
+        reason = err.strerror or str(err)
+    return DiffModelError(f"cannot write {path}: {reason}. Choose a path in a folder you can write")
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be made or used as an output folder (a file in the way, no write permission), or None;
+    nothing is created."""
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p path``, or :func:`unwritable`'s error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise unwritable(path, err) from None
+    return path
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically, keeping its permission bits."""
     path = Path(path)
     folder = str(path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    if path.is_dir():
+        raise unwritable(path, IsADirectoryError(21, "Is a directory"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise unwritable(path, err) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -3,12 +3,15 @@
 Each subcommand lives in its own module with a ``main(argv) -> int`` function
 and is imported only when called, so ``diffmodel --help`` stays fast. A
 :class:`~diffmodel.errors.DiffModelError` is printed as a one-paragraph error
-(no traceback) and the process exits with status 2.
+(no traceback) and the process exits with status 2; Ctrl-C prints one line and
+exits with 130; output piped into a reader that stops early (``| head``) ends
+quietly.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from diffmodel.errors import DiffModelError
@@ -51,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"diffmodel: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
     try:
-        return int(module.main(rest) or 0)
+        return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)
     except DiffModelError as err:
         print(f"diffmodel {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ndiffmodel {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of the output went away: nothing more to say, and nowhere to say it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

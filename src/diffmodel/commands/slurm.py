@@ -91,12 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if ns.dry_run:
         sys.stdout.write(script)
         return 0
-    out = Path(ns.output or f"{opts.job_name}.sbatch")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(script)
+    from diffmodel.atomic import make_folder, write_text
+
+    out = write_text(ns.output or f"{opts.job_name}.sbatch", script)
     out.chmod(out.stat().st_mode | 0o111)
-    log_dir = Path(opts.workdir).resolve() / opts.log_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = make_folder(Path(opts.workdir).resolve() / opts.log_dir)
     print(f"wrote {out} ({opts.nodes} node(s) x {opts.gpus_per_node} GPU(s), {opts.launcher}); logs go to {log_dir}")
     print(f"submit with: sbatch {out}")
     return 0

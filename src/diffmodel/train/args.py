@@ -440,6 +440,25 @@ def generation_eval_problems(data_args: DataArguments, training_args) -> list[st
     return problems
 
 
+def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
+    """Trainer flags transformers would refuse only once the data is prepared (or with a traceback)."""
+    from diffmodel.atomic import folder_problem
+
+    problems = []
+    if training_args.do_train and training_args.per_device_train_batch_size < 1:
+        problems.append(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} must be at least 1")
+    if training_args.do_eval and training_args.per_device_eval_batch_size < 1:
+        problems.append(f"--per_device_eval_batch_size {training_args.per_device_eval_batch_size} must be at least 1")
+    if training_args.learning_rate < 0:
+        problems.append(f"--learning_rate {training_args.learning_rate:g} must be 0 or more")
+    if (training_args.do_eval and not data_args.streaming and not data_args.validation_file and not data_args.dataset_name
+            and data_args.validation_split_percentage == 0):
+        problems.append("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
+    if training_args.output_dir and (problem := folder_problem(training_args.output_dir)):
+        problems.append(f"--output_dir {training_args.output_dir}: {problem}; choose another folder")
+    return problems
+
+
 def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Raise one DiffModelError listing every problem of the arguments, before any data or model is read."""
     problems = data_problems(data_args)
@@ -461,4 +480,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
     problems += streaming_problems(data_args, training_args)
     problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))
+    problems += trainer_problems(data_args, training_args)
     raise_if_problems(problems, "diffmodel train cannot start")
