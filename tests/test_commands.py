@@ -75,7 +75,8 @@ class TestEveryProblemAtOnce:
         assert str(err.value) == (
             "diffmodel train cannot start:\n"
             f"  - --train_file {missing}: no such file\n"
-            "  - --packing and --concatenate_texts are two different layouts; pass one of them"
+            "  - --packing and --concatenate_texts are two different layouts; pass one of them\n"
+            f"  - --model_name_or_path: model folder '{tmp_path / 'no_model'}' does not exist"
         )
         assert not (tmp_path / "out").exists()
 
@@ -95,12 +96,29 @@ class TestEveryProblemAtOnce:
                         "--per_device_train_batch_size", "0", "--learning_rate", "-1", "--validation_split_percentage", "0",
                         "--output_dir", str(tmp_path / "f.txt" / "out"), "--report_to", "none"])
         assert str(err.value).splitlines()[1:] == [
+            f"  - --model_name_or_path: model folder '{tmp_path / 'no_model'}' does not exist",
             "  - --per_device_train_batch_size 0 must be at least 1",
             "  - --learning_rate -1 must be 0 or more",
             "  - --do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0",
             f"  - --output_dir {tmp_path / 'f.txt' / 'out'}: {tmp_path / 'f.txt'} is a file, not a folder; choose another folder",
         ]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "f.txt"]  # nothing written
+
+    def test_a_folder_that_holds_no_model_or_tokenizer_is_named(self, tmp_path):
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"text": "<MSG> m\\n<DFF> d"}\n')
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "f.txt").write_text("x")
+        with pytest.raises(DiffModelError, match=r"--model_name_or_path: model folder '.*/empty' has no config.json"):
+            train_main(["--model_name_or_path", str(tmp_path / "empty"), "--train_file", str(data), "--do_train",
+                        "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+        with pytest.raises(DiffModelError, match=r"^--tokenizer_name .*/empty: the folder holds no tokenizer \(tokenizer.json / "
+                                                 r"tokenizer_config.json\); give a folder written by save_pretrained"):
+            inspect_main(["--train_file", str(data), "--tokenizer_name", str(tmp_path / "empty")])
+        with pytest.raises(DiffModelError, match=r"^--tokenizer_name .*/f.txt: is a file; give the folder that holds the tokenizer$"):
+            inspect_main(["--train_file", str(data), "--tokenizer_name", str(tmp_path / "f.txt")])
+        with pytest.raises(DiffModelError, match=r"^--tokenizer_name .*/nope: no such folder$"):
+            inspect_main(["--train_file", str(data), "--tokenizer_name", str(tmp_path / "nope")])
 
     def test_inspect_reports_every_problem_at_once(self, tmp_path):
         missing = tmp_path / "missing.jsonl"

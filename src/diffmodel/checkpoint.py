@@ -53,7 +53,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def _looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and os.sep == "/"
+    """``gpt2``, ``owner/name``: a name the Hugging Face Hub (or its local cache) may hold, not a path of this machine."""
+    return path.count("/") <= 1 and not path.startswith((".", "/", "~")) and os.sep == "/"
 
 
 def check_model_folder(path: str | os.PathLike) -> str:
@@ -71,6 +72,26 @@ def check_model_folder(path: str | os.PathLike) -> str:
     if _looks_like_hub_id(path):
         return path  # may be in the local Hugging Face cache
     raise DiffModelError(f"model folder {path!r} does not exist")
+
+
+#: Files of which a folder written by a tokenizer's ``save_pretrained`` holds at least one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
+def check_tokenizer_source(path: str | os.PathLike, flag: str) -> str:
+    """A clear :class:`DiffModelError` for a ``flag`` value that cannot hold a tokenizer (a missing folder, a file, a
+    folder without tokenizer files); a Hub id is let through (it may be in the local cache)."""
+    path = str(path)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise DiffModelError(f"{flag} {path}: the folder holds no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); give a folder "
+                                 "written by save_pretrained, e.g. a diffmodel train --output_dir")
+        return path
+    if os.path.exists(path):
+        raise DiffModelError(f"{flag} {path}: is a file; give the folder that holds the tokenizer")
+    if _looks_like_hub_id(path):
+        return path
+    raise DiffModelError(f"{flag} {path}: no such folder")
 
 
 def load_checkpoint(

@@ -30,7 +30,7 @@ from diffmodel.train.args import LAYOUT_FLAGS, DataArguments, arg, data_problems
 class InspectArguments:
     tokenizer_name: str | None = arg(None, "Tokenizer folder (or a model checkpoint folder) to tokenize with. Required.")
     rows: int = arg(3, "How many rows to show.")
-    split: str = arg("train", "Which split to show.")
+    split: str = arg("train", "Which split to show: train (every row of the train data: none is held out when viewing it) or validation (--validation_file, or the --validation_split_percentage that diffmodel train holds out).")
     cache_dir: str | None = arg(None, "Cache folder (preprocessing results are cached in CACHE/diffmodel_preprocess).")
     color: str = arg("auto", "Colour the output: auto (when a terminal), always or never.", choices=["auto", "always", "never"])
     max_chars: int = arg(3000, "Cut each shown row after this many characters.")
@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args, data_args = parser.parse_args_into_dataclasses(args=argv)
     raise_if_problems(inspect_problems(args, data_args), "diffmodel inspect cannot start")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from diffmodel.checkpoint import check_tokenizer_source
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
+        tokenizer = AutoTokenizer.from_pretrained(check_tokenizer_source(args.tokenizer_name, "--tokenizer_name"))
     except (OSError, ValueError) as err:
         raise DiffModelError(f"cannot load a tokenizer from {args.tokenizer_name!r}: {err}") from None
     if args.split == "train":

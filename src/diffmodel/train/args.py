@@ -462,6 +462,13 @@ def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
 def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Raise one DiffModelError listing every problem of the arguments, before any data or model is read."""
     problems = data_problems(data_args)
+    if model_args.model_name_or_path:
+        from diffmodel.checkpoint import check_model_folder
+
+        try:
+            check_model_folder(model_args.model_name_or_path)
+        except DiffModelError as err:
+            problems.append(f"--model_name_or_path: {err}")
     if not model_args.model_name_or_path and not (model_args.model_type or model_args.config_name):
         problems.append("no model: give --model_name_or_path DIR, or --model_type / --config_name to train from scratch")
     if not model_args.model_name_or_path and not model_args.tokenizer_name:

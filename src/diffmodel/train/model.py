@@ -67,7 +67,10 @@ def apply_dropout(config, p: float) -> dict[str, tuple[float, float]]:
 
 
 def load_tokenizer(model_args):
-    name = model_args.tokenizer_name or model_args.model_name_or_path
+    from diffmodel.checkpoint import check_tokenizer_source
+
+    name = check_tokenizer_source(model_args.tokenizer_name or model_args.model_name_or_path,
+                                  "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
     try:
         tok = AutoTokenizer.from_pretrained(
             name, cache_dir=model_args.cache_dir, use_fast=model_args.use_fast_tokenizer,
