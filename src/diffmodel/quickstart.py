@@ -20,14 +20,44 @@ command's parsed namespace.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
+from diffmodel.errors import raise_if_problems
 from diffmodel.sample import render_row
 from diffmodel.samples import load_quickstart, quickstart_path
-from diffmodel.tiny import save_tiny_checkpoint
+from diffmodel.tiny import N_HEADS, save_tiny_checkpoint
 from diffmodel.train.card import speed_results
+
+
+def check_flags(args) -> None:
+    """Raise one :class:`~diffmodel.errors.DiffModelError` naming every bad flag, before anything is written."""
+    from diffmodel.atomic import folder_problem
+
+    problems = []
+    if problem := folder_problem(args.output_dir):
+        problems.append(f"--output_dir {args.output_dir}: {problem}; choose another folder")
+    if not 0 < args.epochs < math.inf:
+        problems.append(f"--epochs {args.epochs:g}: use a positive number of epochs (default: 5)")
+    if args.max_steps == 0 or args.max_steps < -1:
+        problems.append(f"--max_steps {args.max_steps}: use a positive number of steps, or -1 to run all --epochs")
+    if args.block_size < 2:
+        problems.append(f"--block_size {args.block_size} is too small; use at least 2 (default: 512)")
+    if args.layers < 1:
+        problems.append(f"--layers {args.layers}: use at least 1 layer (default: 3)")
+    step = N_HEADS * (2 if args.arch == "llama" else 1)
+    if args.hidden < 1 or args.hidden % step:
+        even = ", each of an even size for RoPE" if args.arch == "llama" else ""
+        problems.append(f"--hidden {args.hidden}: with --arch {args.arch} the hidden size must be a positive multiple of {step} "
+                        f"({N_HEADS} attention heads{even}), e.g. {max(step, round(args.hidden / step) * step)}")
+    if args.vocab_size < 257:
+        problems.append(f"--vocab_size {args.vocab_size} is too small for a byte-level tokenizer (256 byte symbols plus the EOS token); "
+                        "use at least 257 (default: 1024)")
+    if not 0 <= args.seed < 2**32:
+        problems.append(f"--seed {args.seed}: use a seed from 0 to 2**32 - 1")
+    raise_if_problems(problems, "diffmodel quickstart cannot start")
 
 
 def build_base_model(args, rows: list[dict], out: Path) -> Path:

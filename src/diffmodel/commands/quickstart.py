@@ -1,9 +1,9 @@
 """``diffmodel quickstart``: train a tiny diff model on the bundled samples (CPU, a few minutes).
 
-Shape: parse the flags, call the steps of :mod:`diffmodel.quickstart` (copy
-the samples, build the base model, run ``diffmodel train`` on them), print
-each step and the final summary. Heavy modules are imported after parsing,
-so ``--help`` is fast.
+Shape: parse the flags, check them all before anything is written, call the
+steps of :mod:`diffmodel.quickstart` (copy the samples, build the base model,
+run ``diffmodel train`` on them), print each step and the final summary.
+Heavy modules are imported after parsing, so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from pathlib import Path
 
 from diffmodel.tiny import ARCHS
 
+DESCRIPTION = ("Train a tiny diff model on the bundled samples (CPU, a few minutes) and print a summary. "
+               "Everything is written under --output_dir; running the command again starts over.")
+
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="diffmodel quickstart", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="diffmodel quickstart", description=DESCRIPTION)
     p.add_argument("--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="gpt2", help="model architecture built from a config (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=5, help="training epochs (default: %(default)s)")
@@ -26,15 +29,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=3, help="transformer layers (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
     p.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the validation split and the training order (default: %(default)s)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv or [])
     from diffmodel.commands.train import main as train_main
-    from diffmodel.quickstart import build_base_model, copy_samples, summary, train_args
+    from diffmodel.quickstart import build_base_model, check_flags, copy_samples, summary, train_args
 
+    check_flags(args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -42,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[quickstart] {len(rows)} bundled diff samples -> {data}")
     base = build_base_model(args, rows, out)
     print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
-    train_main(train_args(args, data, base, out))
+    code = train_main(train_args(args, data, base, out))
+    if code:  # stopped (SIGTERM) with a checkpoint, which quickstart does not resume: it trains with --overwrite_output_dir
+        print(f"[quickstart] training stopped (exit status {code}); running this command again starts training over", file=sys.stderr)
+        return code
     table = summary(out / "model", args.block_size, start)
     width = max(len(k) for k, _ in table)
     print("\n[quickstart] done\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in table))
