@@ -72,6 +72,17 @@ def test_compare_command(tmp_path, capsys):
     assert diffmodel(["eval", "compare", str(tmp_path / "a" / "loss.md"), str(tmp_path / "b" / "loss.json")]) == 2
     assert "not JSON" in capsys.readouterr().err
     assert diffmodel(["eval", "compare", str(tmp_path / "none.json"), str(tmp_path / "b" / "loss.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert diffmodel(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b" / "loss.json")]) == 2
+    assert "is a folder; give the NAME.json that diffmodel eval wrote in it" in capsys.readouterr().err
+
+
+def test_compare_columns_are_the_nearest_names_that_differ(tmp_path):
+    from diffmodel.commands.eval import compare_labels
+
+    assert compare_labels(tmp_path / "x" / "a.json", tmp_path / "x" / "b.json") == ["a", "b"]
+    assert compare_labels(tmp_path / "runs/a/eval/edits.json", tmp_path / "runs/b/eval/edits.json") == ["a", "b"]
+    assert compare_labels(tmp_path / "r.json", tmp_path / "r.json") == ["A", "B"]
 
 
 def test_read_report_needs_metrics(tmp_path):

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="two reports of the same eval side by side")
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")
-    p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column names (default: the two file names)")
+    p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column names (default: the two file names, or else the nearest folders whose names differ)")
     return parser
 
 
@@ -142,6 +142,10 @@ def _check_data_args(args, problems: list[str]) -> None:
         problems.append("no data: give --data FILE... or --dataset_name DIR")
     if args.data and args.dataset_name:
         problems.append("--data and --dataset_name both given; pass one")
+    if args.data:
+        from diffmodel.data.load import expand_files
+
+        problems += expand_files(args.data, "--data")[1]
     if args.max_samples is not None and args.max_samples < 1:
         problems.append(f"--max_samples must be at least 1, got {args.max_samples}")
 
@@ -344,17 +348,20 @@ def run_compare(args) -> int:
     from diffmodel.evaluate.report import compare, read_report
 
     a, b = read_report(args.a), read_report(args.b)
-    pa, pb = Path(args.a), Path(args.b)
-    if args.labels:
-        labels = args.labels
-    elif pa.stem != pb.stem:
-        labels = [pa.stem, pb.stem]
-    elif pa.resolve().parent.name != pb.resolve().parent.name:
-        labels = [pa.resolve().parent.name, pb.resolve().parent.name]
-    else:
-        labels = ["A", "B"]
+    labels = args.labels or compare_labels(Path(args.a), Path(args.b))
     print(compare(a, b, labels[0], labels[1]), end="")
     return 0
+
+
+def compare_labels(a: Path, b: Path) -> list[str]:
+    """The two reports' file names, or else the nearest folders whose names differ (runs/x/eval/edits.json and
+    runs/y/eval/edits.json: x and y); A and B for one file given twice."""
+    if a.stem != b.stem:
+        return [a.stem, b.stem]
+    for x, y in zip(reversed(a.resolve().parent.parts), reversed(b.resolve().parent.parts)):
+        if x != y:
+            return [x, y]
+    return ["A", "B"]
 
 
 RUNNERS = {"loss": run_loss, "edits": run_edits, "humanevalfix": run_humanevalfix, "compare": run_compare}

@@ -124,6 +124,8 @@ def write_report(report: dict, json_path: str | os.PathLike) -> tuple[Path, Path
 
 def read_report(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise DiffModelError(f"report {str(path)!r} is a folder; give the NAME.json that diffmodel eval wrote in it")
     if not path.is_file():
         raise DiffModelError(f"report {str(path)!r} does not exist (diffmodel eval writes NAME.json and NAME.md)")
     try:
