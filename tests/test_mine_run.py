@@ -311,6 +311,55 @@ def test_row_file_mistakes_name_the_file_and_the_fix(tmp_path):
         list(read_rows(tmp_path))
 
 
+ROW = {"old_file": "a.py", "new_file": "a.py", "old_contents": "y = 1\n", "new_contents": "y = 2\n",
+       "message": "Set y to 2\n", "repos": "o/p"}
+
+
+def test_rows_of_one_file_may_differ_in_their_optional_columns(tmp_path):
+    other = {k: v for k, v in ROW.items() if k != "message"} | {
+        "new_file": "b.py", "old_file": "b.py", "new_contents": "y = 3\n", "subject": "Set y of b to 3", "lang": "Python"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n" + json.dumps(other) + "\n")
+    manifest = mine(MineConfig(rows=[str(tmp_path / "rows.jsonl")], output=str(tmp_path / "out"), workers=1,
+                               progress=False, validation_fraction=0, test_fraction=0))
+    assert manifest["samples"]["total"] == 2
+    assert sorted((r["name"], r["message"]) for r in all_rows(tmp_path / "out")) == [
+        ("a.py", "Set y to 2"), ("b.py", "Set y of b to 3")]
+
+
+def test_an_empty_row_file_is_named_as_holding_no_rows(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    rows = str(tmp_path / "empty.jsonl")
+    with pytest.raises(DiffModelError) as err:
+        mine(MineConfig(rows=[rows], output=str(tmp_path / "out"), workers=1, progress=False))
+    assert str(err.value) == f"no samples were written to {tmp_path / 'out'}: the row file(s) held no rows (--rows {rows})"
+
+
+@pytest.mark.parametrize("mistake", ["missing rows", "rows folder", "rev", "rev in a folder", "tokenizer"])
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(tmp_path, capsys, mistake):
+    repo = build_small_repo(tmp_path / "repos" / "proj", 3).path
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "folder").mkdir()
+    out, rows = tmp_path / "out", str(tmp_path / "rows.jsonl")
+    wrong, right, message = {
+        "missing rows": (["--rows", rows + "x"], ["--rows", rows],
+                         f"diffmodel mine cannot start:\n  - --rows {rows}x: no such file"),
+        "rows folder": (["--rows", str(tmp_path / "folder")], ["--rows", rows],
+                        f"diffmodel mine cannot start:\n  - --rows {tmp_path / 'folder'}: is a folder; give one "
+                        f"file of rows (one --rows per file)"),
+        "rev": ([str(repo), "--rev", "nosuch"], [str(repo)], f"{repo}: revision 'nosuch' does not name a commit (see --rev)"),
+        "rev in a folder": ([str(tmp_path / "repos"), "--rev", "nosuch"], [str(tmp_path / "repos")],
+                            f"--rev 'nosuch' names a commit in no repository found in {tmp_path / 'repos'} (see --rev)"),
+        "tokenizer": ([str(repo), "--tokenizer_name", str(tmp_path / "nope")], [str(repo)],
+                      f"--tokenizer_name {tmp_path / 'nope'}: no such folder"),
+    }[mistake]
+    common = ["mine", "-o", str(out), "--no_progress", "--workers", "1"]
+    assert cli_main(common + wrong) == 2
+    assert capsys.readouterr().err.startswith(f"diffmodel mine: error: {message}")
+    assert not out.exists()
+    assert cli_main(common + right) == 0
+    assert capsys.readouterr().out.startswith("wrote ")
+
+
 class TestCommandLine:
     def test_mine_prints_a_summary(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "out"), "--no-progress", "--workers", "1",
@@ -324,6 +373,25 @@ class TestCommandLine:
         err = capsys.readouterr().err
         assert "diffmodel mine: error:" in err and "is not a git repository" in err
         assert not (tmp_path / "out").exists()
+
+    def test_unknown_languages_are_refused_with_close_matches(self, story, tmp_path, capsys):
+        assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--languages", "python,Pythn,py,all"]) == 2
+        assert capsys.readouterr().err == (
+            "diffmodel mine: error: diffmodel mine cannot start:\n"
+            "  - --languages Pythn: not a known language (did you mean Python, Cython?); the names are listed in "
+            "docs/mine.md\n"
+            "  - --languages py: not a known language (did you mean Python?); the names are listed in docs/mine.md\n")
+        assert not (tmp_path / "o").exists()
+
+    def test_with_rows_an_unknown_language_is_a_warning_and_matches_the_lang_column(self, tmp_path):
+        row = ROW | {"old_file": "lib.jsonnet", "new_file": "lib.jsonnet", "lang": "Jsonnet"}
+        (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+        manifest = mine(MineConfig(rows=[str(tmp_path / "rows.jsonl")], output=str(tmp_path / "out"), workers=1,
+                                   progress=False, filters=F.FilterOptions(languages=("jsonnet",))))
+        assert manifest["languages"] == {"Jsonnet": 1}
+        assert manifest["warnings"] == [
+            "--languages jsonnet: not a known language (did you mean JSON?); the names are listed in docs/mine.md. "
+            "With --rows it still matches rows whose lang column says so"]
 
     def test_max_tokens_needs_a_tokenizer(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--max-tokens", "100"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import zstandard
 from diffmodel.errors import DiffModelError
 from diffmodel.mine import filters as F
 from diffmodel.mine.convert import convert_row, convert_rows
-from diffmodel.mine.languages import language_of
+from diffmodel.mine.languages import LANGUAGES, language_of, unknown_languages
 from diffmodel.mine.repos import repository_names
 from diffmodel.mine.samples import ChunkResult, SampleOptions
 from diffmodel.mine.shards import ShardWriter, complete_shards, read_shard, remove_tmp_files, write_json_atomic
@@ -115,6 +116,16 @@ class TestContentFilters:
 ])
 def test_language_of(path, language):
     assert language_of(path) == language
+
+
+def test_every_language_name_in_any_case_is_known_and_listed_in_the_docs():
+    assert unknown_languages([*LANGUAGES, *(n.lower() for n in LANGUAGES), *(n.upper() for n in LANGUAGES), "All"]) == []
+    docs = (Path(__file__).parents[1] / "docs" / "mine.md").read_text()
+    listed = docs.split("`--languages` takes these names")[1].split("\n\n")[1]
+    assert sorted(re.findall(r"`([^`]+)`", listed)) == sorted(LANGUAGES)
+    assert unknown_languages(["Golang", "objc"]) == [
+        "--languages Golang: not a known language (did you mean Erlang, Lean?); the names are listed in docs/mine.md",
+        "--languages objc: not a known language; the names are listed in docs/mine.md"]
 
 
 class TestLicences:

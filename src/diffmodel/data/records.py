@@ -18,7 +18,8 @@ Invariants:
   :class:`ReadStats`.
 - The first record of a split fixes its columns: a later record that lacks a
   column gets ``None`` there; a record with a column the first lacked is a bad
-  record (Arrow needs one schema per split).
+  record (Arrow needs one schema per split). With ``same_columns=False``
+  every JSON object is yielded as it is (no columns, no text checks).
 - The fields the text comes from (:func:`text_fields`: ``--text_column``,
   else ``text``, else ``prompt/completion`` (TRL's format, text = prompt +
   completion: :func:`prompt_completion_text`), else
@@ -141,12 +142,15 @@ class RecordReader:
     """Yields the JSON objects of a sequence of files as rows with one shared set of columns.
 
     ``columns`` and ``first_origin`` are fixed by the first good record seen, so
-    one reader must be used for all the files of one split.
+    one reader must be used for all the files of one split. With
+    ``same_columns=False`` each object is yielded with its own keys, unchecked.
     """
 
     def __init__(self, skip_bad_records: bool, stats: ReadStats | None = None, text_column: str | None = None,
-                 fix: str = "Fix the record, or pass --skip_bad_records to skip and count bad records"):
+                 fix: str = "Fix the record, or pass --skip_bad_records to skip and count bad records",
+                 same_columns: bool = True):
         self.skip_bad_records = skip_bad_records
+        self.same_columns = same_columns
         self.fix = fix  # what the error for a bad record tells the user to do
         self.stats = stats if stats is not None else ReadStats()
         self.text_column = text_column
@@ -164,6 +168,8 @@ class RecordReader:
         if not isinstance(obj, dict):
             self._bad(f"{origin}: not a JSON object (got {_json_type(obj)})")
             return None
+        if not self.same_columns:
+            return obj
         if self.columns is None:
             problem = text_problem(obj, text_fields(obj, self.text_column))
             if problem is not None:  # the first good record fixes the columns, so check it before

@@ -90,22 +90,33 @@ def convert_rows(rows: Iterable[dict], options: SampleOptions, count_tokens=None
     return result
 
 
-def read_rows(path: str | Path) -> Iterator[dict]:
-    """Stream the rows of a ``.jsonl``, ``.jsonl.zst``, ``.json`` or ``.parquet`` file."""
-    path = str(path)
-    lower = path.lower()
+def row_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file of rows (a message naming ``--rows``), or None."""
     if Path(path).is_dir():
-        raise DiffModelError(f"--rows {path}: is a folder; give one file of rows (one --rows per file)")
+        return f"--rows {path}: is a folder; give one file of rows (one --rows per file)"
     if not Path(path).is_file():
-        raise DiffModelError(f"--rows {path}: no such file")
-    if lower.endswith(".parquet"):
+        return f"--rows {path}: no such file"
+    if not str(path).lower().endswith(ROW_FILE_SUFFIXES):
+        return f"--rows {path}: unknown file type; use one of {', '.join(ROW_FILE_SUFFIXES)}"
+    return None
+
+
+def read_rows(path: str | Path) -> Iterator[dict]:
+    """Stream the rows of a ``.jsonl``, ``.jsonl.zst``, ``.json`` or ``.parquet`` file.
+
+    Each row keeps its own keys: rows of one file may differ in their optional
+    columns (``message`` in one, ``subject`` in another).
+    """
+    path = str(path)
+    problem = row_file_problem(path)
+    if problem:
+        raise DiffModelError(problem)
+    if path.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
         return
-    if not lower.endswith(ROW_FILE_SUFFIXES):
-        raise DiffModelError(f"--rows {path}: unknown file type; use one of {', '.join(ROW_FILE_SUFFIXES)}")
     from diffmodel.data.records import RecordReader
 
-    yield from RecordReader(skip_bad_records=False, fix="fix or remove that row").read(path)
+    yield from RecordReader(skip_bad_records=False, fix="fix or remove that row", same_columns=False).read(path)

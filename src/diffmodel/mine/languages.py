@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 
 #: Whole file names (lower-cased) that tell the language without an extension.
@@ -111,6 +112,29 @@ BY_EXTENSION: dict[str, str] = {
     "awk": "Awk",
     "tcl": "Tcl",
 }
+
+
+#: Every language :func:`language_of` gives (what ``--languages`` can name, besides ``all``).
+LANGUAGES: frozenset[str] = frozenset(BY_FILENAME.values()) | frozenset(BY_EXTENSION.values())
+
+
+def unknown_languages(names) -> list[str]:
+    """One message per name in ``names`` that is neither a known language nor ``all`` (any case),
+    with the close matches (the language of an extension given for a name).
+
+    >>> unknown_languages(["python", "Rust", "py"])
+    ['--languages py: not a known language (did you mean Python?); the names are listed in docs/mine.md']
+    """
+    known = {name.lower(): name for name in sorted(LANGUAGES)}
+    messages = []
+    for name in names:
+        if name.lower() in known or name.lower() == "all":
+            continue
+        close = ([BY_EXTENSION[name.lower()]] if name.lower() in BY_EXTENSION
+                 else [known[m] for m in difflib.get_close_matches(name.lower(), known, n=3)])
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        messages.append(f"--languages {name}: not a known language{hint}; the names are listed in docs/mine.md")
+    return messages
 
 
 def language_of(path: str) -> str:

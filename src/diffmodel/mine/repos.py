@@ -136,6 +136,13 @@ def read_shallow(path: Path) -> frozenset[str]:
     return frozenset(line.strip() for line in shallow_file.read_text("ascii", "replace").splitlines() if line.strip())
 
 
+def resolve_commit(path: str | Path, rev: str) -> str | None:
+    """The id of the commit ``rev`` names in the repository at ``path``; None if it names none."""
+    resolved = subprocess.run(["git", "-C", str(path), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                              capture_output=True, env=git_env())
+    return resolved.stdout.decode("ascii").strip() if resolved.returncode == 0 else None
+
+
 def open_repository(path: str | Path, name: str | None = None, rev: str = "HEAD") -> Repository:
     """Validate ``path`` as a repository with commits at ``rev``.
 
@@ -150,14 +157,12 @@ def open_repository(path: str | Path, name: str | None = None, rev: str = "HEAD"
         detail = probe.stderr.decode("utf-8", "replace").strip()
         raise DiffModelError(f"{path} is not a git repository ({detail})")
     name = name or repository_names([path])[0]
-    resolved = subprocess.run(["git", "-C", str(path), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                              capture_output=True, env=git_env())
-    if resolved.returncode != 0:
+    head = resolve_commit(path, rev)
+    if head is None:
         any_commit = git(path, "rev-list", "--all", "--max-count=1", check=False).strip()
         if not any_commit:
             raise DiffModelError(f"{path} is an empty repository: it has no commits to mine")
         raise DiffModelError(f"{path}: revision {rev!r} does not name a commit (see --rev)")
-    head = resolved.stdout.decode("ascii").strip()
     shallow = read_shallow(path)
     if shallow:
         warnings.warn(

@@ -31,7 +31,9 @@ Resume invariants:
   stopped while that source was being mined) is rewritten without them, so
   the rerun mines that source again without duplicating it.
 - The options that change the output are stored; a rerun with other options
-  is refused (use a new ``--output_dir`` or ``--overwrite``).
+  is refused (use a new ``--output_dir`` or ``--overwrite``). So the inputs
+  (row files, ``--rev``, the tokenizer, language names) are checked before
+  the output folder is touched.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ from typing import Iterable, Iterator
 from diffmodel import formats
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.mine import filters as F
-from diffmodel.mine.convert import DROP_BAD_ROW, convert_rows, read_rows
+from diffmodel.mine.convert import DROP_BAD_ROW, convert_rows, read_rows, row_file_problem
 from diffmodel.mine.git import CatFile
+from diffmodel.mine.languages import unknown_languages
 from diffmodel.mine.repos import (
     COMMITS_EMPTY, COMMITS_LISTED, COMMITS_MERGE, COMMITS_SHALLOW, COMMITS_USED,
     Repository, ShallowCloneWarning, find_repositories, list_commits, open_repository, read_license,
-    repository_names,
+    repository_names, resolve_commit,
 )
 from diffmodel.mine.samples import ChunkResult, SampleOptions, mine_commits
 from diffmodel.mine.shards import (
@@ -116,6 +119,7 @@ class MineConfig:
         problems = []
         if not self.inputs and not self.rows:
             problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
+        problems.extend(filter(None, map(row_file_problem, self.rows)))
         if self.context < 0:
             problems.append(f"--context must be >= 0, got {self.context}")
         try:
@@ -138,6 +142,8 @@ class MineConfig:
                 problems.append(f"{flag} must be >= 1, got {value}")
         if f.max_tokens is not None and f.max_tokens < 1:
             problems.append(f"--max_tokens must be >= 1, got {f.max_tokens}")
+        if not self.rows:  # a row's lang column may name any language
+            problems.extend(unknown_languages(f.languages or ()))
         try:
             check_fractions(self.validation_fraction, self.test_fraction)
         except DiffModelError as err:
@@ -195,6 +201,9 @@ _WORKER: dict = {}
 def _load_token_counter(tokenizer: str | None):
     if not tokenizer:
         return None
+    from diffmodel.checkpoint import check_tokenizer_source
+
+    check_tokenizer_source(tokenizer, "--tokenizer_name")
     try:
         from transformers import AutoTokenizer
 
@@ -314,6 +323,27 @@ class MineRun:
         print(f"diffmodel mine: warning: {message}", file=sys.stderr)
 
     # -- output folder
+    def _check_start(self) -> None:
+        """Fail before the output folder is touched, so that the corrected command is not refused for
+        other options: a repository named directly that cannot be mined at --rev, a --rev naming a
+        commit in no repository found in folders, a tokenizer that does not load. Warn for
+        --languages names that only a row's lang column can match."""
+        rev = self.config.rev
+        for path, explicit in self.discovered:
+            if explicit:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ShallowCloneWarning)  # warned when it is mined
+                    open_repository(path, rev=rev)
+        found = [path for path, explicit in self.discovered if not explicit]
+        # HEAD names no commit only in an empty repository, which is skipped with a warning
+        if found and rev != "HEAD" and not any(resolve_commit(path, rev) for path in found):
+            raise DiffModelError(f"--rev {rev!r} names a commit in no repository found in "
+                                 f"{', '.join(self.config.inputs)} (see --rev)")
+        _load_token_counter(self.config.tokenizer)
+        if self.config.rows:
+            for message in unknown_languages(self.config.filters.languages or ()):
+                self.warn(f"{message}. With --rows it still matches rows whose lang column says so")
+
     def _prepare_output(self, n_git: int) -> None:
         options = self.config.output_options()
         options_path = self.state / "options.json"
@@ -457,8 +487,6 @@ class MineRun:
             sources.append(source)
         for item in self.config.rows:
             path = Path(os.path.abspath(item))
-            if not path.is_file():
-                raise DiffModelError(f"--rows {item}: no such file")
             sources.append(Source(kind="rows", name=path.name, path=path))
         return sources
 
@@ -514,9 +542,9 @@ class MineRun:
         _refuse_in_starting_worker()
         config = self.config
         self.discovered = _discover(config)
+        self._check_start()
         self._prepare_output(len(self.discovered))
         self._resume()
-        _load_token_counter(config.tokenizer)  # fail early on a bad --tokenizer_name
         sources = self._collect_sources()
         if self.split_by == "repository" and len([s for s in sources if s.kind == "git"]) == 1 and not config.rows:
             self.warn("--split_by repository with one repository puts every sample in one split")
@@ -571,6 +599,9 @@ class MineRun:
         manifest = self.manifest()
         write_json_atomic(self.out / MANIFEST, manifest)
         if manifest["samples"]["total"] == 0:
+            if config.rows and not manifest["rows_converted"] and not manifest["changed_files"]:
+                raise DiffModelError(f"no samples were written to {self.out}: the row file(s) held no rows "
+                                     f"(--rows {', '.join(config.rows)})")
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]) if v)
             raise DiffModelError(
                 f"no samples were written to {self.out} ({manifest['commits'].get(COMMITS_LISTED, 0)} commits "
