@@ -139,3 +139,11 @@ class TestDropWarningWhenMoreThanHalfIsDropped:
         data = json.loads(write_report_json(reports, tmp_path / "r.json").read_text())
         assert data["train"]["warning"] == drop_warning("train", reports["train"]) and data["train"]["bad_records"] == 1
         assert data["validation"]["warning"] is None
+
+    def test_report_columns_of_long_words_stay_apart(self):
+        from diffmodel.preprocess.sanity import SplitReport, format_report
+
+        fields = "name/before/message/diff"
+        reports = {s: SplitReport(samples_kept=1, layout="pack", row_format=fields, loss_on="diff") for s in ("train", "validation")}
+        [line] = [line for line in format_report(reports).splitlines() if line.startswith("rows are")]
+        assert line.split() == ["rows", "are", fields, fields]

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, nargs="+", default=[1, 10], metavar="K", help="pass@k to report (default: 1 10)")
     g.add_argument("--bug_seed", type=int, default=0, metavar="N", help="seed of the order bugs are tried in (default: %(default)s)")
     g.add_argument("--max_tries", type=int, default=25, metavar="N", help="mutants tried per problem for one that fails (default: %(default)s)")
-    g.add_argument("--bugs_cache", metavar="DIR", help="where the bug set is cached (default: $DIFFMODEL_CACHE or ~/.cache/diffmodel, /humanevalfix)")
+    g.add_argument("--bugs_cache", metavar="DIR", help="folder where the bug set is cached (default: $DIFFMODEL_CACHE/humanevalfix, or ~/.cache/diffmodel/humanevalfix)")
     g.add_argument("--no_bugs_cache", action="store_true", help="make the bug set afresh and do not cache it")
     g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per test run (default: %(default)s)")

@@ -209,7 +209,8 @@ def format_report(reports: dict[str, SplitReport]) -> str:
         ("loss-bearing tokens", "loss_tokens"),
     ]
     splits = list(reports)
-    width = max(12, *(len(s) for s in splits))
+    words = [str(getattr(reports[s], a) or "") for s in splits for a in ("layout", "row_format", "loss_on")]
+    width = max(12, *(len(s) for s in splits), *(len(w) for w in words))  # columns never run into each other
     lines = ["Data sanity report", f"{'':<22}" + "".join(f"{s:>{width + 2}}" for s in splits)]
     for label, attr in rows:
         lines.append(f"{label:<22}" + "".join(f"{getattr(reports[s], attr):>{width + 2},}" for s in splits))
