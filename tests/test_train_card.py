@@ -107,6 +107,19 @@ class Args:
 def test_changed_flags_are_the_fields_off_their_default_in_order():
     assert changed_flags(Args()) == {}
     assert changed_flags(Args(a=2, c=[1, 2], d=True), Args(b=["x"])) == {"--a": 2, "--d": True, "--b": ["x"]}
+    assert changed_flags(Args(a=2, d=True), only=("d",)) == {"--d": True}
+
+
+def test_the_trainer_flags_that_decide_what_is_learnt_are_listed():
+    from diffmodel.train.args import parse_args
+    from diffmodel.train.card import TRAINER_FLAGS
+
+    _, _, training = parse_args(["--model_name_or_path", "m", "--train_file", "a.jsonl", "--do_train", "--output_dir", "o",
+                                 "--learning_rate", "1e-3", "--lr_scheduler_type", "cosine", "--warmup_steps", "20",
+                                 "--weight_decay", "0.01", "--num_train_epochs", "5", "--report_to", "none", "--logging_steps", "7"])
+    assert changed_flags(training, only=TRAINER_FLAGS) == {"--num_train_epochs": 5.0, "--learning_rate": 0.001,
+                                                          "--lr_scheduler_type": "cosine", "--warmup_steps": 20,
+                                                          "--weight_decay": 0.01}
 
 
 def test_speed_medians_leave_out_the_first_log():

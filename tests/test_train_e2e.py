@@ -356,7 +356,8 @@ class TestMetricsAndModelCard:
         assert "| layout | pack |" in card
         assert f"| final train loss (last logged step) | {logs[-1]['loss']:.4f} |" in card
         assert f"| eval mean token accuracy | {ev['eval_mean_token_accuracy']:.4f} |" in card
-        assert "| `--packing` | True |" in card and "| `--max_steps`" not in card
+        assert "| `--packing` | True |" in card and "| `--max_steps` | 3 |" in card  # the Trainer's flags that decide what is learnt too
+        assert "| `--output_dir`" not in card and "| `--report_to`" not in card
         assert f"diffmodel edit --model {out} " in card
 
 

@@ -65,13 +65,26 @@ def _default(f):
     return MISSING
 
 
-def changed_flags(*arg_objects) -> dict[str, object]:
-    """``--name: value`` for every dataclass field whose value is not its default, in field order."""
+#: The Trainer's flags that decide what is learnt: the card lists those off their default (of the others, most are
+#: about logging and saving, and some are set by diffmodel's fast path, whose choices the card lists with their reasons).
+TRAINER_FLAGS = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay",
+                 "max_grad_norm", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
+                 "gradient_checkpointing", "bf16", "fp16", "seed", "data_seed")
+
+
+def changed_flags(*arg_objects, only: tuple[str, ...] | None = None) -> dict[str, object]:
+    """``--name: value`` for every dataclass field (of ``only``, when given) whose value is not its default, in field
+    order; enumerations by their value."""
     out = {}
     for obj in arg_objects:
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if value != _default(f):
+            value = getattr(value, "value", value)  # transformers' str enumerations (lr_scheduler_type, optim)
+            default = _default(f)
+            if default is None and value is False:  # a "not set" the Trainer resolved to off (gradient_checkpointing)
+                continue
+            if (only is None or f.name in only) and value != default:
                 out[f"--{f.name}"] = value
     return out
 
@@ -126,7 +139,8 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
             "seed": training_args.seed,
             **(fast_path or {}),
         },
-        "flags": changed_flags(model_args, data_args, lora_args, speed_args_from(training_args)),
+        "flags": {**changed_flags(model_args, data_args, lora_args, speed_args_from(training_args)),
+                  **changed_flags(training_args, only=TRAINER_FLAGS)},
         "results": results,
         "data": data,
     }
