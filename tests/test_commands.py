@@ -104,6 +104,11 @@ class TestEveryProblemAtOnce:
         ]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "f.txt"]  # nothing written
 
+    def test_an_arguments_file_with_more_flags_says_it_must_stand_alone(self, tmp_path):
+        with pytest.raises(DiffModelError, match=r"^an arguments file replaces the whole command line: put --max_steps 2 in "
+                                                 r"args.yaml, or give every argument as a flag$"):
+            train_main(["args.yaml", "--max_steps", "2"])
+
     def test_a_folder_that_holds_no_model_or_tokenizer_is_named(self, tmp_path):
         data = tmp_path / "data.jsonl"
         data.write_text('{"text": "<MSG> m\\n<DFF> d"}\n')

@@ -255,6 +255,15 @@ class TestErrors:
         path.write_bytes(b"\xff\xfe\x00")
         code, _, err = _edit(["--model", str(model_dir), str(path), "-m", "m"], capsys)
         assert code == 2 and "is not UTF-8 text" in err
+        code, _, err = _edit(["--model", str(tmp_path / "nope"), str(path), "-m", "m", "--num_samples", "3"], capsys)
+        assert code == 2 and "is not UTF-8 text" in err and "does not exist" in err and "--num_samples" in err  # at once
+
+    def test_jsonl_out_must_not_be_in(self, model_dir, tmp_path, capsys):
+        src = tmp_path / "in.jsonl"
+        src.write_text('{"name": "a.py", "before": "", "message": "ok"}\n')
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(src)], capsys)
+        assert code == 2 and "is IN: give another file" in err
+        assert src.read_text() == '{"name": "a.py", "before": "", "message": "ok"}\n'
 
     def test_bad_jsonl_lines_named_by_file_and_line(self, model_dir, tmp_path, capsys):
         src = tmp_path / "in.jsonl"

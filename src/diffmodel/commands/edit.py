@@ -44,7 +44,7 @@ from diffmodel.commands.options import (
     add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
     generation_settings, load_model,
 )
-from diffmodel.errors import raise_if_problems
+from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.infer.requests import prompt_name, read_requests, read_text_file
 
 _EPILOG = """\
@@ -107,13 +107,18 @@ def validate(args: argparse.Namespace) -> None:
             problems.append(f"--jsonl IN {src!r} " + ("is not a file" if os.path.exists(src) else "does not exist"))
         if os.path.isdir(out):
             problems.append(f"--jsonl OUT {out!r} is a folder; give a file name")
+        elif os.path.isfile(src) and os.path.exists(out) and os.path.samefile(src, out):
+            problems.append(f"--jsonl OUT {out!r} is IN: give another file (the results would replace the requests)")
         elif not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             problems.append(f"--jsonl OUT {out!r}: its folder does not exist")
     else:
         if args.file is None:
             problems.append("give FILE to edit (or --jsonl IN OUT for many files)")
-        elif not os.path.isfile(args.file):
-            problems.append(f"FILE {args.file!r} " + ("is not a file" if os.path.exists(args.file) else "does not exist (to write a new file, create it empty first)"))
+        else:
+            try:
+                read_text_file(args.file)  # missing, a folder, unreadable or not UTF-8: with the other problems
+            except DiffModelError as err:
+                problems.append(str(err))
         if args.message is None:
             problems.append("give the instruction with -m/--message")
     check_generation(args, problems)

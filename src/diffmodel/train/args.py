@@ -303,6 +303,9 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    if len(argv) > 1 and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
+        raise DiffModelError(f"an arguments file replaces the whole command line: put {' '.join(argv[1:])} in {argv[0]}, "
+                             "or give every argument as a flag")
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
