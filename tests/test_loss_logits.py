@@ -134,6 +134,24 @@ def test_under_gradient_checkpointing_the_picked_last_layer_is_recomputed_and_gr
         torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_with_flex_attention_the_picked_last_layer_gives_the_full_forwards_loss():
+    """flex_attention (the GPU default) is handed ``loss_index`` among the decoder's keyword arguments and ignores it;
+    torch has no flex_attention backward on the CPU, so the loss is compared here, the gradients on the GPU
+    (benchmarks/train_throughput.py --check)."""
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD, pad_to_multiple_of=16)(rows)  # see test_packing: CPU flex kernels and widths
+    picked_batch = PackedCollator(PAD, pad_to_multiple_of=16, loss_positions=True)(rows)
+    model = tiny("llama").eval()
+    with torch.no_grad():
+        full = model(**full_batch).loss
+        model.set_attn_implementation("flex_attention")
+        loss_logits.install(model)
+        calls = _mlp_inputs(model)
+        picked = model(**picked_batch).loss
+    assert calls[-1] == (1, (len(picked_batch["loss_index"]), 32))
+    torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
+
+
 def test_without_num_items_it_is_the_mean_as_transformers_gives_it():
     rows = packed_rows(samples())
     model = tiny("llama")
