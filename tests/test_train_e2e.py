@@ -315,8 +315,15 @@ class TestInspect:
                            "--ignore_long_samples", "--block_size", "128", "--rows", "1", "--cache_dir", str(workdir / "cache")])
         assert rc == 0
         out = capsys.readouterr().out
-        assert "Data sanity report" in out and "layout                           pad" in out
+        assert "Data sanity report" in out and ["layout", "pad"] in [line.split() for line in out.splitlines()]
         assert "[PAD x" in out and "\u27e6<DFF> @@ -1 +1 @@\n-x0 = 0\n+x0 = 0\n<|endoftext|>\u27e7" in out
+
+    def test_the_block_size_is_bounded_by_the_models_positions_as_in_train(self, workdir):
+        from diffmodel.commands.inspect import main as inspect_main
+
+        with pytest.raises(DiffModelError, match=r"--block_size 4096 is larger than the model's \d+ positions"):
+            inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--packing",
+                          "--block_size", "4096", "--cache_dir", str(workdir / "cache")])
 
 
 class TestLoraRun:

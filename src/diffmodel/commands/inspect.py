@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ class InspectArguments:
     max_chars: int = arg(3000, "Cut each shown row after this many characters.")
 
 
+DESCRIPTION = ("See which tokens of a dataset are masked and which are trained: the sanity report of diffmodel train, "
+               "then the first rows with the trained spans marked.")
 USAGE = "diffmodel inspect --tokenizer_name DIR (--train_file FILE... | --dataset_name DIR) [FLAGS]"
 
 #: The sections of ``diffmodel inspect --help``: (heading, dataclass, field names; None: the fields not shown yet).
@@ -61,16 +64,17 @@ def inspect_problems(args: InspectArguments, data_args: DataArguments) -> list[s
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     if wants_help(argv):
-        print(dataclass_help("diffmodel inspect", __doc__.split("\n\n")[0], HELP_SECTIONS, usage=USAGE))
+        print(dataclass_help("diffmodel inspect", DESCRIPTION, HELP_SECTIONS, usage=USAGE))
         return 0
     from transformers import AutoTokenizer, HfArgumentParser
 
     from diffmodel.preprocess.sanity import format_report, mark_spans
     from diffmodel.train.data import build_datasets
+    from diffmodel.train.model import resolve_block_size
 
     parser = HfArgumentParser((InspectArguments, DataArguments))
     parser.prog = "diffmodel inspect"
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description = DESCRIPTION
     args, data_args = parser.parse_args_into_dataclasses(args=argv)
     raise_if_problems(inspect_problems(args, data_args), "diffmodel inspect cannot start")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -82,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         raise DiffModelError(f"cannot load a tokenizer from {args.tokenizer_name!r}: {err}") from None
     if args.split == "train":
         data_args = dataclasses.replace(data_args, validation_split_percentage=0)
-    block_size = data_args.block_size or 1024
+    config = None  # a model folder's positions bound the block size as in diffmodel train
+    if os.path.isfile(os.path.join(args.tokenizer_name, "config.json")):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.tokenizer_name)
+    block_size = resolve_block_size(data_args.block_size, tokenizer, config)
     processed, reports = build_datasets(data_args, tokenizer, block_size, args.cache_dir)
     if args.split not in processed:
         raise DiffModelError(f"no {args.split!r} split; splits: {', '.join(processed)}")
