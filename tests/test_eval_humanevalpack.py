@@ -126,6 +126,14 @@ class TestScoring:
 
 
 class TestCommand:
+    def test_progress_bars_cover_checking_and_running_the_tests(self, jsonl, tmp_path, capsys):
+        out = tmp_path / "hef.json"
+        assert diffmodel(["eval", "humanevalfix", "--calibrate", "oracle", "--problems", str(jsonl), "--num_samples", "2",
+                          "--k", "1", "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "checking the problems: 100%" in err and "6/6" in err  # 3 canonical and 3 buggy files
+        assert "running tests: 100%" in err
+
     def test_published_rows_score_with_octopack_defaults_and_record_their_source(self, jsonl, tmp_path, capsys):
         out = tmp_path / "a" / "hef.json"
         assert diffmodel(["eval", "humanevalfix", "--calibrate", "oracle", "--problems", str(jsonl), "--no_progress", "--out", str(out)]) == 0

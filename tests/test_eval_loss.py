@@ -122,8 +122,10 @@ def test_long_samples_and_samples_without_a_diff_are_counted_not_truncated(model
     samples, skipped = encode_rows(rows, tok)
     assert skipped == {"skipped_no_diff": 1}
     shortest = min(len(s.input_ids) for s in samples)
-    report = evaluate_loss(model, samples, max_length=shortest)
+    done = []
+    report = evaluate_loss(model, samples, max_length=shortest, progress=done.append)
     assert report["metrics"]["skipped_too_long"] == 1 and report["metrics"]["samples"] == 1
+    assert sum(done) == len(samples)  # a progress bar sized on the samples reaches its end
 
 
 def test_the_command_reads_structured_rows_and_writes_json_and_markdown(tiny_gpt2_dir, model_and_tokenizer, tmp_path, capsys):

@@ -178,7 +178,7 @@ def _editor(args, oracle_answers):
         return ReferenceEditor(oracle_answers)
     if args.calibrate == "empty":
         return EmptyEditor()
-    return load_model(args)
+    return load_model(args, quiet=args.no_progress)
 
 
 def _base_report(kind: str, args, settings: dict, start: float, data: str | None = None) -> dict:
@@ -222,7 +222,7 @@ def run_loss(args) -> int:
 
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
-    model = load_model(args)
+    model = load_model(args, quiet=args.no_progress)
     samples, skipped = encode_rows(iter(ds), model.tokenizer, text_column, args.loss_on, args.edit_format)
     bar = _bar(len(samples), "scoring", args.no_progress)
     try:
@@ -237,12 +237,12 @@ def run_loss(args) -> int:
     return _finish(report, args.out)
 
 
-def _bar(total: int, desc: str, off: bool):
+def _bar(total: int, desc: str, off: bool, unit: str = "sample"):
     if off:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
 
 def _bar_closer(bar):
@@ -316,10 +316,10 @@ def run_humanevalfix(args) -> int:
     limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb)
     checks = None
     if pack is not None:
-        checks = hef.check_pack(bench, pack, limits, args.workers)
+        checks = hef.check_pack(bench, pack, limits, args.workers, progress=not args.no_progress)
         print(f"problems: {len(bench)} published HumanEvalFix rows from {args.problems}; canonical solutions failing: "
               f"{len(checks['canonical_fails'])}, buggy solutions passing: {len(checks['buggy_passes'])}", file=sys.stderr)
-    bar = _bar(len(bench), "making bugs", args.no_progress) if pack is None else None
+    bar = _bar(len(bench), "making bugs", args.no_progress, unit="problem") if pack is None else None
     try:
         summary, rows = hef.run_benchmark(
             bench, lambda bugs: _editor(args, hef.oracle(bugs)), ks=args.k,

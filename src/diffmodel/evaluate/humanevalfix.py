@@ -332,7 +332,7 @@ def evaluate_humanevalfix(
                     programs[key] = len(sources)
                     problem = by_id[bug.task_id]
                     sources.append(program_with_tests(e.new_code, problem.entry_point, problem.test))
-    runs: list[RunResult] = run_many(sources, limits, workers)
+    runs: list[RunResult] = _run_with_bar(sources, limits, workers, "running tests", progress is True)
     ks = sorted({k for k in ks if 1 <= k <= num_samples})
     rows = []
     outcome_totals: Counter = Counter()
@@ -526,7 +526,20 @@ def load_pack(path: str | os.PathLike) -> tuple[list[Problem], BugSet]:
     return problems, BugSet(bugs, {}, settings)
 
 
-def check_pack(problems: Sequence[Problem], bugs: BugSet, limits: Limits = RUN_LIMITS, workers: int | None = None) -> dict:
+def _run_with_bar(sources: list[str], limits: Limits, workers: int | None, desc: str, show: bool) -> list[RunResult]:
+    """:func:`run_many`, with a progress bar on stderr when ``show`` (thousands of sandboxed runs take minutes)."""
+    if not show:
+        return run_many(sources, limits, workers)
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(sources), desc=desc, unit="program", file=sys.stderr, dynamic_ncols=True) as bar:
+        return run_many(sources, limits, workers, progress=bar.update)
+
+
+def check_pack(problems: Sequence[Problem], bugs: BugSet, limits: Limits = RUN_LIMITS, workers: int | None = None,
+               progress: bool = False) -> dict:
     """Run every correct and every buggy file against its tests: which canonical solutions fail, which bugs pass.
 
     The published set has none of either; anything listed points at the file or at the machine.
@@ -535,7 +548,7 @@ def check_pack(problems: Sequence[Problem], bugs: BugSet, limits: Limits = RUN_L
     cases = [b for b in bugs.bugs if b.task_id in by_id]
     programs = [program_with_tests(b.fixed, b.entry_point, by_id[b.task_id].test) for b in cases]
     programs += [program_with_tests(b.buggy, b.entry_point, by_id[b.task_id].test) for b in cases]
-    runs = run_many(programs, limits, workers)
+    runs = _run_with_bar(programs, limits, workers, "checking the problems", progress)
     correct, buggy = runs[:len(cases)], runs[len(cases):]
     return {
         "canonical_fails": {b.task_id: f"{r.status}: {r.detail}"[:200] for b, r in zip(cases, correct) if r.status is not Outcome.PASSED},
