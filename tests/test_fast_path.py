@@ -596,6 +596,9 @@ class TestLossLogits:
         assert [h["num_loss_tokens"] for h in logs[1]] == [h["num_loss_tokens"] for h in logs[0]]
         assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
         assert any(m.startswith("loss logits: the loss at the loss positions is the full forward's on cpu") for m in runs[1]["log"])
+        assert runs[0]["log"][-1] == (f"written to {runs[0]['out']}: README.md (model card); config.json (the model: "
+                                      "diffmodel edit --model loads it); loss.png (loss plot); speed.png (speed plot); data_report.json "
+                                      "(data report); train_results.json (train metrics)")
 
     def test_evaluation_during_training_gives_the_same_loss_and_accuracy(self, data_dir, tiny_gpt2_dir):
         runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_eval_{s}", "--packing", "--max_steps", "2", "--loss_logits", s,

@@ -402,4 +402,18 @@ def _run(model_args, data_args, training_args) -> int:
     if training_args.do_train and training_args.should_save:
         write_card(trainer, model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
                    prepared.fast_path)
+    if training_args.should_save and (written := outputs_written(out_dir)):
+        logger.info("written to %s: %s", out_dir, "; ".join(written))
     return 0
+
+
+#: What a run leaves in its --output_dir for people to read, with what each is.
+OUTPUTS = (("README.md", "model card"), ("config.json", "the model: diffmodel edit --model loads it"),
+           ("adapter_config.json", "LoRA adapters"), ("merged", "the merged model"), ("loss.png", "loss plot"),
+           ("speed.png", "speed plot"), ("generation.png", "generation eval plot"), ("data_report.json", "data report"),
+           ("train_results.json", "train metrics"), ("eval_results.json", "eval metrics"))
+
+
+def outputs_written(out_dir: Path) -> list[str]:
+    """``name (what)`` for each of :data:`OUTPUTS` present in ``out_dir``."""
+    return [f"{name} ({what})" for name, what in OUTPUTS if (out_dir / name).exists()]
