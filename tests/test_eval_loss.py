@@ -174,3 +174,14 @@ def test_nothing_scored_is_an_error_that_names_the_skips_and_the_fix(tiny_gpt2_d
     assert "Traceback" not in err
     assert "nothing to score: all 4 samples were skipped (2 longer than --max_length 8 tokens, 1 without <DFF>, 1 with an empty diff)" in err
     assert "--max_length" in err and "shorter samples" in err
+
+
+def test_without_out_the_report_goes_to_the_models_folder(tiny_gpt2_dir, tmp_path, capsys):
+    import shutil
+
+    model = shutil.copytree(tiny_gpt2_dir, tmp_path / "model")
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps({"text": render("src/a.py", "x = 1\n", "Bump x", "@@ -1 +1 @@\n-x = 1\n+x = 2\n")}) + "\n")
+    assert diffmodel(["eval", "loss", "--model", str(model), "--data", str(data), "--no_progress"]) == 0
+    assert sorted(p.name for p in (model / "eval").iterdir()) == ["loss.json", "loss.md"]
+    assert f"wrote {model / 'eval' / 'loss.json'}, {model / 'eval' / 'loss.md'}" in capsys.readouterr().err

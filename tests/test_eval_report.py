@@ -77,6 +77,16 @@ def test_compare_command(tmp_path, capsys):
     assert "is a folder; give the NAME.json that diffmodel eval wrote in it" in capsys.readouterr().err
 
 
+def test_reports_go_to_the_models_folder_by_default(tmp_path, monkeypatch):
+    from diffmodel.commands.eval import default_out
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    assert default_out("loss", "runs/a") == "runs/a/eval/loss.json"
+    assert default_out("edits", None) == "eval/edits.json"  # --calibrate
+    assert default_out("humanevalfix", "owner/model-on-the-hub") == "eval/humanevalfix.json"
+
+
 def test_compare_columns_are_the_nearest_names_that_differ(tmp_path):
     from diffmodel.commands.eval import compare_labels
 

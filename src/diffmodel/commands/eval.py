@@ -8,7 +8,7 @@
     diffmodel eval humanevalfix --model DIR --problems humanevalpack-python.parquet   # the published bugs
     diffmodel eval compare runs/a/humanevalfix.json runs/b/humanevalfix.json
 
-Every eval writes ``--out`` (a JSON report, default ``eval/KIND.json``) and a
+Every eval writes ``--out`` (a JSON report, default ``MODEL/eval/KIND.json``) and a
 Markdown table beside it (``.md``), prints the table, and for ``edits`` and
 ``humanevalfix`` writes one JSON line per sample or problem
 (``KIND.samples.jsonl``). ``--calibrate`` replaces the model by a reference
@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N", help="samples per forward pass (default: %(default)s)")
     p.add_argument("--max_length", type=int, metavar="N", help="skip samples longer than N tokens (default: the model's positions)")
-    p.add_argument("--out", default="eval/loss.json", metavar="JSON", help="report path; Markdown goes beside it (default: %(default)s)")
+    p.add_argument("--out", metavar="JSON", help="report path; Markdown goes beside it (default: MODEL/eval/loss.json, the model's own folder; eval/loss.json with --calibrate)")
 
     p = sub.add_parser("edits", help="generate diffs for held-out samples: parse/apply rates, exact match, similarity")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     _add_data(p)
     add_generation_flags(p, num_samples=1, temperature=0.0, batch_size=8, seed=0)
-    p.add_argument("--out", default="eval/edits.json", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: %(default)s)")
+    p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: MODEL/eval/edits.json, the model's own folder; eval/edits.json with --calibrate)")
 
     p = sub.add_parser("humanevalfix", help="fix mutated HumanEval solutions; run their tests in a sandbox; pass@k")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
     g.add_argument("--require_isolation", action="store_true",
                    help="stop (exit 2) unless test programs can run in bubblewrap, the strongest sandbox layer")
-    p.add_argument("--out", default="eval/humanevalfix.json", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: %(default)s)")
+    p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: MODEL/eval/humanevalfix.json, the model's own folder; eval/humanevalfix.json with --calibrate)")
 
     p = sub.add_parser("compare", help="two reports of the same eval side by side")
     p.add_argument("a", metavar="A.json")
@@ -373,7 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command != "compare" and args.out is None:
+        args.out = default_out(args.command, args.model)
     return RUNNERS[args.command](args)
+
+
+def default_out(kind: str, model: str | None) -> str:
+    """``MODEL/eval/KIND.json`` for a model folder, so that evaluating a second model keeps the first one's report;
+    ``eval/KIND.json`` in the current folder otherwise (--calibrate, a Hub name)."""
+    if model and os.path.isdir(model):
+        return os.path.join(model, "eval", f"{kind}.json")
+    return os.path.join("eval", f"{kind}.json")
 
 
 if __name__ == "__main__":
