@@ -44,6 +44,12 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "\ndiffmodel apply: interrupted\n"
 
 
+def test_help_with_a_command_is_that_commands_help(capsys):
+    with pytest.raises(SystemExit) as done:  # argparse's --help
+        cli.main(["help", "apply"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: diffmodel apply")
+
+
 def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
     proc = subprocess.run(f"{sys.executable} -m diffmodel.cli train --help-all | head -1", shell=True, capture_output=True,
                           text=True, timeout=300)

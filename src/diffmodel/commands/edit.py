@@ -66,7 +66,7 @@ by the format's own parser; the diff shown is from the file to the edited file.
 
 status: strict (applied at the stated lines), lenient (applied after the
 lenient applier relocated hunks), failed, too_long (prompt longer than the
-model's positions). Exit status: 0 applied, 1 nothing applied, 2 usage error.
+model's positions). Exit status: 0 applied (--jsonl: the run finished), 1 nothing applied, 2 usage error.
 """
 
 RED, GREEN, CYAN, BOLD, RESET = "\033[31m", "\033[32m", "\033[36m", "\033[1m", "\033[0m"

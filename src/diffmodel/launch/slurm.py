@@ -252,7 +252,8 @@ def render_script(o: SlurmOptions, train_args: list[str]) -> str:
     out = [
         "#!/bin/bash",
         f"# diffmodel train on {o.nodes} node(s) x {o.gpus_per_node} GPU(s) = {o.world_size} ranks, started by {o.launcher} under srun.",
-        "# Written by 'diffmodel slurm'. Submit with: sbatch THIS_FILE (the log folder must exist; diffmodel slurm made it).",
+        f"# Written by 'diffmodel slurm'. Submit with: sbatch THIS_FILE. The log folder must exist first: diffmodel slurm "
+        f"creates it when it writes this file (after --dry_run: mkdir -p {q(str(log_dir))}).",
     ]
     out += [f"#SBATCH {line}" for line in sb]
     out += [

@@ -83,8 +83,8 @@ class DataArguments:
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
-    loss_on: str = arg("diff", "What carries loss with --train_diff_model, in the --edit_format's markers (docs/formats.md): diff (from the target marker on: <DFF> in carper and search_replace, <commit_after> in commit and linediff; the default) or message+diff (from the message marker on: <MSG>, <commit_msg>). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
-    ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it, --concatenate_texts is forced (and logged).")
+    loss_on: str = arg("diff", "What carries loss with --train_diff_model, in the --edit_format's markers (docs/formats.md): diff (from the target marker on: <DFF> in carper and search_replace, <commit_after> in commit and linediff) or message+diff (from the message marker on: <MSG>, <commit_msg>). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
+    ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it (and without --packing), --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
     packing: bool = arg(False, "Recommended for new runs. Pack whole samples into rows of at most block_size tokens (best-fit decreasing), with position_ids restarting per sample so no token attends to another sample; samples of block_size tokens or more are dropped. Replaces pad/concat.")
     load_from_disk: bool = arg(False, "--dataset_name is a folder written by save_to_disk (a Dataset or a DatasetDict).")
@@ -103,7 +103,7 @@ class DataArguments:
 
 @dataclass
 class LoraArguments:
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank. 0 (default) trains every weight; R > 0 freezes the model and trains rank-R adapters on its linear layers (needs the peft package)."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank. 0 trains every weight; R > 0 freezes the model and trains rank-R adapters on its linear layers (needs the peft package)."})
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator: an adapter's update is multiplied by lora_alpha / lora_r."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the input of each LoRA adapter."})
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "Module names (or name suffixes, e.g. q_proj v_proj) to adapt. Default: every linear layer except the LM head, found by type."})
