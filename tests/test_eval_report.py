@@ -112,3 +112,12 @@ def test_markdown_of_a_humanevalfix_report_has_operator_and_outcome_tables():
 def test_eval_without_a_subcommand_shows_help(capsys):
     assert diffmodel(["eval"]) == 2
     assert "humanevalfix" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["loss", "edits", "humanevalfix", "compare"])
+def test_each_eval_help_says_what_it_does_and_shows_an_example(kind, capsys):
+    with pytest.raises(SystemExit):
+        diffmodel(["eval", kind, "--help"])
+    out = capsys.readouterr().out
+    assert out.split("\n\n")[1][0].isupper()  # the description, after the usage
+    assert f"example:\n  diffmodel eval {kind} " in out

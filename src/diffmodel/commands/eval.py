@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{loss,edits,humanevalfix,compare}")
 
-    p = sub.add_parser("loss", help="loss and perplexity on the diff tokens of held-out data, per language")
+    p = _sub(sub, "loss", "loss and perplexity on the diff tokens of held-out data, per language",
+             "diffmodel eval loss --model runs/model --data heldout.jsonl.zst")
     add_model_flags(p, required=False)
     add_format_flag(p)
     p.add_argument("--loss_on", choices=LOSS_ON, default="diff",
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_length", type=int, metavar="N", help="skip samples longer than N tokens (default: the model's positions)")
     p.add_argument("--out", metavar="JSON", help="report path; Markdown goes beside it (default: MODEL/eval/loss.json, the model's own folder; eval/loss.json with --calibrate)")
 
-    p = sub.add_parser("edits", help="generate diffs for held-out samples: parse/apply rates, exact match, similarity")
+    p = _sub(sub, "edits", "generate diffs for held-out samples: parse/apply rates, exact match, similarity",
+             "diffmodel eval edits --model runs/model --data heldout.jsonl --max_samples 500")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
     add_format_flag(p)
     _add_progress(p)
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_flags(p, num_samples=1, temperature=0.0, batch_size=8, seed=0)
     p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: MODEL/eval/edits.json, the model's own folder; eval/edits.json with --calibrate)")
 
-    p = sub.add_parser("humanevalfix", help="fix mutated HumanEval solutions; run their tests in a sandbox; pass@k")
+    p = _sub(sub, "humanevalfix", "fix mutated HumanEval solutions; run their tests in a sandbox; pass@k",
+             "diffmodel eval humanevalfix --model runs/model --problems humanevalpack-python.jsonl")
     add_model_flags(p, required=False, calibrations=("oracle", "empty"))
     add_format_flag(p)
     _add_progress(p)
@@ -121,18 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_tries", type=int, default=25, metavar="N", help="mutants tried per problem for one that fails (default: %(default)s)")
     g.add_argument("--bugs_cache", metavar="DIR", help="folder where the bug set is cached (default: $DIFFMODEL_CACHE/humanevalfix, or ~/.cache/diffmodel/humanevalfix)")
     g.add_argument("--no_bugs_cache", action="store_true", help="make the bug set afresh and do not cache it")
-    g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count)")
+    g.add_argument("--workers", type=int, metavar="N", help="test programs run at once (default: the CPU count, at most 32)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per test run (default: %(default)s)")
     g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
     g.add_argument("--require_isolation", action="store_true",
                    help="stop (exit 2) unless test programs can run in bubblewrap, the strongest sandbox layer")
     p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: MODEL/eval/humanevalfix.json, the model's own folder; eval/humanevalfix.json with --calibrate)")
 
-    p = sub.add_parser("compare", help="two reports of the same eval side by side")
-    p.add_argument("a", metavar="A.json")
-    p.add_argument("b", metavar="B.json")
+    p = _sub(sub, "compare", "two reports of the same eval side by side, with B - A",
+             "diffmodel eval compare runs/a/eval/edits.json runs/b/eval/edits.json")
+    p.add_argument("a", metavar="A.json", help="the first report (a diffmodel eval --out file)")
+    p.add_argument("b", metavar="B.json", help="the second report, of the same kind of eval")
     p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column names (default: the two file names, or else the nearest folders whose names differ)")
     return parser
+
+
+def _sub(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with what it does and ends with an example."""
+    return sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".", epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 # -- shared steps ----------------------------------------------------------------------------
