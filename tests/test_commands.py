@@ -138,6 +138,20 @@ class TestEveryProblemAtOnce:
             "  - --block_size 1 is too small; use at least 2 (typical: 1024 or 2048)"
         )
 
+    def test_inspect_refuses_the_flags_of_training_runs_and_does_not_list_them(self, tmp_path, capsys):
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"text": "<MSG> m\\n<DFF> d"}\n')
+        with pytest.raises(DiffModelError) as err:
+            inspect_main(["--tokenizer_name", "t", "--train_file", str(data), "--streaming", "--save_final_dataset"])
+        assert str(err.value).splitlines()[1:] == [
+            "  - --save_final_dataset is a diffmodel train flag: inspect shows the rows the data flags make; drop it",
+            "  - --streaming is a diffmodel train flag: inspect shows the rows the data flags make; drop it",
+        ]
+        assert inspect_main(["--help"]) == 0
+        shown = capsys.readouterr().out
+        listed = re.findall(r"^  (--\w+)", shown, re.M)
+        assert "--packing" in listed and "--streaming" not in listed and "--save_final_dataset" not in listed
+
     def test_cli_exits_2_without_traceback(self, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "diffmodel.cli", "inspect", "--train_file", str(tmp_path / "x.jsonl")],
                               capture_output=True, text=True, timeout=120)

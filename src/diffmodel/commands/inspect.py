@@ -41,11 +41,15 @@ DESCRIPTION = ("See which tokens of a dataset are masked and which are trained: 
                "then the first rows with the trained spans marked.")
 USAGE = "diffmodel inspect --tokenizer_name DIR (--train_file FILE... | --dataset_name DIR) [FLAGS]"
 
+#: Data flags about training runs, not about the rows: inspect refuses them rather than ignore them.
+TRAIN_ONLY = ("max_eval_samples", "save_final_dataset", "final_dataset_dir", "streaming", "stream_buffer", "stream_shuffle",
+              "generation_eval_samples", "generation_eval_max_new_tokens")
+
 #: The sections of ``diffmodel inspect --help``: (heading, dataclass, field names; None: the fields not shown yet).
 HELP_SECTIONS = (
     ("inspect flags", InspectArguments, None),
     ("diff-model layout flags", DataArguments, LAYOUT_FLAGS),
-    ("data flags", DataArguments, None),
+    ("data flags", DataArguments, [f.name for f in dataclasses.fields(DataArguments) if f.name not in (*LAYOUT_FLAGS, *TRAIN_ONLY)]),
 )
 
 
@@ -58,6 +62,10 @@ def inspect_problems(args: InspectArguments, data_args: DataArguments) -> list[s
         problems.append(f"--rows {args.rows} must be 0 or more (rows shown)")
     if args.max_chars < 1:
         problems.append(f"--max_chars {args.max_chars} must be at least 1 (characters shown per row)")
+    defaults = DataArguments()
+    for name in TRAIN_ONLY:
+        if getattr(data_args, name) != getattr(defaults, name):
+            problems.append(f"--{name} is a diffmodel train flag: inspect shows the rows the data flags make; drop it")
     return problems + data_problems(data_args)
 
 
