@@ -113,11 +113,12 @@ class TestApplies:
         assert (work / "f.txt").read_text() == BEFORE
         assert "dry run: nothing written" in capsys.readouterr().out
 
-    def test_output_file(self, work, tmp_path):
+    def test_output_file(self, work, tmp_path, capsys):
         patch, out = tmp_path / "p.diff", tmp_path / "out.txt"
         patch.write_text(DIFF)
         assert run(str(patch), "f.txt", "-C", str(work), "--output", str(out)) == 0
         assert out.read_text() == AFTER
+        assert capsys.readouterr().out.endswith(f"wrote {out}\n")
         assert (work / "f.txt").read_text() == BEFORE
 
     def test_output_to_stdout(self, work, tmp_path, capfdbinary):

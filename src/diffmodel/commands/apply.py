@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
         elif args.output is not None:
             write_bytes(args.output, data)
+            print(f"wrote {args.output}", file=report_to)
         elif job.delete and not data:
             os.remove(job.path)
         else:
