@@ -55,11 +55,11 @@ class ModelArguments:
     config_overrides: str | None = arg(None, "Override config values when training from scratch, e.g. 'n_embd=10,resid_pdrop=0.2'.")
     config_name: str | None = arg(None, "Config folder or name, if not the same as --model_name_or_path.")
     tokenizer_name: str | None = arg(None, "Tokenizer folder or name, if not the same as --model_name_or_path.")
-    cache_dir: str | None = arg(None, "Where to keep downloaded models, HF dataset caches and the preprocessing cache (CACHE/diffmodel_preprocess).")
+    cache_dir: str | None = arg(None, "Where to keep downloaded models, HF dataset caches and the preprocessing cache (CACHE/diffmodel_preprocess). Default: Hugging Face's own caches, and $DIFFMODEL_CACHE/preprocess (or ~/.cache/diffmodel/preprocess) for preprocessing.")
     use_fast_tokenizer: bool = arg(True, "Use a fast (Rust) tokenizer; it gives the character offsets that find <DFF> exactly.")
     model_revision: str = arg("main", "Model version (branch, tag or commit).")
     trust_remote_code: bool = arg(False, "Allow model code from the checkpoint folder.")
-    torch_dtype: str | None = arg(None, "Load the model in this dtype: auto, bfloat16, float16 or float32.", choices=["auto", "bfloat16", "float16", "float32"])
+    torch_dtype: str | None = arg(None, "Load the model in this dtype: auto, bfloat16, float16 or float32. Default: the checkpoint's own dtype (transformers 5); a model trained from scratch is built in float32.", choices=["auto", "bfloat16", "float16", "float32"])
     attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2, torch_varlen (torch's own varlen flash kernels, GPU with --bf16; with --packing) (default: with --packing the fastest that keeps samples apart here, logged with its reason: flash-attn, else flex_attention on a GPU, else sdpa; without --packing the model's own choice).")
     dropout: float | None = arg(0.1, "Dropout set on every dropout setting of the model config (residual, embedding, attention), as the reference did. Pass a negative value to keep the checkpoint's.")
 
@@ -79,7 +79,7 @@ class DataArguments:
     max_train_samples: int | None = arg(None, "Keep only the first N training rows (after preprocessing), for debugging or quick runs.")
     max_eval_samples: int | None = arg(None, "Keep only the first N evaluation rows (after preprocessing).")
     block_size: int | None = arg(None, "Row length in tokens (default: min(1024, the tokenizer's model_max_length)). Must not exceed the model's maximum positions.")
-    preprocessing_num_workers: int | None = arg(None, "Processes used for tokenizing and labelling.")
+    preprocessing_num_workers: int | None = arg(None, "Processes used for tokenizing and labelling. Default: one (the main process).")
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
     train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
@@ -97,7 +97,7 @@ class DataArguments:
     stream_buffer: int = arg(1000, "With --streaming: samples per rank (and dataloader worker) laid out at a time; packing is best-fit decreasing over this buffer, and its rows are shuffled.")
     stream_shuffle: bool = arg(True, "With --streaming: shuffle the rows of each buffer and the file order of each epoch, seeded by --seed (--stream_shuffle False keeps file order).")
     # edit quality while training (train/generation_eval.py)
-    generation_eval_samples: int = arg(0, "At each evaluation, also write diffs (diff-aware, greedy) for the first N held-out samples and log eval_gen_parses / applies_strict / applies / exact / line_similarity / forced_share, plotted in generation.png beside loss.png. Needs --do_eval and raw samples (name/before/message/diff or rendered text); 0: off.")
+    generation_eval_samples: int = arg(0, "At each evaluation, also write diffs (diff-aware, greedy) for the first N held-out samples and log eval_gen_parses / applies_strict / applies / exact / line_similarity / forced_share, plotted in generation.png beside loss.png. Needs --do_eval and raw samples (name/before/message/diff or rendered text); diff-aware decoding for --edit_format carper, plain greedy for the other formats; generates on the main process, so not with FSDP / ZeRO-3 or --streaming. 0: off.")
     generation_eval_max_new_tokens: int = arg(256, "With --generation_eval_samples: the longest diff written, in tokens.")
 
 
@@ -149,7 +149,7 @@ class SpeedArguments:
     data_workers: str = field(default="auto", metadata={"help": "Processes that fetch and collate the next batches while a step runs (sets --dataloader_num_workers). auto: 2 with --packing on a GPU, unless --streaming or --dataloader_num_workers is given; else 0 (the main process)."})
     async_steps: str = field(default="auto", metadata={"help": "Let the host queue the next step while the GPU runs this one: batches copied from pinned memory without waiting, and Trainer's NaN/inf loss check (--logging_nan_inf_filter) done on the GPU with the same result. auto: on with --packing on a GPU.", "choices": list(AUTO_ON_OFF)})
     loss_logits: str = field(default="auto", metadata={"help": "Compute the output layer and the loss only at the positions whose next token bears loss (the diff), not at every position (same loss and gradients; no rows x width x vocabulary logits tensor); in Llama, Mistral and Qwen2/3 models the last decoder layer's MLP too. Llama, Mistral, Qwen2/3 and GPT-2 models, with --packing. auto: on with --packing on a GPU, unless liger-kernel's fused loss is chosen or --deepspeed / --fsdp shard the model.", "choices": list(AUTO_ON_OFF)})
-    max_train_time: str | None = field(default=None, metadata={"help": "Stop training after this much training time and save a checkpoint: seconds (5400) or H:MM:SS (1:30:00). Ranks stop at the same step. For a Slurm time limit, or to compare runs at equal time."})
+    max_train_time: str | None = field(default=None, metadata={"help": "Stop training after this much training time and save a checkpoint: seconds (5400) or H:MM:SS (1:30:00). Ranks stop at the same step. For a Slurm time limit, or to compare runs at equal time. Default: no limit."})
 
 
 def speed_args_from(obj) -> SpeedArguments:
