@@ -27,7 +27,12 @@ from diffmodel.mine.shards import DEFAULT_SHARD_BYTES
 _DEFAULTS = FilterOptions()
 
 EPILOG = f"""\
-output:
+examples:
+  diffmodel mine ~/src/myproject -o data/myproject
+  diffmodel mine ~/src --languages Python,Rust --licenses permissive -o data/mine
+  diffmodel mine --rows commitpack-python.jsonl.zst -o data/commitpack
+
+files written:
   OUTPUT_DIR/train/*.jsonl.zst, OUTPUT_DIR/validation/*.jsonl.zst, OUTPUT_DIR/test/*.jsonl.zst and
   OUTPUT_DIR/manifest.json (drop counts per filter, languages, repositories, shards, options).
   Train on it with:  diffmodel train --train_file OUTPUT_DIR/train/*.jsonl.zst ...
