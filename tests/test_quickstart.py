@@ -22,3 +22,7 @@ def test_quickstart_writes_checkpoint_plot_and_report(tmp_path):
     assert report["train"]["fill_ratio"] > 0.7  # left padding fills about 45% of the same rows
     ev = json.loads((model / "eval_results.json").read_text())
     assert ev["eval_loss"] > 0 and ev["perplexity"] > 1
+    summary = proc.stdout.split("[quickstart] done\n")[1].splitlines()
+    assert f"eval loss (diff tokens)  {ev['eval_loss']:.3f}" in [line.strip() for line in summary]
+    assert ["model", "card", str(model / "README.md")] in [line.split() for line in summary]
+    assert (model / "README.md").read_text().startswith(f"# Diff model: {model}")

@@ -118,6 +118,7 @@ def summary(model_dir: Path, block_size: int, start: float) -> list[tuple[str, s
         ("eval loss (diff tokens)", f"{ev['eval_loss']:.3f}"),
         ("eval perplexity", f"{ev['perplexity']:.2f}"),
         ("checkpoint", str(model_dir)),
+        ("model card", str(model_dir / "README.md")),
         ("loss plot", str(model_dir / "loss.png")),
         ("speed", f"{speed_results(state['log_history']).get('median_tokens_per_second', '-')} tokens/s, median (plot: {model_dir / 'speed.png'})"),
         ("data report", str(model_dir / "data_report.json")),
