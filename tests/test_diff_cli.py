@@ -109,9 +109,10 @@ class TestApplies:
     def test_dry_run_writes_nothing(self, work, tmp_path, capsys):
         patch = tmp_path / "p.diff"
         patch.write_text(DIFF)
-        assert run(str(patch), "f.txt", "-C", str(work), "--dry-run") == 0
-        assert (work / "f.txt").read_text() == BEFORE
-        assert "dry run: nothing written" in capsys.readouterr().out
+        for spelling in ("--dry-run", "--dry_run", "-n"):
+            assert run(str(patch), "f.txt", "-C", str(work), spelling) == 0
+            assert (work / "f.txt").read_text() == BEFORE
+            assert "dry run: nothing written" in capsys.readouterr().out
 
     def test_output_file(self, work, tmp_path, capsys):
         patch, out = tmp_path / "p.diff", tmp_path / "out.txt"

@@ -248,10 +248,11 @@ class TestTrainArgumentChecks:
 class TestCommandLine:
     def test_dry_run_prints_and_writes_nothing(self, tmp_path, capsys, monkeypatch):
         monkeypatch.chdir(tmp_path)
-        assert slurm_main(["--nodes", "2", "--dry_run", "--", *TRAIN]) == 0
-        out = capsys.readouterr().out
-        assert out.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in out
-        assert list(tmp_path.iterdir()) == []
+        for spelling in ("--dry_run", "--dry-run"):
+            assert slurm_main(["--nodes", "2", spelling, "--", *TRAIN]) == 0
+            out = capsys.readouterr().out
+            assert out.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in out
+            assert list(tmp_path.iterdir()) == []
 
     def test_writes_executable_script_and_log_folder(self, tmp_path, capsys):
         path = tmp_path / "jobs" / "train.sbatch"

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="PATH",
         help="write the patched text to PATH ('-' for standard output) instead of changing FILE; one file only",
     )
-    parser.add_argument("-n", "--dry-run", action="store_true", help="report what would happen; write nothing")
+    parser.add_argument("-n", "--dry-run", "--dry_run", action="store_true", help="report what would happen; write nothing")
     parser.add_argument(
         "-C", "--directory", metavar="DIR", default=".",
         help="working folder: file names are relative to it and may not leave it (default: current folder)",
