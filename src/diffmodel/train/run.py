@@ -321,10 +321,13 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args = dataclasses.replace(data_args, packing=True)
     speed = speed_args_from(training_args)
+    facts = fast_path.probe_facts()
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
-                            fast_path.probe_facts(), config.model_type, fast_path.backends_of(config), data_args.streaming,
+                            facts, config.model_type, fast_path.backends_of(config), data_args.streaming,
                             head_dim_of(config))
     training_args.dataloader_num_workers = path.data_workers.value
+    if not facts.cuda:  # pinned memory is for copies to a GPU (torch warns at every loader otherwise)
+        training_args.dataloader_pin_memory = False
     if path.data_workers.value:
         training_args.dataloader_persistent_workers = True  # no new processes at each epoch
     nan_filter_on_device = async_steps.apply(training_args) if path.async_steps.value else False
