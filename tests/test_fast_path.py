@@ -567,8 +567,6 @@ class TestDataWorkers:
                   for r in runs]
         assert len(losses[0]) == 3 and losses[0] == losses[1]
         assert "fast path: data loader workers: 2 (set by --data_workers 2)" in runs[1]["log"]
-        # no GPU to copy batches to: no pinned memory (torch warns at every loader otherwise)
-        assert [torch.load(r["out"] / "training_args.bin", weights_only=False).dataloader_pin_memory for r in runs] == [False, False]
 
 
 class TestAsyncSteps:

@@ -13,6 +13,7 @@ def test_quickstart_writes_checkpoint_plot_and_report(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Data sanity report" in proc.stdout and "[quickstart] done" in proc.stdout
+    assert "pin_memory" not in proc.stderr  # no GPU: no pinned memory, no warning at each data loader
     model = out / "model"
     assert (model / "model.safetensors").stat().st_size > 0
     assert (model / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
