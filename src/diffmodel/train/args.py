@@ -82,7 +82,7 @@ class DataArguments:
     preprocessing_num_workers: int | None = arg(None, "Processes used for tokenizing and labelling. Default: one (the main process).")
     overwrite_cache: bool = arg(False, "Recompute every preprocessing stage instead of reusing cached results.")
     # the reference script's flags
-    train_diff_model: bool = arg(False, "Diff-model labels: every token before the <DFF> line that follows the last <MSG> line is ignored by the loss. Always pass it for diff models.")
+    train_diff_model: bool = arg(False, "Diff-model labels: the loss ignores every token before the diff (in the default carper format, before the <DFF> line that follows the last <MSG> line; in the other --edit_format's, before their target marker; --loss_on message+diff starts at the message). Always pass it for diff models.")
     loss_on: str = arg("diff", "What carries loss with --train_diff_model, in the --edit_format's markers (docs/formats.md): diff (from the target marker on: <DFF> in carper and search_replace, <commit_after> in commit and linediff) or message+diff (from the message marker on: <MSG>, <commit_msg>). Prompt/completion rows always train on the completion.", choices=["diff", "message+diff"])
     ignore_long_samples: bool = arg(False, "Drop samples of block_size tokens or more (one slot is left for EOS). Without it (and without --packing), --concatenate_texts is forced (and logged).")
     concatenate_texts: bool = arg(False, "Append EOS to each sample, concatenate all and cut into block_size rows. Otherwise each sample is left-padded to block_size.")
