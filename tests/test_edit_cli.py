@@ -210,6 +210,49 @@ class TestJsonl:
         assert "7 requests, 7 edits" in err and "strict 4, lenient 1, failed 2" in err
         assert "forced" not in err  # --unconstrained
 
+    def test_a_run_that_dies_resumes_where_it_stopped_and_writes_what_an_unbroken_run_writes(self, model_dir, tmp_path, capsys,
+                                                                                             monkeypatch):
+        from diffmodel.commands import edit as edit_command
+
+        src = tmp_path / "in.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        monkeypatch.setattr(edit_command, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
+        flags = ["--model", str(model_dir), "--batch_size", "2", "--temperature", "0.7", "--seed", "1", "--no_progress"]
+        unbroken = tmp_path / "unbroken.jsonl"
+        assert _edit([*flags, "--jsonl", str(src), str(unbroken)], capsys)[0] == 0
+
+        real, sizes = DiffModel.edit_many, []
+
+        def dies_at_the_third_piece(self, requests, **kw):
+            sizes.append(len(requests))
+            if len(sizes) == 3:
+                raise KeyboardInterrupt
+            return real(self, requests, **kw)
+
+        monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_third_piece)
+        dst = tmp_path / "out.jsonl"
+        assert _edit([*flags, "--jsonl", str(src), str(dst)], capsys)[0] == 130  # Ctrl-C
+        assert not dst.exists() and len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 4
+        with open(tmp_path / "out.jsonl.partial", "a") as handle:  # a piece appended but never recorded as done
+            handle.write('{"half": "written"}\n')
+
+        sizes.clear()
+        monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+        code, _, err = _edit([*flags, "--jsonl", str(src), str(dst)], capsys)
+        assert code == 0 and "resuming: 4 of 7 requests were done (out.jsonl.partial)" in err
+        assert sizes == [2, 1]  # only the requests not done
+        assert dst.read_text() == unbroken.read_text()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl", "unbroken.jsonl"]
+
+    def test_a_partial_output_of_another_run_is_not_resumed(self, model_dir, tmp_path, capsys):
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        (tmp_path / "out.jsonl.partial").write_text('{"from": "another run"}\n')
+        (tmp_path / "out.jsonl.partial.json").write_text(json.dumps({"fingerprint": {"in": "other"}, "done": 1, "bytes": 24}))
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--no_progress"], capsys)
+        assert code == 0 and "note: out.jsonl.partial came from another run (other input, model or settings): starting over" in err
+        assert len(dst.read_text().splitlines()) == 7 and "another run" not in dst.read_text()
+
     def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         s = SAMPLES["calc"]

@@ -14,7 +14,9 @@ Many files::
 reads one request per line (``name`` or ``path``, ``before`` or ``code``,
 ``message``), generates in batches, and writes each row back with ``diff``,
 ``new_code``, ``status`` and ``notes`` added (one row per sample when
-``--num_samples`` > 1, with ``sample`` numbered from 0).
+``--num_samples`` > 1, with ``sample`` numbered from 0). The rows are written
+piece by piece to ``OUT.partial`` (:mod:`diffmodel.infer.partial`): a run that
+dies resumes from where it stopped when run again.
 
 ``--edit_format`` names the format the model was trained on (docs/formats.md):
 ``diff`` is then the unified diff from the file to the edited file (empty when
@@ -207,22 +209,66 @@ def run_one(args) -> int:
     return 0
 
 
+#: Batches generated between two records of ``OUT.partial`` (:mod:`diffmodel.infer.partial`).
+PIECE_BATCHES = 16
+
+
 def run_jsonl(args) -> int:
-    from diffmodel.atomic import write_bytes
+    """Batch mode, written piece by piece to ``OUT.partial`` so that a run that dies resumes (same command)."""
     from diffmodel.evaluate.edits import forced_share
+    from diffmodel.infer.partial import PartialOutput, file_hash
 
     src, dst = args.jsonl
     rows = read_requests(src)
     if any("diff" in row for row in rows):
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
+    options = generation_options(args)
+    piece = PIECE_BATCHES * args.batch_size
+    model_id = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    partial = PartialOutput(dst, {"in": file_hash(src), "model": model_id, "options": options, "piece": piece})
+    done = partial.start()
+    if partial.resumed_from_other_run:
+        print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)
+    elif done:
+        print(f"resuming: {done} of {len(rows)} requests were done ({partial.lines.name})", file=sys.stderr)
     model = load_model(args, quiet=True)
     _note_decoding(args)
     start = time.perf_counter()
-    results = model.edit_many(rows, progress=not args.no_progress, **generation_options(args))
+    results = []
+    bar = None if args.no_progress else _edit_bar(len(rows), done)
+    try:
+        for first in range(done, len(rows), piece):
+            requests = rows[first:first + piece]
+            seed = None if options["seed"] is None else options["seed"] + first  # a resumed piece samples as it would have
+            edits = model.edit_many(requests, **{**options, "seed": seed, "progress": bar.update if bar else False})
+            partial.add(_result_lines(args, requests, edits), len(requests))
+            results += edits
+    finally:
+        if bar:
+            bar.close()
     seconds = time.perf_counter() - start
-    counts: Counter[str] = Counter()
+    counts = Counter(json.loads(line)["status"] for line in partial.read_lines())
+    partial.finish()
+    summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
+    made = sum(len(e) for e in results)
+    rate = made / seconds if seconds > 0 else float("inf")
+    forced = f", {forced_share(results):.0%} of tokens forced" if options["constrained"] and results else ""
+    this_run = f" ({made} in this run)" if done else ""
+    print(f"{len(rows)} requests, {sum(counts.values())} edits{this_run} in {seconds:.1f}s ({rate:.2f} edits/s{forced}): "
+          f"{summary}; wrote {dst}", file=sys.stderr)
+    return 0
+
+
+def _edit_bar(total: int, done: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="edit", desc="editing", dynamic_ncols=True, file=sys.stderr)
+
+
+def _result_lines(args, requests: list[dict], results) -> list[str]:
+    """The OUT lines of ``requests``: each row with its edit added (one line per sample)."""
     lines = []
-    for row, edits in zip(rows, results):
+    for row, edits in zip(requests, results):
         for k, edit in enumerate(edits):
             out = dict(row)
             if "diff" in out:
@@ -232,15 +278,8 @@ def run_jsonl(args) -> int:
             out.update(diff=edit.diff, new_code=edit.new_code, status=str(edit.status), notes=edit.notes)
             if args.edit_format != "carper":
                 out.update(edit_format=args.edit_format, output=edit.output)
-            counts[str(edit.status)] += 1
             lines.append(json.dumps(out, ensure_ascii=False) + "\n")
-    write_bytes(os.path.abspath(dst), "".join(lines).encode("utf-8"))
-    summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
-    rate = sum(counts.values()) / seconds if seconds > 0 else float("inf")
-    forced = f", {forced_share(results):.0%} of tokens forced" if generation_options(args)["constrained"] else ""
-    print(f"{len(rows)} requests, {sum(counts.values())} edits in {seconds:.1f}s ({rate:.2f} edits/s{forced}): {summary}; wrote {dst}",
-          file=sys.stderr)
-    return 0
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
