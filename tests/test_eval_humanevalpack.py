@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from diffmodel.cli import main as diffmodel
 from diffmodel.errors import DiffModelError
@@ -139,6 +140,7 @@ class TestCommand:
         assert diffmodel(["eval", "humanevalfix", "--calibrate", "oracle", "--problems", str(jsonl), "--no_progress", "--out", str(out)]) == 0
         report = json.loads(out.read_text())
         assert report["settings"]["num_samples"] == 20 and report["settings"]["temperature"] == 0.2
+        assert report["settings"]["cuda_graphs"] is torch.cuda.is_available()  # no graphs to replay on a CPU
         assert "bug_seed" not in report["settings"]
         assert report["metrics"]["pass@1"] == 1.0 and report["metrics"]["pass@10"] == 1.0 and report["metrics"]["problems"] == 3
         assert report["problems_source"]["source"] == "humanevalpack" and report["problems_source"]["file"] == str(jsonl)

@@ -130,12 +130,17 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 def generation_settings(args: argparse.Namespace) -> dict:
     """:func:`generation_options` as a report records them: ``speculation`` (whether it ran) next to
-    ``constrained``, and ``constrained_note`` when the ``--edit_format`` turned diff-aware decoding off."""
+    ``constrained``, ``cuda_graphs`` (whether passes could be replayed: a GPU run without --no_cuda_graphs), and
+    ``constrained_note`` when the ``--edit_format`` turned diff-aware decoding off."""
+    from diffmodel.checkpoint import resolve_device
+
     note = decoding(getattr(args, "edit_format", formats.DEFAULT), not args.unconstrained)[1]
     settings = {}
     for key, value in generation_options(args).items():
         if key == "speculate":
             continue
+        if key == "cuda_graphs":
+            value = value and resolve_device(args.device).type == "cuda"
         settings[key] = value
         if key == "constrained":
             settings["speculation"] = value and args.temperature <= 0 and not args.no_speculation
