@@ -600,8 +600,9 @@ class TestLossLogits:
                                       "diffmodel edit --model loads it); loss.png (loss plot); speed.png (speed plot); data_report.json "
                                       "(data report); train_results.json (train metrics)")
 
-    def test_evaluation_during_training_gives_the_same_loss_and_accuracy(self, data_dir, tiny_gpt2_dir):
-        runs = [_train(tiny_gpt2_dir, data_dir, f"loss_logits_eval_{s}", "--packing", "--max_steps", "2", "--loss_logits", s,
+    @pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_llama_dir"])
+    def test_evaluation_during_training_gives_the_same_loss_and_accuracy(self, data_dir, model, request):
+        runs = [_train(request.getfixturevalue(model), data_dir, f"loss_logits_eval_{model}_{s}", "--packing", "--max_steps", "2", "--loss_logits", s,
                        "--do_eval", "--validation_split_percentage", "30", "--eval_strategy", "steps", "--eval_steps", "1")
                 for s in ("off", "on")]
         assert [r["code"] for r in runs] == [0, 0]
