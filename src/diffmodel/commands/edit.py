@@ -227,7 +227,7 @@ def run_jsonl(args) -> int:
     model_id = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
     partial = PartialOutput(dst, {"in": file_hash(src), "model": model_id, "options": options, "piece": piece})
     done = partial.start()
-    if partial.resumed_from_other_run:
+    if partial.discarded_other_run:
         print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)
     elif done:
         print(f"resuming: {done} of {len(rows)} requests were done ({partial.lines.name})", file=sys.stderr)

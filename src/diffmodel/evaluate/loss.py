@@ -235,9 +235,9 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
 
         max_length = max_positions(model.config)
     kept = [s for s in samples if max_length is None or len(s.input_ids) <= max_length]
-    if progress is not None and len(kept) < len(samples):
-        progress(len(samples) - len(kept))  # the samples too long to score are done too
     too_long = len(samples) - len(kept)
+    if progress is not None and too_long:
+        progress(too_long)  # the samples too long to score are done too
     losses = sample_losses(model, kept, batch_size, progress)
     overall = _Sums()
     by_language: dict[str, _Sums] = defaultdict(_Sums)

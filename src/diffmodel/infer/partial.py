@@ -41,7 +41,7 @@ class PartialOutput:
         self.record = self.out.with_name(self.out.name + ".partial.json")
         self.fingerprint = fingerprint
         self.done = 0
-        self.resumed_from_other_run = False
+        self.discarded_other_run = False
 
     def start(self) -> int:
         """How many requests are done already (0 for a fresh run); leaves ``OUT.partial`` holding exactly them."""
@@ -52,7 +52,7 @@ class PartialOutput:
                 handle.truncate(saved["bytes"])
             self.done = int(saved["done"])
             return self.done
-        self.resumed_from_other_run = saved is not None
+        self.discarded_other_run = saved is not None
         self.discard()
         self.lines.write_bytes(b"")
         return 0

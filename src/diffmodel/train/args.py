@@ -443,6 +443,10 @@ def generation_eval_problems(data_args: DataArguments, training_args) -> list[st
     return problems
 
 
+#: The problem of --do_eval without a validation split (found from the flags here, from the loaded splits in train/run.py).
+NO_EVAL_SPLIT = "--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0"
+
+
 def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
     """Trainer flags transformers would refuse only once the data is prepared (or with a traceback)."""
     from diffmodel.atomic import folder_problem
@@ -456,7 +460,7 @@ def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
         problems.append(f"--learning_rate {training_args.learning_rate:g} must be 0 or more")
     if (training_args.do_eval and not data_args.streaming and not data_args.validation_file and not data_args.dataset_name
             and data_args.validation_split_percentage == 0):
-        problems.append("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
+        problems.append(NO_EVAL_SPLIT)
     if training_args.output_dir and (problem := folder_problem(training_args.output_dir)):
         problems.append(f"--output_dir {training_args.output_dir}: {problem}; choose another folder")
     return problems

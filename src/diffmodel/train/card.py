@@ -79,12 +79,12 @@ def changed_flags(*arg_objects, only: tuple[str, ...] | None = None) -> dict[str
     out = {}
     for obj in arg_objects:
         for f in fields(obj):
+            if only is not None and f.name not in only:
+                continue
             value = getattr(obj, f.name)
             value = getattr(value, "value", value)  # transformers' str enumerations (lr_scheduler_type, optim)
             default = _default(f)
-            if default is None and value is False:  # a "not set" the Trainer resolved to off (gradient_checkpointing)
-                continue
-            if (only is None or f.name in only) and value != default:
+            if value != default and not (default is None and value is False):  # False: a "not set" the Trainer resolved to off
                 out[f"--{f.name}"] = value
     return out
 

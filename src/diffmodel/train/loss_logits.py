@@ -17,8 +17,8 @@ With ``--loss_logits on``:
   without it) and its gradients, from a (positions x vocabulary) logits tensor;
 - in the Llama-shaped decoders (:data:`LAST_LAYER`) the positions are picked earlier, inside the last
   decoder layer, right after its attention: that layer's keys and values are needed at every position,
-  but its MLP (two thirds of a layer's multiplies), the final norm and the output layer only at the loss
-  positions. The picking moves, it is not repeated: one gather either way;
+  but its MLP (two thirds of a layer's multiplies at ~110M, four fifths at ~1B), the final norm and the
+  output layer only at the loss positions. The picking moves, it is not repeated: one gather either way;
 - the training metrics score ``mean_token_accuracy`` on those logits.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At

@@ -42,7 +42,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.train import async_steps, fast_path, flex_kernels, loss_logits
-from diffmodel.train.args import lora_args_from, parse_duration, speed_args_from
+from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
 from diffmodel.train.data import build_datasets
@@ -312,7 +312,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         # rows reach the collator as numpy arrays, not Python lists (train/collate.py)
         train_ds, eval_ds = (d.with_format("numpy") if d is not None else None for d in (train_ds, eval_ds))
     if training_args.do_eval and eval_ds is None:
-        raise DiffModelError("--do_eval needs a validation split: give --validation_file or a --validation_split_percentage above 0")
+        raise DiffModelError(NO_EVAL_SPLIT)
     if eval_ds is not None and data_args.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(len(eval_ds), data_args.max_eval_samples)))
 
