@@ -212,11 +212,11 @@ class TestJsonl:
 
     def test_a_run_that_dies_resumes_where_it_stopped_and_writes_what_an_unbroken_run_writes(self, model_dir, tmp_path, capsys,
                                                                                              monkeypatch):
-        from diffmodel.commands import edit as edit_command
+        from diffmodel.infer import partial as pieces
 
         src = tmp_path / "in.jsonl"
         src.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-        monkeypatch.setattr(edit_command, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
+        monkeypatch.setattr(pieces, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
         flags = ["--model", str(model_dir), "--batch_size", "2", "--temperature", "0.7", "--seed", "1", "--no_progress"]
         unbroken = tmp_path / "unbroken.jsonl"
         assert _edit([*flags, "--jsonl", str(src), str(unbroken)], capsys)[0] == 0

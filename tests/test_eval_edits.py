@@ -168,3 +168,62 @@ def test_reports_record_the_decoder_and_the_forced_share(tmp_path_factory, tmp_p
         assert report["metrics"]["exact"] == 1.0
         shares[tuple(flags)] = report["metrics"]["forced_share"]
     assert shares[()] == shares[("--no_speculation",)] > 0.0 and shares[("--unconstrained",)] == 0.0
+
+
+def test_a_run_that_dies_resumes_its_generations_and_reports_what_an_unbroken_run_reports(tmp_path_factory, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from diffmodel.infer import partial as pieces
+
+    folder = trained_edit_model(tmp_path_factory)
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(row(k)) + "\n" for k in [*STRICT, "calc"]))  # 5 cases
+    monkeypatch.setattr(pieces, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
+    flags = ["--model", str(folder), "--data", str(data), "--batch_size", "2", "--num_samples", "2", "--temperature", "0.7",
+             "--seed", "3", "--no_progress"]
+    unbroken = tmp_path / "unbroken" / "edits.json"
+    assert diffmodel(["eval", "edits", *flags, "--out", str(unbroken)]) == 0
+    assert sorted(p.name for p in unbroken.parent.iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]
+
+    real, sizes = DiffModel.edit_many, []
+
+    def dies_at_the_second_piece(self, requests, **kw):
+        sizes.append(len(requests))
+        if len(sizes) == 2:
+            raise KeyboardInterrupt
+        return real(self, requests, **kw)
+
+    monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_second_piece)
+    out = tmp_path / "resumed" / "edits.json"
+    assert diffmodel(["eval", "edits", *flags, "--out", str(out)]) == 130  # Ctrl-C
+    kept = out.parent / "edits.generations.partial"
+    assert not out.exists() and len(kept.read_text().splitlines()) == 2  # the first piece's two requests
+    capsys.readouterr()
+
+    sizes.clear()
+    monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+    assert diffmodel(["eval", "edits", *flags, "--out", str(out)]) == 0
+    assert "resuming: 2 of 5 requests were done (edits.generations.partial)" in capsys.readouterr().err
+    assert sizes == [2, 1]  # only the requests not done
+    assert out.with_suffix(".samples.jsonl").read_text() == unbroken.with_suffix(".samples.jsonl").read_text()
+    got, want = json.loads(out.read_text()), json.loads(unbroken.read_text())
+    assert (got["metrics"], got["by_language"], got["statuses"]) == (want["metrics"], want["by_language"], want["statuses"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]  # nothing kept
+
+    sizes.clear()  # other settings: the kept generations are not theirs
+    kept.write_text(json.dumps([{"diff": "from another run"}]) + "\n")
+    kept.with_name(kept.name + ".json").write_text(json.dumps({"fingerprint": {"kind": "edits"}, "done": 1, "bytes": 31}))
+    assert diffmodel(["eval", "edits", *flags, "--out", str(out)]) == 0
+    assert "note: edits.generations.partial came from another run (other requests, model or settings): starting over" \
+        in capsys.readouterr().err
+    assert sizes == [2, 2, 1] and out.with_suffix(".samples.jsonl").read_text() == unbroken.with_suffix(".samples.jsonl").read_text()
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code = diffmodel(["eval", "edits", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "none.jsonl"),
+                      "--out", str(tmp_path / "file" / "edits.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {tmp_path / 'file' / 'edits.json'}: {tmp_path / 'file'} is a file, not a folder; choose another path" in err
+    code = diffmodel(["eval", "loss", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "none.jsonl"),
+                      "--out", str(tmp_path)])
+    assert code == 2 and f"--out {tmp_path} is a folder; give the path of the report file (NAME.json) in it" in capsys.readouterr().err

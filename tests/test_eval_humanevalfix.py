@@ -243,3 +243,41 @@ def test_random_orders_differ_between_problems(problems):
     assert len(set(firsts)) >= 6
     random.Random(0)  # the order depends on no global generator
     assert [c.description for c in hef.ordered_candidates(problems[0], 0)] == [c.description for c in hef.ordered_candidates(problems[0], 0)]
+
+
+def test_a_run_that_dies_running_the_tests_keeps_its_generations(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    from edit_model import trained_edit_model
+
+    from diffmodel.infer import DiffModel
+
+    folder = trained_edit_model(tmp_path_factory)
+    problems = tmp_path / "problems.jsonl"  # files short enough for the tiny model's 256 positions
+    problems.write_text("".join(json.dumps({
+        "task_id": f"Tiny/{i}", "prompt": f"def {name}(a, b):\n", "canonical_solution": f"    return a {op} b\n",
+        "test": f"def check(f):\n    assert f(7, 2) == {value}\n", "entry_point": name}) + "\n"
+        for i, (name, op, value) in enumerate([("add", "+", 9), ("sub", "-", 5), ("mul", "*", 14)])))
+    out = tmp_path / "eval" / "humanevalfix.json"
+    flags = ["eval", "humanevalfix", "--model", str(folder), "--problems", str(problems), "--num_samples", "2", "--k", "1",
+             "--max_new_tokens", "24", "--bugs_cache", str(tmp_path / "cache"), "--no_progress", "--out", str(out)]
+    real, sizes = DiffModel.edit_many, []
+    monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+    real_run = hef.run_many
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hef, "run_many", dies)
+    assert diffmodel(flags) == 130
+    assert sizes == [3] and not out.exists()
+    kept = [json.loads(line) for line in (out.parent / "humanevalfix.generations.partial").read_text().splitlines()]
+    assert [len(k) for k in kept] == [2, 2, 2]
+    assert "too_long" not in {e["status"] for k in kept for e in k}  # generated
+    capsys.readouterr()
+
+    monkeypatch.setattr(hef, "run_many", real_run)
+    assert diffmodel(flags) == 0
+    assert "resuming: 3 of 3 requests were done (humanevalfix.generations.partial)" in capsys.readouterr().err
+    assert sizes == [3]  # nothing generated again
+    rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [[g["diff"] for g in r["generations"]] for r in rows] == [[e["diff"] for e in k] for k in kept]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["humanevalfix.json", "humanevalfix.md", "humanevalfix.samples.jsonl"]

@@ -36,6 +36,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ from collections import Counter
 
 from diffmodel.commands.options import (
     add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
-    generation_settings, load_model,
+    generation_settings, load_model, model_id,
 )
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.infer.requests import prompt_name, read_requests, read_text_file
@@ -209,23 +210,19 @@ def run_one(args) -> int:
     return 0
 
 
-#: Batches generated between two records of ``OUT.partial`` (:mod:`diffmodel.infer.partial`).
-PIECE_BATCHES = 16
-
-
 def run_jsonl(args) -> int:
     """Batch mode, written piece by piece to ``OUT.partial`` so that a run that dies resumes (same command)."""
     from diffmodel.evaluate.edits import forced_share
-    from diffmodel.infer.partial import PartialOutput, file_hash
+    from diffmodel.infer import partial as pieces
+    from diffmodel.infer.partial import PartialOutput, edit_bar, file_hash, generate_in_pieces
 
     src, dst = args.jsonl
     rows = read_requests(src)
     if any("diff" in row for row in rows):
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
     options = generation_options(args)
-    piece = PIECE_BATCHES * args.batch_size
-    model_id = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
-    partial = PartialOutput(dst, {"in": file_hash(src), "model": model_id, "options": options, "piece": piece})
+    piece = pieces.PIECE_BATCHES * args.batch_size
+    partial = PartialOutput(dst, {"in": file_hash(src), "model": model_id(args.model), "options": options, "piece": piece})
     done = partial.start()
     if partial.discarded_other_run:
         print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)
@@ -234,15 +231,10 @@ def run_jsonl(args) -> int:
     model = load_model(args, quiet=True)
     _note_decoding(args)
     start = time.perf_counter()
-    results = []
-    bar = None if args.no_progress else _edit_bar(len(rows), done)
+    bar = None if args.no_progress else edit_bar(len(rows), done)
     try:
-        for first in range(done, len(rows), piece):
-            requests = rows[first:first + piece]
-            seed = None if options["seed"] is None else options["seed"] + first  # a resumed piece samples as it would have
-            edits = model.edit_many(requests, **{**options, "seed": seed, "progress": bar.update if bar else False})
-            partial.add(_result_lines(args, requests, edits), len(requests))
-            results += edits
+        results = generate_in_pieces(model, rows, partial, piece, options, functools.partial(_result_lines, args),
+                                     bar.update if bar else None)
     finally:
         if bar:
             bar.close()
@@ -257,12 +249,6 @@ def run_jsonl(args) -> int:
     print(f"{len(rows)} requests, {sum(counts.values())} edits{this_run} in {seconds:.1f}s ({rate:.2f} edits/s{forced}): "
           f"{summary}; wrote {dst}", file=sys.stderr)
     return 0
-
-
-def _edit_bar(total: int, done: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, unit="edit", desc="editing", dynamic_ncols=True, file=sys.stderr)
 
 
 def _result_lines(args, requests: list[dict], results) -> list[str]:

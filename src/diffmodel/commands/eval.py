@@ -29,6 +29,9 @@ Invariants:
   (stderr), then a warning when bubblewrap is missing; with
   ``--require_isolation`` a missing bubblewrap is a usage problem.
 - Files are written whole (temporary file + rename) after the eval finishes.
+- ``edits`` and ``humanevalfix`` keep their generations in ``KIND.generations.partial`` as they go
+  (:class:`~diffmodel.infer.partial.ResumableEditor`): the same command resumes a run that died; the file is
+  removed once the report is written.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pathlib import Path
 
 from diffmodel.commands.options import (
     add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
-    generation_settings, load_model,
+    generation_settings, load_model, model_id,
 )
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.formats import LOSS_ON
@@ -161,6 +164,16 @@ def _check_data_args(args, problems: list[str]) -> None:
         problems.append(f"--max_samples must be at least 1, got {args.max_samples}")
 
 
+def _check_out(args, problems: list[str]) -> None:
+    """``--out``'s folder must be one that can be made and written (checked before any model loads)."""
+    from diffmodel.atomic import folder_problem
+
+    if Path(args.out).is_dir():
+        problems.append(f"--out {args.out} is a folder; give the path of the report file (NAME.json) in it")
+    elif problem := folder_problem(Path(args.out).parent):
+        problems.append(f"--out {args.out}: {problem}; choose another path")
+
+
 def load_rows(args):
     """The chosen split of the data, as a ``datasets.Dataset``, and a description."""
     from diffmodel.data.load import LoadOptions, load_raw_datasets
@@ -182,14 +195,26 @@ def load_rows(args):
 
 
 def _editor(args, oracle_answers):
-    """The model of ``--model``, or the reference editor ``--calibrate`` names."""
+    """The model of ``--model`` as a :class:`~diffmodel.infer.partial.ResumableEditor` (its generations kept in
+    ``REPORT.generations.partial`` until the report is written, so that the same command resumes a run that
+    died), or the reference editor ``--calibrate`` names."""
     from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor
+    from diffmodel.infer import partial as pieces
 
     if args.calibrate == "oracle":
         return ReferenceEditor(oracle_answers)
     if args.calibrate == "empty":
         return EmptyEditor()
-    return load_model(args, quiet=args.no_progress)
+    fingerprint = {"kind": args.command, "model": model_id(args.model), "options": generation_options(args)}
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    return pieces.ResumableEditor(load_model(args, quiet=args.no_progress), Path(args.out).with_suffix(".generations"),
+                                  fingerprint, pieces.PIECE_BATCHES * args.batch_size, log)
+
+
+def _generations_done(editor) -> None:
+    """Drop the kept generations of a finished run (its report is written)."""
+    if hasattr(editor, "discard"):
+        editor.discard()
 
 
 def _base_report(kind: str, args, settings: dict, start: float, data: str | None = None) -> dict:
@@ -228,6 +253,7 @@ def run_loss(args) -> int:
     _check_data_args(args, problems)
     if args.batch_size < 1:
         problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+    _check_out(args, problems)
     raise_if_problems(problems, "cannot run eval loss")
     from diffmodel.evaluate.loss import encode_rows, evaluate_loss
 
@@ -270,6 +296,7 @@ def run_edits(args) -> int:
     check_model(args, problems)
     _check_data_args(args, problems)
     check_generation(args, problems)
+    _check_out(args, problems)
     raise_if_problems(problems, "cannot run eval edits")
     from diffmodel.evaluate.edits import evaluate_edits, make_cases
 
@@ -280,7 +307,9 @@ def run_edits(args) -> int:
     summary, rows = evaluate_edits(editor, cases, progress=not args.no_progress, **generation_options(args))
     summary["metrics"].update(skipped)
     report = {**_base_report("edits", args, generation_settings(args), start, where), **summary}
-    return _finish(report, args.out, rows)
+    status = _finish(report, args.out, rows)
+    _generations_done(editor)
+    return status
 
 
 def run_humanevalfix(args) -> int:
@@ -299,6 +328,7 @@ def run_humanevalfix(args) -> int:
         problems.append(f"--workers must be at least 1, got {args.workers}")
     if args.no_bugs_cache and args.bugs_cache:
         problems.append("--bugs_cache and --no_bugs_cache both given; pass one")
+    _check_out(args, problems)
     from diffmodel.evaluate import humanevalfix as hef
 
     pack = None  # the published bugs, when --problems holds HumanEvalFix rows
@@ -331,9 +361,14 @@ def run_humanevalfix(args) -> int:
         print(f"problems: {len(bench)} published HumanEvalFix rows from {args.problems}; canonical solutions failing: "
               f"{len(checks['canonical_fails'])}, buggy solutions passing: {len(checks['buggy_passes'])}", file=sys.stderr)
     bar = _bar(len(bench), "making bugs", args.no_progress, unit="problem") if pack is None else None
+    editors = []  # the one built once the bugs exist
+
+    def editor_for(bugs):
+        editors.append(_editor(args, hef.oracle(bugs)))
+        return editors[-1]
     try:
         summary, rows = hef.run_benchmark(
-            bench, lambda bugs: _editor(args, hef.oracle(bugs)), ks=args.k,
+            bench, editor_for, ks=args.k,
             limits=limits, workers=args.workers,
             bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir="" if args.no_bugs_cache else args.bugs_cache,
             bug_progress=bar.update if bar else None, log=_bar_closer(bar), progress=not args.no_progress,
@@ -352,7 +387,10 @@ def run_humanevalfix(args) -> int:
     report["problems_source"] = dict(pack.settings, problems=len(bench)) if pack is not None else {"source": "mutated", "file": source}
     if checks is not None:
         report["problem_checks"] = checks
-    return _finish(report, args.out, rows)
+    status = _finish(report, args.out, rows)
+    for editor in editors:
+        _generations_done(editor)
+    return status
 
 
 def run_compare(args) -> int:

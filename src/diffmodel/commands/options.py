@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import os
 
 from diffmodel import formats
 from diffmodel.errors import DiffModelError
@@ -117,6 +118,11 @@ def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
         problems.append(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
         problems.append(f"--batch_size must be at least 1, got {args.batch_size}")
+
+
+def model_id(model: str) -> str:
+    """``--model`` as a run's record names it: a folder's absolute path, else the name as given."""
+    return os.path.abspath(model) if os.path.isdir(model) else model
 
 
 def generation_options(args: argparse.Namespace) -> dict:

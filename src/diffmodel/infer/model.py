@@ -438,11 +438,9 @@ def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[i
         return call
     if not progress:
         return lambda n: None
-    import sys
+    from diffmodel.infer.partial import edit_bar
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="edit", desc="editing", dynamic_ncols=True, file=sys.stderr)
+    bar = edit_bar(total)
 
     def update(n: int | None) -> None:
         if n is None:

@@ -1,6 +1,9 @@
 """An output file written piece by piece, so that a batch run that dies resumes where it stopped.
 
-``diffmodel edit --jsonl IN OUT`` generates its requests a piece at a time. After each piece its lines are
+``diffmodel edit --jsonl IN OUT`` generates its requests a piece at a time (:func:`generate_in_pieces`);
+``diffmodel eval edits`` and ``eval humanevalfix`` do the same through :class:`ResumableEditor`, whose
+``REPORT.generations.partial`` holds each request's edits as one JSON line and is removed once the report
+is written. After each piece its lines are
 appended to ``OUT.partial`` (flushed and fsynced), then ``OUT.partial.json`` records how many requests are
 done and how long ``OUT.partial`` is at that point (written atomically). The same command run again finds
 them, checks that they were made from the same run (the ``fingerprint``: the input's hash, the model, the
@@ -19,9 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from diffmodel.atomic import fsync_dir, write_json
+from diffmodel.atomic import fsync_dir, make_folder, write_json
+from diffmodel.infer.prompt import Edit, EditStatus, as_request
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -30,6 +37,9 @@ def file_hash(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+#: Batches generated between two records of ``OUT.partial`` (a piece is this many times the batch size).
+PIECE_BATCHES = 16
 
 
 class PartialOutput:
@@ -54,6 +64,7 @@ class PartialOutput:
             return self.done
         self.discarded_other_run = saved is not None
         self.discard()
+        make_folder(self.lines.parent)
         self.lines.write_bytes(b"")
         return 0
 
@@ -87,3 +98,85 @@ class PartialOutput:
         except (OSError, ValueError):
             return None
         return saved if isinstance(saved, dict) and {"fingerprint", "done", "bytes"} <= saved.keys() else None
+
+
+def generate_in_pieces(editor, requests: Sequence[Any], partial: PartialOutput, piece: int, options: dict,
+                       lines_of: Callable[[Sequence[Any], list[list[Edit]]], list[str]],
+                       progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
+    """Generate ``requests[partial.done:]`` with ``editor.edit_many(..., **options)``, ``piece`` requests at a time,
+    appending each piece's ``lines_of(piece_requests, edits)`` to ``partial``; returns this run's edits.
+
+    Each piece samples with ``seed + first`` (``first``: its first request's index), so a resumed run generates
+    what an unbroken one does."""
+    seed = options.get("seed")
+    made: list[list[Edit]] = []
+    for first in range(partial.done, len(requests), piece):
+        chunk = requests[first:first + piece]
+        edits = editor.edit_many(chunk, **{**options, "seed": None if seed is None else seed + first, "progress": progress or False})
+        partial.add(lines_of(chunk, edits), len(chunk))
+        made += edits
+    return made
+
+
+def edit_bar(total: int, done: int = 0):
+    """The "editing" progress bar on stderr, starting at the ``done`` requests of a resumed run."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="edit", desc="editing", dynamic_ncols=True, file=sys.stderr)
+
+
+def edits_line(edits: list[Edit]) -> str:
+    """One request's edits as a JSON line (read back by :func:`edits_of_line`)."""
+    return json.dumps([{**asdict(e), "status": str(e.status)} for e in edits], ensure_ascii=False) + "\n"
+
+
+def edits_of_line(line: str) -> list[Edit]:
+    return [Edit(**{**e, "status": EditStatus(e["status"])}) for e in json.loads(line)]
+
+
+def requests_hash(requests: Sequence[Any]) -> str:
+    """A hash of the requests' files, messages and names, in order."""
+    digest = hashlib.sha256()
+    for item in requests:
+        req = as_request(item)
+        digest.update(json.dumps([req.code, req.message, req.name], ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
+
+
+class ResumableEditor:
+    """An editor whose ``edit_many`` keeps its generations in ``OUT.partial`` (beside ``out``) as it goes, so that a
+    run that dies resumes at the first request not done; :meth:`discard` removes them once the report is written.
+
+    ``fingerprint`` names the run (model, generation settings); the requests' hash and ``num_samples`` are added
+    at each call. ``log`` gets the resume / start-over lines."""
+
+    def __init__(self, editor, out: str | os.PathLike, fingerprint: dict, piece: int,
+                 log: Callable[[str], None] | None = None):
+        self.editor, self.out, self.fingerprint, self.piece, self.log = editor, out, fingerprint, piece, log
+        self.partial: PartialOutput | None = None
+
+    def edit_many(self, requests: Sequence[Any], num_samples: int = 1, progress: bool | Callable[[int], None] = False,
+                  **options) -> list[list[Edit]]:
+        requests = list(requests)
+        self.partial = partial = PartialOutput(self.out, {**self.fingerprint, "requests": requests_hash(requests),
+                                                          "num_samples": num_samples, "piece": self.piece})
+        done = partial.start()
+        if self.log is not None and partial.discarded_other_run:
+            self.log(f"note: {partial.lines.name} came from another run (other requests, model or settings): starting over")
+        elif self.log is not None and done:
+            self.log(f"resuming: {done} of {len(requests)} requests were done ({partial.lines.name})")
+        bar = edit_bar(len(requests), done) if progress is True else None
+        update = bar.update if bar is not None else progress if callable(progress) else None
+        try:
+            generate_in_pieces(self.editor, requests, partial, self.piece, {**options, "num_samples": num_samples},
+                               lambda chunk, edits: [edits_line(e) for e in edits], update)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [edits_of_line(line) for line in partial.read_lines()]
+
+    def discard(self) -> None:
+        if self.partial is not None:
+            self.partial.discard()
