@@ -133,6 +133,25 @@ def _leaky_sdpa(original):
     return attend
 
 
+def test_a_packed_gpt2_batch_without_a_mask_is_not_taken_for_padding(monkeypatch):
+    """transformers warns (and on a GPU waits each step to decide) when GPT-2 gets pad tokens without a mask;
+    packed batches have no mask on purpose."""
+    from transformers import modeling_utils
+
+    said = []
+    monkeypatch.setattr(modeling_utils.logger, "warning_once", lambda msg, *a, **k: said.append(str(msg)))
+    model = tiny_model("gpt2", "sdpa")
+    model.config.pad_token_id = PAD
+    batch = packed_batches(make_samples())[0]
+    assert (batch["input_ids"][:, -1] == PAD).any()  # a row ends in padding
+    model(**batch)
+    assert any("attention_mask" in s for s in said)  # what transformers says without the change
+    said.clear()
+    prepare_for_packing(model)
+    model(**batch)
+    assert not [s for s in said if "attention_mask" in s]
+
+
 class TestIsolationProbe:
     """The start-up probe refuses a backend that is wrong on this machine, whatever the reason."""
 

@@ -170,3 +170,15 @@ class TestConfigOverrides:
         assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (16, 8, 64)
         with pytest.raises(DiffModelError, match="num_attention_heads 6 is not a multiple of num_key_value_heads 8; name num_key_value_heads=N too"):
             self._load("mistral", "hidden_size=768,num_attention_heads=6")
+
+
+def test_a_gpt2_model_computes_its_loss_without_transformers_warning_about_its_loss_type(tiny_tokenizer, monkeypatch):
+    from transformers import modeling_utils
+
+    said = []
+    monkeypatch.setattr(modeling_utils.logger, "warning_once", lambda msg, *a, **k: said.append(str(msg)))
+    config = CONFIG_MAPPING["gpt2"](n_layer=1, n_embd=16, n_head=2, vocab_size=len(tiny_tokenizer), n_positions=16)
+    model = load_model(ModelArguments(model_type="gpt2"), config, tiny_tokenizer)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    model(input_ids=ids, labels=ids)
+    assert model.loss_type == "ForCausalLM" and not [s for s in said if "loss_type" in s]

@@ -56,7 +56,16 @@ def prepare_for_packing(model) -> bool:
     if getattr(model.config, "use_cache", False):
         logger.info("packing: use_cache turned off (a KV cache disables the per-sample attention mask)")
         model.config.use_cache = False
+    for module in model.modules():
+        if hasattr(module, "warn_if_padding_and_no_attention_mask"):
+            module.warn_if_padding_and_no_attention_mask = _rows_are_kept_apart
     return backend in FLASH
+
+
+def _rows_are_kept_apart(input_ids, attention_mask) -> None:
+    """Packed batches carry no attention mask on purpose (samples are kept apart by ``position_ids`` or
+    ``cu_seq_lens``, and a row's padding bears no loss): transformers' check for padded ``input_ids`` without a
+    mask (GPT-2's decoder runs it at every forward) would warn wrongly, and on a GPU wait for it each step."""
 
 
 def needs_boundaries(model) -> bool:

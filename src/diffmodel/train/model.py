@@ -212,6 +212,8 @@ def load_model(model_args, config, tokenizer):
         model.generation_config.pad_token_id = config.pad_token_id
         n = sum(p.numel() for p in model.parameters())
         logger.info("new model: %.1fM parameters", n / 1e6)
+    if getattr(model, "loss_type", "") is None:  # a class named otherwise (GPT2LMHeadModel): transformers warns, then uses it
+        model.loss_type = "ForCausalLM"
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         logger.info("resizing token embeddings from %d to %d to fit the tokenizer", vocab, len(tokenizer))
