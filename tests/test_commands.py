@@ -33,6 +33,13 @@ class TestHelpIsFastAndImportsNothingHeavy:
         assert [line for line in proc.stderr.splitlines() if HEAVY.search(line)] == []
 
 
+class TestNoProgressFlag:
+    @pytest.mark.parametrize("command, section", [("train", "run flags"), ("inspect", "inspect flags"), ("quickstart", "options")])
+    def test_listed_in_the_help(self, command, section):
+        out = help_run(command, "--help").stdout
+        assert out.index(f"\n{section}:\n") < out.index("\n  --no_progress")
+
+
 class TestTrainHelp:
     def test_sections_in_order_diff_model_flags_before_trainer_options(self):
         out = help_run("train", "--help").stdout

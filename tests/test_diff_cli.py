@@ -242,6 +242,25 @@ class TestLeavesFilesAlone:
         assert (work / "f.txt").read_text() == BEFORE
         assert leftovers(work) == []
 
+    @pytest.mark.parametrize("where", ["output_is_a_folder", "new_file_under_a_file"])
+    def test_a_write_that_fails_follows_no_applied_line_and_names_the_path(self, work, tmp_path, capsys, where):
+        patch = tmp_path / "p.patch"
+        if where == "output_is_a_folder":
+            patch.write_text(DIFF)
+            target = tmp_path / "out"
+            target.mkdir()
+            args, reason = ("f.txt", "--output", str(target)), "it is a folder"
+        else:
+            patch.write_text("--- /dev/null\n+++ b/sub/n.txt\n@@ -0,0 +1 @@\n+hello\n")
+            (work / "sub").write_text("a file\n")
+            target = work / "sub" / "n.txt"
+            args, reason = (), f"{work / 'sub'} is a file, not a folder"
+        assert run(str(patch), *args, "-C", str(work)) == 2
+        out = capsys.readouterr()
+        assert "applied" not in out.out + out.err
+        assert out.err.startswith(f"diffmodel apply: error: cannot write {target}: {reason}")
+        assert (work / "f.txt").read_text() == BEFORE and leftovers(work) == []
+
     def test_bad_format_patch(self, work, tmp_path, capsys):
         patch = tmp_path / "p.diff"
         patch.write_text("I could not produce a diff.\n")

@@ -1,6 +1,7 @@
-"""diffmodel quickstart end to end (a short run: the README's command runs all epochs)."""
+"""diffmodel quickstart end to end (a short run: the README's command runs all epochs), with --no_progress."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,12 +9,14 @@ import sys
 def test_quickstart_writes_checkpoint_plot_and_report(tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.run(
-        [sys.executable, "-m", "diffmodel.cli", "quickstart", "--output_dir", str(out), "--max_steps", "4", "--layers", "1", "--hidden", "32", "--vocab_size", "300"],
+        [sys.executable, "-m", "diffmodel.cli", "quickstart", "--output_dir", str(out), "--max_steps", "4", "--layers", "1", "--hidden", "32", "--vocab_size", "300",
+         "--no_progress"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Data sanity report" in proc.stdout and "[quickstart] done" in proc.stdout
     assert "pin_memory" not in proc.stderr  # no GPU: no pinned memory, no warning at each data loader
+    assert not re.search(r"%\||/s\]", proc.stdout + proc.stderr), proc.stderr[-3000:]  # --no_progress: no tqdm bar, its own or train's
     model = out / "model"
     assert (model / "model.safetensors").stat().st_size > 0
     assert (model / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,4 +78,5 @@ def test_help_is_plain_text_and_explains_every_flag(capsys):
     assert "``" not in text
     words = " ".join(text.split())  # argparse wraps lines to the terminal's width
     assert "] Train a tiny diff model on the bundled samples (CPU, a few minutes) and print a summary. Everything is written under" in words
-    assert words.endswith("--seed SEED seed of the initial weights, the validation split and the training order (default: 0)")
+    assert words.endswith("--seed SEED seed of the initial weights, the validation split and the training order (default: 0) "
+                          "--no_progress, --no-progress no progress bars (passed on to the diffmodel train it runs)")

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -40,6 +41,10 @@ REFERENCE = (
     "--adam_beta2=0.95 --weight_decay=2e-02 --learning_rate=1e-05 --warmup_steps=895 --per_device_eval_batch_size=1 "
     "--cache_dir=CACHE --gradient_checkpointing=True --force_label"
 )
+
+
+#: A tqdm bar as drawn on stderr: "40%|####  | 2/5 [...]", or "40 examples [00:00, 5039.41 examples/s]" without a total.
+BAR = re.compile(r"%\||/s\]")
 
 
 def _reference_args(model, out, data, extra=()):
@@ -204,6 +209,32 @@ class TestClearErrors:
         assert parsed[2].bf16 and parsed[2].use_cpu
 
 
+class TestNoProgress:
+    def test_no_progress_draws_no_bar_and_the_next_run_draws_every_kind_again(self, workdir, capfd):
+        """Fresh caches, so that the preprocessing stages run (and draw) in both runs."""
+        for name, flags in (("quiet", ["--no_progress"]), ("bars", [])):
+            args = dict(_common(workdir, workdir / name), do_train=True, do_eval=True, max_steps=1, validation_split_percentage=10,
+                        cache_dir=str(workdir / f"cache_{name}"))
+            assert train_main(_flags(args) + flags) == 0
+            captured = capfd.readouterr()
+            if flags:
+                assert not BAR.search(captured.out + captured.err), captured.err[-3000:]
+                card = (workdir / name / "README.md").read_text()
+                assert "no_progress" not in card and "disable_tqdm" not in card  # how a run looked is not what it learnt
+            else:  # datasets' bars, transformers' (loading the weights) and the Trainer's
+                assert "tokenize + label:" in captured.err and "Loading weights" in captured.err
+                assert re.search(r"100%\|\S+\| 1/1 \[", captured.err)
+
+    def test_no_progress_sets_disable_tqdm_and_refuses_disable_tqdm_false(self, workdir):
+        from diffmodel.train.args import parse_args
+
+        args = _flags(dict(_common(workdir, workdir / "tqdm"), do_train=True))
+        assert parse_args([*args, "--no_progress"])[2].disable_tqdm is True
+        with pytest.raises(DiffModelError, match=r"--no_progress turns the Trainer's progress bars off, and --disable_tqdm False "
+                                                 r"asks for them; drop one of them"):
+            train_main([*args, "--no_progress", "--disable_tqdm", "False"])
+
+
 class TestBadRecordsAndDrops:
     """Null / number texts through the CLI, and a run that drops most of its samples."""
 
@@ -317,6 +348,15 @@ class TestInspect:
         out = capsys.readouterr().out
         assert "Data sanity report" in out and ["layout", "pad"] in [line.split() for line in out.splitlines()]
         assert "[PAD x" in out and "\u27e6<DFF> @@ -1 +1 @@\n-x0 = 0\n+x0 = 0\n<|endoftext|>\u27e7" in out
+
+    def test_no_progress_draws_no_bar(self, workdir, capfd):
+        from diffmodel.commands.inspect import main as inspect_main
+
+        for name, flags in (("quiet", ["--no_progress"]), ("bars", [])):
+            assert inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--packing",
+                                 "--block_size", "128", "--rows", "0", "--cache_dir", str(workdir / f"inspect_{name}"), *flags]) == 0
+            err = capfd.readouterr().err
+            assert bool(BAR.search(err)) is not bool(flags), err[-3000:]
 
     def test_the_block_size_is_bounded_by_the_models_positions_as_in_train(self, workdir):
         from diffmodel.commands.inspect import main as inspect_main

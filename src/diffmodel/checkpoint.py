@@ -21,6 +21,7 @@ import os
 import torch
 
 from diffmodel.errors import DiffModelError
+from diffmodel.progress import bars_off
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -109,7 +110,6 @@ def load_checkpoint(
     ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     name = check_model_folder(path)
     dev = resolve_device(device)
@@ -121,16 +121,11 @@ def load_checkpoint(
             f"cannot load a tokenizer from {name!r}: {err}. Save the tokenizer next to the model "
             "(tokenizer.save_pretrained(folder))"
         ) from None
-    bar = hf_logging.is_progress_bar_enabled()
-    if quiet:
-        hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **model_kwargs)
+        with bars_off(quiet, datasets=False):
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **model_kwargs)
     except (OSError, ValueError) as err:
         raise DiffModelError(f"cannot load a causal language model from {name!r}: {err}") from None
-    finally:
-        if quiet and bar:
-            hf_logging.enable_progress_bar()
     model.to(dev)
     return model, tokenizer
 

@@ -91,6 +91,7 @@ def train_args(args, data: Path, base: Path, out: Path) -> list[str]:
         "--report_to", "none",
         "--seed", str(args.seed),
         "--dataloader_num_workers", "0",
+        *(["--no_progress"] if args.no_progress else []),
     ]
 
 

@@ -9,7 +9,10 @@ Invariants:
 - All files are patched in memory first; nothing is written unless every hunk
   of every file applied. Each file is then replaced atomically (a temporary
   file in the same folder, fsync, ``os.replace``), keeping its permissions,
-  so an interrupted run leaves either the old or the new file.
+  so an interrupted run leaves either the old or the new file. A file's
+  report ("applied", its hunks) is printed once it is written, so a write
+  that fails (a clear error naming the path) follows no "applied" line; with
+  a failed hunk or ``--dry-run`` every report is printed and nothing written.
 - Bytes that are not UTF-8 pass through unchanged (``surrogateescape``).
 - Exit status: 0 when every hunk applied, 1 when a hunk failed or the patch
   has no hunk, 2 for a usage error (via the dispatcher).
@@ -168,6 +171,23 @@ def _report(job: _Job, out) -> None:
         print(f"  hunk {number}: {outcome.describe()}", file=out)
 
 
+def _write(job: _Job, output: str | None) -> None:
+    """Write the patched text of ``job``: to ``output`` (``-``: standard output), else over (or, deleted, in place of) its file."""
+    data = job.result.text.encode("utf-8", errors="surrogateescape")
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    elif output is not None:
+        write_bytes(output, data)
+    elif job.delete and not data:
+        try:
+            os.remove(job.path)
+        except OSError as err:
+            raise DiffModelError(f"cannot delete {job.path}: {err.strerror}") from None
+    else:
+        write_bytes(job.path, data)  # makes the missing folders of a new file
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sections = parse_patch(_read_patch(args.patch))
@@ -177,26 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     report_to = sys.stderr if args.output == "-" else sys.stdout
     for job in jobs:
         job.result = _run_job(job, "lenient" if args.lenient else "strict")
-        _report(job, report_to)
-    if not all(job.result.ok for job in jobs):
-        print("nothing written: not every hunk applied" + ("" if args.lenient else " (try --lenient)"), file=sys.stderr)
-        return 1
-    if args.dry_run:
+    applies = all(job.result.ok for job in jobs)
+    if not applies or args.dry_run:  # nothing is written
+        for job in jobs:
+            _report(job, report_to)
+        if not applies:
+            print("nothing written: not every hunk applied" + ("" if args.lenient else " (try --lenient)"), file=sys.stderr)
+            return 1
         print("dry run: nothing written", file=report_to)
         return 0
-    for job in jobs:
-        data = job.result.text.encode("utf-8", errors="surrogateescape")
-        if args.output == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-        elif args.output is not None:
-            write_bytes(args.output, data)
+    for job in jobs:  # each report once its file is written: a write that fails follows no "applied" line
+        _write(job, args.output)
+        _report(job, report_to)
+        if args.output not in (None, "-"):
             print(f"wrote {args.output}", file=report_to)
-        elif job.delete and not data:
-            os.remove(job.path)
-        else:
-            os.makedirs(os.path.dirname(job.path), exist_ok=True)
-            write_bytes(job.path, data)
     return 0
 
 

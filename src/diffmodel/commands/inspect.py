@@ -35,6 +35,7 @@ class InspectArguments:
     cache_dir: str | None = arg(None, "Cache folder (preprocessing results are cached in CACHE/diffmodel_preprocess).")
     color: str = arg("auto", "Colour the output: auto (when a terminal), always or never.", choices=["auto", "always", "never"])
     max_chars: int = arg(3000, "Cut each shown row after this many characters.")
+    no_progress: bool = arg(False, "No progress bars while the data is loaded and preprocessed.")
 
 
 DESCRIPTION = ("See which tokens of a dataset are masked and which are trained: the sanity report of diffmodel train, "
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer, HfArgumentParser
 
     from diffmodel.preprocess.sanity import format_report, mark_spans
+    from diffmodel.progress import bars_off
     from diffmodel.train.data import build_datasets
     from diffmodel.train.model import resolve_block_size
 
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
         config = AutoConfig.from_pretrained(args.tokenizer_name)
     block_size = resolve_block_size(data_args.block_size, tokenizer, config)
-    processed, reports = build_datasets(data_args, tokenizer, block_size, args.cache_dir)
+    with bars_off(args.no_progress):
+        processed, reports = build_datasets(data_args, tokenizer, block_size, args.cache_dir)
     if args.split not in processed:
         raise DiffModelError(f"no {args.split!r} split; splits: {', '.join(processed)}")
     for report in reports.values():

@@ -30,12 +30,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
     p.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the validation split and the training order (default: %(default)s)")
+    p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars (passed on to the diffmodel train it runs)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv or [])
     from diffmodel.commands.train import main as train_main
+    from diffmodel.progress import bars_off
     from diffmodel.quickstart import build_base_model, check_flags, copy_samples, summary, train_args
 
     check_flags(args)
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     rows, data = copy_samples(out)
     print(f"[quickstart] {len(rows)} bundled diff samples -> {data}")
-    base = build_base_model(args, rows, out)
+    with bars_off(args.no_progress):
+        base = build_base_model(args, rows, out)
     print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
     code = train_main(train_args(args, data, base, out))
     if code:  # stopped (SIGTERM) with a checkpoint, which quickstart does not resume: it trains with --overwrite_output_dir

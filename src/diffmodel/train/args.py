@@ -18,8 +18,9 @@ transformers or datasets), so ``diffmodel train --help`` reads the flags'
 help from these dataclasses in a fraction of a second; ``TrainingArguments``
 and ``HfArgumentParser`` are imported inside the functions that parse.
 Derived values are decided while parsing (``--streaming`` sets
-``ignore_data_skip``; ``--compile``, by :mod:`diffmodel.train.fast_path`,
-sets ``torch_compile``), never by changing parsed arguments afterwards.
+``ignore_data_skip``; ``--no_progress`` sets ``disable_tqdm``; ``--compile``,
+by :mod:`diffmodel.train.fast_path`, sets ``torch_compile``), never by
+changing parsed arguments afterwards.
 """
 
 from __future__ import annotations
@@ -192,9 +193,18 @@ def speed_problems(args: SpeedArguments, training_args) -> list[str]:
 
 @dataclass
 class RunArguments:
-    """Run options that transformers 5 no longer has but reference command lines pass."""
+    """Run options that are not the Trainer's: ``--no_progress``, and ``--overwrite_output_dir``, which transformers 5
+    no longer has but reference command lines pass."""
 
+    no_progress: bool = arg(False, "No progress bars: none while the data is loaded and preprocessed, the model loaded and saved, or while training and evaluating (implies --disable_tqdm True). The log lines stay.")
     overwrite_output_dir: bool = arg(False, "Start over in --output_dir instead of resuming from its last checkpoint.")
+
+
+def run_problems(training_args) -> list[str]:
+    """``--no_progress`` with ``--disable_tqdm False``, which asks for the Trainer's bars."""
+    if getattr(training_args, "no_progress", False) and training_args.disable_tqdm is False:
+        return ["--no_progress turns the Trainer's progress bars off, and --disable_tqdm False asks for them; drop one of them"]
+    return []
 
 
 #: The diff-model layout flags (the reference script's), shown first by ``diffmodel train --help``.
@@ -219,17 +229,10 @@ TRAIN_DESCRIPTION = (
 PARSED = tuple[ModelArguments, DataArguments, "TrainingArguments"]
 
 
-def _has_field(name: str) -> bool:
-    from transformers import TrainingArguments
-
-    return name in TrainingArguments.__dataclass_fields__
-
-
 def make_parser() -> HfArgumentParser:
     from transformers import HfArgumentParser, TrainingArguments
 
-    extra = () if _has_field("overwrite_output_dir") else (RunArguments,)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, SpeedArguments, *extra))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, SpeedArguments, RunArguments))
     parser.prog = "diffmodel train"
     parser.description = TRAIN_DESCRIPTION
     return parser
@@ -315,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         values, where = vars(parser.parse_args(argv)), ""
     if values.get("streaming"):  # run.py logs it; the stream state replaces Trainer's data skipping
         values = {**values, "ignore_data_skip": True}
+    if values.get("no_progress") and values.get("disable_tqdm") is None:  # an explicit False is refused by validate()
+        values = {**values, "disable_tqdm": True}
     compile_setting = values.get("compile", "auto")
     if not values.get("torch_compile") and (compile_setting == "on" or (compile_setting == "auto" and values.get("packing"))):
         from diffmodel.train.fast_path import choose_compile, probe_facts, seconds_of  # run.py logs the choice and its reason
@@ -495,4 +500,5 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
     problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))
     problems += trainer_problems(data_args, training_args)
+    problems += run_problems(training_args)
     raise_if_problems(problems, "diffmodel train cannot start")

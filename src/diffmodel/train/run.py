@@ -41,6 +41,7 @@ from diffmodel.atomic import save_atomically
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
+from diffmodel.progress import bars_off
 from diffmodel.train import async_steps, fast_path, flex_kernels, loss_logits
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
@@ -238,7 +239,8 @@ def save_final_dataset(processed, folder: Path) -> bool:
 
 def run(model_args, data_args, training_args) -> int:
     """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0
-    (or :data:`~diffmodel.train.early_stop.SIGTERM_EXIT` when SIGTERM stopped training).
+    (or :data:`~diffmodel.train.early_stop.SIGTERM_EXIT` when SIGTERM stopped training). With ``--no_progress``
+    no progress bar is drawn (:func:`diffmodel.progress.bars_off`; the Trainer's own are off by ``--disable_tqdm``).
 
     Under torchrun the process group is destroyed before returning, its threads
     joined: a rank whose gloo backend is only torn down while the interpreter
@@ -249,7 +251,8 @@ def run(model_args, data_args, training_args) -> int:
     (e.g. with ``StreamStateCallback``) that only the cyclic collector frees, so
     it is collected first.
     """
-    code = _run(model_args, data_args, training_args)
+    with bars_off(getattr(training_args, "no_progress", False)):
+        code = _run(model_args, data_args, training_args)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         gc.collect()
         torch.distributed.destroy_process_group()
