@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from edit_model import SAMPLES, trained_edit_model
@@ -134,6 +135,7 @@ def test_the_command_writes_reports_and_one_line_per_sample(tmp_path_factory, tm
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "edits.json"
     assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"]) == 0
+    assert not re.search(r"%\||/s\]", capsys.readouterr().err)  # no bar: not the data's loading either
     report = json.loads(out.read_text())
     assert report["kind"] == "edits" and report["metrics"]["exact"] == pytest.approx(0.8)
     assert report["by_language"]["Calc"]["exact"] == 0.0

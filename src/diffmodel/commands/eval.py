@@ -422,9 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    if args.command != "compare" and args.out is None:
+    if args.command == "compare":
+        return run_compare(args)
+    if args.out is None:
         args.out = default_out(args.command, args.model)
-    return RUNNERS[args.command](args)
+    from diffmodel.progress import bars_off
+
+    with bars_off(args.no_progress, datasets=args.command != "humanevalfix"):  # the data's loading bars too
+        return RUNNERS[args.command](args)
 
 
 def default_out(kind: str, model: str | None) -> str:
