@@ -40,6 +40,16 @@ class TestNoProgressFlag:
         assert out.index(f"\n{section}:\n") < out.index("\n  --no_progress")
 
 
+def test_a_file_output_is_o_or_output_and_a_folder_output_o_or_output_dir_in_every_command():
+    from diffmodel.commands import eval as eval_command
+    from diffmodel.commands import quickstart, slurm
+
+    for flag in ("-o", "--out", "--output"):
+        assert eval_command.build_parser().parse_args(["edits", flag, "r.json"]).out == "r.json"
+    assert slurm.make_parser().parse_args(["-o", "job.sbatch"]).output == "job.sbatch"
+    assert quickstart.parse(["-o", "qs"]).output_dir == "qs"
+
+
 class TestTrainHelp:
     def test_sections_in_order_diff_model_flags_before_trainer_options(self):
         out = help_run("train", "--help").stdout

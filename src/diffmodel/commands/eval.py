@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--batch_size", "--batch-size", type=int, default=8, metavar="N", help="samples per forward pass (default: %(default)s)")
     p.add_argument("--max_length", type=int, metavar="N", help="skip samples longer than N tokens (default: the model's positions)")
-    p.add_argument("--out", metavar="JSON", help="report path; Markdown goes beside it (default: MODEL/eval/loss.json, the model's own folder; eval/loss.json with --calibrate)")
+    p.add_argument("-o", "--out", "--output", dest="out", metavar="JSON", help="report path; Markdown goes beside it (default: MODEL/eval/loss.json, the model's own folder; eval/loss.json with --calibrate)")
 
     p = _sub(sub, "edits", "generate diffs for held-out samples: parse/apply rates, exact match, similarity",
              "diffmodel eval edits --model runs/model --data heldout.jsonl --max_samples 500")
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress(p)
     _add_data(p)
     add_generation_flags(p, num_samples=1, temperature=0.0, batch_size=8, seed=0)
-    p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: MODEL/eval/edits.json, the model's own folder; eval/edits.json with --calibrate)")
+    p.add_argument("-o", "--out", "--output", dest="out", metavar="JSON", help="report path; Markdown and per-sample JSONL go beside it (default: MODEL/eval/edits.json, the model's own folder; eval/edits.json with --calibrate)")
 
     p = _sub(sub, "humanevalfix", "fix mutated HumanEval solutions; run their tests in a sandbox; pass@k",
              "diffmodel eval humanevalfix --model runs/model --problems humanevalpack-python.jsonl")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory_mb", type=int, default=1024, metavar="MB", help="address-space limit per test run (default: %(default)s)")
     g.add_argument("--require_isolation", action="store_true",
                    help="stop (exit 2) unless test programs can run in bubblewrap, the strongest sandbox layer")
-    p.add_argument("--out", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: MODEL/eval/humanevalfix.json, the model's own folder; eval/humanevalfix.json with --calibrate)")
+    p.add_argument("-o", "--out", "--output", dest="out", metavar="JSON", help="report path; Markdown and per-problem JSONL go beside it (default: MODEL/eval/humanevalfix.json, the model's own folder; eval/humanevalfix.json with --calibrate)")
 
     p = _sub(sub, "compare", "two reports of the same eval side by side, with B - A",
              "diffmodel eval compare runs/a/eval/edits.json runs/b/eval/edits.json")

@@ -21,7 +21,7 @@ DESCRIPTION = ("Train a tiny diff model on the bundled samples (CPU, a few minut
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="diffmodel quickstart", description=DESCRIPTION)
-    p.add_argument("--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
+    p.add_argument("-o", "--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="gpt2", help="model architecture built from a config (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=5, help="training epochs (default: %(default)s)")
     p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (default: run all epochs)")

@@ -50,7 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal_seconds", type=int, default=120, help="Seconds before the end at which Slurm sends USR1 to requeue (default 120).")
     p.add_argument("--accelerate_config", help="accelerate config file for --launcher accelerate (default: the shipped accelerate_ddp.yaml).")
     p.add_argument("--python", default="python3", help="Python interpreter on the nodes (default python3, after the --setup lines).")
-    p.add_argument("--output", help="Script to write (default JOB_NAME.sbatch).")
+    p.add_argument("-o", "--output", help="Script to write (default JOB_NAME.sbatch).")
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="Print the script instead of writing it; create nothing.")
     return p
 
