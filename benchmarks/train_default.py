@@ -21,7 +21,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
   the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
   ``pack_output_only``: the defaults with ``--loss_logits on`` as it was measured on 2026-12-04: the output layer at
-  the loss positions only, the last decoder layer's MLP at every position (:data:`OUTPUT_ONLY_ARMS`),
+  the loss positions only, the last decoder layer's MLP at every position, ``pack_all_queries``: the last layer's
+  MLP at the loss positions, its attention at every position (:data:`EARLIER_LOSS_LOGITS_ARMS`),
 - any arm with ``_nocudnn`` appended (``concat_nocudnn``): the same run with cuDNN's
   ``scaled_dot_product_attention`` kernel left out (flash, memory-efficient and math kernels
   allowed), to tell how much of an sdpa arm's step that kernel's choice makes,
@@ -126,8 +127,11 @@ INDUCTOR_ARMS = {
 }
 
 
-#: Arms whose ``--loss_logits`` picks the loss positions after the decoder, not inside its last layer.
-OUTPUT_ONLY_ARMS = ("pack_output_only",)
+#: Arms that are ``--loss_logits on`` as it was measured before a later step: the name of the
+#: :mod:`diffmodel.train.loss_logits` constant emptied while it installs (``pack_output_only``: the loss positions picked
+#: after the decoder, not inside its last layer; ``pack_all_queries``: inside the last layer after its attention, which
+#: runs at every position).
+EARLIER_LOSS_LOGITS_ARMS = {"pack_output_only": "LAST_LAYER", "pack_all_queries": "LAST_QUERIES"}
 
 
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
@@ -161,7 +165,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
-        **{name: ["--packing", "--loss_logits", "on"] for name in OUTPUT_ONLY_ARMS},
+        **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},
         "pack_nonan": ["--packing", "--async_steps", "off", "--logging_nan_inf_filter", "False"],
     }[arm]
 
@@ -172,7 +176,7 @@ def build_diffmodel(arm: str, a, data_file: Path, work: Path):
 
     model_args, data_args, training_args = parse_args(diffmodel_argv(arm, a, data_file, work / arm, work / "cache"))
     validate(model_args, data_args, training_args)
-    with _picked_after_the_decoder(arm):
+    with _earlier_loss_logits(arm):
         prepared = prepare(model_args, data_args, training_args)
     return prepared.trainer, prepared.fast_path.settings()
 
@@ -336,16 +340,17 @@ def _attention_kernels(arm: str):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def _picked_after_the_decoder(arm: str):
-    """For an :data:`OUTPUT_ONLY_ARMS` arm, ``--loss_logits`` installed with no model type's last layer picking."""
+def _earlier_loss_logits(arm: str):
+    """For an :data:`EARLIER_LOSS_LOGITS_ARMS` arm, ``--loss_logits`` installed with its constant emptied."""
     import contextlib
     from unittest import mock
 
-    if arm.removesuffix(NO_CUDNN) not in OUTPUT_ONLY_ARMS:
+    name = EARLIER_LOSS_LOGITS_ARMS.get(arm.removesuffix(NO_CUDNN))
+    if name is None:
         return contextlib.nullcontext()
     from diffmodel.train import loss_logits
 
-    return mock.patch.object(loss_logits, "LAST_LAYER", ())
+    return mock.patch.object(loss_logits, name, ())
 
 
 def _inductor_settings(arm: str):

@@ -23,7 +23,9 @@ batch gives the loss and gradients of its samples run one by one, for each
 packed backend (FlexAttention has no CPU backward, so the CPU tests check its
 loss only; torch_varlen's kernels take bf16 only, so it is checked in bf16 with room for rounding, as is
 flex_attention with diffmodel's Hopper tiles, ``flex_attention+tiles``), and for flex_attention with the
-output layer and loss at the loss positions only (``flex_attention+loss_logits``, ``--loss_logits on``).
+output layer and loss at the loss positions only (``flex_attention+loss_logits``, ``--loss_logits on``: the
+last layer's MLP and its attention for those positions' queries too), and that with the tiles, in bf16
+(``flex_attention+tiles+loss_logits``, the GPU defaults).
 
 Row building uses the package's pure layout functions (no ``datasets`` needed).
 """
@@ -286,18 +288,19 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     varlen.register()
     tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
     picked = "flex_attention+loss_logits"  # the output layer and loss at the loss positions only (--loss_logits on)
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked):
-        attn = "flex_attention" if name in (tiled, picked) else name
+    both = "flex_attention+tiles+loss_logits"  # and the last layer's queries at those positions with the tiles (the GPU defaults)
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both):
+        attn = "flex_attention" if name in (tiled, picked, both) else name
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled)
+        low = name in (varlen.NAME, tiled, both)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
-        if name == tiled:
+        if name in (tiled, both):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name == picked:
+        if name in (picked, both):
             loss_logits.install(model)
 
         def total(batch_list):
@@ -314,7 +317,7 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name == picked)(
+            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
             loss, grads = total([packed])
         except Exception as err:

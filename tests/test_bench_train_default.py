@@ -9,7 +9,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_default import Meter, _attention_kernels, _inductor_settings, _picked_after_the_decoder, diffmodel_argv, pieces  # noqa: E402
+from train_default import Meter, _attention_kernels, _inductor_settings, _earlier_loss_logits, diffmodel_argv, pieces  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
     assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
 
 
-def test_the_output_only_arm_picks_the_loss_positions_after_the_decoder(tmp_path):
+def test_the_earlier_loss_logits_arms_install_it_as_it_was_measured_then(tmp_path):
     from types import SimpleNamespace
 
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -82,14 +82,22 @@ def test_the_output_only_arm_picks_the_loss_positions_after_the_decoder(tmp_path
         diffmodel_argv("pack_loss_logits", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
     config = AutoConfig.for_model("llama", vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, num_key_value_heads=2)
-    picked_where = []
-    for arm in ("pack_output_only", "pack_loss_logits"):
+    assert diffmodel_argv("pack_all_queries", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("pack_loss_logits", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
+    config._attn_implementation = "sdpa"
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 10]]), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2]]),
+             "loss_index": torch.tensor([1, 4]), "loss_targets": torch.tensor([7, 10])}  # one row: sdpa takes the queries
+    picked_where, queries = [], []
+    for arm in ("pack_output_only", "pack_all_queries", "pack_loss_logits"):
         model = AutoModelForCausalLM.from_config(config)
-        with _picked_after_the_decoder(arm):
+        with _earlier_loss_logits(arm):
             loss_logits.install(model)
+        q_proj = model.model.layers[-1].self_attn.q_proj
+        q_proj.register_forward_hook(lambda module, args, out: queries.append(args[0].reshape(-1, 16).shape[0]))
+        model(**batch)
         picked_where.append("forward" in model.model.layers[-1].__dict__)
-    assert picked_where == [False, True]
-    assert loss_logits.LAST_LAYER == ("llama", "mistral", "qwen2", "qwen3")  # put back
+    assert picked_where == [False, True, True] and queries == [6, 6, 2]
+    assert loss_logits.LAST_LAYER == loss_logits.LAST_QUERIES == ("llama", "mistral", "qwen2", "qwen3")  # put back
 
 
 def test_the_meter_counts_graphs_compiled_between_its_marks_only():

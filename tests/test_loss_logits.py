@@ -32,9 +32,9 @@ class TestPositions:
         assert index.tolist() == [0, 1, 5, 6]
         assert targets.tolist() == [5, 6, 7, 8]
 
-    def test_padded_to_the_multiple_with_position_0_and_ignored_targets(self):
-        index, targets = loss_logits.positions(np.array([[X, 5, 6, X]]), multiple=4)
-        assert index.tolist() == [0, 1, 0, 0]
+    def test_padded_to_the_multiple_with_the_last_position_and_ignored_targets(self):
+        index, targets = loss_logits.positions(np.array([[X, X, X, X], [X, 5, 6, X]]), multiple=4)
+        assert index.tolist() == [4, 5, 5, 5]  # in order, as the last layer's block mask needs them
         assert targets.tolist() == [5, 6, X, X]
 
     def test_a_batch_without_loss_still_gets_one_block_of_ignored_targets(self):
@@ -79,8 +79,11 @@ def test_loss_gradients_and_accuracy_equal_the_full_forward(model_type, flatten)
     model = tiny(model_type)
     full, full_grads = _loss_and_grads(model, full_batch, num_items)
     loss_logits.install(model)
+    queries = _query_rows(model) if model_type in loss_logits.LAST_LAYER else []
     picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
 
+    if model_type in loss_logits.LAST_LAYER:  # sdpa: the loss positions' queries alone on one-row batches
+        assert queries == [len(picked_batch["loss_index"]) if flatten else full_batch["input_ids"].numel()]
     assert "logits" not in picked  # no logits over every position were made
     assert picked.loss_logits.shape == (len(picked_batch["loss_index"]), VOCAB)
     torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
@@ -91,6 +94,35 @@ def test_loss_gradients_and_accuracy_equal_the_full_forward(model_type, flatten)
     got = picked_accuracy_counts(picked.loss_logits.detach(), picked_batch["loss_targets"])
     assert [int(v) for v in got] == [int(v) for v in expected]
     assert int(got[1]) == int(num_items)
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_a_sliding_window_shorter_than_the_samples_keeps_loss_and_gradients_equal(model_type):
+    """One-row batches (sdpa: the last layer's queries at the loss positions) of a model whose window of 4 positions
+    is shorter than its samples."""
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD, flatten=True)(rows)
+    picked_batch = PackedCollator(PAD, flatten=True, loss_positions=True)(rows)
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+    torch.manual_seed(0)
+    extra = {"use_sliding_window": True, "max_window_layers": 0} if model_type == "qwen2" else {}
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, sliding_window=4, **TINY[model_type], **extra)
+    config._attn_implementation, config.use_cache = "sdpa", False
+    model = AutoModelForCausalLM.from_config(config).float().train()
+    assert _last_attention(model).sliding_window == 4 if model_type == "qwen2" else config.sliding_window == 4
+    full, full_grads = _loss_and_grads(model, full_batch, num_items)
+    own = model(**full_batch).loss
+    model.config.sliding_window = None if model_type == "mistral" else 4
+    if model_type == "mistral":  # the window matters to this model: without it the loss differs
+        assert abs(model(**full_batch).loss.item() - own.item()) > 1e-4
+        model.config.sliding_window = 4
+    loss_logits.install(model)
+    queries = _query_rows(model)
+    picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
+    assert queries == [len(picked_batch["loss_index"])]
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def _mlp_inputs(model) -> list[tuple[int, tuple[int, ...]]]:
@@ -134,21 +166,40 @@ def test_under_gradient_checkpointing_the_picked_last_layer_is_recomputed_and_gr
         torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_with_flex_attention_the_picked_last_layer_gives_the_full_forwards_loss():
-    """flex_attention (the GPU default) is handed ``loss_index`` among the decoder's keyword arguments and ignores it;
-    torch has no flex_attention backward on the CPU, so the loss is compared here, the gradients on the GPU
-    (benchmarks/train_throughput.py --check)."""
+def _query_rows(model) -> list[int]:
+    """The number of rows each call of the last layer's query projection sees from now on."""
+    attn = _last_attention(model)
+    calls, own = [], attn.q_proj.forward
+    attn.q_proj.forward = lambda x: (calls.append(x.reshape(-1, x.shape[-1]).shape[0]), own(x))[1]
+    return calls
+
+
+def _last_attention(model):
+    return getattr(model, model.base_model_prefix).layers[-1].self_attn
+
+
+@pytest.mark.parametrize("model_type, window", [("llama", None), ("qwen3", None), ("mistral", 4), ("qwen2", None)])
+def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_the_loss_the_full_forwards(model_type, window):
+    """flex_attention (the GPU default): the last layer's attention runs for the loss positions' queries over a block mask of
+    their samples (within the sliding window where the model has one). torch has no flex_attention backward on the CPU, so
+    the loss is compared here, the gradients on the GPU (benchmarks/train_throughput.py --check)."""
     rows = packed_rows(samples())
     full_batch = PackedCollator(PAD, pad_to_multiple_of=16)(rows)  # see test_packing: CPU flex kernels and widths
     picked_batch = PackedCollator(PAD, pad_to_multiple_of=16, loss_positions=True)(rows)
-    model = tiny("llama").eval()
-    with torch.no_grad():
+    model = tiny(model_type).eval()
+    if window is not None:  # shorter than the samples: the window decides what a position sees
+        model.config.sliding_window = window
+    # inductor's CPU flex_attention code fails to compile for dynamic shapes (this call's queries follow the rows' shape)
+    with torch.no_grad(), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
         full = model(**full_batch).loss
         model.set_attn_implementation("flex_attention")
+        full_flex = model(**full_batch).loss
         loss_logits.install(model)
-        calls = _mlp_inputs(model)
+        mlp, queries = _mlp_inputs(model), _query_rows(model)
         picked = model(**picked_batch).loss
-    assert calls[-1] == (1, (len(picked_batch["loss_index"]), 32))
+    n = len(picked_batch["loss_index"])
+    assert mlp[-1] == (1, (n, 32)) and queries == [n]
+    torch.testing.assert_close(full_flex, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
 
 
@@ -230,17 +281,20 @@ class TestStartupCheck:
             loss_logits.check(model, self._batch())
 
 
-def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_change():
+@pytest.mark.parametrize("flatten", [False, True], ids=["rows", "flattened"])
+def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_change(flatten):
     """Under torch.compile (as --compile gives GPU runs) the number of loss positions changes every batch: dynamo
-    compiles once more with that size dynamic, then never again."""
+    compiles once more with that size dynamic, then never again (flattened: with the last layer's queries at the
+    loss positions)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
+    torch._dynamo.reset()  # what an earlier compile learnt (a size seen changing) would spare the recompile
     rows = packed_rows(samples() * 12, cap=128)
     model = tiny("llama")
     loss_logits.install(model)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter)
-    collator = PackedCollator(PAD, pad_to_multiple_of=128, loss_positions=True)
+    collator = PackedCollator(PAD, pad_to_multiple_of=128, loss_positions=True, flatten=flatten)
     sizes = []
     for keep in (1.0, 0.5, 0.25, 1.0, 0.5):
         variant = []
@@ -256,4 +310,4 @@ def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_chan
         torch.testing.assert_close(compiled(**batch, num_items_in_batch=n).loss, eager, rtol=1e-6, atol=1e-6)
         sizes.append(len(batch["loss_index"]))
     assert len(set(sizes)) == 3
-    assert counter.frame_count == 2
+    assert counter.frame_count == 2, (counter.frame_count, counter.op_count, sizes)

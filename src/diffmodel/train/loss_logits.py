@@ -19,6 +19,8 @@ With ``--loss_logits on``:
   decoder layer, right after its attention: that layer's keys and values are needed at every position,
   but its MLP (two thirds of a layer's multiplies at ~110M, four fifths at ~1B), the final norm and the
   output layer only at the loss positions. The picking moves, it is not repeated: one gather either way;
+  with flex_attention (and sdpa on one-row batches) that layer's attention runs for the loss positions'
+  queries alone too (:mod:`diffmodel.train.loss_queries`; :data:`LAST_QUERIES`);
 - the training metrics score ``mean_token_accuracy`` on those logits.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
@@ -41,6 +43,7 @@ from transformers.utils import ModelOutput
 
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.labels import IGNORE_INDEX
+from diffmodel.train import loss_queries
 
 INDEX, TARGETS, LOGITS = "loss_index", "loss_targets", "loss_logits"
 #: ``loss_index`` is padded to a multiple of this many positions.
@@ -50,12 +53,15 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 #: Those whose decoder layer is pre-norm attention then pre-norm MLP, each added to the residual stream, and whose
 #: decoder applies only its final norm after the last layer: the positions are picked before the last layer's MLP.
 LAST_LAYER = ("llama", "mistral", "qwen2", "qwen3")
+#: Those whose last layer's attention also runs for the loss positions' queries alone, where the backend allows
+#: (:mod:`diffmodel.train.loss_queries`): their attention is the Llama one (projections, rotary, optional per-head norms).
+LAST_QUERIES = LAST_LAYER
 
 
 def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
     """``(index, targets)`` of a (rows, width) label array: the flat positions ``r * width + c`` whose next
-    label ``labels[r, c + 1]`` bears loss, and those labels; padded to a multiple of ``multiple`` with
-    position 0 and IGNORE_INDEX."""
+    label ``labels[r, c + 1]`` bears loss, and those labels; padded to a multiple of ``multiple`` with the
+    last position (0 when there is none: the positions stay in order) and IGNORE_INDEX."""
     following = labels[:, 1:]
     rows, cols = np.nonzero(following != IGNORE_INDEX)
     index = rows * labels.shape[1] + cols
@@ -64,7 +70,7 @@ def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray,
     if not len(index):  # one block of ignored targets: the graph never sees zero positions
         pad = multiple or 1
     if pad:
-        index = np.concatenate([index, np.zeros(pad, dtype=index.dtype)])
+        index = np.concatenate([index, np.full(pad, index[-1] if len(index) else 0, dtype=index.dtype)])
         targets = np.concatenate([targets, np.full(pad, IGNORE_INDEX, dtype=targets.dtype)])
     return index.astype(np.int64), targets.astype(np.int64)
 
@@ -139,7 +145,7 @@ def install(model) -> None:
     decoder = getattr(model, model.base_model_prefix)
     early = kind in LAST_LAYER
     if early:
-        _pick_in_last_layer(_last_layer(decoder))
+        _pick_in_last_layer(_last_layer(decoder), queries=kind in LAST_QUERIES)
 
     @functools.wraps(full)  # Trainer reads the model's own signature (the dataset columns it keeps, loss kwargs)
     def forward(*args, loss_index=None, loss_targets=None, labels=None, num_items_in_batch=None, **kwargs):
@@ -159,16 +165,20 @@ def install(model) -> None:
     model.forward = forward
 
 
-def _pick_in_last_layer(layer) -> None:
+def _pick_in_last_layer(layer, queries: bool = True) -> None:
     """Give the decoder's last layer a forward that, handed ``loss_index`` (which the decoder passes to every layer
     with its other keyword arguments; attention ignores it), returns the layer's output at those flat positions
-    alone, as (1, positions, hidden), running its MLP there only. Without ``loss_index`` it is the layer's own.
+    alone, as (1, positions, hidden), running its MLP there only, and with ``queries`` its attention for those
+    positions' queries alone where :func:`diffmodel.train.loss_queries.applies`. Without ``loss_index`` it is the layer's own.
     Under gradient checkpointing the layer is recomputed in the backward pass as the others are."""
     own = layer.forward
 
     def picked(hidden_states, index, **kwargs):
-        attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
-        hidden = (hidden_states + attended).reshape(-1, hidden_states.shape[-1]).index_select(0, index)
+        if queries and loss_queries.applies(layer, hidden_states, kwargs):  # the attention too, for the loss positions' queries
+            hidden = loss_queries.attend(layer, hidden_states, index, **kwargs)
+        else:
+            attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)
+            hidden = (hidden_states + attended).reshape(-1, hidden_states.shape[-1]).index_select(0, index)
         return (hidden + layer.mlp(layer.post_attention_layernorm(hidden))).unsqueeze(0)
 
     @functools.wraps(own)
