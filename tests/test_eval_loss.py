@@ -185,3 +185,33 @@ def test_without_out_the_report_goes_to_the_models_folder(tiny_gpt2_dir, tmp_pat
     assert diffmodel(["eval", "loss", "--model", str(model), "--data", str(data), "--no_progress"]) == 0
     assert sorted(p.name for p in (model / "eval").iterdir()) == ["loss.json", "loss.md"]
     assert f"wrote {model / 'eval' / 'loss.json'}, {model / 'eval' / 'loss.md'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type, picked", [("llama", True), ("gemma2", False)])
+def test_the_output_layer_runs_at_the_loss_positions_alone_where_the_model_type_allows(model_and_tokenizer, tiny_texts,
+                                                                                       model_type, picked):
+    """Llama-like heads: the output layer at the loss positions only (no rows x width x vocabulary logits); Gemma 2 soft-caps
+    its logits, so it keeps its own forward. Both give the per-sample losses computed by hand."""
+    from transformers import AutoConfig
+
+    from diffmodel.evaluate.loss import sample_losses
+
+    _, tok = model_and_tokenizer
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                                  pad_token_id=tok.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    rows_seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows_seen.append(args[0].reshape(-1, 32).shape[0]))
+    samples, _ = encode_rows(({"text": t} for t in tiny_texts), tok)
+    with torch.no_grad():
+        got = sample_losses(model, samples, batch_size=3)
+    rows_seen_scoring, rows_seen[:] = list(rows_seen), []
+    _, _, want = by_hand(model, tok, tiny_texts)
+    for (s, n), (hs, hn) in zip(got, want):
+        assert n == hn and s == pytest.approx(hs, rel=1e-5)
+    loss_tokens = sum(n for _, n in got)
+    lengths = sorted((len(x.input_ids) for x in samples), reverse=True)  # batched longest first
+    padded_positions = sum(len(lengths[i:i + 3]) * lengths[i] for i in range(0, len(lengths), 3))
+    assert sum(rows_seen_scoring) == (loss_tokens if picked else padded_positions)

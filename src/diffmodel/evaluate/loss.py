@@ -172,21 +172,35 @@ def sample_losses(model, samples: Sequence[LossSample], batch_size: int = 8,
             ids[row, :n] = torch.tensor(s.input_ids)
             labels[row, :n] = torch.tensor(s.labels)
             mask[row, :n] = 1
-        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        target = labels[:, 1:]
-        token_loss = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="none",
-        ).view(target.shape)
-        counted = target != IGNORE_INDEX
-        sums = (token_loss * counted).sum(dim=1).double().cpu().tolist()
-        counts = counted.sum(dim=1).cpu().tolist()
+        sums, counts = _batch_losses(model, ids.to(device), labels, mask.to(device))
         for row, i in enumerate(chunk):
             out[i] = (sums[row], int(counts[row]))
         if progress is not None:
             progress(len(chunk))
     return out
+
+
+def _batch_losses(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Per row: the sum of its loss tokens' losses (fp32, summed in fp64) and how many there are. For the model types
+    :mod:`diffmodel.train.loss_logits` takes, the output layer runs at the loss positions alone (no rows x width x
+    vocabulary logits: with a 128k vocabulary those would be 1 GiB per 2,048 fp32 positions); otherwise over every position."""
+    from diffmodel.train import loss_logits
+
+    rows, width = labels.shape
+    if loss_logits.supports(getattr(model.config, "model_type", None)):
+        index, targets = (torch.from_numpy(a).to(ids.device) for a in loss_logits.positions(labels.numpy(), multiple=1))
+        logits = loss_logits.logits_at(model, index, input_ids=ids, attention_mask=mask, use_cache=False)
+        row = index // width
+    else:
+        every = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        logits = every.reshape(-1, every.shape[-1])
+        targets = labels[:, 1:].reshape(-1).to(ids.device)
+        row = torch.arange(rows, device=ids.device).repeat_interleave(width - 1)
+    token_loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    counted = targets != IGNORE_INDEX
+    sums = torch.zeros(rows, dtype=torch.float64, device=ids.device).index_add_(0, row, (token_loss * counted).double())
+    counts = torch.zeros(rows, dtype=torch.long, device=ids.device).index_add_(0, row, counted.long())
+    return sums.cpu().tolist(), counts.cpu().tolist()
 
 
 def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool,

@@ -155,14 +155,22 @@ def install(model) -> None:
             return full(*args, labels=labels, **kwargs)
         if early:  # the decoder hands back the final norm of the loss positions alone
             picked = decoder(*args, **kwargs, **{INDEX: loss_index})[0].reshape(len(loss_index), -1)
+            logits = model.get_output_embeddings()(picked)
         else:
-            hidden = decoder(*args, **kwargs)[0]
-            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, loss_index.to(hidden.device))
-        logits = model.get_output_embeddings()(picked)
+            logits = logits_at(model, loss_index, *args, **kwargs)
         return LossLogitsOutput(loss=loss_of(logits, loss_targets, num_items_in_batch), loss_logits=logits)
 
     forward.replaced = own
     model.forward = forward
+
+
+def logits_at(model, index: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The logits at the flat (rows x width) positions ``index`` alone, as (positions, vocabulary): the model's decoder
+    over the inputs (``args`` / ``kwargs``, as the model's forward takes them), then its output layer at those
+    positions. For a model type in :data:`SUPPORTED` they are the model's own logits there."""
+    hidden = getattr(model, model.base_model_prefix)(*args, **kwargs)[0]
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))
+    return model.get_output_embeddings()(picked)
 
 
 def _pick_in_last_layer(layer, queries: bool = True) -> None:
