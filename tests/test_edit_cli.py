@@ -253,6 +253,16 @@ class TestJsonl:
         assert code == 0 and "note: out.jsonl.partial came from another run (other input, model or settings): starting over" in err
         assert len(dst.read_text().splitlines()) == 7 and "another run" not in dst.read_text()
 
+    def test_files_with_unicode_line_separators_are_counted_as_one_line_each(self, model_dir, tmp_path, capsys):
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"  # JSON keeps U+2028, U+2029 and U+0085 unescaped
+        rows = [{**r, key: r[key] + "# \u2028 \u2029 \x85\n"} for r in _rows() for key in ["code" if "code" in r else "before"]]
+        src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--no_progress"], capsys)
+        assert code == 0 and f"{len(rows)} requests, {len(rows)} edits" in err
+        with open(dst, encoding="utf-8", newline="\n") as handle:
+            got = [json.loads(line) for line in handle]
+        assert [{k: g[k] for k in r} for g, r in zip(got, rows)] == rows and len(got) == len(rows)
+
     def test_reference_diff_kept_and_samples_numbered(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         s = SAMPLES["calc"]

@@ -229,3 +229,101 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_the_model_loads(tm
     code = diffmodel(["eval", "loss", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "none.jsonl"),
                       "--out", str(tmp_path)])
     assert code == 2 and f"--out {tmp_path} is a folder; give the path of the report file (NAME.json) in it" in capsys.readouterr().err
+
+
+def test_kept_generations_of_a_model_trained_again_in_the_same_folder_or_of_another_dtype_are_not_resumed(
+        tmp_path_factory, tmp_path, capsys, monkeypatch):
+    import os
+    import shutil
+
+    from diffmodel.infer import partial as pieces
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_edit_model(tmp_path_factory), folder)
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(row(k)) + "\n" for k in [*STRICT, "calc"]))  # 5 cases
+    monkeypatch.setattr(pieces, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
+    out = tmp_path / "eval" / "edits.json"
+    flags = ["eval", "edits", "--model", str(folder), "--data", str(data), "--batch_size", "2", "--no_progress", "--out", str(out)]
+    real, sizes = DiffModel.edit_many, []
+
+    def dies_at_the_second_piece(self, requests, **kw):
+        sizes.append(len(requests))
+        if len(sizes) == 2:
+            raise KeyboardInterrupt
+        return real(self, requests, **kw)
+
+    def counted(self, requests, **kw):
+        sizes.append(len(requests))
+        return real(self, requests, **kw)
+
+    weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    for change, extra in [(lambda: os.utime(weights, ns=(1, 1)), []),  # the folder's weights written again
+                          (lambda: None, ["--dtype", "bf16"])]:
+        monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_second_piece)
+        sizes.clear()
+        assert diffmodel(flags) == 130  # Ctrl-C
+        assert "edits.generations.partial keeps the generations of 2 of 5 requests: the same command resumes after them" \
+            in capsys.readouterr().err
+        change()
+        monkeypatch.setattr(DiffModel, "edit_many", counted)
+        sizes.clear()
+        assert diffmodel([*flags, *extra]) == 0
+        assert "note: edits.generations.partial came from another run" in capsys.readouterr().err
+        assert sizes == [2, 2, 1]  # every request generated again
+        assert sorted(p.name for p in out.parent.iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]
+
+
+class TestResumableEditor:
+    """:class:`~diffmodel.infer.partial.ResumableEditor` with a stand-in editor."""
+
+    class Writer:
+        """Writes each request's file back with characters that ``str.splitlines`` takes for line ends."""
+
+        def __init__(self):
+            self.calls = []
+
+        def edit_many(self, requests, num_samples=1, **options):
+            from diffmodel.infer.prompt import Edit, EditStatus, as_request
+
+            self.calls.append(len(requests))
+            return [[Edit("@@ -1 +1 @@\n-a\u2028b\n+a\x85b\u2029\n", as_request(r).code + "\u2028\x1c\x85", EditStatus.STRICT,
+                          ["note\u2029"]) for _ in range(num_samples)] for r in requests]
+
+    def _requests(self, n):
+        from diffmodel.infer.prompt import EditRequest
+
+        return [EditRequest(f"line {i}\u2028\n", "Fix", f"f{i}.py") for i in range(n)]
+
+    def test_generations_with_unicode_line_separators_are_read_back_whole(self, tmp_path):
+        from diffmodel.infer.partial import ResumableEditor
+
+        writer, requests = self.Writer(), self._requests(5)
+        made = ResumableEditor(writer, tmp_path / "edits.generations", {}, 2).edit_many(requests, num_samples=2)
+        assert len(made) == 5 and made == writer.edit_many(requests, num_samples=2)
+        again = ResumableEditor(writer, tmp_path / "edits.generations", {}, 2)  # a run that finds them all done
+        assert again.edit_many(requests, num_samples=2) == made and writer.calls == [2, 2, 1, 5]
+
+    def test_kept_generations_that_are_not_one_line_per_request_are_an_error_not_a_report(self, tmp_path):
+        from diffmodel.errors import DiffModelError
+        from diffmodel.infer.partial import ResumableEditor
+
+        writer, requests = self.Writer(), self._requests(3)
+        editor = ResumableEditor(writer, tmp_path / "edits.generations", {}, 2)
+        editor.edit_many(requests)
+        kept, record = editor.partial.lines, editor.partial.record
+        first = kept.read_bytes().split(b"\n")[0] + b"\n"
+        with open(kept, "ab") as handle:  # another run's line, recorded as if it were this run's
+            handle.write(first)
+        saved = json.loads(record.read_text())
+        record.write_text(json.dumps({**saved, "bytes": kept.stat().st_size}))
+        with pytest.raises(DiffModelError, match=r"edits\.generations\.partial does not hold the edits of the 3 requests, one line "
+                                                 r"each .*delete it and edits\.generations\.partial\.json beside it"):
+            ResumableEditor(writer, tmp_path / "edits.generations", {}, 2).edit_many(requests)
+
+
+def test_an_out_path_ending_in_a_slash_names_a_folder_and_is_refused(tmp_path, capsys):
+    out = f"{tmp_path / 'reports'}/"  # not there yet: the report would become a file named "reports"
+    code = diffmodel(["eval", "loss", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "none.jsonl"), "-o", out])
+    assert code == 2 and f"--out {out} is a folder; give the path of the report file (NAME.json) in it" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()

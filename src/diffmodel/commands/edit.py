@@ -45,7 +45,7 @@ from collections import Counter
 
 from diffmodel.commands.options import (
     add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
-    generation_settings, load_model, model_id,
+    generation_settings, load_model, model_identity,
 )
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.infer.requests import prompt_name, read_requests, read_text_file
@@ -222,7 +222,7 @@ def run_jsonl(args) -> int:
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
     options = generation_options(args)
     piece = pieces.PIECE_BATCHES * args.batch_size
-    partial = PartialOutput(dst, {"in": file_hash(src), "model": model_id(args.model), "options": options, "piece": piece})
+    partial = PartialOutput(dst, {"in": file_hash(src), **model_identity(args), "options": options, "piece": piece})
     done = partial.start()
     if partial.discarded_other_run:
         print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from diffmodel.commands.options import (
     add_format_flag, add_generation_flags, add_model_flags, check_generation, check_model, generation_options,
-    generation_settings, load_model, model_id,
+    generation_settings, load_model, model_identity,
 )
 from diffmodel.errors import DiffModelError, raise_if_problems
 from diffmodel.formats import LOSS_ON
@@ -168,7 +168,7 @@ def _check_out(args, problems: list[str]) -> None:
     """``--out``'s folder must be one that can be made and written (checked before any model loads)."""
     from diffmodel.atomic import folder_problem
 
-    if Path(args.out).is_dir():
+    if Path(args.out).is_dir() or args.out.endswith(("/", os.sep)):  # "runs/new/" names a folder too
         problems.append(f"--out {args.out} is a folder; give the path of the report file (NAME.json) in it")
     elif problem := folder_problem(Path(args.out).parent):
         problems.append(f"--out {args.out}: {problem}; choose another path")
@@ -205,7 +205,7 @@ def _editor(args, oracle_answers):
         return ReferenceEditor(oracle_answers)
     if args.calibrate == "empty":
         return EmptyEditor()
-    fingerprint = {"kind": args.command, "model": model_id(args.model), "options": generation_options(args)}
+    fingerprint = {"kind": args.command, **model_identity(args), "options": generation_options(args)}
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     return pieces.ResumableEditor(load_model(args, quiet=args.no_progress), Path(args.out).with_suffix(".generations"),
                                   fingerprint, pieces.PIECE_BATCHES * args.batch_size, log)

@@ -17,7 +17,8 @@
   the ``settings`` an eval report records: the same, with ``speculation`` (whether
   speculation ran: diff-aware, greedy and no ``--no_speculation``) in place of
   ``speculate``, plus ``constrained_note`` (why diff-aware decoding is off);
-- :func:`load_model`: the :class:`~diffmodel.infer.DiffModel` of ``--model``.
+- :func:`load_model`: the :class:`~diffmodel.infer.DiffModel` of ``--model``; :func:`model_identity`: that
+  model as the fingerprint of a resumable run names it (folder, weight files, precision).
 
 Invariants:
 - No torch, transformers or datasets at import time (``--help`` stays fast);
@@ -125,6 +126,27 @@ def model_id(model: str) -> str:
     return os.path.abspath(model) if os.path.isdir(model) else model
 
 
+#: The files of a model folder that make the model (:func:`model_identity`): weights, adapters, config.
+MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", "config.json")
+
+
+def model_identity(args: argparse.Namespace) -> dict:
+    """The model whose generations a kept run holds (``edit --jsonl``, ``eval edits`` / ``humanevalfix``), for the
+    fingerprint a resumed run must match: :func:`model_id`, the name, size and modification time of each weight and
+    config file of the folder (a model trained again into the same folder is another model), and the precision the
+    weights load in (``--dtype``, or its default on ``--device``)."""
+    from diffmodel.checkpoint import resolve_device, resolve_dtype
+
+    files = []
+    if os.path.isdir(args.model):
+        for entry in sorted(os.scandir(args.model), key=lambda e: e.name):
+            if entry.is_file() and entry.name.endswith(MODEL_FILES):
+                stat = entry.stat()
+                files.append([entry.name, stat.st_size, stat.st_mtime_ns])
+    dtype = resolve_dtype(args.dtype, resolve_device(args.device))
+    return {"model": model_id(args.model), "model_files": files, "dtype": str(dtype).removeprefix("torch.")}
+
+
 def generation_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``edit_many`` from the generation flags (also an eval report's ``settings``)."""
     edit_format = getattr(args, "edit_format", formats.DEFAULT)
@@ -162,5 +184,5 @@ def load_model(args: argparse.Namespace, quiet: bool = False):
 
 __all__ = [
     "DTYPES", "add_format_flag", "add_generation_flags", "add_model_flags", "check_generation", "check_model",
-    "generation_options", "generation_settings", "load_model",
+    "generation_options", "generation_settings", "load_model", "model_id", "model_identity",
 ]

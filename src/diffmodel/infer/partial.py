@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmodel.atomic import fsync_dir, make_folder, write_json
+from diffmodel.errors import DiffModelError
 from diffmodel.infer.prompt import Edit, EditStatus, as_request
 
 
@@ -86,7 +87,10 @@ class PartialOutput:
         return self.out
 
     def read_lines(self) -> list[str]:
-        return self.lines.read_text(encoding="utf-8").splitlines(keepends=True)
+        """The lines of ``OUT.partial``, split at ``\\n`` only: a JSON line keeps the U+2028, U+2029 and U+0085 of a
+        file or a generation unescaped, and ``str.splitlines`` would break it there."""
+        with open(self.lines, encoding="utf-8", newline="\n") as handle:
+            return list(handle)
 
     def discard(self) -> None:
         self.lines.unlink(missing_ok=True)
@@ -169,13 +173,33 @@ class ResumableEditor:
             self.log(f"resuming: {done} of {len(requests)} requests were done ({partial.lines.name})")
         bar = edit_bar(len(requests), done) if progress is True else None
         update = bar.update if bar is not None else progress if callable(progress) else None
+        finished = False
         try:
             generate_in_pieces(self.editor, requests, partial, self.piece, {**options, "num_samples": num_samples},
                                lambda chunk, edits: [edits_line(e) for e in edits], update)
+            finished = True
         finally:
             if bar is not None:
                 bar.close()
-        return [edits_of_line(line) for line in partial.read_lines()]
+            if not finished and self.log is not None and partial.done:
+                self.log(f"{partial.lines.name} keeps the generations of {partial.done} of {len(requests)} requests: "
+                         "the same command resumes after them")
+        return self._read(partial, len(requests))
+
+    @staticmethod
+    def _read(partial: PartialOutput, requests: int) -> list[list[Edit]]:
+        """The kept edits, one list per request; an error (not a report of other requests' edits) when the file holds
+        anything else, as when two runs with the same ``--out`` wrote it at once."""
+        lines = partial.read_lines()
+        try:
+            edits = [edits_of_line(line) for line in lines]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            edits = None
+        if edits is None or len(edits) != requests:
+            raise DiffModelError(f"{partial.lines} does not hold the edits of the {requests} requests, one line each "
+                                 f"(another run writing the same --out at the same time?); delete it and {partial.record.name} "
+                                 "beside it, then run again")
+        return edits
 
     def discard(self) -> None:
         if self.partial is not None:
