@@ -81,3 +81,16 @@ def test_help_imports_no_torch_transformers_or_datasets(command):
     imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
     heavy = [name for name in imported if name.split(".")[0] in ("torch", "transformers", "datasets")]
     assert imported and heavy == []
+
+
+@pytest.mark.parametrize("command", [["edit", "f.py", "-m", "msg"], ["eval", "loss", "--data", "x.jsonl"]])
+def test_a_cuda_device_this_machine_lacks_is_a_usage_problem_before_anything_loads(command, tmp_path, capsys):
+    import torch
+
+    code = diffmodel([*command, "--model", str(tmp_path), "--device", "cuda:99"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device: device 'cuda:99': " in err
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU here" in err and "use cpu" in err
+    else:
+        assert f"this machine has {torch.cuda.device_count()} CUDA GPU" in err

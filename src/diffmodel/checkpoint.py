@@ -28,9 +28,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise DiffModelError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            built = f"torch {torch.__version__} " + ("has CUDA but sees no GPU" if torch.version.cuda else "is a build without CUDA")
+            raise DiffModelError(f"device {str(device)!r}: no CUDA GPU here ({built}); use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise DiffModelError(f"device {str(device)!r}: this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
+                                 f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    return dev
 
 
 _DTYPES = {

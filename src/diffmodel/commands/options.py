@@ -101,6 +101,13 @@ def check_model(args: argparse.Namespace, problems: list[str]) -> None:
             check_model_folder(args.model)
         except DiffModelError as err:
             problems.append(f"--model: {err}")
+    if getattr(args, "device", None) is not None:
+        from diffmodel.checkpoint import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except DiffModelError as err:
+            problems.append(f"--device: {err}")
 
 
 def check_generation(args: argparse.Namespace, problems: list[str]) -> None:
