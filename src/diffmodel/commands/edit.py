@@ -16,7 +16,8 @@ reads one request per line (``name`` or ``path``, ``before`` or ``code``,
 ``new_code``, ``status`` and ``notes`` added (one row per sample when
 ``--num_samples`` > 1, with ``sample`` numbered from 0). The rows are written
 piece by piece to ``OUT.partial`` (:mod:`diffmodel.infer.partial`): a run that
-dies resumes from where it stopped when run again.
+dies resumes from where it stopped when run again. Under torchrun the processes
+share the pieces out and process 0 joins them (:mod:`diffmodel.infer.shards`).
 
 ``--edit_format`` names the format the model was trained on (docs/formats.md):
 ``diff`` is then the unified diff from the file to the edited file (empty when
@@ -214,7 +215,8 @@ def run_jsonl(args) -> int:
     """Batch mode, written piece by piece to ``OUT.partial`` so that a run that dies resumes (same command)."""
     from diffmodel.evaluate.edits import forced_share
     from diffmodel.infer import partial as pieces
-    from diffmodel.infer.partial import PartialOutput, edit_bar, file_hash, generate_in_pieces
+    from diffmodel.infer import shards
+    from diffmodel.infer.partial import PartialOutput, edit_bar, file_hash, generate_in_pieces, join
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -222,25 +224,35 @@ def run_jsonl(args) -> int:
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
     options = generation_options(args)
     piece = pieces.PIECE_BATCHES * args.batch_size
-    partial = PartialOutput(dst, {"in": file_hash(src), **model_identity(args), "options": options, "piece": piece})
+    shard = shards.current()  # under torchrun, this process's share of the pieces
+    fingerprint = {"in": file_hash(src), **model_identity(args), "options": options, "piece": piece}
+    spans = [shards.Shard(rank, shard.world).span(len(rows), piece) for rank in range(shard.world)]
+    parts = [PartialOutput(shard.out(dst, rank), {**fingerprint, "span": list(span)}) for rank, span in enumerate(spans)]
+    partial, (first, end) = parts[shard.rank], spans[shard.rank]
     done = partial.start()
     if partial.discarded_other_run:
         print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)
     elif done:
-        print(f"resuming: {done} of {len(rows)} requests were done ({partial.lines.name})", file=sys.stderr)
+        print(f"resuming: {done} of {end - first} requests were done ({partial.lines.name})", file=sys.stderr)
     model = load_model(args, quiet=True)
     _note_decoding(args)
     start = time.perf_counter()
-    bar = None if args.no_progress else edit_bar(len(rows), done)
+    bar = None if args.no_progress else edit_bar(end - first, done)
     try:
-        results = generate_in_pieces(model, rows, partial, piece, options, functools.partial(_result_lines, args),
-                                     bar.update if bar else None)
+        results = generate_in_pieces(model, rows[first:end], partial, piece, options, functools.partial(_result_lines, args),
+                                     bar.update if bar else None, offset=first)
     finally:
         if bar:
             bar.close()
     seconds = time.perf_counter() - start
-    counts = Counter(json.loads(line)["status"] for line in partial.read_lines())
-    partial.finish()
+    shard.wait()
+    if shard.rank:
+        shards.finish()
+        print(f"requests {first}-{end - 1} kept in {partial.lines.name}; process 0 writes {dst}", file=sys.stderr)
+        return 0
+    counts = Counter(json.loads(line)["status"] for part in parts for line in part.read_lines())
+    partial.finish() if shard.world == 1 else join(parts, dst)
+    shards.finish()
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
     made = sum(len(e) for e in results)
     rate = made / seconds if seconds > 0 else float("inf")

@@ -428,8 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         args.out = default_out(args.command, args.model)
     from diffmodel.progress import bars_off
 
-    with bars_off(args.no_progress, datasets=args.command != "humanevalfix"):  # the data's loading bars too
-        return RUNNERS[args.command](args)
+    from diffmodel.infer import shards
+
+    try:
+        with bars_off(args.no_progress, datasets=args.command != "humanevalfix"):  # the data's loading bars too
+            return RUNNERS[args.command](args)
+    except shards.OtherProcessReports:  # under torchrun: this process's share is kept, process 0 reports
+        return 0
+    finally:
+        shards.finish()
 
 
 def default_out(kind: str, model: str | None) -> str:

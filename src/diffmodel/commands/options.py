@@ -183,10 +183,11 @@ def generation_settings(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace, quiet: bool = False):
-    """The :class:`~diffmodel.infer.DiffModel` of ``--model`` on ``--device`` in ``--dtype``."""
-    from diffmodel.infer import DiffModel
+    """The :class:`~diffmodel.infer.DiffModel` of ``--model`` on ``--device`` (under torchrun: by default the GPU of this
+    process's ``LOCAL_RANK``, :mod:`diffmodel.infer.shards`) in ``--dtype``."""
+    from diffmodel.infer import DiffModel, shards
 
-    return DiffModel.from_pretrained(args.model, device=args.device, dtype=args.dtype, quiet=quiet)
+    return DiffModel.from_pretrained(args.model, device=shards.current().device(args.device), dtype=args.dtype, quiet=quiet)
 
 
 __all__ = [

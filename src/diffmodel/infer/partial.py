@@ -104,19 +104,40 @@ class PartialOutput:
         return saved if isinstance(saved, dict) and {"fingerprint", "done", "bytes"} <= saved.keys() else None
 
 
+def join(parts: Sequence[PartialOutput], out: str | os.PathLike) -> Path:
+    """Write the lines of ``parts`` (each whole, in order) to ``out`` in one step, then drop the parts."""
+    import shutil
+
+    out = Path(os.path.abspath(out))
+    joining = out.with_name(out.name + ".joining")
+    with open(joining, "wb") as handle:
+        for part in parts:
+            with open(part.lines, "rb") as lines:
+                shutil.copyfileobj(lines, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(joining, out)
+    fsync_dir(out.parent)
+    for part in parts:
+        part.discard()
+    return out
+
+
 def generate_in_pieces(editor, requests: Sequence[Any], partial: PartialOutput, piece: int, options: dict,
                        lines_of: Callable[[Sequence[Any], list[list[Edit]]], list[str]],
-                       progress: Callable[[int], None] | None = None) -> list[list[Edit]]:
+                       progress: Callable[[int], None] | None = None, offset: int = 0) -> list[list[Edit]]:
     """Generate ``requests[partial.done:]`` with ``editor.edit_many(..., **options)``, ``piece`` requests at a time,
     appending each piece's ``lines_of(piece_requests, edits)`` to ``partial``; returns this run's edits.
 
-    Each piece samples with ``seed + first`` (``first``: its first request's index), so a resumed run generates
-    what an unbroken one does."""
+    Each piece samples with ``seed + first`` (``first``: its first request's index in the whole input, whose
+    ``requests`` start at ``offset``), so a resumed run, or a share of the requests (:mod:`diffmodel.infer.shards`),
+    generates what an unbroken one does."""
     seed = options.get("seed")
     made: list[list[Edit]] = []
     for first in range(partial.done, len(requests), piece):
         chunk = requests[first:first + piece]
-        edits = editor.edit_many(chunk, **{**options, "seed": None if seed is None else seed + first, "progress": progress or False})
+        seeded = None if seed is None else seed + offset + first
+        edits = editor.edit_many(chunk, **{**options, "seed": seeded, "progress": progress or False})
         partial.add(lines_of(chunk, edits), len(chunk))
         made += edits
     return made
@@ -159,32 +180,44 @@ class ResumableEditor:
     def __init__(self, editor, out: str | os.PathLike, fingerprint: dict, piece: int,
                  log: Callable[[str], None] | None = None):
         self.editor, self.out, self.fingerprint, self.piece, self.log = editor, out, fingerprint, piece, log
-        self.partial: PartialOutput | None = None
+        self.partial: PartialOutput | None = None  # this process's
+        self.partials: list[PartialOutput] = []  # every process's, in order
 
     def edit_many(self, requests: Sequence[Any], num_samples: int = 1, progress: bool | Callable[[int], None] = False,
                   **options) -> list[list[Edit]]:
-        requests = list(requests)
-        self.partial = partial = PartialOutput(self.out, {**self.fingerprint, "requests": requests_hash(requests),
-                                                          "num_samples": num_samples, "piece": self.piece})
+        """All requests' edits; under torchrun this process generates its share (:mod:`diffmodel.infer.shards`), and
+        the processes other than 0 stop with :class:`~diffmodel.infer.shards.OtherProcessReports` once all are done."""
+        from diffmodel.infer import shards
+
+        requests, shard = list(requests), shards.current()
+        fingerprint = {**self.fingerprint, "requests": requests_hash(requests), "num_samples": num_samples, "piece": self.piece}
+        spans = [shards.Shard(rank, shard.world).span(len(requests), self.piece) for rank in range(shard.world)]
+        self.partials = [PartialOutput(shard.out(self.out, rank), {**fingerprint, "span": list(span)})
+                         for rank, span in enumerate(spans)]
+        self.partial = partial = self.partials[shard.rank]
+        first, end = spans[shard.rank]
         done = partial.start()
         if self.log is not None and partial.discarded_other_run:
             self.log(f"note: {partial.lines.name} came from another run (other requests, model or settings): starting over")
         elif self.log is not None and done:
-            self.log(f"resuming: {done} of {len(requests)} requests were done ({partial.lines.name})")
-        bar = edit_bar(len(requests), done) if progress is True else None
+            self.log(f"resuming: {done} of {end - first} requests were done ({partial.lines.name})")
+        bar = edit_bar(end - first, done) if progress is True else None
         update = bar.update if bar is not None else progress if callable(progress) else None
         finished = False
         try:
-            generate_in_pieces(self.editor, requests, partial, self.piece, {**options, "num_samples": num_samples},
-                               lambda chunk, edits: [edits_line(e) for e in edits], update)
+            generate_in_pieces(self.editor, requests[first:end], partial, self.piece, {**options, "num_samples": num_samples},
+                               lambda chunk, edits: [edits_line(e) for e in edits], update, offset=first)
             finished = True
         finally:
             if bar is not None:
                 bar.close()
             if not finished and self.log is not None and partial.done:
-                self.log(f"{partial.lines.name} keeps the generations of {partial.done} of {len(requests)} requests: "
+                self.log(f"{partial.lines.name} keeps the generations of {partial.done} of {end - first} requests: "
                          "the same command resumes after them")
-        return self._read(partial, len(requests))
+        shard.wait()
+        if shard.rank:
+            raise shards.OtherProcessReports()
+        return [e for kept, (a, b) in zip(self.partials, spans) for e in self._read(kept, b - a)]
 
     @staticmethod
     def _read(partial: PartialOutput, requests: int) -> list[list[Edit]]:
@@ -202,5 +235,5 @@ class ResumableEditor:
         return edits
 
     def discard(self) -> None:
-        if self.partial is not None:
-            self.partial.discard()
+        for kept in getattr(self, "partials", ()):
+            kept.discard()

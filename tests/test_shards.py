@@ -1,0 +1,71 @@
+"""Batch generation shared out between the processes of ``torchrun --nproc_per_node 2`` (CPU, gloo): the same output as
+one process, sampled with the same seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from edit_model import SAMPLES, trained_edit_model
+
+from diffmodel.cli import main as cli_main
+from diffmodel.infer.shards import Shard
+
+ROWS = 40  # with --batch_size 1, pieces of 16 requests: process 0 takes one piece, process 1 the other two
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return trained_edit_model(tmp_path_factory)
+
+
+def test_shares_are_whole_pieces_as_even_as_they_divide():
+    assert [Shard(r, 2).span(40, 16) for r in range(2)] == [(0, 16), (16, 40)]
+    assert [Shard(r, 3).span(100, 10) for r in range(3)] == [(0, 30), (30, 60), (60, 100)]
+    assert [Shard(r, 4).span(20, 16) for r in range(4)] == [(0, 0), (0, 16), (16, 16), (16, 20)]
+    assert Shard().span(7, 16) == (0, 7) and Shard(1, 2).span(0, 16) == (0, 0)
+
+
+def _rows():
+    keys = list(SAMPLES)
+    return [{"name": SAMPLES[k]["name"], "before": SAMPLES[k]["before"], "message": SAMPLES[k]["message"], "id": i}
+            for i, k in enumerate(keys[i % len(keys)] for i in range(ROWS))]
+
+
+def _torchrun(argv, cwd) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffmodel.cli", *argv]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc.stdout + proc.stderr
+
+
+SAMPLING = ["--batch_size", "1", "--temperature", "0.7", "--seed", "5", "--max_new_tokens", "40", "--no_progress"]
+
+
+def test_edit_jsonl_under_torchrun_writes_what_one_process_writes(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert cli_main(["edit", "--model", str(model_dir), "--jsonl", str(src), str(one), *SAMPLING]) == 0
+    log = _torchrun(["edit", "--model", str(model_dir), "--jsonl", str(src), str(two), *SAMPLING], tmp_path)
+    assert "requests 16-39 kept in two.jsonl.1-of-2.partial; process 0 writes" in log
+    assert two.read_text() == one.read_text() and len(one.read_text().splitlines()) == ROWS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "two.jsonl"]  # no share left behind
+
+
+def test_eval_edits_under_torchrun_reports_what_one_process_reports(model_dir, tmp_path):
+    data = tmp_path / "heldout.jsonl"
+    keys = ["calc", "greet", "crlf", "marker"]
+    data.write_text("".join(json.dumps({"name": SAMPLES[k]["name"], "before": SAMPLES[k]["before"], "message": SAMPLES[k]["message"],
+                                        "diff": SAMPLES[k]["diff"]}) + "\n" for k in keys * 10))
+    flags = ["eval", "edits", "--model", str(model_dir), "--data", str(data), *SAMPLING]
+    assert cli_main([*flags, "--out", str(tmp_path / "one" / "edits.json")]) == 0
+    _torchrun([*flags, "--out", str(tmp_path / "two" / "edits.json")], tmp_path)
+    one, two = (json.loads((tmp_path / d / "edits.json").read_text()) for d in ("one", "two"))
+    assert (two["metrics"], two["statuses"]) == (one["metrics"], one["statuses"]) and one["metrics"]["samples"] == 40
+    assert (tmp_path / "two" / "edits.samples.jsonl").read_text() == (tmp_path / "one" / "edits.samples.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]
