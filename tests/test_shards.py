@@ -69,3 +69,21 @@ def test_eval_edits_under_torchrun_reports_what_one_process_reports(model_dir, t
     assert (two["metrics"], two["statuses"]) == (one["metrics"], one["statuses"]) and one["metrics"]["samples"] == 40
     assert (tmp_path / "two" / "edits.samples.jsonl").read_text() == (tmp_path / "one" / "edits.samples.jsonl").read_text()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]
+
+
+def test_eval_humanevalfix_under_torchrun_makes_the_bugs_once_and_reports_what_one_process_reports(model_dir, tmp_path):
+    problems = tmp_path / "problems.jsonl"  # files short enough for the tiny model's 256 positions
+    problems.write_text("".join(json.dumps({
+        "task_id": f"Tiny/{i}", "prompt": f"def {name}(a, b):\n", "canonical_solution": f"    return a {op} b\n",
+        "test": f"def check(f):\n    assert f(7, 2) == {value}\n", "entry_point": name}) + "\n"
+        for i, (name, op, value) in enumerate([("add", "+", 9), ("sub", "-", 5), ("mul", "*", 14)] * 7)))
+    flags = ["eval", "humanevalfix", "--model", str(model_dir), "--problems", str(problems), "--num_samples", "2", "--k", "1",
+             "--bugs_cache", str(tmp_path / "cache"), *SAMPLING]
+    _torchrun([*flags, "--out", str(tmp_path / "two" / "hef.json")], tmp_path)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # made by process 0, read by process 1
+    assert cli_main([*flags, "--out", str(tmp_path / "one" / "hef.json")]) == 0
+    one, two = (json.loads((tmp_path / d / "hef.json").read_text()) for d in ("one", "two"))
+    assert two["metrics"] == {**one["metrics"], "forced_share": two["metrics"]["forced_share"]}
+    assert two["metrics"]["forced_share"] == pytest.approx(one["metrics"]["forced_share"])
+    assert one["metrics"]["problems_with_bug"] == 21 and two["statuses"] == one["statuses"]
+    assert (tmp_path / "two" / "hef.samples.jsonl").read_text() == (tmp_path / "one" / "hef.samples.jsonl").read_text()

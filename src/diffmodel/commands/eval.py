@@ -330,6 +330,7 @@ def run_humanevalfix(args) -> int:
         problems.append("--bugs_cache and --no_bugs_cache both given; pass one")
     _check_out(args, problems)
     from diffmodel.evaluate import humanevalfix as hef
+    from diffmodel.infer import shards
 
     pack = None  # the published bugs, when --problems holds HumanEvalFix rows
     try:
@@ -360,7 +361,13 @@ def run_humanevalfix(args) -> int:
         checks = hef.check_pack(bench, pack, limits, args.workers, progress=not args.no_progress)
         print(f"problems: {len(bench)} published HumanEvalFix rows from {args.problems}; canonical solutions failing: "
               f"{len(checks['canonical_fails'])}, buggy solutions passing: {len(checks['buggy_passes'])}", file=sys.stderr)
+    cache = "" if args.no_bugs_cache else args.bugs_cache
     bar = _bar(len(bench), "making bugs", args.no_progress, unit="problem") if pack is None else None
+    shard = shards.current()
+    if shard.world > 1 and pack is None and cache != "":  # under torchrun process 0 makes the bugs, the others read them
+        if shard.rank == 0:
+            hef.load_or_make_bugs(bench, args.bug_seed, args.max_tries, cache, args.workers, progress=bar.update if bar else None)
+        shard.wait()
     editors = []  # the one built once the bugs exist
 
     def editor_for(bugs):
@@ -370,7 +377,7 @@ def run_humanevalfix(args) -> int:
         summary, rows = hef.run_benchmark(
             bench, editor_for, ks=args.k,
             limits=limits, workers=args.workers,
-            bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir="" if args.no_bugs_cache else args.bugs_cache,
+            bug_seed=args.bug_seed, max_tries=args.max_tries, cache_dir=cache,
             bug_progress=bar.update if bar else None, log=_bar_closer(bar), progress=not args.no_progress,
             bugs=pack, **generation_options(args),
         )

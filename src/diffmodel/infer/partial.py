@@ -217,6 +217,12 @@ class ResumableEditor:
         shard.wait()
         if shard.rank:
             raise shards.OtherProcessReports()
+        for rank, (kept, (a, b)) in enumerate(zip(self.partials, spans)):
+            saved = kept._read_record() or {}
+            if saved.get("fingerprint") != kept.fingerprint or saved.get("done") != b - a:
+                raise DiffModelError(f"process {rank} did not generate requests {a}-{b - 1} of this run ({kept.lines.name}): "
+                                     "the processes saw other requests or settings (--no_bugs_cache lets each make its own "
+                                     "bugs); run again with the same flags in every process")
         return [e for kept, (a, b) in zip(self.partials, spans) for e in self._read(kept, b - a)]
 
     @staticmethod
