@@ -216,7 +216,7 @@ def run_jsonl(args) -> int:
     from diffmodel.evaluate.edits import forced_share
     from diffmodel.infer import partial as pieces
     from diffmodel.infer import shards
-    from diffmodel.infer.partial import PartialOutput, edit_bar, file_hash, generate_in_pieces, join
+    from diffmodel.infer.partial import edit_bar, file_hash, generate_in_pieces, join, shares
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -226,8 +226,7 @@ def run_jsonl(args) -> int:
     piece = pieces.PIECE_BATCHES * args.batch_size
     shard = shards.current()  # under torchrun, this process's share of the pieces
     fingerprint = {"in": file_hash(src), **model_identity(args), "options": options, "piece": piece}
-    spans = [shards.Shard(rank, shard.world).span(len(rows), piece) for rank in range(shard.world)]
-    parts = [PartialOutput(shard.out(dst, rank), {**fingerprint, "span": list(span)}) for rank, span in enumerate(spans)]
+    parts, spans = shares(dst, len(rows), piece, fingerprint, shard)
     partial, (first, end) = parts[shard.rank], spans[shard.rank]
     done = partial.start()
     if partial.discarded_other_run:

@@ -104,6 +104,15 @@ class PartialOutput:
         return saved if isinstance(saved, dict) and {"fingerprint", "done", "bytes"} <= saved.keys() else None
 
 
+def shares(out: str | os.PathLike, total: int, piece: int, fingerprint: dict, shard) -> tuple[list[PartialOutput], list[tuple[int, int]]]:
+    """Every process's kept output and requests ``[first, end)`` for ``total`` requests in pieces of ``piece``
+    (:mod:`diffmodel.infer.shards`; one of each for one process, kept in ``out.partial``)."""
+    from diffmodel.infer.shards import Shard
+
+    spans = [Shard(rank, shard.world).span(total, piece) for rank in range(shard.world)]
+    return [PartialOutput(shard.out(out, rank), {**fingerprint, "span": list(span)}) for rank, span in enumerate(spans)], spans
+
+
 def join(parts: Sequence[PartialOutput], out: str | os.PathLike) -> Path:
     """Write the lines of ``parts`` (each whole, in order) to ``out`` in one step, then drop the parts."""
     import shutil
@@ -191,9 +200,7 @@ class ResumableEditor:
 
         requests, shard = list(requests), shards.current()
         fingerprint = {**self.fingerprint, "requests": requests_hash(requests), "num_samples": num_samples, "piece": self.piece}
-        spans = [shards.Shard(rank, shard.world).span(len(requests), self.piece) for rank in range(shard.world)]
-        self.partials = [PartialOutput(shard.out(self.out, rank), {**fingerprint, "span": list(span)})
-                         for rank, span in enumerate(spans)]
+        self.partials, spans = shares(self.out, len(requests), self.piece, fingerprint, shard)
         self.partial = partial = self.partials[shard.rank]
         first, end = spans[shard.rank]
         done = partial.start()
