@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diffmodel.infer import DiffModel
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.sample import render
 from diffmodel.tiny import build_model, train_tokenizer
@@ -127,3 +128,21 @@ def trained_edit_model(tmp_path_factory) -> Path:
     if "dir" not in _TRAINED:
         _TRAINED["dir"] = train_edit_model(tmp_path_factory.mktemp("edit_model"))
     return _TRAINED["dir"]
+
+
+_EDIT_MANY = DiffModel.edit_many  # the real one, before any test patches it
+
+
+def count_calls(monkeypatch, dies_at: int | None = None) -> list[int]:
+    """Patch ``DiffModel.edit_many`` to record each call's number of requests in the returned list; with ``dies_at``,
+    the call of that number raises KeyboardInterrupt (a Ctrl-C) instead. Calling it again replaces the patch."""
+    sizes: list[int] = []
+
+    def edit_many(self, requests, **kw):
+        sizes.append(len(requests))
+        if len(sizes) == dies_at:
+            raise KeyboardInterrupt
+        return _EDIT_MANY(self, requests, **kw)
+
+    monkeypatch.setattr(DiffModel, "edit_many", edit_many)
+    return sizes

@@ -13,7 +13,7 @@ from diffmodel.cli import main as cli_main
 from diffmodel.commands.edit import colorize
 from diffmodel.infer import DiffModel
 from diffmodel.infer.requests import prompt_name
-from edit_model import SAMPLES, trained_edit_model
+from edit_model import SAMPLES, count_calls, trained_edit_model
 
 
 @pytest.fixture(scope="module")
@@ -221,23 +221,14 @@ class TestJsonl:
         unbroken = tmp_path / "unbroken.jsonl"
         assert _edit([*flags, "--jsonl", str(src), str(unbroken)], capsys)[0] == 0
 
-        real, sizes = DiffModel.edit_many, []
-
-        def dies_at_the_third_piece(self, requests, **kw):
-            sizes.append(len(requests))
-            if len(sizes) == 3:
-                raise KeyboardInterrupt
-            return real(self, requests, **kw)
-
-        monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_third_piece)
+        count_calls(monkeypatch, dies_at=3)
         dst = tmp_path / "out.jsonl"
         assert _edit([*flags, "--jsonl", str(src), str(dst)], capsys)[0] == 130  # Ctrl-C
         assert not dst.exists() and len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 4
         with open(tmp_path / "out.jsonl.partial", "a") as handle:  # a piece appended but never recorded as done
             handle.write('{"half": "written"}\n')
 
-        sizes.clear()
-        monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+        sizes = count_calls(monkeypatch)
         code, _, err = _edit([*flags, "--jsonl", str(src), str(dst)], capsys)
         assert code == 0 and "resuming: 4 of 7 requests were done (out.jsonl.partial)" in err
         assert sizes == [2, 1]  # only the requests not done

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from edit_model import SAMPLES, trained_edit_model
+from edit_model import SAMPLES, count_calls, trained_edit_model
 
 from diffmodel.cli import main as diffmodel
 from diffmodel.evaluate.edits import (
@@ -186,23 +186,14 @@ def test_a_run_that_dies_resumes_its_generations_and_reports_what_an_unbroken_ru
     assert diffmodel(["eval", "edits", *flags, "--out", str(unbroken)]) == 0
     assert sorted(p.name for p in unbroken.parent.iterdir()) == ["edits.json", "edits.md", "edits.samples.jsonl"]
 
-    real, sizes = DiffModel.edit_many, []
-
-    def dies_at_the_second_piece(self, requests, **kw):
-        sizes.append(len(requests))
-        if len(sizes) == 2:
-            raise KeyboardInterrupt
-        return real(self, requests, **kw)
-
-    monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_second_piece)
+    count_calls(monkeypatch, dies_at=2)
     out = tmp_path / "resumed" / "edits.json"
     assert diffmodel(["eval", "edits", *flags, "--out", str(out)]) == 130  # Ctrl-C
     kept = out.parent / "edits.generations.partial"
     assert not out.exists() and len(kept.read_text().splitlines()) == 2  # the first piece's two requests
     capsys.readouterr()
 
-    sizes.clear()
-    monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+    sizes = count_calls(monkeypatch)
     assert diffmodel(["eval", "edits", *flags, "--out", str(out)]) == 0
     assert "resuming: 2 of 5 requests were done (edits.generations.partial)" in capsys.readouterr().err
     assert sizes == [2, 1]  # only the requests not done
@@ -245,29 +236,15 @@ def test_kept_generations_of_a_model_trained_again_in_the_same_folder_or_of_anot
     monkeypatch.setattr(pieces, "PIECE_BATCHES", 1)  # pieces of --batch_size requests
     out = tmp_path / "eval" / "edits.json"
     flags = ["eval", "edits", "--model", str(folder), "--data", str(data), "--batch_size", "2", "--no_progress", "--out", str(out)]
-    real, sizes = DiffModel.edit_many, []
-
-    def dies_at_the_second_piece(self, requests, **kw):
-        sizes.append(len(requests))
-        if len(sizes) == 2:
-            raise KeyboardInterrupt
-        return real(self, requests, **kw)
-
-    def counted(self, requests, **kw):
-        sizes.append(len(requests))
-        return real(self, requests, **kw)
-
     weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     for change, extra in [(lambda: os.utime(weights, ns=(1, 1)), []),  # the folder's weights written again
                           (lambda: None, ["--dtype", "bf16"])]:
-        monkeypatch.setattr(DiffModel, "edit_many", dies_at_the_second_piece)
-        sizes.clear()
+        count_calls(monkeypatch, dies_at=2)
         assert diffmodel(flags) == 130  # Ctrl-C
         assert "edits.generations.partial keeps the generations of 2 of 5 requests: the same command resumes after them" \
             in capsys.readouterr().err
         change()
-        monkeypatch.setattr(DiffModel, "edit_many", counted)
-        sizes.clear()
+        sizes = count_calls(monkeypatch)
         assert diffmodel([*flags, *extra]) == 0
         assert "note: edits.generations.partial came from another run" in capsys.readouterr().err
         assert sizes == [2, 2, 1]  # every request generated again

@@ -246,9 +246,7 @@ def test_random_orders_differ_between_problems(problems):
 
 
 def test_a_run_that_dies_running_the_tests_keeps_its_generations(tmp_path_factory, tmp_path, capsys, monkeypatch):
-    from edit_model import trained_edit_model
-
-    from diffmodel.infer import DiffModel
+    from edit_model import count_calls, trained_edit_model
 
     folder = trained_edit_model(tmp_path_factory)
     problems = tmp_path / "problems.jsonl"  # files short enough for the tiny model's 256 positions
@@ -259,8 +257,7 @@ def test_a_run_that_dies_running_the_tests_keeps_its_generations(tmp_path_factor
     out = tmp_path / "eval" / "humanevalfix.json"
     flags = ["eval", "humanevalfix", "--model", str(folder), "--problems", str(problems), "--num_samples", "2", "--k", "1",
              "--max_new_tokens", "24", "--bugs_cache", str(tmp_path / "cache"), "--no_progress", "--out", str(out)]
-    real, sizes = DiffModel.edit_many, []
-    monkeypatch.setattr(DiffModel, "edit_many", lambda self, requests, **kw: (sizes.append(len(requests)), real(self, requests, **kw))[1])
+    sizes = count_calls(monkeypatch)
     real_run = hef.run_many
 
     def dies(*args, **kwargs):
