@@ -272,7 +272,12 @@ def test_a_run_that_dies_running_the_tests_keeps_its_generations(tmp_path_factor
     capsys.readouterr()
 
     monkeypatch.setattr(hef, "run_many", real_run)
+    from diffmodel.commands import eval as eval_command
+
+    loads = []
+    monkeypatch.setattr(eval_command, "load_model", lambda *a, **k: loads.append(1))
     assert diffmodel(flags) == 0
+    assert loads == []  # every generation was kept: no model is loaded
     assert "resuming: 3 of 3 requests were done (humanevalfix.generations.partial)" in capsys.readouterr().err
     assert sizes == [3]  # nothing generated again
     rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]

@@ -207,7 +207,7 @@ def _editor(args, oracle_answers):
         return EmptyEditor()
     fingerprint = {"kind": args.command, **model_identity(args), "options": generation_options(args)}
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    return pieces.ResumableEditor(load_model(args, quiet=args.no_progress), Path(args.out).with_suffix(".generations"),
+    return pieces.ResumableEditor(lambda: load_model(args, quiet=args.no_progress), Path(args.out).with_suffix(".generations"),
                                   fingerprint, pieces.PIECE_BATCHES * args.batch_size, log)
 
 

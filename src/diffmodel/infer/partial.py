@@ -183,8 +183,10 @@ class ResumableEditor:
     """An editor whose ``edit_many`` keeps its generations in ``OUT.partial`` (beside ``out``) as it goes, so that a
     run that dies resumes at the first request not done; :meth:`discard` removes them once the report is written.
 
-    ``fingerprint`` names the run (model, generation settings); the requests' hash and ``num_samples`` are added
-    at each call. ``log`` gets the resume / start-over lines."""
+    ``editor`` is an editor, or a function that loads one, called only when something is left to generate (a run
+    resumed after every generation was kept loads no model). ``fingerprint`` names the run (model, generation
+    settings); the requests' hash and ``num_samples`` are added at each call. ``log`` gets the resume / start-over
+    lines."""
 
     def __init__(self, editor, out: str | os.PathLike, fingerprint: dict, piece: int,
                  log: Callable[[str], None] | None = None):
@@ -212,8 +214,9 @@ class ResumableEditor:
         update = bar.update if bar is not None else progress if callable(progress) else None
         finished = False
         try:
-            generate_in_pieces(self.editor, requests[first:end], partial, self.piece, {**options, "num_samples": num_samples},
-                               lambda chunk, edits: [edits_line(e) for e in edits], update, offset=first)
+            if partial.done < end - first:
+                generate_in_pieces(self._loaded(), requests[first:end], partial, self.piece, {**options, "num_samples": num_samples},
+                                   lambda chunk, edits: [edits_line(e) for e in edits], update, offset=first)
             finished = True
         finally:
             if bar is not None:
@@ -231,6 +234,11 @@ class ResumableEditor:
                                      "the processes saw other requests or settings (--no_bugs_cache lets each make its own "
                                      "bugs); run again with the same flags in every process")
         return [e for kept, (a, b) in zip(self.partials, spans) for e in self._read(kept, b - a)]
+
+    def _loaded(self):
+        if not hasattr(self.editor, "edit_many"):
+            self.editor = self.editor()
+        return self.editor
 
     @staticmethod
     def _read(partial: PartialOutput, requests: int) -> list[list[Edit]]:
