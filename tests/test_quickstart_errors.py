@@ -51,6 +51,15 @@ def test_output_dir_that_is_a_file_or_inside_one(tmp_path, capsys, inside):
     assert (tmp_path / "qs").read_text() == "keep"
 
 
+def test_a_block_size_no_sample_fits_is_refused_before_training_with_the_least_that_fits(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert cli_main(["quickstart", "-o", str(out), "--block_size", "16", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    shortest = int(err.split("the shortest is ")[1].split()[0])
+    assert shortest > 16 and err.endswith(f"use more than {shortest} (default: 512)\n")
+    assert "--block_size 16: no bundled sample fits" in err and not (out / "model").exists()  # training never started
+
+
 def test_sigterm_during_training_returns_train_status_without_a_summary(tmp_path):
     out = tmp_path / "qs"
     err = tmp_path / "stderr.txt"

@@ -66,6 +66,20 @@ def build_base_model(args, rows: list[dict], out: Path) -> Path:
     return save_tiny_checkpoint(out / "base_model", args.arch, texts, vocab_size=args.vocab_size, n_positions=args.block_size, seed=args.seed, **overrides)
 
 
+def check_block_size(base: Path, rows: list[dict], block_size: int) -> None:
+    """Refuse a ``--block_size`` that no bundled sample fits (training drops the samples of ``block_size`` tokens or more,
+    EOS included), naming the least that keeps one; the tokenizer just trained decides the lengths."""
+    from transformers import AutoTokenizer
+
+    from diffmodel.errors import DiffModelError
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    shortest = min(len(tokenizer(render_row(r))["input_ids"]) + 1 for r in rows)
+    if shortest >= block_size:
+        raise DiffModelError(f"--block_size {block_size}: no bundled sample fits (the shortest is {shortest} tokens with EOS, "
+                             f"and training drops samples of --block_size tokens or more); use more than {shortest} (default: 512)")
+
+
 def train_args(args, data: Path, base: Path, out: Path) -> list[str]:
     return [
         "--model_name_or_path", str(base),

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv or [])
     from diffmodel.commands.train import main as train_main
     from diffmodel.progress import bars_off
-    from diffmodel.quickstart import build_base_model, check_flags, copy_samples, summary, train_args
+    from diffmodel.quickstart import build_base_model, check_block_size, check_flags, copy_samples, summary, train_args
 
     check_flags(args)
     out = Path(args.output_dir)
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     with bars_off(args.no_progress):
         base = build_base_model(args, rows, out)
     print(f"[quickstart] tokenizer and untrained {args.arch} written to {base}")
+    check_block_size(base, rows, args.block_size)
     code = train_main(train_args(args, data, base, out))
     if code:  # stopped (SIGTERM) with a checkpoint, which quickstart does not resume: it trains with --overwrite_output_dir
         print(f"[quickstart] training stopped (exit status {code}); running this command again starts training over", file=sys.stderr)
