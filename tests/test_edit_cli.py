@@ -241,7 +241,7 @@ class TestJsonl:
         (tmp_path / "out.jsonl.partial").write_text('{"from": "another run"}\n')
         (tmp_path / "out.jsonl.partial.json").write_text(json.dumps({"fingerprint": {"in": "other"}, "done": 1, "bytes": 24}))
         code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst), "--no_progress"], capsys)
-        assert code == 0 and "note: out.jsonl.partial came from another run (other input, model or settings): starting over" in err
+        assert code == 0 and "note: out.jsonl.partial came from another run (other requests, model or settings): starting over" in err
         assert len(dst.read_text().splitlines()) == 7 and "another run" not in dst.read_text()
 
     def test_files_with_unicode_line_separators_are_counted_as_one_line_each(self, model_dir, tmp_path, capsys):

@@ -288,7 +288,7 @@ class TestResumableEditor:
         writer, requests = self.Writer(), self._requests(3)
         editor = ResumableEditor(writer, tmp_path / "edits.generations", {}, 2)
         editor.edit_many(requests)
-        kept, record = editor.partial.lines, editor.partial.record
+        kept, record = editor.parts[0].lines, editor.parts[0].record
         first = kept.read_bytes().split(b"\n")[0] + b"\n"
         with open(kept, "ab") as handle:  # another run's line, recorded as if it were this run's
             handle.write(first)

@@ -52,7 +52,7 @@ def test_edit_jsonl_under_torchrun_writes_what_one_process_writes(model_dir, tmp
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     assert cli_main(["edit", "--model", str(model_dir), "--jsonl", str(src), str(one), *SAMPLING]) == 0
     log = _torchrun(["edit", "--model", str(model_dir), "--jsonl", str(src), str(two), *SAMPLING], tmp_path)
-    assert "requests 16-39 kept in two.jsonl.1-of-2.partial; process 0 writes" in log
+    assert "requests 16-39 kept in two.jsonl.1-of-2.partial; process 0 finishes the run" in log
     assert two.read_text() == one.read_text() and len(one.read_text().splitlines()) == ROWS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "one.jsonl", "two.jsonl"]  # no share left behind
 
@@ -87,3 +87,31 @@ def test_eval_humanevalfix_under_torchrun_makes_the_bugs_once_and_reports_what_o
     assert two["metrics"]["forced_share"] == pytest.approx(one["metrics"]["forced_share"])
     assert one["metrics"]["problems_with_bug"] == 21 and two["statuses"] == one["statuses"]
     assert (tmp_path / "two" / "hef.samples.jsonl").read_text() == (tmp_path / "one" / "hef.samples.jsonl").read_text()
+
+
+def test_process_0_refuses_a_share_another_process_made_for_other_requests_or_settings(tmp_path, monkeypatch):
+    """The check after the barrier, with the other process's share written beforehand (the barrier left out)."""
+    from diffmodel.errors import DiffModelError
+    from diffmodel.infer import partial as pieces
+    from diffmodel.infer import shards
+    from diffmodel.infer.prompt import Edit, EditStatus
+
+    class Writer:
+        def edit_many(self, requests, **options):
+            return [[Edit("", None, EditStatus.FAILED)] for _ in requests]
+
+    monkeypatch.setattr(shards, "current", lambda: Shard(0, 2))
+    monkeypatch.setattr(Shard, "wait", lambda self: None)
+    requests = [("x = 1\n", "m", f"f{i}.py") for i in range(4)]
+    lines = lambda chunk, edits: [pieces.edits_line(e) for e in edits]  # noqa: E731
+    out = tmp_path / "out.jsonl"
+    for fingerprint, fails in (({"seed": 1}, False), ({"seed": 2}, True)):  # process 1 ran with other settings the second time
+        other = pieces.PartialOutput(Shard(1, 2).out(out), {"seed": 1, "span": [2, 4]})
+        other.start()
+        other.add(lines(requests[2:], Writer().edit_many(requests[2:])), 2)
+        if fails:
+            with pytest.raises(DiffModelError, match=r"process 1 did not generate requests 2-3 of this run \(out\.jsonl\.1-of-2\.partial\)"):
+                pieces.generate_share(Writer(), requests, out, fingerprint, 2, {}, lines)
+        else:
+            got = pieces.generate_share(Writer(), requests, out, fingerprint, 2, {}, lines)
+            assert got.spans == [(0, 2), (2, 4)] and len(got.made) == 2

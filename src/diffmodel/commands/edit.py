@@ -216,7 +216,7 @@ def run_jsonl(args) -> int:
     from diffmodel.evaluate.edits import forced_share
     from diffmodel.infer import partial as pieces
     from diffmodel.infer import shards
-    from diffmodel.infer.partial import edit_bar, file_hash, generate_in_pieces, join, shares
+    from diffmodel.infer.partial import file_hash, generate_share, join
 
     src, dst = args.jsonl
     rows = read_requests(src)
@@ -224,39 +224,32 @@ def run_jsonl(args) -> int:
         print("note: input rows have a 'diff' field: kept as 'reference_diff'; 'diff' is the generated one", file=sys.stderr)
     options = generation_options(args)
     piece = pieces.PIECE_BATCHES * args.batch_size
-    shard = shards.current()  # under torchrun, this process's share of the pieces
     fingerprint = {"in": file_hash(src), **model_identity(args), "options": options, "piece": piece}
-    parts, spans = shares(dst, len(rows), piece, fingerprint, shard)
-    partial, (first, end) = parts[shard.rank], spans[shard.rank]
-    done = partial.start()
-    if partial.discarded_other_run:
-        print(f"note: {partial.lines.name} came from another run (other input, model or settings): starting over", file=sys.stderr)
-    elif done:
-        print(f"resuming: {done} of {end - first} requests were done ({partial.lines.name})", file=sys.stderr)
-    model = load_model(args, quiet=True)
     _note_decoding(args)
+    loading = []  # seconds spent loading the model, left out of the rate
+
+    def load():
+        began = time.perf_counter()
+        model = load_model(args, quiet=True)
+        loading.append(time.perf_counter() - began)
+        return model
+
     start = time.perf_counter()
-    bar = None if args.no_progress else edit_bar(end - first, done)
     try:
-        results = generate_in_pieces(model, rows[first:end], partial, piece, options, functools.partial(_result_lines, args),
-                                     bar.update if bar else None, offset=first)
-    finally:
-        if bar:
-            bar.close()
-    seconds = time.perf_counter() - start
-    shard.wait()
-    if shard.rank:
-        shards.finish()
-        print(f"requests {first}-{end - 1} kept in {partial.lines.name}; process 0 writes {dst}", file=sys.stderr)
+        got = generate_share(load, rows, dst, fingerprint, piece, options, functools.partial(_result_lines, args),
+                             not args.no_progress, lambda line: print(line, file=sys.stderr))
+    except shards.OtherProcessReports:  # under torchrun: this process's share is kept, process 0 writes OUT
         return 0
-    counts = Counter(json.loads(line)["status"] for part in parts for line in part.read_lines())
-    partial.finish() if shard.world == 1 else join(parts, dst)
-    shards.finish()
+    finally:
+        shards.finish()
+    seconds = time.perf_counter() - start - sum(loading)
+    counts = Counter(json.loads(line)["status"] for part in got.parts for line in part.read_lines())
+    got.parts[0].finish() if len(got.parts) == 1 else join(got.parts, dst)
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
-    made = sum(len(e) for e in results)
+    made = sum(len(e) for e in got.made)
     rate = made / seconds if seconds > 0 else float("inf")
-    forced = f", {forced_share(results):.0%} of tokens forced" if options["constrained"] and results else ""
-    this_run = f" ({made} in this run)" if done else ""
+    forced = f", {forced_share(got.made):.0%} of tokens forced" if options["constrained"] and got.made else ""
+    this_run = f" ({made} in this run)" if got.resumed else ""
     print(f"{len(rows)} requests, {sum(counts.values())} edits{this_run} in {seconds:.1f}s ({rate:.2f} edits/s{forced}): "
           f"{summary}; wrote {dst}", file=sys.stderr)
     return 0

@@ -433,9 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_compare(args)
     if args.out is None:
         args.out = default_out(args.command, args.model)
-    from diffmodel.progress import bars_off
-
     from diffmodel.infer import shards
+    from diffmodel.progress import bars_off
 
     try:
         with bars_off(args.no_progress, datasets=args.command != "humanevalfix"):  # the data's loading bars too
