@@ -311,3 +311,30 @@ def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_chan
         sizes.append(len(batch["loss_index"]))
     assert len(set(sizes)) == 3
     assert counter.frame_count == 2, (counter.frame_count, counter.op_count, sizes)
+
+
+def test_lora_adapters_on_the_last_layers_projections_keep_loss_and_gradients_equal():
+    """LoRA added after install (as training does): the last layer's queries at the loss positions go through the
+    adapted projections; every adapter's gradient equals the full forward's (adapters set non-zero first)."""
+    from diffmodel.train.args import LoraArguments
+    from diffmodel.train.lora import apply_lora
+
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD, flatten=True)(rows)
+    picked_batch = PackedCollator(PAD, flatten=True, loss_positions=True)(rows)
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+    model = tiny("llama")
+    full_model = apply_lora(model, LoraArguments(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "o_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for name, p in full_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    full, full_grads = _loss_and_grads(full_model, full_batch, num_items)
+    loss_logits.install(model)
+    queries = _query_rows(model)
+    picked, picked_grads = _loss_and_grads(full_model, picked_batch, num_items)
+    assert queries == [len(picked_batch["loss_index"])]
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    assert picked_grads.keys() == full_grads.keys() and any("lora" in k for k in full_grads)
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)

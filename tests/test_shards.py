@@ -80,7 +80,7 @@ def test_eval_humanevalfix_under_torchrun_makes_the_bugs_once_and_reports_what_o
     flags = ["eval", "humanevalfix", "--model", str(model_dir), "--problems", str(problems), "--num_samples", "2", "--k", "1",
              "--bugs_cache", str(tmp_path / "cache"), *SAMPLING]
     _torchrun([*flags, "--out", str(tmp_path / "two" / "hef.json")], tmp_path)
-    assert len(list((tmp_path / "cache").iterdir())) == 1  # made by process 0, read by process 1
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one bug set, the same for both processes
     assert cli_main([*flags, "--out", str(tmp_path / "one" / "hef.json")]) == 0
     one, two = (json.loads((tmp_path / d / "hef.json").read_text()) for d in ("one", "two"))
     assert two["metrics"] == {**one["metrics"], "forced_share": two["metrics"]["forced_share"]}
