@@ -444,6 +444,9 @@ def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profil
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one_round", str(spec)], stderr=subprocess.PIPE,
                           text=True)
     if proc.returncode != 0 or not out.exists():
+        log = work / f"round_{arm}.stderr"
+        log.write_text(proc.stderr)
+        print(f"{arm}: the end of the failed round's error output (all of it in {log}):\n{proc.stderr.strip()[-4000:]}", file=sys.stderr)
         raise RuntimeError(f"the process of this round exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
     merge(results, arm, json.loads(out.read_text()))
 

@@ -289,26 +289,28 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
     picked = "flex_attention+loss_logits"  # the output layer and loss at the loss positions only (--loss_logits on)
     both = "flex_attention+tiles+loss_logits"  # and the last layer's queries at those positions with the tiles (the GPU defaults)
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both):
-        attn = "flex_attention" if name in (tiled, picked, both) else name
+    compiled = both + "+compile"  # the same under torch.compile, as `diffmodel train` runs them on a GPU
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled):
+        attn = "flex_attention" if name in (tiled, picked, both, compiled) else name
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled, both)
+        low = name in (varlen.NAME, tiled, both, compiled)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
-        if name in (tiled, both):
+        if name in (tiled, both, compiled):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name in (picked, both):
+        if name in (picked, both, compiled):
             loss_logits.install(model)
+        torch._dynamo.reset()
 
-        def total(batch_list):
+        def total(batch_list, fwd=model):
             model.zero_grad()
             s, c = 0.0, 0
             for b in batch_list:
                 n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-                loss = model(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in b.items()}).loss * n
+                loss = fwd(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in b.items()}).loss * n
                 loss.backward()
                 s += loss.item()
                 c += n
@@ -317,9 +319,9 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both))(
+            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both, compiled))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
-            loss, grads = total([packed])
+            loss, grads = total([packed], torch.compile(model) if name == compiled else model)
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)
@@ -352,6 +354,12 @@ def main(argv=None) -> int:
         make_data(args.make_data, args.data, args.vocab_size)
         return 0
     checks = check_equivalence() if args.check else []
+    if any(line.endswith("MISMATCH") for line in checks):
+        print("a path does not give one by one's loss and gradients; not measuring", file=sys.stderr)
+        return 1
+    if args.check and not args.data.exists():
+        print(f"checks done; no {args.data} to measure on (make it with --make_data)")
+        return 0
     samples, vocab, eos = load_samples(args.data, args.block_size)
     print(f"{len(samples)} samples under {args.block_size} tokens, device {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     table = run_arms(args, samples, vocab, eos)

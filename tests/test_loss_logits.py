@@ -51,10 +51,10 @@ TINY = {
 }
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, **overrides):
     assert set(TINY) == set(loss_logits.SUPPORTED)
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **TINY[model_type])
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **{**TINY[model_type], **overrides})
     config._attn_implementation = "sdpa"
     config.use_cache = False
     return AutoModelForCausalLM.from_config(config).float().train()
@@ -178,15 +178,18 @@ def _last_attention(model):
     return getattr(model, model.base_model_prefix).layers[-1].self_attn
 
 
-@pytest.mark.parametrize("model_type, window", [("llama", None), ("qwen3", None), ("mistral", 4), ("qwen2", None)])
-def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_the_loss_the_full_forwards(model_type, window):
+@pytest.mark.parametrize("model_type, window, key_heads", [("llama", None, 4), ("qwen3", None, 4), ("mistral", 4, 4), ("qwen2", None, 4),
+                                                          ("llama", None, 2), ("qwen2", 4, 2)])
+def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_the_loss_the_full_forwards(model_type, window, key_heads):
     """flex_attention (the GPU default): the last layer's attention runs for the loss positions' queries over a block mask of
-    their samples (within the sliding window where the model has one). torch has no flex_attention backward on the CPU, so
-    the loss is compared here, the gradients on the GPU (benchmarks/train_throughput.py --check)."""
+    their samples (within the sliding window where the model has one); a model of grouped key heads (2 for 4 query heads)
+    keeps the layer's own attention (loss_queries.GROUPED). torch has no flex_attention backward on the CPU, so the loss
+    is compared here, the gradients on the GPU (benchmarks/train_throughput.py --check)."""
     rows = packed_rows(samples())
-    full_batch = PackedCollator(PAD, pad_to_multiple_of=16)(rows)  # see test_packing: CPU flex kernels and widths
-    picked_batch = PackedCollator(PAD, pad_to_multiple_of=16, loss_positions=True)(rows)
-    model = tiny(model_type).eval()
+    # rows of 64 (see test_packing: CPU flex kernels and widths): more tokens than loss_logits.MULTIPLE loss positions
+    full_batch = PackedCollator(PAD, pad_to_multiple_of=64)(rows)
+    picked_batch = PackedCollator(PAD, pad_to_multiple_of=64, loss_positions=True)(rows)
+    model = tiny(model_type, num_key_value_heads=key_heads).eval()
     if window is not None:  # shorter than the samples: the window decides what a position sees
         model.config.sliding_window = window
     # inductor's CPU flex_attention code fails to compile for dynamic shapes (this call's queries follow the rows' shape)
@@ -197,8 +200,8 @@ def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_
         loss_logits.install(model)
         mlp, queries = _mlp_inputs(model), _query_rows(model)
         picked = model(**picked_batch).loss
-    n = len(picked_batch["loss_index"])
-    assert mlp[-1] == (1, (n, 32)) and queries == [n]
+    n, tokens = len(picked_batch["loss_index"]), full_batch["input_ids"].numel()
+    assert n < tokens and mlp[-1] == (1, (n, 32)) and queries == [n if key_heads == 4 else tokens]
     torch.testing.assert_close(full_flex, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
 

@@ -13,8 +13,8 @@ the layer's residual stream after attention at the loss positions alone:
   position id: a packed sample's positions count up from 0) to ``p`` itself, within the layer's sliding
   window where it has one. That is what the layer's own per-sample causal mask gives that position.
 
-Where it runs (:func:`applies`): with flex_attention (the GPU default), as a block mask built from those key
-ranges (the loss positions are in order, so each block of queries sees one run of key blocks); with sdpa
+Where it runs (:func:`applies`): with flex_attention (the GPU default) for models whose query and key heads are
+as many (see :data:`GROUPED`), as a block mask built from those key ranges (the loss positions are in order, so each block of queries sees one run of key blocks); with sdpa
 only on one-row (padding-free) batches, as a boolean (positions x tokens) mask, smaller there than the
 layer's own (tokens x tokens) one: on several rows the end-to-end keys would cost more than they save.
 Other backends run the layer's own attention, then pick.
@@ -35,13 +35,23 @@ import torch
 #: Tokens per block of flex_attention's block mask (torch's default; the kernels' tiles divide it).
 BLOCK = 128
 
+#: Why models with grouped key heads (fewer key than query heads: Llama 3, Qwen) keep their own last-layer attention
+#: with flex_attention: compiled for the GPU (as ``diffmodel train`` runs it), that model's training step failed
+#: inside flex_attention with the loss positions' queries (an H200, torch 2.11, a ~1B Llama of 32 query and 4 key
+#: heads), while a model of equal heads trained (~110M, 12 and 12) and the uncompiled GPU check of a grouped model gave
+#: the full forward's loss and gradients. ``benchmarks/train_throughput.py --check`` now checks the compiled grouped
+#: case; until it passes there such models pick the positions after the layer's attention (the MLP pick only).
+GROUPED = "grouped key heads under flex_attention: the layer's own attention"
+
 
 def applies(layer, hidden_states: torch.Tensor, kwargs: dict) -> bool:
     """Whether :func:`attend` replaces the layer's attention for this call (see the module docstring)."""
     backend = getattr(layer.self_attn.config, "_attn_implementation", None)
     if kwargs.get("position_ids") is None or kwargs.get("position_embeddings") is None:
         return False
-    return backend == "flex_attention" or (backend == "sdpa" and hidden_states.shape[0] == 1)
+    if backend == "flex_attention":
+        return getattr(layer.self_attn, "num_key_value_groups", 1) == 1  # see GROUPED
+    return backend == "sdpa" and hidden_states.shape[0] == 1
 
 
 def attend(layer, hidden_states: torch.Tensor, index: torch.Tensor, position_ids: torch.Tensor,
