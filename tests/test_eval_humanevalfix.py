@@ -280,6 +280,7 @@ def test_a_run_that_dies_running_the_tests_keeps_its_generations(tmp_path_factor
     assert loads == []  # every generation was kept: no model is loaded
     assert "resuming: 3 of 3 requests were done (humanevalfix.generations.partial)" in capsys.readouterr().err
     assert sizes == [3]  # nothing generated again
+    assert json.loads(out.read_text())["resumed"]["requests_kept"] == 3
     rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
     assert [[g["diff"] for g in r["generations"]] for r in rows] == [[e["diff"] for e in k] for k in kept]
     assert sorted(p.name for p in out.parent.iterdir()) == ["humanevalfix.json", "humanevalfix.md", "humanevalfix.samples.jsonl"]

@@ -74,6 +74,10 @@ def markdown(report: dict) -> str:
         parts.append(f"created: {report['created']}  ")
     if report.get("seconds") is not None:
         parts.append(f"wall time: {report['seconds']:.1f} s  ")
+    resumed = report.get("resumed")
+    if resumed:
+        parts.append(f"resumed: {resumed['requests_kept']} of {resumed['requests']} requests' generations were kept from an "
+                     "earlier run of the same command (the wall time is this run's)  ")
     settings = report.get("settings") or {}
     if settings:
         parts.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
