@@ -244,6 +244,29 @@ class TestJsonl:
         assert code == 0 and "note: out.jsonl.partial came from another run (other requests, model or settings): starting over" in err
         assert len(dst.read_text().splitlines()) == 7 and "another run" not in dst.read_text()
 
+    def test_the_output_of_a_run_still_going_is_left_alone_and_of_a_dead_one_resumed(self, model_dir, tmp_path, capsys):
+        import socket
+        import subprocess
+
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+        flags = ["--model", str(model_dir), "--jsonl", str(src), str(dst), "--no_progress"]
+        assert _edit(flags, capsys)[0] == 0
+        whole = dst.read_text()
+        kept = "".join(whole.splitlines(keepends=True)[:2])
+        record = tmp_path / "out.jsonl.partial.json"
+        dst.unlink()
+        with subprocess.Popen(["sleep", "60"]) as other:  # a live process of this machine wrote the record
+            (tmp_path / "out.jsonl.partial").write_text(kept)
+            saved = {"fingerprint": None, "done": 2, "bytes": len(kept.encode()), "pid": other.pid, "host": socket.gethostname()}
+            record.write_text(json.dumps(saved))
+            code, _, err = _edit(flags, capsys)
+            other.kill()
+        assert code != 0 and f"{tmp_path / 'out.jsonl.partial'} is being written by process {other.pid} on this machine" in err
+        assert (tmp_path / "out.jsonl.partial").read_text() == kept and json.loads(record.read_text()) == saved  # untouched
+        code, _, err = _edit(flags, capsys)  # the process is gone: its record is another run's (fingerprint None)
+        assert code == 0 and dst.read_text() == whole and "starting over" in err
+
     def test_files_with_unicode_line_separators_are_counted_as_one_line_each(self, model_dir, tmp_path, capsys):
         src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"  # JSON keeps U+2028, U+2029 and U+0085 unescaped
         rows = [{**r, key: r[key] + "# \u2028 \u2029 \x85\n"} for r in _rows() for key in ["code" if "code" in r else "before"]]

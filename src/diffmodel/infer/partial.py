@@ -15,6 +15,8 @@ Invariants:
 - ``OUT.partial`` holds whole lines of the first ``done`` requests, in input order, and nothing else.
 - A record from another run (different fingerprint) is never resumed: both files are removed and the run
   starts over (the caller says so).
+- A run does not touch the files of a run that is still going: the record names the process writing it (written
+  as the run starts), and a record of a live process on this machine, other than this one, is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +61,11 @@ class PartialOutput:
     def start(self) -> int:
         """How many requests are done already (0 for a fresh run); leaves ``OUT.partial`` holding exactly them."""
         saved = self._read_record()
+        writer = _live_writer(saved)
+        if writer is not None:
+            raise DiffModelError(f"{self.lines} is being written by process {writer} on this machine, a run with the same "
+                                 f"output that is still going; wait for it to end or choose another output path (if no "
+                                 f"such run is going, delete {self.record})")
         if saved is not None and saved.get("fingerprint") == self.fingerprint and self.lines.is_file() \
                 and self.lines.stat().st_size >= saved["bytes"]:
             with open(self.lines, "r+b") as handle:
@@ -69,6 +77,7 @@ class PartialOutput:
         self.discard()
         make_folder(self.lines.parent)
         self.lines.write_bytes(b"")
+        self._write_record(0)
         return 0
 
     def add(self, lines: list[str], requests: int) -> None:
@@ -83,7 +92,7 @@ class PartialOutput:
 
     def _write_record(self, size: int) -> None:
         write_json(self.record, {"fingerprint": self.fingerprint, "done": self.done, "bytes": size,
-                                 "kept_at_start": self.kept_at_start})
+                                 "kept_at_start": self.kept_at_start, "pid": os.getpid(), "host": socket.gethostname()})
 
     def finish(self) -> Path:
         """Rename ``OUT.partial`` to ``OUT`` and drop the record."""
@@ -108,6 +117,22 @@ class PartialOutput:
         except (OSError, ValueError):
             return None
         return saved if isinstance(saved, dict) and {"fingerprint", "done", "bytes"} <= saved.keys() else None
+
+
+def _live_writer(saved: dict | None) -> int | None:
+    """The process id in ``saved`` (a record) when that process is alive on this machine and is not this one."""
+    if not saved or saved.get("host") != socket.gethostname() or not isinstance(saved.get("pid"), int):
+        return None
+    pid = saved["pid"]
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, owned by another user
+        return pid
+    return pid
 
 
 def shares(out: str | os.PathLike, total: int, piece: int, fingerprint: dict, shard) -> tuple[list[PartialOutput], list[tuple[int, int]]]:
