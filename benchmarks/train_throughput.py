@@ -283,25 +283,27 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     for n, m in [(260, 20), (190, 40), (133, 5), (320, 70), (147, 12)]:  # >= 128: FlexAttention's block size
         ids = torch.randint(1, vocab, (n,), generator=g).tolist()
         samples.append((ids, [IGNORE_INDEX] * m + ids[m:]))
-    from diffmodel.train import flex_kernels, loss_logits, varlen
+    from diffmodel.train import flex_kernels, loss_logits, loss_queries, varlen
 
     varlen.register()
     tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
     picked = "flex_attention+loss_logits"  # the output layer and loss at the loss positions only (--loss_logits on)
     both = "flex_attention+tiles+loss_logits"  # and the last layer's queries at those positions with the tiles (the GPU defaults)
     compiled = both + "+compile"  # the same under torch.compile, as `diffmodel train` runs them on a GPU
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled):
-        attn = "flex_attention" if name in (tiled, picked, both, compiled) else name
+    repeated = compiled + " (grouped keys repeated)"  # and the last layer's queries for this model's grouped key heads
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated):
+        attn = "flex_attention" if name in (tiled, picked, both, compiled, repeated) else name
+        loss_queries.REPEAT_GROUPED = name == repeated
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled, both, compiled)
+        low = name in (varlen.NAME, tiled, both, compiled, repeated)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
-        if name in (tiled, both, compiled):
+        if name in (tiled, both, compiled, repeated):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name in (picked, both, compiled):
+        if name in (picked, both, compiled, repeated):
             loss_logits.install(model)
         torch._dynamo.reset()
 
@@ -319,9 +321,9 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both, compiled))(
+            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both, compiled, repeated))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
-            loss, grads = total([packed], torch.compile(model) if name == compiled else model)
+            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated) else model)
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)
@@ -332,6 +334,7 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         ok = abs(loss - ref_loss) < (1e-2 * abs(ref_loss) if low else 1e-5) and gdiff < (2e-2 * gscale if low else 1e-5)
         out.append(line + (" OK" if ok else " MISMATCH"))
         print(out[-1], flush=True)
+    loss_queries.REPEAT_GROUPED = False
     return out
 
 

@@ -178,13 +178,19 @@ def _last_attention(model):
     return getattr(model, model.base_model_prefix).layers[-1].self_attn
 
 
-@pytest.mark.parametrize("model_type, window, key_heads", [("llama", None, 4), ("qwen3", None, 4), ("mistral", 4, 4), ("qwen2", None, 4),
-                                                          ("llama", None, 2), ("qwen2", 4, 2)])
-def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_the_loss_the_full_forwards(model_type, window, key_heads):
+@pytest.mark.parametrize("model_type, window, key_heads, repeat", [
+    ("llama", None, 4, False), ("qwen3", None, 4, False), ("mistral", 4, 4, False), ("qwen2", None, 4, False),
+    ("llama", None, 2, False), ("qwen2", 4, 2, False), ("llama", None, 2, True), ("qwen3", None, 2, True), ("mistral", 4, 2, True)])
+def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_the_loss_the_full_forwards(model_type, window, key_heads,
+                                                                                                          repeat, monkeypatch):
     """flex_attention (the GPU default): the last layer's attention runs for the loss positions' queries over a block mask of
     their samples (within the sliding window where the model has one); a model of grouped key heads (2 for 4 query heads)
-    keeps the layer's own attention (loss_queries.GROUPED). torch has no flex_attention backward on the CPU, so the loss
-    is compared here, the gradients on the GPU (benchmarks/train_throughput.py --check)."""
+    keeps the layer's own attention (loss_queries.GROUPED), or with loss_queries.REPEAT_GROUPED takes the queries too over
+    repeated keys. torch has no flex_attention backward on the CPU, so the loss is compared here, the gradients on the GPU
+    (benchmarks/train_throughput.py --check)."""
+    from diffmodel.train import loss_queries
+
+    monkeypatch.setattr(loss_queries, "REPEAT_GROUPED", repeat)
     rows = packed_rows(samples())
     # rows of 64 (see test_packing: CPU flex kernels and widths): more tokens than loss_logits.MULTIPLE loss positions
     full_batch = PackedCollator(PAD, pad_to_multiple_of=64)(rows)
@@ -201,7 +207,7 @@ def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_
         mlp, queries = _mlp_inputs(model), _query_rows(model)
         picked = model(**picked_batch).loss
     n, tokens = len(picked_batch["loss_index"]), full_batch["input_ids"].numel()
-    assert n < tokens and mlp[-1] == (1, (n, 32)) and queries == [n if key_heads == 4 else tokens]
+    assert n < tokens and mlp[-1] == (1, (n, 32)) and queries == [n if key_heads == 4 or repeat else tokens]
     torch.testing.assert_close(full_flex, full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(picked, full, rtol=1e-5, atol=1e-5)
 

@@ -43,6 +43,11 @@ BLOCK = 128
 #: case; until it passes there such models pick the positions after the layer's attention (the MLP pick only).
 GROUPED = "grouped key heads under flex_attention: the layer's own attention"
 
+#: With flex_attention, give models of grouped key heads the loss positions' queries too, over their keys and values
+#: repeated to one per query head (one key head for one query head, as the models of equal heads that trained). Off
+#: until ``benchmarks/train_throughput.py --check`` (its case "grouped keys repeated") passes on a GPU: see GROUPED.
+REPEAT_GROUPED = False
+
 
 def applies(layer, hidden_states: torch.Tensor, kwargs: dict) -> bool:
     """Whether :func:`attend` replaces the layer's attention for this call (see the module docstring)."""
@@ -50,7 +55,7 @@ def applies(layer, hidden_states: torch.Tensor, kwargs: dict) -> bool:
     if kwargs.get("position_ids") is None or kwargs.get("position_embeddings") is None:
         return False
     if backend == "flex_attention":
-        return getattr(layer.self_attn, "num_key_value_groups", 1) == 1  # see GROUPED
+        return REPEAT_GROUPED or getattr(layer.self_attn, "num_key_value_groups", 1) == 1  # see GROUPED
     return backend == "sdpa" and hidden_states.shape[0] == 1
 
 
@@ -84,6 +89,9 @@ def attend(layer, hidden_states: torch.Tensor, index: torch.Tensor, position_ids
     if backend == "flex_attention":
         from diffmodel.train.flex_kernels import ATTR
 
+        groups = query.shape[1] // key.shape[1]  # (1, heads, positions, head size) each
+        if groups > 1:  # see REPEAT_GROUPED
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         mask = block_mask(index, start, tokens)
         if getattr(attn, ATTR, None):
             extra["kernel_options"] = getattr(attn, ATTR)
