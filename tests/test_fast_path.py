@@ -595,6 +595,10 @@ class TestLossLogits:
         assert [h["mean_token_accuracy"] for h in logs[1]] == [h["mean_token_accuracy"] for h in logs[0]]
         assert [h["num_loss_tokens"] for h in logs[1]] == [h["num_loss_tokens"] for h in logs[0]]
         assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
+        picked = {"tiny_gpt2_dir": "the output layer and the loss",  # sdpa on the CPU, rows of several samples
+                  "tiny_llama_dir": "the output layer and the loss, and the last decoder layer's MLP too, and its attention's "
+                                    "queries on one-row batches"}[model]
+        assert f"fast path: at the loss positions only: {picked}" in runs[1]["log"]
         assert any(m.startswith("loss logits: the loss at the loss positions is the full forward's on cpu") for m in runs[1]["log"])
         assert runs[0]["log"][-1] == (f"written to {runs[0]['out']}: README.md (model card); config.json (the model: "
                                       "diffmodel edit --model loads it); loss.png (loss plot); speed.png (speed plot); data_report.json "

@@ -347,3 +347,21 @@ def test_lora_adapters_on_the_last_layers_projections_keep_loss_and_gradients_eq
     assert picked_grads.keys() == full_grads.keys() and any("lora" in k for k in full_grads)
     for name in full_grads:
         torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("model_type, attention, key_heads, repeat, picked", [
+    ("llama", "flex_attention", 4, False, "the last decoder layer's MLP and its attention's queries too"),
+    ("qwen2", "flex_attention", 2, False, "the last decoder layer's MLP too (its attention at every position: the model's key heads are grouped)"),
+    ("qwen3", "flex_attention", 2, True, "the last decoder layer's MLP and its attention's queries too"),
+    ("mistral", "sdpa", 2, False, "the last decoder layer's MLP too, and its attention's queries on one-row batches"),
+    ("llama", "eager", 2, False, "the last decoder layer's MLP too (its attention at every position with eager)"),
+])
+def test_the_start_up_log_says_what_runs_at_the_loss_positions(model_type, attention, key_heads, repeat, picked, monkeypatch):
+    from diffmodel.train import loss_queries
+
+    monkeypatch.setattr(loss_queries, "REPEAT_GROUPED", repeat)
+    model = tiny(model_type, num_key_value_heads=key_heads)
+    model.set_attn_implementation(attention)
+    loss_logits.install(model)
+    assert loss_logits.plan(model) == f"the output layer and the loss, and {picked}"
+    assert loss_logits.plan(tiny("gpt2")) == "the output layer and the loss"

@@ -221,6 +221,18 @@ def uninstall(model) -> None:
     _restore(model)
 
 
+def plan(model) -> str:
+    """What :func:`install` gave ``model`` to run at the loss positions alone, for the start-up log."""
+    kind = model.config.model_type
+    picked = "the output layer and the loss"
+    if kind not in LAST_LAYER:
+        return picked
+    layer = _last_layer(getattr(model, model.base_model_prefix))
+    if kind not in LAST_QUERIES:
+        return f"{picked}, and the last decoder layer's MLP too"
+    return f"{picked}, and {loss_queries.plan(layer)}"
+
+
 def _last_layer(decoder):
     return decoder.layers[decoder.config.num_hidden_layers - 1] if hasattr(decoder, "layers") else decoder.h[-1]
 

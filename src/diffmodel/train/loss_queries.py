@@ -59,6 +59,18 @@ def applies(layer, hidden_states: torch.Tensor, kwargs: dict) -> bool:
     return backend == "sdpa" and hidden_states.shape[0] == 1
 
 
+def plan(layer) -> str:
+    """What the last layer ``layer`` runs at the loss positions alone, for the start-up log."""
+    backend = getattr(layer.self_attn.config, "_attn_implementation", None)
+    if backend == "flex_attention":
+        if REPEAT_GROUPED or getattr(layer.self_attn, "num_key_value_groups", 1) == 1:
+            return "the last decoder layer's MLP and its attention's queries too"
+        return "the last decoder layer's MLP too (its attention at every position: the model's key heads are grouped)"
+    if backend == "sdpa":
+        return "the last decoder layer's MLP too, and its attention's queries on one-row batches"
+    return f"the last decoder layer's MLP too (its attention at every position with {backend})"
+
+
 def attend(layer, hidden_states: torch.Tensor, index: torch.Tensor, position_ids: torch.Tensor,
            position_embeddings: tuple[torch.Tensor, torch.Tensor], **_) -> torch.Tensor:
     """The residual stream after the layer's attention at the flat positions ``index`` (in order; padding repeats
