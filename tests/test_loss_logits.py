@@ -185,7 +185,7 @@ def test_with_flex_attention_the_last_layers_queries_are_the_loss_positions_and_
                                                                                                           repeat, monkeypatch):
     """flex_attention (the GPU default): the last layer's attention runs for the loss positions' queries over a block mask of
     their samples (within the sliding window where the model has one); a model of grouped key heads (2 for 4 query heads)
-    keeps the layer's own attention (loss_queries.GROUPED), or with loss_queries.REPEAT_GROUPED takes the queries too over
+    keeps the layer's own attention (loss_queries.flex_takes), or with loss_queries.REPEAT_GROUPED takes the queries too over
     repeated keys. torch has no flex_attention backward on the CPU, so the loss is compared here, the gradients on the GPU
     (benchmarks/train_throughput.py --check)."""
     from diffmodel.train import loss_queries

@@ -13,9 +13,9 @@ the layer's residual stream after attention at the loss positions alone:
   position id: a packed sample's positions count up from 0) to ``p`` itself, within the layer's sliding
   window where it has one. That is what the layer's own per-sample causal mask gives that position.
 
-Where it runs (:func:`applies`): with flex_attention (the GPU default) for models whose query and key heads are
-as many (see :data:`GROUPED`), as a block mask built from those key ranges (the loss positions are in order, so each block of queries sees one run of key blocks); with sdpa
-only on one-row (padding-free) batches, as a boolean (positions x tokens) mask, smaller there than the
+Where it runs (:func:`applies`): with flex_attention (the GPU default) for models whose query and key heads
+are as many (see :func:`flex_takes`), as a block mask built from those key ranges (the loss positions are in
+order, so each block of queries sees one run of key blocks); with sdpa only on one-row (padding-free) batches, as a boolean (positions x tokens) mask, smaller there than the
 layer's own (tokens x tokens) one: on several rows the end-to-end keys would cost more than they save.
 Other backends run the layer's own attention, then pick.
 
@@ -35,17 +35,10 @@ import torch
 #: Tokens per block of flex_attention's block mask (torch's default; the kernels' tiles divide it).
 BLOCK = 128
 
-#: Why models with grouped key heads (fewer key than query heads: Llama 3, Qwen) keep their own last-layer attention
-#: with flex_attention: compiled for the GPU (as ``diffmodel train`` runs it), that model's training step failed
-#: inside flex_attention with the loss positions' queries (an H200, torch 2.11, a ~1B Llama of 32 query and 4 key
-#: heads), while a model of equal heads trained (~110M, 12 and 12) and the uncompiled GPU check of a grouped model gave
-#: the full forward's loss and gradients. ``benchmarks/train_throughput.py --check`` now checks the compiled grouped
-#: case; until it passes there such models pick the positions after the layer's attention (the MLP pick only).
-GROUPED = "grouped key heads under flex_attention: the layer's own attention"
-
 #: With flex_attention, give models of grouped key heads the loss positions' queries too, over their keys and values
 #: repeated to one per query head (one key head for one query head, as the models of equal heads that trained). Off
-#: until ``benchmarks/train_throughput.py --check`` (its case "grouped keys repeated") passes on a GPU: see GROUPED.
+#: until ``benchmarks/train_throughput.py --check`` (its case "grouped keys repeated") passes on a GPU: see
+#: :func:`flex_takes`.
 REPEAT_GROUPED = False
 
 
@@ -55,15 +48,25 @@ def applies(layer, hidden_states: torch.Tensor, kwargs: dict) -> bool:
     if kwargs.get("position_ids") is None or kwargs.get("position_embeddings") is None:
         return False
     if backend == "flex_attention":
-        return REPEAT_GROUPED or getattr(layer.self_attn, "num_key_value_groups", 1) == 1  # see GROUPED
+        return flex_takes(layer.self_attn)
     return backend == "sdpa" and hidden_states.shape[0] == 1
+
+
+def flex_takes(attn) -> bool:
+    """Whether, with flex_attention, :func:`attend` replaces this attention module's: not for grouped key heads (fewer
+    key than query heads: Llama 3, Qwen) unless :data:`REPEAT_GROUPED`. Compiled for the GPU (as ``diffmodel train``
+    runs it), such a model's training step failed inside flex_attention with the loss positions' queries (an H200,
+    torch 2.11, a ~1B Llama of 32 query and 4 key heads), while a model of equal heads trained (~110M, 12 and 12) and
+    the uncompiled GPU check of a grouped model gave the full forward's loss and gradients; those models keep the
+    layer's own attention and pick the positions after it (the MLP pick only)."""
+    return REPEAT_GROUPED or getattr(attn, "num_key_value_groups", 1) == 1
 
 
 def plan(layer) -> str:
     """What the last layer ``layer`` runs at the loss positions alone, for the start-up log."""
     backend = getattr(layer.self_attn.config, "_attn_implementation", None)
     if backend == "flex_attention":
-        if REPEAT_GROUPED or getattr(layer.self_attn, "num_key_value_groups", 1) == 1:
+        if flex_takes(layer.self_attn):
             return "the last decoder layer's MLP and its attention's queries too"
         return "the last decoder layer's MLP too (its attention at every position: the model's key heads are grouped)"
     if backend == "sdpa":
@@ -102,7 +105,7 @@ def attend(layer, hidden_states: torch.Tensor, index: torch.Tensor, position_ids
         from diffmodel.train.flex_kernels import ATTR
 
         groups = query.shape[1] // key.shape[1]  # (1, heads, positions, head size) each
-        if groups > 1:  # see REPEAT_GROUPED
+        if groups > 1:  # REPEAT_GROUPED
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         mask = block_mask(index, start, tokens)
         if getattr(attn, ATTR, None):
