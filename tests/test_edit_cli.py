@@ -231,6 +231,7 @@ class TestJsonl:
         sizes = count_calls(monkeypatch)
         code, _, err = _edit([*flags, "--jsonl", str(src), str(dst)], capsys)
         assert code == 0 and "resuming: 4 of 7 requests were done (out.jsonl.partial)" in err
+        assert "7 requests, 7 edits (3 in this run) in" in err
         assert sizes == [2, 1]  # only the requests not done
         assert dst.read_text() == unbroken.read_text()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl", "unbroken.jsonl"]

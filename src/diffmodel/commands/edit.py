@@ -246,10 +246,10 @@ def run_jsonl(args) -> int:
     counts = Counter(json.loads(line)["status"] for part in got.parts for line in part.read_lines())
     got.parts[0].finish() if len(got.parts) == 1 else join(got.parts, dst)
     summary = ", ".join(f"{status} {counts[status]}" for status in ("strict", "lenient", "failed", "too_long") if counts[status])
-    made = sum(len(e) for e in got.made)
+    made = sum(counts.values()) - got.kept * args.num_samples  # by every process, in this run
     rate = made / seconds if seconds > 0 else float("inf")
     forced = f", {forced_share(got.made):.0%} of tokens forced" if options["constrained"] and got.made else ""
-    this_run = f" ({made} in this run)" if got.resumed else ""
+    this_run = f" ({made} in this run)" if got.kept else ""
     print(f"{len(rows)} requests, {sum(counts.values())} edits{this_run} in {seconds:.1f}s ({rate:.2f} edits/s{forced}): "
           f"{summary}; wrote {dst}", file=sys.stderr)
     return 0

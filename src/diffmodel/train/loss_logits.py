@@ -19,8 +19,8 @@ With ``--loss_logits on``:
   decoder layer, right after its attention: that layer's keys and values are needed at every position,
   but its MLP (two thirds of a layer's multiplies at ~110M, four fifths at ~1B), the final norm and the
   output layer only at the loss positions. The picking moves, it is not repeated: one gather either way;
-  with flex_attention (and sdpa on one-row batches) that layer's attention runs for the loss positions'
-  queries alone too (:mod:`diffmodel.train.loss_queries`; :data:`LAST_QUERIES`);
+  with flex_attention (models whose key heads are not grouped) and sdpa on one-row batches that layer's
+  attention runs for the loss positions' queries alone too (:mod:`diffmodel.train.loss_queries`; :data:`LAST_QUERIES`);
 - the training metrics score ``mean_token_accuracy`` on those logits.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At

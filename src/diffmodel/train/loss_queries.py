@@ -15,8 +15,9 @@ the layer's residual stream after attention at the loss positions alone:
 
 Where it runs (:func:`applies`): with flex_attention (the GPU default) for models whose query and key heads
 are as many (see :func:`flex_takes`), as a block mask built from those key ranges (the loss positions are in
-order, so each block of queries sees one run of key blocks); with sdpa only on one-row (padding-free) batches, as a boolean (positions x tokens) mask, smaller there than the
-layer's own (tokens x tokens) one: on several rows the end-to-end keys would cost more than they save.
+order, so each block of queries sees one run of key blocks); with sdpa only on one-row (padding-free)
+batches, as a boolean (positions x tokens) mask, smaller there than the layer's own (tokens x tokens) one: on
+several rows the end-to-end keys would cost more than they save.
 Other backends run the layer's own attention, then pick.
 
 Only the layer's own modules are called (norms, projections, the rotary function of the model's module, the
