@@ -13,6 +13,10 @@ output and gradients are compared with the default arm's.
 
 ``--lengths_from`` draws the sample lengths from real samples (those train_default.py would train on) instead.
 
+The arms ``flash4`` and ``torch_varlen`` time the varlen kernels of ``--attn_implementation fa4_varlen`` /
+``torch_varlen`` instead (:mod:`diffmodel.train.varlen`: flash-attention 4, torch's own) on the same rows, laid
+end to end with their sequences' boundaries, the transposes training does around them included.
+
 An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
 rather than a kernel option). An arm torch rejects is reported as failed; the others go on.
 """
@@ -44,6 +48,9 @@ ARMS = {
     "tma": {"USE_TMA": True},
     # what packed rows guarantee: each query attends to itself, and each query block's key blocks are one run
     "diffmodel_guarantees": {**HOPPER_HEAD64, "ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True},
+    # not flex_attention: the varlen kernels over the same sequences
+    "flash4": {"varlen": "flash4"},
+    "torch_varlen": {"varlen": "torch"},
 }
 
 
@@ -99,8 +106,32 @@ def block_mask(doc: torch.Tensor, device: str):
     return create_block_mask(causal_within, doc.shape[0], None, doc.shape[1], doc.shape[1], device=device)
 
 
+def boundaries_of(doc: torch.Tensor) -> torch.Tensor:
+    """The sequences' boundaries of ``doc``'s rows laid end to end (int32 ``cu_seqlens``)."""
+    rows, width = doc.shape
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    edges = torch.nonzero(starts.reshape(-1)).reshape(-1).tolist() + [rows * width]
+    return torch.tensor(edges, dtype=torch.int32)
+
+
+def run_varlen(kernel: str, q, k, v, grad, cu):
+    from diffmodel.train import varlen
+
+    call = varlen._flash4_kernel if kernel == "flash4" else varlen._kernel
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    rows, heads, width, dim = q.shape
+    flat = [t.transpose(1, 2).reshape(rows * width, t.shape[1], dim) for t in (q, k, v)]
+    out = call(*flat, cu, cu, width, width, dim ** -0.5).reshape(rows, width, heads, dim).transpose(1, 2)
+    out.backward(grad)
+    return out, q.grad, k.grad, v.grad
+
+
 def run(arm: dict, q, k, v, grad, mask, compiled: dict):
     from torch.nn.attention.flex_attention import flex_attention
+
+    if "varlen" in arm:
+        return run_varlen(arm["varlen"], q, k, v, grad, compiled["cu"])
 
     options = {key: value for key, value in arm.items() if key != "mode"}
     mode = arm.get("mode")
@@ -147,7 +178,7 @@ def main(argv=None) -> int:
     grad = torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {args.rows} rows x {args.block_size}, "
           f"{int(doc.max(dim=1).values.sum())} sequences, block mask sparsity {mask.sparsity():.1f}%")
-    compiled: dict = {}
+    compiled: dict = {"cu": boundaries_of(doc).cuda()}
     reference = None
     times: dict[str, list[float]] = {}
     failed: dict[str, str] = {}

@@ -161,6 +161,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sdpa_compile": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "on"],
         "pack_sdpa_liger": ["--packing", "--attn_implementation", "sdpa", "--liger", "on", "--compile", "off"],
         "pack_varlen": ["--packing", "--attn_implementation", "torch_varlen"],
+        "pack_fa4": ["--packing", "--attn_implementation", "fa4_varlen"],
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],

@@ -273,8 +273,9 @@ def run_arm(args, arm: str, rnd: int, rows, results, models, vocab: int) -> None
         raise RuntimeError("loss is not finite")
 
 
-def check_equivalence(vocab: int = 128) -> list[str]:
-    """Packed == one by one, loss and gradients, fp32 on the GPU, per packed backend."""
+def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
+    """Packed == one by one, loss and gradients, fp32 on the GPU, per packed backend (``only``: the cases whose name
+    contains this text)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = []
@@ -291,19 +292,22 @@ def check_equivalence(vocab: int = 128) -> list[str]:
     both = "flex_attention+tiles+loss_logits"  # and the last layer's queries at those positions with the tiles (the GPU defaults)
     compiled = both + "+compile"  # the same under torch.compile, as `diffmodel train` runs them on a GPU
     repeated = compiled + " (grouped keys repeated)"  # and the last layer's queries for this model's grouped key heads
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated):
-        attn = "flex_attention" if name in (tiled, picked, both, compiled, repeated) else name
+    fa4 = varlen.FLASH4 + "+loss_logits+compile"  # flash-attention 4's kernels as the GPU defaults would run them
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated, varlen.FLASH4, fa4):
+        if only and only not in name:
+            continue
+        attn = "flex_attention" if name in (tiled, picked, both, compiled, repeated) else name.split("+")[0]
         loss_queries.REPEAT_GROUPED = name == repeated
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled, both, compiled, repeated)
+        low = name in (varlen.NAME, tiled, both, compiled, repeated, varlen.FLASH4, fa4)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
         if name in (tiled, both, compiled, repeated):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name in (picked, both, compiled, repeated):
+        if name in (picked, both, compiled, repeated, fa4):
             loss_logits.install(model)
         torch._dynamo.reset()
 
@@ -321,9 +325,9 @@ def check_equivalence(vocab: int = 128) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=name == varlen.NAME, loss_positions=name in (picked, both, compiled, repeated))(
+            packed = PackedCollator(EOS, boundaries=attn in varlen.NAMES, loss_positions=name in (picked, both, compiled, repeated, fa4))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
-            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated) else model)
+            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated, fa4) else model)
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)
@@ -351,12 +355,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--check", action="store_true", help="first check packed == one by one on the GPU")
+    p.add_argument("--check_only", help="--check: only the cases whose name contains this text (fa4, compile, ...)")
     p.add_argument("--json", type=Path, help="append the results as one JSON line here")
     args = p.parse_args(argv)
     if args.make_data:
         make_data(args.make_data, args.data, args.vocab_size)
         return 0
-    checks = check_equivalence() if args.check else []
+    checks = check_equivalence(only=args.check_only) if args.check else []
     if any(line.endswith("MISMATCH") for line in checks):
         print("a path does not give one by one's loss and gradients; not measuring", file=sys.stderr)
         return 1

@@ -81,3 +81,15 @@ def test_packed_rows_give_what_the_guarantees_arm_promises_flex_attention():
             used = [i for i, v in enumerate(row) if v]
             assert used and used == list(range(used[0], used[-1] + 1))
     assert torch.diagonal(dense[:, 0], dim1=-2, dim2=-1).all()  # each query block holds its own diagonal
+
+
+def test_the_varlen_arms_get_the_rows_sequences_laid_end_to_end():
+    from flex_options import boundaries_of
+
+    doc = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 0, 0, 0, 1, 1]], dtype=torch.int32)
+    cu = boundaries_of(doc)
+    assert cu.tolist() == [0, 2, 5, 6, 10, 12] and cu.dtype == torch.int32
+    doc = packed_documents(rows=3, width=64, min_length=4, seed=1)
+    cu = boundaries_of(doc).tolist()
+    assert cu[0] == 0 and cu[-1] == 3 * 64 and all(b > a for a, b in zip(cu, cu[1:]))
+    assert len(cu) - 1 == int((doc.max(dim=1).values + 1).sum())  # every sequence of every row, the tails included

@@ -10,9 +10,10 @@ token attends to another sample of its row:
 - ``flash_attention_2`` / ``_3``: the kernels see packing only through
   ``cu_seq_lens``; the packed collator flattens each batch into one row and
   passes them.
-- ``torch_varlen`` (:mod:`diffmodel.train.varlen`): torch's own varlen flash
-  kernels; rows keep their shape and the packed collator passes the
-  ``cu_seq_lens`` of the batch's rows laid end to end.
+- ``torch_varlen`` / ``fa4_varlen`` (:mod:`diffmodel.train.varlen`):
+  torch's own varlen flash kernels, or flash-attention 4's; rows keep their
+  shape and the packed collator passes the ``cu_seq_lens`` of the batch's
+  rows laid end to end.
 
 Any other backend, or a model whose attention ignores ``position_ids``, is
 refused: :func:`check_isolation` packs probe samples of several lengths
@@ -32,13 +33,13 @@ import torch
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.packing import best_fit_decreasing, pack_row
 from diffmodel.train.collate import PackedCollator, sample_lengths
-from diffmodel.train.varlen import NAME as VARLEN
+from diffmodel.train.varlen import NAMES as VARLEN_NAMES
 
 logger = logging.getLogger(__name__)
 
 MASK_FROM_POSITIONS = ("sdpa", "eager", "flex_attention")
 FLASH = ("flash_attention_2", "flash_attention_3")
-PACKING_BACKENDS = MASK_FROM_POSITIONS + FLASH + (VARLEN,)
+PACKING_BACKENDS = MASK_FROM_POSITIONS + FLASH + VARLEN_NAMES
 
 
 def backend_of(model) -> str:
@@ -69,8 +70,8 @@ def _rows_are_kept_apart(input_ids, attention_mask) -> None:
 
 
 def needs_boundaries(model) -> bool:
-    """Whether packed batches must carry ``cu_seq_lens`` over rows that keep their shape (``torch_varlen``)."""
-    return backend_of(model) == VARLEN
+    """Whether packed batches must carry ``cu_seq_lens`` over rows that keep their shape (the varlen backends)."""
+    return backend_of(model) in VARLEN_NAMES
 
 
 #: Lengths of the probe's samples: several rows, a sample of one token, and a pad segment from the collator.

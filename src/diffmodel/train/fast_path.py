@@ -78,7 +78,10 @@ from dataclasses import dataclass
 
 from diffmodel.train import flex_kernels
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
+from diffmodel.train import flash4
+from diffmodel.train.varlen import FLASH4
 from diffmodel.train.varlen import NAME as VARLEN
+from diffmodel.train.varlen import NAMES as VARLEN_NAMES
 
 #: Below this many --max_steps, compiling (about a minute on a GPU) costs more than it saves.
 COMPILE_MIN_STEPS = 300
@@ -99,6 +102,8 @@ class Facts:
     liger: bool
     capability: tuple[int, int] | None = None
     """The GPU's compute capability (None without one)."""
+    flash4: bool = False
+    """flash-attention 4 (``flash_attn.cute``) is installed."""
 
 
 def probe_facts() -> Facts:
@@ -107,11 +112,18 @@ def probe_facts() -> Facts:
     cuda = torch.cuda.is_available()
     return Facts(
         cuda=cuda,
-        flash_attn=cuda and importlib.util.find_spec("flash_attn") is not None,
+        flash_attn=cuda and flash_attn_2_installed(),
         flex_attention=importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
         liger=importlib.util.find_spec("liger_kernel") is not None,
         capability=tuple(torch.cuda.get_device_capability()) if cuda else None,
+        flash4=flash4.installed(),
     )
+
+
+def flash_attn_2_installed() -> bool:
+    """Whether flash-attn 2 is installed: its compiled kernels, not only the ``flash_attn`` name (flash-attn-4 installs
+    ``flash_attn.cute`` alone, which transformers' ``flash_attention_2`` cannot use)."""
+    return importlib.util.find_spec("flash_attn_2_cuda") is not None
 
 
 @dataclass(frozen=True)
@@ -192,7 +204,7 @@ def choose_padding_free(setting: str, attention: str | None, packing: bool) -> C
         return Choice(True, "set by --padding_free on")
     if setting == "off":
         return Choice(False, "set by --padding_free off")
-    if attention in ("flex_attention", VARLEN):
+    if attention in ("flex_attention", *VARLEN_NAMES):
         return Choice(False, "packed rows are already nearly full; flattening would only drop the last pad segment")
     return Choice(False, f"{attention or 'this backend'} would need one dense mask over a flattened batch")
 
@@ -388,8 +400,16 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         if not varlen.available():
             found.append(f"--attn_implementation {VARLEN}: this torch {torch.__version__} has no torch.nn.attention.varlen "
                          "(torch 2.10 or later); use flex_attention or sdpa")
-        elif facts.cuda and not half:
-            found.append(f"--attn_implementation {VARLEN} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
+    if attn_requested == FLASH4:
+        if not facts.flash4:
+            found.append(f"--attn_implementation {FLASH4}: flash-attention 4 is not installed (pip install flash-attn-4); "
+                         "use flex_attention or torch_varlen")
+        elif facts.cuda and not flash4.supports(facts.capability):
+            cap = ".".join(map(str, facts.capability))
+            found.append(f"--attn_implementation {FLASH4}: flash-attention 4 has kernels for Hopper and Blackwell GPUs "
+                         f"(compute capability 9.x, 10.x), not this GPU's {cap}; use flex_attention or torch_varlen")
+    if attn_requested in VARLEN_NAMES and facts.cuda and not half:
+        found.append(f"--attn_implementation {attn_requested} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
     if speed.liger == "on" and not facts.liger:
         found.append("--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto")
     elif speed.liger == "on" and not facts.cuda:

@@ -181,9 +181,9 @@ def load_model(model_args, config, tokenizer):
     extra = {}
     if model_args.attn_implementation:
         extra["attn_implementation"] = model_args.attn_implementation
-    if model_args.attn_implementation == varlen.NAME:
+    if model_args.attn_implementation in varlen.NAMES:
         varlen.register()
-    if model_args.attn_implementation in ("flex_attention", varlen.NAME):
+    if model_args.attn_implementation in ("flex_attention", *varlen.NAMES):
         changed = attention_dropout_off(config)
         if changed:
             logger.warning(

@@ -1,8 +1,11 @@
-"""``torch_varlen``: packed rows through torch's own variable-length flash attention.
+"""``torch_varlen`` / ``fa4_varlen``: packed rows through variable-length flash attention.
 
 ``--attn_implementation torch_varlen`` attends within each packed sample with
 ``torch.nn.attention.varlen.varlen_attn`` (flash-attention's varlen kernels
-built into torch on CUDA; no ``flash_attn`` package needed). Rows keep their
+built into torch on CUDA; no ``flash_attn`` package needed);
+``--attn_implementation fa4_varlen`` with flash-attention 4's kernels
+(:mod:`diffmodel.train.flash4`; ``pip install flash-attn-4``, Hopper and
+Blackwell GPUs). Both work alike: rows keep their
 shape: the packed collator adds the sample boundaries of the whole batch
 (``cu_seq_lens_q/k`` over its rows laid end to end, and ``max_length_q/k``,
 the row width), and :func:`attention` lays the batch's tokens end to end for
@@ -17,7 +20,7 @@ torch has no varlen kernel, each sample runs through sdpa on its own: same
 results, slowly; that is what the CPU tests check. The kernel needs bf16 or
 fp16 inputs: under mixed precision (``--bf16``) the queries and keys arrive in
 fp32 from the rotary embedding and are cast to the autocast dtype here
-(:func:`half_dtype`). On an H200 it measured 1.01x flex_attention's tokens/s at
+(:func:`half_dtype`). On an H200 ``torch_varlen`` it measured 1.01x flex_attention's tokens/s at
 ~110M and 0.95x at ~1B (benchmarks/RESULTS.md), so the fast path does not
 choose it.
 """
@@ -30,8 +33,12 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from diffmodel.errors import DiffModelError
+from diffmodel.train import flash4
 
 NAME = "torch_varlen"
+#: flash-attention 4's kernels (:mod:`diffmodel.train.flash4`) in the same layout.
+FLASH4 = "fa4_varlen"
+NAMES = (NAME, FLASH4)
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -62,12 +69,13 @@ def kernel() -> tuple:
 
 
 def register() -> None:
-    """Make ``torch_varlen`` a name transformers accepts as ``attn_implementation`` (idempotent)."""
+    """Make ``torch_varlen`` and ``fa4_varlen`` names transformers accepts as ``attn_implementation`` (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    AttentionInterface.register(NAME, attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # the mask of calls without boundaries
+    for name, function in ((NAME, attention), (FLASH4, attention_flash4)):
+        AttentionInterface.register(name, function)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # the mask of calls without boundaries
     if available():
         kernel()
 
@@ -75,6 +83,19 @@ def register() -> None:
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
               cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
     """transformers' attention interface: ``query`` (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    return _attend(_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q, cu_seq_lens_k,
+                   max_length_q, max_length_k, **kwargs)
+
+
+def attention_flash4(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
+                     cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+    """:func:`attention` with flash-attention 4's kernels."""
+    return _attend(_flash4_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
+                   cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
+
+
+def _attend(gpu_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q, cu_seq_lens_k,
+            max_length_q, max_length_k, **kwargs):
     batch, heads, length, dim = query.shape
     half = half_dtype(query)
     if cu_seq_lens_q is None:
@@ -93,7 +114,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         q, k, v = q.to(half), k.to(half), v.to(half)
     scale = scaling if scaling is not None else dim ** -0.5
     if q.is_cuda:
-        out = _kernel(q, k, v, cu_seq_lens_q.to(torch.int32), cu_k.to(torch.int32), int(max_length_q), int(max_k), scale)
+        out = gpu_kernel(q, k, v, cu_seq_lens_q.to(torch.int32), cu_k.to(torch.int32), int(max_length_q), int(max_k), scale)
     else:
         out = _per_sample(q, k, v, cu_seq_lens_q, scale)
     return out.reshape(batch, length, heads, dim), None
@@ -116,10 +137,19 @@ def half_dtype(query: torch.Tensor) -> torch.dtype | None:
     return None
 
 
-def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+def _needs_half(q, name: str) -> None:
     if q.dtype not in HALF:
-        raise DiffModelError(f"--attn_implementation {NAME} runs flash kernels, which take bf16 or fp16, not {q.dtype}: "
+        raise DiffModelError(f"--attn_implementation {name} runs flash kernels, which take bf16 or fp16, not {q.dtype}: "
                              "train with --bf16 (or --fp16), or use --attn_implementation flex_attention")
+
+
+def _flash4_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    _needs_half(q, FLASH4)
+    return flash4.varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+
+
+def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    _needs_half(q, NAME)
     varlen_attn, causal, takes_scale, takes_gqa = _KERNEL or kernel()
     extra = dict(causal)
     if takes_scale:

@@ -1,0 +1,96 @@
+"""flash-attention 4's varlen kernels as torch operators (``--attn_implementation fa4_varlen``).
+
+flash-attention 4 (``pip install flash-attn-4``: the ``flash_attn.cute``
+package, kernels written in CuTe DSL and compiled on first use) has varlen
+forward and backward kernels for Hopper (compute capability 9.x) and
+Blackwell (10.x) GPUs. Its own autograd function is opaque to
+torch.compile, so this module wraps the forward and the backward kernel as
+torch custom operators (``diffmodel::flash4_fwd`` / ``diffmodel::flash4_bwd``)
+with shape-only fake versions and an autograd formula: a compiled model
+keeps one graph around them, and inductor fuses what surrounds them.
+
+:func:`varlen` is what :mod:`diffmodel.train.varlen` calls with the packed
+batch's tokens laid end to end; causal within each sample, key heads grouped
+or not (the kernels take grouped heads as they are).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+#: Compute capability majors flash-attention 4 has kernels for (Hopper, Blackwell).
+MAJORS = (9, 10)
+
+
+def installed() -> bool:
+    """Whether ``flash_attn.cute`` (flash-attn-4) can be found; does not import it."""
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def supports(capability: tuple[int, int] | None) -> bool:
+    """Whether flash-attention 4 has kernels for a GPU of this compute capability (None: no GPU)."""
+    return capability is not None and capability[0] in MAJORS
+
+
+def _interface():
+    from flash_attn.cute import interface
+
+    return interface
+
+
+@torch.library.custom_op("diffmodel::flash4_fwd", mutates_args=())
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+         max_q: int, max_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse, *_ = _interface()._flash_attn_fwd(
+        q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+        softmax_scale=scale, causal=True, return_lse=True)
+    return out, lse
+
+
+@_fwd.register_fake
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    total, heads, _ = q.shape
+    return q.new_empty((total, heads, v.shape[-1])), q.new_empty((heads, total), dtype=torch.float32)
+
+
+@torch.library.custom_op("diffmodel::flash4_bwd", mutates_args=())
+def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+         cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
+         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv, *_ = _interface()._flash_attn_bwd(
+        q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q, max_seqlen_k=max_k)
+    return dq, dk, dv
+
+
+@_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.sizes = (max_q, max_k, scale)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    dq, dk, dv = _bwd(dout, q, k, v, out, lse, cu_q, cu_k, *ctx.sizes)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+           max_q: int, max_k: int, scale: float) -> torch.Tensor:
+    """Causal attention within each sample: ``q`` (tokens, heads, dim), ``k``/``v`` (tokens, key heads, dim), the
+    samples' boundaries ``cu_q``/``cu_k`` (int32, samples + 1) and longest lengths; returns (tokens, heads, dim)."""
+    return _fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale)[0]

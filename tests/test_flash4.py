@@ -1,0 +1,192 @@
+"""fa4_varlen: flash-attention 4's varlen kernels behind torch custom operators.
+
+The kernels need a Hopper or Blackwell GPU (``benchmarks/train_throughput.py --check`` runs them there). Here the
+operators' wiring is tested with the interface replaced by causal math attention of the same signature: the
+forward returns what the kernel returns, the backward hands the kernel what it needs and returns its gradients,
+torch.compile traces the operators as one graph, and a model named ``fa4_varlen`` keeps packed samples apart
+(on the CPU each sample runs through sdpa, as ``torch_varlen`` does).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffmodel.errors import DiffModelError
+from diffmodel.train import fast_path, flash4, varlen
+from diffmodel.train.args import SpeedArguments
+from diffmodel.train.attention import PACKING_BACKENDS, check_isolation, needs_boundaries, prepare_for_packing
+from diffmodel.train.collate import PackedCollator
+
+sys.path.insert(0, str(Path(__file__).parent))
+from packed_models import PAD, one_by_one, packed, sum_loss_and_grads  # noqa: E402
+from packed_models import model as tiny_model  # noqa: E402
+from packed_models import samples as make_samples  # noqa: E402
+
+
+def _math(q, k, v, cu, scale):
+    """Causal attention within each sample, (tokens, heads, dim) in; the output and the log-sum-exp (heads, tokens)."""
+    groups = q.shape[1] // k.shape[1]
+    out, lse = torch.zeros_like(q), torch.zeros(q.shape[1], q.shape[0])
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        qs = q[s:e].transpose(0, 1)
+        ks, vs = (t[s:e].transpose(0, 1).repeat_interleave(groups, 0) for t in (k, v))
+        w = (qs @ ks.transpose(1, 2)) * scale
+        w = w.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
+        lse[:, s:e] = w.logsumexp(-1)
+        out[s:e] = (w.softmax(-1) @ vs).transpose(0, 1)
+    return out, lse
+
+
+class MathInterface:
+    """flash_attn.cute.interface's two private entry points as this module calls them, in math."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _flash_attn_fwd(self, q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                        causal, return_lse):
+        self.calls.append(("fwd", causal, return_lse, max_seqlen_q, cu_seqlens_k is cu_seqlens_q))
+        out, lse = _math(q, k, v, cu_seqlens_q, softmax_scale)
+        return out, lse, None, None, None
+
+    def _flash_attn_bwd(self, q, k, v, out, dout, lse, scale, causal, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k):
+        self.calls.append(("bwd", causal, dout.is_contiguous(), max_seqlen_k))
+        again, again_lse = _math(q, k, v, cu_seqlens_q, scale)
+        torch.testing.assert_close(again, out)  # the kernel's own output and log-sum-exp come back
+        torch.testing.assert_close(again_lse, lse)
+        groups = q.shape[1] // k.shape[1]
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for s, e in zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist()):
+            qs, os_, dos = (t[s:e].transpose(0, 1) for t in (q, out, dout))  # (heads, n, dim)
+            ks, vs = (t[s:e].transpose(0, 1).repeat_interleave(groups, 0) for t in (k, v))
+            p = ((qs @ ks.transpose(1, 2)) * scale - lse[:, s:e, None]).exp().tril()  # the softmax from the lse
+            dp = dos @ vs.transpose(1, 2)
+            ds = p * (dp - (dos * os_).sum(-1, keepdim=True))
+            dq[s:e] = (ds @ ks * scale).transpose(0, 1)
+            heads = lambda t: t.unflatten(0, (k.shape[1], groups)).sum(1).transpose(0, 1)  # noqa: E731
+            dk[s:e] = heads(ds.transpose(1, 2) @ qs * scale)
+            dv[s:e] = heads(p.transpose(1, 2) @ dos)
+        return dq, dk, dv
+
+
+@pytest.fixture
+def math_kernels(monkeypatch):
+    interface = MathInterface()
+    monkeypatch.setattr(flash4, "_interface", lambda: interface)
+    return interface
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(9, 4, 8, generator=g)
+    k, v = torch.randn(9, 2, 8, generator=g), torch.randn(9, 2, 8, generator=g)  # 2 key heads for 4 query heads
+    cu = torch.tensor([0, 2, 6, 9], dtype=torch.int32)
+    return q, k, v, cu
+
+
+def _reference_grads(q, k, v, cu, dout):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out, _ = _math(q, k, v, cu, 8 ** -0.5)
+    return out.detach(), torch.autograd.grad(out, (q, k, v), dout)
+
+
+def test_forward_and_backward_go_through_the_kernels(math_kernels):
+    q, k, v, cu = _inputs()
+    dout = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(1)).transpose(0, 1).contiguous().transpose(0, 1)
+    want, want_grads = _reference_grads(q, k, v, cu, dout)
+    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
+    out = flash4.varlen(q1, k1, v1, cu, cu, 4, 4, 8 ** -0.5)
+    torch.testing.assert_close(out, want)
+    out.backward(dout)  # a non-contiguous gradient, as a transpose after attention gives
+    for got, expected in zip((q1.grad, k1.grad, v1.grad), want_grads):
+        torch.testing.assert_close(got, expected)
+    assert k1.grad.shape == (9, 2, 8)  # grouped key heads' gradients keep their own shape
+    assert math_kernels.calls == [("fwd", True, True, 4, True), ("bwd", True, True, 4)]
+
+
+def test_torch_compile_traces_the_operators_as_one_graph(math_kernels):
+    q, k, v, cu = _inputs()
+    dout = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(2))
+    want, want_grads = _reference_grads(q, k, v, cu, dout)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: flash4.varlen(q * 1.0, k, v, cu, cu, 4, 4, 8 ** -0.5) * 1.0,
+                             backend="aot_eager", fullgraph=True)  # fullgraph: a graph break raises
+    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
+    out = compiled(q1, k1, v1)
+    out.backward(dout)
+    torch.testing.assert_close(out, want)
+    for got, expected in zip((q1.grad, k1.grad, v1.grad), want_grads):
+        torch.testing.assert_close(got, expected)
+
+
+def test_the_fake_kernels_give_the_real_shapes():
+    q, k, v, cu = _inputs()
+    v = torch.randn(9, 2, 16)  # a value head size of its own
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        out, lse = flash4._fwd(*(mode.from_tensor(t) for t in (q, k, v, cu, cu)), 4, 4, 0.3)
+        dq, dk, dv = flash4._bwd(*(mode.from_tensor(t) for t in (torch.zeros(9, 4, 16), q, k, v, torch.zeros(9, 4, 16),
+                                                                 torch.zeros(4, 9), cu, cu)), 4, 4, 0.3)
+    assert out.shape == (9, 4, 16) and lse.shape == (4, 9) and lse.dtype == torch.float32
+    assert (dq.shape, dk.shape, dv.shape) == ((9, 4, 8), (9, 2, 8), (9, 2, 16))
+
+
+def test_fp32_is_refused_with_the_fix():
+    q = torch.zeros(4, 2, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(DiffModelError, match="fa4_varlen.*--bf16"):
+        varlen._flash4_kernel(q, q, q, cu, cu, 4, 4, 0.35)
+
+
+def test_packed_loss_and_gradients_equal_one_by_one_and_the_probe_passes():
+    varlen.register()
+    model = tiny_model("llama", "sdpa")
+    model.set_attn_implementation(varlen.FLASH4)
+    assert varlen.FLASH4 in PACKING_BACKENDS
+    assert prepare_for_packing(model) is False and needs_boundaries(model)
+    samples = make_samples()
+    ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples))
+    loss, grads = sum_loss_and_grads(model, packed(samples, collator=PackedCollator(PAD, boundaries=True)))
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
+    assert check_isolation(model, PackedCollator(PAD, boundaries=True)) < 1e-4
+
+
+H200 = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0), flash4=True)
+
+
+@pytest.mark.parametrize("facts, half, expected", [
+    (H200, True, []),
+    (H200, False, ["runs flash kernels, which take bf16 or fp16: add --bf16"]),
+    (fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0)), True,
+     ["flash-attention 4 is not installed (pip install flash-attn-4)"]),
+    (fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(8, 0), flash4=True),
+     True, ["not this GPU's 8.0; use flex_attention or torch_varlen"]),
+    (fast_path.Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False, flash4=True), False, []),
+])
+def test_problems_name_the_fix(facts, half, expected):
+    found = fast_path.problems(SpeedArguments(), varlen.FLASH4, True, facts, half=half)
+    assert len(found) == len(expected) and all(e in f for e, f in zip(expected, found))
+
+
+def test_padding_free_stays_off_and_capabilities():
+    choice = fast_path.choose_padding_free("auto", varlen.FLASH4, True)
+    assert choice.value is False and "nearly full" in choice.reason
+    assert flash4.supports((9, 0)) and flash4.supports((10, 0))
+    assert not flash4.supports((8, 0)) and not flash4.supports(None)
+
+
+def test_flash_attn_4_alone_is_not_flash_attn_2(monkeypatch, tmp_path):
+    # flash-attn-4 installs the flash_attn.cute package only: flash_attention_2 must not be chosen for it
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert flash4.installed()
+    assert not fast_path.flash_attn_2_installed()
+    facts = fast_path.probe_facts()
+    assert facts.flash4 and not facts.flash_attn
