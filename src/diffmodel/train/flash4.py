@@ -49,7 +49,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, 
     out, lse, *_ = _interface()._flash_attn_fwd(
         q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
         softmax_scale=scale, causal=True, return_lse=True)
-    return out, lse
+    return out.contiguous(), lse.contiguous()  # the strides the fake versions promise torch.compile
 
 
 @_fwd.register_fake
@@ -65,7 +65,7 @@ def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     dq, dk, dv, *_ = _interface()._flash_attn_bwd(
         q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
         max_seqlen_q=max_q, max_seqlen_k=max_k)
-    return dq, dk, dv
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
 @_bwd.register_fake
