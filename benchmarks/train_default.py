@@ -66,6 +66,7 @@ import glob
 import io
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -442,14 +443,44 @@ def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profil
     if not profile:
         args["profile"] = None
     spec.write_text(json.dumps({"arm": arm, "args": args, "data_file": str(data_file), "work": str(work), "out": str(out)}))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one_round", str(spec)], stderr=subprocess.PIPE,
-                          text=True)
+    # a session of its own: stopping this benchmark stops the round's process and the compile workers it started
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--one_round", str(spec)], stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate()
+    except BaseException:
+        _stop_group(proc)
+        raise
     if proc.returncode != 0 or not out.exists():
         log = work / f"round_{arm}.stderr"
-        log.write_text(proc.stderr)
-        print(f"{arm}: the end of the failed round's error output (all of it in {log}):\n{proc.stderr.strip()[-4000:]}", file=sys.stderr)
-        raise RuntimeError(f"the process of this round exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        log.write_text(stderr)
+        print(f"{arm}: the end of the failed round's error output (all of it in {log}):\n{stderr.strip()[-4000:]}", file=sys.stderr)
+        raise RuntimeError(f"the process of this round exited with {proc.returncode}: {stderr.strip()[-300:]}")
     merge(results, arm, json.loads(out.read_text()))
+
+
+def _stop_group(proc) -> None:
+    """SIGTERM to the round's process group, SIGKILL after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except Exception:  # noqa: BLE001 - still running: the next signal
+            continue
+
+
+class Stopped(BaseException):
+    """SIGTERM (``timeout``, a scheduler) reached the benchmark: the rounds that finished are reported."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
 
 
 def one_round(spec_path: Path) -> int:
@@ -521,22 +552,29 @@ def main(argv=None) -> int:
     arms = [x for x in a.arms.split(",") if x]
     results: dict = {}
     failed: dict = {}
-    for rnd in range(a.rounds):
-        for arm in arms if rnd % 2 == 0 else arms[::-1]:
-            if arm in failed:
-                continue
-            try:
-                if a.isolate:
-                    run_isolated(arm, a, data_file, work, results, profile=arm not in results)
-                else:
-                    run_arm(arm, a, texts, data_file, work, results, cuda)
-            except Exception as err:  # an arm the machine cannot run is reported, the others go on
-                failed[arm] = f"{type(err).__name__}: {str(err)[:300]}"
-                print(f"round {rnd} {arm}: FAILED {failed[arm]}", flush=True)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        for rnd in range(a.rounds):
+            for arm in arms if rnd % 2 == 0 else arms[::-1]:
+                if arm in failed:
+                    continue
+                try:
+                    if a.isolate:
+                        run_isolated(arm, a, data_file, work, results, profile=arm not in results)
+                    else:
+                        run_arm(arm, a, texts, data_file, work, results, cuda)
+                except Exception as err:  # an arm the machine cannot run is reported, the others go on
+                    failed[arm] = f"{type(err).__name__}: {str(err)[:300]}"
+                    print(f"round {rnd} {arm}: FAILED {failed[arm]}", flush=True)
+    except Stopped:
+        print(f"stopped (SIGTERM) in round {rnd}: the table has the rounds that finished", flush=True)
     table = []
     for arm in arms:
         if arm in failed:
             table.append({"arm": arm, "error": failed[arm]})
+            continue
+        if arm not in results:
+            table.append({"arm": arm, "error": "stopped before a round of it finished"})
             continue
         r = results[arm]
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],

@@ -1,9 +1,12 @@
 """benchmarks/train_default.py: its token accounting on hand-made batches, and a tiny run of the script."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,3 +205,26 @@ def test_merge_adds_rounds_and_keeps_the_peak():
     merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "compiled": 2})
     assert results["pack"] == {"seconds": 3.0, "loss_tok": 20, "real_tok": 40, "useful": 10.0, "steps": 4, "rows": 8,
                                "mem": 7, "setup_s": [3.0, 1.0], "choices": {"a": 1}, "compiled": 2}
+
+
+def test_sigterm_stops_the_round_process_and_reports_what_finished(tmp_path):
+    # `timeout N python train_default.py --isolate ...` used to stop the benchmark but not the round's process,
+    # which went on holding the GPU and the output pipe
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "train_default.py"), "--tiny", "--arms", "pack,pack_torch_tiles",
+         "--workers", "1", "--workdir", str(tmp_path), "--isolate"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    child = None
+    for line in proc.stdout:
+        if ": a round in process " in line:
+            child = int(line.split("process ")[1])
+            break
+    assert child is not None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped (SIGTERM) in round 0" in out
+    assert "| pack | failed: stopped before a round of it finished |" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

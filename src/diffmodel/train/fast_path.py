@@ -16,7 +16,10 @@ card):
   ``--attn_implementation torch_varlen`` (:mod:`diffmodel.train.varlen`:
   torch's own varlen flash kernels, no flash-attn package) is offered but not
   chosen by default: on an H200 it matched flex_attention at ~110M and ran
-  0.95x its tokens/s at ~1B (benchmarks/RESULTS.md).
+  0.95x its tokens/s at ~1B (benchmarks/RESULTS.md). Nor is
+  ``--attn_implementation fa4_varlen`` (flash-attention 4's kernels,
+  :mod:`diffmodel.train.flash4`): on an H200 its attention ran 0.70x / 0.96x
+  flex_attention's with the tiles for the ~110M / ~1B heads.
 - **padding-free batches** (``--padding_free``): one flattened row per batch
   with the sample boundaries. Needed by flash attention (its kernels see
   packing only in a one-row batch); otherwise off: best-fit-decreasing rows
