@@ -12,7 +12,7 @@ its longest row with one more segment of pad tokens (positions from 0, labels
 ignored), so the pad tokens form a sample of their own. With ``flatten`` (for
 flash attention, whose kernels only see packing in a batch of one row) the
 batch becomes one row, with ``cu_seq_lens_q/k`` and ``max_length_q/k`` built
-from the sample boundaries. With ``boundaries`` (for ``torch_varlen``, see
+from the sample boundaries. With ``boundaries`` (for ``torch_varlen`` and ``fa4_varlen``, see
 :mod:`diffmodel.train.varlen`) rows keep their shape and the batch also
 carries ``cu_seq_lens_q/k`` of its rows laid end to end, with
 ``max_length_q/k`` the row width (one value per shape, so a compiled model
