@@ -164,7 +164,7 @@ H200 = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=F
     (H200, True, []),
     (H200, False, ["runs flash kernels, which take bf16 or fp16: add --bf16"]),
     (fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0)), True,
-     ["flash-attention 4 is not installed (pip install flash-attn-4)"]),
+     ["flash-attention 4 is not installed (pip install --pre flash-attn-4, with [cu13] for a CUDA 13 torch)"]),
     (fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(8, 0), flash4=True),
      True, ["not this GPU's 8.0; use flex_attention or torch_varlen"]),
     (fast_path.Facts(cuda=False, flash_attn=False, flex_attention=True, liger=False, flash4=True), False, []),

@@ -61,7 +61,7 @@ class ModelArguments:
     model_revision: str = arg("main", "Model version (branch, tag or commit).")
     trust_remote_code: bool = arg(False, "Allow model code from the checkpoint folder.")
     torch_dtype: str | None = arg(None, "Load the model in this dtype: auto, bfloat16, float16 or float32. Default: the checkpoint's own dtype (transformers 5); a model trained from scratch is built in float32.", choices=["auto", "bfloat16", "float16", "float32"])
-    attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2, torch_varlen (torch's own varlen flash kernels, GPU with --bf16; with --packing), fa4_varlen (flash-attention 4's varlen kernels: pip install flash-attn-4, Hopper/Blackwell GPU with --bf16; with --packing) (default: with --packing the fastest that keeps samples apart here, logged with its reason: flash-attn, else flex_attention on a GPU, else sdpa; without --packing the model's own choice).")
+    attn_implementation: str | None = arg(None, "Attention backend: eager, sdpa, flex_attention, flash_attention_2, torch_varlen (torch's own varlen flash kernels, GPU with --bf16; with --packing), fa4_varlen (flash-attention 4's varlen kernels: pip install --pre flash-attn-4, Hopper/Blackwell GPU with --bf16; with --packing) (default: with --packing the fastest that keeps samples apart here, logged with its reason: flash-attn, else flex_attention on a GPU, else sdpa; without --packing the model's own choice).")
     dropout: float | None = arg(0.1, "Dropout set on every dropout setting of the model config (residual, embedding, attention), as the reference did. Pass a negative value to keep the checkpoint's.")
 
 

@@ -405,7 +405,7 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
                          "(torch 2.10 or later); use flex_attention or sdpa")
     if attn_requested == FLASH4:
         if not facts.flash4:
-            found.append(f"--attn_implementation {FLASH4}: flash-attention 4 is not installed (pip install flash-attn-4); "
+            found.append(f"--attn_implementation {FLASH4}: flash-attention 4 is not installed (pip install --pre flash-attn-4, with [cu13] for a CUDA 13 torch); "
                          "use flex_attention or torch_varlen")
         elif facts.cuda and not flash4.supports(facts.capability):
             cap = ".".join(map(str, facts.capability))

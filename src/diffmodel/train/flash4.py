@@ -1,6 +1,6 @@
 """flash-attention 4's varlen kernels as torch operators (``--attn_implementation fa4_varlen``).
 
-flash-attention 4 (``pip install flash-attn-4``: the ``flash_attn.cute``
+flash-attention 4 (``pip install --pre flash-attn-4``: the ``flash_attn.cute``
 package, kernels written in CuTe DSL and compiled on first use) has varlen
 forward and backward kernels for Hopper (compute capability 9.x) and
 Blackwell (10.x) GPUs. Its own autograd function is opaque to

@@ -4,7 +4,7 @@
 ``torch.nn.attention.varlen.varlen_attn`` (flash-attention's varlen kernels
 built into torch on CUDA; no ``flash_attn`` package needed);
 ``--attn_implementation fa4_varlen`` with flash-attention 4's kernels
-(:mod:`diffmodel.train.flash4`; ``pip install flash-attn-4``, Hopper and
+(:mod:`diffmodel.train.flash4`; ``pip install --pre flash-attn-4``, Hopper and
 Blackwell GPUs). Both work alike: rows keep their
 shape: the packed collator adds the sample boundaries of the whole batch
 (``cu_seq_lens_q/k`` over its rows laid end to end, and ``max_length_q/k``,
