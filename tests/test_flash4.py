@@ -190,3 +190,15 @@ def test_flash_attn_4_alone_is_not_flash_attn_2(monkeypatch, tmp_path):
     assert not fast_path.flash_attn_2_installed()
     facts = fast_path.probe_facts()
     assert facts.flash4 and not facts.flash_attn
+
+
+def test_the_log_says_why_installed_flash_attention_4_is_not_chosen():
+    choice = fast_path.choose_attention(None, True, H200)
+    assert choice.value == "flex_attention"
+    assert "flash-attention 4 is installed, but its attention ran 0.70x-0.96x" in choice.reason
+    assert "--attn_implementation fa4_varlen uses it" in choice.reason
+    without = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0))
+    assert "flash-attention 4" not in fast_path.choose_attention(None, True, without).reason
+    a100 = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(8, 0), flash4=True)
+    assert "flash-attention 4" not in fast_path.choose_attention(None, True, a100).reason  # no kernels for it there
+    assert fast_path.choose_attention(varlen.FLASH4, True, H200).value == varlen.FLASH4

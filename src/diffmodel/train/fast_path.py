@@ -189,6 +189,9 @@ def choose_attention(requested: str | None, packing: bool, facts: Facts, padding
         no_flash = f"{kind} models have no flash attention"
     else:
         no_flash = "--padding_free off rules out flash-attn, which needs flattened batches" if flash else "flash-attn is not installed"
+    if facts.flash4 and facts.cuda and flash4.supports(facts.capability):
+        no_flash += (f"; flash-attention 4 is installed, but its attention ran 0.70x-0.96x flex_attention's on an H200: "
+                     f"--attn_implementation {FLASH4} uses it")
     if facts.cuda and facts.flex_attention and not lacks("flex_attention"):
         return Choice("flex_attention", f"on a GPU its block-sparse mask skips the blocks between samples ({no_flash})")
     fallback = "eager" if lacks("sdpa") else "sdpa"
