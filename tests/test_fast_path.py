@@ -587,13 +587,18 @@ class TestLossLogits:
     def test_the_same_losses_and_accuracy_from_the_logits_at_the_loss_positions(self, data_dir, model, request):
         model_dir = request.getfixturevalue(model)
         runs = [_train(model_dir, data_dir, f"loss_logits_{model}_{s}", "--packing", "--max_steps", "3", "--loss_logits", s)
-                for s in ("off", "on")]
-        assert [r["code"] for r in runs] == [0, 0]
+                for s in ("off", "on", "output")]
+        assert [r["code"] for r in runs] == [0, 0, 0]
         logs = [[h for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h] for r in runs]
         assert len(logs[0]) == 3
-        assert [h["loss"] for h in logs[1]] == pytest.approx([h["loss"] for h in logs[0]], rel=1e-5)
-        assert [h["mean_token_accuracy"] for h in logs[1]] == [h["mean_token_accuracy"] for h in logs[0]]
-        assert [h["num_loss_tokens"] for h in logs[1]] == [h["num_loss_tokens"] for h in logs[0]]
+        for picked_log in logs[1:]:
+            assert [h["loss"] for h in picked_log] == pytest.approx([h["loss"] for h in logs[0]], rel=1e-5)
+            assert [h["mean_token_accuracy"] for h in picked_log] == [h["mean_token_accuracy"] for h in logs[0]]
+            assert [h["num_loss_tokens"] for h in picked_log] == [h["num_loss_tokens"] for h in logs[0]]
+        assert any(m.startswith("fast path: logits at the loss positions only: output (set by --loss_logits output: ") for m in runs[2]["log"])
+        output_only = {"tiny_gpt2_dir": "the output layer and the loss",
+                       "tiny_llama_dir": "the output layer and the loss (the last decoder layer whole: --loss_logits output)"}[model]
+        assert f"fast path: at the loss positions only: {output_only}" in runs[2]["log"]
         assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs[1]["log"]
         picked = {"tiny_gpt2_dir": "the output layer and the loss",  # sdpa on the CPU, rows of several samples
                   "tiny_llama_dir": "the output layer and the loss, and the last decoder layer's MLP too, and its attention's "

@@ -96,6 +96,31 @@ def test_loss_gradients_and_accuracy_equal_the_full_forward(model_type, flatten)
     assert int(got[1]) == int(num_items)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_output_only_runs_the_last_layer_whole_with_the_full_forwards_loss_and_gradients(model_type):
+    # --loss_logits output: the output layer and the loss at the loss positions, the last decoder layer at every one
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD)(rows)
+    picked_batch = PackedCollator(PAD, loss_positions=True)(rows)
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+    model = tiny(model_type)
+    full, full_grads = _loss_and_grads(model, full_batch, num_items)
+    loss_logits.install(model, last_layer=False)
+    assert "forward" not in model.model.layers[-1].__dict__  # the last layer keeps its own forward
+    calls = _mlp_inputs(model)
+    picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
+    rows_, width = full_batch["input_ids"].shape
+    assert calls == [(0, (rows_, width, 32)), (1, (rows_, width, 32))]
+    assert picked.loss_logits.shape == (len(picked_batch["loss_index"]), VOCAB)
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert loss_logits.plan(model, last_layer=False) == \
+        "the output layer and the loss (the last decoder layer whole: --loss_logits output)"
+    loss_logits.uninstall(model)
+    assert "forward" not in model.__dict__
+
+
 @pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
 def test_a_sliding_window_shorter_than_the_samples_keeps_loss_and_gradients_equal(model_type):
     """One-row batches (sdpa: the last layer's queries at the loss positions) of a model whose window of 4 positions
@@ -258,15 +283,19 @@ def test_uninstall_gives_back_the_forward_the_model_had():
     ({}, True, {"use_liger_kernel": True}, GPU, "llama", False, "liger-kernel's fused loss builds no logits already"),
     ({"loss_logits": "off"}, True, {}, GPU, "llama", False, "set by --loss_logits off"),
     ({"loss_logits": "on"}, True, {}, CPU, "gemma2", True, "set by --loss_logits on"),
+    ({"loss_logits": "output"}, True, {}, CPU, "llama", "output", "set by --loss_logits output: the output layer and the loss only"),
 ])
 def test_the_choice(speed, packing, training, facts, model_type, expected, reason):
     path = choose(SpeedArguments(**speed), None, packing, _training(**training), facts, model_type)
-    assert path.loss_logits.value is expected and path.loss_logits.reason.startswith(reason)
+    assert path.loss_logits.value == expected and type(path.loss_logits.value) is type(expected)
+    assert path.loss_logits.reason.startswith(reason)
 
 
 def test_without_packing_it_is_refused_with_the_fix():
     [problem] = problems(SpeedArguments(loss_logits="on"), None, False, GPU)
     assert problem == "--loss_logits on picks the loss positions of packed batches: add --packing"
+    [problem] = problems(SpeedArguments(loss_logits="output"), None, False, GPU)
+    assert problem == "--loss_logits output picks the loss positions of packed batches: add --packing"
 
 
 class TestStartupCheck:

@@ -312,11 +312,17 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
                         "the NaN/inf loss check on the GPU)")
 
 
+#: ``--loss_logits output``: the output layer and the loss at the loss positions, not the last decoder layer's picks.
+OUTPUT_ONLY = "output"
+
+
 def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts, model_type: str | None, sharded: bool) -> Choice:
     """``liger``: liger-kernel was chosen (its fused loss replaces the output layer already); ``sharded``:
     --deepspeed or --fsdp was given."""
     if given := _given(setting, "loss_logits"):
         return given
+    if setting == OUTPUT_ONLY:
+        return Choice(OUTPUT_ONLY, "set by --loss_logits output: the output layer and the loss only, the last decoder layer whole")
     if not packing:
         return Choice(False, "no --packing")
     if liger:
@@ -422,8 +428,8 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         found.append("--liger on needs a GPU (liger's kernels are Triton GPU kernels); pass --liger auto or off")
     if speed.liger == "on" and speed.compile == "on":
         found.append("--liger on and --compile on: liger's fused loss fails under torch.compile (torch 2.11, liger-kernel 0.8.5); pass one of them")
-    if speed.loss_logits == "on" and not packing:
-        found.append("--loss_logits on picks the loss positions of packed batches: add --packing")
+    if speed.loss_logits in ("on", OUTPUT_ONLY) and not packing:
+        found.append(f"--loss_logits {speed.loss_logits} picks the loss positions of packed batches: add --packing")
     if speed.padding_free == "on" and not packing:
         found.append("--padding_free on flattens packed rows: add --packing")
     if speed.padding_free == "off" and attn_requested in FLASH:

@@ -132,10 +132,11 @@ def supports(model_type: str | None) -> bool:
     return model_type in SUPPORTED
 
 
-def install(model) -> None:
+def install(model, last_layer: bool = True) -> None:
     """Give this model instance the forward of the module docstring; DiffModelError for a model type not in
     :data:`SUPPORTED`. The decoder and the output layer are looked up at each call, so adapters added later
-    (LoRA on ``lm_head``) take part."""
+    (LoRA on ``lm_head``) take part. ``last_layer=False`` (``--loss_logits output``): the positions are picked after
+    the decoder, whose last layer runs whole, for every model type."""
     kind = model.config.model_type
     if not supports(kind):
         raise DiffModelError(f"--loss_logits on: {kind} models are not supported (only {', '.join(SUPPORTED)}); "
@@ -143,7 +144,7 @@ def install(model) -> None:
     full = model.forward
     own = model.__dict__.get("forward")  # an instance's forward set before (liger-kernel's), or None
     decoder = getattr(model, model.base_model_prefix)
-    early = kind in LAST_LAYER
+    early = last_layer and kind in LAST_LAYER
     if early:
         _pick_in_last_layer(_last_layer(decoder), queries=kind in LAST_QUERIES)
 
@@ -221,12 +222,14 @@ def uninstall(model) -> None:
     _restore(model)
 
 
-def plan(model) -> str:
+def plan(model, last_layer: bool = True) -> str:
     """What :func:`install` gave ``model`` to run at the loss positions alone, for the start-up log."""
     kind = model.config.model_type
     picked = "the output layer and the loss"
     if kind not in LAST_LAYER:
         return picked
+    if not last_layer:
+        return f"{picked} (the last decoder layer whole: --loss_logits output)"
     layer = _last_layer(getattr(model, model.base_model_prefix))
     if kind not in LAST_QUERIES:
         return f"{picked}, and the last decoder layer's MLP too"

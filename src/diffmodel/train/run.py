@@ -347,8 +347,9 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if path.liger.value:
         apply_liger(model)
     if path.loss_logits.value:
-        loss_logits.install(model)
-        logger.info("fast path: at the loss positions only: %s", loss_logits.plan(model))
+        last_layer = path.loss_logits.value != fast_path.OUTPUT_ONLY
+        loss_logits.install(model, last_layer=last_layer)
+        logger.info("fast path: at the loss positions only: %s", loss_logits.plan(model, last_layer=last_layer))
     collator_of = functools.partial(make_collator, model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
                                     row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
     try:
