@@ -202,3 +202,22 @@ def test_fp32_inputs_under_autocast_run_in_bf16():
     half = [t.bfloat16().float() for t in (q, k, v)]
     torch.testing.assert_close(out.float(), _reference(*half, [0, 2, 6, 9, 12]), atol=2e-2, rtol=2e-2)
     assert varlen.attention(None, q, k, v, None, cu_seq_lens_q=cu, max_length_q=6)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", varlen.NAMES)
+def test_a_sliding_window_narrower_than_the_rows_is_refused_with_the_fix(name):
+    # the varlen kernels attend causally over each whole sample: a window shorter than a sample would be ignored
+    from transformers import MistralConfig, MistralForCausalLM
+
+    varlen.register()
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=64, sliding_window=4, use_cache=False)
+    model = MistralForCausalLM(cfg)
+    model.set_attn_implementation(name)
+    batch = packed(make_samples(), collator=PackedCollator(PAD, boundaries=True))[0]
+    with pytest.raises(DiffModelError, match=f"--attn_implementation {name}: this model attends within a sliding window of 4 "
+                                             "tokens.*use --attn_implementation flex_attention"):
+        model(**batch)
+    model.config.sliding_window = 64  # wider than any row: nothing to apply
+    assert model(**batch).loss.isfinite()

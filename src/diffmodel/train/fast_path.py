@@ -79,9 +79,8 @@ import importlib.util
 import json
 from dataclasses import dataclass
 
-from diffmodel.train import flex_kernels
+from diffmodel.train import flash4, flex_kernels
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
-from diffmodel.train import flash4
 from diffmodel.train.varlen import FLASH4
 from diffmodel.train.varlen import NAME as VARLEN
 from diffmodel.train.varlen import NAMES as VARLEN_NAMES

@@ -20,7 +20,7 @@ torch has no varlen kernel, each sample runs through sdpa on its own: same
 results, slowly; that is what the CPU tests check. The kernel needs bf16 or
 fp16 inputs: under mixed precision (``--bf16``) the queries and keys arrive in
 fp32 from the rotary embedding and are cast to the autocast dtype here
-(:func:`half_dtype`). On an H200 ``torch_varlen`` it measured 1.01x flex_attention's tokens/s at
+(:func:`half_dtype`). On an H200 ``torch_varlen`` measured 1.01x flex_attention's tokens/s at
 ~110M and 0.95x at ~1B (benchmarks/RESULTS.md), so the fast path does not
 choose it.
 """
@@ -83,19 +83,19 @@ def register() -> None:
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
               cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
     """transformers' attention interface: ``query`` (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
-    return _attend(_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q, cu_seq_lens_k,
-                   max_length_q, max_length_k, **kwargs)
+    return _attend(NAME, _kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
+                   cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
 
 
 def attention_flash4(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
                      cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
     """:func:`attention` with flash-attention 4's kernels."""
-    return _attend(_flash4_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
+    return _attend(FLASH4, _flash4_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
                    cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
 
 
-def _attend(gpu_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q, cu_seq_lens_k,
-            max_length_q, max_length_k, **kwargs):
+def _attend(name, gpu_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
+            cu_seq_lens_k, max_length_q, max_length_k, **kwargs):
     batch, heads, length, dim = query.shape
     half = half_dtype(query)
     if cu_seq_lens_q is None:
@@ -105,6 +105,11 @@ def _attend(gpu_kernel, module, query, key, value, attention_mask, scaling, drop
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         cu_seq_lens_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
         max_length_q = length
+    window = kwargs.get("sliding_window")
+    if window is not None and window < int(max_length_q):
+        raise DiffModelError(f"--attn_implementation {name}: this model attends within a sliding window of {window} tokens, "
+                             f"which the varlen kernels do not apply, and a sample here can be {int(max_length_q)} tokens "
+                             f"long; use --attn_implementation flex_attention (or sdpa), or --block_size {window} or less")
     cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
     max_k = max_length_k if max_length_k is not None else max_length_q
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
