@@ -68,6 +68,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -434,8 +435,6 @@ def merge(results: dict, arm: str, r: dict) -> None:
 
 def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profile: bool) -> None:
     """One round of ``arm`` in a new Python process; its figures are merged into ``results``."""
-    import subprocess
-
     spec = work / f"round_{arm}.json"
     out = work / f"round_{arm}_result.json"
     out.unlink(missing_ok=True)
@@ -461,8 +460,6 @@ def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profil
 
 def _stop_group(proc) -> None:
     """SIGTERM to the round's process group, SIGKILL after 10 s."""
-    import signal
-
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
@@ -471,7 +468,7 @@ def _stop_group(proc) -> None:
         try:
             proc.wait(wait)
             return
-        except Exception:  # noqa: BLE001 - still running: the next signal
+        except subprocess.TimeoutExpired:  # still running: the next signal
             continue
 
 
@@ -552,6 +549,7 @@ def main(argv=None) -> int:
     arms = [x for x in a.arms.split(",") if x]
     results: dict = {}
     failed: dict = {}
+    rnd = 0
     signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         for rnd in range(a.rounds):

@@ -130,8 +130,8 @@ def _live_writer(saved: dict | None) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
-    except OSError:  # alive, owned by another user
-        return pid
+    except PermissionError:  # alive, owned by another user
+        pass
     return pid
 
 

@@ -29,7 +29,8 @@ MAJORS = (9, 10)
 
 
 def installed() -> bool:
-    """Whether ``flash_attn.cute`` (flash-attn-4) can be found; does not import it."""
+    """Whether ``flash_attn.cute`` (flash-attn-4) can be found; imports the ``flash_attn`` package (flash-attn-4's
+    is empty), not the kernels."""
     try:
         return importlib.util.find_spec("flash_attn.cute") is not None
     except (ImportError, ValueError):

@@ -58,8 +58,8 @@ def flex_takes(attn) -> bool:
     key than query heads: Llama 3, Qwen) unless :data:`REPEAT_GROUPED`. Compiled for the GPU (as ``diffmodel train``
     runs it), such a model's training step failed inside flex_attention with the loss positions' queries (an H200,
     torch 2.11, a ~1B Llama of 32 query and 4 key heads), while a model of equal heads trained (~110M, 12 and 12) and
-    the uncompiled GPU check of a grouped model gave the full forward's loss and gradients; those models keep the
-    layer's own attention and pick the positions after it (the MLP pick only)."""
+    the GPU check of a small grouped model (4 query, 2 key heads), compiled or not, gave the full forward's loss and
+    gradients; those models keep the layer's own attention and pick the positions after it (the MLP pick only)."""
     return REPEAT_GROUPED or getattr(attn, "num_key_value_groups", 1) == 1
 
 
