@@ -99,6 +99,7 @@ class _Job:
     exists: bool
     delete: bool = False
     result: ApplyResult | None = None
+    source: str | None = None  # a renamed file: real path of its old name (read there, removed once written)
 
 
 def _read_patch(name: str) -> str:
@@ -143,14 +144,25 @@ def _plan(args: argparse.Namespace, sections: list[ParsedDiff]) -> list[_Job]:
         path = safe_path(args.directory, name)
         if os.path.isdir(path):
             raise DiffModelError(f"{name!r} is a folder, not a file")
-        jobs.append(_Job(name, path, section, os.path.exists(path), delete and args.output is None))
+        job = _Job(name, path, section, os.path.exists(path), delete and args.output is None)
+        if args.file is None and section.renamed_from is not None and section.renamed_from != name:
+            job.source = safe_path(args.directory, section.renamed_from)
+        jobs.append(job)
     return jobs
 
 
 def _run_job(job: _Job, mode: str) -> ApplyResult:
     section = job.section
     new_file = section.old_path == DEV_NULL or all(h.old_len == 0 for h in section.hunks)
-    if job.exists:
+    if job.source is not None:  # git's "rename from": the text is the old file's, written at the new name
+        if job.exists:
+            return ApplyResult(None, ApplyStatus.FAILED, [], section.status,
+                               [f"the patch renames {section.renamed_from} to this file, but it already exists"])
+        if not os.path.isfile(job.source):
+            raise DiffModelError(f"{section.renamed_from!r} (renamed to {job.name!r}): no such file in the working folder")
+        with open(job.source, "rb") as handle:
+            before = handle.read().decode("utf-8", errors="surrogateescape")
+    elif job.exists:
         with open(job.path, "rb") as handle:
             before = handle.read().decode("utf-8", errors="surrogateescape")
         if section.old_path == DEV_NULL and before:
@@ -159,7 +171,16 @@ def _run_job(job: _Job, mode: str) -> ApplyResult:
         before = ""
     else:
         raise DiffModelError(f"{job.name!r}: no such file in the working folder")
-    return apply_diff(before, section, mode)
+    if section.header_only:  # a rename without edits, a new empty file, a mode change: no line to change
+        text = "" if section.new_path == DEV_NULL else before
+        return ApplyResult(text, ApplyStatus.APPLIED, [], section.status, _rename_note(job))
+    result = apply_diff(before, section, mode)
+    result.notes[:0] = _rename_note(job)
+    return result
+
+
+def _rename_note(job: _Job) -> list[str]:
+    return [f"renamed from {job.section.renamed_from}"] if job.source is not None else []
 
 
 def _report(job: _Job, out) -> None:
@@ -186,6 +207,11 @@ def _write(job: _Job, output: str | None) -> None:
             raise DiffModelError(f"cannot delete {job.path}: {err.strerror}") from None
     else:
         write_bytes(job.path, data)  # makes the missing folders of a new file
+        if job.source is not None:  # a rename: the old name goes once the new file is written
+            try:
+                os.remove(job.source)
+            except OSError as err:
+                raise DiffModelError(f"wrote {job.path}, but cannot delete the renamed {job.source}: {err.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             _report(job, report_to)
         if not applies:
-            print("nothing written: not every hunk applied" + ("" if args.lenient else " (try --lenient)"), file=sys.stderr)
+            # --lenient can only help a hunk that was read; a binary patch or a text without hunks it cannot
+            hint = not args.lenient and any(job.section.hunks for job in jobs if not job.result.ok)
+            print("nothing written: not every hunk applied" + (" (try --lenient)" if hint else ""), file=sys.stderr)
             return 1
         print("dry run: nothing written", file=report_to)
         return 0

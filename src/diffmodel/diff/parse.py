@@ -126,6 +126,11 @@ class ParsedDiff:
     #: for a diff whose lines end in CRLF: the same diff read byte for byte
     #: (the hunks above have one CR dropped per line); else None
     verbatim: ParsedDiff | None = field(default=None, repr=False, compare=False)
+    #: git's ``rename from`` name (the file is read there and written at ``new_path``); else None
+    renamed_from: str | None = None
+    #: a git section that changes no line: a rename without edits, a new empty file, a mode change
+    #: (it has no hunk, so its status is ``bad_format``, but there is nothing to apply)
+    header_only: bool = False
 
     @property
     def ok(self) -> bool:
@@ -209,13 +214,41 @@ def _is_blank(line: str) -> bool:
     return line in ("\n", "\r\n")
 
 
+_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def _unquote(name: str) -> str:
+    """A name git wrote C-style quoted (``"a/na\\303\\257ve.py"``: octal bytes, ``\\t``, ``\\"``) as text
+    (bytes that are not UTF-8 as ``surrogateescape``, as the files are read)."""
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        if ch == "\\" and i + 1 < len(name):
+            nxt = name[i + 1]
+            octal = name[i + 1:i + 4]
+            if len(octal) == 3 and all(c in "01234567" for c in octal):
+                out.append(int(octal, 8) & 0xFF)
+                i += 4
+                continue
+            if nxt in _C_ESCAPES:
+                out.append(_C_ESCAPES[nxt])
+                i += 2
+                continue
+        out.extend(ch.encode("utf-8", "surrogateescape"))
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
 def _path(raw: str) -> str:
     name = raw.rstrip("\r\n")
+    if len(name.strip()) >= 2 and name.strip()[0] == name.strip()[-1] == '"':
+        return _unquote(name.strip()[1:-1])
     if "\t" in name:  # "--- name\t2024-01-01 00:00:00" (timestamps from diff -u)
         name = name.split("\t", 1)[0]
     name = name.strip()
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = name[1:-1]
+    if len(name) >= 2 and name[0] == '"' and name.rfind('"') > 0:  # quoted, then a tab and a timestamp
+        return _unquote(name[1:name.rfind('"')])
     return name
 
 
@@ -237,6 +270,9 @@ class _Section:
         self.new_path: str | None = None
         self.has_header = False
         self.skipped_after_hunk: list[str] = []
+        self.renamed_from: str | None = None
+        self.extended = False  # read a git extended header line (rename, new file, mode, index)
+        self.binary = False
 
     def finish(self) -> ParsedDiff:
         if any(line.strip() for line in self.skipped_after_hunk):
@@ -246,7 +282,9 @@ class _Section:
             status = Status.BAD_FORMAT
         else:
             status = Status.REPAIRED if self.notes else Status.VALID
-        return ParsedDiff(status, self.hunks, self.notes, self.old_path, self.new_path)
+        header_only = not self.hunks and self.extended and not self.binary and self.new_path is not None
+        return ParsedDiff(status, self.hunks, self.notes, self.old_path, self.new_path,
+                          renamed_from=self.renamed_from, header_only=header_only)
 
 
 def _read_hunk(lines: list[str], i: int, number: int, notes: list[str]) -> tuple[Hunk | None, int]:
@@ -400,7 +438,7 @@ def _read_sections(lines: list[str], first_notes: list[str]) -> list[ParsedDiff]
             if line.startswith("diff --git "):
                 parts = line.rstrip("\r\n")[len("diff --git "):].split(" ")
                 if len(parts) == 2 and cur.old_path is None:
-                    cur.old_path, cur.new_path = _strip_prefixes(parts[0], parts[1])
+                    cur.old_path, cur.new_path = _strip_prefixes(_path(parts[0]), _path(parts[1]))
                 i += 1
             else:
                 cur.old_path, cur.new_path = _strip_prefixes(_path(line[4:]), _path(lines[i + 1][4:]))
@@ -417,9 +455,20 @@ def _read_sections(lines: list[str], first_notes: list[str]) -> list[ParsedDiff]
             continue
         if line.startswith(_BINARY):
             cur.notes.append("binary patches are not supported")
+            cur.binary = True
         elif cur.hunks:
             cur.skipped_after_hunk.append(line)
-        elif not (cur.has_header and line.startswith(_GIT_EXTENDED)) and line.strip():
+        elif cur.has_header and line.startswith(_GIT_EXTENDED):
+            cur.extended = True
+            if line.startswith("rename from "):
+                cur.renamed_from = cur.old_path = _path(line[len("rename from "):])
+            elif line.startswith("rename to "):
+                cur.new_path = _path(line[len("rename to "):])
+            elif line.startswith("new file mode"):
+                cur.old_path = "/dev/null"
+            elif line.startswith("deleted file mode"):
+                cur.new_path = "/dev/null"
+        elif line.strip():
             if "ignored text before the first hunk" not in cur.notes:
                 cur.notes.append("ignored text before the first hunk")
         i += 1
