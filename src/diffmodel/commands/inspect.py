@@ -61,6 +61,8 @@ def inspect_problems(args: InspectArguments, data_args: DataArguments) -> list[s
         problems.append("give --tokenizer_name DIR (a tokenizer or model checkpoint folder)")
     if args.rows < 0:
         problems.append(f"--rows {args.rows} must be 0 or more (rows shown)")
+    if args.split not in ("train", "validation"):
+        problems.append(f"--split {args.split}: give train or validation")
     if args.max_chars < 1:
         problems.append(f"--max_chars {args.max_chars} must be at least 1 (characters shown per row)")
     defaults = DataArguments()
@@ -68,6 +70,28 @@ def inspect_problems(args: InspectArguments, data_args: DataArguments) -> list[s
         if getattr(data_args, name) != getattr(defaults, name):
             problems.append(f"--{name} is a diffmodel train flag: inspect shows the rows the data flags make; drop it")
     return problems + data_problems(data_args)
+
+
+def unknown_flags_message(unknown: list[str], parser) -> str:
+    """The command-line words no inspect flag took (a flag with the values after it), each unknown
+    flag with its close matches among the known ones."""
+    import difflib
+
+    known = [s for action in parser._actions for s in action.option_strings
+             if s.startswith("--") and "-" not in s[2:]]
+    groups: list[list[str]] = []
+    for word in unknown:
+        if word.startswith("-") or not groups:
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    parts = []
+    for group in groups:
+        close = difflib.get_close_matches(group[0].split("=", 1)[0].replace("-", "_").replace("__", "--", 1), known, n=3) \
+            if group[0].startswith("--") else []
+        parts.append(" ".join(group) + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return (f"unknown argument(s): {'; '.join(parts)}. See diffmodel inspect --help for its flags "
+            f"(diffmodel train flags that do not shape the rows are not taken)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((InspectArguments, DataArguments))
     parser.prog = "diffmodel inspect"
     parser.description = DESCRIPTION
-    args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    args, data_args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise DiffModelError(unknown_flags_message(unknown, parser))
     raise_if_problems(inspect_problems(args, data_args), "diffmodel inspect cannot start")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from diffmodel.checkpoint import check_tokenizer_source

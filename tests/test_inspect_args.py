@@ -1,0 +1,25 @@
+"""``diffmodel inspect``: command-line mistakes are one error naming the flag, before anything is loaded."""
+
+from __future__ import annotations
+
+from diffmodel.cli import main
+
+
+def test_unknown_flags_are_named_with_close_matches(tmp_path, capsys):
+    rc = main(["inspect", "--tokenizer_name", str(tmp_path / "tok"), "--train_file", "data.jsonl",
+               "--block-sise", "12", "--bogus_flag", "stray", "--rows", "2"])
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        "diffmodel inspect: error: unknown argument(s): --block-sise 12 (did you mean --block_size?); "
+        "--bogus_flag stray. See diffmodel inspect --help for its flags "
+        "(diffmodel train flags that do not shape the rows are not taken)\n")
+
+
+def test_a_split_other_than_train_or_validation_is_refused_with_the_other_problems(tmp_path, capsys):
+    rc = main(["inspect", "--tokenizer_name", str(tmp_path / "tok"), "--train_file", str(tmp_path / "d.jsonl"),
+               "--split", "valid", "--rows", "-1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffmodel inspect: error: diffmodel inspect cannot start:\n"
+                          "  - --rows -1 must be 0 or more (rows shown)\n"
+                          "  - --split valid: give train or validation\n")
