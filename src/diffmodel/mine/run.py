@@ -21,7 +21,10 @@ which import the main script before they start. A worker that dies is never
 replaced: the run stops with a :class:`DiffModelError`. A script that calls
 :func:`mine` without an ``if __name__ == "__main__":`` guard would call it
 again in every worker while it imports; that call raises at once, before it
-touches the output folder, naming the fix.
+touches the output folder, naming the fix. A worker ends itself once the
+main process is gone (even after SIGKILL), and ignores SIGTERM: the main
+process turns SIGTERM into :class:`Terminated` (exit status 143), dropping the
+open shards and stopping the pool, so the same command resumes.
 
 Resume invariants:
 - A source's done-marker is written only once every shard holding its samples
@@ -43,11 +46,15 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
+import time
 import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -120,6 +127,8 @@ class MineConfig:
         if not self.inputs and not self.rows:
             problems.append("nothing to mine: pass git repositories (or folders of them) and/or --rows FILE")
         problems.extend(filter(None, map(row_file_problem, self.rows)))
+        if os.path.exists(self.output) and not os.path.isdir(self.output):
+            problems.append(f"--output_dir {self.output} is a file, not a folder; choose a new or empty folder")
         if self.context < 0:
             problems.append(f"--context must be >= 0, got {self.context}")
         try:
@@ -218,6 +227,25 @@ def _load_token_counter(tokenizer: str | None):
     return count
 
 
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker process once its parent is gone (killed, or ended without shutting the pool
+    down): an idle worker waits on the task queue forever and would otherwise outlive the run."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="diffmodel-mine-parent-watch", daemon=True).start()
+
+
+def _init_pool_worker(options: SampleOptions, tokenizer: str | None, parent: int) -> None:
+    # SIGTERM sent to the whole process group (timeout, a scheduler) is the main process's to handle:
+    # it stops the pool; a worker that died of it first would look like a broken worker.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with_parent(parent)
+    _init_worker(options, tokenizer)
+
+
 def _init_worker(options: SampleOptions, tokenizer: str | None) -> None:
     _WORKER.clear()
     _WORKER.update(options=options, count_tokens=_load_token_counter(tokenizer), cat=None)
@@ -260,7 +288,7 @@ def _ordered(tasks: Iterable[tuple], workers: int, options: SampleOptions, token
     # A concurrent.futures pool, not multiprocessing.Pool: Pool replaces a worker
     # that dies while starting, forever; this one fails the pending work instead.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(options, tokenizer))
+                               initializer=_init_pool_worker, initargs=(options, tokenizer, os.getpid()))
     pending: deque[Future] = deque()
     try:
         for task in tasks:
@@ -296,6 +324,35 @@ def _refuse_in_starting_worker() -> None:
             "mine() was called while a worker process was importing the main script: the script calls mine() "
             "without a guard. Put the call under `if __name__ == \"__main__\":` (worker processes import the "
             "script), or pass workers=1")
+
+
+class Terminated(SystemExit):
+    """SIGTERM stopped the run; it exits with 143 (128 + SIGTERM) once the open shards are dropped and
+    the workers stopped. Rerunning the same command resumes."""
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While mining, SIGTERM raises :class:`Terminated` (so unfinished shards are dropped and the worker
+    processes stopped) instead of ending the process on the spot; a second SIGTERM ends it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:
+        yield
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        print("\ndiffmodel mine: stopped by SIGTERM; run the same command to resume", file=sys.stderr)
+        raise Terminated(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------ the run
@@ -348,22 +405,22 @@ class MineRun:
         options = self.config.output_options()
         options_path = self.state / "options.json"
         if self.out.exists() and self.config.overwrite:
-            for sub in (*SPLITS, STATE_DIR):
-                if (self.out / sub).is_dir():
-                    shutil.rmtree(self.out / sub)
-            for name in (MANIFEST, MANIFEST + ".tmp"):
-                if (self.out / name).exists():
-                    (self.out / name).unlink()
+            self._clear_output()
         if options_path.is_file():
             stored = json.loads(options_path.read_text("utf-8"))
-            if stored.get("options") != options:
+            if stored.get("options") == options:
+                self.split_by = stored["split_by"]
+                return
+            if any(complete_shards(self.out / s, s) for s in SPLITS):
                 changed = sorted(k for k in set(options) | set(stored.get("options", {}))
                                  if options.get(k) != stored.get("options", {}).get(k))
                 raise DiffModelError(
                     f"{self.out} was mined with other options (changed: {', '.join(changed)}); "
                     f"use a new --output_dir, or pass --overwrite to start that folder again")
-            self.split_by = stored["split_by"]
-            return
+            # No sample was written with the old options (e.g. a run whose filters left nothing and that
+            # asked for looser ones): nothing to keep, so the corrected command starts the folder again.
+            self.warn(f"{self.out} holds no samples of its earlier run; starting it again with these options")
+            self._clear_output()
         if self.out.exists() and any(self.out.iterdir()):
             raise DiffModelError(
                 f"{self.out} exists and is not the output of diffmodel mine (no {STATE_DIR}/options.json); "
@@ -373,6 +430,15 @@ class MineRun:
         (self.state / "done").mkdir(parents=True, exist_ok=True)
         (self.state / "shards").mkdir(parents=True, exist_ok=True)
         write_json_atomic(options_path, {"format": FORMAT, "options": options, "split_by": self.split_by})
+
+    def _clear_output(self) -> None:
+        """Delete what diffmodel mine wrote in the output folder (splits, state, manifest)."""
+        for sub in (*SPLITS, STATE_DIR):
+            if (self.out / sub).is_dir():
+                shutil.rmtree(self.out / sub)
+        for name in (MANIFEST, MANIFEST + ".tmp"):
+            if (self.out / name).exists():
+                (self.out / name).unlink()
 
     def _sidecar(self, shard: Path) -> Path:
         return self.state / "shards" / (shard.name.removesuffix(".jsonl.zst") + ".json")
@@ -602,6 +668,10 @@ class MineRun:
             if config.rows and not manifest["rows_converted"] and not manifest["changed_files"]:
                 raise DiffModelError(f"no samples were written to {self.out}: the row file(s) held no rows "
                                      f"(--rows {', '.join(config.rows)})")
+            if self.skipped and not manifest["sources"]:
+                skipped = "; ".join(f"{item.get('name', item['path'])}: {item['reason']}" for item in self.skipped)
+                raise DiffModelError(f"no samples were written to {self.out}: every repository was skipped "
+                                     f"({skipped}). See --licenses, or pass other repositories")
             dropped = ", ".join(f"{k}: {v}" for k, v in sorted(manifest["dropped"].items(), key=lambda kv: -kv[1]) if v)
             raise DiffModelError(
                 f"no samples were written to {self.out} ({manifest['commits'].get(COMMITS_LISTED, 0)} commits "
@@ -647,5 +717,10 @@ class MineRun:
 
 
 def mine(config: MineConfig) -> dict:
-    """Run a mining job (see :class:`MineRun`); returns the manifest."""
-    return MineRun(config).run()
+    """Run a mining job (see :class:`MineRun`); returns the manifest.
+
+    SIGTERM during the job raises :class:`Terminated` (a ``SystemExit`` with status 143) after the
+    unfinished shards are dropped; the same call resumes."""
+    run = MineRun(config)
+    with _stop_on_sigterm():
+        return run.run()

@@ -145,6 +145,15 @@ def _as_text(obj: tuple[str, bytes] | None) -> tuple[str | None, str | None]:
     return text, None
 
 
+def _valid_path(path: str) -> bool:
+    """The path git gave (decoded with ``surrogateescape``) was valid UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def mine_commits(repo: Repository, commit_ids: list[str], options: SampleOptions,
                  cat: CatFile, count_tokens=None) -> ChunkResult:
     """Samples of a batch of usable (non-merge) commits, in the order given."""
@@ -179,42 +188,45 @@ def mine_commits(repo: Repository, commit_ids: list[str], options: SampleOptions
         plan.append((commit, entries))
 
     blobs = cat.read_many(wanted)
-    for commit, entries in plan:
-        produced_before = len(result.samples)
-        for change, reason in entries:
-            if reason:
-                result.counts[reason] += 1
-                continue
-            sides = []
-            for oid, mode in ((change.old_oid, change.old_mode), (change.new_oid, change.new_mode)):
-                sides.append(("", None) if _is_null(oid, mode) else _as_text(next(blobs)))
-            (before, reason_before), (after, reason_after) = sides
-            reason = reason_before or reason_after
-            if reason:
-                result.counts[reason] += 1
-                continue
-            name = change.new_path
-            language = language_of(name)
-            if not F.language_ok(language, filters):
-                result.counts[F.DROP_LANGUAGE] += 1
-                continue
-            row = {
-                "repository": repo.name,
-                "commit": commit.id,
-                "parent": commit.parents[0] if commit.parents else "",
-                "date": commit.date,
-                "name": name,
-                "old_name": change.old_path if change.status == "R" else "",
-                "language": language,
-                "message": commit.message.strip(),
-                "before": before,
-                "after": after,
-            }
-            finish_sample(row, options, result, count_tokens)
-        if len(result.samples) > produced_before:
-            result.counts[COMMITS_USED] += 1
-    for _ in blobs:  # nothing should be left; keep the pipe in step regardless
-        pass
+    try:
+        for commit, entries in plan:
+            produced_before = len(result.samples)
+            for change, reason in entries:
+                if reason:
+                    result.counts[reason] += 1
+                    continue
+                sides = []
+                for oid, mode in ((change.old_oid, change.old_mode), (change.new_oid, change.new_mode)):
+                    sides.append(("", None) if _is_null(oid, mode) else _as_text(next(blobs)))
+                (before, reason_before), (after, reason_after) = sides
+                reason = reason_before or reason_after
+                if not reason and not (_valid_path(change.new_path) and _valid_path(change.old_path)):
+                    reason = F.DROP_NON_UTF8  # a file name that is not UTF-8 cannot be written as JSON text
+                if reason:
+                    result.counts[reason] += 1
+                    continue
+                name = change.new_path
+                language = language_of(name)
+                if not F.language_ok(language, filters):
+                    result.counts[F.DROP_LANGUAGE] += 1
+                    continue
+                row = {
+                    "repository": repo.name,
+                    "commit": commit.id,
+                    "parent": commit.parents[0] if commit.parents else "",
+                    "date": commit.date,
+                    "name": name,
+                    "old_name": change.old_path if change.status == "R" else "",
+                    "language": language,
+                    "message": commit.message.strip(),
+                    "before": before,
+                    "after": after,
+                }
+                finish_sample(row, options, result, count_tokens)
+            if len(result.samples) > produced_before:
+                result.counts[COMMITS_USED] += 1
+    finally:  # on an error too: answers already asked for are read, so the pipe stays in step
+        blobs.close()
     return result
 
 
