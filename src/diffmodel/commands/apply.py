@@ -40,6 +40,10 @@ PATCH is either a bare diff body (hunks starting with '@@', as a diff model
 writes them after <DFF>); then FILE names the file to change. Or it is a
 git-style patch whose '---'/'+++' headers name the file(s); FILE may then be
 left out ('a/' and 'b/' prefixes are dropped). PATCH '-' reads standard input.
+What 'git diff' writes applies as git would: renames ('rename from/to': the
+old file is read, the new one written, the old one removed), sections without
+hunks (a pure rename, a new or deleted empty file) and the file names git
+quotes (non-ASCII, tabs). Binary patches are not supported.
 
 By default hunks must match exactly at the line numbers they state. With
 --lenient each hunk is searched for near its stated place, then with line
