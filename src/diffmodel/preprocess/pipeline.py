@@ -127,15 +127,21 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
     counts["dropped_empty_diff"] = pc.sum(pc.equal(starts, EMPTY_DIFF)).as_py() or 0
     ds, _ = _count_filter(ds, "diff_start", lambda start: start >= 0, opts.num_proc, "drop samples without a diff")
     if len(ds) == 0:
-        raise_empty(split, loaded, counts, opts.block_size)
+        raise_empty(split, loaded, counts, opts.block_size, opts.packing)
     return ds.remove_columns(["diff_start", "n_tokens"]), counts
 
 
-def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int):
+def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int, packing: bool = False):
+    """The error for a split left without rows; the fixes named are the ones that apply (--packing drops long samples itself)."""
+    fixes = []
+    if counts.get("dropped_too_long", 0):
+        fixes.append("raise --block_size (--packing drops every sample of --block_size tokens or more: it never splits one)"
+                     if packing else "raise --block_size, drop --ignore_long_samples")
+    fixes.append("check the data (and that --edit_format is the format its text is written in)")
     raise DiffModelError(
         f"the {split} split is empty after preprocessing ({loaded} loaded, {counts.get('dropped_too_long', 0)} dropped as >= --block_size "
         f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without <DFF>, {counts.get('dropped_empty_diff', 0)} dropped "
-        "with an empty diff); raise --block_size, drop --ignore_long_samples, or check the data (and that --edit_format is the format its text is written in)"
+        f"with an empty diff); {', or '.join(fixes)}"
     )
 
 
@@ -251,6 +257,12 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 logger.warning("--force_label has no effect with --skip_concat on rows that are already laid out: their labels were built before layout; rebuild from the raw data to change them")
             rows = ds
             report.samples_kept = len(ds)
+        elif opts.skip_concat and opts.packing:  # raw samples have no position_ids to train them as packed rows
+            raise DiffModelError(
+                f"--skip_concat --packing trains rows an earlier --packing run laid out (input_ids, labels, position_ids), "
+                f"but the {split} split holds samples that are not laid out (columns: {', '.join(ds.column_names)}); "
+                "drop --skip_concat to pack them"
+            )
         else:
             enc_fp = fingerprint(STAGE_VERSION, "encode", source_fingerprint, split, tok_fp, stage_opts)
             encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds, split=split: encode_split(ds, tokenizer, opts, split), opts.overwrite_cache)
@@ -264,7 +276,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 rows, _ = cached_stage(root, "layout", lay_fp, lambda enc=encoded: (layout_split(enc, tokenizer, opts, root / "tmp"), {}), opts.overwrite_cache)
                 shutil.rmtree(root / "tmp", ignore_errors=True)
         if len(rows) == 0:
-            raise_empty(split, report.samples_loaded, asdict(report), opts.block_size)
+            raise_empty(split, report.samples_loaded, asdict(report), opts.block_size, opts.packing)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
         report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).with_format("arrow").iter(batch_size=256), fixed, split, opts.block_size)

@@ -229,11 +229,16 @@ TRAIN_DESCRIPTION = (
 PARSED = tuple[ModelArguments, DataArguments, "TrainingArguments"]
 
 
+#: The usage line of a parse error (and of --help-all).
+SHORT_USAGE = "diffmodel train [FLAGS] | diffmodel train ARGS.yaml|ARGS.json (flags: diffmodel train --help, or --help-all)"
+
+
 def make_parser() -> HfArgumentParser:
     from transformers import HfArgumentParser, TrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments, SpeedArguments, RunArguments))
     parser.prog = "diffmodel train"
+    parser.usage = SHORT_USAGE  # argparse's own would list all ~150 Trainer flags above every bad-value error
     parser.description = TRAIN_DESCRIPTION
     return parser
 
@@ -461,6 +466,10 @@ def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
         problems.append(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} must be at least 1")
     if training_args.do_eval and training_args.per_device_eval_batch_size < 1:
         problems.append(f"--per_device_eval_batch_size {training_args.per_device_eval_batch_size} must be at least 1")
+    if training_args.do_train and training_args.gradient_accumulation_steps < 1:
+        problems.append(f"--gradient_accumulation_steps {training_args.gradient_accumulation_steps} must be at least 1 (1: no accumulation)")
+    if training_args.do_train and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        problems.append(f"--num_train_epochs {training_args.num_train_epochs:g} trains no step; give a positive --num_train_epochs or --max_steps")
     if training_args.learning_rate < 0:
         problems.append(f"--learning_rate {training_args.learning_rate:g} must be 0 or more")
     if (training_args.do_eval and not data_args.streaming and not data_args.validation_file and not data_args.dataset_name
@@ -468,7 +477,31 @@ def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
         problems.append(NO_EVAL_SPLIT)
     if training_args.output_dir and (problem := folder_problem(training_args.output_dir)):
         problems.append(f"--output_dir {training_args.output_dir}: {problem}; choose another folder")
+    if training_args.do_train and (problem := checkpoint_problem(training_args.resume_from_checkpoint, data_args)):
+        problems.append(problem)
     return problems
+
+
+def checkpoint_problem(checkpoint: str | None, data_args) -> str | None:
+    """What keeps ``--resume_from_checkpoint`` from being resumed (None when it can be, or is not given).
+
+    A checkpoint is complete once Trainer wrote its ``trainer_state.json`` (last; with ``--streaming``, then
+    ``stream_state.json``): a folder without it is not a checkpoint, or one whose save was cut short.
+    """
+    if not checkpoint:
+        return None
+    flag = f"--resume_from_checkpoint {checkpoint}"
+    fix = "give a complete checkpoint-N folder of a run's --output_dir, or drop the flag to resume from the last complete checkpoint in --output_dir"
+    folder = Path(checkpoint)
+    if not folder.exists():
+        return f"{flag}: no such folder; {fix}"
+    if not folder.is_dir():
+        return f"{flag}: a file, not a checkpoint folder; {fix}"
+    last = ["trainer_state.json"] + (["stream_state.json"] if getattr(data_args, "streaming", False) else [])
+    missing = [name for name in last if not (folder / name).is_file()]
+    if missing:
+        return (f"{flag}: no {' or '.join(missing)} in it, so it is not a checkpoint, or one whose save was cut short; {fix}")
+    return None
 
 
 def validate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:

@@ -134,6 +134,15 @@ class TokenMetricsMixin:
                     correct, checked, counted, tokens, throughput.square_sum(inputs))
         return (loss, outputs) if return_outputs else loss
 
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer checks --max_steps only after a step: a run resumed from a checkpoint that already reached it
+        # (the same command run again after it finished, or after it died while saving the final model) would
+        # train one step past it. No step is taken then.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def get_batch_samples(self, *args, **kwargs):
         started = time.perf_counter()
         try:

@@ -135,6 +135,10 @@ def apply_overrides(config, text: str) -> None:
                                    ("hidden_size", "num_attention_heads", "head_dim", "num_key_value_heads"))
     derived = isinstance(head_dim, int) and isinstance(hidden, int) and bool(heads) and head_dim == hidden // heads
     multi_head = isinstance(kv, int) and kv == heads
+    malformed = [part for part in text.split(",") if "=" not in part]
+    if malformed:
+        raise DiffModelError(f"--config_overrides {text!r}: {malformed[0]!r} is not KEY=VALUE; "
+                             "give comma-separated KEY=VALUE pairs, e.g. 'n_embd=256,n_layer=4'")
     try:
         config.update_from_string(text)
     except ValueError as err:
@@ -206,7 +210,12 @@ def load_model(model_args, config, tokenizer):
         config.eos_token_id = eos
         config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         config.pad_token_id = tokenizer.pad_token_id
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code, **extra)
+        try:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code, **extra)
+        except ValueError as err:  # sizes the architecture cannot be built with (e.g. a width not divisible by the heads)
+            source = f"--config_overrides {model_args.config_overrides!r}" if model_args.config_overrides else "its config"
+            raise DiffModelError(f"cannot build a new {config.model_type} model from {source}: {str(err).rstrip('.')}; "
+                                 "change --config_overrides (or the --config_name config)") from None
         model.generation_config.eos_token_id = eos
         model.generation_config.bos_token_id = config.bos_token_id
         model.generation_config.pad_token_id = config.pad_token_id

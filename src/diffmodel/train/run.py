@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import json
 import logging
 import math
 import sys
@@ -80,6 +81,14 @@ def last_complete_checkpoint(out_dir: Path, last_file: str = "trainer_state.json
             return str(d)
         logger.warning("skipping %s: it has no %s (its save was cut short)", d, last_file)
     return None
+
+
+def checkpoint_step(checkpoint: str) -> int | None:
+    """The optimizer step a checkpoint folder was saved at (its trainer_state.json), or None when unreadable."""
+    try:
+        return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def make_collator(model, tokenizer, packing: bool, training_args=None, padding_free: bool = False, row_width: int | None = None,
@@ -153,11 +162,19 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
         checkpoint = last_complete_checkpoint(out_dir, STATE_FILE if data_args.streaming else "trainer_state.json")
         if checkpoint:
             logger.info("resuming from the last checkpoint %s (pass --overwrite_output_dir to start over)", checkpoint)
+    done = checkpoint_step(checkpoint) if checkpoint else None
+    finished = done is not None and 0 < training_args.max_steps <= done
+    if finished:
+        logger.info("%s already reached --max_steps %d (step %d): no step is trained; the final model, metrics and plots "
+                    "are written from it (raise --max_steps to train on, or pass --overwrite_output_dir to start over)",
+                    checkpoint, training_args.max_steps, done)
     if data_args.streaming and checkpoint:
         restore_stream_state(trainer, train_ds, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if stopper is not None and stopper.stopped_by == "SIGTERM":
         return None
+    if finished:  # no step was trained in this call, so it has no mean train loss (Trainer would report 0)
+        result.metrics.pop("train_loss", None)
     config = trainer.accelerator.unwrap_model(trainer.model).config
     training_cache = getattr(config, "use_cache", None)
     if use_cache is not None:
