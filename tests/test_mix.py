@@ -41,6 +41,14 @@ class TestParse:
             "--train_file b.jsonl: no :WEIGHT while other --train_file values have one; give every source a weight (e.g. a.jsonl:0.7 'b/*.jsonl:0.3') or none"
         ]
 
+    def test_a_source_given_twice(self):
+        assert parse_sources(["a.jsonl:1", "b.jsonl:1", "a.jsonl:2"])[1] == [
+            "--train_file a.jsonl is given twice (its rows would be read twice); give it once, with the sum of its weights"
+        ]
+        assert parse_sources(["a.jsonl", "a.jsonl"])[1] == [
+            "--train_file a.jsonl is given twice (its rows would be read twice); give it once"
+        ]
+
 
 class TestTheRule:
     def test_counts_stop_at_the_first_source_used_up(self):

@@ -158,6 +158,14 @@ class TestTrainerFlagsRefusedUpFront:
             "  - --gradient_accumulation_steps 0 must be at least 1 (1: no accumulation)\n"
             "  - --num_train_epochs 0 trains no step; give a positive --num_train_epochs or --max_steps")
 
+    def test_save_steps_0_saves_no_checkpoint(self, workdir, tmp_path):
+        with pytest.raises(DiffModelError) as err:
+            train_main(_args(workdir, tmp_path / "out", "--save_steps", "0"))
+        assert str(err.value) == (
+            "diffmodel train cannot start:\n"
+            "  - --save_steps 0 saves no checkpoint (nothing to resume from); give a positive --save_steps, "
+            "or --save_strategy no to save none")
+
     def test_a_bad_value_prints_a_short_usage_and_the_flag(self, workdir, tmp_path, capsys):
         with pytest.raises(SystemExit) as done:
             train_main(_args(workdir, tmp_path / "out", "--learning_rate", "abc"))

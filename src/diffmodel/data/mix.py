@@ -81,6 +81,14 @@ def parse_sources(specs: Sequence[str] | None) -> tuple[list[Source], list[str]]
         sources.append(source)
         if problem:
             problems.append(problem)
+    seen: set[str] = set()
+    for source in sources:
+        if source.pattern in seen:
+            problems.append(
+                f"--train_file {source.pattern} is given twice (its rows would be read twice); give it once"
+                + (", with the sum of its weights" if source.weight is not None else "")
+            )
+        seen.add(source.pattern)
     weighted = [s for s in sources if s.weight is not None]
     if weighted and len(weighted) < len(sources) and not problems:
         plain = ", ".join(s.spec for s in sources if s.weight is None)

@@ -466,6 +466,9 @@ def trainer_problems(data_args: DataArguments, training_args) -> list[str]:
         problems.append(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} must be at least 1")
     if training_args.do_eval and training_args.per_device_eval_batch_size < 1:
         problems.append(f"--per_device_eval_batch_size {training_args.per_device_eval_batch_size} must be at least 1")
+    if training_args.do_train and training_args.save_strategy == "steps" and training_args.save_steps <= 0:
+        problems.append(f"--save_steps {training_args.save_steps:g} saves no checkpoint (nothing to resume from); give a positive "
+                        "--save_steps, or --save_strategy no to save none")
     if training_args.do_train and training_args.gradient_accumulation_steps < 1:
         problems.append(f"--gradient_accumulation_steps {training_args.gradient_accumulation_steps} must be at least 1 (1: no accumulation)")
     if training_args.do_train and training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
