@@ -25,7 +25,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.launch import config_path
 from diffmodel.commands.slurm import main as slurm_main
 from diffmodel.commands.slurm import split_argv
-from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, format_args, render_script
+from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, missing_here, format_args, render_script
 from sample_rows import edit_rows
 
 FAKE_SRUN = f"""#!{sys.executable}
@@ -260,6 +260,31 @@ class TestCommandLine:
         assert path.stat().st_mode & stat.S_IXUSR and (tmp_path / "logs").is_dir()
         assert f"sbatch {path}" in capsys.readouterr().out
         _bash_n(path.read_text())
+
+    def test_files_this_machine_lacks_are_noted(self, tmp_path, capsys):
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "config.json").write_text("{}")
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "a.jsonl").write_text("")
+        here = tmp_path.resolve()
+        args = ["--model_name_or_path", "m", "--train_file", "data/a.jsonl:0.5", "data/b*.jsonl:0.5", "--validation_file", "v.jsonl",
+                "--tokenizer_name", "./tok", "--deepspeed", "ds.json", "--output_dir", "out", "--do_train"]
+        assert missing_here(args, str(tmp_path)) == [
+            f"--train_file data/b*.jsonl: the glob matches no file (seen from {here} on this machine: the job fails at its start unless the nodes have it)",
+            f"--validation_file v.jsonl: no such file (seen from {here} on this machine: the job fails at its start unless the nodes have it)",
+            f"--tokenizer_name ./tok: no such folder (seen from {here} on this machine: the job fails at its start unless the nodes have it)",
+            f"--deepspeed ds.json: no such file (seen from {here} on this machine: the job fails at its start unless the nodes have it)",
+        ]
+        (tmp_path / "data" / "b1.jsonl").write_text("")
+        (tmp_path / "v.jsonl").write_text("")
+        (tmp_path / "ds.json").write_text("{}")
+        (tmp_path / "tok").mkdir()
+        (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+        assert missing_here(args, str(tmp_path)) == []
+        path = tmp_path / "job.sbatch"
+        assert slurm_main(["--output", str(path), "--workdir", str(tmp_path), "--", *TRAIN]) == 0
+        assert "diffmodel slurm: note: --train_file d.jsonl: no such file" in capsys.readouterr().err
+        assert path.is_file()
 
     def test_through_the_diffmodel_command_with_a_clear_error(self, capsys):
         assert cli_main(["slurm", "--dry_run", "--", *TRAIN, "--overwrite_output_dir"]) == 2

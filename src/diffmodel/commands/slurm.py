@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from diffmodel.errors import DiffModelError
-from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, render_script
+from diffmodel.launch.slurm import LAUNCHERS, SlurmOptions, check_train_args, missing_here, render_script
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     own, train_args = split_argv(argv)
     ns = make_parser().parse_args(own)
     opts = SlurmOptions(**{k: v for k, v in vars(ns).items() if k not in ("output", "dry_run")})
-    notes = check_train_args(train_args, opts)
+    notes = check_train_args(train_args, opts) + missing_here(train_args, opts.workdir)
     script = render_script(opts, train_args)
     check_syntax(script)
     for note in notes:

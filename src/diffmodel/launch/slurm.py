@@ -37,6 +37,7 @@ until training ended.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -188,6 +189,42 @@ def check_train_args(train_args: list[str], o: SlurmOptions) -> list[str]:
             notes.append(f"--deepspeed in the train arguments replaces the DeepSpeed settings of {_accelerate_config(o).name}")
     raise_if_problems(problems, "diffmodel slurm cannot write the script")
     return notes
+
+
+def missing_here(train_args: list[str], workdir: str) -> list[str]:
+    """What the train arguments name that this machine does not have, seen from ``workdir`` (where the job starts):
+    data files and globs, the model and tokenizer folders, the DeepSpeed config. Notes, not errors: the nodes may
+    see files this machine does not (node-local scratch); where they share its file system, the job would fail."""
+    from diffmodel.checkpoint import check_model_folder, check_tokenizer_source
+    from diffmodel.data.load import expand_files
+    from diffmodel.data.mix import parse_sources, spec_of
+
+    args = _read_train_args(train_args)
+    listed = lambda value: [] if value in (None, "") else [value] if isinstance(value, str) else list(value)
+    found = []
+    here = os.getcwd()
+    try:
+        os.chdir(workdir)
+    except OSError:
+        return [f"--workdir {workdir} does not exist on this machine, so the train arguments' files were not checked"]
+    try:
+        sources, _ = parse_sources([spec_of(item, "") for item in listed(args.get("train_file"))])
+        found += expand_files([s.pattern for s in sources], "--train_file")[1]
+        found += expand_files(listed(args.get("validation_file")), "--validation_file")[1]
+        for flag, check in (("model_name_or_path", check_model_folder),
+                            ("tokenizer_name", lambda path: check_tokenizer_source(path, "--tokenizer_name"))):
+            if args.get(flag):
+                try:
+                    check(args[flag])
+                except DiffModelError as err:
+                    found.append(str(err) if str(err).startswith(f"--{flag}") else f"--{flag}: {err}")
+        config = args.get("deepspeed")
+        if isinstance(config, str) and config and not config.lstrip().startswith("{") and not os.path.isfile(config):
+            found.append(f"--deepspeed {args['deepspeed']}: no such file")
+    finally:
+        os.chdir(here)
+    return [f"{problem} (seen from {Path(workdir).resolve()} on this machine: the job fails at its start unless the nodes have it)"
+            for problem in found]
 
 
 def _shipped(name: str) -> Path:
