@@ -46,7 +46,7 @@ edit = DiffModel.from_pretrained("runs/diff").edit(code, "Describe the change", 
 | metric | value |
 |---|---|
 | final train loss (last logged step) | 0.8125 |
-| mean train loss | 1.2500 |
+| mean train loss (the steps the last command trained) | 1.2500 |
 | eval loss (diff tokens) | 0.7500 |
 | eval perplexity | 2.1170 |
 | eval mean token accuracy | 0.8000 |

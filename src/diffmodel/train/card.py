@@ -35,7 +35,7 @@ REPORT_COLUMNS = (
 )
 #: result rows: (key in the info's results, title)
 RESULT_ROWS = (
-    ("final_train_loss", "final train loss (last logged step)"), ("train_loss", "mean train loss"),
+    ("final_train_loss", "final train loss (last logged step)"), ("train_loss", "mean train loss (the steps the last command trained)"),
     ("eval_loss", "eval loss (diff tokens)"), ("perplexity", "eval perplexity"),
     ("eval_mean_token_accuracy", "eval mean token accuracy"),
     ("median_tokens_per_second", "tokens/s (median of the logs after the first)"),
