@@ -6,6 +6,8 @@ import json
 import os
 import re
 import stat
+import threading
+import time
 
 import pytest
 
@@ -90,6 +92,20 @@ class TestOneFile:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
         assert "wrote setup.cfg" in err
         assert [p.name for p in tmp_path.iterdir()] == ["setup.cfg"], "no temporary file left behind"
+
+    def test_apply_through_a_symlink_edits_the_file_it_points_to_and_keeps_the_link(self, model_dir, tmp_path, monkeypatch,
+                                                                                       capsys):
+        monkeypatch.chdir(tmp_path)
+        real = tmp_path / "real"
+        real.mkdir()
+        target = _write(real, "calc")
+        (tmp_path / "calc.py").symlink_to(target)
+        code, out, err = _edit(["--model", str(model_dir), "calc.py", "-m", "Fix add", "--apply"], capsys)
+        assert code == 0 and out == SAMPLES["calc"]["diff"] and "wrote calc.py" in err
+        assert os.readlink(tmp_path / "calc.py") == str(target)
+        assert target.read_text() == SAMPLES["calc"]["after"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["calc.py", "real"]
+        assert [p.name for p in real.iterdir()] == ["calc.py"], "no temporary file left behind"
 
     def test_lenient_edit_applies(self, model_dir, tmp_path, monkeypatch, capsys):
         monkeypatch.chdir(tmp_path)
@@ -325,6 +341,51 @@ class TestErrors:
         assert code == 2 and "is not UTF-8 text" in err
         code, _, err = _edit(["--model", str(tmp_path / "nope"), str(path), "-m", "m", "--num_samples", "3"], capsys)
         assert code == 2 and "is not UTF-8 text" in err and "does not exist" in err and "--num_samples" in err  # at once
+
+    def test_a_pipe_is_refused_before_the_model_loads_instead_of_blocking(self, model_dir, tmp_path, capsys, monkeypatch):
+        from diffmodel.commands import edit as edit_command
+
+        monkeypatch.setattr(edit_command, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        fifo = tmp_path / "pipe.py"
+        os.mkfifo(fifo)
+        stop = threading.Event()
+
+        def feed():  # a reader of the pipe gets a line, so that a read does not block the test
+            while not stop.is_set():
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:  # no reader
+                    time.sleep(0.05)
+                    continue
+                os.write(fd, b"x = 1\n")
+                os.close(fd)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            code, out, err = _edit(["--model", str(model_dir), str(fifo), "-m", "m"], capsys)
+        finally:
+            stop.set()
+            feeder.join()
+        assert code == 2 and out == ""
+        assert f"FILE {str(fifo)!r} is not a regular file (a pipe, socket or device); give a text file" in err
+
+    def test_jsonl_text_that_is_not_valid_unicode_is_named_by_line_before_the_model_loads(self, model_dir, tmp_path, capsys,
+                                                                                          monkeypatch):
+        from diffmodel.commands import edit as edit_command
+
+        monkeypatch.setattr(edit_command, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text('{"name": "a.py", "before": "", "message": "ok"}\n'
+                       '{"name": "b.py", "before": "x\\ud800\\n", "message": "m"}\n'
+                       '{"name": "c.py", "before": "", "message": "m", "meta": {"tags": ["\\udc00"]}}\n')
+        code, _, err = _edit(["--model", str(model_dir), "--jsonl", str(src), str(dst)], capsys)
+        assert code == 2
+        assert (f"{src}:2: 'before' holds a lone surrogate \\ud800 at character 1, not valid Unicode; write the text "
+                "as UTF-8") in err
+        assert f"{src}:3: 'meta' holds a lone surrogate \\udc00 at character 0, not valid Unicode" in err
+        assert f"{src}:1" not in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
     def test_jsonl_out_must_not_be_in(self, model_dir, tmp_path, capsys):
         src = tmp_path / "in.jsonl"

@@ -308,3 +308,35 @@ def test_an_out_path_ending_in_a_slash_names_a_folder_and_is_refused(tmp_path, c
     code = diffmodel(["eval", "loss", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "none.jsonl"), "-o", out])
     assert code == 2 and f"--out {out} is a folder; give the path of the report file (NAME.json) in it" in capsys.readouterr().err
     assert not (tmp_path / "reports").exists()
+
+
+def test_an_out_path_ending_in_md_is_refused_as_the_markdown_table_would_replace_the_json_report(tmp_path, capsys):
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps(row("calc")) + "\n")
+    out = tmp_path / "edits.md"
+    code = diffmodel(["eval", "edits", "--calibrate", "oracle", "--data", str(data), "--out", str(out), "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"--out {out}: the report is JSON and its Markdown table is written beside it as .md; "
+            f"give NAME.json (e.g. {tmp_path / 'edits.json'})") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout.jsonl"]
+
+
+def test_data_without_a_single_scorable_row_stops_before_the_model_loads_instead_of_scoring_zero(
+        tmp_path_factory, tmp_path, capsys, monkeypatch):
+    from diffmodel.commands import eval as eval_command
+
+    folder = trained_edit_model(tmp_path_factory)
+    loaded = []
+    monkeypatch.setattr(eval_command, "load_model", lambda *a, **k: loaded.append(1))
+    data = tmp_path / "heldout.jsonl"
+    rows = [row("wrong"), row("calc", diff="")]  # the reference does not apply; no reference at all
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "edits.json"
+    code = diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and loaded == []
+    assert (f"nothing to score: none of the 2 rows of {data} [train] is a sample with a known edited file "
+            "(1 skipped_empty_reference, 1 skipped_reference_does_not_apply); give rows with name, before, message and "
+            "a diff that applies to before (or an after column)") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout.jsonl"]

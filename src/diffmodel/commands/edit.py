@@ -205,7 +205,8 @@ def run_one(args) -> int:
             print(f"nothing written: {'no sample' if many else 'the diff'} applied", file=sys.stderr)
         return 1
     if args.apply:
-        write_bytes(os.path.abspath(args.file), edits[chosen].new_code.encode("utf-8"))
+        # through a symlink: the file it points to is edited, the link stays a link
+        write_bytes(os.path.realpath(args.file), edits[chosen].new_code.encode("utf-8"))
         which = f" (sample {chosen + 1})" if many else ""
         print(f"wrote {args.file}{which}", file=sys.stderr)
     return 0

@@ -170,6 +170,9 @@ def _check_out(args, problems: list[str]) -> None:
 
     if Path(args.out).is_dir() or args.out.endswith(("/", os.sep)):  # "runs/new/" names a folder too
         problems.append(f"--out {args.out} is a folder; give the path of the report file (NAME.json) in it")
+    elif Path(args.out).suffix.lower() == ".md":  # the Markdown table goes to NAME.md: it would replace the JSON report
+        problems.append(f"--out {args.out}: the report is JSON and its Markdown table is written beside it as .md; "
+                        f"give NAME.json (e.g. {Path(args.out).with_suffix('.json')})")
     elif problem := folder_problem(Path(args.out).parent):
         problems.append(f"--out {args.out}: {problem}; choose another path")
 
@@ -311,6 +314,11 @@ def run_edits(args) -> int:
     start = time.perf_counter()
     ds, text_column, where = load_rows(args)
     cases, skipped = make_cases(iter(ds), text_column, args.edit_format)
+    if not cases:  # every metric would read 0 as if the model had failed: stop, as eval loss does
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "the split is empty"
+        raise DiffModelError(f"nothing to score: none of the {len(ds)} rows of {where} is a sample with a known edited "
+                             f"file ({why}); give rows with name, before, message and a diff that applies to before "
+                             "(or an after column)")
     editor = _editor(args, [c.after for c in cases])
     summary, rows = evaluate_edits(editor, cases, progress=not args.no_progress, **generation_options(args))
     summary["metrics"].update(skipped)

@@ -1,8 +1,9 @@
 """Reading what ``diffmodel edit`` is asked to edit: a file, its name in the prompt, ``--jsonl`` requests.
 
 Invariants:
-- A file's text comes back byte for byte (CRLF kept); a missing, folder or
-  non-UTF-8 file is a :class:`~diffmodel.errors.DiffModelError` naming it.
+- A file's text comes back byte for byte (CRLF kept); a missing, folder, non-regular
+  (pipe, device) or non-UTF-8 file is a :class:`~diffmodel.errors.DiffModelError` naming it.
+- A ``--jsonl`` line whose text is not valid Unicode (a lone surrogate escape) is a bad line.
 - :func:`read_requests` checks every line and reports every bad one at once
   as FILE:LINE (at most :data:`MAX_LISTED` listed), before any model is loaded.
 """
@@ -25,6 +26,8 @@ def read_text_file(path: str, what: str = "FILE") -> str:
         raise DiffModelError(f"{what} {path!r} does not exist (to write a new file, create it empty first)")
     if os.path.isdir(path):
         raise DiffModelError(f"{what} {path!r} is a folder, not a file")
+    if not os.path.isfile(path):  # a pipe would block the read; a device (/dev/null) would be replaced by --apply
+        raise DiffModelError(f"{what} {path!r} is not a regular file (a pipe, socket or device); give a text file")
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -53,6 +56,24 @@ def _field(row: dict, names: tuple[str, ...]) -> tuple[str | None, object]:
         if name in row:
             return name, row[name]
     return None, None
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """Where ``value`` (a JSON value) holds a string that is not valid Unicode (a lone ``\\ud800``-style escape):
+    a description, else None. Such text cannot be tokenized nor written back as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"a lone surrogate \\u{ord(value[err.start]):04x} at character {err.start}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and (found := _lone_surrogate(key)):
+            return f"a key holds {found}"
+        if found := _lone_surrogate(item):
+            return found
+    return None
 
 
 def read_requests(path: str) -> list[dict]:
@@ -87,6 +108,10 @@ def read_requests(path: str) -> list[dict]:
                     bad.append(f"missing {label}")
                 elif not isinstance(value, str):
                     bad.append(f"{key!r} must be a string, got {type(value).__name__}")
+            for key, value in row.items():
+                if found := _lone_surrogate(key) or _lone_surrogate(value):
+                    bad.append(f"{key!r} holds {found}, not valid Unicode; write the text as UTF-8")
+                    break
             if bad:
                 problems.append(f"{where}: {'; '.join(bad)}")
                 continue
