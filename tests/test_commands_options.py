@@ -94,3 +94,20 @@ def test_a_cuda_device_this_machine_lacks_is_a_usage_problem_before_anything_loa
         assert "no CUDA GPU here" in err and "use cpu" in err
     else:
         assert f"this machine has {torch.cuda.device_count()} CUDA GPU" in err
+
+
+def test_the_model_identity_a_resumed_run_must_match_names_the_tokenizer_files(tmp_path):
+    import argparse
+
+    from diffmodel.commands.options import model_identity
+
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "vocab.json", "merges.txt", "README.md", "loss.png", "trainer_state.json"):
+        (tmp_path / name).write_text(name)
+    args = argparse.Namespace(model=str(tmp_path), dtype="auto", device="cpu")
+    named = [entry[0] for entry in model_identity(args)["model_files"]]
+    assert named == ["config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "vocab.json"]
+    before = model_identity(args)
+    (tmp_path / "tokenizer.json").write_text("another tokenizer")
+    assert model_identity(args) != before

