@@ -251,6 +251,34 @@ class TestTrainResume:
         assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(counts[0], counts[0][1:]))
         assert all(0 <= h["mean_token_accuracy"] <= 1 for h in state["log_history"] if "loss" in h)
 
+    def test_a_bad_record_mid_run_keeps_the_steps_trained(self, data, tiny_gpt2_dir, tmp_path, monkeypatch):
+        lines = (data / "data.jsonl").read_text().splitlines(keepends=True)
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "data.jsonl").write_text("".join(lines[:30]) + '{"text": 1}\n' + "".join(lines[30:]))
+        steps = 12
+        monkeypatch.setenv("DIFFMODEL_STREAM_LOG", str(tmp_path / "log_once"))
+        skip = ("--skip_bad_records",)
+        assert train_main(_args(tiny_gpt2_dir, bad, tmp_path / "once", steps, ("--save_steps", "100", *skip))) == 0
+
+        monkeypatch.setenv("DIFFMODEL_STREAM_LOG", str(tmp_path / "log_cut"))
+        with pytest.raises(DiffModelError) as err:
+            train_main(_args(tiny_gpt2_dir, bad, tmp_path / "cut", steps, ("--save_steps", "100")))
+        message = str(err.value)
+        assert f"{bad / 'data.jsonl'}:31" in message and "--skip_bad_records" in message
+        done = len((tmp_path / "log_cut" / "stream-rank0.jsonl").read_text().splitlines())
+        assert 0 < done < steps  # the record is met mid-run, before the buffer reaches the last rows
+        saved = tmp_path / "cut" / f"checkpoint-{done}"
+        assert message.endswith(f"The steps trained up to step {done} are saved in {saved}; the same command (with the record "
+                                "fixed, or --skip_bad_records) resumes from there.")
+        assert sorted(p.name for p in (tmp_path / "cut").glob("checkpoint-*")) == [saved.name]
+        assert (saved / "stream_state.json").is_file() and (saved / "trainer_state.json").is_file()
+
+        assert train_main(_args(tiny_gpt2_dir, bad, tmp_path / "cut", steps, ("--save_steps", "100", *skip))) == 0
+        assert _trained(tmp_path / "log_cut") == _trained(tmp_path / "log_once")  # as if it had never failed
+        state = json.loads((tmp_path / "cut" / "trainer_state.json").read_text())
+        assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, steps + 1))
+
     def test_checkpoint_without_stream_state_counts_as_cut_short(self, tmp_path):
         for step, files in ((2, ("trainer_state.json", "stream_state.json")), (4, ("trainer_state.json",))):
             (tmp_path / f"checkpoint-{step}").mkdir()

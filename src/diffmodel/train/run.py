@@ -170,7 +170,14 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
                     checkpoint, training_args.max_steps, done)
     if data_args.streaming and checkpoint:
         restore_stream_state(trainer, train_ds, checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except DiffModelError as err:
+        saved = save_before_failing(trainer, data_args, done or 0)
+        if saved is None:
+            raise
+        raise DiffModelError(f"{err}\nThe steps trained up to step {trainer.state.global_step} are saved in {saved}; the same "
+                             "command (with the record fixed, or --skip_bad_records) resumes from there.") from None
     if stopper is not None and stopper.stopped_by == "SIGTERM":
         return None
     if finished:  # no step was trained in this call, so it has no mean train loss (Trainer would report 0)
@@ -198,6 +205,25 @@ def train(trainer, training_args, data_args, train_ds, lora_args, out_dir: Path,
         png = plot_speed(trainer.state.log_history, out_dir / "speed.png", title=f"diffmodel train: {out_dir.name}")
         logger.info("speed plot written to %s", png)
     return metrics
+
+
+def save_before_failing(trainer, data_args, resumed_at: int) -> str | None:
+    """A checkpoint of the last finished step when a ``--streaming`` run fails on its data (a bad record met
+    mid-run), so the steps since the last checkpoint are not lost; the folder, or None where none is written.
+
+    Only in a one-process run: the stream's state is gathered from every rank at a save, and the other ranks of a
+    run are not where this one failed. Nothing is written before the first step, or when that step's checkpoint
+    exists. The rows recorded as trained are those of finished steps: Trainer fetches every micro-batch of a step
+    before training any (``get_batch_samples``), so a step whose data failed trained no row of it."""
+    state = trainer.state
+    if not data_args.streaming or trainer.args.world_size != 1 or state.global_step <= resumed_at:
+        return None
+    folder = Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+    if folder.exists():
+        return None
+    trainer._save_checkpoint(trainer.model, trial=None)
+    trainer.control = trainer.callback_handler.on_save(trainer.args, state, trainer.control)  # writes stream_state.json
+    return str(folder)
 
 
 def add_generation_eval(trainer, data_args, training_args, block_size: int, cache_dir: str | None) -> None:
