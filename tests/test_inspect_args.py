@@ -23,3 +23,14 @@ def test_a_split_other_than_train_or_validation_is_refused_with_the_other_proble
     assert err.startswith("diffmodel inspect: error: diffmodel inspect cannot start:\n"
                           "  - --rows -1 must be 0 or more (rows shown)\n"
                           "  - --split valid: give train or validation\n")
+
+
+def test_a_bad_value_prints_the_short_usage_and_the_flag(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        main(["inspect", "--tokenizer_name", str(tmp_path / "tok"), "--train_file", "d.jsonl", "--block_size", "abc"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == (
+        "usage: diffmodel inspect --tokenizer_name DIR (--train_file FILE... | --dataset_name DIR) [FLAGS]\n"
+        "diffmodel inspect: error: argument --block_size/--block-size: invalid int value: 'abc'\n")

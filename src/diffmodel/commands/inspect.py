@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = HfArgumentParser((InspectArguments, DataArguments))
     parser.prog = "diffmodel inspect"
+    parser.usage = USAGE  # argparse's own would list every data flag above a bad value's one-line error
     parser.description = DESCRIPTION
     args, data_args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
