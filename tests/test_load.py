@@ -425,6 +425,14 @@ class TestBadRecords:
         msg = error_of(tmp_path, train_files=[str(f)])
         assert f"{f}:2: key(s) 'extra' not among the columns of the first record ({f}:1: text)" in msg
 
+    @pytest.mark.parametrize("name", ["manifest.json", "d.jsonl"])
+    def test_one_document_over_several_lines_is_named_as_such(self, tmp_path, name):
+        f = tmp_path / name
+        f.write_text('{\n  "text": "a",\n  "rows": 2\n}\n')
+        msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        assert msg == (f"{f} holds one JSON document over several lines, not records: a .json or .jsonl file is read as one "
+                       "record per line (JSON lines), or, for .json, as a JSON array of records ([{...}, {...}])")
+
     def test_broken_json_array(self, tmp_path):
         f = tmp_path / "d.json"
         f.write_text('[\n{"text": "a"},\n{"text": }\n]')

@@ -210,6 +210,11 @@ class RecordReader:
                     self._bad(f"{origin}: not valid UTF-8 ({err.reason} at byte {err.start})")
                     continue
                 except json.JSONDecodeError as err:
+                    if lineno == 1 and _one_document(path):
+                        raise DiffModelError(
+                            f"{path} holds one JSON document over several lines, not records: a .json or .jsonl file is read as "
+                            "one record per line (JSON lines), or, for .json, as a JSON array of records ([{...}, {...}])"
+                        ) from None
                     self._bad(f"{origin}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})")
                     continue
                 row = self._row(obj, origin)
@@ -292,6 +297,18 @@ def text_problem(row: dict, fields: tuple[str, ...]) -> str | None:
         allowed = "a JSON string, or null for an empty one" if name in NULLABLE_FIELDS and fields == FIELDS else "a JSON string"
         return f"{name!r} is {_json_type(value)}, not text ({allowed})"
     return None
+
+
+def _one_document(path: str) -> bool:
+    """Whether the file is a single JSON object written over several lines (a pretty-printed document, such as a
+    ``manifest.json``), which is not a file of records. Read whole only when its first line did not parse."""
+    limit = 16 << 20  # a larger file is not read whole for this
+    try:
+        with open_bytes(path) as fh:
+            data = fh.read(limit + 1)
+        return len(data) <= limit and isinstance(json.loads(data.removeprefix(_BOM)), dict)
+    except (ValueError, OSError, DiffModelError, zstandard.ZstdError):
+        return False
 
 
 def _first_byte(fh: IO[bytes]) -> bytes:
