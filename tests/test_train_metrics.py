@@ -172,3 +172,30 @@ class TestWithoutLogits:
         trainer.log(logs, 0.0)
         assert (logs["num_tokens"], logs["num_loss_tokens"]) == (8 + 3, 5 + 1)
         assert "mean_token_accuracy" not in logs
+
+
+def test_a_resume_does_not_warn_of_the_tied_output_layer_as_missing():
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from diffmodel.train.metrics import TokenMetricsMixin, tied_names
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                         vocab_size=50, tie_word_embeddings=False))
+    assert tied_names(gpt2) == {"lm_head.weight"} and tied_names(llama) == set()
+
+    class Base:
+        def _issue_warnings_after_load(self, load_result):
+            self.seen = load_result
+
+    class Loader(TokenMetricsMixin, Base):
+        def __init__(self, model):
+            self.model = model
+
+    loader = Loader(gpt2)
+    loader._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight", "transformer.h.0.attn.c_attn.bias"], ["extra"]))
+    assert loader.seen == _IncompatibleKeys(["transformer.h.0.attn.c_attn.bias"], ["extra"])
+    loader = Loader(llama)
+    loader._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight"], []))
+    assert loader.seen == _IncompatibleKeys(["lm_head.weight"], [])  # not tied: really missing

@@ -101,6 +101,16 @@ class _Counts:
         return (correct / checked if checked else None), counted, tokens, squares
 
 
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """The names under which ``model`` holds a parameter it also holds under an earlier name (tied weights)."""
+    seen, tied = set(), set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        seen.add(id(param))
+    return tied
+
+
 class TokenMetricsMixin:
     """Put before ``Trainer`` in the bases: adds the token metrics of the module docstring."""
 
@@ -142,6 +152,15 @@ class TokenMetricsMixin:
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result):
+        # A resumed model whose output layer shares the input embedding's weight (GPT-2) was saved without it, and
+        # Trainer warns of that "missing key" on every resume; the weight was loaded, under the embedding's name.
+        tied = tied_names(self.model)
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            load_result = load_result._replace(missing_keys=missing)
+        return super()._issue_warnings_after_load(load_result)
 
     def get_batch_samples(self, *args, **kwargs):
         started = time.perf_counter()
