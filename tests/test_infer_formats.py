@@ -225,10 +225,10 @@ def test_text_rows_in_another_format_are_skipped_and_counted(tmp_path, capsys):
     data.write_text(json.dumps({"text": formats.get("commit").render(file, before, message, after)}) + "\n")
     out = tmp_path / "edits.json"
     assert cli_main(["eval", "edits", "--calibrate", "oracle", "--data", str(data), "--edit_format", "commit",
-                     "--out", str(out), "--no_progress"]) == 0
-    capsys.readouterr()
-    report = json.loads(out.read_text())
-    assert (report["metrics"]["samples"], report["metrics"]["skipped_text_not_carper"]) == (0, 1)
+                     "--out", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"nothing to score: none of the 1 rows of {data}" in err and "(1 skipped_text_not_carper)" in err
+    assert not out.exists()
 
 
 def test_unknown_edit_format_is_a_usage_error(capsys):

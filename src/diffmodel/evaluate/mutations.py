@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -405,10 +406,21 @@ class Candidate:
     texts: tuple[str, ...]
 
 
+#: Python 3.11 builds AST objects with state shared by all threads, and ``ast.parse`` from several threads at once can
+#: fail with "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905); bugs are found in threads.
+_AST_LOCK = threading.Lock()
+
+
+def parse(source: str) -> ast.Module:
+    """``ast.parse``, one thread at a time (see :data:`_AST_LOCK`)."""
+    with _AST_LOCK:
+        return ast.parse(source)
+
+
 def candidates(source: str, first_line: int = 1) -> list[Candidate]:
     """Every mutation of the code at or after ``first_line``, unchecked, in source order."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return []
     text = _Text(source)
@@ -422,7 +434,7 @@ def candidates(source: str, first_line: int = 1) -> list[Candidate]:
 
 def realize(source: str, first_line: int, candidate: Candidate) -> Mutant | None:
     """The checked mutant of ``candidate``, or None when no text edit gives exactly the mutated AST."""
-    fresh = ast.parse(source)
+    fresh = parse(source)
     node = _ordered_nodes(fresh, first_line)[candidate.node]
     edits = list(_edits(node, fresh, _Text(source), _enclosing_functions(fresh), _parent_map(fresh)))
     operator, description, change, texts = edits[candidate.edit]
@@ -432,7 +444,7 @@ def realize(source: str, first_line: int, candidate: Candidate) -> Mutant | None
         if text == source:
             continue
         try:
-            got = _dump(ast.parse(text))
+            got = _dump(parse(text))
         except SyntaxError:
             continue
         if got == want:
