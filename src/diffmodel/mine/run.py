@@ -453,6 +453,7 @@ class MineRun:
         for marker in sorted(done_dir.glob("*.json")) if done_dir.is_dir() else []:
             data = json.loads(marker.read_text("utf-8"))
             self.done[data["tag"]] = data
+        trimmed: list[tuple[str, int]] = []
         for split in SPLITS:
             for shard in complete_shards(self.out / split, split):
                 sidecar = self._sidecar(shard)
@@ -461,10 +462,15 @@ class MineRun:
                     if self.config.filters.dedup:
                         self.seen.update(F.dedup_key(r["before"], r["diff"]) for r in read_shard(shard))
                     continue
-                self._drop_unfinished(shard, runs)
+                trimmed.append((shard.name, self._drop_unfinished(shard, runs)))
+        if trimmed:
+            kept = sum(n for _, n in trimmed)
+            names = ", ".join(name for name, _ in trimmed[:3]) + (f" and {len(trimmed) - 3} more" if len(trimmed) > 3 else "")
+            self.warn(f"{len(trimmed)} shard(s) held samples of unfinished sources ({names}): kept {kept} sample(s) of "
+                      "finished sources; the unfinished sources are mined again")
 
-    def _drop_unfinished(self, shard: Path, runs: list | None) -> None:
-        """Rewrite ``shard`` keeping only the lines of finished sources.
+    def _drop_unfinished(self, shard: Path, runs: list | None) -> int:
+        """Rewrite ``shard`` keeping only the lines of finished sources; returns how many it kept.
 
         The shard is replaced first and its index second; a run stopped in
         between leaves a shard holding exactly the finished lines of its old
@@ -509,7 +515,7 @@ class MineRun:
         else:
             shard.unlink()
             self._sidecar(shard).unlink(missing_ok=True)
-        self.warn(f"{shard.name}: kept {kept} sample(s) of finished sources; the rest is mined again")
+        return kept
 
     # -- sources
     def _collect_sources(self) -> list[Source]:
