@@ -54,6 +54,8 @@ import contextlib
 import copy
 import gc
 import logging
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -297,25 +299,15 @@ class DiffModel:
         ``cuda_graphs`` (default): on a CUDA device diff-aware decoding keeps each row in a fixed
         place of its KV cache and replays each pass from a CUDA graph (:mod:`diffmodel.infer.places`;
         also unless :attr:`decoder`'s ``cuda_graphs`` is False); False runs every pass eagerly.
+
+        Bad arguments (a request that is not three strings of valid Unicode, an option of the wrong type or
+        out of range) raise one :class:`~diffmodel.errors.DiffModelError` listing each, before anything is generated.
         """
         name = formats.get(edit_format).NAME
         constrained, _ = decoding(name, constrained)
-        reqs = [as_request(r) for r in requests]
-        problems = []
-        if num_samples < 1:
-            problems.append(f"num_samples must be at least 1, got {num_samples}")
-        if num_samples > 1 and temperature <= 0:
-            problems.append(f"num_samples={num_samples} with greedy decoding gives {num_samples} identical samples; set temperature > 0 to sample")
-        if temperature < 0:
-            problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
-        if not 0 < top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            problems.append(f"top_k must be 0 (off) or more, got {top_k}")
-        if batch_size < 1:
-            problems.append(f"batch_size must be at least 1, got {batch_size}")
-        if max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        problems = _option_problems(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, batch_size=batch_size, min_new_tokens=min_new_tokens, top_k=top_k, seed=seed)
+        reqs = _read_requests(requests, problems)
         if problems:
             raise DiffModelError("cannot generate:\n" + "\n".join(f"  - {p}" for p in problems))
         results: list[list[Edit] | None] = [None] * len(reqs)
@@ -427,6 +419,66 @@ class DiffModel:
                 group.append(finish_edit(codes[p], text, reason, end, edit_format))
             edits.append(group)
         return edits
+
+
+#: How many bad requests one error lists.
+MAX_BAD_REQUESTS = 10
+
+
+def _read_requests(requests: Any, problems: list[str]) -> list[EditRequest]:
+    """``requests`` as :class:`EditRequest` objects; what is wrong with them is added to ``problems``."""
+    single = (isinstance(requests, (EditRequest, dict, str, bytes))
+              or (isinstance(requests, tuple) and len(requests) == 3 and all(isinstance(v, str) for v in requests)))
+    if single or not isinstance(requests, Iterable):
+        what = "one request" if single else type(requests).__name__
+        problems.append(f"requests must be a list of requests, got {what}; "
+                        "for one file use edit(code, message, name) or edit_many([request])")
+        return []
+    reqs, bad = [], []
+    for i, item in enumerate(requests):
+        try:
+            reqs.append(as_request(item))
+        except DiffModelError as err:
+            bad.append(f"request {i}: {err}")
+    if len(bad) > MAX_BAD_REQUESTS:
+        bad = bad[:MAX_BAD_REQUESTS] + [f"... and {len(bad) - MAX_BAD_REQUESTS} more bad requests"]
+    problems.extend(bad)
+    return reqs
+
+
+def _option_problems(num_samples, max_new_tokens, temperature, top_p, batch_size, min_new_tokens, top_k, seed) -> list[str]:
+    """What is wrong with :meth:`DiffModel.edit_many`'s generation options, each naming the argument."""
+    problems = []
+    ints = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                min_new_tokens=min_new_tokens, top_k=top_k)
+    reals = dict(temperature=temperature, top_p=top_p)
+    for key, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            problems.append(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+    for key, value in reals.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {type(value).__name__} {value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        problems.append(f"seed must be an integer or None, got {type(seed).__name__} {seed!r}")
+    if problems:  # the range checks below need numbers
+        return problems
+    if num_samples < 1:
+        problems.append(f"num_samples must be at least 1, got {num_samples}")
+    if num_samples > 1 and temperature <= 0:
+        problems.append(f"num_samples={num_samples} with greedy decoding gives {num_samples} identical samples; set temperature > 0 to sample")
+    if temperature < 0:
+        problems.append(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if not 0 < top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        problems.append(f"top_k must be 0 (off) or more, got {top_k}")
+    if batch_size < 1:
+        problems.append(f"batch_size must be at least 1, got {batch_size}")
+    if max_new_tokens < 1:
+        problems.append(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if min_new_tokens < 0:
+        problems.append(f"min_new_tokens must be 0 (off) or more, got {min_new_tokens}")
+    return problems
 
 
 def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[int | None], None]:

@@ -88,24 +88,47 @@ class Edit:
 # -- plain functions over text ---------------------------------------------------------------
 
 
+def _text_problem(label: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the request's ``label`` text (a string that is valid Unicode), else None."""
+    if not isinstance(value, str):
+        hint = " (decode bytes first, e.g. data.decode('utf-8'))" if isinstance(value, (bytes, bytearray)) else ""
+        return f"{label} must be a string, got {type(value).__name__}{hint}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"{label} is not valid Unicode: a lone surrogate \\u{ord(value[err.start]):04x} at character {err.start} "
+                "(text decoded with errors='surrogateescape'?); decode the file as UTF-8 text")
+    return None
+
+
+def _checked(code: Any, message: Any, name: Any, labels: tuple[str, str, str]) -> EditRequest:
+    problems = [p for p in map(_text_problem, labels, (code, message, name)) if p]
+    if problems:
+        raise DiffModelError("bad edit request: " + "; ".join(problems))
+    return EditRequest(code=code, message=message, name=name)
+
+
 def as_request(item: Any) -> EditRequest:
     """An :class:`EditRequest` from a request, a ``(code, message, name)`` tuple or a dict.
 
     A dict takes ``name`` (or ``path``), ``before`` (or ``code``) and ``message``.
+    Each must be a string of valid Unicode (``""`` for ``code`` is a new file);
+    anything else is a :class:`~diffmodel.errors.DiffModelError` naming the field.
     """
     if isinstance(item, EditRequest):
+        _checked(item.code, item.message, item.name, ("code", "message", "name"))
         return item
     if isinstance(item, dict):
-        name = item.get("name", item.get("path"))
-        code = item.get("before", item.get("code"))
-        message = item.get("message")
+        name_key = "name" if "name" in item else "path"
+        code_key = "before" if "before" in item else "code"
+        name, code, message = item.get(name_key), item.get(code_key), item.get("message")
         missing = [k for k, v in (("name/path", name), ("before/code", code), ("message", message)) if v is None]
         if missing:
             raise DiffModelError(f"request {sorted(item)!r} lacks {', '.join(missing)}")
-        return EditRequest(code=str(code), message=str(message), name=str(name))
+        return _checked(code, message, name, (repr(code_key), "'message'", repr(name_key)))
     if isinstance(item, (tuple, list)) and len(item) == 3:
         code, message, name = item
-        return EditRequest(code=str(code), message=str(message), name=str(name))
+        return _checked(code, message, name, ("code (item 0 of the tuple)", "message (item 1)", "name (item 2)"))
     raise DiffModelError(f"cannot read an edit request from {type(item).__name__}: give EditRequest, (code, message, name) or a dict")
 
 
