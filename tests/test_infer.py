@@ -317,6 +317,19 @@ class TestLoading:
         with pytest.raises(DiffModelError, match="does not exist"):
             DiffModel.from_pretrained(tmp_path / "nope")
 
+    def test_a_missing_run_folder_under_a_local_folder_is_not_looked_up_on_the_hub(self, tmp_path, monkeypatch):
+        from diffmodel.checkpoint import check_model_folder, check_tokenizer_source
+
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "runs").mkdir()
+        with pytest.raises(DiffModelError) as err:
+            DiffModel.from_pretrained("runs/diff")  # would wait on huggingface.co before failing
+        assert str(err.value) == "model folder 'runs/diff' does not exist"
+        with pytest.raises(DiffModelError, match="does not exist|no such folder"):
+            check_tokenizer_source("runs/tok", "--tokenizer_name")
+        assert check_model_folder("owner/model") == "owner/model"  # no folder 'owner' here: a Hub id, maybe cached
+        assert check_model_folder("gpt2") == "gpt2"
+
     def test_folder_without_config(self, tmp_path):
         with pytest.raises(DiffModelError, match="no config.json"):
             DiffModel.from_pretrained(tmp_path)

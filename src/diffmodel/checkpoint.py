@@ -63,8 +63,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def _looks_like_hub_id(path: str) -> bool:
-    """``gpt2``, ``owner/name``: a name the Hugging Face Hub (or its local cache) may hold, not a path of this machine."""
-    return path.count("/") <= 1 and not path.startswith((".", "/", "~")) and os.sep == "/"
+    """``gpt2``, ``owner/name``: a name the Hugging Face Hub (or its local cache) may hold, not a path of this machine.
+    ``runs/diff`` where ``runs`` is a folder here is a local path that does not exist (a typo, or a run not yet made),
+    not a Hub id: loading it would wait on the Hub before failing."""
+    if path.count("/") > 1 or path.startswith((".", "/", "~")) or os.sep != "/":
+        return False
+    return "/" not in path or not os.path.isdir(path.split("/", 1)[0])
 
 
 def check_model_folder(path: str | os.PathLike) -> str:
