@@ -330,6 +330,19 @@ class TestLoading:
         assert check_model_folder("owner/model") == "owner/model"  # no folder 'owner' here: a Hub id, maybe cached
         assert check_model_folder("gpt2") == "gpt2"
 
+    def test_a_model_folder_without_a_tokenizer(self, tiny_gpt2_dir, tmp_path):
+        import shutil
+
+        folder = tmp_path / "model"
+        folder.mkdir()
+        for f in tiny_gpt2_dir.iterdir():
+            if f.name in ("config.json", "model.safetensors", "generation_config.json"):
+                shutil.copy(f, folder / f.name)
+        with pytest.raises(DiffModelError) as err:
+            DiffModel.from_pretrained(folder)
+        assert str(err.value) == (f"model folder {str(folder)!r} holds no tokenizer (tokenizer.json / tokenizer_config.json); "
+                                  "save the tokenizer next to the model (tokenizer.save_pretrained(folder)), as diffmodel train does")
+
     def test_folder_without_config(self, tmp_path):
         with pytest.raises(DiffModelError, match="no config.json"):
             DiffModel.from_pretrained(tmp_path)

@@ -125,6 +125,10 @@ def load_checkpoint(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = check_model_folder(path)
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        # AutoTokenizer would give an empty tokenizer of the config's type, and every edit would come out empty
+        raise DiffModelError(f"model folder {name!r} holds no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); save the "
+                             "tokenizer next to the model (tokenizer.save_pretrained(folder)), as diffmodel train does")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     try:
