@@ -439,6 +439,13 @@ class TestBadRecords:
         msg = error_of(tmp_path, train_files=[str(f)], skip_bad_records=True)
         assert f"{f}:3: not valid JSON" in msg
 
+    def test_skipped_records_are_one_warning_per_split(self, tmp_path, caplog):
+        f = self.lines(tmp_path)
+        caplog.set_level("INFO", logger="diffmodel")
+        load(tmp_path, train_files=[str(f)], skip_bad_records=True)
+        said = [r for r in caplog.records if "bad record" in r.getMessage()]
+        assert [(r.levelname, r.getMessage().split(", e.g.")[0]) for r in said] == [("WARNING", "train split: skipped 3 bad record(s)")]
+
     @pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.zst"])
     def test_skip_counts_and_reports(self, tmp_path, name):
         f = self.lines(tmp_path, name)

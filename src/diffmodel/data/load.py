@@ -338,7 +338,7 @@ def _load_json(files: list[str], split: str, opts: LoadOptions, report: LoadRepo
     if stats is None:
         stats = records.ReadStats(rows=len(ds))
     if stats.bad_records:
-        logger.info(
+        logger.warning(  # once per split, for every command that loads data (train, inspect, eval)
             "%s split: skipped %d bad record(s), e.g. %s", split, stats.bad_records, "; ".join(stats.bad_record_examples[:3])
         )
     report.bad_records += stats.bad_records

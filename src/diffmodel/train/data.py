@@ -52,8 +52,6 @@ def build_datasets(data_args, tokenizer, block_size: int, cache_dir: str | None 
     load_opts, opts = options_from(data_args, block_size, cache_dir, seed)
     with first(desc="loading data"):
         raw, load_report = load_raw_datasets(load_opts)
-    if load_report.bad_records:
-        logger.warning("skipped %d malformed records, e.g. %s", load_report.bad_records, "; ".join(load_report.bad_record_examples[:3]))
     if "train" not in raw:
         raise DiffModelError(f"the data has no 'train' split (splits: {list(raw)}); name the training files with --train_file")
     opts = dataclasses.replace(opts, text_column=load_report.text_column or opts.text_column)
