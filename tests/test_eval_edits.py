@@ -129,6 +129,7 @@ class TestHelpers:
 
 def test_the_command_writes_reports_and_one_line_per_sample(tmp_path_factory, tmp_path, capsys):
     folder = trained_edit_model(tmp_path_factory)
+    capsys.readouterr()  # the model's first training, when this test runs first, saves it with a bar of its own
     data = tmp_path / "heldout.jsonl"
     bad = SAMPLES["calc"]["diff"].replace("+    return a + b", "+    return a * b")
     rows = [row(k, language="") for k in STRICT] + [row("calc", diff=bad, language="Calc")]  # "": from the name
@@ -336,7 +337,29 @@ def test_data_without_a_single_scorable_row_stops_before_the_model_loads_instead
     code = diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"])
     err = capsys.readouterr().err
     assert code == 2 and loaded == []
-    assert (f"nothing to score: none of the 2 rows of {data} [train] is a sample with a known edited file "
+    assert (f"nothing to score: none of the 2 rows of {data} is a sample with a known edited file "
             "(1 skipped_empty_reference, 1 skipped_reference_does_not_apply); give rows with name, before, message and "
             "a diff that applies to before (or an after column)") in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout.jsonl"]
+
+
+def test_prompts_too_long_for_the_model_are_counted_in_a_warning_as_they_score_zero(tmp_path_factory, tmp_path, capsys):
+    folder = trained_edit_model(tmp_path_factory)  # 256 positions
+    calc = SAMPLES["calc"]
+    long_calc = row("calc", before=calc["before"] + "# padding line\n" * 300)
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps(row("calc")) + "\n" + json.dumps(long_calc) + "\n")
+    out = tmp_path / "edits.json"
+    assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"]) == 0
+    warning = ("1 of the 2 generations are too_long: the prompt (file, name and message) does not fit the model's "
+               "positions, so nothing was generated and they score 0 on every metric; give shorter samples (diffmodel "
+               "mine --tokenizer_name TOKENIZER --max_tokens N) or a model with more positions")
+    report = json.loads(out.read_text())
+    assert report["statuses"] == {"strict": 1, "too_long": 1}
+    assert report["metrics"]["exact"] == 0.5 and report["warning"] == warning
+    assert report["data"] == str(data)  # the --data files are one set: no split named
+    assert f"warning: {warning}\n" in capsys.readouterr().err
+    assert f"\nwarning: {warning}  \n" in out.with_suffix(".md").read_text()
+    data.write_text(json.dumps(row("calc")) + "\n")
+    assert diffmodel(["eval", "edits", "--model", str(folder), "--data", str(data), "--out", str(out), "--no_progress"]) == 0
+    assert "warning" not in json.loads(out.read_text()) and "warning" not in capsys.readouterr().err

@@ -215,3 +215,42 @@ def test_the_output_layer_runs_at_the_loss_positions_alone_where_the_model_type_
     lengths = sorted((len(x.input_ids) for x in samples), reverse=True)  # batched longest first
     padded_positions = sum(len(lengths[i:i + 3]) * lengths[i] for i in range(0, len(lengths), 3))
     assert sum(rows_seen_scoring) == (loss_tokens if picked else padded_positions)
+
+
+def test_more_samples_skipped_than_scored_is_a_warning_that_names_the_fix(tiny_gpt2_dir, tmp_path, capsys):
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    short = render("src/a.py", "x = 1\n", "Bump x", "@@ -1 +1 @@\n-x = 1\n+x = 2\n")
+    long = render("src/b.py", "y = 1\n" * 40, "Bump y", "@@ -1 +1 @@\n-y = 1\n+y = 2\n")
+    limit = len(tok(short)["input_ids"]) + 1  # the short sample with its EOS fits, the long one does not
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in (short, long, "no marker here")))
+    out = tmp_path / "loss.json"
+    assert diffmodel(["eval", "loss", "--model", str(tiny_gpt2_dir), "--data", str(data), "--out", str(out), "--no_progress",
+                      "--max_length", str(limit)]) == 0
+    warning = (f"2 of the 3 samples were skipped (1 longer than --max_length {limit} tokens, 1 without <DFF>): the loss is "
+               "over the other 1 only; for more, give shorter samples (diffmodel mine --tokenizer_name TOKENIZER "
+               "--max_tokens N) or a larger --max_length (up to the model's positions)")
+    report = json.loads(out.read_text())
+    assert report["metrics"]["samples"] == 1 and report["warning"] == warning
+    assert report["data"] == str(data)  # the --data files are one set: no split named
+    assert f"warning: {warning}\n" in capsys.readouterr().err
+    assert f"\nwarning: {warning}  \n" in out.with_suffix(".md").read_text()
+    # as many skipped as scored: no warning
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in (short, long)))
+    assert diffmodel(["eval", "loss", "--model", str(tiny_gpt2_dir), "--data", str(data), "--out", str(out), "--no_progress",
+                      "--max_length", str(limit)]) == 0
+    assert "warning" not in json.loads(out.read_text()) and "warning" not in capsys.readouterr().err
+
+
+def test_split_is_refused_with_data_files_which_are_one_set(tiny_gpt2_dir, tmp_path, capsys):
+    data = tmp_path / "test-00000.jsonl"
+    data.write_text(json.dumps({"text": render("src/a.py", "x = 1\n", "Bump x", "@@ -1 +1 @@\n-x = 1\n+x = 2\n")}) + "\n")
+    out = tmp_path / "loss.json"
+    assert diffmodel(["eval", "loss", "--model", str(tiny_gpt2_dir), "--data", str(data), "--split", "test",
+                      "--out", str(out), "--no_progress"]) == 2
+    assert capsys.readouterr().err == (
+        "diffmodel eval: error: cannot run eval loss:\n"
+        "  - --split test picks a split of --dataset_name; the --data files are evaluated as one set: give the files of "
+        "that split (e.g. --data 'data/mined/test/*.jsonl.zst'), or the folder that holds the splits as --dataset_name "
+        "(e.g. --dataset_name data/mined)\n")
+    assert not out.exists()

@@ -121,3 +121,16 @@ def test_each_eval_help_says_what_it_does_and_shows_an_example(kind, capsys):
     out = capsys.readouterr().out
     assert out.split("\n\n")[1][0].isupper()  # the description, after the usage
     assert f"example:\n  diffmodel eval {kind} " in out
+
+
+def test_compare_shows_each_reports_data_and_names_what_differs_besides_the_model():
+    a = loss_report(1.5, 1.25, "runs/a") | {"data": "mined/test/*.jsonl.zst", "settings": {"batch_size": 8, "max_length": None}}
+    b = loss_report(1.0, 1.5, "runs/b") | {"data": "mined/validation/*.jsonl.zst", "settings": {"batch_size": 4, "max_length": 512}}
+    text = compare(a, b, "a", "b")
+    assert ("data A: `mined/test/*.jsonl.zst`  \n"
+            "data B: `mined/validation/*.jsonl.zst`  \n"
+            "settings A: batch_size=8, max_length=None  \n"
+            "settings B: batch_size=4, max_length=512  \n"
+            "note: the two reports differ in data, max_length, so B - A is not the models' difference alone  \n") in text
+    same = compare(a, a | {"model": "runs/b", "settings": {"batch_size": 16, "max_length": None}}, "a", "b")
+    assert "note:" not in same  # the batch size does not change the numbers

@@ -34,3 +34,19 @@ def test_a_bad_value_prints_the_short_usage_and_the_flag(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "usage: diffmodel inspect --tokenizer_name DIR (--train_file FILE... | --dataset_name DIR) [FLAGS]\n"
         "diffmodel inspect: error: argument --block_size/--block-size: invalid int value: 'abc'\n")
+
+
+def test_a_block_size_above_the_tokenizer_folders_model_is_shown_with_a_warning_not_refused(tiny_gpt2_dir, tiny_texts,
+                                                                                           tmp_path, capsys):
+    import json
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_texts[:4]))
+    rc = main(["inspect", "--tokenizer_name", str(tiny_gpt2_dir), "--train_file", str(data), "--train_diff_model",
+               "--packing", "--block_size", "512", "--rows", "0", "--no_progress", "--cache_dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert (f"diffmodel inspect: warning: --block_size 512 is larger than the 256 positions of the model in "
+            f"{tiny_gpt2_dir}: diffmodel train refuses it with --model_name_or_path {tiny_gpt2_dir} (use --block_size "
+            "256 or less there), not with a model of more positions\n") in captured.err
+    assert "samples loaded                     4" in captured.out

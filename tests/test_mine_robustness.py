@@ -91,7 +91,11 @@ def test_a_run_that_wrote_nothing_is_rerun_with_looser_filters(tmp_path, capsys)
     assert cli_main(common) == 0
     captured = capsys.readouterr()
     assert captured.err == (f"diffmodel mine: warning: {out} holds no samples of its earlier run; "
-                            f"starting it again with these options\n")
+                            f"starting it again with these options\n"
+                            f"diffmodel mine: warning: the validation split got no sample (--validation_fraction 0.05 "
+                            f"of 3 sample(s), split by commit): {out} has no validation/ folder for --validation_file "
+                            f"or diffmodel eval; mine more history or loosen the filters, or raise "
+                            f"--validation_fraction\n")
     assert captured.out.startswith("wrote 3 samples")
     assert json.loads((out / ".state" / "options.json").read_text())["options"]["filters"]["min_message_words"] == 2
 

@@ -392,7 +392,11 @@ class TestCommandLine:
         assert manifest["languages"] == {"Jsonnet": 1}
         assert manifest["warnings"] == [
             "--languages jsonnet: not a known language (did you mean JSON?); the names are listed in docs/mine.md. "
-            "With --rows it still matches rows whose lang column says so"]
+            "With --rows it still matches rows whose lang column says so",
+            "the validation and test splits got no sample (--validation_fraction 0.05 and --test_fraction 0.05 of 1 "
+            f"sample(s), split by repository): {tmp_path / 'out'} has no validation/ or test/ folder for "
+            "--validation_file or diffmodel eval; mine more history or loosen the filters, or raise "
+            "--validation_fraction and --test_fraction"]
 
     def test_max_tokens_needs_a_tokenizer(self, story, tmp_path, capsys):
         assert cli_main(["mine", str(story), "-o", str(tmp_path / "o"), "--max-tokens", "100"]) == 2
@@ -429,3 +433,22 @@ def test_diffmodel_train_runs_on_mined_output(story, tmp_path, tiny_gpt2_dir):
     assert train_main(args) == 0
     results = json.loads((out / "train_results.json").read_text())
     assert results["train_loss"] > 0
+
+
+def test_a_held_out_split_that_got_no_sample_is_named_with_the_fix(tmp_path, capsys):
+    repo = build_small_repo(tmp_path / "proj", 3).path
+    out = tmp_path / "out"
+    assert cli_main(["mine", str(repo), "-o", str(out), "--no_progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["samples"] == {"total": 3, "train": 2, "validation": 0, "test": 1}
+    warning = (f"the validation split got no sample (--validation_fraction 0.05 of 3 sample(s), split by commit): {out} "
+               "has no validation/ folder for --validation_file or diffmodel eval; mine more history or loosen the "
+               "filters, or raise --validation_fraction")
+    assert manifest["warnings"] == [warning]
+    assert capsys.readouterr().err == f"diffmodel mine: warning: {warning}\n"
+    assert sorted(p.name for p in out.iterdir()) == [".state", "manifest.json", "test", "train"]
+    # splits not asked for (fraction 0) are not warned about
+    assert cli_main(["mine", str(repo), "-o", str(tmp_path / "out0"), "--no_progress", "--validation_fraction", "0",
+                     "--test_fraction", "0"]) == 0
+    assert json.loads((tmp_path / "out0" / "manifest.json").read_text())["warnings"] == []
+    assert capsys.readouterr().err == ""

@@ -75,7 +75,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset_name", metavar="DIR", help="a dataset folder (with --load_from_disk: a save_to_disk folder)")
     g.add_argument("--dataset_config_name", metavar="NAME", help="configuration of --dataset_name")
     g.add_argument("--load_from_disk", action="store_true", help="--dataset_name is a save_to_disk folder")
-    g.add_argument("--split", help="split to evaluate (default: test, else validation, else train)")
+    g.add_argument("--split", help="split of --dataset_name to evaluate (default: test, else validation, else train)")
     g.add_argument("--text_column", help="column with the rendered text (default: text, or render name/before/message/diff)")
     g.add_argument("--max_samples", type=int, metavar="N", help="evaluate only the first N rows of the split")
     g.add_argument("--skip_bad_records", action="store_true", help="skip malformed JSON lines instead of stopping")
@@ -160,6 +160,10 @@ def _check_data_args(args, problems: list[str]) -> None:
         from diffmodel.data.load import expand_files
 
         problems += expand_files(args.data, "--data")[1]
+        if args.split:  # the files are read as one set: there is no split to pick among them
+            problems.append(f"--split {args.split} picks a split of --dataset_name; the --data files are evaluated "
+                            "as one set: give the files of that split (e.g. --data 'data/mined/test/*.jsonl.zst'), or "
+                            "the folder that holds the splits as --dataset_name (e.g. --dataset_name data/mined)")
     if args.max_samples is not None and args.max_samples < 1:
         problems.append(f"--max_samples must be at least 1, got {args.max_samples}")
 
@@ -193,8 +197,9 @@ def load_rows(args):
     ds = raw[split]
     if args.max_samples is not None and args.max_samples < len(ds):
         ds = ds.select(range(args.max_samples))
-    where = " ".join(args.data) if args.data else args.dataset_name
-    return ds, report.text_column or "text", f"{where} [{split}]"
+    if args.data:  # one set, which datasets calls "train" whatever the files hold: no split to name
+        return ds, report.text_column or "text", " ".join(args.data)
+    return ds, report.text_column or "text", f"{args.dataset_name} [{split}]"
 
 
 def _editor(args, oracle_answers):
@@ -282,7 +287,14 @@ def run_loss(args) -> int:
     settings = {"batch_size": args.batch_size, "max_length": args.max_length, "rows": len(ds),
                 "edit_format": args.edit_format, "loss_on": args.loss_on}
     report = {**_base_report("loss", args, settings, start, where), **result}
+    _warn(report)
     return _finish(report, args.out)
+
+
+def _warn(report: dict) -> None:
+    """The report's ``warning`` (numbers that speak for a part of the data only), on stderr as well."""
+    if report.get("warning"):
+        print(f"warning: {report['warning']}", file=sys.stderr)
 
 
 def _bar(total: int, desc: str, off: bool, unit: str = "sample"):
@@ -323,6 +335,7 @@ def run_edits(args) -> int:
     summary, rows = evaluate_edits(editor, cases, progress=not args.no_progress, **generation_options(args))
     summary["metrics"].update(skipped)
     report = _resumption({**_base_report("edits", args, generation_settings(args), start, where), **summary}, editor)
+    _warn(report)
     status = _finish(report, args.out, rows)
     _generations_done(editor)
     return status

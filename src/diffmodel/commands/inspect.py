@@ -7,6 +7,11 @@ runs the same load and preprocessing code, and prints the sanity report and
 the first rows decoded with trained spans in green (or ``⟦brackets⟧`` when the
 output is not a terminal), masked context dim and padding summarised.
 
+The tokenizer folder may hold a model: its positions bound the default
+``--block_size``; a larger ``--block_size`` given is shown with a warning (the
+rows may be meant for a model of more positions, which inspect does not know),
+where ``diffmodel train`` with that model refuses it.
+
 Shape: ``--help`` is printed from the dataclasses before anything heavy is
 imported; then parse (``HfArgumentParser``), validate every flag at once
 (:func:`inspect_problems`, with :func:`diffmodel.train.args.data_problems`),
@@ -123,11 +128,22 @@ def main(argv: list[str] | None = None) -> int:
         raise DiffModelError(f"cannot load a tokenizer from {args.tokenizer_name!r}: {err}") from None
     if args.split == "train":
         data_args = dataclasses.replace(data_args, validation_split_percentage=0)
-    config = None  # a model folder's positions bound the block size as in diffmodel train
+    config = None  # a model folder's positions bound the default block size as in diffmodel train
     if os.path.isfile(os.path.join(args.tokenizer_name, "config.json")):
         from transformers import AutoConfig
 
+        from diffmodel.checkpoint import max_positions
+
         config = AutoConfig.from_pretrained(args.tokenizer_name)
+        limit = max_positions(config)
+        if data_args.block_size is not None and limit and data_args.block_size > limit:
+            # only training that model is bounded by it: the tokenizer may be taken for another model or a new one
+            # (--model_type, --config_overrides), which inspect does not know; show the rows, and say so
+            print(f"diffmodel inspect: warning: --block_size {data_args.block_size} is larger than the {limit} positions "
+                  f"of the model in {args.tokenizer_name}: diffmodel train refuses it with --model_name_or_path "
+                  f"{args.tokenizer_name} (use --block_size {limit} or less there), not with a model of more positions",
+                  file=sys.stderr)
+            config = None
     block_size = resolve_block_size(data_args.block_size, tokenizer, config)
     with bars_off(args.no_progress):
         processed, reports = build_datasets(data_args, tokenizer, block_size, args.cache_dir)

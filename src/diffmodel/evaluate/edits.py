@@ -31,6 +31,10 @@ Cases come from rows with ``name``/``before``/``message``/``diff`` fields (or
 ``carper`` text, and in another format it is skipped and counted
 (``skipped_text_not_carper``): the true file is only read back from a unified diff.
 
+A prompt the model cannot take (``too_long``: it does not fit the model's
+positions) is scored 0 on every metric, and the summary's ``warning`` counts
+such generations.
+
 Invariants:
 - A sample without an ``after`` column whose reference diff does not apply
   strictly to its ``before`` has no truth: it is skipped and counted
@@ -270,6 +274,12 @@ def evaluate_edits(
         "by_language": {lang: t.result() for lang, t in sorted(by_language.items())},
         "statuses": dict(sorted(statuses.items())),
     }
+    too_long = statuses.get(str(EditStatus.TOO_LONG), 0)
+    if too_long:
+        summary["warning"] = (
+            f"{too_long} of the {overall.generations} generations are too_long: the prompt (file, name and message) "
+            "does not fit the model's positions, so nothing was generated and they score 0 on every metric; give "
+            "shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens N) or a model with more positions")
     return summary, rows
 
 

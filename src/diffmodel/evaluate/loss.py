@@ -35,6 +35,8 @@ Invariants:
 - When no sample is left to score (every one skipped, or no loss token),
   :func:`evaluate_loss` raises :class:`DiffModelError` naming the skips and
   the fix, instead of reporting a ``nan`` loss.
+- When more samples are skipped than scored, the result has a ``warning``
+  that counts them and names the fix (:func:`mostly_skipped`).
 """
 
 from __future__ import annotations
@@ -206,12 +208,8 @@ def _batch_losses(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Te
 def nothing_scored(counts: dict[str, int], max_length: int | None, default_length: bool,
                    edit_format: str | None = None) -> DiffModelError:
     """The error for a run with no loss token left: what was skipped and why, and the fix."""
-    limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
     fmt = formats.get(edit_format)
-    skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
-    reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
-    if fmt.NAME != "carper":
-        reasons = reasons.replace("<DFF>", fmt.MARKER.strip())
+    skips, reasons = _skip_reasons(counts, max_length, default_length, edit_format)
     left = counts.get("samples", 0)
     if left:
         head = f"nothing to score: the {left} sample(s) left have no loss token (every label ignored)" + (f", and {reasons}" if reasons else "")
@@ -265,7 +263,39 @@ def evaluate_loss(model, samples: Sequence[LossSample], batch_size: int = 8, max
     metrics.update(skipped or {})
     if not overall.tokens:
         raise nothing_scored(metrics, max_length, default_length, edit_format)
-    return {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
+    result = {"metrics": metrics, "by_language": {k: v.result() for k, v in sorted(by_language.items())}}
+    warning = mostly_skipped(metrics, max_length, default_length, edit_format)
+    if warning:
+        result["warning"] = warning
+    return result
 
 
-__all__ = ["LossSample", "encode_rows", "evaluate_loss", "sample_losses"]
+def _skip_reasons(counts: dict[str, int], max_length: int | None, default_length: bool,
+                  edit_format: str | None) -> tuple[dict[str, int], str]:
+    """The skip counts that are not zero, and them in words (``2 longer than the model's 8 positions, ...``)."""
+    limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
+    fmt = formats.get(edit_format)
+    skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
+    reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
+    if fmt.NAME != "carper":
+        reasons = reasons.replace("<DFF>", fmt.MARKER.strip())
+    return skips, reasons
+
+
+def mostly_skipped(counts: dict[str, int], max_length: int | None, default_length: bool,
+                   edit_format: str | None = None) -> str | None:
+    """A warning when more samples were skipped than scored: the loss then speaks for a few samples only
+    (the short ones, when most are too long), which the headline number alone does not show. None otherwise."""
+    skips, reasons = _skip_reasons(counts, max_length, default_length, edit_format)
+    scored = counts.get("samples", 0)
+    skipped = sum(skips.values())
+    if skipped <= scored:
+        return None
+    fix = ""
+    if "skipped_too_long" in skips:
+        fix = ("; for more, give shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens N) or "
+               + ("a model with more positions" if default_length else "a larger --max_length (up to the model's positions)"))
+    return f"{skipped} of the {skipped + scored} samples were skipped ({reasons}): the loss is over the other {scored} only{fix}"
+
+
+__all__ = ["LossSample", "encode_rows", "evaluate_loss", "mostly_skipped", "sample_losses"]

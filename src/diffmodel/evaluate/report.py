@@ -6,6 +6,7 @@ A report is a dict::
      "model": "runs/model/checkpoint-500",
      "created": "2025-01-01T12:00:00Z",
      "settings": {...},                 # the options that shaped the numbers
+     "warning": "...",                  # only when the numbers speak for a part of the data (most of it skipped)
      "metrics": {"loss": 1.23, ...},    # headline numbers (flat)
      "<breakdown>": {"Python": {...}},  # tables: by_language, by_operator, ...
      ...}
@@ -14,7 +15,8 @@ A report is a dict::
 a temporary file renamed into place (:mod:`diffmodel.atomic`), so a reader
 never sees half a report.
 :func:`compare` lines two reports up metric by metric (headline metrics and
-every breakdown row), with the difference B - A.
+every breakdown row), with the difference B - A, under the data and settings
+of each and a note naming what differs besides the model (:func:`differences`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def markdown(report: dict) -> str:
     if resumed:
         parts.append(f"resumed: {resumed['requests_kept']} of {resumed['requests']} requests' generations were kept from an "
                      "earlier run of the same command (the wall time is this run's)  ")
+    if report.get("warning"):
+        parts.append(f"warning: {report['warning']}  ")
     settings = report.get("settings") or {}
     if settings:
         parts.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
@@ -154,6 +158,18 @@ def flatten(report: dict) -> dict[str, Any]:
     return out
 
 
+#: Settings that do not change a report's numbers (batching, how decoding passes are launched).
+NEUTRAL_SETTINGS = ("batch_size", "cuda_graphs")
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What, besides the model, differs between two reports: ``data`` and each setting that shapes the numbers."""
+    out = ["data"] if a.get("data") != b.get("data") else []
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    out += [k for k in [*sa, *(k for k in sb if k not in sa)] if k not in NEUTRAL_SETTINGS and sa.get(k) != sb.get(k)]
+    return out
+
+
 def compare(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
     """Two reports side by side as a Markdown table (metric, A, B, B - A)."""
     if a.get("kind") != b.get("kind"):
@@ -177,10 +193,16 @@ def compare(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> str:
         "",
     ]
     for side, rep in (("A", a), ("B", b)):
+        if rep.get("data"):
+            head.append(f"data {side}: `{rep['data']}`  ")
+    for side, rep in (("A", a), ("B", b)):
         if rep.get("settings"):
             head.append(f"settings {side}: " + ", ".join(f"{k}={v}" for k, v in rep["settings"].items()) + "  ")
+    differ = differences(a, b)
+    if differ:
+        head.append(f"note: the two reports differ in {', '.join(differ)}, so B - A is not the models' difference alone  ")
     head.append("")
     return "\n".join(head) + "\n" + _table(["metric", label_a, label_b, f"{label_b} - {label_a}"], rows) + "\n"
 
 
-__all__ = ["compare", "finite", "flatten", "fmt", "markdown", "read_report", "write_jsonl_atomic", "write_report"]
+__all__ = ["NEUTRAL_SETTINGS", "compare", "differences", "finite", "flatten", "fmt", "markdown", "read_report", "write_jsonl_atomic", "write_report"]

@@ -669,6 +669,7 @@ class MineRun:
             if bar is not None:
                 bar.close()
         manifest = self.manifest()
+        self._warn_empty_splits(manifest["samples"])  # in the manifest too: its warnings are self.warnings
         write_json_atomic(self.out / MANIFEST, manifest)
         if manifest["samples"]["total"] == 0:
             if config.rows and not manifest["rows_converted"] and not manifest["changed_files"]:
@@ -684,6 +685,24 @@ class MineRun:
                 f"listed, {manifest['changed_files']} changed files; dropped: {dropped or 'none'}). "
                 f"Loosen the filters named there (see diffmodel mine --help)")
         return manifest
+
+    def _warn_empty_splits(self, samples: dict) -> None:
+        """A held-out split that was asked for (fraction above 0) but got no sample has no folder, so the
+        command the docs give next (``--validation_file 'OUT/validation/*'``, ``diffmodel eval --data
+        'OUT/test/*'``) would match no file: say so here, with the way out."""
+        config = self.config
+        asked = (("validation", config.validation_fraction, "--validation_fraction"),
+                 ("test", config.test_fraction, "--test_fraction"))
+        empty = [(split, fraction, flag) for split, fraction, flag in asked if fraction > 0 and not samples.get(split)]
+        if not samples.get("total") or not empty:
+            return
+        names = " and ".join(split for split, _, _ in empty)
+        shares = " and ".join(f"{flag} {fraction:g}" for _, fraction, flag in empty)
+        folders = " or ".join(f"{split}/" for split, _, _ in empty)
+        self.warn(f"the {names} split{'s' if len(empty) > 1 else ''} got no sample ({shares} of {samples['total']} "
+                  f"sample(s), split by {self.split_by}): {self.out} has no {folders} folder for --validation_file "
+                  f"or diffmodel eval; mine more history or loosen the filters, or raise "
+                  f"{' and '.join(flag for _, _, flag in empty)}")
 
     def manifest(self) -> dict:
         counts: Counter = Counter()
