@@ -147,3 +147,20 @@ class TestDropWarningWhenMoreThanHalfIsDropped:
         reports = {s: SplitReport(samples_kept=1, layout="pack", row_format=fields, loss_on="diff") for s in ("train", "validation")}
         [line] = [line for line in format_report(reports).splitlines() if line.startswith("rows are")]
         assert line.split() == ["rows", "are", fields, fields]
+
+
+def test_samples_longer_than_the_tokenizer_maximum_are_not_warned_of():
+    # they are dropped and counted by length later; transformers' "indexing errors" warning only alarms
+    from diffmodel.infer import DiffModel
+    from diffmodel.infer.prompt import EditRequest
+    from diffmodel.sample import render
+    from diffmodel.tiny import build_model, train_tokenizer
+
+    long_text = render("a.py", "x = 1\n" * 20, "m", "@@ -1 +1 @@\n-x = 1\n+x = 2\n")
+    tokenizer = train_tokenizer([long_text] * 4, vocab_size=300, model_max_length=8)
+    tokenize_batch({"text": [long_text]}, tokenizer)
+    model = DiffModel(build_model("gpt2", tokenizer, n_positions=64), tokenizer)
+    assert len(model.encode([EditRequest("x = 1\n" * 20, "m", "a.py")])[0]) > 8
+    assert "sequence-length-is-longer-than-the-specified-maximum" not in tokenizer.deprecation_warnings
+    tokenizer(long_text)  # what a plain call does: the test would see it
+    assert "sequence-length-is-longer-than-the-specified-maximum" in tokenizer.deprecation_warnings

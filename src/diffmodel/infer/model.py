@@ -250,7 +250,8 @@ class DiffModel:
         """Prompt token ids, with the tokenizer's own special tokens (as in training)."""
         if not requests:
             return []
-        return self.tokenizer([self.prompt(r, edit_format) for r in requests], return_attention_mask=False)["input_ids"]
+        # verbose=False: a prompt longer than the model is reported as too_long, not as a tokenizer warning
+        return self.tokenizer([self.prompt(r, edit_format) for r in requests], return_attention_mask=False, verbose=False)["input_ids"]
 
     def edit(self, code: str, message: str, name: str, **options) -> Edit:
         """Edit one file; ``options`` are those of :meth:`edit_many` (one sample)."""

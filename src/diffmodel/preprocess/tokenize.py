@@ -36,7 +36,7 @@ def tokenize_batch(
     """
     texts = batch[text_column]
     completion_starts = batch.get(COMPLETION_START) or [None] * len(texts)
-    enc = tokenizer(texts, return_attention_mask=False)
+    enc = tokenizer(texts, return_attention_mask=False, verbose=False)  # samples too long are dropped and counted, not warned of
     if getattr(tokenizer, "is_fast", False):
         def token_at(i: int, pos: int) -> int | None:
             token = enc.char_to_token(i, pos)
