@@ -101,7 +101,7 @@ class TestDropWarningWhenMoreThanHalfIsDropped:
 
         assert drop_warning("train", SplitReport(samples_loaded=10, dropped_too_long=6, samples_kept=4)) == (
             "the train split drops 6 of 10 samples (60%): 6 too long (>= --block_size tokens). "
-            "To keep more: raise --block_size (up to the model's positions) or pre-filter long samples"
+            "To keep more: raise --block_size (up to the model's positions) or mine shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens BLOCK_SIZE-1)"
         )
 
     def test_half_or_less_gives_none(self):

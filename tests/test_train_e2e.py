@@ -273,7 +273,7 @@ class TestBadRecordsAndDrops:
         warning = (
             f"the train split drops {too_long + 2} of {total} samples ({(too_long + 2) / total:.0%}): {too_long} too long "
             f"(>= --block_size tokens), 2 bad records skipped. To keep more: raise --block_size (up to the model's positions) "
-            "or pre-filter long samples; fix the records the log names"
+            "or mine shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens BLOCK_SIZE-1); fix the records the log names"
         )
         log = proc.stdout + proc.stderr
         assert f"WARNING diffmodel.train: {warning}" in log  # the log

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--tokenizer_name", old=("--tokenizer",), dest="tokenizer", default=None, metavar="PATH",
           help="a tokenizer (folder or hub name) to enforce --max_tokens with")
     _flag(g, "--max_tokens", type=int, metavar="N", default=None,
-          help=f"with --tokenizer_name, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens})")
+          help=f"with --tokenizer_name, drop samples whose text has more tokens (default: {_DEFAULTS.max_tokens}); "
+               "for diffmodel train --block_size B give B-1 (one slot stays for EOS)")
     _flag(g, "--no_dedup", action="store_true", help="keep exact duplicates (same before and diff)")
     _flag(g, "--licenses", type=_csv, default=None, metavar="LIST",
           help="mine only repositories whose licence file is one of these SPDX ids, or 'permissive' "

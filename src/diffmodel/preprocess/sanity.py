@@ -170,7 +170,7 @@ def mark_spans(row: dict, tokenizer, color: bool = False, max_chars: int = 1200)
 #: Drop counter -> (why the samples were not trained, what to change). A counter missing here is described by its name.
 DROP_REASONS: dict[str, tuple[str, str]] = {
     "bad_records": ("bad records skipped", "fix the records the log names"),
-    "dropped_too_long": ("too long (>= --block_size tokens)", "raise --block_size (up to the model's positions) or pre-filter long samples"),
+    "dropped_too_long": ("too long (>= --block_size tokens)", "raise --block_size (up to the model's positions) or mine shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens BLOCK_SIZE-1)"),
     "dropped_no_diff": ("without <DFF>", "give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"),
     "dropped_empty_diff": ("with an empty diff or completion (nothing to train)", ""),
 }
