@@ -340,3 +340,21 @@ def test_edit_md_first_python_block_runs(model_dir):
     exec(block, ns)
     assert ns["edit"].status in STATUSES and ns["edit"].ok == (ns["edit"].status in ("strict", "lenient"))
     assert [len(samples) for samples in ns["results"]] == [4, 4]
+
+
+def test_readme_tokenizer_snippet_runs(tmp_path, monkeypatch):
+    import json
+
+    from diffmodel.mine.shards import ShardWriter
+
+    (block,) = [b for b in python_blocks(ROOT / "README.md") if "train_tokenizer" in b]
+    assert "data/mined/train/*.jsonl.zst" in block and '"tok"' in block, "README.md's tokenizer snippet changed: update this test"
+    with ShardWriter(tmp_path / "data" / "mined" / "train", "train") as shards:
+        for sample in SAMPLES.values():
+            shards.write(json.dumps({k: sample[k] for k in ("name", "before", "message", "diff")}).encode(), "x")
+    monkeypatch.chdir(tmp_path)
+    exec(block.replace("vocab_size=16384", "vocab_size=400"), {})
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert 257 < len(tokenizer) <= 400 and tokenizer.eos_token == "<|endoftext|>"
