@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -251,3 +252,26 @@ def test_async_steps_and_loss_logits_under_ddp_train_the_same_rows_to_the_same_l
     assert runs["fast"]["losses"] == pytest.approx(runs["plain"]["losses"], rel=1e-5)
     assert "fast path: asynchronous steps: on (set by --async_steps on)" in runs["fast"]["log"]
     assert "fast path: logits at the loss positions only: on (set by --loss_logits on)" in runs["fast"]["log"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Trainer joins the processes by itself where there are GPUs")
+def test_processes_the_trainer_would_not_join_are_refused_before_any_work(tmp_path, tiny_gpt2_dir):
+    """Without --use_cpu on a machine without GPUs, transformers runs each torchrun process on its own: every one
+    would train a model of its own and write the same --output_dir. Each rank stops with an error that names the fix."""
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    args = [
+        "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", "data.jsonl", "--validation_split_percentage", "0",
+        "--output_dir", "out", "--cache_dir", "cache", "--block_size", "256", "--train_diff_model", "--packing",
+        "--per_device_train_batch_size", str(BATCH), "--report_to", "none", "--max_steps", "2", "--do_train",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", "-m", "diffmodel.cli", "train", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    error = ("diffmodel train: error: the launcher started 2 processes (WORLD_SIZE=2), but the Trainer would run each alone: "
+             "every one would train its own model on all the data and write to the same --output_dir. This machine has no GPU: "
+             "add --use_cpu, and the processes train together over gloo")
+    assert log.count(error) == RANKS, log[-3000:]
+    assert "diffmodel/train/run.py" not in log  # an error message, no traceback of diffmodel's
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing preprocessed, trained or written

@@ -148,6 +148,24 @@ class TestSaveAndLoad:
         assert save_lora(model, tmp_path, args) == {"adapter": tmp_path, "merged": None}
         assert (tmp_path / "adapter_model.safetensors").is_file() and not (tmp_path / "merged").exists()
 
+    def test_a_base_model_given_by_a_relative_folder_is_found_from_any_directory(self, tiny_gpt2_dir, tmp_path, monkeypatch):
+        import json
+        import os
+
+        from peft import AutoPeftModelForCausalLM
+
+        monkeypatch.chdir(tiny_gpt2_dir.parent)
+        args = LoraArguments(lora_r=2)
+        model = apply_lora(_load(tiny_gpt2_dir.name), args)  # --model_name_or_path gpt2, run from its parent folder
+        save_lora(model, tmp_path / "adapter", args)
+        config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == str(tiny_gpt2_dir.resolve())
+        monkeypatch.chdir(tmp_path)  # where no folder of that name is: PEFT would look it up on the Hub
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert not os.path.exists(tiny_gpt2_dir.name)
+        loaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"))
+        assert {n for n, _ in loaded.named_parameters()} == {n for n, _ in model.named_parameters()}
+
 
 class TestMergedStateDict:
     def test_linear_and_transposed_conv1d_weights(self):

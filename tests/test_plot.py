@@ -65,3 +65,54 @@ class TestPlotSpeed:
         sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
         assert sorted(sizes) == ["cpu.png", "gpu.png", "none.png"]
         assert len(set(sizes.values())) == 3  # three different drawings
+
+
+def _drawn(monkeypatch, plot, history, tmp_path):
+    """The axes ``plot`` draws, as saved (laid out), caught at the save."""
+    import diffmodel.plot as plot_module
+
+    caught = {}
+    real_save = plot_module._save
+
+    def save(fig, ax, out, title):
+        path = real_save(fig, ax, out, title)
+        fig.canvas.draw()
+        caught.update(fig=fig, ax=ax)
+        return path
+
+    monkeypatch.setattr(plot_module, "_save", save)
+    assert_png(plot(history, tmp_path / "plot.png"))
+    return caught["fig"], caught["ax"]
+
+
+STEPS_1_TO_4 = [{"loss": 3.0 - 0.1 * s, "eval_loss": 3.0, "tokens_per_second": 100.0 * s, "loss_tokens_per_second": 40.0,
+                 "eval_gen_parses": 0.5, "step": s} for s in range(1, 5)]
+
+
+@pytest.mark.parametrize("name", ["plot_loss", "plot_speed", "plot_generation"])
+def test_steps_are_whole_numbers_on_the_x_axis(monkeypatch, tmp_path, name):
+    import diffmodel.plot as plot_module
+
+    _, ax = _drawn(monkeypatch, getattr(plot_module, name), STEPS_1_TO_4, tmp_path)
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks == [1.0, 2.0, 3.0, 4.0]
+    _, ax = _drawn(monkeypatch, getattr(plot_module, name), STEPS_1_TO_4[:1], tmp_path)  # one log only
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [0.0, 1.0, 2.0]
+
+
+def test_generation_series_that_coincide_stay_distinguishable_and_the_legend_covers_none(monkeypatch, tmp_path):
+    # every diff that parses applies, strictly too: three series with the same values, as in a real run
+    history = [{"eval_gen_parses": v, "eval_gen_applies_strict": v, "eval_gen_applies": v, "eval_gen_exact": 0.0,
+                "eval_gen_line_similarity": v * 0.8, "step": s} for s, v in ((2, 0.0), (4, 0.5), (6, 0.5))]
+    from diffmodel.plot import plot_generation
+
+    fig, ax = _drawn(monkeypatch, plot_generation, history, tmp_path)
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["parses", "applies_strict", "applies", "exact", "line_similarity"]
+    assert len({(str(line.get_linestyle()), line.get_marker()) for line in lines}) == 5
+    renderer = fig.canvas.get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1  # beside the axes, not over the curves
+    assert legend.x1 <= fig.bbox.x1 and legend.y0 >= fig.bbox.y0  # and inside the image

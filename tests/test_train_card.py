@@ -137,3 +137,53 @@ def test_speed_medians_leave_out_the_first_log():
     text = render_card(dict(INFO, results=speed_results(history)))
     assert "| tokens/s (median of the logs after the first) | 320 |" in text
     assert "| MFU (median of the logs after the first) | 0.3200 |" in text
+
+
+def _lora_card(*flags: str) -> str:
+    from diffmodel.train.args import lora_args_from, parse_args
+    from diffmodel.train.card import card_info
+
+    model, data, training = parse_args(["--model_name_or_path", "models/base", "--train_file", "a.jsonl", "--do_train",
+                                        "--output_dir", "runs/lora", "--report_to", "none", *flags])
+    info = card_info(model, data, lora_args_from(training), training, {}, 512, None, None, [], "2025-03-04", "0.1.0")
+    text = render_card(info)
+    return text.split("## Use\n\n")[1].split("## Training")[0]
+
+
+def test_a_lora_run_with_lora_merge_points_edit_at_the_merged_model():
+    # the adapter folder has no config.json: `diffmodel edit --model runs/lora` cannot load it
+    assert _lora_card("--lora_r", "4", "--lora_merge") == """\
+The merged model (the LoRA adapters folded into the weights) is in `runs/lora/merged`; `runs/lora` holds the adapter alone (`PeftModel.from_pretrained(base_model, "runs/lora")`).
+
+```bash
+diffmodel edit --model runs/lora/merged path/to/file.py -m "Describe the change"            # print the diff
+diffmodel edit --model runs/lora/merged path/to/file.py -m "Describe the change" --apply    # and write the file
+```
+
+```python
+from diffmodel.infer import DiffModel
+edit = DiffModel.from_pretrained("runs/lora/merged").edit(code, "Describe the change", "path/to/file.py")
+```
+
+"""
+
+
+def test_a_lora_run_without_merge_says_how_to_merge_instead_of_a_command_that_fails():
+    assert _lora_card("--lora_r", "4") == """\
+`runs/lora` holds a LoRA adapter, not a whole model: `diffmodel edit --model` and `diffmodel eval --model` load whole models, so fold the adapter into the base model first (or train with `--lora_merge`, which writes the merged model to `runs/lora/merged`):
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+from diffmodel.infer import DiffModel
+model = AutoPeftModelForCausalLM.from_pretrained("runs/lora").merge_and_unload()
+model.save_pretrained("runs/lora/merged"); AutoTokenizer.from_pretrained("runs/lora").save_pretrained("runs/lora/merged")
+edit = DiffModel.from_pretrained("runs/lora/merged").edit(code, "Describe the change", "path/to/file.py")
+```
+
+"""
+    assert "diffmodel edit --model runs/lora " not in _lora_card("--lora_r", "4")
+
+
+def test_a_full_run_keeps_edit_on_the_output_dir():
+    assert 'diffmodel edit --model runs/lora path/to/file.py -m "Describe the change"' in _lora_card()

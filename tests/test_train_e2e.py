@@ -358,12 +358,16 @@ class TestInspect:
             err = capfd.readouterr().err
             assert bool(BAR.search(err)) is not bool(flags), err[-3000:]
 
-    def test_the_block_size_is_bounded_by_the_models_positions_as_in_train(self, workdir):
+    def test_a_block_size_above_the_models_positions_is_shown_with_a_warning(self, workdir, capsys):
         from diffmodel.commands.inspect import main as inspect_main
 
-        with pytest.raises(DiffModelError, match=r"--block_size 4096 is larger than the model's \d+ positions"):
-            inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--packing",
-                          "--block_size", "4096", "--cache_dir", str(workdir / "cache")])
+        capsys.readouterr()
+        assert inspect_main(["--tokenizer_name", str(workdir / "gpt2"), "--train_file", str(workdir / "data.jsonl"), "--packing",
+                             "--block_size", "4096", "--cache_dir", str(workdir / "cache"), "--no_progress"]) == 0
+        out, err = capsys.readouterr()
+        assert re.search(r"warning: --block_size 4096 is larger than the \d+ positions of the model in .*: diffmodel train "
+                         r"refuses it with --model_name_or_path", err)
+        assert "--- train row 0 ---" in out
 
 
 class TestLoraRun:

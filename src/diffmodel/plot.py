@@ -26,6 +26,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from diffmodel.atomic import write_bytes
 
@@ -56,13 +57,16 @@ def plot_loss(log_history: list[dict], out_png: Path, title: str = "") -> Path:
     if not train_loss and not eval_loss:
         ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
     else:
-        ax.legend(loc="upper right")
+        ax.legend(loc="best")  # where it covers the fewest points of the curves
     ax.set_ylabel("loss")
     return _save(fig, ax, out, title)
 
 
 #: the generation-eval metrics drawn by :func:`plot_generation`, as logged
 GENERATION_SERIES = ("eval_gen_parses", "eval_gen_applies_strict", "eval_gen_applies", "eval_gen_exact", "eval_gen_line_similarity")
+#: (line style, marker) of each of :data:`GENERATION_SERIES`: all different, since the shares often coincide
+#: (every diff that parses also applies) and a series drawn alike under another would vanish
+GENERATION_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1, 1, 1)), "v"))
 
 
 def plot_generation(log_history: list[dict], out_png: Path, title: str = "") -> Path:
@@ -72,17 +76,18 @@ def plot_generation(log_history: list[dict], out_png: Path, title: str = "") -> 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
-    for key in GENERATION_SERIES:
+    for key, (linestyle, marker) in zip(GENERATION_SERIES, GENERATION_STYLES):
         steps, values = _series(log_history, key)
         if values:
-            ax.plot(steps, values, label=key[len("eval_gen_"):], marker="o", markersize=3, linewidth=1.2)
+            ax.plot(steps, values, label=key[len("eval_gen_"):], marker=marker, markersize=5, linewidth=1.2,
+                    linestyle=linestyle, markerfacecolor="none")
             drawn = True
-    if drawn:
-        ax.legend(loc="lower right")
+    if drawn:  # beside the axes: the shares span 0..1, so any corner inside may hide a series
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no generation eval logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("share of held-out samples")
+    ax.set_ylabel("share of held-out samples (line_similarity: mean)")
     return _save(fig, ax, out, title)
 
 
@@ -105,7 +110,7 @@ def plot_speed(log_history: list[dict], out_png: Path, title: str = "") -> Path:
         right.set_ylabel("MFU (%)")
         right.set_ylim(bottom=0)
     if lines:
-        ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
+        ax.legend(lines, [line.get_label() for line in lines], loc="best")
         ax.set_ylim(bottom=0)
     else:
         ax.text(0.5, 0.5, "no speed logged yet", ha="center", va="center", transform=ax.transAxes, color="gray")
@@ -115,6 +120,11 @@ def plot_speed(log_history: list[dict], out_png: Path, title: str = "") -> Path:
 
 def _save(fig: Figure, ax, out: Path, title: str) -> Path:
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole: no tick at step 1.5
+    low, high = ax.get_xlim()
+    if high - low < 2:  # one step only (an eval-only run): around it, whole steps (the locator keeps fractions below 1)
+        middle = round((low + high) / 2)
+        ax.set_xlim(middle - 1, middle + 1)
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)

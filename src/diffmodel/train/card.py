@@ -8,7 +8,8 @@ Two steps, so the text can be tested exactly:
 - :func:`render_card`: that dict -> Markdown. Pure; the same dict always
   gives the same text.
 
-What a card holds: how to use the model (``diffmodel edit`` and Python),
+What a card holds: how to use the model (``diffmodel edit`` and Python; for a LoRA run, the merged model in
+``OUTPUT_DIR/merged``, or how to merge an adapter saved without it),
 the results (final and mean train loss, eval loss, perplexity and mean
 token accuracy, when present), the training settings (base model, layout,
 block size, learning rate, batch, steps or epochs, precision, and the fast
@@ -124,8 +125,12 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
         row = {key: getattr(report, key) for key, _ in REPORT_COLUMNS}
         data[split] = {**row, "warning": drop_warning(split, report)}
     first = next(iter(reports.values()), None)
+    lora = {}
+    if getattr(lora_args, "lora_r", 0) > 0:  # the folder holds an adapter, not a model diffmodel edit loads
+        lora = {"lora": {"merged": bool(getattr(lora_args, "lora_merge", False))}}
     return {
         "output_dir": training_args.output_dir,
+        **lora,
         "date": date,
         "version": version,
         "training": {
@@ -172,6 +177,41 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _use(model: str) -> list[str]:
+    """The commands that load the model folder ``model`` and write a diff with it."""
+    return [
+        "```bash",
+        f'diffmodel edit --model {model} path/to/file.py -m "Describe the change"            # print the diff',
+        f'diffmodel edit --model {model} path/to/file.py -m "Describe the change" --apply    # and write the file',
+        "```",
+        "",
+        "```python",
+        "from diffmodel.infer import DiffModel",
+        f'edit = DiffModel.from_pretrained("{model}").edit(code, "Describe the change", "path/to/file.py")',
+        "```",
+        "",
+    ]
+
+
+def _use_adapter(out: str) -> list[str]:
+    """How to use a LoRA adapter saved without a merged model (``diffmodel edit`` loads whole models only)."""
+    return [
+        f"`{out}` holds a LoRA adapter, not a whole model: `diffmodel edit --model` and `diffmodel eval --model` "
+        "load whole models, so fold the adapter into the base model first (or train with `--lora_merge`, "
+        f"which writes the merged model to `{out}/merged`):",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "from transformers import AutoTokenizer",
+        "from diffmodel.infer import DiffModel",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{out}").merge_and_unload()',
+        f'model.save_pretrained("{out}/merged"); AutoTokenizer.from_pretrained("{out}").save_pretrained("{out}/merged")',
+        f'edit = DiffModel.from_pretrained("{out}/merged").edit(code, "Describe the change", "path/to/file.py")',
+        "```",
+        "",
+    ]
+
+
 def render_card(info: dict) -> str:
     """The Markdown of a model card from :func:`card_info`'s dict."""
     out = info["output_dir"]
@@ -183,17 +223,16 @@ def render_card(info: dict) -> str:
         "",
         "## Use",
         "",
-        "```bash",
-        f'diffmodel edit --model {out} path/to/file.py -m "Describe the change"            # print the diff',
-        f'diffmodel edit --model {out} path/to/file.py -m "Describe the change" --apply    # and write the file',
-        "```",
-        "",
-        "```python",
-        "from diffmodel.infer import DiffModel",
-        f'edit = DiffModel.from_pretrained("{out}").edit(code, "Describe the change", "path/to/file.py")',
-        "```",
-        "",
     ]
+    lora = info.get("lora")
+    if lora is None:
+        lines += _use(out)
+    elif lora.get("merged"):
+        lines += [f"The merged model (the LoRA adapters folded into the weights) is in `{out}/merged`; `{out}` holds the "
+                  f'adapter alone (`PeftModel.from_pretrained(base_model, "{out}")`).', ""]
+        lines += _use(f"{out}/merged")
+    else:
+        lines += _use_adapter(out)
     results = info.get("results", {})
     if results:
         lines += ["## Results", ""]

@@ -137,6 +137,11 @@ def apply_lora(model, args: LoraArguments):
         fan_in_fan_out=bool(chosen) and all(isinstance(m, Conv1D) for m in chosen),
     )
     wrapped = peft.get_peft_model(model, config)
+    # adapter_config.json names the base model as it was given; a relative folder would only be found again from
+    # this working directory (elsewhere PEFT looks it up on the Hub), so it is recorded as an absolute path
+    base = wrapped.peft_config[ADAPTER].base_model_name_or_path
+    if base and not Path(base).is_absolute() and Path(base).is_dir():
+        wrapped.peft_config[ADAPTER].base_model_name_or_path = str(Path(base).resolve())
     # with gradient checkpointing and a frozen embedding, the checkpointed blocks
     # would see inputs that need no grad and give the adapters none
     if hasattr(wrapped, "enable_input_require_grads"):

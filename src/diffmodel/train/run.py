@@ -29,6 +29,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,27 @@ def checkpoint_step(checkpoint: str) -> int | None:
         return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_launch(training_args) -> None:
+    """Refuse a launcher's processes that the Trainer would run each on its own.
+
+    torchrun (or accelerate) sets ``WORLD_SIZE``; on a machine without GPUs and without ``--use_cpu`` the Trainer
+    does not join its processes (transformers warns and goes on), so each would preprocess, train its own copy of
+    the model on all of the data and write the same ``--output_dir``, one over the other.
+    """
+    try:
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if launched > 1 and training_args.world_size == 1:
+        hint = (" This machine has no GPU: add --use_cpu, and the processes train together over gloo (one model, "
+                "each its share of the rows)." if not torch.cuda.is_available() else "")
+        raise DiffModelError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}), but the Trainer would run each alone: "
+            f"every one would train its own model on all the data and write to the same --output_dir.{hint} "
+            "Or start a single process (python -m diffmodel.cli train ... / diffmodel train ...)."
+        )
 
 
 def make_collator(model, tokenizer, packing: bool, training_args=None, padding_free: bool = False, row_width: int | None = None,
@@ -294,12 +316,13 @@ def run(model_args, data_args, training_args) -> int:
     (e.g. with ``StreamStateCallback``) that only the cyclic collector frees, so
     it is collected first.
     """
-    with bars_off(getattr(training_args, "no_progress", False)):
-        code = _run(model_args, data_args, training_args)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gc.collect()
-        torch.distributed.destroy_process_group()
-    return code
+    try:
+        with bars_off(getattr(training_args, "no_progress", False)):
+            return _run(model_args, data_args, training_args)
+    finally:  # also when the run fails (an error message, not an abort of the rank at exit)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gc.collect()
+            torch.distributed.destroy_process_group()
 
 
 @dataclasses.dataclass
@@ -323,6 +346,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
 
     ``diffmodel train`` trains with what this returns; benchmarks time the very same Trainer.
     """
+    check_launch(training_args)
     setup_logging(training_args)
     set_seed(training_args.seed)
 
