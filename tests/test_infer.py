@@ -343,6 +343,19 @@ class TestLoading:
         assert str(err.value) == (f"model folder {str(folder)!r} holds no tokenizer (tokenizer.json / tokenizer_config.json); "
                                   "save the tokenizer next to the model (tokenizer.save_pretrained(folder)), as diffmodel train does")
 
+    def test_a_lora_adapter_folder_names_the_merged_model(self, tmp_path):
+        (tmp_path / "adapter_config.json").write_text("{}")
+        with pytest.raises(DiffModelError) as err:
+            DiffModel.from_pretrained(tmp_path)
+        assert str(err.value).startswith(f"model folder {str(tmp_path)!r} holds a LoRA adapter, not a whole model: train with "
+                                         "--lora_merge to write the merged model to OUTPUT_DIR/merged")
+        (tmp_path / "merged").mkdir()
+        (tmp_path / "merged" / "config.json").write_text("{}")
+        with pytest.raises(DiffModelError) as err:
+            DiffModel.from_pretrained(tmp_path)
+        assert str(err.value) == (f"model folder {str(tmp_path)!r} holds a LoRA adapter, not a whole model: the merged model "
+                                  f"of that run is {str(tmp_path / 'merged')!r}")
+
     def test_folder_without_config(self, tmp_path):
         with pytest.raises(DiffModelError, match="no config.json"):
             DiffModel.from_pretrained(tmp_path)

@@ -75,6 +75,12 @@ def check_model_folder(path: str | os.PathLike) -> str:
     """A clear :class:`DiffModelError` for a folder that cannot hold a saved model."""
     path = str(path)
     if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+            merged = os.path.join(path, "merged")
+            where = (f"the merged model of that run is {merged!r}" if os.path.isfile(os.path.join(merged, "config.json"))
+                     else "train with --lora_merge to write the merged model to OUTPUT_DIR/merged, or fold the adapter in "
+                          "(peft's AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload(), then save_pretrained)")
+            raise DiffModelError(f"model folder {path!r} holds a LoRA adapter, not a whole model: {where}")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise DiffModelError(
                 f"model folder {path!r} has no config.json: give a folder written by save_pretrained "
