@@ -415,7 +415,7 @@ class TestMetricsAndModelCard:
 class TestGenerationEval:
     """--generation_eval_samples: edit quality logged at each evaluation, plotted beside loss.png."""
 
-    def test_scores_logged_at_each_evaluation_equal_eval_edits_on_the_saved_model(self, workdir):
+    def test_scores_logged_at_each_evaluation_equal_eval_edits_on_the_saved_model(self, workdir, caplog):
         from diffmodel.evaluate.edits import evaluate_edits
         from diffmodel.infer import DiffModel
         from diffmodel.preprocess.options import options_from
@@ -426,10 +426,13 @@ class TestGenerationEval:
         args = dict(_common(workdir, out), do_train=True, do_eval=True, max_steps=2, eval_strategy="steps", eval_steps=1,
                     validation_split_percentage=10, per_device_eval_batch_size=2,
                     generation_eval_samples=3, generation_eval_max_new_tokens=24)
+        caplog.set_level("INFO", logger="diffmodel")
         assert train_main(_flags(args)) == 0
         state = json.loads((out / "trainer_state.json").read_text())
         logged = [e for e in state["log_history"] if "eval_gen_exact" in e]
         assert [e["step"] for e in logged] == [1, 2]
+        # the final evaluation comes right after step 2's, on the same weights: the diffs are not written again
+        assert sum(r.getMessage().startswith("generation eval on 3 held-out samples") for r in caplog.records) == 2
         for entry in logged:
             assert all(0.0 <= entry[f"eval_gen_{m}"] <= 1.0 for m in LOGGED)
             assert entry["eval_gen_forced_share"] > 0.0  # diff-aware decoding

@@ -61,6 +61,7 @@ class GenerationEvalCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self._editor = None
+        self._scored_step: int | None = None
 
     def scores(self, model, tokenizer) -> dict[str, float]:
         from diffmodel.infer import DiffModel
@@ -83,6 +84,9 @@ class GenerationEvalCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         if not self.cases or not state.is_world_process_zero:
             return
+        if state.global_step == self._scored_step:  # the final evaluation right after the last step's: same weights
+            return
+        self._scored_step = state.global_step
         model = kwargs.get("model") or self.trainer.model
         tokenizer = kwargs.get("processing_class") or self.trainer.processing_class
         logs = self.scores(model, tokenizer)
