@@ -187,3 +187,21 @@ edit = DiffModel.from_pretrained("runs/lora/merged").edit(code, "Describe the ch
 
 def test_a_full_run_keeps_edit_on_the_output_dir():
     assert 'diffmodel edit --model runs/lora path/to/file.py -m "Describe the change"' in _lora_card()
+
+
+def test_the_last_generation_eval_is_in_the_results():
+    from diffmodel.train.args import lora_args_from, parse_args
+    from diffmodel.train.card import card_info
+
+    model, data, training = parse_args(["--model_name_or_path", "models/base", "--train_file", "a.jsonl", "--do_train",
+                                        "--output_dir", "runs/gen", "--report_to", "none"])
+    history = [{"loss": 2.0, "step": 1},
+               {"eval_gen_applies": 0.25, "eval_gen_exact": 0.0, "eval_gen_line_similarity": 0.5, "step": 1},
+               {"eval_gen_applies": 0.75, "eval_gen_exact": 0.5, "eval_gen_line_similarity": 0.875, "step": 2}]
+    info = card_info(model, data, lora_args_from(training), training, {}, 512, None, None, history, "2025-03-04", "0.1.0")
+    text = render_card(info)
+    assert ("| held-out diffs that apply (last generation eval) | 0.7500 |\n"
+            "| held-out diffs exactly right (last generation eval) | 0.5000 |\n"
+            "| line similarity to the true file (last generation eval, mean) | 0.8750 |") in text
+    assert "generation eval" not in render_card(card_info(model, data, lora_args_from(training), training, {}, 512, None, None,
+                                                          history[:1], "2025-03-04", "0.1.0"))

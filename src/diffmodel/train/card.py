@@ -42,6 +42,9 @@ RESULT_ROWS = (
     ("median_tokens_per_second", "tokens/s (median of the logs after the first)"),
     ("median_loss_tokens_per_second", "loss-bearing tokens/s (median of the logs after the first)"),
     ("median_mfu", "MFU (median of the logs after the first)"),
+    ("eval_gen_applies", "held-out diffs that apply (last generation eval)"),
+    ("eval_gen_exact", "held-out diffs exactly right (last generation eval)"),
+    ("eval_gen_line_similarity", "line similarity to the true file (last generation eval, mean)"),
 )
 
 
@@ -120,6 +123,9 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
             if key in source:
                 results[key] = source[key]
     results.update(speed_results(log_history))
+    generated = [h for h in log_history if "eval_gen_exact" in h]  # --generation_eval_samples
+    if generated:
+        results.update({k: v for k, v in generated[-1].items() if k.startswith("eval_gen_")})
     data = {}
     for split, report in reports.items():
         row = {key: getattr(report, key) for key, _ in REPORT_COLUMNS}
