@@ -206,3 +206,24 @@ def test_inspect_shows_the_choice(tmp_path, capsys):
     assert rc == 0
     assert "loss on" in out and "message+diff" in out.split("loss on")[1].splitlines()[0]
     assert "x\n\u27e6<MSG>a\n<DFF>b<|endoftext|>\u27e7" in out
+
+
+class TestGivenLabelsAreReportedAsGiven:
+    DIFF_LABELS = [X] * 9 + IDS[9:]
+
+    def _tokenized(self, tmp_path, **kw):
+        opts = PreprocessOptions(block_size=16, ignore_long_samples=True, train_diff_model=True, loss_on="message+diff", cache_dir=str(tmp_path), **kw)
+        raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [IDS], "labels": [self.DIFF_LABELS]})})
+        out, reports = preprocess(raw, _tok(), opts, source_fingerprint="fp-given-labels")
+        return out["train"][0]["labels"], reports["train"].loss_on
+
+    def test_kept_labels_are_not_reported_as_loss_on(self, tmp_path, caplog):
+        labels, loss_on = self._tokenized(tmp_path)
+        assert labels == [X, X, *self.DIFF_LABELS, EOS]
+        assert loss_on == "labels as given"
+        assert any("its labels are kept, whatever --train_diff_model and --loss_on say" in r.message for r in caplog.records)
+
+    def test_force_label_rebuilds_and_reports_loss_on(self, tmp_path):
+        labels, loss_on = self._tokenized(tmp_path, force_label=True)
+        assert labels == [X, X, X, X, *IDS[2:], EOS]
+        assert loss_on == "message+diff"

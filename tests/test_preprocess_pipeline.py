@@ -175,3 +175,34 @@ class TestPackPipeline:
         two, _ = _run(tmp_path / "two", texts=texts, train_diff_model=True, packing=True, block_size=24, num_proc=2)
         assert one["train"]["input_ids"] == two["train"]["input_ids"]
         assert one["train"]["labels"] == two["train"]["labels"]
+
+
+class TestLaidOutRowsAreNotLaidOutAgain:
+    def _saved_rows(self, tmp_path, **kw):
+        out, _ = _run(tmp_path / "first", train_diff_model=True, **kw)
+        return out
+
+    @pytest.mark.parametrize("layout", [{"ignore_long_samples": True}, {"packing": True, "block_size": 24}])
+    def test_padded_or_packed_rows_without_skip_concat_are_refused(self, tmp_path, layout):
+        rows = self._saved_rows(tmp_path, **layout)
+        opts = PreprocessOptions(block_size=13, train_diff_model=True, cache_dir=str(tmp_path / "second"))
+        with pytest.raises(DiffModelError, match=r"the train split holds rows an earlier run laid out .*pass --skip_concat"):
+            preprocess(rows, _tok(), opts, "laid-out")
+
+    def test_samples_with_an_all_ones_mask_are_laid_out(self, tmp_path):
+        ids = [*MSG, 10, NL, LT, DFF, GT, 11]
+        raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [ids], "attention_mask": [[1] * len(ids)], "labels": [ids]})})
+        opts = PreprocessOptions(block_size=13, ignore_long_samples=True, cache_dir=str(tmp_path))
+        out, _ = preprocess(raw, _tok(), opts, "tokenized")
+        assert out["train"][0] == {
+            "input_ids": [EOS, *ids, EOS],
+            "labels": [X, X, *ids[1:], EOS],
+            "attention_mask": [0] + [1] * 12,
+            "position_ids": [0, *range(12)],
+        }
+
+    def test_wrong_block_size_names_the_rows_length(self, tmp_path):
+        rows = self._saved_rows(tmp_path, ignore_long_samples=True)
+        opts = PreprocessOptions(block_size=20, train_diff_model=True, skip_concat=True, cache_dir=str(tmp_path / "second"))
+        with pytest.raises(DiffModelError, match=r"row 0 has 13 tokens, expected block_size 20 \(was the data laid out with another --block_size\? pass --block_size 13,"):
+            preprocess(rows, _tok(), opts, "laid-out")

@@ -230,7 +230,14 @@ def layout_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, workd
 
 
 def loss_on_of(columns, opts: PreprocessOptions) -> str:
-    """What carries loss in rows with these columns, as the report says it: ``completion``, ``--loss_on`` or ``all tokens``."""
+    """What carries loss in rows with these columns, as the report says it: ``labels as given``, ``completion``, ``--loss_on`` or ``all tokens``.
+
+    Rows that bring a ``labels`` column keep it (unless ``--force_label``
+    rebuilds it, which rows already laid out never do), whatever
+    ``--train_diff_model`` and ``--loss_on`` say.
+    """
+    if "labels" in columns and (not opts.force_label or (opts.skip_concat and {"attention_mask", "position_ids"} & set(columns))):
+        return "labels as given"
     if COMPLETION_START in columns:
         return "completion"
     return opts.loss_on if opts.train_diff_model else "all tokens"
@@ -240,6 +247,22 @@ def is_laid_out(ds: datasets.Dataset) -> bool:
     """Rows that an earlier run laid out carry labels and an attention mask (pad, concat) or position ids (pack)."""
     cols = set(ds.column_names)
     return {"input_ids", "labels"} <= cols and bool({"attention_mask", "position_ids"} & cols)
+
+
+def holds_layout(ds: datasets.Dataset) -> bool:
+    """Rows that a layout step made: laid-out columns with padding (attention 0) or per-sample ``position_ids``.
+
+    Laying such rows out again would take their padding for text (and train
+    packed samples as one); rows that merely carry an all-ones attention mask
+    (tokenized elsewhere) are samples and may be laid out.
+    """
+    if not is_laid_out(ds):
+        return False
+    if "position_ids" in ds.column_names:
+        return True
+    mask = ds.with_format("arrow")["attention_mask"]
+    values = pc.list_flatten(mask)
+    return len(values) > 0 and pc.min(values).as_py() == 0
 
 
 def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, source_fingerprint: str) -> tuple[datasets.DatasetDict, dict[str, SplitReport]]:
@@ -263,7 +286,16 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 f"but the {split} split holds samples that are not laid out (columns: {', '.join(ds.column_names)}); "
                 "drop --skip_concat to pack them"
             )
+        elif not opts.skip_concat and holds_layout(ds):
+            raise DiffModelError(
+                f"the {split} split holds rows an earlier run laid out (columns: {', '.join(ds.column_names)}: padding or packed samples); "
+                "laying them out again would train their padding as text: pass --skip_concat (and the --block_size they were laid "
+                "out with) to train them as they are, or give the raw samples to lay them out again"
+            )
         else:
+            if report.loss_on == "labels as given":
+                logger.warning("the %s split has a labels column: its labels are kept, whatever --train_diff_model and --loss_on say "
+                               "(--force_label rebuilds them)", split)
             enc_fp = fingerprint(STAGE_VERSION, "encode", source_fingerprint, split, tok_fp, stage_opts)
             encoded, counts = cached_stage(root, "encode", enc_fp, lambda ds=ds, split=split: encode_split(ds, tokenizer, opts, split), opts.overwrite_cache)
             report.dropped_too_long, report.dropped_no_diff = counts["dropped_too_long"], counts["dropped_no_diff"]

@@ -99,11 +99,11 @@ def check_rows(batches: Iterable, block_size: int | None, split: str, max_len: i
         if block_size is not None and "length" not in problems:
             bad = np.flatnonzero(lengths != block_size)
             if bad.size:
-                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, expected block_size {block_size} (was the data laid out with another --block_size? drop --skip_concat to lay it out again)"
+                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, expected block_size {block_size} (was the data laid out with another --block_size? pass --block_size {int(lengths[bad[0]])}, or lay the raw samples out again)"
         if block_size is None and max_len is not None and "length" not in problems:
             bad = np.flatnonzero(lengths > max_len)
             if bad.size:
-                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, more than --block_size {max_len} (drop --skip_concat to lay the data out again)"
+                problems["length"] = f"{split} row {first + int(bad[0])} has {int(lengths[bad[0]])} tokens, more than --block_size {max_len} (pass a larger --block_size, or lay the raw samples out again)"
         label_lengths = pc.list_value_length(label_col).to_numpy(zero_copy_only=False)
         attn_lengths = pc.list_value_length(attn_col).to_numpy(zero_copy_only=False) if attn_col is not None else lengths
         bad = np.flatnonzero((label_lengths != lengths) | (attn_lengths != lengths))
