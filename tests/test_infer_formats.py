@@ -19,7 +19,7 @@ from edit_model import train_texts
 from diffmodel import formats
 from diffmodel.cli import main as cli_main
 from diffmodel.diff import make_diff
-from diffmodel.infer import STOP_EOS, STOP_MARKER, DiffModel, EditStatus, cut_generation, decoding, finish_edit
+from diffmodel.infer import STOP_EOS, STOP_LENGTH, STOP_MARKER, DiffModel, EditStatus, cut_generation, decoding, finish_edit
 
 #: name, before, message, after
 CHANGES = {
@@ -88,6 +88,24 @@ def test_cut_at_each_formats_next_sample():
     assert cut_generation("\nx.py\n```\n<NME> y.py", "search_replace") == ("\nx.py\n```\n", True)
     assert cut_generation("\n<<<<<<< SEARCH\na <NME>\n", "search_replace") == ("\n<<<<<<< SEARCH\na <NME>\n", False)
     assert cut_generation(" @@ -1 +1 @@\n-a\n+b\n") == ("@@ -1 +1 @@\n-a\n+b\n", False)
+
+
+def test_an_output_cut_by_the_token_limit_is_not_applied_in_the_other_formats():
+    before, after = "a = 1\nb = 2\nc = 3\n", "a = 1\nb = 3\nc = 3\n"
+    for name in FORMAT_NAMES:
+        if name == "carper":
+            continue
+        target = formats.target("x.py", before, "Bump b", after, name)
+        cut = target[: len(target) // 2]
+        edit = finish_edit(before, cut, stop=STOP_LENGTH, edit_format=name)
+        assert (edit.status, edit.new_code, edit.apply_status) == (EditStatus.FAILED, None, "failed"), name
+        assert edit.notes[0].startswith(f"generation hit the token limit before the {name} output ended"), name
+        assert edit.output == cut
+        whole = finish_edit(before, target, stop=STOP_EOS, edit_format=name)
+        assert (whole.status, whole.new_code) == (EditStatus.STRICT, after), name
+    # the case that lost data: half of a commit output is a shorter file that applies cleanly
+    half = formats.target("x.py", before, "Bump b", after, "commit")[:8]
+    assert finish_edit(before, half, stop=STOP_EOS, edit_format="commit").status is EditStatus.STRICT
 
 
 def test_finish_edit_in_each_format_maps_the_appliers_outcome():

@@ -169,7 +169,14 @@ def decoding(edit_format: str | None, constrained: bool = True) -> tuple[bool, s
 
 def _finish_format(code: str, output: str, stop: str, num_tokens: int, name: str) -> Edit:
     """An :class:`Edit` from the output of a model that writes ``name`` (not ``carper``): the format's
-    parse and apply; ``applied`` is ``strict``, ``relocated`` is ``lenient``."""
+    parse and apply; ``applied`` is ``strict``, ``relocated`` is ``lenient``. An output the token limit cut
+    (``stop == "length"``) is ``failed``: these formats have no grammar-guided decoding, and a cut ``commit``
+    output is a part of the new file that would apply cleanly (and, written, lose the rest of the file)."""
+    if stop == STOP_LENGTH:  # cut by the token limit: the new file (commit) or the last edit may be part-written
+        return Edit("", None, EditStatus.FAILED,
+                    [f"generation hit the token limit before the {name} output ended (no end-of-text or next-sample "
+                     "marker): it may be cut short, so it is not applied; raise max_new_tokens (--max_new_tokens)"],
+                    "failed", stop, num_tokens, edit_format=name, output=output)
     result = formats.get(name).apply(code, output)
     notes = list(result.notes)
     if result.text is not None and result.status in (ApplyStatus.APPLIED, ApplyStatus.RELOCATED):
