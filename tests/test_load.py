@@ -629,3 +629,26 @@ class TestCache:
         raw1, _ = load(tmp_path, train_files=[str(f)])
         raw2, _ = load(tmp_path, train_files=[str(f)])
         assert raw2["train"].cache_files == raw1["train"].cache_files
+
+
+class TestRowsWhoseDiffDoesNotApply:
+    """In a format that writes the new file, a row whose diff does not apply to its before cannot be rendered."""
+
+    ROWS = [
+        {"name": "a.py", "before": "x = 1\n", "message": "m", "diff": "@@ -1 +1 @@\n-x = 1\n+x = 2\n"},
+        {"name": "b.py", "before": "y = 1\n", "message": "m", "diff": "@@ -1 +1 @@\n-nothing like it\n+y = 2\n"},
+        {"name": "c.py", "before": "z = 1\n", "message": "m", "diff": "@@ -1 +1 @@\n-z = 1\n+z = 2\n"},
+    ]
+
+    def test_named_by_record_or_skipped_and_counted(self, tmp_path):
+        f = write_jsonl(tmp_path / "d.jsonl", self.ROWS)
+        msg = error_of(tmp_path, train_files=[str(f)], edit_format="commit")
+        assert msg.startswith(f"{f}: record 2: row 'b.py': its diff does not apply to its before (")
+        assert msg.endswith("Fix the record, or pass --skip_bad_records to skip and count bad records.")
+        raw, report = load(tmp_path, train_files=[str(f)], edit_format="commit", skip_bad_records=True)
+        assert [t.split("\n")[0] for t in raw["train"]["text"]] == ["<commit_before>x = 1", "<commit_before>z = 1"]
+        assert "_diffmodel_unrendered" not in raw["train"].column_names
+        assert (report.bad_records, report.bad_records_by_split) == (1, {"train": 1})
+        assert report.bad_record_examples[0].startswith(f"{f}: record 2: row 'b.py': its diff does not apply")
+        raw, report = load(tmp_path, train_files=[str(f)])  # carper writes the diff as given
+        assert (len(raw["train"]), report.bad_records) == (3, 0)

@@ -181,6 +181,18 @@ class TestResumeFromState:
         rows = list(_stream([tmp_path / "bad.jsonl"], tiny_tokenizer, _opts(tmp_path), skip_bad_records=True))
         assert rows[-1][STREAM_KEY]["counts"]["bad_records"] == 1
 
+    def test_a_diff_that_does_not_apply_in_another_format_names_file_and_line(self, tmp_path, tiny_tokenizer):
+        import dataclasses
+
+        rows = [{"name": "a.py", "before": "x = 1\n", "message": "m", "diff": "@@ -1 +1 @@\n-x = 1\n+x = 2\n"},
+                {"name": "b.py", "before": "y = 1\n", "message": "m", "diff": "@@ -1 +1 @@\n-other\n+y = 2\n"}]
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        opts = dataclasses.replace(_opts(tmp_path), edit_format="commit")
+        with pytest.raises(DiffModelError) as err:
+            list(_stream([tmp_path / "d.jsonl"], tiny_tokenizer, opts))
+        assert str(err.value).startswith(f"{tmp_path / 'd.jsonl'}:2: row 'b.py': its diff does not apply to its before")
+        assert "with --streaming, --skip_bad_records does not skip such a row" in str(err.value)
+
     def test_text_that_is_not_a_string_is_a_bad_record(self, tmp_path, tiny_tokenizer):
         (tmp_path / "bad.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["<MSG> x\n<DFF> y", None, 5, "<MSG> z\n<DFF> w"]))
         with pytest.raises(DiffModelError, match=r"bad.jsonl:2: 'text' is null, not text \(a JSON string\)\. .*--skip_bad_records"):

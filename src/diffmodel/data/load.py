@@ -544,10 +544,13 @@ def _resolve_text(
             ds = ds.map(
                 _render_batch,
                 batched=True,
+                with_indices=True,
                 input_columns=list(sample.FIELDS),
-                fn_kwargs={"render_version": _RENDER_VERSION, "edit_format": opts.edit_format},
+                fn_kwargs={"render_version": _RENDER_VERSION, "edit_format": opts.edit_format, "where": where,
+                           "skip_bad": opts.skip_bad_records},
                 desc=f"Rendering {split} samples",
             )
+            ds = _drop_unrendered(ds, split, report)
             report.rendered_from_fields = True
             formats[split] = records.row_format(sample.FIELDS)
             chosen[split] = "text"
@@ -580,15 +583,43 @@ _RENDER_VERSION = hashlib.sha256(
 ).hexdigest()[:16]
 
 
-def _render_batch(names: list, befores: list, messages: list, diffs: list, render_version: str, edit_format: str = "carper") -> dict:
-    """``text`` for a batch of structured rows in ``edit_format``; ``render_version`` only keys the cache to the rendering code."""
+#: Column of a rendered split: why the row could not be rendered (None where it was), until the row is dropped.
+_UNRENDERED = "_diffmodel_unrendered"
+
+
+def _render_batch(names: list, befores: list, messages: list, diffs: list, indices: list, render_version: str,
+                  edit_format: str = "carper", where: str = "", skip_bad: bool = False) -> dict:
+    """``text`` for a batch of structured rows in ``edit_format``; ``render_version`` only keys the cache to the rendering code.
+
+    In a format that writes the new file (not ``carper``) a row whose diff does not apply to its before cannot be
+    rendered: an error naming the row, or with ``skip_bad`` (``--skip_bad_records``) a bad record, counted and dropped
+    (:func:`_drop_unrendered`)."""
     del render_version
-    return {
-        "text": [
-            formats.render_row({"name": n, "before": b, "message": m, "diff": d}, edit_format)
-            for n, b, m, d in zip(names, befores, messages, diffs)
-        ]
-    }
+    texts, why = [], []
+    for n, b, m, d, i in zip(names, befores, messages, diffs, indices):
+        try:
+            texts.append(formats.render_row({"name": n, "before": b, "message": m, "diff": d}, edit_format))
+            why.append(None)
+        except DiffModelError as err:
+            if not skip_bad:
+                raise DiffModelError(f"{where}: record {i + 1}: {err}. Fix the record, or pass --skip_bad_records to "
+                                     "skip and count bad records.") from None
+            texts.append("")
+            why.append(f"{where}: record {i + 1}: {err}")
+    return {"text": texts, _UNRENDERED: why}
+
+
+def _drop_unrendered(ds: datasets.Dataset, split: str, report: LoadReport) -> datasets.Dataset:
+    """Drop the rows :func:`_render_batch` could not render, counted as the split's bad records."""
+    why = [w for w in ds[_UNRENDERED] if w is not None]
+    if why:
+        logger.warning("%s split: skipped %d record(s) whose diff does not apply, e.g. %s", split, len(why), why[0])
+        report.bad_records += len(why)
+        report.bad_records_by_split[split] = report.bad_records_by_split.get(split, 0) + len(why)
+        room = records.MAX_EXAMPLES - len(report.bad_record_examples)
+        report.bad_record_examples.extend(why[: max(room, 0)])
+        ds = ds.filter(lambda w: w is None, input_columns=[_UNRENDERED], desc=f"Dropping unrendered {split} records")
+    return ds.remove_columns([_UNRENDERED])
 
 
 def _prompt_completion_batch(prompts: list, completions: list) -> dict:

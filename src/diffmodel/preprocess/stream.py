@@ -163,7 +163,11 @@ def row_text(row: dict, text_column: str | None, origin: str, edit_format: str |
                 raise DiffModelError(f"{origin}: {column} holds {type(row[column]).__name__}, not text; give every row a prompt and a completion string")
         return records.prompt_completion_text(row["prompt"], row["completion"])
     elif all(f in row for f in sample.FIELDS):
-        return formats.render_row(row, edit_format), None
+        try:
+            return formats.render_row(row, edit_format), None
+        except DiffModelError as err:  # a diff that does not apply, in a format that writes the new file
+            raise DiffModelError(f"{origin}: {err} (with --streaming, --skip_bad_records does not skip such a row: it is "
+                                 "read fine, and fails only when rendered in --edit_format)") from None
     else:
         raise no_text_error(origin, list(row), kind="key")
     if not isinstance(text, str):
