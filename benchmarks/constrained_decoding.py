@@ -289,21 +289,32 @@ def run(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: --tiny's defaults, so that it is a quick check (a minute or two on a CPU); flags given on the command line keep their values.
+TINY_DEFAULTS = {"max_samples": 32, "max_new_tokens": 128, "rounds": 1}
+
+
 def model_arguments(p: argparse.ArgumentParser, max_samples: int, batch_size: int, max_new_tokens: int) -> None:
     """The decoding benchmarks' common arguments: the model (or --tiny), the data, the batch and the rounds."""
     p.add_argument("--model", help="a saved diff model folder (diffmodel train --output_dir)")
     p.add_argument("--data", help="held-out samples (jsonl, jsonl.zst, ...; default with --tiny: the quickstart samples)")
-    p.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model: checks the script only")
-    p.add_argument("--max_samples", type=int, default=max_samples)
-    p.add_argument("--batch_size", type=int, default=batch_size)
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--tiny", action="store_true",
+                   help="a tiny random model instead of --model: checks the script only (unless given: --max_samples "
+                        f"{TINY_DEFAULTS['max_samples']}, --max_new_tokens {TINY_DEFAULTS['max_new_tokens']}, "
+                        f"--rounds {TINY_DEFAULTS['rounds']})")
+    p.add_argument("--max_samples", type=int, default=max_samples, help="held-out samples decoded (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=batch_size, help="requests decoded together (default: %(default)s)")
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="longest diff, in tokens (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each arm, alternating (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
 def checked(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """The parsed arguments; an error unless --model and --data (or --tiny) are given."""
+    """The parsed arguments; an error unless --model and --data (or --tiny) are given. With --tiny the flags of
+    :data:`TINY_DEFAULTS` that the command line leaves out take those values."""
     args = p.parse_args(argv)
+    if args.tiny:
+        p.set_defaults(**TINY_DEFAULTS)
+        args = p.parse_args(argv)
     if getattr(args, "random", None) and not getattr(args, "tokenizer", None):
         p.error("--random needs --tokenizer DIR (the vocabulary of the untrained model)")
     if not args.tiny and not ((args.model or getattr(args, "random", None)) and args.data):

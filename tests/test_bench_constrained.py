@@ -118,3 +118,23 @@ def test_decoding_attention_benchmark_runs_each_decoder_in_both_arms_and_puts_th
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| diff-aware") or line.startswith("| plain")]
     assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 and r.rstrip(" |").endswith("x") for r in rows)
     assert model_module.decoding_attention is ours
+
+
+def _parser(bench):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    bench.model_arguments(p, max_samples=400, batch_size=32, max_new_tokens=512)
+    return p
+
+
+def test_tiny_is_a_short_run_unless_the_command_line_says_otherwise():
+    bench = _bench()
+
+    def picked(argv):
+        args = bench.checked(_parser(bench), argv)
+        return args.max_samples, args.batch_size, args.max_new_tokens, args.rounds
+
+    assert picked(["--tiny"]) == (32, 32, 128, 1)
+    assert picked(["--tiny", "--max_samples", "50", "--max_new_tokens", "256", "--rounds", "2"]) == (50, 32, 256, 2)
+    assert picked(["--model", "m", "--data", "d.jsonl"]) == (400, 32, 512, 2)

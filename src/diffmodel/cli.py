@@ -10,6 +10,7 @@ quietly.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -36,8 +37,16 @@ def _usage() -> str:
         "usage: diffmodel COMMAND [options]\n\n"
         "Train, run and evaluate diff models.\n\n"
         f"commands:\n{rows}\n\n"
-        "Run 'diffmodel COMMAND --help' for the options of a command."
+        "Run 'diffmodel COMMAND --help' for the options of a command, 'diffmodel --version' for the version."
     )
+
+
+def _unknown(name: str) -> str:
+    """The one-line error for a command that does not exist, with the nearest command when one is close."""
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"diffmodel: error: unknown command {name!r}{hint}; choose from {', '.join(COMMANDS)} "
+            "(diffmodel --help says what each does)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"diffmodel: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(_unknown(name), file=sys.stderr)
         return 2
     try:
         return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)

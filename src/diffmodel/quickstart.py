@@ -37,7 +37,11 @@ def check_flags(args) -> None:
     from diffmodel.atomic import folder_problem
 
     problems = []
-    if problem := folder_problem(args.output_dir):
+    try:
+        problem = folder_problem(args.output_dir)
+    except OSError as err:  # a name the system refuses to look up (too long, a loop of links)
+        problem = f"cannot be used ({err.strerror or err})"
+    if problem:
         problems.append(f"--output_dir {args.output_dir}: {problem}; choose another folder")
     if not 0 < args.epochs < math.inf:
         problems.append(f"--epochs {args.epochs:g}: use a positive number of epochs (default: 5)")
@@ -118,6 +122,14 @@ def copy_samples(out: Path) -> tuple[list[dict], Path]:
     return rows, data
 
 
+def _median_speed(log_history: list[dict]) -> str:
+    """The summary's speed: the median tokens/s of the logs after the first (which holds the start-up), or why there is none."""
+    median = speed_results(log_history).get("median_tokens_per_second")
+    if median is None:
+        return "not measured (it needs two logged steps: --logging_steps 5, so at least 10 steps)"
+    return f"{median} tokens/s, median"
+
+
 def summary(model_dir: Path, block_size: int, start: float) -> list[tuple[str, str]]:
     """(name, value) rows of the final table, read from what the training run wrote into ``model_dir``."""
     state = json.loads((model_dir / "trainer_state.json").read_text())
@@ -135,7 +147,7 @@ def summary(model_dir: Path, block_size: int, start: float) -> list[tuple[str, s
         ("checkpoint", str(model_dir)),
         ("model card", str(model_dir / "README.md")),
         ("loss plot", str(model_dir / "loss.png")),
-        ("speed", f"{speed_results(state['log_history']).get('median_tokens_per_second', '-')} tokens/s, median (plot: {model_dir / 'speed.png'})"),
+        ("speed", f"{_median_speed(state['log_history'])} (plot: {model_dir / 'speed.png'})"),
         ("data report", str(model_dir / "data_report.json")),
         ("wall time", f"{time.time() - start:.0f} s"),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +20,12 @@ DESCRIPTION = ("Train a tiny diff model on the bundled samples (CPU, a few minut
                "Everything is written under --output_dir; running the command again starts over.")
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="diffmodel quickstart", description=DESCRIPTION)
     p.add_argument("-o", "--output_dir", default="quickstart_out", help="folder for everything the run writes (default: %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default="gpt2", help="model architecture built from a config (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=5, help="training epochs (default: %(default)s)")
-    p.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (default: run all epochs)")
+    p.add_argument("--max_steps", type=int, default=-1, help="train this many optimizer steps, however many epochs they take (--epochs is then ignored; default: all --epochs)")
     p.add_argument("--block_size", type=int, default=512, help="row length in tokens (default: %(default)s)")
     p.add_argument("--layers", type=int, default=3, help="transformer layers (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
@@ -34,15 +35,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def make_output_dir(output_dir: str) -> Path:
+    """``--output_dir``, created and checked writable (a file written and removed in it), or a usage error naming it."""
+    from diffmodel.errors import DiffModelError
+
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise DiffModelError(f"--output_dir {output_dir}: cannot write in it ({err.strerror or err}); choose another folder") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv or [])
+    args = parse(argv)  # None: the command line (python -m diffmodel.commands.quickstart ...)
     from diffmodel.commands.train import main as train_main
     from diffmodel.progress import bars_off
     from diffmodel.quickstart import build_base_model, check_block_size, check_flags, copy_samples, summary, train_args
 
     check_flags(args)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(args.output_dir)
     start = time.time()
     rows, data = copy_samples(out)
     print(f"[quickstart] {len(rows)} bundled diff samples -> {data}")
