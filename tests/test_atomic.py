@@ -54,3 +54,7 @@ def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
     proc = subprocess.run(f"{sys.executable} -m diffmodel.cli train --help-all | head -1", shell=True, capture_output=True,
                           text=True, timeout=300)
     assert proc.stdout.startswith("usage:") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_folder_problem_of_a_name_too_long_to_look_up(tmp_path):
+    assert atomic.folder_problem(tmp_path / ("x" * 300)) == "cannot be used (File name too long)"

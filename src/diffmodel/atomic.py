@@ -65,7 +65,10 @@ def folder_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be made or used as an output folder (a file in the way, no write permission), or None;
     nothing is created."""
     path = Path(path)
-    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    try:
+        existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    except OSError as err:  # a name the system cannot look up (too long, say)
+        return f"cannot be used ({err.strerror})"
     if existing is None:
         return None
     if not existing.is_dir():
