@@ -486,6 +486,7 @@ class TestSigtermRun:
         steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")]
         assert len(steps) == 1 and (out / f"checkpoint-{steps[0]}" / "trainer_state.json").is_file()
         assert f"SIGTERM: saving a checkpoint of step {steps[0]} and stopping" in text
+        assert f"(exit status 143); the same command resumes from it" in text
         assert not (out / "train_results.json").exists() and not (out / "README.md").exists()  # the run is not over
         again = subprocess.run(argv + ["--max_steps", str(steps[0] + 2)], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

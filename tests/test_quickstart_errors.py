@@ -75,6 +75,10 @@ def test_sigterm_during_training_returns_train_status_without_a_summary(tmp_path
     lines = err.read_text().splitlines()
     assert lines[-1] == "[quickstart] training stopped (exit status 143); running this command again starts training over"
     assert "Traceback" not in err.read_text() and "[quickstart] done" not in rest
+    # quickstart trains with --overwrite_output_dir: train's own line must not promise a resume
+    said = rest + err.read_text()
+    assert "the same command without --overwrite_output_dir resumes from it (with it, training starts over)" in said
+    assert "; the same command resumes from it" not in said
     assert len(list((out / "model").glob("checkpoint-*"))) == 1
     assert not (out / "model" / "trainer_state.json").exists()
 

@@ -464,8 +464,10 @@ def _run(model_args, data_args, training_args) -> int:
     if training_args.do_train:
         train_metrics = train(trainer, training_args, data_args, train_ds, lora_args, out_dir, prepared.use_cache, prepared.stopper)
         if train_metrics is None:
-            logger.warning("stopped by SIGTERM: checkpoint-%d saved in %s (exit status %d); the same command resumes from it",
-                           prepared.stopper.stopped_at, out_dir, SIGTERM_EXIT)
+            again = ("the same command without --overwrite_output_dir resumes from it (with it, training starts over)"
+                     if training_args.overwrite_output_dir else "the same command resumes from it")
+            logger.warning("stopped by SIGTERM: checkpoint-%d saved in %s (exit status %d); %s",
+                           prepared.stopper.stopped_at, out_dir, SIGTERM_EXIT, again)
             return SIGTERM_EXIT
     if training_args.do_eval:
         eval_metrics = evaluate(trainer, eval_ds)
