@@ -32,16 +32,16 @@ from diffmodel.tiny import N_HEADS, save_tiny_checkpoint
 from diffmodel.train.card import speed_results
 
 
+#: Steps between training logs (the summary's median speed leaves out the first log).
+LOGGING_STEPS = 5
+
+
 def check_flags(args) -> None:
     """Raise one :class:`~diffmodel.errors.DiffModelError` naming every bad flag, before anything is written."""
     from diffmodel.atomic import folder_problem
 
     problems = []
-    try:
-        problem = folder_problem(args.output_dir)
-    except OSError as err:  # a name the system refuses to look up (too long, a loop of links)
-        problem = f"cannot be used ({err.strerror or err})"
-    if problem:
+    if problem := folder_problem(args.output_dir):
         problems.append(f"--output_dir {args.output_dir}: {problem}; choose another folder")
     if not 0 < args.epochs < math.inf:
         problems.append(f"--epochs {args.epochs:g}: use a positive number of epochs (default: 5)")
@@ -102,7 +102,7 @@ def train_args(args, data: Path, base: Path, out: Path) -> list[str]:
         "--warmup_steps", "20",
         "--lr_scheduler_type", "cosine",
         "--weight_decay", "0.01",
-        "--logging_steps", "5",
+        "--logging_steps", str(LOGGING_STEPS),
         "--eval_strategy", "epoch",
         "--save_strategy", "epoch",
         "--save_total_limit", "1",
@@ -126,7 +126,7 @@ def _median_speed(log_history: list[dict]) -> str:
     """The summary's speed: the median tokens/s of the logs after the first (which holds the start-up), or why there is none."""
     median = speed_results(log_history).get("median_tokens_per_second")
     if median is None:
-        return "not measured (it needs two logged steps: --logging_steps 5, so at least 10 steps)"
+        return f"not measured (it needs two logged steps: --logging_steps {LOGGING_STEPS}, so at least {2 * LOGGING_STEPS} steps)"
     return f"{median} tokens/s, median"
 
 
