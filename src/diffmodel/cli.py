@@ -43,9 +43,10 @@ def _usage() -> str:
 
 def _unknown(name: str) -> str:
     """The one-line error for a command that does not exist, with the nearest command when one is close."""
-    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return (f"diffmodel: error: unknown command {name!r}{hint}; choose from {', '.join(COMMANDS)} "
+    from diffmodel.errors import did_you_mean
+
+    close = [repr(c) for c in difflib.get_close_matches(name, list(COMMANDS), n=1)]
+    return (f"diffmodel: error: unknown command {name!r}{did_you_mean(close)}; choose from {', '.join(COMMANDS)} "
             "(diffmodel --help says what each does)")
 
 

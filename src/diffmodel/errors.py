@@ -18,3 +18,8 @@ def raise_if_problems(problems: list[str], header: str) -> None:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DiffModelError(f"{header}:\n{lines}")
+
+
+def did_you_mean(candidates: list[str], sep: str = " or ") -> str:
+    """`` (did you mean A or B?)`` for the close names a caller found (difflib), or ``""`` when there are none."""
+    return f" (did you mean {sep.join(candidates)}?)" if candidates else ""

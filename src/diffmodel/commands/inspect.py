@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 
 from diffmodel.commands.help import dataclass_help, wants_help
-from diffmodel.errors import DiffModelError, raise_if_problems
+from diffmodel.errors import DiffModelError, did_you_mean, raise_if_problems
 from diffmodel.train.args import LAYOUT_FLAGS, DataArguments, arg, data_problems
 
 
@@ -94,7 +94,7 @@ def unknown_flags_message(unknown: list[str], parser) -> str:
     for group in groups:
         close = difflib.get_close_matches(group[0].split("=", 1)[0].replace("-", "_").replace("__", "--", 1), known, n=3) \
             if group[0].startswith("--") else []
-        parts.append(" ".join(group) + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        parts.append(" ".join(group) + did_you_mean(close))
     return (f"unknown argument(s): {'; '.join(parts)}. See diffmodel inspect --help for its flags "
             f"(diffmodel train flags that do not shape the rows are not taken)")
 

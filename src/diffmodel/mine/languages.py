@@ -16,6 +16,8 @@ from __future__ import annotations
 import difflib
 import posixpath
 
+from diffmodel.errors import did_you_mean
+
 #: Whole file names (lower-cased) that tell the language without an extension.
 BY_FILENAME: dict[str, str] = {
     "makefile": "Makefile",
@@ -132,8 +134,7 @@ def unknown_languages(names) -> list[str]:
             continue
         close = ([BY_EXTENSION[name.lower()]] if name.lower() in BY_EXTENSION
                  else [known[m] for m in difflib.get_close_matches(name.lower(), known, n=3)])
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        messages.append(f"--languages {name}: not a known language{hint}; the names are listed in docs/mine.md")
+        messages.append(f"--languages {name}: not a known language{did_you_mean(close, ', ')}; the names are listed in docs/mine.md")
     return messages
 
 
