@@ -1,0 +1,124 @@
+"""Compiled training step with each layer's query/key/value and gate/up projections as one matrix multiply each.
+
+A Llama layer projects the same normed input three times for attention (queries, keys, values) and twice for its
+MLP (gate, up). With grouped key heads the key and value projections are narrow (~1B: 2,048 -> 256), a shape the
+GPU's matrix units fill poorly, and the input's gradient is the sum of three (and two) products. Concatenating
+the weights at each forward (one cat of the weights, which autocast casts anyway) makes one wide product and one
+input gradient. inductor's own ``batch_linear_lhs`` pass does this only for 2-D inputs, not a model's
+(rows, tokens, hidden) ones. This measures what it would give on the default packed path (fp32 weights under bf16
+autocast, flex_attention with diffmodel's tiles, torch.compile, packed rows), both arms alternating, and checks
+that they give the same loss and gradients.
+
+    PYTHONPATH=src python benchmarks/fused_projections.py --model 1b --rounds 3 --steps 10
+    PYTHONPATH=src python benchmarks/fused_projections.py --model 110m --rounds 3 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rotary_compile import packed_positions  # noqa: E402
+from train_throughput import MODELS  # noqa: E402
+
+
+def fused_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
+    kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+    sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+    q, k, v = (t.view(shape).transpose(1, 2) for t in F.linear(hidden_states, weight).split(sizes, dim=-1))
+    q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+    return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+
+def fused_mlp(self, x):
+    gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, dim=-1)
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def fuse(model) -> int:
+    for layer in model.model.layers:
+        layer.self_attn.forward = types.MethodType(fused_attention, layer.self_attn)
+        layer.mlp.forward = types.MethodType(fused_mlp, layer.mlp)
+    return len(model.model.layers)
+
+
+def step(model, batch):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss
+
+
+def main(argv=None):
+    from diffmodel.train import flex_kernels
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="1b")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--attn", default="flex_attention")
+    args = p.parse_args(argv)
+    shape = dict(MODELS[args.model])
+    shape["head_dim"] = shape["hidden_size"] // shape["num_attention_heads"]
+    config = transformers.LlamaConfig(**shape, vocab_size=args.vocab, max_position_embeddings=args.width,
+                                      tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).cuda()
+    if args.attn == "flex_attention":
+        flex_kernels.install(base, flex_kernels.HOPPER_HEAD64)
+    ours = copy.deepcopy(base)
+    print(f"fused: {fuse(ours)} layers; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
+    batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
+    arms = {"separate": torch.compile(base), "fused": torch.compile(ours)}
+    losses, grads = {}, {}
+    for name, model in arms.items():
+        t = time.perf_counter()
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            losses[name] = step(model, batch).item()
+        torch.cuda.synchronize()
+        grads[name] = {n: q.grad.float().clone() for n, q in model.named_parameters() if "layers.0." in n}
+        print(f"{name}: compile + warm-up {time.perf_counter() - t:.0f} s, loss {losses[name]:.6f}", flush=True)
+    worst = max((grads["separate"][n] - grads["fused"][n]).abs().max().item() for n in grads["separate"])
+    scale = max(g.abs().max().item() for g in grads["separate"].values())
+    print(f"|loss diff| {abs(losses['separate'] - losses['fused']):.2e}, max |grad diff| layer 0 {worst:.2e} "
+          f"(largest gradient {scale:.2e})", flush=True)
+    times = {name: [] for name in arms}
+    for r in range(args.rounds):
+        for name, model in (arms.items() if r % 2 == 0 else reversed(arms.items())):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                model.zero_grad(set_to_none=True)
+                step(model, batch)
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t) / args.steps * 1000)
+            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step", flush=True)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    print(f"| device | model | separate ms | fused ms | fused speed-up |\n|---|---|---|---|---|\n"
+          f"| {torch.cuda.get_device_name()} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "
+          f"{med['separate'] / med['fused']:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
