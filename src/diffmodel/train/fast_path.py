@@ -338,6 +338,18 @@ def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts, m
                         "(on an H200 at ~110M the packed step went from 60 to 55 ms)")
 
 
+def choose_fused_projections(setting: str, model_type: str | None) -> Choice:
+    from diffmodel.train import fused_projections
+
+    if setting == "on" and not fused_projections.supports(model_type):
+        return Choice(False, f"set by --fused_projections on, but {model_type!r} models are not among those it takes "
+                             f"({', '.join(fused_projections.SUPPORTED)})")
+    if given := _given(setting, "fused_projections"):
+        return given
+    return Choice(False, "not measured on a GPU yet; --fused_projections on makes one product of each layer's q/k/v "
+                         "and one of its gate/up projections")
+
+
 @dataclass(frozen=True)
 class FastPath:
     attention: Choice
@@ -348,6 +360,7 @@ class FastPath:
     flex_kernels: Choice
     async_steps: Choice
     loss_logits: Choice
+    fused_projections: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -360,7 +373,8 @@ class FastPath:
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
-                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits)]
+                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
+                 ("fused projections", self.fused_projections)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -395,6 +409,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
+        fused_projections=choose_fused_projections(getattr(speed, "fused_projections", "auto"), model_type),
     )
 
 
