@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` eight choices are made for the user unless a flag makes
+With ``--packing`` nine choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -63,6 +63,10 @@ card):
   takes, unless liger-kernel's fused loss is chosen or DeepSpeed / FSDP shard the model (on an H200 the
   packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary, when the
   output layer alone was picked; Llama-shaped models now run their last layer's MLP there only too).
+
+- **fused projections** (``--fused_projections``): each layer's q/k/v projections as one
+  product and its gate/up projections as another (:mod:`diffmodel.train.fused_projections`);
+  off unless ``on`` until measured on a GPU.
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
