@@ -7,7 +7,8 @@ the weights at each forward (one cat of the weights, which autocast casts anyway
 input gradient. inductor's own ``batch_linear_lhs`` pass does this only for 2-D inputs, not a model's
 (rows, tokens, hidden) ones. This measures what it would give on the default packed path (fp32 weights under bf16
 autocast, flex_attention with diffmodel's tiles, torch.compile, packed rows), both arms alternating, and checks
-that they give the same loss and gradients.
+that they give the same loss and gradients. Measured on an H100: slower at ~1B (0.984x) and ~110M (0.907x), so
+`diffmodel train` keeps the model's own projections (benchmarks/RESULTS.md).
 
     PYTHONPATH=src python benchmarks/fused_projections.py --model 1b --rounds 3 --steps 10
     PYTHONPATH=src python benchmarks/fused_projections.py --model 110m --rounds 3 --steps 20

@@ -167,7 +167,6 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
-        "pack_fused": ["--packing", "--fused_projections", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
         **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},
         "pack_nonan": ["--packing", "--async_steps", "off", "--logging_nan_inf_filter", "False"],

@@ -140,21 +140,8 @@ def test_lines_say_each_choice_and_its_reason():
         "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
         "asynchronous steps: off (no GPU: host and step are the same processor)",
         "logits at the loss positions only: off (no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is)",
-        "fused projections: off (not measured on a GPU yet; --fused_projections on makes one product of each layer's q/k/v "
-        "and one of its gate/up projections)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
-
-
-@pytest.mark.parametrize("setting,model_type,expected,reason", [
-    ("auto", "llama", False, "not measured on a GPU yet; --fused_projections on makes one product of each layer's q/k/v and one of its gate/up projections"),
-    ("on", "qwen3", True, "set by --fused_projections on"),
-    ("off", "llama", False, "set by --fused_projections off"),
-    ("on", "gpt2", False, "set by --fused_projections on, but 'gpt2' models are not among those it takes (llama, mistral, qwen2, qwen3)"),
-])
-def test_fused_projections(setting, model_type, expected, reason):
-    path = choose(SpeedArguments(fused_projections=setting), None, True, _training(), GPU, model_type)
-    assert (path.fused_projections.value, path.fused_projections.reason) == (expected, reason)
 
 
 # (SpeedArguments fields, --attn_implementation, --packing, machine) -> the words of the one problem found
@@ -594,19 +581,6 @@ class TestAsyncSteps:
         assert "fast path: asynchronous steps: on (set by --async_steps on)" in runs[1]["log"]
         saved = [torch.load(r["out"] / "training_args.bin", weights_only=False).logging_nan_inf_filter for r in runs]
         assert saved == [True, False]
-
-
-class TestFusedProjections:
-    def test_the_same_losses_with_one_product_for_the_projections(self, data_dir, tiny_llama_dir):
-        runs = [_train(tiny_llama_dir, data_dir, f"fused_{s}", "--packing", "--max_steps", "3", "--fused_projections", s)
-                for s in ("off", "on")]
-        assert [r["code"] for r in runs] == [0, 0]
-        losses = [[h["loss"] for h in json.loads((r["out"] / "trainer_state.json").read_text())["log_history"] if "loss" in h]
-                  for r in runs]
-        assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
-        assert "fast path: fused projections: on (set by --fused_projections on)" in runs[1]["log"]
-        assert "fast path: fused projections in 4 attention and MLP modules" in runs[1]["log"]  # 2 layers
-        assert not any("fused projections in" in m for m in runs[0]["log"])
 
 
 class TestLossLogits:

@@ -1,6 +1,6 @@
 """The fast path of ``diffmodel train --packing``: what runs by default, and why.
 
-With ``--packing`` nine choices are made for the user unless a flag makes
+With ``--packing`` eight choices are made for the user unless a flag makes
 them (each is logged at start-up with its reason, and recorded in the model
 card):
 
@@ -63,10 +63,6 @@ card):
   takes, unless liger-kernel's fused loss is chosen or DeepSpeed / FSDP shard the model (on an H200 the
   packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary, when the
   output layer alone was picked; Llama-shaped models now run their last layer's MLP there only too).
-
-- **fused projections** (``--fused_projections``): each layer's q/k/v projections as one
-  product and its gate/up projections as another (:mod:`diffmodel.train.fused_projections`);
-  off unless ``on`` until measured on a GPU.
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -342,18 +338,6 @@ def choose_loss_logits(setting: str, packing: bool, liger: bool, facts: Facts, m
                         "(on an H200 at ~110M the packed step went from 60 to 55 ms)")
 
 
-def choose_fused_projections(setting: str, model_type: str | None) -> Choice:
-    from diffmodel.train import fused_projections
-
-    if setting == "on" and not fused_projections.supports(model_type):
-        return Choice(False, f"set by --fused_projections on, but {model_type!r} models are not among those it takes "
-                             f"({', '.join(fused_projections.SUPPORTED)})")
-    if given := _given(setting, "fused_projections"):
-        return given
-    return Choice(False, "not measured on a GPU yet; --fused_projections on makes one product of each layer's q/k/v "
-                         "and one of its gate/up projections")
-
-
 @dataclass(frozen=True)
 class FastPath:
     attention: Choice
@@ -364,7 +348,6 @@ class FastPath:
     flex_kernels: Choice
     async_steps: Choice
     loss_logits: Choice
-    fused_projections: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -377,8 +360,7 @@ class FastPath:
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
-                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("fused projections", self.fused_projections)]
+                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -413,7 +395,6 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
-        fused_projections=choose_fused_projections(getattr(speed, "fused_projections", "auto"), model_type),
     )
 
 

@@ -33,8 +33,6 @@ import sys
 
 import torch
 
-from diffmodel.train import fused_projections
-
 #: Tokens per block of flex_attention's block mask (torch's default; the kernels' tiles divide it).
 BLOCK = 128
 
@@ -99,7 +97,7 @@ def attend(layer, hidden_states: torch.Tensor, index: torch.Tensor, position_ids
     key, _ = rotary(key.transpose(1, 2), key.transpose(1, 2), cos[None], sin[None])
 
     start = index - position_ids.reshape(tokens).index_select(0, index)  # each query's sample starts here
-    window = fused_projections.window(attn)
+    window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(attn.config, "sliding_window", None)
     if window is not None:  # transformers' sliding window: keys less than `window` positions back
         start = torch.maximum(start, index - window + 1)
     backend = attn.config._attn_implementation

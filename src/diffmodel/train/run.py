@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, fast_path, flex_kernels, fused_projections, loss_logits
+from diffmodel.train import async_steps, fast_path, flex_kernels, loss_logits
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -417,8 +417,6 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         last_layer = path.loss_logits.value != fast_path.OUTPUT_ONLY
         loss_logits.install(model, last_layer=last_layer)
         logger.info("fast path: at the loss positions only: %s", loss_logits.plan(model, last_layer=last_layer))
-    if path.fused_projections.value:
-        logger.info("fast path: fused projections in %d attention and MLP modules", fused_projections.install(model))
     collator_of = functools.partial(make_collator, model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
                                     row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
     try:
