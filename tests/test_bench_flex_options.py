@@ -69,18 +69,31 @@ def test_lengths_from_samples_are_their_token_counts_with_the_eos(tmp_path):
     assert sample_lengths(SimpleNamespace(lengths_from=None)) is None
 
 
-def test_packed_rows_give_what_the_guarantees_arm_promises_flex_attention():
-    """ROWS_GUARANTEED_SAFE: every query keeps at least one key (itself); BLOCKS_ARE_CONTIGUOUS: each query
-    block's key blocks (and each key block's query blocks) are one run of neighbouring blocks."""
+def test_packed_rows_keep_a_key_for_every_query_as_rows_guaranteed_safe_promises():
+    """ROWS_GUARANTEED_SAFE: every query keeps at least one key (itself), the unfilled tail of a row included."""
     doc = packed_documents(rows=4, width=1024, min_length=16, seed=2)
-    mask = block_mask(doc, "cpu")
-    dense = mask.to_dense()  # (rows, 1, query blocks, key blocks): 1 where a block has any allowed pair
+    dense = block_mask(doc, "cpu").to_dense()  # (rows, 1, query blocks, key blocks): 1 where a block has any allowed pair
     assert dense.shape == (4, 1, 8, 8)
-    for blocks in (dense[:, 0], dense[:, 0].transpose(1, 2)):
-        for row in blocks.reshape(-1, blocks.shape[-1]).tolist():
-            used = [i for i, v in enumerate(row) if v]
-            assert used and used == list(range(used[0], used[-1] + 1))
     assert torch.diagonal(dense[:, 0], dim1=-2, dim2=-1).all()  # each query block holds its own diagonal
+
+
+def test_packed_rows_break_what_blocks_are_contiguous_promises():
+    """BLOCKS_ARE_CONTIGUOUS lets the kernels step to the next block without reading the block list: it needs each
+    query block's list of partial key blocks (and of full ones) to be one run. A packed row's partial blocks are a
+    sample's first block and the query block's own diagonal one, with the full blocks between them: not one run,
+    which is why the arm that promised it gave NaN on a GPU."""
+    mask = block_mask(packed_documents(rows=4, width=2048, min_length=64, seed=0), "cpu")
+
+    def runs_broken(num, idx):
+        broken = 0
+        for r in range(num.shape[0]):
+            for q in range(num.shape[2]):
+                ids = idx[r, 0, q, : int(num[r, 0, q])].tolist()
+                broken += ids != list(range(ids[0], ids[0] + len(ids))) if ids else 0
+        return broken
+
+    assert runs_broken(mask.full_kv_num_blocks, mask.full_kv_indices) == 0
+    assert runs_broken(mask.kv_num_blocks, mask.kv_indices) > 0
 
 
 def test_the_varlen_arms_get_the_rows_sequences_laid_end_to_end():
