@@ -528,6 +528,52 @@ def budget_run(data_dir, tiny_gpt2_dir):
     return _train(tiny_gpt2_dir, data_dir, "budget", "--packing", "--padding_free", "on", "--max_steps", "10000", "--max_train_time", "2")
 
 
+class TestFirstStep:
+    def test_the_callback_logs_the_first_step_once_with_its_time(self):
+        from diffmodel.train.first_step import FirstStepCallback
+
+        times = iter([100.0, 283.4, 284.0])
+        callback = FirstStepCallback(clock=lambda: next(times))
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        root = logging.getLogger("diffmodel")
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            callback.on_train_begin(None, SimpleNamespace(global_step=40), None)
+            for step in (41, 42):
+                callback.on_step_end(None, SimpleNamespace(global_step=step), None)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+        assert records == ["torch.compile: the first step (step 41) took 183 s, compiling included"]
+
+    @pytest.mark.parametrize("compile_", ["on", "off"])
+    def test_a_compiled_run_says_before_training_that_the_first_step_compiles(self, data_dir, tiny_gpt2_dir, compile_):
+        from diffmodel.train.args import parse_args, validate
+        from diffmodel.train.first_step import BEFORE, FirstStepCallback
+        from diffmodel.train.run import prepare
+
+        argv = ["--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(data_dir / "data.jsonl"),
+                "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"first_{compile_}"),
+                "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+                "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--compile", compile_]
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        logging.getLogger("diffmodel").addHandler(handler)
+        try:
+            args = parse_args(argv)
+            validate(*args)
+            trainer = prepare(*args).trainer
+        finally:
+            logging.getLogger("diffmodel").removeHandler(handler)
+        added = any(isinstance(c, FirstStepCallback) for c in trainer.callback_handler.callbacks)
+        assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
+
+
 class TestTimeBudgetRun:
     def test_ends_early_with_the_final_model_and_a_checkpoint_of_its_last_step(self, budget_run):
         assert budget_run["code"] == 0

@@ -1,0 +1,36 @@
+"""How long the first training step took, when torch.compile makes it long.
+
+Compiled (``--compile``, on by default with ``--packing`` on a GPU), the first step compiles the model's kernels
+before it trains: about a minute on a GPU whose compile cache is warm, and up to about four minutes on a fresh
+machine (an H100 at ~110M, benchmarks/RESULTS.md), while the progress bar stays at step 0. The start-up log
+says so before training starts, and :class:`FirstStepCallback` logs how long that step took once it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger("diffmodel.train")
+
+BEFORE = ("torch.compile: the first step compiles the model's kernels before it trains (about a minute on a GPU, "
+          "a few on a fresh machine; later runs on this machine reuse much of it); the log says how long it took")
+
+
+class FirstStepCallback(TrainerCallback):
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.started: float | None = None
+        self.done = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.done = self.clock(), False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.done and self.started is not None:
+            self.done = True
+            logger.info("torch.compile: the first step (step %d) took %.0f s, compiling included", state.global_step,
+                        self.clock() - self.started)
+        return control
