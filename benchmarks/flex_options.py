@@ -46,8 +46,8 @@ ARMS = {
     "bwd_64x128": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,
                    "bwd_num_warps": 8, "bwd_num_stages": 3},
     "tma": {"USE_TMA": True},
-    # what packed rows guarantee: each query attends to itself (not BLOCKS_ARE_CONTIGUOUS: a query block's partial
-    # key blocks, its samples' first blocks and its own diagonal one, are not one run; with it the kernels gave NaN)
+    # promises packed rows do not keep (both gave NaN on an H100; tests/test_bench_flex_options.py says why): every
+    # query row sees a key in each key tile the kernel reaches, and each query block's key blocks of a kind are one run
     "diffmodel_rows_safe": {**HOPPER_HEAD64, "ROWS_GUARANTEED_SAFE": True},
     "diffmodel_guarantees": {**HOPPER_HEAD64, "ROWS_GUARANTEED_SAFE": True, "BLOCKS_ARE_CONTIGUOUS": True},
     # not flex_attention: the varlen kernels over the same sequences

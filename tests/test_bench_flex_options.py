@@ -69,19 +69,34 @@ def test_lengths_from_samples_are_their_token_counts_with_the_eos(tmp_path):
     assert sample_lengths(SimpleNamespace(lengths_from=None)) is None
 
 
-def test_packed_rows_keep_a_key_for_every_query_as_rows_guaranteed_safe_promises():
-    """ROWS_GUARANTEED_SAFE: every query keeps at least one key (itself), the unfilled tail of a row included."""
+def test_packed_rows_break_what_rows_guaranteed_safe_needs():
+    """ROWS_GUARANTEED_SAFE drops the kernels' guard for a query row whose running maximum is still -inf after a key
+    tile: it needs every query to see a key in the first key block its query block reaches (its partial blocks come
+    first). In a packed row a query block that holds the start of a later sample can reach first the block where an
+    earlier sample starts, where the later sample's queries see nothing (each query does see itself, which is not enough): NaN on a GPU."""
     doc = packed_documents(rows=4, width=1024, min_length=16, seed=2)
-    dense = block_mask(doc, "cpu").to_dense()  # (rows, 1, query blocks, key blocks): 1 where a block has any allowed pair
-    assert dense.shape == (4, 1, 8, 8)
+    mask = block_mask(doc, "cpu")
+    dense = mask.to_dense()  # (rows, 1, query blocks, key blocks): 1 where a block has any allowed pair
     assert torch.diagonal(dense[:, 0], dim1=-2, dim2=-1).all()  # each query block holds its own diagonal
+    block = mask.BLOCK_SIZE[0]
+    blind = 0
+    for r in range(doc.shape[0]):
+        for q in range(doc.shape[1] // block):
+            # the kernels go through a query block's partial key blocks first, then its full ones
+            partial = int(mask.kv_num_blocks[r, 0, q]) > 0
+            first = int((mask.kv_indices if partial else mask.full_kv_indices)[r, 0, q, 0])
+            keys = doc[r, first * block:(first + 1) * block]
+            for i in range(q * block, (q + 1) * block):
+                seen = (keys == doc[r, i]) & (torch.arange(first * block, (first + 1) * block) <= i)
+                blind += not bool(seen.any())
+    assert blind > 0
 
 
 def test_packed_rows_break_what_blocks_are_contiguous_promises():
     """BLOCKS_ARE_CONTIGUOUS lets the kernels step to the next block without reading the block list: it needs each
     query block's list of partial key blocks (and of full ones) to be one run. A packed row's partial blocks are a
     sample's first block and the query block's own diagonal one, with the full blocks between them: not one run,
-    which is why the arm that promised it gave NaN on a GPU."""
+    which is why the arm that promised it gave NaN on a GPU (with ROWS_GUARANTEED_SAFE, which gave NaN alone too)."""
     mask = block_mask(packed_documents(rows=4, width=2048, min_length=64, seed=0), "cpu")
 
     def runs_broken(num, idx):
