@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
+from compiled_ab import compare  # noqa: E402
 from rotary_compile import packed_positions  # noqa: E402
 from train_throughput import MODELS  # noqa: E402
 
@@ -59,13 +59,6 @@ def fuse(model) -> int:
     return len(model.model.layers)
 
 
-def step(model, batch):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(**batch).loss
-    loss.backward()
-    return loss
-
-
 def main(argv=None):
     from diffmodel.train import flex_kernels
 
@@ -90,32 +83,7 @@ def main(argv=None):
     print(f"fused: {fuse(ours)} layers; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
     batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
-    arms = {"separate": torch.compile(base), "fused": torch.compile(ours)}
-    losses, grads = {}, {}
-    for name, model in arms.items():
-        t = time.perf_counter()
-        for _ in range(3):
-            model.zero_grad(set_to_none=True)
-            losses[name] = step(model, batch).item()
-        torch.cuda.synchronize()
-        grads[name] = {n: q.grad.float().clone() for n, q in model.named_parameters() if "layers.0." in n}
-        print(f"{name}: compile + warm-up {time.perf_counter() - t:.0f} s, loss {losses[name]:.6f}", flush=True)
-    worst = max((grads["separate"][n] - grads["fused"][n]).abs().max().item() for n in grads["separate"])
-    scale = max(g.abs().max().item() for g in grads["separate"].values())
-    print(f"|loss diff| {abs(losses['separate'] - losses['fused']):.2e}, max |grad diff| layer 0 {worst:.2e} "
-          f"(largest gradient {scale:.2e})", flush=True)
-    times = {name: [] for name in arms}
-    for r in range(args.rounds):
-        for name, model in (arms.items() if r % 2 == 0 else reversed(arms.items())):
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                model.zero_grad(set_to_none=True)
-                step(model, batch)
-            torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t) / args.steps * 1000)
-            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step", flush=True)
-    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    med = compare({"separate": torch.compile(base), "fused": torch.compile(ours)}, batch, args.steps, args.rounds)
     print(f"| device | model | separate ms | fused ms | fused speed-up |\n|---|---|---|---|---|\n"
           f"| {torch.cuda.get_device_name()} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "
           f"{med['separate'] / med['fused']:.3f}x |")

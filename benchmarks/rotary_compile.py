@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
+from compiled_ab import compare  # noqa: E402
 from train_throughput import MODELS  # noqa: E402
 
 
@@ -49,13 +49,6 @@ def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:
     return out
 
 
-def step(model, batch):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(**batch).loss
-    loss.backward()
-    return loss
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(MODELS), default="1b")
@@ -76,30 +69,7 @@ def main(argv=None):
     print("outside the graph:", outside_compiled_graph(ours))
     ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
     batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
-    arms = {"inside": torch.compile(base), "outside": torch.compile(ours)}
-    losses, grads = {}, {}
-    for name, model in arms.items():
-        t = time.perf_counter()
-        for _ in range(3):
-            model.zero_grad(set_to_none=True)
-            losses[name] = step(model, batch).item()
-        torch.cuda.synchronize()
-        grads[name] = {n: q.grad.float().clone() for n, q in model.named_parameters() if "layers.0." in n}
-        print(f"{name}: compile + warm-up {time.perf_counter() - t:.0f} s, loss {losses[name]:.6f}")
-    worst = max((grads["inside"][n] - grads["outside"][n]).abs().max().item() for n in grads["inside"])
-    print(f"|loss diff| {abs(losses['inside'] - losses['outside']):.2e}, max |grad diff| layer 0 {worst:.2e}")
-    times = {name: [] for name in arms}
-    for r in range(args.rounds):
-        for name, model in arms.items():
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                model.zero_grad(set_to_none=True)
-                step(model, batch)
-            torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t) / args.steps * 1000)
-            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step")
-    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    med = compare({"inside": torch.compile(base), "outside": torch.compile(ours)}, batch, args.steps, args.rounds)
     print(f"| device | model | layers | inside ms | outside ms | outside speed-up |\n|---|---|---|---|---|---|\n"
           f"| {torch.cuda.get_device_name()} | {args.model} | {config.num_hidden_layers} | {med['inside']:.1f} | "
           f"{med['outside']:.1f} | {med['inside'] / med['outside']:.3f}x |")

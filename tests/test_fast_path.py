@@ -7,6 +7,7 @@ the test environment, so its "installed" branch is reached by monkeypatching
 fixture) serves the time budget and the ``data_wait_share`` tests.
 """
 
+import contextlib
 import json
 import logging
 import signal
@@ -501,6 +502,25 @@ def data_dir(tmp_path_factory):
     return d
 
 
+@contextlib.contextmanager
+def _log_records(level: int | None = None):
+    """The messages diffmodel's loggers emit inside the block (at ``level`` and above, when given)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    root = logging.getLogger("diffmodel")
+    before = root.level
+    root.addHandler(handler)
+    if level is not None:
+        root.setLevel(level)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        if level is not None:
+            root.setLevel(before)
+
+
 def _train(model_dir, d: Path, name: str, *extra) -> dict:
     """A tiny ``diffmodel train`` run in ``d / name``; its exit code, folder and diffmodel log messages."""
     from diffmodel.commands.train import main as train_main
@@ -511,14 +531,8 @@ def _train(model_dir, d: Path, name: str, *extra) -> dict:
         "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none",
         "--save_strategy", "no", "--logging_steps", "1", "--seed", "1", "--do_train", "--use_cpu", *extra,
     ]
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("diffmodel").addHandler(handler)
-    try:
+    with _log_records() as records:
         code = train_main(args)
-    finally:
-        logging.getLogger("diffmodel").removeHandler(handler)
     return {"code": code, "out": d / name, "log": records}
 
 
@@ -534,20 +548,10 @@ class TestFirstStep:
 
         times = iter([100.0, 283.4, 284.0])
         callback = FirstStepCallback(clock=lambda: next(times))
-        records = []
-        handler = logging.Handler()
-        handler.emit = lambda record: records.append(record.getMessage())
-        root = logging.getLogger("diffmodel")
-        level = root.level
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        try:
+        with _log_records(logging.INFO) as records:
             callback.on_train_begin(None, SimpleNamespace(global_step=40), None)
             for step in (41, 42):
                 callback.on_step_end(None, SimpleNamespace(global_step=step), None)
-        finally:
-            root.removeHandler(handler)
-            root.setLevel(level)
         assert records == ["torch.compile: the first step (step 41) took 183 s, compiling included"]
 
     @pytest.mark.parametrize("compile_", ["on", "off"])
@@ -560,16 +564,10 @@ class TestFirstStep:
                 "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"first_{compile_}"),
                 "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
                 "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--compile", compile_]
-        records = []
-        handler = logging.Handler()
-        handler.emit = lambda record: records.append(record.getMessage())
-        logging.getLogger("diffmodel").addHandler(handler)
-        try:
+        with _log_records() as records:
             args = parse_args(argv)
             validate(*args)
             trainer = prepare(*args).trainer
-        finally:
-            logging.getLogger("diffmodel").removeHandler(handler)
         added = any(isinstance(c, FirstStepCallback) for c in trainer.callback_handler.callbacks)
         assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
 

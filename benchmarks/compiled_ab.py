@@ -1,0 +1,57 @@
+"""Two compiled copies of a model, one training step each way, timed against each other (shared by
+rotary_compile.py and fused_projections.py).
+
+:func:`compare` warms each arm up (compiling it), checks that the arms give the same loss and first-layer
+gradients, then times forward + backward under bf16 autocast, the arms alternating (order reversed every other
+round), and returns each arm's median ms a step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def step(model, batch):
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def compare(arms: dict, batch: dict, steps: int, rounds: int) -> dict[str, float]:
+    """``arms``: two compiled models by name. Prints each arm's compile time and loss, their differences and each
+    round's time; returns the median ms a step per arm."""
+    losses, grads = {}, {}
+    for name, model in arms.items():
+        t = time.perf_counter()
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            losses[name] = step(model, batch).item()
+        _sync()
+        grads[name] = {n: q.grad.float().clone() for n, q in model.named_parameters() if "layers.0." in n}
+        print(f"{name}: compile + warm-up {time.perf_counter() - t:.0f} s, loss {losses[name]:.6f}", flush=True)
+    first, second = arms
+    worst = max((grads[first][n] - grads[second][n]).abs().max().item() for n in grads[first])
+    scale = max(g.abs().max().item() for g in grads[first].values())
+    print(f"|loss diff| {abs(losses[first] - losses[second]):.2e}, max |grad diff| layer 0 {worst:.2e} "
+          f"(largest gradient {scale:.2e})", flush=True)
+    times = {name: [] for name in arms}
+    for r in range(rounds):
+        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            model = arms[name]
+            _sync()
+            t = time.perf_counter()
+            for _ in range(steps):
+                model.zero_grad(set_to_none=True)
+                step(model, batch)
+            _sync()
+            times[name].append((time.perf_counter() - t) / steps * 1000)
+            print(f"round {r} {name}: {times[name][-1]:.1f} ms/step", flush=True)
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}

@@ -1,0 +1,51 @@
+"""benchmarks/compiled_ab.py and the model change of benchmarks/fused_projections.py, on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from compiled_ab import compare  # noqa: E402
+from fused_projections import fuse  # noqa: E402
+from rotary_compile import packed_positions  # noqa: E402
+
+
+def tiny_pair():
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, use_cache=False)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return base, copy.deepcopy(base)
+
+
+def batch():
+    ids = torch.randint(1, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    return dict(input_ids=ids, labels=ids, position_ids=packed_positions(2, 32))
+
+
+def test_compare_times_each_arm_each_round_and_reports_their_differences(capsys):
+    base, other = tiny_pair()
+    med = compare({"a": base, "b": other}, batch(), steps=2, rounds=3)
+    assert set(med) == {"a", "b"} and all(v > 0 for v in med.values())
+    out = capsys.readouterr().out
+    assert "|loss diff| 0.00e+00, max |grad diff| layer 0 0.00e+00" in out
+    rounds = [line.split(":")[0] for line in out.splitlines() if line.startswith("round ")]
+    assert rounds == ["round 0 a", "round 0 b", "round 1 b", "round 1 a", "round 2 a", "round 2 b"]
+
+
+def test_fused_projections_give_the_models_own_loss_and_gradients():
+    base, fused = tiny_pair()
+    assert fuse(fused) == 2
+    losses, grads = [], []
+    for model in (base, fused):
+        loss = model(**batch()).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert abs(losses[0] - losses[1]) < 1e-6
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
