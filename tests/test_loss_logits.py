@@ -319,11 +319,13 @@ class TestStartupCheck:
             loss_logits.check(model, self._batch())
 
 
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
 @pytest.mark.parametrize("flatten", [False, True], ids=["rows", "flattened"])
-def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_change(flatten):
-    """Under torch.compile (as --compile gives GPU runs) the number of loss positions changes every batch: dynamo
-    compiles once more with that size dynamic, then never again (flattened: with the last layer's queries at the
-    loss positions)."""
+def test_compiled_it_equals_eager_and_compiles_once_with_the_positions_marked_dynamic(flatten, marked):
+    """Under torch.compile (as --compile gives GPU runs) the number of loss positions changes every batch. Marked as
+    changing before the forward (``dynamic_positions``, as the trainer's compute_loss does), the step compiles once;
+    unmarked, dynamo compiles for the first number, then once more with that size dynamic, then never again
+    (flattened: with the last layer's queries at the loss positions)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()  # what an earlier compile learnt (a size seen changing) would spare the recompile
@@ -343,12 +345,14 @@ def test_compiled_it_equals_eager_and_recompiles_once_as_the_loss_positions_chan
                 labels[i] = X
             variant.append({**r, "labels": labels})
         batch = collator(variant)
+        if marked:
+            loss_logits.dynamic_positions(batch)
         n = torch.tensor(int((batch["labels"][:, 1:] != X).sum()))
         eager = model(**batch, num_items_in_batch=n).loss
         torch.testing.assert_close(compiled(**batch, num_items_in_batch=n).loss, eager, rtol=1e-6, atol=1e-6)
         sizes.append(len(batch["loss_index"]))
     assert len(set(sizes)) == 3
-    assert counter.frame_count == 2, (counter.frame_count, counter.op_count, sizes)
+    assert counter.frame_count == (1 if marked else 2), (counter.frame_count, counter.op_count, sizes)
 
 
 def test_lora_adapters_on_the_last_layers_projections_keep_loss_and_gradients_equal():
@@ -394,3 +398,33 @@ def test_the_start_up_log_says_what_runs_at_the_loss_positions(model_type, atten
     loss_logits.install(model)
     assert loss_logits.plan(model) == f"the output layer and the loss, and {picked}"
     assert loss_logits.plan(tiny("gpt2")) == "the output layer and the loss"
+
+
+def test_the_trainers_loss_marks_the_loss_positions_dynamic_before_the_forward():
+    """TokenMetricsMixin.compute_loss (DiffTrainer's) hands the model a batch whose loss positions are marked: a function
+    compiled on them compiles once for two different numbers of positions."""
+    from torch._dynamo.testing import CompileCounter
+
+    from diffmodel.train.metrics import TokenMetricsMixin
+
+    seen = []
+
+    class Base:
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            seen.append(inputs)
+            return torch.tensor(0.0), {}
+
+    class Probe(TokenMetricsMixin, Base):
+        pass
+
+    model = torch.nn.Linear(1, 1).eval()
+    for n in (64, 128):
+        batch = {"input_ids": torch.ones(1, 8, dtype=torch.long), "labels": torch.ones(1, 8, dtype=torch.long),
+                 loss_logits.INDEX: torch.arange(n), loss_logits.TARGETS: torch.arange(n)}
+        Probe().compute_loss(model, batch)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    summed = torch.compile(lambda index, targets: (index * 2 + targets).sum(), backend=counter)
+    for inputs in seen:
+        summed(inputs[loss_logits.INDEX], inputs[loss_logits.TARGETS])
+    assert counter.frame_count == 1

@@ -75,6 +75,16 @@ def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray,
     return index.astype(np.int64), targets.astype(np.int64)
 
 
+def dynamic_positions(batch: dict) -> dict:
+    """Mark the number of loss positions of ``batch`` (on the device, before the forward) as changing from batch to
+    batch, so that torch.compile compiles the step once for any number. Without it, it compiles for the first batch's
+    number, then again for any when the second batch's differs: twice the compiling of a run's first steps."""
+    for key in (INDEX, TARGETS):
+        if torch.is_tensor(batch.get(key)):
+            torch._dynamo.maybe_mark_dynamic(batch[key], 0)
+    return batch
+
+
 def loss_of(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy of (positions, vocabulary) logits, as transformers' ``ForCausalLMLoss`` reduces it."""
     logits = logits.float()

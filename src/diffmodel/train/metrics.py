@@ -126,7 +126,8 @@ class TokenMetricsMixin:
         tokens = input_token_count(inputs) if "input_ids" in inputs else None
         if model.training and "_rate_since" not in self.__dict__:
             self.__dict__["_rate_since"] = time.perf_counter()  # the speed is measured from the first step on
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, loss_logits.dynamic_positions(inputs), return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
         picked = outputs.get(loss_logits.LOGITS) if isinstance(outputs, dict) else None
         if labels is not None and tokens is not None:
