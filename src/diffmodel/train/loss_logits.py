@@ -21,7 +21,10 @@ With ``--loss_logits on``:
   output layer only at the loss positions. The picking moves, it is not repeated: one gather either way;
   with flex_attention (models whose key heads are not grouped) and sdpa on one-row batches that layer's
   attention runs for the loss positions' queries alone too (:mod:`diffmodel.train.loss_queries`; :data:`LAST_QUERIES`);
-- the training metrics score ``mean_token_accuracy`` on those logits.
+- the training metrics score ``mean_token_accuracy`` on those logits;
+- the trainer marks the number of loss positions as changing from batch to batch before each forward
+  (:func:`dynamic_positions`), so a compiled step is compiled once for any number, not once for the first
+  batch's and again for the rest.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
 start-up, after the isolation probe, :func:`check` compares the two forwards' loss on the probe's packed
