@@ -335,6 +335,18 @@ class TestPackedCollator:
         assert full["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3]]
 
     @pytest.mark.parametrize("kind", KINDS)
+    def test_a_smaller_batch_is_filled_with_rows_of_pad_tokens_alone(self, kind):
+        batch = PackedCollator(PAD, pad_to_multiple_of=6, loss_positions=True, batch_rows=3)(_as(kind, PACKED_ROWS[:2]))
+        assert batch["input_ids"].tolist() == [[5, 6, EOS, PAD, PAD, PAD], [7, EOS, 8, 9, 4, EOS], [PAD] * 6]
+        assert batch["labels"].tolist() == [[X, 6, EOS, X, X, X], [X, EOS, X, 9, 4, EOS], [X] * 6]
+        assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+        unfilled = PackedCollator(PAD, pad_to_multiple_of=6, loss_positions=True)(_as(kind, PACKED_ROWS[:2]))
+        assert batch["loss_index"].tolist() == unfilled["loss_index"].tolist()  # the same positions bear loss
+        assert batch["loss_targets"].tolist() == unfilled["loss_targets"].tolist()
+        full = PackedCollator(PAD, batch_rows=3)(_as(kind, PACKED_ROWS))  # a full batch is left as it is
+        assert full["input_ids"].tolist() == PackedCollator(PAD)(_as(kind, PACKED_ROWS))["input_ids"].tolist()
+
+    @pytest.mark.parametrize("kind", KINDS)
     def test_flattened_with_the_sample_boundaries(self, kind):
         batch = PackedCollator(PAD, flatten=True)(_as(kind, PACKED_ROWS))
         assert _plain(batch) == {
@@ -570,6 +582,47 @@ class TestFirstStep:
             trainer = prepare(*args).trainer
         added = any(isinstance(c, FirstStepCallback) for c in trainer.callback_handler.callbacks)
         assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
+
+
+@pytest.mark.parametrize("arch,attn", BACKENDS)
+def test_rows_of_pad_tokens_leave_the_loss_and_gradients_as_they_were(arch, attn):
+    rows = packed_rows(samples(), 12)
+    loss, grads = sum_loss_and_grads(tiny_model(arch, attn), [PackedCollator(PAD)(rows)])
+    filled, filled_grads = sum_loss_and_grads(tiny_model(arch, attn), [PackedCollator(PAD, batch_rows=len(rows) + 2)(rows)])
+    assert filled == pytest.approx(loss, abs=1e-6)
+    assert all(torch.allclose(filled_grads[k], grads[k], atol=1e-6) for k in grads)
+
+
+class TestFullBatches:
+    @staticmethod
+    def _trainer(data_dir, model_dir, name, *extra):
+        from diffmodel.train.args import parse_args, validate
+        from diffmodel.train.run import prepare
+
+        argv = ["--model_name_or_path", str(model_dir), "--train_file", str(data_dir / "data.jsonl"),
+                "--validation_split_percentage", "0", "--output_dir", str(data_dir / name), "--cache_dir", str(data_dir / "cache"),
+                "--block_size", "128", "--train_diff_model", "--packing", "--report_to", "none", "--do_train", "--use_cpu",
+                "--max_steps", "2", *extra]
+        args = parse_args(argv)
+        validate(*args)
+        return prepare(*args).trainer
+
+    def test_compiled_training_fills_an_epochs_last_batch_and_leaves_evaluation_alone(self, data_dir, tiny_gpt2_dir):
+        rows = len(self._trainer(data_dir, tiny_gpt2_dir, "full_probe", "--compile", "off").train_dataset)
+        size = next(b for b in (3, 4, 5, 7) if rows % b)  # an epoch ends with a smaller batch
+        for compile_ in ("on", "off"):
+            trainer = self._trainer(data_dir, tiny_gpt2_dir, f"full_{compile_}", "--compile", compile_,
+                                    "--per_device_train_batch_size", str(size))
+            last = list(trainer.get_train_dataloader())[-1]
+            assert len(last["input_ids"]) == (size if compile_ == "on" else rows % size)
+            assert int((last["labels"] != X).sum()) > 0
+            assert trainer.data_collator.batch_rows == 0  # the collator of evaluation batches is the one given
+
+    def test_a_compiled_streaming_run_fills_its_batches_too(self, data_dir, tiny_gpt2_dir):
+        trainer = self._trainer(data_dir, tiny_gpt2_dir, "full_stream", "--compile", "on", "--streaming",
+                                "--per_device_train_batch_size", "3")
+        inner = trainer.get_train_dataloader().base_dataloader.collate_fn.base
+        assert inner.batch_rows == 3
 
 
 class TestTimeBudgetRun:

@@ -17,7 +17,9 @@ from the sample boundaries. With ``boundaries`` (for ``torch_varlen`` and ``fa4_
 carries ``cu_seq_lens_q/k`` of its rows laid end to end, with
 ``max_length_q/k`` the row width (one value per shape, so a compiled model
 does not see a new constant every batch). With ``loss_positions`` the batch also carries
-``loss_index`` / ``loss_targets`` (:mod:`diffmodel.train.loss_logits`).
+``loss_index`` / ``loss_targets`` (:mod:`diffmodel.train.loss_logits`). With ``batch_rows`` a batch of
+fewer rows (an epoch's last) is filled with rows of pad tokens alone (one pad sample each, no loss), so
+a compiled step sees one shape (:mod:`diffmodel.train.full_batches`).
 
 Rows may hold lists, numpy arrays or tensors (``diffmodel train`` gives the
 Trainer its datasets in numpy format, so a batch of 16 rows of 2,048 tokens
@@ -84,6 +86,8 @@ class PackedCollator:
     boundaries: bool = False
     loss_positions: bool = False
     """add ``loss_index`` and ``loss_targets`` (:mod:`diffmodel.train.loss_logits`)"""
+    batch_rows: int = 0
+    """fill a batch of fewer rows to this many with rows of pad tokens (0: as it comes; not with ``flatten``)"""
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if any("attention_mask" in r for r in rows):
@@ -93,6 +97,8 @@ class PackedCollator:
             )
         if self.flatten:
             return self._flat(rows)
+        if len(rows) < self.batch_rows:  # the pad segment of an empty row is the whole row
+            rows = list(rows) + [{"input_ids": [], "labels": [], "position_ids": []}] * (self.batch_rows - len(rows))
         lengths = np.asarray([len(r["input_ids"]) for r in rows])
         m = self.pad_to_multiple_of
         width = int(lengths.max())

@@ -44,6 +44,7 @@ from transformers import Trainer
 from diffmodel.preprocess.labels import IGNORE_INDEX
 from diffmodel.train import loss_logits, throughput
 from diffmodel.train.async_steps import DeviceLossFilter
+from diffmodel.train.full_batches import FullBatchesMixin
 
 #: the keys added to the training log
 TRAIN_KEYS = ("mean_token_accuracy", "num_tokens", "num_loss_tokens", "data_wait_share",
@@ -235,5 +236,5 @@ class TokenMetricsMixin:
         return output
 
 
-class DiffTrainer(DeviceLossFilter, TokenMetricsMixin, Trainer):
+class DiffTrainer(DeviceLossFilter, FullBatchesMixin, TokenMetricsMixin, Trainer):
     """``Trainer`` with the token metrics (what ``diffmodel train`` trains with, unless it streams)."""

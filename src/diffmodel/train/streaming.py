@@ -58,6 +58,7 @@ from diffmodel.preprocess.pipeline import loss_on_of
 from diffmodel.preprocess.sanity import SplitReport, check_rows, mark_spans
 from diffmodel.preprocess.stream import COUNT_FIELDS, STREAM_KEY, StreamingDataset, first_buffer
 from diffmodel.train.async_steps import DeviceLossFilter
+from diffmodel.train.full_batches import FullBatchesMixin
 from diffmodel.train.metrics import TokenMetricsMixin
 
 logger = logging.getLogger("diffmodel.train")
@@ -191,7 +192,7 @@ class StreamCollator:
         return batch
 
 
-class StreamingTrainer(DeviceLossFilter, TokenMetricsMixin, Trainer):
+class StreamingTrainer(DeviceLossFilter, FullBatchesMixin, TokenMetricsMixin, Trainer):
     """``Trainer`` for a :class:`StreamingDataset`: no second sharding, progress recorded per trained batch.
 
     The token metrics of :mod:`diffmodel.train.metrics` come from the same mixin as without streaming.
@@ -213,7 +214,7 @@ class StreamingTrainer(DeviceLossFilter, TokenMetricsMixin, Trainer):
         loader = DataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
-            collate_fn=StreamCollator(self.data_collator),
+            collate_fn=StreamCollator(self.train_collator()),
             num_workers=workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers if workers else False,
