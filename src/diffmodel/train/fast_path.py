@@ -31,7 +31,11 @@ card):
   to a minute), liger-kernel is asked for, or DeepSpeed / FSDP shard the
   model (not measured together). Compiled rows are padded to
   ``--block_size`` so every batch has one shape (no recompilation); so are
-  flex_attention's, whose kernel is compiled per shape. Resuming is
+  flex_attention's, whose kernel is compiled per shape. An epoch's last,
+  smaller batch is filled with rows of pad tokens
+  (:mod:`diffmodel.train.full_batches`), and the number of loss positions is
+  marked as changing (:func:`diffmodel.train.loss_logits.dynamic_positions`),
+  so the step is compiled once. Resuming is
   unaffected: Trainer saves the model without its compiled wrapper.
 - **liger-kernel** (``--liger``): fused linear cross-entropy (no logits
   tensor), RMSNorm, SwiGLU and RoPE kernels, when installed, on a GPU, for a
