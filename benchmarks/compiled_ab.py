@@ -1,5 +1,5 @@
-"""Two compiled copies of a model, one training step each way, timed against each other (shared by
-rotary_compile.py and fused_projections.py).
+"""Two compiled copies of a model, one training step each way, timed against each other on packed rows (shared
+by rotary_compile.py and fused_projections.py).
 
 :func:`compare` warms each arm up (compiling it), checks that the arms give the same loss and first-layer
 gradients, then times forward + backward under bf16 autocast, the arms alternating (order reversed every other
@@ -11,6 +11,26 @@ from __future__ import annotations
 import time
 
 import torch
+
+
+def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(rows, width) position ids of packed rows: samples of 64 to 899 tokens, positions from 0 in each."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(rows, width, dtype=torch.long)
+    for r in range(rows):
+        pos, start = [], 0
+        while start < width:
+            n = min(int(torch.randint(64, 900, (1,), generator=g)), width - start)
+            pos.extend(range(n))
+            start += n
+        out[r] = torch.tensor(pos)
+    return out
+
+
+def packed_batch(rows: int, width: int, vocab: int, device: str = "cpu") -> dict:
+    """A training batch of random ids over :func:`packed_positions` (the ids are their own labels)."""
+    ids = torch.randint(1, vocab, (rows, width), generator=torch.Generator().manual_seed(0)).to(device)
+    return dict(input_ids=ids, labels=ids, position_ids=packed_positions(rows, width).to(device))
 
 
 def step(model, batch):

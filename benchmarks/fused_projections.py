@@ -27,8 +27,7 @@ import torch.nn.functional as F
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compiled_ab import compare  # noqa: E402
-from rotary_compile import packed_positions  # noqa: E402
+from compiled_ab import compare, packed_batch  # noqa: E402
 from train_throughput import MODELS  # noqa: E402
 
 
@@ -81,8 +80,7 @@ def main(argv=None):
         flex_kernels.install(base, flex_kernels.HOPPER_HEAD64)
     ours = copy.deepcopy(base)
     print(f"fused: {fuse(ours)} layers; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
-    batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
+    batch = packed_batch(args.rows, args.width, args.vocab, "cuda")
     med = compare({"separate": torch.compile(base), "fused": torch.compile(ours)}, batch, args.steps, args.rounds)
     print(f"| device | model | separate ms | fused ms | fused speed-up |\n|---|---|---|---|---|\n"
           f"| {torch.cuda.get_device_name()} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "

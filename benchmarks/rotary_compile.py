@@ -21,7 +21,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compiled_ab import compare  # noqa: E402
+from compiled_ab import compare, packed_batch  # noqa: E402
 from train_throughput import MODELS  # noqa: E402
 
 
@@ -34,19 +34,6 @@ def outside_compiled_graph(model: torch.nn.Module) -> list[str]:
             module.forward = torch.compiler.disable(module.forward, recursive=True)
             changed.append(name)
     return changed
-
-
-def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    out = torch.empty(rows, width, dtype=torch.long)
-    for r in range(rows):
-        pos, start = [], 0
-        while start < width:
-            n = min(int(torch.randint(64, 900, (1,), generator=g)), width - start)
-            pos.extend(range(n))
-            start += n
-        out[r] = torch.tensor(pos)
-    return out
 
 
 def main(argv=None):
@@ -67,8 +54,7 @@ def main(argv=None):
     base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").cuda()
     ours = copy.deepcopy(base)
     print("outside the graph:", outside_compiled_graph(ours))
-    ids = torch.randint(1, args.vocab, (args.rows, args.width), device="cuda")
-    batch = dict(input_ids=ids, labels=ids, position_ids=packed_positions(args.rows, args.width).cuda())
+    batch = packed_batch(args.rows, args.width, args.vocab, "cuda")
     med = compare({"inside": torch.compile(base), "outside": torch.compile(ours)}, batch, args.steps, args.rounds)
     print(f"| device | model | layers | inside ms | outside ms | outside speed-up |\n|---|---|---|---|---|---|\n"
           f"| {torch.cuda.get_device_name()} | {args.model} | {config.num_hidden_layers} | {med['inside']:.1f} | "

@@ -10,9 +10,8 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from compiled_ab import compare  # noqa: E402
+from compiled_ab import compare, packed_batch  # noqa: E402
 from fused_projections import fuse  # noqa: E402
-from rotary_compile import packed_positions  # noqa: E402
 
 
 def tiny_pair():
@@ -24,8 +23,7 @@ def tiny_pair():
 
 
 def batch():
-    ids = torch.randint(1, 64, (2, 32), generator=torch.Generator().manual_seed(0))
-    return dict(input_ids=ids, labels=ids, position_ids=packed_positions(2, 32))
+    return packed_batch(2, 32, 64)
 
 
 def test_compare_times_each_arm_each_round_and_reports_their_differences(capsys):

@@ -1,8 +1,9 @@
 """How long the first training step took, when torch.compile makes it long.
 
 Compiled (``--compile``, on by default with ``--packing`` on a GPU), the first step compiles the model's kernels
-before it trains: about a minute on a GPU whose compile cache is warm, and up to about four minutes on a fresh
-machine (an H100 at ~110M, benchmarks/RESULTS.md), while the progress bar stays at step 0. The start-up log
+before it trains: 29-83 s for a ~110M model on an H200 (warm and cold compile caches), about three minutes on a
+fresh H100 before the step was compiled once instead of twice (benchmarks/RESULTS.md), while the progress bar stays
+at step 0. The start-up log
 says so before training starts, and :class:`FirstStepCallback` logs how long that step took once it ends.
 """
 
