@@ -283,6 +283,42 @@ class TestCommandLine:
         path = choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args, GPU, "llama")
         assert (path.compile.value, path.compile.reason) == (True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
 
+    def test_a_run_of_epochs_decides_again_once_its_steps_are_known(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "liger_supports", lambda t: t == "llama")
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU_FLASH_LIGER)
+        model_args, data_args, training_args = parse_args(argv + ["--packing"])
+        assert (training_args.torch_compile, training_args.compiled_by_auto) == (True, True)
+        speed = speed_args_from(training_args)
+        short = choose(speed, None, True, training_args, GPU_FLASH_LIGER, "llama", epoch_steps=COMPILE_MIN_STEPS - 1)
+        assert (short.compile.value, short.liger.value) == (False, True)  # liger's fused loss instead, as for --max_steps 100
+        assert short.compile.reason == (f"this run's {COMPILE_MIN_STEPS - 1} steps (--num_train_epochs over its packed rows) "
+                                        f"are under {COMPILE_MIN_STEPS}: compiling would cost more than it saves")
+        long = choose(speed, None, True, training_args, GPU_FLASH_LIGER, "llama", epoch_steps=COMPILE_MIN_STEPS)
+        assert (long.compile.value, long.liger.value) == (True, False)
+
+    def test_compiling_the_user_asked_for_stays_whatever_the_epochs(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        for flags, reason in ((["--torch_compile"], "set by --torch_compile"), (["--compile", "on"], "set by --compile on"),
+                              (["--torch_compile_mode", "default"], "set by --torch_compile")):
+            model_args, data_args, training_args = parse_args(argv + ["--packing", *flags])
+            assert (training_args.torch_compile, training_args.compiled_by_auto) == (True, False), flags
+            path = choose(speed_args_from(training_args), None, True, training_args, GPU, "llama", epoch_steps=5)
+            assert (path.compile.value, path.compile.reason) == (True, reason), flags
+
+    def test_max_steps_decides_over_the_epochs(self, argv, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        model_args, data_args, training_args = parse_args(argv + ["--packing", "--max_steps", str(COMPILE_MIN_STEPS)])
+        assert choose(speed_args_from(training_args), None, True, training_args, GPU, "llama", epoch_steps=5).compile.value is True
+
+    @pytest.mark.parametrize("rows,batch,accumulation,processes,epochs,steps", [
+        (100, 8, 1, 1, 1, 13),  # 12 full batches and a last one of 4 rows
+        (100, 8, 2, 2, 3, 12),  # 7 batches a process, 4 steps an epoch (the last of one batch)
+        (5, 8, 4, 1, 0.5, 1),  # fewer batches than one step accumulates: still a step
+        (96, 8, 1, 1, 2.5, 30),
+    ])
+    def test_epoch_steps(self, rows, batch, accumulation, processes, epochs, steps):
+        assert fast_path.epoch_steps(rows, batch, accumulation, processes, epochs) == steps
+
     def test_packing_on_a_cpu_machine_does_not_compile(self, argv, monkeypatch):
         monkeypatch.setattr(fast_path, "probe_facts", lambda: CPU)
         assert parse_args(argv + ["--packing"])[2].torch_compile is False

@@ -145,7 +145,7 @@ class SpeedArguments:
 
     liger: str = field(default="auto", metadata={"help": "Fused linear cross-entropy and fused RMSNorm/SwiGLU/RoPE kernels (liger-kernel). auto: on with --packing on a GPU when liger-kernel is installed and supports the model and torch.compile is off (they fail together); the training log then has no mean_token_accuracy (no logits are made).", "choices": list(AUTO_ON_OFF)})
     padding_free: str = field(default="auto", metadata={"help": "Train each packed batch as one flattened row with the sample boundaries (no pad tokens). auto: on for flash attention (its kernels need it), off otherwise (rows are already packed full).", "choices": list(AUTO_ON_OFF)})
-    compile: str = field(default="auto", metadata={"help": "torch.compile the model (sets --torch_compile). auto: on with --packing on a GPU unless --max_steps is under 300, --max_train_time under 10 minutes (compiling takes up to a minute), liger-kernel is asked for, or --deepspeed / --fsdp shard the model; rows are then padded to --block_size so the shapes stay fixed.", "choices": list(AUTO_ON_OFF)})
+    compile: str = field(default="auto", metadata={"help": "torch.compile the model (sets --torch_compile). auto: on with --packing on a GPU unless --max_steps is under 300 (without --max_steps: the run's epochs make fewer steps), --max_train_time under 10 minutes (compiling takes up to a minute), liger-kernel is asked for, or --deepspeed / --fsdp shard the model; rows are then padded to --block_size so the shapes stay fixed.", "choices": list(AUTO_ON_OFF)})
     flex_kernel_options: str = field(default="auto", metadata={"help": "Tile sizes of flex_attention's kernels: auto, torch or a JSON object of flex_attention kernel_options ('{\"fwd_BLOCK_M\": 128}'). auto: the tiles inductor's autotuning picked on an H200 (forward + backward 1.15x torch's there) on a GPU of compute capability 9.0 for heads of 64 under --bf16/--fp16; torch's own elsewhere."})
     data_workers: str = field(default="auto", metadata={"help": "Processes that fetch and collate the next batches while a step runs (sets --dataloader_num_workers). auto: 2 with --packing on a GPU, unless --streaming or --dataloader_num_workers is given; else 0 (the main process)."})
     async_steps: str = field(default="auto", metadata={"help": "Let the host queue the next step while the GPU runs this one: batches copied from pinned memory without waiting, and Trainer's NaN/inf loss check (--logging_nan_inf_filter) done on the GPU with the same result. auto: on with --packing on a GPU.", "choices": list(AUTO_ON_OFF)})
@@ -326,6 +326,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
     if values.get("no_progress") and values.get("disable_tqdm") is None:  # an explicit False is refused by validate()
         values = {**values, "disable_tqdm": True}
     compile_setting = values.get("compile", "auto")
+    compiled_by_auto = False  # run.py takes it back when the run's epochs prove shorter than COMPILE_MIN_STEPS
     if not values.get("torch_compile") and (compile_setting == "on" or (compile_setting == "auto" and values.get("packing"))):
         from diffmodel.train.fast_path import choose_compile, probe_facts, seconds_of  # run.py logs the choice and its reason
 
@@ -333,6 +334,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         if choose_compile(compile_setting, False, True, int(values.get("max_steps") or -1), probe_facts(), liger_forced,
                           seconds_of(values.get("max_train_time")), bool(values.get("deepspeed") or values.get("fsdp"))).value:
             values = {**values, "torch_compile": True}
+            compiled_by_auto = compile_setting == "auto" and not (values.get("torch_compile_backend") or values.get("torch_compile_mode"))
     deferred = {f: values[f] for f in BF16_FLAGS if f in values} if bf16_problems(values) else {}
     try:
         parsed = parser.parse_dict({**values, **dict.fromkeys(deferred, False)})
@@ -344,6 +346,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
             setattr(training_args, name, value)
     for name, value in deferred.items():  # validate() reports them (training never starts with them)
         setattr(training_args, name, value)
+    training_args.compiled_by_auto = compiled_by_auto
     return model_args, data_args, training_args
 
 

@@ -26,7 +26,9 @@ card):
   are already nearly full, and sdpa/eager would build one dense mask over the
   whole flattened batch.
 - **torch.compile** (``--compile``, sets ``--torch_compile``): on a GPU,
-  unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` or
+  unless ``--max_steps`` is under :data:`COMPILE_MIN_STEPS` (a run given by
+  epochs: unless its epochs over the packed rows make fewer steps, decided
+  again once the rows are built, :func:`epoch_steps`) or
   ``--max_train_time`` under :data:`COMPILE_MIN_SECONDS` (compiling costs up
   to a minute), liger-kernel is asked for, or DeepSpeed / FSDP shard the
   model (not measured together). Compiled rows are padded to
@@ -81,6 +83,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from dataclasses import dataclass
 
 from diffmodel.train import flash4, flex_kernels
@@ -240,22 +243,30 @@ def choose_liger(setting: str, use_liger_kernel: bool, packing: bool, facts: Fac
 
 
 def choose_compile(setting: str, torch_compile: bool, packing: bool, max_steps: int, facts: Facts,
-                   liger_forced: bool = False, max_seconds: float | None = None, sharded: bool = False) -> Choice:
-    """``torch_compile``: the parsed ``--torch_compile``, which the parser sets itself when ``auto`` decides to compile
-    (the reason is then the ``auto`` one). ``liger_forced``: --liger on / --use_liger_kernel was given;
-    ``sharded``: --deepspeed or --fsdp was given."""
+                   liger_forced: bool = False, max_seconds: float | None = None, sharded: bool = False,
+                   epoch_steps: int | None = None) -> Choice:
+    """``torch_compile``: ``--torch_compile`` as the user gave it (the parser sets it itself when ``auto`` decides to
+    compile: pass False then). ``liger_forced``: --liger on / --use_liger_kernel was given; ``sharded``: --deepspeed or
+    --fsdp was given; ``epoch_steps``: the optimizer steps of a run without --max_steps, once its rows are known."""
     if setting == "on":
         return Choice(True, "set by --compile on")
     if torch_compile:
-        auto = _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded)
+        auto = _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded, epoch_steps)
         return auto if setting == "auto" and auto.value else Choice(True, "set by --torch_compile")
     if setting == "off":
         return Choice(False, "set by --compile off")
-    return _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded)
+    return _auto_compile(packing, max_steps, facts, liger_forced, max_seconds, sharded, epoch_steps)
+
+
+def epoch_steps(rows: int, batch_size: int, accumulation: int, processes: int, epochs: float) -> int:
+    """The optimizer steps Trainer makes of ``epochs`` over ``rows`` training rows (``batch_size`` rows a process,
+    ``accumulation`` batches a step), as it counts them when no --max_steps is given."""
+    batches = math.ceil(rows / max(batch_size * processes, 1))
+    return math.ceil(epochs * max(math.ceil(batches / max(accumulation, 1)), 1))
 
 
 def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: bool, max_seconds: float | None = None,
-                  sharded: bool = False) -> Choice:
+                  sharded: bool = False, epoch_steps: int | None = None) -> Choice:
     if not packing:
         return Choice(False, "no --packing")
     if sharded:
@@ -266,6 +277,9 @@ def _auto_compile(packing: bool, max_steps: int, facts: Facts, liger_forced: boo
         return Choice(False, "no GPU (compiling for the CPU takes minutes and gains little)")
     if 0 < max_steps < COMPILE_MIN_STEPS:
         return Choice(False, f"--max_steps {max_steps} is under {COMPILE_MIN_STEPS}: compiling would cost more than it saves")
+    if max_steps <= 0 and epoch_steps is not None and epoch_steps < COMPILE_MIN_STEPS:
+        return Choice(False, f"this run's {epoch_steps} steps (--num_train_epochs over its packed rows) are under "
+                             f"{COMPILE_MIN_STEPS}: compiling would cost more than it saves")
     if max_seconds is not None and max_seconds < COMPILE_MIN_SECONDS:
         return Choice(False, f"--max_train_time {max_seconds:g} s is under {COMPILE_MIN_SECONDS} s: compiling would take too much of it")
     return Choice(True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
@@ -375,7 +389,8 @@ class FastPath:
 
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
-           backends: frozenset[str] | None = None, streaming: bool = False, head_dim: int | None = None) -> FastPath:
+           backends: frozenset[str] | None = None, streaming: bool = False, head_dim: int | None = None,
+           epoch_steps: int | None = None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
     :func:`backends_of` the model's config, None when not known; ``head_dim``: the model's, for the flex_attention
     tiles)."""
@@ -383,9 +398,10 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
                                  (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
     sharded = bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))
-    compile_ = choose_compile(speed.compile, getattr(training_args, "torch_compile", False), packing,
+    user_compile = getattr(training_args, "torch_compile", False) and not getattr(training_args, "compiled_by_auto", False)
+    compile_ = choose_compile(speed.compile, user_compile, packing,
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
-                              seconds_of(speed.max_train_time), sharded)
+                              seconds_of(speed.max_train_time), sharded, epoch_steps)
     liger = choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value))
     return FastPath(
         attention=attention,

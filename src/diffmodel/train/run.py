@@ -392,9 +392,17 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         data_args = dataclasses.replace(data_args, packing=True)
     speed = speed_args_from(training_args)
     facts = fast_path.probe_facts()
+    planned = None  # a run given by epochs: its steps, for whether compiling pays (--max_steps decides otherwise)
+    if training_args.do_train and not data_args.streaming and (training_args.max_steps or -1) <= 0:
+        planned = fast_path.epoch_steps(len(train_ds), training_args.per_device_train_batch_size,
+                                        training_args.gradient_accumulation_steps, training_args.world_size,
+                                        training_args.num_train_epochs)
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
                             facts, config.model_type, fast_path.backends_of(config), data_args.streaming,
-                            head_dim_of(config))
+                            head_dim_of(config), planned)
+    if not path.compile.value and getattr(training_args, "compiled_by_auto", False):  # the run proved too short
+        training_args.torch_compile = False
+        training_args.torch_compile_backend = None  # which would compile again in TrainingArguments.__post_init__
     training_args.dataloader_num_workers = path.data_workers.value
     if not facts.cuda:  # pinned memory is for copies to a GPU (torch warns at every loader otherwise)
         training_args.dataloader_pin_memory = False
