@@ -1,0 +1,94 @@
+"""Compiled training step with the rotary embedding applied in the projections' own layout.
+
+A Llama layer's query and key projections give (rows, tokens, heads, head size) tensors, which the attention
+forward turns into (rows, heads, tokens, head size) views before the rotary embedding. Eager PyTorch keeps the
+memory order of such a view through elementwise operations; torch.compile decides the layout of the rotary
+embedding's output itself and writes it heads-first, so its kernel transposes as it goes, and so does the
+copy that turns the attention's output back into (rows, tokens, hidden) for the output projection (and their
+gradients in the backward). flex_attention takes any strides (its output follows the query's), so applying the
+rotary embedding before the transpose keeps the tokens-first order all the way through. The values are the same
+(the same operations in the same order); this measures the time on the default packed path (fp32 weights under
+bf16 autocast, flex_attention with diffmodel's tiles, torch.compile, packed rows), both arms alternating.
+
+    PYTHONPATH=src python benchmarks/rotary_layout.py --model 110m --rounds 3 --steps 20
+    PYTHONPATH=src python benchmarks/rotary_layout.py --model 1b --rounds 3 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import types
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compiled_ab import compare, packed_batch  # noqa: E402
+from train_throughput import MODELS  # noqa: E402
+
+
+def rotary_tokens_first(q, k, cos, sin):
+    """The model's rotary embedding on (rows, tokens, heads, head size) tensors; returns (rows, heads, tokens, head
+    size) views of tokens-first memory, as the attention functions take them."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return (q * cos + rotate_half(q) * sin).transpose(1, 2), (k * cos + rotate_half(k) * sin).transpose(1, 2)
+
+
+def tokens_first_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    q, k = rotary_tokens_first(self.q_proj(hidden_states).view(shape), self.k_proj(hidden_states).view(shape),
+                               *position_embeddings)
+    v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+    return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+
+def keep_layout(model) -> int:
+    for layer in model.model.layers:
+        layer.self_attn.forward = types.MethodType(tokens_first_attention, layer.self_attn)
+    return len(model.model.layers)
+
+
+def main(argv=None):
+    from diffmodel.train import flex_kernels
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="1b")
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--attn", default="flex_attention")
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args(argv)
+    shape = dict(MODELS[args.model])
+    shape["head_dim"] = shape["hidden_size"] // shape["num_attention_heads"]
+    config = transformers.LlamaConfig(**shape, vocab_size=args.vocab, max_position_embeddings=args.width,
+                                      tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).to(args.device)
+    if args.attn == "flex_attention" and args.device == "cuda":
+        flex_kernels.install(base, flex_kernels.HOPPER_HEAD64)
+    ours = copy.deepcopy(base)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"rotary in the projections' layout: {keep_layout(ours)} layers; {name}, torch {torch.__version__}", flush=True)
+    batch = packed_batch(args.rows, args.width, args.vocab, args.device)
+    med = compare({"model's": torch.compile(base), "tokens-first": torch.compile(ours)}, batch, args.steps, args.rounds)
+    before, after = med["model's"], med["tokens-first"]
+    print(f"| device | model | model's rotary ms | tokens-first ms | speed-up |\n|---|---|---|---|---|\n"
+          f"| {name} | {args.model} | {before:.1f} | {after:.1f} | {before / after:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
