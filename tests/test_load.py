@@ -346,6 +346,25 @@ class TestLoadFromDisk:
         assert report.rendered_from_fields
         assert list(raw["train"]["text"]) == [render_row(r) for r in rows]
 
+    def test_nothing_is_written_into_the_saved_folder(self, tmp_path):
+        saved = tmp_path / "saved"
+        datasets.DatasetDict({"train": datasets.Dataset.from_list([structured(i) for i in range(6)]),
+                              "validation": datasets.Dataset.from_list([structured(9)])}).save_to_disk(str(saved))
+        before = sorted((str(p.relative_to(saved)), p.stat().st_mtime_ns) for p in saved.rglob("*"))
+        raw, report = load(tmp_path, dataset_name=str(saved), load_from_disk=True)
+        assert report.rendered_from_fields  # rendering maps over the rows: a cache file beside the dataset's own
+        later = raw["train"].map(lambda r: {"n": len(r["text"])})  # as the preprocessing stages do
+        assert sorted((str(p.relative_to(saved)), p.stat().st_mtime_ns) for p in saved.rglob("*")) == before
+        assert all(str(tmp_path / "cache") in f["filename"] for f in later.cache_files)
+        assert report.files == [str(saved)]  # the report names the user's folder, not the links
+
+    def test_a_saved_folder_written_again_is_read_again(self, tmp_path):
+        saved = tmp_path / "saved"
+        datasets.Dataset.from_list([{"text": "a"}]).save_to_disk(str(saved))
+        assert rows_of(load(tmp_path, dataset_name=str(saved), load_from_disk=True)[0]["train"]) == [{"text": "a"}]
+        datasets.Dataset.from_list([{"text": "b"}, {"text": "c"}]).save_to_disk(str(saved))
+        assert rows_of(load(tmp_path, dataset_name=str(saved), load_from_disk=True)[0]["train"]) == [{"text": "b"}, {"text": "c"}]
+
     def test_not_a_saved_folder(self, tmp_path):
         folder = tmp_path / "plain"
         write_jsonl(folder / "train.jsonl", TEXT_ROWS)

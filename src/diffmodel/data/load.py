@@ -32,6 +32,10 @@ Invariants:
   ``LoadReport.row_format`` names the kind of rows.
 - Problems with the input raise :class:`DiffModelError` naming the file (and
   line), the flag and the fix.
+- Nothing is written into the input: a ``save_to_disk`` folder is read
+  through a folder of links to its files under the cache folder
+  (:func:`_reading_folder`), so the cache files that ``datasets`` writes next
+  to a dataset's own files land there.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +145,7 @@ def load_raw_datasets(opts: LoadOptions) -> tuple[datasets.DatasetDict, LoadRepo
     )
     origins: dict[str, str] = {}
     if opts.load_from_disk:
-        raw = _load_saved(opts.dataset_name, report, origins)
+        raw = _load_saved(opts.dataset_name, report, origins, opts.cache_dir)
     elif opts.dataset_name:
         raw = _load_named(opts, report, origins)
     else:
@@ -411,11 +416,40 @@ def _fingerprint(files: list[str], split: str, opts: LoadOptions) -> str:
     return "diffmodel-json-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _load_saved(path: str, report: LoadReport, origins: dict[str, str]) -> datasets.DatasetDict:
+def _reading_folder(path: str, cache_dir: str | None) -> str:
+    """A folder under the cache holding links to every file of the ``save_to_disk`` folder ``path`` (made once per
+    state of its files), which ``datasets`` reads instead of ``path``: the cache files that its ``map`` and
+    ``filter`` write beside a dataset's own files then go there, not into the user's folder. ``path`` itself
+    where links cannot be made."""
+    root = os.path.abspath(path)
+    files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names)
+    stats = {f: os.stat(os.path.join(root, f)) for f in files if not os.path.basename(f).startswith("cache-")}
+    identity = [[f, st.st_size, st.st_mtime_ns] for f, st in stats.items()]  # cache-*: what datasets wrote there before
+    key = hashlib.sha256(json.dumps([root, identity]).encode()).hexdigest()[:32]
+    target = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "diffmodel_saved" / key
+    if target.is_dir():
+        return str(target)
+    building = target.with_name(f"{key}.tmp-{os.getpid()}")
+    try:
+        for f, _, _ in identity:
+            (building / f).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.join(root, f), building / f)
+        os.replace(building, target)
+    except OSError as err:
+        shutil.rmtree(building, ignore_errors=True)
+        if target.is_dir():  # another process made it first
+            return str(target)
+        logger.warning("--dataset_name %s: could not link its files under %s (%s); datasets writes its cache files "
+                       "into that folder", path, target.parent, err)
+        return path
+    return str(target)
+
+
+def _load_saved(path: str, report: LoadReport, origins: dict[str, str], cache_dir: str | None = None) -> datasets.DatasetDict:
     if not os.path.exists(path):
         raise DiffModelError(f"--dataset_name {path}: no such folder (--load_from_disk reads a save_to_disk folder)")
     try:
-        loaded = datasets.load_from_disk(path)
+        loaded = datasets.load_from_disk(_reading_folder(path, cache_dir))
     except FileNotFoundError as err:
         raise DiffModelError(
             f"--dataset_name {path}: not a save_to_disk folder ({_root_message(err)}); "
