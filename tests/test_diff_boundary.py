@@ -219,6 +219,17 @@ class TestEmptyDiffIsDroppedAndCounted:
         summary = _summary([{"counts": counts, "rows_trained": 1, "epoch": 1}], 4096)
         assert "1 dropped without <DFF>, 2 dropped with an empty diff," in summary
 
+    @pytest.mark.parametrize("edit_format, marker", [(None, "<DFF>"), ("search_replace", "<DFF>"), ("commit", "<commit_after>"),
+                                                     ("linediff", "<commit_after>")])
+    def test_run_summary_names_the_formats_target_marker(self, edit_format, marker):
+        from diffmodel.train.streaming import _summary
+
+        counts = {"samples_read": 5, "dropped_no_diff": 1, "dropped_empty_diff": 2, "samples_kept": 2}
+        assert _summary([{"counts": counts, "rows_trained": 1, "epoch": 1}], 4096, edit_format) == (
+            f"5 samples read, 0 dropped as >= --block_size 4096 tokens, 1 dropped without {marker}, "
+            "2 dropped with an empty diff, 0 bad records skipped, 1 rows trained over 1 rank(s), epoch 1"
+        )
+
     def test_inspect_shows_the_count(self, tmp_path, capsys):
         from diffmodel.cli import main as diffmodel
 

@@ -59,6 +59,18 @@ class TestRegistry:
             formats.render_row(row, "commit")
         assert formats.render_row(row, "carper") == "<NME> a.py\n<BEF> x = 1\n<MSG> m\n<DFF> @@ -1 +1 @@\n-y = 1\n+y = 2\n"
 
+    def test_loss_marker_names_each_formats_two_markers_without_a_newline(self):
+        assert {n: (formats.loss_marker(n), formats.loss_marker(n, "message+diff")) for n in formats.FORMATS} == {
+            "carper": ("<DFF>", "<MSG>"),
+            "commit": ("<commit_after>", "<commit_msg>"),
+            "linediff": ("<commit_after>", "<commit_msg>"),
+            "search_replace": ("<DFF>", "<MSG>"),
+        }
+        assert formats.loss_marker() == formats.loss_marker(None, "diff") == "<DFF>"
+        assert formats.loss_marker(None, "message+diff") == "<MSG>"
+        with pytest.raises(ValueError, match=r"loss_on 'message' is not one of diff, message\+diff"):
+            formats.loss_marker("commit", "message")
+
     @pytest.mark.parametrize("name", list(EXPECTED))
     def test_render_row_applies_the_rows_diff(self, name):
         row = {"name": NAME, "before": BEFORE, "message": MESSAGE, "diff": carper.parse(EXPECTED["carper"]).to_text()}
@@ -90,6 +102,11 @@ class TestHandMadeSample:
         assert formats.loss_start(text, "message+diff", name) == MESSAGE_START[name]
         with pytest.raises(ValueError, match=r"loss_on 'message' is not one of diff, message\+diff"):
             formats.loss_start(text, "message", name)
+
+    def test_loss_marker_is_the_text_where_loss_starts(self, name):
+        text = EXPECTED[name]
+        for loss_on in formats.LOSS_ON:
+            assert text.startswith(formats.loss_marker(name, loss_on), formats.loss_start(text, loss_on, name))
 
     def test_no_target_means_no_message_start(self, name):
         text = EXPECTED[name][:LOSS_START[name]]

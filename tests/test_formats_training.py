@@ -74,6 +74,22 @@ def test_stage_cache_is_keyed_by_the_format(tmp_path):
         preprocess(raw, tok, _opts("carper", packing=True, cache_dir=str(tmp_path)), "same-source")
 
 
+@pytest.mark.parametrize("name, text, marker", [
+    ("commit", EXPECTED["carper"], "<commit_after>"),
+    ("linediff", EXPECTED["commit"], "<commit_after>"),
+    ("search_replace", EXPECTED["commit"], "<DFF>"),
+])
+def test_an_empty_split_names_the_target_marker_of_its_format(name, text, marker, tmp_path):
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": [text] * 2})})
+    with pytest.raises(DiffModelError) as err:
+        preprocess(raw, char_tokenizer(merges=[]), _opts(name, packing=True, cache_dir=str(tmp_path)), "fp-empty-" + name)
+    assert str(err.value) == (
+        "the train split is empty after preprocessing (2 loaded, 0 dropped as >= --block_size 512 tokens, "
+        f"2 dropped without {marker}, 0 dropped with an empty diff); "
+        "check the data (and that --edit_format is the format its text is written in)"
+    )
+
+
 @pytest.mark.parametrize("name", ["commit", "linediff", "search_replace"])
 def test_mine_writes_text_in_the_format(name, tmp_path):
     build_story_repo(tmp_path / "story", submodule_source=build_small_repo(tmp_path / "lib", 1, prefix="lib").path)

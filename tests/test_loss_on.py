@@ -145,8 +145,26 @@ class TestOtherEditFormats:
         assert rows["labels"] == [[X] * len(context) + ids(self.LINEDIFF[len(context):]) + [eos]]
 
     def test_carper_text_read_as_commit_has_no_target(self, tmp_path):
-        with pytest.raises(Exception, match=r"1 dropped without <DFF>.*--edit_format"):
+        with pytest.raises(Exception, match=r"1 dropped without <commit_after>, .*--edit_format"):
             self._pack(tmp_path, TEXT, "commit", "message+diff")
+
+    @pytest.mark.parametrize("loss_on", ["diff", "message+diff"])
+    def test_the_report_names_the_commit_target_marker_for_either_choice(self, tmp_path, loss_on):
+        from diffmodel.preprocess.sanity import drop_warning, format_report
+
+        tok = char_tokenizer(merges=[])
+        opts = PreprocessOptions(block_size=128, packing=True, train_diff_model=True, loss_on=loss_on, edit_format="commit",
+                                 cache_dir=str(tmp_path))
+        texts = [self.COMMIT, TEXT, "<commit_before>a\n<commit_msg>m\n", "plain\n"]  # carper text, no <commit_after>, nothing
+        raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})})
+        _, reports = preprocess(raw, tok, opts, "fp-report")
+        report = reports["train"]
+        assert (report.edit_format, report.loss_on, report.dropped_no_diff, report.samples_kept) == ("commit", loss_on, 3, 1)
+        assert "\ndropped: no <commit_after>               3\n" in format_report(reports)
+        assert drop_warning("train", report) == (
+            "the train split drops 3 of 4 samples (75%): 3 without <commit_after>. To keep more: "
+            "give every text a <commit_after> line after its <commit_msg> line (or name the text with --text_column)"
+        )
 
     @pytest.mark.parametrize("loss_on", ["diff", "message+diff"])
     def test_prompt_completion_rows_keep_loss_on_the_completion(self, loss_on):

@@ -127,6 +127,68 @@ class TestDropWarningWhenMoreThanHalfIsDropped:
             "To keep more: fix the records the log names; give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"
         )
 
+    @pytest.mark.parametrize("edit_format, target, message", [
+        ("commit", "<commit_after>", "<commit_msg>"),
+        ("linediff", "<commit_after>", "<commit_msg>"),
+        ("search_replace", "<DFF>", "<MSG>"),
+    ])
+    def test_names_the_markers_of_the_edit_format(self, edit_format, target, message):
+        from diffmodel.preprocess.sanity import SplitReport, drop_reasons, drop_warning
+
+        report = SplitReport(samples_loaded=4, dropped_no_diff=3, samples_kept=1, loss_on="diff", edit_format=edit_format)
+        assert drop_warning("train", report) == (
+            f"the train split drops 3 of 4 samples (75%): 3 without {target}. "
+            f"To keep more: give every text a {target} line after its {message} line (or name the text with --text_column)"
+        )
+        assert drop_reasons(edit_format)["dropped_no_diff"][0] == f"without {target}"
+
+    def test_commit_warning_exact(self):
+        from diffmodel.preprocess.sanity import SplitReport, drop_warning
+
+        assert drop_warning("train", SplitReport(samples_loaded=4, dropped_no_diff=3, samples_kept=1, edit_format="commit")) == (
+            "the train split drops 3 of 4 samples (75%): 3 without <commit_after>. To keep more: "
+            "give every text a <commit_after> line after its <commit_msg> line (or name the text with --text_column)"
+        )
+
+    @pytest.mark.parametrize("edit_format, expected", [
+        ("carper", "3 without <DFF>. To keep more: give every text a <DFF> line after its <MSG> line"),
+        ("commit", "3 without <commit_after>. To keep more: give every text a <commit_after> line after its <commit_msg> line"),
+    ])
+    def test_message_plus_diff_drops_still_lack_the_target_marker(self, edit_format, expected):
+        # with --loss_on message+diff the loss starts at the message marker, but only where the target marker follows it:
+        # a sample is dropped for lacking the target marker (labels.loss_start_token), so the text names both, as with diff
+        from diffmodel.preprocess.sanity import SplitReport, drop_warning
+
+        report = SplitReport(samples_loaded=4, dropped_no_diff=3, samples_kept=1, loss_on="message+diff",
+                             edit_format=edit_format)
+        assert drop_warning("train", report) == (
+            f"the train split drops 3 of 4 samples (75%): {expected} (or name the text with --text_column)"
+        )
+
+    def test_the_default_format_keeps_the_carper_reasons(self):
+        from diffmodel.preprocess.sanity import DROP_REASONS, SplitReport, drop_reasons
+
+        assert SplitReport().edit_format == "carper"
+        assert drop_reasons() == drop_reasons("carper") == DROP_REASONS
+        assert DROP_REASONS["dropped_no_diff"] == (
+            "without <DFF>", "give every text a <DFF> line after its <MSG> line (or name the text with --text_column)")
+
+    def test_report_table_names_the_marker_of_the_edit_format(self):
+        from diffmodel.preprocess.sanity import SplitReport, format_report
+
+        commit = format_report({"train": SplitReport(samples_loaded=2, dropped_no_diff=1, samples_kept=1, edit_format="commit")})
+        lines = commit.splitlines()
+        assert lines[1] == " " * 28 + "         train"
+        assert lines[4:7] == [
+            "dropped: too long                        0",
+            "dropped: no <commit_after>               1",
+            "dropped: empty diff                      0",
+        ]
+        carper = format_report({"train": SplitReport(samples_loaded=2, dropped_no_diff=1, samples_kept=1)}).splitlines()
+        assert carper[1] == " " * 22 + "         train" and carper[5] == "dropped: no <DFF>                  1"
+        mixed = {"train": SplitReport(edit_format="search_replace"), "validation": SplitReport(edit_format="linediff")}
+        assert "dropped: no <DFF> or <commit_after>" in format_report(mixed)
+
     def test_report_table_and_json_carry_it(self, tmp_path):
         import json
 

@@ -205,3 +205,45 @@ def test_the_last_generation_eval_is_in_the_results():
             "| line similarity to the true file (last generation eval, mean) | 0.8750 |") in text
     assert "generation eval" not in render_card(card_info(model, data, lora_args_from(training), training, {}, 512, None, None,
                                                           history[:1], "2025-03-04", "0.1.0"))
+
+
+def _data_table_head(text: str) -> str:
+    return text.split("## Data\n\n")[1].splitlines()[0]
+
+
+def test_the_card_names_the_commit_formats_target_marker():
+    text = render_card(dict(INFO, edit_format="commit", loss_on="diff"))
+    assert text.splitlines()[2] == (
+        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff "
+        "that makes the change; only the diff tokens (from `<commit_after>` on) carried loss.")
+    assert _data_table_head(text) == (
+        "| split | samples | bad records | too long | no `<commit_after>` | empty diff | kept | rows | tokens | loss share "
+        "| fill |")
+
+
+def test_the_card_of_message_plus_diff_names_the_message_marker_and_the_drops_target_marker():
+    text = render_card(dict(INFO, edit_format="search_replace", loss_on="message+diff"))
+    assert text.splitlines()[2] == (
+        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff "
+        "that makes the change; only the message and diff tokens (from `<MSG>` on) carried loss.")
+    assert _data_table_head(text) == (
+        "| split | samples | bad records | too long | no `<DFF>` | empty diff | kept | rows | tokens | loss share | fill |")
+    assert "(from `<commit_msg>` on)" in render_card(dict(INFO, edit_format="linediff", loss_on="message+diff"))
+
+
+def test_card_info_takes_the_format_and_choice_from_the_run():
+    from diffmodel.preprocess.sanity import SplitReport
+    from diffmodel.train.args import lora_args_from, parse_args
+    from diffmodel.train.card import card_info
+
+    model, data, training = parse_args(["--model_name_or_path", "models/base", "--train_file", "a.jsonl", "--do_train",
+                                        "--output_dir", "runs/commit", "--report_to", "none", "--train_diff_model",
+                                        "--edit_format", "commit", "--loss_on", "message+diff"])
+    reports = {"train": SplitReport(samples_loaded=4, dropped_no_diff=3, samples_kept=1, edit_format="commit")}
+    info = card_info(model, data, lora_args_from(training), training, reports, 512, None, None, [], "2025-03-04", "0.1.0")
+    assert (info["edit_format"], info["loss_on"]) == ("commit", "message+diff")
+    text = render_card(info)
+    assert "only the message and diff tokens (from `<commit_msg>` on) carried loss." in text
+    assert "| no `<commit_after>` |" in _data_table_head(text)
+    assert ("Warning: the train split drops 3 of 4 samples (75%): 3 without <commit_after>. To keep more: "
+            "give every text a <commit_after> line after its <commit_msg> line (or name the text with --text_column)") in text

@@ -96,6 +96,22 @@ def loss_start(text: str, loss_on: str = "diff", edit_format: str | None = None)
     raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
 
 
+def loss_marker(edit_format: str | None = None, loss_on: str = "diff") -> str:
+    """The marker where :func:`loss_start` starts the loss of a text in ``edit_format``, without a trailing newline.
+
+    ``diff``: the format's target marker (``<DFF>``, ``<commit_after>``);
+    ``message+diff``: the message marker that target follows (``<MSG>``,
+    ``<commit_msg>``). Messages and reports name the markers through this.
+    """
+    fmt = get(edit_format)
+    if loss_on == "diff":
+        return fmt.MARKER.rstrip("\n")
+    if loss_on == "message+diff":
+        # the formats that write carper's prompt (carper, search_replace) have no MESSAGE_MARKER of their own
+        return getattr(fmt, "MESSAGE_MARKER", sample.MESSAGE_MARKER)
+    raise ValueError(f"loss_on {loss_on!r} is not one of {', '.join(LOSS_ON)}")
+
+
 def next_sample(output: str, edit_format: str | None = None, whole: bool = True) -> int:
     """Index in model ``output`` where a next sample starts (the format's ``NEXT``), or -1.
 
@@ -147,5 +163,6 @@ def render_row(row: dict, edit_format: str | None = None) -> str:
 
 
 __all__ = [
-    "DEFAULT", "EditFormat", "FORMATS", "LOSS_ON", "after_of", "get", "loss_start", "next_sample", "render_row", "target",
+    "DEFAULT", "EditFormat", "FORMATS", "LOSS_ON", "after_of", "get", "loss_marker", "loss_start", "next_sample", "render_row",
+    "target",
 ]

@@ -28,6 +28,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffmodel import formats
 from diffmodel.data.records import COMPLETION_START
 from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.cache import cached_stage, default_cache_root, fingerprint, tokenizer_fingerprint
@@ -127,12 +128,16 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
     counts["dropped_empty_diff"] = pc.sum(pc.equal(starts, EMPTY_DIFF)).as_py() or 0
     ds, _ = _count_filter(ds, "diff_start", lambda start: start >= 0, opts.num_proc, "drop samples without a diff")
     if len(ds) == 0:
-        raise_empty(split, loaded, counts, opts.block_size, opts.packing)
+        raise_empty(split, loaded, counts, opts.block_size, opts.packing, opts.edit_format)
     return ds.remove_columns(["diff_start", "n_tokens"]), counts
 
 
-def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int, packing: bool = False):
-    """The error for a split left without rows; the fixes named are the ones that apply (--packing drops long samples itself)."""
+def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int, packing: bool = False,
+                edit_format: str | None = None):
+    """The error for a split left without rows; the fixes named are the ones that apply (--packing drops long samples itself).
+
+    ``edit_format`` (None: the default) names the target marker the dropped samples lack.
+    """
     fixes = []
     if counts.get("dropped_too_long", 0):
         fixes.append("raise --block_size (--packing drops every sample of --block_size tokens or more: it never splits one)"
@@ -140,8 +145,8 @@ def raise_empty(split: str, loaded: int, counts: dict[str, int], block_size: int
     fixes.append("check the data (and that --edit_format is the format its text is written in)")
     raise DiffModelError(
         f"the {split} split is empty after preprocessing ({loaded} loaded, {counts.get('dropped_too_long', 0)} dropped as >= --block_size "
-        f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without <DFF>, {counts.get('dropped_empty_diff', 0)} dropped "
-        f"with an empty diff); {', or '.join(fixes)}"
+        f"{block_size} tokens, {counts.get('dropped_no_diff', 0)} dropped without {formats.loss_marker(edit_format)}, "
+        f"{counts.get('dropped_empty_diff', 0)} dropped with an empty diff); {', or '.join(fixes)}"
     )
 
 
@@ -274,7 +279,8 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
         stage_opts.pop(k)
     out, reports = {}, {}
     for split, ds in raw.items():
-        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout, loss_on=loss_on_of(ds.column_names, opts))
+        report = SplitReport(samples_loaded=len(ds), layout="as given" if opts.skip_concat else opts.layout,
+                             loss_on=loss_on_of(ds.column_names, opts), edit_format=opts.edit_format)
         if opts.skip_concat and is_laid_out(ds):
             if opts.force_label:
                 logger.warning("--force_label has no effect with --skip_concat on rows that are already laid out: their labels were built before layout; rebuild from the raw data to change them")
@@ -308,7 +314,7 @@ def preprocess(raw: datasets.DatasetDict, tokenizer, opts: PreprocessOptions, so
                 rows, _ = cached_stage(root, "layout", lay_fp, lambda enc=encoded: (layout_split(enc, tokenizer, opts, root / "tmp"), {}), opts.overwrite_cache)
                 shutil.rmtree(root / "tmp", ignore_errors=True)
         if len(rows) == 0:
-            raise_empty(split, report.samples_loaded, asdict(report), opts.block_size, opts.packing)
+            raise_empty(split, report.samples_loaded, asdict(report), opts.block_size, opts.packing, opts.edit_format)
         check_cols = [c for c in COLUMNS if c in rows.column_names]
         fixed = opts.block_size if "attention_mask" in rows.column_names else None
         report.rows, report.row_slots, report.tokens, report.loss_tokens = check_rows(rows.select_columns(check_cols).with_format("arrow").iter(batch_size=256), fixed, split, opts.block_size)

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from diffmodel import formats
 from diffmodel.atomic import write_json
 from diffmodel.errors import raise_if_problems
 from diffmodel.preprocess.labels import IGNORE_INDEX
@@ -49,6 +50,7 @@ class SplitReport:
     layout: str = ""
     row_format: str = ""  # the kind of rows loaded: text, prompt/completion, name/before/message/diff, tokenized
     loss_on: str = ""  # what carries loss: diff, message+diff, completion, all tokens
+    edit_format: str = formats.DEFAULT  # --edit_format: its markers name what dropped_no_diff samples lack
     sources: list[dict] = field(default_factory=list)  # weighted --train_file sources (diffmodel.data.mix.source_report)
     examples: list[str] = field(default_factory=list)
 
@@ -167,13 +169,30 @@ def mark_spans(row: dict, tokenizer, color: bool = False, max_chars: int = 1200)
     return out if len(out) <= max_chars else out[:max_chars] + f"... [{len(out) - max_chars} more characters]"
 
 
-#: Drop counter -> (why the samples were not trained, what to change). A counter missing here is described by its name.
+def _no_target(edit_format: str | None = None) -> tuple[str, str]:
+    """Why ``dropped_no_diff`` samples were not trained, and the fix, in ``edit_format``'s markers.
+
+    A sample is dropped when its target marker does not follow a message
+    marker, whatever ``--loss_on`` says (``message+diff`` starts at that
+    message marker only when the target follows it: :mod:`diffmodel.preprocess.labels`).
+    """
+    target, message = formats.loss_marker(edit_format), formats.loss_marker(edit_format, "message+diff")
+    return f"without {target}", f"give every text a {target} line after its {message} line (or name the text with --text_column)"
+
+
+#: Drop counter -> (why the samples were not trained, what to change), in the default format's markers
+#: (:func:`drop_reasons`: another format's). A counter missing here is described by its name.
 DROP_REASONS: dict[str, tuple[str, str]] = {
     "bad_records": ("bad records skipped", "fix the records the log names"),
     "dropped_too_long": ("too long (>= --block_size tokens)", "raise --block_size (up to the model's positions) or mine shorter samples (diffmodel mine --tokenizer_name TOKENIZER --max_tokens BLOCK_SIZE-1)"),
-    "dropped_no_diff": ("without <DFF>", "give every text a <DFF> line after its <MSG> line (or name the text with --text_column)"),
+    "dropped_no_diff": _no_target(),
     "dropped_empty_diff": ("with an empty diff or completion (nothing to train)", ""),
 }
+
+
+def drop_reasons(edit_format: str | None = None) -> dict[str, tuple[str, str]]:
+    """:data:`DROP_REASONS` with the markers of ``edit_format`` (None: the default format)."""
+    return {**DROP_REASONS, "dropped_no_diff": _no_target(edit_format)}
 
 
 def drop_counts(report: SplitReport) -> dict[str, int]:
@@ -189,7 +208,8 @@ def drop_warning(split: str, report: SplitReport) -> str | None:
     if not total or 2 * dropped <= total:
         return None
     order = sorted(counts, key=lambda k: -counts[k])
-    described = {k: DROP_REASONS.get(k, (k.removeprefix("dropped_").replace("_", " "), "")) for k in order}
+    reasons_of = drop_reasons(report.edit_format)
+    described = {k: reasons_of.get(k, (k.removeprefix("dropped_").replace("_", " "), "")) for k in order}
     reasons = ", ".join(f"{counts[k]:,} {described[k][0]}" for k in order)
     fixes = "; ".join(described[k][1] for k in order if described[k][1])
     return f"the {split} split drops {dropped:,} of {total:,} samples ({dropped / total:.0%}): {reasons}" + (f". To keep more: {fixes}" if fixes else "")
@@ -197,29 +217,31 @@ def drop_warning(split: str, report: SplitReport) -> str | None:
 
 def format_report(reports: dict[str, SplitReport]) -> str:
     """A readable table of the per-split counts, the drop warnings, then the decoded examples."""
+    targets = dict.fromkeys(formats.loss_marker(r.edit_format) for r in reports.values()) or [formats.loss_marker()]
     rows = [
         ("samples loaded", "samples_loaded"),
         ("skipped: bad records", "bad_records"),
         ("dropped: too long", "dropped_too_long"),
-        ("dropped: no <DFF>", "dropped_no_diff"),
+        (f"dropped: no {' or '.join(targets)}", "dropped_no_diff"),
         ("dropped: empty diff", "dropped_empty_diff"),  # or an empty completion
         ("samples kept", "samples_kept"),
         ("rows", "rows"),
         ("tokens (attended)", "tokens"),
         ("loss-bearing tokens", "loss_tokens"),
     ]
+    label_width = max(22, *(len(label) + 2 for label, _ in rows))  # 22 as ever, wider for a longer marker
     splits = list(reports)
     words = [str(getattr(reports[s], a) or "") for s in splits for a in ("layout", "row_format", "loss_on")]
     width = max(12, *(len(s) for s in splits), *(len(w) for w in words))  # columns never run into each other
-    lines = ["Data sanity report", f"{'':<22}" + "".join(f"{s:>{width + 2}}" for s in splits)]
+    lines = ["Data sanity report", f"{'':<{label_width}}" + "".join(f"{s:>{width + 2}}" for s in splits)]
     for label, attr in rows:
-        lines.append(f"{label:<22}" + "".join(f"{getattr(reports[s], attr):>{width + 2},}" for s in splits))
-    lines.append(f"{'loss share':<22}" + "".join(f"{reports[s].loss_share:>{width + 2}.1%}" for s in splits))
-    lines.append(f"{'fill ratio':<22}" + "".join(f"{reports[s].fill_ratio:>{width + 2}.1%}" for s in splits))
-    lines.append(f"{'layout':<22}" + "".join(f"{reports[s].layout:>{width + 2}}" for s in splits))
+        lines.append(f"{label:<{label_width}}" + "".join(f"{getattr(reports[s], attr):>{width + 2},}" for s in splits))
+    lines.append(f"{'loss share':<{label_width}}" + "".join(f"{reports[s].loss_share:>{width + 2}.1%}" for s in splits))
+    lines.append(f"{'fill ratio':<{label_width}}" + "".join(f"{reports[s].fill_ratio:>{width + 2}.1%}" for s in splits))
+    lines.append(f"{'layout':<{label_width}}" + "".join(f"{reports[s].layout:>{width + 2}}" for s in splits))
     for label, attr in (("rows are", "row_format"), ("loss on", "loss_on")):
         if any(getattr(reports[s], attr) for s in splits):
-            lines.append(f"{label:<22}" + "".join(f"{getattr(reports[s], attr):>{width + 2}}" for s in splits))
+            lines.append(f"{label:<{label_width}}" + "".join(f"{getattr(reports[s], attr):>{width + 2}}" for s in splits))
     for s in splits:
         lines += [f"{s} source {line}" for line in format_sources(reports[s].sources)]
     lines += [f"WARNING: {w}" for w in (drop_warning(s, reports[s]) for s in splits) if w]

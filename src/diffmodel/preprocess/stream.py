@@ -409,7 +409,7 @@ class StreamingDataset(IterableDataset):
                 raise DiffModelError(
                     f"rank {self.rank} (reader {reader} of {stride}) found no trainable sample in a whole pass over "
                     f"{len(self.files)} file(s) ({counts['samples_read']} read, {counts['dropped_too_long']} dropped as >= --block_size "
-                    f"{self.opts.block_size} tokens, {counts['dropped_no_diff']} without <DFF>, {counts['dropped_empty_diff']} with an empty diff, {counts['bad_records']} bad); "
+                    f"{self.opts.block_size} tokens, {counts['dropped_no_diff']} without {formats.loss_marker(self.opts.edit_format)}, {counts['dropped_empty_diff']} with an empty diff, {counts['bad_records']} bad); "
                     "give it more data, fewer processes or dataloader workers, or a larger --block_size"
                 )
             epoch, pos = epoch + 1, Position()

@@ -28,12 +28,22 @@ import math
 import statistics
 from dataclasses import MISSING, fields
 
-#: data report columns: (key in the report, column title)
+from diffmodel import formats
+
+#: data report columns: (key in the report, column title), in the default format's markers (:func:`report_columns`: another's)
 REPORT_COLUMNS = (
     ("samples_loaded", "samples"), ("bad_records", "bad records"), ("dropped_too_long", "too long"),
-    ("dropped_no_diff", "no `<DFF>`"), ("dropped_empty_diff", "empty diff"), ("samples_kept", "kept"),
+    ("dropped_no_diff", f"no `{formats.loss_marker()}`"), ("dropped_empty_diff", "empty diff"), ("samples_kept", "kept"),
     ("rows", "rows"), ("tokens", "tokens"), ("loss_share", "loss share"), ("fill_ratio", "fill"),
 )
+
+
+def report_columns(edit_format: str | None = None) -> tuple[tuple[str, str], ...]:
+    """:data:`REPORT_COLUMNS` with the target marker of ``edit_format`` (None: the default) in the drop column's title."""
+    title = f"no `{formats.loss_marker(edit_format)}`"
+    return tuple((key, title if key == "dropped_no_diff" else head) for key, head in REPORT_COLUMNS)
+
+
 #: result rows: (key in the info's results, title)
 RESULT_ROWS = (
     ("final_train_loss", "final train loss (last logged step)"), ("train_loss", "mean train loss (the steps the last command trained)"),
@@ -137,6 +147,8 @@ def card_info(model_args, data_args, lora_args, training_args, reports: dict, bl
     return {
         "output_dir": training_args.output_dir,
         **lora,
+        "edit_format": getattr(data_args, "edit_format", formats.DEFAULT),
+        "loss_on": getattr(data_args, "loss_on", "diff"),
         "date": date,
         "version": version,
         "training": {
@@ -221,11 +233,14 @@ def _use_adapter(out: str) -> list[str]:
 def render_card(info: dict) -> str:
     """The Markdown of a model card from :func:`card_info`'s dict."""
     out = info["output_dir"]
+    edit_format, loss_on = info.get("edit_format"), info.get("loss_on", "diff")  # a dict without them: carper, diff
+    trained = "the message and diff tokens" if loss_on == "message+diff" else "the diff tokens"
+    marker = formats.loss_marker(edit_format, loss_on)
     lines = [
         f"# Diff model: {out}",
         "",
         f"Trained with diffmodel {info['version']} on {info['date']}. It reads a file, its name and a commit message "
-        "and writes the unified diff that makes the change; only the diff tokens (from `<DFF>` on) carried loss.",
+        f"and writes the unified diff that makes the change; only {trained} (from `{marker}` on) carried loss.",
         "",
         "## Use",
         "",
@@ -253,8 +268,9 @@ def render_card(info: dict) -> str:
         lines.append("")
     if info.get("data"):
         lines += ["## Data", ""]
-        lines += _table(["split", *(title for _, title in REPORT_COLUMNS)],
-                        [[split, *(_fmt(row[key]) for key, _ in REPORT_COLUMNS)] for split, row in info["data"].items()])
+        columns = report_columns(edit_format)
+        lines += _table(["split", *(title for _, title in columns)],
+                        [[split, *(_fmt(row[key]) for key, _ in columns)] for split, row in info["data"].items()])
         warnings = [row["warning"] for row in info["data"].values() if row.get("warning")]
         lines += [""] + [f"Warning: {w}" for w in warnings] + ([""] if warnings else [])
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -20,8 +20,8 @@ Pieces, each small:
 - :class:`StreamStateCallback`: at each save, gathers every rank's progress
   and writes ``stream_state.json`` into the checkpoint folder (one entry per
   rank), and logs the counts (samples read, dropped too long, dropped without
-  ``<DFF>``, dropped with an empty diff, bad records, rows trained); again at
-  the end of training.
+  the ``--edit_format``'s target marker (``<DFF>``, ``<commit_after>``), dropped
+  with an empty diff, bad records, rows trained); again at the end of training.
 - :func:`restore_stream_state`: on resume, starts this rank's readers where
   the checkpoint's stream stopped.
 
@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from diffmodel import formats
 from diffmodel.atomic import write_json
 from diffmodel.data.mix import is_weighted, parse_sources
 from diffmodel.data.records import COMPLETION_START, PROMPT_COMPLETION, row_format
@@ -121,7 +122,7 @@ def first_buffer_report(dataset: StreamingDataset, examples: int = 2) -> SplitRe
         samples_loaded=counts["samples_read"], bad_records=counts["bad_records"],
         dropped_too_long=counts["dropped_too_long"], dropped_no_diff=counts["dropped_no_diff"],
         dropped_empty_diff=counts["dropped_empty_diff"],
-        samples_kept=counts["samples_kept"], layout=f"{dataset.opts.layout} (stream)",
+        samples_kept=counts["samples_kept"], layout=f"{dataset.opts.layout} (stream)", edit_format=dataset.opts.edit_format,
     )
     if rows:
         cols = [c for c in ("input_ids", "labels", "attention_mask", "position_ids") if c in rows[0]]
@@ -245,7 +246,8 @@ def _gather(obj) -> list:
     return [obj]
 
 
-def _summary(states: list[dict], block_size: int) -> str:
+def _summary(states: list[dict], block_size: int, edit_format: str | None = None) -> str:
+    """The stream's counts over every rank, for the log (``edit_format``, None: the default, names the target marker)."""
     total = dict.fromkeys(COUNT_FIELDS, 0)
     for s in states:
         for k in COUNT_FIELDS:
@@ -254,7 +256,8 @@ def _summary(states: list[dict], block_size: int) -> str:
     epoch = max(s["epoch"] for s in states)
     return (
         f"{total['samples_read']:,} samples read, {total['dropped_too_long']:,} dropped as >= --block_size {block_size} tokens, "
-        f"{total['dropped_no_diff']:,} dropped without <DFF>, {total['dropped_empty_diff']:,} dropped with an empty diff, "
+        f"{total['dropped_no_diff']:,} dropped without {formats.loss_marker(edit_format)}, "
+        f"{total['dropped_empty_diff']:,} dropped with an empty diff, "
         f"{total['bad_records']:,} bad records skipped, "
         f"{rows:,} rows trained over {len(states)} rank(s), epoch {epoch}"
     )
@@ -276,13 +279,15 @@ class StreamStateCallback(TrainerCallback):
         if args.should_save:
             write_json(folder / STATE_FILE, {"version": STATE_VERSION, "global_step": state.global_step, "config": self.dataset.config(), "ranks": states})
         if args.process_index == 0:
-            logger.info("stream at step %d: %s; state saved to %s", state.global_step, _summary(states, self.dataset.opts.block_size), folder / STATE_FILE)
+            summary = _summary(states, self.dataset.opts.block_size, self.dataset.opts.edit_format)
+            logger.info("stream at step %d: %s; state saved to %s", state.global_step, summary, folder / STATE_FILE)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         states = self._states()
         if args.process_index == 0:
-            logger.info("stream at the end of training (step %d): %s", state.global_step, _summary(states, self.dataset.opts.block_size))
+            summary = _summary(states, self.dataset.opts.block_size, self.dataset.opts.edit_format)
+            logger.info("stream at the end of training (step %d): %s", state.global_step, summary)
         return control
 
 
