@@ -124,6 +124,17 @@ def test_decisions(monkeypatch, speed, attn, packing, training, facts, model_typ
         assert phrase in choice.reason
 
 
+@pytest.mark.parametrize("setting,compiled,value,reason", [
+    ("auto", False, False, "not compiled: eager PyTorch keeps the projections' memory order itself"),
+    ("auto", True, False, "not measured on a GPU yet (benchmarks/rotary_layout.py); --rotary_layout on applies it"),
+    ("on", False, True, "set by --rotary_layout on"),
+    ("off", True, False, "set by --rotary_layout off"),
+])
+def test_rotary_layout_choice(setting, compiled, value, reason):
+    path = choose(SpeedArguments(rotary_layout=setting, compile="on" if compiled else "off"), None, True, _training(), GPU, "llama")
+    assert (path.rotary_layout.value, path.rotary_layout.reason) == (value, reason)
+
+
 def test_liger_is_off_when_the_package_is_missing_whatever_facts_say():
     # liger-kernel is not installed here, so liger_supports is False for every model type
     assert fast_path.liger_supports("llama") is False
@@ -141,6 +152,7 @@ def test_lines_say_each_choice_and_its_reason():
         "data loader workers: 0 (no GPU: the step itself runs on these CPUs)",
         "asynchronous steps: off (no GPU: host and step are the same processor)",
         "logits at the loss positions only: off (no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is)",
+        "rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -620,6 +632,32 @@ class TestFirstStep:
         assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
 
 
+@pytest.mark.parametrize("model_dir,wrapped", [("tiny_llama_dir", True), ("tiny_gpt2_dir", False)])
+def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, request, model_dir, wrapped):
+    from transformers.models.llama import modeling_llama
+
+    from diffmodel.train import rotary_layout
+    from diffmodel.train.args import parse_args, validate
+    from diffmodel.train.run import prepare
+
+    argv = ["--model_name_or_path", str(request.getfixturevalue(model_dir)), "--train_file", str(data_dir / "data.jsonl"),
+            "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"rotary_{model_dir}"),
+            "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+            "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--rotary_layout", "on"]
+    with _log_records() as records:
+        args = parse_args(argv)
+        validate(*args)
+        prepared = prepare(*args)
+    try:
+        patched = getattr(modeling_llama.apply_rotary_pos_emb, rotary_layout.WRAPPED, None) is not None
+        assert (patched, prepared.fast_path.rotary_layout.value) == (wrapped, wrapped)
+        assert "fast path: rotary embedding tokens-first: on (set by --rotary_layout on)" in records
+        if not wrapped:
+            assert any("this gpt2 model has no standard apply_rotary_pos_emb; left as it is" in r for r in records)
+    finally:
+        rotary_layout.uninstall(prepared.trainer.model)
+
+
 @pytest.mark.parametrize("arch,attn", BACKENDS)
 def test_rows_of_pad_tokens_leave_the_loss_and_gradients_as_they_were(arch, attn):
     rows = packed_rows(samples(), 12)
@@ -680,7 +718,8 @@ class TestTimeBudgetRun:
         assert lines[1] == "fast path: padding-free batches: on (set by --padding_free on)"
         assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
         assert lines[5] == "fast path: asynchronous steps: off (no GPU: host and step are the same processor)"
-        assert len(lines) == 7
+        assert lines[7] == "fast path: rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)"
+        assert len(lines) == 8
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
     def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):

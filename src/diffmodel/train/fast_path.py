@@ -329,6 +329,15 @@ def choose_async_steps(setting: str, packing: bool, facts: Facts) -> Choice:
                         "the NaN/inf loss check on the GPU)")
 
 
+def choose_rotary_layout(setting: str, compiled: bool) -> Choice:
+    """``--rotary_layout``: the rotary embedding in tokens-first memory (:mod:`diffmodel.train.rotary_layout`)."""
+    if given := _given(setting, "rotary_layout"):
+        return given
+    if not compiled:
+        return Choice(False, "not compiled: eager PyTorch keeps the projections' memory order itself")
+    return Choice(False, "not measured on a GPU yet (benchmarks/rotary_layout.py); --rotary_layout on applies it")
+
+
 #: ``--loss_logits output``: the output layer and the loss at the loss positions, not the last decoder layer's picks.
 OUTPUT_ONLY = "output"
 
@@ -366,6 +375,7 @@ class FastPath:
     flex_kernels: Choice
     async_steps: Choice
     loss_logits: Choice
+    rotary_layout: Choice = Choice(False, "not chosen")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -378,7 +388,8 @@ class FastPath:
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
-                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits)]
+                 ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
+                 ("rotary embedding tokens-first", self.rotary_layout)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -415,6 +426,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
             bool(getattr(training_args, "bf16", False) or getattr(training_args, "fp16", False)))),
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
+        rotary_layout=choose_rotary_layout(getattr(speed, "rotary_layout", "auto"), bool(compile_.value)),
     )
 
 
