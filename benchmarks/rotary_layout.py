@@ -6,7 +6,8 @@ memory order of such a view through elementwise operations; torch.compile decide
 embedding's output itself and writes it heads-first, so its kernel transposes as it goes, and so does the
 copy that turns the attention's output back into (rows, tokens, hidden) for the output projection (and their
 gradients in the backward). flex_attention takes any strides (its output follows the query's), so applying the
-rotary embedding before the transpose keeps the tokens-first order all the way through. The values are the same
+rotary embedding to the tokens-first tensors (``diffmodel train --rotary_layout on``,
+:mod:`diffmodel.train.rotary_layout`) keeps the tokens-first order all the way through. The values are the same
 (the same operations in the same order); this measures the time on the default packed path (fp32 weights under
 bf16 autocast, flex_attention with diffmodel's tiles, torch.compile, packed rows), both arms alternating.
 
@@ -35,24 +36,20 @@ from compiled_ab import compare, packed_batch  # noqa: E402
 from train_throughput import MODELS  # noqa: E402
 
 
-def rotary_tokens_first(q, k, cos, sin):
-    """The model's rotary embedding on (rows, tokens, heads, head size) tensors; returns (rows, heads, tokens, head
-    size) views of tokens-first memory, as the attention functions take them."""
-    from transformers.models.llama.modeling_llama import rotate_half
-
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return (q * cos + rotate_half(q) * sin).transpose(1, 2), (k * cos + rotate_half(k) * sin).transpose(1, 2)
-
-
 def tokens_first_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    """A Llama attention layer's forward with diffmodel's tokens-first rotary embedding (``--rotary_layout on``, which
+    replaces the modeling module's function for every model; here one model of the two gets it)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.llama.modeling_llama import eager_attention_forward
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
+    from diffmodel.train.rotary_layout import tokens_first
 
     kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
     shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-    q, k = rotary_tokens_first(self.q_proj(hidden_states).view(shape), self.k_proj(hidden_states).view(shape),
-                               *position_embeddings)
+    q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+    k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
     v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    q, k = tokens_first(apply_rotary_pos_emb)(q, k, *position_embeddings)
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
     out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
     return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights

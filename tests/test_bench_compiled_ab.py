@@ -62,17 +62,3 @@ def test_rotary_in_the_projections_layout_gives_the_models_own_loss_and_gradient
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert losses[0] == losses[1]  # the same operations in the same order
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
-
-
-def test_rotary_in_the_projections_layout_hands_attention_tokens_first_memory():
-    from rotary_layout import rotary_tokens_first
-
-    q, k = torch.randn(2, 5, 4, 8), torch.randn(2, 5, 2, 8)  # (rows, tokens, heads, head size)
-    cos, sin = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
-    rq, rk = rotary_tokens_first(q, k, cos, sin)
-    assert rq.shape == (2, 4, 5, 8) and rk.shape == (2, 2, 5, 8)
-    assert rq.stride() == (160, 8, 32, 1) and rk.stride() == (80, 8, 16, 1)  # tokens-first memory, viewed heads-first
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    eq, ek = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-    assert torch.equal(rq, eq) and torch.equal(rk, ek)
