@@ -8,9 +8,49 @@ round), and returns each arm's median ms a step.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
+
+
+def arguments(description: str, default_model: str = "1b") -> argparse.ArgumentParser:
+    """The options both scripts take: model size, packed batch shape, steps, rounds, attention, device."""
+    from train_throughput import MODELS
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", choices=sorted(MODELS), default=default_model)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--attn", default="flex_attention")
+    p.add_argument("--device", default="cuda")
+    return p
+
+
+def base_model(args):
+    """The Llama of ``args.model``'s shape (heads of hidden / heads) on ``args.device``, with diffmodel's flex_attention
+    tiles on a GPU."""
+    import transformers
+    from train_throughput import MODELS
+
+    from diffmodel.train import flex_kernels
+
+    shape = dict(MODELS[args.model])
+    shape["head_dim"] = shape["hidden_size"] // shape["num_attention_heads"]
+    config = transformers.LlamaConfig(**shape, vocab_size=args.vocab, max_position_embeddings=args.width,
+                                      tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).to(args.device)
+    if args.attn == "flex_attention" and args.device == "cuda":
+        flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
+    return model
+
+
+def device_name(args) -> str:
+    return torch.cuda.get_device_name() if args.device == "cuda" else args.device.upper()
 
 
 def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:

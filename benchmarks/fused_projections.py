@@ -16,7 +16,6 @@ that they give the same loss and gradients. Measured on an H100: slower at ~1B (
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import types
@@ -24,11 +23,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compiled_ab import compare, packed_batch  # noqa: E402
-from train_throughput import MODELS  # noqa: E402
+from compiled_ab import arguments, base_model, compare, device_name, packed_batch  # noqa: E402
 
 
 def fused_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
@@ -59,31 +56,15 @@ def fuse(model) -> int:
 
 
 def main(argv=None):
-    from diffmodel.train import flex_kernels
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="1b")
-    p.add_argument("--rows", type=int, default=16)
-    p.add_argument("--width", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=16384)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--attn", default="flex_attention")
-    args = p.parse_args(argv)
-    shape = dict(MODELS[args.model])
-    shape["head_dim"] = shape["hidden_size"] // shape["num_attention_heads"]
-    config = transformers.LlamaConfig(**shape, vocab_size=args.vocab, max_position_embeddings=args.width,
-                                      tie_word_embeddings=False, use_cache=False)
-    torch.manual_seed(0)
-    base = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).cuda()
-    if args.attn == "flex_attention":
-        flex_kernels.install(base, flex_kernels.HOPPER_HEAD64)
+    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
+    base = base_model(args)
     ours = copy.deepcopy(base)
-    print(f"fused: {fuse(ours)} layers; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    batch = packed_batch(args.rows, args.width, args.vocab, "cuda")
+    name = device_name(args)
+    print(f"fused: {fuse(ours)} layers; {name}, torch {torch.__version__}", flush=True)
+    batch = packed_batch(args.rows, args.width, args.vocab, args.device)
     med = compare({"separate": torch.compile(base), "fused": torch.compile(ours)}, batch, args.steps, args.rounds)
     print(f"| device | model | separate ms | fused ms | fused speed-up |\n|---|---|---|---|---|\n"
-          f"| {torch.cuda.get_device_name()} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "
+          f"| {name} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "
           f"{med['separate'] / med['fused']:.3f}x |")
 
 
