@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,31 @@ def test_a_model_without_the_standard_rotary_function_is_left_as_it_is():
     assert rotary_layout.install(transformers.GPT2LMHeadModel(config)) == []
     assert rotary_layout.takes(lambda q, k, cos, sin, position_ids=None: None) is False
     assert rotary_layout.takes(lambda q, k, cos, sin, unsqueeze_dim=1: None) is True
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_with_the_last_layers_queries_at_the_loss_positions_the_loss_is_the_full_forwards(kind, restore):
+    """--loss_logits picks the last layer's queries through the modeling module's rotary function (one-row sdpa)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from packed_models import PAD, X, packed_rows, samples
+    from test_loss_logits import _loss_and_grads, _query_rows
+    from test_loss_logits import tiny as logits_model
+
+    from diffmodel.train import loss_logits
+    from diffmodel.train.collate import PackedCollator
+
+    rows = packed_rows(samples())
+    full_batch = PackedCollator(PAD, flatten=True)(rows)
+    picked_batch = PackedCollator(PAD, flatten=True, loss_positions=True)(rows)
+    num_items = torch.tensor(int((full_batch["labels"][:, 1:] != X).sum()))
+    model = logits_model(kind)
+    full, full_grads = _loss_and_grads(model, full_batch, num_items)
+    restore(model)
+    rotary_layout.install(model)
+    loss_logits.install(model)
+    queries = _query_rows(model)
+    picked, picked_grads = _loss_and_grads(model, picked_batch, num_items)
+    assert queries == [len(picked_batch["loss_index"])]  # the queries' pick ran
+    torch.testing.assert_close(picked.loss, full.loss, rtol=1e-6, atol=1e-6)
+    for name in full_grads:
+        torch.testing.assert_close(picked_grads[name], full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
