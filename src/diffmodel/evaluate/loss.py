@@ -274,12 +274,9 @@ def _skip_reasons(counts: dict[str, int], max_length: int | None, default_length
                   edit_format: str | None) -> tuple[dict[str, int], str]:
     """The skip counts that are not zero, and them in words (``2 longer than the model's 8 positions, ...``)."""
     limit = f"the model's {max_length} positions" if default_length else f"--max_length {max_length} tokens"
-    fmt = formats.get(edit_format)
     skips = {k: counts[k] for k in SKIP_REASONS if counts.get(k)}
     reasons = ", ".join(f"{n} {SKIP_REASONS[k].format(limit=limit)}" for k, n in skips.items())
-    if fmt.NAME != "carper":
-        reasons = reasons.replace("<DFF>", fmt.MARKER.strip())
-    return skips, reasons
+    return skips, reasons.replace("<DFF>", formats.loss_marker(edit_format))
 
 
 def mostly_skipped(counts: dict[str, int], max_length: int | None, default_length: bool,

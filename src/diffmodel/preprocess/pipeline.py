@@ -106,7 +106,9 @@ def encode_split(ds: datasets.Dataset, tokenizer, opts: PreprocessOptions, split
         )
     pretokenized = "input_ids" in ds.column_names
     if pretokenized and opts.train_diff_model and "diff_start" not in ds.column_names and (opts.force_label or "labels" not in ds.column_names):
-        logger.warning("data is pre-tokenized without text: each token is decoded on its own to find where the diff starts (the <DFF> line after the last <MSG> line)")
+        logger.warning("data is pre-tokenized without text: each token is decoded on its own to find where the loss starts "
+                       "(the %s after the last %s)", formats.loss_marker(opts.edit_format),
+                       formats.loss_marker(opts.edit_format, "message+diff"))
     keep = [c for c in ("input_ids", "labels", "diff_start") if c in ds.column_names]
     remove = [c for c in ds.column_names if c not in keep]
     ds = ds.map(
