@@ -69,6 +69,10 @@ card):
   takes, unless liger-kernel's fused loss is chosen or DeepSpeed / FSDP shard the model (on an H200 the
   packed step went from 60 to 55 ms at ~110M and from 421 to 414 ms at ~1B, with a 16k vocabulary, when the
   output layer alone was picked; Llama-shaped models now run their last layer's MLP there only too).
+- **rotary embedding tokens-first** (``--rotary_layout``): the model's rotary function applied to the
+  projections' tokens-first tensors, so compiled steps write no heads-first copies of the queries and keys
+  (:mod:`diffmodel.train.rotary_layout`; the same values). Off under ``auto`` until a GPU measures it
+  (``benchmarks/rotary_layout.py``; 1.05x on a CPU).
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -76,7 +80,8 @@ flag says ``on``.
 Invariants: the decisions are pure functions of the flags and of
 :class:`Facts` (what the machine has), so tests can give any machine; the
 compile decision is made while parsing (it sets a ``TrainingArguments``
-field), the others when the model is built.
+field) and, for a run given by epochs, taken back once its rows are counted;
+the others when the model is built.
 """
 
 from __future__ import annotations
