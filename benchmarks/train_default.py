@@ -15,6 +15,7 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   defaults, ``pack_varlen_liger``: the same with liger-kernel instead of torch.compile,
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
+  ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
   ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
   kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
@@ -82,6 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
+from diffmodel.train import rotary_layout  # noqa: E402
 
 KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 
@@ -166,6 +168,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_fa4": ["--packing", "--attn_implementation", "fa4_varlen"],
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
+        "pack_rotary": ["--packing", "--rotary_layout", "on"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
         **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},
@@ -414,6 +417,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     if meter.compiled:
         print(f"{arm}: {meter.compiled} graph(s) compiled during the timed steps: this round's time includes compiling "
               "(raise --warmup)", flush=True)
+    rotary_layout.uninstall(model)  # --rotary_layout on changes the modeling module for the arms after it in this process
     del trainer, model, meter
     gc.collect()
 

@@ -228,3 +228,19 @@ def test_sigterm_stops_the_round_process_and_reports_what_finished(tmp_path):
     assert "| pack | failed: stopped before a round of it finished |" in out
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_the_rotary_arm_changes_the_modeling_module_for_its_own_run_only(tmp_path, capsys):
+    from transformers.models.llama import modeling_llama
+
+    import train_default
+    from diffmodel.train import rotary_layout
+
+    own = modeling_llama.apply_rotary_pos_emb
+    assert train_default.main(["--tiny", "--arms", "pack_rotary,pack", "--rounds", "1", "--workers", "1",
+                               "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "'rotary embedding tokens-first': 'on (set by --rotary_layout on)'" in out
+    assert "'rotary embedding tokens-first': \"off (not compiled" in out  # the pack arm, after it, in the same process
+    assert modeling_llama.apply_rotary_pos_emb is own
+    assert getattr(own, rotary_layout.WRAPPED, None) is None
