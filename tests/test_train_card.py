@@ -214,8 +214,8 @@ def _data_table_head(text: str) -> str:
 def test_the_card_names_the_commit_formats_target_marker():
     text = render_card(dict(INFO, edit_format="commit", loss_on="diff"))
     assert text.splitlines()[2] == (
-        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff "
-        "that makes the change; only the diff tokens (from `<commit_after>` on) carried loss.")
+        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the whole file "
+        "after the change; only the diff tokens (from `<commit_after>` on) carried loss.")
     assert _data_table_head(text) == (
         "| split | samples | bad records | too long | no `<commit_after>` | empty diff | kept | rows | tokens | loss share "
         "| fill |")
@@ -224,11 +224,12 @@ def test_the_card_names_the_commit_formats_target_marker():
 def test_the_card_of_message_plus_diff_names_the_message_marker_and_the_drops_target_marker():
     text = render_card(dict(INFO, edit_format="search_replace", loss_on="message+diff"))
     assert text.splitlines()[2] == (
-        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff "
-        "that makes the change; only the message and diff tokens (from `<MSG>` on) carried loss.")
+        "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the "
+        "SEARCH/REPLACE blocks that make the change; only the message and diff tokens (from `<MSG>` on) carried loss.")
     assert _data_table_head(text) == (
         "| split | samples | bad records | too long | no `<DFF>` | empty diff | kept | rows | tokens | loss share | fill |")
-    assert "(from `<commit_msg>` on)" in render_card(dict(INFO, edit_format="linediff", loss_on="message+diff"))
+    linediff = render_card(dict(INFO, edit_format="linediff", loss_on="message+diff"))
+    assert "writes the numbered lines that the change removes and adds; " in linediff and "(from `<commit_msg>` on)" in linediff
 
 
 def test_card_info_takes_the_format_and_choice_from_the_run():

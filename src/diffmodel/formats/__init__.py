@@ -56,6 +56,8 @@ class EditFormat(Protocol):
     NAME: str
     #: the text that ends the prompt and starts the part that carries loss
     MARKER: str
+    #: what a model trained in the format writes (the model card's words)
+    WRITES: str
     #: the text that starts a next sample in model output, and whether it must start a line
     NEXT: str
     NEXT_STARTS_LINE: bool

@@ -24,6 +24,8 @@ from diffmodel import sample
 from diffmodel.diff import ApplyResult, ApplyStatus, ParsedDiff, apply_diff, make_diff, parse_diff
 
 NAME = "carper"
+#: What a model trained in this format writes (the model card says it).
+WRITES = "the unified diff that makes the change"
 MARKER = sample.DIFF_MARKER
 #: where a next sample starts in model output: a line starting with ``<NME>``
 NEXT, NEXT_STARTS_LINE = sample.NAME_MARKER, True

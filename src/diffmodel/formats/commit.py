@@ -35,6 +35,8 @@ from __future__ import annotations
 from diffmodel.diff import ApplyResult, ApplyStatus, Status
 
 NAME = "commit"
+#: What a model trained in this format writes (the model card says it).
+WRITES = "the whole file after the change"
 BEFORE_MARKER = "<commit_before>"
 MESSAGE_MARKER = "<commit_msg>"
 AFTER_MARKER = "<commit_after>"

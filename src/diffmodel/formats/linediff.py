@@ -61,6 +61,8 @@ from diffmodel.diff.make import NO_NEWLINE
 from diffmodel.formats.commit import AFTER_MARKER, BEFORE_MARKER, MESSAGE_MARKER
 
 NAME = "linediff"
+#: What a model trained in this format writes (the model card says it).
+WRITES = "the numbered lines that the change removes and adds"
 FILE_MARKER = "<file_name>"
 MARKER = AFTER_MARKER + "\n"
 #: where a next sample starts in model output: a ``<file_name>`` anywhere (the target ends without a

@@ -53,6 +53,8 @@ from diffmodel.diff import ApplyResult, ApplyStatus, Status, make_diff, parse_di
 from diffmodel.diff.make import NO_NEWLINE
 
 NAME = "search_replace"
+#: What a model trained in this format writes (the model card says it).
+WRITES = "the SEARCH/REPLACE blocks that make the change"
 MARKER = sample.DIFF_MARKER
 #: where a next sample starts in model output: a line starting with ``<NME>`` (as in ``carper``)
 NEXT, NEXT_STARTS_LINE = sample.NAME_MARKER, True

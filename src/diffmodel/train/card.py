@@ -240,7 +240,7 @@ def render_card(info: dict) -> str:
         f"# Diff model: {out}",
         "",
         f"Trained with diffmodel {info['version']} on {info['date']}. It reads a file, its name and a commit message "
-        f"and writes the unified diff that makes the change; only {trained} (from `{marker}` on) carried loss.",
+        f"and writes {formats.get(edit_format).WRITES}; only {trained} (from `{marker}` on) carried loss.",
         "",
         "## Use",
         "",
