@@ -206,3 +206,20 @@ class TestLaidOutRowsAreNotLaidOutAgain:
         opts = PreprocessOptions(block_size=20, train_diff_model=True, skip_concat=True, cache_dir=str(tmp_path / "second"))
         with pytest.raises(DiffModelError, match=r"row 0 has 13 tokens, expected block_size 20 \(was the data laid out with another --block_size\? pass --block_size 13,"):
             preprocess(rows, _tok(), opts, "laid-out")
+
+
+@pytest.mark.parametrize("edit_format,markers", [("carper", "(the <DFF> after the last <MSG>)"),
+                                                 ("commit", "(the <commit_after> after the last <commit_msg>)")])
+def test_pre_tokenized_rows_without_text_are_said_to_be_decoded_for_the_formats_markers(tmp_path, caplog, edit_format,
+                                                                                         markers):
+    ids = _tok()("<MSG>a\n<DFF>b")["input_ids"]
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [ids]})})
+    opts = PreprocessOptions(block_size=13, cache_dir=str(tmp_path), train_diff_model=True, ignore_long_samples=True,
+                             edit_format=edit_format)
+    with caplog.at_level("WARNING", logger="diffmodel"):
+        try:
+            preprocess(raw, _tok(), opts, source_fingerprint=f"fp-pretokenized-{edit_format}")
+        except DiffModelError:
+            pass  # read as commit, the carper sample has no target: nothing is left to train, which is not this test's point
+    warning = "data is pre-tokenized without text: each token is decoded on its own to find where the loss starts "
+    assert warning + markers in caplog.messages
