@@ -53,6 +53,24 @@ def device_name(args) -> str:
     return torch.cuda.get_device_name() if args.device == "cuda" else args.device.upper()
 
 
+def main_ab(argv, description: str, change, before: str, after: str) -> dict[str, float]:
+    """A whole two-arm script: ``args`` from :func:`arguments`, the model of :func:`base_model` as arm ``before`` and a
+    copy changed by ``change(model) -> layers changed`` as arm ``after``, both compiled and compared on one packed
+    batch; prints a table row and returns each arm's median ms a step."""
+    import copy
+
+    args = arguments(description).parse_args(argv)
+    base = base_model(args)
+    ours = copy.deepcopy(base)
+    name = device_name(args)
+    print(f"{after}: {change(ours)} layers changed; {name}, torch {torch.__version__}", flush=True)
+    batch = packed_batch(args.rows, args.width, args.vocab, args.device)
+    med = compare({before: torch.compile(base), after: torch.compile(ours)}, batch, args.steps, args.rounds)
+    print(f"| device | model | {before} ms | {after} ms | speed-up |\n|---|---|---|---|---|\n"
+          f"| {name} | {args.model} | {med[before]:.1f} | {med[after]:.1f} | {med[before] / med[after]:.3f}x |")
+    return med
+
+
 def packed_positions(rows: int, width: int, seed: int = 0) -> torch.Tensor:
     """(rows, width) position ids of packed rows: samples of 64 to 899 tokens, positions from 0 in each."""
     g = torch.Generator().manual_seed(seed)

@@ -16,7 +16,6 @@ that they give the same loss and gradients. Measured on an H100: slower at ~1B (
 
 from __future__ import annotations
 
-import copy
 import sys
 import types
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compiled_ab import arguments, base_model, compare, device_name, packed_batch  # noqa: E402
+from compiled_ab import main_ab  # noqa: E402
 
 
 def fused_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
@@ -56,17 +55,7 @@ def fuse(model) -> int:
 
 
 def main(argv=None):
-    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
-    base = base_model(args)
-    ours = copy.deepcopy(base)
-    name = device_name(args)
-    print(f"fused: {fuse(ours)} layers; {name}, torch {torch.__version__}", flush=True)
-    batch = packed_batch(args.rows, args.width, args.vocab, args.device)
-    med = compare({"separate": torch.compile(base), "fused": torch.compile(ours)}, batch, args.steps, args.rounds)
-    print(f"| device | model | separate ms | fused ms | fused speed-up |\n|---|---|---|---|---|\n"
-          f"| {name} | {args.model} | {med['separate']:.1f} | {med['fused']:.1f} | "
-          f"{med['separate'] / med['fused']:.3f}x |")
-
+    main_ab(argv, __doc__.splitlines()[0], fuse, "separate", "fused")
 
 if __name__ == "__main__":
     main()

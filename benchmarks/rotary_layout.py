@@ -22,15 +22,12 @@ queries and keys (strides (384, 96, 8, 1) for 4 heads x 12 tokens x 8); applied 
 
 from __future__ import annotations
 
-import copy
 import sys
 import types
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from compiled_ab import arguments, base_model, compare, device_name, packed_batch  # noqa: E402
+from compiled_ab import main_ab  # noqa: E402
 
 
 def tokens_first_attention(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
@@ -59,17 +56,7 @@ def keep_layout(model) -> int:
 
 
 def main(argv=None):
-    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
-    base = base_model(args)
-    ours = copy.deepcopy(base)
-    name = device_name(args)
-    print(f"rotary in the projections' layout: {keep_layout(ours)} layers; {name}, torch {torch.__version__}", flush=True)
-    batch = packed_batch(args.rows, args.width, args.vocab, args.device)
-    med = compare({"model's": torch.compile(base), "tokens-first": torch.compile(ours)}, batch, args.steps, args.rounds)
-    before, after = med["model's"], med["tokens-first"]
-    print(f"| device | model | model's rotary ms | tokens-first ms | speed-up |\n|---|---|---|---|---|\n"
-          f"| {name} | {args.model} | {before:.1f} | {after:.1f} | {before / after:.3f}x |")
-
+    main_ab(argv, __doc__.splitlines()[0], keep_layout, "model's rotary", "tokens-first")
 
 if __name__ == "__main__":
     main()

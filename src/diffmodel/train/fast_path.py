@@ -380,7 +380,7 @@ class FastPath:
     flex_kernels: Choice
     async_steps: Choice
     loss_logits: Choice
-    rotary_layout: Choice = Choice(False, "not chosen")
+    rotary_layout: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""

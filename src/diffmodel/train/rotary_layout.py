@@ -10,9 +10,9 @@ and their gradients. flex_attention and sdpa take any strides (flex_attention's 
 :func:`install` replaces the ``apply_rotary_pos_emb`` of a model's modeling module with one that calls the
 model's own function on the tokens-first tensors (``unsqueeze_dim=2``) and hands back heads-first views of
 them: the same operations in the same order, so the same values, with tokens-first memory under
-torch.compile too (Qwen3's per-head norm weights, which norm the queries and keys before the rotary embedding, get
-gradients summed in the other memory order: equal to the last bits). Only the standard call (``unsqueeze_dim=1``, heads-first 4-D tensors) is changed; any
-other goes to the model's function as it is. The change is per modeling module (every model of that type in
+torch.compile too (Qwen3's per-head norm weights, which norm the queries and keys before the rotary
+embedding, get gradients summed in the other memory order: equal to the last bits). Only the standard call
+(``unsqueeze_dim=1``, heads-first 4-D tensors) is changed; any other goes to the model's function as it is. The change is per modeling module (every model of that type in
 the process), which is harmless: eager losses and gradients are the model's own (tests).
 """
 
