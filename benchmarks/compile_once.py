@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                 recompiles[arm].append(count)
                 print(f"round {r} {arm}: train_runtime {runtime:.1f} s, {count} recompiles", flush=True)
     mid = {arm: statistics.median(v) for arm, v in times.items()}
-    print(f"| arm | train_runtime s (rounds) | recompiles | speed-up |\n|---|---|---|---|")
+    print("| arm | train_runtime s (rounds) | recompiles | speed-up |\n|---|---|---|---|")
     for arm in ("unmarked", "marked"):
         rounds = ", ".join(f"{t:.1f}" for t in times[arm])
         print(f"| {arm} | {mid[arm]:.1f} ({rounds}) | {max(recompiles[arm])} | {mid['unmarked'] / mid[arm]:.2f}x |")

@@ -5,8 +5,7 @@
     diffmodel mine EVAL_REPOS... -o .fetched/eval_mined   (the same flags)
     PYTHONPATH=src python benchmarks/decoding_data.py    (writes .fetched/tok16k and .fetched/heldout400.jsonl)
 """
-import glob, json, random, zstandard, io, sys
-from pathlib import Path
+import glob, json, random, zstandard
 from diffmodel.sample import render_row
 from diffmodel.tiny import train_tokenizer
 

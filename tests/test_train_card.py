@@ -27,7 +27,7 @@ INFO = {
 EXPECTED = """\
 # Diff model: runs/diff
 
-Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff that makes the change; only the diff tokens (from `<DFF>` on) carried loss.
+Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the unified diff that makes the change; only the tokens it writes (from `<DFF>` on) carried loss.
 
 ## Use
 
@@ -215,7 +215,7 @@ def test_the_card_names_the_commit_formats_target_marker():
     text = render_card(dict(INFO, edit_format="commit", loss_on="diff"))
     assert text.splitlines()[2] == (
         "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the whole file "
-        "after the change; only the diff tokens (from `<commit_after>` on) carried loss.")
+        "after the change; only the tokens it writes (from `<commit_after>` on) carried loss.")
     assert _data_table_head(text) == (
         "| split | samples | bad records | too long | no `<commit_after>` | empty diff | kept | rows | tokens | loss share "
         "| fill |")
@@ -225,7 +225,7 @@ def test_the_card_of_message_plus_diff_names_the_message_marker_and_the_drops_ta
     text = render_card(dict(INFO, edit_format="search_replace", loss_on="message+diff"))
     assert text.splitlines()[2] == (
         "Trained with diffmodel 0.1.0 on 2025-03-04. It reads a file, its name and a commit message and writes the "
-        "SEARCH/REPLACE blocks that make the change; only the message and diff tokens (from `<MSG>` on) carried loss.")
+        "SEARCH/REPLACE blocks that make the change; only the commit message and the tokens it writes (from `<MSG>` on) carried loss.")
     assert _data_table_head(text) == (
         "| split | samples | bad records | too long | no `<DFF>` | empty diff | kept | rows | tokens | loss share | fill |")
     linediff = render_card(dict(INFO, edit_format="linediff", loss_on="message+diff"))
@@ -244,7 +244,7 @@ def test_card_info_takes_the_format_and_choice_from_the_run():
     info = card_info(model, data, lora_args_from(training), training, reports, 512, None, None, [], "2025-03-04", "0.1.0")
     assert (info["edit_format"], info["loss_on"]) == ("commit", "message+diff")
     text = render_card(info)
-    assert "only the message and diff tokens (from `<commit_msg>` on) carried loss." in text
+    assert "only the commit message and the tokens it writes (from `<commit_msg>` on) carried loss." in text
     assert "| no `<commit_after>` |" in _data_table_head(text)
     assert ("Warning: the train split drops 3 of 4 samples (75%): 3 without <commit_after>. To keep more: "
             "give every text a <commit_after> line after its <commit_msg> line (or name the text with --text_column)") in text

@@ -234,7 +234,7 @@ def render_card(info: dict) -> str:
     """The Markdown of a model card from :func:`card_info`'s dict."""
     out = info["output_dir"]
     edit_format, loss_on = info.get("edit_format"), info.get("loss_on", "diff")  # a dict without them: carper, diff
-    trained = "the message and diff tokens" if loss_on == "message+diff" else "the diff tokens"
+    trained = "the commit message and the tokens it writes" if loss_on == "message+diff" else "the tokens it writes"
     marker = formats.loss_marker(edit_format, loss_on)
     lines = [
         f"# Diff model: {out}",
