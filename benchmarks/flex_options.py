@@ -15,7 +15,10 @@ output and gradients are compared with the default arm's.
 
 The arms ``flash4`` and ``torch_varlen`` time the varlen kernels of ``--attn_implementation fa4_varlen`` /
 ``torch_varlen`` instead (:mod:`diffmodel.train.varlen`: flash-attention 4, torch's own) on the same rows, laid
-end to end with their sequences' boundaries, the transposes training does around them included.
+end to end with their sequences' boundaries, the transposes training does around them included; ``cudnn_varlen``
+times cuDNN's attention through aten's varlen entry (``_cudnn_attention_forward`` / ``_backward`` with the
+sequences' boundaries) the same way, and ``cudnn_varlen_repeat`` with grouped keys and values repeated to one per
+query head first.
 
 An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
 rather than a kernel option). An arm torch rejects is reported as failed; the others go on.
@@ -53,6 +56,10 @@ ARMS = {
     # not flex_attention: the varlen kernels over the same sequences
     "flash4": {"varlen": "flash4"},
     "torch_varlen": {"varlen": "torch"},
+    # cuDNN's attention over the same sequences (aten's varlen entry, which torch's own varlen_attn does not choose
+    # in torch 2.11-2.13); with the grouped keys as they are, and repeated to one per query head
+    "cudnn_varlen": {"varlen": "cudnn"},
+    "cudnn_varlen_repeat": {"varlen": "cudnn_repeat"},
 }
 
 
@@ -117,13 +124,42 @@ def boundaries_of(doc: torch.Tensor) -> torch.Tensor:
     return torch.tensor(edges, dtype=torch.int32)
 
 
+class CudnnVarlen(torch.autograd.Function):
+    """cuDNN's causal attention within each sequence of (tokens, heads, head size) tensors laid end to end."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, scale):
+        r = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False,
+                                                     scale=scale)
+        out, lse, seed, offset = r[0], r[1], r[6], r[7]
+        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
+        ctx.max_len, ctx.scale = max_len, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+            grad_out=grad.contiguous(), query=q, key=k, value=v, out=out, logsumexp=lse, philox_seed=seed,
+            philox_offset=offset, attn_bias=None, cum_seq_q=cu, cum_seq_k=cu, max_q=ctx.max_len, max_k=ctx.max_len,
+            dropout_p=0.0, is_causal=True, scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def _cudnn_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    return CudnnVarlen.apply(q, k, v, cu_q, max_q, scale)
+
+
 def run_varlen(kernel: str, q, k, v, grad, cu):
     from diffmodel.train import varlen
 
-    call = varlen._flash4_kernel if kernel == "flash4" else varlen._kernel
+    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel}.get(kernel, _cudnn_kernel)
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     rows, heads, width, dim = q.shape
-    flat = [t.transpose(1, 2).reshape(rows * width, t.shape[1], dim) for t in (q, k, v)]
+    kk, vv = k, v
+    if kernel == "cudnn_repeat" and k.shape[1] != heads:
+        kk, vv = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
+    flat = [t.transpose(1, 2).reshape(rows * width, t.shape[1], dim) for t in (q, kk, vv)]
     out = call(*flat, cu, cu, width, width, dim ** -0.5).reshape(rows, width, heads, dim).transpose(1, 2)
     out.backward(grad)
     return out, q.grad, k.grad, v.grad
