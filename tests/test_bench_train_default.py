@@ -244,3 +244,13 @@ def test_the_rotary_arm_changes_the_modeling_module_for_its_own_run_only(tmp_pat
     assert "'rotary embedding tokens-first': \"off (not compiled" in out  # the pack arm, after it, in the same process
     assert modeling_llama.apply_rotary_pos_emb is own
     assert getattr(own, rotary_layout.WRAPPED, None) is None
+
+
+def test_the_bf16_weights_arm_trains_bf16_weights(tmp_path, capsys):
+    import train_default
+
+    assert train_default.main(["--tiny", "--arms", "pack_bf16w", "--rounds", "1", "--workers", "1",
+                               "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "'bf16 weights': 'on (set by --bf16_weights on)'" in out
+    assert "| pack_bf16w |" in out and "failed" not in out

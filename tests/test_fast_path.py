@@ -153,6 +153,7 @@ def test_lines_say_each_choice_and_its_reason():
         "asynchronous steps: off (no GPU: host and step are the same processor)",
         "logits at the loss positions only: off (no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is)",
         "rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)",
+        "bf16 weights: off (not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -719,7 +720,8 @@ class TestTimeBudgetRun:
         assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
         assert lines[5] == "fast path: asynchronous steps: off (no GPU: host and step are the same processor)"
         assert lines[7] == "fast path: rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)"
-        assert len(lines) == 8
+        assert lines[8] == "fast path: bf16 weights: off (not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them)"
+        assert len(lines) == 9
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
     def test_the_model_card_records_the_fast_path_and_the_speed_flags(self, budget_run):
@@ -910,3 +912,70 @@ class TestCompiledResume:
         b = AutoModelForCausalLM.from_pretrained(again["out"])
         for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("setting,value,reason", [
+    ("auto", False, "not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them"),
+    ("on", True, "set by --bf16_weights on"),
+    ("off", False, "set by --bf16_weights off"),
+])
+def test_bf16_weights_choice(setting, value, reason):
+    path = choose(SpeedArguments(bf16_weights=setting), None, True, _training(), GPU, "llama")
+    assert (path.bf16_weights.value, path.bf16_weights.reason) == (value, reason)
+    assert f"bf16 weights: {'on' if value else 'off'} ({reason})" in path.lines()
+
+
+@pytest.mark.parametrize("extra,flag", [(("--fp16",), "--fp16"), (("--lora_r", "4"), "--lora_r")])
+def test_bf16_weights_refuses_the_flags_it_does_not_go_with(data_dir, tiny_llama_dir, extra, flag):
+    from diffmodel.errors import DiffModelError
+    from diffmodel.train.args import BF16_WEIGHTS_CONFLICTS, parse_args, validate
+
+    argv = ["--model_name_or_path", str(tiny_llama_dir), "--train_file", str(data_dir / "data.jsonl"),
+            "--output_dir", str(data_dir / "bf16w_refused"), "--train_diff_model", "--packing", "--report_to", "none",
+            "--do_train", "--use_cpu", "--bf16_weights", "on", *extra]
+    with pytest.raises(DiffModelError) as err:
+        validate(*parse_args(argv))
+    assert f"--bf16_weights on does not go with {flag} ({BF16_WEIGHTS_CONFLICTS[flag]}); drop one of them" in str(err.value)
+
+
+class TestBf16Weights:
+    """``--bf16_weights on``: a bf16 model trained through fp32 copies, saved bf16, resumed from the copies."""
+
+    ARGS = ("--packing", "--bf16_weights", "on", "--lr_scheduler_type", "constant", "--save_strategy", "steps",
+            "--save_steps", "2")
+
+    def test_a_run_trains_bf16_weights_and_resumes_from_the_fp32_copies_as_if_never_stopped(self, data_dir, tiny_llama_dir):
+        import torch
+        from safetensors.torch import load_file
+
+        from diffmodel.train import master_weights
+
+        whole = _train(tiny_llama_dir, data_dir, "bf16w-whole", *self.ARGS, "--max_steps", "4")
+        assert whole["code"] == 0
+        assert "fast path: bf16 weights: on (set by --bf16_weights on)" in whole["log"]
+        assert any(m.startswith("fast path: bf16 weights: ") and "parameters cast to bf16" in m for m in whole["log"])
+        weights = load_file(whole["out"] / "model.safetensors")
+        assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+        first = _train(tiny_llama_dir, data_dir, "bf16w-cut", *self.ARGS, "--max_steps", "2")
+        assert first["code"] == 0
+        state = torch.load(first["out"] / "checkpoint-2" / "optimizer.pt", weights_only=True)
+        copies = state[master_weights.STATE_KEY]
+        saved = load_file(first["out"] / "checkpoint-2" / "model.safetensors")
+        assert {c.dtype for c in copies} == {torch.float32} and len(copies) == len(saved)
+        # the copies hold what the bf16 checkpoint rounded away
+        assert sum(t.numel() for t in saved.values()) == sum(c.numel() for c in copies)
+        assert any(not torch.equal(c, c.bfloat16().float()) for c in copies)
+        again = _train(tiny_llama_dir, data_dir, "bf16w-cut", *self.ARGS, "--max_steps", "4")
+        assert again["code"] == 0
+        assert any("resuming from the last checkpoint" in m for m in again["log"]), again["log"]
+
+        def losses(out):
+            history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+            return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+        want, got = losses(whole["out"]), losses(again["out"])
+        assert sorted(got) == [1, 2, 3, 4] and sorted(want) == [1, 2, 3, 4]
+        for step in (3, 4):
+            assert got[step] == want[step]
+        a, b = load_file(whole["out"] / "model.safetensors"), load_file(again["out"] / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -73,6 +73,9 @@ card):
   projections' tokens-first tensors, so compiled steps write no heads-first copies of the queries and keys
   (:mod:`diffmodel.train.rotary_layout`; the same values). Off under ``auto`` until a GPU measures it
   (``benchmarks/rotary_layout.py``; 1.05x on a CPU).
+- **bf16 weights** (``--bf16_weights``): the weights kept in bf16 with an fp32 copy in the optimizer
+  (:mod:`diffmodel.train.master_weights`). Off under ``auto`` until a GPU measures it
+  (``benchmarks/bf16_weights.py``).
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -343,6 +346,14 @@ def choose_rotary_layout(setting: str, compiled: bool) -> Choice:
     return Choice(False, "not measured on a GPU yet (benchmarks/rotary_layout.py); --rotary_layout on applies it")
 
 
+def choose_bf16_weights(setting: str) -> Choice:
+    """``--bf16_weights``: bf16 weights with fp32 copies in the optimizer (:mod:`diffmodel.train.master_weights`; the
+    flags it does not go with are refused while parsing)."""
+    if given := _given(setting, "bf16_weights"):
+        return given
+    return Choice(False, "not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them")
+
+
 #: ``--loss_logits output``: the output layer and the loss at the loss positions, not the last decoder layer's picks.
 OUTPUT_ONLY = "output"
 
@@ -381,6 +392,7 @@ class FastPath:
     async_steps: Choice
     loss_logits: Choice
     rotary_layout: Choice
+    bf16_weights: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -394,7 +406,7 @@ class FastPath:
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("rotary embedding tokens-first", self.rotary_layout)]
+                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -432,6 +444,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
         rotary_layout=choose_rotary_layout(getattr(speed, "rotary_layout", "auto"), bool(compile_.value)),
+        bf16_weights=choose_bf16_weights(getattr(speed, "bf16_weights", "auto")),
     )
 
 

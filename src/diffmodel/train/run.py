@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, fast_path, first_step, flex_kernels, loss_logits, rotary_layout
+from diffmodel.train import async_steps, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -415,6 +415,9 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
+    if path.bf16_weights.value:
+        logger.info("fast path: bf16 weights: %d parameters cast to bf16, their fp32 copies kept by the optimizer",
+                    master_weights.cast(model))
     if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
         logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
                        "torch's own tiles are used", config.model_type)
@@ -450,6 +453,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         eval_dataset=eval_ds if training_args.do_eval else None,
         data_collator=collator,
         processing_class=tokenizer,
+        optimizer_cls_and_kwargs=master_weights.trainer_optimizer(training_args, model) if path.bf16_weights.value else None,
     )
     trainer.nan_filter_on_device = nan_filter_on_device
     if data_args.streaming:

@@ -1,0 +1,136 @@
+"""bf16 weights with an fp32 copy in the optimizer: ``--bf16_weights``.
+
+By default a model trains in fp32 under bf16 autocast: every weight is cast to bf16 at each forward, and the
+residual stream between the layers stays fp32 (the embedding's output and every residual add), so each norm and
+each add reads and writes fp32 hidden states, forward and backward, and every gradient is fp32. With
+``--bf16_weights on`` the model's parameters are bf16 (:func:`cast`; its buffers, such as the rotary embedding's
+frequencies, keep their dtype), so those tensors are half the bytes and nothing is cast, while the optimizer
+(:func:`optimizer_class`) keeps an fp32 copy of every bf16 parameter and updates that: each step it takes the
+bf16 gradients into fp32, runs the model's own optimizer (AdamW, fused or not) on the fp32 copies, and writes
+them back rounded to bf16. An update smaller than bf16 can hold accumulates in the copy instead of vanishing,
+which is what training bf16 weights directly gets wrong. The copies are saved with the optimizer's state, so a
+resumed run continues from them, not from the rounded weights.
+
+Memory: bf16 weights and gradients (2 + 2 bytes a parameter) and the fp32 copy (4) against fp32 weights and
+gradients (4 + 4): the same, with the gradients' fp32 form alive only during the optimizer's step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Key of the fp32 copies in the optimizer's state dict.
+STATE_KEY = "diffmodel_master_weights"
+
+
+def cast(model, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Cast ``model``'s floating-point parameters to ``dtype`` in place (buffers keep theirs); returns how many
+    parameters were cast."""
+    count = 0
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            count += 1
+    return count
+
+
+def _groups(params) -> list[dict]:
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        return [dict(g, params=list(g["params"])) for g in params]
+    return [{"params": params}]
+
+
+def optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """``base`` (an optimizer class) over fp32 copies of its low-precision parameters.
+
+    The returned class takes what ``base`` takes. Its ``param_groups`` hold the fp32 copies (an fp32 parameter is
+    its own copy), so a learning-rate schedule sets them as usual; ``step`` moves the model's gradients onto the
+    copies, steps, and writes the copies back into the model's parameters; ``zero_grad`` clears the model's
+    gradients; ``state_dict`` / ``load_state_dict`` carry the copies."""
+
+    class MasterWeights(base):
+        def __init__(self, params, *args, **kwargs):
+            groups = _groups(params)
+            self.model_params = [p for g in groups for p in g["params"]]
+            copies = [dict(g, params=[self._copy(p) for p in g["params"]]) for g in groups]
+            super().__init__(copies, *args, **kwargs)
+
+        @staticmethod
+        def _copy(p):
+            if p.dtype == torch.float32:
+                return p
+            return torch.nn.Parameter(p.detach().float(), requires_grad=p.requires_grad)
+
+        def copies(self) -> list[torch.Tensor]:
+            return [q for g in self.param_groups for q in g["params"]]
+
+        def _pairs(self):
+            return [(p, q) for p, q in zip(self.model_params, self.copies()) if p is not q]
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            pairs = self._pairs()
+            for p, q in pairs:
+                q.grad = None if p.grad is None else p.grad.float()
+            super().step()
+            stepped = [(p, q) for p, q in pairs if q.grad is not None]
+            if stepped:
+                torch._foreach_copy_([p for p, _ in stepped], [q for _, q in stepped])
+            for _, q in pairs:
+                q.grad = None
+            return loss
+
+        def zero_grad(self, set_to_none: bool = True):
+            for p in self.model_params:
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.zero_()
+            super().zero_grad(set_to_none)
+
+        def state_dict(self):
+            state = super().state_dict()
+            state[STATE_KEY] = [q.detach() for q in self.copies()]
+            return state
+
+        @torch.no_grad()
+        def load_state_dict(self, state_dict):
+            state_dict = dict(state_dict)
+            saved = state_dict.pop(STATE_KEY, None)
+            super().load_state_dict(state_dict)
+            if saved is None:
+                # a checkpoint written without the copies: start them from the model's (rounded) weights
+                for p, q in self._pairs():
+                    q.copy_(p)
+                return
+            copies = self.copies()
+            if len(saved) != len(copies):
+                raise ValueError(f"the checkpoint's optimizer holds {len(saved)} fp32 weight copies, this model has "
+                                 f"{len(copies)} parameters: it was saved from another model")
+            for p, q, s in zip(self.model_params, copies, saved):
+                q.copy_(s)
+                if p is not q:
+                    p.copy_(s)
+
+    MasterWeights.__name__ = MasterWeights.__qualname__ = f"MasterWeights{base.__name__}"
+    return MasterWeights
+
+
+def trainer_optimizer(training_args, model) -> tuple[type[torch.optim.Optimizer], dict]:
+    """Trainer's ``optimizer_cls_and_kwargs``: the optimizer ``--optim`` names (AdamW, fused by default) over fp32
+    copies (:func:`optimizer_class`)."""
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or {"params", "model", "optimizer_dict"} & set(kwargs):
+        from diffmodel.errors import DiffModelError
+
+        raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {getattr(training_args.optim, 'value', training_args.optim)} "
+                             "is not one; use --optim adamw_torch_fused (the default) or adamw_torch, or drop --bf16_weights")
+    return optimizer_class(cls), kwargs

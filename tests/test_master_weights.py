@@ -1,0 +1,178 @@
+"""bf16 weights with fp32 copies in the optimizer (diffmodel.train.master_weights): the updates of fp32 weights, kept
+across a save and a load, and the cast that leaves buffers alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from diffmodel.train import master_weights
+
+AdamW = master_weights.optimizer_class(torch.optim.AdamW)
+
+
+def tiny_llama():
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, head_dim=8, use_cache=False)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+
+def test_cast_makes_the_parameters_bf16_and_keeps_the_rotary_frequencies_fp32():
+    model = tiny_llama()
+    n = sum(1 for _ in model.parameters())
+    assert master_weights.cast(model) == n
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert master_weights.cast(model) == 0  # nothing left to cast
+
+
+def grads(step: int, shapes) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def test_the_updates_are_fp32_adamws_on_the_copies_and_the_weights_their_rounding():
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(5)]
+    reference = [torch.nn.Parameter(t.bfloat16().float()) for t in start]  # fp32 weights from the same bf16 start
+    weights = [torch.nn.Parameter(t.bfloat16()) for t in start]
+    ref_opt = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1)
+    opt = AdamW(weights, lr=1e-2, weight_decay=0.1)
+    for step in range(5):
+        for p, q, g in zip(weights, reference, grads(step, [t.shape for t in start])):
+            p.grad = g.bfloat16()
+            q.grad = g.bfloat16().float()  # the same gradient, as the bf16 model gives it
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+    for p, c, q in zip(weights, opt.copies(), reference):
+        assert c.dtype == torch.float32 and torch.equal(c, q)
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q.bfloat16())
+        assert p.grad is None and c.grad is None
+
+
+def test_updates_too_small_for_bf16_add_up_in_the_copy():
+    plain = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    kept = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    plain_opt = torch.optim.AdamW([plain], lr=1e-3, weight_decay=0.0)  # bf16 weights trained as they are
+    kept_opt = AdamW([kept], lr=1e-3, weight_decay=0.0)
+    for _ in range(20):
+        for p in (plain, kept):
+            p.grad = torch.ones(8, dtype=torch.bfloat16)
+        plain_opt.step()
+        kept_opt.step()
+    # each step moves a weight by ~1e-3, under half of bf16's spacing at 1.0 (2**-7): rounded away every time
+    assert torch.equal(plain.detach(), torch.ones(8, dtype=torch.bfloat16))
+    copy = kept_opt.copies()[0]
+    assert torch.allclose(copy, torch.full((8,), 1 - 20e-3), atol=1e-4)
+    assert torch.equal(kept.detach(), copy.bfloat16())
+    assert (kept.detach() < 1).all()
+
+
+def test_the_learning_rate_schedule_sets_the_copies_groups():
+    weights = [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))]
+    opt = AdamW(weights, lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["params"][0].dtype == torch.float32
+    weights[0].grad = torch.ones(3, dtype=torch.bfloat16)
+    opt.step()
+    sched.step()
+    assert torch.allclose(weights[0].float(), torch.full((3,), -0.5), atol=1e-2)  # AdamW's first step: lr * sign
+
+
+def test_param_groups_keep_their_own_settings_and_fp32_parameters_are_their_own_copies():
+    bf, fp = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2))
+    opt = AdamW([{"params": [bf], "weight_decay": 0.5}, {"params": [fp], "weight_decay": 0.0}], lr=0.1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
+    assert opt.param_groups[1]["params"][0] is fp and opt.param_groups[0]["params"][0] is not bf
+    bf.grad, fp.grad = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)
+    opt.step()
+    assert torch.allclose(bf.float(), torch.full((2,), 1 - 0.1 * 0.5), atol=1e-2)  # decay alone moves it
+    assert torch.equal(fp.detach(), torch.ones(2))
+
+
+def train_steps(model, opt, steps, start=0):
+    for step in range(start, start + steps):
+        ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(step))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_a_saved_and_loaded_optimizer_continues_from_the_copies_not_the_rounded_weights(tmp_path):
+    model = tiny_llama()
+    master_weights.cast(model)
+    opt = AdamW(model.parameters(), lr=3e-3)
+    train_steps(model, opt, 3)
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    train_steps(model, opt, 3, start=3)  # the run without a break
+
+    resumed = tiny_llama()
+    master_weights.cast(resumed)
+    resumed.load_state_dict(torch.load(tmp_path / "model.pt"))
+    resumed_opt = AdamW(resumed.parameters(), lr=3e-3)
+    state = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    assert master_weights.STATE_KEY in state
+    # the copies differ from the saved bf16 weights: what was kept beyond bf16's precision
+    assert any(not torch.equal(c, p.float()) for c, p in zip(state[master_weights.STATE_KEY], resumed.parameters()))
+    resumed_opt.load_state_dict(state)
+    assert master_weights.STATE_KEY in state  # the caller's dict is left as it was
+    train_steps(resumed, resumed_opt, 3, start=3)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.copies(), resumed_opt.copies()):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name():
+    small = AdamW([torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))], lr=0.1)
+    big = AdamW([torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)),
+                 torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))], lr=0.1)
+    state = big.state_dict()
+    state["param_groups"][0]["params"] = [0]  # torch's own check passes, the copies' count does not
+    state["state"] = {}
+    with pytest.raises(ValueError, match="2 fp32 weight copies, this model has 1 parameters"):
+        small.load_state_dict(state)
+
+
+def test_a_checkpoint_without_copies_starts_them_from_the_weights():
+    p = torch.nn.Parameter(torch.full((2,), 2.0, dtype=torch.bfloat16))
+    opt = AdamW([p], lr=0.1)
+    state = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=0.1).state_dict()
+    with torch.no_grad():
+        p.fill_(3.0)
+    opt.load_state_dict(state)
+    assert torch.equal(opt.copies()[0], torch.full((2,), 3.0))
+
+
+def test_the_trainer_optimizer_is_the_flags_optimizer_over_copies(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), optim="adamw_torch", report_to=[])
+    cls, kwargs = master_weights.trainer_optimizer(args, tiny_llama())
+    assert issubclass(cls, torch.optim.AdamW) and cls.__name__ == "MasterWeightsAdamW"
+    assert kwargs["lr"] == args.learning_rate
+
+
+def test_any_torch_optimizer_of_optim_works_over_the_copies(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), optim="adafactor", report_to=[])
+    model = tiny_llama()
+    master_weights.cast(model)
+    cls, kwargs = master_weights.trainer_optimizer(args, model)
+    opt = cls(model.parameters(), **kwargs)
+    train_steps(model, opt, 2)
+    assert all(torch.equal(p, c.bfloat16()) for p, c in zip(model.parameters(), opt.copies()))
+
+
+def test_an_optimizer_that_takes_the_model_itself_is_refused_with_the_fix(tmp_path, monkeypatch):
+    from diffmodel.errors import DiffModelError
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), optim="lomo", report_to=[])
+    model = tiny_llama()
+    # what Trainer gives for --optim lomo (the lomo-optim package is not needed to see the refusal)
+    monkeypatch.setattr(transformers.Trainer, "get_optimizer_cls_and_kwargs",
+                        staticmethod(lambda a, m: (torch.optim.SGD, {"model": m, "lr": 0.1})))
+    with pytest.raises(DiffModelError, match="--optim lomo is not one; use --optim adamw_torch_fused"):
+        master_weights.trainer_optimizer(args, model)
