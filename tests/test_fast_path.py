@@ -548,7 +548,7 @@ class TestSigtermRun:
         steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")]
         assert len(steps) == 1 and (out / f"checkpoint-{steps[0]}" / "trainer_state.json").is_file()
         assert f"SIGTERM: saving a checkpoint of step {steps[0]} and stopping" in text
-        assert f"(exit status 143); the same command resumes from it" in text
+        assert "(exit status 143); the same command resumes from it" in text
         assert not (out / "train_results.json").exists() and not (out / "README.md").exists()  # the run is not over
         again = subprocess.run(argv + ["--max_steps", str(steps[0] + 2)], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
@@ -875,6 +875,12 @@ class TestTorchVarlenRun:
         assert loaded.config._attn_implementation != "torch_varlen"
 
 
+def _logged_losses(out: Path) -> dict:
+    """{step: training loss} of a run's trainer_state.json."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
 class TestCompiledResume:
     """torch.compile does not break resuming: checkpoints hold the plain model, and a compiled run resumed from one
     trains as the uninterrupted compiled run does (aot_eager: the compiled wrapper without C++ code generation)."""
@@ -900,11 +906,7 @@ class TestCompiledResume:
         assert again["code"] == 0
         assert any("resuming from the last checkpoint" in m for m in again["log"]), again["log"]
 
-        def losses(out):
-            history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-            return {h["step"]: h["loss"] for h in history if "loss" in h}
-
-        want, got = losses(whole["out"]), losses(again["out"])
+        want, got = _logged_losses(whole["out"]), _logged_losses(again["out"])
         assert sorted(got) == [1, 2, 3, 4] and sorted(want) == [1, 2, 3, 4]
         for step in (3, 4):  # the steps trained after resuming
             assert got[step] == pytest.approx(want[step], abs=1e-5)
@@ -969,11 +971,7 @@ class TestBf16Weights:
         assert again["code"] == 0
         assert any("resuming from the last checkpoint" in m for m in again["log"]), again["log"]
 
-        def losses(out):
-            history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-            return {h["step"]: h["loss"] for h in history if "loss" in h}
-
-        want, got = losses(whole["out"]), losses(again["out"])
+        want, got = _logged_losses(whole["out"]), _logged_losses(again["out"])
         assert sorted(got) == [1, 2, 3, 4] and sorted(want) == [1, 2, 3, 4]
         for step in (3, 4):
             assert got[step] == want[step]
