@@ -977,3 +977,22 @@ class TestBf16Weights:
             assert got[step] == want[step]
         a, b = load_file(whole["out"] / "model.safetensors"), load_file(again["out"] / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+    @pytest.mark.parametrize("extra,warned", [(("--torch_dtype", "bfloat16"), True),
+                                              (("--torch_dtype", "bfloat16", "--bf16_weights", "on"), False),
+                                              ((), False)])
+    def test_bf16_weights_trained_as_they_are_are_warned_of(self, data_dir, tiny_llama_dir, extra, warned):
+        from diffmodel.train.args import parse_args, validate
+        from diffmodel.train.run import prepare
+
+        argv = ["--model_name_or_path", str(tiny_llama_dir), "--train_file", str(data_dir / "data.jsonl"),
+                "--validation_split_percentage", "0", "--output_dir", str(data_dir / "bf16w_warned"),
+                "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+                "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", *extra]
+        with _log_records() as records:
+            args = parse_args(argv)
+            validate(*args)
+            prepare(*args)
+        warning = ("the model's weights are bfloat16 (--torch_dtype or the checkpoint's own) and train as they are: updates "
+                   "under half of their spacing are rounded away; --bf16_weights on keeps fp32 copies of bf16 weights in the optimizer")
+        assert (warning in records) == warned

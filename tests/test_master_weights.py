@@ -176,3 +176,13 @@ def test_an_optimizer_that_takes_the_model_itself_is_refused_with_the_fix(tmp_pa
                         staticmethod(lambda a, m: (torch.optim.SGD, {"model": m, "lr": 0.1})))
     with pytest.raises(DiffModelError, match="--optim lomo is not one; use --optim adamw_torch_fused"):
         master_weights.trainer_optimizer(args, model)
+
+
+def test_half_weights_names_a_16_bit_dtype_of_the_trainable_weights():
+    model = tiny_llama()
+    assert master_weights.half_weights(model) is None
+    model.half()
+    assert master_weights.half_weights(model) == "float16"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert master_weights.half_weights(model) is None  # frozen weights are not trained

@@ -34,6 +34,13 @@ def cast(model, dtype: torch.dtype = torch.bfloat16) -> int:
     return count
 
 
+def half_weights(model) -> str | None:
+    """The name of the 16-bit dtype of ``model``'s trainable weights (``bfloat16``, ``float16``), or None."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad and p.is_floating_point()}
+    half = dtypes & {torch.bfloat16, torch.float16}
+    return str(sorted(half, key=str)[0]).removeprefix("torch.") if half else None
+
+
 def _groups(params) -> list[dict]:
     params = list(params)
     if params and isinstance(params[0], dict):

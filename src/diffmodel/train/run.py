@@ -418,6 +418,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if path.bf16_weights.value:
         logger.info("fast path: bf16 weights: %d parameters cast to bf16, their fp32 copies kept by the optimizer",
                     master_weights.cast(model))
+    elif training_args.do_train and lora_args_from(training_args).lora_r <= 0 and master_weights.half_weights(model):
+        logger.warning("the model's weights are %s (--torch_dtype or the checkpoint's own) and train as they are: updates "
+                       "under half of their spacing are rounded away; --bf16_weights on keeps fp32 copies of bf16 weights "
+                       "in the optimizer", master_weights.half_weights(model))
     if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
         logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
                        "torch's own tiles are used", config.model_type)
