@@ -9,7 +9,9 @@ lowers. The layouts:
 
 - ``pad``: the reference's pad layout (``--ignore_long_samples``),
 - ``concat``: the reference's concatenation (``--concatenate_texts --ignore_long_samples``),
-- ``pack``: ``--packing`` with diffmodel's defaults (``--compile off`` when ``--no_compile``).
+- ``pack``: ``--packing`` with diffmodel's defaults (``--compile off`` when ``--no_compile``),
+- ``pack_bf16w``: that with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer): whether they train
+  as well in the same time (``--order pack,pack_bf16w``).
 
 Runs go one after another (a run is minutes long); the order is ``--order``.
 
@@ -40,6 +42,7 @@ LAYOUTS = {
     "pad": ["--ignore_long_samples"],
     "concat": ["--concatenate_texts", "--ignore_long_samples"],
     "pack": ["--packing"],
+    "pack_bf16w": ["--packing", "--bf16_weights", "on"],
 }
 
 
@@ -55,7 +58,7 @@ def train_argv(layout: str, a, out: Path) -> list[str]:
             "--preprocessing_num_workers", str(a.workers), "--cache_dir", str(a.workdir / "cache")]
     argv += ["--bf16"] if a.device == "cuda" else ["--use_cpu"]
     argv += LAYOUTS[layout]
-    if layout == "pack" and a.no_compile:
+    if layout.startswith("pack") and a.no_compile:
         argv += ["--compile", "off"]
     return argv
 
