@@ -275,3 +275,23 @@ def test_processes_the_trainer_would_not_join_are_refused_before_any_work(tmp_pa
     assert log.count(error) == RANKS, log[-3000:]
     assert "diffmodel/train/run.py" not in log  # an error message, no traceback of diffmodel's
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # nothing preprocessed, trained or written
+
+
+def test_bf16_weights_train_alike_on_every_rank(tmp_path, tiny_gpt2_dir):
+    """--bf16_weights on under DDP: each rank's optimizer steps its own fp32 copies from the same averaged bf16
+    gradients, so the ranks' weights stay equal, and equal to the saved model's."""
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(16)))
+    args = [
+        "--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(tmp_path / "data.jsonl"), "--validation_split_percentage", "0",
+        "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--block_size", "256", "--train_diff_model",
+        "--packing", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--report_to", "none", "--save_strategy", "no",
+        "--seed", "1", "--do_train", "--use_cpu", "--ddp_backend", "gloo", "--max_steps", "3", "--bf16_weights", "on",
+    ]
+    log = _torchrun(args, tmp_path / "probe", tmp_path)
+    assert "fast path: bf16 weights: on (set by --bf16_weights on)" in log
+    finals = [json.loads((tmp_path / "probe" / f"rank{r}-final.json").read_text()) for r in range(RANKS)]
+    assert finals[0]["global_step"] == finals[1]["global_step"] == 3
+    assert finals[0]["weights"] == finals[1]["weights"]
+    saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
+    assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}
+    assert weights_hash(saved.state_dict()) == finals[0]["weights"]
