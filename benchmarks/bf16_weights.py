@@ -18,16 +18,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from compiled_ab import main_ab  # noqa: E402
 
+from diffmodel.train import master_weights  # noqa: E402
+
 
 def to_bf16(model) -> int:
-    """Cast ``model``'s parameters (not its buffers: the rotary embedding's frequencies stay fp32) to bf16."""
-    for p in model.parameters():
-        p.data = p.data.to(torch.bfloat16)
+    """``--bf16_weights on``'s cast of ``model``'s parameters (its buffers, the rotary frequencies, stay fp32)."""
+    master_weights.cast(model)
     return len(model.model.layers)
 
 

@@ -23,13 +23,13 @@ import torch
 STATE_KEY = "diffmodel_master_weights"
 
 
-def cast(model, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Cast ``model``'s floating-point parameters to ``dtype`` in place (buffers keep theirs); returns how many
+def cast(model) -> int:
+    """Cast ``model``'s floating-point parameters to bf16 in place (buffers keep their dtype); returns how many
     parameters were cast."""
     count = 0
     for p in model.parameters():
-        if p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
+        if p.is_floating_point() and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
             count += 1
     return count
 

@@ -415,13 +415,14 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: %s", line)
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
+    lora_args = lora_args_from(training_args)
     if path.bf16_weights.value:
         logger.info("fast path: bf16 weights: %d parameters cast to bf16, their fp32 copies kept by the optimizer",
                     master_weights.cast(model))
-    elif training_args.do_train and lora_args_from(training_args).lora_r <= 0 and master_weights.half_weights(model):
+    elif training_args.do_train and lora_args.lora_r <= 0 and (half := master_weights.half_weights(model)):
         logger.warning("the model's weights are %s (--torch_dtype or the checkpoint's own) and train as they are: updates "
                        "under half of their spacing are rounded away; --bf16_weights on keeps fp32 copies of bf16 weights "
-                       "in the optimizer", master_weights.half_weights(model))
+                       "in the optimizer", half)
     if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
         logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
                        "torch's own tiles are used", config.model_type)
@@ -448,7 +449,6 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         loss_logits.uninstall(model)
         path = dataclasses.replace(path, loss_logits=fast_path.Choice(False, "the start-up check found its loss differing from the full forward's"))
         collator = collator_of(loss_positions=False)
-    lora_args = lora_args_from(training_args)
     model = apply_lora(model, lora_args)
     trainer = (StreamingTrainer if data_args.streaming else DiffTrainer)(
         model=model,
