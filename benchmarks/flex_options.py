@@ -60,6 +60,9 @@ ARMS = {
     # in torch 2.11-2.13); with the grouped keys as they are, and repeated to one per query head
     "cudnn_varlen": {"varlen": "cudnn"},
     "cudnn_varlen_repeat": {"varlen": "cudnn_repeat"},
+    # torch's own varlen_attn (a custom op, which torch.compile traces) with its cuDNN branch switched on: torch
+    # 2.13 has the branch and keeps it off (``_should_use_cudnn`` returns False); it takes no grouped keys
+    "torch_varlen_cudnn": {"varlen": "torch_cudnn"},
 }
 
 
@@ -150,14 +153,26 @@ def _cudnn_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     return CudnnVarlen.apply(q, k, v, cu_q, max_q, scale)
 
 
+def torch_cudnn(on: bool) -> None:
+    """Switch the cuDNN branch of torch's ``varlen_attn`` on or off (torch 2.13 keeps it off)."""
+    import torch.nn.attention.varlen as torch_varlen
+
+    if not hasattr(torch_varlen, "_should_use_cudnn"):
+        raise RuntimeError(f"torch {torch.__version__}'s varlen_attn has no cuDNN branch")
+    if not hasattr(torch_varlen, "_diffmodel_should_use_cudnn"):
+        torch_varlen._diffmodel_should_use_cudnn = torch_varlen._should_use_cudnn
+    torch_varlen._should_use_cudnn = (lambda index: True) if on else torch_varlen._diffmodel_should_use_cudnn
+
+
 def run_varlen(kernel: str, q, k, v, grad, cu):
     from diffmodel.train import varlen
 
-    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel}.get(kernel, _cudnn_kernel)
+    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel, "torch_cudnn": varlen._kernel}.get(kernel, _cudnn_kernel)
+    torch_cudnn(kernel == "torch_cudnn")
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     rows, heads, width, dim = q.shape
     kk, vv = k, v
-    if kernel == "cudnn_repeat" and k.shape[1] != heads:
+    if kernel in ("cudnn_repeat", "torch_cudnn") and k.shape[1] != heads:
         kk, vv = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
     flat = [t.transpose(1, 2).reshape(rows * width, t.shape[1], dim) for t in (q, kk, vv)]
     out = call(*flat, cu, cu, width, width, dim ** -0.5).reshape(rows, width, heads, dim).transpose(1, 2)

@@ -121,3 +121,17 @@ def test_the_varlen_arms_get_the_rows_sequences_laid_end_to_end():
     cu = boundaries_of(doc).tolist()
     assert cu[0] == 0 and cu[-1] == 3 * 64 and all(b > a for a, b in zip(cu, cu[1:]))
     assert len(cu) - 1 == int((doc.max(dim=1).values + 1).sum())  # every sequence of every row, the tails included
+
+
+def test_the_cudnn_switch_of_torch_varlen_turns_on_and_back_off():
+    import torch.nn.attention.varlen as torch_varlen
+
+    from flex_options import torch_cudnn
+
+    before = torch_varlen._should_use_cudnn(0)
+    try:
+        torch_cudnn(True)
+        assert torch_varlen._should_use_cudnn(0) is True
+    finally:
+        torch_cudnn(False)
+    assert torch_varlen._should_use_cudnn(0) == before
