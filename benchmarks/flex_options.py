@@ -127,6 +127,9 @@ def boundaries_of(doc: torch.Tensor) -> torch.Tensor:
     return torch.tensor(edges, dtype=torch.int32)
 
 
+LSE_SEEN: list[str] = []
+
+
 class CudnnVarlen(torch.autograd.Function):
     """cuDNN's causal attention within each sequence of (tokens, heads, head size) tensors laid end to end."""
 
@@ -135,6 +138,10 @@ class CudnnVarlen(torch.autograd.Function):
         r = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False,
                                                      scale=scale)
         out, lse, seed, offset = r[0], r[1], r[6], r[7]
+        if not LSE_SEEN:  # what a fake (tracing) implementation of this call would have to give
+            LSE_SEEN.append(f"cuDNN varlen: out {tuple(out.shape)} {tuple(out.stride())}, logsumexp {tuple(lse.shape)} "
+                            f"{tuple(lse.stride())} {lse.dtype}, q {tuple(q.shape)}")
+            print(LSE_SEEN[0])
         ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
         ctx.max_len, ctx.scale = max_len, scale
         return out
