@@ -5,9 +5,8 @@ package, kernels written in CuTe DSL and compiled on first use) has varlen
 forward and backward kernels for Hopper (compute capability 9.x) and
 Blackwell (10.x) GPUs. Its own autograd function is opaque to
 torch.compile, so this module wraps the forward and the backward kernel as
-torch custom operators (``diffmodel::flash4_fwd`` / ``diffmodel::flash4_bwd``)
-with shape-only fake versions and an autograd formula: a compiled model
-keeps one graph around them, and inductor fuses what surrounds them.
+torch custom operators (``diffmodel::flash4_fwd`` / ``diffmodel::flash4_bwd``,
+:mod:`diffmodel.train.varlen_ops`).
 
 :func:`varlen` is what :mod:`diffmodel.train.varlen` calls with the packed
 batch's tokens laid end to end; causal within each sample, key heads grouped
@@ -23,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+
+from diffmodel.train import varlen_ops
 
 #: Compute capability majors flash-attention 4 has kernels for (Hopper, Blackwell).
 MAJORS = (9, 10)
@@ -48,50 +49,22 @@ def _interface():
     return interface
 
 
-@torch.library.custom_op("diffmodel::flash4_fwd", mutates_args=())
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-         max_q: int, max_k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     out, lse, *_ = _interface()._flash_attn_fwd(
         q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
         softmax_scale=scale, causal=True, return_lse=True)
-    return out.contiguous(), lse.contiguous()  # the strides the fake versions promise torch.compile
+    return out, lse
 
 
-@_fwd.register_fake
-def _(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    total, heads, _ = q.shape
-    return q.new_empty((total, heads, v.shape[-1])), q.new_empty((heads, total), dtype=torch.float32)
-
-
-@torch.library.custom_op("diffmodel::flash4_bwd", mutates_args=())
-def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-         cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
-         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale):
     dq, dk, dv, *_ = _interface()._flash_attn_bwd(
-        q, k, v, out, dout.contiguous(), lse, scale, True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+        q, k, v, out, dout, lse, scale, True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
         max_seqlen_q=max_q, max_seqlen_k=max_k)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    return dq, dk, dv
 
 
-@_bwd.register_fake
-def _(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _setup(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-    ctx.sizes = (max_q, max_k, scale)
-
-
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-    dq, dk, dv = _bwd(dout, q, k, v, out, lse, cu_q, cu_k, *ctx.sizes)
-    return dq, dk, dv, None, None, None, None, None
-
-
-_fwd.register_autograd(_backward, setup_context=_setup)
+#: the log-sum-exp is (heads, tokens)
+_fwd, _bwd = varlen_ops.define("flash4", _forward, _backward, lambda total, heads: (heads, total))
 
 
 def varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
