@@ -60,6 +60,8 @@ ARMS = {
     # in torch 2.11-2.13); with the grouped keys as they are, and repeated to one per query head
     "cudnn_varlen": {"varlen": "cudnn"},
     "cudnn_varlen_repeat": {"varlen": "cudnn_repeat"},
+    # diffmodel's cuDNN operators under torch.compile (inductor), as a compiled model calls them
+    "cudnn_varlen_compiled": {"varlen": "cudnn_compiled"},
     # torch's own varlen_attn (a custom op, which torch.compile traces) with its cuDNN branch switched on: torch
     # 2.13 has the branch and keeps it off (``_should_use_cudnn`` returns False); it takes no grouped keys
     "torch_varlen_cudnn": {"varlen": "torch_cudnn"},
@@ -127,39 +129,6 @@ def boundaries_of(doc: torch.Tensor) -> torch.Tensor:
     return torch.tensor(edges, dtype=torch.int32)
 
 
-LSE_SEEN: list[str] = []
-
-
-class CudnnVarlen(torch.autograd.Function):
-    """cuDNN's causal attention within each sequence of (tokens, heads, head size) tensors laid end to end."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, max_len, scale):
-        r = torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max_len, max_len, True, 0.0, True, False,
-                                                     scale=scale)
-        out, lse, seed, offset = r[0], r[1], r[6], r[7]
-        if not LSE_SEEN:  # what a fake (tracing) implementation of this call would have to give
-            LSE_SEEN.append(f"cuDNN varlen: out {tuple(out.shape)} {tuple(out.stride())}, logsumexp {tuple(lse.shape)} "
-                            f"{tuple(lse.stride())} {lse.dtype}, q {tuple(q.shape)}")
-            print(LSE_SEEN[0])
-        ctx.save_for_backward(q, k, v, out, lse, cu, seed, offset)
-        ctx.max_len, ctx.scale = max_len, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, out, lse, cu, seed, offset = ctx.saved_tensors
-        dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-            grad_out=grad.contiguous(), query=q, key=k, value=v, out=out, logsumexp=lse, philox_seed=seed,
-            philox_offset=offset, attn_bias=None, cum_seq_q=cu, cum_seq_k=cu, max_q=ctx.max_len, max_k=ctx.max_len,
-            dropout_p=0.0, is_causal=True, scale=ctx.scale)
-        return dq, dk, dv, None, None, None
-
-
-def _cudnn_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    return CudnnVarlen.apply(q, k, v, cu_q, max_q, scale)
-
-
 def torch_cudnn(on: bool) -> None:
     """Switch the cuDNN branch of torch's ``varlen_attn`` on or off (torch 2.13 keeps it off)."""
     import torch.nn.attention.varlen as torch_varlen
@@ -171,10 +140,15 @@ def torch_cudnn(on: bool) -> None:
     torch_varlen._should_use_cudnn = (lambda index: True) if on else torch_varlen._diffmodel_should_use_cudnn
 
 
+COMPILED: dict = {}
+
+
 def run_varlen(kernel: str, q, k, v, grad, cu):
     from diffmodel.train import varlen
 
-    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel, "torch_cudnn": varlen._kernel}.get(kernel, _cudnn_kernel)
+    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel, "torch_cudnn": varlen._kernel,
+            "cudnn": varlen._cudnn_kernel, "cudnn_repeat": varlen._cudnn_kernel,
+            "cudnn_compiled": COMPILED.setdefault("cudnn", torch.compile(varlen._cudnn_kernel, fullgraph=True))}[kernel]
     torch_cudnn(kernel == "torch_cudnn")
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     rows, heads, width, dim = q.shape

@@ -254,3 +254,13 @@ def test_the_bf16_weights_arm_trains_bf16_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "'bf16 weights': 'on (set by --bf16_weights on)'" in out
     assert "| pack_bf16w |" in out and "failed" not in out
+
+
+def test_the_cudnn_arm_trains_with_cudnn_varlen(tmp_path, capsys):
+    import train_default
+
+    assert train_default.main(["--tiny", "--arms", "pack_cudnn", "--rounds", "1", "--workers", "1",
+                               "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cudnn_varlen (set by --attn_implementation)" in out
+    assert "| pack_cudnn |" in out and "failed" not in out

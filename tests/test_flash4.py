@@ -20,23 +20,10 @@ from diffmodel.train.attention import PACKING_BACKENDS, check_isolation, needs_b
 from diffmodel.train.collate import PackedCollator
 
 sys.path.insert(0, str(Path(__file__).parent))
+import varlen_math  # noqa: E402
 from packed_models import PAD, one_by_one, packed, sum_loss_and_grads  # noqa: E402
 from packed_models import model as tiny_model  # noqa: E402
 from packed_models import samples as make_samples  # noqa: E402
-
-
-def _math(q, k, v, cu, scale):
-    """Causal attention within each sample, (tokens, heads, dim) in; the output and the log-sum-exp (heads, tokens)."""
-    groups = q.shape[1] // k.shape[1]
-    out, lse = torch.zeros_like(q), torch.zeros(q.shape[1], q.shape[0])
-    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        qs = q[s:e].transpose(0, 1)
-        ks, vs = (t[s:e].transpose(0, 1).repeat_interleave(groups, 0) for t in (k, v))
-        w = (qs @ ks.transpose(1, 2)) * scale
-        w = w.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
-        lse[:, s:e] = w.logsumexp(-1)
-        out[s:e] = (w.softmax(-1) @ vs).transpose(0, 1)
-    return out, lse
 
 
 class MathInterface:
@@ -48,28 +35,16 @@ class MathInterface:
     def _flash_attn_fwd(self, q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                         causal, return_lse):
         self.calls.append(("fwd", causal, return_lse, max_seqlen_q, cu_seqlens_k is cu_seqlens_q))
-        out, lse = _math(q, k, v, cu_seqlens_q, softmax_scale)
+        out, lse = varlen_math.forward(q, k, v, cu_seqlens_q, softmax_scale)
         return out, lse, None, None, None
 
     def _flash_attn_bwd(self, q, k, v, out, dout, lse, scale, causal, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                         max_seqlen_k):
         self.calls.append(("bwd", causal, dout.is_contiguous(), max_seqlen_k))
-        again, again_lse = _math(q, k, v, cu_seqlens_q, scale)
+        again, again_lse = varlen_math.forward(q, k, v, cu_seqlens_q, scale)
         torch.testing.assert_close(again, out)  # the kernel's own output and log-sum-exp come back
         torch.testing.assert_close(again_lse, lse)
-        groups = q.shape[1] // k.shape[1]
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for s, e in zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist()):
-            qs, os_, dos = (t[s:e].transpose(0, 1) for t in (q, out, dout))  # (heads, n, dim)
-            ks, vs = (t[s:e].transpose(0, 1).repeat_interleave(groups, 0) for t in (k, v))
-            p = ((qs @ ks.transpose(1, 2)) * scale - lse[:, s:e, None]).exp().tril()  # the softmax from the lse
-            dp = dos @ vs.transpose(1, 2)
-            ds = p * (dp - (dos * os_).sum(-1, keepdim=True))
-            dq[s:e] = (ds @ ks * scale).transpose(0, 1)
-            heads = lambda t: t.unflatten(0, (k.shape[1], groups)).sum(1).transpose(0, 1)  # noqa: E731
-            dk[s:e] = heads(ds.transpose(1, 2) @ qs * scale)
-            dv[s:e] = heads(p.transpose(1, 2) @ dos)
-        return dq, dk, dv
+        return varlen_math.backward(q, k, v, out, dout, lse, cu_seqlens_q, scale)
 
 
 @pytest.fixture
@@ -79,18 +54,7 @@ def math_kernels(monkeypatch):
     return interface
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(9, 4, 8, generator=g)
-    k, v = torch.randn(9, 2, 8, generator=g), torch.randn(9, 2, 8, generator=g)  # 2 key heads for 4 query heads
-    cu = torch.tensor([0, 2, 6, 9], dtype=torch.int32)
-    return q, k, v, cu
-
-
-def _reference_grads(q, k, v, cu, dout):
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out, _ = _math(q, k, v, cu, 8 ** -0.5)
-    return out.detach(), torch.autograd.grad(out, (q, k, v), dout)
+_inputs, _reference_grads = varlen_math.inputs, varlen_math.reference_grads
 
 
 def test_forward_and_backward_go_through_the_kernels(math_kernels):
