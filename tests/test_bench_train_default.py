@@ -246,21 +246,13 @@ def test_the_rotary_arm_changes_the_modeling_module_for_its_own_run_only(tmp_pat
     assert getattr(own, rotary_layout.WRAPPED, None) is None
 
 
-def test_the_bf16_weights_arm_trains_bf16_weights(tmp_path, capsys):
+@pytest.mark.parametrize("arm, line", [("pack_bf16w", "'bf16 weights': 'on (set by --bf16_weights on)'"),
+                                       ("pack_cudnn", "cudnn_varlen (set by --attn_implementation)")])
+def test_an_arm_runs_with_its_flag(tmp_path, capsys, arm, line):
     import train_default
 
-    assert train_default.main(["--tiny", "--arms", "pack_bf16w", "--rounds", "1", "--workers", "1",
+    assert train_default.main(["--tiny", "--arms", arm, "--rounds", "1", "--workers", "1",
                                "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "'bf16 weights': 'on (set by --bf16_weights on)'" in out
-    assert "| pack_bf16w |" in out and "failed" not in out
-
-
-def test_the_cudnn_arm_trains_with_cudnn_varlen(tmp_path, capsys):
-    import train_default
-
-    assert train_default.main(["--tiny", "--arms", "pack_cudnn", "--rounds", "1", "--workers", "1",
-                               "--workdir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "cudnn_varlen (set by --attn_implementation)" in out
-    assert "| pack_cudnn |" in out and "failed" not in out
+    assert line in out
+    assert f"| {arm} |" in out and "failed" not in out

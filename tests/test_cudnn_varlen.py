@@ -4,8 +4,8 @@ The kernels need a CUDA GPU with cuDNN 9 (``benchmarks/flex_options.py`` arms ``
 ``benchmarks/train_throughput.py --check`` run them there). Here aten's two entries are replaced by causal math
 attention of the same signatures: the forward returns what cuDNN returns, the backward hands cuDNN what it needs
 and returns its gradients, torch.compile traces the operators as one graph, a log-sum-exp of another shape is
-refused by name, and a model named ``cudnn_varlen`` keeps packed samples apart (on the CPU each sample runs through
-sdpa, as ``torch_varlen`` does).
+refused by name. That a model named ``cudnn_varlen`` keeps packed samples apart (on the CPU each sample runs
+through sdpa, as ``torch_varlen`` does) is tested in tests/test_varlen.py.
 """
 
 import sys
@@ -17,14 +17,9 @@ import torch
 from diffmodel.errors import DiffModelError
 from diffmodel.train import cudnn_varlen, fast_path, varlen
 from diffmodel.train.args import SpeedArguments
-from diffmodel.train.attention import PACKING_BACKENDS, check_isolation, needs_boundaries, prepare_for_packing
-from diffmodel.train.collate import PackedCollator
 
 sys.path.insert(0, str(Path(__file__).parent))
 import varlen_math  # noqa: E402
-from packed_models import PAD, one_by_one, packed, sum_loss_and_grads  # noqa: E402
-from packed_models import model as tiny_model  # noqa: E402
-from packed_models import samples as make_samples  # noqa: E402
 
 
 class MathAten:
@@ -114,21 +109,6 @@ def test_fp32_is_refused_with_the_fix():
     cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(DiffModelError, match="cudnn_varlen.*--bf16"):
         varlen._cudnn_kernel(q, q, q, cu, cu, 4, 4, 0.35)
-
-
-def test_packed_loss_and_gradients_equal_one_by_one_and_the_probe_passes():
-    varlen.register()
-    model = tiny_model("llama", "sdpa")
-    model.set_attn_implementation(varlen.CUDNN)
-    assert varlen.CUDNN in PACKING_BACKENDS
-    assert prepare_for_packing(model) is False and needs_boundaries(model)
-    samples = make_samples()
-    ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples))
-    loss, grads = sum_loss_and_grads(model, packed(samples, collator=PackedCollator(PAD, boundaries=True)))
-    assert loss == pytest.approx(ref_loss, abs=1e-5)
-    for name in ref_grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
-    assert check_isolation(model, PackedCollator(PAD, boundaries=True)) < 1e-4
 
 
 H200 = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0))

@@ -3,8 +3,8 @@
 The kernels need a Hopper or Blackwell GPU (``benchmarks/train_throughput.py --check`` runs them there). Here the
 operators' wiring is tested with the interface replaced by causal math attention of the same signature: the
 forward returns what the kernel returns, the backward hands the kernel what it needs and returns its gradients,
-torch.compile traces the operators as one graph, and a model named ``fa4_varlen`` keeps packed samples apart
-(on the CPU each sample runs through sdpa, as ``torch_varlen`` does).
+and torch.compile traces the operators as one graph. That a model named ``fa4_varlen`` keeps packed samples apart
+(on the CPU each sample runs through sdpa, as ``torch_varlen`` does) is tested in tests/test_varlen.py.
 """
 
 import sys
@@ -16,14 +16,9 @@ import torch
 from diffmodel.errors import DiffModelError
 from diffmodel.train import fast_path, flash4, varlen
 from diffmodel.train.args import SpeedArguments
-from diffmodel.train.attention import PACKING_BACKENDS, check_isolation, needs_boundaries, prepare_for_packing
-from diffmodel.train.collate import PackedCollator
 
 sys.path.insert(0, str(Path(__file__).parent))
 import varlen_math  # noqa: E402
-from packed_models import PAD, one_by_one, packed, sum_loss_and_grads  # noqa: E402
-from packed_models import model as tiny_model  # noqa: E402
-from packed_models import samples as make_samples  # noqa: E402
 
 
 class MathInterface:
@@ -104,21 +99,6 @@ def test_fp32_is_refused_with_the_fix():
     cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(DiffModelError, match="fa4_varlen.*--bf16"):
         varlen._flash4_kernel(q, q, q, cu, cu, 4, 4, 0.35)
-
-
-def test_packed_loss_and_gradients_equal_one_by_one_and_the_probe_passes():
-    varlen.register()
-    model = tiny_model("llama", "sdpa")
-    model.set_attn_implementation(varlen.FLASH4)
-    assert varlen.FLASH4 in PACKING_BACKENDS
-    assert prepare_for_packing(model) is False and needs_boundaries(model)
-    samples = make_samples()
-    ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples))
-    loss, grads = sum_loss_and_grads(model, packed(samples, collator=PackedCollator(PAD, boundaries=True)))
-    assert loss == pytest.approx(ref_loss, abs=1e-5)
-    for name in ref_grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
-    assert check_isolation(model, PackedCollator(PAD, boundaries=True)) < 1e-4
 
 
 H200 = fast_path.Facts(cuda=True, flash_attn=False, flex_attention=True, liger=False, capability=(9, 0), flash4=True)

@@ -20,10 +20,10 @@ from packed_models import model as tiny_model  # noqa: E402
 from packed_models import samples as make_samples  # noqa: E402
 
 
-def varlen_model(arch="llama"):
+def varlen_model(arch="llama", name=varlen.NAME):
     varlen.register()
     m = tiny_model(arch, "sdpa")
-    m.set_attn_implementation(varlen.NAME)
+    m.set_attn_implementation(name)
     return m
 
 
@@ -86,10 +86,12 @@ def test_without_boundaries_a_row_is_one_sample_and_a_mask_goes_to_sdpa():
     torch.testing.assert_close(masked, v[:, :, :1].expand(-1, -1, 5, -1).transpose(1, 2))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_packed_loss_and_gradients_equal_one_by_one(arch):
+# fa4_varlen and cudnn_varlen take this path on the CPU too (tests/test_flash4.py, tests/test_cudnn_varlen.py: their GPU kernels)
+@pytest.mark.parametrize("arch, name", [("llama", varlen.NAME), ("gpt2", varlen.NAME), ("llama", varlen.FLASH4),
+                                        ("llama", varlen.CUDNN)])
+def test_packed_loss_and_gradients_equal_one_by_one(arch, name):
     samples = make_samples()
-    model = varlen_model(arch)
+    model = varlen_model(arch, name)
     ref_loss, ref_grads = sum_loss_and_grads(model, one_by_one(samples))
     batch = packed(samples, collator=PackedCollator(PAD, boundaries=True))
     assert batch[0]["input_ids"].shape[0] >= 2 and "cu_seq_lens_q" in batch[0]
@@ -116,9 +118,10 @@ def test_the_boundaries_are_what_keeps_samples_apart():
     assert (leaked[0, first:] - right[0, first:]).abs().max() > 1e-3
 
 
-def test_training_setup_passes_boundaries_and_the_probe_checks_them():
-    model = varlen_model()
-    assert varlen.NAME in PACKING_BACKENDS
+@pytest.mark.parametrize("name", varlen.NAMES)
+def test_training_setup_passes_boundaries_and_the_probe_checks_them(name):
+    model = varlen_model(name=name)
+    assert name in PACKING_BACKENDS
     assert prepare_for_packing(model) is False and needs_boundaries(model)
     assert check_isolation(model, PackedCollator(PAD, boundaries=True)) < 1e-4
 
