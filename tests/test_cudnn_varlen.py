@@ -55,32 +55,12 @@ def math_kernels(monkeypatch):
 
 
 def test_forward_and_backward_go_through_the_kernels(math_kernels):
-    q, k, v, cu = varlen_math.inputs()
-    dout = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(1)).transpose(0, 1).contiguous().transpose(0, 1)
-    want, want_grads = varlen_math.reference_grads(q, k, v, cu, dout)
-    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
-    out = cudnn_varlen.varlen(q1, k1, v1, cu, cu, 4, 4, 8 ** -0.5)
-    torch.testing.assert_close(out, want)
-    out.backward(dout)  # a non-contiguous gradient, as a transpose after attention gives
-    for got, expected in zip((q1.grad, k1.grad, v1.grad), want_grads):
-        torch.testing.assert_close(got, expected)
-    assert k1.grad.shape == (9, 2, 8)  # grouped key heads' gradients keep their own shape
+    varlen_math.assert_like_math(cudnn_varlen.varlen)
     assert math_kernels.calls == [("fwd", None, True, 0.0, True, 4, True), ("bwd", None, 0.0, True, True, 4, 1, 1)]
 
 
 def test_torch_compile_traces_the_operators_as_one_graph(math_kernels):
-    q, k, v, cu = varlen_math.inputs()
-    dout = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(2))
-    want, want_grads = varlen_math.reference_grads(q, k, v, cu, dout)
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda q, k, v: cudnn_varlen.varlen(q * 1.0, k, v, cu, cu, 4, 4, 8 ** -0.5) * 1.0,
-                             backend="aot_eager", fullgraph=True)  # fullgraph: a graph break raises
-    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
-    out = compiled(q1, k1, v1)
-    out.backward(dout)
-    torch.testing.assert_close(out, want)
-    for got, expected in zip((q1.grad, k1.grad, v1.grad), want_grads):
-        torch.testing.assert_close(got, expected)
+    varlen_math.assert_like_math(cudnn_varlen.varlen, compiled=True)
 
 
 def test_the_fake_kernels_give_the_declared_shapes():

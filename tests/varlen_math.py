@@ -49,3 +49,24 @@ def reference_grads(q, k, v, cu, dout):
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     out, _ = forward(q, k, v, cu, 8 ** -0.5)
     return out.detach(), torch.autograd.grad(out, (q, k, v), dout)
+
+
+def assert_like_math(varlen, compiled=False):
+    """``varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)`` gives the math's output and, from a non-contiguous
+    output gradient (as a transpose after attention gives), its gradients; ``compiled``: under torch.compile with
+    the whole function in one graph (a graph break raises)."""
+    q, k, v, cu = inputs()
+    dout = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(1)).transpose(0, 1).contiguous().transpose(0, 1)
+    want, want_grads = reference_grads(q, k, v, cu, dout)
+    call = lambda q, k, v: varlen(q, k, v, cu, cu, 4, 4, 8 ** -0.5)  # noqa: E731
+    if compiled:
+        torch._dynamo.reset()
+        call = torch.compile(lambda q, k, v: varlen(q * 1.0, k, v, cu, cu, 4, 4, 8 ** -0.5) * 1.0,
+                             backend="aot_eager", fullgraph=True)
+    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
+    out = call(q1, k1, v1)
+    torch.testing.assert_close(out, want)
+    out.backward(dout)
+    for got, expected in zip((q1.grad, k1.grad, v1.grad), want_grads):
+        torch.testing.assert_close(got, expected)
+    assert k1.grad.shape == (9, 2, 8)  # grouped key heads' gradients keep their own shape
