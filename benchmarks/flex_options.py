@@ -17,8 +17,10 @@ The arms ``flash4`` and ``torch_varlen`` time the varlen kernels of ``--attn_imp
 ``torch_varlen`` instead (:mod:`diffmodel.train.varlen`: flash-attention 4, torch's own) on the same rows, laid
 end to end with their sequences' boundaries, the transposes training does around them included; ``cudnn_varlen``
 times cuDNN's attention through aten's varlen entry (``_cudnn_attention_forward`` / ``_backward`` with the
-sequences' boundaries) the same way, and ``cudnn_varlen_repeat`` with grouped keys and values repeated to one per
-query head first.
+sequences' boundaries, wrapped as custom operators) the same way, ``cudnn_varlen_repeat`` with grouped keys and
+values repeated to one per query head first, ``cudnn_varlen_compiled`` under torch.compile. On an H100 (torch 2.11)
+cuDNN's varlen attention gave wrong gradients and ran 40-130x flex_attention's time (benchmarks/RESULTS.md), so
+diffmodel does not offer it.
 
 An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
 rather than a kernel option). An arm torch rejects is reported as failed; the others go on.
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diffmodel.preprocess.packing import best_fit_decreasing  # noqa: E402
+from diffmodel.train import varlen_ops  # noqa: E402
 from diffmodel.train.flex_kernels import HOPPER_HEAD64  # noqa: E402
 
 ARMS = {
@@ -60,11 +63,8 @@ ARMS = {
     # in torch 2.11-2.13); with the grouped keys as they are, and repeated to one per query head
     "cudnn_varlen": {"varlen": "cudnn"},
     "cudnn_varlen_repeat": {"varlen": "cudnn_repeat"},
-    # diffmodel's cuDNN operators under torch.compile (inductor), as a compiled model calls them
+    # the same operators under torch.compile (inductor), as a compiled model would call them
     "cudnn_varlen_compiled": {"varlen": "cudnn_compiled"},
-    # torch's own varlen_attn (a custom op, which torch.compile traces) with its cuDNN branch switched on: torch
-    # 2.13 has the branch and keeps it off (``_should_use_cudnn`` returns False); it takes no grouped keys
-    "torch_varlen_cudnn": {"varlen": "torch_cudnn"},
 }
 
 
@@ -129,15 +129,39 @@ def boundaries_of(doc: torch.Tensor) -> torch.Tensor:
     return torch.tensor(edges, dtype=torch.int32)
 
 
-def torch_cudnn(on: bool) -> None:
-    """Switch the cuDNN branch of torch's ``varlen_attn`` on or off (torch 2.13 keeps it off)."""
-    import torch.nn.attention.varlen as torch_varlen
+def _aten():
+    """aten's operators (the tests give math of the same signatures)."""
+    return torch.ops.aten
 
-    if not hasattr(torch_varlen, "_should_use_cudnn"):
-        raise RuntimeError(f"torch {torch.__version__}'s varlen_attn has no cuDNN branch")
-    if not hasattr(torch_varlen, "_diffmodel_should_use_cudnn"):
-        torch_varlen._diffmodel_should_use_cudnn = torch_varlen._should_use_cudnn
-    torch_varlen._should_use_cudnn = (lambda index: True) if on else torch_varlen._diffmodel_should_use_cudnn
+
+def cudnn_lse_shape(total: int, heads: int) -> tuple[int, int, int]:
+    """The log-sum-exp declared for cuDNN's varlen forward: one per token and head."""
+    return (total, heads, 1)
+
+
+def _cudnn_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    result = _aten()._cudnn_attention_forward(q, k, v, None, cu_q, cu_k, max_q, max_k, True, 0.0, True, False, scale=scale)
+    out, lse = result[0], result[1]
+    if tuple(lse.shape) != cudnn_lse_shape(q.shape[0], q.shape[1]):
+        raise RuntimeError(f"cuDNN gave a log-sum-exp of shape {tuple(lse.shape)}, not the declared "
+                           f"{cudnn_lse_shape(q.shape[0], q.shape[1])}")
+    return out, lse
+
+
+def _cudnn_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale):
+    unused = torch.zeros(1, dtype=torch.int64, device=q.device)  # no dropout: seed and offset not used
+    return _aten()._cudnn_attention_backward(
+        grad_out=dout, query=q, key=k, value=v, out=out, logsumexp=lse, philox_seed=unused, philox_offset=unused,
+        attn_bias=None, cum_seq_q=cu_q, cum_seq_k=cu_k, max_q=max_q, max_k=max_k, dropout_p=0.0, is_causal=True,
+        scale=scale)
+
+
+#: cuDNN's varlen attention (aten's entries, which have no fake versions) as custom operators torch.compile traces
+cudnn_fwd, _ = varlen_ops.define("bench_cudnn", _cudnn_forward, _cudnn_backward, cudnn_lse_shape)
+
+
+def cudnn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    return cudnn_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale)[0]
 
 
 COMPILED: dict = {}
@@ -146,14 +170,14 @@ COMPILED: dict = {}
 def run_varlen(kernel: str, q, k, v, grad, cu):
     from diffmodel.train import varlen
 
-    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel, "torch_cudnn": varlen._kernel,
-            "cudnn": varlen._cudnn_kernel, "cudnn_repeat": varlen._cudnn_kernel,
-            "cudnn_compiled": COMPILED.setdefault("cudnn", torch.compile(varlen._cudnn_kernel, fullgraph=True))}[kernel]
-    torch_cudnn(kernel == "torch_cudnn")
+    if kernel == "cudnn_compiled" and kernel not in COMPILED:
+        COMPILED[kernel] = torch.compile(cudnn_varlen, fullgraph=True)
+    call = {"flash4": varlen._flash4_kernel, "torch": varlen._kernel, "cudnn": cudnn_varlen,
+            "cudnn_repeat": cudnn_varlen, "cudnn_compiled": COMPILED.get(kernel)}[kernel]
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
     rows, heads, width, dim = q.shape
     kk, vv = k, v
-    if kernel in ("cudnn_repeat", "torch_cudnn") and k.shape[1] != heads:
+    if kernel == "cudnn_repeat" and k.shape[1] != heads:
         kk, vv = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
     flat = [t.transpose(1, 2).reshape(rows * width, t.shape[1], dim) for t in (q, kk, vv)]
     out = call(*flat, cu, cu, width, width, dim ** -0.5).reshape(rows, width, heads, dim).transpose(1, 2)

@@ -13,7 +13,6 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   torch.compile or liger-kernel, the other off (the measurements the defaults are chosen from);
   ``pack_varlen``: ``--attn_implementation torch_varlen`` (torch's varlen flash kernels) with the other
   defaults, ``pack_varlen_liger``: the same with liger-kernel instead of torch.compile,
-  ``pack_cudnn``: ``--attn_implementation cudnn_varlen`` (cuDNN's fused attention) with the other defaults,
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
@@ -168,7 +167,6 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sdpa_liger": ["--packing", "--attn_implementation", "sdpa", "--liger", "on", "--compile", "off"],
         "pack_varlen": ["--packing", "--attn_implementation", "torch_varlen"],
         "pack_fa4": ["--packing", "--attn_implementation", "fa4_varlen"],
-        "pack_cudnn": ["--packing", "--attn_implementation", "cudnn_varlen"],
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_rotary": ["--packing", "--rotary_layout", "on"],

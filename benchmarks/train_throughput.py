@@ -293,9 +293,7 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
     compiled = both + "+compile"  # the same under torch.compile, as `diffmodel train` runs them on a GPU
     repeated = compiled + " (grouped keys repeated)"  # and the last layer's queries for this model's grouped key heads
     fa4 = varlen.FLASH4 + "+loss_logits+compile"  # flash-attention 4's kernels as the GPU defaults would run them
-    cudnn = varlen.CUDNN + "+loss_logits+compile"  # cuDNN's, likewise
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated, varlen.FLASH4, fa4,
-                 varlen.CUDNN, cudnn):
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated, varlen.FLASH4, fa4):
         if only and only not in name:
             continue
         attn = "flex_attention" if name in (tiled, picked, both, compiled, repeated) else name.split("+")[0]
@@ -304,12 +302,12 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled, both, compiled, repeated, varlen.FLASH4, fa4, varlen.CUDNN, cudnn)
+        low = name in (varlen.NAME, tiled, both, compiled, repeated, varlen.FLASH4, fa4)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
         if name in (tiled, both, compiled, repeated):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name in (picked, both, compiled, repeated, fa4, cudnn):
+        if name in (picked, both, compiled, repeated, fa4):
             loss_logits.install(model)
         torch._dynamo.reset()
 
@@ -327,9 +325,9 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=attn in varlen.NAMES, loss_positions=name in (picked, both, compiled, repeated, fa4, cudnn))(
+            packed = PackedCollator(EOS, boundaries=attn in varlen.NAMES, loss_positions=name in (picked, both, compiled, repeated, fa4))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
-            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated, fa4, cudnn) else model)
+            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated, fa4) else model)
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)

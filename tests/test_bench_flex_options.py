@@ -3,11 +3,14 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+import varlen_math  # noqa: E402
 from flex_options import block_mask, packed_documents  # noqa: E402
 
 
@@ -123,15 +126,42 @@ def test_the_varlen_arms_get_the_rows_sequences_laid_end_to_end():
     assert len(cu) - 1 == int((doc.max(dim=1).values + 1).sum())  # every sequence of every row, the tails included
 
 
-def test_the_cudnn_switch_of_torch_varlen_turns_on_and_back_off():
-    import torch.nn.attention.varlen as torch_varlen
+class MathAten:
+    """aten's ``_cudnn_attention_forward`` / ``_backward`` as the cudnn arms call them, in math; the log-sum-exp laid
+    out (tokens, heads, 1) as declared, or as ``lse_layout`` says."""
 
-    from flex_options import torch_cudnn
+    def __init__(self, lse_layout=lambda lse: lse.t().unsqueeze(-1)):
+        self.calls = []
+        self.lse_layout = lse_layout
 
-    before = torch_varlen._should_use_cudnn(0)
-    try:
-        torch_cudnn(True)
-        assert torch_varlen._should_use_cudnn(0) is True
-    finally:
-        torch_cudnn(False)
-    assert torch_varlen._should_use_cudnn(0) == before
+    def _cudnn_attention_forward(self, q, k, v, attn_bias, cu_q, cu_k, max_q, max_k, compute_log_sumexp, dropout_p,
+                                 is_causal, return_debug_mask, *, scale):
+        self.calls.append(("fwd", attn_bias, compute_log_sumexp, dropout_p, is_causal, max_q, cu_k is cu_q))
+        out, lse = varlen_math.forward(q, k, v, cu_q, scale)
+        seed = offset = torch.zeros(1, dtype=torch.int64)
+        return out, self.lse_layout(lse), cu_q, cu_k, max_q, max_k, seed, offset, None
+
+    def _cudnn_attention_backward(self, *, grad_out, query, key, value, out, logsumexp, philox_seed, philox_offset,
+                                  attn_bias, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal, scale):
+        self.calls.append(("bwd", attn_bias, dropout_p, is_causal, grad_out.is_contiguous(), max_k))
+        assert logsumexp.shape == (query.shape[0], query.shape[1], 1)  # the forward's own, as it gave it
+        return varlen_math.backward(query, key, value, out, grad_out, logsumexp[..., 0].t(), cum_seq_q, scale)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_cudnn_arms_hand_aten_what_it_needs(monkeypatch, compiled):
+    import flex_options
+
+    aten = MathAten()
+    monkeypatch.setattr(flex_options, "_aten", lambda: aten)
+    varlen_math.assert_like_math(flex_options.cudnn_varlen, compiled=compiled)
+    assert aten.calls == [("fwd", None, True, 0.0, True, 4, True), ("bwd", None, 0.0, True, True, 4)]
+
+
+def test_a_cudnn_log_sum_exp_of_another_shape_is_refused(monkeypatch):
+    import flex_options
+
+    monkeypatch.setattr(flex_options, "_aten", lambda: MathAten(lse_layout=lambda lse: lse))  # (heads, tokens)
+    q, k, v, cu = varlen_math.inputs()
+    with pytest.raises(RuntimeError, match=r"log-sum-exp of shape \(4, 9\), not the declared \(9, 4, 1\)"):
+        flex_options.cudnn_varlen(q, k, v, cu, cu, 4, 4, 0.35)

@@ -86,9 +86,8 @@ def test_without_boundaries_a_row_is_one_sample_and_a_mask_goes_to_sdpa():
     torch.testing.assert_close(masked, v[:, :, :1].expand(-1, -1, 5, -1).transpose(1, 2))
 
 
-# fa4_varlen and cudnn_varlen take this path on the CPU too (tests/test_flash4.py, tests/test_cudnn_varlen.py: their GPU kernels)
-@pytest.mark.parametrize("arch, name", [("llama", varlen.NAME), ("gpt2", varlen.NAME), ("llama", varlen.FLASH4),
-                                        ("llama", varlen.CUDNN)])
+# fa4_varlen takes this path on the CPU too (tests/test_flash4.py: its GPU kernels)
+@pytest.mark.parametrize("arch, name", [("llama", varlen.NAME), ("gpt2", varlen.NAME), ("llama", varlen.FLASH4)])
 def test_packed_loss_and_gradients_equal_one_by_one(arch, name):
     samples = make_samples()
     model = varlen_model(arch, name)

@@ -10,8 +10,8 @@ token attends to another sample of its row:
 - ``flash_attention_2`` / ``_3``: the kernels see packing only through
   ``cu_seq_lens``; the packed collator flattens each batch into one row and
   passes them.
-- ``torch_varlen`` / ``fa4_varlen`` / ``cudnn_varlen`` (:mod:`diffmodel.train.varlen`):
-  torch's own varlen flash kernels, flash-attention 4's, or cuDNN's; rows keep their
+- ``torch_varlen`` / ``fa4_varlen`` (:mod:`diffmodel.train.varlen`):
+  torch's own varlen flash kernels, or flash-attention 4's; rows keep their
   shape and the packed collator passes the ``cu_seq_lens`` of the batch's
   rows laid end to end.
 

@@ -19,9 +19,7 @@ card):
   0.95x its tokens/s at ~1B (benchmarks/RESULTS.md). Nor is
   ``--attn_implementation fa4_varlen`` (flash-attention 4's kernels,
   :mod:`diffmodel.train.flash4`): on an H200 its attention ran 0.70x / 0.96x
-  flex_attention's with the tiles for the ~110M / ~1B heads. Nor, until a GPU
-  measures it, is ``--attn_implementation cudnn_varlen`` (cuDNN's fused
-  attention, :mod:`diffmodel.train.cudnn_varlen`).
+  flex_attention's with the tiles for the ~110M / ~1B heads.
 - **padding-free batches** (``--padding_free``): one flattened row per batch
   with the sample boundaries. Needed by flash attention (its kernels see
   packing only in a one-row batch); otherwise off: best-fit-decreasing rows
@@ -98,7 +96,7 @@ from dataclasses import dataclass
 
 from diffmodel.train import flash4, flex_kernels
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
-from diffmodel.train.varlen import CUDNN, FLASH4
+from diffmodel.train.varlen import FLASH4
 from diffmodel.train.varlen import NAME as VARLEN
 from diffmodel.train.varlen import NAMES as VARLEN_NAMES
 
@@ -471,12 +469,6 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
             cap = ".".join(map(str, facts.capability))
             found.append(f"--attn_implementation {FLASH4}: flash-attention 4 has kernels for Hopper and Blackwell GPUs "
                          f"(compute capability 9.x, 10.x), not this GPU's {cap}; use flex_attention or torch_varlen")
-    if attn_requested == CUDNN and facts.cuda:
-        from diffmodel.train import cudnn_varlen
-
-        why = cudnn_varlen.supported()
-        if why:
-            found.append(f"--attn_implementation {CUDNN}: {why}; use flex_attention or torch_varlen")
     if attn_requested in VARLEN_NAMES and facts.cuda and not half:
         found.append(f"--attn_implementation {attn_requested} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
     if speed.liger == "on" and not facts.liger:

@@ -5,8 +5,7 @@
 built into torch on CUDA; no ``flash_attn`` package needed);
 ``--attn_implementation fa4_varlen`` with flash-attention 4's kernels
 (:mod:`diffmodel.train.flash4`; ``pip install --pre flash-attn-4``, Hopper and
-Blackwell GPUs); ``--attn_implementation cudnn_varlen`` with cuDNN's
-(:mod:`diffmodel.train.cudnn_varlen`; cuDNN 9, as torch's CUDA wheels ship). All work alike: rows keep their
+Blackwell GPUs). Both work alike: rows keep their
 shape: the packed collator adds the sample boundaries of the whole batch
 (``cu_seq_lens_q/k`` over its rows laid end to end, and ``max_length_q/k``,
 the row width), and :func:`attention` lays the batch's tokens end to end for
@@ -34,14 +33,12 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from diffmodel.errors import DiffModelError
-from diffmodel.train import cudnn_varlen, flash4
+from diffmodel.train import flash4
 
 NAME = "torch_varlen"
 #: flash-attention 4's kernels (:mod:`diffmodel.train.flash4`) in the same layout.
 FLASH4 = "fa4_varlen"
-#: cuDNN's fused attention (:mod:`diffmodel.train.cudnn_varlen`) in the same layout.
-CUDNN = "cudnn_varlen"
-NAMES = (NAME, FLASH4, CUDNN)
+NAMES = (NAME, FLASH4)
 HALF = (torch.bfloat16, torch.float16)
 
 
@@ -76,7 +73,7 @@ def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    for name, function in ((NAME, attention), (FLASH4, attention_flash4), (CUDNN, attention_cudnn)):
+    for name, function in ((NAME, attention), (FLASH4, attention_flash4)):
         AttentionInterface.register(name, function)
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # the mask of calls without boundaries
     if available():
@@ -94,13 +91,6 @@ def attention_flash4(module, query, key, value, attention_mask, scaling=None, dr
                      cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
     """:func:`attention` with flash-attention 4's kernels."""
     return _attend(FLASH4, _flash4_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
-                   cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
-
-
-def attention_cudnn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
-                    cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
-    """:func:`attention` with cuDNN's kernels."""
-    return _attend(CUDNN, _cudnn_kernel, module, query, key, value, attention_mask, scaling, dropout, cu_seq_lens_q,
                    cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
 
 
@@ -161,11 +151,6 @@ def _needs_half(q, name: str) -> None:
 def _flash4_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     _needs_half(q, FLASH4)
     return flash4.varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
-
-
-def _cudnn_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    _needs_half(q, CUDNN)
-    return cudnn_varlen.varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
 
 
 def _kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
