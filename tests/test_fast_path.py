@@ -153,7 +153,7 @@ def test_lines_say_each_choice_and_its_reason():
         "asynchronous steps: off (no GPU: host and step are the same processor)",
         "logits at the loss positions only: off (no GPU: measured on GPUs only; --loss_logits on computes the output layer only where the loss is)",
         "rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)",
-        "bf16 weights: off (not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them)",
+        "bf16 weights: off (no GPU: measured on GPUs only; --bf16_weights on keeps them)",
     ]
     assert choose(SpeedArguments(), None, False, _training(), CPU, "gpt2").lines()[0] == "attention: model default (the model's default (no --packing))"
 
@@ -720,7 +720,7 @@ class TestTimeBudgetRun:
         assert lines[4] == "fast path: data loader workers: 0 (no GPU: the step itself runs on these CPUs)"
         assert lines[5] == "fast path: asynchronous steps: off (no GPU: host and step are the same processor)"
         assert lines[7] == "fast path: rotary embedding tokens-first: off (not compiled: eager PyTorch keeps the projections' memory order itself)"
-        assert lines[8] == "fast path: bf16 weights: off (not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them)"
+        assert lines[8] == "fast path: bf16 weights: off (no GPU: measured on GPUs only; --bf16_weights on keeps them)"
         assert len(lines) == 9
         assert any(m.startswith("packing: samples isolated with sdpa attention on cpu") for m in budget_run["log"])
 
@@ -916,15 +916,36 @@ class TestCompiledResume:
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("setting,value,reason", [
-    ("auto", False, "not measured on a GPU yet (benchmarks/bf16_weights.py); --bf16_weights on keeps them"),
-    ("on", True, "set by --bf16_weights on"),
-    ("off", False, "set by --bf16_weights off"),
+ON_ONE_GPU = dict(bf16=True, optim="adamw_torch_fused", gradient_accumulation_steps=1, world_size=1)
+BF16_ON = "the residual stream and the gradients in bf16 and no weight cast at each step, fp32 copies in the optimizer"
+
+
+@pytest.mark.parametrize("setting,facts,packing,extra,value,reason", [
+    ("auto", GPU, True, {}, True, BF16_ON),
+    ("auto", GPU, True, {"optim": "adamw_torch"}, True, BF16_ON),
+    ("on", GPU, True, {}, True, "set by --bf16_weights on"),
+    ("off", GPU, True, {}, False, "set by --bf16_weights off"),
+    ("auto", CPU, True, {}, False, "no GPU: measured on GPUs only; --bf16_weights on keeps them"),
+    ("auto", GPU, False, {}, False, "not --packing, where it was measured"),
+    ("auto", GPU, True, {"bf16": False}, False, "training is not --bf16"),
+    ("auto", GPU, True, {"fp16": True}, False, "--fp16 is given (fp16 training keeps fp32 weights for its loss scaling)"),
+    ("auto", GPU, True, {"lora_r": 8}, False, "--lora_r is given (LoRA freezes the weights"),
+    ("auto", GPU, True, {"fsdp": "full_shard"}, False, "--fsdp is given (FSDP's mixed precision keeps its own)"),
+    ("auto", GPU, True, {"max_steps": 50}, False, "not compiled: measured with torch.compile only"),
+    ("auto", GPU, True, {"optim": "adamw_bnb_8bit"}, False, "--optim adamw_bnb_8bit is not torch's AdamW"),
+    ("auto", GPU, True, {"gradient_accumulation_steps": 4}, False,
+     "the gradients would add up over 4 accumulation steps in bf16; --bf16_weights on accepts that"),
+    ("auto", GPU, True, {"world_size": 8}, False,
+     "the gradients would be averaged across 8 processes in bf16; --bf16_weights on accepts that"),
 ])
-def test_bf16_weights_choice(setting, value, reason):
-    path = choose(SpeedArguments(bf16_weights=setting), None, True, _training(), GPU, "llama")
-    assert (path.bf16_weights.value, path.bf16_weights.reason) == (value, reason)
-    assert f"bf16 weights: {'on' if value else 'off'} ({reason})" in path.lines()
+def test_bf16_weights_choice(setting, facts, packing, extra, value, reason):
+    training = SimpleNamespace(**{**vars(_training()), **ON_ONE_GPU, **extra})
+    path = choose(SpeedArguments(bf16_weights=setting), None, packing, training, facts, "llama")
+    assert path.bf16_weights.value is value
+    assert path.bf16_weights.reason.startswith(reason)
+    assert f"bf16 weights: {'on' if value else 'off'} ({path.bf16_weights.reason})" in path.lines()
+    if value and setting == "auto":
+        assert path.compile.value is True  # measured compiled
 
 
 @pytest.mark.parametrize("extra,flag", [(("--fp16",), "--fp16"), (("--lora_r", "4"), "--lora_r")])

@@ -151,7 +151,7 @@ class SpeedArguments:
     async_steps: str = field(default="auto", metadata={"help": "Let the host queue the next step while the GPU runs this one: batches copied from pinned memory without waiting, and Trainer's NaN/inf loss check (--logging_nan_inf_filter) done on the GPU with the same result. auto: on with --packing on a GPU.", "choices": list(AUTO_ON_OFF)})
     loss_logits: str = field(default="auto", metadata={"help": "Compute the output layer and the loss only at the positions whose next token bears loss (the diff), not at every position (same loss and gradients; no rows x width x vocabulary logits tensor); in Llama, Mistral and Qwen2/3 models the last decoder layer's MLP too, and with flex_attention (models whose key heads are not grouped) or sdpa on one-row batches that layer's attention for those positions' queries. Llama, Mistral, Qwen2/3 and GPT-2 models, with --packing. auto: on with --packing on a GPU, unless liger-kernel's fused loss is chosen or --deepspeed / --fsdp shard the model. output: the output layer and the loss only, the last decoder layer whole (if its pick fails for a model on some GPU).", "choices": [*AUTO_ON_OFF, "output"]})
     rotary_layout: str = field(default="auto", metadata={"help": "Apply the rotary embedding to queries and keys in the projections' own tokens-first memory order, so that torch.compile does not write them heads-first and copy the attention's output back (the same values; models with the standard apply_rotary_pos_emb: Llama, Mistral, Qwen2/3, ...). auto: off (not measured on a GPU yet: benchmarks/rotary_layout.py).", "choices": list(AUTO_ON_OFF)})
-    bf16_weights: str = field(default="auto", metadata={"help": "Keep the model's weights in bf16 while training, with an fp32 copy of each in the optimizer, which it updates and writes back rounded (so updates too small for bf16 add up in the copy); the residual stream and the gradients are bf16 and no weight is cast at each step, against fp32 weights under --bf16 autocast. The copies are saved with the optimizer's state, so a resumed run continues from them; the saved model is bf16. Gradients add up over --gradient_accumulation_steps, and are averaged across processes, in bf16. Not with --fp16, --lora_r, --deepspeed or --fsdp. auto: off (not measured on a GPU yet: benchmarks/bf16_weights.py).", "choices": list(AUTO_ON_OFF)})
+    bf16_weights: str = field(default="auto", metadata={"help": "Keep the model's weights in bf16 while training, with an fp32 copy of each in the optimizer, which it updates and writes back rounded (so updates too small for bf16 add up in the copy); the residual stream and the gradients are bf16 and no weight is cast at each step, against fp32 weights under --bf16 autocast. The copies are saved with the optimizer's state, so a resumed run continues from them; the saved model is bf16. Gradients add up over --gradient_accumulation_steps, and are averaged across processes, in bf16. Not with --fp16, --lora_r, --deepspeed or --fsdp. auto: on for a compiled --packing --bf16 run on one GPU with torch's AdamW (--optim adamw_torch_fused, the default, or adamw_torch) and no gradient accumulation (on an H100 the ~110M packed step went from 57 to 53 ms); off otherwise, the log saying why.", "choices": list(AUTO_ON_OFF)})
     max_train_time: str | None = field(default=None, metadata={"help": "Stop training after this much training time and save a checkpoint: seconds (5400) or H:MM:SS (1:30:00). Ranks stop at the same step. For a Slurm time limit, or to compare runs at equal time. Default: no limit."})
 
 
@@ -191,13 +191,18 @@ def speed_problems(args: SpeedArguments, training_args) -> list[str]:
     if args.liger == "off" and getattr(training_args, "use_liger_kernel", False):
         problems.append("--liger off and --use_liger_kernel contradict each other; pass one of them")
     if args.bf16_weights == "on":
-        for flag, given in (("--fp16", getattr(training_args, "fp16", False)),
-                            ("--lora_r", (getattr(training_args, "lora_r", 0) or 0) > 0),
-                            ("--deepspeed", getattr(training_args, "deepspeed", None)),
-                            ("--fsdp", getattr(training_args, "fsdp", None))):
-            if given:
-                problems.append(f"--bf16_weights on does not go with {flag} (" + BF16_WEIGHTS_CONFLICTS[flag] + "); drop one of them")
+        for flag in bf16_weights_conflicts(training_args):
+            problems.append(f"--bf16_weights on does not go with {flag} (" + BF16_WEIGHTS_CONFLICTS[flag] + "); drop one of them")
     return problems
+
+
+def bf16_weights_conflicts(training_args) -> list[str]:
+    """The flags given that bf16 weights with fp32 copies do not go with (:data:`BF16_WEIGHTS_CONFLICTS`)."""
+    given = {"--fp16": getattr(training_args, "fp16", False),
+             "--lora_r": (getattr(training_args, "lora_r", 0) or 0) > 0,
+             "--deepspeed": getattr(training_args, "deepspeed", None),
+             "--fsdp": getattr(training_args, "fsdp", None)}
+    return [flag for flag in BF16_WEIGHTS_CONFLICTS if given[flag]]
 
 
 #: Why --bf16_weights on refuses each flag.
