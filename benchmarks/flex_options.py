@@ -19,7 +19,7 @@ end to end with their sequences' boundaries, the transposes training does around
 times cuDNN's attention through aten's varlen entry (``_cudnn_attention_forward`` / ``_backward`` with the
 sequences' boundaries, wrapped as custom operators) the same way, ``cudnn_varlen_repeat`` with grouped keys and
 values repeated to one per query head first, ``cudnn_varlen_compiled`` under torch.compile. On an H100 (torch 2.11)
-cuDNN's varlen attention gave wrong gradients and ran 40-130x flex_attention's time (benchmarks/RESULTS.md), so
+cuDNN's varlen attention gave wrong gradients and ran 40-150x flex_attention's time (benchmarks/RESULTS.md), so
 diffmodel does not offer it.
 
 An arm is ``name=JSON`` (``--arm fast='{"fwd_BLOCK_M": 128}'``; a JSON key ``"mode"`` is torch.compile's mode
