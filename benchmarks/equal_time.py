@@ -11,7 +11,8 @@ lowers. The layouts:
 - ``concat``: the reference's concatenation (``--concatenate_texts --ignore_long_samples``),
 - ``pack``: ``--packing`` with diffmodel's defaults (``--compile off`` when ``--no_compile``),
 - ``pack_bf16w``: that with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer): whether they train
-  as well in the same time (``--order pack,pack_bf16w``).
+  as well in the same time (``--order pack,pack_bf16w``); ``pack_fp32w``: that with ``--bf16_weights off`` (fp32
+  weights under bf16 autocast; on a GPU the defaults keep bf16 weights since 2026-12-06: ``--order pack_fp32w,pack``).
 
 Runs go one after another (a run is minutes long); the order is ``--order``.
 
@@ -43,6 +44,7 @@ LAYOUTS = {
     "concat": ["--concatenate_texts", "--ignore_long_samples"],
     "pack": ["--packing"],
     "pack_bf16w": ["--packing", "--bf16_weights", "on"],
+    "pack_fp32w": ["--packing", "--bf16_weights", "off"],
 }
 
 

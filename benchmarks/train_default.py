@@ -16,7 +16,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
-  ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer),
+  ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer; the GPU
+  default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
   ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
   kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
@@ -171,6 +172,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_rotary": ["--packing", "--rotary_layout", "on"],
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
+        "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
         **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},

@@ -246,7 +246,8 @@ def test_the_rotary_arm_changes_the_modeling_module_for_its_own_run_only(tmp_pat
     assert getattr(own, rotary_layout.WRAPPED, None) is None
 
 
-@pytest.mark.parametrize("arm, line", [("pack_bf16w", "'bf16 weights': 'on (set by --bf16_weights on)'")])
+@pytest.mark.parametrize("arm, line", [("pack_bf16w", "'bf16 weights': 'on (set by --bf16_weights on)'"),
+                                       ("pack_fp32w", "'bf16 weights': 'off (set by --bf16_weights off)'")])
 def test_an_arm_runs_with_its_flag(tmp_path, capsys, arm, line):
     import train_default
 
