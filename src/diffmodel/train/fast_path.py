@@ -95,7 +95,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from diffmodel.train import flash4, flex_kernels
+from diffmodel.train import flash4, flex_kernels, master_weights
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
 from diffmodel.train.varlen import FLASH4
 from diffmodel.train.varlen import NAME as VARLEN
@@ -369,7 +369,7 @@ def choose_bf16_weights(setting: str, packing: bool, facts: Facts, training_args
         return Choice(False, f"{conflicts[0]} is given ({BF16_WEIGHTS_CONFLICTS[conflicts[0]]})")
     if not compiled:
         return Choice(False, "not compiled: measured with torch.compile only; --bf16_weights on keeps them")
-    optim = str(getattr(getattr(training_args, "optim", None), "value", getattr(training_args, "optim", None)))
+    optim = master_weights.optim_name(training_args)
     if optim not in TORCH_ADAMW:
         return Choice(False, f"--optim {optim} is not torch's AdamW, which the copies were measured with; "
                              "--bf16_weights on keeps them in a torch optimizer")

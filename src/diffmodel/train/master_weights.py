@@ -52,6 +52,12 @@ def _groups(params) -> list[dict]:
     return [{"params": params}]
 
 
+def optim_name(training_args) -> str:
+    """``--optim`` as typed (transformers keeps it as an enum)."""
+    optim = getattr(training_args, "optim", None)
+    return str(getattr(optim, "value", optim))
+
+
 def optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """``base`` (an optimizer class) over fp32 copies of its low-precision parameters.
 
@@ -142,6 +148,6 @@ def trainer_optimizer(training_args, model) -> tuple[type[torch.optim.Optimizer]
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or {"params", "model", "optimizer_dict"} & set(kwargs):
         from diffmodel.errors import DiffModelError
 
-        raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {getattr(training_args.optim, 'value', training_args.optim)} "
+        raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {optim_name(training_args)} "
                              "is not one; use --optim adamw_torch_fused (the default) or adamw_torch, or drop --bf16_weights")
     return optimizer_class(cls), kwargs
