@@ -8,7 +8,9 @@ On a CPU run there are no device kernels; operators' own CPU time is summed inst
 
 from __future__ import annotations
 
+import gzip
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +80,20 @@ def write_table(path: Path, title: str, times: dict[str, float], steps: int, wal
     return text
 
 
+def write_timeline(path: Path, prof) -> None:
+    """The device kernels in the order they ran, one a line: start (us from the first), duration (us), the idle gap
+    before it (us), kind and name; the gaps are where the device waited on the host."""
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
+    if not kernels:
+        return
+    origin, last_end, lines = kernels[0][0], kernels[0][0], ["start_us\tdur_us\tgap_us\tkind\tname"]
+    for start, end, name in kernels:
+        lines.append(f"{start - origin:.1f}\t{end - start:.1f}\t{max(0.0, start - last_end):.1f}\t{kind_of(name)}\t{name[:160]}")
+        last_end = max(last_end, end)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def step_profile_callback(first: int, steps: int, path: Path, title: str, cuda: bool):
     """A TrainerCallback profiling steps ``first+1 .. first+steps`` and writing their table to ``path``."""
     from transformers import TrainerCallback
@@ -104,6 +120,13 @@ def step_profile_callback(first: int, steps: int, path: Path, title: str, cuda: 
                 wall_us = (time.perf_counter() - self.started) * 1e6
                 self.prof.__exit__(None, None, None)
                 self.text = write_table(path, title, kernel_times(self.prof, cuda), steps, wall_us, cuda)
+                if cuda:
+                    write_timeline(path.with_name(path.stem + "_timeline.tsv"), self.prof)
+                    trace = path.with_name(path.stem + "_trace.json")
+                    self.prof.export_chrome_trace(str(trace))
+                    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+                        shutil.copyfileobj(raw, packed)
+                    trace.unlink()
                 self.prof = None
                 control.should_training_stop = True
             return control
