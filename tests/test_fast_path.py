@@ -888,21 +888,36 @@ class TestCompiledResume:
     ARGS = ("--packing", "--compile", "on", "--torch_compile_backend", "aot_eager", "--lr_scheduler_type", "constant",
             "--save_strategy", "steps", "--save_steps", "2")
 
-    def test_a_compiled_run_resumes_from_its_checkpoint_as_if_never_stopped(self, data_dir, tiny_llama_dir):
+    @pytest.mark.parametrize("extra", [(), ("--bf16_weights", "on")], ids=["fp32", "bf16_weights"])
+    def test_a_compiled_run_resumes_from_its_checkpoint_as_if_never_stopped(self, data_dir, tiny_llama_dir, extra,
+                                                                             monkeypatch):
+        """With bf16 weights the optimizer's AdamW step is the one compiled pass (diffmodel.train.master_adamw)."""
         import torch
         from transformers import AutoModelForCausalLM
 
-        whole = _train(tiny_llama_dir, data_dir, "compiled-whole", *self.ARGS, "--max_steps", "4")
+        from diffmodel.train import master_adamw
+
+        passes = []
+        update = master_adamw.update
+        monkeypatch.setattr(master_adamw, "update", lambda *a: passes.append(a[-1]) or update(*a))
+
+        name = "compiled" + "-".join(extra)
+        whole = _train(tiny_llama_dir, data_dir, f"{name}-whole", *self.ARGS, *extra, "--max_steps", "4")
         assert whole["code"] == 0
         assert any("torch.compile: on (set by --compile on)" in m for m in whole["log"]), whole["log"]
-        first = _train(tiny_llama_dir, data_dir, "compiled-cut", *self.ARGS, "--max_steps", "2")
+        if extra:
+            assert any("bf16 weights: on (set by --bf16_weights on)" in m for m in whole["log"]), whole["log"]
+            state = torch.load(whole["out"] / "checkpoint-4" / "optimizer.pt", weights_only=True)["state"]
+            assert {float(s["step"]) for s in state.values()} == {4.0}  # torch AdamW's state, each step counted
+            assert passes == [True] * 4  # each step the compiled pass
+        first = _train(tiny_llama_dir, data_dir, f"{name}-cut", *self.ARGS, *extra, "--max_steps", "2")
         assert first["code"] == 0
         checkpoint = first["out"] / "checkpoint-2"
         from safetensors.torch import load_file
 
         keys = load_file(checkpoint / "model.safetensors").keys()
         assert keys and not any("_orig_mod" in k for k in keys)  # the plain model, not the compiled wrapper
-        again = _train(tiny_llama_dir, data_dir, "compiled-cut", *self.ARGS, "--max_steps", "4")
+        again = _train(tiny_llama_dir, data_dir, f"{name}-cut", *self.ARGS, *extra, "--max_steps", "4")
         assert again["code"] == 0
         assert any("resuming from the last checkpoint" in m for m in again["log"]), again["log"]
 

@@ -186,3 +186,71 @@ def test_half_weights_names_a_16_bit_dtype_of_the_trainable_weights():
     for p in model.parameters():
         p.requires_grad_(False)
     assert master_weights.half_weights(model) is None  # frozen weights are not trained
+
+
+def two_group_start():
+    torch.manual_seed(1)
+    return [torch.randn(6, 5), torch.randn(7), torch.randn(3, 4)]
+
+
+def run_two_groups(make, start, steps=4):
+    """``steps`` AdamW steps of three weights in two groups (decayed and not) under a changing learning rate."""
+    weights = [torch.nn.Parameter(t.bfloat16() if make is not torch.optim.AdamW else t.bfloat16().float())
+               for t in start]
+    opt = make([{"params": [weights[0], weights[2]], "weight_decay": 0.1}, {"params": [weights[1]], "weight_decay": 0.0}],
+               lr=2e-2, betas=(0.9, 0.95), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    for step in range(steps):
+        for p, g in zip(weights, grads(10 + step, [t.shape for t in start])):
+            p.grad = g.bfloat16().to(p.dtype)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return weights, opt
+
+
+def in_weights_order(opt):
+    """The copies in the order of ``run_two_groups``' weights (its groups hold weights 0 and 2, then 1)."""
+    copies = opt.copies()
+    return [copies[0], copies[2], copies[1]]
+
+
+def test_adamw_steps_in_one_pass_with_torchs_math_and_state():
+    start = two_group_start()
+    reference, ref_opt = run_two_groups(torch.optim.AdamW, start)
+    weights, opt = run_two_groups(AdamW, start)
+    assert opt.one_pass()
+    for p, c, q in zip(weights, in_weights_order(opt), reference):
+        # eager: torch's own AdamW to the last bit or so (its division and product in the other order)
+        assert torch.allclose(c, q, rtol=2.5e-7, atol=0), (c - q).abs().max()
+        assert torch.equal(p, c.bfloat16())
+    ours, theirs = opt.state_dict()["state"], ref_opt.state_dict()["state"]
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert set(ours[key]) == set(theirs[key]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert ours[key]["step"].device.type == "cpu" and float(ours[key]["step"]) == float(theirs[key]["step"]) == 4
+        assert torch.equal(ours[key]["exp_avg"], theirs[key]["exp_avg"])
+        assert torch.equal(ours[key]["exp_avg_sq"], theirs[key]["exp_avg_sq"])
+
+
+def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_learning_rate():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    start = two_group_start()
+    reference, _ = run_two_groups(torch.optim.AdamW, start, steps=5)
+    weights, opt = run_two_groups(master_weights.optimizer_class(torch.optim.AdamW, compiled=True), start, steps=5)
+    assert counters["stats"]["unique_graphs"] == 1  # both groups in one call; five learning rates, one compile
+    for p, c, q in zip(weights, in_weights_order(opt), reference):
+        assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
+        assert torch.equal(p, c.bfloat16())
+    assert all(c.grad is None for c in opt.copies())  # no fp32 gradient is made
+
+
+def test_one_pass_is_for_adamw_with_every_weight_copied():
+    bf, fp = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2))
+    assert not AdamW([bf, fp], lr=0.1).one_pass()  # an fp32 weight is its own copy: torch's step
+    assert not AdamW([bf], lr=0.1, amsgrad=True).one_pass()
+    assert not master_weights.optimizer_class(torch.optim.Adam)([bf], lr=0.1).one_pass()
+    assert AdamW([bf], lr=0.1).one_pass()

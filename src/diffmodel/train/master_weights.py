@@ -9,7 +9,9 @@ frequencies, keep their dtype), so those tensors are half the bytes and nothing 
 bf16 gradients into fp32, runs the model's own optimizer (AdamW, fused or not) on the fp32 copies, and writes
 them back rounded to bf16. An update smaller than bf16 can hold accumulates in the copy instead of vanishing,
 which is what training bf16 weights directly gets wrong. The copies are saved with the optimizer's state, so a
-resumed run continues from them, not from the rounded weights.
+resumed run continues from them, not from the rounded weights. With torch's AdamW (the default ``--optim``) those
+three passes over memory are one (:mod:`diffmodel.train.master_adamw`: compiled when the run is, with no fp32
+gradient made).
 
 ``--bf16_weights auto`` (:func:`diffmodel.train.fast_path.choose_bf16_weights`) turns it on for a compiled
 ``--packing --bf16`` run on one GPU with torch's AdamW and no gradient accumulation: on an H100 the ~110M packed
@@ -25,6 +27,10 @@ import torch
 
 #: Key of the fp32 copies in the optimizer's state dict.
 STATE_KEY = "diffmodel_master_weights"
+
+#: AdamW's step in one pass where it applies (:mod:`diffmodel.train.master_adamw`); False keeps the three passes
+#: (``benchmarks/train_default.py``'s arm ``pack_three_pass`` compares them).
+ONE_PASS = True
 
 
 def cast(model) -> int:
@@ -58,20 +64,28 @@ def optim_name(training_args) -> str:
     return str(getattr(optim, "value", optim))
 
 
-def optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -> type[torch.optim.Optimizer]:
     """``base`` (an optimizer class) over fp32 copies of its low-precision parameters.
 
     The returned class takes what ``base`` takes. Its ``param_groups`` hold the fp32 copies (an fp32 parameter is
     its own copy), so a learning-rate schedule sets them as usual; ``step`` moves the model's gradients onto the
     copies, steps, and writes the copies back into the model's parameters; ``zero_grad`` clears the model's
-    gradients; ``state_dict`` / ``load_state_dict`` carry the copies."""
+    gradients; ``state_dict`` / ``load_state_dict`` carry the copies.
+
+    Where ``base`` is torch's AdamW and every parameter is a low-precision one with its copy, ``step`` is
+    :func:`diffmodel.train.master_adamw.update` instead: the three passes in one (``compiled``: through
+    torch.compile, one fused kernel per weight on a GPU; otherwise the same math in eager PyTorch)."""
 
     class MasterWeights(base):
+        compile_update = compiled
+
         def __init__(self, params, *args, **kwargs):
             groups = _groups(params)
             self.model_params = [p for g in groups for p in g["params"]]
             copies = [dict(g, params=[self._copy(p) for p in g["params"]]) for g in groups]
             super().__init__(copies, *args, **kwargs)
+            self._one_pass_count: int | None = None  # the AdamW step count, read from the state once
+            self._scalars: list = []
 
         @staticmethod
         def _copy(p):
@@ -85,12 +99,47 @@ def optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optim
         def _pairs(self):
             return [(p, q) for p, q in zip(self.model_params, self.copies()) if p is not q]
 
+        def one_pass(self) -> bool:
+            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring)."""
+            from diffmodel.train import master_adamw
+
+            return (ONE_PASS and all(p is not q for p, q in zip(self.model_params, self.copies()))
+                    and all(master_adamw.takes(self, g) for g in self.param_groups))
+
+        @torch.no_grad()
+        def _step_one_pass(self) -> None:
+            from diffmodel.train import master_adamw
+
+            while len(self._scalars) < len(self.param_groups):
+                self._scalars.append(master_adamw.Scalars())
+            weights, copies, states, groups, scalars = [], [], [], [], []
+            params = iter(self.model_params)
+            for group, group_scalars in zip(self.param_groups, self._scalars):
+                on_device = bool(group.get("fused") or group.get("capturable"))
+                for q in group["params"]:
+                    p = next(params)
+                    if p.grad is None:
+                        continue
+                    if not self.state.get(q):
+                        self.state[q] = master_adamw.new_state(q, on_device)
+                    weights.append(p), copies.append(q), states.append(self.state[q])
+                    groups.append(group), scalars.append(group_scalars)
+            if not weights:
+                return
+            if self._one_pass_count is None:  # once a run (and after a load): the state's count
+                self._one_pass_count = int(states[0]["step"])
+            self._one_pass_count += 1
+            master_adamw.update(weights, copies, states, groups, scalars, self._one_pass_count, self.compile_update)
+
         @torch.no_grad()
         def step(self, closure=None):
             loss = None
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
+            if self.one_pass():
+                self._step_one_pass()
+                return loss
             pairs = self._pairs()
             for p, q in pairs:
                 q.grad = None if p.grad is None else p.grad.float()
@@ -121,6 +170,7 @@ def optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optim
             state_dict = dict(state_dict)
             saved = state_dict.pop(STATE_KEY, None)
             super().load_state_dict(state_dict)
+            self._one_pass_count = None
             if saved is None:
                 # a checkpoint written without the copies: start them from the model's (rounded) weights
                 for p, q in self._pairs():
@@ -150,4 +200,4 @@ def trainer_optimizer(training_args, model) -> tuple[type[torch.optim.Optimizer]
 
         raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {optim_name(training_args)} "
                              "is not one; use --optim adamw_torch_fused (the default) or adamw_torch, or drop --bf16_weights")
-    return optimizer_class(cls), kwargs
+    return optimizer_class(cls, compiled=bool(getattr(training_args, "torch_compile", False))), kwargs
