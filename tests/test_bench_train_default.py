@@ -91,6 +91,15 @@ def test_the_three_pass_arm_is_the_defaults_with_the_one_pass_step_off_while_it_
     assert master_weights.ONE_PASS is True  # put back
 
 
+def test_the_mask_apart_arm_builds_the_mask_as_transformers_asks_while_it_trains():
+    from diffmodel.train import compiled_mask
+    from train_default import _patched
+
+    with _patched("pack_mask_apart"):
+        assert compiled_mask.TRACED is False
+    assert compiled_mask.TRACED is True
+
+
 def test_the_earlier_loss_logits_arms_install_it_as_it_was_measured_then(tmp_path):
     from types import SimpleNamespace
 

@@ -1032,3 +1032,21 @@ class TestBf16Weights:
         warning = ("the model's weights are bfloat16 (--torch_dtype or the checkpoint's own) and train as they are: updates "
                    "under half of their spacing are rounded away; --bf16_weights on keeps fp32 copies of bf16 weights in the optimizer")
         assert (warning in records) == warned
+
+
+@pytest.mark.parametrize("attn,compile_,wrapped", [("flex_attention", "on", True), ("flex_attention", "off", False),
+                                                  ("sdpa", "on", False)])
+def test_a_compiled_flex_attention_run_builds_its_block_mask_inside_the_graph(data_dir, tiny_llama_dir, monkeypatch,
+                                                                              attn, compile_, wrapped):
+    from transformers import masking_utils
+
+    from diffmodel.train import compiled_mask
+
+    monkeypatch.setattr(masking_utils, "create_block_mask", masking_utils.create_block_mask)  # put back afterwards
+    with _log_records(logging.INFO) as records:
+        trainer = TestFullBatches._trainer(data_dir, tiny_llama_dir, f"mask_{attn}_{compile_}", "--attn_implementation", attn,
+                                           "--compile", compile_, "--loss_logits", "off")
+    assert trainer is not None
+    line = "fast path: torch.compile: flex_attention's block mask built inside the compiled graph"
+    assert any(line in m for m in records) is wrapped
+    assert bool(getattr(masking_utils.create_block_mask, compiled_mask.WRAPPED, False)) is wrapped

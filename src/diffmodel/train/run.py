@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
+from diffmodel.train import async_steps, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -426,6 +426,9 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
         logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
                        "torch's own tiles are used", config.model_type)
+    if path.compile.value and path.attention.value == "flex_attention" and compiled_mask.install():
+        logger.info("fast path: torch.compile: flex_attention's block mask built inside the compiled graph (transformers "
+                    "compiles it apart, which breaks the model's graph)")
     use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)

@@ -1,0 +1,59 @@
+"""flex_attention's block mask traced into the compiled model (diffmodel.train.compiled_mask): no graph break at
+the mask, the same logits as the eager model's on packed rows."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import torch
+import transformers
+from transformers import masking_utils
+
+from diffmodel.train import compiled_mask
+
+
+def packed_llama():
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, head_dim=16, use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="flex_attention").eval()
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
+    # two packed rows: samples of 10 + 14 and 7 + 9 + 8 tokens, positions restarting at each
+    positions = torch.tensor([list(range(10)) + list(range(14)), list(range(7)) + list(range(9)) + list(range(8))])
+    return model, ids, positions
+
+
+def mask_breaks(model, ids, positions) -> list[str]:
+    """The graph breaks torch.compile meets in the model's forward that come from building the block mask."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(input_ids=ids, position_ids=positions)
+    return [str(r.reason) for r in explained.break_reasons
+            if any("create_block_mask" in (frame.name or "") or "masking_utils" in (frame.filename or "")
+                   for frame in r.user_stack)]
+
+
+def test_the_mask_is_built_inside_the_compiled_graph_and_is_the_same():
+    model, ids, positions = packed_llama()
+    with torch.no_grad():
+        eager = model(input_ids=ids, position_ids=positions).logits
+    original = masking_utils.create_block_mask
+    assert mask_breaks(model, ids, positions)  # transformers' own call compiles create_block_mask apart: a break
+    try:
+        assert compiled_mask.install() and compiled_mask.install()  # a second call wraps nothing more
+        wrapped = masking_utils.create_block_mask
+        assert getattr(wrapped, compiled_mask.WRAPPED) and getattr(wrapped, "__wrapped__") is original
+        assert mask_breaks(model, ids, positions) == []
+        with mock.patch.object(compiled_mask, "TRACED", False):  # the benchmark's comparison arm
+            assert mask_breaks(model, ids, positions)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager")
+        with torch.no_grad():
+            logits = compiled(input_ids=ids, position_ids=positions).logits
+        torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # outside a compile, transformers' own call as it was
+            again = model(input_ids=ids, position_ids=positions).logits
+        torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    finally:
+        masking_utils.create_block_mask = original
+        torch._dynamo.reset()
