@@ -910,6 +910,8 @@ class TestCompiledResume:
             state = torch.load(whole["out"] / "checkpoint-4" / "optimizer.pt", weights_only=True)["state"]
             assert {float(s["step"]) for s in state.values()} == {4.0}  # torch AdamW's state, each step counted
             assert passes == [True] * 4  # each step the compiled pass
+            assert any(m.startswith("bf16 weights: AdamW steps the ") and m.endswith("in one pass (compiled), from step 1")
+                       for m in whole["log"]), whole["log"]
         first = _train(tiny_llama_dir, data_dir, f"{name}-cut", *self.ARGS, *extra, "--max_steps", "2")
         assert first["code"] == 0
         checkpoint = first["out"] / "checkpoint-2"

@@ -23,7 +23,11 @@ gradients (4 + 4): the same, with the gradients' fp32 form alive only during the
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: Key of the fp32 copies in the optimizer's state dict.
 STATE_KEY = "diffmodel_master_weights"
@@ -128,6 +132,8 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
                 return
             if self._one_pass_count is None:  # once a run (and after a load): the state's count
                 self._one_pass_count = int(states[0]["step"])
+                logger.info("bf16 weights: AdamW steps the %d fp32 copies in one pass%s, from step %d", len(copies),
+                            " (compiled)" if self.compile_update else "", self._one_pass_count + 1)
             self._one_pass_count += 1
             master_adamw.update(weights, copies, states, groups, scalars, self._one_pass_count, self.compile_update)
 
