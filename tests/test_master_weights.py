@@ -219,7 +219,7 @@ def test_adamw_steps_in_one_pass_with_torchs_math_and_state():
     start = two_group_start()
     reference, ref_opt = run_two_groups(torch.optim.AdamW, start)
     weights, opt = run_two_groups(AdamW, start)
-    assert opt.one_pass()
+    assert opt._one_pass_counts == [4, 4, 4]  # every step was the one pass
     for p, c, q in zip(weights, in_weights_order(opt), reference):
         # eager: torch's own AdamW to the last bit or so (its division and product in the other order)
         assert torch.allclose(c, q, rtol=2.5e-7, atol=0), (c - q).abs().max()
@@ -248,9 +248,34 @@ def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_lear
     assert all(c.grad is None for c in opt.copies())  # no fp32 gradient is made
 
 
-def test_one_pass_is_for_adamw_with_every_weight_copied():
+def test_one_pass_is_for_adamw_with_every_weight_copied_and_given_a_gradient():
     bf, fp = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2))
+    bf.grad, fp.grad = torch.ones(2, dtype=torch.bfloat16), torch.ones(2)
     assert not AdamW([bf, fp], lr=0.1).one_pass()  # an fp32 weight is its own copy: torch's step
     assert not AdamW([bf], lr=0.1, amsgrad=True).one_pass()
     assert not master_weights.optimizer_class(torch.optim.Adam)([bf], lr=0.1).one_pass()
     assert AdamW([bf], lr=0.1).one_pass()
+    bf.grad = None
+    assert not AdamW([bf], lr=0.1).one_pass()
+
+
+def test_a_step_that_leaves_a_weight_without_gradient_keeps_each_weights_own_count():
+    """torch's AdamW steps a parameter only when it has a gradient, its count too; the one pass then counts each
+    weight's steps as torch does (here weight 1 has none at the second step, which is torch's own step)."""
+    start = two_group_start()
+    runs = []
+    for make in (torch.optim.AdamW, AdamW):
+        weights = [torch.nn.Parameter(t.bfloat16() if make is AdamW else t.bfloat16().float()) for t in start]
+        opt = make([{"params": weights, "weight_decay": 0.1}], lr=2e-2)
+        for step in range(5):
+            for i, (p, g) in enumerate(zip(weights, grads(20 + step, [t.shape for t in start]))):
+                p.grad = None if (step == 1 and i == 1) else g.bfloat16().to(p.dtype)
+            if make is AdamW:
+                assert opt.one_pass() is (step != 1)
+            opt.step()
+            opt.zero_grad()
+        runs.append((weights, opt))
+    (reference, ref_opt), (weights, opt) = runs
+    assert [float(opt.state[q]["step"]) for q in opt.copies()] == [5.0, 4.0, 5.0]
+    for c, q in zip(opt.copies(), reference):
+        assert torch.allclose(c, q, rtol=2.5e-7, atol=0), (c - q).abs().max()

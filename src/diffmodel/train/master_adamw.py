@@ -74,12 +74,12 @@ class Scalars:
         self.bias2_sqrt.fill_(math.sqrt(1 - beta2 ** step))
 
 
-def update(weights: list, copies: list, states: list, groups: list, scalars: list, step: int, compiled: bool) -> None:
-    """One AdamW step of count ``step`` (1 for the first) for the bf16 ``weights`` (their ``.grad`` bf16) and their
-    fp32 ``copies``: the copies and ``states`` (torch AdamW's, each ``step`` advanced) updated, the weights set to
-    the copies rounded. ``groups[i]`` and ``scalars[i]`` (a :class:`Scalars`, refilled here) belong to weight ``i``;
-    groups of the same betas and eps go through one call."""
-    for s, g in {id(s): (s, g) for s, g in zip(scalars, groups)}.values():
+def update(weights: list, copies: list, states: list, groups: list, scalars: list, steps: list[int], compiled: bool) -> None:
+    """One AdamW step of the bf16 ``weights`` (their ``.grad`` bf16) and their fp32 ``copies``: the copies and
+    ``states`` (torch AdamW's, each ``step`` advanced) updated, the weights set to the copies rounded. Weight ``i``
+    is in param group ``groups[i]`` and takes its step number ``steps[i]`` (1 for its first); ``scalars[i]`` is the
+    :class:`Scalars` of that group and number, refilled here. Groups of the same betas and eps go through one call."""
+    for s, g, step in {id(s): (s, g, step) for s, g, step in zip(scalars, groups, steps)}.values():
         s.fill(g, step)
     by_hyper: dict[tuple, list[int]] = {}
     for i, g in enumerate(groups):
@@ -90,7 +90,7 @@ def update(weights: list, copies: list, states: list, groups: list, scalars: lis
             [states[i]["exp_avg"] for i in index], [states[i]["exp_avg_sq"] for i in index],
             [scalars[i].decay for i in index], [scalars[i].step_size for i in index],
             [scalars[i].bias2_sqrt for i in index], beta1, beta2, eps)
-    steps = [s["step"] for s in states]
-    for device_steps in ([t for t in steps if t.device.type != "cpu"], [t for t in steps if t.device.type == "cpu"]):
-        if device_steps:
-            torch._foreach_add_(device_steps, 1)
+    counts = [s["step"] for s in states]
+    for device_counts in ([t for t in counts if t.device.type != "cpu"], [t for t in counts if t.device.type == "cpu"]):
+        if device_counts:
+            torch._foreach_add_(device_counts, 1)

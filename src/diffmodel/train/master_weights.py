@@ -88,8 +88,8 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             self.model_params = [p for g in groups for p in g["params"]]
             copies = [dict(g, params=[self._copy(p) for p in g["params"]]) for g in groups]
             super().__init__(copies, *args, **kwargs)
-            self._one_pass_count: int | None = None  # the AdamW step count, read from the state once
-            self._scalars: list = []
+            self._one_pass_counts: list[int] | None = None  # each copy's AdamW step count, read from the state once
+            self._scalars: dict = {}  # master_adamw.Scalars, reused across steps
 
         @staticmethod
         def _copy(p):
@@ -104,38 +104,36 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             return [(p, q) for p, q in zip(self.model_params, self.copies()) if p is not q]
 
         def one_pass(self) -> bool:
-            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring)."""
+            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring): torch's AdamW, every
+            parameter a low-precision one with its copy, and every one with a gradient this step (torch's AdamW
+            leaves a parameter without one as it is, its count included: torch's own step does that)."""
             from diffmodel.train import master_adamw
 
-            return (ONE_PASS and all(p is not q for p, q in zip(self.model_params, self.copies()))
+            return (ONE_PASS and all(p is not q and p.grad is not None for p, q in zip(self.model_params, self.copies()))
                     and all(master_adamw.takes(self, g) for g in self.param_groups))
 
         @torch.no_grad()
         def _step_one_pass(self) -> None:
             from diffmodel.train import master_adamw
 
-            while len(self._scalars) < len(self.param_groups):
-                self._scalars.append(master_adamw.Scalars())
-            weights, copies, states, groups, scalars = [], [], [], [], []
-            params = iter(self.model_params)
-            for group, group_scalars in zip(self.param_groups, self._scalars):
-                on_device = bool(group.get("fused") or group.get("capturable"))
-                for q in group["params"]:
-                    p = next(params)
-                    if p.grad is None:
-                        continue
-                    if not self.state.get(q):
-                        self.state[q] = master_adamw.new_state(q, on_device)
-                    weights.append(p), copies.append(q), states.append(self.state[q])
-                    groups.append(group), scalars.append(group_scalars)
-            if not weights:
-                return
-            if self._one_pass_count is None:  # once a run (and after a load): the state's count
-                self._one_pass_count = int(states[0]["step"])
+            copies = self.copies()
+            groups = [g for g in self.param_groups for _ in g["params"]]
+            for q, group in zip(copies, groups):
+                if not self.state.get(q):
+                    self.state[q] = master_adamw.new_state(q, on_device=bool(group.get("fused") or group.get("capturable")))
+            states = [self.state[q] for q in copies]
+            if self._one_pass_counts is None:  # once a run, after a load and after torch's own step: the states' counts
+                self._one_pass_counts = [int(s["step"]) for s in states]
                 logger.info("bf16 weights: AdamW steps the %d fp32 copies in one pass%s, from step %d", len(copies),
-                            " (compiled)" if self.compile_update else "", self._one_pass_count + 1)
-            self._one_pass_count += 1
-            master_adamw.update(weights, copies, states, groups, scalars, self._one_pass_count, self.compile_update)
+                            " (compiled)" if self.compile_update else "", max(self._one_pass_counts) + 1)
+            self._one_pass_counts = counts = [c + 1 for c in self._one_pass_counts]
+            index = {id(g): i for i, g in enumerate(self.param_groups)}
+            keys = [(index[id(g)], c) for g, c in zip(groups, counts)]
+            # one Scalars for each group and count, kept from step to step (each group's counts are one, but after a
+            # step of torch's own that left a parameter without a gradient as it was)
+            slot = {key: n for n, key in enumerate(sorted(set(keys)))}
+            scalars = [self._scalars.setdefault(slot[key], master_adamw.Scalars()) for key in keys]
+            master_adamw.update(self.model_params, copies, states, groups, scalars, counts, self.compile_update)
 
         @torch.no_grad()
         def step(self, closure=None):
@@ -146,6 +144,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             if self.one_pass():
                 self._step_one_pass()
                 return loss
+            self._one_pass_counts = None  # torch's step counts on its own
             pairs = self._pairs()
             for p, q in pairs:
                 q.grad = None if p.grad is None else p.grad.float()
@@ -176,7 +175,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             state_dict = dict(state_dict)
             saved = state_dict.pop(STATE_KEY, None)
             super().load_state_dict(state_dict)
-            self._one_pass_count = None
+            self._one_pass_counts = None
             if saved is None:
                 # a checkpoint written without the copies: start them from the model's (rounded) weights
                 for p, q in self._pairs():
