@@ -83,7 +83,7 @@ def test_the_three_pass_arm_is_the_defaults_with_the_one_pass_step_off_while_it_
     assert diffmodel_argv("pack_three_pass", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
         diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c")
     weight = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
-    opt = master_weights.optimizer_class(torch.optim.AdamW)([weight], lr=0.1)
+    opt = master_weights.optimizer_class(torch.optim.AdamW, compiled=True)([weight], lr=0.1)
     weight.grad = torch.ones(2, dtype=torch.bfloat16)
     with _patched("pack_three_pass"):
         assert not opt.one_pass()

@@ -10,6 +10,7 @@ import transformers
 from diffmodel.train import master_weights
 
 AdamW = master_weights.optimizer_class(torch.optim.AdamW)
+OnePass = master_weights.optimizer_class(torch.optim.AdamW, compiled=True)  # what a compiled run gets
 
 
 def tiny_llama():
@@ -195,8 +196,7 @@ def two_group_start():
 
 def run_two_groups(make, start, steps=4):
     """``steps`` AdamW steps of three weights in two groups (decayed and not) under a changing learning rate."""
-    weights = [torch.nn.Parameter(t.bfloat16() if make is not torch.optim.AdamW else t.bfloat16().float())
-               for t in start]
+    weights = [torch.nn.Parameter(t.bfloat16().float() if make is torch.optim.AdamW else t.bfloat16()) for t in start]
     opt = make([{"params": [weights[0], weights[2]], "weight_decay": 0.1}, {"params": [weights[1]], "weight_decay": 0.0}],
                lr=2e-2, betas=(0.9, 0.95), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
@@ -218,19 +218,18 @@ def in_weights_order(opt):
 def test_adamw_steps_in_one_pass_with_torchs_math_and_state():
     start = two_group_start()
     reference, ref_opt = run_two_groups(torch.optim.AdamW, start)
-    weights, opt = run_two_groups(AdamW, start)
+    weights, opt = run_two_groups(OnePass, start)
     assert opt._one_pass_counts == [4, 4, 4]  # every step was the one pass
     for p, c, q in zip(weights, in_weights_order(opt), reference):
-        # eager: torch's own AdamW to the last bit or so (its division and product in the other order)
-        assert torch.allclose(c, q, rtol=2.5e-7, atol=0), (c - q).abs().max()
+        assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
         assert torch.equal(p, c.bfloat16())
     ours, theirs = opt.state_dict()["state"], ref_opt.state_dict()["state"]
     assert sorted(ours) == sorted(theirs)
     for key in theirs:
         assert set(ours[key]) == set(theirs[key]) == {"step", "exp_avg", "exp_avg_sq"}
         assert ours[key]["step"].device.type == "cpu" and float(ours[key]["step"]) == float(theirs[key]["step"]) == 4
-        assert torch.equal(ours[key]["exp_avg"], theirs[key]["exp_avg"])
-        assert torch.equal(ours[key]["exp_avg_sq"], theirs[key]["exp_avg_sq"])
+        torch.testing.assert_close(ours[key]["exp_avg"], theirs[key]["exp_avg"], rtol=1e-5, atol=1e-8)  # lerp, rounded its own way
+        torch.testing.assert_close(ours[key]["exp_avg_sq"], theirs[key]["exp_avg_sq"], rtol=1e-5, atol=1e-10)
 
 
 def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_learning_rate():
@@ -240,7 +239,7 @@ def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_lear
     counters.clear()
     start = two_group_start()
     reference, _ = run_two_groups(torch.optim.AdamW, start, steps=5)
-    weights, opt = run_two_groups(master_weights.optimizer_class(torch.optim.AdamW, compiled=True), start, steps=5)
+    weights, opt = run_two_groups(OnePass, start, steps=5)
     assert counters["stats"]["unique_graphs"] == 1  # both groups in one call; five learning rates, one compile
     for p, c, q in zip(weights, in_weights_order(opt), reference):
         assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
@@ -248,15 +247,16 @@ def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_lear
     assert all(c.grad is None for c in opt.copies())  # no fp32 gradient is made
 
 
-def test_one_pass_is_for_adamw_with_every_weight_copied_and_given_a_gradient():
+def test_one_pass_is_for_a_compiled_adamw_with_every_weight_copied_and_given_a_gradient():
     bf, fp = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2))
     bf.grad, fp.grad = torch.ones(2, dtype=torch.bfloat16), torch.ones(2)
-    assert not AdamW([bf, fp], lr=0.1).one_pass()  # an fp32 weight is its own copy: torch's step
-    assert not AdamW([bf], lr=0.1, amsgrad=True).one_pass()
-    assert not master_weights.optimizer_class(torch.optim.Adam)([bf], lr=0.1).one_pass()
-    assert AdamW([bf], lr=0.1).one_pass()
+    assert OnePass([bf], lr=0.1).one_pass()
+    assert not AdamW([bf], lr=0.1).one_pass()  # not compiled: torch's fused AdamW
+    assert not OnePass([bf, fp], lr=0.1).one_pass()  # an fp32 weight is its own copy: torch's step
+    assert not OnePass([bf], lr=0.1, amsgrad=True).one_pass()
+    assert not master_weights.optimizer_class(torch.optim.Adam, compiled=True)([bf], lr=0.1).one_pass()
     bf.grad = None
-    assert not AdamW([bf], lr=0.1).one_pass()
+    assert not OnePass([bf], lr=0.1).one_pass()
 
 
 def test_a_step_that_leaves_a_weight_without_gradient_keeps_each_weights_own_count():
@@ -264,13 +264,13 @@ def test_a_step_that_leaves_a_weight_without_gradient_keeps_each_weights_own_cou
     weight's steps as torch does (here weight 1 has none at the second step, which is torch's own step)."""
     start = two_group_start()
     runs = []
-    for make in (torch.optim.AdamW, AdamW):
-        weights = [torch.nn.Parameter(t.bfloat16() if make is AdamW else t.bfloat16().float()) for t in start]
+    for make in (torch.optim.AdamW, OnePass):
+        weights = [torch.nn.Parameter(t.bfloat16() if make is OnePass else t.bfloat16().float()) for t in start]
         opt = make([{"params": weights, "weight_decay": 0.1}], lr=2e-2)
         for step in range(5):
             for i, (p, g) in enumerate(zip(weights, grads(20 + step, [t.shape for t in start]))):
                 p.grad = None if (step == 1 and i == 1) else g.bfloat16().to(p.dtype)
-            if make is AdamW:
+            if make is OnePass:
                 assert opt.one_pass() is (step != 1)
             opt.step()
             opt.zero_grad()
@@ -278,4 +278,4 @@ def test_a_step_that_leaves_a_weight_without_gradient_keeps_each_weights_own_cou
     (reference, ref_opt), (weights, opt) = runs
     assert [float(opt.state[q]["step"]) for q in opt.copies()] == [5.0, 4.0, 5.0]
     for c, q in zip(opt.copies(), reference):
-        assert torch.allclose(c, q, rtol=2.5e-7, atol=0), (c - q).abs().max()
+        assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()

@@ -13,7 +13,9 @@ within fp32 rounding: test), and the state is torch AdamW's (``step``, ``exp_avg
 copy, in the optimizer's ``state``), so a checkpoint of either path loads into the other. The learning rate
 and the bias corrections change every step; they reach the compiled code as 0-d CPU tensors, so a learning-rate
 schedule does not compile it again. :func:`takes` says when a param group is one this update computes
-(AdamW's options without amsgrad, maximize or differentiable); other groups keep torch's own step.
+(AdamW's options without amsgrad, maximize or differentiable); other groups keep torch's own step. It is used in
+compiled runs only: uncompiled, its few operations a weight would each be a kernel launch of their own, and
+torch's fused AdamW is faster.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ bf16 gradients into fp32, runs the model's own optimizer (AdamW, fused or not) o
 them back rounded to bf16. An update smaller than bf16 can hold accumulates in the copy instead of vanishing,
 which is what training bf16 weights directly gets wrong. The copies are saved with the optimizer's state, so a
 resumed run continues from them, not from the rounded weights. With torch's AdamW (the default ``--optim``) those
-three passes over memory are one (:mod:`diffmodel.train.master_adamw`: compiled when the run is, with no fp32
-gradient made).
+three passes over memory are one in a compiled run (:mod:`diffmodel.train.master_adamw`, with no fp32 gradient
+made).
 
 ``--bf16_weights auto`` (:func:`diffmodel.train.fast_path.choose_bf16_weights`) turns it on for a compiled
 ``--packing --bf16`` run on one GPU with torch's AdamW and no gradient accumulation: on an H100 the ~110M packed
@@ -76,9 +76,9 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
     copies, steps, and writes the copies back into the model's parameters; ``zero_grad`` clears the model's
     gradients; ``state_dict`` / ``load_state_dict`` carry the copies.
 
-    Where ``base`` is torch's AdamW and every parameter is a low-precision one with its copy, ``step`` is
-    :func:`diffmodel.train.master_adamw.update` instead: the three passes in one (``compiled``: through
-    torch.compile, one fused kernel per weight on a GPU; otherwise the same math in eager PyTorch)."""
+    With ``compiled`` (the run is compiled), where ``base`` is torch's AdamW and every parameter is a low-precision
+    one with its copy, ``step`` is :func:`diffmodel.train.master_adamw.update` instead: the three passes in one,
+    compiled by torch.compile (one fused kernel per weight on a GPU)."""
 
     class MasterWeights(base):
         compile_update = compiled
@@ -104,12 +104,14 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             return [(p, q) for p, q in zip(self.model_params, self.copies()) if p is not q]
 
         def one_pass(self) -> bool:
-            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring): torch's AdamW, every
-            parameter a low-precision one with its copy, and every one with a gradient this step (torch's AdamW
-            leaves a parameter without one as it is, its count included: torch's own step does that)."""
+            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring): compiled (uncompiled, its
+            few operations a weight would each be a kernel launch: torch's fused AdamW is faster), torch's AdamW,
+            every parameter a low-precision one with its copy, and every one with a gradient this step (torch's
+            AdamW leaves a parameter without one as it is, its count included: torch's own step does that)."""
             from diffmodel.train import master_adamw
 
-            return (ONE_PASS and all(p is not q and p.grad is not None for p, q in zip(self.model_params, self.copies()))
+            return (ONE_PASS and self.compile_update
+                    and all(p is not q and p.grad is not None for p, q in zip(self.model_params, self.copies()))
                     and all(master_adamw.takes(self, g) for g in self.param_groups))
 
         @torch.no_grad()
