@@ -18,9 +18,10 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
   ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer; the GPU
   default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
-  ``pack_three_pass``: the defaults with the bf16 weights' AdamW step in its three passes (fp32 gradients made,
-  torch's AdamW, the copies written back) instead of the one compiled pass, ``pack_mask_apart``: the defaults with
-  flex_attention's block mask compiled apart, as transformers builds it, not traced into the model (:data:`PATCHED_ARMS`),
+  ``pack_one_pass``: the defaults with ``--adamw_one_pass on`` (the bf16 weights' AdamW step in one compiled pass,
+  not three: fp32 gradients made, torch's fused AdamW, the copies written back), ``pack_mask_apart``: the defaults
+  with flex_attention's block mask compiled apart, as transformers builds it, not traced into the model
+  (:data:`PATCHED_ARMS`),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
   ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
   kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
@@ -144,8 +145,7 @@ EARLIER_LOSS_LOGITS_ARMS = {"pack_output_only": "LAST_LAYER", "pack_all_queries"
 
 
 #: Arms that are the defaults with a module constant set while they train: (module, name, value).
-PATCHED_ARMS = {"pack_three_pass": ("diffmodel.train.master_weights", "ONE_PASS", False),
-                "pack_mask_apart": ("diffmodel.train.compiled_mask", "TRACED", False)}
+PATCHED_ARMS = {"pack_mask_apart": ("diffmodel.train.compiled_mask", "TRACED", False)}
 
 
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
@@ -182,6 +182,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_rotary": ["--packing", "--rotary_layout", "on"],
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
+        "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
         **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},

@@ -888,10 +888,11 @@ class TestCompiledResume:
     ARGS = ("--packing", "--compile", "on", "--torch_compile_backend", "aot_eager", "--lr_scheduler_type", "constant",
             "--save_strategy", "steps", "--save_steps", "2")
 
-    @pytest.mark.parametrize("extra", [(), ("--bf16_weights", "on")], ids=["fp32", "bf16_weights"])
+    @pytest.mark.parametrize("extra", [(), ("--bf16_weights", "on", "--adamw_one_pass", "on")], ids=["fp32", "bf16_weights"])
     def test_a_compiled_run_resumes_from_its_checkpoint_as_if_never_stopped(self, data_dir, tiny_llama_dir, extra,
                                                                              monkeypatch):
-        """With bf16 weights the optimizer's AdamW step is the one compiled pass (diffmodel.train.master_adamw)."""
+        """With bf16 weights and --adamw_one_pass on, the optimizer's AdamW step is the one compiled pass
+        (diffmodel.train.master_adamw)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -907,6 +908,7 @@ class TestCompiledResume:
         assert any("torch.compile: on (set by --compile on)" in m for m in whole["log"]), whole["log"]
         if extra:
             assert any("bf16 weights: on (set by --bf16_weights on)" in m for m in whole["log"]), whole["log"]
+            assert any("AdamW in one pass: on (set by --adamw_one_pass on)" in m for m in whole["log"]), whole["log"]
             state = torch.load(whole["out"] / "checkpoint-4" / "optimizer.pt", weights_only=True)["state"]
             assert {float(s["step"]) for s in state.values()} == {4.0}  # torch AdamW's state, each step counted
             assert passes == [True] * 4  # each step the compiled pass
@@ -1052,3 +1054,18 @@ def test_a_compiled_flex_attention_run_builds_its_block_mask_inside_the_graph(da
     line = "fast path: torch.compile: flex_attention's block mask built inside the compiled graph"
     assert any(line in m for m in records) is wrapped
     assert bool(getattr(masking_utils.create_block_mask, compiled_mask.WRAPPED, False)) is wrapped
+
+
+@pytest.mark.parametrize("setting,bf16w,compiled,optim,value,reason", [
+    ("auto", True, True, "adamw_torch_fused", False, "not measured on a GPU yet"),
+    ("on", True, True, "adamw_torch_fused", True, "set by --adamw_one_pass on"),
+    ("on", True, True, "adamw_torch", True, "set by --adamw_one_pass on"),
+    ("on", False, True, "adamw_torch_fused", False, "no bf16 weights"),
+    ("on", True, False, "adamw_torch_fused", False, "not compiled"),
+    ("on", True, True, "adafactor", False, "--optim adafactor is not torch's AdamW"),
+])
+def test_adamw_one_pass_choice(setting, bf16w, compiled, optim, value, reason):
+    from diffmodel.train.fast_path import choose_adamw_one_pass
+
+    choice = choose_adamw_one_pass(setting, bf16w, compiled, SimpleNamespace(optim=optim))
+    assert choice.value is value and choice.reason.startswith(reason)

@@ -10,7 +10,7 @@ import transformers
 from diffmodel.train import master_weights
 
 AdamW = master_weights.optimizer_class(torch.optim.AdamW)
-OnePass = master_weights.optimizer_class(torch.optim.AdamW, compiled=True)  # what a compiled run gets
+OnePass = master_weights.optimizer_class(torch.optim.AdamW, one_pass=True)  # --adamw_one_pass on
 
 
 def tiny_llama():
@@ -247,14 +247,14 @@ def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_lear
     assert all(c.grad is None for c in opt.copies())  # no fp32 gradient is made
 
 
-def test_one_pass_is_for_a_compiled_adamw_with_every_weight_copied_and_given_a_gradient():
+def test_one_pass_is_for_adamw_asked_for_with_every_weight_copied_and_given_a_gradient():
     bf, fp = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16)), torch.nn.Parameter(torch.ones(2))
     bf.grad, fp.grad = torch.ones(2, dtype=torch.bfloat16), torch.ones(2)
     assert OnePass([bf], lr=0.1).one_pass()
-    assert not AdamW([bf], lr=0.1).one_pass()  # not compiled: torch's fused AdamW
+    assert not AdamW([bf], lr=0.1).one_pass()  # not asked for: torch's fused AdamW
     assert not OnePass([bf, fp], lr=0.1).one_pass()  # an fp32 weight is its own copy: torch's step
     assert not OnePass([bf], lr=0.1, amsgrad=True).one_pass()
-    assert not master_weights.optimizer_class(torch.optim.Adam, compiled=True)([bf], lr=0.1).one_pass()
+    assert not master_weights.optimizer_class(torch.optim.Adam, one_pass=True)([bf], lr=0.1).one_pass()
     bf.grad = None
     assert not OnePass([bf], lr=0.1).one_pass()
 

@@ -383,6 +383,21 @@ def choose_bf16_weights(setting: str, packing: bool, facts: Facts, training_args
                         "the optimizer (on an H100 the ~110M packed step went from 57 to 53 ms)")
 
 
+def choose_adamw_one_pass(setting: str, bf16_weights: bool, compiled: bool, training_args) -> Choice:
+    """``--adamw_one_pass``: the bf16 weights' AdamW step in one compiled pass (:mod:`diffmodel.train.master_adamw`)."""
+    if not bf16_weights:
+        return Choice(False, "no bf16 weights: AdamW steps the fp32 weights themselves")
+    if not compiled:
+        return Choice(False, "not compiled: uncompiled, torch's fused AdamW is faster than its per-weight operations")
+    optim = master_weights.optim_name(training_args)
+    if optim not in TORCH_ADAMW:
+        return Choice(False, f"--optim {optim} is not torch's AdamW")
+    if given := _given(setting, "adamw_one_pass"):
+        return given
+    return Choice(False, "not measured on a GPU yet (benchmarks/train_default.py, arm pack_one_pass); "
+                         "--adamw_one_pass on applies it")
+
+
 #: ``--loss_logits output``: the output layer and the loss at the loss positions, not the last decoder layer's picks.
 OUTPUT_ONLY = "output"
 
@@ -422,6 +437,7 @@ class FastPath:
     loss_logits: Choice
     rotary_layout: Choice
     bf16_weights: Choice
+    adamw_one_pass: Choice = Choice(False, "no bf16 weights: AdamW steps the fp32 weights themselves")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -435,7 +451,8 @@ class FastPath:
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights)]
+                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights),
+                 ("AdamW in one pass", self.adamw_one_pass)]
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
@@ -460,6 +477,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
                               getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
                               seconds_of(speed.max_train_time), sharded, epoch_steps)
     liger = choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value))
+    bf16_weights = choose_bf16_weights(getattr(speed, "bf16_weights", "auto"), packing, facts, training_args,
+                                       bool(compile_.value))
     return FastPath(
         attention=attention,
         padding_free=choose_padding_free(speed.padding_free, attention.value, packing),
@@ -473,8 +492,9 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
         rotary_layout=choose_rotary_layout(getattr(speed, "rotary_layout", "auto"), bool(compile_.value)),
-        bf16_weights=choose_bf16_weights(getattr(speed, "bf16_weights", "auto"), packing, facts, training_args,
-                                         bool(compile_.value)),
+        bf16_weights=bf16_weights,
+        adamw_one_pass=choose_adamw_one_pass(getattr(speed, "adamw_one_pass", "auto"), bool(bf16_weights.value),
+                                             bool(compile_.value), training_args),
     )
 
 

@@ -10,8 +10,8 @@ bf16 gradients into fp32, runs the model's own optimizer (AdamW, fused or not) o
 them back rounded to bf16. An update smaller than bf16 can hold accumulates in the copy instead of vanishing,
 which is what training bf16 weights directly gets wrong. The copies are saved with the optimizer's state, so a
 resumed run continues from them, not from the rounded weights. With torch's AdamW (the default ``--optim``) those
-three passes over memory are one in a compiled run (:mod:`diffmodel.train.master_adamw`, with no fp32 gradient
-made).
+three passes over memory can be one in a compiled run (``--adamw_one_pass``, :mod:`diffmodel.train.master_adamw`,
+with no fp32 gradient made).
 
 ``--bf16_weights auto`` (:func:`diffmodel.train.fast_path.choose_bf16_weights`) turns it on for a compiled
 ``--packing --bf16`` run on one GPU with torch's AdamW and no gradient accumulation: on an H100 the ~110M packed
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 #: Key of the fp32 copies in the optimizer's state dict.
 STATE_KEY = "diffmodel_master_weights"
 
-#: AdamW's step in one pass where it applies (:mod:`diffmodel.train.master_adamw`); False keeps the three passes
-#: (``benchmarks/train_default.py``'s arm ``pack_three_pass`` compares them).
-ONE_PASS = True
 
 
 def cast(model) -> int:
@@ -68,7 +65,7 @@ def optim_name(training_args) -> str:
     return str(getattr(optim, "value", optim))
 
 
-def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -> type[torch.optim.Optimizer]:
+def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -> type[torch.optim.Optimizer]:
     """``base`` (an optimizer class) over fp32 copies of its low-precision parameters.
 
     The returned class takes what ``base`` takes. Its ``param_groups`` hold the fp32 copies (an fp32 parameter is
@@ -76,12 +73,13 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
     copies, steps, and writes the copies back into the model's parameters; ``zero_grad`` clears the model's
     gradients; ``state_dict`` / ``load_state_dict`` carry the copies.
 
-    With ``compiled`` (the run is compiled), where ``base`` is torch's AdamW and every parameter is a low-precision
-    one with its copy, ``step`` is :func:`diffmodel.train.master_adamw.update` instead: the three passes in one,
-    compiled by torch.compile (one fused kernel per weight on a GPU)."""
+    With ``one_pass`` (``--adamw_one_pass``, for compiled runs), where ``base`` is torch's AdamW and every parameter
+    is a low-precision one with its copy, ``step`` is :func:`diffmodel.train.master_adamw.update` instead: the three
+    passes in one, compiled by torch.compile (one fused kernel per weight on a GPU)."""
+    asked = one_pass
 
     class MasterWeights(base):
-        compile_update = compiled
+        compile_update = asked
 
         def __init__(self, params, *args, **kwargs):
             groups = _groups(params)
@@ -104,13 +102,12 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
             return [(p, q) for p, q in zip(self.model_params, self.copies()) if p is not q]
 
         def one_pass(self) -> bool:
-            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring): compiled (uncompiled, its
-            few operations a weight would each be a kernel launch: torch's fused AdamW is faster), torch's AdamW,
+            """Whether ``step`` is :func:`master_adamw.update` (see the class's docstring): asked for, torch's AdamW,
             every parameter a low-precision one with its copy, and every one with a gradient this step (torch's
             AdamW leaves a parameter without one as it is, its count included: torch's own step does that)."""
             from diffmodel.train import master_adamw
 
-            return (ONE_PASS and self.compile_update
+            return (self.compile_update
                     and all(p is not q and p.grad is not None for p, q in zip(self.model_params, self.copies()))
                     and all(master_adamw.takes(self, g) for g in self.param_groups))
 
@@ -196,7 +193,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], compiled: bool = False) -
     return MasterWeights
 
 
-def trainer_optimizer(training_args, model) -> tuple[type[torch.optim.Optimizer], dict]:
+def trainer_optimizer(training_args, model, one_pass: bool = False) -> tuple[type[torch.optim.Optimizer], dict]:
     """Trainer's ``optimizer_cls_and_kwargs``: the optimizer ``--optim`` names (AdamW, fused by default) over fp32
     copies (:func:`optimizer_class`)."""
     from transformers import Trainer
@@ -207,4 +204,4 @@ def trainer_optimizer(training_args, model) -> tuple[type[torch.optim.Optimizer]
 
         raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {optim_name(training_args)} "
                              "is not one; use --optim adamw_torch_fused (the default) or adamw_torch, or drop --bf16_weights")
-    return optimizer_class(cls, compiled=bool(getattr(training_args, "torch_compile", False))), kwargs
+    return optimizer_class(cls, one_pass=one_pass), kwargs

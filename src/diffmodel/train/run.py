@@ -460,7 +460,8 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         eval_dataset=eval_ds if training_args.do_eval else None,
         data_collator=collator,
         processing_class=tokenizer,
-        optimizer_cls_and_kwargs=master_weights.trainer_optimizer(training_args, model) if path.bf16_weights.value else None,
+        optimizer_cls_and_kwargs=(master_weights.trainer_optimizer(training_args, model, one_pass=bool(path.adamw_one_pass.value))
+                                  if path.bf16_weights.value else None),
     )
     trainer.nan_filter_on_device = nan_filter_on_device
     if data_args.streaming:
