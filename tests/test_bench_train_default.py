@@ -73,6 +73,14 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
     assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
 
 
+def test_the_one_pass_arm_is_the_defaults_with_its_flag(tmp_path):
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cuda")
+    assert diffmodel_argv("pack_one_pass", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") + ["--adamw_one_pass", "on"]
+
+
 def test_the_mask_apart_arm_builds_the_mask_as_transformers_asks_while_it_trains():
     from diffmodel.train import compiled_mask
     from train_default import _patched
@@ -256,8 +264,7 @@ def test_the_rotary_arm_changes_the_modeling_module_for_its_own_run_only(tmp_pat
 
 
 @pytest.mark.parametrize("arm, line", [("pack_bf16w", "'bf16 weights': 'on (set by --bf16_weights on)'"),
-                                       ("pack_fp32w", "'bf16 weights': 'off (set by --bf16_weights off)'"),
-                                       ("pack_one_pass", "'AdamW in one pass': 'off (no bf16 weights")])
+                                       ("pack_fp32w", "'bf16 weights': 'off (set by --bf16_weights off)'")])
 def test_an_arm_runs_with_its_flag(tmp_path, capsys, arm, line):
     import train_default
 

@@ -1069,3 +1069,14 @@ def test_adamw_one_pass_choice(setting, bf16w, compiled, optim, value, reason):
 
     choice = choose_adamw_one_pass(setting, bf16w, compiled, SimpleNamespace(optim=optim))
     assert choice.value is value and choice.reason.startswith(reason)
+
+
+def test_the_one_pass_line_is_shown_with_bf16_weights_only():
+    training = SimpleNamespace(**{**vars(_training()), **ON_ONE_GPU})
+    on = choose(SpeedArguments(bf16_weights="on"), None, True, training, GPU, "llama")
+    lines = on.lines()
+    at = lines.index("bf16 weights: on (set by --bf16_weights on)")
+    assert lines[at + 1] == ("AdamW in one pass: off (not measured on a GPU yet (benchmarks/train_default.py, arm "
+                             "pack_one_pass); --adamw_one_pass on applies it)")
+    off = choose(SpeedArguments(bf16_weights="off"), None, True, training, GPU, "llama")
+    assert not any(line.startswith("AdamW in one pass") for line in off.lines())

@@ -451,8 +451,9 @@ class FastPath:
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile), ("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights),
-                 ("AdamW in one pass", self.adamw_one_pass)]
+                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights)]
+        if self.bf16_weights.value:
+            shown.append(("AdamW in one pass", self.adamw_one_pass))
         if self.attention.value == "flex_attention":
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
