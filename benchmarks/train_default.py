@@ -425,7 +425,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     model = trainer.model
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
-                                 "setup_s": [], "choices": choices, "rows": 0, "compiled": 0})
+                                 "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0})
     for b in meter.batches:
         lengths = pieces(b, pad_id, tok.eos_token_id)
         r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
@@ -435,6 +435,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     r["seconds"] += seconds
     r["steps"] += a.steps
     r["setup_s"].append(meter.marks[0] - started)
+    r["round_ms"].append(seconds / a.steps * 1e3)
     r["compiled"] += meter.compiled
     if cuda:
         r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
@@ -452,6 +453,13 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
 SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compiled")
 
 
+def step_ms(row: dict) -> str:
+    """The table's step time: over all rounds, then each round's where there were several (``55 (54, 56)``)."""
+    rounds = row.get("round_ms") or []
+    each = f" ({', '.join(f'{ms:.0f}' for ms in rounds)})" if len(rounds) > 1 else ""
+    return f"{row['step_ms']:.0f}{each}"
+
+
 def merge(results: dict, arm: str, r: dict) -> None:
     """Add one round's figures of ``arm`` (as :func:`run_arm` keeps them) to ``results``."""
     if arm not in results:
@@ -462,6 +470,7 @@ def merge(results: dict, arm: str, r: dict) -> None:
         total[key] += r[key]
     total["mem"] = max(total["mem"], r["mem"])
     total["setup_s"] += r["setup_s"]
+    total["round_ms"] = total.get("round_ms", []) + r.get("round_ms", [])
 
 
 def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profile: bool) -> None:
@@ -607,12 +616,12 @@ def main(argv=None) -> int:
             continue
         r = results[arm]
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
-                      "step_ms": r["seconds"] / r["steps"] * 1e3, "peak_gib": r["mem"] / 2**30,
+                      "step_ms": r["seconds"] / r["steps"] * 1e3, "round_ms": r.get("round_ms", []), "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
                       "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}
     print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
-    print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms | peak GiB | useful MFU | set-up + warm-up s |")
+    print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms (rounds) | peak GiB | useful MFU | set-up + warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in table:
         if "error" in row:
@@ -623,7 +632,7 @@ def main(argv=None) -> int:
             return f"{row['loss_tok_s'] / ref[name]['loss_tok_s']:.2f}x" if name in ref else "-"
 
         print(f"| {row['arm']} | {row['loss_tok_s']:,.0f} | {vs('pad')} | {vs('concat')} | {vs('trl')} | {row['real_tok_s']:,.0f} | "
-              f"{row['step_ms']:.0f} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
+              f"{step_ms(row)} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
     for row in table:
         if row.get("compiled"):
             print(f"{row['arm']}: {row['compiled']} graph(s) compiled during its timed steps; its figure includes compiling (raise --warmup)")

@@ -218,10 +218,18 @@ def test_merge_adds_rounds_and_keeps_the_peak():
     results = {}
     first = {"seconds": 1.0, "loss_tok": 10, "real_tok": 20, "useful": 5.0, "steps": 2, "rows": 4, "mem": 7,
              "setup_s": [3.0], "choices": {"a": 1}, "compiled": 0}
-    merge(results, "pack", dict(first, setup_s=[3.0]))
-    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "compiled": 2})
+    merge(results, "pack", dict(first, setup_s=[3.0], round_ms=[500.0]))
+    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "round_ms": [1000.0], "compiled": 2})
     assert results["pack"] == {"seconds": 3.0, "loss_tok": 20, "real_tok": 40, "useful": 10.0, "steps": 4, "rows": 8,
-                               "mem": 7, "setup_s": [3.0, 1.0], "choices": {"a": 1}, "compiled": 2}
+                               "mem": 7, "setup_s": [3.0, 1.0], "round_ms": [500.0, 1000.0], "choices": {"a": 1},
+                               "compiled": 2}
+
+
+def test_the_step_time_shows_each_round_where_there_were_several():
+    from train_default import step_ms
+
+    assert step_ms({"step_ms": 55.4, "round_ms": [54.2, 56.6]}) == "55 (54, 57)"
+    assert step_ms({"step_ms": 55.4, "round_ms": [55.4]}) == "55"
 
 
 def test_sigterm_stops_the_round_process_and_reports_what_finished(tmp_path):
