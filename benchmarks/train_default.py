@@ -20,8 +20,7 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
   ``pack_one_pass``: the defaults with ``--adamw_one_pass on`` (the bf16 weights' AdamW step in one compiled pass,
   not three: fp32 gradients made, torch's fused AdamW, the copies written back), ``pack_mask_apart``: the defaults
-  with flex_attention's block mask compiled apart, as transformers builds it, not traced into the model
-  (:data:`PATCHED_ARMS`),
+  with ``--trace_block_mask off`` (flex_attention's block mask compiled apart, as transformers builds it),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
   ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
   kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
@@ -144,10 +143,6 @@ INDUCTOR_ARMS = {
 EARLIER_LOSS_LOGITS_ARMS = {"pack_output_only": "LAST_LAYER", "pack_all_queries": "LAST_QUERIES"}
 
 
-#: Arms that are the defaults with a module constant set while they train: (module, name, value).
-PATCHED_ARMS = {"pack_mask_apart": ("diffmodel.train.compiled_mask", "TRACED", False)}
-
-
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
     arm = arm.removesuffix(NO_CUDNN)
     overrides = config_overrides(a.model, a.vocab_size, a.block_size)
@@ -167,7 +162,6 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "concat": ["--concatenate_texts", "--ignore_long_samples"],
         "pack": ["--packing"],
         **{name: ["--packing"] for name in INDUCTOR_ARMS},
-        **{name: ["--packing"] for name in PATCHED_ARMS},
         "pack_nocompile": ["--packing", "--compile", "off"],
         "pack_torch_tiles": ["--packing", "--flex_kernel_options", "torch"],
         "pack_plain": ["--packing", "--attn_implementation", "sdpa", "--liger", "off", "--compile", "off"],
@@ -183,6 +177,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
+        "pack_mask_apart": ["--packing", "--trace_block_mask", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
         **{name: ["--packing", "--loss_logits", "on"] for name in EARLIER_LOSS_LOGITS_ARMS},
@@ -373,19 +368,6 @@ def _earlier_loss_logits(arm: str):
     return mock.patch.object(loss_logits, name, ())
 
 
-def _patched(arm: str):
-    """For a :data:`PATCHED_ARMS` arm, its module constant set."""
-    import contextlib
-    import importlib
-    from unittest import mock
-
-    patch = PATCHED_ARMS.get(arm.removesuffix(NO_CUDNN))
-    if patch is None:
-        return contextlib.nullcontext()
-    module, name, value = patch
-    return mock.patch.object(importlib.import_module(module), name, value)
-
-
 def _inductor_settings(arm: str):
     """The inductor settings of an :data:`INDUCTOR_ARMS` arm, for the time it trains (compiling happens in its first steps)."""
     import contextlib
@@ -415,7 +397,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
                                                    f"{arm}, model {a.model}, {a.batch_size} x {a.block_size}", cuda))
     if a.sync_debug and cuda:
         trainer.add_callback(sync_debug_callback(a.warmup, a.warmup + a.steps))
-    with _attention_kernels(arm), _inductor_settings(arm), _patched(arm):
+    with _attention_kernels(arm), _inductor_settings(arm):
         trainer.train()
     if len(meter.marks) != 2:
         raise RuntimeError(f"{arm}: the run ended before {a.warmup + a.steps} steps (too few samples?)")

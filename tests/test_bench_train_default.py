@@ -73,21 +73,14 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
     assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
 
 
-def test_the_one_pass_arm_is_the_defaults_with_its_flag(tmp_path):
+@pytest.mark.parametrize("arm, flags", [("pack_one_pass", ["--adamw_one_pass", "on"]),
+                                        ("pack_mask_apart", ["--trace_block_mask", "off"])])
+def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     from types import SimpleNamespace
 
     a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cuda")
-    assert diffmodel_argv("pack_one_pass", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
-        diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") + ["--adamw_one_pass", "on"]
-
-
-def test_the_mask_apart_arm_builds_the_mask_as_transformers_asks_while_it_trains():
-    from diffmodel.train import compiled_mask
-    from train_default import _patched
-
-    with _patched("pack_mask_apart"):
-        assert compiled_mask.TRACED is False
-    assert compiled_mask.TRACED is True
+    assert diffmodel_argv(arm, a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
+        diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") + flags
 
 
 def test_the_earlier_loss_logits_arms_install_it_as_it_was_measured_then(tmp_path):

@@ -1038,22 +1038,42 @@ class TestBf16Weights:
         assert (warning in records) == warned
 
 
-@pytest.mark.parametrize("attn,compile_,wrapped", [("flex_attention", "on", True), ("flex_attention", "off", False),
-                                                  ("sdpa", "on", False)])
+@pytest.mark.parametrize("attn,flags,traced,line", [
+    ("flex_attention", ("--compile", "on"), True, "block mask traced into the compiled graph: on (transformers compiles"),
+    ("flex_attention", ("--compile", "on", "--trace_block_mask", "off"), False,
+     "block mask traced into the compiled graph: off (set by --trace_block_mask off)"),
+    ("flex_attention", ("--compile", "off"), False, "block mask traced into the compiled graph: off (not compiled"),
+    ("sdpa", ("--compile", "on"), False, None),
+])
 def test_a_compiled_flex_attention_run_builds_its_block_mask_inside_the_graph(data_dir, tiny_llama_dir, monkeypatch,
-                                                                              attn, compile_, wrapped):
+                                                                              attn, flags, traced, line):
     from transformers import masking_utils
 
     from diffmodel.train import compiled_mask
 
     monkeypatch.setattr(masking_utils, "create_block_mask", masking_utils.create_block_mask)  # put back afterwards
+    monkeypatch.setattr(compiled_mask, "TRACED", compiled_mask.TRACED)
     with _log_records(logging.INFO) as records:
-        trainer = TestFullBatches._trainer(data_dir, tiny_llama_dir, f"mask_{attn}_{compile_}", "--attn_implementation", attn,
-                                           "--compile", compile_, "--loss_logits", "off")
+        trainer = TestFullBatches._trainer(data_dir, tiny_llama_dir, f"mask_{attn}_{'_'.join(flags)}", "--attn_implementation",
+                                           attn, *flags, "--loss_logits", "off")
     assert trainer is not None
-    line = "fast path: torch.compile: flex_attention's block mask built inside the compiled graph"
-    assert any(line in m for m in records) is wrapped
-    assert bool(getattr(masking_utils.create_block_mask, compiled_mask.WRAPPED, False)) is wrapped
+    shown = [m for m in records if "block mask traced into the compiled graph" in m]
+    assert (shown[0].startswith(f"fast path: {line}") if line else shown == []), shown
+    assert compiled_mask.TRACED is traced
+    assert bool(getattr(masking_utils.create_block_mask, compiled_mask.WRAPPED, False)) is traced
+
+
+@pytest.mark.parametrize("setting,attn,compiled,value,reason", [
+    ("auto", "flex_attention", True, True, "transformers compiles the mask apart"),
+    ("off", "flex_attention", True, False, "set by --trace_block_mask off"),
+    ("on", "flex_attention", False, False, "not compiled"),
+    ("on", "sdpa", True, False, "attention is sdpa, not flex_attention"),
+])
+def test_trace_block_mask_choice(setting, attn, compiled, value, reason):
+    from diffmodel.train.fast_path import choose_trace_block_mask
+
+    choice = choose_trace_block_mask(setting, attn, compiled)
+    assert choice.value is value and choice.reason.startswith(reason)
 
 
 @pytest.mark.parametrize("setting,bf16w,compiled,optim,value,reason", [

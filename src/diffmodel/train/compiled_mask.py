@@ -9,8 +9,9 @@ GPU whose host barely keeps ahead of the device, as at ~110M on an H100, the dev
 timeline showed it idle for ~3.9 ms at the start of each forward, before the first layer (under the profiler,
 whose own cost inflates it; benchmarks/RESULTS.md).
 
-:func:`install` wraps the ``create_block_mask`` that transformers' masking module calls (once per process):
-while torch.compile traces, the mask is built by torch's ``create_block_mask`` traced into the model's graph
+:func:`install` wraps the ``create_block_mask`` that transformers' masking module calls (once per process; in
+compiled flex_attention runs, ``--trace_block_mask``): while torch.compile traces, the mask is built by torch's
+``create_block_mask`` traced into the model's graph
 (which torch traces since 2.6); otherwise it is built as transformers asked. The mask is the same (test:
 the compiled model's logits equal the eager model's, with no graph break at the mask).
 """
@@ -24,8 +25,8 @@ import torch
 #: Marks the wrapper, so that :func:`install` wraps once.
 WRAPPED = "_diffmodel_traced_in_compile"
 
-#: False: the wrapper builds the mask as transformers asked, compiling or not (``benchmarks/train_default.py``'s arm
-#: ``pack_mask_apart`` compares the two).
+#: Whether the wrapper traces the mask into a compiled graph; ``--trace_block_mask`` sets it for each run (off: the
+#: mask is built as transformers asks, compiling or not).
 TRACED = True
 
 

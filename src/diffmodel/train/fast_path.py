@@ -383,6 +383,18 @@ def choose_bf16_weights(setting: str, packing: bool, facts: Facts, training_args
                         "the optimizer (on an H100 the ~110M packed step went from 57 to 53 ms)")
 
 
+def choose_trace_block_mask(setting: str, attention: str | None, compiled: bool) -> Choice:
+    """``--trace_block_mask``: flex_attention's block mask built inside the compiled graph (:mod:`diffmodel.train.compiled_mask`)."""
+    if attention != "flex_attention":
+        return Choice(False, f"attention is {attention or 'the model default'}, not flex_attention")
+    if not compiled:
+        return Choice(False, "not compiled: transformers' own compile of the mask is the fast way there")
+    if given := _given(setting, "trace_block_mask"):
+        return given
+    return Choice(True, "transformers compiles the mask apart inside the model's compile, which breaks the model's graph "
+                        "(a tiny packed Llama: 5 graphs and 4 breaks, 1 graph with the mask traced)")
+
+
 def choose_adamw_one_pass(setting: str, bf16_weights: bool, compiled: bool, training_args) -> Choice:
     """``--adamw_one_pass``: the bf16 weights' AdamW step in one compiled pass (:mod:`diffmodel.train.master_adamw`)."""
     if not bf16_weights:
@@ -438,6 +450,7 @@ class FastPath:
     rotary_layout: Choice
     bf16_weights: Choice
     adamw_one_pass: Choice = Choice(False, "no bf16 weights: AdamW steps the fp32 weights themselves")
+    trace_block_mask: Choice = Choice(False, "attention is not flex_attention")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -455,6 +468,7 @@ class FastPath:
         if self.bf16_weights.value:
             shown.append(("AdamW in one pass", self.adamw_one_pass))
         if self.attention.value == "flex_attention":
+            shown.append(("block mask traced into the compiled graph", self.trace_block_mask))
             kernels = self.flex_kernels
             shown.append(("flex_attention tiles", kernels if kernels.value is not None else Choice("torch's", kernels.reason)))
         return {name: f"{show(c)} ({c.reason})" for name, c in shown}
@@ -494,6 +508,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
         rotary_layout=choose_rotary_layout(getattr(speed, "rotary_layout", "auto"), bool(compile_.value)),
         bf16_weights=bf16_weights,
+        trace_block_mask=choose_trace_block_mask(getattr(speed, "trace_block_mask", "auto"), attention.value,
+                                                 bool(compile_.value)),
         adamw_one_pass=choose_adamw_one_pass(getattr(speed, "adamw_one_pass", "auto"), bool(bf16_weights.value),
                                              bool(compile_.value), training_args),
     )

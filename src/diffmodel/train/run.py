@@ -426,9 +426,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if flex_kernels.install(model, path.flex_kernels.value) == 0 and path.flex_kernels.value:
         logger.warning("fast path: no attention module of this %s model was found to give flex_attention's tiles to; "
                        "torch's own tiles are used", config.model_type)
-    if path.compile.value and path.attention.value == "flex_attention" and compiled_mask.install():
-        logger.info("fast path: torch.compile: flex_attention's block mask built inside the compiled graph (transformers "
-                    "compiles it apart, which breaks the model's graph)")
+    compiled_mask.TRACED = bool(path.trace_block_mask.value)  # this run's choice, whatever an earlier run in the process made
+    if compiled_mask.TRACED and not compiled_mask.install():
+        logger.warning("fast path: this transformers has no create_block_mask in its masking module; the block mask is "
+                       "built as transformers builds it")
     use_cache = getattr(model.config, "use_cache", None)  # packing turns it off for training; the saved model gets it back
     if path.liger.value:
         apply_liger(model)
