@@ -437,7 +437,7 @@ SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compile
 
 def step_ms(row: dict) -> str:
     """The table's step time: over all rounds, then each round's where there were several (``55 (54, 56)``)."""
-    rounds = row.get("round_ms") or []
+    rounds = row["round_ms"]
     each = f" ({', '.join(f'{ms:.0f}' for ms in rounds)})" if len(rounds) > 1 else ""
     return f"{row['step_ms']:.0f}{each}"
 
@@ -452,7 +452,7 @@ def merge(results: dict, arm: str, r: dict) -> None:
         total[key] += r[key]
     total["mem"] = max(total["mem"], r["mem"])
     total["setup_s"] += r["setup_s"]
-    total["round_ms"] = total.get("round_ms", []) + r.get("round_ms", [])
+    total["round_ms"] += r["round_ms"]
 
 
 def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profile: bool) -> None:
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
             continue
         r = results[arm]
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
-                      "step_ms": r["seconds"] / r["steps"] * 1e3, "round_ms": r.get("round_ms", []), "peak_gib": r["mem"] / 2**30,
+                      "step_ms": r["seconds"] / r["steps"] * 1e3, "round_ms": r["round_ms"], "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
                       "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}

@@ -32,10 +32,8 @@ TRACED = True
 
 def install() -> bool:
     """Wrap transformers' ``create_block_mask`` (see the module docstring); False where transformers has none."""
-    try:
-        from transformers import masking_utils
-    except ImportError:  # pragma: no cover - transformers always has it in the supported range
-        return False
+    from transformers import masking_utils
+
     original = getattr(masking_utils, "create_block_mask", None)
     if original is None:
         return False

@@ -77,6 +77,11 @@ card):
   (:mod:`diffmodel.train.master_weights`). On a GPU for a compiled ``--bf16`` run on one process with torch's
   AdamW and no gradient accumulation (an H100's ~110M packed step: 57 to 53 ms); otherwise off, since the gradients
   would be added up or averaged in bf16, or another optimizer or weight keeper is in charge.
+- **AdamW in one pass** (``--adamw_one_pass``, shown with bf16 weights): the fp32 copies' AdamW step in one
+  compiled pass over memory (:mod:`diffmodel.train.master_adamw`). Off under ``auto`` until a GPU measures it.
+- **block mask traced into the compiled graph** (``--trace_block_mask``, shown with flex_attention): torch's
+  ``create_block_mask`` traced into the compiled model instead of compiled apart by transformers, which breaks the
+  model's graph (:mod:`diffmodel.train.compiled_mask`; the same mask). On in compiled runs.
 
 Without ``--packing`` nothing changes from the reference's behaviour, unless a
 flag says ``on``.
@@ -388,7 +393,7 @@ def choose_trace_block_mask(setting: str, attention: str | None, compiled: bool)
     if attention != "flex_attention":
         return Choice(False, f"attention is {attention or 'the model default'}, not flex_attention")
     if not compiled:
-        return Choice(False, "not compiled: transformers' own compile of the mask is the fast way there")
+        return Choice(False, "not compiled: no compiled graph to build it in; built as transformers does")
     if given := _given(setting, "trace_block_mask"):
         return given
     return Choice(True, "transformers compiles the mask apart inside the model's compile, which breaks the model's graph "
@@ -449,8 +454,8 @@ class FastPath:
     loss_logits: Choice
     rotary_layout: Choice
     bf16_weights: Choice
-    adamw_one_pass: Choice = Choice(False, "no bf16 weights: AdamW steps the fp32 weights themselves")
-    trace_block_mask: Choice = Choice(False, "attention is not flex_attention")
+    adamw_one_pass: Choice
+    trace_block_mask: Choice
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""

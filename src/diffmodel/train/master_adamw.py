@@ -76,7 +76,7 @@ class Scalars:
         self.bias2_sqrt.fill_(math.sqrt(1 - beta2 ** step))
 
 
-def update(weights: list, copies: list, states: list, groups: list, scalars: list, steps: list[int], compiled: bool) -> None:
+def update(weights: list, copies: list, states: list, groups: list, scalars: list, steps: list[int]) -> None:
     """One AdamW step of the bf16 ``weights`` (their ``.grad`` bf16) and their fp32 ``copies``: the copies and
     ``states`` (torch AdamW's, each ``step`` advanced) updated, the weights set to the copies rounded. Weight ``i``
     is in param group ``groups[i]`` and takes its step number ``steps[i]`` (1 for its first); ``scalars[i]`` is the
@@ -86,9 +86,8 @@ def update(weights: list, copies: list, states: list, groups: list, scalars: lis
     by_hyper: dict[tuple, list[int]] = {}
     for i, g in enumerate(groups):
         by_hyper.setdefault((*g["betas"], g["eps"]), []).append(i)
-    run = _compiled if compiled else _update
     for (beta1, beta2, eps), index in by_hyper.items():
-        run([weights[i] for i in index], [weights[i].grad for i in index], [copies[i] for i in index],
+        _compiled([weights[i] for i in index], [weights[i].grad for i in index], [copies[i] for i in index],
             [states[i]["exp_avg"] for i in index], [states[i]["exp_avg_sq"] for i in index],
             [scalars[i].decay for i in index], [scalars[i].step_size for i in index],
             [scalars[i].bias2_sqrt for i in index], beta1, beta2, eps)

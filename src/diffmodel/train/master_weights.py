@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "diffmodel_master_weights"
 
 
-
 def cast(model) -> int:
     """Cast ``model``'s floating-point parameters to bf16 in place (buffers keep their dtype); returns how many
     parameters were cast."""
@@ -76,10 +75,10 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
     With ``one_pass`` (``--adamw_one_pass``, for compiled runs), where ``base`` is torch's AdamW and every parameter
     is a low-precision one with its copy, ``step`` is :func:`diffmodel.train.master_adamw.update` instead: the three
     passes in one, compiled by torch.compile (one fused kernel per weight on a GPU)."""
-    asked = one_pass
+    one_pass_asked = one_pass
 
     class MasterWeights(base):
-        compile_update = asked
+        one_pass_asked_for = one_pass_asked
 
         def __init__(self, params, *args, **kwargs):
             groups = _groups(params)
@@ -107,7 +106,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             AdamW leaves a parameter without one as it is, its count included: torch's own step does that)."""
             from diffmodel.train import master_adamw
 
-            return (self.compile_update
+            return (self.one_pass_asked_for
                     and all(p is not q and p.grad is not None for p, q in zip(self.model_params, self.copies()))
                     and all(master_adamw.takes(self, g) for g in self.param_groups))
 
@@ -123,8 +122,8 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             states = [self.state[q] for q in copies]
             if self._one_pass_counts is None:  # once a run, after a load and after torch's own step: the states' counts
                 self._one_pass_counts = [int(s["step"]) for s in states]
-                logger.info("bf16 weights: AdamW steps the %d fp32 copies in one pass%s, from step %d", len(copies),
-                            " (compiled)" if self.compile_update else "", max(self._one_pass_counts) + 1)
+                logger.info("bf16 weights: AdamW steps the %d fp32 copies in one compiled pass, from step %d", len(copies),
+                            max(self._one_pass_counts) + 1)
             self._one_pass_counts = counts = [c + 1 for c in self._one_pass_counts]
             index = {id(g): i for i, g in enumerate(self.param_groups)}
             keys = [(index[id(g)], c) for g, c in zip(groups, counts)]
@@ -132,7 +131,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             # step of torch's own that left a parameter without a gradient as it was)
             slot = {key: n for n, key in enumerate(sorted(set(keys)))}
             scalars = [self._scalars.setdefault(slot[key], master_adamw.Scalars()) for key in keys]
-            master_adamw.update(self.model_params, copies, states, groups, scalars, counts, self.compile_update)
+            master_adamw.update(self.model_params, copies, states, groups, scalars, counts)
 
         @torch.no_grad()
         def step(self, closure=None):
