@@ -19,7 +19,10 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer; the GPU
   default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
   ``pack_one_pass``: the defaults with ``--adamw_one_pass on`` (the bf16 weights' AdamW step in one compiled pass,
-  not three: fp32 gradients made, torch's fused AdamW, the copies written back), ``pack_mask_apart``: the defaults
+  not three: fp32 gradients made, torch's fused AdamW, the copies written back; the default of long runs since
+  2026-12-06), ``pack_three_passes``: with ``--adamw_one_pass off``, ``pack_one_pass_repeat``: ``pack_one_pass`` and,
+  for models of grouped key heads, the last layer's attention for the loss positions' queries alone over the keys
+  repeated to one per query head (:data:`REPEAT_GROUPED_ARMS`), ``pack_mask_apart``: the defaults
   with ``--trace_block_mask off`` (flex_attention's block mask compiled apart, as transformers builds it),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
   ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
@@ -141,6 +144,8 @@ INDUCTOR_ARMS = {
 #: after the decoder, not inside its last layer; ``pack_all_queries``: inside the last layer after its attention, which
 #: runs at every position).
 EARLIER_LOSS_LOGITS_ARMS = {"pack_output_only": "LAST_LAYER", "pack_all_queries": "LAST_QUERIES"}
+#: Arms that give grouped-key models the last layer's loss-position queries over repeated keys (``loss_queries.REPEAT_GROUPED``).
+REPEAT_GROUPED_ARMS = {"pack_one_pass_repeat"}
 
 
 def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list[str]:
@@ -177,6 +182,8 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
+        "pack_one_pass_repeat": ["--packing", "--adamw_one_pass", "on"],
+        "pack_three_passes": ["--packing", "--adamw_one_pass", "off"],
         "pack_mask_apart": ["--packing", "--trace_block_mask", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
         "pack_full_logits": ["--packing", "--loss_logits", "off"],
@@ -189,8 +196,12 @@ def build_diffmodel(arm: str, a, data_file: Path, work: Path):
     from diffmodel.train.args import parse_args, validate
     from diffmodel.train.run import prepare
 
+    from diffmodel.train import loss_queries
+
     model_args, data_args, training_args = parse_args(diffmodel_argv(arm, a, data_file, work / arm, work / "cache"))
     validate(model_args, data_args, training_args)
+    # read at each forward: the arm keeps it while it trains, the next arm's build sets it again
+    loss_queries.REPEAT_GROUPED = arm.removesuffix(NO_CUDNN) in REPEAT_GROUPED_ARMS
     with _earlier_loss_logits(arm):
         prepared = prepare(model_args, data_args, training_args)
     return prepared.trainer, prepared.fast_path.settings()

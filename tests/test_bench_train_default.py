@@ -74,6 +74,8 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
 
 
 @pytest.mark.parametrize("arm, flags", [("pack_one_pass", ["--adamw_one_pass", "on"]),
+                                        ("pack_three_passes", ["--adamw_one_pass", "off"]),
+                                        ("pack_one_pass_repeat", ["--adamw_one_pass", "on"]),
                                         ("pack_mask_apart", ["--trace_block_mask", "off"])])
 def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     from types import SimpleNamespace
@@ -81,6 +83,28 @@ def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cuda")
     assert diffmodel_argv(arm, a, tmp_path / "d", tmp_path / "o", tmp_path / "c") == \
         diffmodel_argv("pack", a, tmp_path / "d", tmp_path / "o", tmp_path / "c") + flags
+
+
+def test_the_repeat_arm_gives_grouped_models_the_loss_positions_queries_while_it_trains(tmp_path, monkeypatch):
+    """build_diffmodel sets loss_queries.REPEAT_GROUPED for the arm it builds (read at each forward) and clears it
+    for the next arm's build."""
+    from types import SimpleNamespace
+
+    import train_default
+
+    from diffmodel.train import loss_queries, run
+
+    monkeypatch.setattr(loss_queries, "REPEAT_GROUPED", False)
+    seen = []
+    monkeypatch.setattr(run, "prepare", lambda *args: seen.append(loss_queries.REPEAT_GROUPED) or SimpleNamespace(
+        trainer=None, fast_path=SimpleNamespace(settings=dict)))
+    from diffmodel.train import args as train_args
+
+    monkeypatch.setattr(train_args, "validate", lambda *args: None)  # no files: prepare() is not run
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
+    for arm in ("pack_one_pass_repeat", "pack_one_pass", "pack_one_pass_repeat_nocudnn"):
+        train_default.build_diffmodel(arm, a, tmp_path / "d.jsonl", tmp_path)
+    assert seen == [True, False, True] and loss_queries.REPEAT_GROUPED
 
 
 def test_the_earlier_loss_logits_arms_install_it_as_it_was_measured_then(tmp_path):

@@ -1076,19 +1076,38 @@ def test_trace_block_mask_choice(setting, attn, compiled, value, reason):
     assert choice.value is value and choice.reason.startswith(reason)
 
 
-@pytest.mark.parametrize("setting,bf16w,compiled,optim,value,reason", [
-    ("auto", True, True, "adamw_torch_fused", False, "not measured on a GPU yet"),
-    ("on", True, True, "adamw_torch_fused", True, "set by --adamw_one_pass on"),
-    ("on", True, True, "adamw_torch", True, "set by --adamw_one_pass on"),
-    ("on", False, True, "adamw_torch_fused", False, "no bf16 weights"),
-    ("on", True, False, "adamw_torch_fused", False, "not compiled"),
-    ("on", True, True, "adafactor", False, "--optim adafactor is not torch's AdamW"),
+@pytest.mark.parametrize("setting,bf16w,compiled,optim,parameters,steps,value,reason", [
+    ("auto", True, True, "adamw_torch_fused", 1_100_000_000, 10_000, True, "1,100M parameters x 10,000 steps: on an H100"),
+    ("auto", True, True, "adamw_torch_fused", 110_000_000, 100_000, True, "110M parameters x 100,000 steps"),
+    ("auto", True, True, "adamw_torch_fused", 1_100_000_000, 9_000, False, "1,100M parameters x 9,000 steps is under 1e+13"),
+    ("auto", True, True, "adamw_torch_fused", 110_000_000, 30_000, False, "110M parameters x 30,000 steps is under"),
+    ("auto", True, True, "adamw_torch_fused", 1_100_000_000, None, False, "the run's steps are not known"),
+    ("auto", True, True, "adamw_torch_fused", None, 10_000, False, "the model's size is not known"),
+    ("on", True, True, "adamw_torch_fused", None, None, True, "set by --adamw_one_pass on"),
+    ("on", True, True, "adamw_torch", 1000, 1, True, "set by --adamw_one_pass on"),
+    ("off", True, True, "adamw_torch", 1_100_000_000, 10_000, False, "set by --adamw_one_pass off"),
+    ("on", False, True, "adamw_torch_fused", None, None, False, "no bf16 weights"),
+    ("on", True, False, "adamw_torch_fused", None, None, False, "not compiled"),
+    ("auto", True, True, "adafactor", 1_100_000_000, 10_000, False, "--optim adafactor is not torch's AdamW"),
 ])
-def test_adamw_one_pass_choice(setting, bf16w, compiled, optim, value, reason):
+def test_adamw_one_pass_choice(setting, bf16w, compiled, optim, parameters, steps, value, reason):
     from diffmodel.train.fast_path import choose_adamw_one_pass
 
-    choice = choose_adamw_one_pass(setting, bf16w, compiled, SimpleNamespace(optim=optim))
-    assert choice.value is value and choice.reason.startswith(reason)
+    choice = choose_adamw_one_pass(setting, bf16w, compiled, SimpleNamespace(optim=optim), parameters, steps)
+    assert choice.value is value and choice.reason.startswith(reason), choice.reason
+
+
+@pytest.mark.parametrize("max_steps,epoch_steps,streaming,parameters,value", [
+    (100_000, None, False, 110_000_000, True),  # --max_steps decides
+    (-1, 100_000, False, 110_000_000, True),  # a run given by epochs: its steps
+    (-1, 100_000, True, 110_000_000, False),  # streamed: its steps are not known
+    (50_000, 100_000, False, 110_000_000, False),  # --max_steps before the epochs' steps
+])
+def test_choose_gives_the_one_pass_the_runs_steps(max_steps, epoch_steps, streaming, parameters, value):
+    training = SimpleNamespace(**{**vars(_training(max_steps=max_steps)), **ON_ONE_GPU})
+    path = choose(SpeedArguments(bf16_weights="on", compile="on"), None, True, training, GPU, "llama",
+                  streaming=streaming, epoch_steps=epoch_steps, parameters=parameters)
+    assert path.adamw_one_pass.value is value, path.adamw_one_pass.reason
 
 
 def test_the_one_pass_line_is_shown_with_bf16_weights_only():
@@ -1096,7 +1115,6 @@ def test_the_one_pass_line_is_shown_with_bf16_weights_only():
     on = choose(SpeedArguments(bf16_weights="on"), None, True, training, GPU, "llama")
     lines = on.lines()
     at = lines.index("bf16 weights: on (set by --bf16_weights on)")
-    assert lines[at + 1] == ("AdamW in one pass: off (not measured on a GPU yet (benchmarks/train_default.py, arm "
-                             "pack_one_pass); --adamw_one_pass on applies it)")
+    assert lines[at + 1].startswith("AdamW in one pass: off (the model's size is not known"), lines[at + 1]
     off = choose(SpeedArguments(bf16_weights="off"), None, True, training, GPU, "llama")
     assert not any(line.startswith("AdamW in one pass") for line in off.lines())

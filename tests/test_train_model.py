@@ -182,3 +182,25 @@ def test_a_gpt2_model_computes_its_loss_without_transformers_warning_about_its_l
     ids = torch.tensor([[3, 4, 5, 6]])
     model(input_ids=ids, labels=ids)
     assert model.loss_type == "ForCausalLM" and not [s for s in said if "loss_type" in s]
+
+
+@pytest.mark.parametrize("model_type,sizes", [
+    ("llama", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   vocab_size=100, tie_word_embeddings=False)),
+    ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, vocab_size=100)),  # tied embeddings: counted once
+])
+def test_parameters_of_counts_what_the_built_model_has(model_type, sizes):
+    from diffmodel.train.model import parameters_of
+
+    config = CONFIG_MAPPING[model_type](**sizes)
+    built = AutoModelForCausalLM.from_config(config)
+    assert parameters_of(config) == sum(p.numel() for p in built.parameters())
+    assert config.to_dict() == CONFIG_MAPPING[model_type](**sizes).to_dict()  # the config is left as it was
+
+
+def test_parameters_of_an_unbuildable_config_is_none():
+    from diffmodel.train.model import parameters_of
+
+    config = CONFIG_MAPPING["llama"](hidden_size=32, num_attention_heads=4, num_hidden_layers=1, vocab_size=10)
+    config.hidden_act = "no_such_activation"  # the config holds it; building the MLP fails
+    assert parameters_of(config) is None

@@ -78,7 +78,8 @@ card):
   AdamW and no gradient accumulation (an H100's ~110M packed step: 57 to 53 ms); otherwise off, since the gradients
   would be added up or averaged in bf16, or another optimizer or weight keeper is in charge.
 - **AdamW in one pass** (``--adamw_one_pass``, shown with bf16 weights): the fp32 copies' AdamW step in one
-  compiled pass over memory (:mod:`diffmodel.train.master_adamw`). Off under ``auto`` until a GPU measures it.
+  compiled pass over memory (:mod:`diffmodel.train.master_adamw`). On when the run is long enough for its compile
+  to pay: the model's parameters times the run's steps reach :data:`ONE_PASS_MIN_WEIGHT_STEPS`.
 - **block mask traced into the compiled graph** (``--trace_block_mask``, shown with flex_attention): torch's
   ``create_block_mask`` traced into the compiled model instead of compiled apart by transformers, which breaks the
   model's graph (:mod:`diffmodel.train.compiled_mask`; the same mask). On in compiled runs.
@@ -111,6 +112,11 @@ COMPILE_MIN_STEPS = 300
 #: Below this --max_train_time (seconds), likewise: on an H200 at ~110M, compiling took ~35 s of a 60 s budget
 #: and the compiled run made fewer steps than an uncompiled one would have (benchmarks/RESULTS.md).
 COMPILE_MIN_SECONDS = 600
+#: ``--adamw_one_pass auto``: on when the model's parameters times the run's optimizer steps reach this. On an H100
+#: (benchmarks/RESULTS.md) the one pass made the ~1B step 5 ms shorter (410 to 405 ms, the bytes it saves say
+#: ~4.5 ms per 1e9 weights) and the ~110M one ~0.3 ms; compiling it took 34-44 s on a fresh machine (4 s from the
+#: on-disk cache): ~40 s / 4.5e-12 s a weight-step is ~9e12, ~9,000 steps at ~1B and ~90,000 at ~110M.
+ONE_PASS_MIN_WEIGHT_STEPS = 10**13
 #: Data loader worker processes of the packed path on a GPU.
 DATA_WORKERS = 2
 
@@ -397,11 +403,14 @@ def choose_trace_block_mask(setting: str, attention: str | None, compiled: bool)
     if given := _given(setting, "trace_block_mask"):
         return given
     return Choice(True, "transformers compiles the mask apart inside the model's compile, which breaks the model's graph "
-                        "(a tiny packed Llama: 5 graphs and 4 breaks, 1 graph with the mask traced)")
+                        "(a tiny packed Llama: 5 graphs and 4 breaks, 1 graph with the mask traced; an H100's ~110M step 1.006x)")
 
 
-def choose_adamw_one_pass(setting: str, bf16_weights: bool, compiled: bool, training_args) -> Choice:
-    """``--adamw_one_pass``: the bf16 weights' AdamW step in one compiled pass (:mod:`diffmodel.train.master_adamw`)."""
+def choose_adamw_one_pass(setting: str, bf16_weights: bool, compiled: bool, training_args,
+                          parameters: int | None = None, steps: int | None = None) -> Choice:
+    """``--adamw_one_pass``: the bf16 weights' AdamW step in one compiled pass (:mod:`diffmodel.train.master_adamw`).
+    ``parameters``: the model's (None when not known); ``steps``: the run's optimizer steps (--max_steps, or those of
+    its epochs; None when not known, as for a run given by --max_train_time or streamed)."""
     if not bf16_weights:
         return Choice(False, "no bf16 weights: AdamW steps the fp32 weights themselves")
     if not compiled:
@@ -411,8 +420,18 @@ def choose_adamw_one_pass(setting: str, bf16_weights: bool, compiled: bool, trai
         return Choice(False, f"--optim {optim} is not torch's AdamW")
     if given := _given(setting, "adamw_one_pass"):
         return given
-    return Choice(False, "not measured on a GPU yet (benchmarks/train_default.py, arm pack_one_pass); "
-                         "--adamw_one_pass on applies it")
+    measured = ("on an H100 it made the ~1B step 5 ms shorter (410 to 405 ms) and the ~110M one ~0.3 ms; "
+                "compiling it takes ~40 s on a fresh machine")
+    if not parameters or not steps:
+        unknown = "the run's steps are not known" if parameters else "the model's size is not known"
+        return Choice(False, f"{unknown}, so neither is whether its compile pays ({measured}); "
+                             "--adamw_one_pass on applies it")
+    if parameters * steps < ONE_PASS_MIN_WEIGHT_STEPS:
+        return Choice(False, f"{parameters / 1e6:,.0f}M parameters x {steps:,} steps is under "
+                             f"{ONE_PASS_MIN_WEIGHT_STEPS:.0e} weight-steps: its compile would cost more than it saves "
+                             f"({measured}); --adamw_one_pass on applies it")
+    return Choice(True, f"{parameters / 1e6:,.0f}M parameters x {steps:,} steps: {measured}, repaid after "
+                        f"{ONE_PASS_MIN_WEIGHT_STEPS:.0e} weight-steps")
 
 
 #: ``--loss_logits output``: the output layer and the loss at the loss positions, not the last decoder layer's picks.
@@ -484,17 +503,17 @@ class FastPath:
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
            backends: frozenset[str] | None = None, streaming: bool = False, head_dim: int | None = None,
-           epoch_steps: int | None = None) -> FastPath:
+           epoch_steps: int | None = None, parameters: int | None = None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
     :func:`backends_of` the model's config, None when not known; ``head_dim``: the model's, for the flex_attention
-    tiles)."""
+    tiles; ``parameters``: the model's, for whether the one-pass AdamW's compile pays)."""
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
                                  (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
     sharded = bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))
     user_compile = getattr(training_args, "torch_compile", False) and not getattr(training_args, "compiled_by_auto", False)
-    compile_ = choose_compile(speed.compile, user_compile, packing,
-                              getattr(training_args, "max_steps", -1) or -1, facts, speed.liger == "on" or use_liger_kernel,
+    max_steps = getattr(training_args, "max_steps", -1) or -1
+    compile_ = choose_compile(speed.compile, user_compile, packing, max_steps, facts, speed.liger == "on" or use_liger_kernel,
                               seconds_of(speed.max_train_time), sharded, epoch_steps)
     liger = choose_liger(speed.liger, use_liger_kernel, packing, facts, model_type, bool(compile_.value))
     bf16_weights = choose_bf16_weights(getattr(speed, "bf16_weights", "auto"), packing, facts, training_args,
@@ -516,7 +535,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         trace_block_mask=choose_trace_block_mask(getattr(speed, "trace_block_mask", "auto"), attention.value,
                                                  bool(compile_.value)),
         adamw_one_pass=choose_adamw_one_pass(getattr(speed, "adamw_one_pass", "auto"), bool(bf16_weights.value),
-                                             bool(compile_.value), training_args),
+                                             bool(compile_.value), training_args, parameters,
+                                             max_steps if max_steps > 0 else (None if streaming else epoch_steps)),
     )
 
 

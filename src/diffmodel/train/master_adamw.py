@@ -6,7 +6,10 @@ that reads and writes 6 + 28 + 6 bytes (and allocates an fp32 gradient for the s
 three at once, compiled by torch.compile (one fused kernel per weight on a GPU): it reads the bf16 gradient, the
 fp32 copy and the two moments, and writes the copy, the moments and the bf16 weight, 28 bytes. In a profile of
 the ~110M packed step on an H100 (benchmarks/RESULTS.md) the optimizer's kernels took 2.4 ms of the step, gradient
-clipping included: torch's fused AdamW 1.16 ms, the fp32 gradients 0.66 ms; ~1B has ten times the weights.
+clipping included: torch's fused AdamW 1.16 ms, the fp32 gradients 0.66 ms; ~1B has ten times the weights. In
+``diffmodel train`` on an H100 the one pass made the ~1B step 410 to 405 ms and the ~110M one ~0.3 ms shorter; alone
+(``benchmarks/adamw_one_pass.py``) the ~110M optimizer step took longer on the clock (3.3-5.6 ms against 2.8-3.5),
+the host launching one kernel a weight, which the training step hides behind the GPU's work.
 
 The math is AdamW's as torch computes it (decoupled weight decay, bias-corrected moments; equal to torch's
 within fp32 rounding: test), and the state is torch AdamW's (``step``, ``exp_avg``, ``exp_avg_sq`` for each

@@ -181,6 +181,21 @@ def _dtype(name: str | None):
     return getattr(torch, name)
 
 
+def parameters_of(config, trust_remote_code: bool = False) -> int | None:
+    """The parameters a causal language model of ``config`` has, counted on the meta device (no memory, no weights
+    read); None when its architecture cannot be built from the config here (:func:`load_model` then says why)."""
+    import copy
+
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, KeyError, ImportError, OSError):
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
 def load_model(model_args, config, tokenizer):
     extra = {}
     if model_args.attn_implementation:

@@ -52,7 +52,7 @@ from diffmodel.train.data import build_datasets
 from diffmodel.train.early_stop import SIGTERM_EXIT, EarlyStopCallback
 from diffmodel.train.lora import apply_lora, save_lora
 from diffmodel.train.metrics import DiffTrainer
-from diffmodel.train.model import head_dim_of, load_config, load_model, load_tokenizer, resolve_block_size
+from diffmodel.train.model import head_dim_of, load_config, load_model, load_tokenizer, parameters_of, resolve_block_size
 from diffmodel.train.streaming import STATE_FILE, StreamingTrainer, StreamStateCallback, build_streaming, restore_stream_state
 
 logger = logging.getLogger("diffmodel.train")
@@ -397,9 +397,12 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         planned = fast_path.epoch_steps(len(train_ds), training_args.per_device_train_batch_size,
                                         training_args.gradient_accumulation_steps, training_args.world_size,
                                         training_args.num_train_epochs)
+    # the model's size, for whether the one-pass AdamW's compile pays (a GPU's packed runs only: where it can be on)
+    parameters = (parameters_of(config, model_args.trust_remote_code)
+                  if facts.cuda and data_args.packing and getattr(speed, "adamw_one_pass", "auto") == "auto" else None)
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
                             facts, config.model_type, fast_path.backends_of(config), data_args.streaming,
-                            head_dim_of(config), planned)
+                            head_dim_of(config), planned, parameters)
     if not path.compile.value and getattr(training_args, "compiled_by_auto", False):  # the run proved too short
         training_args.torch_compile = False
         training_args.torch_compile_backend = None  # which would compile again in TrainingArguments.__post_init__
