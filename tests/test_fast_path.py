@@ -9,6 +9,7 @@ fixture) serves the time budget and the ``data_wait_share`` tests.
 
 import contextlib
 import json
+from unittest import mock
 import logging
 import signal
 import subprocess
@@ -879,6 +880,35 @@ def _logged_losses(out: Path) -> dict:
     """{step: training loss} of a run's trainer_state.json."""
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def _logged(out: Path, key: str) -> dict:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h[key] for h in history if key in h}
+
+
+def test_clipping_folded_into_the_one_pass_trains_as_torchs_clipping(data_dir, tiny_llama_dir):
+    """--max_grad_norm small enough to clip every step: with the one pass the trainer's clipping goes through the
+    optimizer (no pass over the gradients of its own), and the losses and logged norms are those of torch's clipping
+    and AdamW (--adamw_one_pass off)."""
+    args = ("--packing", "--compile", "on", "--torch_compile_backend", "aot_eager", "--bf16_weights", "on",
+            "--max_grad_norm", "0.05", "--max_steps", "3", "--lr_scheduler_type", "constant", "--save_strategy", "steps",
+            "--save_steps", "3")
+    from diffmodel.train import master_adamw
+
+    factors = []  # the gradient factor each one pass was given
+    update = master_adamw.update
+    runs = {}
+    for one_pass in ("on", "off"):
+        with mock.patch.object(master_adamw, "update", lambda *a: factors.append(float(a[-1])) or update(*a)):
+            runs[one_pass] = _train(tiny_llama_dir, data_dir, f"clip-{one_pass}", *args, "--adamw_one_pass", one_pass)
+        assert runs[one_pass]["code"] == 0
+    assert len(factors) == 3 and all(0 < f < 1 for f in factors), factors  # each step clipped inside the pass
+    norms = {k: _logged(r["out"], "grad_norm") for k, r in runs.items()}
+    assert sorted(norms["on"]) == [1, 2, 3] and all(n > 0.05 for n in norms["on"].values())  # clipped every step
+    for step in (1, 2, 3):
+        assert norms["on"][step] == pytest.approx(norms["off"][step], rel=1e-3)
+        assert _logged(runs["on"]["out"], "loss")[step] == pytest.approx(_logged(runs["off"]["out"], "loss")[step], abs=1e-5)
 
 
 class TestCompiledResume:

@@ -279,3 +279,77 @@ def test_a_step_that_leaves_a_weight_without_gradient_keeps_each_weights_own_cou
     assert [float(opt.state[q]["step"]) for q in opt.copies()] == [5.0, 4.0, 5.0]
     for c, q in zip(opt.copies(), reference):
         assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
+
+
+def run_clipped(make, start, max_norm, steps=4):
+    """``steps`` AdamW steps of bf16 weights with their gradients clipped to ``max_norm``: torch's
+    ``clip_grad_norm_`` for :data:`AdamW` (three passes), ``clip_in_step`` for :data:`OnePass`."""
+    weights = [torch.nn.Parameter(t.bfloat16()) for t in start]
+    opt = make([{"params": weights, "weight_decay": 0.1}], lr=2e-2, betas=(0.9, 0.95), eps=1e-8)
+    norms = []
+    for step in range(steps):
+        for p, g in zip(weights, grads(30 + step, [t.shape for t in start])):
+            p.grad = (g * (1 + 3 * step)).bfloat16()  # norms from ~5 to ~50
+        if make is OnePass:
+            norms.append(opt.clip_in_step(weights, max_norm))
+            assert all(torch.equal(p.grad, (g * (1 + 3 * step)).bfloat16())  # the gradients are left as they were
+                       for p, g in zip(weights, grads(30 + step, [t.shape for t in start])))
+        else:
+            norms.append(torch.nn.utils.clip_grad_norm_(weights, max_norm))
+        opt.step()
+        opt.zero_grad()
+    return weights, opt, norms
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 1e4], ids=["clipping", "not_clipping"])
+def test_clipping_folded_into_the_one_pass_is_torchs_clipping(max_norm):
+    """The one pass multiplies each bf16 gradient by clipping's factor as it reads it: the copies are those of
+    torch's clip_grad_norm_ (which rewrites the gradients in bf16) followed by AdamW, and the norms are its."""
+    start = two_group_start()
+    reference, ref_opt, ref_norms = run_clipped(AdamW, start, max_norm)
+    weights, opt, norms = run_clipped(OnePass, start, max_norm)
+    assert opt._one_pass_counts == [4, 4, 4]
+    assert [float(n) for n in norms] == [float(n) for n in ref_norms]
+    assert (float(ref_norms[0]) > max_norm) is (max_norm == 1.0)
+    for c, q in zip(opt.copies(), ref_opt.copies()):
+        assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
+    unclipped, _, _ = run_clipped(OnePass, start, 1e4)
+    assert (max_norm == 1.0) is not all(torch.equal(a, b) for a, b in zip(weights, unclipped))
+
+
+def test_clipping_is_left_to_torch_when_the_step_is_not_the_one_pass():
+    """A gradient the optimizer does not step, or a step that is not the one pass: clip_in_step keeps nothing and
+    says so; a factor kept for a step that then is not the one pass is applied by torch's step instead."""
+    bf = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    other = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    bf.grad, other.grad = torch.full((2,), 4.0, dtype=torch.bfloat16), torch.ones(2, dtype=torch.bfloat16)
+    opt = OnePass([bf], lr=0.1)
+    assert opt.clip_in_step([bf, other], 1.0) is None and opt._grad_factor is None  # `other` is not the optimizer's
+    assert not AdamW([bf], lr=0.1).clip_in_step([bf], 1.0)  # not asked for
+    assert float(opt.clip_in_step([bf], 1.0)) == pytest.approx(32 ** 0.5, rel=1e-2)  # a bf16 norm, as torch gives
+    bf.grad = None  # the step turns out not to be the one pass: torch's step, the gradient clipped first
+    other_opt = OnePass([bf, other], lr=0.1)
+    bf.grad = torch.full((2,), 4.0, dtype=torch.bfloat16)
+    other.grad = torch.full((2,), 4.0, dtype=torch.bfloat16)
+    other_opt.clip_in_step([bf, other], 1.0)
+    bf.grad = None
+    other_opt.step()
+    assert torch.allclose(other.grad.float(), torch.full((2,), 0.5), rtol=1e-2)  # clipped: norm 8 -> 1
+    assert other_opt._grad_factor is None
+
+
+def test_fold_clipping_routes_the_trainers_clipping_through_the_optimizer():
+    from types import SimpleNamespace
+
+    calls = []
+    accelerator = SimpleNamespace(clip_grad_norm_=lambda params, max_norm, norm_type=2: calls.append(max_norm) or "torch's")
+    bf = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    bf.grad = torch.full((2,), 3.0, dtype=torch.bfloat16)
+    opt = OnePass([bf], lr=0.1)
+    trainer = SimpleNamespace(accelerator=accelerator, optimizer=SimpleNamespace(optimizer=opt))  # accelerate's wrapper
+    master_weights.fold_clipping(trainer)
+    assert float(accelerator.clip_grad_norm_(iter([bf]), 1.0)) == pytest.approx(18 ** 0.5, rel=1e-2) and calls == []
+    assert opt._grad_factor is not None
+    assert accelerator.clip_grad_norm_([bf], float("inf")) == "torch's" and calls == [float("inf")]  # the norm alone
+    trainer.optimizer = SimpleNamespace(optimizer=AdamW([bf], lr=0.1))
+    assert accelerator.clip_grad_norm_([bf], 1.0) == "torch's" and calls[-1] == 1.0

@@ -4,7 +4,9 @@
 tensor, torch's AdamW on the fp32 copies, and the copies written back rounded into the bf16 weights. Per weight
 that reads and writes 6 + 28 + 6 bytes (and allocates an fp32 gradient for the step). :func:`update` does the
 three at once, compiled by torch.compile (one fused kernel per weight on a GPU): it reads the bf16 gradient, the
-fp32 copy and the two moments, and writes the copy, the moments and the bf16 weight, 28 bytes. In a profile of
+fp32 copy and the two moments, and writes the copy, the moments and the bf16 weight, 28 bytes. Gradient clipping
+folds in too (:func:`diffmodel.train.master_weights.fold_clipping`): its norm is computed as torch computes it, and
+its factor, instead of a pass of its own that rewrites every gradient, is applied as the pass reads them. In a profile of
 the ~110M packed step on an H100 (benchmarks/RESULTS.md) the optimizer's kernels took 2.4 ms of the step, gradient
 clipping included: torch's fused AdamW 1.16 ms, the fp32 gradients 0.66 ms; ~1B has ten times the weights. In
 ``diffmodel train`` on an H100 the one pass made the ~1B step 410 to 405 ms and the ~110M one ~0.3 ms shorter; alone
@@ -49,11 +51,11 @@ def new_state(copy: torch.Tensor, on_device: bool) -> dict:
 
 
 @torch.no_grad()
-def _update(weights, grads, copies, exp_avgs, exp_avg_sqs, decays, step_sizes, bias2_sqrts,
+def _update(weights, grads, copies, exp_avgs, exp_avg_sqs, decays, step_sizes, bias2_sqrts, grad_factor,
             beta1: float, beta2: float, eps: float) -> None:
     for w, g16, p, m, v, decay, step_size, bias2_sqrt in zip(weights, grads, copies, exp_avgs, exp_avg_sqs, decays,
                                                              step_sizes, bias2_sqrts):
-        g = g16.float()
+        g = (g16 * grad_factor).float()  # the clipped gradient in its own dtype, as torch's clipping leaves it
         p.mul_(decay)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -61,7 +63,7 @@ def _update(weights, grads, copies, exp_avgs, exp_avg_sqs, decays, step_sizes, b
         w.copy_(p)
 
 
-_compiled = torch.compile(_update, fullgraph=True, dynamic=False)
+_compiled = torch.compile(_update, fullgraph=True, dynamic=False, options={"emulate_precision_casts": True})
 
 
 class Scalars:
@@ -79,11 +81,14 @@ class Scalars:
         self.bias2_sqrt.fill_(math.sqrt(1 - beta2 ** step))
 
 
-def update(weights: list, copies: list, states: list, groups: list, scalars: list, steps: list[int]) -> None:
+def update(weights: list, copies: list, states: list, groups: list, scalars: list, steps: list[int],
+           grad_factor: torch.Tensor) -> None:
     """One AdamW step of the bf16 ``weights`` (their ``.grad`` bf16) and their fp32 ``copies``: the copies and
     ``states`` (torch AdamW's, each ``step`` advanced) updated, the weights set to the copies rounded. Weight ``i``
     is in param group ``groups[i]`` and takes its step number ``steps[i]`` (1 for its first); ``scalars[i]`` is the
-    :class:`Scalars` of that group and number, refilled here. Groups of the same betas and eps go through one call."""
+    :class:`Scalars` of that group and number, refilled here. Groups of the same betas and eps go through one call.
+    ``grad_factor``: a 0-d tensor of the gradients' dtype and device each gradient is multiplied by first (gradient
+    clipping's factor, 1 when there is none), so clipping adds no pass of its own over the gradients."""
     for s, g, step in {id(s): (s, g, step) for s, g, step in zip(scalars, groups, steps)}.values():
         s.fill(g, step)
     by_hyper: dict[tuple, list[int]] = {}
@@ -93,7 +98,7 @@ def update(weights: list, copies: list, states: list, groups: list, scalars: lis
         _compiled([weights[i] for i in index], [weights[i].grad for i in index], [copies[i] for i in index],
             [states[i]["exp_avg"] for i in index], [states[i]["exp_avg_sq"] for i in index],
             [scalars[i].decay for i in index], [scalars[i].step_size for i in index],
-            [scalars[i].bias2_sqrt for i in index], beta1, beta2, eps)
+            [scalars[i].bias2_sqrt for i in index], grad_factor, beta1, beta2, eps)
     counts = [s["step"] for s in states]
     for device_counts in ([t for t in counts if t.device.type != "cpu"], [t for t in counts if t.device.type == "cpu"]):
         if device_counts:

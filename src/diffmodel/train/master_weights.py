@@ -87,6 +87,9 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             super().__init__(copies, *args, **kwargs)
             self._one_pass_counts: list[int] | None = None  # each copy's AdamW step count, read from the state once
             self._scalars: dict = {}  # master_adamw.Scalars, reused across steps
+            self._model_ids = {id(p) for p in self.model_params}
+            self._grad_factor: torch.Tensor | None = None  # gradient clipping's factor for this step (clip_in_step)
+            self._ones: dict = {}  # a 1 of each gradient dtype and device: the factor of an unclipped step
 
         @staticmethod
         def _copy(p):
@@ -111,6 +114,30 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
                     and all(master_adamw.takes(self, g) for g in self.param_groups))
 
         @torch.no_grad()
+        def clip_in_step(self, parameters, max_norm: float) -> torch.Tensor | None:
+            """Gradient clipping to ``max_norm`` (2-norm) folded into this step's one pass: returns the gradients'
+            total norm, computed as ``torch.nn.utils.clip_grad_norm_`` computes it, and keeps its factor,
+            ``min(1, max_norm / (norm + 1e-6))`` in the gradients' dtype, for the pass to multiply each gradient by
+            as it reads it (the gradients are left unclipped). None, with nothing kept, when this step is not the one
+            pass or a gradient of ``parameters`` is one the optimizer does not step: the caller clips then."""
+            params = [p for p in parameters if p.grad is not None]
+            if not params or not self.one_pass() or any(id(p) not in self._model_ids for p in params):
+                return None
+            total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, foreach=True)
+            self._grad_factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            return total
+
+        def _factor(self) -> torch.Tensor:
+            """This step's gradient factor, of the gradients' dtype and device: clipping's, else 1."""
+            grad = self.model_params[0].grad
+            if self._grad_factor is not None:
+                return self._grad_factor.to(grad.device, grad.dtype)
+            key = (grad.device, grad.dtype)
+            if key not in self._ones:
+                self._ones[key] = torch.ones((), device=grad.device, dtype=grad.dtype)
+            return self._ones[key]
+
+        @torch.no_grad()
         def _step_one_pass(self) -> None:
             from diffmodel.train import master_adamw
 
@@ -131,7 +158,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             # step of torch's own that left a parameter without a gradient as it was)
             slot = {key: n for n, key in enumerate(sorted(set(keys)))}
             scalars = [self._scalars.setdefault(slot[key], master_adamw.Scalars()) for key in keys]
-            master_adamw.update(self.model_params, copies, states, groups, scalars, counts)
+            master_adamw.update(self.model_params, copies, states, groups, scalars, counts, self._factor())
 
         @torch.no_grad()
         def step(self, closure=None):
@@ -141,8 +168,13 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
                     loss = closure()
             if self.one_pass():
                 self._step_one_pass()
+                self._grad_factor = None
                 return loss
             self._one_pass_counts = None  # torch's step counts on its own
+            if self._grad_factor is not None:  # clipping kept for a one pass that this step is not: apply it here
+                grads = [p.grad for p in self.model_params if p.grad is not None]
+                torch._foreach_mul_(grads, self._grad_factor.to(grads[0].device, grads[0].dtype))
+                self._grad_factor = None
             pairs = self._pairs()
             for p, q in pairs:
                 q.grad = None if p.grad is None else p.grad.float()
@@ -155,6 +187,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             return loss
 
         def zero_grad(self, set_to_none: bool = True):
+            self._grad_factor = None  # it was for these gradients
             for p in self.model_params:
                 if p.grad is not None:
                     if set_to_none:
@@ -204,3 +237,25 @@ def trainer_optimizer(training_args, model, one_pass: bool = False) -> tuple[typ
         raise DiffModelError(f"--bf16_weights on keeps fp32 copies inside a torch optimizer, and --optim {optim_name(training_args)} "
                              "is not one; use --optim adamw_torch_fused (the default) or adamw_torch, or drop --bf16_weights")
     return optimizer_class(cls, one_pass=one_pass), kwargs
+
+
+def fold_clipping(trainer) -> None:
+    """Have ``trainer``'s gradient clipping (``--max_grad_norm``) folded into the one-pass AdamW step: its
+    accelerator's ``clip_grad_norm_`` asks the optimizer (:meth:`clip_in_step`) first, which computes the norm and
+    keeps the factor for the pass, so no pass of its own rewrites every gradient; any other call (no finite
+    ``max_norm``, another norm, a step that is not the one pass) clips as before."""
+    import math
+
+    accelerator = trainer.accelerator
+    clip = accelerator.clip_grad_norm_
+
+    def clip_grad_norm_(parameters, max_norm, norm_type=2, **kwargs):
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps the optimizer
+        if norm_type == 2 and math.isfinite(max_norm) and hasattr(optimizer, "clip_in_step") and not kwargs:
+            parameters = list(parameters)
+            total = optimizer.clip_in_step(parameters, max_norm)
+            if total is not None:
+                return total
+        return clip(parameters, max_norm, norm_type, **kwargs)
+
+    accelerator.clip_grad_norm_ = clip_grad_norm_

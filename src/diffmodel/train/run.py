@@ -468,6 +468,8 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
                                   if path.bf16_weights.value else None),
     )
     trainer.nan_filter_on_device = nan_filter_on_device
+    if path.adamw_one_pass.value:
+        master_weights.fold_clipping(trainer)
     if data_args.streaming:
         trainer.add_callback(StreamStateCallback(trainer, train_ds))
     budget = parse_duration(speed.max_train_time)
