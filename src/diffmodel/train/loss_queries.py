@@ -39,7 +39,8 @@ BLOCK = 128
 #: With flex_attention, give models of grouped key heads the loss positions' queries too, over their keys and values
 #: repeated to one per query head (one key head for one query head, as the models of equal heads that trained). Off:
 #: ``benchmarks/train_throughput.py --check`` (its case "grouped keys repeated", compiled, 4 query / 2 key heads)
-#: passes on an H200, but the ~1B model whose step failed has not trained with it yet (see :func:`flex_takes`).
+#: passes on an H200 and an H100, and the ~1B model (32 query / 4 key heads) trains with it on an H100, but no faster
+#: (410 ms a step either way; benchmarks/RESULTS.md, arm ``pack_one_pass_repeat``).
 REPEAT_GROUPED = False
 
 
