@@ -63,7 +63,15 @@ def _update(weights, grads, copies, exp_avgs, exp_avg_sqs, decays, step_sizes, b
         w.copy_(p)
 
 
-_compiled = torch.compile(_update, fullgraph=True, dynamic=False, options={"emulate_precision_casts": True})
+def _options() -> dict:
+    """inductor's settings for the pass: the clipped gradient rounded to its dtype as eager torch rounds it (inductor
+    otherwise keeps the product in fp32), where this torch has the setting."""
+    import torch._inductor.config
+
+    return {"emulate_precision_casts": True} if hasattr(torch._inductor.config, "emulate_precision_casts") else {}
+
+
+_compiled = torch.compile(_update, fullgraph=True, dynamic=False, options=_options())
 
 
 class Scalars:

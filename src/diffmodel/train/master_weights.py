@@ -123,6 +123,8 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             params = [p for p in parameters if p.grad is not None]
             if not params or not self.one_pass() or any(id(p) not in self._model_ids for p in params):
                 return None
+            if not hasattr(torch.nn.utils, "get_total_norm"):  # torch before 2.6: its clipping as it is
+                return None
             total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, foreach=True)
             self._grad_factor = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             return total
