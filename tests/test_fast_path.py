@@ -1127,16 +1127,16 @@ def test_adamw_one_pass_choice(setting, bf16w, compiled, optim, parameters, step
     assert choice.value is value and choice.reason.startswith(reason), choice.reason
 
 
-@pytest.mark.parametrize("max_steps,epoch_steps,streaming,parameters,value", [
-    (100_000, None, False, 110_000_000, True),  # --max_steps decides
-    (-1, 100_000, False, 110_000_000, True),  # a run given by epochs: its steps
-    (-1, 100_000, True, 110_000_000, False),  # streamed: its steps are not known
-    (50_000, 100_000, False, 110_000_000, False),  # --max_steps before the epochs' steps
+@pytest.mark.parametrize("max_steps,epoch_steps,parameters,value", [
+    (100_000, None, 110_000_000, True),  # --max_steps decides
+    (-1, 100_000, 110_000_000, True),  # a run given by epochs: its steps
+    (-1, None, 110_000_000, False),  # a streamed run (no epoch steps): its steps are not known
+    (50_000, 100_000, 110_000_000, False),  # --max_steps before the epochs' steps
 ])
-def test_choose_gives_the_one_pass_the_runs_steps(max_steps, epoch_steps, streaming, parameters, value):
+def test_choose_gives_the_one_pass_the_runs_steps(max_steps, epoch_steps, parameters, value):
     training = SimpleNamespace(**{**vars(_training(max_steps=max_steps)), **ON_ONE_GPU})
     path = choose(SpeedArguments(bf16_weights="on", compile="on"), None, True, training, GPU, "llama",
-                  streaming=streaming, epoch_steps=epoch_steps, parameters=parameters)
+                  epoch_steps=epoch_steps, parameters=parameters)
     assert path.adamw_one_pass.value is value, path.adamw_one_pass.reason
 
 

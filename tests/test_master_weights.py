@@ -327,7 +327,7 @@ def test_clipping_is_left_to_torch_when_the_step_is_not_the_one_pass():
     assert opt.clip_in_step([bf, other], 1.0) is None and opt._grad_factor is None  # `other` is not the optimizer's
     assert not AdamW([bf], lr=0.1).clip_in_step([bf], 1.0)  # not asked for
     assert float(opt.clip_in_step([bf], 1.0)) == pytest.approx(32 ** 0.5, rel=1e-2)  # a bf16 norm, as torch gives
-    bf.grad = None  # the step turns out not to be the one pass: torch's step, the gradient clipped first
+    # clipping kept, then a gradient dropped before the step: torch's step, the gradient clipped first
     other_opt = OnePass([bf, other], lr=0.1)
     bf.grad = torch.full((2,), 4.0, dtype=torch.bfloat16)
     other.grad = torch.full((2,), 4.0, dtype=torch.bfloat16)

@@ -536,7 +536,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
                                                  bool(compile_.value)),
         adamw_one_pass=choose_adamw_one_pass(getattr(speed, "adamw_one_pass", "auto"), bool(bf16_weights.value),
                                              bool(compile_.value), training_args, parameters,
-                                             max_steps if max_steps > 0 else (None if streaming else epoch_steps)),
+                                             max_steps if max_steps > 0 else epoch_steps),
     )
 
 
