@@ -25,8 +25,9 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   repeated to one per query head (:data:`REPEAT_GROUPED_ARMS`), ``pack_mask_apart``: the defaults
   with ``--trace_block_mask off`` (flex_attention's block mask compiled apart, as transformers builds it),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
-  ``pack_cdt``, ``pack_combo``: the defaults compiled with inductor's coordinate-descent tuning of its fused
-  kernels' block sizes, or with its combo kernels (:data:`INDUCTOR_ARMS`),
+  ``pack_cdt``, ``pack_combo``, ``pack_autotune``: the defaults compiled with inductor's coordinate-descent tuning
+  of its fused kernels' block sizes, with its combo kernels, or with its autotuning of matrix multiplies and fused
+  kernels (:data:`INDUCTOR_ARMS`),
   ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
   the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
   ``pack_output_only``: the defaults with ``--loss_logits on`` as it was measured on 2026-12-04: the output layer at
@@ -136,6 +137,9 @@ NO_CUDNN = "_nocudnn"
 INDUCTOR_ARMS = {
     "pack_cdt": {"coordinate_descent_tuning": True},  # block sizes of the fused pointwise / reduction kernels tuned
     "pack_combo": {"combo_kernels": True},  # independent small kernels launched as one
+    # matrix multiplies and fused kernels chosen by timing candidates (Triton templates against cuBLAS), as
+    # --torch_compile_mode max-autotune-no-cudagraphs does; the adamw one pass's compile is tuned too
+    "pack_autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
 }
 
 
