@@ -25,9 +25,11 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   repeated to one per query head (:data:`REPEAT_GROUPED_ARMS`), ``pack_mask_apart``: the defaults
   with ``--trace_block_mask off`` (flex_attention's block mask compiled apart, as transformers builds it),
   ``pack_nonan``: that with ``--logging_nan_inf_filter False`` (no NaN/inf check of the step loss at all),
-  ``pack_cdt``, ``pack_combo``, ``pack_autotune``: the defaults compiled with inductor's coordinate-descent tuning
-  of its fused kernels' block sizes, with its combo kernels, or with its autotuning of matrix multiplies and fused
-  kernels (:data:`INDUCTOR_ARMS`),
+  ``pack_cdt``, ``pack_combo``, ``pack_autotune``, ``pack_cpp_wrapper``: the defaults compiled with inductor's
+  coordinate-descent tuning of its fused kernels' block sizes, with its combo kernels, with its autotuning of matrix
+  multiplies and fused kernels, or with its host code in C++ (:data:`INDUCTOR_ARMS`), ``pack_one_pass_combo``: the
+  one pass compiled with combo kernels, the rest as the defaults (:data:`ONE_PASS_OPTION_ARMS`; with ``--isolate``,
+  as a process compiles the pass once),
   ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
   the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
   ``pack_output_only``: the defaults with ``--loss_logits on`` as it was measured on 2026-12-04: the output layer at
@@ -76,6 +78,7 @@ import glob
 import io
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -140,7 +143,11 @@ INDUCTOR_ARMS = {
     # matrix multiplies and fused kernels chosen by timing candidates (Triton templates against cuBLAS), as
     # --torch_compile_mode max-autotune-no-cudagraphs does; the adamw one pass's compile is tuned too
     "pack_autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    # the compiled code's host side in C++ rather than Python (each kernel launched without Python's overhead)
+    "pack_cpp_wrapper": {"cpp_wrapper": True},
 }
+#: Arms that compile the one-pass AdamW with these inductor settings added (``master_adamw.EXTRA_OPTIONS``).
+ONE_PASS_OPTION_ARMS = {"pack_one_pass_combo": {"combo_kernels": True}}
 
 
 #: Arms that are ``--loss_logits on`` as it was measured before a later step: the name of the
@@ -187,6 +194,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
         "pack_one_pass_repeat": ["--packing", "--adamw_one_pass", "on"],
+        **{name: ["--packing", "--adamw_one_pass", "on"] for name in ONE_PASS_OPTION_ARMS},
         "pack_three_passes": ["--packing", "--adamw_one_pass", "off"],
         "pack_mask_apart": ["--packing", "--trace_block_mask", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
@@ -200,12 +208,13 @@ def build_diffmodel(arm: str, a, data_file: Path, work: Path):
     from diffmodel.train.args import parse_args, validate
     from diffmodel.train.run import prepare
 
-    from diffmodel.train import loss_queries
+    from diffmodel.train import loss_queries, master_adamw
 
     model_args, data_args, training_args = parse_args(diffmodel_argv(arm, a, data_file, work / arm, work / "cache"))
     validate(model_args, data_args, training_args)
     # read at each forward: the arm keeps it while it trains, the next arm's build sets it again
     loss_queries.REPEAT_GROUPED = arm.removesuffix(NO_CUDNN) in REPEAT_GROUPED_ARMS
+    master_adamw.EXTRA_OPTIONS = dict(ONE_PASS_OPTION_ARMS.get(arm.removesuffix(NO_CUDNN), {}))
     with _earlier_loss_logits(arm):
         prepared = prepare(model_args, data_args, training_args)
     return prepared.trainer, prepared.fast_path.settings()
@@ -491,8 +500,17 @@ def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profil
         log = work / f"round_{arm}.stderr"
         log.write_text(stderr)
         print(f"{arm}: the end of the failed round's error output (all of it in {log}):\n{stderr.strip()[-4000:]}", file=sys.stderr)
-        raise RuntimeError(f"the process of this round exited with {proc.returncode}: {stderr.strip()[-300:]}")
+        raise RuntimeError(f"the process of this round exited with {proc.returncode}: {error_line(stderr)}")
     merge(results, arm, json.loads(out.read_text()))
+
+
+def error_line(stderr: str) -> str:
+    """The last line of a failed round's error output that names an exception (``RuntimeError: ...``,
+    ``torch._inductor.exc.InductorError: ...``), else its last 300 characters: torch's advice lines that follow an
+    error do not push the error itself out of the table."""
+    named = [line.strip() for line in stderr.splitlines()
+             if re.match(r"\s*[\w.]*(Error|Exception|Exit)\b.*:", line)]
+    return named[-1][:300] if named else stderr.strip()[-300:]
 
 
 def _stop_group(proc) -> None:

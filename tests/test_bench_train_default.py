@@ -68,14 +68,17 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
         assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (True, False)
     with _inductor_settings("pack_combo"):
         assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, True)
+    with _inductor_settings("pack_cpp_wrapper"):
+        assert (inductor.cpp_wrapper, inductor.combo_kernels) == (True, False)
     with _inductor_settings("pack"):
-        assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)
-    assert (inductor.coordinate_descent_tuning, inductor.combo_kernels) == (False, False)  # put back
+        assert (inductor.coordinate_descent_tuning, inductor.combo_kernels, inductor.cpp_wrapper) == (False, False, False)
+    assert (inductor.coordinate_descent_tuning, inductor.combo_kernels, inductor.cpp_wrapper) == (False, False, False)
 
 
 @pytest.mark.parametrize("arm, flags", [("pack_one_pass", ["--adamw_one_pass", "on"]),
                                         ("pack_three_passes", ["--adamw_one_pass", "off"]),
                                         ("pack_one_pass_repeat", ["--adamw_one_pass", "on"]),
+                                        ("pack_one_pass_combo", ["--adamw_one_pass", "on"]),
                                         ("pack_mask_apart", ["--trace_block_mask", "off"])])
 def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     from types import SimpleNamespace
@@ -105,6 +108,39 @@ def test_the_repeat_arm_gives_grouped_models_the_loss_positions_queries_while_it
     for arm in ("pack_one_pass_repeat", "pack_one_pass", "pack_one_pass_repeat_nocudnn"):
         train_default.build_diffmodel(arm, a, tmp_path / "d.jsonl", tmp_path)
     assert seen == [True, False, True] and loss_queries.REPEAT_GROUPED
+
+
+def test_the_one_pass_combo_arm_compiles_the_pass_with_combo_kernels(tmp_path, monkeypatch):
+    """build_diffmodel sets master_adamw.EXTRA_OPTIONS for the arm it builds, empty for the others, and the pass's
+    settings carry them beside the precision-cast one."""
+    from types import SimpleNamespace
+
+    import train_default
+
+    from diffmodel.train import args as train_args
+    from diffmodel.train import master_adamw, run
+
+    monkeypatch.setattr(master_adamw, "EXTRA_OPTIONS", {})
+    seen = []
+    monkeypatch.setattr(run, "prepare", lambda *args: seen.append(master_adamw._options()) or SimpleNamespace(
+        trainer=None, fast_path=SimpleNamespace(settings=dict)))
+    monkeypatch.setattr(train_args, "validate", lambda *args: None)
+    a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
+    for arm in ("pack_one_pass_combo", "pack_one_pass"):
+        train_default.build_diffmodel(arm, a, tmp_path / "d.jsonl", tmp_path)
+    assert [o.get("combo_kernels") for o in seen] == [True, None]
+    assert all(o.get("emulate_precision_casts") for o in seen)
+
+
+def test_a_failed_rounds_row_names_the_exception_not_torchs_advice_after_it():
+    from train_default import error_line
+
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 3, in f\n    raise\n"
+              "torch._inductor.exc.InductorError: RuntimeError: Triton Error [CUDA]: invalid argument\n\n"
+              "Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace (please do this especially if you're reporting a bug "
+              "to PyTorch). For even more developer context, set TORCH_LOGS=\"+dynamo\"\n")
+    assert error_line(stderr) == "torch._inductor.exc.InductorError: RuntimeError: Triton Error [CUDA]: invalid argument"
+    assert error_line("killed\n") == "killed"
 
 
 def test_the_earlier_loss_logits_arms_install_it_as_it_was_measured_then(tmp_path):

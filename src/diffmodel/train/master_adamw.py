@@ -63,15 +63,29 @@ def _update(weights, grads, copies, exp_avgs, exp_avg_sqs, decays, step_sizes, b
         w.copy_(p)
 
 
+#: inductor settings added to :func:`_options` for the pass (``benchmarks/train_default.py``'s arm
+#: ``pack_one_pass_combo`` sets ``{"combo_kernels": True}``: the weights' kernels launched as a few, not one a weight);
+#: read when the pass first compiles in a process.
+EXTRA_OPTIONS: dict = {}
+
+
 def _options() -> dict:
     """inductor's settings for the pass: the clipped gradient rounded to its dtype as eager torch rounds it (inductor
-    otherwise keeps the product in fp32), where this torch has the setting."""
+    otherwise keeps the product in fp32), where this torch has the setting; then :data:`EXTRA_OPTIONS`."""
     import torch._inductor.config
 
-    return {"emulate_precision_casts": True} if hasattr(torch._inductor.config, "emulate_precision_casts") else {}
+    kept = {"emulate_precision_casts": True} if hasattr(torch._inductor.config, "emulate_precision_casts") else {}
+    return {**kept, **EXTRA_OPTIONS}
 
 
-_compiled = torch.compile(_update, fullgraph=True, dynamic=False, options=_options())
+_COMPILED: list = []
+
+
+def _compiled(*args, **kwargs) -> None:
+    """:func:`_update` compiled (once a process, with the settings of its first call)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_update, fullgraph=True, dynamic=False, options=_options()))
+    _COMPILED[0](*args, **kwargs)
 
 
 class Scalars:
