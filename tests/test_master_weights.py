@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from diffmodel.train import master_weights
+from diffmodel.train import master_adamw, master_weights
 
 AdamW = master_weights.optimizer_class(torch.optim.AdamW)
 OnePass = master_weights.optimizer_class(torch.optim.AdamW, one_pass=True)  # --adamw_one_pass on
@@ -245,6 +245,20 @@ def test_the_compiled_pass_is_torchs_adamw_and_compiles_once_for_a_changing_lear
         assert torch.allclose(c, q, rtol=1e-6, atol=1e-7), (c - q).abs().max()
         assert torch.equal(p, c.bfloat16())
     assert all(c.grad is None for c in opt.copies())  # no fp32 gradient is made
+
+
+def test_the_pass_is_given_the_same_learning_rate_tensors_every_step(monkeypatch):
+    """The step's learning-rate terms are made once per group and refilled in place (new tensors each step would be
+    host time a weight, and other inputs to the compiled pass)."""
+    made, given = [], []
+    init = master_adamw.Scalars.__init__
+    monkeypatch.setattr(master_adamw.Scalars, "__init__", lambda self: made.append(self) or init(self))
+    update = master_adamw.update
+    monkeypatch.setattr(master_adamw, "update", lambda *a: given.append([id(s) for s in a[4]]) or update(*a))
+    run_two_groups(OnePass, two_group_start(), steps=3)
+    assert len(made) == 2  # one for each group, in the first step
+    assert len(given) == 3 and given[0] == given[1] == given[2]
+    assert given[0][0] == given[0][1] != given[0][2]  # weights 0 and 2 share group 0's, weight 1 has group 1's
 
 
 def test_one_pass_is_for_adamw_asked_for_with_every_weight_copied_and_given_a_gradient():

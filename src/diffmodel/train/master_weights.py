@@ -159,7 +159,10 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             # one Scalars for each group and count, kept from step to step (each group's counts are one, but after a
             # step of torch's own that left a parameter without a gradient as it was)
             slot = {key: n for n, key in enumerate(sorted(set(keys)))}
-            scalars = [self._scalars.setdefault(slot[key], master_adamw.Scalars()) for key in keys]
+            for n in slot.values():  # made once: three tensors a weight each step were ~60% of this step's host time
+                if n not in self._scalars:
+                    self._scalars[n] = master_adamw.Scalars()
+            scalars = [self._scalars[slot[key]] for key in keys]
             master_adamw.update(self.model_params, copies, states, groups, scalars, counts, self._factor())
 
         @torch.no_grad()
