@@ -199,3 +199,21 @@ def test_a_resume_does_not_warn_of_the_tied_output_layer_as_missing():
     loader = Loader(llama)
     loader._issue_warnings_after_load(_IncompatibleKeys(["lm_head.weight"], []))
     assert loader.seen == _IncompatibleKeys(["lm_head.weight"], [])  # not tied: really missing
+
+
+def test_the_flops_count_is_trainers_with_the_parameters_counted_once(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = DiffTrainer(model=model, args=args)
+    calls = []
+    count = model.num_parameters
+    model.num_parameters = lambda **kw: calls.append(kw) or count(**kw)
+    batches = [{"input_ids": torch.zeros(2, 5, dtype=torch.long)}, {"input_ids": torch.zeros(3, 7, dtype=torch.long)}]
+    ours = [trainer.floating_point_ops(b) for b in batches]
+    assert calls == [{"exclude_embeddings": True}]  # counted once, for both batches
+    assert ours == [Trainer.floating_point_ops(trainer, b) for b in batches]
+    assert ours[0] == 6 * 10 * count(exclude_embeddings=True) > 0
+    assert trainer.floating_point_ops({"pixel_values": torch.zeros(1)}) == 0  # no input ids: Trainer's answer
