@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffmodel.cache_home import cache_home
 from diffmodel.errors import DiffModelError
 from diffmodel.evaluate import mutations
 from diffmodel.evaluate.edits import Editor, forced_share
@@ -253,7 +254,7 @@ def make_bugs(problems: Sequence[Problem], seed: int = 0, max_tries: int = 25, w
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DIFFMODEL_CACHE", Path.home() / ".cache" / "diffmodel")) / "humanevalfix"
+    return cache_home() / "humanevalfix"
 
 
 def load_or_make_bugs(problems: Sequence[Problem], seed: int = 0, max_tries: int = 25, cache_dir: str | os.PathLike | None = None,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 
 from diffmodel.atomic import META_FILE, save_atomically
+from diffmodel.cache_home import cache_home
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def default_cache_root(cache_dir: str | None) -> Path:
     if cache_dir:
         return Path(cache_dir) / "diffmodel_preprocess"
-    return Path(os.environ.get("DIFFMODEL_CACHE", Path.home() / ".cache" / "diffmodel")) / "preprocess"
+    return cache_home() / "preprocess"
 
 
 def cached_stage(root: Path, stage: str, fp: str, build: Callable[[], tuple[datasets.Dataset, dict]], overwrite: bool) -> tuple[datasets.Dataset, dict]:

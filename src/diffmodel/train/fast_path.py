@@ -39,6 +39,9 @@ card):
   marked as changing (:func:`diffmodel.train.loss_logits.dynamic_positions`),
   so the step is compiled once. Resuming is
   unaffected: Trainer saves the model without its compiled wrapper.
+- **torch.compile cache** (``--compile_cache``, shown when compiled): the
+  compiled kernels kept beside the preprocessing cache for later runs on any
+  machine that sees it (:mod:`diffmodel.train.compile_cache`).
 - **liger-kernel** (``--liger``): fused linear cross-entropy (no logits
   tensor), RMSNorm, SwiGLU and RoPE kernels, when installed, on a GPU, for a
   model type liger supports, and not compiling: its fused loss fails under
@@ -101,7 +104,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from diffmodel.train import flash4, flex_kernels, master_weights
+from diffmodel.train import compile_cache, flash4, flex_kernels, master_weights
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
 from diffmodel.train.varlen import FLASH4
 from diffmodel.train.varlen import NAME as VARLEN
@@ -475,6 +478,7 @@ class FastPath:
     bf16_weights: Choice
     adamw_one_pass: Choice
     trace_block_mask: Choice
+    compile_cache: Choice = Choice(None, "not compiled")
 
     def settings(self) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
@@ -486,7 +490,10 @@ class FastPath:
             return str(c.value) if isinstance(c.value, int) else str(c.value or "model default")
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
-                 ("torch.compile", self.compile), ("data loader workers", self.data_workers),
+                 ("torch.compile", self.compile)]
+        if self.compile.value:
+            shown.append(("torch.compile cache", self.compile_cache))
+        shown += [("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
                  ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights)]
         if self.bf16_weights.value:
@@ -503,10 +510,11 @@ class FastPath:
 
 def choose(speed, attn_requested: str | None, packing: bool, training_args, facts: Facts, model_type: str | None,
            backends: frozenset[str] | None = None, streaming: bool = False, head_dim: int | None = None,
-           epoch_steps: int | None = None, parameters: int | None = None) -> FastPath:
+           epoch_steps: int | None = None, parameters: int | None = None, cache_dir: str | None = None) -> FastPath:
     """Every choice for one run (``speed``: :class:`~diffmodel.train.args.SpeedArguments`; ``backends``:
     :func:`backends_of` the model's config, None when not known; ``head_dim``: the model's, for the flex_attention
-    tiles; ``parameters``: the model's, for whether the one-pass AdamW's compile pays)."""
+    tiles; ``parameters``: the model's, for whether the one-pass AdamW's compile pays; ``cache_dir``: --cache_dir,
+    beside which the compiled kernels are kept)."""
     attention = choose_attention(attn_requested, packing, facts, speed.padding_free,
                                  (model_type or "this", backends) if backends is not None else None)
     use_liger_kernel = getattr(training_args, "use_liger_kernel", False)
@@ -537,6 +545,8 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         adamw_one_pass=choose_adamw_one_pass(getattr(speed, "adamw_one_pass", "auto"), bool(bf16_weights.value),
                                              bool(compile_.value), training_args, parameters,
                                              max_steps if max_steps > 0 else epoch_steps),
+        compile_cache=Choice(*compile_cache.choose(getattr(speed, "compile_cache", "auto"), cache_dir,
+                                                   bool(compile_.value))),
     )
 
 

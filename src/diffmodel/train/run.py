@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
+from diffmodel.train import async_steps, compile_cache, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -306,6 +306,7 @@ def run(model_args, data_args, training_args) -> int:
     """Load, preprocess, report, then train and/or evaluate, as the (validated) arguments say; returns 0
     (or :data:`~diffmodel.train.early_stop.SIGTERM_EXIT` when SIGTERM stopped training). With ``--no_progress``
     no progress bar is drawn (:func:`diffmodel.progress.bars_off`; the Trainer's own are off by ``--disable_tqdm``).
+    The compile cache's environment variable (:mod:`diffmodel.train.compile_cache`) is put back as it was.
 
     Under torchrun the process group is destroyed before returning, its threads
     joined: a rank whose gloo backend is only torn down while the interpreter
@@ -316,10 +317,15 @@ def run(model_args, data_args, training_args) -> int:
     (e.g. with ``StreamStateCallback``) that only the cyclic collector frees, so
     it is collected first.
     """
+    cache_before = os.environ.get(compile_cache.ENV)
     try:
         with bars_off(getattr(training_args, "no_progress", False)):
             return _run(model_args, data_args, training_args)
     finally:  # also when the run fails (an error message, not an abort of the rank at exit)
+        if cache_before is None:
+            os.environ.pop(compile_cache.ENV, None)
+        else:
+            os.environ[compile_cache.ENV] = cache_before
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gc.collect()
             torch.distributed.destroy_process_group()
@@ -402,7 +408,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
                   if facts.cuda and data_args.packing and getattr(speed, "adamw_one_pass", "auto") == "auto" else None)
     path = fast_path.choose(speed, model_args.attn_implementation, data_args.packing, training_args,
                             facts, config.model_type, fast_path.backends_of(config), data_args.streaming,
-                            head_dim_of(config), planned, parameters)
+                            head_dim_of(config), planned, parameters, model_args.cache_dir)
     if not path.compile.value and getattr(training_args, "compiled_by_auto", False):  # the run proved too short
         training_args.torch_compile = False
         training_args.torch_compile_backend = None  # which would compile again in TrainingArguments.__post_init__
@@ -414,8 +420,11 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     nan_filter_on_device = async_steps.apply(training_args) if path.async_steps.value else False
     if path.compile.value and not training_args.torch_compile:  # compiling is decided while parsing: the rows were found packed later
         path = dataclasses.replace(path, compile=fast_path.Choice(False, "the rows were found packed after the flags were read; pass --packing to compile"))
+    if not path.compile.value:
+        path = dataclasses.replace(path, compile_cache=fast_path.Choice(None, "not compiled"))
     for line in path.lines():
         logger.info("fast path: %s", line)
+    compile_cache.apply(path.compile_cache.value)  # before anything compiles; run() puts the environment back
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
     lora_args = lora_args_from(training_args)

@@ -1,0 +1,71 @@
+"""--compile_cache: where torch.compile keeps its kernels between runs (diffmodel.train.compile_cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from diffmodel.errors import DiffModelError
+from diffmodel.train.compile_cache import ENV, apply, choose, inductor_default
+from sample_rows import edit_rows
+from test_fast_path import _train
+
+
+def test_auto_keeps_the_kernels_beside_the_cache_dir_or_in_diffmodels_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFMODEL_CACHE", str(tmp_path / "home"))
+    assert choose("auto", str(tmp_path / "c"), True, env={})[0] == tmp_path / "c" / "diffmodel_compile"
+    folder, reason = choose("auto", None, True, env={})
+    assert folder == tmp_path / "home" / "compile" and "reuse the kernels" in reason
+    # inductor writes its own default into the environment once used: that is not a user's setting
+    assert choose("auto", None, True, env={ENV: inductor_default()})[0] == tmp_path / "home" / "compile"
+
+
+def test_a_users_variable_a_folder_and_off_win_and_uncompiled_runs_keep_nothing(tmp_path, monkeypatch):
+    assert choose("auto", str(tmp_path / "c"), True, env={ENV: "/shared/inductor"}) == \
+        (Path("/shared/inductor"), f"set by {ENV}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert choose("~/kernels", None, True, env={}) == (tmp_path / "kernels", "set by --compile_cache")
+    assert choose("off", str(tmp_path / "c"), True, env={})[0] is None
+    assert choose("auto", str(tmp_path / "c"), False, env={}) == (None, "not compiled")
+
+
+def test_apply_makes_the_folder_and_points_inductor_at_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, "/before")
+    apply(tmp_path / "a" / "b")
+    assert os.environ[ENV] == str((tmp_path / "a" / "b").resolve()) and (tmp_path / "a" / "b").is_dir()
+    apply(None)
+    assert os.environ[ENV] == str((tmp_path / "a" / "b").resolve())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffModelError, match="--compile_cache: cannot make the folder .*--compile_cache off"):
+        apply(tmp_path / "file" / "sub")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edit_rows()))
+    return tmp_path
+
+
+def test_a_compiled_run_keeps_its_kernels_in_the_folder_and_a_second_run_reads_them(tmp_path, data_dir, tiny_llama_dir):
+    """Two tiny compiled runs (inductor on the CPU) with --compile_cache: the first writes inductor's graph cache
+    there, the second finds its graphs in it, and each run leaves the environment as it found it."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    before = os.environ.get(ENV)
+    kernels = tmp_path / "kernels"
+    hits = []
+    for name in ("cache-first", "cache-second"):
+        torch._dynamo.reset()
+        counters.clear()
+        run = _train(tiny_llama_dir, data_dir, name, "--packing", "--compile", "on", "--attn_implementation", "sdpa",
+                     "--max_steps", "2", "--compile_cache", str(kernels))
+        assert run["code"] == 0
+        assert any(f"torch.compile cache: {kernels} (set by --compile_cache)" in m for m in run["log"]), run["log"]
+        assert os.environ.get(ENV) == before
+        hits.append(counters["inductor"]["fxgraph_cache_hit"])
+    assert any((kernels / "fxgraph").rglob("*")), "the first run wrote its graphs there"
+    assert hits[0] == 0 < hits[1]
