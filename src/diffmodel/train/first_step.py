@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 logger = logging.getLogger("diffmodel.train")
 
 BEFORE = ("torch.compile: the first step compiles the model's kernels before it trains (a minute or more, a few on a "
-          "fresh machine; later runs on this machine reuse much of it); the log says how long it took")
+          "fresh machine; later runs that see the same --compile_cache folder reuse much of it); the log says how long "
+          "it took")
 
 
 class FirstStepCallback(TrainerCallback):
