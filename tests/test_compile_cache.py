@@ -69,3 +69,23 @@ def test_a_compiled_run_keeps_its_kernels_in_the_folder_and_a_second_run_reads_t
         hits.append(counters["inductor"]["fxgraph_cache_hit"])
     assert any((kernels / "fxgraph").rglob("*")), "the first run wrote its graphs there"
     assert hits[0] == 0 < hits[1]
+
+
+def test_the_benchmark_reads_the_first_steps_seconds_from_the_log_line_diffmodel_writes(caplog):
+    """benchmarks/compile_cache.py parses the line FirstStepCallback logs."""
+    import logging
+    import sys
+
+    from transformers import TrainerControl, TrainerState
+
+    from diffmodel.train.first_step import FirstStepCallback
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compile_cache import FIRST_STEP
+
+    clock = iter([100.0, 137.4])
+    callback = FirstStepCallback(clock=lambda: next(clock))
+    callback.on_train_begin(None, TrainerState(), TrainerControl())
+    with caplog.at_level(logging.INFO, logger="diffmodel.train"):
+        callback.on_step_end(None, TrainerState(global_step=1), TrainerControl())
+    assert [float(m.group(1)) for m in map(FIRST_STEP.search, caplog.messages) if m] == [37.0]
