@@ -41,6 +41,8 @@ def test_apply_makes_the_folder_and_points_inductor_at_it(tmp_path, monkeypatch)
     (tmp_path / "file").write_text("x")
     with pytest.raises(DiffModelError, match="--compile_cache: cannot make the folder .*--compile_cache off"):
         apply(tmp_path / "file" / "sub")
+    apply(tmp_path / "file" / "sub", asked_for=False)  # auto's folder: given up, inductor keeps its own
+    assert os.environ[ENV] == str((tmp_path / "a" / "b").resolve())
 
 
 @pytest.fixture

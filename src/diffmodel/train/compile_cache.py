@@ -16,10 +16,13 @@ returns.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from diffmodel.cache_home import cache_home
+
+logger = logging.getLogger("diffmodel.train")
 
 ENV = "TORCHINDUCTOR_CACHE_DIR"
 #: what ``--compile_cache auto`` saved on an H100 (benchmarks/RESULTS.md), for the log
@@ -52,13 +55,19 @@ def choose(setting: str, cache_dir: str | None, compiled: bool, env=None) -> tup
                     "--compile_cache off leaves it in /tmp")
 
 
-def apply(folder: Path | None) -> None:
-    """Point inductor's cache at ``folder`` (made if missing; nothing changes for None)."""
+def apply(folder: Path | None, asked_for: bool = True) -> None:
+    """Point inductor's cache at ``folder`` (made if missing; nothing changes for None). ``asked_for``: the folder
+    was given (``--compile_cache DIR``): one that cannot be made stops the run; one ``auto`` chose is given up with a
+    warning instead (a read-only home, say), and inductor keeps its own."""
     if folder is None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        if not asked_for:
+            logger.warning("torch.compile cache: cannot make %s (%s): inductor's own folder is used; --compile_cache DIR "
+                           "names another", folder, err.strerror)
+            return
         from diffmodel.errors import DiffModelError
 
         raise DiffModelError(f"--compile_cache: cannot make the folder {folder} ({err.strerror}); give a folder you can "

@@ -424,7 +424,8 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         path = dataclasses.replace(path, compile_cache=fast_path.Choice(None, "not compiled"))
     for line in path.lines():
         logger.info("fast path: %s", line)
-    compile_cache.apply(path.compile_cache.value)  # before anything compiles; run() puts the environment back
+    # before anything compiles; run() puts the environment back
+    compile_cache.apply(path.compile_cache.value, asked_for=getattr(speed, "compile_cache", "auto") not in ("auto", "off"))
     model_args = dataclasses.replace(model_args, attn_implementation=path.attention.value)
     model = load_model(model_args, config, tokenizer)
     lora_args = lora_args_from(training_args)
