@@ -168,7 +168,10 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
             "--learning_rate", "3e-4", "--max_steps", "100000", "--do_train", "--output_dir", str(out),
             "--save_strategy", "no", "--report_to", "none", "--logging_steps", "100000", "--dropout", "0",
             "--seed", "0", "--overwrite_output_dir", "--cache_dir", str(cache), "--disable_tqdm", "True",
-            "--preprocessing_num_workers", str(a.workers)]
+            "--preprocessing_num_workers", str(a.workers),
+            # inductor's machine-wide cache (not one under each command's --cache_dir): the commands run on one machine
+            # share their kernels; where the kernels are kept changes set-up times only, not the timed steps
+            "--compile_cache", "off"]
     if a.device == "cuda":
         argv += ["--bf16"]
     else:
