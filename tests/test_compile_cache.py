@@ -91,3 +91,18 @@ def test_the_benchmark_reads_the_first_steps_seconds_from_the_log_line_diffmodel
     with caplog.at_level(logging.INFO, logger="diffmodel.train"):
         callback.on_step_end(None, TrainerState(global_step=1), TrainerControl())
     assert [float(m.group(1)) for m in map(FIRST_STEP.search, caplog.messages) if m] == [37.0]
+
+
+def test_the_log_shows_the_folder_and_the_model_card_leaves_it_out(tmp_path, monkeypatch):
+    from diffmodel.train import fast_path
+    from diffmodel.train.args import SpeedArguments
+    from test_fast_path import GPU, _training
+
+    monkeypatch.delenv(ENV, raising=False)
+    path = fast_path.choose(SpeedArguments(), None, True, _training(), GPU, "llama", cache_dir=str(tmp_path))
+    assert path.compile.value and path.compile_cache.value == tmp_path / "diffmodel_compile"
+    assert path.settings()["torch.compile cache"].startswith(f"{tmp_path / 'diffmodel_compile'} (kept beside --cache_dir")
+    assert "torch.compile cache" not in path.settings(local=False)
+    assert set(path.settings()) - set(path.settings(local=False)) == {"torch.compile cache"}
+    uncompiled = fast_path.choose(SpeedArguments(compile="off"), None, True, _training(), GPU, "llama", cache_dir=str(tmp_path))
+    assert uncompiled.compile_cache.value is None and "torch.compile cache" not in uncompiled.settings()

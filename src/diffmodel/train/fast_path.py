@@ -480,8 +480,9 @@ class FastPath:
     trace_block_mask: Choice
     compile_cache: Choice = Choice(None, "not compiled")
 
-    def settings(self) -> dict[str, str]:
-        """``{name: "value (reason)"}`` for each choice, as the log and the model card show them."""
+    def settings(self, local: bool = True) -> dict[str, str]:
+        """``{name: "value (reason)"}`` for each choice, as the log and the model card show them; ``local=False``
+        leaves out what only this machine needs to know (the compile cache's folder), for the model card."""
         def show(c: Choice) -> str:
             if isinstance(c.value, bool):
                 return "on" if c.value else "off"
@@ -491,7 +492,7 @@ class FastPath:
 
         shown = [("attention", self.attention), ("padding-free batches", self.padding_free), ("liger-kernel", self.liger),
                  ("torch.compile", self.compile)]
-        if self.compile.value:
+        if self.compile.value and local:
             shown.append(("torch.compile cache", self.compile_cache))
         shown += [("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),

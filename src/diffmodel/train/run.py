@@ -286,7 +286,7 @@ def write_card(trainer, model_args, data_args, lora_args, training_args, reports
     from diffmodel.train.card import card_info, render_card
 
     info = card_info(model_args, data_args, lora_args, training_args, reports, block_size, train_metrics, eval_metrics,
-                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast.settings())
+                     trainer.state.log_history, datetime.now(timezone.utc).strftime("%Y-%m-%d"), __version__, fast.settings(local=False))
     path = write_text(Path(training_args.output_dir) / "README.md", render_card(info))
     logger.info("model card written to %s", path)
     return path
