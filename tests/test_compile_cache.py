@@ -106,3 +106,16 @@ def test_the_log_shows_the_folder_and_the_model_card_leaves_it_out(tmp_path, mon
     assert set(path.settings()) - set(path.settings(local=False)) == {"torch.compile cache"}
     uncompiled = fast_path.choose(SpeedArguments(compile="off"), None, True, _training(), GPU, "llama", cache_dir=str(tmp_path))
     assert uncompiled.compile_cache.value is None and "torch.compile cache" not in uncompiled.settings()
+
+
+def test_an_empty_value_or_a_file_is_refused_before_anything_loads(tmp_path):
+    from diffmodel.train import fast_path
+    from diffmodel.train.args import SpeedArguments
+    from test_fast_path import GPU
+
+    (tmp_path / "f").write_text("x")
+    assert fast_path.problems(SpeedArguments(compile_cache=" "), None, True, GPU) == \
+        ["--compile_cache is empty: give auto, off or a folder for torch.compile's kernels"]
+    assert fast_path.problems(SpeedArguments(compile_cache=str(tmp_path / "f")), None, True, GPU) == \
+        [f"--compile_cache {tmp_path / 'f'} is a file: give a folder (made if missing), auto or off"]
+    assert fast_path.problems(SpeedArguments(compile_cache=str(tmp_path / "new")), None, True, GPU) == []

@@ -103,6 +103,7 @@ import importlib.util
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from diffmodel.train import compile_cache, flash4, flex_kernels, master_weights
 from diffmodel.train.attention import FLASH, PACKING_BACKENDS
@@ -596,4 +597,9 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
         found.append(f"--data_workers {speed.data_workers}: give auto or a number of processes (0 fetches batches in the main process)")
     if packing and attn_requested and attn_requested not in PACKING_BACKENDS:
         found.append(f"--attn_implementation {attn_requested} cannot keep packed samples apart; use one of {', '.join(PACKING_BACKENDS)} or drop --packing")
+    cache = getattr(speed, "compile_cache", "auto")
+    if not str(cache).strip():
+        found.append("--compile_cache is empty: give auto, off or a folder for torch.compile's kernels")
+    elif cache not in ("auto", "off") and Path(cache).expanduser().is_file():
+        found.append(f"--compile_cache {cache} is a file: give a folder (made if missing), auto or off")
     return found
