@@ -46,7 +46,7 @@ def train(base: Path, data: Path, out: Path, cache: Path, a) -> tuple[float | No
             "--train_diff_model", "--packing", "--block_size", str(a.block_size), "--do_train",
             "--validation_split_percentage", "0", "--per_device_train_batch_size", "8", "--max_steps", str(a.steps),
             "--save_strategy", "no", "--report_to", "none", "--compile", "on", "--compile_cache", str(cache),
-            "--no_progress", *([] if torch.cuda.is_available() else ["--use_cpu", "--attn_implementation", "sdpa"])]
+            "--no_progress", *(["--bf16"] if torch.cuda.is_available() else ["--use_cpu", "--attn_implementation", "sdpa"])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # --compile_cache decides
     started = time.perf_counter()
