@@ -59,7 +59,7 @@ def test_a_compiled_run_keeps_its_kernels_in_the_folder_and_a_second_run_reads_t
 
     before = os.environ.get(ENV)
     kernels = tmp_path / "kernels"
-    hits = []
+    hits, logged = [], []
     for name in ("cache-first", "cache-second"):
         torch._dynamo.reset()
         counters.clear()
@@ -69,8 +69,10 @@ def test_a_compiled_run_keeps_its_kernels_in_the_folder_and_a_second_run_reads_t
         assert any(f"torch.compile cache: {kernels} (set by --compile_cache)" in m for m in run["log"]), run["log"]
         assert os.environ.get(ENV) == before
         hits.append(counters["inductor"]["fxgraph_cache_hit"])
+        logged.append(next(m for m in run["log"] if "the first step (step 1) took" in m))
     assert any((kernels / "fxgraph").rglob("*")), "the first run wrote its graphs there"
     assert hits[0] == 0 < hits[1]
+    assert "; 0 of its " in logged[0] and f"; {hits[1]} of its " in logged[1], logged
 
 
 def test_the_benchmark_reads_the_first_steps_seconds_from_the_log_line_diffmodel_writes(caplog):
@@ -86,7 +88,7 @@ def test_the_benchmark_reads_the_first_steps_seconds_from_the_log_line_diffmodel
     from compile_cache import FIRST_STEP
 
     clock = iter([100.0, 137.4])
-    callback = FirstStepCallback(clock=lambda: next(clock))
+    callback = FirstStepCallback(clock=lambda: next(clock), counts=lambda: (0, 0))
     callback.on_train_begin(None, TrainerState(), TrainerControl())
     with caplog.at_level(logging.INFO, logger="diffmodel.train"):
         callback.on_step_end(None, TrainerState(global_step=1), TrainerControl())

@@ -609,12 +609,23 @@ class TestFirstStep:
         from diffmodel.train.first_step import FirstStepCallback
 
         times = iter([100.0, 283.4, 284.0])
-        callback = FirstStepCallback(clock=lambda: next(times))
+        callback = FirstStepCallback(clock=lambda: next(times), counts=lambda: (0, 0))
         with _log_records(logging.INFO) as records:
             callback.on_train_begin(None, SimpleNamespace(global_step=40), None)
             for step in (41, 42):
                 callback.on_step_end(None, SimpleNamespace(global_step=step), None)
         assert records == ["torch.compile: the first step (step 41) took 183 s, compiling included"]
+
+    def test_the_line_says_how_many_of_the_steps_graphs_the_compile_cache_had(self):
+        from diffmodel.train.first_step import FirstStepCallback
+
+        times, counts = iter([0.0, 7.2]), iter([(3, 10), (7, 12)])  # inductor's (hits, misses) before and after
+        callback = FirstStepCallback(clock=lambda: next(times), counts=lambda: next(counts))
+        with _log_records(logging.INFO) as records:
+            callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
+            callback.on_step_end(None, SimpleNamespace(global_step=1), None)
+        assert records == ["torch.compile: the first step (step 1) took 7 s, compiling included; 4 of its 6 compiled "
+                           "graphs were found in the compile cache (--compile_cache)"]
 
     @pytest.mark.parametrize("compile_", ["on", "off"])
     def test_a_compiled_run_says_before_training_that_the_first_step_compiles(self, data_dir, tiny_gpt2_dir, compile_):
