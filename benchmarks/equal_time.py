@@ -57,7 +57,9 @@ def train_argv(layout: str, a, out: Path) -> list[str]:
             "--weight_decay", "0.1", "--dropout", "0", "--max_steps", "1000000", "--max_train_time", str(a.seconds),
             "--do_train", "--output_dir", str(out), "--save_strategy", "no", "--report_to", "none",
             "--logging_steps", str(a.logging_steps), "--seed", "0", "--overwrite_output_dir", "--disable_tqdm", "True",
-            "--preprocessing_num_workers", str(a.workers), "--cache_dir", str(a.workdir / "cache")]
+            "--preprocessing_num_workers", str(a.workers), "--cache_dir", str(a.workdir / "cache"),
+            # inductor's machine-wide cache, as before --compile_cache: runs on one machine share their kernels
+            "--compile_cache", "off"]
     argv += ["--bf16"] if a.device == "cuda" else ["--use_cpu"]
     argv += LAYOUTS[layout]
     if layout.startswith("pack") and a.no_compile:
