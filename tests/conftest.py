@@ -17,6 +17,7 @@ Fixtures
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before anything imports huggingface_hub: tests must never reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -24,7 +25,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # One inductor cache for the session, set as a user would set it, so that the compiled runs of the tests keep using it
 # (--compile_cache auto would otherwise put each run's kernels under its own --cache_dir: a cold cache each time).
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(__import__("tempfile").gettempdir(), "diffmodel_tests_inductor")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "diffmodel_tests_inductor")
 
 import pytest  # noqa: E402
 

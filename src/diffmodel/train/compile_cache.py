@@ -58,15 +58,15 @@ def choose(setting: str, cache_dir: str | None, compiled: bool, env=None) -> tup
 def apply(folder: Path | None, asked_for: bool = True) -> None:
     """Point inductor's cache at ``folder`` (made if missing; nothing changes for None). ``asked_for``: the folder
     was given (``--compile_cache DIR``): one that cannot be made stops the run; one ``auto`` chose is given up with a
-    warning instead (a read-only home, say), and inductor keeps its own."""
+    warning instead (a read-only home, say), the environment left as it was."""
     if folder is None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         if not asked_for:
-            logger.warning("torch.compile cache: cannot make %s (%s): inductor's own folder is used; --compile_cache DIR "
-                           "names another", folder, err.strerror)
+            logger.warning("torch.compile cache: cannot make %s (%s), so the kernels are not kept there; "
+                           "--compile_cache DIR names another folder", folder, err.strerror)
             return
         from diffmodel.errors import DiffModelError
 

@@ -125,7 +125,7 @@ class TokenMetricsMixin:
     def floating_point_ops(self, inputs: dict) -> int:
         """Trainer's count for ``total_flos`` (6 x the input's tokens x the parameters without the embeddings), the
         parameters counted once a run: Trainer counts them at every step by walking every module, host time that a
-        small model's step waits for (~0.3 ms a step for the ~110M Llama on a 2-core CPU)."""
+        small model's step waits for (0.30 ms a step for the ~110M Llama on a 2-core CPU: benchmarks/step_host_time.py)."""
         model = self.model
         main = getattr(model, "main_input_name", "input_ids")
         if main not in inputs or not hasattr(model, "num_parameters"):
