@@ -58,9 +58,15 @@ With ``--profile DIR``, each arm's first round then profiles ``--profile_steps``
 and writes ``DIR/profile_<arm>.md``: kernel time per step by kind (matrix multiplies, attention,
 compiled fused kernels, optimizer, copies) and the share of wall time the GPU was busy
 (:mod:`step_profile`). From the batches of the timed steps (read after the clock stops) it reports loss-bearing
-tokens/s (labels that count after the shift), real (non-pad) tokens/s, step time, peak memory and
+tokens/s (labels that count after the shift) and a step, real (non-pad) tokens/s, step time, peak memory and
 useful MFU (real samples only: 6*N*n + 12*L*d*n^2 per sample of n tokens, N without the input
 embedding, over 989 TFLOP/s dense bf16 of an H100/H200).
+
+Loss-bearing tokens a batch differ from batch to batch, and each arm packs and orders its batches its own way:
+a window of a few steps can hold several percent more or fewer of them than the arm's epoch does on average (on
+the ~1B command's samples, TRL's 10 timed batches held 10% more than its epoch's average, diffmodel's 2% more).
+Time most of an epoch (``--steps`` near the batches in one, which the report gives for each arm) when arms are
+compared by tokens/s; the step time compares the arms whatever the window.
 
 Samples: ``--data`` (``diffmodel mine`` output or any jsonl with a ``text`` field), keeping the first
 ``--max_samples`` whose tokens fit a row with room to spare, so no arm drops or truncates any.
@@ -248,7 +254,10 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
         output_dir=str(work / "trl"), max_length=a.block_size, packing=True, packing_strategy="bfd", padding_free=True,
         completion_only_loss=True, per_device_train_batch_size=a.batch_size, learning_rate=3e-4, max_steps=100000,
         bf16=a.device == "cuda", use_cpu=a.device == "cpu", logging_steps=100000, save_strategy="no", report_to="none",
-        seed=0, dataset_num_proc=a.workers, use_liger_kernel=liger, torch_compile=a.trl_compile,
+        # TRL packs each worker's share of the samples apart (bfd within a shard): one worker by default, its fullest
+        # batches (on the ~1B command's samples 8 workers left them 2% emptier; benchmarks/batch_content.py)
+        seed=0, dataset_num_proc=a.trl_workers if a.trl_workers > 1 else None, use_liger_kernel=liger,
+        torch_compile=a.trl_compile,
         gradient_checkpointing=False,  # SFTConfig's default is True; no diffmodel arm recomputes activations
         disable_tqdm=True,
     )
@@ -407,6 +416,23 @@ def _inductor_settings(arm: str):
     return torch._inductor.config.patch(settings)
 
 
+def epoch_batches(dataset, batch_size: int) -> int | None:
+    """Batches in one epoch of ``dataset`` (None for a stream of unknown length)."""
+    try:
+        return -(-len(dataset) // batch_size)
+    except TypeError:
+        return None
+
+
+def window(warmup: int, steps: int, epoch: int | None) -> str:
+    """Which of an epoch's batches the timed steps trained on (``batches 5-84 of an epoch of 94``)."""
+    where = f"batches {warmup + 1}-{warmup + steps}"
+    if epoch is None:
+        return where
+    note = "" if warmup + steps <= epoch else " (the timed steps run into the next epoch)"
+    return f"{where} of an epoch of {epoch}{note}"
+
+
 def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda: bool) -> None:
     if cuda:
         torch.cuda.empty_cache()
@@ -414,6 +440,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     started = time.perf_counter()
     base = arm.removesuffix(NO_CUDNN)
     trainer, choices = build_trl(a, texts, data_file, work) if base == "trl" else build_diffmodel(arm, a, data_file, work)
+    epoch = epoch_batches(trainer.train_dataset, a.batch_size)
     profiling = bool(a.profile) and arm not in results  # the arm's first round
     meter = Meter(a.warmup, a.steps, cuda, a.profile_steps if profiling else 0)
     meter.attach(trainer)
@@ -434,7 +461,8 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     model = trainer.model
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
-                                 "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0})
+                                 "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0,
+                                 "epoch_batches": epoch})
     for b in meter.batches:
         lengths = pieces(b, pad_id, tok.eos_token_id)
         r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
@@ -568,6 +596,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_samples", type=int, default=6000)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--trl_compile", action="store_true", help="torch.compile TRL's model too")
+    p.add_argument("--trl_workers", type=int, default=1,
+                   help="TRL's dataset_num_proc (it packs each worker's share of the samples apart: more workers, emptier batches)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="a tiny Llama and tokenizer on the bundled samples, on the CPU: checks the script")
     p.add_argument("--json", type=Path, help="append the results as one JSON line here")
@@ -636,11 +666,13 @@ def main(argv=None) -> int:
         table.append({"arm": arm, "loss_tok_s": r["loss_tok"] / r["seconds"], "real_tok_s": r["real_tok"] / r["seconds"],
                       "step_ms": r["seconds"] / r["steps"] * 1e3, "round_ms": r["round_ms"], "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
+                      "loss_tok_step": r["loss_tok"] / r["steps"], "epoch_batches": r.get("epoch_batches"),
                       "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}
     print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
-    print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | real tok/s | step ms (rounds) | peak GiB | useful MFU | set-up + warm-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | loss-bearing tok a step | real tok/s | step ms (rounds) "
+          "| peak GiB | useful MFU | set-up + warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in table:
         if "error" in row:
             print(f"| {row['arm']} | failed: {row['error'][:150]} |")
@@ -649,8 +681,12 @@ def main(argv=None) -> int:
         def vs(name):
             return f"{row['loss_tok_s'] / ref[name]['loss_tok_s']:.2f}x" if name in ref else "-"
 
-        print(f"| {row['arm']} | {row['loss_tok_s']:,.0f} | {vs('pad')} | {vs('concat')} | {vs('trl')} | {row['real_tok_s']:,.0f} | "
+        print(f"| {row['arm']} | {row['loss_tok_s']:,.0f} | {vs('pad')} | {vs('concat')} | {vs('trl')} | "
+              f"{row['loss_tok_step']:,.0f} | {row['real_tok_s']:,.0f} | "
               f"{step_ms(row)} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
+    for row in table:
+        if "error" not in row:
+            print(f"{row['arm']}: timed on {window(a.warmup, a.steps, row['epoch_batches'])}")
     for row in table:
         if row.get("compiled"):
             print(f"{row['arm']}: {row['compiled']} graph(s) compiled during its timed steps; its figure includes compiling (raise --warmup)")

@@ -202,6 +202,23 @@ def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| concat |") or line.startswith("| pack |")]
     assert len(rows) == 2 and "failed" not in "".join(rows)
     assert "fast path" not in rows[1] and "sdpa (no GPU" in proc.stdout  # the choices printed for the pack arm
+    # the loss-bearing tokens a step (a column) and the batches of the epoch the timed steps trained on
+    import json
+
+    table = json.loads((tmp_path / "r.jsonl").read_text())["table"]
+    for row in table:
+        assert row["loss_tok_step"] > 0 and row["epoch_batches"] >= 1
+        assert f"{row['arm']}: timed on batches 2-3" in proc.stdout
+
+
+def test_the_window_names_the_batches_timed_and_says_when_they_run_past_the_epoch():
+    from train_default import epoch_batches, window
+
+    assert epoch_batches(range(33), 16) == 3 and epoch_batches(range(32), 16) == 2
+    assert epoch_batches(iter(()), 16) is None  # a stream: no length
+    assert window(4, 80, 94) == "batches 5-84 of an epoch of 94"
+    assert window(4, 80, 60) == "batches 5-84 of an epoch of 60 (the timed steps run into the next epoch)"
+    assert window(4, 10, None) == "batches 5-14"
 
 
 def test_kernel_names_are_sorted_into_kinds():
