@@ -429,7 +429,13 @@ def window(warmup: int, steps: int, epoch: int | None) -> str:
     where = f"batches {warmup + 1}-{warmup + steps}"
     if epoch is None:
         return where
-    note = "" if warmup + steps <= epoch else " (the timed steps run into the next epoch)"
+    if warmup + steps > epoch:
+        note = " (the timed steps run into the next epoch)"
+    elif steps < epoch / 2:
+        note = (f" ({steps / epoch:.0%} of it: its tokens a batch may differ from the epoch's by several percent; "
+                "raise --steps to compare tokens/s)")
+    else:
+        note = ""
     return f"{where} of an epoch of {epoch}{note}"
 
 

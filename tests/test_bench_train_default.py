@@ -208,7 +208,7 @@ def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
     table = json.loads((tmp_path / "r.jsonl").read_text())["table"]
     for row in table:
         assert row["loss_tok_step"] > 0 and row["epoch_batches"] >= 1
-        assert f"{row['arm']}: timed on batches 2-3" in proc.stdout
+        assert f"{row['arm']}: timed on batches 2-3 of an epoch of {row['epoch_batches']}" in proc.stdout
 
 
 def test_the_window_names_the_batches_timed_and_says_when_they_run_past_the_epoch():
@@ -219,6 +219,8 @@ def test_the_window_names_the_batches_timed_and_says_when_they_run_past_the_epoc
     assert window(4, 80, 94) == "batches 5-84 of an epoch of 94"
     assert window(4, 80, 60) == "batches 5-84 of an epoch of 60 (the timed steps run into the next epoch)"
     assert window(4, 10, None) == "batches 5-14"
+    assert window(4, 10, 94) == ("batches 5-14 of an epoch of 94 (11% of it: its tokens a batch may differ from the "
+                                 "epoch's by several percent; raise --steps to compare tokens/s)")
 
 
 def test_kernel_names_are_sorted_into_kinds():
