@@ -16,6 +16,7 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
+  ``pack_rotary_table``: the defaults with ``--rotary_table on`` (the rotary cos and sin tables made once a forward),
   ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer; the GPU
   default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
   ``pack_one_pass``: the defaults with ``--adamw_one_pass on`` (the bf16 weights' AdamW step in one compiled pass,
@@ -101,7 +102,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
-from diffmodel.train import rotary_layout  # noqa: E402
+from diffmodel.train import rotary_layout, rotary_table  # noqa: E402
 
 KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 
@@ -199,6 +200,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_varlen_liger": ["--packing", "--attn_implementation", "torch_varlen", "--liger", "on", "--compile", "off"],
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_rotary": ["--packing", "--rotary_layout", "on"],
+        "pack_rotary_table": ["--packing", "--rotary_table", "on"],
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
@@ -489,6 +491,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
         print(f"{arm}: {meter.compiled} graph(s) compiled during the timed steps: this round's time includes compiling "
               "(raise --warmup)", flush=True)
     rotary_layout.uninstall(model)  # --rotary_layout on changes the modeling module for the arms after it in this process
+    rotary_table.uninstall(model)
     del trainer, model, meter
     gc.collect()
 

@@ -79,7 +79,8 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
                                         ("pack_three_passes", ["--adamw_one_pass", "off"]),
                                         ("pack_one_pass_repeat", ["--adamw_one_pass", "on"]),
                                         ("pack_one_pass_combo", ["--adamw_one_pass", "on"]),
-                                        ("pack_mask_apart", ["--trace_block_mask", "off"])])
+                                        ("pack_mask_apart", ["--trace_block_mask", "off"]),
+                                        ("pack_rotary_table", ["--rotary_table", "on"])])
 def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     from types import SimpleNamespace
 

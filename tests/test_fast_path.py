@@ -136,6 +136,18 @@ def test_rotary_layout_choice(setting, compiled, value, reason):
     assert (path.rotary_layout.value, path.rotary_layout.reason) == (value, reason)
 
 
+@pytest.mark.parametrize("setting,compiled,value,reason", [
+    ("auto", False, False, "not compiled: eager PyTorch computes the tables once a forward itself"),
+    ("auto", True, False, "not measured on a GPU yet (benchmarks/train_default.py arm pack_rotary_table); --rotary_table on applies it"),
+    ("on", False, True, "set by --rotary_table on"),
+    ("off", True, False, "set by --rotary_table off"),
+])
+def test_rotary_table_choice(setting, compiled, value, reason):
+    path = choose(SpeedArguments(rotary_table=setting, compile="on" if compiled else "off"), None, True, _training(), GPU, "llama")
+    assert (path.rotary_table.value, path.rotary_table.reason) == (value, reason)
+    assert path.settings()["rotary tables kept"] == f"{'on' if value else 'off'} ({reason})"
+
+
 def test_liger_is_off_when_the_package_is_missing_whatever_facts_say():
     # liger-kernel is not installed here, so liger_supports is False for every model type
     assert fast_path.liger_supports("llama") is False
@@ -669,6 +681,32 @@ def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, requ
             assert any("this gpt2 model has no standard apply_rotary_pos_emb; left as it is" in r for r in records)
     finally:
         rotary_layout.uninstall(prepared.trainer.model)
+
+
+@pytest.mark.parametrize("model_dir,kept", [("tiny_llama_dir", True), ("tiny_gpt2_dir", False)])
+def test_rotary_table_on_gives_the_models_rotary_embedding_the_hook(data_dir, request, model_dir, kept):
+    from diffmodel.train import rotary_table
+    from diffmodel.train.args import parse_args, validate
+    from diffmodel.train.run import prepare
+
+    argv = ["--model_name_or_path", str(request.getfixturevalue(model_dir)), "--train_file", str(data_dir / "data.jsonl"),
+            "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"table_{model_dir}"),
+            "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+            "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--rotary_table", "on"]
+    with _log_records() as records:
+        args = parse_args(argv)
+        validate(*args)
+        prepared = prepare(*args)
+    try:
+        hooked = [m for m in prepared.trainer.model.modules() if getattr(m, rotary_table.HANDLE, None) is not None]
+        assert (len(hooked), prepared.fast_path.rotary_table.value) == ((1, True) if kept else (0, False))
+        if kept:
+            assert "fast path: rotary tables kept: on (set by --rotary_table on)" in records
+        else:
+            assert any("this gpt2 model has no rotary embedding module; left as it is" in r for r in records)
+            assert prepared.fast_path.rotary_table.reason == "the model has no rotary embedding module"
+    finally:
+        rotary_table.uninstall(prepared.trainer.model)
 
 
 @pytest.mark.parametrize("arch,attn", BACKENDS)

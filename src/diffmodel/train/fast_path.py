@@ -76,6 +76,10 @@ card):
   projections' tokens-first tensors, so compiled steps write no heads-first copies of the queries and keys
   (:mod:`diffmodel.train.rotary_layout`; the same values). Off under ``auto``: measured no faster on an H100
   (``benchmarks/rotary_layout.py``: 0.999x at ~110M and ~1B; 1.05x on a CPU).
+- **rotary tables kept** (``--rotary_table``): the rotary embedding's cos and sin computed once a forward
+  and read by every layer, instead of recomputed by torch.compile's kernels for each head of each layer,
+  forward and backward (:mod:`diffmodel.train.rotary_table`; the same values). Off under ``auto`` until a GPU
+  measures it (``benchmarks/train_default.py`` arm ``pack_rotary_table``).
 - **bf16 weights** (``--bf16_weights``): the weights kept in bf16 with an fp32 copy in the optimizer
   (:mod:`diffmodel.train.master_weights`). On a GPU for a compiled ``--bf16`` run on one process with torch's
   AdamW and no gradient accumulation (an H100's ~110M packed step: 57 to 53 ms); otherwise off, since the gradients
@@ -362,6 +366,16 @@ def choose_rotary_layout(setting: str, compiled: bool) -> Choice:
     return Choice(False, "no faster on an H100 (~110M 57.5 ms a step either way, ~1B 416.3 against 416.8; benchmarks/rotary_layout.py); --rotary_layout on applies it")
 
 
+def choose_rotary_table(setting: str, compiled: bool) -> Choice:
+    """``--rotary_table``: the rotary cos and sin tables made once a forward (:mod:`diffmodel.train.rotary_table`)."""
+    if given := _given(setting, "rotary_table"):
+        return given
+    if not compiled:
+        return Choice(False, "not compiled: eager PyTorch computes the tables once a forward itself")
+    return Choice(False, "not measured on a GPU yet (benchmarks/train_default.py arm pack_rotary_table); "
+                         "--rotary_table on applies it")
+
+
 #: ``--optim`` values ``--bf16_weights auto`` keeps the fp32 copies in: torch's AdamW, as measured and tested.
 TORCH_ADAMW = ("adamw_torch_fused", "adamw_torch")
 
@@ -480,6 +494,7 @@ class FastPath:
     adamw_one_pass: Choice
     trace_block_mask: Choice
     compile_cache: Choice = Choice(None, "not compiled")
+    rotary_table: Choice = Choice(False, "not compiled: eager PyTorch computes the tables once a forward itself")
 
     def settings(self, local: bool = True) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them; ``local=False``
@@ -497,7 +512,8 @@ class FastPath:
             shown.append(("torch.compile cache", self.compile_cache))
         shown += [("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("rotary embedding tokens-first", self.rotary_layout), ("bf16 weights", self.bf16_weights)]
+                 ("rotary embedding tokens-first", self.rotary_layout), ("rotary tables kept", self.rotary_table),
+                 ("bf16 weights", self.bf16_weights)]
         if self.bf16_weights.value:
             shown.append(("AdamW in one pass", self.adamw_one_pass))
         if self.attention.value == "flex_attention":
@@ -541,6 +557,7 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
         async_steps=choose_async_steps(speed.async_steps, packing, facts),
         loss_logits=choose_loss_logits(speed.loss_logits, packing, bool(liger.value), facts, model_type, sharded),
         rotary_layout=choose_rotary_layout(getattr(speed, "rotary_layout", "auto"), bool(compile_.value)),
+        rotary_table=choose_rotary_table(getattr(speed, "rotary_table", "auto"), bool(compile_.value)),
         bf16_weights=bf16_weights,
         trace_block_mask=choose_trace_block_mask(getattr(speed, "trace_block_mask", "auto"), attention.value,
                                                  bool(compile_.value)),

@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, compile_cache, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout
+from diffmodel.train import async_steps, compile_cache, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout, rotary_table
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -450,6 +450,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.warning("fast path: rotary embedding tokens-first: this %s model has no standard apply_rotary_pos_emb; "
                        "left as it is", config.model_type)
         path = dataclasses.replace(path, rotary_layout=fast_path.Choice(False, "the model has no standard apply_rotary_pos_emb"))
+    if path.rotary_table.value and not rotary_table.install(model):
+        logger.warning("fast path: rotary tables kept: this %s model has no rotary embedding module; left as it is",
+                       config.model_type)
+        path = dataclasses.replace(path, rotary_table=fast_path.Choice(False, "the model has no rotary embedding module"))
     if path.loss_logits.value:
         last_layer = path.loss_logits.value != fast_path.OUTPUT_ONLY
         loss_logits.install(model, last_layer=last_layer)
