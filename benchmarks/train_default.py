@@ -30,7 +30,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   coordinate-descent tuning of its fused kernels' block sizes, with its combo kernels, with its autotuning of matrix
   multiplies and fused kernels, or with its host code in C++ (:data:`INDUCTOR_ARMS`), ``pack_one_pass_combo``: the
   one pass compiled with combo kernels, the rest as the defaults (:data:`ONE_PASS_OPTION_ARMS`; with ``--isolate``,
-  as a process compiles the pass once),
+  as a process compiles the pass once), ``pack_one_pass_device_scalars``: the one pass with its learning-rate terms on
+  the GPU (``master_adamw.SCALARS_ON_DEVICE``: no ``.item()`` a kernel launch),
   ``pack_loss_logits``: the defaults with ``--loss_logits on`` (output layer and loss at the loss positions only;
   the default on a GPU since 2026-12-04), ``pack_full_logits``: the defaults with ``--loss_logits off``,
   ``pack_output_only``: the defaults with ``--loss_logits on`` as it was measured on 2026-12-04: the output layer at
@@ -206,6 +207,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],
         "pack_one_pass_repeat": ["--packing", "--adamw_one_pass", "on"],
         **{name: ["--packing", "--adamw_one_pass", "on"] for name in ONE_PASS_OPTION_ARMS},
+        "pack_one_pass_device_scalars": ["--packing", "--adamw_one_pass", "on"],
         "pack_three_passes": ["--packing", "--adamw_one_pass", "off"],
         "pack_mask_apart": ["--packing", "--trace_block_mask", "off"],
         "pack_loss_logits": ["--packing", "--loss_logits", "on"],
@@ -226,6 +228,7 @@ def build_diffmodel(arm: str, a, data_file: Path, work: Path):
     # read at each forward: the arm keeps it while it trains, the next arm's build sets it again
     loss_queries.REPEAT_GROUPED = arm.removesuffix(NO_CUDNN) in REPEAT_GROUPED_ARMS
     master_adamw.EXTRA_OPTIONS = dict(ONE_PASS_OPTION_ARMS.get(arm.removesuffix(NO_CUDNN), {}))
+    master_adamw.SCALARS_ON_DEVICE = arm.removesuffix(NO_CUDNN) == "pack_one_pass_device_scalars"
     with _earlier_loss_logits(arm):
         prepared = prepare(model_args, data_args, training_args)
     return prepared.trainer, prepared.fast_path.settings()

@@ -79,6 +79,7 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
                                         ("pack_three_passes", ["--adamw_one_pass", "off"]),
                                         ("pack_one_pass_repeat", ["--adamw_one_pass", "on"]),
                                         ("pack_one_pass_combo", ["--adamw_one_pass", "on"]),
+                                        ("pack_one_pass_device_scalars", ["--adamw_one_pass", "on"]),
                                         ("pack_mask_apart", ["--trace_block_mask", "off"]),
                                         ("pack_rotary_table", ["--rotary_table", "on"])])
 def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
@@ -127,9 +128,14 @@ def test_the_one_pass_combo_arm_compiles_the_pass_with_combo_kernels(tmp_path, m
         trainer=None, fast_path=SimpleNamespace(settings=dict)))
     monkeypatch.setattr(train_args, "validate", lambda *args: None)
     a = SimpleNamespace(model="tiny", vocab_size=100, block_size=64, tokenizer="tok", batch_size=2, workers=1, device="cpu")
-    for arm in ("pack_one_pass_combo", "pack_one_pass"):
+    monkeypatch.setattr(master_adamw, "SCALARS_ON_DEVICE", False)
+    on_device = []
+    monkeypatch.setattr(run, "prepare", lambda *args: seen.append(master_adamw._options()) or on_device.append(
+        master_adamw.SCALARS_ON_DEVICE) or SimpleNamespace(trainer=None, fast_path=SimpleNamespace(settings=dict)))
+    for arm in ("pack_one_pass_combo", "pack_one_pass", "pack_one_pass_device_scalars", "pack_one_pass"):
         train_default.build_diffmodel(arm, a, tmp_path / "d.jsonl", tmp_path)
-    assert [o.get("combo_kernels") for o in seen] == [True, None]
+    assert [o.get("combo_kernels") for o in seen] == [True, None, None, None]
+    assert on_device == [False, False, True, False]
     assert all(o.get("emulate_precision_casts") for o in seen)
 
 

@@ -252,13 +252,26 @@ def test_the_pass_is_given_the_same_learning_rate_tensors_every_step(monkeypatch
     host time a weight, and other inputs to the compiled pass)."""
     made, given = [], []
     init = master_adamw.Scalars.__init__
-    monkeypatch.setattr(master_adamw.Scalars, "__init__", lambda self: made.append(self) or init(self))
+    monkeypatch.setattr(master_adamw.Scalars, "__init__", lambda self, device=None: made.append(self) or init(self, device))
     update = master_adamw.update
     monkeypatch.setattr(master_adamw, "update", lambda *a: given.append([id(s) for s in a[4]]) or update(*a))
     run_two_groups(OnePass, two_group_start(), steps=3)
     assert len(made) == 2  # one for each group, in the first step
     assert len(given) == 3 and given[0] == given[1] == given[2]
     assert given[0][0] == given[0][1] != given[0][2]  # weights 0 and 2 share group 0's, weight 1 has group 1's
+
+
+def test_the_learning_rate_tensors_go_to_the_copies_device_when_asked_and_train_the_same(monkeypatch):
+    made = []
+    init = master_adamw.Scalars.__init__
+    monkeypatch.setattr(master_adamw.Scalars, "__init__", lambda self, device=None: made.append(device) or init(self, device))
+    on_cpu, _ = run_two_groups(OnePass, two_group_start(), steps=3)
+    assert made == [None, None]
+    monkeypatch.setattr(master_adamw, "SCALARS_ON_DEVICE", True)
+    on_device, _ = run_two_groups(OnePass, two_group_start(), steps=3)
+    assert [str(d) for d in made[2:]] == ["cpu", "cpu"]  # the copies' device, here the CPU
+    for a, b in zip(on_cpu, on_device):
+        assert torch.equal(a, b)
 
 
 def test_one_pass_is_for_adamw_asked_for_with_every_weight_copied_and_given_a_gradient():

@@ -16,8 +16,8 @@ the host launching one kernel a weight, which the training step hides behind the
 The math is AdamW's as torch computes it (decoupled weight decay, bias-corrected moments; equal to torch's
 within fp32 rounding: test), and the state is torch AdamW's (``step``, ``exp_avg``, ``exp_avg_sq`` for each
 copy, in the optimizer's ``state``), so a checkpoint of either path loads into the other. The learning rate
-and the bias corrections change every step; they reach the compiled code as 0-d CPU tensors, so a learning-rate
-schedule does not compile it again. :func:`takes` says when a param group is one this update computes
+and the bias corrections change every step; they reach the compiled code as 0-d tensors (on the CPU unless
+:data:`SCALARS_ON_DEVICE`), so a learning-rate schedule does not compile it again. :func:`takes` says when a param group is one this update computes
 (AdamW's options without amsgrad, maximize or differentiable); other groups keep torch's own step. It is used in
 compiled runs only: uncompiled, its few operations a weight would each be a kernel launch of their own, and
 torch's fused AdamW is faster.
@@ -88,12 +88,20 @@ def _compiled(*args, **kwargs) -> None:
     _COMPILED[0](*args, **kwargs)
 
 
-class Scalars:
-    """Per param group, the step's learning-rate terms as 0-d CPU tensors the compiled update reads (filled in place
-    each step, so the compiled code sees the same inputs)."""
+#: Whether :class:`Scalars` live on the weights' device rather than the CPU (``benchmarks/train_default.py``'s arm
+#: ``pack_one_pass_device_scalars``). On the CPU, the compiled code reads each one as a number at every kernel launch
+#: (``.item()``: three a weight, 333 a step at ~110M, in the host's time of a step that the host bounds there); on the
+#: device each kernel reads them from memory and a step refills them with a few small kernels. Off until measured.
+SCALARS_ON_DEVICE = False
 
-    def __init__(self):
-        self.decay, self.step_size, self.bias2_sqrt = (torch.zeros((), dtype=torch.float32) for _ in range(3))
+
+class Scalars:
+    """Per param group, the step's learning-rate terms as 0-d tensors the compiled update reads (filled in place
+    each step, so the compiled code sees the same inputs): on the CPU, or on ``device`` where given."""
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.decay, self.step_size, self.bias2_sqrt = (torch.zeros((), dtype=torch.float32, device=device or "cpu")
+                                                       for _ in range(3))
 
     def fill(self, group: dict, step: int) -> None:
         lr = float(group["lr"])

@@ -161,7 +161,7 @@ def optimizer_class(base: type[torch.optim.Optimizer], one_pass: bool = False) -
             slot = {key: n for n, key in enumerate(sorted(set(keys)))}
             for n in slot.values():  # made once: three tensors a weight each step were ~60% of this step's host time
                 if n not in self._scalars:
-                    self._scalars[n] = master_adamw.Scalars()
+                    self._scalars[n] = master_adamw.Scalars(copies[0].device if master_adamw.SCALARS_ON_DEVICE else None)
             scalars = [self._scalars[slot[key]] for key in keys]
             master_adamw.update(self.model_params, copies, states, groups, scalars, counts, self._factor())
 
