@@ -25,7 +25,8 @@ loss only; torch_varlen's kernels take bf16 only, so it is checked in bf16 with 
 flex_attention with diffmodel's Hopper tiles, ``flex_attention+tiles``), and for flex_attention with the
 output layer and loss at the loss positions only (``flex_attention+loss_logits``, ``--loss_logits on``: the
 last layer's MLP and its attention for those positions' queries too), and that with the tiles, in bf16
-(``flex_attention+tiles+loss_logits``, the GPU defaults).
+(``flex_attention+tiles+loss_logits``, the GPU defaults), compiled, and compiled with the rotary tables kept
+(``...+compile+rotary_table``, ``--rotary_table on``).
 
 Row building uses the package's pure layout functions (no ``datasets`` needed).
 """
@@ -284,7 +285,7 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
     for n, m in [(260, 20), (190, 40), (133, 5), (320, 70), (147, 12)]:  # >= 128: FlexAttention's block size
         ids = torch.randint(1, vocab, (n,), generator=g).tolist()
         samples.append((ids, [IGNORE_INDEX] * m + ids[m:]))
-    from diffmodel.train import flex_kernels, loss_logits, loss_queries, varlen
+    from diffmodel.train import flex_kernels, loss_logits, loss_queries, rotary_table, varlen
 
     varlen.register()
     tiled = "flex_attention+tiles"  # flex_attention with the tiles --flex_kernel_options auto gives Hopper GPUs
@@ -293,22 +294,27 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
     compiled = both + "+compile"  # the same under torch.compile, as `diffmodel train` runs them on a GPU
     repeated = compiled + " (grouped keys repeated)"  # and the last layer's queries for this model's grouped key heads
     fa4 = varlen.FLASH4 + "+loss_logits+compile"  # flash-attention 4's kernels as the GPU defaults would run them
-    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated, varlen.FLASH4, fa4):
+    tables = compiled + "+rotary_table"  # the GPU defaults with the rotary tables kept (--rotary_table on)
+    flexes = (tiled, picked, both, compiled, repeated, tables)
+    for name in ("sdpa", "eager", "flex_attention", varlen.NAME, tiled, picked, both, compiled, repeated, tables,
+                 varlen.FLASH4, fa4):
         if only and only not in name:
             continue
-        attn = "flex_attention" if name in (tiled, picked, both, compiled, repeated) else name.split("+")[0]
+        attn = "flex_attention" if name in flexes else name.split("+")[0]
         loss_queries.REPEAT_GROUPED = name == repeated
         cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False)
         torch.manual_seed(0)
         # torch's varlen flash kernels take bf16 only, and the tiles were chosen for bf16: those are compared in
         # bf16, with room for its rounding
-        low = name in (varlen.NAME, tiled, both, compiled, repeated, varlen.FLASH4, fa4)
+        low = name in (varlen.NAME, tiled, both, compiled, repeated, tables, varlen.FLASH4, fa4)
         model = LlamaForCausalLM(cfg).cuda().to(torch.bfloat16 if low else torch.float32)
         model.config._attn_implementation = attn
-        if name in (tiled, both, compiled, repeated):
+        if name in (tiled, both, compiled, repeated, tables):
             flex_kernels.install(model, flex_kernels.HOPPER_HEAD64)
-        if name in (picked, both, compiled, repeated, fa4):
+        if name in (picked, both, compiled, repeated, tables, fa4):
             loss_logits.install(model)
+        if name == tables:
+            rotary_table.install(model)
         torch._dynamo.reset()
 
         def total(batch_list, fwd=model):
@@ -325,9 +331,10 @@ def check_equivalence(vocab: int = 128, only: str | None = None) -> list[str]:
         try:
             ref_loss, ref_g = total([{"input_ids": torch.tensor([i + [EOS]]), "labels": torch.tensor([l + [EOS]])} for i, l in samples])
             bins = best_fit_decreasing([len(i) + 1 for i, _ in samples], 1024)
-            packed = PackedCollator(EOS, boundaries=attn in varlen.NAMES, loss_positions=name in (picked, both, compiled, repeated, fa4))(
+            packed = PackedCollator(EOS, boundaries=attn in varlen.NAMES,
+                                    loss_positions=name in (picked, both, compiled, repeated, tables, fa4))(
                 [pack_row([samples[k] for k in b], EOS) for b in bins])
-            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated, fa4) else model)
+            loss, grads = total([packed], torch.compile(model) if name in (compiled, repeated, tables, fa4) else model)
         except Exception as err:
             out.append(f"{name}: could not run: {type(err).__name__}: {str(err)[:200]}")
             print(out[-1], flush=True)
