@@ -73,3 +73,18 @@ def test_the_bf16_weights_arm_is_the_model_with_bf16_parameters():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = [model(**batch()).loss.item() for model in (base, cast)]
     assert abs(losses[0] - losses[1]) < 1e-2 * abs(losses[0])
+
+
+def test_the_rotary_tables_kept_give_the_models_own_loss_and_gradients():
+    from rotary_tables import keep_tables
+
+    base, kept = tiny_pair()
+    assert keep_tables(kept) == 2
+    losses, grads = [], []
+    for model in (base, kept):
+        loss = model(**batch()).loss
+        loss.backward()
+        losses.append(loss)
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert torch.equal(losses[0], losses[1])
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
