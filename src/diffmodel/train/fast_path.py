@@ -512,8 +512,10 @@ class FastPath:
             shown.append(("torch.compile cache", self.compile_cache))
         shown += [("data loader workers", self.data_workers),
                  ("asynchronous steps", self.async_steps), ("logits at the loss positions only", self.loss_logits),
-                 ("rotary embedding tokens-first", self.rotary_layout), ("rotary tables kept", self.rotary_table),
-                 ("bf16 weights", self.bf16_weights)]
+                 ("rotary embedding tokens-first", self.rotary_layout)]
+        if self.compile.value or self.rotary_table.value:  # what it changes is torch.compile's
+            shown.append(("rotary tables kept", self.rotary_table))
+        shown.append(("bf16 weights", self.bf16_weights))
         if self.bf16_weights.value:
             shown.append(("AdamW in one pass", self.adamw_one_pass))
         if self.attention.value == "flex_attention":
