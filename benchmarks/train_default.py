@@ -48,7 +48,7 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
 diffmodel's arms are built by :func:`diffmodel.train.run.prepare`, the function ``diffmodel train``
 trains with, from a parsed command line (``--max_steps`` is large, so the defaults are those of a long
 run; the benchmark stops each run itself). Each arm runs ``--warmup`` steps (compilation included),
-then ``--steps`` timed steps between two ``synchronize()`` calls; arms alternate for ``--rounds``
+then ``--steps`` timed steps between two ``synchronize()`` calls (see below); arms alternate for ``--rounds``
 rounds. With ``--isolate``, each round of each arm runs in a process of its own (fresh CUDA context,
 allocator, compiled-code caches and data-loader workers; the on-disk compile cache is shared): on an H200
 an arm that ran after other arms in one process took 1.1x-1.3x its step time alone (benchmarks/RESULTS.md).
@@ -67,8 +67,9 @@ embedding, over 989 TFLOP/s dense bf16 of an H100/H200).
 Loss-bearing tokens a batch differ from batch to batch, and each arm packs and orders its batches its own way:
 a window of a few steps can hold several percent more or fewer of them than the arm's epoch does on average (on
 the ~1B command's samples, TRL's 10 timed batches held 10% more than its epoch's average, diffmodel's 2% more).
-Time most of an epoch (``--steps`` near the batches in one, which the report gives for each arm) when arms are
-compared by tokens/s; the step time compares the arms whatever the window.
+By default (``--steps epoch``) each arm is timed over the rest of its first epoch after ``--warmup`` (its last,
+partial batch left out); the report gives the batches each arm timed. A smaller ``--steps`` is quicker and gives
+step times, and tokens/s with the window's luck in them.
 
 Samples: ``--data`` (``diffmodel mine`` output or any jsonl with a ``text`` field), keeping the first
 ``--max_samples`` whose tokens fit a row with room to spare, so no arm drops or truncates any.
@@ -429,6 +430,32 @@ def epoch_batches(dataset, batch_size: int) -> int | None:
         return None
 
 
+def steps_arg(text: str) -> int | str:
+    """``--steps``: a positive number or ``epoch``."""
+    if text == "epoch":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of steps (1 or more) or epoch")
+    return value
+
+
+def timed_steps(steps: int | str, warmup: int, epoch: int | None) -> int:
+    """The steps to time: ``steps`` itself, or for ``epoch`` the rest of the first epoch after ``warmup`` without its
+    last, partial batch."""
+    if steps != "epoch":
+        return steps
+    if epoch is None:
+        raise ValueError("--steps epoch: the data has no length (a stream); give --steps N")
+    if epoch - warmup - 1 < 1:
+        raise ValueError(f"--steps epoch: an epoch of {epoch} batches leaves none to time after --warmup {warmup}; "
+                         "give more samples or a smaller --warmup")
+    return epoch - warmup - 1
+
+
 def window(warmup: int, steps: int, epoch: int | None) -> str:
     """Which of an epoch's batches the timed steps trained on (``batches 5-84 of an epoch of 94``)."""
     where = f"batches {warmup + 1}-{warmup + steps}"
@@ -452,20 +479,21 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     base = arm.removesuffix(NO_CUDNN)
     trainer, choices = build_trl(a, texts, data_file, work) if base == "trl" else build_diffmodel(arm, a, data_file, work)
     epoch = epoch_batches(trainer.train_dataset, a.batch_size)
+    steps = timed_steps(a.steps, a.warmup, epoch)
     profiling = bool(a.profile) and arm not in results  # the arm's first round
-    meter = Meter(a.warmup, a.steps, cuda, a.profile_steps if profiling else 0)
+    meter = Meter(a.warmup, steps, cuda, a.profile_steps if profiling else 0)
     meter.attach(trainer)
     if profiling:
         from step_profile import step_profile_callback
 
-        trainer.add_callback(step_profile_callback(a.warmup + a.steps, a.profile_steps, a.profile / f"profile_{arm}.md",
+        trainer.add_callback(step_profile_callback(a.warmup + steps, a.profile_steps, a.profile / f"profile_{arm}.md",
                                                    f"{arm}, model {a.model}, {a.batch_size} x {a.block_size}", cuda))
     if a.sync_debug and cuda:
-        trainer.add_callback(sync_debug_callback(a.warmup, a.warmup + a.steps))
+        trainer.add_callback(sync_debug_callback(a.warmup, a.warmup + steps))
     with _attention_kernels(arm), _inductor_settings(arm):
         trainer.train()
     if len(meter.marks) != 2:
-        raise RuntimeError(f"{arm}: the run ended before {a.warmup + a.steps} steps (too few samples?)")
+        raise RuntimeError(f"{arm}: the run ended before {a.warmup + steps} steps (too few samples?)")
     seconds = meter.marks[1] - meter.marks[0]
     tok = trainer.processing_class
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -473,7 +501,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
                                  "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0,
-                                 "epoch_batches": epoch})
+                                 "epoch_batches": epoch, "window": window(a.warmup, steps, epoch)})
     for b in meter.batches:
         lengths = pieces(b, pad_id, tok.eos_token_id)
         r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
@@ -481,13 +509,13 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
         r["useful"] += flops(n_params, model.config, lengths)
         r["rows"] += b["input_ids"].shape[0]
     r["seconds"] += seconds
-    r["steps"] += a.steps
+    r["steps"] += steps
     r["setup_s"].append(meter.marks[0] - started)
-    r["round_ms"].append(seconds / a.steps * 1e3)
+    r["round_ms"].append(seconds / steps * 1e3)
     r["compiled"] += meter.compiled
     if cuda:
         r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
-    print(f"{arm}: {a.steps} steps in {seconds:.2f} s ({seconds / a.steps * 1e3:.0f} ms/step), "
+    print(f"{arm}: {steps} steps in {seconds:.2f} s ({seconds / steps * 1e3:.0f} ms/step), "
           f"set-up + warm-up {meter.marks[0] - started:.0f} s; so far {r['loss_tok'] / r['seconds']:,.0f} loss-bearing tok/s, useful MFU {r['useful'] / r['seconds'] / PEAK_FLOPS:.1%}; "
           f"{choices}", flush=True)
     if meter.compiled:
@@ -603,7 +631,9 @@ def main(argv=None) -> int:
     p.add_argument("--block_size", type=int, default=2048)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=steps_arg, default="epoch",
+                   help="timed steps after --warmup: a number, or epoch (default: the rest of each arm's first epoch, "
+                        "its last, partial batch left out)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max_samples", type=int, default=6000)
     p.add_argument("--workers", type=int, default=8)
@@ -631,7 +661,8 @@ def main(argv=None) -> int:
 
         texts = [render_row(r) for r in load_quickstart()]
         a.model, a.block_size, a.batch_size, a.device = "tiny", min(a.block_size, 512), min(a.batch_size, 2), "cpu"
-        a.warmup, a.steps, a.rounds = min(a.warmup, 1), min(a.steps, 2), min(a.rounds, 1)
+        a.warmup, a.rounds = min(a.warmup, 1), min(a.rounds, 1)
+        a.steps = 2 if a.steps == "epoch" else min(a.steps, 2)
         a.tokenizer = str(work / "tok")
         train_tokenizer(texts, vocab_size=400, model_max_length=1 << 20).save_pretrained(a.tokenizer)
     else:
@@ -679,9 +710,10 @@ def main(argv=None) -> int:
                       "step_ms": r["seconds"] / r["steps"] * 1e3, "round_ms": r["round_ms"], "peak_gib": r["mem"] / 2**30,
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
                       "loss_tok_step": r["loss_tok"] / r["steps"], "epoch_batches": r.get("epoch_batches"),
+                      "window": r.get("window", ""),
                       "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}
-    print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps} steps, {device}")
+    print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps if a.steps != 'epoch' else 'the rest of an epoch:'} steps, {device}")
     print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | loss-bearing tok a step | real tok/s | step ms (rounds) "
           "| peak GiB | useful MFU | set-up + warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -698,7 +730,7 @@ def main(argv=None) -> int:
               f"{step_ms(row)} | {row['peak_gib']:.1f} | {row['useful_mfu']:.1%} | {row['setup_s']:.0f} |")
     for row in table:
         if "error" not in row:
-            print(f"{row['arm']}: timed on {window(a.warmup, a.steps, row['epoch_batches'])}")
+            print(f"{row['arm']}: timed on {row['window']}")
     for row in table:
         if row.get("compiled"):
             print(f"{row['arm']}: {row['compiled']} graph(s) compiled during its timed steps; its figure includes compiling (raise --warmup)")

@@ -218,6 +218,23 @@ def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
         assert f"{row['arm']}: timed on batches 2-3 of an epoch of {row['epoch_batches']}" in proc.stdout
 
 
+def test_steps_are_a_number_or_the_rest_of_the_first_epoch():
+    import argparse
+
+    from train_default import steps_arg, timed_steps
+
+    assert steps_arg("30") == 30 and steps_arg("epoch") == "epoch"
+    for bad in ("0", "-3", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match="give a number of steps"):
+            steps_arg(bad)
+    assert timed_steps(30, 4, 94) == 30 and timed_steps(30, 4, None) == 30
+    assert timed_steps("epoch", 4, 94) == 89  # batches 5-93: the 94th, partial, left out
+    with pytest.raises(ValueError, match="a stream"):
+        timed_steps("epoch", 4, None)
+    with pytest.raises(ValueError, match="leaves none to time after --warmup 4"):
+        timed_steps("epoch", 4, 5)
+
+
 def test_the_window_names_the_batches_timed_and_says_when_they_run_past_the_epoch():
     from train_default import epoch_batches, window
 
