@@ -658,22 +658,29 @@ class TestFirstStep:
         assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
 
 
+def _prepared_packed(data_dir, model, output: str, flags: list[str]):
+    """``prepare()`` of a 2-step packed CPU run of ``model`` with ``flags``, and the log records it made."""
+    from diffmodel.train.args import parse_args, validate
+    from diffmodel.train.run import prepare
+
+    argv = ["--model_name_or_path", str(model), "--train_file", str(data_dir / "data.jsonl"),
+            "--validation_split_percentage", "0", "--output_dir", str(data_dir / output),
+            "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+            "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", *flags]
+    with _log_records() as records:
+        args = parse_args(argv)
+        validate(*args)
+        return prepare(*args), records
+
+
 @pytest.mark.parametrize("model_dir,wrapped", [("tiny_llama_dir", True), ("tiny_gpt2_dir", False)])
 def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, request, model_dir, wrapped):
     from transformers.models.llama import modeling_llama
 
     from diffmodel.train import rotary_layout
-    from diffmodel.train.args import parse_args, validate
-    from diffmodel.train.run import prepare
 
-    argv = ["--model_name_or_path", str(request.getfixturevalue(model_dir)), "--train_file", str(data_dir / "data.jsonl"),
-            "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"rotary_{model_dir}"),
-            "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
-            "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--rotary_layout", "on"]
-    with _log_records() as records:
-        args = parse_args(argv)
-        validate(*args)
-        prepared = prepare(*args)
+    prepared, records = _prepared_packed(data_dir, request.getfixturevalue(model_dir), f"rotary_{model_dir}",
+                                         ["--rotary_layout", "on"])
     try:
         patched = getattr(modeling_llama.apply_rotary_pos_emb, rotary_layout.WRAPPED, None) is not None
         assert (patched, prepared.fast_path.rotary_layout.value) == (wrapped, wrapped)
@@ -687,17 +694,9 @@ def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, requ
 @pytest.mark.parametrize("model_dir,kept", [("tiny_llama_dir", True), ("tiny_gpt2_dir", False)])
 def test_rotary_table_on_gives_the_models_rotary_embedding_the_hook(data_dir, request, model_dir, kept):
     from diffmodel.train import rotary_table
-    from diffmodel.train.args import parse_args, validate
-    from diffmodel.train.run import prepare
 
-    argv = ["--model_name_or_path", str(request.getfixturevalue(model_dir)), "--train_file", str(data_dir / "data.jsonl"),
-            "--validation_split_percentage", "0", "--output_dir", str(data_dir / f"table_{model_dir}"),
-            "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
-            "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2", "--rotary_table", "on"]
-    with _log_records() as records:
-        args = parse_args(argv)
-        validate(*args)
-        prepared = prepare(*args)
+    prepared, records = _prepared_packed(data_dir, request.getfixturevalue(model_dir), f"table_{model_dir}",
+                                         ["--rotary_table", "on"])
     try:
         hooked = [m for m in prepared.trainer.model.modules() if getattr(m, rotary_table.HANDLE, None) is not None]
         assert (len(hooked), prepared.fast_path.rotary_table.value) == ((1, True) if kept else (0, False))

@@ -29,9 +29,10 @@ def restore():
         rotary_layout.uninstall(model)
 
 
-def tiny(kind: str, attn: str = "sdpa"):
+def tiny(kind: str = "llama", attn: str = "sdpa", layers: int = 2):
     torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(CONFIGS[kind](**SHAPES), attn_implementation=attn).train()
+    config = CONFIGS[kind](**{**SHAPES, "num_hidden_layers": layers})
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn).train()
 
 
 def packed_batch():
@@ -44,7 +45,7 @@ def loss_and_grads(model):
     model.zero_grad(set_to_none=True)
     loss = model(**packed_batch()).loss
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))

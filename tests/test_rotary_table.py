@@ -8,32 +8,9 @@ import re
 import pytest
 import torch
 import transformers
+from test_rotary_layout import CONFIGS, loss_and_grads, tiny
 
 from diffmodel.train import rotary_table
-
-SHAPES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=8, use_cache=False)
-CONFIGS = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
-           "qwen3": transformers.Qwen3Config}
-
-
-def tiny(kind: str = "llama", layers: int = 2):
-    torch.manual_seed(0)
-    config = CONFIGS[kind](**{**SHAPES, "num_hidden_layers": layers})
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").train()
-
-
-def packed_batch():
-    ids = torch.randint(1, 64, (2, 12), generator=torch.Generator().manual_seed(1))
-    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])
-    return dict(input_ids=ids, labels=ids, position_ids=positions)
-
-
-def loss_and_grads(model):
-    model.zero_grad(set_to_none=True)
-    loss = model(**packed_batch()).loss
-    loss.backward()
-    return loss.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
