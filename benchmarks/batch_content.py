@@ -29,13 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import train_default  # noqa: E402
 
-from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
-
-
-def batch_tokens(batch: dict, pad_id: int, eos_id: int) -> tuple[int, int]:
-    """(loss-bearing tokens, real tokens) of one batch, counted as ``train_default.py`` counts them."""
-    loss = int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
-    return loss, sum(train_default.pieces(batch, pad_id, eos_id))
+from diffmodel.preprocess.tokens import pad_id_of  # noqa: E402
 
 
 def summary(counts: list[tuple[int, int]], warmup: int, steps: int) -> dict:
@@ -55,9 +49,9 @@ def arm_counts(arm: str, a, texts: list[str], data_file: Path, work: Path) -> li
     trainer, _ = (train_default.build_trl(a, texts, data_file, work) if arm == "trl"
                   else train_default.build_diffmodel(arm, a, data_file, work))
     tok = trainer.processing_class
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     torch.manual_seed(0)
-    return [batch_tokens(b, pad_id, tok.eos_token_id) for b in trainer.get_train_dataloader()]
+    return [train_default.batch_tokens(b, pad_id, tok.eos_token_id)[:2] for b in trainer.get_train_dataloader()]
 
 
 def main(argv=None) -> int:

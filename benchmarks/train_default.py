@@ -104,6 +104,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
+from diffmodel.preprocess.tokens import pad_id_of  # noqa: E402
 from diffmodel.train import rotary_layout, rotary_table  # noqa: E402
 
 KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
@@ -386,6 +387,12 @@ def pieces(batch: dict, pad_id: int, eos_id: int) -> list[int]:
     return out
 
 
+def batch_tokens(batch: dict, pad_id: int, eos_id: int) -> tuple[int, int, list[int]]:
+    """(loss-bearing tokens (labels that count after the shift), real tokens, the real pieces' lengths) of a batch."""
+    lengths = pieces(batch, pad_id, eos_id)
+    return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum()), sum(lengths), lengths
+
+
 def _attention_kernels(arm: str):
     """The sdpa kernels an arm may use: all (torch's own choice), or all but cuDNN's for ``*_nocudnn`` arms."""
     import contextlib
@@ -496,16 +503,16 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
         raise RuntimeError(f"{arm}: the run ended before {a.warmup + steps} steps (too few samples?)")
     seconds = meter.marks[1] - meter.marks[0]
     tok = trainer.processing_class
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     model = trainer.model
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
                                  "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0,
                                  "epoch_batches": epoch, "window": window(a.warmup, steps, epoch)})
     for b in meter.batches:
-        lengths = pieces(b, pad_id, tok.eos_token_id)
-        r["loss_tok"] += int((b["labels"][..., 1:] != IGNORE_INDEX).sum())
-        r["real_tok"] += sum(lengths)
+        loss_tok, real_tok, lengths = batch_tokens(b, pad_id, tok.eos_token_id)
+        r["loss_tok"] += loss_tok
+        r["real_tok"] += real_tok
         r["useful"] += flops(n_params, model.config, lengths)
         r["rows"] += b["input_ids"].shape[0]
     r["seconds"] += seconds
@@ -713,7 +720,7 @@ def main(argv=None) -> int:
                       "window": r.get("window", ""),
                       "choices": r["choices"], "compiled": r["compiled"]})
     ref = {row["arm"]: row for row in table if "error" not in row}
-    print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {a.steps if a.steps != 'epoch' else 'the rest of an epoch:'} steps, {device}")
+    print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {'the rest of an epoch' if a.steps == 'epoch' else f'{a.steps} steps'}, {device}")
     print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | loss-bearing tok a step | real tok/s | step ms (rounds) "
           "| peak GiB | useful MFU | set-up + warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -10,7 +10,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from batch_content import batch_tokens, summary  # noqa: E402
+from batch_content import summary  # noqa: E402
+from train_default import batch_tokens  # noqa: E402
 
 from diffmodel.preprocess.labels import IGNORE_INDEX as X  # noqa: E402
 
@@ -29,7 +30,7 @@ def test_a_batch_counts_labels_after_the_shift_and_real_pieces():
     batch = {"input_ids": torch.tensor([[5, 6, 9, 7, 9, 0, 0, 0]]),
              "labels": torch.tensor([[5, 6, 9, X, 9, X, X, X]]),
              "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]])}
-    assert batch_tokens(batch, pad_id=0, eos_id=9) == (3, 5)  # the first label (5) is shifted away
+    assert batch_tokens(batch, pad_id=0, eos_id=9) == (3, 5, [3, 2])  # the first label (5) is shifted away
 
 
 def test_a_tiny_run_prints_the_pack_arms_epoch_and_window(tmp_path):

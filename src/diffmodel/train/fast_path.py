@@ -366,12 +366,16 @@ def choose_rotary_layout(setting: str, compiled: bool) -> Choice:
     return Choice(False, "no faster on an H100 (~110M 57.5 ms a step either way, ~1B 416.3 against 416.8; benchmarks/rotary_layout.py); --rotary_layout on applies it")
 
 
+#: ``--rotary_table``'s choice when nothing is compiled (also FastPath's default for it).
+TABLES_NOT_COMPILED = Choice(False, "not compiled: eager PyTorch computes the tables once a forward itself")
+
+
 def choose_rotary_table(setting: str, compiled: bool) -> Choice:
     """``--rotary_table``: the rotary cos and sin tables made once a forward (:mod:`diffmodel.train.rotary_table`)."""
     if given := _given(setting, "rotary_table"):
         return given
     if not compiled:
-        return Choice(False, "not compiled: eager PyTorch computes the tables once a forward itself")
+        return TABLES_NOT_COMPILED
     return Choice(False, "not measured on a GPU yet (benchmarks/train_default.py arm pack_rotary_table); "
                          "--rotary_table on applies it")
 
@@ -494,7 +498,7 @@ class FastPath:
     adamw_one_pass: Choice
     trace_block_mask: Choice
     compile_cache: Choice = Choice(None, "not compiled")
-    rotary_table: Choice = Choice(False, "not compiled: eager PyTorch computes the tables once a forward itself")
+    rotary_table: Choice = TABLES_NOT_COMPILED
 
     def settings(self, local: bool = True) -> dict[str, str]:
         """``{name: "value (reason)"}`` for each choice, as the log and the model card show them; ``local=False``
