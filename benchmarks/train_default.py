@@ -16,7 +16,8 @@ configuration, seed, batch (rows x ``--block_size``) and precision:
   ``pack_torch_tiles``: the defaults with ``--flex_kernel_options torch`` (torch's own flex_attention tiles),
   ``pack_sync``: the defaults with ``--async_steps off`` (the host waits for the GPU each step),
   ``pack_rotary``: the defaults with ``--rotary_layout on`` (the rotary embedding tokens-first),
-  ``pack_rotary_table``: the defaults with ``--rotary_table on`` (the rotary cos and sin tables made once a forward),
+  ``pack_rotary_table``: the defaults with ``--rotary_table on`` (the rotary cos and sin tables made once a forward;
+  the default of compiled runs since 2026-12-06), ``pack_no_rotary_table``: with ``--rotary_table off``,
   ``pack_bf16w``: the defaults with ``--bf16_weights on`` (bf16 weights, fp32 copies in the optimizer; the GPU
   default since 2026-12-06), ``pack_fp32w``: with ``--bf16_weights off`` (fp32 weights under bf16 autocast),
   ``pack_one_pass``: the defaults with ``--adamw_one_pass on`` (the bf16 weights' AdamW step in one compiled pass,
@@ -204,6 +205,7 @@ def diffmodel_argv(arm: str, a, data_file: Path, out: Path, cache: Path) -> list
         "pack_sync": ["--packing", "--async_steps", "off"],
         "pack_rotary": ["--packing", "--rotary_layout", "on"],
         "pack_rotary_table": ["--packing", "--rotary_table", "on"],
+        "pack_no_rotary_table": ["--packing", "--rotary_table", "off"],
         "pack_bf16w": ["--packing", "--bf16_weights", "on"],
         "pack_fp32w": ["--packing", "--bf16_weights", "off"],
         "pack_one_pass": ["--packing", "--adamw_one_pass", "on"],

@@ -81,7 +81,8 @@ def test_inductor_arms_are_the_defaults_compiled_with_their_settings_while_they_
                                         ("pack_one_pass_combo", ["--adamw_one_pass", "on"]),
                                         ("pack_one_pass_device_scalars", ["--adamw_one_pass", "on"]),
                                         ("pack_mask_apart", ["--trace_block_mask", "off"]),
-                                        ("pack_rotary_table", ["--rotary_table", "on"])])
+                                        ("pack_rotary_table", ["--rotary_table", "on"]),
+                                        ("pack_no_rotary_table", ["--rotary_table", "off"])])
 def test_the_flag_arms_are_the_defaults_with_their_flag(tmp_path, arm, flags):
     from types import SimpleNamespace
 

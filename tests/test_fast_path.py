@@ -138,7 +138,8 @@ def test_rotary_layout_choice(setting, compiled, value, reason):
 
 @pytest.mark.parametrize("setting,compiled,value,reason", [
     ("auto", False, False, "not compiled: eager PyTorch computes the tables once a forward itself"),
-    ("auto", True, False, "not measured on a GPU yet (benchmarks/train_default.py arm pack_rotary_table); --rotary_table on applies it"),
+    ("auto", True, True, "torch.compile would compute cos and sin again in every layer's rotary kernels; on an H100 the "
+                         "tables made the ~1B step 402 to 393 ms and the ~110M one 53 to 52 ms"),
     ("on", False, True, "set by --rotary_table on"),
     ("off", True, False, "set by --rotary_table off"),
 ])
