@@ -692,17 +692,21 @@ def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, requ
         rotary_layout.uninstall(prepared.trainer.model)
 
 
-@pytest.mark.parametrize("model_dir,kept", [("tiny_llama_dir", True), ("tiny_gpt2_dir", False)])
-def test_rotary_table_on_gives_the_models_rotary_embedding_the_hook(data_dir, request, model_dir, kept):
-    from diffmodel.train import rotary_table
+@pytest.mark.parametrize("model_dir,flags,kept", [
+    ("tiny_llama_dir", ["--rotary_table", "on"], True),
+    ("tiny_gpt2_dir", ["--rotary_table", "on"], False),
+    ("tiny_llama_dir", ["--compile", "on"], True),  # auto: kept in a compiled run
+])
+def test_rotary_table_gives_the_models_rotary_embedding_the_hook(data_dir, request, model_dir, flags, kept):
+    from diffmodel.train import fast_path, rotary_table
 
-    prepared, records = _prepared_packed(data_dir, request.getfixturevalue(model_dir), f"table_{model_dir}",
-                                         ["--rotary_table", "on"])
+    prepared, records = _prepared_packed(data_dir, request.getfixturevalue(model_dir), f"table_{model_dir}_{flags[0]}", flags)
     try:
         hooked = [m for m in prepared.trainer.model.modules() if getattr(m, rotary_table.HANDLE, None) is not None]
         assert (len(hooked), prepared.fast_path.rotary_table.value) == ((1, True) if kept else (0, False))
         if kept:
-            assert "fast path: rotary tables kept: on (set by --rotary_table on)" in records
+            reason = "set by --rotary_table on" if "--rotary_table" in flags else fast_path.ROTARY_TABLE_MEASURED
+            assert f"fast path: rotary tables kept: on ({reason})" in records
         else:
             assert any("this gpt2 model has no rotary embedding module; left as it is" in r for r in records)
             assert prepared.fast_path.rotary_table.reason == "the model has no rotary embedding module"
