@@ -4,6 +4,8 @@
   nothing: what the host does around it each step, for as many bf16 weights as the model has;
 - the trainer's ``floating_point_ops`` for ``total_flos`` on the model built on the meta device: transformers' own
   (``Trainer.floating_point_ops``, which counts the parameters each call) and diffmodel's trainer's.
+- two calls Trainer's loop makes on the model every step: ``model.train()`` (at the start of each training step)
+  and ``model.zero_grad()`` (after each optimizer step), both walking every module.
 
     PYTHONPATH=src python benchmarks/step_host_time.py --model 110m
     PYTHONPATH=src python benchmarks/step_host_time.py --model 1b
@@ -61,12 +63,18 @@ def main(argv=None) -> int:
     trainer = SimpleNamespace(model=model)
     ours_fn = TokenMetricsMixin.__dict__.get("floating_point_ops")  # absent before diffmodel had its own
     ours = per_call_ms(lambda: ours_fn(trainer, inputs), a.calls) if ours_fn else float("nan")
-    print(f"model {a.model}: {len(weights)} weights, torch {torch.__version__}, {a.calls} calls each")
+    model.train()
+    train_ms = per_call_ms(model.train, a.calls)
+    zero_ms = per_call_ms(model.zero_grad, a.calls)
+    print(f"model {a.model}: {len(weights)} weights, {sum(1 for _ in model.modules())} modules, torch {torch.__version__}, "
+          f"{a.calls} calls each")
     print("| piece | host ms a call |")
     print("|---|---|")
     print(f"| one-pass AdamW step around the compiled pass | {step_ms:.3f} |")
     print(f"| Trainer.floating_point_ops (transformers) | {theirs:.3f} |")
     print(f"| diffmodel's trainer's floating_point_ops | {ours * 1e3:.1f} µs |")
+    print(f"| model.train() (Trainer, each step) | {train_ms:.3f} |")
+    print(f"| model.zero_grad() (Trainer, each step) | {zero_ms:.3f} |")
     return 0
 
 
