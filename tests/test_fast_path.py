@@ -578,12 +578,21 @@ def data_dir(tmp_path_factory):
     return d
 
 
+class _Records(list):
+    """Log messages, with the warnings among them in ``warnings``."""
+
+    def __init__(self):
+        super().__init__()
+        self.warnings: list[str] = []
+
+
 @contextlib.contextmanager
 def _log_records(level: int | None = None):
     """The messages diffmodel's loggers emit inside the block (at ``level`` and above, when given)."""
-    records = []
+    records = _Records()
     handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
+    handler.emit = lambda record: records.append(record.getMessage()) or (
+        record.levelno >= logging.WARNING and records.warnings.append(record.getMessage()))
     root = logging.getLogger("diffmodel")
     before = root.level
     root.addHandler(handler)
@@ -696,6 +705,7 @@ def test_rotary_layout_on_gives_the_model_the_tokens_first_rotary(data_dir, requ
     ("tiny_llama_dir", ["--rotary_table", "on"], True),
     ("tiny_gpt2_dir", ["--rotary_table", "on"], False),
     ("tiny_llama_dir", ["--compile", "on"], True),  # auto: kept in a compiled run
+    ("tiny_gpt2_dir", ["--compile", "on"], False),  # auto: nothing to keep, and no warning for what was not asked
 ])
 def test_rotary_table_gives_the_models_rotary_embedding_the_hook(data_dir, request, model_dir, flags, kept):
     from diffmodel.train import fast_path, rotary_table
@@ -708,7 +718,9 @@ def test_rotary_table_gives_the_models_rotary_embedding_the_hook(data_dir, reque
             reason = "set by --rotary_table on" if "--rotary_table" in flags else fast_path.ROTARY_TABLE_MEASURED
             assert f"fast path: rotary tables kept: on ({reason})" in records
         else:
-            assert any("this gpt2 model has no rotary embedding module; left as it is" in r for r in records)
+            note = [r for r in records if "this gpt2 model has no rotary embedding module; left as it is" in r]
+            warned = [r for r in records.warnings if "rotary embedding module" in r]
+            assert (len(note), len(warned)) == (1, 1 if "--rotary_table" in flags else 0)
             assert prepared.fast_path.rotary_table.reason == "the model has no rotary embedding module"
     finally:
         rotary_table.uninstall(prepared.trainer.model)

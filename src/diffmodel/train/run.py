@@ -451,8 +451,9 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
                        "left as it is", config.model_type)
         path = dataclasses.replace(path, rotary_layout=fast_path.Choice(False, "the model has no standard apply_rotary_pos_emb"))
     if path.rotary_table.value and not rotary_table.install(model):
-        logger.warning("fast path: rotary tables kept: this %s model has no rotary embedding module; left as it is",
-                       config.model_type)
+        # a warning where --rotary_table on asked for it; under auto (every compiled run) a note
+        log = logger.warning if getattr(speed, "rotary_table", "auto") == "on" else logger.info
+        log("fast path: rotary tables kept: this %s model has no rotary embedding module; left as it is", config.model_type)
         path = dataclasses.replace(path, rotary_table=fast_path.Choice(False, "the model has no rotary embedding module"))
     if path.loss_logits.value:
         last_layer = path.loss_logits.value != fast_path.OUTPUT_ONLY
