@@ -36,16 +36,22 @@ def test_compare_times_each_arm_each_round_and_reports_their_differences(capsys)
     assert rounds == ["round 0 a", "round 0 b", "round 1 b", "round 1 a", "round 2 a", "round 2 b"]
 
 
+def losses_and_grads(*models):
+    """Each model's loss on :func:`batch` and its parameters' gradients by name."""
+    losses, grads = [], []
+    for model in models:
+        loss = model(**batch()).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    return losses, grads
+
+
 def test_fused_projections_give_the_models_own_loss_and_gradients():
     base, fused = tiny_pair()
     assert fuse(fused) == 2
-    losses, grads = [], []
-    for model in (base, fused):
-        loss = model(**batch()).loss
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    assert abs(losses[0] - losses[1]) < 1e-6
+    losses, grads = losses_and_grads(base, fused)
+    assert abs(losses[0].item() - losses[1].item()) < 1e-6
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
 
@@ -80,11 +86,6 @@ def test_the_rotary_tables_kept_give_the_models_own_loss_and_gradients():
 
     base, kept = tiny_pair()
     assert keep_tables(kept) == 2
-    losses, grads = [], []
-    for model in (base, kept):
-        loss = model(**batch()).loss
-        loss.backward()
-        losses.append(loss)
-        grads.append({n: p.grad for n, p in model.named_parameters()})
+    losses, grads = losses_and_grads(base, kept)
     assert torch.equal(losses[0], losses[1])
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
