@@ -654,6 +654,7 @@ class TestFirstStep:
     def test_a_compiled_run_says_before_training_that_the_first_step_compiles(self, data_dir, tiny_gpt2_dir, compile_):
         from diffmodel.train.args import parse_args, validate
         from diffmodel.train.first_step import BEFORE, FirstStepCallback
+        from diffmodel.train.recompiles import RecompileCallback
         from diffmodel.train.run import prepare
 
         argv = ["--model_name_or_path", str(tiny_gpt2_dir), "--train_file", str(data_dir / "data.jsonl"),
@@ -664,8 +665,8 @@ class TestFirstStep:
             args = parse_args(argv)
             validate(*args)
             trainer = prepare(*args).trainer
-        added = any(isinstance(c, FirstStepCallback) for c in trainer.callback_handler.callbacks)
-        assert (added, BEFORE in records) == ((True, True) if compile_ == "on" else (False, False))
+        added = [any(isinstance(c, kind) for c in trainer.callback_handler.callbacks) for kind in (FirstStepCallback, RecompileCallback)]
+        assert (added, BEFORE in records) == (([True, True], True) if compile_ == "on" else ([False, False], False))
 
 
 def _prepared_packed(data_dir, model, output: str, flags: list[str]):

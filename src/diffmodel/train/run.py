@@ -44,7 +44,7 @@ from diffmodel.errors import DiffModelError
 from diffmodel.preprocess.sanity import drop_warning, format_report, write_report_json
 from diffmodel.preprocess.tokens import pad_id_of
 from diffmodel.progress import bars_off
-from diffmodel.train import async_steps, compile_cache, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, rotary_layout, rotary_table
+from diffmodel.train import async_steps, compile_cache, compiled_mask, fast_path, first_step, flex_kernels, loss_logits, master_weights, recompiles, rotary_layout, rotary_table
 from diffmodel.train.args import NO_EVAL_SPLIT, lora_args_from, parse_duration, speed_args_from
 from diffmodel.train.attention import FLASH, backend_of, check_isolation, needs_boundaries, prepare_for_packing, probe_rows
 from diffmodel.train.collate import PackedCollator, RowCollator
@@ -495,6 +495,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
     if training_args.torch_compile and training_args.do_train:
         logger.info(first_step.BEFORE)
         trainer.add_callback(first_step.FirstStepCallback())
+        trainer.add_callback(recompiles.RecompileCallback())
     if data_args.generation_eval_samples:
         add_generation_eval(trainer, data_args, training_args, block_size, model_args.cache_dir)
     return Prepared(trainer, model_args, data_args, train_ds, eval_ds, reports, block_size, path, use_cache, stopper)
