@@ -540,10 +540,12 @@ SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compile
 
 
 def step_ms(row: dict) -> str:
-    """The table's step time: over all rounds, then each round's where there were several (``55 (54, 56)``)."""
+    """The table's step time: over all rounds, then each round's where there were several (``55 (54, 56)``), and
+    how many graphs torch.compile compiled while the steps were timed, where it did (so a table kept alone says it)."""
     rounds = row["round_ms"]
     each = f" ({', '.join(f'{ms:.0f}' for ms in rounds)})" if len(rounds) > 1 else ""
-    return f"{row['step_ms']:.0f}{each}"
+    compiled = f", {row['compiled']} graph(s) compiled while timed" if row.get("compiled") else ""
+    return f"{row['step_ms']:.0f}{each}{compiled}"
 
 
 def merge(results: dict, arm: str, r: dict) -> None:

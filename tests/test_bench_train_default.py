@@ -327,6 +327,8 @@ def test_the_step_time_shows_each_round_where_there_were_several():
 
     assert step_ms({"step_ms": 55.4, "round_ms": [54.2, 56.6]}) == "55 (54, 57)"
     assert step_ms({"step_ms": 55.4, "round_ms": [55.4]}) == "55"
+    assert step_ms({"step_ms": 816.4, "round_ms": [816.4], "compiled": 2}) == "816, 2 graph(s) compiled while timed"
+    assert step_ms({"step_ms": 55.4, "round_ms": [55.4], "compiled": 0}) == "55"
 
 
 def test_sigterm_stops_the_round_process_and_reports_what_finished(tmp_path):
