@@ -2,9 +2,9 @@
 
 A compiled run compiles its graphs in the first step (:mod:`diffmodel.train.first_step`); every step after it
 should reuse them. When a later step meets a batch of a shape the graphs were not compiled for, or a guard
-torch.compile placed on the model or the step no longer holds, that step compiles again: tens of seconds to
-minutes each time on a GPU while the device waits, and past torch's recompile limit the function runs uncompiled
-from then on. The progress bar shows this only as a slow step or a slow run. :class:`RecompileCallback` counts the
+torch.compile placed on the model or the step no longer holds, that step compiles again while the device waits
+(up to what the first step's compile took: 29-83 s for a ~110M model on an H200), and past torch's recompile limit
+the function runs uncompiled from then on. The progress bar shows this only as a slow step or a slow run. :class:`RecompileCallback` counts the
 graphs torch.compile made during each training step (forward, backward and optimizer; evaluation between steps is
 left out: it compiles graphs of its own, without gradients) and warns for the first :data:`WARNINGS` steps that made
 any, with the step and its time, then sums them up when training ends.
