@@ -107,6 +107,7 @@ from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
 from diffmodel.preprocess.tokens import pad_id_of  # noqa: E402
 from diffmodel.train import rotary_layout, rotary_table  # noqa: E402
+from diffmodel.train.recompiles import graph_count  # noqa: E402
 
 KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 
@@ -278,13 +279,6 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def graphs_compiled() -> int:
-    """How many graphs torch.compile has compiled in this process so far (recompiles included)."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
-
-
 class Meter:
     """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards); counts the
     graphs compiled between the two marks (``compiled``: a figure that includes compiling, when above 0)."""
@@ -301,7 +295,7 @@ class Meter:
                     if cuda:
                         torch.cuda.synchronize()
                     meter.marks.append(time.perf_counter())
-                    meter.graphs.append(graphs_compiled())
+                    meter.graphs.append(graph_count())
                 if state.global_step >= warmup + steps + extra:
                     control.should_training_stop = True
                 return control

@@ -11,18 +11,11 @@ import torch
 from diffmodel.train.recompiles import HINT, RecompileCallback, graph_count
 
 
-class _Log:
-    def __init__(self):
-        self.messages: list[str] = []
-
-    def __enter__(self):
-        self.handler = logging.Handler()
-        self.handler.emit = lambda record: self.messages.append(record.getMessage())
-        logging.getLogger("diffmodel.train").addHandler(self.handler)
-        return self.messages
-
-    def __exit__(self, *exc):
-        logging.getLogger("diffmodel.train").removeHandler(self.handler)
+@pytest.fixture
+def logged(caplog):
+    """What diffmodel.train has logged at INFO and above so far in the test."""
+    caplog.set_level(logging.INFO, logger="diffmodel.train")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "diffmodel.train"]
 
 
 def _steps(callback, first: int, made: list[int], between: list[int] | None = None):
@@ -40,24 +33,22 @@ def _steps(callback, first: int, made: list[int], between: list[int] | None = No
     callback.on_train_end(None, SimpleNamespace(global_step=first + len(made)), None)
 
 
-def test_the_first_step_compiling_is_not_warned_a_later_one_is_with_its_step_and_time():
-    with _Log() as messages:
-        _steps(RecompileCallback(), 0, [7, 0, 2, 0])
-    assert messages == [
+def test_the_first_step_compiling_is_not_warned_a_later_one_is_with_its_step_and_time(logged):
+    _steps(RecompileCallback(), 0, [7, 0, 2, 0])
+    assert logged() == [
         f"torch.compile compiled 2 graph(s) again in step 3, which took 3.0 s: {HINT}",
         f"torch.compile compiled 2 graph(s) again after the first step, in 1 step(s) that took 3 s in all: {HINT}",
     ]
 
 
-def test_a_run_that_compiles_only_in_its_first_step_logs_nothing():
-    with _Log() as messages:
-        _steps(RecompileCallback(), 0, [9, 0, 0, 0, 0])
-    assert messages == []
+def test_a_run_that_compiles_only_in_its_first_step_logs_nothing(logged):
+    _steps(RecompileCallback(), 0, [9, 0, 0, 0, 0])
+    assert logged() == []
 
 
-def test_after_three_warnings_later_steps_are_only_counted_and_summed_up():
-    with _Log() as messages:
-        _steps(RecompileCallback(), 0, [5, 1, 1, 1, 1, 1])
+def test_after_three_warnings_later_steps_are_only_counted_and_summed_up(logged):
+    _steps(RecompileCallback(), 0, [5, 1, 1, 1, 1, 1])
+    messages = logged()
     assert [m.split(":")[0] for m in messages] == [
         "torch.compile compiled 1 graph(s) again in step 2, which took 2.0 s",
         "torch.compile compiled 1 graph(s) again in step 3, which took 3.0 s",
@@ -67,10 +58,9 @@ def test_after_three_warnings_later_steps_are_only_counted_and_summed_up():
     assert messages[2].endswith("(later steps that compile are counted and summed up when training ends)")
 
 
-def test_a_resumed_runs_first_step_is_its_first_and_evaluation_between_steps_is_left_out():
-    with _Log() as messages:
-        _steps(RecompileCallback(), 40, [6, 0, 0], between=[0, 4, 0])
-    assert messages == []
+def test_a_resumed_runs_first_step_is_its_first_and_evaluation_between_steps_is_left_out(logged):
+    _steps(RecompileCallback(), 40, [6, 0, 0], between=[0, 4, 0])
+    assert logged() == []
 
 
 def test_graph_count_counts_what_torch_compile_compiles_again_for_a_new_shape():
@@ -92,7 +82,7 @@ def tiny_gpt2():
     return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=32, n_embd=16, n_layer=1, n_head=2))
 
 
-def test_a_compiled_trainer_whose_third_batch_is_longer_warns_of_step_3(tmp_path, tiny_gpt2):
+def test_a_compiled_trainer_whose_third_batch_is_longer_warns_of_step_3(tmp_path, tiny_gpt2, logged):
     from transformers import Trainer, TrainingArguments
 
     torch._dynamo.reset()
@@ -108,7 +98,7 @@ def test_a_compiled_trainer_whose_third_batch_is_longer_warns_of_step_3(tmp_path
                              torch_compile=True, torch_compile_backend="eager", dataloader_num_workers=0)
     trainer = Trainer(model=tiny_gpt2, args=args, train_dataset=[{"x": i} for i in range(5)], data_collator=collate)
     trainer.add_callback(RecompileCallback())
-    with _Log() as messages:
-        trainer.train()
+    trainer.train()
+    messages = logged()
     steps = [m.split(" again in step ")[1].split(",")[0] for m in messages if " again in step " in m]
     assert steps == ["3"], messages

@@ -36,13 +36,11 @@ def graph_count() -> int:
 class RecompileCallback(TrainerCallback):
     def __init__(self, clock=time.monotonic, count=graph_count):
         self.clock, self.count = clock, count
-        self.first: int | None = None  # the step the run started with; its compiles are the first step's
-        self.began: tuple[float, int] | None = None
-        self.steps = self.graphs = 0
-        self.seconds = 0.0
+        self.on_train_begin(None, None, None)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.first, self.began = None, None
+        self.first: int | None = None  # the step the run started with; its compiles are the first step's
+        self.began: tuple[float, int] | None = None  # (clock, graphs) at the current step's start
         self.steps = self.graphs = 0
         self.seconds = 0.0
 
