@@ -1,5 +1,5 @@
 """flex_attention's block mask traced into the compiled model (diffmodel.train.compiled_mask): no graph break at
-the mask, the same logits as each packed sample run alone.
+the mask, the same logits as each packed sample run alone."""
 
 from __future__ import annotations
 
