@@ -180,6 +180,7 @@ PROBLEMS = [
     ({"padding_free": "on"}, None, False, CPU, ("--padding_free on", "add --packing")),
     ({"padding_free": "off"}, "flash_attention_2", True, GPU_FLASH, ("--padding_free off", "flash_attention_2", "drop --padding_free off")),
     ({}, "paged_attention", True, GPU, ("--attn_implementation paged_attention", "use one of sdpa, eager", "or drop --packing")),
+    ({}, "flex_attention", True, CPU, ("--attn_implementation flex_attention", "no CPU backward", "use sdpa (the default) or eager")),
     ({"liger": "on", "compile": "on"}, None, True, GPU_FLASH_LIGER, ("--liger on and --compile on", "fails under torch.compile", "pass one of them")),
 ]
 
@@ -248,6 +249,8 @@ def test_no_problem_with_the_defaults_or_settings_the_machine_allows():
     assert problems(SpeedArguments(), None, True, CPU) == []
     assert problems(SpeedArguments(liger="on", padding_free="on"), "sdpa", True, GPU_FLASH_LIGER) == []
     assert problems(SpeedArguments(padding_free="off"), "sdpa", True, GPU_FLASH) == []
+    assert problems(SpeedArguments(), "flex_attention", True, GPU) == []
+    assert problems(SpeedArguments(), "flex_attention", True, CPU, training=False) == []  # its forward runs on a CPU
 
 
 # --- through the real parser ------------------------------------------------------------------------------
@@ -273,6 +276,22 @@ class TestCommandLine:
         with pytest.raises(DiffModelError, match=r"--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto"):
             _parse_and_validate(argv + extra)
 
+    @pytest.mark.parametrize("extra", [["--packing"], []])
+    def test_flex_attention_training_without_a_gpu_is_refused_before_anything_loads(self, argv, extra, monkeypatch):
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: CPU if use_cpu else GPU)
+        flex = ["--model_type", "llama", "--attn_implementation", "flex_attention", *extra]
+        _parse_and_validate(argv + flex)  # a GPU: fine
+        with pytest.raises(DiffModelError, match=r"--attn_implementation flex_attention: torch has no CPU backward for "
+                                                 r"flex_attention, so it cannot train without a GPU; use sdpa \(the default\) or eager"):
+            _parse_and_validate(argv + flex + ["--use_cpu"])
+
+    def test_use_cpu_on_a_gpu_machine_takes_the_cpu_path(self, argv, monkeypatch):
+        asked = []
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: asked.append(use_cpu) or (CPU if use_cpu else GPU))
+        assert parse_args(argv + ["--packing"])[2].torch_compile is True
+        assert parse_args(argv + ["--packing", "--use_cpu"])[2].torch_compile is False
+        assert asked == [False, True]
+
     def test_compile_off_with_torch_compile_is_refused(self, argv):
         with pytest.raises(DiffModelError, match=r"--compile off and --torch_compile contradict each other"):
             _parse_and_validate(argv + ["--compile", "off", "--torch_compile"])
@@ -295,7 +314,7 @@ class TestCommandLine:
             parse_duration(text)
 
     def test_packing_on_a_gpu_machine_compiles(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: GPU)
         assert parse_args(argv + ["--packing"])[2].torch_compile is True
         assert parse_args(argv + ["--packing", "--max_steps", "50"])[2].torch_compile is False
         assert parse_args(argv + ["--packing", "--max_train_time", "0:05:00"])[2].torch_compile is False
@@ -306,14 +325,14 @@ class TestCommandLine:
         assert parse_args(argv)[2].torch_compile is False  # no --packing: the reference's behaviour
 
     def test_compiling_decided_while_parsing_is_logged_with_its_reason(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: GPU)
         model_args, data_args, training_args = parse_args(argv + ["--packing"])
         path = choose(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, training_args, GPU, "llama")
         assert (path.compile.value, path.compile.reason) == (True, "on a GPU it fuses the many small kernels of each layer; rows padded to --block_size keep one shape")
 
     def test_a_run_of_epochs_decides_again_once_its_steps_are_known(self, argv, monkeypatch):
         monkeypatch.setattr(fast_path, "liger_supports", lambda t: t == "llama")
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU_FLASH_LIGER)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: GPU_FLASH_LIGER)
         model_args, data_args, training_args = parse_args(argv + ["--packing"])
         assert (training_args.torch_compile, training_args.compiled_by_auto) == (True, True)
         speed = speed_args_from(training_args)
@@ -325,7 +344,7 @@ class TestCommandLine:
         assert (long.compile.value, long.liger.value) == (True, False)
 
     def test_compiling_the_user_asked_for_stays_whatever_the_epochs(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: GPU)
         for flags, reason in ((["--torch_compile"], "set by --torch_compile"), (["--compile", "on"], "set by --compile on"),
                               (["--torch_compile_mode", "default"], "set by --torch_compile")):
             model_args, data_args, training_args = parse_args(argv + ["--packing", *flags])
@@ -334,7 +353,7 @@ class TestCommandLine:
             assert (path.compile.value, path.compile.reason) == (True, reason), flags
 
     def test_max_steps_decides_over_the_epochs(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: GPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: GPU)
         model_args, data_args, training_args = parse_args(argv + ["--packing", "--max_steps", str(COMPILE_MIN_STEPS)])
         assert choose(speed_args_from(training_args), None, True, training_args, GPU, "llama", epoch_steps=5).compile.value is True
 
@@ -348,11 +367,11 @@ class TestCommandLine:
         assert fast_path.epoch_steps(rows, batch, accumulation, processes, epochs) == steps
 
     def test_packing_on_a_cpu_machine_does_not_compile(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: CPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: CPU)
         assert parse_args(argv + ["--packing"])[2].torch_compile is False
 
     def test_compile_on_compiles_with_or_without_packing(self, argv, monkeypatch):
-        monkeypatch.setattr(fast_path, "probe_facts", lambda: CPU)
+        monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: CPU)
         assert parse_args(argv + ["--packing", "--compile", "on"])[2].torch_compile is True
         assert parse_args(argv + ["--compile", "on"])[2].torch_compile is True
 
@@ -738,7 +757,9 @@ def test_rows_of_pad_tokens_leave_the_loss_and_gradients_as_they_were(arch, attn
 
 class TestFullBatches:
     @staticmethod
-    def _trainer(data_dir, model_dir, name, *extra):
+    def _trainer(data_dir, model_dir, name, *extra, validated=True):
+        """``validated``: through validate() first, as ``diffmodel train`` does (off for set-ups it refuses on a CPU,
+        such as training with flex_attention, whose preparation is still tested here)."""
         from diffmodel.train.args import parse_args, validate
         from diffmodel.train.run import prepare
 
@@ -747,7 +768,8 @@ class TestFullBatches:
                 "--block_size", "128", "--train_diff_model", "--packing", "--report_to", "none", "--do_train", "--use_cpu",
                 "--max_steps", "2", *extra]
         args = parse_args(argv)
-        validate(*args)
+        if validated:
+            validate(*args)
         return prepare(*args).trainer
 
     def test_compiled_training_fills_an_epochs_last_batch_and_leaves_evaluation_alone(self, data_dir, tiny_gpt2_dir):
@@ -1152,7 +1174,7 @@ def test_a_compiled_flex_attention_run_builds_its_block_mask_inside_the_graph(da
     monkeypatch.setattr(compiled_mask, "TRACED", compiled_mask.TRACED)
     with _log_records(logging.INFO) as records:
         trainer = TestFullBatches._trainer(data_dir, tiny_llama_dir, f"mask_{attn}_{'_'.join(flags)}", "--attn_implementation",
-                                           attn, *flags, "--loss_logits", "off")
+                                           attn, *flags, "--loss_logits", "off", validated=False)
     assert trainer is not None
     shown = [m for m in records if "block mask traced into the compiled graph" in m]
     assert (shown[0].startswith(f"fast path: {line}") if line else shown == []), shown

@@ -358,7 +358,7 @@ def parse_args(argv: list[str] | None = None) -> PARSED:
         from diffmodel.train.fast_path import choose_compile, probe_facts, seconds_of  # run.py logs the choice and its reason
 
         liger_forced = values.get("liger") == "on" or bool(values.get("use_liger_kernel"))
-        if choose_compile(compile_setting, False, True, int(values.get("max_steps") or -1), probe_facts(), liger_forced,
+        if choose_compile(compile_setting, False, True, int(values.get("max_steps") or -1), probe_facts(bool(values.get("use_cpu"))), liger_forced,
                           seconds_of(values.get("max_train_time")), bool(values.get("deepspeed") or values.get("fsdp"))).value:
             values = {**values, "torch_compile": True}
             compiled_by_auto = compile_setting == "auto" and not (values.get("torch_compile_backend") or values.get("torch_compile_mode"))
@@ -557,11 +557,13 @@ def validate(model_args: ModelArguments, data_args: DataArguments, training_args
         problems.append("nothing to do: pass --do_train, --do_eval or --save_final_dataset")
     problems += lora_problems(lora_args_from(training_args), model_args.model_name_or_path)
     problems += speed_problems(speed_args_from(training_args), training_args)
-    if data_args.packing or getattr(training_args, "padding_free", "auto") == "on" or getattr(training_args, "liger", "auto") == "on":
+    if (data_args.packing or getattr(training_args, "padding_free", "auto") == "on" or getattr(training_args, "liger", "auto") == "on"
+            or model_args.attn_implementation == "flex_attention"):
         from diffmodel.train import fast_path
 
-        problems += fast_path.problems(speed_args_from(training_args), model_args.attn_implementation, data_args.packing, fast_path.probe_facts(),
-                                      half=bool(training_args.bf16 or training_args.fp16))
+        problems += fast_path.problems(speed_args_from(training_args), model_args.attn_implementation, data_args.packing,
+                                      fast_path.probe_facts(training_args.use_cpu),
+                                      half=bool(training_args.bf16 or training_args.fp16), training=training_args.do_train)
     problems += streaming_problems(data_args, training_args)
     problems += generation_eval_problems(data_args, training_args)
     problems += bf16_problems(vars(training_args))

@@ -145,10 +145,11 @@ class Facts:
     """flash-attention 4 (``flash_attn.cute``) is installed."""
 
 
-def probe_facts() -> Facts:
+def probe_facts(use_cpu: bool = False) -> Facts:
+    """``use_cpu``: --use_cpu, which trains on the CPU of a machine with a GPU: no GPU is offered then."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not use_cpu
     return Facts(
         cuda=cuda,
         flash_attn=cuda and flash_attn_2_installed(),
@@ -581,10 +582,11 @@ def choose(speed, attn_requested: str | None, packing: bool, training_args, fact
     )
 
 
-def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, half: bool = True) -> list[str]:
+def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, half: bool = True,
+             training: bool = True) -> list[str]:
     """What the machine or the other flags make impossible, each with its fix (found before anything loads).
 
-    ``half``: --bf16 or --fp16 was given."""
+    ``half``: --bf16 or --fp16 was given; ``training``: --do_train was."""
     found = []
     if attn_requested == VARLEN:
         import torch
@@ -604,6 +606,9 @@ def problems(speed, attn_requested: str | None, packing: bool, facts: Facts, hal
                          f"(compute capability 9.x, 10.x), not this GPU's {cap}; use flex_attention or torch_varlen")
     if attn_requested in VARLEN_NAMES and facts.cuda and not half:
         found.append(f"--attn_implementation {attn_requested} runs flash kernels, which take bf16 or fp16: add --bf16 (or --fp16)")
+    if training and attn_requested == "flex_attention" and not facts.cuda:
+        found.append("--attn_implementation flex_attention: torch has no CPU backward for flex_attention, so it cannot "
+                     "train without a GPU; use sdpa (the default) or eager on a CPU")
     if speed.liger == "on" and not facts.liger:
         found.append("--liger on: liger-kernel is not installed; pip install liger-kernel, or pass --liger auto")
     elif speed.liger == "on" and not facts.cuda:

@@ -397,7 +397,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.warning("the rows are packed (position_ids without attention_mask): training them as packed rows, as with --packing")
         data_args = dataclasses.replace(data_args, packing=True)
     speed = speed_args_from(training_args)
-    facts = fast_path.probe_facts()
+    facts = fast_path.probe_facts(training_args.use_cpu)
     planned = None  # a run given by epochs: its steps, for whether compiling pays (--max_steps decides otherwise)
     if training_args.do_train and not data_args.streaming and (training_args.max_steps or -1) <= 0:
         planned = fast_path.epoch_steps(len(train_ds), training_args.per_device_train_batch_size,
