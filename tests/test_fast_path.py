@@ -1157,6 +1157,22 @@ class TestBf16Weights:
         assert (warning in records) == warned
 
 
+def test_use_cpu_on_a_gpu_machine_prepares_the_cpus_fast_path(data_dir, tiny_llama_dir, monkeypatch):
+    """--use_cpu where a GPU is present: the run's choices are the CPU's (no flex_attention, compile or workers)."""
+    from diffmodel.train.args import parse_args, validate
+    from diffmodel.train.run import prepare
+
+    monkeypatch.setattr(fast_path, "probe_facts", lambda use_cpu=False: CPU if use_cpu else GPU)
+    args = parse_args(["--model_name_or_path", str(tiny_llama_dir), "--train_file", str(data_dir / "data.jsonl"),
+                       "--validation_split_percentage", "0", "--output_dir", str(data_dir / "use_cpu_on_gpu"),
+                       "--cache_dir", str(data_dir / "cache"), "--block_size", "128", "--train_diff_model", "--packing",
+                       "--report_to", "none", "--do_train", "--use_cpu", "--max_steps", "2"])
+    validate(*args)
+    path = prepare(*args).fast_path
+    assert (path.attention.value, path.compile.value, path.data_workers.value) == ("sdpa", False, 0)
+    assert path.attention.reason.startswith("no GPU")
+
+
 @pytest.mark.parametrize("attn,flags,traced,line", [
     ("flex_attention", ("--compile", "on"), True, "block mask traced into the compiled graph: on (transformers compiles"),
     ("flex_attention", ("--compile", "on", "--trace_block_mask", "off"), False,
