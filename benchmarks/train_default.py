@@ -567,17 +567,33 @@ def run_isolated(arm: str, a, data_file: Path, work: Path, results: dict, profil
     # a session of its own: stopping this benchmark stops the round's process and the compile workers it started
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--one_round", str(spec)], stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
+    log = work / f"round_{arm}.stderr"
     try:
-        _, stderr = proc.communicate()
+        stderr = tee(proc.stderr, log)
+        proc.wait()
     except BaseException:
         _stop_group(proc)
         raise
     if proc.returncode != 0 or not out.exists():
-        log = work / f"round_{arm}.stderr"
-        log.write_text(stderr)
         print(f"{arm}: the end of the failed round's error output (all of it in {log}):\n{stderr.strip()[-4000:]}", file=sys.stderr)
         raise RuntimeError(f"the process of this round exited with {proc.returncode}: {error_line(stderr)}")
     merge(results, arm, json.loads(out.read_text()))
+
+
+def tee(stream, log: Path, echo=None) -> str:
+    """Copy a round's error output, line by line as it comes, to ``echo`` and to the file ``log``; return all of it.
+    Its warnings and torch's logs (``TORCH_LOGS=recompiles`` names the guard behind a recompile) show while the round
+    runs, and stay in ``log`` after it."""
+    echo = echo or sys.stderr
+    lines = []
+    with open(log, "w") as file:
+        for line in stream:
+            lines.append(line)
+            file.write(line)
+            file.flush()
+            echo.write(line)
+            echo.flush()
+    return "".join(lines)
 
 
 def error_line(stderr: str) -> str:

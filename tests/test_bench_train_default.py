@@ -307,6 +307,21 @@ def test_isolate_runs_each_round_of_each_arm_in_a_process_of_its_own(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| pack |", "| pack_torch_tiles |"))]
     assert len(rows) == 2 and "failed" not in "".join(rows)
     assert "flex_attention tiles" not in proc.stdout  # sdpa on the CPU: no tiles to choose
+    for arm in ("pack", "pack_torch_tiles"):  # each round's error output stays in a file, and showed as it came
+        assert (tmp_path / f"round_{arm}.stderr").read_text() in proc.stderr
+
+
+def test_a_rounds_error_output_shows_as_it_comes_and_stays_in_its_file(tmp_path):
+    import io
+
+    from train_default import tee
+
+    echo = io.StringIO()
+    lines = iter(["[__recompiles] Recompiling function forward\n", "    triggered by the following guard failure(s):\n"])
+    assert tee(lines, tmp_path / "round.stderr", echo) == "".join(
+        ["[__recompiles] Recompiling function forward\n", "    triggered by the following guard failure(s):\n"])
+    assert (tmp_path / "round.stderr").read_text() == echo.getvalue() == (
+        "[__recompiles] Recompiling function forward\n    triggered by the following guard failure(s):\n")
 
 
 def test_merge_adds_rounds_and_keeps_the_peak():
