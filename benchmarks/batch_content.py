@@ -9,6 +9,12 @@ batch, and the average over batches ``--warmup`` + 1 .. ``--warmup`` + ``--steps
 ``train_default.py`` times with the same flags). A tokens/s figure measured over a window is the window's tokens
 over its time: where a window holds more than the epoch's average, the figure is that much higher.
 
+With ``--positions N``, each diffmodel arm's first N batches are listed with their loss positions: the positions
+``--loss_logits`` runs the output layer at (:func:`diffmodel.train.loss_logits.positions`, padding included), a
+number the compiled step takes as changing from batch to batch. A batch whose number is the lowest or the highest
+so far is marked: where torch.compile bounded that number by what the earlier batches held, such a batch is one
+that can make a step compile again.
+
     PYTHONPATH=src python benchmarks/batch_content.py --data '.fetched/train_mined4/train/*.jsonl.zst' \\
         --tokenizer .fetched/tok16k --max_samples 3000 --warmup 4 --steps 10 --arms pack,trl --trl_workers 8
 
@@ -43,15 +49,33 @@ def summary(counts: list[tuple[int, int]], warmup: int, steps: int) -> dict:
             "window_loss": statistics.mean(c[0] for c in win), "window_real": statistics.mean(c[1] for c in win)}
 
 
-def arm_counts(arm: str, a, texts: list[str], data_file: Path, work: Path) -> list[tuple[int, int]]:
+def arm_counts(arm: str, a, texts: list[str], data_file: Path, work: Path) -> tuple[list[tuple[int, int]], list[int]]:
+    """(loss-bearing, real) tokens of each batch of ``arm``'s epoch, and each batch's loss positions (diffmodel's arms)."""
     import torch
+
+    from diffmodel.train import loss_logits
 
     trainer, _ = (train_default.build_trl(a, texts, data_file, work) if arm == "trl"
                   else train_default.build_diffmodel(arm, a, data_file, work))
     tok = trainer.processing_class
     pad_id = pad_id_of(tok)
     torch.manual_seed(0)
-    return [train_default.batch_tokens(b, pad_id, tok.eos_token_id)[:2] for b in trainer.get_train_dataloader()]
+    counts, positions = [], []
+    for b in trainer.get_train_dataloader():
+        counts.append(train_default.batch_tokens(b, pad_id, tok.eos_token_id)[:2])
+        if arm != "trl":
+            positions.append(len(loss_logits.positions(b["labels"].numpy())[0]))
+    return counts, positions
+
+
+def extremes(numbers: list[int]) -> list[str]:
+    """For each number: "first", "lowest so far", "highest so far" (than all the earlier ones), or ""."""
+    marks = []
+    for i, n in enumerate(numbers):
+        earlier = numbers[:i]
+        marks.append("first" if not earlier else "lowest so far" if n < min(earlier)
+                     else "highest so far" if n > max(earlier) else "")
+    return marks
 
 
 def main(argv=None) -> int:
@@ -68,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--trl_workers", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="the bundled samples and a tokenizer trained on them")
     p.add_argument("--workdir", type=Path)
+    p.add_argument("--positions", type=int, default=0, metavar="N",
+                   help="list the first N batches of each diffmodel arm with their loss positions (--loss_logits)")
     a = p.parse_args(argv)
     work = a.workdir or Path(tempfile.mkdtemp(prefix="batch_content_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -92,10 +118,19 @@ def main(argv=None) -> int:
     print(f"{len(texts)} samples, batch {a.batch_size} x {a.block_size}, window: batches {a.warmup + 1}-{a.warmup + a.steps}")
     print("| arm | batches | loss-bearing tok a batch: epoch | window | window / epoch | real tok a batch: epoch | window |")
     print("|---|---|---|---|---|---|---|")
+    listed = {}
     for arm in [x for x in a.arms.split(",") if x]:
-        s = summary(arm_counts(arm, a, texts, data_file, work), a.warmup, a.steps)
+        counts, listed[arm] = arm_counts(arm, a, texts, data_file, work)
+        s = summary(counts, a.warmup, a.steps)
         print(f"| {arm} | {s['batches']} | {s['epoch_loss']:,.0f} | {s['window_loss']:,.0f} | "
               f"{s['window_loss'] / s['epoch_loss']:.3f} | {s['epoch_real']:,.0f} | {s['window_real']:,.0f} |", flush=True)
+    for arm, positions in listed.items():
+        if a.positions and positions:
+            print(f"\n{arm}: loss positions of its first {min(a.positions, len(positions))} batches\n")
+            print("| batch (step) | loss positions | |\n|---|---|---|")
+            first = positions[:a.positions]
+            for step, (n, mark) in enumerate(zip(first, extremes(first)), 1):
+                print(f"| {step} | {n:,} | {mark} |")
     return 0
 
 
