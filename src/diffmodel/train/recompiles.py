@@ -23,7 +23,9 @@ logger = logging.getLogger("diffmodel.train")
 WARNINGS = 3
 
 HINT = ("a batch of a new shape or a guard that no longer holds; TORCH_LOGS=recompiles names the guard "
-        "(--packing pads every row to --block_size, so its batches keep one shape)")
+        "(--packing pads every row to --block_size, so its batches keep one shape; with --loss_logits the number of "
+        "loss positions changes from batch to batch, and a batch with fewer or more than any before can break a "
+        "bound torch.compile set on it)")
 
 
 def graph_count() -> int:
