@@ -54,7 +54,8 @@ rounds. With ``--isolate``, each round of each arm runs in a process of its own 
 allocator, compiled-code caches and data-loader workers; the on-disk compile cache is shared): on an H200
 an arm that ran after other arms in one process took 1.1x-1.3x its step time alone (benchmarks/RESULTS.md).
 A round during whose timed steps torch.compile compiled a graph (a recompile for a new shape, in any arm, TRL's
-flex_attention included) is flagged: its time includes compiling, and ``--warmup`` should be raised.
+flex_attention included) is flagged: its time includes compiling, and ``--warmup`` should be raised; the table's
+step time then also gives the time of the steps that compiled nothing.
 With ``--sync_debug``, every distinct place where the host waits for the GPU during the timed steps is printed
 with the Python frames that led there (``torch.cuda.set_sync_debug_mode``).
 With ``--profile DIR``, each arm's first round then profiles ``--profile_steps`` more steps
@@ -281,7 +282,9 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
 
 class Meter:
     """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards); counts the
-    graphs compiled between the two marks (``compiled``: a figure that includes compiling, when above 0)."""
+    graphs compiled between the two marks (``compiled``: a figure that includes compiling, when above 0), and the
+    timed steps that compiled with their wall time (``compiling_steps``, ``compiling_s``: the host's time from the
+    step's start to its end, which with asynchronous steps also holds the end of the step queued before it)."""
 
     def __init__(self, warmup: int, steps: int, cuda: bool, extra: int = 0):
         """``extra``: steps that run after the timed ones (profiled by another callback, which stops the run)."""
@@ -290,7 +293,17 @@ class Meter:
         meter = self
 
         class Clock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if warmup <= state.global_step < warmup + steps:  # a timed step starts
+                    meter.began = (time.perf_counter(), graph_count())
+                return control
+
             def on_step_end(self, args, state, control, **kw):
+                if meter.began is not None:
+                    (started, graphs), meter.began = meter.began, None
+                    if graph_count() > graphs:
+                        meter.compiling_steps += 1
+                        meter.compiling_s += time.perf_counter() - started
                 if state.global_step in (warmup, warmup + steps):
                     if cuda:
                         torch.cuda.synchronize()
@@ -305,6 +318,8 @@ class Meter:
         self.marks: list[float] = []
         self.graphs: list[int] = []
         self.batches: list[dict] = []
+        self.began: tuple[float, int] | None = None
+        self.compiling_steps, self.compiling_s = 0, 0.0
 
     @property
     def compiled(self) -> int:
@@ -504,6 +519,7 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     r = results.setdefault(arm, {"seconds": 0.0, "loss_tok": 0, "real_tok": 0, "useful": 0.0, "steps": 0, "mem": 0,
                                  "setup_s": [], "round_ms": [], "choices": choices, "rows": 0, "compiled": 0,
+                                 "compiling_steps": 0, "compiling_s": 0.0,
                                  "epoch_batches": epoch, "window": window(a.warmup, steps, epoch)})
     for b in meter.batches:
         loss_tok, real_tok, lengths = batch_tokens(b, pad_id, tok.eos_token_id)
@@ -516,6 +532,8 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
     r["setup_s"].append(meter.marks[0] - started)
     r["round_ms"].append(seconds / steps * 1e3)
     r["compiled"] += meter.compiled
+    r["compiling_steps"] += meter.compiling_steps
+    r["compiling_s"] += meter.compiling_s
     if cuda:
         r["mem"] = max(r["mem"], torch.cuda.max_memory_allocated())
     print(f"{arm}: {steps} steps in {seconds:.2f} s ({seconds / steps * 1e3:.0f} ms/step), "
@@ -523,23 +541,33 @@ def run_arm(arm: str, a, texts, data_file: Path, work: Path, results: dict, cuda
           f"{choices}", flush=True)
     if meter.compiled:
         print(f"{arm}: {meter.compiled} graph(s) compiled during the timed steps: this round's time includes compiling "
-              "(raise --warmup)", flush=True)
+              f"(raise --warmup); {meter.compiling_steps} step(s) compiled, in {meter.compiling_s:.1f} s", flush=True)
     rotary_layout.uninstall(model)  # --rotary_layout on changes the modeling module for the arms after it in this process
     rotary_table.uninstall(model)
     del trainer, model, meter
     gc.collect()
 
 
-SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compiled")
+SUMMED = ("seconds", "loss_tok", "real_tok", "useful", "steps", "rows", "compiled", "compiling_steps", "compiling_s")
 
 
 def step_ms(row: dict) -> str:
     """The table's step time: over all rounds, then each round's where there were several (``55 (54, 56)``), and
-    how many graphs torch.compile compiled while the steps were timed, where it did (so a table kept alone says it)."""
+    how many graphs torch.compile compiled while the steps were timed, where it did (so a table kept alone says it),
+    with the step time of the other steps (``729, 1 graph(s) compiled while timed; 156 without the 1 step(s) that
+    compiled``)."""
     rounds = row["round_ms"]
     each = f" ({', '.join(f'{ms:.0f}' for ms in rounds)})" if len(rounds) > 1 else ""
     compiled = f", {row['compiled']} graph(s) compiled while timed" if row.get("compiled") else ""
+    if row.get("compiled") and row.get("other_ms"):
+        compiled += f"; {row['other_ms']:.0f} without the {row['compiling_steps']} step(s) that compiled"
     return f"{row['step_ms']:.0f}{each}{compiled}"
+
+
+def other_ms(r: dict) -> float | None:
+    """Step time of the timed steps that compiled nothing (summed rounds ``r``), or None when every step compiled."""
+    steps = r["steps"] - r.get("compiling_steps", 0)
+    return (r["seconds"] - r.get("compiling_s", 0.0)) / steps * 1e3 if steps > 0 else None
 
 
 def merge(results: dict, arm: str, r: dict) -> None:
@@ -732,7 +760,8 @@ def main(argv=None) -> int:
                       "useful_mfu": r["useful"] / r["seconds"] / PEAK_FLOPS, "setup_s": statistics.median(r["setup_s"]),
                       "loss_tok_step": r["loss_tok"] / r["steps"], "epoch_batches": r.get("epoch_batches"),
                       "window": r.get("window", ""),
-                      "choices": r["choices"], "compiled": r["compiled"]})
+                      "choices": r["choices"], "compiled": r["compiled"], "compiling_steps": r.get("compiling_steps", 0),
+                      "other_ms": other_ms(r)})
     ref = {row["arm"]: row for row in table if "error" not in row}
     print(f"\nmodel {a.model}, {len(texts)} samples, block {a.block_size}, batch {a.batch_size}, {a.rounds} rounds x {'the rest of an epoch' if a.steps == 'epoch' else f'{a.steps} steps'}, {device}")
     print("| arm | loss-bearing tok/s | vs pad | vs concat | vs trl | loss-bearing tok a step | real tok/s | step ms (rounds) "

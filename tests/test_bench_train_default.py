@@ -200,6 +200,37 @@ def test_the_meter_counts_graphs_compiled_between_its_marks_only():
     assert (steady.compiled, recompiled.compiled) == (0, 1)
 
 
+def test_the_meter_tells_the_timed_steps_that_compiled_and_their_time():
+    from types import SimpleNamespace
+
+    def run(meter, compile_in):  # warm-up step 1, timed steps 2-4; compile_in: the step that meets a new shape
+        torch._dynamo.reset()  # the same code object each run: none of its graphs kept
+        f = torch.compile(lambda x: x * 3 - 1, backend="eager", dynamic=False)
+        f(torch.ones(3))
+        for step in (1, 2, 3, 4):
+            meter.callback.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
+            f(torch.ones(5 if step == compile_in else 3))
+            meter.callback.on_step_end(None, SimpleNamespace(global_step=step), SimpleNamespace(should_training_stop=False))
+
+    in_warmup, in_timed, steady = Meter(1, 3, cuda=False), Meter(1, 3, cuda=False), Meter(1, 3, cuda=False)
+    run(in_warmup, compile_in=1)
+    run(in_timed, compile_in=3)
+    run(steady, compile_in=None)
+    assert (in_warmup.compiling_steps, in_timed.compiling_steps, steady.compiling_steps) == (0, 1, 0)
+    assert in_timed.compiling_s > 0 and in_warmup.compiling_s == steady.compiling_s == 0.0
+
+
+def test_the_step_time_without_the_steps_that_compiled():
+    from train_default import other_ms, step_ms
+
+    r = {"seconds": 52.48, "steps": 72, "compiling_steps": 1, "compiling_s": 41.4}
+    assert round(other_ms(r), 1) == round(11.08 / 71 * 1e3, 1)
+    assert other_ms({"seconds": 2.0, "steps": 1, "compiling_steps": 1, "compiling_s": 2.0}) is None
+    assert other_ms({"seconds": 1.0, "steps": 4}) == 250.0  # rounds kept before the count: every step
+    row = {"step_ms": 728.9, "round_ms": [728.9], "compiled": 1, "compiling_steps": 1, "other_ms": 156.06}
+    assert step_ms(row) == "729, 1 graph(s) compiled while timed; 156 without the 1 step(s) that compiled"
+
+
 def test_a_tiny_cpu_run_prints_a_row_per_arm(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_default.py"), "--tiny", "--arms", "concat,pack",
@@ -329,12 +360,13 @@ def test_merge_adds_rounds_and_keeps_the_peak():
 
     results = {}
     first = {"seconds": 1.0, "loss_tok": 10, "real_tok": 20, "useful": 5.0, "steps": 2, "rows": 4, "mem": 7,
-             "setup_s": [3.0], "choices": {"a": 1}, "compiled": 0}
+             "setup_s": [3.0], "choices": {"a": 1}, "compiled": 0, "compiling_steps": 0, "compiling_s": 0.0}
     merge(results, "pack", dict(first, setup_s=[3.0], round_ms=[500.0]))
-    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "round_ms": [1000.0], "compiled": 2})
+    merge(results, "pack", {**first, "seconds": 2.0, "mem": 5, "setup_s": [1.0], "round_ms": [1000.0], "compiled": 2,
+                            "compiling_steps": 1, "compiling_s": 1.5})
     assert results["pack"] == {"seconds": 3.0, "loss_tok": 20, "real_tok": 40, "useful": 10.0, "steps": 4, "rows": 8,
                                "mem": 7, "setup_s": [3.0, 1.0], "round_ms": [500.0, 1000.0], "choices": {"a": 1},
-                               "compiled": 2}
+                               "compiled": 2, "compiling_steps": 1, "compiling_s": 1.5}
 
 
 def test_the_step_time_shows_each_round_where_there_were_several():
