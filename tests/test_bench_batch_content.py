@@ -33,10 +33,19 @@ def test_a_batch_counts_labels_after_the_shift_and_real_pieces():
     assert batch_tokens(batch, pad_id=0, eos_id=9) == (3, 5, [3, 2])  # the first label (5) is shifted away
 
 
-def test_a_tiny_run_prints_the_pack_arms_epoch_and_window(tmp_path):
+def test_each_number_is_marked_when_it_is_the_lowest_or_highest_so_far():
+    from batch_content import extremes
+
+    assert extremes([5312, 6080, 7296, 5760, 5952, 4544, 7296, 4544]) == [
+        "first", "highest so far", "highest so far", "", "", "lowest so far", "", ""]
+    assert extremes([]) == []
+
+
+def test_a_tiny_run_prints_the_pack_arms_epoch_and_window_and_lists_its_first_batches_loss_positions(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "batch_content.py"), "--tiny", "--arms", "pack", "--block_size", "512",
-         "--batch_size", "2", "--warmup", "1", "--steps", "2", "--workers", "1", "--workdir", str(tmp_path)],
+         "--batch_size", "2", "--warmup", "1", "--steps", "2", "--workers", "1", "--workdir", str(tmp_path),
+         "--positions", "3"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -46,23 +55,6 @@ def test_a_tiny_run_prints_the_pack_arms_epoch_and_window(tmp_path):
     assert batches >= 3 and epoch_loss > 0 and window_loss > 0
     assert "window: batches 2-3" in proc.stdout
 
-
-def test_each_number_is_marked_when_it_is_the_lowest_or_highest_so_far():
-    from batch_content import extremes
-
-    assert extremes([5312, 6080, 7296, 5760, 5952, 4544, 7296, 4544]) == [
-        "first", "highest so far", "highest so far", "", "", "lowest so far", "", ""]
-    assert extremes([]) == []
-
-
-def test_a_tiny_run_lists_the_loss_positions_of_the_first_batches(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "batch_content.py"), "--tiny", "--arms", "pack", "--block_size", "512",
-         "--batch_size", "2", "--warmup", "1", "--steps", "2", "--workers", "1", "--workdir", str(tmp_path),
-         "--positions", "3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "pack: loss positions of its first 3 batches" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
