@@ -108,7 +108,7 @@ from train_throughput import MODELS, PEAK_FLOPS, config_overrides, flops  # noqa
 from diffmodel.preprocess.labels import IGNORE_INDEX  # noqa: E402
 from diffmodel.preprocess.tokens import pad_id_of  # noqa: E402
 from diffmodel.train import rotary_layout, rotary_table  # noqa: E402
-from diffmodel.train.recompiles import graph_count  # noqa: E402
+from diffmodel.train.recompiles import RecompileCallback, graph_count  # noqa: E402
 
 KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 
@@ -283,8 +283,10 @@ def build_trl(a, texts: list[str], data_file: Path, work: Path):
 class Meter:
     """Times steps warmup+1 .. warmup+steps and keeps their batches (device tensors, read afterwards); counts the
     graphs compiled between the two marks (``compiled``: a figure that includes compiling, when above 0), and the
-    timed steps that compiled with their wall time (``compiling_steps``, ``compiling_s``: the host's time from the
-    step's start to its end, which with asynchronous steps also holds the end of the step queued before it)."""
+    timed steps that compiled with their wall time (``compiling_steps``, ``compiling_s``), as the trainer's
+    :class:`RecompileCallback` counted them between the marks (the host's time from a step's start to its end, which
+    with asynchronous steps also holds the end of the step queued before it); :meth:`attach` gives the trainer one
+    where ``diffmodel train`` did not (uncompiled runs, TRL)."""
 
     def __init__(self, warmup: int, steps: int, cuda: bool, extra: int = 0):
         """``extra``: steps that run after the timed ones (profiled by another callback, which stops the run)."""
@@ -293,22 +295,13 @@ class Meter:
         meter = self
 
         class Clock(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                if warmup <= state.global_step < warmup + steps:  # a timed step starts
-                    meter.began = (time.perf_counter(), graph_count())
-                return control
-
             def on_step_end(self, args, state, control, **kw):
-                if meter.began is not None:
-                    (started, graphs), meter.began = meter.began, None
-                    if graph_count() > graphs:
-                        meter.compiling_steps += 1
-                        meter.compiling_s += time.perf_counter() - started
                 if state.global_step in (warmup, warmup + steps):
                     if cuda:
                         torch.cuda.synchronize()
                     meter.marks.append(time.perf_counter())
                     meter.graphs.append(graph_count())
+                    meter.recompiled.append((meter.recompiles.steps, meter.recompiles.seconds))
                 if state.global_step >= warmup + steps + extra:
                     control.should_training_stop = True
                 return control
@@ -318,15 +311,28 @@ class Meter:
         self.marks: list[float] = []
         self.graphs: list[int] = []
         self.batches: list[dict] = []
-        self.began: tuple[float, int] | None = None
-        self.compiling_steps, self.compiling_s = 0, 0.0
+        self.recompiles = RecompileCallback()  # the trainer's own, once attached
+        self.recompiled: list[tuple[int, float]] = []  # its (steps, seconds) at each mark
 
     @property
     def compiled(self) -> int:
         return self.graphs[1] - self.graphs[0] if len(self.graphs) == 2 else 0
 
+    @property
+    def compiling_steps(self) -> int:
+        return self.recompiled[1][0] - self.recompiled[0][0] if len(self.recompiled) == 2 else 0
+
+    @property
+    def compiling_s(self) -> float:
+        return self.recompiled[1][1] - self.recompiled[0][1] if len(self.recompiled) == 2 else 0.0
+
     def attach(self, trainer) -> None:
-        trainer.add_callback(self.callback)
+        own = [c for c in trainer.callback_handler.callbacks if isinstance(c, RecompileCallback)]
+        if own:
+            self.recompiles = own[0]
+        else:
+            trainer.add_callback(self.recompiles)
+        trainer.add_callback(self.callback)  # after it: a mark reads its count with the step's own included
         step = trainer.training_step
 
         def counted(model, inputs, num_items_in_batch=None):

@@ -203,21 +203,41 @@ def test_the_meter_counts_graphs_compiled_between_its_marks_only():
 def test_the_meter_tells_the_timed_steps_that_compiled_and_their_time():
     from types import SimpleNamespace
 
-    def run(meter, compile_in):  # warm-up step 1, timed steps 2-4; compile_in: the step that meets a new shape
+    def run(meter, compile_in):  # warm-up steps 1-2, timed steps 3-5; compile_in: the step that meets a new shape
         torch._dynamo.reset()  # the same code object each run: none of its graphs kept
         f = torch.compile(lambda x: x * 3 - 1, backend="eager", dynamic=False)
         f(torch.ones(3))
-        for step in (1, 2, 3, 4):
-            meter.callback.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
+        callbacks = (meter.recompiles, meter.callback)  # as attach() orders them
+        for step in (1, 2, 3, 4, 5):
+            for c in callbacks:
+                c.on_step_begin(None, SimpleNamespace(global_step=step - 1), None)
             f(torch.ones(5 if step == compile_in else 3))
-            meter.callback.on_step_end(None, SimpleNamespace(global_step=step), SimpleNamespace(should_training_stop=False))
+            for c in callbacks:
+                c.on_step_end(None, SimpleNamespace(global_step=step), SimpleNamespace(should_training_stop=False))
 
-    in_warmup, in_timed, steady = Meter(1, 3, cuda=False), Meter(1, 3, cuda=False), Meter(1, 3, cuda=False)
-    run(in_warmup, compile_in=1)
-    run(in_timed, compile_in=3)
+    in_warmup, in_timed, steady = Meter(2, 3, cuda=False), Meter(2, 3, cuda=False), Meter(2, 3, cuda=False)
+    run(in_warmup, compile_in=2)
+    run(in_timed, compile_in=5)  # the last timed step: counted before the mark reads the count
     run(steady, compile_in=None)
     assert (in_warmup.compiling_steps, in_timed.compiling_steps, steady.compiling_steps) == (0, 1, 0)
     assert in_timed.compiling_s > 0 and in_warmup.compiling_s == steady.compiling_s == 0.0
+    assert (in_warmup.compiled, in_timed.compiled) == (0, 1)
+
+
+def test_the_meter_reads_the_trainers_own_recompile_callback_or_gives_it_one():
+    from types import SimpleNamespace
+
+    from diffmodel.train.recompiles import RecompileCallback
+
+    own = RecompileCallback()
+    trainers = [SimpleNamespace(callback_handler=SimpleNamespace(callbacks=cbs), training_step=None) for cbs in ([own], [])]
+    for t in trainers:
+        t.add_callback = t.callback_handler.callbacks.append
+    with_own, without = Meter(1, 2, cuda=False), Meter(1, 2, cuda=False)
+    with_own.attach(trainers[0])
+    without.attach(trainers[1])
+    assert with_own.recompiles is own and trainers[0].callback_handler.callbacks == [own, with_own.callback]
+    assert trainers[1].callback_handler.callbacks == [without.recompiles, without.callback]
 
 
 def test_the_step_time_without_the_steps_that_compiled():
@@ -331,6 +351,7 @@ def test_isolate_runs_each_round_of_each_arm_in_a_process_of_its_own(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "train_default.py"), "--tiny", "--arms", "pack,pack_torch_tiles",
          "--workers", "1", "--workdir", str(tmp_path), "--isolate"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "info"},  # the rounds write transformers' log to their error output
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     pids = [line.split("process ")[1] for line in proc.stdout.splitlines() if ": a round in process " in line]
@@ -339,7 +360,8 @@ def test_isolate_runs_each_round_of_each_arm_in_a_process_of_its_own(tmp_path):
     assert len(rows) == 2 and "failed" not in "".join(rows)
     assert "flex_attention tiles" not in proc.stdout  # sdpa on the CPU: no tiles to choose
     for arm in ("pack", "pack_torch_tiles"):  # each round's error output stays in a file, and showed as it came
-        assert (tmp_path / f"round_{arm}.stderr").read_text() in proc.stderr
+        kept = (tmp_path / f"round_{arm}.stderr").read_text()
+        assert kept.strip() and kept in proc.stderr
 
 
 def test_a_rounds_error_output_shows_as_it_comes_and_stays_in_its_file(tmp_path):
