@@ -130,3 +130,18 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_texts):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_texts):
     return _checkpoint(tmp_path_factory, "llama", tiny_texts)
+
+
+@pytest.fixture
+def non_strict_fusion():
+    """inductor's setting that ``loss_logits.unguarded_positions`` turns on, off for the test and as it was after it
+    (pytest's monkeypatch deletes settings of torch's config proxies on undo)."""
+    import torch._inductor.config
+
+    from diffmodel.train import loss_logits
+
+    triton, name = torch._inductor.config.triton, loss_logits.NON_STRICT_FUSION
+    before = getattr(triton, name)
+    setattr(triton, name, False)
+    yield lambda: getattr(triton, name)
+    setattr(triton, name, before)

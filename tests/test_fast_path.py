@@ -1253,3 +1253,18 @@ def test_the_one_pass_line_is_shown_with_bf16_weights_only():
     assert lines[at + 1].startswith("AdamW in one pass: off (the model's size is not known"), lines[at + 1]
     off = choose(SpeedArguments(bf16_weights="off"), None, True, training, GPU, "llama")
     assert not any(line.startswith("AdamW in one pass") for line in off.lines())
+
+
+@pytest.mark.parametrize("compile_,unguarded", [("on", True), ("off", False)])
+def test_a_compiled_run_at_the_loss_positions_fuses_their_reductions_unguarded(data_dir, tiny_llama_dir, non_strict_fusion,
+                                                                               compile_, unguarded):
+    from diffmodel.train import loss_logits
+
+    prepared, records = _prepared_packed(data_dir, tiny_llama_dir, f"unguarded_{compile_}",
+                                         ["--compile", compile_, "--loss_logits", "on"])
+    try:
+        assert non_strict_fusion() is unguarded
+        logged = [r for r in records if "fuses the loss positions' reductions without guarding their number" in r]
+        assert len(logged) == (1 if unguarded else 0)
+    finally:
+        loss_logits.uninstall(prepared.trainer.model)

@@ -428,3 +428,17 @@ def test_the_trainers_loss_marks_the_loss_positions_dynamic_before_the_forward()
     for inputs in seen:
         summed(inputs[loss_logits.INDEX], inputs[loss_logits.TARGETS])
     assert counter.frame_count == 1
+
+
+class TestUnguardedPositions:
+    def test_it_turns_inductors_non_strict_fusion_on(self, non_strict_fusion):
+        assert non_strict_fusion() is False
+        assert loss_logits.unguarded_positions() is True
+        assert non_strict_fusion() is True
+
+    def test_a_torch_without_the_setting_is_left_alone(self, monkeypatch):
+        import torch._inductor.config
+
+        monkeypatch.setattr(loss_logits, "NON_STRICT_FUSION", "a_setting_this_torch_lacks")
+        assert loss_logits.unguarded_positions() is False
+        assert not hasattr(torch._inductor.config.triton, "a_setting_this_torch_lacks")

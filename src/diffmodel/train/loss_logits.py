@@ -24,7 +24,9 @@ With ``--loss_logits on``:
 - the training metrics score ``mean_token_accuracy`` on those logits;
 - the trainer marks the number of loss positions as changing from batch to batch before each forward
   (:func:`dynamic_positions`), so a compiled step is compiled once for any number, not once for the first
-  batch's and again for the rest.
+  batch's and again for the rest; a compiled run also lets inductor fuse those positions' reductions without
+  guarding their number (:func:`unguarded_positions`), which would otherwise compile the step again when a later
+  batch has fewer positions than the first one's bound.
 
 A forward without ``loss_index`` (generation, the start-up isolation probe) is the model's own. At
 start-up, after the isolation probe, :func:`check` compares the two forwards' loss on the probe's packed
@@ -86,6 +88,28 @@ def dynamic_positions(batch: dict) -> dict:
         if torch.is_tensor(batch.get(key)):
             torch._dynamo.maybe_mark_dynamic(batch[key], 0)
     return batch
+
+
+#: inductor's setting that skips its size checks before fusing two reductions of one tensor in different orders (its
+#: "mix-order" reductions: an RMSNorm's backward sums the same gradient along rows for the input and along columns for
+#: the weight). In strict mode it fuses only above 5 x 2^20 elements and 4,096 rows, and on a number of rows that
+#: changes, such as the loss positions' in the last decoder layer, each check is a guard set from the first batch: on
+#: an H100 the ~350M model's first batch had 5,312 positions (x hidden 1,024 is over 5 x 2^20: guarded
+#: ``1024*s >= 5242880``) and its sixth 4,544, which compiled the step again (41.4 s; benchmarks/RESULTS.md).
+NON_STRICT_FUSION = "mix_order_reduction_non_strict_mode"
+
+
+def unguarded_positions() -> bool:
+    """Let inductor fuse the loss positions' reductions without guarding their number (:data:`NON_STRICT_FUSION` on),
+    so that a compiled step stays compiled whatever a later batch's number of loss positions is. Process-wide, read
+    when a graph compiles; False where this torch has no such setting (nothing to do)."""
+    import torch._inductor.config
+
+    triton = torch._inductor.config.triton
+    if not hasattr(triton, NON_STRICT_FUSION):
+        return False
+    setattr(triton, NON_STRICT_FUSION, True)
+    return True
 
 
 def loss_of(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:

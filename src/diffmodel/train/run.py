@@ -459,6 +459,10 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         last_layer = path.loss_logits.value != fast_path.OUTPUT_ONLY
         loss_logits.install(model, last_layer=last_layer)
         logger.info("fast path: at the loss positions only: %s", loss_logits.plan(model, last_layer=last_layer))
+        if path.compile.value and loss_logits.unguarded_positions():
+            logger.info("fast path: inductor fuses the loss positions' reductions without guarding their number "
+                        "(triton.%s), so a later batch with fewer or more loss positions compiles nothing",
+                        loss_logits.NON_STRICT_FUSION)
     collator_of = functools.partial(make_collator, model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
                                     row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
     try:
