@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from diffmodel.train import loss_logits
+from diffmodel.train import loss_logits, loss_queries
 from diffmodel.train.args import SpeedArguments
 from diffmodel.train.collate import PackedCollator
 from diffmodel.train.fast_path import Facts, choose, problems
@@ -321,7 +321,7 @@ class TestStartupCheck:
 
 @pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
 @pytest.mark.parametrize("flatten", [False, True], ids=["rows", "flattened"])
-def test_compiled_it_equals_eager_and_compiles_once_with_the_positions_marked_dynamic(flatten, marked):
+def test_compiled_it_equals_eager_and_compiles_once_with_the_positions_marked_dynamic(flatten, marked, monkeypatch):
     """Under torch.compile (as --compile gives GPU runs) the number of loss positions changes every batch. Marked as
     changing before the forward (``dynamic_positions``, as the trainer's compute_loss does), the step compiles once;
     unmarked, dynamo compiles for the first number, then once more with that size dynamic, then never again
@@ -329,6 +329,7 @@ def test_compiled_it_equals_eager_and_compiles_once_with_the_positions_marked_dy
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()  # what an earlier compile learnt (a size seen changing) would spare the recompile
+    monkeypatch.setattr(loss_logits, "MINIMUM", 0)  # the numbers of positions as they are: three of them
     rows = packed_rows(samples() * 12, cap=128)
     model = tiny("llama")
     loss_logits.install(model)
@@ -442,3 +443,56 @@ class TestUnguardedPositions:
         monkeypatch.setattr(loss_logits, "NON_STRICT_FUSION", "a_setting_this_torch_lacks")
         assert loss_logits.unguarded_positions() is False
         assert not hasattr(torch._inductor.config.triton, "a_setting_this_torch_lacks")
+
+
+class TestMinimum:
+    def test_padded_to_the_minimum_then_to_the_multiple(self):
+        labels = np.full((2, 4), X)
+        labels[0, 2] = 5
+        index, targets = loss_logits.positions(labels, multiple=4, minimum=6)
+        assert index.tolist() == [1] * 8 and targets.tolist() == [5] + [X] * 7
+
+    def test_a_batch_of_fewer_tokens_than_the_minimum_keeps_its_positions(self):
+        labels = np.array([[X, 5, 6, X]])
+        index, targets = loss_logits.positions(labels, multiple=2, minimum=6)
+        assert (index.tolist(), targets.tolist()) == ([0, 1], [5, 6])
+
+    def test_training_batches_have_more_than_one_block_of_flex_queries(self):
+        rows = [{"input_ids": list(range(1, 101)), "labels": [X] * 98 + [99, 100], "position_ids": list(range(100))}] * 2
+        batch = PackedCollator(PAD, pad_to_multiple_of=128, loss_positions=True)(rows)
+        assert loss_logits.MINIMUM == loss_queries.BLOCK + 1
+        # 4 positions, padded to 129 rounded up to a multiple of 64
+        assert batch[loss_logits.INDEX].tolist() == [97, 98, 225, 226] + [226] * 188
+        assert batch[loss_logits.TARGETS].tolist() == [99, 100, 99, 100] + [X] * 188
+
+
+@pytest.mark.parametrize("minimum", [loss_logits.MINIMUM, 0], ids=["minimum", "none"])
+def test_a_batch_of_one_block_of_loss_positions_compiles_nothing_more_with_the_minimum(minimum, monkeypatch):
+    """The last layer's flex block mask views the positions as (blocks, 128): traced with two blocks or more, a batch
+    of 128 positions or fewer breaks that guard (without the minimum: one more compile). Forward only, on the CPU
+    through aot_eager (inductor's CPU flex_attention code does not compile for dynamic shapes)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    monkeypatch.setattr(loss_logits, "MINIMUM", minimum)
+    torch._dynamo.reset()
+    model = tiny("llama", num_key_value_heads=4).eval()
+    model.set_attn_implementation("flex_attention")
+    loss_logits.install(model)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    collator = PackedCollator(PAD, pad_to_multiple_of=128, loss_positions=True)
+    counts, sizes = [], []
+    for bearing in (300, 60):  # loss positions over 8 rows of 128 tokens: the last ones of each row, row by row
+        rows, left = [], bearing
+        for r in range(8):
+            ids = [(7 * r + i) % (VOCAB - 2) + 1 for i in range(128)]
+            k = min(left, 127)
+            left -= k
+            rows.append({"input_ids": ids, "labels": [X] * (128 - k) + ids[128 - k:], "position_ids": list(range(128))})
+        batch = loss_logits.dynamic_positions(collator(rows))
+        with torch.no_grad():
+            compiled(**batch)
+        counts.append(counter.frame_count)
+        sizes.append(len(batch[loss_logits.INDEX]))
+    assert sizes == ([320, 192] if minimum else [320, 64])
+    assert counts[1] == counts[0] + (0 if minimum else 1), counts

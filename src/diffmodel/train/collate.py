@@ -120,7 +120,7 @@ class PackedCollator:
 
     def _with_loss_positions(self, batch: dict, labels: np.ndarray) -> dict:
         if self.loss_positions:
-            index, targets = loss_logits.positions(labels)
+            index, targets = loss_logits.positions(labels, minimum=loss_logits.MINIMUM)
             batch.update({loss_logits.INDEX: torch.from_numpy(index), loss_logits.TARGETS: torch.from_numpy(targets)})
         return batch
 

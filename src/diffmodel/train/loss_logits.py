@@ -9,8 +9,8 @@ position and builds the (rows x width x vocabulary) logits before the loss drops
 With ``--loss_logits on``:
 
 - the packed collator lists the positions whose next token bears loss (``loss_index``: flat over the
-  batch's rows x width, padded with position 0 to a multiple of :data:`MULTIPLE`, so the compiled graph
-  sees few shapes) and the tokens they predict (``loss_targets``, IGNORE_INDEX on the padding);
+  batch's rows x width, padded with the last position to a multiple of :data:`MULTIPLE`, so the compiled graph
+  sees few shapes, and to at least :data:`MINIMUM`) and the tokens they predict (``loss_targets``, IGNORE_INDEX on the padding);
 - the model's forward (this instance's, :func:`install`) runs the decoder, picks those positions' hidden
   states and applies the output layer and cross-entropy to them only: the loss of transformers'
   ``ForCausalLMLoss`` (summed over loss-bearing tokens, divided by ``num_items_in_batch``; the mean
@@ -53,6 +53,12 @@ from diffmodel.train import loss_queries
 INDEX, TARGETS, LOGITS = "loss_index", "loss_targets", "loss_logits"
 #: ``loss_index`` is padded to a multiple of this many positions.
 MULTIPLE = 64
+#: and, in training batches, to at least this many: more than one block of the last layer's flex_attention queries
+#: (:data:`diffmodel.train.loss_queries.BLOCK`). Its block mask is a view of the positions as (blocks, 128), which
+#: torch.compile guards to two blocks or more when the first batch had them (a size of one is specialized): a later
+#: batch with 128 loss positions or fewer (small batches, short diffs) would compile the step again. Batches of fewer
+#: tokens always have one block: they are left as they are.
+MINIMUM = loss_queries.BLOCK + 1
 #: Model types whose causal-LM head is a plain output embedding over the decoder's last hidden state.
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 #: Those whose decoder layer is pre-norm attention then pre-norm MLP, each added to the residual stream, and whose
@@ -63,16 +69,18 @@ LAST_LAYER = ("llama", "mistral", "qwen2", "qwen3")
 LAST_QUERIES = LAST_LAYER
 
 
-def positions(labels: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
+def positions(labels: np.ndarray, multiple: int = MULTIPLE, minimum: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(index, targets)`` of a (rows, width) label array: the flat positions ``r * width + c`` whose next
-    label ``labels[r, c + 1]`` bears loss, and those labels; padded to a multiple of ``multiple`` with the
-    last position (0 when there is none: the positions stay in order) and IGNORE_INDEX."""
+    label ``labels[r, c + 1]`` bears loss, and those labels; padded to at least ``minimum`` positions (where the
+    array has that many) and to a multiple of ``multiple`` with the last position (0 when there is none: the
+    positions stay in order) and IGNORE_INDEX."""
     following = labels[:, 1:]
     rows, cols = np.nonzero(following != IGNORE_INDEX)
     index = rows * labels.shape[1] + cols
     targets = following[rows, cols]
-    pad = -len(index) % multiple if multiple else 0
-    if not len(index):  # one block of ignored targets: the graph never sees zero positions
+    wanted = max(len(index), minimum if labels.size >= minimum else 0)  # no more than the batch's tokens
+    pad = wanted - len(index) + (-wanted % multiple if multiple else 0)
+    if not wanted:  # one block of ignored targets: the graph never sees zero positions
         pad = multiple or 1
     if pad:
         index = np.concatenate([index, np.full(pad, index[-1] if len(index) else 0, dtype=index.dtype)])
