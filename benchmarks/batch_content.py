@@ -64,7 +64,7 @@ def arm_counts(arm: str, a, texts: list[str], data_file: Path, work: Path) -> tu
     for b in trainer.get_train_dataloader():
         counts.append(train_default.batch_tokens(b, pad_id, tok.eos_token_id)[:2])
         if arm != "trl":
-            positions.append(len(loss_logits.positions(b["labels"].numpy())[0]))
+            positions.append(len(loss_logits.positions(b["labels"].numpy(), minimum=loss_logits.MINIMUM)[0]))
     return counts, positions
 
 

@@ -109,8 +109,8 @@ NON_STRICT_FUSION = "mix_order_reduction_non_strict_mode"
 
 def unguarded_positions() -> bool:
     """Let inductor fuse the loss positions' reductions without guarding their number (:data:`NON_STRICT_FUSION` on),
-    so that a compiled step stays compiled whatever a later batch's number of loss positions is. Process-wide, read
-    when a graph compiles; False where this torch has no such setting (nothing to do)."""
+    so that its size checks set no bound on it that a later batch could break. Process-wide, read when a graph
+    compiles; False where this torch has no such setting (nothing to do)."""
     import torch._inductor.config
 
     triton = torch._inductor.config.triton

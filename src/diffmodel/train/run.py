@@ -461,7 +461,7 @@ def prepare(model_args, data_args, training_args) -> Prepared | None:
         logger.info("fast path: at the loss positions only: %s", loss_logits.plan(model, last_layer=last_layer))
         if path.compile.value and loss_logits.unguarded_positions():
             logger.info("fast path: inductor fuses the loss positions' reductions without guarding their number "
-                        "(triton.%s), so a later batch with fewer or more loss positions compiles nothing",
+                        "(triton.%s): its size checks set no bound on that number from the first batch's",
                         loss_logits.NON_STRICT_FUSION)
     collator_of = functools.partial(make_collator, model, tokenizer, data_args.packing, training_args, padding_free=path.padding_free.value,
                                     row_width=block_size if path.compile.value or path.attention.value == "flex_attention" else None)
